@@ -1,0 +1,160 @@
+#include "sinks/opensearch/opensearch_client.h"
+
+#include <cctype>
+
+#include "config/redact.h"
+
+namespace pgderive {
+namespace {
+
+constexpr size_t kMaxQuotedBody = 512;
+
+std::string Excerpt(std::string_view body) {
+  std::string text(body.substr(0, kMaxQuotedBody));
+  if (body.size() > kMaxQuotedBody) text += "...";
+  return RedactSecrets(text);
+}
+
+}  // namespace
+
+std::string EncodePathSegment(std::string_view segment) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(segment.size());
+  for (unsigned char c : segment) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out.push_back('%');
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 15]);
+    }
+  }
+  return out;
+}
+
+Result<OpenSearchClient> OpenSearchClient::Create(const HttpClient::Options& options) {
+  auto http = HttpClient::Create(options);
+  if (!http.ok()) return http.error();
+  return OpenSearchClient(std::move(http).value());
+}
+
+Error OpenSearchClient::HttpError(std::string_view what, const HttpResponse& response) const {
+  std::string message = "OpenSearch " + http_.redacted_url() + ": " + std::string(what) +
+                        " returned HTTP " + std::to_string(response.status) + ": " +
+                        Excerpt(response.body);
+  // 429 (too many requests) and 5xx heal on their own; other statuses need a fix.
+  if (response.status == 429 || response.status >= 500) return Error::Transient(message);
+  return Error::Permanent(message);
+}
+
+Result<nlohmann::json> OpenSearchClient::ParseBody(std::string_view what,
+                                                   const HttpResponse& response) const {
+  nlohmann::json body = nlohmann::json::parse(response.body, nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded()) {
+    return Error::Corrupt("OpenSearch " + http_.redacted_url() + ": " + std::string(what) +
+                          " returned a body that is not JSON: " + Excerpt(response.body));
+  }
+  return body;
+}
+
+Status OpenSearchClient::CreateIndex(std::string_view index, const nlohmann::json& body,
+                                     bool if_missing) {
+  auto response = http_.Send("PUT", "/" + EncodePathSegment(index), body.dump());
+  if (!response.ok()) return response.error();
+  const HttpResponse& r = response.value();
+  if (r.status == 200) return Status::Ok();
+  if (if_missing && r.status == 400 &&
+      r.body.find("resource_already_exists_exception") != std::string::npos) {
+    return Status::Ok();
+  }
+  return HttpError("create index " + std::string(index), r);
+}
+
+Status OpenSearchClient::DeleteIndex(std::string_view index, bool if_exists) {
+  auto response = http_.Send("DELETE", "/" + EncodePathSegment(index));
+  if (!response.ok()) return response.error();
+  const HttpResponse& r = response.value();
+  if (r.status == 200 || (if_exists && r.status == 404)) return Status::Ok();
+  return HttpError("delete index " + std::string(index), r);
+}
+
+Status OpenSearchClient::Refresh(std::string_view index) {
+  auto response = http_.Send("POST", "/" + EncodePathSegment(index) + "/_refresh");
+  if (!response.ok()) return response.error();
+  if (response.value().status != 200) return HttpError("refresh", response.value());
+  return Status::Ok();
+}
+
+Result<BulkResult> OpenSearchClient::Bulk(std::string_view ndjson, std::string_view refresh) {
+  auto response =
+      http_.Send("POST", "/_bulk?refresh=" + std::string(refresh), ndjson, "application/x-ndjson");
+  if (!response.ok()) return response.error();
+  const HttpResponse& r = response.value();
+  if (r.status != 200) return HttpError("_bulk", r);
+  auto body = ParseBody("_bulk", r);
+  if (!body.ok()) return body.error();
+  const nlohmann::json& json = body.value();
+  if (!json.contains("items") || !json["items"].is_array()) {
+    return Error::Corrupt("OpenSearch _bulk response has no items array: " + Excerpt(r.body));
+  }
+  BulkResult result;
+  result.items = json["items"].size();
+  if (!json.value("errors", false)) return result;
+  for (size_t i = 0; i < json["items"].size(); ++i) {
+    const nlohmann::json& item = json["items"][i];
+    if (!item.is_object() || item.empty()) continue;
+    const auto& [action, detail] = *item.items().begin();
+    if (!detail.contains("error")) continue;
+    BulkItemError failure;
+    failure.position = i;
+    failure.action = action;
+    failure.id = detail.value("_id", "");
+    failure.status = detail.value("status", 0L);
+    const nlohmann::json& error = detail["error"];
+    failure.type = error.is_object() ? error.value("type", "") : "";
+    failure.reason = error.is_object() ? error.value("reason", "") : error.dump();
+    result.failures.push_back(std::move(failure));
+  }
+  return result;
+}
+
+Result<std::optional<OpenSearchClient::Document>> OpenSearchClient::Get(std::string_view index,
+                                                                        std::string_view id) {
+  auto response =
+      http_.Send("GET", "/" + EncodePathSegment(index) + "/_doc/" + EncodePathSegment(id));
+  if (!response.ok()) return response.error();
+  const HttpResponse& r = response.value();
+  if (r.status == 404) return std::optional<Document>();
+  if (r.status != 200) return HttpError("get document", r);
+  auto body = ParseBody("get document", r);
+  if (!body.ok()) return body.error();
+  Document document;
+  document.source = body.value().value("_source", nlohmann::json::object());
+  document.version = body.value().value("_version", 0LL);
+  return std::optional<Document>(std::move(document));
+}
+
+Result<long long> OpenSearchClient::Count(std::string_view index) {
+  auto response = http_.Send("GET", "/" + EncodePathSegment(index) + "/_count");
+  if (!response.ok()) return response.error();
+  if (response.value().status != 200) return HttpError("count", response.value());
+  auto body = ParseBody("count", response.value());
+  if (!body.ok()) return body.error();
+  return body.value().value("count", -1LL);
+}
+
+Result<std::string> OpenSearchClient::ServerVersion() {
+  auto response = http_.Send("GET", "/");
+  if (!response.ok()) return response.error();
+  if (response.value().status != 200) return HttpError("GET /", response.value());
+  auto body = ParseBody("GET /", response.value());
+  if (!body.ok()) return body.error();
+  const nlohmann::json& json = body.value();
+  if (!json.contains("version") || !json["version"].is_object()) {
+    return Error::Corrupt("OpenSearch GET / has no version object");
+  }
+  return json["version"].value("number", "");
+}
+
+}  // namespace pgderive

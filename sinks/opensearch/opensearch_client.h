@@ -1,0 +1,70 @@
+#pragma once
+
+// The OpenSearch REST calls the sink needs: index management, `_bulk` with every
+// item's result checked, and single-document reads (for verify and tests).
+
+#include <nlohmann/json.hpp>
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "cdc/status.h"
+#include "sinks/opensearch/http_client.h"
+
+namespace pgderive {
+
+// One failed item of a `_bulk` response.
+struct BulkItemError {
+  size_t position = 0;  // index of the action in the request
+  std::string action;   // index, create, update, delete
+  std::string id;
+  long status = 0;
+  std::string type;  // e.g. version_conflict_engine_exception
+  std::string reason;
+};
+
+struct BulkResult {
+  size_t items = 0;
+  std::vector<BulkItemError> failures;
+};
+
+class OpenSearchClient {
+ public:
+  static Result<OpenSearchClient> Create(const HttpClient::Options& options);
+
+  // PUT /index with `body` (settings and mappings); an existing index is not an error
+  // when `if_missing` is true.
+  Status CreateIndex(std::string_view index, const nlohmann::json& body, bool if_missing);
+  Status DeleteIndex(std::string_view index, bool if_exists);
+  Status Refresh(std::string_view index);
+
+  // POST /_bulk with an NDJSON body (every line ends with '\n'). 429 and 5xx are
+  // transient errors; item failures are returned in BulkResult for the caller to judge
+  // (a version conflict on replay is success for an externally versioned sink).
+  Result<BulkResult> Bulk(std::string_view ndjson, std::string_view refresh = "false");
+
+  // GET /index/_doc/id: the document's _source and _version, or nullopt when absent.
+  struct Document {
+    nlohmann::json source;
+    long long version = 0;
+  };
+  Result<std::optional<Document>> Get(std::string_view index, std::string_view id);
+  Result<long long> Count(std::string_view index);
+
+  // GET / : the server's version number, e.g. "2.19.1".
+  Result<std::string> ServerVersion();
+
+ private:
+  explicit OpenSearchClient(HttpClient http) : http_(std::move(http)) {}
+  Error HttpError(std::string_view what, const HttpResponse& response) const;
+  Result<nlohmann::json> ParseBody(std::string_view what, const HttpResponse& response) const;
+
+  HttpClient http_;
+};
+
+// Percent-encodes a document id or index name for use in a URL path.
+std::string EncodePathSegment(std::string_view segment);
+
+}  // namespace pgderive
