@@ -1,6 +1,5 @@
 // The pgderive binary: parse arguments, run. Everything else lives in the libraries.
 #include <CLI/CLI.hpp>
-
 #include <cstdio>
 
 #ifndef PGDERIVE_VERSION
@@ -8,8 +7,9 @@
 #endif
 
 int main(int argc, char** argv) {
-  CLI::App app{"pgderive: derive views in Redis, OpenSearch and PostgreSQL from one "
-               "PostgreSQL change stream"};
+  CLI::App app{
+      "pgderive: derive views in Redis, OpenSearch and PostgreSQL from one "
+      "PostgreSQL change stream"};
   app.set_version_flag("--version", std::string("pgderive ") + PGDERIVE_VERSION);
   app.require_subcommand(0);
   CLI11_PARSE(app, argc, argv);

@@ -146,8 +146,8 @@ Result<CreatedSlot> PgConnection::CreateLogicalSlot(std::string_view slot_name,
   slot.slot_name = *r[0][0];
   auto lsn = Lsn::Parse(*r[0][1]);
   if (!lsn) {
-    return Error::Corrupt("CREATE_REPLICATION_SLOT returned a bad consistent_point '" +
-                          *r[0][1] + "'");
+    return Error::Corrupt("CREATE_REPLICATION_SLOT returned a bad consistent_point '" + *r[0][1] +
+                          "'");
   }
   slot.consistent_point = *lsn;
   slot.snapshot_name = r[0][2];

@@ -23,8 +23,12 @@ std::string_view ErrorKindName(ErrorKind kind);
 class Error {
  public:
   Error(ErrorKind kind, std::string message) : kind_(kind), message_(std::move(message)) {}
-  static Error Transient(std::string message) { return {ErrorKind::kTransient, std::move(message)}; }
-  static Error Permanent(std::string message) { return {ErrorKind::kPermanent, std::move(message)}; }
+  static Error Transient(std::string message) {
+    return {ErrorKind::kTransient, std::move(message)};
+  }
+  static Error Permanent(std::string message) {
+    return {ErrorKind::kPermanent, std::move(message)};
+  }
   static Error Corrupt(std::string message) { return {ErrorKind::kCorrupt, std::move(message)}; }
 
   ErrorKind kind() const { return kind_; }
@@ -39,7 +43,7 @@ class Error {
 
 class [[nodiscard]] Status {
  public:
-  Status() = default;  // success
+  Status() = default;                                // success
   Status(Error error) : error_(std::move(error)) {}  // NOLINT: implicit on purpose
   static Status Ok() { return {}; }
 

@@ -79,7 +79,8 @@ std::string RedactKeyValues(std::string_view text) {
     size_t eq = key_end;
     while (eq < text.size() && text[eq] == ' ') ++eq;
     bool secret = false;
-    for (std::string_view candidate : kSecretKeys) secret = secret || EqualsIgnoreCase(key, candidate);
+    for (std::string_view candidate : kSecretKeys)
+      secret = secret || EqualsIgnoreCase(key, candidate);
     if (!secret || eq >= text.size() || text[eq] != '=') {
       out.append(key);
       i = key_end;
@@ -97,8 +98,8 @@ std::string RedactKeyValues(std::string_view text) {
       if (value_end < text.size()) ++value_end;  // closing quote
     } else {
       while (value_end < text.size() && text[value_end] != '&' &&
-             !std::isspace(static_cast<unsigned char>(text[value_end])) &&
-             text[value_end] != '"' && text[value_end] != ',') {
+             !std::isspace(static_cast<unsigned char>(text[value_end])) && text[value_end] != '"' &&
+             text[value_end] != ',') {
         ++value_end;
       }
     }

@@ -17,7 +17,7 @@ struct Url {
   std::optional<std::string> password;
   std::string host;  // without the brackets of an IPv6 literal
   std::optional<uint16_t> port;
-  std::string path;   // "" or starts with '/'
+  std::string path;   // "" or starts with '/' (a lone "/" is stored as "")
   std::string query;  // without the '?'
 
   // Parses `text`; on failure returns nullopt and, when `why` is given, a reason that

@@ -104,7 +104,11 @@ Result<BulkResult> OpenSearchClient::Bulk(std::string_view ndjson, std::string_v
   for (size_t i = 0; i < json["items"].size(); ++i) {
     const nlohmann::json& item = json["items"][i];
     if (!item.is_object() || item.empty()) continue;
-    const auto& [action, detail] = *item.items().begin();
+    // Each item is {"<action>": {...}}. Hold the iterator: a key taken from the
+    // temporary items() proxy dangles (ASan: stack-use-after-scope).
+    const auto first = item.begin();
+    const std::string& action = first.key();
+    const nlohmann::json& detail = first.value();
     if (!detail.contains("error")) continue;
     BulkItemError failure;
     failure.position = i;

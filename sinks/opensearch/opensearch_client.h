@@ -4,7 +4,6 @@
 // item's result checked, and single-document reads (for verify and tests).
 
 #include <nlohmann/json.hpp>
-
 #include <optional>
 #include <string>
 #include <string_view>

@@ -1,9 +1,8 @@
 // OpenSearch 2.19 from compose/local: an index is created with a mapping, documents go
 // in through `_bulk` and are read back; external versioning refuses an older version.
-#include "sinks/opensearch/opensearch_client.h"
-
 #include <gtest/gtest.h>
 
+#include "sinks/opensearch/opensearch_client.h"
 #include "tests/support/stack_env.h"
 
 namespace pgderive {
@@ -82,8 +81,13 @@ TEST(OpenSearchIntegrationTest, ExternalVersionRefusesOlderWrite) {
   const std::string index = UniqueName("versioned");
   ASSERT_TRUE(os.CreateIndex(index, {{"settings", {{"number_of_replicas", 0}}}}, false).ok());
   auto action = [&](long long version) {
-    return json{{"index", {{"_index", index}, {"_id", "42"}, {"version", version},
-                           {"version_type", "external"}}}}.dump() + "\n";
+    return json{{"index",
+                 {{"_index", index},
+                  {"_id", "42"},
+                  {"version", version},
+                  {"version_type", "external"}}}}
+               .dump() +
+           "\n";
   };
   std::string ndjson = action(1000) + json{{"state", "newer"}}.dump() + "\n" + action(999) +
                        json{{"state", "older"}}.dump() + "\n";

@@ -45,7 +45,9 @@ TEST(PostgresIntegrationTest, CreatesUsesAndDropsPgoutputSlot) {
   const std::string publication = UniqueName("pub");
   const std::string slot = UniqueName("pgderive_test");
   ASSERT_TRUE(sql.Execute("create table " + table + " (id int primary key, v text)").ok());
-  ASSERT_TRUE(sql.Execute("insert into " + table + " select g, 'row ' || g from generate_series(1, 3) g").ok());
+  ASSERT_TRUE(
+      sql.Execute("insert into " + table + " select g, 'row ' || g from generate_series(1, 3) g")
+          .ok());
   ASSERT_TRUE(sql.Execute("create publication " + publication + " for table " + table).ok());
 
   PgConnection repl = MustConnect(stack.pg_dsn(), PgConnection::Mode::kReplication);
@@ -56,7 +58,8 @@ TEST(PostgresIntegrationTest, CreatesUsesAndDropsPgoutputSlot) {
   EXPECT_TRUE(identity.value().xlogpos.IsValid());
   EXPECT_EQ(identity.value().dbname, "postgres");
 
-  auto created = repl.CreateLogicalSlot(slot, "pgoutput", /*temporary=*/false, SlotSnapshot::kExport);
+  auto created =
+      repl.CreateLogicalSlot(slot, "pgoutput", /*temporary=*/false, SlotSnapshot::kExport);
   ASSERT_TRUE(created.ok()) << created.error().ToString();
   EXPECT_EQ(created.value().slot_name, slot);
   EXPECT_EQ(created.value().output_plugin, "pgoutput");
@@ -69,16 +72,19 @@ TEST(PostgresIntegrationTest, CreatesUsesAndDropsPgoutputSlot) {
 
   PgConnection reader = MustConnect(stack.pg_dsn(), PgConnection::Mode::kSql);
   ASSERT_TRUE(reader.Execute("begin isolation level repeatable read").ok());
-  ASSERT_TRUE(reader.Execute("set transaction snapshot " +
-                             reader.QuoteLiteral(*created.value().snapshot_name)).ok());
+  ASSERT_TRUE(reader
+                  .Execute("set transaction snapshot " +
+                           reader.QuoteLiteral(*created.value().snapshot_name))
+                  .ok());
   EXPECT_EQ(Scalar(reader, "select count(*) from " + table), "3");
   ASSERT_TRUE(reader.Execute("commit").ok());
 
   // Any next command on the walsender ends the snapshot export.
   ASSERT_TRUE(repl.IdentifySystem().ok());
-  EXPECT_EQ(Scalar(sql, "select plugin || '/' || slot_type from pg_replication_slots where slot_name = " +
-                            sql.QuoteLiteral(slot)),
-            "pgoutput/logical");
+  EXPECT_EQ(
+      Scalar(sql, "select plugin || '/' || slot_type from pg_replication_slots where slot_name = " +
+                      sql.QuoteLiteral(slot)),
+      "pgoutput/logical");
   // 'I' (73) is pgoutput's Insert message.
   EXPECT_EQ(Scalar(sql, "select count(*) from pg_logical_slot_peek_binary_changes(" +
                             sql.QuoteLiteral(slot) +
@@ -107,7 +113,8 @@ TEST(PostgresIntegrationTest, TemporarySlotVanishesWithItsSession) {
   const std::string slot = UniqueName("pgderive_tmp");
   {
     PgConnection repl = MustConnect(stack.pg_dsn(), PgConnection::Mode::kReplication);
-    auto created = repl.CreateLogicalSlot(slot, "pgoutput", /*temporary=*/true, SlotSnapshot::kNoExport);
+    auto created =
+        repl.CreateLogicalSlot(slot, "pgoutput", /*temporary=*/true, SlotSnapshot::kNoExport);
     ASSERT_TRUE(created.ok()) << created.error().ToString();
     EXPECT_FALSE(created.value().snapshot_name.has_value());
     EXPECT_EQ(Scalar(sql, "select temporary::text from pg_replication_slots where slot_name = " +
@@ -127,8 +134,9 @@ TEST(PostgresIntegrationTest, TemporarySlotVanishesWithItsSession) {
 
 TEST(PostgresIntegrationTest, ConnectionErrorsNeverQuoteThePassword) {
   PGDERIVE_REQUIRE_STACK();
-  const std::string dsn = "postgresql://postgres:Wr0ngPassw0rd@127.0.0.1:" +
-                          stack.Value("PGDERIVE_PG_PORT") + "/postgres";
+  const std::string dsn =
+      "postgresql://postgres:Wr0ngPassw0rd@127.0.0.1:" + stack.Value("PGDERIVE_PG_PORT") +
+      "/postgres";
   auto conn = PgConnection::Connect(dsn, PgConnection::Mode::kSql);
   ASSERT_FALSE(conn.ok());
   EXPECT_NE(conn.error().message().find("password authentication failed"), std::string::npos)

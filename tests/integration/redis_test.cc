@@ -1,9 +1,8 @@
 // Redis 7 from compose/local: pipelined writes and reads, binary-safe values, error
 // replies per command, and connection errors that say where without the password.
-#include "sinks/redis/redis_client.h"
-
 #include <gtest/gtest.h>
 
+#include "sinks/redis/redis_client.h"
 #include "tests/support/stack_env.h"
 
 namespace pgderive {
@@ -90,8 +89,8 @@ TEST(RedisIntegrationTest, ConnectionErrorsSayWhereButNotThePassword) {
   PGDERIVE_REQUIRE_STACK();
   // The stack's Redis has no password: AUTH is refused, and the message names the URL
   // with the password masked.
-  auto auth = RedisClient::Connect("redis://:T0pSecret@127.0.0.1:" +
-                                   stack.Value("PGDERIVE_REDIS_PORT") + "/0");
+  auto auth = RedisClient::Connect(
+      "redis://:T0pSecret@127.0.0.1:" + stack.Value("PGDERIVE_REDIS_PORT") + "/0");
   ASSERT_FALSE(auth.ok());
   EXPECT_EQ(auth.error().kind(), ErrorKind::kPermanent);
   EXPECT_EQ(auth.error().message().find("T0pSecret"), std::string::npos);

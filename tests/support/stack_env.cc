@@ -40,9 +40,10 @@ const StackEnv* StackEnv::Find(std::string* why) {
     Loaded out;
     const char* path = std::getenv("PGDERIVE_STACK_ENV");
     if (path == nullptr || *path == '\0') {
-      out.why = "PGDERIVE_STACK_ENV is not set: integration tests need the real servers; run "
-                "`compose/local/stack up DIR` and export PGDERIVE_STACK_ENV=DIR/stack.env "
-                "(scripts/test.sh does both)";
+      out.why =
+          "PGDERIVE_STACK_ENV is not set: integration tests need the real servers; run "
+          "`compose/local/stack up DIR` and export PGDERIVE_STACK_ENV=DIR/stack.env "
+          "(scripts/test.sh does both)";
       return out;
     }
     std::ifstream in(path);

@@ -37,9 +37,9 @@ std::string UniqueName(std::string_view prefix);
 
 // Use at the top of an integration test: the endpoints, or a fatal failure that names
 // what is missing.
-#define PGDERIVE_REQUIRE_STACK()                                                      \
-  std::string stack_missing_why;                                                      \
-  const ::pgderive::testing::StackEnv* stack_ptr =                                    \
-      ::pgderive::testing::StackEnv::Find(&stack_missing_why);                        \
-  ASSERT_NE(stack_ptr, nullptr) << stack_missing_why;                                 \
+#define PGDERIVE_REQUIRE_STACK()                               \
+  std::string stack_missing_why;                               \
+  const ::pgderive::testing::StackEnv* stack_ptr =             \
+      ::pgderive::testing::StackEnv::Find(&stack_missing_why); \
+  ASSERT_NE(stack_ptr, nullptr) << stack_missing_why;          \
   const ::pgderive::testing::StackEnv& stack = *stack_ptr

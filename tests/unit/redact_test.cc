@@ -6,10 +6,12 @@ namespace pgderive {
 namespace {
 
 TEST(RedactTest, UriPasswords) {
-  EXPECT_EQ(RedactSecrets("postgresql://app:s3cr3t@db:5432/shop"), "postgresql://app:***@db:5432/shop");
+  EXPECT_EQ(RedactSecrets("postgresql://app:s3cr3t@db:5432/shop"),
+            "postgresql://app:***@db:5432/shop");
   EXPECT_EQ(RedactSecrets("connect to redis://:pw@127.0.0.1:6379/0 failed"),
             "connect to redis://:***@127.0.0.1:6379/0 failed");
-  EXPECT_EQ(RedactSecrets("a http://u:p@h b https://v:q@i c"), "a http://u:***@h b https://v:***@i c");
+  EXPECT_EQ(RedactSecrets("a http://u:p@h b https://v:q@i c"),
+            "a http://u:***@h b https://v:***@i c");
 }
 
 TEST(RedactTest, UriWithoutPasswordIsUnchanged) {
@@ -26,7 +28,8 @@ TEST(RedactTest, KeyValueForm) {
   EXPECT_EQ(RedactSecrets("PASSWORD = x1"), "PASSWORD = ***");
   EXPECT_EQ(RedactSecrets("postgresql://h/db?sslmode=require&password=x&user=u"),
             "postgresql://h/db?sslmode=require&password=***&user=u");
-  EXPECT_EQ(RedactSecrets("sslpassword=k token=t secret=s"), "sslpassword=*** token=*** secret=***");
+  EXPECT_EQ(RedactSecrets("sslpassword=k token=t secret=s"),
+            "sslpassword=*** token=*** secret=***");
 }
 
 TEST(RedactTest, LeavesLookalikesAlone) {

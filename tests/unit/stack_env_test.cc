@@ -7,9 +7,10 @@ namespace {
 
 TEST(StackEnvTest, ParsesKeyValueLines) {
   std::string why;
-  auto env = StackEnv::Parse("# written by compose/local/stack\nPGDERIVE_PG_PORT=5433\n\n"
-                             "PGDERIVE_PG_DSN=postgresql://postgres:x@127.0.0.1:5433/postgres\n",
-                             &why);
+  auto env = StackEnv::Parse(
+      "# written by compose/local/stack\nPGDERIVE_PG_PORT=5433\n\n"
+      "PGDERIVE_PG_DSN=postgresql://postgres:x@127.0.0.1:5433/postgres\n",
+      &why);
   ASSERT_TRUE(env.has_value()) << why;
   EXPECT_EQ(env->Value("PGDERIVE_PG_PORT"), "5433");
   EXPECT_EQ(env->pg_dsn(), "postgresql://postgres:x@127.0.0.1:5433/postgres");

@@ -1,0 +1,29 @@
+# Multi-stage build of pgderive on Debian 12, the same packages the project builds
+# with everywhere (scripts/install-deps.sh). The final image holds only the binary and
+# the shared libraries it links, and runs as an unprivileged user.
+FROM debian:12-slim AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      g++ cmake ninja-build pkg-config \
+      libpq-dev libpqxx-dev libhiredis-dev nlohmann-json3-dev libyaml-cpp-dev \
+      libcurl4-openssl-dev libspdlog-dev libfmt-dev libcli11-dev libcpp-httplib-dev \
+      libsimdjson-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DPGDERIVE_BUILD_TESTS=OFF \
+ && ninja -C /build pgderive \
+ && strip /build/cdc/pgderive
+
+FROM debian:12-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      ca-certificates libpq5 libpqxx-6.4 libhiredis0.14 libyaml-cpp0.7 libcurl4 \
+      libspdlog1.10 libfmt9 libsimdjson14 \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --no-create-home --shell /usr/sbin/nologin pgderive
+COPY --from=build /build/cdc/pgderive /usr/local/bin/pgderive
+USER pgderive
+EXPOSE 9187
+ENTRYPOINT ["/usr/local/bin/pgderive"]
+CMD ["run", "-c", "/etc/pgderive/pgderive.yml"]
