@@ -7,6 +7,8 @@ set -euo pipefail
 packages=(
   # toolchain
   build-essential g++ cmake ninja-build pkg-config clang-format git curl ca-certificates
+  # clang + compiler-rt for the libFuzzer target of the decoder (tests/fuzz)
+  clang libclang-rt-14-dev
   # libraries (every one from Debian; see README "Dependencies")
   libpq-dev libpqxx-dev libhiredis-dev nlohmann-json3-dev libyaml-cpp-dev
   libcurl4-openssl-dev libgtest-dev libgmock-dev libspdlog-dev libfmt-dev

@@ -2,7 +2,8 @@
 # Runs every test on a fresh Debian 12 machine: installs the Debian packages, builds
 # twice (plain RelWithDebInfo, and AddressSanitizer + UndefinedBehaviorSanitizer),
 # fetches OpenSearch from Maven Central, brings the real local stack up in a temporary
-# directory, runs ctest in both builds, and brings the stack down even on failure.
+# directory, runs ctest in both builds, runs the decoder's libFuzzer target for 60 s
+# (PGDERIVE_FUZZ_SECONDS), and brings the stack down even on failure.
 # Prints the wall time of each phase. Exit status: ctest's.
 #
 #   scripts/test.sh [-L LABEL | -LE LABEL ...]   extra arguments go to ctest
@@ -46,6 +47,15 @@ phase "install packages" scripts/install-deps.sh
 phase "maven fetch (opensearch)" compose/local/stack fetch "$stack_dir"
 phase "build (RelWithDebInfo)" build build/release -DCMAKE_BUILD_TYPE=RelWithDebInfo
 phase "build (asan+ubsan)" build build/asan -DCMAKE_BUILD_TYPE=Debug -DPGDERIVE_SANITIZE=ON
+fuzz_build() {
+  CC=clang CXX=clang++ cmake -S . -B build/fuzz -G Ninja -Wno-dev -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DPGDERIVE_FUZZ=ON -DPGDERIVE_BUILD_TESTS=OFF > /dev/null
+  ninja -C build/fuzz pgoutput_fuzz
+}
+phase "build (fuzz, clang)" fuzz_build
+rm -rf build/fuzz/run
+phase "fuzz decoder (${PGDERIVE_FUZZ_SECONDS:-60} s)" \
+  tests/fuzz/run.sh build/fuzz/tests/fuzz/pgoutput_fuzz "${PGDERIVE_FUZZ_SECONDS:-60}" build/fuzz/run
 phase "stack up" compose/local/stack up "$stack_dir"
 export PGDERIVE_STACK_ENV="$stack_dir/stack.env"
 
