@@ -10,7 +10,8 @@ namespace {
 
 // Pinned for every session: stable, exact text output (see the header).
 constexpr const char* kSessionOptions =
-    "-c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=3 -c IntervalStyle=postgres";
+    "-c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=3 -c IntervalStyle=postgres "
+    "-c bytea_output=hex";
 
 // SQLSTATE classes that are worth a retry: connection exceptions (08), transaction
 // rollbacks such as serialization failures (40), insufficient resources (53) and
