@@ -1,18 +1,67 @@
 // The pgderive binary: parse arguments, run. Everything else lives in the libraries.
+#include <signal.h>
+
 #include <CLI/CLI.hpp>
+#include <atomic>
 #include <cstdio>
+
+#include "cdc/tail.h"
 
 #ifndef PGDERIVE_VERSION
 #define PGDERIVE_VERSION "unknown"
 #endif
+
+namespace {
+
+std::atomic<bool> g_stop{false};  // the one piece of state a signal handler may touch
+
+void OnSignal(int) { g_stop.store(true); }
+
+void InstallSignalHandlers() {
+  struct sigaction action {};
+  action.sa_handler = OnSignal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{
       "pgderive: derive views in Redis, OpenSearch and PostgreSQL from one "
       "PostgreSQL change stream"};
   app.set_version_flag("--version", std::string("pgderive ") + PGDERIVE_VERSION);
-  app.require_subcommand(0);
+  app.require_subcommand(1);
+
+  pgderive::TailOptions tail;
+  std::string until;
+  uint64_t limit = 0;
+  CLI::App* tail_command = app.add_subcommand(
+      "tail", "print the decoded change stream as JSON lines (does not move the pipeline's slot)");
+  tail_command->add_option("-c,--config", tail.config_path, "configuration file")->required();
+  tail_command->add_flag("--snapshot", tail.snapshot, "first print every row of the views' tables");
+  tail_command->add_option("--slot", tail.slot,
+                           "read this existing slot (never advanced) instead of a temporary one");
+  tail_command->add_option("--limit", limit, "stop after this many changes");
+  tail_command->add_option("--until-lsn", until,
+                           "stop after the first transaction committed at or past this LSN");
+
   CLI11_PARSE(app, argc, argv);
-  if (argc == 1) std::fputs(app.help().c_str(), stdout);
+
+  if (tail_command->parsed()) {
+    if (limit > 0) tail.limit = limit;
+    if (!until.empty()) {
+      tail.until = pgderive::Lsn::Parse(until);
+      if (!tail.until) {
+        std::fprintf(stderr, "pgderive tail: --until-lsn '%s' is not an LSN like 16/B374D848\n",
+                     until.c_str());
+        return 2;
+      }
+    }
+    InstallSignalHandlers();
+    tail.stop = &g_stop;
+    return pgderive::RunTail(tail);
+  }
   return 0;
 }

@@ -1,0 +1,350 @@
+#include "cdc/tail.h"
+
+#include <unistd.h>
+
+#include <ctime>
+#include <filesystem>
+#include <set>
+#include <vector>
+
+#include "cdc/publication.h"
+#include "cdc/replication_stream.h"
+#include "cdc/row_json.h"
+#include "cdc/transaction_assembler.h"
+#include "cdc/type_catalog.h"
+#include "config/config.h"
+#include "config/url.h"
+
+namespace pgderive {
+namespace {
+
+constexpr size_t kOutputChunk = size_t{1} << 20;
+
+std::string FormatTimestamp(PgTimestamp timestamp) {
+  const auto time = FromPgTimestamp(timestamp);
+  const auto micros =
+      std::chrono::duration_cast<std::chrono::microseconds>(time.time_since_epoch()).count();
+  const std::time_t seconds = static_cast<std::time_t>(micros / 1000000);
+  std::tm tm{};
+  gmtime_r(&seconds, &tm);
+  char buf[48];
+  const size_t n = std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  std::snprintf(buf + n, sizeof buf - n, ".%06lldZ", static_cast<long long>(micros % 1000000));
+  return buf;
+}
+
+std::string Base64(std::string_view bytes) {
+  static constexpr char kAlphabet[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  for (size_t i = 0; i < bytes.size(); i += 3) {
+    uint32_t n = static_cast<uint8_t>(bytes[i]) << 16;
+    if (i + 1 < bytes.size()) n |= static_cast<uint8_t>(bytes[i + 1]) << 8;
+    if (i + 2 < bytes.size()) n |= static_cast<uint8_t>(bytes[i + 2]);
+    out += kAlphabet[(n >> 18) & 63];
+    out += kAlphabet[(n >> 12) & 63];
+    out += i + 1 < bytes.size() ? kAlphabet[(n >> 6) & 63] : '=';
+    out += i + 2 < bytes.size() ? kAlphabet[n & 63] : '=';
+  }
+  return out;
+}
+
+// Prints changes as JSON lines. Output is buffered and written in 1 MB pieces (and
+// at every commit when stdout is a terminal).
+class Printer : public ChangeConsumer {
+ public:
+  Printer(const TailOptions& options, PgConnection& sql) : options_(options), sql_(sql) {
+    interactive_ = isatty(fileno(options.out)) != 0;
+  }
+  ~Printer() override { Flush(); }
+
+  Status OnBegin(const TransactionInfo& transaction) override {
+    transaction_ = transaction;
+    return Status::Ok();
+  }
+
+  Status OnChange(const Change& change) override {
+    if (done_) return Status::Ok();
+    for (const auto& relation : change.relations) {
+      Status status = LearnTypes(*relation);
+      if (!status.ok()) return status;
+    }
+    line_.clear();
+    line_ += "{\"commit_lsn\":\"" + change.commit_lsn.ToString() +
+             "\",\"index\":" + std::to_string(change.index) +
+             ",\"xid\":" + std::to_string(transaction_.xid.value);
+    if (transaction_.commit_time != 0)
+      line_ += ",\"commit_time\":\"" + FormatTimestamp(transaction_.commit_time) + "\"";
+    std::vector<std::string> unchanged;
+    Status status = std::visit(
+        [&](const auto& m) -> Status {
+          using T = std::decay_t<decltype(m)>;
+          const RelationSchema* schema =
+              change.relations.empty() ? nullptr : change.relations[0].get();
+          if constexpr (std::is_same_v<T, InsertMessage>) {
+            Relation(*schema, "insert");
+            line_ += ",\"new\":";
+            return AppendRowJson(line_, *schema, m.new_tuple, types_, &unchanged);
+          } else if constexpr (std::is_same_v<T, UpdateMessage>) {
+            Relation(*schema, "update");
+            line_ += ",\"new\":";
+            Status s = AppendRowJson(line_, *schema, m.new_tuple, types_, &unchanged);
+            if (s.ok() && m.old_kind != '\0') {
+              line_ += m.old_kind == 'K' ? ",\"old_key\":" : ",\"old\":";
+              s = AppendKeyOrRow(*schema, m.old_tuple, m.old_kind == 'K');
+            }
+            return s;
+          } else if constexpr (std::is_same_v<T, DeleteMessage>) {
+            Relation(*schema, "delete");
+            line_ += m.old_kind == 'K' ? ",\"old_key\":" : ",\"old\":";
+            return AppendKeyOrRow(*schema, m.old_tuple, m.old_kind == 'K');
+          } else if constexpr (std::is_same_v<T, TruncateMessage>) {
+            line_ += ",\"op\":\"truncate\",\"relations\":[";
+            for (size_t i = 0; i < change.relations.size(); ++i) {
+              if (i) line_ += ',';
+              AppendJsonString(line_, change.relations[i]->QualifiedName());
+            }
+            line_ += std::string("],\"cascade\":") + (m.cascade() ? "true" : "false") +
+                     ",\"restart_identity\":" + (m.restart_identity() ? "true" : "false");
+            return Status::Ok();
+          } else if constexpr (std::is_same_v<T, LogicalMessage>) {
+            line_ += ",\"op\":\"message\",\"prefix\":";
+            AppendJsonString(line_, m.prefix);
+            line_ += std::string(",\"transactional\":") + (m.transactional() ? "true" : "false") +
+                     ",\"content_base64\":\"" + Base64(m.content) + "\"";
+            return Status::Ok();
+          } else {
+            return Error::Corrupt("unexpected change message");
+          }
+        },
+        *change.message);
+    if (!status.ok()) return status;
+    if (!unchanged.empty()) {
+      line_ += ",\"unchanged\":[";
+      for (size_t i = 0; i < unchanged.size(); ++i) {
+        if (i) line_ += ',';
+        AppendJsonString(line_, unchanged[i]);
+      }
+      line_ += ']';
+    }
+    line_ += "}\n";
+    Emit();
+    return Status::Ok();
+  }
+
+  Status OnCommit(const TransactionInfo& transaction) override {
+    last_commit_ = transaction;
+    if (options_.until && transaction.commit_lsn >= *options_.until) done_ = true;
+    if (interactive_) Flush();
+    return Status::Ok();
+  }
+
+  // One snapshot row ("op":"read"), already rendered.
+  void PrintRead(const std::string& relation, const std::string& row_json, Lsn snapshot_lsn) {
+    line_.clear();
+    line_ += "{\"snapshot_lsn\":\"" + snapshot_lsn.ToString() + "\",\"relation\":";
+    AppendJsonString(line_, relation);
+    line_ += ",\"op\":\"read\",\"new\":" + row_json + "}\n";
+    Emit();
+  }
+
+  // Asks the catalog about each type OID once (domains, user-defined arrays).
+  Status LearnTypes(const RelationSchema& schema) { return LearnTypes(sql_, schema.columns); }
+  Status LearnTypes(PgConnection& connection, const std::vector<ColumnSchema>& columns) {
+    std::vector<uint32_t> oids;
+    for (const ColumnSchema& c : columns) {
+      if (attempted_oids_.insert(c.type_oid).second) oids.push_back(c.type_oid);
+    }
+    return oids.empty() ? Status::Ok() : ResolveTypes(connection, oids, types_);
+  }
+  const TypeRegistry& types() const { return types_; }
+
+  void Flush() {
+    if (!pending_.empty()) {
+      std::fwrite(pending_.data(), 1, pending_.size(), options_.out);
+      pending_.clear();
+    }
+    std::fflush(options_.out);
+  }
+  bool done() const { return done_; }
+
+ private:
+  void Relation(const RelationSchema& schema, const char* op) {
+    line_ += ",\"relation\":";
+    AppendJsonString(line_, schema.QualifiedName());
+    line_ += ",\"op\":\"";
+    line_ += op;
+    line_ += '"';
+  }
+
+  // An old key ('K') carries only the identity columns; the rest are null placeholders.
+  Status AppendKeyOrRow(const RelationSchema& schema, const TupleData& tuple, bool key_only) {
+    if (!key_only) return AppendRowJson(line_, schema, tuple, types_);
+    RelationSchema keys;
+    TupleData values;
+    for (size_t i = 0; i < schema.columns.size() && i < tuple.columns.size(); ++i) {
+      if (!schema.columns[i].key) continue;
+      keys.columns.push_back(schema.columns[i]);
+      values.columns.push_back(tuple.columns[i]);
+    }
+    keys.nspname = schema.nspname;
+    keys.relname = schema.relname;
+    return AppendRowJson(line_, keys, values, types_);
+  }
+
+  void Emit() {
+    pending_ += line_;
+    if (++printed_ >= options_.limit.value_or(UINT64_MAX)) done_ = true;
+    if (pending_.size() >= kOutputChunk) Flush();
+  }
+
+  const TailOptions& options_;
+  PgConnection& sql_;
+  TypeRegistry types_;
+  std::set<uint32_t> attempted_oids_;
+  TransactionInfo transaction_;
+  TransactionInfo last_commit_;
+  std::string line_;
+  std::string pending_;
+  uint64_t printed_ = 0;
+  bool interactive_ = false;
+  bool done_ = false;
+};
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "pgderive tail: %s\n", message.c_str());
+  return 1;
+}
+
+// Prints every row of `tables` as seen by `snapshot_name`, one table after the other,
+// row by row (single-row mode: never the whole table in memory).
+Status PrintSnapshot(const std::string& dsn, const std::string& snapshot_name, Lsn snapshot_lsn,
+                     const std::vector<std::string>& tables, Printer& printer) {
+  auto connected = PgConnection::Connect(dsn, PgConnection::Mode::kSql, "pgderive-tail-snapshot");
+  if (!connected.ok()) return connected.error();
+  PgConnection& c = connected.value();
+  Status status = c.Execute("begin isolation level repeatable read read only");
+  if (status.ok()) status = c.Execute("set transaction snapshot " + c.QuoteLiteral(snapshot_name));
+  if (!status.ok()) return status;
+  for (const std::string& table : tables) {
+    const size_t dot = table.find('.');
+    const std::string sql = "select * from " + c.QuoteIdentifier(table.substr(0, dot)) + "." +
+                            c.QuoteIdentifier(table.substr(dot + 1));
+    // The columns and their types first: the catalog cannot be asked while the rows stream.
+    RelationSchema schema;
+    schema.relname = table;
+    {
+      PgResultPtr shape(PQexec(c.get(), (sql + " limit 0").c_str()));
+      if (shape == nullptr || PQresultStatus(shape.get()) != PGRES_TUPLES_OK) {
+        return Error::Transient("cannot read " + table + ": " + PQerrorMessage(c.get()));
+      }
+      for (int i = 0; i < PQnfields(shape.get()); ++i) {
+        schema.columns.push_back(
+            ColumnSchema{PQfname(shape.get(), i), PQftype(shape.get(), i), -1, false});
+      }
+    }
+    Status learned = printer.LearnTypes(c, schema.columns);
+    if (!learned.ok()) return learned;
+    if (!PQsendQuery(c.get(), sql.c_str()) || !PQsetSingleRowMode(c.get())) {
+      return Error::Transient("cannot read " + table + ": " + PQerrorMessage(c.get()));
+    }
+    std::string row;
+    while (PgResultPtr result{PQgetResult(c.get())}) {
+      const ExecStatusType state = PQresultStatus(result.get());
+      if (state == PGRES_TUPLES_OK) continue;  // the end of this table
+      if (state != PGRES_SINGLE_TUPLE) {
+        return Error::Transient("snapshot read of " + table +
+                                " failed: " + PQresultErrorMessage(result.get()));
+      }
+      TupleData tuple;
+      for (int i = 0; i < PQnfields(result.get()); ++i) {
+        if (PQgetisnull(result.get(), 0, i)) {
+          tuple.columns.push_back(TupleValue{TupleValueKind::kNull, {}});
+        } else {
+          tuple.columns.push_back(
+              TupleValue{TupleValueKind::kText,
+                         std::string_view(PQgetvalue(result.get(), 0, i),
+                                          static_cast<size_t>(PQgetlength(result.get(), 0, i)))});
+        }
+      }
+      row.clear();
+      Status rendered = AppendRowJson(row, schema, tuple, printer.types());
+      if (!rendered.ok()) return rendered;
+      printer.PrintRead(table, row, snapshot_lsn);
+    }
+  }
+  return c.Execute("commit");
+}
+
+}  // namespace
+
+int RunTail(const TailOptions& options) {
+  ConfigResult loaded = LoadConfigFile(options.config_path);
+  if (!loaded.config) {
+    std::fputs(loaded.Describe(options.config_path).c_str(), stderr);
+    return 2;
+  }
+  const Config& config = *loaded.config;
+  if (options.snapshot && !options.slot.empty()) {
+    return Fail(
+        "--snapshot needs the temporary slot of the session; it cannot be used with --slot");
+  }
+  auto sql = PgConnection::Connect(config.source.dsn, PgConnection::Mode::kSql, "pgderive-tail");
+  if (!sql.ok()) return Fail(sql.error().message());
+  const std::vector<std::string> tables = config.SourceTables();
+  Status status = CheckSourceTables(sql.value(), tables);
+  if (status.ok()) status = EnsurePublication(sql.value(), config.source.publication, tables);
+  if (!status.ok()) return Fail(status.error().message());
+
+  auto repl =
+      PgConnection::Connect(config.source.dsn, PgConnection::Mode::kReplication, "pgderive-tail");
+  if (!repl.ok()) return Fail(repl.error().message());
+  Printer printer(options, sql.value());
+  StreamOptions stream_options;
+  stream_options.publication = config.source.publication;
+  const bool temporary = options.slot.empty();
+  if (temporary) {
+    stream_options.slot = "pgderive_tail_" + std::to_string(getpid());
+    auto slot = repl.value().CreateLogicalSlot(
+        stream_options.slot, "pgoutput", /*temporary=*/true,
+        options.snapshot ? SlotSnapshot::kExport : SlotSnapshot::kNoExport);
+    if (!slot.ok()) return Fail(slot.error().message());
+    stream_options.start = slot.value().consistent_point;
+    // The snapshot is exported by the replication connection and lives until its next
+    // command, START_REPLICATION: read it all first. Together the snapshot rows and the
+    // stream from consistent_point are the table's full history, with nothing twice.
+    if (options.snapshot) {
+      status = PrintSnapshot(config.source.dsn, *slot.value().snapshot_name,
+                             slot.value().consistent_point, tables, printer);
+      if (!status.ok()) return Fail(status.error().message());
+      printer.Flush();
+    }
+  } else {
+    stream_options.slot = options.slot;
+  }
+  auto stream = ReplicationStream::Start(std::move(repl).value(), stream_options);
+  if (!stream.ok()) return Fail(stream.error().message());
+
+  const std::string spill_dir =
+      (std::filesystem::temp_directory_path() / ("pgderive-tail-" + std::to_string(getpid())))
+          .string();
+  TransactionAssembler assembler({.spill_dir = spill_dir}, printer);
+  while (!printer.done() && !(options.stop != nullptr && options.stop->load())) {
+    auto next = stream.value().Next(std::chrono::milliseconds(500));
+    if (!next.ok()) return Fail(next.error().message());
+    if (!next.value()) {
+      printer.Flush();
+      continue;
+    }
+    status = assembler.Process(next.value()->data);
+    if (!status.ok()) return Fail(status.error().message());
+    // A temporary slot dies with the session; confirming what was printed lets the
+    // server recycle WAL meanwhile. An existing slot is never moved.
+    if (temporary) stream.value().ConfirmFlushed(assembler.last_committed());
+  }
+  printer.Flush();
+  std::filesystem::remove_all(spill_dir);
+  return 0;
+}
+
+}  // namespace pgderive

@@ -1,0 +1,37 @@
+#pragma once
+
+// Runs a program with its stdout on a pipe, for tests that drive the real binary.
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace pgderive::testing {
+
+class Subprocess {
+ public:
+  // Starts argv[0] with the arguments; stderr goes to `stderr_path` when given.
+  explicit Subprocess(const std::vector<std::string>& argv, const std::string& stderr_path = "");
+  ~Subprocess();  // kills the process if it still runs
+
+  // The next line of stdout without its newline; nullopt at end of output or when
+  // `timeout` passes first.
+  std::optional<std::string> ReadLine(std::chrono::milliseconds timeout);
+  void Signal(int signal);
+  // Waits up to `timeout` for the exit status; nullopt if it is still running.
+  std::optional<int> Wait(std::chrono::milliseconds timeout);
+
+ private:
+  pid_t pid_ = -1;
+  int stdout_fd_ = -1;
+  std::string buffer_;
+  std::optional<int> status_;
+};
+
+// The path of the pgderive binary under test (set by the build).
+std::string PgderiveBinary();
+
+}  // namespace pgderive::testing
