@@ -9,6 +9,8 @@ packages=(
   build-essential g++ cmake ninja-build pkg-config clang-format git curl ca-certificates
   # clang + compiler-rt for the libFuzzer target of the decoder (tests/fuzz)
   clang libclang-rt-14-dev
+  # GNU time for the benchmark's peak RSS
+  time
   # libraries (every one from Debian; see README "Dependencies")
   libpq-dev libpqxx-dev libhiredis-dev nlohmann-json3-dev libyaml-cpp-dev
   libcurl4-openssl-dev libgtest-dev libgmock-dev libspdlog-dev libfmt-dev
