@@ -15,7 +15,7 @@
 # Prints a Markdown table: rows/s, ratio to the ceiling, peak RSS.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-rows_a=1000000 updates_b=200000 txns_c=2000 snapshot_rows=1000000
+rows_a=1000000 updates_b=200000 txns_c=10000 snapshot_rows=1000000
 while [ $# -gt 0 ]; do
   case "$1" in
     --rows-a) rows_a=$2; shift 2 ;;

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -54,8 +55,9 @@ struct Change {
   // Valid only during the OnChange call (its views point into a transient buffer).
   const PgOutputMessage* message = nullptr;
   // The schema of the changed table (one for I/U/D, one per table for a truncate, none
-  // for a logical message). Shared and immutable: a consumer may keep them.
-  std::vector<std::shared_ptr<const RelationSchema>> relations;
+  // for a logical message). The span is valid during the call; the schemas are shared
+  // and immutable, so a consumer may keep a copy of the shared_ptr.
+  std::span<const std::shared_ptr<const RelationSchema>> relations;
 };
 
 class ChangeConsumer {

@@ -33,22 +33,6 @@ std::string FormatTimestamp(PgTimestamp timestamp) {
   return buf;
 }
 
-std::string Base64(std::string_view bytes) {
-  static constexpr char kAlphabet[] =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  for (size_t i = 0; i < bytes.size(); i += 3) {
-    uint32_t n = static_cast<uint8_t>(bytes[i]) << 16;
-    if (i + 1 < bytes.size()) n |= static_cast<uint8_t>(bytes[i + 1]) << 8;
-    if (i + 2 < bytes.size()) n |= static_cast<uint8_t>(bytes[i + 2]);
-    out += kAlphabet[(n >> 18) & 63];
-    out += kAlphabet[(n >> 12) & 63];
-    out += i + 1 < bytes.size() ? kAlphabet[(n >> 6) & 63] : '=';
-    out += i + 2 < bytes.size() ? kAlphabet[n & 63] : '=';
-  }
-  return out;
-}
-
 // Prints changes as JSON lines. Output is buffered and written in 1 MB pieces (and
 // at every commit when stdout is a terminal).
 class Printer : public ChangeConsumer {
@@ -59,22 +43,28 @@ class Printer : public ChangeConsumer {
   ~Printer() override { Flush(); }
 
   Status OnBegin(const TransactionInfo& transaction) override {
-    transaction_ = transaction;
+    // What every change of the transaction repeats, formatted once.
+    commit_lsn_text_ = "{\"commit_lsn\":\"" + transaction.commit_lsn.ToString() + "\",\"index\":";
+    transaction_fields_ = ",\"xid\":" + std::to_string(transaction.xid.value);
+    if (transaction.commit_time != 0) {
+      transaction_fields_ +=
+          ",\"commit_time\":\"" + FormatTimestamp(transaction.commit_time) + "\"";
+    }
     return Status::Ok();
   }
 
   Status OnChange(const Change& change) override {
     if (done_) return Status::Ok();
     for (const auto& relation : change.relations) {
+      if (relation == last_learned_) continue;  // held, so its address cannot be reused
       Status status = LearnTypes(*relation);
       if (!status.ok()) return status;
+      last_learned_ = relation;
     }
     line_.clear();
-    line_ += "{\"commit_lsn\":\"" + change.commit_lsn.ToString() +
-             "\",\"index\":" + std::to_string(change.index) +
-             ",\"xid\":" + std::to_string(transaction_.xid.value);
-    if (transaction_.commit_time != 0)
-      line_ += ",\"commit_time\":\"" + FormatTimestamp(transaction_.commit_time) + "\"";
+    line_ += commit_lsn_text_;
+    line_ += std::to_string(change.index);
+    line_ += transaction_fields_;
     std::vector<std::string> unchanged;
     Status status = std::visit(
         [&](const auto& m) -> Status {
@@ -111,7 +101,9 @@ class Printer : public ChangeConsumer {
             line_ += ",\"op\":\"message\",\"prefix\":";
             AppendJsonString(line_, m.prefix);
             line_ += std::string(",\"transactional\":") + (m.transactional() ? "true" : "false") +
-                     ",\"content_base64\":\"" + Base64(m.content) + "\"";
+                     ",\"content_base64\":\"";
+            AppendBase64(line_, m.content);
+            line_ += '"';
             return Status::Ok();
           } else {
             return Error::Corrupt("unexpected change message");
@@ -133,7 +125,6 @@ class Printer : public ChangeConsumer {
   }
 
   Status OnCommit(const TransactionInfo& transaction) override {
-    last_commit_ = transaction;
     if (options_.until && transaction.commit_lsn >= *options_.until) done_ = true;
     if (interactive_) Flush();
     return Status::Ok();
@@ -202,8 +193,9 @@ class Printer : public ChangeConsumer {
   PgConnection& sql_;
   TypeRegistry types_;
   std::set<uint32_t> attempted_oids_;
-  TransactionInfo transaction_;
-  TransactionInfo last_commit_;
+  std::shared_ptr<const RelationSchema> last_learned_;
+  std::string commit_lsn_text_;
+  std::string transaction_fields_;
   std::string line_;
   std::string pending_;
   uint64_t printed_ = 0;

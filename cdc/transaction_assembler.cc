@@ -109,31 +109,38 @@ Status TransactionAssembler::HandleInTransaction(const PgOutputMessage& message)
   Change change;
   change.commit_lsn = current_.commit_lsn;
   change.message = &message;
-  auto resolve = [&](RelationId id) -> Status {
-    auto schema = relation(id);
-    if (schema == nullptr) {
-      return Unexpected("a change for relation " + std::to_string(id.value) +
-                        " before its Relation message");
-    }
-    change.relations.push_back(std::move(schema));
-    return Status::Ok();
+  // The cache entry itself backs the span: no copy, no allocation per change.
+  auto find = [&](RelationId id) -> const std::shared_ptr<const RelationSchema>* {
+    auto it = relations_.find(id.value);
+    return it == relations_.end() ? nullptr : &it->second;
   };
-  Status status;
+  auto missing = [&](RelationId id) {
+    return Unexpected("a change for relation " + std::to_string(id.value) +
+                      " before its Relation message");
+  };
+  std::optional<RelationId> single;
   if (const auto* m = std::get_if<InsertMessage>(&message)) {
-    status = resolve(m->relation_id);
+    single = m->relation_id;
   } else if (const auto* m = std::get_if<UpdateMessage>(&message)) {
-    status = resolve(m->relation_id);
+    single = m->relation_id;
   } else if (const auto* m = std::get_if<DeleteMessage>(&message)) {
-    status = resolve(m->relation_id);
+    single = m->relation_id;
   } else if (const auto* m = std::get_if<TruncateMessage>(&message)) {
+    truncated_.clear();
     for (RelationId id : m->relation_ids) {
-      status = resolve(id);
-      if (!status.ok()) break;
+      const auto* schema = find(id);
+      if (schema == nullptr) return missing(id);
+      truncated_.push_back(*schema);
     }
+    change.relations = truncated_;
   } else if (!std::holds_alternative<LogicalMessage>(message)) {
     return Unexpected("a transaction-control message inside a transaction");
   }
-  if (!status.ok()) return status;
+  if (single) {
+    const auto* schema = find(*single);
+    if (schema == nullptr) return missing(*single);
+    change.relations = std::span(schema, 1);
+  }
   if (skipping_) return Status::Ok();
   change.index = next_index_++;
   return consumer_.OnChange(change);

@@ -21,6 +21,7 @@
 #include <span>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "cdc/change_stream.h"
 
@@ -71,7 +72,8 @@ class TransactionAssembler {
   AssemblerOptions options_;
   ChangeConsumer& consumer_;
   std::unordered_map<uint32_t, std::shared_ptr<const RelationSchema>> relations_;
-  std::map<uint32_t, std::unique_ptr<Buffer>> buffers_;  // by top-level xid
+  std::map<uint32_t, std::unique_ptr<Buffer>> buffers_;           // by top-level xid
+  std::vector<std::shared_ptr<const RelationSchema>> truncated_;  // backs a truncate's span
   size_t memory_ = 0;
   size_t spilled_ = 0;
 

@@ -1,6 +1,7 @@
 #include "cdc/value_json.h"
 
 #include <array>
+#include <cstring>
 
 namespace pgderive {
 namespace {
@@ -11,34 +12,6 @@ constexpr uint32_t kBool = 16, kBytea = 17, kInt8 = 20, kInt2 = 21, kInt4 = 23, 
                    kTimestampTz = 1184, kNumeric = 1700, kJsonb = 3802;
 
 const TypeInfo kUnknown{};
-
-void AppendBase64(std::string& out, const std::string& bytes) {
-  static constexpr char kAlphabet[] =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  size_t i = 0;
-  for (; i + 3 <= bytes.size(); i += 3) {
-    const uint32_t n = (static_cast<uint8_t>(bytes[i]) << 16) |
-                       (static_cast<uint8_t>(bytes[i + 1]) << 8) |
-                       static_cast<uint8_t>(bytes[i + 2]);
-    out += kAlphabet[(n >> 18) & 63];
-    out += kAlphabet[(n >> 12) & 63];
-    out += kAlphabet[(n >> 6) & 63];
-    out += kAlphabet[n & 63];
-  }
-  if (i + 1 == bytes.size()) {
-    const uint32_t n = static_cast<uint8_t>(bytes[i]) << 16;
-    out += kAlphabet[(n >> 18) & 63];
-    out += kAlphabet[(n >> 12) & 63];
-    out += "==";
-  } else if (i + 2 == bytes.size()) {
-    const uint32_t n =
-        (static_cast<uint8_t>(bytes[i]) << 16) | (static_cast<uint8_t>(bytes[i + 1]) << 8);
-    out += kAlphabet[(n >> 18) & 63];
-    out += kAlphabet[(n >> 12) & 63];
-    out += kAlphabet[(n >> 6) & 63];
-    out += '=';
-  }
-}
 
 int HexDigit(char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -244,14 +217,65 @@ const TypeInfo& TypeRegistry::Lookup(uint32_t oid) const {
   return it == types_.end() ? kUnknown : it->second;
 }
 
+void AppendBase64(std::string& out, std::string_view bytes) {
+  static constexpr char kAlphabet[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  for (size_t i = 0; i < bytes.size(); i += 3) {
+    uint32_t n = static_cast<uint32_t>(static_cast<uint8_t>(bytes[i])) << 16;
+    if (i + 1 < bytes.size()) n |= static_cast<uint32_t>(static_cast<uint8_t>(bytes[i + 1])) << 8;
+    if (i + 2 < bytes.size()) n |= static_cast<uint8_t>(bytes[i + 2]);
+    out += kAlphabet[(n >> 18) & 63];
+    out += kAlphabet[(n >> 12) & 63];
+    out += i + 1 < bytes.size() ? kAlphabet[(n >> 6) & 63] : '=';
+    out += i + 2 < bytes.size() ? kAlphabet[n & 63] : '=';
+  }
+}
+
+namespace {
+
+// 1 for the bytes JSON requires escaped: control characters, '"' and '\\'.
+constexpr std::array<uint8_t, 256> MakeEscapeTable() {
+  std::array<uint8_t, 256> table{};
+  for (int c = 0; c < 0x20; ++c) table[c] = 1;
+  table['"'] = 1;
+  table['\\'] = 1;
+  return table;
+}
+constexpr std::array<uint8_t, 256> kNeedsEscape = MakeEscapeTable();
+
+}  // namespace
+
 void AppendJsonString(std::string& out, std::string_view text) {
   static constexpr char kHex[] = "0123456789abcdef";
+  out.reserve(out.size() + text.size() + 2);
   out += '"';
-  size_t run = 0;  // start of the pending run of characters that need no escape
-  for (size_t i = 0; i < text.size(); ++i) {
-    const unsigned char c = static_cast<unsigned char>(text[i]);
-    if (c >= 0x20 && c != '"' && c != '\\') continue;
-    out.append(text.substr(run, i - run));
+  const auto* data = reinterpret_cast<const unsigned char*>(text.data());
+  size_t run = 0;  // start of the pending run of bytes that need no escape
+  size_t i = 0;
+  while (i < text.size()) {
+    // Eight bytes at a time while none of them needs escaping. SWAR tests, each exact
+    // for "some byte of the word": below 0x20, equal to '"', equal to '\\'.
+    if (i + 8 <= text.size()) {
+      uint64_t word;
+      std::memcpy(&word, data + i, 8);
+      constexpr uint64_t kOnes = 0x0101010101010101ull;
+      constexpr uint64_t kHigh = 0x8080808080808080ull;
+      const uint64_t quote = word ^ (kOnes * '"');
+      const uint64_t backslash = word ^ (kOnes * '\\');
+      const uint64_t below_space = (word - kOnes * 0x20) & ~word & kHigh;
+      const uint64_t has_quote = (quote - kOnes) & ~quote & kHigh;
+      const uint64_t has_backslash = (backslash - kOnes) & ~backslash & kHigh;
+      if ((below_space | has_quote | has_backslash) == 0) {
+        i += 8;
+        continue;
+      }
+    }
+    if (!kNeedsEscape[data[i]]) {
+      ++i;
+      continue;
+    }
+    const unsigned char c = data[i];
+    out.append(text.data() + run, i - run);
     run = i + 1;
     switch (c) {
       case '"':
@@ -280,8 +304,9 @@ void AppendJsonString(std::string& out, std::string_view text) {
         out += kHex[c >> 4];
         out += kHex[c & 15];
     }
+    ++i;
   }
-  out.append(text.substr(run));
+  out.append(text.data() + run, text.size() - run);
   out += '"';
 }
 

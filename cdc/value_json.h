@@ -68,4 +68,7 @@ Status AppendJsonValue(std::string& out, std::string_view text, uint32_t type_oi
 // Appends `text` as a JSON string literal (quotes, escapes; UTF-8 passes through).
 void AppendJsonString(std::string& out, std::string_view text);
 
+// Appends the standard base64 encoding (with padding) of `bytes`.
+void AppendBase64(std::string& out, std::string_view bytes);
+
 }  // namespace pgderive

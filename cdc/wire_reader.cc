@@ -4,16 +4,13 @@
 
 namespace pgderive {
 
-bool WireReader::Need(size_t bytes, const char* field) {
-  if (!ok()) return false;
-  if (bytes > remaining()) {
-    failed_field_ = field;
-    failed_offset_ = offset_;
-    failed_detail_ = "truncated: " + std::to_string(bytes) + " bytes needed, " +
-                     std::to_string(remaining()) + " left";
-    return false;
-  }
-  return true;
+bool WireReader::NeedFailed(size_t bytes, const char* field) {
+  if (!ok()) return false;  // keep the first failure: it is the cause
+  failed_field_ = field;
+  failed_offset_ = offset_;
+  failed_detail_ = "truncated: " + std::to_string(bytes) + " bytes needed, " +
+                   std::to_string(remaining()) + " left";
+  return false;
 }
 
 void WireReader::Fail(const char* field, std::string detail) {
@@ -21,34 +18,6 @@ void WireReader::Fail(const char* field, std::string detail) {
   failed_field_ = field;
   failed_offset_ = offset_;
   failed_detail_ = std::move(detail);
-}
-
-uint8_t WireReader::ReadUint8(const char* field) {
-  if (!Need(1, field)) return 0;
-  return data_[offset_++];
-}
-
-int16_t WireReader::ReadInt16(const char* field) {
-  if (!Need(2, field)) return 0;
-  const uint16_t v = static_cast<uint16_t>((data_[offset_] << 8) | data_[offset_ + 1]);
-  offset_ += 2;
-  return static_cast<int16_t>(v);
-}
-
-int32_t WireReader::ReadInt32(const char* field) {
-  if (!Need(4, field)) return 0;
-  uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v = (v << 8) | data_[offset_ + i];
-  offset_ += 4;
-  return static_cast<int32_t>(v);
-}
-
-int64_t WireReader::ReadInt64(const char* field) {
-  if (!Need(8, field)) return 0;
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v = (v << 8) | data_[offset_ + i];
-  offset_ += 8;
-  return static_cast<int64_t>(v);
 }
 
 std::string_view WireReader::ReadString(const char* field) {

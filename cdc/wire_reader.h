@@ -21,11 +21,31 @@ class WireReader {
  public:
   explicit WireReader(std::span<const uint8_t> data) : data_(data) {}
 
-  uint8_t ReadUint8(const char* field);
-  int16_t ReadInt16(const char* field);
-  int32_t ReadInt32(const char* field);
+  uint8_t ReadUint8(const char* field) {
+    if (!Need(1, field)) return 0;
+    return data_[offset_++];
+  }
+  int16_t ReadInt16(const char* field) {
+    if (!Need(2, field)) return 0;
+    const uint16_t v = static_cast<uint16_t>((data_[offset_] << 8) | data_[offset_ + 1]);
+    offset_ += 2;
+    return static_cast<int16_t>(v);
+  }
+  int32_t ReadInt32(const char* field) {
+    if (!Need(4, field)) return 0;
+    const uint32_t v = (uint32_t{data_[offset_]} << 24) | (uint32_t{data_[offset_ + 1]} << 16) |
+                       (uint32_t{data_[offset_ + 2]} << 8) | uint32_t{data_[offset_ + 3]};
+    offset_ += 4;
+    return static_cast<int32_t>(v);
+  }
   uint32_t ReadUint32(const char* field) { return static_cast<uint32_t>(ReadInt32(field)); }
-  int64_t ReadInt64(const char* field);
+  int64_t ReadInt64(const char* field) {
+    if (!Need(8, field)) return 0;
+    uint64_t v = 0;
+    for (int i = 0; i < 8; ++i) v = (v << 8) | data_[offset_ + i];
+    offset_ += 8;
+    return static_cast<int64_t>(v);
+  }
   uint64_t ReadUint64(const char* field) { return static_cast<uint64_t>(ReadInt64(field)); }
   // A NUL-terminated string; the view points into the buffer.
   std::string_view ReadString(const char* field);
@@ -43,7 +63,13 @@ class WireReader {
   std::string ErrorText() const;
 
  private:
-  bool Need(size_t bytes, const char* field);
+  // The common case inline; the failure path (recording the field) out of line.
+  bool Need(size_t bytes, const char* field) {
+    if (ok() && bytes <= remaining()) [[likely]]
+      return true;
+    return NeedFailed(bytes, field);
+  }
+  bool NeedFailed(size_t bytes, const char* field);
 
   std::span<const uint8_t> data_;
   size_t offset_ = 0;

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "cdc/pgoutput.h"
@@ -57,6 +59,52 @@ TEST(ValueJsonTest, BoolJsonAndStrings) {
   EXPECT_EQ(Map("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", 2950),
             "\"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\"");
   EXPECT_EQ(Map("happy", 99999), "\"happy\"");  // an enum (unknown OID): its text
+}
+
+// Byte-by-byte reference for AppendJsonString, whose fast path scans 8 bytes at a time.
+std::string ReferenceEscape(std::string_view text) {
+  std::string out = "\"";
+  char buf[8];
+  for (unsigned char c : text) {
+    if (c == '"')
+      out += "\\\"";
+    else if (c == '\\')
+      out += "\\\\";
+    else if (c == '\n')
+      out += "\\n";
+    else if (c == '\r')
+      out += "\\r";
+    else if (c == '\t')
+      out += "\\t";
+    else if (c == '\b')
+      out += "\\b";
+    else if (c == '\f')
+      out += "\\f";
+    else if (c < 0x20) {
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + "\"";
+}
+
+TEST(ValueJsonTest, EscapingAgreesWithReferenceAtEveryPosition) {
+  const std::string specials =
+      std::string("\"\\\n\x01\x1f\x7f\xc3\xa9 !~", 12) + std::string(1, '\0');
+  for (size_t length = 0; length <= 40; ++length) {
+    for (size_t position = 0; position < std::max<size_t>(length, 1); ++position) {
+      for (char special : specials) {
+        std::string text(length, 'a');
+        if (length > 0) text[position] = special;
+        std::string out;
+        AppendJsonString(out, text);
+        ASSERT_EQ(out, ReferenceEscape(text)) << "length " << length << " position " << position
+                                              << " byte " << static_cast<int>(special);
+      }
+    }
+  }
 }
 
 TEST(ValueJsonTest, DatesAndTimes) {
