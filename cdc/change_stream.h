@@ -26,6 +26,9 @@ struct ColumnSchema {
   uint32_t type_oid = 0;
   int32_t typmod = -1;
   bool key = false;  // part of the replica identity
+  // `"name":` as JSON, rendered once per schema for the row-rendering hot path (empty:
+  // render on the fly).
+  std::string json_key;
 };
 
 // A table's shape as the last Relation message described it. Immutable: a schema change
@@ -36,8 +39,12 @@ struct RelationSchema {
   std::string relname;
   char replica_identity = 'd';
   std::vector<ColumnSchema> columns;
+  std::string json_name;  // the qualified name as a JSON string, rendered once
   std::string QualifiedName() const { return nspname + "." + relname; }
 };
+
+// Fills the pre-rendered json_key of every column and json_name.
+void RenderSchemaJson(RelationSchema& schema);
 
 struct TransactionInfo {
   Xid xid;

@@ -2,6 +2,16 @@
 
 namespace pgderive {
 
+void RenderSchemaJson(RelationSchema& schema) {
+  for (ColumnSchema& column : schema.columns) {
+    column.json_key.clear();
+    AppendJsonString(column.json_key, column.name);
+    column.json_key += ':';
+  }
+  schema.json_name.clear();
+  AppendJsonString(schema.json_name, schema.QualifiedName());
+}
+
 Status AppendRowJson(std::string& out, const RelationSchema& schema, const TupleData& tuple,
                      const TypeRegistry& types, std::vector<std::string>* unchanged) {
   if (tuple.columns.size() != schema.columns.size()) {
@@ -20,8 +30,12 @@ Status AppendRowJson(std::string& out, const RelationSchema& schema, const Tuple
     }
     if (!first) out += ',';
     first = false;
-    AppendJsonString(out, column.name);
-    out += ':';
+    if (!column.json_key.empty()) {
+      out += column.json_key;
+    } else {
+      AppendJsonString(out, column.name);
+      out += ':';
+    }
     if (value.kind == TupleValueKind::kNull) {
       out += "null";
     } else if (value.kind == TupleValueKind::kBinary) {

@@ -162,7 +162,11 @@ class Printer : public ChangeConsumer {
  private:
   void Relation(const RelationSchema& schema, const char* op) {
     line_ += ",\"relation\":";
-    AppendJsonString(line_, schema.QualifiedName());
+    if (!schema.json_name.empty()) {
+      line_ += schema.json_name;
+    } else {
+      AppendJsonString(line_, schema.QualifiedName());
+    }
     line_ += ",\"op\":\"";
     line_ += op;
     line_ += '"';
@@ -232,9 +236,10 @@ Status PrintSnapshot(const std::string& dsn, const std::string& snapshot_name, L
       }
       for (int i = 0; i < PQnfields(shape.get()); ++i) {
         schema.columns.push_back(
-            ColumnSchema{PQfname(shape.get(), i), PQftype(shape.get(), i), -1, false});
+            ColumnSchema{PQfname(shape.get(), i), PQftype(shape.get(), i), -1, false, {}});
       }
     }
+    RenderSchemaJson(schema);
     Status learned = printer.LearnTypes(c, schema.columns);
     if (!learned.ok()) return learned;
     if (!PQsendQuery(c.get(), sql.c_str()) || !PQsetSingleRowMode(c.get())) {

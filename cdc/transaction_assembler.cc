@@ -9,6 +9,8 @@
 #include <set>
 #include <vector>
 
+#include "cdc/row_json.h"
+
 namespace pgderive {
 namespace {
 
@@ -93,8 +95,9 @@ Status TransactionAssembler::ApplyRelation(const RelationMessage& message) {
   schema->columns.reserve(message.attributes.size());
   for (const RelationAttribute& a : message.attributes) {
     schema->columns.push_back(
-        ColumnSchema{std::string(a.name), a.type_oid, a.atttypmod, a.is_key()});
+        ColumnSchema{std::string(a.name), a.type_oid, a.atttypmod, a.is_key(), {}});
   }
+  RenderSchemaJson(*schema);
   relations_[message.relation_id.value] = std::move(schema);
   return Status::Ok();
 }
