@@ -5,8 +5,10 @@
 #include <ctime>
 #include <filesystem>
 #include <set>
+#include <thread>
 #include <vector>
 
+#include "cdc/backoff.h"
 #include "cdc/publication.h"
 #include "cdc/replication_stream.h"
 #include "cdc/row_json.h"
@@ -19,6 +21,7 @@ namespace pgderive {
 namespace {
 
 constexpr size_t kOutputChunk = size_t{1} << 20;
+constexpr auto kFlushInterval = std::chrono::milliseconds(100);
 
 std::string FormatTimestamp(PgTimestamp timestamp) {
   const auto time = FromPgTimestamp(timestamp);
@@ -126,7 +129,9 @@ class Printer : public ChangeConsumer {
 
   Status OnCommit(const TransactionInfo& transaction) override {
     if (options_.until && transaction.commit_lsn >= *options_.until) done_ = true;
-    if (interactive_) Flush();
+    // Latency bound for a trickle of changes into a pipe: at least every 100 ms. At bulk
+    // rates the 1 MB chunks flush first and this costs one clock read per commit.
+    if (interactive_ || std::chrono::steady_clock::now() - last_flush_ > kFlushInterval) Flush();
     return Status::Ok();
   }
 
@@ -151,6 +156,7 @@ class Printer : public ChangeConsumer {
   const TypeRegistry& types() const { return types_; }
 
   void Flush() {
+    last_flush_ = std::chrono::steady_clock::now();
     if (!pending_.empty()) {
       std::fwrite(pending_.data(), 1, pending_.size(), options_.out);
       pending_.clear();
@@ -204,6 +210,7 @@ class Printer : public ChangeConsumer {
   std::string pending_;
   uint64_t printed_ = 0;
   bool interactive_ = false;
+  std::chrono::steady_clock::time_point last_flush_ = std::chrono::steady_clock::now();
   bool done_ = false;
 };
 
@@ -319,16 +326,57 @@ int RunTail(const TailOptions& options) {
   } else {
     stream_options.slot = options.slot;
   }
-  auto stream = ReplicationStream::Start(std::move(repl).value(), stream_options);
-  if (!stream.ok()) return Fail(stream.error().message());
+  auto started = ReplicationStream::Start(std::move(repl).value(), stream_options);
+  if (!started.ok()) return Fail(started.error().message());
+  std::optional<ReplicationStream> stream(std::move(started).value());
 
   const std::string spill_dir =
       (std::filesystem::temp_directory_path() / ("pgderive-tail-" + std::to_string(getpid())))
           .string();
   TransactionAssembler assembler({.spill_dir = spill_dir}, printer);
-  while (!printer.done() && !(options.stop != nullptr && options.stop->load())) {
-    auto next = stream.value().Next(std::chrono::milliseconds(500));
-    if (!next.ok()) return Fail(next.error().message());
+  auto stopped = [&] { return options.stop != nullptr && options.stop->load(); };
+  Backoff backoff;
+  while (!printer.done() && !stopped()) {
+    if (!stream) {
+      // Reconnect to the existing slot: the server resends from its confirmed position
+      // (tail never moves it), and the assembler skips every transaction it already
+      // printed, by commit LSN.
+      auto connection = PgConnection::Connect(config.source.dsn, PgConnection::Mode::kReplication,
+                                              "pgderive-tail");
+      Result<ReplicationStream> reopened =
+          connection.ok() ? ReplicationStream::Start(std::move(connection).value(), stream_options)
+                          : Result<ReplicationStream>(connection.error());
+      if (!reopened.ok()) {
+        if (reopened.error().kind() != ErrorKind::kTransient)
+          return Fail(reopened.error().message());
+        const auto wait = backoff.Next();
+        std::fprintf(stderr, "pgderive tail: %s; retrying in %lld ms\n",
+                     reopened.error().message().c_str(), static_cast<long long>(wait.count()));
+        // Wait in slices so that a signal stops the wait promptly.
+        const auto until = std::chrono::steady_clock::now() + wait;
+        while (!stopped() && std::chrono::steady_clock::now() < until) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        continue;
+      }
+      stream.emplace(std::move(reopened).value());
+      backoff.Reset();
+      std::fprintf(stderr, "pgderive tail: reconnected to slot %s\n", stream_options.slot.c_str());
+    }
+    auto next = stream->Next(std::chrono::milliseconds(500));
+    if (!next.ok()) {
+      if (temporary) {
+        return Fail(next.error().message() +
+                    " (a temporary slot ends with its connection; use --slot NAME for a tail "
+                    "that survives reconnects)");
+      }
+      if (next.error().kind() != ErrorKind::kTransient) return Fail(next.error().message());
+      std::fprintf(stderr, "pgderive tail: %s; reconnecting\n", next.error().message().c_str());
+      printer.Flush();
+      stream.reset();
+      assembler.ResetPartial();
+      continue;
+    }
     if (!next.value()) {
       printer.Flush();
       continue;
@@ -337,7 +385,7 @@ int RunTail(const TailOptions& options) {
     if (!status.ok()) return Fail(status.error().message());
     // A temporary slot dies with the session; confirming what was printed lets the
     // server recycle WAL meanwhile. An existing slot is never moved.
-    if (temporary) stream.value().ConfirmFlushed(assembler.last_committed());
+    if (temporary) stream->ConfirmFlushed(assembler.last_committed());
   }
   printer.Flush();
   std::filesystem::remove_all(spill_dir);

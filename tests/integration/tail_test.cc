@@ -238,5 +238,49 @@ TEST_F(TailTest, BadInputSaysWhatAndWhereAndCreatesNothing) {
   EXPECT_EQ(publications.value().rows[0][0], "0");
 }
 
+// ADD COLUMN, DROP COLUMN and a type change while tail runs: each change carries the
+// table's shape at the time it was made, with no restart.
+TEST_F(TailTest, SchemaChangesMidStreamNeedNoRestart) {
+  if (HasFatalFailure()) return;
+  const std::string table = UniqueName("tail_ddl");
+  tables_ = {table};
+  MustExecute(*sql_, "create table " + table + " (id int primary key, a text)");
+  const std::string config = WriteConfig({table});
+  Subprocess tail({PgderiveBinary(), "tail", "-c", config}, (dir_ / "stderr").string());
+  std::map<int, json> rows;
+  auto read_until = [&](int id) {
+    while (!rows.contains(id)) {
+      auto line = tail.ReadLine(std::chrono::seconds(30));
+      ASSERT_TRUE(line.has_value()) << Stderr();
+      const json change = json::parse(*line);
+      rows[change["new"]["id"].get<int>()] = change["new"];
+    }
+  };
+  // tail creates its slot after start-up: insert until a row arrives, so no sleep.
+  int first = 0;
+  for (; first < 50; ++first) {
+    MustExecute(*sql_, "insert into " + table + " values (" + std::to_string(first) + ", 'one')");
+    auto line = tail.ReadLine(std::chrono::milliseconds(300));
+    if (line) {
+      const json change = json::parse(*line);
+      rows[change["new"]["id"].get<int>()] = change["new"];
+      break;
+    }
+  }
+  ASSERT_FALSE(rows.empty()) << Stderr();
+  MustExecute(*sql_, "alter table " + table + " add column b int default 7");
+  MustExecute(*sql_, "insert into " + table + " values (100, 'two', 2)");
+  MustExecute(*sql_, "alter table " + table + " drop column a");
+  MustExecute(*sql_, "insert into " + table + " values (200, 3)");
+  MustExecute(*sql_, "alter table " + table + " alter column b type text");
+  MustExecute(*sql_, "insert into " + table + " values (300, 'four')");
+  read_until(300);
+  EXPECT_EQ(rows[100], json::parse(R"({"id": 100, "a": "two", "b": 2})"));
+  EXPECT_EQ(rows[200], json::parse(R"({"id": 200, "b": 3})"));
+  EXPECT_EQ(rows[300], json::parse(R"({"id": 300, "b": "four"})"));
+  tail.Signal(SIGTERM);
+  EXPECT_EQ(tail.Wait(std::chrono::seconds(10)), 0) << Stderr();
+}
+
 }  // namespace
 }  // namespace pgderive

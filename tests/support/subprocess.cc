@@ -16,6 +16,7 @@
 namespace pgderive::testing {
 
 std::string PgderiveBinary() { return PGDERIVE_BINARY; }
+std::string SourceDir() { return PGDERIVE_SOURCE_DIR; }
 
 Subprocess::Subprocess(const std::vector<std::string>& argv, const std::string& stderr_path) {
   int fds[2];

@@ -31,7 +31,8 @@ class Subprocess {
   std::optional<int> status_;
 };
 
-// The path of the pgderive binary under test (set by the build).
+// The path of the pgderive binary under test, and of the source tree (set by the build).
 std::string PgderiveBinary();
+std::string SourceDir();
 
 }  // namespace pgderive::testing
