@@ -35,17 +35,16 @@ dsn=$(sed -n 's/^PGDERIVE_PG_DSN=//p' "$dir/stack.env")
 bindir=$(sed -n 's/^PGDERIVE_PG_BINDIR=//p' "$dir/stack.env")
 q() { psql "$dsn" -X -q -At -v ON_ERROR_STOP=1 "$@"; }
 
-cat > "$dir/bench.yml" <<YAML
-pipeline: bench
-source:
-  dsn: $dsn
-stores:
-  cache: {type: redis, url: "redis://127.0.0.1:1/0"}
-views:
-  - {name: a, store: cache, from: bench_a, key: "a:{id}"}
-  - {name: b, store: cache, from: bench_b, key: "b:{id}"}
-  - {name: c, store: cache, from: bench_c, key: "c:{id}"}
-YAML
+# write_config FILE PIPELINE TABLE...: a configuration whose views read TABLEs (the Redis
+# store is never contacted by tail).
+write_config() {
+  local file=$1 pipeline=$2
+  shift 2
+  printf 'pipeline: %s\nsource:\n  dsn: %s\nstores:\n  cache: {type: redis, url: "redis://127.0.0.1:1/0"}\nviews:\n' \
+    "$pipeline" "$dsn" > "$file"
+  for t in "$@"; do printf '  - {name: v_%s, store: cache, from: %s, key: "%s:{id}"}\n' "$t" "$t" "$t" >> "$file"; done
+}
+write_config "$dir/bench.yml" bench bench_a bench_b bench_c
 q <<'SQL'
 create table bench_a (id bigint primary key, title text, price numeric, attrs jsonb, tags int[], updated_at timestamptz);
 create table bench_b (id bigint primary key, title text, price numeric, attrs jsonb, tags int[], updated_at timestamptz);
@@ -115,15 +114,7 @@ measure "(c) $txns_c mixed 100-change transactions" "$((txns_c * 100))" "call be
 # Snapshot: a table of snapshot_rows rows, COPY to /dev/null vs tail --snapshot.
 q -c "create table bench_s (like bench_a including all)" \
   -c "insert into bench_s select (bench_row(g)).* from generate_series(1, $snapshot_rows) g" -c "vacuum analyze bench_s"
-cat > "$dir/snap.yml" <<YAML
-pipeline: snap
-source:
-  dsn: $dsn
-stores:
-  cache: {type: redis, url: "redis://127.0.0.1:1/0"}
-views:
-  - {name: s, store: cache, from: bench_s, key: "s:{id}"}
-YAML
+write_config "$dir/snap.yml" snap bench_s
 t0=$(date +%s.%N)
 psql "$dsn" -X -q -c "\\copy bench_s to /dev/null"
 t1=$(date +%s.%N); copy=$(echo "$t1 - $t0" | bc -l)

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "cdc/pg_connection.h"
 #include "tests/support/stack_env.h"
@@ -61,6 +62,8 @@ class TailReconnectTest : public ::testing::Test {
       if (conn.ok()) return std::move(conn).value();
       if (std::chrono::steady_clock::now() > deadline)
         throw std::runtime_error(conn.error().ToString());
+      // A retry interval, not synchronisation: the condition is the connect itself.
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
   }
 

@@ -9,13 +9,17 @@
 #include <fstream>
 
 #include "cdc/pg_connection.h"
+#include "tests/support/pg.h"
 #include "tests/support/stack_env.h"
 #include "tests/support/subprocess.h"
 
 namespace pgderive {
 namespace {
 
+using testing::MustConnect;
+using testing::MustExecute;
 using testing::PgderiveBinary;
+using testing::Scalar;
 using testing::Subprocess;
 using testing::UniqueName;
 

@@ -4,27 +4,16 @@
 #include <gtest/gtest.h>
 
 #include "cdc/pg_connection.h"
+#include "tests/support/pg.h"
 #include "tests/support/stack_env.h"
 
 namespace pgderive {
 namespace {
 
+using testing::MustConnect;
+using testing::MustExecute;
+using testing::Scalar;
 using testing::UniqueName;
-
-PgConnection MustConnect(const std::string& dsn, PgConnection::Mode mode) {
-  auto conn = PgConnection::Connect(dsn, mode, "pgderive-test");
-  if (!conn.ok()) throw std::runtime_error(conn.error().ToString());
-  return std::move(conn).value();
-}
-
-std::string Scalar(PgConnection& conn, const std::string& sql) {
-  auto rows = conn.Query(sql);
-  if (!rows.ok()) throw std::runtime_error(sql + ": " + rows.error().ToString());
-  if (rows.value().rows.size() != 1 || !rows.value().rows[0][0]) {
-    throw std::runtime_error(sql + ": expected one non-null value");
-  }
-  return *rows.value().rows[0][0];
-}
 
 TEST(PostgresIntegrationTest, ServerIsLogicalAndSessionIsPinned) {
   PGDERIVE_REQUIRE_STACK();

@@ -5,24 +5,16 @@
 #include <gtest/gtest.h>
 
 #include "cdc/pgoutput.h"
+#include "tests/support/pg.h"
 #include "tests/support/stack_env.h"
 
 namespace pgderive {
 namespace {
 
+using testing::MustConnect;
+using testing::MustExecute;
+using testing::Scalar;
 using testing::UniqueName;
-
-PgConnection MustConnect(const std::string& dsn, PgConnection::Mode mode) {
-  auto conn = PgConnection::Connect(dsn, mode, "pgderive-test");
-  if (!conn.ok()) throw std::runtime_error(conn.error().ToString());
-  return std::move(conn).value();
-}
-
-std::string Scalar(PgConnection& conn, const std::string& sql) {
-  auto rows = conn.Query(sql);
-  if (!rows.ok()) throw std::runtime_error(sql + ": " + rows.error().ToString());
-  return rows.value().rows.at(0).at(0).value_or("<null>");
-}
 
 class ReplicationStreamTest : public ::testing::Test {
  protected:

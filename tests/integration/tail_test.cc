@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "cdc/pg_connection.h"
+#include "tests/support/pg.h"
 #include "tests/support/stack_env.h"
 #include "tests/support/subprocess.h"
 
@@ -18,20 +19,12 @@ namespace pgderive {
 namespace {
 
 using nlohmann::json;
+using testing::MustConnect;
+using testing::MustExecute;
 using testing::PgderiveBinary;
+using testing::Scalar;
 using testing::Subprocess;
 using testing::UniqueName;
-
-PgConnection MustConnect(const std::string& dsn) {
-  auto conn = PgConnection::Connect(dsn, PgConnection::Mode::kSql, "pgderive-test");
-  if (!conn.ok()) throw std::runtime_error(conn.error().ToString());
-  return std::move(conn).value();
-}
-
-void MustExecute(PgConnection& conn, const std::string& sql) {
-  Status status = conn.Execute(sql);
-  if (!status.ok()) throw std::runtime_error(sql + ": " + status.error().ToString());
-}
 
 class TailTest : public ::testing::Test {
  protected:
