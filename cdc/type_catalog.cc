@@ -1,48 +1,85 @@
 #include "cdc/type_catalog.h"
 
+#include <map>
 #include <set>
+#include <string>
 
 namespace pgderive {
+namespace {
+
+// What pg_type says about one type.
+struct CatalogType {
+  bool domain = false;
+  uint32_t base = 0;  // typbasetype of a domain
+  bool array = false;
+  uint32_t element = 0;  // typelem of an array
+  char delimiter = ',';
+};
+
+// Type chains are short (a domain over a domain over an array...); the bound only guards
+// against a catalog that loops.
+constexpr int kMaxDepth = 16;
+
+uint32_t ToOid(const std::optional<std::string>& text) {
+  return text ? static_cast<uint32_t>(std::stoul(*text)) : 0;
+}
+
+}  // namespace
 
 Status ResolveTypes(PgConnection& connection, const std::vector<uint32_t>& oids,
                     TypeRegistry& types) {
-  std::set<uint32_t> pending;
+  auto unknown = [&](uint32_t oid) {
+    return oid != 0 && types.Lookup(oid).kind == JsonKind::kString;
+  };
+
+  // 1. Fetch the pg_type rows of the unknown types and, transitively, of the domain bases
+  //    and array elements they name, until nothing is missing.
+  std::map<uint32_t, CatalogType> catalog;
+  std::set<uint32_t> wanted;
   for (uint32_t oid : oids) {
-    if (types.Lookup(oid).kind == JsonKind::kString) pending.insert(oid);
+    if (unknown(oid)) wanted.insert(oid);
   }
-  // Domains over domains and arrays of domains: resolve bases first, a few levels deep.
-  for (int depth = 0; depth < 8 && !pending.empty(); ++depth) {
+  for (int depth = 0; depth < kMaxDepth && !wanted.empty(); ++depth) {
     std::string list;
-    for (uint32_t oid : pending) list += (list.empty() ? "" : ",") + std::to_string(oid);
+    for (uint32_t oid : wanted) list += (list.empty() ? "" : ",") + std::to_string(oid);
     auto rows = connection.Query(
-        "select oid, typtype, typbasetype, typelem, typcategory, typdelim from pg_type where oid "
-        "in (" +
+        "select oid, typtype, typbasetype, typelem, typcategory, typdelim from pg_type "
+        "where oid in (" +
         list + ")");
     if (!rows.ok()) return rows.error();
     std::set<uint32_t> next;
     for (const auto& row : rows.value().rows) {
-      const uint32_t oid = static_cast<uint32_t>(std::stoul(row[0].value_or("0")));
-      const std::string typtype = row[1].value_or("");
-      const uint32_t base = static_cast<uint32_t>(std::stoul(row[2].value_or("0")));
-      const uint32_t element = static_cast<uint32_t>(std::stoul(row[3].value_or("0")));
-      const std::string category = row[4].value_or("");
-      const std::string delimiter = row[5].value_or(",");
-      if (typtype == "d" && base != 0) {
-        types.Add(oid, types.Lookup(base));
-        if (types.Lookup(base).kind == JsonKind::kString) next.insert(base);
-      } else if (category == "A" && element != 0) {
-        types.Add(oid, TypeInfo{JsonKind::kArray, element, delimiter.empty() ? ',' : delimiter[0]});
-        if (types.Lookup(element).kind == JsonKind::kString) next.insert(element);
+      CatalogType type;
+      type.domain = row[1].value_or("") == "d";
+      type.base = ToOid(row[2]);
+      type.array = row[4].value_or("") == "A";
+      type.element = ToOid(row[3]);
+      type.delimiter = row[5].value_or(",").empty() ? ',' : row[5]->front();
+      for (uint32_t referenced : {type.domain ? type.base : 0u, type.array ? type.element : 0u}) {
+        if (unknown(referenced) && !catalog.contains(referenced)) next.insert(referenced);
       }
+      catalog[ToOid(row[0])] = type;
     }
-    // A base resolved in this round fixes the domains that copied its (string) info.
-    for (const auto& row : rows.value().rows) {
-      const uint32_t oid = static_cast<uint32_t>(std::stoul(row[0].value_or("0")));
-      const uint32_t base = static_cast<uint32_t>(std::stoul(row[2].value_or("0")));
-      if (row[1].value_or("") == "d" && base != 0) next.insert(oid);
+    for (const auto& [oid, type] : catalog) next.erase(oid);
+    wanted = std::move(next);
+  }
+
+  // 2. Resolve each fetched type by following its chain: a domain maps like its base,
+  //    an array element-wise (its element resolved the same way); anything else stays a
+  //    string.
+  auto resolve = [&](auto& self, uint32_t oid, int depth) -> TypeInfo {
+    if (!unknown(oid) || depth > kMaxDepth) return types.Lookup(oid);
+    auto it = catalog.find(oid);
+    if (it == catalog.end()) return TypeInfo{};
+    if (it->second.domain && it->second.base != 0) return self(self, it->second.base, depth + 1);
+    if (it->second.array && it->second.element != 0) {
+      return TypeInfo{JsonKind::kArray, it->second.element, it->second.delimiter};
     }
-    for (uint32_t oid : pending) next.erase(oid);
-    pending = std::move(next);
+    return TypeInfo{};
+  };
+  for (const auto& [oid, type] : catalog) {
+    const TypeInfo info = resolve(resolve, oid, 0);
+    if (info.kind != JsonKind::kString) types.Add(oid, info);
   }
   return Status::Ok();
 }

@@ -173,13 +173,19 @@ TEST_F(TailTest, LiveValuesMapAsSpecified) {
   const std::string table = UniqueName("tail_types");
   const std::string price = table + "_price";
   const std::string mood = table + "_mood";
+  const std::string positive = table + "_pos";
+  const std::string quantity = table + "_qty";
   tables_ = {table};
   MustExecute(*sql_, "create domain " + price + " as numeric(10,2)");
+  // A domain over a domain over int4 must still map as a number.
+  MustExecute(*sql_, "create domain " + positive + " as int4 check (value > 0)");
+  MustExecute(*sql_, "create domain " + quantity + " as " + positive);
   MustExecute(*sql_, "create type " + mood + " as enum ('sad', 'happy')");
   MustExecute(
       *sql_,
       "create table " + table + " (id int primary key, p " + price + ", moods " + mood +
-          "[], f float8, tstz timestamptz, ts timestamp, b bytea, j jsonb, a int8[], t text)");
+          "[], f float8, tstz timestamptz, ts timestamp, b bytea, j jsonb, a int8[], t text, q " +
+          quantity + ", qs " + quantity + "[])");
   const std::string config = WriteConfig({table});
   Subprocess tail({PgderiveBinary(), "tail", "-c", config, "--limit", "1"},
                   (dir_ / "stderr").string());
@@ -190,14 +196,14 @@ TEST_F(TailTest, LiveValuesMapAsSpecified) {
         *sql_,
         "insert into " + table + " values (" + std::to_string(attempt) +
             ", 12.5, '{happy,sad}', 'NaN', '2024-02-29 13:45:00.5+01', '2024-02-29 13:45:00', "
-            "'\\x00ff', '{\"k\": [1, \"two\"]}', '{1,NULL,-3}', E'tab\\there')");
+            "'\\x00ff', '{\"k\": [1, \"two\"]}', '{1,NULL,-3}', E'tab\\there', 5, '{6,7}')");
     line = tail.ReadLine(std::chrono::milliseconds(300));
   }
   ASSERT_TRUE(line.has_value()) << Stderr();
   const json change = json::parse(*line);
   json expected = json::parse(R"({"p": "12.50", "moods": ["happy", "sad"], "f": "NaN",
     "tstz": "2024-02-29T12:45:00.5Z", "ts": "2024-02-29T13:45:00", "b": "AP8=",
-    "j": {"k": [1, "two"]}, "a": [1, null, -3], "t": "tab\there"})");
+    "j": {"k": [1, "two"]}, "a": [1, null, -3], "t": "tab\there", "q": 5, "qs": [6, 7]})");
   expected["id"] = change["new"]["id"];
   EXPECT_EQ(change["new"], expected) << *line;
   EXPECT_EQ(change["op"], "insert");
