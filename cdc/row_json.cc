@@ -13,7 +13,8 @@ void RenderSchemaJson(RelationSchema& schema) {
 }
 
 Status AppendRowJson(std::string& out, const RelationSchema& schema, const TupleData& tuple,
-                     const TypeRegistry& types, std::vector<std::string>* unchanged) {
+                     const TypeRegistry& types, std::vector<std::string>* unchanged,
+                     RowColumns which) {
   if (tuple.columns.size() != schema.columns.size()) {
     return Error::Corrupt("a tuple of " + std::to_string(tuple.columns.size()) + " columns for " +
                           schema.QualifiedName() + ", which has " +
@@ -24,6 +25,7 @@ Status AppendRowJson(std::string& out, const RelationSchema& schema, const Tuple
   for (size_t i = 0; i < tuple.columns.size(); ++i) {
     const TupleValue& value = tuple.columns[i];
     const ColumnSchema& column = schema.columns[i];
+    if (which == RowColumns::kKeyOnly && !column.key) continue;
     if (value.kind == TupleValueKind::kUnchanged) {
       if (unchanged != nullptr) unchanged->push_back(column.name);
       continue;

@@ -12,9 +12,13 @@
 
 namespace pgderive {
 
-// Appends {"col": value, ...} for the columns of `tuple` (only `only` if non-empty,
-// by position). The tuple must have one value per column of `schema`.
+enum class RowColumns { kAll, kKeyOnly };
+
+// Appends {"col": value, ...} for the columns of `tuple`, which must have one value per
+// column of `schema`. kKeyOnly renders only the replica-identity columns (an old key
+// 'K' carries nulls for the others).
 Status AppendRowJson(std::string& out, const RelationSchema& schema, const TupleData& tuple,
-                     const TypeRegistry& types, std::vector<std::string>* unchanged = nullptr);
+                     const TypeRegistry& types, std::vector<std::string>* unchanged = nullptr,
+                     RowColumns which = RowColumns::kAll);
 
 }  // namespace pgderive

@@ -15,7 +15,7 @@
 #include "cdc/transaction_assembler.h"
 #include "cdc/type_catalog.h"
 #include "config/config.h"
-#include "config/url.h"
+#include "config/redact.h"
 
 namespace pgderive {
 namespace {
@@ -84,18 +84,18 @@ class Printer : public ChangeConsumer {
             Status s = AppendRowJson(line_, *schema, m.new_tuple, types_, &unchanged);
             if (s.ok() && m.old_kind != '\0') {
               line_ += m.old_kind == 'K' ? ",\"old_key\":" : ",\"old\":";
-              s = AppendKeyOrRow(*schema, m.old_tuple, m.old_kind == 'K');
+              s = AppendOld(*schema, m.old_tuple, m.old_kind);
             }
             return s;
           } else if constexpr (std::is_same_v<T, DeleteMessage>) {
             Relation(*schema, "delete");
             line_ += m.old_kind == 'K' ? ",\"old_key\":" : ",\"old\":";
-            return AppendKeyOrRow(*schema, m.old_tuple, m.old_kind == 'K');
+            return AppendOld(*schema, m.old_tuple, m.old_kind);
           } else if constexpr (std::is_same_v<T, TruncateMessage>) {
             line_ += ",\"op\":\"truncate\",\"relations\":[";
             for (size_t i = 0; i < change.relations.size(); ++i) {
               if (i) line_ += ',';
-              AppendJsonString(line_, change.relations[i]->QualifiedName());
+              line_ += change.relations[i]->json_name;
             }
             line_ += std::string("],\"cascade\":") + (m.cascade() ? "true" : "false") +
                      ",\"restart_identity\":" + (m.restart_identity() ? "true" : "false");
@@ -178,19 +178,11 @@ class Printer : public ChangeConsumer {
     line_ += '"';
   }
 
-  // An old key ('K') carries only the identity columns; the rest are null placeholders.
-  Status AppendKeyOrRow(const RelationSchema& schema, const TupleData& tuple, bool key_only) {
-    if (!key_only) return AppendRowJson(line_, schema, tuple, types_);
-    RelationSchema keys;
-    TupleData values;
-    for (size_t i = 0; i < schema.columns.size() && i < tuple.columns.size(); ++i) {
-      if (!schema.columns[i].key) continue;
-      keys.columns.push_back(schema.columns[i]);
-      values.columns.push_back(tuple.columns[i]);
-    }
-    keys.nspname = schema.nspname;
-    keys.relname = schema.relname;
-    return AppendRowJson(line_, keys, values, types_);
+  // An old key ('K') holds the identity columns (nulls for the rest); an old row ('O',
+  // REPLICA IDENTITY FULL) all of them.
+  Status AppendOld(const RelationSchema& schema, const TupleData& tuple, char old_kind) {
+    return AppendRowJson(line_, schema, tuple, types_, nullptr,
+                         old_kind == 'K' ? RowColumns::kKeyOnly : RowColumns::kAll);
   }
 
   void Emit() {
@@ -239,7 +231,8 @@ Status PrintSnapshot(const std::string& dsn, const std::string& snapshot_name, L
     {
       PgResultPtr shape(PQexec(c.get(), (sql + " limit 0").c_str()));
       if (shape == nullptr || PQresultStatus(shape.get()) != PGRES_TUPLES_OK) {
-        return Error::Transient("cannot read " + table + ": " + PQerrorMessage(c.get()));
+        return Error::Transient("cannot read " + table + ": " +
+                                RedactSecrets(PQerrorMessage(c.get())));
       }
       for (int i = 0; i < PQnfields(shape.get()); ++i) {
         schema.columns.push_back(
@@ -250,7 +243,8 @@ Status PrintSnapshot(const std::string& dsn, const std::string& snapshot_name, L
     Status learned = printer.LearnTypes(c, schema.columns);
     if (!learned.ok()) return learned;
     if (!PQsendQuery(c.get(), sql.c_str()) || !PQsetSingleRowMode(c.get())) {
-      return Error::Transient("cannot read " + table + ": " + PQerrorMessage(c.get()));
+      return Error::Transient("cannot read " + table + ": " +
+                              RedactSecrets(PQerrorMessage(c.get())));
     }
     std::string row;
     while (PgResultPtr result{PQgetResult(c.get())}) {
@@ -258,7 +252,7 @@ Status PrintSnapshot(const std::string& dsn, const std::string& snapshot_name, L
       if (state == PGRES_TUPLES_OK) continue;  // the end of this table
       if (state != PGRES_SINGLE_TUPLE) {
         return Error::Transient("snapshot read of " + table +
-                                " failed: " + PQresultErrorMessage(result.get()));
+                                " failed: " + RedactSecrets(PQresultErrorMessage(result.get())));
       }
       TupleData tuple;
       for (int i = 0; i < PQnfields(result.get()); ++i) {

@@ -77,11 +77,6 @@ AssemblerStats TransactionAssembler::stats() const {
   return AssemblerStats{memory_, spilled_, buffers_.size()};
 }
 
-std::shared_ptr<const RelationSchema> TransactionAssembler::relation(RelationId id) const {
-  auto it = relations_.find(id.value);
-  return it == relations_.end() ? nullptr : it->second;
-}
-
 Error TransactionAssembler::Unexpected(std::string_view what) const {
   return Error::Corrupt("pgoutput stream out of order: " + std::string(what));
 }

@@ -55,7 +55,6 @@ class TransactionAssembler {
   void ResetPartial();
 
   AssemblerStats stats() const;
-  std::shared_ptr<const RelationSchema> relation(RelationId id) const;
 
  private:
   struct Buffer;

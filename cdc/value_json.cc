@@ -35,41 +35,27 @@ bool DecodeByteaHex(std::string_view text, std::string& bytes) {
 
 bool IsInfinity(std::string_view text) { return text == "infinity" || text == "-infinity"; }
 
-// "2024-02-29 13:45:00.5" -> "2024-02-29T13:45:00.5"; text with " BC" is left as is
-// (ISO 8601 has no single agreed form for it) and so are infinities.
-void AppendTimestamp(std::string& out, std::string_view text) {
-  out += '"';
-  const size_t space = text.find(' ');
-  if (space != std::string_view::npos && !text.ends_with(" BC")) {
-    out.append(text.substr(0, space));
-    out += 'T';
-    out.append(text.substr(space + 1));
-  } else {
-    out.append(text);
-  }
-  out += '"';
-}
-
-// The session is pinned to UTC, so PostgreSQL prints "+00"; anything else means the
-// pin failed and the instant would be misread.
-bool AppendTimestampTz(std::string& out, std::string_view text) {
-  if (IsInfinity(text)) {
+// PostgreSQL's ISO output to ISO 8601: "2024-02-29 13:45:00.5" -> "2024-02-29T13:45:00.5",
+// and for a timestamptz "...+00" -> "...Z" (the session is pinned to UTC, so any other
+// offset means the pin failed and the instant would be misread: false). Infinities and
+// BC dates stay as PostgreSQL prints them (ISO 8601 has no single agreed form for BC).
+bool AppendIsoTimestamp(std::string& out, std::string_view text, bool with_zone) {
+  if (IsInfinity(text) || text.ends_with(" BC")) {
     AppendJsonString(out, text);
     return true;
   }
-  if (text.ends_with(" BC")) {
-    AppendJsonString(out, text);
-    return true;
+  std::string_view local = text;
+  if (with_zone) {
+    if (!text.ends_with("+00")) return false;
+    local = text.substr(0, text.size() - 3);
   }
-  if (!text.ends_with("+00")) return false;
-  std::string_view local = text.substr(0, text.size() - 3);
   const size_t space = local.find(' ');
   if (space == std::string_view::npos) return false;
   out += '"';
   out.append(local.substr(0, space));
   out += 'T';
   out.append(local.substr(space + 1));
-  out += "Z\"";
+  out += with_zone ? "Z\"" : "\"";
   return true;
 }
 
@@ -145,7 +131,7 @@ class ArrayParser {
           element_ += c;
         }
       }
-      return AppendElement(out);
+      return AppendJsonValue(out, element_, element_oid_, types_);
     }
     const size_t start = pos_;
     while (pos_ < text_.size() && text_[pos_] != delimiter_ && text_[pos_] != '}') {
@@ -159,15 +145,9 @@ class ArrayParser {
       out += "null";
       return Status::Ok();
     }
-    element_.assign(bare);
-    return AppendElement(out);
-  }
-
-  Status AppendElement(std::string& out) {
-    // Elements are mapped like a column of the element type. The copy is needed
-    // because a nested call may reuse element_.
-    const std::string element = element_;
-    return AppendJsonValue(out, element, element_oid_, types_);
+    // Elements map like a column of the element type. A nested array type gets its own
+    // ArrayParser, so element_ is never shared and needs no copy.
+    return AppendJsonValue(out, bare, element_oid_, types_);
   }
 
   std::string_view text_;
@@ -175,7 +155,7 @@ class ArrayParser {
   uint32_t element_oid_;
   const TypeRegistry& types_;
   size_t pos_ = 0;
-  std::string element_;
+  std::string element_;  // a quoted element, unescaped
 };
 
 }  // namespace
@@ -342,18 +322,14 @@ Status AppendJsonValue(std::string& out, std::string_view text, uint32_t type_oi
       out.append(text);
       return Status::Ok();
     case JsonKind::kTimestamp:
-      if (IsInfinity(text)) {
-        AppendJsonString(out, text);
-      } else {
-        AppendTimestamp(out, text);
-      }
-      return Status::Ok();
     case JsonKind::kTimestampTz: {
-      const size_t mark = out.size();
-      if (!AppendTimestampTz(out, text)) {
-        out.resize(mark);
-        return Error::Permanent("timestamptz '" + std::string(text.substr(0, 40)) +
-                                "' is not in UTC: the session's TimeZone is not pinned");
+      const bool with_zone = type.kind == JsonKind::kTimestampTz;
+      if (!AppendIsoTimestamp(out, text, with_zone)) {
+        return Error::Permanent(std::string(with_zone ? "timestamptz '" : "timestamp '") +
+                                std::string(text.substr(0, 40)) +
+                                (with_zone ? "' is not in UTC: the session's TimeZone is not pinned"
+                                           : "' is not in ISO format: the session's DateStyle is "
+                                             "not pinned"));
       }
       return Status::Ok();
     }

@@ -9,6 +9,8 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 [ -n "${PGDERIVE_STACK_ENV:-}" ] && [ -f "$PGDERIVE_STACK_ENV" ] ||
   fail "PGDERIVE_STACK_ENV must name the env file of a running stack"
 first() { sed -n "s/^$1=//p" "$PGDERIVE_STACK_ENV"; }
+[ "$(first PGDERIVE_STACK_SERVICES)" = "pg,redis,opensearch" ] ||
+  fail "the stack of PGDERIVE_STACK_ENV runs '$(first PGDERIVE_STACK_SERVICES)'; this test compares against all three services (compose/local/stack up DIR without --services)"
 second() { sed -n "s/^$1=//p" "$dir/stack.env"; }
 
 dir=$(mktemp -d /tmp/pgderive-stacktest.XXXXXX)
