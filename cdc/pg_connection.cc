@@ -174,4 +174,15 @@ std::string PgConnection::QuoteLiteral(std::string_view literal) const {
   return quoted != nullptr ? std::string(quoted.get()) : std::string();
 }
 
+std::pair<std::string, std::string> SplitTableName(std::string_view table) {
+  const size_t dot = table.find('.');
+  if (dot == std::string_view::npos) return {"public", std::string(table)};
+  return {std::string(table.substr(0, dot)), std::string(table.substr(dot + 1))};
+}
+
+std::string PgConnection::QuoteTableName(std::string_view table) const {
+  auto [schema, name] = SplitTableName(table);
+  return QuoteIdentifier(schema) + "." + QuoteIdentifier(name);
+}
+
 }  // namespace pgderive

@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "cdc/lsn.h"
@@ -47,6 +48,9 @@ struct CreatedSlot {
 
 enum class SlotSnapshot { kExport, kNoExport, kUse };
 
+// "schema.table" as configured -> {schema, table}; no dot means the public schema.
+std::pair<std::string, std::string> SplitTableName(std::string_view table);
+
 class PgConnection {
  public:
   enum class Mode { kSql, kReplication };
@@ -71,6 +75,9 @@ class PgConnection {
   // Quotes an identifier / a literal for this connection's encoding.
   std::string QuoteIdentifier(std::string_view identifier) const;
   std::string QuoteLiteral(std::string_view literal) const;
+  // "schema.table" as configured (unquoted names, split at the first dot; no dot means
+  // public) -> "schema"."table".
+  std::string QuoteTableName(std::string_view table) const;
 
  private:
   struct ConnDeleter {

@@ -3,25 +3,10 @@
 #include <set>
 
 namespace pgderive {
-namespace {
-
-std::pair<std::string, std::string> Split(const std::string& table) {
-  const size_t dot = table.find('.');
-  if (dot == std::string::npos) return {"public", table};
-  return {table.substr(0, dot), table.substr(dot + 1)};
-}
-
-std::string Quoted(PgConnection& c, const std::string& table) {
-  auto [schema, name] = Split(table);
-  return c.QuoteIdentifier(schema) + "." + c.QuoteIdentifier(name);
-}
-
-}  // namespace
-
 Status CheckSourceTables(PgConnection& connection, const std::vector<std::string>& tables) {
   std::string problems;
   for (const std::string& table : tables) {
-    auto [schema, name] = Split(table);
+    auto [schema, name] = SplitTableName(table);
     auto rows = connection.Query(
         "select c.relreplident, exists (select 1 from pg_index i where i.indrelid = c.oid and "
         "i.indisprimary) from pg_class c join pg_namespace n on n.oid = c.relnamespace where "
@@ -38,13 +23,13 @@ Status CheckSourceTables(PgConnection& connection, const std::vector<std::string
       problems += "\n  table " + table +
                   " has REPLICA IDENTITY NOTHING, so its updates and deletes "
                   "cannot be followed; fix: ALTER TABLE " +
-                  Quoted(connection, table) +
+                  connection.QuoteTableName(table) +
                   " REPLICA IDENTITY DEFAULT (with a primary key) or REPLICA IDENTITY FULL";
     } else if (identity == "d" && !has_primary_key) {
       problems += "\n  table " + table +
                   " has no primary key, so its updates and deletes "
                   "cannot be followed; fix: add a primary key, or ALTER TABLE " +
-                  Quoted(connection, table) + " REPLICA IDENTITY FULL";
+                  connection.QuoteTableName(table) + " REPLICA IDENTITY FULL";
     }
   }
   if (problems.empty()) return Status::Ok();
@@ -66,7 +51,7 @@ Status EnsurePublication(PgConnection& connection, const std::string& publicatio
     std::string sql =
         "create publication " + connection.QuoteIdentifier(publication) + " for table ";
     for (size_t i = 0; i < tables.size(); ++i)
-      sql += (i ? ", " : "") + Quoted(connection, tables[i]);
+      sql += (i ? ", " : "") + connection.QuoteTableName(tables[i]);
     return connection.Execute(sql);
   }
   if (existing.value().rows[0][1].value_or("f") != "t") {
@@ -84,7 +69,8 @@ Status EnsurePublication(PgConnection& connection, const std::string& publicatio
   for (const auto& row : published.value().rows) have.insert(row[0].value_or(""));
   std::string missing;
   for (const std::string& table : tables) {
-    if (!have.contains(table)) missing += (missing.empty() ? "" : ", ") + Quoted(connection, table);
+    if (!have.contains(table))
+      missing += (missing.empty() ? "" : ", ") + connection.QuoteTableName(table);
   }
   if (missing.empty()) return Status::Ok();
   return connection.Execute("alter publication " + connection.QuoteIdentifier(publication) +

@@ -4,6 +4,7 @@
 
 #include <ctime>
 #include <filesystem>
+#include <mutex>
 #include <set>
 #include <thread>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "cdc/type_catalog.h"
 #include "config/config.h"
 #include "config/redact.h"
+#include "snapshot/snapshot_reader.h"
 
 namespace pgderive {
 namespace {
@@ -135,13 +137,18 @@ class Printer : public ChangeConsumer {
     return Status::Ok();
   }
 
-  // One snapshot row ("op":"read"), already rendered.
-  void PrintRead(const std::string& relation, const std::string& row_json, Lsn snapshot_lsn) {
-    line_.clear();
-    line_ += "{\"snapshot_lsn\":\"" + snapshot_lsn.ToString() + "\",\"relation\":";
-    AppendJsonString(line_, relation);
-    line_ += ",\"op\":\"read\",\"new\":" + row_json + "}\n";
-    Emit();
+  // Whole lines rendered elsewhere (snapshot rows), `ends` the offset after each; from
+  // any thread. Stops at the --limit.
+  void PrintLines(std::string_view block, std::span<const size_t> ends) {
+    std::lock_guard lock(mutex_);
+    if (done_ || ends.empty()) return;
+    const uint64_t room = options_.limit.value_or(UINT64_MAX) - printed_;
+    const size_t take = static_cast<size_t>(std::min<uint64_t>(room, ends.size()));
+    if (take == 0) return;
+    pending_.append(block.substr(0, ends[take - 1]));
+    printed_ += take;
+    if (printed_ >= options_.limit.value_or(UINT64_MAX)) done_ = true;
+    if (pending_.size() >= kOutputChunk) Flush();
   }
 
   // Asks the catalog about each type OID once (domains, user-defined arrays).
@@ -163,7 +170,10 @@ class Printer : public ChangeConsumer {
     }
     std::fflush(options_.out);
   }
-  bool done() const { return done_; }
+  bool done() const {
+    std::lock_guard lock(mutex_);
+    return done_;
+  }
 
  private:
   void Relation(const RelationSchema& schema, const char* op) {
@@ -204,6 +214,7 @@ class Printer : public ChangeConsumer {
   bool interactive_ = false;
   std::chrono::steady_clock::time_point last_flush_ = std::chrono::steady_clock::now();
   bool done_ = false;
+  mutable std::mutex mutex_;  // PrintLines comes from the snapshot's workers
 };
 
 int Fail(const std::string& message) {
@@ -211,68 +222,39 @@ int Fail(const std::string& message) {
   return 1;
 }
 
-// Prints every row of `tables` as seen by `snapshot_name`, one table after the other,
-// row by row (single-row mode: never the whole table in memory).
-Status PrintSnapshot(const std::string& dsn, const std::string& snapshot_name, Lsn snapshot_lsn,
-                     const std::vector<std::string>& tables, Printer& printer) {
-  auto connected = PgConnection::Connect(dsn, PgConnection::Mode::kSql, "pgderive-tail-snapshot");
-  if (!connected.ok()) return connected.error();
-  PgConnection& c = connected.value();
-  Status status = c.Execute("begin isolation level repeatable read read only");
-  if (status.ok()) status = c.Execute("set transaction snapshot " + c.QuoteLiteral(snapshot_name));
-  if (!status.ok()) return status;
-  for (const std::string& table : tables) {
-    const size_t dot = table.find('.');
-    const std::string sql = "select * from " + c.QuoteIdentifier(table.substr(0, dot)) + "." +
-                            c.QuoteIdentifier(table.substr(dot + 1));
-    // The columns and their types first: the catalog cannot be asked while the rows stream.
-    RelationSchema schema;
-    schema.relname = table;
-    {
-      PgResultPtr shape(PQexec(c.get(), (sql + " limit 0").c_str()));
-      if (shape == nullptr || PQresultStatus(shape.get()) != PGRES_TUPLES_OK) {
-        return Error::Transient("cannot read " + table + ": " +
-                                RedactSecrets(PQerrorMessage(c.get())));
-      }
-      for (int i = 0; i < PQnfields(shape.get()); ++i) {
-        schema.columns.push_back(
-            ColumnSchema{PQfname(shape.get(), i), PQftype(shape.get(), i), -1, false, {}});
-      }
-    }
-    RenderSchemaJson(schema);
-    Status learned = printer.LearnTypes(c, schema.columns);
-    if (!learned.ok()) return learned;
-    if (!PQsendQuery(c.get(), sql.c_str()) || !PQsetSingleRowMode(c.get())) {
-      return Error::Transient("cannot read " + table + ": " +
-                              RedactSecrets(PQerrorMessage(c.get())));
-    }
-    std::string row;
-    while (PgResultPtr result{PQgetResult(c.get())}) {
-      const ExecStatusType state = PQresultStatus(result.get());
-      if (state == PGRES_TUPLES_OK) continue;  // the end of this table
-      if (state != PGRES_SINGLE_TUPLE) {
-        return Error::Transient("snapshot read of " + table +
-                                " failed: " + RedactSecrets(PQresultErrorMessage(result.get())));
-      }
-      TupleData tuple;
-      for (int i = 0; i < PQnfields(result.get()); ++i) {
-        if (PQgetisnull(result.get(), 0, i)) {
-          tuple.columns.push_back(TupleValue{TupleValueKind::kNull, {}});
-        } else {
-          tuple.columns.push_back(
-              TupleValue{TupleValueKind::kText,
-                         std::string_view(PQgetvalue(result.get(), 0, i),
-                                          static_cast<size_t>(PQgetlength(result.get(), 0, i)))});
-        }
-      }
-      row.clear();
-      Status rendered = AppendRowJson(row, schema, tuple, printer.types());
-      if (!rendered.ok()) return rendered;
-      printer.PrintRead(table, row, snapshot_lsn);
-    }
+// Prints the snapshot's rows ("op":"read"). Workers render their batch in parallel and
+// hand the printer whole lines.
+class SnapshotPrinter : public SnapshotConsumer {
+ public:
+  SnapshotPrinter(Printer& printer, PgConnection& sql, Lsn snapshot_lsn)
+      : printer_(printer), sql_(sql), snapshot_lsn_(snapshot_lsn.ToString()) {}
+
+  Status OnTable(const std::shared_ptr<const RelationSchema>& schema) override {
+    return printer_.LearnTypes(sql_, schema->columns);
   }
-  return c.Execute("commit");
-}
+
+  Status OnRows(const RelationSchema& schema, std::span<const TupleData> rows) override {
+    std::string block;
+    std::vector<size_t> ends;
+    ends.reserve(rows.size());
+    for (const TupleData& row : rows) {
+      block += "{\"snapshot_lsn\":\"" + snapshot_lsn_ + "\",\"relation\":";
+      block += schema.json_name;
+      block += ",\"op\":\"read\",\"new\":";
+      Status rendered = AppendRowJson(block, schema, row, printer_.types());
+      if (!rendered.ok()) return rendered;
+      block += "}\n";
+      ends.push_back(block.size());
+    }
+    printer_.PrintLines(block, ends);
+    return Status::Ok();
+  }
+
+ private:
+  Printer& printer_;
+  PgConnection& sql_;
+  const std::string snapshot_lsn_;
+};
 
 }  // namespace
 
@@ -309,11 +291,19 @@ int RunTail(const TailOptions& options) {
     if (!slot.ok()) return Fail(slot.error().message());
     stream_options.start = slot.value().consistent_point;
     // The snapshot is exported by the replication connection and lives until its next
-    // command, START_REPLICATION: read it all first. Together the snapshot rows and the
-    // stream from consistent_point are the table's full history, with nothing twice.
+    // command, START_REPLICATION: the snapshot workers import it first. It is read to
+    // the end before streaming starts (the walsender would time out waiting for
+    // replies otherwise). Together the snapshot rows and the stream from
+    // consistent_point are the table's full history, with nothing twice.
     if (options.snapshot) {
-      status = PrintSnapshot(config.source.dsn, *slot.value().snapshot_name,
-                             slot.value().consistent_point, tables, printer);
+      auto reader = SnapshotReader::Open({.dsn = config.source.dsn,
+                                          .snapshot_name = *slot.value().snapshot_name,
+                                          .tables = tables,
+                                          .workers = config.snapshot.workers,
+                                          .stop = options.stop});
+      if (!reader.ok()) return Fail(reader.error().message());
+      SnapshotPrinter snapshot_printer(printer, sql.value(), slot.value().consistent_point);
+      status = reader.value()->Run(snapshot_printer);
       if (!status.ok()) return Fail(status.error().message());
       printer.Flush();
     }

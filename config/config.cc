@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
@@ -76,6 +77,23 @@ class Checker {
       return fallback;
     }
     return Expand(node, Join(path, key), node.Scalar());
+  }
+
+  // An optional integer in [min, max].
+  int Integer(const YAML::Node& map, const std::string& path, const char* key, int min, int max,
+              int fallback) {
+    const YAML::Node node = map[key];
+    if (!node.IsDefined() || node.IsNull()) return fallback;
+    const std::string text = node.IsScalar() ? Expand(node, Join(path, key), node.Scalar()) : "";
+    char* end = nullptr;
+    errno = 0;
+    const long value = text.empty() ? 0 : std::strtol(text.c_str(), &end, 10);
+    if (text.empty() || *end != '\0' || errno != 0 || value < min || value > max) {
+      Problem(node, Join(path, key),
+              "must be a whole number from " + std::to_string(min) + " to " + std::to_string(max));
+      return fallback;
+    }
+    return static_cast<int>(value);
   }
 
   std::optional<std::vector<std::string>> StringList(const YAML::Node& map, const std::string& path,
@@ -154,7 +172,7 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
     result.problems.push_back(ConfigProblem{0, 0, "", "the file must be a YAML mapping"});
     return result;
   }
-  check.OnlyKeys(root, "", {"pipeline", "source", "stores", "views", "http"});
+  check.OnlyKeys(root, "", {"pipeline", "source", "stores", "views", "snapshot", "http"});
 
   Config config;
   config.path = path;
@@ -262,6 +280,15 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
       }
       config.views.push_back(std::move(view));
     }
+  }
+
+  const YAML::Node snapshot = root["snapshot"];
+  if (snapshot.IsDefined() && !snapshot.IsMap()) {
+    check.Problem(snapshot, "snapshot", "must be a mapping");
+  } else if (snapshot.IsDefined()) {
+    check.OnlyKeys(snapshot, "snapshot", {"workers"});
+    config.snapshot.workers =
+        check.Integer(snapshot, "snapshot", "workers", 1, 64, config.snapshot.workers);
   }
 
   const YAML::Node http = root["http"];

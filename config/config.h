@@ -47,6 +47,12 @@ struct ViewConfig {
   int line = 0;
 };
 
+struct SnapshotConfig {
+  // Connections that read an initial snapshot in parallel, each a chunk of a table at a
+  // time; they share one exported snapshot.
+  int workers = 4;
+};
+
 struct HttpConfig {
   std::string listen = "127.0.0.1:9187";
 };
@@ -57,6 +63,7 @@ struct Config {
   SourceConfig source;
   std::map<std::string, StoreConfig> stores;
   std::vector<ViewConfig> views;
+  SnapshotConfig snapshot;
   HttpConfig http;
 
   // The distinct `from` tables of the views, schema-qualified, in first-use order.

@@ -50,12 +50,14 @@ phase "build (asan+ubsan)" build build/asan -DCMAKE_BUILD_TYPE=Debug -DPGDERIVE_
 fuzz_build() {
   CC=clang CXX=clang++ cmake -S . -B build/fuzz -G Ninja -Wno-dev -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DPGDERIVE_FUZZ=ON -DPGDERIVE_BUILD_TESTS=OFF > /dev/null
-  ninja -C build/fuzz pgoutput_fuzz
+  ninja -C build/fuzz pgoutput_fuzz copy_text_fuzz
 }
 phase "build (fuzz, clang)" fuzz_build
-rm -rf build/fuzz/run
+rm -rf build/fuzz/run build/fuzz/run-copy
 phase "fuzz decoder (${PGDERIVE_FUZZ_SECONDS:-60} s)" \
   tests/fuzz/run.sh build/fuzz/tests/fuzz/pgoutput_fuzz "${PGDERIVE_FUZZ_SECONDS:-60}" build/fuzz/run
+phase "fuzz COPY row parser (${PGDERIVE_FUZZ_COPY_SECONDS:-20} s)" \
+  tests/fuzz/run.sh build/fuzz/tests/fuzz/copy_text_fuzz "${PGDERIVE_FUZZ_COPY_SECONDS:-20}" build/fuzz/run-copy
 phase "stack up" compose/local/stack up "$stack_dir"
 export PGDERIVE_STACK_ENV="$stack_dir/stack.env"
 

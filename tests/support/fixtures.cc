@@ -28,6 +28,15 @@ std::vector<uint8_t> FromHex(const std::string& hex) {
   return out;
 }
 
+std::string ReadFixture(const std::string& relative_path) {
+  const std::string path = std::string(PGDERIVE_FIXTURES_DIR) + "/" + relative_path;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot open fixture " + path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
 std::vector<CapturedMessage> LoadCapture(const std::string& relative_path) {
   const std::string path = std::string(PGDERIVE_FIXTURES_DIR) + "/" + relative_path;
   std::ifstream in(path);

@@ -18,6 +18,10 @@ struct CapturedMessage {
 // std::runtime_error naming the file and line on anything malformed.
 std::vector<CapturedMessage> LoadCapture(const std::string& relative_path);
 
+// The whole content of a file below tests/fixtures, bytes as they are. Throws
+// std::runtime_error when it cannot be read.
+std::string ReadFixture(const std::string& relative_path);
+
 std::vector<uint8_t> FromHex(const std::string& hex);
 
 }  // namespace pgderive::testing

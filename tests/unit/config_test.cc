@@ -66,6 +66,20 @@ TEST(ConfigTest, SpecExampleLoadsAsWritten) {
   EXPECT_NE(c.views[2].query.find("group by o.customer_id"), std::string::npos);
   EXPECT_EQ(c.SourceTables(), std::vector<std::string>{"public.products"});
   EXPECT_EQ(c.http.listen, "127.0.0.1:9187");
+  EXPECT_EQ(c.snapshot.workers, 4);
+}
+
+TEST(ConfigTest, SnapshotWorkers) {
+  const std::string base = "pipeline: p\nsource:\n  dsn: postgresql://db/shop\n";
+  ConfigResult two = ParseConfig(base + "snapshot:\n  workers: 2\n", "w.yml");
+  ASSERT_TRUE(two.config.has_value()) << two.Describe("w.yml");
+  EXPECT_EQ(two.config->snapshot.workers, 2);
+  for (const char* bad : {"0", "65", "two", "2.5", "[2]"}) {
+    ConfigResult result = ParseConfig(base + "snapshot:\n  workers: " + bad + "\n", "w.yml");
+    EXPECT_EQ(result.Describe("w.yml"),
+              "w.yml:5:12: snapshot.workers: must be a whole number from 1 to 64\n")
+        << bad;
+  }
 }
 
 TEST(ConfigTest, ExpandsEnvironmentVariables) {
