@@ -210,6 +210,187 @@ TEST_F(TailTest, LiveValuesMapAsSpecified) {
   EXPECT_EQ(tail.Wait(std::chrono::seconds(10)), 0) << Stderr();
 }
 
+// Every type of the SPEC table and an array of each, NULLs, unicode, NaN/Infinity and
+// infinite timestamps: the snapshot (COPY text) and the stream (pgoutput) map each row
+// to the same JSON, and that JSON is the SPEC's. Then a TOAST-unchanged update and a
+// truncate.
+TEST_F(TailTest, EveryTypeSnapshotAndStreamAgree) {
+  if (HasFatalFailure()) return;
+  const std::string table = UniqueName("tail_all");
+  const std::string mood = table + "_mood";
+  tables_ = {table};
+  MustExecute(*sql_, "create extension if not exists citext");
+  MustExecute(*sql_, "create type " + mood + " as enum ('sad', 'happy')");
+  // name -> type; the table has each type and an array of it.
+  const std::vector<std::pair<std::string, std::string>> types = {
+      {"i2", "int2"},    {"i4", "int4"},       {"i8", "int8"},        {"o", "oid"},
+      {"r", "real"},     {"d", "float8"},      {"n", "numeric"},      {"b", "bool"},
+      {"t", "text"},     {"vc", "varchar(8)"}, {"c", "char(3)"},      {"nm", "name"},
+      {"ci", "citext"},  {"e", mood},          {"u", "uuid"},         {"ip", "inet"},
+      {"cd", "cidr"},    {"mac", "macaddr"},   {"js", "json"},        {"jb", "jsonb"},
+      {"dt", "date"},    {"ts", "timestamp"},  {"tz", "timestamptz"}, {"tm", "time"},
+      {"ttz", "timetz"}, {"iv", "interval"},   {"by", "bytea"},       {"pt", "point"}};
+  std::string ddl = "create table " + table + " (id int primary key, big text";
+  for (const auto& [name, type] : types)
+    ddl += ", " + name + " " + type + ", " + name + "_a " + type + "[]";
+  MustExecute(*sql_, ddl + ")");
+  // Row 1: ordinary values; row 2: the edges; row 3: NULL everywhere.
+  const std::vector<std::string> row1 = {"-32768",
+                                         "2147483647",
+                                         "9223372036854775807",
+                                         "4294967295",
+                                         "1.5",
+                                         "0.1",
+                                         "12.50",
+                                         "true",
+                                         "'Grüße \"q\" \\ 東京'",
+                                         "'abc'",
+                                         "'ab'",
+                                         "'nm'",
+                                         "'CiTe'",
+                                         "'happy'",
+                                         "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+                                         "'192.168.0.1/24'",
+                                         "'10.0.0.0/8'",
+                                         "'08:00:2b:01:02:03'",
+                                         "'{\"a\": [1, 2.50, null]}'",
+                                         "'{\"b\": {\"c\": \"d\"}}'",
+                                         "'2024-02-29'",
+                                         "'2024-02-29 13:45:00.123456'",
+                                         "'2024-02-29 13:45:00+01'",
+                                         "'13:45:01'",
+                                         "'13:45:01+02'",
+                                         "'1 day 02:00:00'",
+                                         "'\\x00ff10'",
+                                         "'(1,2)'"};
+  const std::vector<std::string> row2 = {"0",
+                                         "-1",
+                                         "-9223372036854775808",
+                                         "0",
+                                         "'NaN'",
+                                         "'-Infinity'",
+                                         "'NaN'",
+                                         "false",
+                                         "''",
+                                         "'🐘'",
+                                         "'x'",
+                                         "''",
+                                         "''",
+                                         "'sad'",
+                                         "'00000000-0000-0000-0000-000000000000'",
+                                         "'::1'",
+                                         "'::/0'",
+                                         "'ff:ff:ff:ff:ff:ff'",
+                                         "'[]'",
+                                         "'null'",
+                                         "'infinity'",
+                                         "'-infinity'",
+                                         "'infinity'",
+                                         "'24:00:00'",
+                                         "'00:00:00-14'",
+                                         "'-1 mons'",
+                                         "''",
+                                         "'(0,0)'"};
+  auto insert = [&](int id, const std::vector<std::string>* values) {
+    std::string sql = "insert into " + table + " values (" + std::to_string(id) + ", null";
+    for (size_t i = 0; i < types.size(); ++i) {
+      if (values == nullptr) {
+        sql += ", null, null";
+      } else {
+        const std::string v = "(" + (*values)[i] + ")::" + types[i].second;
+        // The array: the value twice around a NULL.
+        sql += ", " + v + ", array[" + v + ", null, " + v + "]";
+      }
+    }
+    MustExecute(*sql_, sql + ")");
+  };
+  insert(1, &row1);
+  insert(2, &row2);
+  insert(3, nullptr);
+
+  const std::string config = WriteConfig({table});
+  Subprocess tail({PgderiveBinary(), "tail", "-c", config, "--snapshot", "--limit", "9"},
+                  (dir_ / "stderr").string());
+  std::map<int, json> reads;
+  for (int i = 0; i < 3; ++i) {
+    auto line = tail.ReadLine(std::chrono::seconds(20));
+    ASSERT_TRUE(line.has_value()) << Stderr();
+    json read = json::parse(*line);
+    ASSERT_EQ(read["op"], "read") << *line;
+    reads[read["new"]["id"].get<int>()] = read["new"];
+  }
+  // The same rows again, through the stream.
+  insert(101, &row1);
+  insert(102, &row2);
+  insert(103, nullptr);
+  std::map<int, json> inserts;
+  for (int i = 0; i < 3; ++i) {
+    auto line = tail.ReadLine(std::chrono::seconds(20));
+    ASSERT_TRUE(line.has_value()) << Stderr();
+    json change = json::parse(*line);
+    ASSERT_EQ(change["op"], "insert") << *line;
+    inserts[change["new"]["id"].get<int>() - 100] = change["new"];
+  }
+  for (int id = 1; id <= 3; ++id) {
+    json read = reads.at(id), streamed = inserts.at(id);
+    read.erase("id");
+    streamed.erase("id");
+    EXPECT_EQ(read, streamed) << "row " << id;
+  }
+  auto element = [](const json& row, const std::string& column) {
+    EXPECT_EQ(row[column + "_a"], json::array({row[column], nullptr, row[column]})) << column;
+    return row[column];
+  };
+  const json& r1 = reads.at(1);
+  const json expected1 = json::parse(R"j({"i2": -32768, "i4": 2147483647,
+    "i8": 9223372036854775807, "o": 4294967295, "r": 1.5, "d": 0.1, "n": "12.50", "b": true,
+    "t": "Grüße \"q\" \\ 東京", "vc": "abc", "c": "ab ", "nm": "nm", "ci": "CiTe", "e": "happy",
+    "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "ip": "192.168.0.1/24", "cd": "10.0.0.0/8",
+    "mac": "08:00:2b:01:02:03", "js": {"a": [1, 2.50, null]}, "jb": {"b": {"c": "d"}},
+    "dt": "2024-02-29", "ts": "2024-02-29T13:45:00.123456", "tz": "2024-02-29T12:45:00Z",
+    "tm": "13:45:01", "ttz": "13:45:01+02", "iv": "1 day 02:00:00", "by": "AP8Q",
+    "pt": "(1,2)"
+})j");
+  for (const auto& [name, type] : types) EXPECT_EQ(element(r1, name), expected1[name]) << name;
+  const json& r2 = reads.at(2);
+  const json expected2 = json::parse(R"j({"i2": 0, "i4": -1, "i8": -9223372036854775808, "o": 0,
+    "r": "NaN", "d": "-Infinity", "n": "NaN", "b": false, "t": "", "vc": "🐘", "c": "x  ",
+    "nm": "", "ci": "", "e": "sad", "u": "00000000-0000-0000-0000-000000000000", "ip": "::1",
+    "cd": "::/0", "mac": "ff:ff:ff:ff:ff:ff", "js": [], "jb": null, "dt": "infinity",
+    "ts": "-infinity", "tz": "infinity", "tm": "24:00:00", "ttz": "00:00:00-14",
+    "iv": "-1 mons", "by": "", "pt": "(0,0)"
+  })j");
+  for (const auto& [name, type] : types) EXPECT_EQ(element(r2, name), expected2[name]) << name;
+  for (const auto& [name, type] : types) {
+    EXPECT_TRUE(reads.at(3)[name].is_null()) << name;
+    EXPECT_TRUE(reads.at(3)[name + "_a"].is_null()) << name;
+  }
+
+  // TOAST: a large incompressible value stays out of line; an update of another column
+  // carries it as unchanged, never as null.
+  MustExecute(*sql_, "update " + table +
+                         " set big = (select string_agg(md5(g::text), '') from "
+                         "generate_series(1, 400) g) where id = 1");
+  MustExecute(*sql_, "update " + table + " set i4 = 7 where id = 1");
+  MustExecute(*sql_, "truncate " + table);
+  std::vector<json> rest;
+  for (int i = 0; i < 3; ++i) {
+    auto line = tail.ReadLine(std::chrono::seconds(20));
+    ASSERT_TRUE(line.has_value()) << Stderr();
+    rest.push_back(json::parse(*line));
+  }
+  EXPECT_EQ(rest[0]["op"], "update");
+  EXPECT_EQ(rest[0]["new"]["big"].get<std::string>().size(), 12800u);
+  EXPECT_EQ(rest[1]["op"], "update");
+  EXPECT_EQ(rest[1]["new"]["i4"], 7);
+  EXPECT_FALSE(rest[1]["new"].contains("big")) << rest[1].dump();
+  EXPECT_EQ(rest[1]["unchanged"], json::array({"big"}));
+  EXPECT_EQ(rest[1]["new"]["i8"], json::parse("9223372036854775807"));
+  EXPECT_EQ(rest[2]["op"], "truncate");
+  EXPECT_EQ(rest[2]["relations"], json::array({"public." + table}));
+  EXPECT_EQ(tail.Wait(std::chrono::seconds(10)), 0) << Stderr();
+}
+
 TEST_F(TailTest, BadInputSaysWhatAndWhereAndCreatesNothing) {
   if (HasFatalFailure()) return;
   const std::string bad = (dir_ / "bad.yml").string();
