@@ -5,7 +5,9 @@
 #include <atomic>
 #include <cstdio>
 
+#include "cdc/run.h"
 #include "cdc/tail.h"
+#include "cdc/verify.h"
 
 #ifndef PGDERIVE_VERSION
 #define PGDERIVE_VERSION "unknown"
@@ -47,7 +49,37 @@ int main(int argc, char** argv) {
   tail_command->add_option("--until-lsn", until,
                            "stop after the first transaction committed at or past this LSN");
 
+  pgderive::RunOptions run;
+  CLI::App* run_command = app.add_subcommand(
+      "run",
+      "create the publication and slot if missing, snapshot what needs it, then keep "
+      "every view up to date until SIGTERM");
+  run_command->add_option("-c,--config", run.config_path, "configuration file")->required();
+
+  pgderive::VerifyOptions verify;
+  std::string verify_view;
+  int verify_wait = 60;
+  CLI::App* verify_command = app.add_subcommand(
+      "verify",
+      "compare each view with its definition applied to the source; exit 1 on any "
+      "difference");
+  verify_command->add_option("-c,--config", verify.config_path, "configuration file")->required();
+  verify_command->add_option("--view", verify_view, "only this view");
+  verify_command->add_option("--wait", verify_wait,
+                             "seconds to wait for the stores to catch up with the source (60)");
+
   CLI11_PARSE(app, argc, argv);
+
+  if (run_command->parsed()) {
+    InstallSignalHandlers();
+    run.stop = &g_stop;
+    return pgderive::RunPipeline(run);
+  }
+  if (verify_command->parsed()) {
+    if (!verify_view.empty()) verify.view = verify_view;
+    verify.wait = std::chrono::seconds(verify_wait);
+    return pgderive::RunVerify(verify);
+  }
 
   if (tail_command->parsed()) {
     if (limit > 0) tail.limit = limit;

@@ -80,6 +80,7 @@ Status ReplicationStream::SendStatusIfDue() {
 Result<std::optional<XLogData>> ReplicationStream::Next(std::chrono::milliseconds timeout) {
   buffer_.reset();
   const auto deadline = std::chrono::steady_clock::now() + timeout;
+  bool looked_at_deadline = false;
   while (true) {
     Status due = SendStatusIfDue();
     if (!due.ok()) return due.error();
@@ -111,16 +112,24 @@ Result<std::optional<XLogData>> ReplicationStream::Next(std::chrono::millisecond
     }
     if (length == -2) return ConnectionError("cannot read");
 
-    // Nothing buffered: wait for the socket until the deadline or the next status.
+    // Nothing buffered: wait for the socket until the deadline or the next status. At
+    // the deadline, one last look at the socket without waiting, so that a zero timeout
+    // still takes in what the kernel already holds.
     const auto now = std::chrono::steady_clock::now();
-    if (now >= deadline) return std::optional<XLogData>();
-    const auto until_status = last_status_ + options_.status_interval - now;
-    const auto wait =
-        std::min(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now),
-                 std::chrono::duration_cast<std::chrono::milliseconds>(until_status));
+    int wait_ms = 0;
+    if (now >= deadline) {
+      if (looked_at_deadline) return std::optional<XLogData>();
+      looked_at_deadline = true;
+    } else {
+      const auto until_status = last_status_ + options_.status_interval - now;
+      const auto wait =
+          std::min(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now),
+                   std::chrono::duration_cast<std::chrono::milliseconds>(until_status));
+      wait_ms = static_cast<int>(std::max<int64_t>(wait.count(), 0) + 1);
+    }
     pollfd fd{PQsocket(connection_.get()), POLLIN, 0};
     if (PQflush(connection_.get()) == 1) fd.events |= POLLOUT;
-    const int ready = poll(&fd, 1, static_cast<int>(std::max<int64_t>(wait.count(), 0) + 1));
+    const int ready = poll(&fd, 1, wait_ms);
     if (ready < 0 && errno != EINTR) return ConnectionError("poll failed");
     if (ready > 0 && (fd.revents & (POLLIN | POLLERR | POLLHUP)) != 0 &&
         PQconsumeInput(connection_.get()) == 0) {

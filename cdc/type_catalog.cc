@@ -84,4 +84,16 @@ Status ResolveTypes(PgConnection& connection, const std::vector<uint32_t>& oids,
   return Status::Ok();
 }
 
+Status TypeLearner::Learn(const std::vector<ColumnSchema>& columns) {
+  std::vector<uint32_t> oids;
+  for (const ColumnSchema& c : columns) {
+    if (attempted_.insert(c.type_oid).second) oids.push_back(c.type_oid);
+  }
+  if (oids.empty()) return Status::Ok();
+  auto copy = std::make_shared<TypeRegistry>(*types_);
+  Status status = ResolveTypes(sql_, oids, *copy);
+  if (status.ok()) types_ = std::move(copy);
+  return status;
+}
+
 }  // namespace pgderive

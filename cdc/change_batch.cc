@@ -1,0 +1,70 @@
+#include "cdc/change_batch.h"
+
+#include <cstring>
+#include <type_traits>
+#include <variant>
+
+namespace pgderive {
+namespace {
+
+size_t Bytes(const TupleData& tuple) {
+  size_t n = 0;
+  for (const TupleValue& v : tuple.columns) n += v.data.size();
+  return n;
+}
+
+// Copies the values' bytes to `at` and points the copy's views there.
+char* CopyTuple(const TupleData& from, TupleData& to, char* at) {
+  to.columns = from.columns;
+  for (TupleValue& v : to.columns) {
+    if (v.data.empty()) continue;
+    std::memcpy(at, v.data.data(), v.data.size());
+    v.data = std::string_view(at, v.data.size());
+    at += v.data.size();
+  }
+  return at;
+}
+
+}  // namespace
+
+std::optional<OwnedChange> CopyChange(const Change& change) {
+  OwnedChange out;
+  out.commit_lsn = change.commit_lsn;
+  out.index = change.index;
+  out.relations.assign(change.relations.begin(), change.relations.end());
+  const TupleData* new_tuple = nullptr;
+  const TupleData* old_tuple = nullptr;
+  const bool known = std::visit(
+      [&](const auto& m) {
+        using T = std::decay_t<decltype(m)>;
+        if constexpr (std::is_same_v<T, InsertMessage>) {
+          out.op = ChangeOp::kInsert;
+          new_tuple = &m.new_tuple;
+        } else if constexpr (std::is_same_v<T, UpdateMessage>) {
+          out.op = ChangeOp::kUpdate;
+          new_tuple = &m.new_tuple;
+          if (m.old_kind != '\0') old_tuple = &m.old_tuple;
+          out.old_kind = m.old_kind;
+        } else if constexpr (std::is_same_v<T, DeleteMessage>) {
+          out.op = ChangeOp::kDelete;
+          old_tuple = &m.old_tuple;
+          out.old_kind = m.old_kind;
+        } else if constexpr (std::is_same_v<T, TruncateMessage>) {
+          out.op = ChangeOp::kTruncate;
+        } else {
+          return false;
+        }
+        return true;
+      },
+      *change.message);
+  if (!known) return std::nullopt;
+  const size_t bytes = (new_tuple ? Bytes(*new_tuple) : 0) + (old_tuple ? Bytes(*old_tuple) : 0);
+  out.bytes = bytes;
+  if (bytes > 0) out.storage = std::make_unique<char[]>(bytes);
+  char* at = out.storage.get();
+  if (new_tuple) at = CopyTuple(*new_tuple, out.new_tuple, at);
+  if (old_tuple) CopyTuple(*old_tuple, out.old_tuple, at);
+  return out;
+}
+
+}  // namespace pgderive

@@ -1,0 +1,70 @@
+#pragma once
+
+// What the pipeline hands each store: owned, immutable batches of committed changes in
+// commit order. One batch is shared by every store's queue (shared_ptr<const>), so a
+// change is copied out of the replication buffer once, whatever the number of stores.
+//
+// A batch holds whole transactions and, for a transaction too large for one batch,
+// consecutive pieces of it. `commits` marks where each transaction that completes in
+// this batch ends. A store is complete up to the end_lsn of the last transaction it
+// applied: that is its checkpoint.
+//
+// Skipping what is already applied: transactions do not overlap in the WAL, so a
+// transaction T is covered by a checkpoint C (C >= T.end_lsn) exactly when
+// T.commit_lsn < C. The same test holds for a snapshot taken at a slot's consistent
+// point C: the snapshot contains exactly the transactions with commit_lsn < C. Every
+// sink therefore skips a change when change.commit_lsn < its checkpoint.
+
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "cdc/change_stream.h"
+#include "cdc/value_json.h"
+
+namespace pgderive {
+
+enum class ChangeOp : char { kInsert = 'I', kUpdate = 'U', kDelete = 'D', kTruncate = 'T' };
+
+struct OwnedChange {
+  Lsn commit_lsn;
+  uint32_t index = 0;
+  ChangeOp op = ChangeOp::kInsert;
+  // The changed table (I/U/D) or every truncated table (T).
+  std::vector<std::shared_ptr<const RelationSchema>> relations;
+  TupleData new_tuple;   // insert, update
+  TupleData old_tuple;   // update with a changed key or REPLICA IDENTITY FULL; delete
+  char old_kind = '\0';  // 'K' (key columns only), 'O' (whole row) or none
+  size_t bytes = 0;      // the values' bytes, for queue accounting
+  // Backs the views of both tuples; a heap block, so moving the change keeps them valid.
+  std::unique_ptr<char[]> storage;
+
+  const RelationSchema& relation() const { return *relations.front(); }
+};
+
+struct CommitMark {
+  Lsn commit_lsn;
+  Lsn end_lsn;
+  PgTimestamp commit_time = 0;
+  size_t changes_end = 0;  // the transaction's changes in this batch end before this index
+};
+
+struct ChangeBatch {
+  std::vector<OwnedChange> changes;
+  std::vector<CommitMark> commits;
+  // The types the changes' columns have (resolved from pg_type); immutable, shared.
+  std::shared_ptr<const TypeRegistry> types;
+  size_t bytes = 0;
+
+  // The checkpoint after applying the whole batch: the end of its last transaction.
+  std::optional<Lsn> checkpoint() const {
+    if (commits.empty()) return std::nullopt;
+    return commits.back().end_lsn;
+  }
+};
+
+// Copies a change out of the replication buffer. Logical messages are not changes of a
+// view and yield nullopt.
+std::optional<OwnedChange> CopyChange(const Change& change);
+
+}  // namespace pgderive

@@ -1,0 +1,183 @@
+#include "cdc/pipeline_worker.h"
+
+#include "cdc/backoff.h"
+
+namespace pgderive {
+
+PipelineWorker::PipelineWorker(Sink& sink, Rebuild rebuild, Log log, size_t max_queue_bytes)
+    : sink_(sink),
+      rebuild_(std::move(rebuild)),
+      log_(std::move(log)),
+      max_queue_bytes_(max_queue_bytes) {}
+
+PipelineWorker::~PipelineWorker() {
+  if (thread_.joinable()) Stop(std::chrono::steady_clock::now());
+}
+
+void PipelineWorker::Start(Lsn checkpoint) {
+  checkpoint_.store(checkpoint.value);
+  durable_ = checkpoint;
+  thread_ = std::thread([this] { Loop(); });
+}
+
+bool PipelineWorker::Offer(std::shared_ptr<const ChangeBatch> batch,
+                           std::chrono::milliseconds wait) {
+  std::unique_lock lock(mutex_);
+  if (detached_.load() || failed_.load()) return false;
+  // An empty queue takes any batch, however large.
+  const auto room = [&] {
+    return queued_bytes_ == 0 || queued_bytes_ + batch->bytes <= max_queue_bytes_ || stopping_;
+  };
+  if (!changed_.wait_for(lock, wait, room)) {
+    detached_.store(true);
+    log_("store " + sink_.name() + " is falling behind (queue full); it is detached and will " +
+         "catch up from the slot");
+    return false;
+  }
+  queued_bytes_ += batch->bytes;
+  queue_.push_back(std::move(batch));
+  changed_.notify_all();
+  return true;
+}
+
+Lsn PipelineWorker::Durable() {
+  std::lock_guard lock(mutex_);
+  const auto now = std::chrono::steady_clock::now();
+  while (!pending_durable_.empty() &&
+         now - pending_durable_.front().first >= sink_.durability_delay()) {
+    durable_ = pending_durable_.front().second;
+    pending_durable_.pop_front();
+  }
+  return durable_;
+}
+
+void PipelineWorker::Rejoin() {
+  wants_rejoin_.store(false);
+  detached_.store(false);
+}
+
+void PipelineWorker::Stop(std::chrono::steady_clock::time_point deadline) {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+    deadline_ = deadline;
+  }
+  changed_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void PipelineWorker::Loop() {
+  while (true) {
+    std::shared_ptr<const ChangeBatch> batch;
+    {
+      std::unique_lock lock(mutex_);
+      changed_.wait_for(lock, std::chrono::milliseconds(200),
+                        [&] { return !queue_.empty() || stopping_; });
+      if (stopping_ && (queue_.empty() || std::chrono::steady_clock::now() >= deadline_)) return;
+      if (queue_.empty()) {
+        // Drained while detached, and the last apply worked: ask for the stream again.
+        if (detached_.load() && !failed_.load()) wants_rejoin_.store(true);
+        continue;
+      }
+      batch = std::move(queue_.front());
+      queue_.pop_front();
+      queued_bytes_ -= batch->bytes;
+      changed_.notify_all();
+    }
+    Status status = ApplyWithRetry(*batch);
+    if (!status.ok()) {
+      failed_.store(true);
+      detached_.store(true);
+      log_("store " + sink_.name() + " stopped: " + status.error().message() +
+           " (the other stores go on; the slot keeps the WAL from this store's checkpoint)");
+      std::lock_guard lock(mutex_);
+      queue_.clear();
+      queued_bytes_ = 0;
+      changed_.notify_all();
+      return;
+    }
+  }
+}
+
+Status PipelineWorker::ApplyWithRetry(const ChangeBatch& batch) {
+  Backoff backoff(std::chrono::milliseconds(100), std::chrono::seconds(10));
+  bool recover = false;
+  while (true) {
+    Status status = Status::Ok();
+    if (recover) {
+      status = Recover();
+      if (status.ok() && detached_.load()) {
+        // The store was rebuilt or had lost recent writes: this batch and the queue are
+        // superseded by the stream from the slot, which the worker rejoins.
+        return Status::Ok();
+      }
+    }
+    if (status.ok()) {
+      recover = false;
+      status = sink_.Apply(batch, checkpoint());
+      if (status.ok()) {
+        if (auto next = batch.checkpoint(); next && *next > checkpoint()) {
+          checkpoint_.store(next->value);
+          std::lock_guard lock(mutex_);
+          pending_durable_.emplace_back(std::chrono::steady_clock::now(), *next);
+        }
+        return status;
+      }
+    }
+    if (status.error().kind() != ErrorKind::kTransient) return status;
+    recover = true;
+    const auto wait = backoff.Next();
+    log_("store " + sink_.name() + ": " + status.error().message() + "; retrying in " +
+         std::to_string(wait.count()) + " ms");
+    std::unique_lock lock(mutex_);
+    // A stop cuts the wait short once its deadline has passed.
+    changed_.wait_for(lock, wait,
+                      [&] { return stopping_ && std::chrono::steady_clock::now() >= deadline_; });
+    if (stopping_ && std::chrono::steady_clock::now() >= deadline_) {
+      return Status::Ok();  // the batch stays unapplied; the slot was not confirmed past it
+    }
+  }
+}
+
+Status PipelineWorker::Recover() {
+  Status status = sink_.Connect();
+  if (!status.ok()) return status;
+  auto stored = sink_.ReadCheckpoint();
+  if (!stored.ok()) return stored.error();
+  const Lsn confirmed{slot_confirmed_.load()};
+  auto supersede = [&] {
+    detached_.store(true);
+    std::lock_guard lock(mutex_);
+    queue_.clear();
+    queued_bytes_ = 0;
+    changed_.notify_all();
+  };
+  if (!stored.value() || *stored.value() < confirmed) {
+    // The store lost data the slot no longer holds (e.g. Redis restarted empty):
+    // serving it stale is not an option; rebuild its views from a new snapshot.
+    log_("store " + sink_.name() + " has " +
+         (stored.value() ? "checkpoint " + stored.value()->ToString() : "no checkpoint") +
+         ", behind the slot's " + confirmed.ToString() + ": rebuilding its views");
+    supersede();
+    auto rebuilt = rebuild_(sink_);
+    if (!rebuilt.ok()) return rebuilt.error();
+    checkpoint_.store(rebuilt.value().value);
+    std::lock_guard lock(mutex_);
+    pending_durable_.emplace_back(std::chrono::steady_clock::now(), rebuilt.value());
+    log_("store " + sink_.name() + " rebuilt at " + rebuilt.value().ToString());
+    return Status::Ok();
+  }
+  if (*stored.value() < checkpoint()) {
+    // Recent writes were lost (still covered by the slot): replay them from the slot.
+    log_("store " + sink_.name() + " is back at checkpoint " + stored.value()->ToString() +
+         ", behind the " + checkpoint().ToString() + " it had applied: replaying from the slot");
+    checkpoint_.store(stored.value()->value);
+    supersede();
+    std::lock_guard lock(mutex_);
+    pending_durable_.clear();
+    durable_ = *stored.value();
+  }
+  return Status::Ok();
+}
+
+}  // namespace pgderive

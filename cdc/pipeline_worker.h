@@ -1,0 +1,80 @@
+#pragma once
+
+// One store's worker: a thread applying batches from a bounded queue, in order, with
+// retries. Its checkpoint is what the store has applied; its durable checkpoint (after
+// the store's durability delay) is what the slot may be confirmed to.
+//
+// Detached: when the queue stays full (the store is slow or down), the dispatcher stops
+// feeding it rather than wait, and the others keep flowing. The worker drains its
+// queue, and once the store works again it asks to rejoin: the dispatcher restarts the
+// stream from the slot's confirmed position (never past this store's checkpoint), and
+// the stores that are ahead skip what they have (change_batch.h).
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+#include "cdc/sink.h"
+
+namespace pgderive {
+
+class PipelineWorker {
+ public:
+  // Rebuilds the sink's views from a fresh snapshot and returns its LSN (the new
+  // checkpoint). Called on the worker's thread when the store lost data.
+  using Rebuild = std::function<Result<Lsn>(Sink&)>;
+  using Log = std::function<void(const std::string&)>;
+
+  PipelineWorker(Sink& sink, Rebuild rebuild, Log log, size_t max_queue_bytes);
+  ~PipelineWorker();
+
+  void Start(Lsn checkpoint);
+  // Queues a batch unless the worker is detached; waits up to `wait` for room, then
+  // detaches. Returns whether the batch was queued.
+  bool Offer(std::shared_ptr<const ChangeBatch> batch, std::chrono::milliseconds wait);
+  // The slot's confirmed position (a store whose checkpoint falls behind it lost data).
+  void SetSlotConfirmed(Lsn lsn) { slot_confirmed_.store(lsn.value); }
+  // The checkpoint the slot may be confirmed to.
+  Lsn Durable();
+  Lsn checkpoint() const { return Lsn{checkpoint_.load()}; }
+  bool detached() const { return detached_.load(); }
+  bool failed() const { return failed_.load(); }
+  // Detached, drained and healthy: wants the stream from the slot again.
+  bool WantsRejoin() const { return wants_rejoin_.load(); }
+  void Rejoin();
+  // Applies what is queued until `deadline`, then stops the thread.
+  void Stop(std::chrono::steady_clock::time_point deadline);
+
+  Sink& sink() { return sink_; }
+
+ private:
+  void Loop();
+  Status ApplyWithRetry(const ChangeBatch& batch);
+  // After a failure: reconnect and compare the store's checkpoint with ours.
+  Status Recover();
+
+  Sink& sink_;
+  Rebuild rebuild_;
+  Log log_;
+  const size_t max_queue_bytes_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::deque<std::shared_ptr<const ChangeBatch>> queue_;
+  size_t queued_bytes_ = 0;
+  bool stopping_ = false;
+  std::chrono::steady_clock::time_point deadline_;
+  // (time applied, checkpoint) not yet past the durability delay.
+  std::deque<std::pair<std::chrono::steady_clock::time_point, Lsn>> pending_durable_;
+  Lsn durable_;
+  std::atomic<uint64_t> checkpoint_{0};
+  std::atomic<uint64_t> slot_confirmed_{0};
+  std::atomic<bool> detached_{false};
+  std::atomic<bool> wants_rejoin_{false};
+  std::atomic<bool> failed_{false};
+  std::thread thread_;
+};
+
+}  // namespace pgderive

@@ -1,0 +1,391 @@
+#include "cdc/run.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "cdc/backoff.h"
+#include "cdc/pipeline_worker.h"
+#include "cdc/publication.h"
+#include "cdc/replication_stream.h"
+#include "cdc/sink_factory.h"
+#include "cdc/transaction_assembler.h"
+#include "cdc/type_catalog.h"
+#include "config/config.h"
+#include "config/redact.h"
+#include "snapshot/snapshot_reader.h"
+
+namespace pgderive {
+namespace {
+
+constexpr size_t kBatchBytes = size_t{4} << 20;      // a batch closes at a commit past this
+constexpr size_t kBatchChanges = 10000;              // ... or past this many changes
+constexpr size_t kMaxBatchBytes = size_t{16} << 20;  // or mid-transaction past this
+constexpr size_t kQueueBytes = size_t{64} << 20;     // per store
+constexpr auto kOfferWait = std::chrono::seconds(1);
+constexpr auto kStopGrace = std::chrono::seconds(8);
+
+void Log(const std::string& message) {
+  std::fprintf(stderr, "pgderive run: %s\n", RedactSecrets(message).c_str());
+}
+
+// Snapshot rows to every sink whose views read the table.
+class SnapshotFanout : public SnapshotConsumer {
+ public:
+  SnapshotFanout(std::vector<Sink*> sinks, TypeLearner& learner)
+      : sinks_(std::move(sinks)), learner_(learner) {}
+
+  Status OnTable(const std::shared_ptr<const RelationSchema>& schema) override {
+    schemas_[schema.get()] = schema;
+    Status status = learner_.Learn(schema->columns);
+    types_ = learner_.types();
+    return status;
+  }
+  Status OnRows(const RelationSchema& schema, std::span<const TupleData> rows) override {
+    const auto& shared = schemas_.at(&schema);
+    const std::string table = schema.QualifiedName();
+    for (Sink* sink : sinks_) {
+      const auto tables = sink->tables();
+      if (std::find(tables.begin(), tables.end(), table) == tables.end()) continue;
+      Status status = sink->ApplySnapshotRows(shared, rows, *types_);
+      if (!status.ok()) return status;
+    }
+    return Status::Ok();
+  }
+
+ private:
+  std::vector<Sink*> sinks_;
+  TypeLearner& learner_;
+  std::map<const RelationSchema*, std::shared_ptr<const RelationSchema>> schemas_;
+  std::shared_ptr<const TypeRegistry> types_;
+};
+
+// Fills `sinks` from the exported snapshot `snapshot_name` taken at `lsn`, which
+// becomes their checkpoint. Each sink first drops its views' data and checkpoint, so a
+// crash midway leaves no checkpoint and the next start rebuilds again.
+Status SnapshotInto(const Config& config, const std::vector<Sink*>& sinks,
+                    const std::string& snapshot_name, Lsn lsn, const std::atomic<bool>* stop) {
+  std::vector<std::string> tables;
+  for (Sink* sink : sinks) {
+    for (const std::string& t : sink->tables()) {
+      if (std::find(tables.begin(), tables.end(), t) == tables.end()) tables.push_back(t);
+    }
+  }
+  auto reader = SnapshotReader::Open({.dsn = config.source.dsn,
+                                      .snapshot_name = snapshot_name,
+                                      .tables = tables,
+                                      .workers = config.snapshot.workers,
+                                      .stop = stop});
+  if (!reader.ok()) return reader.error();
+  auto sql = PgConnection::Connect(config.source.dsn, PgConnection::Mode::kSql, "pgderive-run");
+  if (!sql.ok()) return sql.error();
+  TypeLearner learner(sql.value());
+  for (Sink* sink : sinks) {
+    Status status = sink->BeginRebuild();
+    if (!status.ok()) return status;
+  }
+  Log("snapshot of " + std::to_string(tables.size()) + " table(s) at " + lsn.ToString() + " for " +
+      std::to_string(sinks.size()) + " store(s)");
+  SnapshotFanout fanout(sinks, learner);
+  Status status = reader.value()->Run(fanout);
+  if (!status.ok()) return status;
+  for (Sink* sink : sinks) {
+    status = sink->EndRebuild(lsn);
+    if (!status.ok()) return status;
+  }
+  Log("snapshot done: " + std::to_string(reader.value()->progress().rows_read.load()) + " rows");
+  return Status::Ok();
+}
+
+// A rebuild while the pipeline runs: a temporary slot exports a snapshot at the
+// current WAL position; the store is filled from it and resumes from that point.
+Result<Lsn> RebuildFromTemporarySlot(const Config& config, Sink& sink,
+                                     const std::atomic<bool>* stop) {
+  static std::atomic<int> counter{0};
+  auto repl = PgConnection::Connect(config.source.dsn, PgConnection::Mode::kReplication,
+                                    "pgderive-rebuild");
+  if (!repl.ok()) return repl.error();
+  const std::string slot =
+      "pgderive_rebuild_" + std::to_string(getpid()) + "_" + std::to_string(++counter);
+  auto created =
+      repl.value().CreateLogicalSlot(slot, "pgoutput", /*temporary=*/true, SlotSnapshot::kExport);
+  if (!created.ok()) return created.error();
+  Status status = SnapshotInto(config, {&sink}, *created.value().snapshot_name,
+                               created.value().consistent_point, stop);
+  if (!status.ok()) return status.error();
+  return created.value().consistent_point;
+}
+
+// Decoded changes -> batches -> every attached worker's queue.
+class Dispatcher : public ChangeConsumer {
+ public:
+  Dispatcher(TypeLearner& learner, std::vector<std::unique_ptr<PipelineWorker>>& workers)
+      : learner_(learner), workers_(workers), batch_(std::make_unique<ChangeBatch>()) {}
+
+  Status OnBegin(const TransactionInfo&) override { return Status::Ok(); }
+
+  Status OnChange(const Change& change) override {
+    for (const auto& relation : change.relations) {
+      if (relation == last_learned_) continue;
+      Status status = learner_.Learn(relation->columns);
+      if (!status.ok()) return status;
+      last_learned_ = relation;
+    }
+    auto owned = CopyChange(change);
+    if (!owned) return Status::Ok();  // a logical message
+    batch_->bytes += owned->bytes + sizeof(OwnedChange);
+    batch_->changes.push_back(std::move(*owned));
+    if (batch_->bytes >= kMaxBatchBytes) Dispatch();
+    return Status::Ok();
+  }
+
+  Status OnCommit(const TransactionInfo& transaction) override {
+    batch_->commits.push_back(CommitMark{transaction.commit_lsn, transaction.end_lsn,
+                                         transaction.commit_time, batch_->changes.size()});
+    if (batch_->bytes >= kBatchBytes || batch_->changes.size() >= kBatchChanges) Dispatch();
+    return Status::Ok();
+  }
+
+  bool pending() const { return !batch_->changes.empty() || !batch_->commits.empty(); }
+
+  void Dispatch() {
+    if (!pending()) return;
+    batch_->types = learner_.types();
+    std::shared_ptr<const ChangeBatch> batch(std::move(batch_));
+    batch_ = std::make_unique<ChangeBatch>();
+    for (auto& worker : workers_) worker->Offer(batch, kOfferWait);
+  }
+  // The stream restarts from the slot: what is not dispatched comes again.
+  void Drop() { batch_ = std::make_unique<ChangeBatch>(); }
+
+ private:
+  TypeLearner& learner_;
+  std::vector<std::unique_ptr<PipelineWorker>>& workers_;
+  std::unique_ptr<ChangeBatch> batch_;
+  std::shared_ptr<const RelationSchema> last_learned_;
+};
+
+int Fail(const std::string& message) {
+  Log(message);
+  return 1;
+}
+
+struct SlotState {
+  bool exists = false;
+  Lsn confirmed_flush;
+};
+
+Result<SlotState> ReadSlot(PgConnection& sql, const std::string& slot) {
+  auto rows = sql.Query(
+      "select confirmed_flush_lsn, plugin, database = current_database() from "
+      "pg_replication_slots where slot_name = " +
+      sql.QuoteLiteral(slot));
+  if (!rows.ok()) return rows.error();
+  if (rows.value().rows.empty()) return SlotState{};
+  const auto& row = rows.value().rows[0];
+  if (row[1].value_or("") != "pgoutput" || row[2].value_or("") != "t") {
+    return Error::Permanent("slot " + slot +
+                            " exists but is not a pgoutput slot of this database; choose "
+                            "another source.slot or drop it");
+  }
+  auto lsn = Lsn::Parse(row[0].value_or(""));
+  return SlotState{true, lsn.value_or(Lsn{})};
+}
+
+}  // namespace
+
+int RunPipeline(const RunOptions& options) {
+  ConfigResult loaded = LoadConfigFile(options.config_path);
+  if (!loaded.config) {
+    std::fputs(loaded.Describe(options.config_path).c_str(), stderr);
+    return 2;
+  }
+  const Config& config = *loaded.config;
+  auto made = MakeSinks(config);
+  if (!made.ok()) return Fail(made.error().message());
+  std::vector<std::unique_ptr<Sink>> sinks = std::move(made).value();
+  auto sql = PgConnection::Connect(config.source.dsn, PgConnection::Mode::kSql, "pgderive-run");
+  if (!sql.ok()) return Fail(sql.error().message());
+  const std::vector<std::string> tables = config.SourceTables();
+  Status status = CheckSourceTables(sql.value(), tables);
+  if (!status.ok()) return Fail(status.error().message());
+  for (auto& sink : sinks) {
+    status = sink->Connect();
+    if (!status.ok()) return Fail("store " + sink->name() + ": " + status.error().message());
+  }
+  status = EnsurePublication(sql.value(), config.source.publication, tables);
+  if (!status.ok()) return Fail(status.error().message());
+
+  auto slot = ReadSlot(sql.value(), config.source.slot);
+  if (!slot.ok()) return Fail(slot.error().message());
+  auto repl =
+      PgConnection::Connect(config.source.dsn, PgConnection::Mode::kReplication, "pgderive-run");
+  if (!repl.ok()) return Fail(repl.error().message());
+  std::map<Sink*, Lsn> checkpoints;
+  Lsn confirmed;
+  if (!slot.value().exists) {
+    // First start: the slot's exported snapshot fills every view, and the stream
+    // continues from exactly its consistent point. Until every store has written its
+    // checkpoint a crash leaves at least one without, which the next start rebuilds.
+    auto created = repl.value().CreateLogicalSlot(config.source.slot, "pgoutput",
+                                                  /*temporary=*/false, SlotSnapshot::kExport);
+    if (!created.ok()) return Fail(created.error().message());
+    Log("created slot " + config.source.slot + " at " +
+        created.value().consistent_point.ToString());
+    std::vector<Sink*> all;
+    for (auto& sink : sinks) all.push_back(sink.get());
+    status = SnapshotInto(config, all, *created.value().snapshot_name,
+                          created.value().consistent_point, options.stop);
+    if (!status.ok()) return Fail("initial snapshot failed: " + status.error().message());
+    for (Sink* sink : all) checkpoints[sink] = created.value().consistent_point;
+    confirmed = created.value().consistent_point;
+  } else {
+    confirmed = slot.value().confirmed_flush;
+    for (auto& sink : sinks) {
+      auto stored = sink->ReadCheckpoint();
+      if (!stored.ok()) return Fail("store " + sink->name() + ": " + stored.error().message());
+      if (stored.value() && *stored.value() >= confirmed) {
+        checkpoints[sink.get()] = *stored.value();
+        Log("store " + sink->name() + " resumes from " + stored.value()->ToString());
+        continue;
+      }
+      Log("store " + sink->name() + " has " +
+          (stored.value() ? "checkpoint " + stored.value()->ToString() + ", behind the slot's " +
+                                confirmed.ToString()
+                          : std::string("no checkpoint")) +
+          ": rebuilding its views");
+      auto rebuilt = RebuildFromTemporarySlot(config, *sink, options.stop);
+      if (!rebuilt.ok()) {
+        return Fail("rebuild of store " + sink->name() + " failed: " + rebuilt.error().message());
+      }
+      checkpoints[sink.get()] = rebuilt.value();
+    }
+  }
+
+  std::vector<std::unique_ptr<PipelineWorker>> workers;
+  for (auto& sink : sinks) {
+    workers.push_back(std::make_unique<PipelineWorker>(
+        *sink, [&](Sink& s) { return RebuildFromTemporarySlot(config, s, options.stop); }, Log,
+        kQueueBytes));
+    workers.back()->SetSlotConfirmed(confirmed);
+    workers.back()->Start(checkpoints[sink.get()]);
+  }
+  TypeLearner learner(sql.value());
+  Dispatcher dispatcher(learner, workers);
+  const std::string spill_dir =
+      (std::filesystem::temp_directory_path() / ("pgderive-run-" + std::to_string(getpid())))
+          .string();
+  TransactionAssembler assembler({.spill_dir = spill_dir}, dispatcher);
+  StreamOptions stream_options;
+  stream_options.slot = config.source.slot;
+  stream_options.publication = config.source.publication;
+  std::optional<PgConnection> first_connection(std::move(repl).value());
+  std::optional<ReplicationStream> stream;
+  auto stopped = [&] { return options.stop != nullptr && options.stop->load(); };
+  Backoff backoff;
+  auto restart = [&](const std::string& why) {
+    Log(why);
+    stream.reset();
+    assembler.ResetPartial();
+    assembler.SetLastCommitted(Lsn{});  // every store skips by its own checkpoint
+    dispatcher.Drop();
+  };
+  auto last_confirm = std::chrono::steady_clock::now();
+  int exit_code = 0;
+  while (!stopped()) {
+    if (!stream) {
+      Result<PgConnection> connection =
+          first_connection
+              ? Result<PgConnection>(std::move(*first_connection))
+              : PgConnection::Connect(config.source.dsn, PgConnection::Mode::kReplication,
+                                      "pgderive-run");
+      first_connection.reset();
+      Result<ReplicationStream> started =
+          connection.ok() ? ReplicationStream::Start(std::move(connection).value(), stream_options)
+                          : Result<ReplicationStream>(connection.error());
+      if (!started.ok()) {
+        if (started.error().kind() != ErrorKind::kTransient) {
+          exit_code = Fail(started.error().message());
+          break;
+        }
+        const auto wait = backoff.Next();
+        Log(started.error().message() + "; retrying in " + std::to_string(wait.count()) + " ms");
+        const auto until = std::chrono::steady_clock::now() + wait;
+        while (!stopped() && std::chrono::steady_clock::now() < until) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        continue;
+      }
+      stream.emplace(std::move(started).value());
+      backoff.Reset();
+      Log("streaming from slot " + config.source.slot);
+    }
+    auto next = stream->Next(dispatcher.pending() ? std::chrono::milliseconds(0)
+                                                  : std::chrono::milliseconds(200));
+    if (!next.ok()) {
+      if (next.error().kind() != ErrorKind::kTransient) {
+        exit_code = Fail(next.error().message());
+        break;
+      }
+      restart(next.error().message() + "; reconnecting");
+      continue;
+    }
+    if (next.value()) {
+      status = assembler.Process(next.value()->data);
+      if (!status.ok()) {
+        exit_code = Fail(status.error().message());
+        break;
+      }
+    } else {
+      dispatcher.Dispatch();  // nothing more right now: send what there is
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_confirm >= std::chrono::milliseconds(100)) {
+      last_confirm = now;
+      // The slot moves only past what every store has made durable.
+      std::optional<Lsn> lowest;
+      for (auto& worker : workers) {
+        const Lsn durable = worker->Durable();
+        if (!lowest || durable < *lowest) lowest = durable;
+      }
+      if (lowest) stream->ConfirmFlushed(*lowest);
+      for (auto& worker : workers) worker->SetSlotConfirmed(stream->flushed());
+      bool rejoin = false;
+      for (auto& worker : workers) {
+        if (worker->WantsRejoin()) {
+          worker->Rejoin();
+          rejoin = true;
+          Log("store " + worker->sink().name() +
+              " caught up with its queue; it rejoins "
+              "the stream from the slot at its checkpoint " +
+              worker->checkpoint().ToString());
+        }
+      }
+      if (rejoin) {
+        IgnoreError(stream->SendStatus(), "the restart resends from the slot either way");
+        restart("restarting the stream from the slot for the rejoining store(s)");
+      }
+    }
+  }
+  // Stop: finish what is queued (up to the grace period), then confirm what is durable.
+  if (exit_code == 0) dispatcher.Dispatch();
+  const auto deadline = std::chrono::steady_clock::now() + kStopGrace;
+  for (auto& worker : workers) worker->Stop(deadline);
+  if (stream) {
+    std::optional<Lsn> lowest;
+    for (auto& worker : workers) {
+      const Lsn durable = worker->Durable();
+      if (!lowest || durable < *lowest) lowest = durable;
+    }
+    if (lowest) stream->ConfirmFlushed(*lowest);
+    IgnoreError(stream->SendStatus(), "the slot keeps the older position; a restart replays");
+  }
+  std::filesystem::remove_all(spill_dir);
+  if (exit_code == 0) Log("stopped");
+  return exit_code;
+}
+
+}  // namespace pgderive

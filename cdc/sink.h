@@ -1,0 +1,65 @@
+#pragma once
+
+// The contract between the pipeline and one store (SPEC.md §1.3, §1.5). The pipeline
+// gives each store its own worker thread and queue; the store implements this.
+//
+// Checkpoints. A store keeps, inside itself, the LSN up to which it is complete,
+// written atomically with the data wherever the store allows it. On start, and after
+// every reconnect, the pipeline reads it back: a store that has no checkpoint, or one
+// older than the slot's confirmed position (it lost data the slot no longer holds), is
+// rebuilt from a snapshot instead of serving stale data.
+
+#include <chrono>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "cdc/change_batch.h"
+
+namespace pgderive {
+
+class Sink {
+ public:
+  virtual ~Sink() = default;
+
+  virtual const std::string& name() const = 0;
+  // The source tables its views read (schema.table).
+  virtual std::vector<std::string> tables() const = 0;
+
+  // (Re)connects to the store and prepares it (indexes, target tables). Transient
+  // errors are retried by the caller with backoff.
+  virtual Status Connect() = 0;
+  // The store's checkpoint; nullopt when it holds none.
+  virtual Result<std::optional<Lsn>> ReadCheckpoint() = 0;
+
+  // A rebuild: remove every view's data and the checkpoint, take the snapshot's rows
+  // (from several threads at once: must be thread-safe), then write the checkpoint.
+  virtual Status BeginRebuild() = 0;
+  virtual Status ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
+                                   std::span<const TupleData> rows, const TypeRegistry& types) = 0;
+  virtual Status EndRebuild(Lsn snapshot_lsn) = 0;
+
+  // Applies `batch` in order, skipping every change with commit_lsn < `checkpoint`
+  // (already applied), and, when the batch completes a transaction, writes its new
+  // checkpoint (batch.checkpoint()) with the data.
+  virtual Status Apply(const ChangeBatch& batch, Lsn checkpoint) = 0;
+
+  // How long after Apply returns its checkpoint is durable (Redis with
+  // `appendfsync everysec` needs up to a second or two); the slot is confirmed only
+  // past durable checkpoints.
+  virtual std::chrono::milliseconds durability_delay() const { return {}; }
+
+  // For `verify`. The view names of this store; every entry of one view as (key, JSON
+  // object); and the entry a source row must produce in that view (nullopt when the
+  // view does not read the row's table).
+  using Entry = std::pair<std::string, std::string>;
+  virtual std::vector<std::string> views() const = 0;
+  virtual Result<std::vector<Entry>> ReadView(const std::string& view) = 0;
+  virtual Result<std::optional<Entry>> Expected(const std::string& view,
+                                                const std::shared_ptr<const RelationSchema>& schema,
+                                                const TupleData& row,
+                                                const TypeRegistry& types) = 0;
+};
+
+}  // namespace pgderive

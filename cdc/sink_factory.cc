@@ -1,0 +1,31 @@
+#include "cdc/sink_factory.h"
+
+#include "sinks/redis/redis_sink.h"
+
+namespace pgderive {
+
+Result<std::vector<std::unique_ptr<Sink>>> MakeSinks(const Config& config,
+                                                     const std::optional<std::string>& only_view) {
+  std::vector<std::unique_ptr<Sink>> sinks;
+  for (const auto& [name, store] : config.stores) {
+    bool used = false;
+    for (const ViewConfig& view : config.views) {
+      used = used || (view.store == name && (!only_view || view.name == *only_view));
+    }
+    if (!used) continue;
+    Config scoped = config;
+    if (only_view) {
+      std::erase_if(scoped.views, [&](const ViewConfig& v) { return v.name != *only_view; });
+    }
+    if (store.type == StoreType::kRedis) {
+      auto sink = RedisSink::Make(scoped, store);
+      if (!sink.ok()) return sink.error();
+      sinks.push_back(std::move(sink).value());
+    } else {
+      return Error::Permanent("store " + name + ": this store type is not supported by run yet");
+    }
+  }
+  return sinks;
+}
+
+}  // namespace pgderive

@@ -1,0 +1,30 @@
+#pragma once
+
+// `pgderive verify`: proves that each view equals its definition applied to the source
+// (SPEC.md §2). It first waits until every store's checkpoint has passed the source's
+// current position (a marker written with pg_logical_emit_message), then reads the
+// source in one snapshot and the store, and compares them entry by entry, value by
+// value. Differences under concurrent writes can be transient, so a view that differs
+// is compared again after the next catch-up, up to `rounds` times; what differs every
+// time is reported.
+
+#include <chrono>
+#include <cstdio>
+#include <optional>
+#include <string>
+
+namespace pgderive {
+
+struct VerifyOptions {
+  std::string config_path;
+  std::optional<std::string> view;
+  std::chrono::seconds wait{60};  // for the stores to catch up
+  int rounds = 3;
+  std::FILE* out = stdout;
+};
+
+// 0 when every view is consistent; 1 when differences were found or a store did not
+// catch up; 2 for an invalid configuration or an unknown view.
+int RunVerify(const VerifyOptions& options);
+
+}  // namespace pgderive

@@ -1,0 +1,183 @@
+#include "sinks/common/view_shape.h"
+
+#include "cdc/row_json.h"
+
+namespace pgderive {
+
+Result<KeyTemplate> KeyTemplate::Parse(const std::string& text) {
+  KeyTemplate t;
+  t.text_ = text;
+  std::string literal;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '}') return Error::Permanent("key template \"" + text + "\": '}' without '{'");
+    if (text[i] != '{') {
+      literal += text[i];
+      continue;
+    }
+    const size_t close = text.find('}', i);
+    if (close == std::string::npos) {
+      return Error::Permanent("key template \"" + text + "\": '{' is never closed");
+    }
+    const std::string column = text.substr(i + 1, close - i - 1);
+    if (column.empty() || column.find('{') != std::string::npos) {
+      return Error::Permanent("key template \"" + text + "\": a {column} needs a column name");
+    }
+    if (!literal.empty()) t.parts_.push_back({std::move(literal), ""});
+    literal.clear();
+    t.parts_.push_back({"", column});
+    t.columns_.push_back(column);
+    i = close;
+  }
+  if (!literal.empty()) t.parts_.push_back({std::move(literal), ""});
+  if (t.columns_.empty()) {
+    return Error::Permanent("key template \"" + text +
+                            "\" names no column: every row would share one key");
+  }
+  return t;
+}
+
+std::string KeyTemplate::Pattern() const {
+  std::string out;
+  for (const Part& part : parts_) {
+    if (!part.column.empty()) {
+      if (out.empty() || out.back() != '*') out += '*';
+      continue;
+    }
+    for (char c : part.literal) {
+      if (c == '*' || c == '?' || c == '[' || c == ']' || c == '\\') out += '\\';
+      out += c;
+    }
+  }
+  return out;
+}
+
+Result<std::shared_ptr<const ViewShape>> ViewShape::Make(
+    const ViewConfig& view, std::shared_ptr<const RelationSchema> schema,
+    const std::optional<KeyTemplate>& key) {
+  auto shape = std::make_shared<ViewShape>();
+  auto find = [&](const std::string& name) -> std::optional<size_t> {
+    for (size_t i = 0; i < schema->columns.size(); ++i) {
+      if (schema->columns[i].name == name) return i;
+    }
+    return std::nullopt;
+  };
+  const std::string where = "view " + view.name + ": ";
+  if (view.columns) {
+    for (const std::string& name : *view.columns) {
+      auto index = find(name);
+      if (!index) {
+        return Error::Permanent(where + "column " + name + " is not in table " +
+                                schema->QualifiedName());
+      }
+      shape->columns_.push_back(*index);
+    }
+  } else {
+    for (size_t i = 0; i < schema->columns.size(); ++i) shape->columns_.push_back(i);
+  }
+  for (size_t i = 0; i < schema->columns.size(); ++i) {
+    if (schema->columns[i].key) shape->identity_.push_back(i);
+  }
+  if (key) {
+    for (const KeyTemplate::Part& part : key->parts()) {
+      if (part.column.empty()) {
+        shape->key_parts_.emplace_back(part.literal, std::nullopt);
+        continue;
+      }
+      auto index = find(part.column);
+      if (!index) {
+        return Error::Permanent(where + "key column " + part.column + " is not in table " +
+                                schema->QualifiedName());
+      }
+      if (!schema->columns[*index].key) {
+        return Error::Permanent(where + "key column " + part.column + " is not part of the " +
+                                "replica identity of " + schema->QualifiedName() +
+                                " (its primary key), so a delete would not say which key to "
+                                "remove");
+      }
+      shape->key_parts_.emplace_back("", index);
+    }
+  }
+  shape->schema_ = std::move(schema);
+  return std::shared_ptr<const ViewShape>(std::move(shape));
+}
+
+Status ViewShape::AppendValue(std::string& out, const TupleData& tuple, const TypeRegistry& types,
+                              std::vector<std::string>* unchanged) const {
+  if (tuple.columns.size() != schema_->columns.size()) {
+    return Error::Corrupt("a tuple of " + std::to_string(tuple.columns.size()) + " columns for " +
+                          schema_->QualifiedName());
+  }
+  out += '{';
+  bool first = true;
+  for (size_t i : columns_) {
+    const TupleValue& value = tuple.columns[i];
+    const ColumnSchema& column = schema_->columns[i];
+    if (value.kind == TupleValueKind::kUnchanged) {
+      if (unchanged != nullptr) unchanged->push_back(column.name);
+      continue;
+    }
+    if (!first) out += ',';
+    first = false;
+    out += column.json_key;
+    if (value.kind == TupleValueKind::kNull) {
+      out += "null";
+      continue;
+    }
+    Status status = AppendJsonValue(out, value.data, column.type_oid, types);
+    if (!status.ok()) {
+      return Error(status.error().kind(),
+                   schema_->QualifiedName() + "." + column.name + ": " + status.error().message());
+    }
+  }
+  out += '}';
+  return Status::Ok();
+}
+
+Result<std::string> ViewShape::Key(const TupleData& tuple) const {
+  std::string key;
+  for (const auto& [literal, column] : key_parts_) {
+    if (!column) {
+      key += literal;
+      continue;
+    }
+    const TupleValue& value = tuple.columns.at(*column);
+    if (value.kind != TupleValueKind::kText) {
+      return Error::Permanent("key column " + schema_->columns[*column].name + " of " +
+                              schema_->QualifiedName() + " is null");
+    }
+    key += value.data;
+  }
+  return key;
+}
+
+Result<std::string> ViewShape::DocumentId(const TupleData& tuple) const {
+  if (identity_.empty()) {
+    return Error::Permanent("table " + schema_->QualifiedName() + " has no key columns");
+  }
+  std::string id;
+  if (identity_.size() > 1) id += '[';
+  for (size_t n = 0; n < identity_.size(); ++n) {
+    const TupleValue& value = tuple.columns.at(identity_[n]);
+    if (value.kind != TupleValueKind::kText) {
+      return Error::Permanent("key column " + schema_->columns[identity_[n]].name + " of " +
+                              schema_->QualifiedName() + " is null");
+    }
+    if (identity_.size() == 1) return std::string(value.data);
+    if (n) id += ',';
+    AppendJsonString(id, value.data);
+  }
+  id += ']';
+  return id;
+}
+
+Result<std::shared_ptr<const ViewShape>> ViewShapes::For(
+    const std::shared_ptr<const RelationSchema>& schema) {
+  if (schema == last_schema_ && last_shape_) return last_shape_;
+  auto shape = ViewShape::Make(view_, schema, key_);
+  if (!shape.ok()) return shape.error();
+  last_schema_ = schema;
+  last_shape_ = shape.value();
+  return shape;
+}
+
+}  // namespace pgderive

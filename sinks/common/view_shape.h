@@ -1,0 +1,88 @@
+#pragma once
+
+// How one view sees its table's rows: which columns its value holds, how its key is
+// made. Shared by every sink and by `verify`, so a store and its check render a row the
+// same way (SPEC.md §3).
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cdc/change_stream.h"
+#include "cdc/value_json.h"
+#include "config/config.h"
+
+namespace pgderive {
+
+// A key template such as "product:{id}": literal text and {column} references.
+class KeyTemplate {
+ public:
+  // Problems (an unclosed brace, an empty name) are returned as an Error.
+  static Result<KeyTemplate> Parse(const std::string& text);
+
+  const std::vector<std::string>& columns() const { return columns_; }
+  const std::string& text() const { return text_; }
+  // A glob (Redis SCAN MATCH) that matches every key the template can make.
+  std::string Pattern() const;
+
+  struct Part {
+    std::string literal;  // when column is empty
+    std::string column;
+  };
+  const std::vector<Part>& parts() const { return parts_; }
+
+ private:
+  std::string text_;
+  std::vector<Part> parts_;
+  std::vector<std::string> columns_;
+};
+
+// A view resolved against one schema of its table (a new Relation message makes a new
+// one). Immutable.
+class ViewShape {
+ public:
+  // Fails (permanent) when a listed column, or a column the key uses, is not in the
+  // table, or the key uses a column outside the replica identity (a delete would not
+  // carry it).
+  static Result<std::shared_ptr<const ViewShape>> Make(const ViewConfig& view,
+                                                       std::shared_ptr<const RelationSchema> schema,
+                                                       const std::optional<KeyTemplate>& key);
+
+  const RelationSchema& schema() const { return *schema_; }
+  // {"col": value, ...} of the view's columns. Unchanged TOASTed columns of the view
+  // are left out and their names appended to `unchanged`.
+  Status AppendValue(std::string& out, const TupleData& tuple, const TypeRegistry& types,
+                     std::vector<std::string>* unchanged) const;
+  // The key from the template (Redis); error when a key column is null or unchanged.
+  Result<std::string> Key(const TupleData& tuple) const;
+  // The document id (OpenSearch): the primary key's text, or for a composite key the
+  // JSON array of its columns' texts.
+  Result<std::string> DocumentId(const TupleData& tuple) const;
+  const std::vector<size_t>& columns() const { return columns_; }
+
+ private:
+  std::shared_ptr<const RelationSchema> schema_;
+  std::vector<size_t> columns_;  // indexes into schema_->columns, in the view's order
+  std::vector<std::pair<std::string, std::optional<size_t>>> key_parts_;  // literal or column
+  std::vector<size_t> identity_;  // the replica-identity columns
+};
+
+// Caches a view's shape per schema (schemas are shared and immutable, so the pointer
+// identifies one).
+class ViewShapes {
+ public:
+  ViewShapes(ViewConfig view, std::optional<KeyTemplate> key)
+      : view_(std::move(view)), key_(std::move(key)) {}
+  Result<std::shared_ptr<const ViewShape>> For(const std::shared_ptr<const RelationSchema>& schema);
+  const ViewConfig& view() const { return view_; }
+  const std::optional<KeyTemplate>& key() const { return key_; }
+
+ private:
+  ViewConfig view_;
+  std::optional<KeyTemplate> key_;
+  std::shared_ptr<const RelationSchema> last_schema_;
+  std::shared_ptr<const ViewShape> last_shape_;
+};
+
+}  // namespace pgderive

@@ -1,0 +1,312 @@
+#include "sinks/redis/redis_sink.h"
+
+#include <set>
+
+#include "sinks/common/json_merge.h"
+
+namespace pgderive {
+namespace {
+
+constexpr size_t kScanCount = 1000;
+
+Error ReplyError(const std::string& what, const RedisReply& reply) {
+  return Error::Transient(what + ": " + reply.str);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<RedisSink>> RedisSink::Make(const Config& config, const StoreConfig& store) {
+  std::unique_ptr<RedisSink> sink(
+      new RedisSink(store.name, store.url, "pgderive:" + config.pipeline + ":checkpoint"));
+  for (const ViewConfig& view : config.views) {
+    if (view.store != store.name) continue;
+    auto key = KeyTemplate::Parse(view.key_template);
+    if (!key.ok()) return Error::Permanent("view " + view.name + ": " + key.error().message());
+    sink->views_.push_back(
+        std::make_unique<View>(View{view, view.from, key.value(), ViewShapes(view, key.value())}));
+  }
+  return sink;
+}
+
+std::vector<std::string> RedisSink::tables() const {
+  std::vector<std::string> out;
+  std::set<std::string> seen;
+  for (const auto& view : views_) {
+    if (seen.insert(view->table).second) out.push_back(view->table);
+  }
+  return out;
+}
+
+Status RedisSink::Connect() {
+  std::lock_guard lock(mutex_);
+  client_.reset();
+  auto client = RedisClient::Connect(url_);
+  if (!client.ok()) return client.error();
+  client_.emplace(std::move(client).value());
+  return Status::Ok();
+}
+
+Result<RedisClient*> RedisSink::Client() {
+  if (!client_ || client_->broken()) {
+    client_.reset();
+    auto client = RedisClient::Connect(url_);
+    if (!client.ok()) return client.error();
+    client_.emplace(std::move(client).value());
+  }
+  return &*client_;
+}
+
+Result<std::optional<Lsn>> RedisSink::ReadCheckpoint() {
+  std::lock_guard lock(mutex_);
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  auto reply = client.value()->Command({"GET", checkpoint_key_});
+  if (!reply.ok()) return reply.error();
+  if (reply.value().type == RedisReply::Type::kNil) return std::optional<Lsn>();
+  if (reply.value().type != RedisReply::Type::kString) {
+    return ReplyError("GET " + checkpoint_key_, reply.value());
+  }
+  auto lsn = Lsn::Parse(reply.value().str);
+  if (!lsn) {
+    return Error::Corrupt("Redis key " + checkpoint_key_ + " holds \"" + reply.value().str +
+                          "\", not an LSN");
+  }
+  return std::optional<Lsn>(*lsn);
+}
+
+// SCAN for the view's key pattern and DEL what it finds, a page at a time.
+Status RedisSink::DeleteView(View& view) {
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  const std::string pattern = view.key.Pattern();
+  std::string cursor = "0";
+  do {
+    auto reply = client.value()->Command(
+        {"SCAN", cursor, "MATCH", pattern, "COUNT", std::to_string(kScanCount)});
+    if (!reply.ok()) return reply.error();
+    const RedisReply& r = reply.value();
+    if (r.type != RedisReply::Type::kArray || r.elements.size() != 2) {
+      return ReplyError("SCAN " + pattern, r);
+    }
+    cursor = r.elements[0].str;
+    if (!r.elements[1].elements.empty()) {
+      RedisCommand del{"DEL"};
+      for (const RedisReply& key : r.elements[1].elements) del.push_back(key.str);
+      auto deleted = client.value()->Command(del);
+      if (!deleted.ok()) return deleted.error();
+      if (deleted.value().type == RedisReply::Type::kError) {
+        return ReplyError("DEL", deleted.value());
+      }
+    }
+  } while (cursor != "0");
+  return Status::Ok();
+}
+
+Status RedisSink::BeginRebuild() {
+  std::lock_guard lock(mutex_);
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  // The checkpoint goes first: a crash during the rebuild leaves no checkpoint, and the
+  // next start rebuilds again.
+  auto reply = client.value()->Command({"DEL", checkpoint_key_});
+  if (!reply.ok()) return reply.error();
+  for (auto& view : views_) {
+    Status status = DeleteView(*view);
+    if (!status.ok()) return status;
+  }
+  return Status::Ok();
+}
+
+Status RedisSink::ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
+                                    std::span<const TupleData> rows, const TypeRegistry& types) {
+  const std::string table = schema->QualifiedName();
+  std::vector<RedisCommand> commands;
+  for (auto& view : views_) {
+    if (view->table != table) continue;
+    std::shared_ptr<const ViewShape> shape;
+    {
+      std::lock_guard lock(mutex_);  // the shape cache is shared
+      auto made = view->shapes.For(schema);
+      if (!made.ok()) return made.error();
+      shape = made.value();
+    }
+    for (const TupleData& row : rows) {
+      auto key = shape->Key(row);
+      if (!key.ok()) return key.error();
+      std::string value;
+      Status status = shape->AppendValue(value, row, types, nullptr);
+      if (!status.ok()) return status;
+      commands.push_back({"SET", std::move(key).value(), std::move(value)});
+    }
+  }
+  if (commands.empty()) return Status::Ok();
+  std::lock_guard lock(mutex_);
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  auto replies = client.value()->Pipeline(commands);
+  if (!replies.ok()) return replies.error();
+  for (const RedisReply& reply : replies.value()) {
+    if (reply.type == RedisReply::Type::kError) return ReplyError("SET", reply);
+  }
+  return Status::Ok();
+}
+
+Status RedisSink::EndRebuild(Lsn snapshot_lsn) {
+  std::lock_guard lock(mutex_);
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  auto reply = client.value()->Command({"SET", checkpoint_key_, snapshot_lsn.ToString()});
+  if (!reply.ok()) return reply.error();
+  if (reply.value().type == RedisReply::Type::kError) return ReplyError("SET", reply.value());
+  return Status::Ok();
+}
+
+Status RedisSink::Apply(const ChangeBatch& batch, Lsn checkpoint) {
+  std::lock_guard lock(mutex_);
+  auto connected = Client();
+  if (!connected.ok()) return connected.error();
+  RedisClient& client = *connected.value();
+  std::vector<RedisCommand> commands{{"MULTI"}};
+  // Sends what is queued as one MULTI ... EXEC (with the checkpoint when given).
+  auto exec = [&](std::optional<Lsn> new_checkpoint) -> Status {
+    if (commands.size() == 1 && !new_checkpoint) return Status::Ok();
+    if (new_checkpoint) commands.push_back({"SET", checkpoint_key_, new_checkpoint->ToString()});
+    commands.push_back({"EXEC"});
+    auto replies = client.Pipeline(commands);
+    commands.assign(1, {"MULTI"});
+    if (!replies.ok()) return replies.error();
+    const RedisReply& result = replies.value().back();
+    if (result.type != RedisReply::Type::kArray) return ReplyError("EXEC", result);
+    for (const RedisReply& reply : result.elements) {
+      if (reply.type == RedisReply::Type::kError) return ReplyError("EXEC", reply);
+    }
+    return Status::Ok();
+  };
+  std::vector<std::string> unchanged;
+  for (const OwnedChange& change : batch.changes) {
+    // Already applied: the checkpoint covers every transaction that committed before
+    // it (change_batch.h), and replaying in order from there is what makes a retry or
+    // a restart exact.
+    if (change.commit_lsn < checkpoint) continue;
+    if (change.op == ChangeOp::kTruncate) {
+      for (auto& view : views_) {
+        for (const auto& relation : change.relations) {
+          if (relation->QualifiedName() != view->table) continue;
+          Status status = exec(std::nullopt);
+          if (status.ok()) status = DeleteView(*view);
+          if (!status.ok()) return status;
+        }
+      }
+      continue;
+    }
+    const std::string table = change.relation().QualifiedName();
+    for (auto& view : views_) {
+      if (view->table != table) continue;
+      auto shape = view->shapes.For(change.relations.front());
+      if (!shape.ok()) return shape.error();
+      const ViewShape& s = *shape.value();
+      if (change.op == ChangeOp::kDelete) {
+        auto key = s.Key(change.old_tuple);
+        if (!key.ok()) return key.error();
+        commands.push_back({"DEL", std::move(key).value()});
+        continue;
+      }
+      auto key = s.Key(change.new_tuple);
+      if (!key.ok()) return key.error();
+      std::optional<std::string> old_key;
+      if (change.old_kind != '\0') {
+        auto old = s.Key(change.old_tuple);
+        if (!old.ok()) return old.error();
+        if (old.value() != key.value()) old_key = std::move(old).value();
+      }
+      std::string value;
+      unchanged.clear();
+      Status status = s.AppendValue(value, change.new_tuple, *batch.types, &unchanged);
+      if (!status.ok()) return status;
+      if (!unchanged.empty()) {
+        // The previous value supplies the unchanged columns: send what is queued, then
+        // read it (from the old key when the key changed).
+        status = exec(std::nullopt);
+        if (!status.ok()) return status;
+        auto previous = client.Command({"GET", old_key.value_or(key.value())});
+        if (!previous.ok()) return previous.error();
+        auto merged = MergeUnchanged(value, previous.value().str, unchanged);
+        if (!merged.ok()) {
+          return Error(merged.error().kind(), "view " + view->config.name + ", key " + key.value() +
+                                                  ": " + merged.error().message());
+        }
+        value = std::move(merged).value();
+      }
+      if (old_key) commands.push_back({"DEL", std::move(*old_key)});
+      commands.push_back({"SET", std::move(key).value(), std::move(value)});
+    }
+  }
+  return exec(batch.checkpoint());
+}
+
+std::vector<std::string> RedisSink::views() const {
+  std::vector<std::string> out;
+  for (const auto& view : views_) out.push_back(view->config.name);
+  return out;
+}
+
+RedisSink::View* RedisSink::FindView(const std::string& name) {
+  for (auto& view : views_) {
+    if (view->config.name == name) return view.get();
+  }
+  return nullptr;
+}
+
+Result<std::optional<Sink::Entry>> RedisSink::Expected(
+    const std::string& view_name, const std::shared_ptr<const RelationSchema>& schema,
+    const TupleData& row, const TypeRegistry& types) {
+  std::shared_ptr<const ViewShape> shape;
+  {
+    std::lock_guard lock(mutex_);
+    View* view = FindView(view_name);
+    if (view == nullptr || view->table != schema->QualifiedName()) {
+      return std::optional<Entry>();
+    }
+    auto made = view->shapes.For(schema);
+    if (!made.ok()) return made.error();
+    shape = made.value();
+  }
+  auto key = shape->Key(row);
+  if (!key.ok()) return key.error();
+  std::string value;
+  Status status = shape->AppendValue(value, row, types, nullptr);
+  if (!status.ok()) return status.error();
+  return std::optional<Entry>(Entry{std::move(key).value(), std::move(value)});
+}
+
+Result<std::vector<Sink::Entry>> RedisSink::ReadView(const std::string& view_name) {
+  std::lock_guard lock(mutex_);
+  View* view = FindView(view_name);
+  if (view == nullptr) return Error::Permanent("no Redis view named " + view_name);
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  std::vector<Entry> out;
+  std::string cursor = "0";
+  do {
+    auto reply = client.value()->Command(
+        {"SCAN", cursor, "MATCH", view->key.Pattern(), "COUNT", std::to_string(kScanCount)});
+    if (!reply.ok()) return reply.error();
+    const RedisReply& r = reply.value();
+    if (r.type != RedisReply::Type::kArray || r.elements.size() != 2) {
+      return ReplyError("SCAN", r);
+    }
+    cursor = r.elements[0].str;
+    std::vector<RedisCommand> gets;
+    for (const RedisReply& key : r.elements[1].elements) gets.push_back({"GET", key.str});
+    if (gets.empty()) continue;
+    auto values = client.value()->Pipeline(gets);
+    if (!values.ok()) return values.error();
+    for (size_t i = 0; i < gets.size(); ++i) {
+      if (values.value()[i].type != RedisReply::Type::kString) continue;  // gone meanwhile
+      out.emplace_back(gets[i][1], std::move(values.value()[i].str));
+    }
+  } while (cursor != "0");
+  return out;
+}
+
+}  // namespace pgderive

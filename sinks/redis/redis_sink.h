@@ -1,0 +1,69 @@
+#pragma once
+
+// Redis views (SPEC.md §3): one string key per row, from the view's key template; the
+// value is the JSON object of the view's columns (SET). A delete deletes the key, a key
+// change deletes the old key, a truncate deletes every key of the view, an unchanged
+// TOASTed column keeps the value the key held.
+//
+// Checkpoint: the key `pgderive:<pipeline>:checkpoint` holds the LSN up to which the
+// store is complete. Each batch is one MULTI ... EXEC, pipelined in one round trip,
+// with the checkpoint SET inside it, so data and checkpoint land together or not at all.
+
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+#include "cdc/sink.h"
+#include "config/config.h"
+#include "sinks/common/view_shape.h"
+#include "sinks/redis/redis_client.h"
+
+namespace pgderive {
+
+class RedisSink : public Sink {
+ public:
+  // The views of `store` in `config`; fails (permanent) on a bad key template.
+  static Result<std::unique_ptr<RedisSink>> Make(const Config& config, const StoreConfig& store);
+
+  const std::string& name() const override { return name_; }
+  std::vector<std::string> tables() const override;
+  Status Connect() override;
+  Result<std::optional<Lsn>> ReadCheckpoint() override;
+  Status BeginRebuild() override;
+  Status ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
+                           std::span<const TupleData> rows, const TypeRegistry& types) override;
+  Status EndRebuild(Lsn snapshot_lsn) override;
+  Status Apply(const ChangeBatch& batch, Lsn checkpoint) override;
+  // Redis answers EXEC before its append-only file is fsynced (appendfsync everysec).
+  std::chrono::milliseconds durability_delay() const override { return std::chrono::seconds(2); }
+
+  std::vector<std::string> views() const override;
+  Result<std::vector<Entry>> ReadView(const std::string& view) override;
+  Result<std::optional<Entry>> Expected(const std::string& view,
+                                        const std::shared_ptr<const RelationSchema>& schema,
+                                        const TupleData& row, const TypeRegistry& types) override;
+
+  struct View {
+    ViewConfig config;
+    std::string table;  // schema-qualified
+    KeyTemplate key;
+    ViewShapes shapes;
+  };
+
+ private:
+  RedisSink(std::string name, std::string url, std::string checkpoint_key)
+      : name_(std::move(name)), url_(std::move(url)), checkpoint_key_(std::move(checkpoint_key)) {}
+  Status DeleteView(View& view);
+  View* FindView(const std::string& name);
+  Result<RedisClient*> Client();
+
+  std::string name_;
+  std::string url_;
+  std::string checkpoint_key_;
+  std::vector<std::unique_ptr<View>> views_;
+  std::mutex mutex_;  // the client, for snapshot rows arriving from several threads
+  std::optional<RedisClient> client_;
+};
+
+}  // namespace pgderive
