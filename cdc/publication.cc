@@ -1,5 +1,6 @@
 #include "cdc/publication.h"
 
+#include <cstdlib>
 #include <set>
 
 namespace pgderive {
@@ -75,6 +76,44 @@ Status EnsurePublication(PgConnection& connection, const std::string& publicatio
   if (missing.empty()) return Status::Ok();
   return connection.Execute("alter publication " + connection.QuoteIdentifier(publication) +
                             " add table " + missing);
+}
+
+Result<std::shared_ptr<RelationSchema>> DescribeTable(PgConnection& c, const std::string& table) {
+  auto [schema_name, name] = SplitTableName(table);
+  auto info = c.Query(
+      "select c.oid, c.relreplident, n.nspname, c.relname from pg_class c join pg_namespace n "
+      "on n.oid = c.relnamespace where n.nspname = " +
+      c.QuoteLiteral(schema_name) + " and c.relname = " + c.QuoteLiteral(name));
+  if (!info.ok()) return info.error();
+  if (info.value().rows.size() != 1) {
+    return Error::Permanent("table " + table + " does not exist");
+  }
+  const auto& row = info.value().rows[0];
+  const std::string oid = row[0].value_or("0");
+  auto columns = c.Query(
+      "select a.attname, a.atttypid, a.atttypmod, case c.relreplident "
+      "when 'f' then true when 'n' then false "
+      "else exists (select from pg_index i where i.indrelid = c.oid and a.attnum = any(i.indkey) "
+      "and (case c.relreplident when 'i' then i.indisreplident else i.indisprimary end)) end "
+      "from pg_attribute a join pg_class c on c.oid = a.attrelid where a.attrelid = " +
+      oid + " and a.attnum > 0 and not a.attisdropped and a.attgenerated = '' order by a.attnum");
+  if (!columns.ok()) return columns.error();
+  auto schema = std::make_shared<RelationSchema>();
+  schema->id = RelationId{static_cast<uint32_t>(std::strtoul(oid.c_str(), nullptr, 10))};
+  schema->replica_identity = row[1] ? (*row[1])[0] : 'd';
+  schema->nspname = row[2].value_or("");
+  schema->relname = row[3].value_or("");
+  for (const auto& column : columns.value().rows) {
+    ColumnSchema col;
+    col.name = column[0].value_or("");
+    col.type_oid =
+        static_cast<uint32_t>(std::strtoul(column[1].value_or("0").c_str(), nullptr, 10));
+    col.typmod = column[2] ? std::atoi(column[2]->c_str()) : -1;
+    col.key = column[3].value_or("f") == "t";
+    schema->columns.push_back(std::move(col));
+  }
+  RenderSchemaJson(*schema);
+  return schema;
 }
 
 }  // namespace pgderive

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "cdc/change_stream.h"
 #include "cdc/pg_connection.h"
 
 namespace pgderive {
@@ -21,5 +22,12 @@ Status CheckSourceTables(PgConnection& connection, const std::vector<std::string
 // truncate.
 Status EnsurePublication(PgConnection& connection, const std::string& publication,
                          const std::vector<std::string>& tables);
+
+// The table's shape as pgoutput describes it in a Relation message: no dropped or
+// generated columns, key flags from the replica identity (the primary key, the index
+// of USING INDEX, every column for FULL), the table's OID as relation id. Errors name
+// the table when it does not exist.
+Result<std::shared_ptr<RelationSchema>> DescribeTable(PgConnection& connection,
+                                                      const std::string& table);
 
 }  // namespace pgderive

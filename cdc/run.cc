@@ -212,6 +212,17 @@ int RunPipeline(const RunOptions& options) {
   const std::vector<std::string> tables = config.SourceTables();
   Status status = CheckSourceTables(sql.value(), tables);
   if (!status.ok()) return Fail(status.error().message());
+  // Every view against its table's shape, before anything is created.
+  std::string problems;
+  for (const std::string& table : tables) {
+    auto schema = DescribeTable(sql.value(), table);
+    if (!schema.ok()) return Fail(schema.error().message());
+    for (auto& sink : sinks) {
+      status = sink->Check(schema.value());
+      if (!status.ok()) problems += "\n  " + status.error().message();
+    }
+  }
+  if (!problems.empty()) return Fail("the views do not fit their tables:" + problems);
   for (auto& sink : sinks) {
     status = sink->Connect();
     if (!status.ok()) return Fail("store " + sink->name() + ": " + status.error().message());
@@ -282,8 +293,13 @@ int RunPipeline(const RunOptions& options) {
   StreamOptions stream_options;
   stream_options.slot = config.source.slot;
   stream_options.publication = config.source.publication;
-  std::optional<PgConnection> first_connection(std::move(repl).value());
   std::optional<ReplicationStream> stream;
+  {
+    auto started = ReplicationStream::Start(std::move(repl).value(), stream_options);
+    if (!started.ok()) return Fail(started.error().message());
+    stream.emplace(std::move(started).value());
+    Log("streaming from slot " + config.source.slot);
+  }
   auto stopped = [&] { return options.stop != nullptr && options.stop->load(); };
   Backoff backoff;
   auto restart = [&](const std::string& why) {
@@ -297,12 +313,8 @@ int RunPipeline(const RunOptions& options) {
   int exit_code = 0;
   while (!stopped()) {
     if (!stream) {
-      Result<PgConnection> connection =
-          first_connection
-              ? Result<PgConnection>(std::move(*first_connection))
-              : PgConnection::Connect(config.source.dsn, PgConnection::Mode::kReplication,
-                                      "pgderive-run");
-      first_connection.reset();
+      auto connection = PgConnection::Connect(config.source.dsn, PgConnection::Mode::kReplication,
+                                              "pgderive-run");
       Result<ReplicationStream> started =
           connection.ok() ? ReplicationStream::Start(std::move(connection).value(), stream_options)
                           : Result<ReplicationStream>(connection.error());

@@ -27,6 +27,10 @@ class Sink {
   // The source tables its views read (schema.table).
   virtual std::vector<std::string> tables() const = 0;
 
+  // Checks the views that read `schema`'s table against its shape (columns named,
+  // key columns in the replica identity). Called before anything is created.
+  virtual Status Check(const std::shared_ptr<const RelationSchema>& schema) = 0;
+
   // (Re)connects to the store and prepares it (indexes, target tables). Transient
   // errors are retried by the caller with backoff.
   virtual Status Connect() = 0;

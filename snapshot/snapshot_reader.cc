@@ -5,6 +5,7 @@
 #include <optional>
 #include <thread>
 
+#include "cdc/publication.h"
 #include "config/redact.h"
 #include "snapshot/copy_text.h"
 
@@ -73,49 +74,29 @@ Result<std::unique_ptr<SnapshotReader>> SnapshotReader::Open(const SnapshotOptio
 Status SnapshotReader::Plan(PgConnection& c) {
   const bool tid_range_scan = c.server_version() >= 140000;
   for (const std::string& table : options_.tables) {
-    const std::string oid = c.QuoteLiteral(c.QuoteTableName(table)) + "::regclass";
+    auto described = DescribeTable(c, table);
+    if (!described.ok()) return described.error();
+    auto schema = std::move(described).value();
     auto info = c.Query(
-        "select c.oid, c.relreplident, n.nspname, c.relname, c.relkind, "
-        "greatest(c.reltuples, 0)::bigint, "
-        "pg_relation_size(c.oid) / current_setting('block_size')::bigint "
-        "from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = " +
-        oid);
+        "select c.relkind, greatest(c.reltuples, 0)::bigint, "
+        "pg_relation_size(c.oid) / current_setting('block_size')::bigint from pg_class c "
+        "where c.oid = " +
+        std::to_string(schema->id.value));
     if (!info.ok()) return info.error();
     if (info.value().rows.size() != 1) return Error::Permanent("table " + table + " not found");
     const auto& row = info.value().rows[0];
-    auto columns = c.Query(
-        "select a.attname, a.atttypid, a.atttypmod, case c.relreplident "
-        "when 'f' then true when 'n' then false "
-        "else exists (select from pg_index i where i.indrelid = c.oid and a.attnum = any(i.indkey) "
-        "and (case c.relreplident when 'i' then i.indisreplident else i.indisprimary end)) end "
-        "from pg_attribute a join pg_class c on c.oid = a.attrelid where a.attrelid = " +
-        oid + " and a.attnum > 0 and not a.attisdropped and a.attgenerated = '' order by a.attnum");
-    if (!columns.ok()) return columns.error();
-
-    auto schema = std::make_shared<RelationSchema>();
-    schema->id = RelationId{static_cast<uint32_t>(ToUnsigned(row[0]))};
-    schema->replica_identity = row[1] ? (*row[1])[0] : 'd';
-    schema->nspname = row[2].value_or("");
-    schema->relname = row[3].value_or("");
     std::string column_list;
-    for (const auto& column : columns.value().rows) {
-      ColumnSchema col;
-      col.name = column[0].value_or("");
-      col.type_oid = static_cast<uint32_t>(ToUnsigned(column[1]));
-      col.typmod = column[2] ? std::atoi(column[2]->c_str()) : -1;
-      col.key = column[3].value_or("f") == "t";
+    for (const ColumnSchema& col : schema->columns) {
       if (!column_list.empty()) column_list += ", ";
       column_list += c.QuoteIdentifier(col.name);
-      schema->columns.push_back(std::move(col));
     }
-    RenderSchemaJson(*schema);
     const size_t index = schemas_.size();
     schemas_.push_back(std::move(schema));
     column_lists_.push_back(column_list.empty() ? "" : column_list);
 
-    progress_.rows_estimated += ToUnsigned(row[5]);
-    const uint64_t pages = ToUnsigned(row[6]);
-    const bool partitioned = row[4].value_or("") == "p";
+    progress_.rows_estimated += ToUnsigned(row[1]);
+    const uint64_t pages = ToUnsigned(row[2]);
+    const bool partitioned = row[0].value_or("") == "p";
     const uint64_t step = std::max<uint64_t>(options_.chunk_pages, 1);
     if (!tid_range_scan || partitioned || pages <= step) {
       chunks_.push_back(Chunk{index, 0, std::nullopt});

@@ -37,6 +37,18 @@ std::vector<std::string> RedisSink::tables() const {
   return out;
 }
 
+Status RedisSink::Check(const std::shared_ptr<const RelationSchema>& schema) {
+  std::lock_guard lock(mutex_);
+  std::string problems;
+  for (auto& view : views_) {
+    if (view->table != schema->QualifiedName()) continue;
+    auto shape = view->shapes.For(schema);
+    if (!shape.ok()) problems += (problems.empty() ? "" : "; ") + shape.error().message();
+  }
+  if (!problems.empty()) return Error::Permanent(problems);
+  return Status::Ok();
+}
+
 Status RedisSink::Connect() {
   std::lock_guard lock(mutex_);
   client_.reset();

@@ -28,6 +28,7 @@ class RedisSink : public Sink {
 
   const std::string& name() const override { return name_; }
   std::vector<std::string> tables() const override;
+  Status Check(const std::shared_ptr<const RelationSchema>& schema) override;
   Status Connect() override;
   Result<std::optional<Lsn>> ReadCheckpoint() override;
   Status BeginRebuild() override;

@@ -1,0 +1,203 @@
+// `pgderive run` and `pgderive verify` with a Redis view, as a user runs them, against
+// the real PostgreSQL and Redis of compose/local.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "sinks/redis/redis_client.h"
+#include "tests/support/pg.h"
+#include "tests/support/stack_env.h"
+#include "tests/support/subprocess.h"
+
+namespace pgderive {
+namespace {
+
+using nlohmann::json;
+using testing::MustConnect;
+using testing::MustExecute;
+using testing::PgderiveBinary;
+using testing::Subprocess;
+using testing::UniqueName;
+
+// Polls `condition` until it holds or `timeout` passes.
+template <typename F>
+bool WaitFor(F condition, std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!condition()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // poll interval
+  }
+  return true;
+}
+
+class RunRedisTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    PGDERIVE_REQUIRE_STACK();
+    dsn_ = stack.pg_dsn();
+    redis_url_ = stack.redis_url();
+    dir_ = std::filesystem::temp_directory_path() / UniqueName("pgderive_run_test");
+    std::filesystem::create_directories(dir_);
+    pipeline_ = UniqueName("run");
+    table_ = UniqueName("run_src");
+    sql_ = std::make_unique<PgConnection>(MustConnect(dsn_));
+    auto redis = RedisClient::Connect(redis_url_);
+    ASSERT_TRUE(redis.ok()) << redis.error().ToString();
+    redis_.emplace(std::move(redis).value());
+  }
+  void TearDown() override {
+    run_.reset();  // kills it if still running
+    if (sql_) {
+      IgnoreError(sql_->Execute("select pg_drop_replication_slot('pgderive_" + pipeline_ + "')"),
+                  "test cleanup");
+      IgnoreError(sql_->Execute("drop publication if exists pgderive_" + pipeline_),
+                  "test cleanup");
+      IgnoreError(sql_->Execute("drop table if exists " + table_), "test cleanup");
+    }
+    std::filesystem::remove_all(dir_);
+  }
+
+  std::string WriteConfig(const std::string& columns) {
+    const std::string path = (dir_ / "pgderive.yml").string();
+    std::ofstream(path) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: " << dsn_
+                        << "\nstores:\n  cache:\n    type: redis\n    url: " << redis_url_
+                        << "\nviews:\n  - name: cache_view\n    store: cache\n    from: " << table_
+                        << "\n    key: \"" << table_ << ":{id}\"\n"
+                        << (columns.empty() ? "" : "    columns: [" + columns + "]\n");
+    return path;
+  }
+  void StartRun(const std::string& config) {
+    run_ = std::make_unique<Subprocess>(
+        std::vector<std::string>{PgderiveBinary(), "run", "-c", config},
+        (dir_ / "run.err").string());
+  }
+  std::optional<std::string> Get(const std::string& key) {
+    auto reply = redis_->Command({"GET", key});
+    if (!reply.ok() || reply.value().type != RedisReply::Type::kString) return std::nullopt;
+    return reply.value().str;
+  }
+  std::string Key(int id) { return table_ + ":" + std::to_string(id); }
+  std::string RunErr() {
+    std::ifstream in(dir_ / "run.err");
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+  // `pgderive verify`: exit status and output.
+  std::pair<int, std::string> Verify(const std::string& config) {
+    Subprocess verify({PgderiveBinary(), "verify", "-c", config, "--wait", "30"},
+                      (dir_ / "verify.err").string());
+    std::string out;
+    while (auto line = verify.ReadLine(std::chrono::seconds(120))) out += *line + "\n";
+    std::ifstream err(dir_ / "verify.err");
+    out += std::string(std::istreambuf_iterator<char>(err), {});
+    return {verify.Wait(std::chrono::seconds(30)).value_or(-1), out};
+  }
+
+  std::string dsn_, redis_url_, pipeline_, table_;
+  std::filesystem::path dir_;
+  std::unique_ptr<PgConnection> sql_;
+  std::optional<RedisClient> redis_;
+  std::unique_ptr<Subprocess> run_;
+};
+
+TEST_F(RunRedisTest, ViewFollowsEveryKindOfChangeAndVerifies) {
+  MustExecute(*sql_, "create table " + table_ +
+                         " (id int primary key, sku text, price numeric, tags text[], big text, "
+                         "note text, ts timestamptz)");
+  MustExecute(*sql_, "insert into " + table_ +
+                         " select g, 'SKU-' || g, g * 1.5, array['a', null], null, null, "
+                         "'2024-02-29 12:00:00+00' from generate_series(1, 200) g");
+  const std::string config = WriteConfig("id, sku, price, tags, big, note, ts");
+  StartRun(config);
+  // The snapshot: every row, mapped as the SPEC says.
+  ASSERT_TRUE(WaitFor([&] { return Get(Key(200)).has_value(); })) << RunErr();
+  EXPECT_EQ(json::parse(*Get(Key(7))),
+            json::parse(R"({"id": 7, "sku": "SKU-7", "price": "10.5", "tags": ["a", null],
+                            "big": null, "note": null, "ts": "2024-02-29T12:00:00Z"})"));
+
+  MustExecute(*sql_, "insert into " + table_ + " (id, sku, note) values (1000, 'new', 'Grüße')");
+  MustExecute(*sql_, "update " + table_ + " set price = 99.99, note = null where id = 1");
+  MustExecute(*sql_, "delete from " + table_ + " where id = 2");
+  MustExecute(*sql_, "update " + table_ + " set id = 2002 where id = 3");  // key change
+  MustExecute(*sql_, "update " + table_ +
+                         " set big = (select string_agg(md5(g::text), '') from "
+                         "generate_series(1, 400) g) where id = 4");
+  MustExecute(*sql_, "update " + table_ + " set sku = 'toast' where id = 4");  // big unchanged
+  MustExecute(*sql_, "begin; delete from " + table_ + " where id = 5; insert into " + table_ +
+                         " (id, sku) values (5, 'reborn'); commit");
+  ASSERT_TRUE(WaitFor([&] { return Get(Key(4)).value_or("").find("toast") != std::string::npos; }))
+      << RunErr();
+  EXPECT_FALSE(Get(Key(2)).has_value());
+  EXPECT_FALSE(Get(Key(3)).has_value());
+  EXPECT_EQ(json::parse(*Get(Key(2002)))["sku"], "SKU-3");
+  const json toast = json::parse(*Get(Key(4)));
+  EXPECT_EQ(toast["big"].get<std::string>().size(), 12800u) << "an unchanged TOAST value is kept";
+  EXPECT_EQ(json::parse(*Get(Key(1)))["price"], "99.99");
+  EXPECT_EQ(json::parse(*Get(Key(5)))["sku"], "reborn");
+  auto [status, out] = Verify(config);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_NE(out.find("view cache_view (store cache): 200 rows, consistent"), std::string::npos)
+      << out;
+
+  // Truncate removes every key of the view; rows after it come back.
+  MustExecute(*sql_, "truncate " + table_);
+  MustExecute(*sql_, "insert into " + table_ + " (id, sku) values (1, 'after truncate')");
+  ASSERT_TRUE(WaitFor([&] {
+    return !Get(Key(7)).has_value() && Get(Key(1)).value_or("").find("after") != std::string::npos;
+  })) << RunErr();
+  std::tie(status, out) = Verify(config);
+  EXPECT_EQ(status, 0) << out;
+
+  // A tampered store is reported, key and column, with exit 1.
+  ASSERT_TRUE(
+      redis_
+          ->Command(
+              {"SET", Key(1),
+               R"({"id":1,"sku":"forged","price":null,"tags":null,"big":null,"note":null,"ts":null})"})
+          .ok());
+  ASSERT_TRUE(redis_->Command({"SET", Key(77), R"({"id":77})"}).ok());
+  std::tie(status, out) = Verify(config);
+  EXPECT_EQ(status, 1) << out;
+  EXPECT_NE(out.find("different " + Key(1) +
+                     " column sku: store has \"forged\", source has "
+                     "\"after truncate\""),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("extra " + Key(77)), std::string::npos) << out;
+  EXPECT_NE(out.find("2 differences"), std::string::npos) << out;
+  ASSERT_TRUE(redis_->Command({"DEL", Key(77)}).ok());
+
+  // SIGTERM: exit 0 promptly; a restart resumes from the store's checkpoint, no rebuild.
+  run_->Signal(SIGTERM);
+  EXPECT_EQ(run_->Wait(std::chrono::seconds(10)), 0) << RunErr();
+  StartRun(config);
+  MustExecute(*sql_, "update " + table_ + " set sku = 'after restart' where id = 1");
+  ASSERT_TRUE(WaitFor([&] {
+    return Get(Key(1)).value_or("").find("after restart") != std::string::npos;
+  })) << RunErr();
+  EXPECT_NE(RunErr().find("store cache resumes from"), std::string::npos) << RunErr();
+  std::tie(status, out) = Verify(config);
+  EXPECT_EQ(status, 0) << out;
+}
+
+TEST_F(RunRedisTest, BadViewsAreRefusedAndCreateNothing) {
+  MustExecute(*sql_, "create table " + table_ + " (id int primary key, sku text)");
+  // A column the table does not have.
+  const std::string config = WriteConfig("id, nope");
+  StartRun(config);
+  EXPECT_EQ(run_->Wait(std::chrono::seconds(20)), 1) << RunErr();
+  EXPECT_NE(RunErr().find("view cache_view: column nope is not in table public." + table_),
+            std::string::npos)
+      << RunErr();
+  EXPECT_EQ(testing::Scalar(*sql_,
+                            "select count(*) from pg_replication_slots where slot_name = "
+                            "'pgderive_" +
+                                pipeline_ + "'"),
+            "0");
+}
+
+}  // namespace
+}  // namespace pgderive
