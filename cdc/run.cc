@@ -237,6 +237,8 @@ int RunPipeline(const RunOptions& options) {
   if (!repl.ok()) return Fail(repl.error().message());
   std::map<Sink*, Lsn> checkpoints;
   Lsn confirmed;
+  auto stopped = [&] { return options.stop != nullptr && options.stop->load(); };
+  std::vector<Sink*> to_rebuild;
   if (!slot.value().exists) {
     // First start: the slot's exported snapshot fills every view, and the stream
     // continues from exactly its consistent point. Until every store has written its
@@ -248,11 +250,19 @@ int RunPipeline(const RunOptions& options) {
         created.value().consistent_point.ToString());
     std::vector<Sink*> all;
     for (auto& sink : sinks) all.push_back(sink.get());
+    confirmed = created.value().consistent_point;
     status = SnapshotInto(config, all, *created.value().snapshot_name,
                           created.value().consistent_point, options.stop);
-    if (!status.ok()) return Fail("initial snapshot failed: " + status.error().message());
-    for (Sink* sink : all) checkpoints[sink] = created.value().consistent_point;
-    confirmed = created.value().consistent_point;
+    if (!status.ok()) {
+      if (status.error().kind() != ErrorKind::kTransient) {
+        return Fail("initial snapshot failed: " + status.error().message());
+      }
+      Log("initial snapshot failed: " + status.error().message() +
+          "; the stores are rebuilt from a new snapshot");
+      to_rebuild = all;
+    } else {
+      for (Sink* sink : all) checkpoints[sink] = created.value().consistent_point;
+    }
   } else {
     confirmed = slot.value().confirmed_flush;
     for (auto& sink : sinks) {
@@ -268,11 +278,28 @@ int RunPipeline(const RunOptions& options) {
                                 confirmed.ToString()
                           : std::string("no checkpoint")) +
           ": rebuilding its views");
+      to_rebuild.push_back(sink.get());
+    }
+  }
+  for (Sink* sink : to_rebuild) {
+    Backoff backoff(std::chrono::milliseconds(200), std::chrono::seconds(10));
+    while (true) {
+      if (stopped()) return 0;  // nothing is confirmed; the next start rebuilds
       auto rebuilt = RebuildFromTemporarySlot(config, *sink, options.stop);
-      if (!rebuilt.ok()) {
+      if (rebuilt.ok()) {
+        checkpoints[sink] = rebuilt.value();
+        break;
+      }
+      if (rebuilt.error().kind() != ErrorKind::kTransient) {
         return Fail("rebuild of store " + sink->name() + " failed: " + rebuilt.error().message());
       }
-      checkpoints[sink.get()] = rebuilt.value();
+      const auto wait = backoff.Next();
+      Log("rebuild of store " + sink->name() + " failed: " + rebuilt.error().message() +
+          "; retrying in " + std::to_string(wait.count()) + " ms");
+      const auto until = std::chrono::steady_clock::now() + wait;
+      while (!stopped() && std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
     }
   }
 
@@ -300,7 +327,6 @@ int RunPipeline(const RunOptions& options) {
     stream.emplace(std::move(started).value());
     Log("streaming from slot " + config.source.slot);
   }
-  auto stopped = [&] { return options.stop != nullptr && options.stop->load(); };
   Backoff backoff;
   auto restart = [&](const std::string& why) {
     Log(why);

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "cdc/pg_connection.h"
+#include "tests/support/own_stack.h"
 #include "tests/support/stack_env.h"
 #include "tests/support/subprocess.h"
 
@@ -18,58 +19,22 @@ namespace {
 
 using nlohmann::json;
 using testing::PgderiveBinary;
-using testing::SourceDir;
 using testing::Subprocess;
 using testing::UniqueName;
 
-int RunStack(const std::vector<std::string>& args) {
-  std::vector<std::string> argv = {SourceDir() + "/compose/local/stack"};
-  argv.insert(argv.end(), args.begin(), args.end());
-  Subprocess stack(argv);
-  while (stack.ReadLine(std::chrono::seconds(120))) {
-  }
-  return stack.Wait(std::chrono::seconds(120)).value_or(-1);
-}
-
 class TailReconnectTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    dir_ = new std::filesystem::path(std::filesystem::temp_directory_path() /
-                                     UniqueName("pgderive_fault"));
-    ASSERT_EQ(RunStack({"up", dir_->string(), "--services", "pg"}), 0);
-  }
+  static void SetUpTestSuite() { stack_ = new testing::OwnStack({"--services", "pg"}); }
   static void TearDownTestSuite() {
-    RunStack({"down", dir_->string()});
-    std::filesystem::remove_all(*dir_);
-    delete dir_;
+    delete stack_;
+    stack_ = nullptr;
   }
+  static std::string Env(const std::string& key) { return stack_->Env(key); }
+  static PgConnection Connect() { return stack_->ConnectPg(); }
 
-  static std::string Env(const std::string& key) {
-    std::ifstream in(*dir_ / "stack.env");
-    std::string line;
-    while (std::getline(in, line)) {
-      if (line.rfind(key + "=", 0) == 0) return line.substr(key.size() + 1);
-    }
-    return "";
-  }
-
-  static PgConnection Connect() {
-    // Right after a restart the server may still refuse: retry with a deadline.
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    while (true) {
-      auto conn =
-          PgConnection::Connect(Env("PGDERIVE_PG_DSN"), PgConnection::Mode::kSql, "pgderive-test");
-      if (conn.ok()) return std::move(conn).value();
-      if (std::chrono::steady_clock::now() > deadline)
-        throw std::runtime_error(conn.error().ToString());
-      // A retry interval, not synchronisation: the condition is the connect itself.
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-  }
-
-  static std::filesystem::path* dir_;
+  static testing::OwnStack* stack_;
 };
-std::filesystem::path* TailReconnectTest::dir_ = nullptr;
+testing::OwnStack* TailReconnectTest::stack_ = nullptr;
 
 TEST_F(TailReconnectTest, EveryRowExactlyOnceThroughWalsenderKillAndPostgresRestart) {
   PgConnection sql = Connect();
@@ -77,11 +42,11 @@ TEST_F(TailReconnectTest, EveryRowExactlyOnceThroughWalsenderKillAndPostgresRest
   ASSERT_TRUE(sql.Execute("create publication pgderive_fault for table fault_src").ok());
   ASSERT_TRUE(
       sql.Execute("select pg_create_logical_replication_slot('fault_slot', 'pgoutput')").ok());
-  const std::string config = (*dir_ / "fault.yml").string();
+  const std::string config = (stack_->dir() / "fault.yml").string();
   std::ofstream(config) << "pipeline: fault\nsource:\n  dsn: " << Env("PGDERIVE_PG_DSN")
                         << "\nstores:\n  c: {type: redis, url: \"redis://127.0.0.1:1/0\"}\n"
                            "views:\n  - {name: v, store: c, from: fault_src, key: \"f:{id}\"}\n";
-  const std::string stderr_path = (*dir_ / "tail.stderr").string();
+  const std::string stderr_path = (stack_->dir() / "tail.stderr").string();
   Subprocess tail({PgderiveBinary(), "tail", "-c", config, "--slot", "fault_slot"}, stderr_path);
 
   std::vector<int> ids;
@@ -113,8 +78,8 @@ TEST_F(TailReconnectTest, EveryRowExactlyOnceThroughWalsenderKillAndPostgresRest
   read_until(200);
 
   // Restart PostgreSQL under it.
-  ASSERT_EQ(RunStack({"stop", dir_->string(), "pg"}), 0);
-  ASSERT_EQ(RunStack({"start", dir_->string(), "pg"}), 0);
+  ASSERT_EQ(stack_->Run("stop", {"pg"}), 0);
+  ASSERT_EQ(stack_->Run("start", {"pg"}), 0);
   PgConnection after = Connect();
   insert(after, 201, 300);
   read_until(300);
