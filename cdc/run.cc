@@ -84,7 +84,7 @@ Status SnapshotInto(const Config& config, const std::vector<Sink*>& sinks,
   if (!sql.ok()) return sql.error();
   TypeLearner learner(sql.value());
   for (Sink* sink : sinks) {
-    Status status = sink->BeginRebuild();
+    Status status = sink->BeginRebuild(lsn);
     if (!status.ok()) return status;
   }
   Log("snapshot of " + std::to_string(tables.size()) + " table(s) at " + lsn.ToString() + " for " +

@@ -39,7 +39,7 @@ class Sink {
 
   // A rebuild: remove every view's data and the checkpoint, take the snapshot's rows
   // (from several threads at once: must be thread-safe), then write the checkpoint.
-  virtual Status BeginRebuild() = 0;
+  virtual Status BeginRebuild(Lsn snapshot_lsn) = 0;
   virtual Status ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
                                    std::span<const TupleData> rows, const TypeRegistry& types) = 0;
   virtual Status EndRebuild(Lsn snapshot_lsn) = 0;

@@ -1,5 +1,6 @@
 #include "cdc/sink_factory.h"
 
+#include "sinks/opensearch/opensearch_sink.h"
 #include "sinks/redis/redis_sink.h"
 
 namespace pgderive {
@@ -19,6 +20,10 @@ Result<std::vector<std::unique_ptr<Sink>>> MakeSinks(const Config& config,
     }
     if (store.type == StoreType::kRedis) {
       auto sink = RedisSink::Make(scoped, store);
+      if (!sink.ok()) return sink.error();
+      sinks.push_back(std::move(sink).value());
+    } else if (store.type == StoreType::kOpenSearch) {
+      auto sink = OpenSearchSink::Make(scoped, store);
       if (!sink.ok()) return sink.error();
       sinks.push_back(std::move(sink).value());
     } else {

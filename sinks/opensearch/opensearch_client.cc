@@ -148,6 +148,52 @@ Result<long long> OpenSearchClient::Count(std::string_view index) {
   return body.value().value("count", -1LL);
 }
 
+Result<bool> OpenSearchClient::IndexExists(std::string_view index) {
+  auto response = http_.Send("HEAD", "/" + EncodePathSegment(index));
+  if (!response.ok()) return response.error();
+  if (response.value().status == 200) return true;
+  if (response.value().status == 404) return false;
+  return HttpError("HEAD index", response.value());
+}
+
+Status OpenSearchClient::DeleteAllDocuments(std::string_view index) {
+  auto response = http_.Send(
+      "POST", "/" + EncodePathSegment(index) + "/_delete_by_query?conflicts=proceed&refresh=true",
+      R"({"query":{"match_all":{}}})");
+  if (!response.ok()) return response.error();
+  if (response.value().status == 200 || response.value().status == 404) return Status::Ok();
+  return HttpError("delete by query", response.value());
+}
+
+Result<std::vector<std::pair<std::string, std::string>>> OpenSearchClient::ScanAll(
+    std::string_view index, size_t page) {
+  std::vector<std::pair<std::string, std::string>> out;
+  auto response = http_.Send("POST", "/" + EncodePathSegment(index) + "/_search?scroll=1m",
+                             R"({"size":)" + std::to_string(page) + R"(,"sort":["_doc"]})");
+  std::string scroll_id;
+  while (true) {
+    if (!response.ok()) return response.error();
+    if (response.value().status != 200) return HttpError("search", response.value());
+    auto body = ParseBody("search", response.value());
+    if (!body.ok()) return body.error();
+    scroll_id = body.value().value("_scroll_id", "");
+    const nlohmann::json& hits = body.value()["hits"]["hits"];
+    if (!hits.is_array() || hits.empty()) break;
+    for (const nlohmann::json& hit : hits) {
+      out.emplace_back(hit.value("_id", ""), hit.value("_source", nlohmann::json::object()).dump());
+    }
+    response = http_.Send("POST", "/_search/scroll",
+                          nlohmann::json{{"scroll", "1m"}, {"scroll_id", scroll_id}}.dump());
+  }
+  if (!scroll_id.empty()) {
+    IgnoreError(
+        http_.Send("DELETE", "/_search/scroll", nlohmann::json{{"scroll_id", scroll_id}}.dump())
+            .status(),
+        "a scroll left open expires after a minute");
+  }
+  return out;
+}
+
 Result<std::string> OpenSearchClient::ServerVersion() {
   auto response = http_.Send("GET", "/");
   if (!response.ok()) return response.error();

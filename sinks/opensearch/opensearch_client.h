@@ -51,6 +51,16 @@ class OpenSearchClient {
   };
   Result<std::optional<Document>> Get(std::string_view index, std::string_view id);
   Result<long long> Count(std::string_view index);
+  Result<bool> IndexExists(std::string_view index);
+
+  // Deletes every document of `index` (POST _delete_by_query, conflicts proceed,
+  // refresh); a missing index is not an error.
+  Status DeleteAllDocuments(std::string_view index);
+
+  // Every document of `index` as (_id, _source as JSON text), read with a scroll of
+  // `page` documents at a time. Reads what is searchable: refresh first.
+  Result<std::vector<std::pair<std::string, std::string>>> ScanAll(std::string_view index,
+                                                                   size_t page = 1000);
 
   // GET / : the server's version number, e.g. "2.19.1".
   Result<std::string> ServerVersion();

@@ -114,7 +114,7 @@ Status RedisSink::DeleteView(View& view) {
   return Status::Ok();
 }
 
-Status RedisSink::BeginRebuild() {
+Status RedisSink::BeginRebuild(Lsn) {
   std::lock_guard lock(mutex_);
   auto client = Client();
   if (!client.ok()) return client.error();

@@ -31,7 +31,7 @@ class RedisSink : public Sink {
   Status Check(const std::shared_ptr<const RelationSchema>& schema) override;
   Status Connect() override;
   Result<std::optional<Lsn>> ReadCheckpoint() override;
-  Status BeginRebuild() override;
+  Status BeginRebuild(Lsn snapshot_lsn) override;
   Status ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
                            std::span<const TupleData> rows, const TypeRegistry& types) override;
   Status EndRebuild(Lsn snapshot_lsn) override;

@@ -1,0 +1,373 @@
+#include "sinks/opensearch/opensearch_sink.h"
+
+#include <set>
+
+#include "sinks/common/json_merge.h"
+
+namespace pgderive {
+namespace {
+
+constexpr const char* kCheckpointIndex = "pgderive-checkpoints";
+
+// {"<action>":{"_index":..,"_id":..,"version":..,"version_type":"external_gte"}}
+void AppendAction(std::string& out, const char* action, const std::string& index,
+                  std::string_view id, Lsn version) {
+  out += "{\"";
+  out += action;
+  out += "\":{\"_index\":";
+  AppendJsonString(out, index);
+  out += ",\"_id\":";
+  AppendJsonString(out, id);
+  out += ",\"version\":";
+  out += std::to_string(version.value);
+  out += ",\"version_type\":\"external_gte\"}}\n";
+}
+
+nlohmann::json FieldMapping(uint32_t oid, const TypeRegistry& types, int depth = 0) {
+  const TypeInfo& info = types.Lookup(oid);
+  switch (info.kind) {
+    case JsonKind::kInteger:
+      return {{"type", "long"}, {"ignore_malformed", true}};
+    case JsonKind::kFloat:
+    case JsonKind::kNumeric:
+      return {{"type", "double"}, {"ignore_malformed", true}};
+    case JsonKind::kBool:
+      return {{"type", "boolean"}};
+    case JsonKind::kJson:
+      // Any shape, changing from row to row: kept in _source, not indexed.
+      return {{"type", "object"}, {"enabled", false}};
+    case JsonKind::kDate:
+    case JsonKind::kTimestamp:
+    case JsonKind::kTimestampTz:
+      return {{"type", "date"}, {"ignore_malformed", true}};
+    case JsonKind::kBytea:
+      return {{"type", "binary"}};
+    case JsonKind::kArray:
+      // OpenSearch fields are multi-valued: an array maps as its element.
+      if (depth < 8) return FieldMapping(info.element_oid, types, depth + 1);
+      return {{"type", "object"}, {"enabled", false}};
+    case JsonKind::kString:
+      break;
+  }
+  switch (oid) {
+    case 2950:  // uuid
+    case 869:   // inet
+    case 650:   // cidr
+    case 829:   // macaddr
+    case 774:   // macaddr8
+      return {{"type", "keyword"}, {"ignore_above", 8191}};
+    default:
+      // Text: searchable, with a keyword field to sort and aggregate on.
+      return {{"type", "text"},
+              {"fields", {{"keyword", {{"type", "keyword"}, {"ignore_above", 8191}}}}}};
+  }
+}
+
+}  // namespace
+
+nlohmann::json OpenSearchSink::Mapping(const RelationSchema& schema,
+                                       const std::vector<size_t>& columns,
+                                       const TypeRegistry& types) {
+  nlohmann::json properties = nlohmann::json::object();
+  for (size_t i : columns) {
+    properties[schema.columns[i].name] = FieldMapping(schema.columns[i].type_oid, types);
+  }
+  return {{"mappings", {{"dynamic", false}, {"properties", properties}}}};
+}
+
+Result<std::unique_ptr<OpenSearchSink>> OpenSearchSink::Make(const Config& config,
+                                                             const StoreConfig& store) {
+  std::unique_ptr<OpenSearchSink> sink(
+      new OpenSearchSink(store.name, store.url, config.pipeline + "." + store.name));
+  for (const ViewConfig& view : config.views) {
+    if (view.store != store.name) continue;
+    sink->views_.push_back(
+        std::make_unique<View>(View{view, view.from, ViewShapes(view, std::nullopt), nullptr}));
+  }
+  return sink;
+}
+
+std::vector<std::string> OpenSearchSink::tables() const {
+  std::vector<std::string> out;
+  std::set<std::string> seen;
+  for (const auto& view : views_) {
+    if (seen.insert(view->table).second) out.push_back(view->table);
+  }
+  return out;
+}
+
+std::vector<std::string> OpenSearchSink::views() const {
+  std::vector<std::string> out;
+  for (const auto& view : views_) out.push_back(view->config.name);
+  return out;
+}
+
+OpenSearchSink::View* OpenSearchSink::FindView(const std::string& name) {
+  for (auto& view : views_) {
+    if (view->config.name == name) return view.get();
+  }
+  return nullptr;
+}
+
+Status OpenSearchSink::Check(const std::shared_ptr<const RelationSchema>& schema) {
+  std::lock_guard lock(mutex_);
+  std::string problems;
+  for (auto& view : views_) {
+    if (view->table != schema->QualifiedName()) continue;
+    auto shape = view->shapes.For(schema);
+    if (!shape.ok()) {
+      problems += (problems.empty() ? "" : "; ") + shape.error().message();
+      continue;
+    }
+    bool has_key = false;
+    for (const ColumnSchema& c : schema->columns) has_key = has_key || c.key;
+    if (!has_key) {
+      problems += (problems.empty() ? "" : "; ") +
+                  ("view " + view->config.name + ": table " + schema->QualifiedName() +
+                   " has no key columns for the document _id");
+    }
+    view->schema = schema;
+  }
+  if (!problems.empty()) return Error::Permanent(problems);
+  return Status::Ok();
+}
+
+Result<OpenSearchClient*> OpenSearchSink::Client() {
+  if (!client_) {
+    HttpClient::Options options;
+    options.url = url_;
+    auto client = OpenSearchClient::Create(options);
+    if (!client.ok()) return client.error();
+    client_.emplace(std::move(client).value());
+  }
+  return &*client_;
+}
+
+Status OpenSearchSink::Connect() {
+  std::lock_guard lock(mutex_);
+  client_.reset();
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  auto version = client.value()->ServerVersion();
+  if (!version.ok()) return version.error();
+  return Status::Ok();
+}
+
+Result<std::optional<Lsn>> OpenSearchSink::ReadCheckpoint() {
+  std::lock_guard lock(mutex_);
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  for (const auto& view : views_) {
+    auto exists = client.value()->IndexExists(view->config.index);
+    if (!exists.ok()) return exists.error();
+    if (!exists.value()) return std::optional<Lsn>();  // the index is gone: data lost
+  }
+  auto document = client.value()->Get(kCheckpointIndex, checkpoint_id_);
+  if (!document.ok()) return document.error();
+  if (!document.value()) return std::optional<Lsn>();
+  const auto lsn = Lsn::Parse(document.value()->source.value("lsn", ""));
+  if (!lsn) {
+    return Error::Corrupt("OpenSearch document " + std::string(kCheckpointIndex) + "/" +
+                          checkpoint_id_ + " holds no LSN");
+  }
+  return std::optional<Lsn>(*lsn);
+}
+
+Status OpenSearchSink::SendBulk(OpenSearchClient& client, std::string& ndjson) {
+  if (ndjson.empty()) return Status::Ok();
+  auto result = client.Bulk(ndjson);
+  ndjson.clear();
+  if (!result.ok()) return result.error();
+  for (const BulkItemError& failure : result.value().failures) {
+    // Already applied: a write older than the document's version is a replay.
+    if (failure.status == 409 && failure.type == "version_conflict_engine_exception") continue;
+    std::string message = "OpenSearch refused " + failure.action + " of document " + failure.id +
+                          ": " + failure.type + ": " + failure.reason;
+    if (failure.status == 429 || failure.status >= 500) return Error::Transient(message);
+    return Error::Permanent(message);
+  }
+  return Status::Ok();
+}
+
+Status OpenSearchSink::WriteCheckpoint(OpenSearchClient& client, std::optional<Lsn> lsn) {
+  std::string ndjson;
+  if (lsn) {
+    ndjson += "{\"index\":{\"_index\":\"" + std::string(kCheckpointIndex) + "\",\"_id\":";
+    AppendJsonString(ndjson, checkpoint_id_);
+    ndjson += "}}\n{\"lsn\":\"" + lsn->ToString() + "\"}\n";
+  } else {
+    ndjson += "{\"delete\":{\"_index\":\"" + std::string(kCheckpointIndex) + "\",\"_id\":";
+    AppendJsonString(ndjson, checkpoint_id_);
+    ndjson += "}}\n";
+  }
+  return SendBulk(client, ndjson);
+}
+
+Status OpenSearchSink::BeginRebuild(Lsn) {
+  std::lock_guard lock(mutex_);
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  Status status = client.value()->CreateIndex(
+      kCheckpointIndex,
+      {{"mappings", {{"dynamic", false}, {"properties", {{"lsn", {{"type", "keyword"}}}}}}}},
+      /*if_missing=*/true);
+  if (status.ok()) status = WriteCheckpoint(*client.value(), std::nullopt);
+  if (!status.ok()) return status;
+  const TypeRegistry types;
+  for (auto& view : views_) {
+    status = client.value()->DeleteIndex(view->config.index, /*if_exists=*/true);
+    if (!status.ok()) return status;
+    nlohmann::json body = nlohmann::json::object();
+    if (view->schema) {
+      auto shape = view->shapes.For(view->schema);
+      if (!shape.ok()) return shape.error();
+      body = Mapping(*view->schema, shape.value()->columns(), types);
+    }
+    status = client.value()->CreateIndex(view->config.index, body, /*if_missing=*/false);
+    if (!status.ok()) return status;
+  }
+  return Status::Ok();
+}
+
+Status OpenSearchSink::ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
+                                         std::span<const TupleData> rows,
+                                         const TypeRegistry& types) {
+  // Snapshot rows carry version 1: any change from the stream (commit LSN) is newer,
+  // and the rebuild started from an empty index.
+  std::string ndjson;
+  for (auto& view : views_) {
+    if (view->table != schema->QualifiedName()) continue;
+    std::shared_ptr<const ViewShape> shape;
+    {
+      std::lock_guard lock(mutex_);
+      auto made = view->shapes.For(schema);
+      if (!made.ok()) return made.error();
+      shape = made.value();
+    }
+    for (const TupleData& row : rows) {
+      auto id = shape->DocumentId(row);
+      if (!id.ok()) return id.error();
+      AppendAction(ndjson, "index", view->config.index, id.value(), Lsn{1});
+      Status status = shape->AppendValue(ndjson, row, types, nullptr);
+      if (!status.ok()) return status;
+      ndjson += '\n';
+    }
+  }
+  std::lock_guard lock(mutex_);
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  return SendBulk(*client.value(), ndjson);
+}
+
+Status OpenSearchSink::EndRebuild(Lsn snapshot_lsn) {
+  std::lock_guard lock(mutex_);
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  return WriteCheckpoint(*client.value(), snapshot_lsn);
+}
+
+Status OpenSearchSink::Apply(const ChangeBatch& batch, Lsn checkpoint) {
+  std::lock_guard lock(mutex_);
+  auto connected = Client();
+  if (!connected.ok()) return connected.error();
+  OpenSearchClient& client = *connected.value();
+  std::string ndjson;
+  std::vector<std::string> unchanged;
+  for (const OwnedChange& change : batch.changes) {
+    // Already applied (change_batch.h); the versions would refuse it anyway.
+    if (change.commit_lsn < checkpoint) continue;
+    if (change.op == ChangeOp::kTruncate) {
+      for (auto& view : views_) {
+        for (const auto& relation : change.relations) {
+          if (relation->QualifiedName() != view->table) continue;
+          Status status = SendBulk(client, ndjson);
+          if (status.ok()) status = client.DeleteAllDocuments(view->config.index);
+          if (!status.ok()) return status;
+        }
+      }
+      continue;
+    }
+    for (auto& view : views_) {
+      if (view->table != change.relation().QualifiedName()) continue;
+      auto shape = view->shapes.For(change.relations.front());
+      if (!shape.ok()) return shape.error();
+      const ViewShape& s = *shape.value();
+      const std::string& index = view->config.index;
+      if (change.op == ChangeOp::kDelete) {
+        auto id = s.DocumentId(change.old_tuple);
+        if (!id.ok()) return id.error();
+        AppendAction(ndjson, "delete", index, id.value(), change.commit_lsn);
+        continue;
+      }
+      auto id = s.DocumentId(change.new_tuple);
+      if (!id.ok()) return id.error();
+      std::optional<std::string> old_id;
+      if (change.old_kind != '\0') {
+        auto old = s.DocumentId(change.old_tuple);
+        if (!old.ok()) return old.error();
+        if (old.value() != id.value()) old_id = std::move(old).value();
+      }
+      std::string document;
+      unchanged.clear();
+      Status status = s.AppendValue(document, change.new_tuple, *batch.types, &unchanged);
+      if (!status.ok()) return status;
+      if (!unchanged.empty()) {
+        // The indexed document supplies the unchanged columns (a realtime GET after
+        // sending what is queued).
+        status = SendBulk(client, ndjson);
+        if (!status.ok()) return status;
+        auto previous = client.Get(index, old_id.value_or(id.value()));
+        if (!previous.ok()) return previous.error();
+        auto merged = MergeUnchanged(
+            document, previous.value() ? previous.value()->source.dump() : std::string(),
+            unchanged);
+        if (!merged.ok()) {
+          return Error(merged.error().kind(), "view " + view->config.name + ", document " +
+                                                  id.value() + ": " + merged.error().message());
+        }
+        document = std::move(merged).value();
+      }
+      if (old_id) AppendAction(ndjson, "delete", index, *old_id, change.commit_lsn);
+      AppendAction(ndjson, "index", index, id.value(), change.commit_lsn);
+      ndjson += document;
+      ndjson += '\n';
+    }
+  }
+  Status status = SendBulk(client, ndjson);
+  if (!status.ok()) return status;
+  if (auto next = batch.checkpoint()) return WriteCheckpoint(client, *next);
+  return Status::Ok();
+}
+
+Result<std::vector<Sink::Entry>> OpenSearchSink::ReadView(const std::string& view_name) {
+  std::lock_guard lock(mutex_);
+  View* view = FindView(view_name);
+  if (view == nullptr) return Error::Permanent("no OpenSearch view named " + view_name);
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  Status status = client.value()->Refresh(view->config.index);
+  if (!status.ok()) return status.error();
+  return client.value()->ScanAll(view->config.index);
+}
+
+Result<std::optional<Sink::Entry>> OpenSearchSink::Expected(
+    const std::string& view_name, const std::shared_ptr<const RelationSchema>& schema,
+    const TupleData& row, const TypeRegistry& types) {
+  std::shared_ptr<const ViewShape> shape;
+  {
+    std::lock_guard lock(mutex_);
+    View* view = FindView(view_name);
+    if (view == nullptr || view->table != schema->QualifiedName()) return std::optional<Entry>();
+    auto made = view->shapes.For(schema);
+    if (!made.ok()) return made.error();
+    shape = made.value();
+  }
+  auto id = shape->DocumentId(row);
+  if (!id.ok()) return id.error();
+  std::string document;
+  Status status = shape->AppendValue(document, row, types, nullptr);
+  if (!status.ok()) return status.error();
+  return std::optional<Entry>(Entry{std::move(id).value(), std::move(document)});
+}
+
+}  // namespace pgderive

@@ -1,0 +1,84 @@
+#pragma once
+
+// OpenSearch views (SPEC.md §3): one document per row in the view's index, `_id` the
+// primary key's text (a composite key: the JSON array of its texts), `_source` the
+// JSON object of the view's columns, written with `_bulk`.
+//
+// Idempotence and order under retries: every write carries external versioning with
+// `version_type=external_gte` and the version = the commit LSN of its transaction (the
+// snapshot's LSN for snapshot rows). A retried or replayed write older than what the
+// document holds is refused with a version conflict, which counts as success; writes
+// of one transaction share a version, and `_gte` lets the later of them win in order.
+//
+// Checkpoint: the document `<pipeline>.<store>` of the index `pgderive-checkpoints`,
+// written after the batch's `_bulk` succeeded item by item (OpenSearch has no
+// transaction across documents; the versions make the replay after a crash between the
+// two a no-op). An index that went missing means the store lost data: no checkpoint.
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <vector>
+
+#include "cdc/sink.h"
+#include "config/config.h"
+#include "sinks/common/view_shape.h"
+#include "sinks/opensearch/opensearch_client.h"
+
+namespace pgderive {
+
+class OpenSearchSink : public Sink {
+ public:
+  static Result<std::unique_ptr<OpenSearchSink>> Make(const Config& config,
+                                                      const StoreConfig& store);
+
+  const std::string& name() const override { return name_; }
+  std::vector<std::string> tables() const override;
+  Status Check(const std::shared_ptr<const RelationSchema>& schema) override;
+  Status Connect() override;
+  Result<std::optional<Lsn>> ReadCheckpoint() override;
+  Status BeginRebuild(Lsn snapshot_lsn) override;
+  Status ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
+                           std::span<const TupleData> rows, const TypeRegistry& types) override;
+  Status EndRebuild(Lsn snapshot_lsn) override;
+  Status Apply(const ChangeBatch& batch, Lsn checkpoint) override;
+  std::vector<std::string> views() const override;
+  Result<std::vector<Entry>> ReadView(const std::string& view) override;
+  Result<std::optional<Entry>> Expected(const std::string& view,
+                                        const std::shared_ptr<const RelationSchema>& schema,
+                                        const TupleData& row, const TypeRegistry& types) override;
+
+  // The index mapping for a view's columns: text searchable with a keyword field for
+  // sorting, numbers numeric, timestamps dates, json as stored objects. Values a type
+  // cannot hold ("NaN", "infinity") are kept in _source and left out of the index
+  // (ignore_malformed); `dynamic: false` keeps columns added later without rejecting.
+  static nlohmann::json Mapping(const RelationSchema& schema, const std::vector<size_t>& columns,
+                                const TypeRegistry& types);
+
+  struct View {
+    ViewConfig config;
+    std::string table;
+    ViewShapes shapes;
+    std::shared_ptr<const RelationSchema> schema;  // from Check, for the mapping
+  };
+
+ private:
+  OpenSearchSink(std::string name, std::string url, std::string checkpoint_id)
+      : name_(std::move(name)), url_(std::move(url)), checkpoint_id_(std::move(checkpoint_id)) {}
+  View* FindView(const std::string& name);
+  Result<OpenSearchClient*> Client();
+  // Sends `ndjson` as one _bulk and judges every item (a version conflict is a replay).
+  Status SendBulk(OpenSearchClient& client, std::string& ndjson);
+  Status WriteCheckpoint(OpenSearchClient& client, std::optional<Lsn> lsn);
+
+  std::string name_;
+  std::string url_;
+  std::string checkpoint_id_;
+  std::vector<std::unique_ptr<View>> views_;
+  std::mutex mutex_;
+  std::optional<OpenSearchClient> client_;
+};
+
+}  // namespace pgderive
