@@ -6,8 +6,10 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <thread>
 
+#include "sinks/opensearch/opensearch_client.h"
 #include "sinks/redis/redis_client.h"
 #include "tests/support/pg.h"
 #include "tests/support/stack_env.h"
@@ -181,6 +183,89 @@ TEST_F(RunRedisTest, ViewFollowsEveryKindOfChangeAndVerifies) {
   EXPECT_NE(RunErr().find("store cache resumes from"), std::string::npos) << RunErr();
   std::tie(status, out) = Verify(config);
   EXPECT_EQ(status, 0) << out;
+}
+
+// Both stores at once, every kind of value the SPEC maps (edges included), through a
+// random workload: both views verify.
+TEST_F(RunRedisTest, RedisAndOpenSearchThroughARandomWorkloadOfEveryType) {
+  PGDERIVE_REQUIRE_STACK();
+  const std::string index = UniqueName("run_index");
+  MustExecute(*sql_, "create table " + table_ +
+                         " (id int primary key, t text, n numeric, f float8, r real, b bool, "
+                         "j jsonb, js json, a int[], ta text[], ts timestamp, tz timestamptz, "
+                         "d date, by bytea, u uuid, iv interval, big text)");
+  // One statement makes a row of random, often extreme values for id `$1`.
+  auto row = [](const std::string& id) {
+    return "select " + id +
+           ", (array['plain', 'Grüße 🐘', E'tab\\t\\\\', '', null])[1 + floor(random() * 5)::int]"
+           ", (array[12.50, 'NaN', -0.001, 1e30, null])[1 + floor(random() * 5)::int]"
+           ", (array[0.1, 'NaN', 'Infinity', '-Infinity', null])[1 + floor(random() * 5)::int]"
+           ", (array[1.5::real, 'NaN'::real, 3.4e38::real])[1 + floor(random() * 3)::int]"
+           ", random() < 0.5"
+           ", (array['{\"a\": 1}', '[1, \"x\", null]', '\"s\"', 'null', '{\"a\": {\"b\": "
+           "[2.50]}}'])"
+           "[1 + floor(random() * 5)::int]::jsonb"
+           ", '{\"k\": [1, 2]}'::json"
+           ", array[floor(random() * 100)::int, null]"
+           ", array['x,y', 'q\"uote', null]"
+           ", (array['2024-02-29 13:45:00.5', 'infinity', '-infinity'])[1 + floor(random() * "
+           "3)::int]::timestamp"
+           ", (array['2024-02-29 13:45:00+01', 'infinity'])[1 + floor(random() * "
+           "2)::int]::timestamptz"
+           ", (array['2024-02-29', '-infinity'])[1 + floor(random() * 2)::int]::date"
+           ", decode(md5(random()::text), 'hex')"
+           ", gen_random_uuid()"
+           ", '1 day 02:00:00'::interval"
+           ", null";
+  };
+  for (int i = 1; i <= 300; ++i) {
+    MustExecute(*sql_, "insert into " + table_ + " " + row(std::to_string(i)));
+  }
+  const std::string config = (dir_ / "both.yml").string();
+  std::ofstream(config) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: " << dsn_
+                        << "\nstores:\n  cache: {type: redis, url: \"" << redis_url_
+                        << "\"}\n  search: {type: opensearch, url: \"" << stack.opensearch_url()
+                        << "\"}\nviews:\n  - {name: cache_view, store: cache, from: " << table_
+                        << ", key: \"" << table_ << ":{id}\"}\n"
+                        << "  - {name: search_view, store: search, from: " << table_
+                        << ", index: " << index << "}\n";
+  StartRun(config);
+  std::mt19937 rng(42);
+  for (int op = 0; op < 1000; ++op) {
+    const std::string id = std::to_string(1 + rng() % 400);
+    switch (rng() % 5) {
+      case 0:
+        MustExecute(*sql_, "insert into " + table_ + " " + row(id) + " on conflict do nothing");
+        break;
+      case 1:
+      case 2:
+        MustExecute(*sql_, "update " + table_ +
+                               " t set (t, n, f, j, ts) = (select s.t, s.n, s.f, "
+                               "s.j, s.ts from (" +
+                               row(id) +
+                               ") s(id, t, n, f, r, b, j, js, a, ta, "
+                               "ts, tz, d, by, u, iv, big)) where t.id = " +
+                               id);
+        break;
+      case 3:
+        MustExecute(*sql_, "delete from " + table_ + " where id = " + id);
+        break;
+      default:
+        MustExecute(*sql_, "update " + table_ + " set id = id + 1000 where id = " + id +
+                               " and not exists (select from " + table_ + " where id = " + id +
+                               " + 1000)");
+    }
+  }
+  auto [status, out] = Verify(config);
+  EXPECT_EQ(status, 0) << out << RunErr();
+  EXPECT_NE(out.find("view cache_view (store cache):"), std::string::npos) << out;
+  EXPECT_NE(out.find("view search_view (store search):"), std::string::npos) << out;
+  EXPECT_EQ(out.find("differences"), std::string::npos) << out;
+  run_->Signal(SIGTERM);
+  EXPECT_EQ(run_->Wait(std::chrono::seconds(10)), 0) << RunErr();
+  auto search = OpenSearchClient::Create({.url = stack.opensearch_url(), .ca_file = ""});
+  ASSERT_TRUE(search.ok());
+  IgnoreError(search.value().DeleteIndex(index, true), "test cleanup");
 }
 
 TEST_F(RunRedisTest, BadViewsAreRefusedAndCreateNothing) {
