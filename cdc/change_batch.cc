@@ -27,6 +27,21 @@ char* CopyTuple(const TupleData& from, TupleData& to, char* at) {
 
 }  // namespace
 
+std::optional<Lsn> CheckpointOf(const BatchGroup& group) {
+  for (auto it = group.rbegin(); it != group.rend(); ++it) {
+    if (auto checkpoint = (*it)->checkpoint()) return checkpoint;
+  }
+  return std::nullopt;
+}
+
+const TypeRegistry& TypesOf(const BatchGroup& group) {
+  static const TypeRegistry kBuiltIn;
+  for (auto it = group.rbegin(); it != group.rend(); ++it) {
+    if ((*it)->types) return *(*it)->types;
+  }
+  return kBuiltIn;
+}
+
 std::optional<OwnedChange> CopyChange(const Change& change) {
   OwnedChange out;
   out.commit_lsn = change.commit_lsn;

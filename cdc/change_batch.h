@@ -63,6 +63,15 @@ struct ChangeBatch {
   }
 };
 
+// Consecutive batches a store applies in one round trip (its worker takes whatever is
+// queued, up to a limit): order is the order of the vector, then of each batch.
+using BatchGroup = std::vector<std::shared_ptr<const ChangeBatch>>;
+
+// The checkpoint after applying the whole group: that of its last batch that has one.
+std::optional<Lsn> CheckpointOf(const BatchGroup& group);
+// The types of the group's newest batch (registries only grow, so it covers them all).
+const TypeRegistry& TypesOf(const BatchGroup& group);
+
 // Copies a change out of the replication buffer. Logical messages are not changes of a
 // view and yield nullopt.
 std::optional<OwnedChange> CopyChange(const Change& change);

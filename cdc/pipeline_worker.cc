@@ -3,6 +3,12 @@
 #include "cdc/backoff.h"
 
 namespace pgderive {
+namespace {
+
+constexpr size_t kGroupChanges = 20000;
+constexpr size_t kGroupBytes = size_t{16} << 20;
+
+}  // namespace
 
 PipelineWorker::PipelineWorker(Sink& sink, Rebuild rebuild, Log log, size_t max_queue_bytes)
     : sink_(sink),
@@ -68,7 +74,7 @@ void PipelineWorker::Stop(std::chrono::steady_clock::time_point deadline) {
 
 void PipelineWorker::Loop() {
   while (true) {
-    std::shared_ptr<const ChangeBatch> batch;
+    BatchGroup group;
     {
       std::unique_lock lock(mutex_);
       changed_.wait_for(lock, std::chrono::milliseconds(200),
@@ -79,12 +85,19 @@ void PipelineWorker::Loop() {
         if (detached_.load() && !failed_.load()) wants_rejoin_.store(true);
         continue;
       }
-      batch = std::move(queue_.front());
-      queue_.pop_front();
-      queued_bytes_ -= batch->bytes;
+      // Whatever is queued, up to a limit, goes in one round trip.
+      size_t changes = 0, bytes = 0;
+      while (!queue_.empty() &&
+             (group.empty() || (changes < kGroupChanges && bytes < kGroupBytes))) {
+        changes += queue_.front()->changes.size();
+        bytes += queue_.front()->bytes;
+        queued_bytes_ -= queue_.front()->bytes;
+        group.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
       changed_.notify_all();
     }
-    Status status = ApplyWithRetry(*batch);
+    Status status = ApplyWithRetry(group);
     if (!status.ok()) {
       failed_.store(true);
       detached_.store(true);
@@ -99,7 +112,7 @@ void PipelineWorker::Loop() {
   }
 }
 
-Status PipelineWorker::ApplyWithRetry(const ChangeBatch& batch) {
+Status PipelineWorker::ApplyWithRetry(const BatchGroup& group) {
   Backoff backoff(std::chrono::milliseconds(100), std::chrono::seconds(10));
   bool recover = false;
   while (true) {
@@ -114,9 +127,9 @@ Status PipelineWorker::ApplyWithRetry(const ChangeBatch& batch) {
     }
     if (status.ok()) {
       recover = false;
-      status = sink_.Apply(batch, checkpoint());
+      status = sink_.Apply(group, checkpoint());
       if (status.ok()) {
-        if (auto next = batch.checkpoint(); next && *next > checkpoint()) {
+        if (auto next = CheckpointOf(group); next && *next > checkpoint()) {
           checkpoint_.store(next->value);
           std::lock_guard lock(mutex_);
           pending_durable_.emplace_back(std::chrono::steady_clock::now(), *next);

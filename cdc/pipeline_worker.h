@@ -52,7 +52,7 @@ class PipelineWorker {
 
  private:
   void Loop();
-  Status ApplyWithRetry(const ChangeBatch& batch);
+  Status ApplyWithRetry(const BatchGroup& group);
   // After a failure: reconnect and compare the store's checkpoint with ours.
   Status Recover();
 

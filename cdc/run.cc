@@ -27,6 +27,7 @@ constexpr size_t kMaxBatchBytes = size_t{16} << 20;  // or mid-transaction past 
 constexpr size_t kQueueBytes = size_t{64} << 20;     // per store
 constexpr auto kOfferWait = std::chrono::seconds(1);
 constexpr auto kStopGrace = std::chrono::seconds(8);
+constexpr auto kIdleMarkInterval = std::chrono::seconds(1);
 
 void Log(const std::string& message) {
   std::fprintf(stderr, "pgderive run: %s\n", RedactSecrets(message).c_str());
@@ -151,21 +152,38 @@ class Dispatcher : public ChangeConsumer {
 
   bool pending() const { return !batch_->changes.empty() || !batch_->commits.empty(); }
 
+  // Nothing is open and everything received up to `received` has been dispatched: a
+  // batch without changes whose checkpoint is `received` lets every store (and so the
+  // slot) move past WAL that holds none of our changes - other tables' writes, a
+  // checkpoint record at shutdown. Safe because a transaction that commits later has
+  // its commit LSN at or after `received` (change_batch.h).
+  void MarkIdle(Lsn received) {
+    if (pending() || received <= last_mark_) return;
+    batch_->commits.push_back(CommitMark{received, received, 0, 0});
+    Dispatch();
+  }
+
   void Dispatch() {
     if (!pending()) return;
+    last_mark_ =
+        std::max(last_mark_, batch_->commits.empty() ? Lsn{} : batch_->commits.back().end_lsn);
     batch_->types = learner_.types();
     std::shared_ptr<const ChangeBatch> batch(std::move(batch_));
     batch_ = std::make_unique<ChangeBatch>();
     for (auto& worker : workers_) worker->Offer(batch, kOfferWait);
   }
   // The stream restarts from the slot: what is not dispatched comes again.
-  void Drop() { batch_ = std::make_unique<ChangeBatch>(); }
+  void Drop() {
+    batch_ = std::make_unique<ChangeBatch>();
+    last_mark_ = Lsn{};
+  }
 
  private:
   TypeLearner& learner_;
   std::vector<std::unique_ptr<PipelineWorker>>& workers_;
   std::unique_ptr<ChangeBatch> batch_;
   std::shared_ptr<const RelationSchema> last_learned_;
+  Lsn last_mark_;  // the highest checkpoint dispatched
 };
 
 int Fail(const std::string& message) {
@@ -336,6 +354,8 @@ int RunPipeline(const RunOptions& options) {
     dispatcher.Drop();
   };
   auto last_confirm = std::chrono::steady_clock::now();
+  auto last_idle_mark = last_confirm;
+  Lsn last_sent_flush;
   int exit_code = 0;
   while (!stopped()) {
     if (!stream) {
@@ -379,6 +399,11 @@ int RunPipeline(const RunOptions& options) {
       }
     } else {
       dispatcher.Dispatch();  // nothing more right now: send what there is
+      if (assembler.idle() &&
+          std::chrono::steady_clock::now() - last_idle_mark >= kIdleMarkInterval) {
+        last_idle_mark = std::chrono::steady_clock::now();
+        dispatcher.MarkIdle(stream->received());
+      }
     }
     const auto now = std::chrono::steady_clock::now();
     if (now - last_confirm >= std::chrono::milliseconds(100)) {
@@ -390,6 +415,15 @@ int RunPipeline(const RunOptions& options) {
         if (!lowest || durable < *lowest) lowest = durable;
       }
       if (lowest) stream->ConfirmFlushed(*lowest);
+      // Tell the server as soon as the position moves (it waits for it at shutdown).
+      if (stream->flushed() > last_sent_flush) {
+        last_sent_flush = stream->flushed();
+        status = stream->SendStatus();
+        if (!status.ok()) {
+          restart(status.error().message() + "; reconnecting");
+          continue;
+        }
+      }
       for (auto& worker : workers) worker->SetSlotConfirmed(stream->flushed());
       bool rejoin = false;
       for (auto& worker : workers) {

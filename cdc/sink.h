@@ -44,10 +44,10 @@ class Sink {
                                    std::span<const TupleData> rows, const TypeRegistry& types) = 0;
   virtual Status EndRebuild(Lsn snapshot_lsn) = 0;
 
-  // Applies `batch` in order, skipping every change with commit_lsn < `checkpoint`
-  // (already applied), and, when the batch completes a transaction, writes its new
-  // checkpoint (batch.checkpoint()) with the data.
-  virtual Status Apply(const ChangeBatch& batch, Lsn checkpoint) = 0;
+  // Applies the group's batches in order, skipping every change with commit_lsn <
+  // `checkpoint` (already applied), and, when the group completes a transaction, writes
+  // its new checkpoint (CheckpointOf(group)) with the data.
+  virtual Status Apply(const BatchGroup& group, Lsn checkpoint) = 0;
 
   // How long after Apply returns its checkpoint is durable (Redis with
   // `appendfsync everysec` needs up to a second or two); the slot is confirmed only

@@ -55,6 +55,10 @@ class TransactionAssembler {
   void ResetPartial();
 
   AssemblerStats stats() const;
+  // No transaction is open: not inside Begin..Commit or a stream chunk, and no streamed
+  // or prepared transaction is buffered. Every transaction that committed before the
+  // stream's received position has then been delivered.
+  bool idle() const { return !in_transaction_ && !in_stream_ && buffers_.empty(); }
 
  private:
   struct Buffer;

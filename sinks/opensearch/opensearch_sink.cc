@@ -266,76 +266,79 @@ Status OpenSearchSink::EndRebuild(Lsn snapshot_lsn) {
   return WriteCheckpoint(*client.value(), snapshot_lsn);
 }
 
-Status OpenSearchSink::Apply(const ChangeBatch& batch, Lsn checkpoint) {
+Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   std::lock_guard lock(mutex_);
   auto connected = Client();
   if (!connected.ok()) return connected.error();
   OpenSearchClient& client = *connected.value();
   std::string ndjson;
   std::vector<std::string> unchanged;
-  for (const OwnedChange& change : batch.changes) {
-    // Already applied (change_batch.h); the versions would refuse it anyway.
-    if (change.commit_lsn < checkpoint) continue;
-    if (change.op == ChangeOp::kTruncate) {
-      for (auto& view : views_) {
-        for (const auto& relation : change.relations) {
-          if (relation->QualifiedName() != view->table) continue;
-          Status status = SendBulk(client, ndjson);
-          if (status.ok()) status = client.DeleteAllDocuments(view->config.index);
-          if (!status.ok()) return status;
+  const TypeRegistry& types = TypesOf(group);
+  for (const auto& batch : group) {
+    for (const OwnedChange& change : batch->changes) {
+      // Already applied (change_batch.h); the versions would refuse it anyway.
+      if (change.commit_lsn < checkpoint) continue;
+      if (change.op == ChangeOp::kTruncate) {
+        for (auto& view : views_) {
+          for (const auto& relation : change.relations) {
+            if (relation->QualifiedName() != view->table) continue;
+            Status status = SendBulk(client, ndjson);
+            if (status.ok()) status = client.DeleteAllDocuments(view->config.index);
+            if (!status.ok()) return status;
+          }
         }
-      }
-      continue;
-    }
-    for (auto& view : views_) {
-      if (view->table != change.relation().QualifiedName()) continue;
-      auto shape = view->shapes.For(change.relations.front());
-      if (!shape.ok()) return shape.error();
-      const ViewShape& s = *shape.value();
-      const std::string& index = view->config.index;
-      if (change.op == ChangeOp::kDelete) {
-        auto id = s.DocumentId(change.old_tuple);
-        if (!id.ok()) return id.error();
-        AppendAction(ndjson, "delete", index, id.value(), change.commit_lsn);
         continue;
       }
-      auto id = s.DocumentId(change.new_tuple);
-      if (!id.ok()) return id.error();
-      std::optional<std::string> old_id;
-      if (change.old_kind != '\0') {
-        auto old = s.DocumentId(change.old_tuple);
-        if (!old.ok()) return old.error();
-        if (old.value() != id.value()) old_id = std::move(old).value();
-      }
-      std::string document;
-      unchanged.clear();
-      Status status = s.AppendValue(document, change.new_tuple, *batch.types, &unchanged);
-      if (!status.ok()) return status;
-      if (!unchanged.empty()) {
-        // The indexed document supplies the unchanged columns (a realtime GET after
-        // sending what is queued).
-        status = SendBulk(client, ndjson);
-        if (!status.ok()) return status;
-        auto previous = client.Get(index, old_id.value_or(id.value()));
-        if (!previous.ok()) return previous.error();
-        auto merged = MergeUnchanged(
-            document, previous.value() ? previous.value()->source.dump() : std::string(),
-            unchanged);
-        if (!merged.ok()) {
-          return Error(merged.error().kind(), "view " + view->config.name + ", document " +
-                                                  id.value() + ": " + merged.error().message());
+      for (auto& view : views_) {
+        if (view->table != change.relation().QualifiedName()) continue;
+        auto shape = view->shapes.For(change.relations.front());
+        if (!shape.ok()) return shape.error();
+        const ViewShape& s = *shape.value();
+        const std::string& index = view->config.index;
+        if (change.op == ChangeOp::kDelete) {
+          auto id = s.DocumentId(change.old_tuple);
+          if (!id.ok()) return id.error();
+          AppendAction(ndjson, "delete", index, id.value(), change.commit_lsn);
+          continue;
         }
-        document = std::move(merged).value();
+        auto id = s.DocumentId(change.new_tuple);
+        if (!id.ok()) return id.error();
+        std::optional<std::string> old_id;
+        if (change.old_kind != '\0') {
+          auto old = s.DocumentId(change.old_tuple);
+          if (!old.ok()) return old.error();
+          if (old.value() != id.value()) old_id = std::move(old).value();
+        }
+        std::string document;
+        unchanged.clear();
+        Status status = s.AppendValue(document, change.new_tuple, types, &unchanged);
+        if (!status.ok()) return status;
+        if (!unchanged.empty()) {
+          // The indexed document supplies the unchanged columns (a realtime GET after
+          // sending what is queued).
+          status = SendBulk(client, ndjson);
+          if (!status.ok()) return status;
+          auto previous = client.Get(index, old_id.value_or(id.value()));
+          if (!previous.ok()) return previous.error();
+          auto merged = MergeUnchanged(
+              document, previous.value() ? previous.value()->source.dump() : std::string(),
+              unchanged);
+          if (!merged.ok()) {
+            return Error(merged.error().kind(), "view " + view->config.name + ", document " +
+                                                    id.value() + ": " + merged.error().message());
+          }
+          document = std::move(merged).value();
+        }
+        if (old_id) AppendAction(ndjson, "delete", index, *old_id, change.commit_lsn);
+        AppendAction(ndjson, "index", index, id.value(), change.commit_lsn);
+        ndjson += document;
+        ndjson += '\n';
       }
-      if (old_id) AppendAction(ndjson, "delete", index, *old_id, change.commit_lsn);
-      AppendAction(ndjson, "index", index, id.value(), change.commit_lsn);
-      ndjson += document;
-      ndjson += '\n';
     }
   }
   Status status = SendBulk(client, ndjson);
   if (!status.ok()) return status;
-  if (auto next = batch.checkpoint()) return WriteCheckpoint(client, *next);
+  if (auto next = CheckpointOf(group)) return WriteCheckpoint(client, *next);
   return Status::Ok();
 }
 

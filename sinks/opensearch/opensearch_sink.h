@@ -43,7 +43,7 @@ class OpenSearchSink : public Sink {
   Status ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
                            std::span<const TupleData> rows, const TypeRegistry& types) override;
   Status EndRebuild(Lsn snapshot_lsn) override;
-  Status Apply(const ChangeBatch& batch, Lsn checkpoint) override;
+  Status Apply(const BatchGroup& group, Lsn checkpoint) override;
   std::vector<std::string> views() const override;
   Result<std::vector<Entry>> ReadView(const std::string& view) override;
   Result<std::optional<Entry>> Expected(const std::string& view,

@@ -173,7 +173,7 @@ Status RedisSink::EndRebuild(Lsn snapshot_lsn) {
   return Status::Ok();
 }
 
-Status RedisSink::Apply(const ChangeBatch& batch, Lsn checkpoint) {
+Status RedisSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   std::lock_guard lock(mutex_);
   auto connected = Client();
   if (!connected.ok()) return connected.error();
@@ -195,65 +195,68 @@ Status RedisSink::Apply(const ChangeBatch& batch, Lsn checkpoint) {
     return Status::Ok();
   };
   std::vector<std::string> unchanged;
-  for (const OwnedChange& change : batch.changes) {
-    // Already applied: the checkpoint covers every transaction that committed before
-    // it (change_batch.h), and replaying in order from there is what makes a retry or
-    // a restart exact.
-    if (change.commit_lsn < checkpoint) continue;
-    if (change.op == ChangeOp::kTruncate) {
-      for (auto& view : views_) {
-        for (const auto& relation : change.relations) {
-          if (relation->QualifiedName() != view->table) continue;
-          Status status = exec(std::nullopt);
-          if (status.ok()) status = DeleteView(*view);
-          if (!status.ok()) return status;
+  const TypeRegistry& types = TypesOf(group);
+  for (const auto& batch : group) {
+    for (const OwnedChange& change : batch->changes) {
+      // Already applied: the checkpoint covers every transaction that committed before
+      // it (change_batch.h), and replaying in order from there is what makes a retry or
+      // a restart exact.
+      if (change.commit_lsn < checkpoint) continue;
+      if (change.op == ChangeOp::kTruncate) {
+        for (auto& view : views_) {
+          for (const auto& relation : change.relations) {
+            if (relation->QualifiedName() != view->table) continue;
+            Status status = exec(std::nullopt);
+            if (status.ok()) status = DeleteView(*view);
+            if (!status.ok()) return status;
+          }
         }
-      }
-      continue;
-    }
-    const std::string table = change.relation().QualifiedName();
-    for (auto& view : views_) {
-      if (view->table != table) continue;
-      auto shape = view->shapes.For(change.relations.front());
-      if (!shape.ok()) return shape.error();
-      const ViewShape& s = *shape.value();
-      if (change.op == ChangeOp::kDelete) {
-        auto key = s.Key(change.old_tuple);
-        if (!key.ok()) return key.error();
-        commands.push_back({"DEL", std::move(key).value()});
         continue;
       }
-      auto key = s.Key(change.new_tuple);
-      if (!key.ok()) return key.error();
-      std::optional<std::string> old_key;
-      if (change.old_kind != '\0') {
-        auto old = s.Key(change.old_tuple);
-        if (!old.ok()) return old.error();
-        if (old.value() != key.value()) old_key = std::move(old).value();
-      }
-      std::string value;
-      unchanged.clear();
-      Status status = s.AppendValue(value, change.new_tuple, *batch.types, &unchanged);
-      if (!status.ok()) return status;
-      if (!unchanged.empty()) {
-        // The previous value supplies the unchanged columns: send what is queued, then
-        // read it (from the old key when the key changed).
-        status = exec(std::nullopt);
-        if (!status.ok()) return status;
-        auto previous = client.Command({"GET", old_key.value_or(key.value())});
-        if (!previous.ok()) return previous.error();
-        auto merged = MergeUnchanged(value, previous.value().str, unchanged);
-        if (!merged.ok()) {
-          return Error(merged.error().kind(), "view " + view->config.name + ", key " + key.value() +
-                                                  ": " + merged.error().message());
+      const std::string table = change.relation().QualifiedName();
+      for (auto& view : views_) {
+        if (view->table != table) continue;
+        auto shape = view->shapes.For(change.relations.front());
+        if (!shape.ok()) return shape.error();
+        const ViewShape& s = *shape.value();
+        if (change.op == ChangeOp::kDelete) {
+          auto key = s.Key(change.old_tuple);
+          if (!key.ok()) return key.error();
+          commands.push_back({"DEL", std::move(key).value()});
+          continue;
         }
-        value = std::move(merged).value();
+        auto key = s.Key(change.new_tuple);
+        if (!key.ok()) return key.error();
+        std::optional<std::string> old_key;
+        if (change.old_kind != '\0') {
+          auto old = s.Key(change.old_tuple);
+          if (!old.ok()) return old.error();
+          if (old.value() != key.value()) old_key = std::move(old).value();
+        }
+        std::string value;
+        unchanged.clear();
+        Status status = s.AppendValue(value, change.new_tuple, types, &unchanged);
+        if (!status.ok()) return status;
+        if (!unchanged.empty()) {
+          // The previous value supplies the unchanged columns: send what is queued, then
+          // read it (from the old key when the key changed).
+          status = exec(std::nullopt);
+          if (!status.ok()) return status;
+          auto previous = client.Command({"GET", old_key.value_or(key.value())});
+          if (!previous.ok()) return previous.error();
+          auto merged = MergeUnchanged(value, previous.value().str, unchanged);
+          if (!merged.ok()) {
+            return Error(merged.error().kind(), "view " + view->config.name + ", key " +
+                                                    key.value() + ": " + merged.error().message());
+          }
+          value = std::move(merged).value();
+        }
+        if (old_key) commands.push_back({"DEL", std::move(*old_key)});
+        commands.push_back({"SET", std::move(key).value(), std::move(value)});
       }
-      if (old_key) commands.push_back({"DEL", std::move(*old_key)});
-      commands.push_back({"SET", std::move(key).value(), std::move(value)});
     }
   }
-  return exec(batch.checkpoint());
+  return exec(CheckpointOf(group));
 }
 
 std::vector<std::string> RedisSink::views() const {

@@ -35,7 +35,7 @@ class RedisSink : public Sink {
   Status ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
                            std::span<const TupleData> rows, const TypeRegistry& types) override;
   Status EndRebuild(Lsn snapshot_lsn) override;
-  Status Apply(const ChangeBatch& batch, Lsn checkpoint) override;
+  Status Apply(const BatchGroup& group, Lsn checkpoint) override;
   // Redis answers EXEC before its append-only file is fsynced (appendfsync everysec).
   std::chrono::milliseconds durability_delay() const override { return std::chrono::seconds(2); }
 

@@ -9,6 +9,7 @@
 #include <random>
 #include <thread>
 
+#include "sinks/opensearch/opensearch_client.h"
 #include "sinks/redis/redis_client.h"
 #include "tests/support/own_stack.h"
 #include "tests/support/subprocess.h"
@@ -39,7 +40,13 @@ class Workload {
   void Loop() {
     std::optional<PgConnection> c;
     while (!stop_) {
-      if (!c) c.emplace(stack_.ConnectPg());
+      if (!c) {
+        try {
+          c.emplace(stack_.ConnectPg());
+        } catch (const std::runtime_error&) {
+          continue;  // the server is restarting; ConnectPg already waited
+        }
+      }
       const int id = static_cast<int>(rng_() % 20000) + 1;
       const std::string sid = std::to_string(id);
       std::string sql;
@@ -82,7 +89,9 @@ class Workload {
 
 class RunFaultTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() { stack_ = new OwnStack({"--services", "pg,redis", "--redis-aof"}); }
+  static void SetUpTestSuite() {
+    stack_ = new OwnStack({"--services", "pg,redis,opensearch", "--redis-aof"});
+  }
   static void TearDownTestSuite() {
     delete stack_;
     stack_ = nullptr;
@@ -99,14 +108,54 @@ class RunFaultTest : public ::testing::Test {
     std::ofstream(config_) << "pipeline: fault\nsource:\n  dsn: " << stack_->Env("PGDERIVE_PG_DSN")
                            << "\nstores:\n  cache:\n    type: redis\n    url: "
                            << stack_->Env("PGDERIVE_REDIS_URL")
+                           << "\n  search:\n    type: opensearch\n    url: "
+                           << stack_->Env("PGDERIVE_OPENSEARCH_URL")
                            << "\nviews:\n  - name: items_cache\n    store: cache\n"
-                              "    from: items\n    key: \"item:{id}\"\n";
+                              "    from: items\n    key: \"item:{id}\"\n"
+                              "  - name: items_search\n    store: search\n    from: items\n"
+                              "    index: items\n";
     ASSERT_TRUE(Redis({"FLUSHALL"}));
+    auto search = Search();
+    ASSERT_TRUE(search.DeleteIndex("items", true).ok());
+    ASSERT_TRUE(search.DeleteIndex("pgderive-checkpoints", true).ok());
   }
   bool Redis(const RedisCommand& command) {
     auto client = RedisClient::Connect(stack_->Env("PGDERIVE_REDIS_URL"));
     return client.ok() && client.value().Command(command).ok();
   }
+  OpenSearchClient Search() {
+    HttpClient::Options options;
+    options.url = stack_->Env("PGDERIVE_OPENSEARCH_URL");
+    auto client = OpenSearchClient::Create(options);
+    if (!client.ok()) throw std::runtime_error(client.error().ToString());
+    return std::move(client).value();
+  }
+  // Inserts a marker row and waits until `present` sees it in a store.
+  template <typename F>
+  bool MarkerArrives(int id, F present) {
+    PgConnection sql = stack_->ConnectPg();
+    if (!sql.Execute("insert into items values (" + std::to_string(id) + ", 'marker', 0)").ok()) {
+      return false;
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (present(std::to_string(id))) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));  // poll interval
+    }
+    return false;
+  }
+  bool InSearch(const std::string& id) {
+    auto search = Search();
+    auto doc = search.Get("items", id);
+    return doc.ok() && doc.value().has_value();
+  }
+  bool InRedis(const std::string& id) {
+    auto client = RedisClient::Connect(stack_->Env("PGDERIVE_REDIS_URL"));
+    if (!client.ok()) return false;
+    auto reply = client.value().Command({"EXISTS", "item:" + id});
+    return reply.ok() && reply.value().integer == 1;
+  }
+
   std::unique_ptr<Subprocess> StartRun(int n) {
     return std::make_unique<Subprocess>(
         std::vector<std::string>{PgderiveBinary(), "run", "-c", config_},
@@ -161,7 +210,9 @@ TEST_F(RunFaultTest, KillNineAtTwentyRandomMomentsLosesNothing) {
   std::printf("workload: %llu operations\n", static_cast<unsigned long long>(workload.done()));
 }
 
-TEST_F(RunFaultTest, RedisDownThenBackAndThenBackEmpty) {
+// Each store down for a while under load, Redis also back empty, and a PostgreSQL
+// restart: the other store keeps up meanwhile, and afterwards every view verifies.
+TEST_F(RunFaultTest, StoreOutagesAndPostgresRestart) {
   Workload workload(*stack_, 7);
   auto run = StartRun(100);
   // The outages hit streaming: wait for the snapshot to end first.
@@ -177,17 +228,37 @@ TEST_F(RunFaultTest, RedisDownThenBackAndThenBackEmpty) {
     while (workload.done() < before + n) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   };
   progress(300);
-  // Down for a while under load (its append-only file keeps the data).
+  // Redis down for a while under load (its append-only file keeps the data): OpenSearch
+  // keeps up meanwhile.
   ASSERT_EQ(stack_->Run("stop", {"redis"}), 0);
-  progress(1000);
+  EXPECT_TRUE(MarkerArrives(900001, [&](const std::string& id) { return InSearch(id); }))
+      << RunErr(100);
+  progress(500);
   ASSERT_EQ(stack_->Run("start", {"redis"}), 0);
-  progress(300);
-  // Down, and back empty: the pipeline must notice and rebuild, not serve stale data.
+  EXPECT_TRUE(MarkerArrives(900002, [&](const std::string& id) { return InRedis(id); }))
+      << RunErr(100);
+  // OpenSearch down: Redis keeps up.
+  ASSERT_EQ(stack_->Run("stop", {"opensearch"}), 0);
+  EXPECT_TRUE(MarkerArrives(900003, [&](const std::string& id) { return InRedis(id); }))
+      << RunErr(100);
+  progress(500);
+  ASSERT_EQ(stack_->Run("start", {"opensearch"}), 0);
+  EXPECT_TRUE(MarkerArrives(900004, [&](const std::string& id) { return InSearch(id); }))
+      << RunErr(100);
+  // Redis down, and back empty: the pipeline must notice and rebuild, not serve stale
+  // data.
   ASSERT_EQ(stack_->Run("stop", {"redis"}), 0);
   std::filesystem::remove_all(stack_->dir() / "redis" / "appendonlydir");
   progress(300);
   ASSERT_EQ(stack_->Run("start", {"redis"}), 0);
-  progress(500);
+  progress(300);
+  EXPECT_TRUE(MarkerArrives(900005, [&](const std::string& id) { return InRedis(id); }))
+      << RunErr(100);
+  // PostgreSQL restarted under the pipeline (once the stores have caught up: a fast
+  // shutdown waits for the slot's consumer to confirm the last WAL).
+  ASSERT_EQ(stack_->Run("stop", {"pg"}), 0);
+  ASSERT_EQ(stack_->Run("start", {"pg"}), 0);
+  progress(300);
   workload.Stop();
   auto [status, out] = Verify();
   EXPECT_EQ(status, 0) << out << RunErr(100);
@@ -195,6 +266,7 @@ TEST_F(RunFaultTest, RedisDownThenBackAndThenBackEmpty) {
   EXPECT_NE(err.find("retrying"), std::string::npos) << err;
   EXPECT_NE(err.find("no checkpoint, behind the slot"), std::string::npos) << err;
   EXPECT_NE(err.find("rebuilt at"), std::string::npos) << err;
+  EXPECT_NE(err.find("reconnecting"), std::string::npos) << err;
   run->Signal(SIGTERM);
   EXPECT_EQ(run->Wait(std::chrono::seconds(10)), 0) << err;
 }
