@@ -52,6 +52,8 @@ Result<PgConnection> PgConnection::Connect(std::string_view dsn, Mode mode,
     }
     return Error::Transient("cannot connect to PostgreSQL: " + message);
   }
+  // Server notices ("table ... does not exist, skipping") are not ours to print.
+  PQsetNoticeProcessor(connection.conn_.get(), [](void*, const char*) {}, nullptr);
   return connection;
 }
 
@@ -172,6 +174,53 @@ std::string PgConnection::QuoteLiteral(std::string_view literal) const {
   std::unique_ptr<char, decltype(&PQfreemem)> quoted(
       PQescapeLiteral(conn_.get(), literal.data(), literal.size()), &PQfreemem);
   return quoted != nullptr ? std::string(quoted.get()) : std::string();
+}
+
+void AppendCopyValue(std::string& out, const std::optional<std::string_view>& value) {
+  if (!value) {
+    out += "\\N";
+    return;
+  }
+  for (char c : *value) {
+    switch (c) {
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      default:
+        out += c;
+    }
+  }
+}
+
+Status PgConnection::CopyIn(std::string_view copy_sql, std::string_view data) {
+  {
+    const std::string text(copy_sql);
+    PgResultPtr started(PQexec(conn_.get(), text.c_str()));
+    if (started == nullptr || PQresultStatus(started.get()) != PGRES_COPY_IN) {
+      return ErrorFrom(started.get(), "COPY failed");
+    }
+  }
+  if (PQputCopyData(conn_.get(), data.data(), static_cast<int>(data.size())) != 1 ||
+      PQputCopyEnd(conn_.get(), nullptr) != 1) {
+    return Error::Transient("COPY failed: " + RedactSecrets(PQerrorMessage(conn_.get())));
+  }
+  PgResultPtr result(PQgetResult(conn_.get()));
+  Status status = Status::Ok();
+  if (result == nullptr || PQresultStatus(result.get()) != PGRES_COMMAND_OK) {
+    status = ErrorFrom(result.get(), "COPY");
+  }
+  while (PgResultPtr rest{PQgetResult(conn_.get())}) {
+  }
+  return status;
 }
 
 std::pair<std::string, std::string> SplitTableName(std::string_view table) {

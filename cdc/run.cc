@@ -227,7 +227,16 @@ int RunPipeline(const RunOptions& options) {
   std::vector<std::unique_ptr<Sink>> sinks = std::move(made).value();
   auto sql = PgConnection::Connect(config.source.dsn, PgConnection::Mode::kSql, "pgderive-run");
   if (!sql.ok()) return Fail(sql.error().message());
-  const std::vector<std::string> tables = config.SourceTables();
+  // What each store needs from the source (a postgres view: the tables its query
+  // reads), then every table checked before anything is created.
+  std::vector<std::string> tables;
+  for (auto& sink : sinks) {
+    Status resolved = sink->Resolve(sql.value());
+    if (!resolved.ok()) return Fail("store " + sink->name() + ": " + resolved.error().message());
+    for (const std::string& t : sink->tables()) {
+      if (std::find(tables.begin(), tables.end(), t) == tables.end()) tables.push_back(t);
+    }
+  }
   Status status = CheckSourceTables(sql.value(), tables);
   if (!status.ok()) return Fail(status.error().message());
   // Every view against its table's shape, before anything is created.

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "cdc/change_batch.h"
+#include "cdc/pg_connection.h"
 
 namespace pgderive {
 
@@ -26,6 +27,13 @@ class Sink {
   virtual const std::string& name() const = 0;
   // The source tables its views read (schema.table).
   virtual std::vector<std::string> tables() const = 0;
+
+  // Reads what the sink needs from the source catalog before anything is created (the
+  // postgres sink: the tables its queries read, and whether it can maintain them).
+  virtual Status Resolve(PgConnection& source) {
+    (void)source;
+    return Status::Ok();
+  }
 
   // Checks the views that read `schema`'s table against its shape (columns named,
   // key columns in the replica identity). Called before anything is created.
@@ -64,6 +72,14 @@ class Sink {
                                                 const std::shared_ptr<const RelationSchema>& schema,
                                                 const TupleData& row,
                                                 const TypeRegistry& types) = 0;
+  // Or, for views defined by a query, every entry computed on the source directly (in
+  // the snapshot `source` is in); nullopt for views made row by row.
+  virtual Result<std::optional<std::vector<Entry>>> ExpectedFromSource(const std::string& view,
+                                                                       PgConnection& source) {
+    (void)view;
+    (void)source;
+    return std::optional<std::vector<Entry>>();
+  }
 };
 
 }  // namespace pgderive

@@ -1,6 +1,7 @@
 #include "cdc/sink_factory.h"
 
 #include "sinks/opensearch/opensearch_sink.h"
+#include "sinks/postgres/postgres_sink.h"
 #include "sinks/redis/redis_sink.h"
 
 namespace pgderive {
@@ -27,7 +28,9 @@ Result<std::vector<std::unique_ptr<Sink>>> MakeSinks(const Config& config,
       if (!sink.ok()) return sink.error();
       sinks.push_back(std::move(sink).value());
     } else {
-      return Error::Permanent("store " + name + ": this store type is not supported by run yet");
+      auto sink = PostgresSink::Make(scoped, store);
+      if (!sink.ok()) return sink.error();
+      sinks.push_back(std::move(sink).value());
     }
   }
   return sinks;

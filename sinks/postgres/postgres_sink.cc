@@ -1,0 +1,683 @@
+#include "sinks/postgres/postgres_sink.h"
+
+#include <nlohmann/json.hpp>
+
+#include "cdc/publication.h"
+#include "sinks/postgres/query_rewrite.h"
+
+namespace pgderive {
+namespace {
+
+std::string QuoteIdent(std::string_view name) {
+  std::string out = "\"";
+  for (char c : name) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + "\"";
+}
+
+std::string QuoteTable(const std::string& table) {
+  auto [schema, name] = SplitTableName(table);
+  return QuoteIdent(schema) + "." + QuoteIdent(name);
+}
+
+// The table names of an EXPLAIN (VERBOSE, FORMAT JSON) plan.
+void CollectRelations(const nlohmann::json& node, std::vector<std::string>& out) {
+  if (node.is_object()) {
+    if (node.contains("Relation Name") && node.contains("Schema")) {
+      const std::string table =
+          node["Schema"].get<std::string>() + "." + node["Relation Name"].get<std::string>();
+      if (std::find(out.begin(), out.end(), table) == out.end()) out.push_back(table);
+    }
+    for (const auto& [key, value] : node.items()) CollectRelations(value, out);
+  } else if (node.is_array()) {
+    for (const auto& value : node) CollectRelations(value, out);
+  }
+}
+
+// One row's final state in a batch, per mirror key.
+struct Final {
+  bool deleted = false;
+  std::vector<std::optional<std::string>> values;  // by mirror column
+  std::vector<bool> present;                       // false: unchanged (TOAST), keep
+};
+
+}  // namespace
+
+Result<std::unique_ptr<PostgresSink>> PostgresSink::Make(const Config& config,
+                                                         const StoreConfig& store) {
+  std::unique_ptr<PostgresSink> sink(new PostgresSink(store.name, store.dsn, config.pipeline));
+  for (const ViewConfig& view : config.views) {
+    if (view.store != store.name) continue;
+    auto v = std::make_unique<View>();
+    v->config = view;
+    v->target = QuoteTable(view.table);
+    v->index = sink->views_.size();
+    sink->views_.push_back(std::move(v));
+  }
+  return sink;
+}
+
+std::vector<std::string> PostgresSink::tables() const {
+  std::vector<std::string> out;
+  for (const auto& view : views_) {
+    for (const std::string& t : view->tables) {
+      if (std::find(out.begin(), out.end(), t) == out.end()) out.push_back(t);
+    }
+  }
+  return out;
+}
+
+std::vector<std::string> PostgresSink::views() const {
+  std::vector<std::string> out;
+  for (const auto& view : views_) out.push_back(view->config.name);
+  return out;
+}
+
+std::string PostgresSink::KeyList(const View& view, const std::string& prefix) const {
+  std::string out;
+  for (const std::string& k : view.config.key_columns) {
+    out += (out.empty() ? "" : ", ") + prefix + QuoteIdent(k);
+  }
+  return out;
+}
+
+Status PostgresSink::Resolve(PgConnection& source) {
+  for (auto& view : views_) {
+    const std::string where = "view " + view->config.name + ": ";
+    const std::string& query = view->config.query;
+    if (auto why = UnsupportedConstruct(query)) {
+      return Error::Permanent(where + "the query uses " + *why +
+                              ", which pgderive cannot maintain incrementally");
+    }
+    const auto functions = CalledFunctions(query);
+    if (!functions.empty()) {
+      std::string list;
+      for (const std::string& f : functions) list += (list.empty() ? "" : ",") + f;
+      auto volatile_ = source.Query(
+          "select string_agg(distinct proname, ', ') from pg_proc where provolatile <> 'i' and "
+          "proname = any(string_to_array(" +
+          source.QuoteLiteral(list) + ", ','))");
+      if (!volatile_.ok()) return volatile_.error();
+      if (auto names = volatile_.value().rows[0][0]) {
+        return Error::Permanent(where + "the query calls " + *names +
+                                ", whose result changes without a change of the source; a "
+                                "view must be a function of the rows alone");
+      }
+    }
+    auto plan = source.Query("explain (verbose, format json) " + query);
+    if (!plan.ok()) return Error(plan.error().kind(), where + plan.error().message());
+    view->tables.clear();
+    CollectRelations(nlohmann::json::parse(plan.value().rows[0][0].value_or("[]"), nullptr, false),
+                     view->tables);
+    if (view->tables.empty()) return Error::Permanent(where + "the query reads no table");
+    // The output columns and the key's types.
+    auto shape = source.Query("select * from (" + query + ") q limit 0");
+    if (!shape.ok()) return shape.error();
+    for (const std::string& key : view->config.key_columns) {
+      if (std::find(shape.value().columns.begin(), shape.value().columns.end(), key) ==
+          shape.value().columns.end()) {
+        return Error::Permanent(where + "key column " + key + " is not a column of the query");
+      }
+    }
+    auto duplicate = source.Query("select " + KeyList(*view) + " from (" + query + ") q group by " +
+                                  KeyList(*view) + " having count(*) > 1 limit 1");
+    if (!duplicate.ok())
+      return Error(duplicate.error().kind(), where + duplicate.error().message());
+    if (!duplicate.value().rows.empty()) {
+      return Error::Permanent(where + "key (" + KeyList(*view) +
+                              ") is not unique in the query's result");
+    }
+    for (const std::string& table : view->tables) {
+      if (mirrors_.contains(table)) continue;
+      auto described = DescribeTable(source, table);
+      if (!described.ok()) return described.error();
+      Mirror mirror;
+      mirror.table = table;
+      auto [schema, name] = SplitTableName(table);
+      const std::string mirror_name = pipeline_ + "__" + schema + "__" + name;
+      if (mirror_name.size() > 63) {
+        return Error::Permanent(where + "the mirror table name " + mirror_name +
+                                " is longer than 63 bytes; use a shorter pipeline name");
+      }
+      mirror.name = "pgderive." + QuoteIdent(mirror_name);
+      mirror.temp = std::to_string(mirrors_.size());
+      auto formats = source.Query(
+          "select attname, format_type(atttypid, atttypmod) from pg_attribute where attrelid = " +
+          std::to_string(described.value()->id.value) +
+          " and attnum > 0 and not attisdropped and attgenerated = '' order by attnum");
+      if (!formats.ok()) return formats.error();
+      for (size_t i = 0; i < formats.value().rows.size(); ++i) {
+        mirror.columns.push_back(formats.value().rows[i][0].value_or(""));
+        mirror.types.push_back(formats.value().rows[i][1].value_or("text"));
+        if (i < described.value()->columns.size() && described.value()->columns[i].key) {
+          mirror.key.push_back(i);
+        }
+      }
+      if (mirror.key.empty() || described.value()->replica_identity == 'f') {
+        return Error::Permanent(where + "table " + table +
+                                " needs a primary key (or REPLICA IDENTITY USING INDEX) to be "
+                                "mirrored");
+      }
+      mirrors_[table] = std::move(mirror);
+    }
+  }
+  // Index the columns the queries mention (joins, filters, groups), beyond the key.
+  for (auto& [table, mirror] : mirrors_) {
+    for (const auto& view : views_) {
+      auto tokens = LexSql(view->config.query);
+      if (!tokens.ok()) continue;
+      for (const SqlToken& t : tokens.value()) {
+        for (size_t i = 0; i < mirror.columns.size(); ++i) {
+          if (t.text == mirror.columns[i] && (mirror.key.empty() || i != mirror.key.front())) {
+            mirror.indexed.insert(mirror.columns[i]);
+          }
+        }
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Status PostgresSink::Check(const std::shared_ptr<const RelationSchema>&) { return Status::Ok(); }
+
+Result<PgConnection*> PostgresSink::Connection() {
+  if (!connection_ || PQstatus(connection_->get()) != CONNECTION_OK) {
+    connection_.reset();
+    temp_ready_ = false;
+    auto connected = PgConnection::Connect(dsn_, PgConnection::Mode::kSql, "pgderive-sink");
+    if (!connected.ok()) return connected.error();
+    connection_.emplace(std::move(connected).value());
+  }
+  return &*connection_;
+}
+
+Status PostgresSink::Connect() {
+  std::lock_guard lock(mutex_);
+  connection_.reset();
+  auto c = Connection();
+  return c.ok() ? Status::Ok() : Status(c.error());
+}
+
+// pgderive's own metadata in the target database (migrations/0001).
+Status PostgresSink::EnsureMetadata(PgConnection& c) {
+  return c.Execute(
+      "begin; select pg_advisory_xact_lock(hashtext('pgderive.metadata')); "
+      "create schema if not exists pgderive; "
+      "create table if not exists pgderive.checkpoints (pipeline text not null, store text not "
+      "null, lsn pg_lsn not null, updated_at timestamptz not null default now(), primary key "
+      "(pipeline, store)); commit");
+}
+
+Result<std::optional<Lsn>> PostgresSink::ReadCheckpoint() {
+  std::lock_guard lock(mutex_);
+  auto connected = Connection();
+  if (!connected.ok()) return connected.error();
+  PgConnection& c = *connected.value();
+  // A missing mirror or target table means lost data: no checkpoint.
+  std::string regs = "select to_regclass('pgderive.checkpoints') is not null";
+  for (const auto& [table, mirror] : mirrors_) {
+    regs += " and to_regclass(" + c.QuoteLiteral(mirror.name) + ") is not null";
+  }
+  for (const auto& view : views_)
+    regs += " and to_regclass(" + c.QuoteLiteral(view->target) + ") is not null";
+  auto present = c.Query(regs);
+  if (!present.ok()) return present.error();
+  if (present.value().rows[0][0].value_or("f") != "t") return std::optional<Lsn>();
+  auto row = c.Query("select lsn::text from pgderive.checkpoints where pipeline = " +
+                     c.QuoteLiteral(pipeline_) + " and store = " + c.QuoteLiteral(name_));
+  if (!row.ok()) return row.error();
+  if (row.value().rows.empty()) return std::optional<Lsn>();
+  return std::optional<Lsn>(Lsn::Parse(row.value().rows[0][0].value_or("")));
+}
+
+Status PostgresSink::WriteCheckpoint(PgConnection& c, Lsn lsn) {
+  return c.Execute("insert into pgderive.checkpoints (pipeline, store, lsn) values (" +
+                   c.QuoteLiteral(pipeline_) + ", " + c.QuoteLiteral(name_) + ", " +
+                   c.QuoteLiteral(lsn.ToString()) +
+                   ") on conflict (pipeline, store) do update set lsn = excluded.lsn, "
+                   "updated_at = now()");
+}
+
+Result<std::string> PostgresSink::MirrorQuery(const View& view,
+                                              const std::optional<std::string>& restrict) {
+  QueryRewrite rewrite;
+  for (const std::string& table : view.tables) {
+    const Mirror& m = mirrors_.at(table);
+    if (restrict && * restrict == table) {
+      std::string using_list;
+      for (size_t k : m.key)
+        using_list += (using_list.empty() ? "" : ", ") + QuoteIdent(m.columns[k]);
+      rewrite.replacements[table] =
+          "(select m.* from " + m.name + " m join pgd_k_" + m.temp + " using (" + using_list + "))";
+    } else {
+      rewrite.replacements[table] = m.name;
+    }
+  }
+  rewrite.inner_join_to = restrict;
+  return RewriteQuery(view.config.query, rewrite);
+}
+
+Status PostgresSink::EnsureTempTables(PgConnection& c) {
+  if (temp_ready_) return Status::Ok();
+  std::string sql;
+  for (const auto& [table, m] : mirrors_) {
+    std::string keys;
+    for (size_t k : m.key) keys += (keys.empty() ? "" : ", ") + QuoteIdent(m.columns[k]);
+    sql += "create temp table if not exists pgd_k_" + m.temp + " on commit delete rows as select " +
+           keys + " from " + m.name + " with no data; ";
+    sql += "create temp table if not exists pgd_d_" + m.temp + " on commit delete rows as select " +
+           keys + " from " + m.name + " with no data; ";
+    sql += "create temp table if not exists pgd_u_" + m.temp +
+           " on commit delete rows as select * from " + m.name + " with no data; ";
+  }
+  for (const auto& view : views_) {
+    sql += "create temp table if not exists pgd_a_" + std::to_string(view->index) +
+           " on commit delete rows as select " + KeyList(*view) + " from " + view->target +
+           " with no data; ";
+  }
+  Status status = c.Execute(sql);
+  if (status.ok()) temp_ready_ = true;
+  return status;
+}
+
+Status PostgresSink::BeginRebuild(Lsn) {
+  std::lock_guard lock(mutex_);
+  auto connected = Connection();
+  if (!connected.ok()) return connected.error();
+  PgConnection& c = *connected.value();
+  Status status = EnsureMetadata(c);
+  if (!status.ok()) return status;
+  std::string sql =
+      "begin; delete from pgderive.checkpoints where pipeline = " + c.QuoteLiteral(pipeline_) +
+      " and store = " + c.QuoteLiteral(name_) + "; ";
+  for (const auto& [table, m] : mirrors_) {
+    sql += "drop table if exists " + m.name + " cascade; create table " + m.name + " (";
+    for (size_t i = 0; i < m.columns.size(); ++i) {
+      sql += (i ? ", " : "") + QuoteIdent(m.columns[i]) + " " + m.types[i];
+    }
+    std::string keys;
+    for (size_t k : m.key) keys += (keys.empty() ? "" : ", ") + QuoteIdent(m.columns[k]);
+    sql += ", primary key (" + keys + ")); ";
+    for (const std::string& column : m.indexed) {
+      sql += "create index on " + m.name + " (" + QuoteIdent(column) + "); ";
+    }
+  }
+  for (const auto& view : views_) {
+    auto [schema, name] = SplitTableName(view->config.table);
+    auto query = MirrorQuery(*view, std::nullopt);
+    if (!query.ok()) return query.error();
+    sql += "create schema if not exists " + QuoteIdent(schema) + "; ";
+    sql += "do $pgd$ begin if to_regclass(" + c.QuoteLiteral(view->target) +
+           ") is null then execute " +
+           c.QuoteLiteral("create table " + view->target + " as select * from (" + query.value() +
+                          ") q with no data") +
+           "; execute " +
+           c.QuoteLiteral("alter table " + view->target + " add primary key (" + KeyList(*view) +
+                          ")") +
+           "; end if; end $pgd$; ";
+  }
+  sql += "commit";
+  temp_ready_ = false;
+  return c.Execute(sql);
+}
+
+Status PostgresSink::ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
+                                       std::span<const TupleData> rows, const TypeRegistry&) {
+  std::lock_guard lock(mutex_);
+  auto it = mirrors_.find(schema->QualifiedName());
+  if (it == mirrors_.end()) return Status::Ok();
+  const Mirror& m = it->second;
+  std::vector<std::optional<size_t>> from(m.columns.size());
+  for (size_t i = 0; i < m.columns.size(); ++i) {
+    for (size_t j = 0; j < schema->columns.size(); ++j) {
+      if (schema->columns[j].name == m.columns[i]) from[i] = j;
+    }
+  }
+  std::string data;
+  for (const TupleData& row : rows) {
+    for (size_t i = 0; i < m.columns.size(); ++i) {
+      if (i) data += '\t';
+      std::optional<std::string_view> value;
+      if (from[i] && row.columns[*from[i]].kind == TupleValueKind::kText) {
+        value = row.columns[*from[i]].data;
+      }
+      AppendCopyValue(data, value);
+    }
+    data += '\n';
+  }
+  auto connected = Connection();
+  if (!connected.ok()) return connected.error();
+  return connected.value()->CopyIn("copy " + m.name + " from stdin", data);
+}
+
+Status PostgresSink::RecomputeAll(PgConnection& c, const View& view) {
+  auto query = MirrorQuery(view, std::nullopt);
+  if (!query.ok()) return query.error();
+  return c.Execute("delete from " + view.target + "; insert into " + view.target +
+                   " select * from (" + query.value() + ") q");
+}
+
+Status PostgresSink::EndRebuild(Lsn snapshot_lsn) {
+  std::lock_guard lock(mutex_);
+  auto connected = Connection();
+  if (!connected.ok()) return connected.error();
+  PgConnection& c = *connected.value();
+  std::string analyze;
+  for (const auto& [table, m] : mirrors_) analyze += "analyze " + m.name + "; ";
+  Status status = c.Execute(analyze + "begin");
+  for (const auto& view : views_) {
+    if (status.ok()) status = RecomputeAll(c, *view);
+  }
+  if (status.ok()) status = WriteCheckpoint(c, snapshot_lsn);
+  if (status.ok()) status = c.Execute("commit");
+  if (!status.ok()) IgnoreError(c.Execute("rollback"), "the error above is what counts");
+  return status;
+}
+
+Status PostgresSink::CollectAffected(PgConnection& c, const View& view,
+                                     const std::set<std::string>& changed) {
+  for (const std::string& table : view.tables) {
+    if (!changed.contains(table)) continue;
+    auto query = MirrorQuery(view, table);
+    if (!query.ok()) return query.error();
+    Status status =
+        c.Execute("insert into pgd_a_" + std::to_string(view.index) + " select distinct " +
+                  KeyList(view) + " from (" + query.value() + ") q");
+    if (!status.ok()) return status;
+  }
+  return Status::Ok();
+}
+
+Status PostgresSink::Recompute(PgConnection& c, const View& view) {
+  const std::string affected = "pgd_a_" + std::to_string(view.index);
+  auto query = MirrorQuery(view, std::nullopt);
+  if (!query.ok()) return query.error();
+  std::string match;
+  for (const std::string& k : view.config.key_columns) {
+    match += (match.empty() ? "" : " and ") + std::string("t.") + QuoteIdent(k) +
+             " is not distinct from a." + QuoteIdent(k);
+  }
+  // A first filter the planner can push into the query (into an aggregate's WHERE, onto
+  // an index): the first key column against the affected values.
+  auto values = c.Query("select array_agg(distinct " + QuoteIdent(view.config.key_columns.front()) +
+                        ")::text, bool_or(" + QuoteIdent(view.config.key_columns.front()) +
+                        " is null) from " + affected);
+  if (!values.ok()) return values.error();
+  if (!values.value().rows[0][0]) return Status::Ok();  // nothing affected
+  std::string prefilter = "true";
+  if (values.value().rows[0][1].value_or("t") == "f") {
+    // An untyped literal takes the type of the key column.
+    prefilter = "q." + QuoteIdent(view.config.key_columns.front()) + " = any(" +
+                c.QuoteLiteral(*values.value().rows[0][0]) + ")";
+  }
+  std::string exists = "exists (select from " + affected + " a where ";
+  std::string cond;
+  for (const std::string& k : view.config.key_columns) {
+    cond += (cond.empty() ? "" : " and ") + std::string("q.") + QuoteIdent(k) +
+            " is not distinct from a." + QuoteIdent(k);
+  }
+  exists += cond + ")";
+  return c.Execute("delete from " + view.target + " t using (select distinct " + KeyList(view) +
+                   " from " + affected + ") a where " + match + "; insert into " + view.target +
+                   " select q.* from (" + query.value() + ") q where " + prefilter + " and " +
+                   exists);
+}
+
+Status PostgresSink::AddMissingColumns(PgConnection& c, Mirror& m, const RelationSchema& schema) {
+  for (const ColumnSchema& column : schema.columns) {
+    if (std::find(m.columns.begin(), m.columns.end(), column.name) != m.columns.end()) continue;
+    auto type = c.Query("select format_type(" + std::to_string(column.type_oid) + ", " +
+                        std::to_string(column.typmod) + ")");
+    if (!type.ok()) return type.error();
+    const std::string format = type.value().rows[0][0].value_or("text");
+    Status status =
+        c.Execute("alter table " + m.name + " add column if not exists " + QuoteIdent(column.name) +
+                  " " + format + "; alter table pgd_u_" + m.temp + " add column if not exists " +
+                  QuoteIdent(column.name) + " " + format);
+    if (!status.ok()) return status;
+    m.columns.push_back(column.name);
+    m.types.push_back(format);
+  }
+  return Status::Ok();
+}
+
+Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
+  std::lock_guard lock(mutex_);
+  auto connected = Connection();
+  if (!connected.ok()) return connected.error();
+  PgConnection& c = *connected.value();
+  Status status = EnsureTempTables(c);
+  if (status.ok()) status = c.Execute("begin");
+  if (!status.ok()) return status;
+
+  // Per mirror: the final state of each changed row key (COPY text of the key columns),
+  // and every key touched (old and new).
+  std::map<std::string, std::map<std::string, Final>> finals;
+  std::map<std::string, std::set<std::string>> touched;
+  auto key_text = [](const Mirror& m, const std::vector<std::optional<std::string>>& values) {
+    std::string out;
+    for (size_t n = 0; n < m.key.size(); ++n) {
+      if (n) out += '\t';
+      const auto& v = values[m.key[n]];
+      AppendCopyValue(out, v ? std::optional<std::string_view>(*v) : std::nullopt);
+    }
+    return out;
+  };
+  // Tuple -> values by mirror column (nullopt: NULL); `present` false for unchanged.
+  auto values_of = [&](Mirror& m, const RelationSchema& schema, const TupleData& tuple,
+                       std::vector<bool>& present) {
+    std::vector<std::optional<std::string>> values(m.columns.size());
+    present.assign(m.columns.size(), true);
+    for (size_t j = 0; j < schema.columns.size() && j < tuple.columns.size(); ++j) {
+      auto at = std::find(m.columns.begin(), m.columns.end(), schema.columns[j].name);
+      if (at == m.columns.end()) continue;
+      const size_t i = static_cast<size_t>(at - m.columns.begin());
+      const TupleValue& v = tuple.columns[j];
+      if (v.kind == TupleValueKind::kUnchanged) present[i] = false;
+      if (v.kind == TupleValueKind::kText) values[i] = std::string(v.data);
+    }
+    return values;
+  };
+
+  auto flush = [&]() -> Status {
+    if (finals.empty()) return Status::Ok();
+    std::set<std::string> changed;
+    for (auto& [table, rows] : finals) {
+      Mirror& m = mirrors_.at(table);
+      changed.insert(table);
+      std::string keys;
+      for (const std::string& k : touched[table]) keys += k + "\n";
+      Status s = c.CopyIn("copy pgd_k_" + m.temp + " from stdin", keys);
+      if (!s.ok()) return s;
+    }
+    for (const auto& view : views_) {
+      Status s = CollectAffected(c, *view, changed);
+      if (!s.ok()) return s;
+    }
+    for (auto& [table, rows] : finals) {
+      Mirror& m = mirrors_.at(table);
+      std::string deletes, upserts;
+      std::string partial_sql;
+      for (auto& [key, row] : rows) {
+        if (row.deleted) {
+          deletes += key + "\n";
+          continue;
+        }
+        const bool whole =
+            std::all_of(row.present.begin(), row.present.end(), [](bool p) { return p; });
+        if (whole) {
+          for (size_t i = 0; i < m.columns.size(); ++i) {
+            if (i) upserts += '\t';
+            AppendCopyValue(upserts, row.values[i] ? std::optional<std::string_view>(*row.values[i])
+                                                   : std::nullopt);
+          }
+          upserts += '\n';
+          continue;
+        }
+        // Some columns unchanged (TOAST): update only the others.
+        std::string set, where;
+        for (size_t i = 0; i < m.columns.size(); ++i) {
+          const std::string literal = row.values[i] ? c.QuoteLiteral(*row.values[i]) : "null";
+          if (std::find(m.key.begin(), m.key.end(), i) != m.key.end()) {
+            where += (where.empty() ? "" : " and ") + QuoteIdent(m.columns[i]) + " = " + literal;
+          } else if (row.present[i]) {
+            set += (set.empty() ? "" : ", ") + QuoteIdent(m.columns[i]) + " = " + literal;
+          }
+        }
+        if (!set.empty())
+          partial_sql += "update " + m.name + " set " + set + " where " + where + "; ";
+      }
+      std::string keys, update_set;
+      for (size_t k : m.key) keys += (keys.empty() ? "" : ", ") + QuoteIdent(m.columns[k]);
+      std::string join;
+      for (size_t k : m.key) {
+        join += (join.empty() ? "" : " and ") + std::string("m.") + QuoteIdent(m.columns[k]) +
+                " = d." + QuoteIdent(m.columns[k]);
+      }
+      for (size_t i = 0; i < m.columns.size(); ++i) {
+        if (std::find(m.key.begin(), m.key.end(), i) != m.key.end()) continue;
+        update_set += (update_set.empty() ? "" : ", ") + QuoteIdent(m.columns[i]) + " = excluded." +
+                      QuoteIdent(m.columns[i]);
+      }
+      Status s = Status::Ok();
+      if (!deletes.empty()) {
+        s = c.CopyIn("copy pgd_d_" + m.temp + " from stdin", deletes);
+        if (s.ok())
+          s = c.Execute("delete from " + m.name + " m using pgd_d_" + m.temp + " d where " + join);
+      }
+      if (s.ok() && !upserts.empty()) {
+        s = c.CopyIn("copy pgd_u_" + m.temp + " from stdin", upserts);
+        if (s.ok()) {
+          s = c.Execute("insert into " + m.name + " select * from pgd_u_" + m.temp +
+                        " on conflict (" + keys + ") do " +
+                        (update_set.empty() ? "nothing" : "update set " + update_set));
+        }
+      }
+      if (s.ok() && !partial_sql.empty()) s = c.Execute(partial_sql);
+      if (!s.ok()) return s;
+    }
+    for (const auto& view : views_) {
+      Status s = CollectAffected(c, *view, changed);
+      if (s.ok()) s = Recompute(c, *view);
+      if (!s.ok()) return s;
+    }
+    std::string clear = "truncate";
+    for (const auto& [table, m] : mirrors_) {
+      clear += " pgd_k_" + m.temp + ", pgd_d_" + m.temp + ", pgd_u_" + m.temp + ",";
+    }
+    for (const auto& view : views_) clear += " pgd_a_" + std::to_string(view->index) + ",";
+    clear.pop_back();
+    finals.clear();
+    touched.clear();
+    return c.Execute(clear);
+  };
+
+  for (const auto& batch : group) {
+    for (const OwnedChange& change : batch->changes) {
+      // Already applied: the checkpoint row was committed with everything before it.
+      if (change.commit_lsn < checkpoint) continue;
+      if (change.op == ChangeOp::kTruncate) {
+        status = flush();
+        for (const auto& relation : change.relations) {
+          auto it = mirrors_.find(relation->QualifiedName());
+          if (!status.ok() || it == mirrors_.end()) continue;
+          status = c.Execute("truncate " + it->second.name);
+          for (const auto& view : views_) {
+            if (status.ok() && std::find(view->tables.begin(), view->tables.end(), it->first) !=
+                                   view->tables.end()) {
+              status = RecomputeAll(c, *view);
+            }
+          }
+        }
+        if (!status.ok()) break;
+        continue;
+      }
+      const RelationSchema& schema = change.relation();
+      auto it = mirrors_.find(schema.QualifiedName());
+      if (it == mirrors_.end()) continue;
+      Mirror& m = it->second;
+      status = AddMissingColumns(c, m, schema);
+      if (!status.ok()) break;
+      auto& rows = finals[m.table];
+      std::vector<bool> present;
+      if (change.op == ChangeOp::kDelete ||
+          (change.op == ChangeOp::kUpdate && change.old_kind != '\0')) {
+        auto old_values = values_of(m, schema, change.old_tuple, present);
+        const std::string old_key = key_text(m, old_values);
+        touched[m.table].insert(old_key);
+        if (change.op == ChangeOp::kDelete) {
+          rows[old_key] = Final{true, {}, {}};
+          continue;
+        }
+        auto new_values = values_of(m, schema, change.new_tuple, present);
+        if (key_text(m, new_values) != old_key) rows[old_key] = Final{true, {}, {}};
+      }
+      auto values = values_of(m, schema, change.new_tuple, present);
+      const std::string key = key_text(m, values);
+      touched[m.table].insert(key);
+      Final& row = rows[key];
+      if (row.deleted || row.values.empty()) {
+        row = Final{false, std::move(values), std::move(present)};
+      } else {
+        for (size_t i = 0; i < values.size(); ++i) {
+          if (present[i]) {
+            row.values[i] = std::move(values[i]);
+            row.present[i] = true;
+          }
+        }
+      }
+    }
+    if (!status.ok()) break;
+  }
+  if (status.ok()) status = flush();
+  if (status.ok()) {
+    if (auto next = CheckpointOf(group)) status = WriteCheckpoint(c, *next);
+  }
+  if (status.ok()) status = c.Execute("commit");
+  if (!status.ok()) {
+    IgnoreError(c.Execute("rollback"), "the error above is what counts");
+    temp_ready_ = false;  // a failed DDL inside may have been rolled back
+  }
+  return status;
+}
+
+Result<std::vector<Sink::Entry>> PostgresSink::ReadView(const std::string& view_name) {
+  std::lock_guard lock(mutex_);
+  for (const auto& view : views_) {
+    if (view->config.name != view_name) continue;
+    auto connected = Connection();
+    if (!connected.ok()) return connected.error();
+    auto rows =
+        connected.value()->Query("select json_build_array(" + KeyList(*view, "t.") +
+                                 ")::text, row_to_json(t)::text from " + view->target + " t");
+    if (!rows.ok()) return rows.error();
+    std::vector<Entry> out;
+    for (auto& row : rows.value().rows) out.emplace_back(row[0].value_or(""), row[1].value_or(""));
+    return out;
+  }
+  return Error::Permanent("no postgres view named " + view_name);
+}
+
+Result<std::optional<Sink::Entry>> PostgresSink::Expected(
+    const std::string&, const std::shared_ptr<const RelationSchema>&, const TupleData&,
+    const TypeRegistry&) {
+  return std::optional<Entry>();
+}
+
+Result<std::optional<std::vector<Sink::Entry>>> PostgresSink::ExpectedFromSource(
+    const std::string& view_name, PgConnection& source) {
+  for (const auto& view : views_) {
+    if (view->config.name != view_name) continue;
+    auto rows = source.Query("select json_build_array(" + KeyList(*view, "q.") +
+                             ")::text, row_to_json(q)::text from (" + view->config.query + ") q");
+    if (!rows.ok()) return rows.error();
+    std::vector<Entry> out;
+    for (auto& row : rows.value().rows) out.emplace_back(row[0].value_or(""), row[1].value_or(""));
+    return std::optional<std::vector<Entry>>(std::move(out));
+  }
+  return Error::Permanent("no postgres view named " + view_name);
+}
+
+}  // namespace pgderive

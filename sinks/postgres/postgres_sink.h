@@ -1,0 +1,103 @@
+#pragma once
+
+// PostgreSQL materialized-view tables (SPEC.md §3): a target table that holds exactly
+// what the view's query returns on the source at the store's checkpoint, maintained
+// incrementally, exactly once.
+//
+// Design. The target database keeps a mirror of each source table the queries read
+// (schema `pgderive`, same columns and primary key). A batch is one transaction:
+//   1. the changed rows' keys go into temporary tables;
+//   2. the view keys those rows touch now are collected: the query, run over the
+//      mirrors with the changed table restricted to the changed rows (a LEFT JOIN to
+//      it made inner, so only rows that involve them count);
+//   3. the mirrors take the changes;
+//   4. the view keys the rows touch afterwards are collected the same way;
+//   5. just those keys are deleted from the target and recomputed from the query over
+//      the mirrors (the keys also filter inside it, so an aggregate reads only its
+//      groups);
+//   6. the checkpoint row (pgderive.checkpoints) is updated.
+// Commit makes rows and checkpoint visible together: a replay after a crash starts
+// from a checkpoint that matches the rows exactly.
+//
+// Supported queries: projection and WHERE over one table, inner and left joins,
+// GROUP BY with count, sum, min, max, avg - anything without window functions,
+// LIMIT/OFFSET, RIGHT/FULL joins, set operations or volatile functions. Tables are
+// named schema-qualified, or bare right after FROM/JOIN.
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <vector>
+
+#include "cdc/pg_connection.h"
+#include "cdc/sink.h"
+#include "config/config.h"
+
+namespace pgderive {
+
+class PostgresSink : public Sink {
+ public:
+  static Result<std::unique_ptr<PostgresSink>> Make(const Config& config, const StoreConfig& store);
+
+  Status Resolve(PgConnection& source) override;
+  const std::string& name() const override { return name_; }
+  std::vector<std::string> tables() const override;
+  Status Check(const std::shared_ptr<const RelationSchema>& schema) override;
+  Status Connect() override;
+  Result<std::optional<Lsn>> ReadCheckpoint() override;
+  Status BeginRebuild(Lsn snapshot_lsn) override;
+  Status ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
+                           std::span<const TupleData> rows, const TypeRegistry& types) override;
+  Status EndRebuild(Lsn snapshot_lsn) override;
+  Status Apply(const BatchGroup& group, Lsn checkpoint) override;
+  std::vector<std::string> views() const override;
+  Result<std::vector<Entry>> ReadView(const std::string& view) override;
+  Result<std::optional<Entry>> Expected(const std::string& view,
+                                        const std::shared_ptr<const RelationSchema>& schema,
+                                        const TupleData& row, const TypeRegistry& types) override;
+  Result<std::optional<std::vector<Entry>>> ExpectedFromSource(const std::string& view,
+                                                               PgConnection& source) override;
+
+  struct Mirror {
+    std::string table;                 // source schema.table
+    std::string name;                  // "pgderive"."<pipeline>__<schema>__<table>"
+    std::string temp;                  // suffix of its temporary tables
+    std::vector<std::string> columns;  // names
+    std::vector<std::string> types;    // format_type of each column
+    std::vector<size_t> key;           // primary key columns (indexes)
+    std::set<std::string> indexed;     // columns the queries mention, indexed
+  };
+  struct View {
+    ViewConfig config;
+    std::vector<std::string> tables;  // the source tables the query reads
+    std::string target;               // quoted schema.table
+    size_t index = 0;                 // for its temporary table
+  };
+
+ private:
+  PostgresSink(std::string name, std::string dsn, std::string pipeline)
+      : name_(std::move(name)), dsn_(std::move(dsn)), pipeline_(std::move(pipeline)) {}
+  Result<PgConnection*> Connection();
+  Status EnsureMetadata(PgConnection& c);
+  Status EnsureTempTables(PgConnection& c);
+  Result<std::string> MirrorQuery(const View& view, const std::optional<std::string>& restrict);
+  Status CollectAffected(PgConnection& c, const View& view, const std::set<std::string>& changed);
+  Status Recompute(PgConnection& c, const View& view);
+  Status RecomputeAll(PgConnection& c, const View& view);
+  Status WriteCheckpoint(PgConnection& c, Lsn lsn);
+  Status AddMissingColumns(PgConnection& c, Mirror& mirror, const RelationSchema& schema);
+  std::string KeyList(const View& view, const std::string& prefix = "") const;
+
+  std::string name_;
+  std::string dsn_;
+  std::string pipeline_;
+  std::vector<std::unique_ptr<View>> views_;
+  std::map<std::string, Mirror> mirrors_;  // by source table
+  std::mutex mutex_;
+  std::optional<PgConnection> connection_;
+  bool temp_ready_ = false;
+};
+
+}  // namespace pgderive
