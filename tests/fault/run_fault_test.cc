@@ -99,6 +99,8 @@ class RunFaultTest : public ::testing::Test {
   void SetUp() override {
     PgConnection sql = stack_->ConnectPg();
     ASSERT_TRUE(sql.Execute("drop table if exists items").ok());
+    ASSERT_TRUE(sql.Execute("drop schema if exists analytics cascade").ok());
+    ASSERT_TRUE(sql.Execute("drop schema if exists pgderive cascade").ok());
     IgnoreError(sql.Execute("select pg_drop_replication_slot('pgderive_fault')"), "fresh start");
     ASSERT_TRUE(sql.Execute("create table items (id int primary key, v text, n int)").ok());
     ASSERT_TRUE(sql.Execute("insert into items select g, repeat(md5(g::text), 3), g from "
@@ -110,10 +112,16 @@ class RunFaultTest : public ::testing::Test {
                            << stack_->Env("PGDERIVE_REDIS_URL")
                            << "\n  search:\n    type: opensearch\n    url: "
                            << stack_->Env("PGDERIVE_OPENSEARCH_URL")
+                           << "\n  warehouse:\n    type: postgres\n    dsn: "
+                           << stack_->Env("PGDERIVE_PG_DSN")
                            << "\nviews:\n  - name: items_cache\n    store: cache\n"
                               "    from: items\n    key: \"item:{id}\"\n"
                               "  - name: items_search\n    store: search\n    from: items\n"
-                              "    index: items\n";
+                              "    index: items\n"
+                              "  - name: items_buckets\n    store: warehouse\n"
+                              "    table: analytics.items_buckets\n    key: [bucket]\n"
+                              "    query: select id % 50 as bucket, count(*) as c, sum(n) as s, "
+                              "max(v) as v from public.items group by 1\n";
     ASSERT_TRUE(Redis({"FLUSHALL"}));
     auto search = Search();
     ASSERT_TRUE(search.DeleteIndex("items", true).ok());
