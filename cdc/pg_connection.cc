@@ -53,7 +53,8 @@ Result<PgConnection> PgConnection::Connect(std::string_view dsn, Mode mode,
     return Error::Transient("cannot connect to PostgreSQL: " + message);
   }
   // Server notices ("table ... does not exist, skipping") are not ours to print.
-  PQsetNoticeProcessor(connection.conn_.get(), [](void*, const char*) {}, nullptr);
+  PQsetNoticeProcessor(
+      connection.conn_.get(), [](void*, const char*) {}, nullptr);
   return connection;
 }
 

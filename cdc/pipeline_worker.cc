@@ -1,12 +1,17 @@
 #include "cdc/pipeline_worker.h"
 
+#include <algorithm>
+#include <cstdio>
+
 #include "cdc/backoff.h"
+#include "cdc/walsender.h"
 
 namespace pgderive {
 namespace {
 
 constexpr size_t kGroupChanges = 20000;
 constexpr size_t kGroupBytes = size_t{16} << 20;
+constexpr size_t kMaxLatencySamples = size_t{4} << 20;
 
 }  // namespace
 
@@ -55,6 +60,24 @@ Lsn PipelineWorker::Durable() {
     pending_durable_.pop_front();
   }
   return durable_;
+}
+
+std::string PipelineWorker::LatencySummary() {
+  std::vector<float> samples;
+  {
+    std::lock_guard lock(mutex_);
+    samples = latencies_ms_;
+  }
+  if (samples.empty()) return "no transactions";
+  std::sort(samples.begin(), samples.end());
+  auto at = [&](double q) {
+    return samples[std::min(samples.size() - 1,
+                            static_cast<size_t>(q * static_cast<double>(samples.size())))];
+  };
+  char text[160];
+  std::snprintf(text, sizeof text, "p50 %.1f ms, p99 %.1f ms, max %.1f ms (%zu transactions)",
+                at(0.50), at(0.99), samples.back(), samples.size());
+  return text;
 }
 
 void PipelineWorker::Rejoin() {
@@ -129,6 +152,18 @@ Status PipelineWorker::ApplyWithRetry(const BatchGroup& group) {
       recover = false;
       status = sink_.Apply(group, checkpoint());
       if (status.ok()) {
+        const auto now = std::chrono::system_clock::now();
+        {
+          std::lock_guard lock(mutex_);
+          for (const auto& batch : group) {
+            for (const CommitMark& mark : batch->commits) {
+              if (mark.commit_time == 0 || latencies_ms_.size() >= kMaxLatencySamples) continue;
+              latencies_ms_.push_back(static_cast<float>(
+                  std::chrono::duration<double, std::milli>(now - FromPgTimestamp(mark.commit_time))
+                      .count()));
+            }
+          }
+        }
         if (auto next = CheckpointOf(group); next && *next > checkpoint()) {
           checkpoint_.store(next->value);
           std::lock_guard lock(mutex_);

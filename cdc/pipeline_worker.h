@@ -50,6 +50,10 @@ class PipelineWorker {
 
   Sink& sink() { return sink_; }
 
+  // Source commit to visible in the store, per transaction applied since Start: the
+  // time Apply returned minus the commit timestamp. "p50 ... p99 ... max ... (n)".
+  std::string LatencySummary();
+
  private:
   void Loop();
   Status ApplyWithRetry(const BatchGroup& group);
@@ -74,6 +78,7 @@ class PipelineWorker {
   std::atomic<bool> detached_{false};
   std::atomic<bool> wants_rejoin_{false};
   std::atomic<bool> failed_{false};
+  std::vector<float> latencies_ms_;  // guarded by mutex_; capped
   std::thread thread_;
 };
 

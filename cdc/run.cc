@@ -464,6 +464,10 @@ int RunPipeline(const RunOptions& options) {
     if (lowest) stream->ConfirmFlushed(*lowest);
     IgnoreError(stream->SendStatus(), "the slot keeps the older position; a restart replays");
   }
+  for (auto& worker : workers) {
+    Log("store " + worker->sink().name() +
+        " commit-to-visible latency: " + worker->LatencySummary());
+  }
   std::filesystem::remove_all(spill_dir);
   if (exit_code == 0) Log("stopped");
   return exit_code;

@@ -60,6 +60,12 @@ class Printer : public ChangeConsumer {
 
   Status OnChange(const Change& change) override {
     if (done_) return Status::Ok();
+    // pgderive's own WAL markers (verify's catch-up marker, the benchmark's end mark)
+    // are not the database's changes.
+    if (const auto* message = std::get_if<LogicalMessage>(change.message);
+        message != nullptr && message->prefix.starts_with("pgderive")) {
+      return Status::Ok();
+    }
     for (const auto& relation : change.relations) {
       if (relation == last_learned_) continue;  // held, so its address cannot be reused
       Status status = LearnTypes(*relation);

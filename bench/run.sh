@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# The pipeline's benchmark (issue 4): `pgderive run` into each store alone and into all
+# three at once, against PostgreSQL's walsender ceiling and each store's own ceiling,
+# on the same WAL and payloads, in the same run; then commit-to-visible latency at a
+# steady transaction rate.
+#
+#   bench/run.sh [--txns N] [--rate TX_PER_S] [--seconds S]
+#
+# Throughput is measured as catch-up: for each configuration, pgderive is started once
+# (creating its slot and empty views) and stopped; a ceiling slot is created at the same
+# point; the workload runs (N transactions of 100 changes: 50 inserts, 30 updates, 20
+# deletes, like the capture benchmark's (c)); then pg_recvlogical reads the ceiling slot
+# to the workload's end (protocol 2, streaming) and pgderive is started again and timed
+# until its stores' checkpoints pass the end. Store ceilings replay the same final rows:
+# `redis-cli --pipe` of SETs, a plain `_bulk` loader (curl, 5,000 documents a request),
+# and `COPY` into a table of the projection's shape.
+# Latency: pgbench drives single-row updates at TX_PER_S for S seconds while pgderive
+# streams into Redis; pgderive reports source commit to visible in the store (the
+# time its write returned minus the commit timestamp), p50 and p99.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+txns=2000 rate=5000 seconds=20
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --txns) txns=$2; shift 2 ;;
+    --rate) rate=$2; shift 2 ;;
+    --seconds) seconds=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+binary="$root/build/release/cdc/pgderive"
+[ -x "$binary" ] || { echo "build first: cmake -S . -B build/release -G Ninja && ninja -C build/release" >&2; exit 2; }
+
+dir=$(mktemp -d /tmp/pgderive-runbench.XXXXXX)
+trap 'pkill -f "pgderive run -c $dir" 2>/dev/null || true; "$root/compose/local/stack" down "$dir" >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
+"$root/compose/local/stack" up "$dir" >/dev/null
+set -a; . "$dir/stack.env"; set +a
+dsn=$PGDERIVE_PG_DSN
+bindir=$PGDERIVE_PG_BINDIR
+q() { psql "$dsn" -X -q -At -v ON_ERROR_STOP=1 "$@"; }
+now() { date +%s.%N; }
+
+q <<'SQL'
+create table items (id bigint primary key, title text, price numeric, attrs jsonb, tags int[], updated_at timestamptz);
+create table customers (id bigint primary key, name text);
+create table orders (id bigint primary key, customer_id bigint, amount numeric);
+insert into customers select g, 'customer ' || g from generate_series(1, 1000) g;
+create function item_row(g bigint) returns items language sql as $$
+  select g, md5(g::text) || ' ' || repeat('lorem ipsum ', 12), (g % 100000)::numeric / 100,
+         jsonb_build_object('sku', 'SKU-' || g, 'color', 'blue', 'size', g % 50),
+         array[g % 7, g % 11, g % 13]::int[], timestamptz '2024-02-29 12:00:00+00' + g * interval '1 second' $$;
+create procedure items_mixed(first int, n int) language plpgsql as $$
+declare base bigint;
+begin
+  for i in first..first + n - 1 loop
+    base := i * 1000;
+    insert into items select (item_row(g)).* from generate_series(base, base + 49) g;
+    update items set price = price + 1 where id between base - 1000 and base - 1000 + 29;
+    delete from items where id between base - 1000 + 30 and base - 1000 + 49;
+    commit;
+  end loop;
+end $$;
+create procedure orders_mixed(first int, n int) language plpgsql as $$
+declare base bigint;
+begin
+  for i in first..first + n - 1 loop
+    base := i * 1000;
+    insert into orders select g, 1 + g % 1000, (g % 500) + 0.25 from generate_series(base, base + 49) g;
+    update orders set amount = amount + 1 where id between base - 1000 and base - 1000 + 29;
+    delete from orders where id between base - 1000 + 30 and base - 1000 + 49;
+    commit;
+  end loop;
+end $$;
+create schema out;
+SQL
+
+# config NAME VIEWS...: stores are always declared; views pick them.
+config() {
+  local name=$1; shift
+  local file="$dir/$name.yml"
+  {
+    printf 'pipeline: %s\nsource:\n  dsn: %s\nstores:\n' "$name" "$dsn"
+    printf '  cache: {type: redis, url: "%s"}\n' "$PGDERIVE_REDIS_URL"
+    printf '  search: {type: opensearch, url: "%s"}\n' "$PGDERIVE_OPENSEARCH_URL"
+    printf '  warehouse: {type: postgres, dsn: "%s"}\nviews:\n' "$dsn"
+    for v in "$@"; do
+      case "$v" in
+        redis) printf '  - {name: %s_cache, store: cache, from: items, key: "%s:{id}"}\n' "$name" "$name" ;;
+        opensearch) printf '  - {name: %s_search, store: search, from: items, index: %s}\n' "$name" "$name" ;;
+        projection) printf '  - {name: %s_proj, store: warehouse, table: out.%s_proj, key: [id], query: "select id, title, price, updated_at from public.items"}\n' "$name" "$name" ;;
+        groupby) printf '  - {name: %s_totals, store: warehouse, table: out.%s_totals, key: [customer_id], query: "select o.customer_id, c.name, count(*) as n, sum(o.amount) as total from public.orders o join public.customers c on c.id = o.customer_id group by o.customer_id, c.name"}\n' "$name" "$name" ;;
+      esac
+    done
+  } > "$file"
+  echo "$file"
+}
+
+# checkpoints_past NAME LSN STORES...: every store's checkpoint is past LSN.
+checkpoints_past() {
+  local name=$1 lsn=$2; shift 2
+  local s c
+  for s in "$@"; do
+    case "$s" in
+      redis) c=$(redis-cli -p "$PGDERIVE_REDIS_PORT" get "pgderive:$name:checkpoint") ;;
+      opensearch) c=$(curl -s "$PGDERIVE_OPENSEARCH_URL/pgderive-checkpoints/_doc/$name.search" | sed -n 's/.*"lsn":"\([^"]*\)".*/\1/p') ;;
+      *) c=$(q -c "select lsn from pgderive.checkpoints where pipeline = '$name' and store = 'warehouse'") ;;
+    esac
+    [ -n "$c" ] || return 1
+    [ "$(q -c "select '$c'::pg_lsn > '$lsn'::pg_lsn")" = t ] || return 1
+  done
+}
+
+start_run() {  # start_run NAME CONFIG: until it streams
+  local log="$dir/$1.log"
+  "$binary" run -c "$2" >> "$log" 2>&1 &
+  echo $! > "$dir/$1.pid"
+  until grep -q "streaming from slot" "$log"; do sleep 0.05; done
+}
+stop_run() { kill -TERM "$(cat "$dir/$1.pid")"; wait "$(cat "$dir/$1.pid")" 2>/dev/null || true; }
+
+results=()
+offset=1
+measure() {  # measure NAME TABLE STORES...
+  local name=$1 table=$2; shift 2
+  local stores=("$@") views=() file
+  for s in "${stores[@]}"; do views+=("$s"); done
+  file=$(config "$name" "${views[@]}")
+  start_run "$name" "$file"; stop_run "$name"
+  q -c "select pg_create_logical_replication_slot('ceil_$name', 'pgoutput')" > /dev/null
+  if [ "$table" = items ]; then q -c "call items_mixed($offset, $txns)"; else q -c "call orders_mixed($offset, $txns)"; fi
+  offset=$((offset + txns + 2))
+  local end
+  end=$(q -c "select pg_current_wal_insert_lsn()")
+  q -c "select pg_logical_emit_message(true, 'pgderive-bench', 'end')" > /dev/null
+  local t0 t1 ceiling ours
+  t0=$(now)
+  "$bindir/pg_recvlogical" -d "$dsn" --slot "ceil_$name" --start --endpos "$end" --no-loop -f /dev/null \
+    -o proto_version=2 -o streaming=on -o "publication_names=pgderive_$name"
+  t1=$(now); ceiling=$(echo "$t1 - $t0" | bc -l)
+  q -c "select pg_drop_replication_slot('ceil_$name')" > /dev/null
+  t0=$(now)
+  "$binary" run -c "$file" >> "$dir/$name.log" 2>&1 &
+  echo $! > "$dir/$name.pid"
+  until checkpoints_past "$name" "$end" "${stores[@]}"; do sleep 0.05; done
+  t1=$(now); ours=$(echo "$t1 - $t0" | bc -l)
+  stop_run "$name"
+  local rows=$((txns * 100))
+  results+=("$(printf '| %s | %d | %.0f | %.2f s | %.0f | %.2f s | **%.2f×** |' "$name (${stores[*]})" "$rows" \
+    "$(echo "$rows / $ceiling" | bc -l)" "$ceiling" "$(echo "$rows / $ours" | bc -l)" "$ours" \
+    "$(echo "$ceiling / $ours" | bc -l)")")
+  echo "${results[-1]}" >&2
+}
+
+measure redis items redis
+measure opensearch items opensearch
+measure projection items projection
+measure groupby orders groupby
+measure all items redis opensearch projection
+
+# Store ceilings on the same final rows.
+rows=$(q -c "select count(*) from items")
+# psql -At prints each value raw and ends it with \n: the value ends in \r.
+q -c "select format(E'*3\r\n\$3\r\nSET\r\n\$%s\r\n%s\r\n\$%s\r\n%s\r', octet_length(k), k, octet_length(v), v) from (select 'ceil:' || id as k, row_to_json(i)::text as v from items i) x" \
+  > "$dir/redis.resp"
+t0=$(now); redis-cli -p "$PGDERIVE_REDIS_PORT" --pipe < "$dir/redis.resp" > /dev/null; t1=$(now)
+redis_ceiling=$(echo "$rows / ($t1 - $t0)" | bc -l)
+mkdir -p "$dir/bulk"
+q -c "select '{\"index\":{\"_index\":\"ceiling\",\"_id\":\"' || id || '\"}}' || chr(10) || row_to_json(i)::text from items i" \
+  | split -l 10000 - "$dir/bulk/part."
+curl -s -XPUT "$PGDERIVE_OPENSEARCH_URL/ceiling" -H 'Content-Type: application/json' \
+  -d '{"mappings":{"dynamic":false,"properties":{"id":{"type":"long"},"title":{"type":"text"},"price":{"type":"double"},"updated_at":{"type":"date"}}}}' > /dev/null
+t0=$(now)
+for f in "$dir"/bulk/part.*; do
+  curl -s -XPOST "$PGDERIVE_OPENSEARCH_URL/_bulk" -H 'Content-Type: application/x-ndjson' --data-binary @"$f" > /dev/null
+done
+t1=$(now); search_ceiling=$(echo "$rows / ($t1 - $t0)" | bc -l)
+q -c "create table out.copy_ceiling (like out.projection_proj)"
+q -c "copy (select id, title, price, updated_at from items) to stdout" > "$dir/proj.copy"
+t0=$(now); q -c "\\copy out.copy_ceiling from '$dir/proj.copy'"; t1=$(now)
+copy_ceiling=$(echo "$rows / ($t1 - $t0)" | bc -l)
+
+# Latency at a steady rate, streaming into Redis.
+file=$(config latency redis)
+start_run latency "$file"
+cat > "$dir/update.sql" <<SQL
+\\set id random(1, $(q -c "select max(id) from items"))
+update items set price = price + 1, updated_at = clock_timestamp() where id = :id;
+SQL
+pgbench_out=$("$bindir/pgbench" -n -f "$dir/update.sql" -R "$rate" -T "$seconds" -c 4 -j 2 "$dsn" 2>&1)
+sleep 3  # Redis checkpoints count as durable 2 s after EXEC; let the last ones settle
+stop_run latency
+latency=$(sed -n 's/.*store cache commit-to-visible latency: //p' "$dir/latency.log" | tail -1)
+achieved=$(echo "$pgbench_out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
+
+echo
+echo "PostgreSQL $(q -c 'show server_version'), Redis $(redis-cli -p "$PGDERIVE_REDIS_PORT" info server | sed -n 's/^redis_version:\(.*\)\r$/\1/p'), OpenSearch 2.19, $(nproc) cores, $(date -u +%Y-%m-%d)"
+echo
+echo "| configuration | changes | walsender ceiling changes/s | ceiling time | pgderive changes/s | pgderive time | ratio |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
+for r in "${results[@]}"; do echo "$r"; done
+echo
+printf '| store ceiling (same %d rows) | rows/s |\n| --- | --- |\n' "$rows"
+printf '| Redis, `redis-cli --pipe` of SETs | %.0f |\n' "$redis_ceiling"
+printf '| OpenSearch, plain `_bulk` loader (5,000 docs a request) | %.0f |\n' "$search_ceiling"
+printf '| PostgreSQL, `COPY` into the projection'"'"'s shape | %.0f |\n' "$copy_ceiling"
+echo
+echo "Latency, Redis view, pgbench single-row updates at $rate tx/s for $seconds s (achieved $achieved tx/s): $latency"
