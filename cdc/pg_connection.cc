@@ -177,31 +177,6 @@ std::string PgConnection::QuoteLiteral(std::string_view literal) const {
   return quoted != nullptr ? std::string(quoted.get()) : std::string();
 }
 
-void AppendCopyValue(std::string& out, const std::optional<std::string_view>& value) {
-  if (!value) {
-    out += "\\N";
-    return;
-  }
-  for (char c : *value) {
-    switch (c) {
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      default:
-        out += c;
-    }
-  }
-}
-
 Status PgConnection::CopyIn(std::string_view copy_sql, std::string_view data) {
   {
     const std::string text(copy_sql);

@@ -48,10 +48,6 @@ struct CreatedSlot {
 
 enum class SlotSnapshot { kExport, kNoExport, kUse };
 
-// Appends one value in COPY's text format: backslash, tab, newline and carriage return
-// escaped; nullopt as \N.
-void AppendCopyValue(std::string& out, const std::optional<std::string_view>& value);
-
 // "schema.table" as configured -> {schema, table}; no dot means the public schema.
 std::pair<std::string, std::string> SplitTableName(std::string_view table);
 
@@ -67,7 +63,7 @@ class PgConnection {
   Result<PgRows> Query(std::string_view sql);
   Status Execute(std::string_view sql);
 
-  // COPY ... FROM STDIN with `data` (rows in COPY text format, see AppendCopyValue).
+  // COPY ... FROM STDIN with `data` (rows in COPY text format, cdc/copy_text.h).
   Status CopyIn(std::string_view copy_sql, std::string_view data);
 
   // Replication commands; the connection must be in Mode::kReplication.

@@ -216,12 +216,9 @@ Result<SlotState> ReadSlot(PgConnection& sql, const std::string& slot) {
 }  // namespace
 
 int RunPipeline(const RunOptions& options) {
-  ConfigResult loaded = LoadConfigFile(options.config_path);
-  if (!loaded.config) {
-    std::fputs(loaded.Describe(options.config_path).c_str(), stderr);
-    return 2;
-  }
-  const Config& config = *loaded.config;
+  const std::optional<Config> loaded = LoadConfigOrReport(options.config_path, stderr);
+  if (!loaded) return 2;
+  const Config& config = *loaded;
   auto made = MakeSinks(config);
   if (!made.ok()) return Fail(made.error().message());
   std::vector<std::unique_ptr<Sink>> sinks = std::move(made).value();

@@ -265,12 +265,9 @@ class SnapshotPrinter : public SnapshotConsumer {
 }  // namespace
 
 int RunTail(const TailOptions& options) {
-  ConfigResult loaded = LoadConfigFile(options.config_path);
-  if (!loaded.config) {
-    std::fputs(loaded.Describe(options.config_path).c_str(), stderr);
-    return 2;
-  }
-  const Config& config = *loaded.config;
+  const std::optional<Config> loaded = LoadConfigOrReport(options.config_path, stderr);
+  if (!loaded) return 2;
+  const Config& config = *loaded;
   if (options.snapshot && !options.slot.empty()) {
     return Fail(
         "--snapshot needs the temporary slot of the session; it cannot be used with --slot");

@@ -131,12 +131,9 @@ Status WaitForCatchUp(PgConnection& sql, Sink& sink, std::chrono::seconds wait) 
 }  // namespace
 
 int RunVerify(const VerifyOptions& options) {
-  ConfigResult loaded = LoadConfigFile(options.config_path);
-  if (!loaded.config) {
-    std::fputs(loaded.Describe(options.config_path).c_str(), stderr);
-    return 2;
-  }
-  const Config& config = *loaded.config;
+  const std::optional<Config> loaded = LoadConfigOrReport(options.config_path, stderr);
+  if (!loaded) return 2;
+  const Config& config = *loaded;
   if (options.view) {
     bool known = false;
     for (const ViewConfig& v : config.views) known = known || v.name == *options.view;

@@ -315,4 +315,10 @@ ConfigResult LoadConfigFile(const std::string& path) {
   return ParseConfig(text.str(), path);
 }
 
+std::optional<Config> LoadConfigOrReport(const std::string& path, std::FILE* err) {
+  ConfigResult loaded = LoadConfigFile(path);
+  if (!loaded.config) std::fputs(loaded.Describe(path).c_str(), err);
+  return std::move(loaded.config);
+}
+
 }  // namespace pgderive

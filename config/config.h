@@ -5,6 +5,7 @@
 // every problem it finds - unknown key, wrong type, missing key, unknown store, unset
 // ${VARIABLE} - each with file, line and column, and never quotes a secret.
 
+#include <cstdio>
 #include <map>
 #include <optional>
 #include <string>
@@ -78,6 +79,9 @@ struct ConfigResult {
 };
 
 ConfigResult LoadConfigFile(const std::string& path);
+// LoadConfigFile for a command: the problems go to `err` ("FILE:LINE:COLUMN: ..."), and
+// nullopt means the command exits 2.
+std::optional<Config> LoadConfigOrReport(const std::string& path, std::FILE* err);
 ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path);
 
 }  // namespace pgderive

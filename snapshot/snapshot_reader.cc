@@ -7,7 +7,7 @@
 
 #include "cdc/publication.h"
 #include "config/redact.h"
-#include "snapshot/copy_text.h"
+#include "cdc/copy_text.h"
 
 namespace pgderive {
 namespace {

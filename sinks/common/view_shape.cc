@@ -170,6 +170,31 @@ Result<std::string> ViewShape::DocumentId(const TupleData& tuple) const {
   return id;
 }
 
+Result<RowWrite> ViewShape::WriteFor(const OwnedChange& change, const TypeRegistry& types,
+                                     EntryKey kind) const {
+  auto key_of = [&](const TupleData& tuple) {
+    return kind == EntryKey::kTemplate ? Key(tuple) : DocumentId(tuple);
+  };
+  RowWrite write;
+  if (change.op == ChangeOp::kDelete) {
+    auto key = key_of(change.old_tuple);
+    if (!key.ok()) return key.error();
+    write.remove = std::move(key).value();
+    return write;
+  }
+  auto key = key_of(change.new_tuple);
+  if (!key.ok()) return key.error();
+  if (change.old_kind != '\0') {
+    auto old = key_of(change.old_tuple);
+    if (!old.ok()) return old.error();
+    if (old.value() != key.value()) write.remove = std::move(old).value();
+  }
+  write.put = std::move(key).value();
+  Status status = AppendValue(write.value, change.new_tuple, types, &write.unchanged);
+  if (!status.ok()) return status.error();
+  return write;
+}
+
 Result<std::shared_ptr<const ViewShape>> ViewShapes::For(
     const std::shared_ptr<const RelationSchema>& schema) {
   if (schema == last_schema_ && last_shape_) return last_shape_;

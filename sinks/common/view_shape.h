@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "cdc/change_batch.h"
 #include "cdc/change_stream.h"
 #include "cdc/value_json.h"
 #include "config/config.h"
@@ -38,6 +39,21 @@ class KeyTemplate {
   std::vector<std::string> columns_;
 };
 
+// What one I/U/D change means for a view that keeps one entry per row (a Redis key, an
+// OpenSearch document): the entry to remove (a delete, or the old key when an update
+// changed it) and the entry to write, with its JSON object. Unchanged TOASTed columns
+// are left out of `value` and named in `unchanged`; their values are in the entry
+// `previous()` names.
+struct RowWrite {
+  std::optional<std::string> remove;
+  std::optional<std::string> put;
+  std::string value;
+  std::vector<std::string> unchanged;
+  const std::string& previous() const { return remove ? *remove : *put; }
+};
+
+enum class EntryKey { kTemplate, kDocumentId };
+
 // A view resolved against one schema of its table (a new Relation message makes a new
 // one). Immutable.
 class ViewShape {
@@ -60,6 +76,8 @@ class ViewShape {
   // JSON array of its columns' texts.
   Result<std::string> DocumentId(const TupleData& tuple) const;
   const std::vector<size_t>& columns() const { return columns_; }
+  Result<RowWrite> WriteFor(const OwnedChange& change, const TypeRegistry& types,
+                            EntryKey kind) const;
 
  private:
   std::shared_ptr<const RelationSchema> schema_;

@@ -272,7 +272,6 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   if (!connected.ok()) return connected.error();
   OpenSearchClient& client = *connected.value();
   std::string ndjson;
-  std::vector<std::string> unchanged;
   const TypeRegistry& types = TypesOf(group);
   for (const auto& batch : group) {
     for (const OwnedChange& change : batch->changes) {
@@ -293,46 +292,32 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
         if (view->table != change.relation().QualifiedName()) continue;
         auto shape = view->shapes.For(change.relations.front());
         if (!shape.ok()) return shape.error();
-        const ViewShape& s = *shape.value();
         const std::string& index = view->config.index;
-        if (change.op == ChangeOp::kDelete) {
-          auto id = s.DocumentId(change.old_tuple);
-          if (!id.ok()) return id.error();
-          AppendAction(ndjson, "delete", index, id.value(), change.commit_lsn);
-          continue;
-        }
-        auto id = s.DocumentId(change.new_tuple);
-        if (!id.ok()) return id.error();
-        std::optional<std::string> old_id;
-        if (change.old_kind != '\0') {
-          auto old = s.DocumentId(change.old_tuple);
-          if (!old.ok()) return old.error();
-          if (old.value() != id.value()) old_id = std::move(old).value();
-        }
-        std::string document;
-        unchanged.clear();
-        Status status = s.AppendValue(document, change.new_tuple, types, &unchanged);
-        if (!status.ok()) return status;
-        if (!unchanged.empty()) {
+        auto write = shape.value()->WriteFor(change, types, EntryKey::kDocumentId);
+        if (!write.ok()) return write.error();
+        RowWrite& w = write.value();
+        if (!w.unchanged.empty()) {
           // The indexed document supplies the unchanged columns (a realtime GET after
           // sending what is queued).
-          status = SendBulk(client, ndjson);
+          Status status = SendBulk(client, ndjson);
           if (!status.ok()) return status;
-          auto previous = client.Get(index, old_id.value_or(id.value()));
+          auto previous = client.Get(index, w.previous());
           if (!previous.ok()) return previous.error();
           auto merged = MergeUnchanged(
-              document, previous.value() ? previous.value()->source.dump() : std::string(),
-              unchanged);
+              w.value, previous.value() ? previous.value()->source.dump() : std::string(),
+              w.unchanged);
           if (!merged.ok()) {
             return Error(merged.error().kind(), "view " + view->config.name + ", document " +
-                                                    id.value() + ": " + merged.error().message());
+                                                    w.previous() + ": " + merged.error().message());
           }
-          document = std::move(merged).value();
+          w.value = std::move(merged).value();
         }
-        if (old_id) AppendAction(ndjson, "delete", index, *old_id, change.commit_lsn);
-        AppendAction(ndjson, "index", index, id.value(), change.commit_lsn);
-        ndjson += document;
-        ndjson += '\n';
+        if (w.remove) AppendAction(ndjson, "delete", index, *w.remove, change.commit_lsn);
+        if (w.put) {
+          AppendAction(ndjson, "index", index, *w.put, change.commit_lsn);
+          ndjson += w.value;
+          ndjson += '\n';
+        }
       }
     }
   }

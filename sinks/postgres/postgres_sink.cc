@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cdc/copy_text.h"
 #include "cdc/publication.h"
 #include "sinks/postgres/query_rewrite.h"
 
@@ -163,12 +164,23 @@ Status PostgresSink::Resolve(PgConnection& source) {
       mirrors_[table] = std::move(mirror);
     }
   }
-  // Index the columns the queries mention (joins, filters, groups), beyond the key.
+  // Index the columns the queries join, filter or group on (named in ON, WHERE, GROUP
+  // BY or HAVING), beyond the key: the affected-key queries look rows up by them.
   for (auto& [table, mirror] : mirrors_) {
     for (const auto& view : views_) {
       auto tokens = LexSql(view->config.query);
       if (!tokens.ok()) continue;
+      bool lookup_clause = false;
       for (const SqlToken& t : tokens.value()) {
+        if (t.kind == SqlToken::Kind::kWord) {
+          if (t.text == "on" || t.text == "where" || t.text == "group" || t.text == "having") {
+            lookup_clause = true;
+          } else if (t.text == "select" || t.text == "from" || t.text == "join" ||
+                     t.text == "order") {
+            lookup_clause = false;
+          }
+        }
+        if (!lookup_clause) continue;
         for (size_t i = 0; i < mirror.columns.size(); ++i) {
           if (t.text == mirror.columns[i] && (mirror.key.empty() || i != mirror.key.front())) {
             mirror.indexed.insert(mirror.columns[i]);

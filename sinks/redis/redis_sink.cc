@@ -194,7 +194,6 @@ Status RedisSink::Apply(const BatchGroup& group, Lsn checkpoint) {
     }
     return Status::Ok();
   };
-  std::vector<std::string> unchanged;
   const TypeRegistry& types = TypesOf(group);
   for (const auto& batch : group) {
     for (const OwnedChange& change : batch->changes) {
@@ -218,41 +217,25 @@ Status RedisSink::Apply(const BatchGroup& group, Lsn checkpoint) {
         if (view->table != table) continue;
         auto shape = view->shapes.For(change.relations.front());
         if (!shape.ok()) return shape.error();
-        const ViewShape& s = *shape.value();
-        if (change.op == ChangeOp::kDelete) {
-          auto key = s.Key(change.old_tuple);
-          if (!key.ok()) return key.error();
-          commands.push_back({"DEL", std::move(key).value()});
-          continue;
-        }
-        auto key = s.Key(change.new_tuple);
-        if (!key.ok()) return key.error();
-        std::optional<std::string> old_key;
-        if (change.old_kind != '\0') {
-          auto old = s.Key(change.old_tuple);
-          if (!old.ok()) return old.error();
-          if (old.value() != key.value()) old_key = std::move(old).value();
-        }
-        std::string value;
-        unchanged.clear();
-        Status status = s.AppendValue(value, change.new_tuple, types, &unchanged);
-        if (!status.ok()) return status;
-        if (!unchanged.empty()) {
+        auto write = shape.value()->WriteFor(change, types, EntryKey::kTemplate);
+        if (!write.ok()) return write.error();
+        RowWrite& w = write.value();
+        if (!w.unchanged.empty()) {
           // The previous value supplies the unchanged columns: send what is queued, then
           // read it (from the old key when the key changed).
-          status = exec(std::nullopt);
+          Status status = exec(std::nullopt);
           if (!status.ok()) return status;
-          auto previous = client.Command({"GET", old_key.value_or(key.value())});
+          auto previous = client.Command({"GET", w.previous()});
           if (!previous.ok()) return previous.error();
-          auto merged = MergeUnchanged(value, previous.value().str, unchanged);
+          auto merged = MergeUnchanged(w.value, previous.value().str, w.unchanged);
           if (!merged.ok()) {
             return Error(merged.error().kind(), "view " + view->config.name + ", key " +
-                                                    key.value() + ": " + merged.error().message());
+                                                    w.previous() + ": " + merged.error().message());
           }
-          value = std::move(merged).value();
+          w.value = std::move(merged).value();
         }
-        if (old_key) commands.push_back({"DEL", std::move(*old_key)});
-        commands.push_back({"SET", std::move(key).value(), std::move(value)});
+        if (w.remove) commands.push_back({"DEL", std::move(*w.remove)});
+        if (w.put) commands.push_back({"SET", std::move(*w.put), std::move(w.value)});
       }
     }
   }

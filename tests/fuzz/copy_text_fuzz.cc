@@ -7,35 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "snapshot/copy_text.h"
-
-namespace {
-
-// COPY's own text escaping (copyto.c, CopyAttributeOutText).
-std::string Escape(std::string_view value) {
-  std::string out;
-  for (char c : value) {
-    switch (c) {
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      default:
-        out += c;
-    }
-  }
-  return out;
-}
-
-}  // namespace
+#include "cdc/copy_text.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
@@ -54,7 +26,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const bool null = value.kind == pgderive::TupleValueKind::kNull;
     values.emplace_back(null, std::string(value.data));
     if (!again.empty() || values.size() > 1) again += '\t';
-    again += null ? "\\N" : Escape(value.data);
+    pgderive::AppendCopyValue(again, null ? std::nullopt : std::optional(value.data));
   }
   again += '\n';
   pgderive::TupleData reparsed;

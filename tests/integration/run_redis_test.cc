@@ -89,13 +89,7 @@ class RunRedisTest : public ::testing::Test {
   }
   // `pgderive verify`: exit status and output.
   std::pair<int, std::string> Verify(const std::string& config) {
-    Subprocess verify({PgderiveBinary(), "verify", "-c", config, "--wait", "30"},
-                      (dir_ / "verify.err").string());
-    std::string out;
-    while (auto line = verify.ReadLine(std::chrono::seconds(120))) out += *line + "\n";
-    std::ifstream err(dir_ / "verify.err");
-    out += std::string(std::istreambuf_iterator<char>(err), {});
-    return {verify.Wait(std::chrono::seconds(30)).value_or(-1), out};
+    return testing::RunVerify(config, 30);
   }
 
   std::string dsn_, redis_url_, pipeline_, table_;

@@ -6,8 +6,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <filesystem>
+#include <fstream>
 #include <stdexcept>
 #include <thread>
+
+#include "tests/support/stack_env.h"
 
 #ifndef PGDERIVE_BINARY
 #error "PGDERIVE_BINARY must be defined by the build"
@@ -89,6 +93,26 @@ std::optional<int> Subprocess::Wait(std::chrono::milliseconds timeout) {
     // besides waitpid itself, and a blocking waitpid would ignore the deadline.
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
+}
+
+std::pair<int, std::string> RunVerify(const std::string& config, int wait_seconds) {
+  const std::filesystem::path err =
+      std::filesystem::temp_directory_path() / UniqueName("pgderive_verify_err");
+  std::string out;
+  int status = -1;
+  {
+    Subprocess verify(
+        {PgderiveBinary(), "verify", "-c", config, "--wait", std::to_string(wait_seconds)},
+        err.string());
+    while (auto line = verify.ReadLine(std::chrono::seconds(wait_seconds * 4 + 60))) {
+      out += *line + "\n";
+    }
+    status = verify.Wait(std::chrono::seconds(30)).value_or(-1);
+  }
+  std::ifstream in(err);
+  out += std::string(std::istreambuf_iterator<char>(in), {});
+  std::filesystem::remove(err);
+  return {status, out};
 }
 
 }  // namespace pgderive::testing

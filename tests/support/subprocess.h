@@ -7,6 +7,7 @@
 #include <chrono>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace pgderive::testing {
@@ -30,6 +31,10 @@ class Subprocess {
   std::string buffer_;
   std::optional<int> status_;
 };
+
+// `pgderive verify -c CONFIG --wait WAIT_SECONDS`: its exit status (-1 if it hangs)
+// and its stdout followed by its stderr.
+std::pair<int, std::string> RunVerify(const std::string& config, int wait_seconds);
 
 // The path of the pgderive binary under test, and of the source tree (set by the build).
 std::string PgderiveBinary();

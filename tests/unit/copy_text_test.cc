@@ -1,6 +1,6 @@
 // The COPY text-format row parser, on rows PostgreSQL 15 wrote
 // (tests/capture/capture_copy_text.sh) and on hand-made escapes it also accepts.
-#include "snapshot/copy_text.h"
+#include "cdc/copy_text.h"
 
 #include <gtest/gtest.h>
 

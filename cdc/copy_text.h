@@ -5,6 +5,8 @@
 // backslash escapes for a backslash, the separator and control characters. Pure, like
 // the pgoutput decoder: no libpq, so it is tested and fuzzed on its own.
 
+#include <optional>
+#include <string>
 #include <string_view>
 
 #include "cdc/pgoutput.h"
@@ -17,5 +19,9 @@ namespace pgderive {
 // place - an unescaped value is never longer than its escaped form - so the values
 // point into `row`. A row whose column count is not `columns` is corrupt.
 Status ParseCopyTextRow(char* row, size_t length, size_t columns, TupleData& out);
+
+// Appends one value in COPY's text format (copyto.c, CopyAttributeOutText): backslash,
+// tab, newline and carriage return escaped; nullopt as \N.
+void AppendCopyValue(std::string& out, const std::optional<std::string_view>& value);
 
 }  // namespace pgderive

@@ -1,4 +1,4 @@
-#include "snapshot/copy_text.h"
+#include "cdc/copy_text.h"
 
 #include <cstring>
 #include <string>
@@ -111,6 +111,31 @@ Status ParseCopyTextRow(char* row, size_t length, size_t columns, TupleData& out
                           " columns, expected " + std::to_string(columns));
   }
   return Status::Ok();
+}
+
+void AppendCopyValue(std::string& out, const std::optional<std::string_view>& value) {
+  if (!value) {
+    out += "\\N";
+    return;
+  }
+  for (char c : *value) {
+    switch (c) {
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      default:
+        out += c;
+    }
+  }
 }
 
 }  // namespace pgderive
