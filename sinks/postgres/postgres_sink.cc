@@ -406,35 +406,38 @@ Status PostgresSink::Recompute(PgConnection& c, const View& view) {
   const std::string affected = "pgd_a_" + std::to_string(view.index);
   auto query = MirrorQuery(view, std::nullopt);
   if (!query.ok()) return query.error();
-  std::string match;
+  const std::string& first = view.config.key_columns.front();
+  // Equality joins (hashable) for keys without NULL; IS NOT DISTINCT FROM only for the
+  // few affected keys that have one.
+  std::string equal, same, any_null;
   for (const std::string& k : view.config.key_columns) {
-    match += (match.empty() ? "" : " and ") + std::string("t.") + QuoteIdent(k) +
-             " is not distinct from a." + QuoteIdent(k);
+    const std::string qk = QuoteIdent(k);
+    equal += (equal.empty() ? "" : " and ") + ("x." + qk + " = a." + qk);
+    same += (same.empty() ? "" : " and ") + ("x." + qk + " is not distinct from a." + qk);
+    any_null += (any_null.empty() ? "" : " or ") + ("a." + qk + " is null");
   }
-  // A first filter the planner can push into the query (into an aggregate's WHERE, onto
-  // an index): the first key column against the affected values.
-  auto values = c.Query("select array_agg(distinct " + QuoteIdent(view.config.key_columns.front()) +
-                        ")::text, bool_or(" + QuoteIdent(view.config.key_columns.front()) +
-                        " is null) from " + affected);
+  auto values = c.Query("select array_agg(distinct " + QuoteIdent(first) + ")::text, bool_or(" +
+                        any_null + ") from " + affected + " a");
   if (!values.ok()) return values.error();
   if (!values.value().rows[0][0]) return Status::Ok();  // nothing affected
-  std::string prefilter = "true";
-  if (values.value().rows[0][1].value_or("t") == "f") {
-    // An untyped literal takes the type of the key column.
-    prefilter = "q." + QuoteIdent(view.config.key_columns.front()) + " = any(" +
-                c.QuoteLiteral(*values.value().rows[0][0]) + ")";
+  const bool nulls = values.value().rows[0][1].value_or("t") == "t";
+  // A first filter the planner pushes into the query (into an aggregate's WHERE, onto
+  // an index): the first key column against the affected values. An untyped literal
+  // takes the column's type.
+  const std::string prefilter = nulls ? "true"
+                                      : "x." + QuoteIdent(first) + " = any(" +
+                                            c.QuoteLiteral(*values.value().rows[0][0]) + ")";
+  std::string sql = "delete from " + view.target + " x using (select distinct " + KeyList(view) +
+                    " from " + affected + ") a where " + equal + "; " + "insert into " +
+                    view.target + " select x.* from (" + query.value() + ") x where " + prefilter +
+                    " and exists (select from " + affected + " a where " + equal + ")";
+  if (nulls) {
+    sql += "; delete from " + view.target + " x using (select distinct " + KeyList(view) +
+           " from " + affected + " a where " + any_null + ") a where " + same + "; insert into " +
+           view.target + " select x.* from (" + query.value() + ") x where exists (select from " +
+           affected + " a where (" + any_null + ") and " + same + ")";
   }
-  std::string exists = "exists (select from " + affected + " a where ";
-  std::string cond;
-  for (const std::string& k : view.config.key_columns) {
-    cond += (cond.empty() ? "" : " and ") + std::string("q.") + QuoteIdent(k) +
-            " is not distinct from a." + QuoteIdent(k);
-  }
-  exists += cond + ")";
-  return c.Execute("delete from " + view.target + " t using (select distinct " + KeyList(view) +
-                   " from " + affected + ") a where " + match + "; insert into " + view.target +
-                   " select q.* from (" + query.value() + ") q where " + prefilter + " and " +
-                   exists);
+  return c.Execute(sql);
 }
 
 Status PostgresSink::AddMissingColumns(PgConnection& c, Mirror& m, const RelationSchema& schema) {
