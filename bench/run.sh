@@ -14,8 +14,8 @@
 # until its stores' checkpoints pass the end. Store ceilings replay the same final rows:
 # `redis-cli --pipe` of SETs, a plain `_bulk` loader (curl, 5,000 documents a request),
 # and `COPY` into a table of the projection's shape.
-# Latency: pgbench drives single-row updates at TX_PER_S for S seconds while pgderive
-# streams into Redis; pgderive reports source commit to visible in the store (the
+# Latency: pgbench drives single-row updates of a 100,000-row table at TX_PER_S for S
+# seconds while pgderive streams it into Redis; pgderive reports source commit to visible in the store (the
 # time its write returned minus the commit timestamp), p50 and p99.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -72,6 +72,8 @@ begin
   end loop;
 end $$;
 create schema out;
+create table hot (id int primary key, v int, updated_at timestamptz);
+insert into hot select g, 0, now() from generate_series(1, 100000) g;
 SQL
 
 # config NAME VIEWS...: stores are always declared; views pick them.
@@ -86,6 +88,7 @@ config() {
     for v in "$@"; do
       case "$v" in
         redis) printf '  - {name: %s_cache, store: cache, from: items, key: "%s:{id}"}\n' "$name" "$name" ;;
+        hot) printf '  - {name: %s_hot, store: cache, from: hot, key: "%s:{id}"}\n' "$name" "$name" ;;
         opensearch) printf '  - {name: %s_search, store: search, from: items, index: %s}\n' "$name" "$name" ;;
         projection) printf '  - {name: %s_proj, store: warehouse, table: out.%s_proj, key: [id], query: "select id, title, price, updated_at from public.items"}\n' "$name" "$name" ;;
         groupby) printf '  - {name: %s_totals, store: warehouse, table: out.%s_totals, key: [customer_id], query: "select o.customer_id, c.name, count(*) as n, sum(o.amount) as total from public.orders o join public.customers c on c.id = o.customer_id group by o.customer_id, c.name"}\n' "$name" "$name" ;;
@@ -180,11 +183,11 @@ t0=$(now); q -c "\\copy out.copy_ceiling from '$dir/proj.copy'"; t1=$(now)
 copy_ceiling=$(echo "$rows / ($t1 - $t0)" | bc -l)
 
 # Latency at a steady rate, streaming into Redis.
-file=$(config latency redis)
+file=$(config latency hot)
 start_run latency "$file"
 cat > "$dir/update.sql" <<SQL
-\\set id random(1, $(q -c "select max(id) from items"))
-update items set price = price + 1, updated_at = clock_timestamp() where id = :id;
+\\set id random(1, 100000)
+update hot set v = v + 1, updated_at = clock_timestamp() where id = :id;
 SQL
 pgbench_out=$("$bindir/pgbench" -n -f "$dir/update.sql" -R "$rate" -T "$seconds" -c 4 -j 2 "$dsn" 2>&1)
 sleep 3  # Redis checkpoints count as durable 2 s after EXEC; let the last ones settle
