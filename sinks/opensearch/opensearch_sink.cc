@@ -1,8 +1,7 @@
 #include "sinks/opensearch/opensearch_sink.h"
 
-#include <set>
-
 #include "sinks/common/json_merge.h"
+#include "sinks/common/view_list.h"
 
 namespace pgderive {
 namespace {
@@ -87,27 +86,9 @@ Result<std::unique_ptr<OpenSearchSink>> OpenSearchSink::Make(const Config& confi
   return sink;
 }
 
-std::vector<std::string> OpenSearchSink::tables() const {
-  std::vector<std::string> out;
-  std::set<std::string> seen;
-  for (const auto& view : views_) {
-    if (seen.insert(view->table).second) out.push_back(view->table);
-  }
-  return out;
-}
+std::vector<std::string> OpenSearchSink::tables() const { return ViewTables(views_); }
 
-std::vector<std::string> OpenSearchSink::views() const {
-  std::vector<std::string> out;
-  for (const auto& view : views_) out.push_back(view->config.name);
-  return out;
-}
-
-OpenSearchSink::View* OpenSearchSink::FindView(const std::string& name) {
-  for (auto& view : views_) {
-    if (view->config.name == name) return view.get();
-  }
-  return nullptr;
-}
+std::vector<std::string> OpenSearchSink::views() const { return ViewNames(views_); }
 
 Status OpenSearchSink::Check(const std::shared_ptr<const RelationSchema>& schema) {
   std::lock_guard lock(mutex_);
@@ -329,7 +310,7 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
 
 Result<std::vector<Sink::Entry>> OpenSearchSink::ReadView(const std::string& view_name) {
   std::lock_guard lock(mutex_);
-  View* view = FindView(view_name);
+  View* view = FindView(views_, view_name);
   if (view == nullptr) return Error::Permanent("no OpenSearch view named " + view_name);
   auto client = Client();
   if (!client.ok()) return client.error();
@@ -344,7 +325,7 @@ Result<std::optional<Sink::Entry>> OpenSearchSink::Expected(
   std::shared_ptr<const ViewShape> shape;
   {
     std::lock_guard lock(mutex_);
-    View* view = FindView(view_name);
+    View* view = FindView(views_, view_name);
     if (view == nullptr || view->table != schema->QualifiedName()) return std::optional<Entry>();
     auto made = view->shapes.For(schema);
     if (!made.ok()) return made.error();

@@ -67,7 +67,6 @@ class OpenSearchSink : public Sink {
  private:
   OpenSearchSink(std::string name, std::string url, std::string checkpoint_id)
       : name_(std::move(name)), url_(std::move(url)), checkpoint_id_(std::move(checkpoint_id)) {}
-  View* FindView(const std::string& name);
   Result<OpenSearchClient*> Client();
   // Sends `ndjson` as one _bulk and judges every item (a version conflict is a replay).
   Status SendBulk(OpenSearchClient& client, std::string& ndjson);

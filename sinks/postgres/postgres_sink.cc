@@ -4,6 +4,7 @@
 
 #include "cdc/copy_text.h"
 #include "cdc/publication.h"
+#include "sinks/common/view_list.h"
 #include "sinks/postgres/query_rewrite.h"
 
 namespace pgderive {
@@ -70,11 +71,7 @@ std::vector<std::string> PostgresSink::tables() const {
   return out;
 }
 
-std::vector<std::string> PostgresSink::views() const {
-  std::vector<std::string> out;
-  for (const auto& view : views_) out.push_back(view->config.name);
-  return out;
-}
+std::vector<std::string> PostgresSink::views() const { return ViewNames(views_); }
 
 std::string PostgresSink::KeyList(const View& view, const std::string& prefix) const {
   std::string out;

@@ -1,8 +1,7 @@
 #include "sinks/redis/redis_sink.h"
 
-#include <set>
-
 #include "sinks/common/json_merge.h"
+#include "sinks/common/view_list.h"
 
 namespace pgderive {
 namespace {
@@ -28,14 +27,7 @@ Result<std::unique_ptr<RedisSink>> RedisSink::Make(const Config& config, const S
   return sink;
 }
 
-std::vector<std::string> RedisSink::tables() const {
-  std::vector<std::string> out;
-  std::set<std::string> seen;
-  for (const auto& view : views_) {
-    if (seen.insert(view->table).second) out.push_back(view->table);
-  }
-  return out;
-}
+std::vector<std::string> RedisSink::tables() const { return ViewTables(views_); }
 
 Status RedisSink::Check(const std::shared_ptr<const RelationSchema>& schema) {
   std::lock_guard lock(mutex_);
@@ -242,18 +234,7 @@ Status RedisSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   return exec(CheckpointOf(group));
 }
 
-std::vector<std::string> RedisSink::views() const {
-  std::vector<std::string> out;
-  for (const auto& view : views_) out.push_back(view->config.name);
-  return out;
-}
-
-RedisSink::View* RedisSink::FindView(const std::string& name) {
-  for (auto& view : views_) {
-    if (view->config.name == name) return view.get();
-  }
-  return nullptr;
-}
+std::vector<std::string> RedisSink::views() const { return ViewNames(views_); }
 
 Result<std::optional<Sink::Entry>> RedisSink::Expected(
     const std::string& view_name, const std::shared_ptr<const RelationSchema>& schema,
@@ -261,7 +242,7 @@ Result<std::optional<Sink::Entry>> RedisSink::Expected(
   std::shared_ptr<const ViewShape> shape;
   {
     std::lock_guard lock(mutex_);
-    View* view = FindView(view_name);
+    View* view = FindView(views_, view_name);
     if (view == nullptr || view->table != schema->QualifiedName()) {
       return std::optional<Entry>();
     }
@@ -279,7 +260,7 @@ Result<std::optional<Sink::Entry>> RedisSink::Expected(
 
 Result<std::vector<Sink::Entry>> RedisSink::ReadView(const std::string& view_name) {
   std::lock_guard lock(mutex_);
-  View* view = FindView(view_name);
+  View* view = FindView(views_, view_name);
   if (view == nullptr) return Error::Permanent("no Redis view named " + view_name);
   auto client = Client();
   if (!client.ok()) return client.error();

@@ -56,7 +56,6 @@ class RedisSink : public Sink {
   RedisSink(std::string name, std::string url, std::string checkpoint_key)
       : name_(std::move(name)), url_(std::move(url)), checkpoint_key_(std::move(checkpoint_key)) {}
   Status DeleteView(View& view);
-  View* FindView(const std::string& name);
   Result<RedisClient*> Client();
 
   std::string name_;
