@@ -289,6 +289,14 @@ Status TransactionAssembler::Process(std::span<const uint8_t> bytes) {
       return Unexpected("first segment of transaction " + std::to_string(stream_xid_) +
                         " that is already open");
     }
+    // The transaction is open from its first Stream Start, even if no chunk carries a
+    // change of ours (a large transaction on other tables streams empty chunks, then
+    // its Stream Commit, which must still arrive as a transaction: it moves checkpoints).
+    auto& slot = buffers_[stream_xid_];
+    if (!slot) {
+      slot = std::make_unique<Buffer>();
+      slot->records_have_xid = true;
+    }
     return Status::Ok();
   }
   if (std::holds_alternative<StreamStopMessage>(message)) {

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "tests/support/fixtures.h"
@@ -191,6 +192,39 @@ TEST(TransactionAssemblerTest, ReconnectInTheMiddleOfAStreamLosesAndRepeatsNothi
   for (const auto& m : messages) ASSERT_TRUE(assembler.Process(m.bytes).ok());
   EXPECT_EQ(recorder.lines, full.lines);
   std::filesystem::remove_all(dir);
+}
+
+// A large transaction on tables outside the publication streams chunks without a change
+// of ours: Stream Start, Stream Stop, then Stream Commit. It still arrives, as an empty
+// transaction (its end moves every store's checkpoint).
+TEST(TransactionAssemblerTest, StreamedTransactionWithoutChangesArrivesEmpty) {
+  const auto messages = LoadCapture("pgoutput/v2_stream.hex");
+  std::vector<uint8_t> start, stop, commit;
+  for (const auto& m : messages) {
+    if (m.bytes[0] == 'S' && start.empty()) start = m.bytes;
+    if (m.bytes[0] == 'E' && stop.empty()) stop = m.bytes;
+  }
+  ASSERT_FALSE(start.empty());
+  ASSERT_FALSE(stop.empty());
+  for (const auto& m : messages) {
+    // Stream Commit ('c') of the same top-level xid (bytes 1..4 of both).
+    if (m.bytes[0] == 'c' &&
+        std::equal(m.bytes.begin() + 1, m.bytes.begin() + 5, start.begin() + 1)) {
+      commit = m.bytes;
+    }
+  }
+  ASSERT_FALSE(commit.empty());
+  Recorder recorder;
+  TransactionAssembler assembler({.spill_dir = SpillDir()}, recorder);
+  ASSERT_TRUE(assembler.Process(start).ok());
+  EXPECT_FALSE(assembler.idle());
+  ASSERT_TRUE(assembler.Process(stop).ok());
+  Status committed = assembler.Process(commit);
+  ASSERT_TRUE(committed.ok()) << committed.error().message();
+  ASSERT_EQ(recorder.lines.size(), 2u);
+  EXPECT_EQ(recorder.lines[0].rfind("BEGIN xid=", 0), 0u) << recorder.lines[0];
+  EXPECT_EQ(recorder.lines[1].rfind("COMMIT ", 0), 0u) << recorder.lines[1];
+  EXPECT_TRUE(assembler.idle());
 }
 
 TEST(TransactionAssemblerTest, RefusesMessagesOutOfOrder) {
