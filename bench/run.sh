@@ -32,7 +32,19 @@ binary="$root/build/release/cdc/pgderive"
 [ -x "$binary" ] || { echo "build first: cmake -S . -B build/release -G Ninja && ninja -C build/release" >&2; exit 2; }
 
 dir=$(mktemp -d /tmp/pgderive-runbench.XXXXXX)
-trap 'pkill -f "pgderive run -c $dir" 2>/dev/null || true; "$root/compose/local/stack" down "$dir" >/dev/null 2>&1 || true; pkill -KILL -f "$dir/" 2>/dev/null || true; rm -rf "$dir"' EXIT
+cleanup() {
+  pkill -f "pgderive run -c $dir" 2>/dev/null || true
+  "$root/compose/local/stack" down "$dir" > /dev/null 2>&1 || true
+  # Belt and braces: whatever the stack's pid files still name (Redis renames its
+  # process, so a pattern would miss it), and anything started from this directory.
+  local f p
+  for f in "$dir"/pg.pid "$dir"/redis.pid "$dir"/opensearch.pid "$dir"/redis/redis.pid; do
+    p=$(cat "$f" 2>/dev/null) && kill -KILL "$p" 2>/dev/null || true
+  done
+  pkill -KILL -f "$dir/" 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
 "$root/compose/local/stack" up "$dir" >/dev/null
 set -a; . "$dir/stack.env"; set +a
 dsn=$PGDERIVE_PG_DSN
