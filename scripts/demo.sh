@@ -63,7 +63,7 @@ sed 's/^/  /' "$dir/pgderive.log"
 echo
 echo "demo: changing a few rows"
 psql "$PGDERIVE_SHOP_DSN" -Xq -v ON_ERROR_STOP=1 <<'SQL'
-update products set price = price + 1, tags = tags || 'sale', updated_at = now() where id <= 3;
+update products set price = price + 1, tags = tags || 'sale'::text, updated_at = now() where id <= 3;
 delete from products where id = 1000;
 insert into orders (id, customer_id, amount) select coalesce(max(id), 0) + 1, 7, 99.99 from orders;
 update customers set name = 'Customer Seven' where id = 7;
