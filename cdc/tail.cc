@@ -68,7 +68,7 @@ class Printer : public ChangeConsumer {
     }
     for (const auto& relation : change.relations) {
       if (relation == last_learned_) continue;  // held, so its address cannot be reused
-      Status status = LearnTypes(*relation);
+      Status status = LearnTypes(relation->columns);
       if (!status.ok()) return status;
       last_learned_ = relation;
     }
@@ -85,11 +85,11 @@ class Printer : public ChangeConsumer {
           if constexpr (std::is_same_v<T, InsertMessage>) {
             Relation(*schema, "insert");
             line_ += ",\"new\":";
-            return AppendRowJson(line_, *schema, m.new_tuple, types_, &unchanged);
+            return AppendRowJson(line_, *schema, m.new_tuple, types(), &unchanged);
           } else if constexpr (std::is_same_v<T, UpdateMessage>) {
             Relation(*schema, "update");
             line_ += ",\"new\":";
-            Status s = AppendRowJson(line_, *schema, m.new_tuple, types_, &unchanged);
+            Status s = AppendRowJson(line_, *schema, m.new_tuple, types(), &unchanged);
             if (s.ok() && m.old_kind != '\0') {
               line_ += m.old_kind == 'K' ? ",\"old_key\":" : ",\"old\":";
               s = AppendOld(*schema, m.old_tuple, m.old_kind);
@@ -157,16 +157,14 @@ class Printer : public ChangeConsumer {
     if (pending_.size() >= kOutputChunk) Flush();
   }
 
-  // Asks the catalog about each type OID once (domains, user-defined arrays).
-  Status LearnTypes(const RelationSchema& schema) { return LearnTypes(sql_, schema.columns); }
-  Status LearnTypes(PgConnection& connection, const std::vector<ColumnSchema>& columns) {
-    std::vector<uint32_t> oids;
-    for (const ColumnSchema& c : columns) {
-      if (attempted_oids_.insert(c.type_oid).second) oids.push_back(c.type_oid);
-    }
-    return oids.empty() ? Status::Ok() : ResolveTypes(connection, oids, types_);
+  // Asks the catalog about each type OID once (domains, user-defined arrays). The
+  // registry pointer is refreshed here, off the per-change path.
+  Status LearnTypes(const std::vector<ColumnSchema>& columns) {
+    Status status = learner_.Learn(columns);
+    types_holder_ = learner_.types();
+    return status;
   }
-  const TypeRegistry& types() const { return types_; }
+  const TypeRegistry& types() const { return *types_holder_; }
 
   void Flush() {
     last_flush_ = std::chrono::steady_clock::now();
@@ -197,7 +195,7 @@ class Printer : public ChangeConsumer {
   // An old key ('K') holds the identity columns (nulls for the rest); an old row ('O',
   // REPLICA IDENTITY FULL) all of them.
   Status AppendOld(const RelationSchema& schema, const TupleData& tuple, char old_kind) {
-    return AppendRowJson(line_, schema, tuple, types_, nullptr,
+    return AppendRowJson(line_, schema, tuple, types(), nullptr,
                          old_kind == 'K' ? RowColumns::kKeyOnly : RowColumns::kAll);
   }
 
@@ -209,8 +207,8 @@ class Printer : public ChangeConsumer {
 
   const TailOptions& options_;
   PgConnection& sql_;
-  TypeRegistry types_;
-  std::set<uint32_t> attempted_oids_;
+  TypeLearner learner_{sql_};
+  std::shared_ptr<const TypeRegistry> types_holder_ = learner_.types();
   std::shared_ptr<const RelationSchema> last_learned_;
   std::string commit_lsn_text_;
   std::string transaction_fields_;
@@ -232,11 +230,11 @@ int Fail(const std::string& message) {
 // hand the printer whole lines.
 class SnapshotPrinter : public SnapshotConsumer {
  public:
-  SnapshotPrinter(Printer& printer, PgConnection& sql, Lsn snapshot_lsn)
-      : printer_(printer), sql_(sql), snapshot_lsn_(snapshot_lsn.ToString()) {}
+  SnapshotPrinter(Printer& printer, Lsn snapshot_lsn)
+      : printer_(printer), snapshot_lsn_(snapshot_lsn.ToString()) {}
 
   Status OnTable(const std::shared_ptr<const RelationSchema>& schema) override {
-    return printer_.LearnTypes(sql_, schema->columns);
+    return printer_.LearnTypes(schema->columns);
   }
 
   Status OnRows(const RelationSchema& schema, std::span<const TupleData> rows) override {
@@ -258,7 +256,6 @@ class SnapshotPrinter : public SnapshotConsumer {
 
  private:
   Printer& printer_;
-  PgConnection& sql_;
   const std::string snapshot_lsn_;
 };
 
@@ -305,7 +302,7 @@ int RunTail(const TailOptions& options) {
                                           .workers = config.snapshot.workers,
                                           .stop = options.stop});
       if (!reader.ok()) return Fail(reader.error().message());
-      SnapshotPrinter snapshot_printer(printer, sql.value(), slot.value().consistent_point);
+      SnapshotPrinter snapshot_printer(printer, slot.value().consistent_point);
       status = reader.value()->Run(snapshot_printer);
       if (!status.ok()) return Fail(status.error().message());
       printer.Flush();
