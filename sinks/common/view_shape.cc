@@ -170,6 +170,17 @@ Result<std::string> ViewShape::DocumentId(const TupleData& tuple) const {
   return id;
 }
 
+Result<std::pair<std::string, std::string>> ViewShape::EntryFor(const TupleData& row,
+                                                                const TypeRegistry& types,
+                                                                EntryKey kind) const {
+  auto key = kind == EntryKey::kTemplate ? Key(row) : DocumentId(row);
+  if (!key.ok()) return key.error();
+  std::string value;
+  Status status = AppendValue(value, row, types, nullptr);
+  if (!status.ok()) return status.error();
+  return std::pair<std::string, std::string>(std::move(key).value(), std::move(value));
+}
+
 Result<RowWrite> ViewShape::WriteFor(const OwnedChange& change, const TypeRegistry& types,
                                      EntryKey kind) const {
   auto key_of = [&](const TupleData& tuple) {

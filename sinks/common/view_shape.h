@@ -76,6 +76,10 @@ class ViewShape {
   // JSON array of its columns' texts.
   Result<std::string> DocumentId(const TupleData& tuple) const;
   const std::vector<size_t>& columns() const { return columns_; }
+  // One whole row as the view holds it: (key or document id, JSON object).
+  Result<std::pair<std::string, std::string>> EntryFor(const TupleData& row,
+                                                       const TypeRegistry& types,
+                                                       EntryKey kind) const;
   Result<RowWrite> WriteFor(const OwnedChange& change, const TypeRegistry& types,
                             EntryKey kind) const;
 

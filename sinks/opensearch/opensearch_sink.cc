@@ -331,12 +331,9 @@ Result<std::optional<Sink::Entry>> OpenSearchSink::Expected(
     if (!made.ok()) return made.error();
     shape = made.value();
   }
-  auto id = shape->DocumentId(row);
-  if (!id.ok()) return id.error();
-  std::string document;
-  Status status = shape->AppendValue(document, row, types, nullptr);
-  if (!status.ok()) return status.error();
-  return std::optional<Entry>(Entry{std::move(id).value(), std::move(document)});
+  auto entry = shape->EntryFor(row, types, EntryKey::kDocumentId);
+  if (!entry.ok()) return entry.error();
+  return std::optional<Entry>(std::move(entry).value());
 }
 
 }  // namespace pgderive

@@ -250,12 +250,9 @@ Result<std::optional<Sink::Entry>> RedisSink::Expected(
     if (!made.ok()) return made.error();
     shape = made.value();
   }
-  auto key = shape->Key(row);
-  if (!key.ok()) return key.error();
-  std::string value;
-  Status status = shape->AppendValue(value, row, types, nullptr);
-  if (!status.ok()) return status.error();
-  return std::optional<Entry>(Entry{std::move(key).value(), std::move(value)});
+  auto entry = shape->EntryFor(row, types, EntryKey::kTemplate);
+  if (!entry.ok()) return entry.error();
+  return std::optional<Entry>(std::move(entry).value());
 }
 
 Result<std::vector<Sink::Entry>> RedisSink::ReadView(const std::string& view_name) {
