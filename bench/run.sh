@@ -4,7 +4,10 @@
 # on the same WAL and payloads, in the same run; then commit-to-visible latency at a
 # steady transaction rate.
 #
-#   bench/run.sh [--txns N] [--rate TX_PER_S] [--seconds S]
+#   bench/run.sh [--txns N] [--rate TX_PER_S] [--seconds S] [--only "redis opensearch ..."]
+#
+# --only runs a subset of the configurations (redis, opensearch, projection, groupby,
+# all) and of the latency run (latency), with the store ceilings they need.
 #
 # Throughput is measured as catch-up: for each configuration, pgderive is started once
 # (creating its slot and empty views) and stopped; a ceiling slot is created at the same
@@ -19,12 +22,13 @@
 # time its write returned minus the commit timestamp), p50 and p99.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-txns=2000 rate=5000 seconds=20
+txns=2000 rate=5000 seconds=20 only=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --txns) txns=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
     --seconds) seconds=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -133,10 +137,12 @@ start_run() {  # start_run NAME CONFIG: until it streams
 }
 stop_run() { kill -TERM "$(cat "$dir/$1.pid")"; wait "$(cat "$dir/$1.pid")" 2>/dev/null || true; }
 
+want() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
 results=()
 offset=1
 measure() {  # measure NAME TABLE STORES...
   local name=$1 table=$2; shift 2
+  want "$name" || return 0
   local stores=("$@") views=() file
   for s in "${stores[@]}"; do views+=("$s"); done
   file=$(config "$name" "${views[@]}")
@@ -179,6 +185,8 @@ q -c "select format(E'*3\r\n\$3\r\nSET\r\n\$%s\r\n%s\r\n\$%s\r\n%s\r', octet_len
   > "$dir/redis.resp"
 t0=$(now); redis-cli -p "$PGDERIVE_REDIS_PORT" --pipe < "$dir/redis.resp" > /dev/null; t1=$(now)
 redis_ceiling=$(echo "$rows / ($t1 - $t0)" | bc -l)
+search_ceiling=0 copy_ceiling=0
+if want opensearch; then
 mkdir -p "$dir/bulk"
 q -c "select '{\"index\":{\"_index\":\"ceiling\",\"_id\":\"' || id || '\"}}' || chr(10) || row_to_json(i)::text from items i" \
   | split -l 10000 - "$dir/bulk/part."
@@ -190,12 +198,17 @@ for f in "$dir"/bulk/part.*; do
   curl -s -XPOST "$PGDERIVE_OPENSEARCH_URL/_bulk" -H 'Content-Type: application/x-ndjson' --data-binary @"$f" > /dev/null
 done
 t1=$(now); search_ceiling=$(echo "$rows / ($t1 - $t0)" | bc -l)
+fi
+if want projection; then
 q -c "create table out.copy_ceiling (like out.projection_proj)"
 q -c "copy (select id, title, price, updated_at from items) to stdout" > "$dir/proj.copy"
 t0=$(now); q -c "\\copy out.copy_ceiling from '$dir/proj.copy'"; t1=$(now)
 copy_ceiling=$(echo "$rows / ($t1 - $t0)" | bc -l)
+fi
 
 # Latency at a steady rate, streaming into Redis.
+latency="not measured" achieved=0
+if want latency; then
 file=$(config latency hot)
 start_run latency "$file"
 cat > "$dir/update.sql" <<SQL
@@ -207,6 +220,7 @@ sleep 3  # Redis checkpoints count as durable 2 s after EXEC; let the last ones 
 stop_run latency
 latency=$(sed -n 's/.*store cache commit-to-visible latency: //p' "$dir/latency.log" | tail -1)
 achieved=$(echo "$pgbench_out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
+fi
 
 echo
 echo "PostgreSQL $(q -c 'show server_version'), Redis $(redis-cli -p "$PGDERIVE_REDIS_PORT" info server | sed -n 's/^redis_version:\(.*\)\r$/\1/p'), OpenSearch 2.19, $(nproc) cores, $(date -u +%Y-%m-%d)"

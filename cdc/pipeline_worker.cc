@@ -15,11 +15,49 @@ constexpr size_t kMaxLatencySamples = size_t{4} << 20;
 
 }  // namespace
 
-PipelineWorker::PipelineWorker(Sink& sink, Rebuild rebuild, Log log, size_t max_queue_bytes)
+PipelineWorker::PipelineWorker(Sink& sink, Rebuild rebuild, Log log, size_t max_queue_bytes,
+                               Metrics* metrics)
     : sink_(sink),
       rebuild_(std::move(rebuild)),
       log_(std::move(log)),
-      max_queue_bytes_(max_queue_bytes) {}
+      max_queue_bytes_(max_queue_bytes) {
+  if (metrics == nullptr) return;
+  const MetricLabels store{{"store", sink_.name()}};
+  batches_ = &metrics->counter("pgderive_batches_total", "Batches applied, per store", store);
+  batch_seconds_ = &metrics->histogram("pgderive_batch_duration_seconds",
+                                       "Time to apply one batch to the store", store);
+  const std::string errors_help = "Errors applying to a store, by kind";
+  errors_transient_ = &metrics->counter("pgderive_errors_total", errors_help,
+                                        {{"store", sink_.name()}, {"kind", "transient"}});
+  errors_permanent_ = &metrics->counter("pgderive_errors_total", errors_help,
+                                        {{"store", sink_.name()}, {"kind", "permanent"}});
+  for (const auto& [view, tables] : sink_.view_sources()) {
+    Counter& applied =
+        metrics->counter("pgderive_changes_applied_total", "Source changes applied, per view",
+                         {{"store", sink_.name()}, {"view", view}});
+    for (const std::string& table : tables) view_counters_[table].push_back(&applied);
+  }
+}
+
+void PipelineWorker::CountApplied(const BatchGroup& group, Lsn from) {
+  if (view_counters_.empty()) return;
+  const RelationSchema* last = nullptr;
+  const std::vector<Counter*>* counters = nullptr;
+  for (const auto& batch : group) {
+    for (const OwnedChange& change : batch->changes) {
+      if (change.commit_lsn < from) continue;  // skipped, as the sink skipped it
+      for (const auto& relation : change.relations) {
+        if (relation.get() != last) {
+          last = relation.get();
+          auto it = view_counters_.find(relation->QualifiedName());
+          counters = it == view_counters_.end() ? nullptr : &it->second;
+        }
+        if (counters == nullptr) continue;
+        for (Counter* c : *counters) c->Add();
+      }
+    }
+  }
+}
 
 PipelineWorker::~PipelineWorker() {
   if (thread_.joinable()) Stop(std::chrono::steady_clock::now());
@@ -150,14 +188,25 @@ Status PipelineWorker::ApplyWithRetry(const BatchGroup& group) {
     }
     if (status.ok()) {
       recover = false;
-      status = sink_.Apply(group, checkpoint());
+      const Lsn from = checkpoint();
+      const auto started = std::chrono::steady_clock::now();
+      status = sink_.Apply(group, from);
       if (status.ok()) {
+        healthy_.store(true);
+        if (batches_ != nullptr) {
+          batches_->Add();
+          batch_seconds_->Observe(
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+        }
+        CountApplied(group, from);
         const auto now = std::chrono::system_clock::now();
         {
           std::lock_guard lock(mutex_);
           for (const auto& batch : group) {
             for (const CommitMark& mark : batch->commits) {
-              if (mark.commit_time == 0 || latencies_ms_.size() >= kMaxLatencySamples) continue;
+              if (mark.commit_time == 0) continue;
+              last_commit_time_.store(mark.commit_time);
+              if (latencies_ms_.size() >= kMaxLatencySamples) continue;
               latencies_ms_.push_back(static_cast<float>(
                   std::chrono::duration<double, std::milli>(now - FromPgTimestamp(mark.commit_time))
                       .count()));
@@ -172,7 +221,12 @@ Status PipelineWorker::ApplyWithRetry(const BatchGroup& group) {
         return status;
       }
     }
-    if (status.error().kind() != ErrorKind::kTransient) return status;
+    healthy_.store(false);
+    if (status.error().kind() != ErrorKind::kTransient) {
+      if (errors_permanent_ != nullptr) errors_permanent_->Add();
+      return status;
+    }
+    if (errors_transient_ != nullptr) errors_transient_->Add();
     recover = true;
     const auto wait = backoff.Next();
     log_("store " + sink_.name() + ": " + status.error().message() + "; retrying in " +

@@ -14,9 +14,11 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <thread>
 
+#include "cdc/metrics.h"
 #include "cdc/sink.h"
 
 namespace pgderive {
@@ -28,7 +30,10 @@ class PipelineWorker {
   using Rebuild = std::function<Result<Lsn>(Sink&)>;
   using Log = std::function<void(const std::string&)>;
 
-  PipelineWorker(Sink& sink, Rebuild rebuild, Log log, size_t max_queue_bytes);
+  // `metrics` (may be null) receives batches, batch latency, errors by kind and changes
+  // applied per view.
+  PipelineWorker(Sink& sink, Rebuild rebuild, Log log, size_t max_queue_bytes,
+                 Metrics* metrics = nullptr);
   ~PipelineWorker();
 
   void Start(Lsn checkpoint);
@@ -42,6 +47,10 @@ class PipelineWorker {
   Lsn checkpoint() const { return Lsn{checkpoint_.load()}; }
   bool detached() const { return detached_.load(); }
   bool failed() const { return failed_.load(); }
+  // The last attempt to apply (or reconnect) worked.
+  bool healthy() const { return healthy_.load(); }
+  // Commit time (PostgreSQL microseconds) of the last transaction applied; 0 if none.
+  int64_t last_commit_time() const { return last_commit_time_.load(); }
   // Detached, drained and healthy: wants the stream from the slot again.
   bool WantsRejoin() const { return wants_rejoin_.load(); }
   void Rejoin();
@@ -79,6 +88,15 @@ class PipelineWorker {
   std::atomic<bool> wants_rejoin_{false};
   std::atomic<bool> failed_{false};
   std::vector<float> latencies_ms_;  // guarded by mutex_; capped
+  std::atomic<bool> healthy_{true};
+  std::atomic<int64_t> last_commit_time_{0};
+  void CountApplied(const BatchGroup& group, Lsn from);
+  Counter* batches_ = nullptr;
+  Histogram* batch_seconds_ = nullptr;
+  Counter* errors_transient_ = nullptr;
+  Counter* errors_permanent_ = nullptr;
+  // Source table -> the applied-changes counters of the views that read it.
+  std::map<std::string, std::vector<Counter*>> view_counters_;
   std::thread thread_;
 };
 

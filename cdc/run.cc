@@ -8,9 +8,13 @@
 #include <thread>
 
 #include "cdc/backoff.h"
+#include "cdc/http_server.h"
+#include "cdc/log.h"
+#include "cdc/metrics.h"
 #include "cdc/pipeline_worker.h"
 #include "cdc/publication.h"
 #include "cdc/replication_stream.h"
+#include "cdc/run_monitor.h"
 #include "cdc/sink_factory.h"
 #include "cdc/transaction_assembler.h"
 #include "cdc/type_catalog.h"
@@ -28,10 +32,6 @@ constexpr size_t kQueueBytes = size_t{64} << 20;     // per store
 constexpr auto kOfferWait = std::chrono::seconds(1);
 constexpr auto kStopGrace = std::chrono::seconds(8);
 constexpr auto kIdleMarkInterval = std::chrono::seconds(1);
-
-void Log(const std::string& message) {
-  std::fprintf(stderr, "pgderive run: %s\n", RedactSecrets(message).c_str());
-}
 
 // Snapshot rows to every sink whose views read the table.
 class SnapshotFanout : public SnapshotConsumer {
@@ -68,7 +68,8 @@ class SnapshotFanout : public SnapshotConsumer {
 // becomes their checkpoint. Each sink first drops its views' data and checkpoint, so a
 // crash midway leaves no checkpoint and the next start rebuilds again.
 Status SnapshotInto(const Config& config, const std::vector<Sink*>& sinks,
-                    const std::string& snapshot_name, Lsn lsn, const std::atomic<bool>* stop) {
+                    const std::string& snapshot_name, Lsn lsn, const std::atomic<bool>* stop,
+                    Logger& log, RunMonitor& monitor) {
   std::vector<std::string> tables;
   for (Sink* sink : sinks) {
     for (const std::string& t : sink->tables()) {
@@ -88,23 +89,39 @@ Status SnapshotInto(const Config& config, const std::vector<Sink*>& sinks,
     Status status = sink->BeginRebuild(lsn);
     if (!status.ok()) return status;
   }
-  Log("snapshot of " + std::to_string(tables.size()) + " table(s) at " + lsn.ToString() + " for " +
-      std::to_string(sinks.size()) + " store(s)");
+  std::vector<std::string> names;
+  for (Sink* sink : sinks) names.push_back(sink->name());
+  std::string store_list;
+  for (const std::string& n : names) store_list += (store_list.empty() ? "" : ",") + n;
+  log.Info("snapshot started",
+           {{"lsn", lsn.ToString()},
+            {"tables", std::to_string(tables.size())},
+            {"stores", store_list},
+            {"estimated_rows", std::to_string(reader.value()->progress().rows_estimated.load())}});
+  const auto started = std::chrono::steady_clock::now();
+  monitor.SnapshotStarted(&reader.value()->progress(), names);
   SnapshotFanout fanout(sinks, learner);
   Status status = reader.value()->Run(fanout);
-  if (!status.ok()) return status;
   for (Sink* sink : sinks) {
-    status = sink->EndRebuild(lsn);
-    if (!status.ok()) return status;
+    if (status.ok()) status = sink->EndRebuild(lsn);
   }
-  Log("snapshot done: " + std::to_string(reader.value()->progress().rows_read.load()) + " rows");
+  monitor.SnapshotEnded(names);
+  if (!status.ok()) return status;
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  const uint64_t rows = reader.value()->progress().rows_read.load();
+  log.Info("snapshot done", {{"lsn", lsn.ToString()},
+                             {"stores", store_list},
+                             {"rows", std::to_string(rows)},
+                             {"seconds", std::to_string(seconds)}});
   return Status::Ok();
 }
 
 // A rebuild while the pipeline runs: a temporary slot exports a snapshot at the
 // current WAL position; the store is filled from it and resumes from that point.
 Result<Lsn> RebuildFromTemporarySlot(const Config& config, Sink& sink,
-                                     const std::atomic<bool>* stop) {
+                                     const std::atomic<bool>* stop, Logger& log,
+                                     RunMonitor& monitor) {
   static std::atomic<int> counter{0};
   auto repl = PgConnection::Connect(config.source.dsn, PgConnection::Mode::kReplication,
                                     "pgderive-rebuild");
@@ -115,7 +132,7 @@ Result<Lsn> RebuildFromTemporarySlot(const Config& config, Sink& sink,
       repl.value().CreateLogicalSlot(slot, "pgoutput", /*temporary=*/true, SlotSnapshot::kExport);
   if (!created.ok()) return created.error();
   Status status = SnapshotInto(config, {&sink}, *created.value().snapshot_name,
-                               created.value().consistent_point, stop);
+                               created.value().consistent_point, stop, log, monitor);
   if (!status.ok()) return status.error();
   return created.value().consistent_point;
 }
@@ -186,11 +203,6 @@ class Dispatcher : public ChangeConsumer {
   Lsn last_mark_;  // the highest checkpoint dispatched
 };
 
-int Fail(const std::string& message) {
-  Log(message);
-  return 1;
-}
-
 struct SlotState {
   bool exists = false;
   Lsn confirmed_flush;
@@ -198,7 +210,7 @@ struct SlotState {
 
 Result<SlotState> ReadSlot(PgConnection& sql, const std::string& slot) {
   auto rows = sql.Query(
-      "select confirmed_flush_lsn, plugin, database = current_database() from "
+      "select confirmed_flush_lsn, plugin, database = current_database(), wal_status from "
       "pg_replication_slots where slot_name = " +
       sql.QuoteLiteral(slot));
   if (!rows.ok()) return rows.error();
@@ -209,6 +221,7 @@ Result<SlotState> ReadSlot(PgConnection& sql, const std::string& slot) {
                             " exists but is not a pgoutput slot of this database; choose "
                             "another source.slot or drop it");
   }
+  if (row[3].value_or("") == "lost") return Error::Permanent(RunMonitor::SlotLostMessage(slot));
   auto lsn = Lsn::Parse(row[0].value_or(""));
   return SlotState{true, lsn.value_or(Lsn{})};
 }
@@ -219,6 +232,16 @@ int RunPipeline(const RunOptions& options) {
   const std::optional<Config> loaded = LoadConfigOrReport(options.config_path, stderr);
   if (!loaded) return 2;
   const Config& config = *loaded;
+  Logger logger(config.log);
+  auto Log = [&](const std::string& message) {
+    logger.Info(message, {{"pipeline", config.pipeline}, {"slot", config.source.slot}});
+  };
+  auto Fail = [&](const std::string& message) {
+    logger.Error(message, {{"pipeline", config.pipeline}, {"slot", config.source.slot}});
+    return 1;
+  };
+  Metrics metrics;
+  RunMonitor monitor(config, logger, metrics);
   auto made = MakeSinks(config);
   if (!made.ok()) return Fail(made.error().message());
   std::vector<std::unique_ptr<Sink>> sinks = std::move(made).value();
@@ -251,6 +274,15 @@ int RunPipeline(const RunOptions& options) {
     status = sink->Connect();
     if (!status.ok()) return Fail("store " + sink->name() + ": " + status.error().message());
   }
+  // The HTTP endpoint binds before anything is created: a taken port fails the start.
+  auto http =
+      HttpServer::Start(config.http.listen, {.not_ready = [&] { return monitor.NotReady(); },
+                                             .metrics = [&] { return metrics.Render(); },
+                                             .status_json = [&] { return monitor.StatusJson(); }});
+  if (!http.ok()) return Fail(http.error().message());
+  logger.Info("http endpoint listening",
+              {{"listen", config.http.listen}, {"port", std::to_string(http.value()->port())}});
+  monitor.Start();
   status = EnsurePublication(sql.value(), config.source.publication, tables);
   if (!status.ok()) return Fail(status.error().message());
 
@@ -276,7 +308,7 @@ int RunPipeline(const RunOptions& options) {
     for (auto& sink : sinks) all.push_back(sink.get());
     confirmed = created.value().consistent_point;
     status = SnapshotInto(config, all, *created.value().snapshot_name,
-                          created.value().consistent_point, options.stop);
+                          created.value().consistent_point, options.stop, logger, monitor);
     if (!status.ok()) {
       if (status.error().kind() != ErrorKind::kTransient) {
         return Fail("initial snapshot failed: " + status.error().message());
@@ -309,7 +341,7 @@ int RunPipeline(const RunOptions& options) {
     Backoff backoff(std::chrono::milliseconds(200), std::chrono::seconds(10));
     while (true) {
       if (stopped()) return 0;  // nothing is confirmed; the next start rebuilds
-      auto rebuilt = RebuildFromTemporarySlot(config, *sink, options.stop);
+      auto rebuilt = RebuildFromTemporarySlot(config, *sink, options.stop, logger, monitor);
       if (rebuilt.ok()) {
         checkpoints[sink] = rebuilt.value();
         break;
@@ -329,11 +361,21 @@ int RunPipeline(const RunOptions& options) {
 
   std::vector<std::unique_ptr<PipelineWorker>> workers;
   for (auto& sink : sinks) {
+    const std::string store = sink->name();
     workers.push_back(std::make_unique<PipelineWorker>(
-        *sink, [&](Sink& s) { return RebuildFromTemporarySlot(config, s, options.stop); }, Log,
-        kQueueBytes));
+        *sink,
+        [&](Sink& s) { return RebuildFromTemporarySlot(config, s, options.stop, logger, monitor); },
+        [&logger, &config, store](const std::string& message) {
+          logger.Warn(message, {{"store", store}, {"slot", config.source.slot}});
+        },
+        kQueueBytes, &metrics));
     workers.back()->SetSlotConfirmed(confirmed);
     workers.back()->Start(checkpoints[sink.get()]);
+  }
+  {
+    std::vector<PipelineWorker*> observed;
+    for (auto& worker : workers) observed.push_back(worker.get());
+    monitor.SetWorkers(std::move(observed));
   }
   TypeLearner learner(sql.value());
   Dispatcher dispatcher(learner, workers);
@@ -354,6 +396,7 @@ int RunPipeline(const RunOptions& options) {
   Backoff backoff;
   auto restart = [&](const std::string& why) {
     Log(why);
+    monitor.SetStream(false, Lsn{});
     stream.reset();
     assembler.ResetPartial();
     assembler.SetLastCommitted(Lsn{});  // every store skips by its own checkpoint
@@ -364,6 +407,10 @@ int RunPipeline(const RunOptions& options) {
   Lsn last_sent_flush;
   int exit_code = 0;
   while (!stopped()) {
+    if (auto lost = monitor.slot_lost()) {
+      exit_code = Fail(*lost);
+      break;
+    }
     if (!stream) {
       auto connection = PgConnection::Connect(config.source.dsn, PgConnection::Mode::kReplication,
                                               "pgderive-run");
@@ -387,6 +434,7 @@ int RunPipeline(const RunOptions& options) {
       backoff.Reset();
       Log("streaming from slot " + config.source.slot);
     }
+    monitor.SetStream(true, stream->received());
     auto next = stream->Next(dispatcher.pending() ? std::chrono::milliseconds(0)
                                                   : std::chrono::milliseconds(200));
     if (!next.ok()) {
@@ -448,6 +496,7 @@ int RunPipeline(const RunOptions& options) {
       }
     }
   }
+  monitor.Stop();
   // Stop: finish what is queued (up to the grace period), then confirm what is durable.
   if (exit_code == 0) dispatcher.Dispatch();
   const auto deadline = std::chrono::steady_clock::now() + kStopGrace;

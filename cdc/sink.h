@@ -67,6 +67,8 @@ class Sink {
   // view does not read the row's table).
   using Entry = std::pair<std::string, std::string>;
   virtual std::vector<std::string> views() const = 0;
+  // Each view's name with the source tables it reads (for per-view metrics).
+  virtual std::vector<std::pair<std::string, std::vector<std::string>>> view_sources() const = 0;
   virtual Result<std::vector<Entry>> ReadView(const std::string& view) = 0;
   virtual Result<std::optional<Entry>> Expected(const std::string& view,
                                                 const std::shared_ptr<const RelationSchema>& schema,

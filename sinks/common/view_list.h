@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace pgderive {
@@ -32,6 +33,21 @@ std::vector<std::string> ViewTables(const std::vector<std::unique_ptr<View>>& vi
   for (const auto& view : views) {
     if (std::find(out.begin(), out.end(), view->config.from) == out.end()) {
       out.push_back(view->config.from);
+    }
+  }
+  return out;
+}
+
+// Each view with the tables it reads: its `from` table, or `tables` when it has them.
+template <typename View>
+std::vector<std::pair<std::string, std::vector<std::string>>> ViewSources(
+    const std::vector<std::unique_ptr<View>>& views) {
+  std::vector<std::pair<std::string, std::vector<std::string>>> out;
+  for (const auto& view : views) {
+    if constexpr (requires { view->tables; }) {
+      out.emplace_back(view->config.name, view->tables);
+    } else {
+      out.emplace_back(view->config.name, std::vector<std::string>{view->table});
     }
   }
   return out;

@@ -34,6 +34,7 @@
 #include "cdc/pg_connection.h"
 #include "cdc/sink.h"
 #include "config/config.h"
+#include "sinks/common/view_list.h"
 
 namespace pgderive {
 
@@ -52,6 +53,9 @@ class PostgresSink : public Sink {
                            std::span<const TupleData> rows, const TypeRegistry& types) override;
   Status EndRebuild(Lsn snapshot_lsn) override;
   Status Apply(const BatchGroup& group, Lsn checkpoint) override;
+  std::vector<std::pair<std::string, std::vector<std::string>>> view_sources() const override {
+    return ViewSources(views_);
+  }
   std::vector<std::string> views() const override;
   Result<std::vector<Entry>> ReadView(const std::string& view) override;
   Result<std::optional<Entry>> Expected(const std::string& view,

@@ -16,6 +16,7 @@
 
 #include "cdc/sink.h"
 #include "config/config.h"
+#include "sinks/common/view_list.h"
 #include "sinks/common/view_shape.h"
 #include "sinks/redis/redis_client.h"
 
@@ -39,6 +40,9 @@ class RedisSink : public Sink {
   // Redis answers EXEC before its append-only file is fsynced (appendfsync everysec).
   std::chrono::milliseconds durability_delay() const override { return std::chrono::seconds(2); }
 
+  std::vector<std::pair<std::string, std::vector<std::string>>> view_sources() const override {
+    return ViewSources(views_);
+  }
   std::vector<std::string> views() const override;
   Result<std::vector<Entry>> ReadView(const std::string& view) override;
   Result<std::optional<Entry>> Expected(const std::string& view,

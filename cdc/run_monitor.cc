@@ -1,0 +1,272 @@
+#include "cdc/run_monitor.h"
+
+#include <nlohmann/json.hpp>
+
+#include "cdc/pg_connection.h"
+#include "cdc/walsender.h"
+
+namespace pgderive {
+namespace {
+
+constexpr auto kPublishInterval = std::chrono::seconds(1);
+constexpr auto kSlotCheckInterval = std::chrono::seconds(10);
+constexpr auto kProgressLogInterval = std::chrono::seconds(10);
+
+double Seconds(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
+
+}  // namespace
+
+RunMonitor::RunMonitor(const Config& config, Logger& log, Metrics& metrics)
+    : config_(config), log_(log), metrics_(metrics) {}
+
+RunMonitor::~RunMonitor() { Stop(); }
+
+void RunMonitor::Start() {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void RunMonitor::Stop() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void RunMonitor::SnapshotStarted(const SnapshotProgress* progress,
+                                 const std::vector<std::string>& stores) {
+  std::lock_guard lock(mutex_);
+  snapshot_ = progress;
+  snapshot_started_ = std::chrono::steady_clock::now();
+  for (const std::string& s : stores) snapshotting_[s] = true;
+}
+
+void RunMonitor::SnapshotEnded(const std::vector<std::string>& stores) {
+  std::lock_guard lock(mutex_);
+  snapshot_ = nullptr;
+  for (const std::string& s : stores) snapshotting_[s] = false;
+}
+
+void RunMonitor::SetWorkers(std::vector<PipelineWorker*> workers) {
+  std::lock_guard lock(mutex_);
+  workers_ = std::move(workers);
+  initial_snapshot_done_ = true;
+}
+
+void RunMonitor::SetStream(bool connected, Lsn received) {
+  stream_connected_.store(connected);
+  if (received.value > received_.load()) received_.store(received.value);
+}
+
+std::optional<std::string> RunMonitor::slot_lost() {
+  std::lock_guard lock(mutex_);
+  return slot_lost_;
+}
+
+std::vector<std::string> RunMonitor::NotReady() {
+  std::lock_guard lock(mutex_);
+  return not_ready_;
+}
+
+std::string RunMonitor::StatusJson() {
+  std::lock_guard lock(mutex_);
+  return status_json_;
+}
+
+std::string RunMonitor::SlotLostMessage(const std::string& slot) {
+  return "replication slot " + slot +
+         " has been invalidated (wal_status = lost): PostgreSQL removed WAL it still needed "
+         "(max_slot_wal_keep_size), so the views can no longer be kept exactly from it. To "
+         "start over, drop the slot and start pgderive again, which rebuilds every view from a "
+         "new snapshot: psql -c \"select pg_drop_replication_slot('" +
+         slot + "')\" (connected to the source database)";
+}
+
+void RunMonitor::Loop() {
+  auto last_slot_check = std::chrono::steady_clock::time_point{};
+  auto last_heartbeat = std::chrono::steady_clock::now();
+  auto last_progress_log = std::chrono::steady_clock::now();
+  while (true) {
+    {
+      std::unique_lock lock(mutex_);
+      wake_.wait_for(lock, kPublishInterval, [&] { return stopping_; });
+      if (stopping_) return;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_slot_check >= kSlotCheckInterval) {
+      last_slot_check = now;
+      CheckSlot();
+    }
+    if (config_.source.heartbeat_seconds > 0 &&
+        now - last_heartbeat >= std::chrono::seconds(config_.source.heartbeat_seconds)) {
+      last_heartbeat = now;
+      Heartbeat();
+    }
+    Publish();
+    std::lock_guard lock(mutex_);
+    if (snapshot_ != nullptr && now - last_progress_log >= kProgressLogInterval) {
+      last_progress_log = now;
+      const double rows = static_cast<double>(snapshot_->rows_read.load());
+      const double estimated = static_cast<double>(snapshot_->rows_estimated.load());
+      const double rate = rows / std::max(1e-3, Seconds(now - snapshot_started_));
+      const double left = estimated > rows && rate > 0 ? (estimated - rows) / rate : 0;
+      log_.Info("snapshot progress",
+                {{"rows", std::to_string(static_cast<uint64_t>(rows))},
+                 {"estimated_rows", std::to_string(static_cast<uint64_t>(estimated))},
+                 {"rows_per_second", std::to_string(static_cast<uint64_t>(rate))},
+                 {"eta_seconds", std::to_string(static_cast<uint64_t>(left))}});
+    }
+  }
+}
+
+void RunMonitor::Heartbeat() {
+  auto c = PgConnection::Connect(config_.source.dsn, PgConnection::Mode::kSql, "pgderive-monitor");
+  Status status =
+      c.ok() ? c.value().Execute("select pg_logical_emit_message(true, 'pgderive-heartbeat', '')")
+             : Status(c.error());
+  if (status.ok()) {
+    metrics_.counter("pgderive_heartbeats_total", "Heartbeat messages written to the source's WAL")
+        .Add();
+  } else {
+    log_.Warn("heartbeat failed: " + status.error().message(), {{"slot", config_.source.slot}});
+  }
+}
+
+void RunMonitor::CheckSlot() {
+  auto c = PgConnection::Connect(config_.source.dsn, PgConnection::Mode::kSql, "pgderive-monitor");
+  if (!c.ok()) return;  // the stream reports the source being down
+  auto rows = c.value().Query(
+      "select active, confirmed_flush_lsn, restart_lsn, wal_status, safe_wal_size, "
+      "pg_current_wal_lsn(), pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint "
+      "from pg_replication_slots where slot_name = " +
+      c.value().QuoteLiteral(config_.source.slot));
+  if (!rows.ok() || rows.value().rows.empty()) return;
+  const auto& row = rows.value().rows[0];
+  const std::string wal_status = row[3].value_or("");
+  const uint64_t retained = row[6] ? std::stoull(*row[6]) : 0;
+  metrics_.gauge("pgderive_slot_retained_wal_bytes", "WAL the slot keeps on the source")
+      .Set(static_cast<double>(retained));
+  const bool over = retained > config_.source.max_retained_wal_bytes;
+  metrics_
+      .gauge("pgderive_slot_retained_wal_over_limit",
+             "1 while retained WAL is past source.max_retained_wal")
+      .Set(over ? 1 : 0);
+  if (over && !retained_warned_) {
+    log_.Warn("the slot retains more WAL than source.max_retained_wal",
+              {{"slot", config_.source.slot},
+               {"retained_bytes", std::to_string(retained)},
+               {"limit_bytes", std::to_string(config_.source.max_retained_wal_bytes)}});
+  }
+  retained_warned_ = over;
+  nlohmann::json slot = {{"name", config_.source.slot},
+                         {"active", row[0].value_or("") == "t"},
+                         {"confirmed_flush_lsn", row[1].value_or("")},
+                         {"restart_lsn", row[2].value_or("")},
+                         {"wal_status", wal_status},
+                         {"retained_wal_bytes", retained}};
+  if (row[4]) slot["safe_wal_size"] = std::stoll(*row[4]);
+  std::lock_guard lock(mutex_);
+  if (auto current = Lsn::Parse(row[5].value_or(""))) current_wal_ = *current;
+  slot_json_ = slot.dump();
+  if (wal_status == "lost" && !slot_lost_) slot_lost_ = SlotLostMessage(config_.source.slot);
+}
+
+void RunMonitor::Publish() {
+  std::lock_guard lock(mutex_);
+  const Lsn received{received_.load()};
+  const Lsn head = std::max(received, current_wal_);
+  const bool connected = stream_connected_.load();
+  metrics_.gauge("pgderive_stream_connected", "1 while the replication stream is connected")
+      .Set(connected ? 1 : 0);
+  std::vector<std::string> reasons;
+  if (!initial_snapshot_done_) reasons.push_back("the initial snapshot is not done");
+  if (!connected) reasons.push_back("the replication stream is not connected");
+  nlohmann::json stores = nlohmann::json::array();
+  nlohmann::json views = nlohmann::json::array();
+  const int64_t now_pg = ToPgTimestamp(std::chrono::system_clock::now());
+  for (PipelineWorker* w : workers_) {
+    const std::string& name = w->sink().name();
+    const Lsn checkpoint = w->checkpoint();
+    const uint64_t lag_bytes = head > checkpoint ? head.value - checkpoint.value : 0;
+    const int64_t last = w->last_commit_time();
+    const double lag_seconds =
+        checkpoint >= received || last == 0 ? 0.0 : static_cast<double>(now_pg - last) / 1e6;
+    const MetricLabels store{{"store", name}};
+    metrics_
+        .gauge("pgderive_store_lag_bytes", "WAL between the source and the store's checkpoint",
+               store)
+        .Set(static_cast<double>(lag_bytes));
+    metrics_
+        .gauge("pgderive_store_lag_seconds",
+               "Age of the last transaction applied to the store while it is behind", store)
+        .Set(std::max(0.0, lag_seconds));
+    metrics_.gauge("pgderive_store_up", "1 while the store takes writes", store)
+        .Set(w->healthy() && !w->failed() ? 1 : 0);
+    const bool snapshotting = snapshotting_[name];
+    if (w->failed()) {
+      reasons.push_back("store " + name + " stopped on an error");
+    } else if (!w->healthy()) {
+      reasons.push_back("store " + name + " is unreachable");
+    }
+    stores.push_back({{"name", name},
+                      {"checkpoint", checkpoint.ToString()},
+                      {"lag_bytes", lag_bytes},
+                      {"lag_seconds", std::max(0.0, lag_seconds)},
+                      {"reachable", w->healthy()},
+                      {"detached", w->detached()},
+                      {"failed", w->failed()}});
+    for (const auto& [view, tables] : w->sink().view_sources()) {
+      std::string state = "live";
+      if (w->failed()) {
+        state = "failed";
+      } else if (snapshotting) {
+        state = "backfilling";
+      } else if (w->detached()) {
+        state = "catching up";
+      }
+      nlohmann::json v = {{"name", view}, {"store", name}, {"state", state}};
+      views.push_back(v);
+    }
+  }
+  if (workers_.empty()) {
+    // Before streaming starts: the initial snapshot (or nothing yet) for every view.
+    for (const ViewConfig& view : config_.views) {
+      views.push_back({{"name", view.name},
+                       {"store", view.store},
+                       {"state", snapshotting_[view.store] ? "backfilling" : "starting"}});
+    }
+  }
+  nlohmann::json status = {{"pipeline", config_.pipeline},
+                           {"stream_connected", connected},
+                           {"received_lsn", received.ToString()},
+                           {"stores", stores},
+                           {"views", views}};
+  if (slot_json_) status["slot"] = nlohmann::json::parse(*slot_json_);
+  if (snapshot_ != nullptr) {
+    const double rows = static_cast<double>(snapshot_->rows_read.load());
+    const double estimated = static_cast<double>(snapshot_->rows_estimated.load());
+    const double rate =
+        rows / std::max(1e-3, Seconds(std::chrono::steady_clock::now() - snapshot_started_));
+    status["snapshot"] = {
+        {"rows", static_cast<uint64_t>(rows)},
+        {"estimated_rows", static_cast<uint64_t>(estimated)},
+        {"rows_per_second", static_cast<uint64_t>(rate)},
+        {"percent", estimated > 0 ? std::min(100.0, 100 * rows / estimated) : 0},
+        {"eta_seconds", estimated > rows && rate > 0 ? (estimated - rows) / rate : 0.0}};
+    metrics_.gauge("pgderive_snapshot_rows", "Rows read by the running snapshot").Set(rows);
+    metrics_.gauge("pgderive_snapshot_estimated_rows", "Rows the running snapshot expects to read")
+        .Set(estimated);
+    for (auto& v : status["views"]) {
+      if (v["state"] == "backfilling") v["progress_percent"] = status["snapshot"]["percent"];
+    }
+  }
+  if (slot_lost_) reasons.push_back(*slot_lost_);
+  not_ready_ = std::move(reasons);
+  status["ready"] = not_ready_.empty();
+  status_json_ = status.dump();
+}
+
+}  // namespace pgderive
