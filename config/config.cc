@@ -2,45 +2,301 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
-#include <functional>
 #include <regex>
 #include <set>
 #include <sstream>
 
+#include "config/dsn.h"
 #include "config/redact.h"
+#include "config/url.h"
 
 namespace pgderive {
 namespace {
+
+// ---------------------------------------------------------------- the declared keys
+
+// What a key holds; the reader of each kind reports a value of another shape.
+enum class Kind {
+  kMapping,     // a section of further keys
+  kStores,      // mapping of store name -> store settings
+  kViews,       // list of view settings
+  kString,      // a scalar, ${NAME} expanded
+  kInteger,     // a whole number in [min, max]
+  kByteSize,    // "1GB", "512MB", "64kB" or bytes
+  kChoice,      // one of `choices`
+  kStringList,  // [a, b]
+};
+
+// Store types a key of `stores.NAME` or `views[]` belongs to (0: not store-specific).
+constexpr unsigned kRedis = 1;
+constexpr unsigned kOpenSearch = 2;
+constexpr unsigned kPostgres = 4;
+constexpr unsigned kAnyStore = kRedis | kOpenSearch | kPostgres;
+
+unsigned StoreBit(StoreType type) {
+  switch (type) {
+    case StoreType::kRedis:
+      return kRedis;
+    case StoreType::kOpenSearch:
+      return kOpenSearch;
+    case StoreType::kPostgres:
+      return kPostgres;
+  }
+  return 0;
+}
+
+struct KeyDef {
+  const char* section;
+  const char* name;
+  Kind kind;
+  unsigned stores;  // for stores.NAME and views[]: the store types that take the key
+  bool required;
+  const char* fallback;  // documented default; parsed as the value for numbers and choices
+  const char* meaning;
+  long long min = 0;  // kInteger
+  long long max = 0;
+  const char* choices = "";  // kChoice: "a|b|c"
+};
+
+// Every key pgderive reads, once. ParseConfig reads each through this table (type,
+// required, default) and rejects any key it does not list; the README's key table is
+// rendered from it (ConfigKeyTableMarkdown, checked by a unit test).
+const std::vector<KeyDef>& Keys() {
+  static const std::vector<KeyDef> keys = {
+      {"", "pipeline", Kind::kString, 0, true, "required",
+       "names the slot, publication and checkpoints: lower-case letters, digits and `_`"},
+      {"", "source", Kind::kMapping, 0, true, "required", "the source database"},
+      {"", "stores", Kind::kStores, 0, true, "required", "the stores, by name"},
+      {"", "views", Kind::kViews, 0, true, "required",
+       "the views, at least one; no two may write the same keys, index or table"},
+      {"", "snapshot", Kind::kMapping, 0, false, "", "the initial snapshot"},
+      {"", "http", Kind::kMapping, 0, false, "", "the health and metrics endpoint"},
+      {"", "log", Kind::kMapping, 0, false, "", "the log lines on stderr"},
+
+      {"source", "dsn", Kind::kString, 0, true, "required",
+       "libpq URI or key=value string of the source database, with a host; TLS through "
+       "`sslmode`, `sslrootcert`"},
+      {"source", "slot", Kind::kString, 0, false, "`pgderive_<pipeline>`",
+       "the logical replication slot"},
+      {"source", "publication", Kind::kString, 0, false, "`pgderive_<pipeline>`",
+       "the publication (created or extended with the views' tables)"},
+      {"source", "heartbeat_interval", Kind::kInteger, 0, false, "10",
+       "seconds between heartbeat messages that let an idle slot advance; 0 disables them", 0,
+       3600},
+      {"source", "max_retained_wal", Kind::kByteSize, 0, false, "1GB",
+       "retained WAL above this size is warned about: `1GB`, `512MB`, `64kB` or bytes"},
+
+      {"stores.NAME", "type", Kind::kString, kAnyStore, true, "required",
+       "`redis`, `opensearch` or `postgres`"},
+      {"stores.NAME", "url", Kind::kString, kRedis | kOpenSearch, true, "required",
+       "`redis://[[user]:password@]host:port/db` or `http(s)://[user:password@]host:port`"},
+      {"stores.NAME", "username", Kind::kString, kRedis | kOpenSearch, false, "none",
+       "the user for Redis AUTH (needs `password`) or OpenSearch basic auth (with `password`)"},
+      {"stores.NAME", "password", Kind::kString, kRedis | kOpenSearch, false, "none",
+       "for Redis AUTH or OpenSearch basic auth (with `username`); best as `${NAME}`; never "
+       "printed"},
+      {"stores.NAME", "ca_file", Kind::kString, kOpenSearch, false, "system CAs",
+       "CA bundle for an `https://` url; must be readable"},
+      {"stores.NAME", "dsn", Kind::kString, kPostgres, true, "required",
+       "the target database (libpq URI or key=value, with a host; TLS through `sslmode`)"},
+
+      {"views[]", "name", Kind::kString, kAnyStore, true, "required", "the view's name, unique"},
+      {"views[]", "store", Kind::kString, kAnyStore, true, "required",
+       "the store it writes, a name under `stores`"},
+      {"views[]", "from", Kind::kString, kRedis | kOpenSearch, true, "required",
+       "its source table, `schema.table` (default schema `public`)"},
+      {"views[]", "columns", Kind::kStringList, kRedis | kOpenSearch, false,
+       "all, following the table", "the columns a Redis value / OpenSearch document holds"},
+      {"views[]", "key", Kind::kString, kRedis, true, "required",
+       "the key template, e.g. `product:{id}`: literal text and `{column}`s of the replica "
+       "identity"},
+      {"views[]", "index", Kind::kString, kOpenSearch, true, "required", "the index (lower-case)"},
+      {"views[]", "table", Kind::kString, kPostgres, true, "required",
+       "the target table, `schema.table` (default schema `public`)"},
+      {"views[]", "key", Kind::kStringList, kPostgres, true, "required",
+       "the key columns of the query's result, unique"},
+      {"views[]", "query", Kind::kString, kPostgres, true, "required",
+       "the query the target table equals"},
+
+      {"snapshot", "workers", Kind::kInteger, 0, false, "4",
+       "connections reading the initial snapshot in parallel (1-64)", 1, 64},
+      {"http", "listen", Kind::kString, 0, false, "`127.0.0.1:9187`",
+       "`host:port` of `/healthz`, `/readyz`, `/metrics`"},
+      {"log", "format", Kind::kChoice, 0, false, "json", "`json` or `logfmt`", 0, 0, "json|logfmt"},
+      {"log", "level", Kind::kChoice, 0, false, "info", "`debug`, `info`, `warn` or `error`", 0, 0,
+       "debug|info|warn|error"},
+  };
+  return keys;
+}
+
+const char* KindName(Kind kind) {
+  switch (kind) {
+    case Kind::kMapping:
+      return "mapping";
+    case Kind::kStores:
+      return "mapping of name to store";
+    case Kind::kViews:
+      return "list of views";
+    case Kind::kString:
+      return "string";
+    case Kind::kInteger:
+      return "integer";
+    case Kind::kByteSize:
+      return "size";
+    case Kind::kChoice:
+      return "string";
+    case Kind::kStringList:
+      return "list of strings";
+  }
+  return "";
+}
+
+std::string StoreNames(unsigned stores) {
+  if (stores == 0 || stores == kAnyStore) return "";
+  std::string out;
+  for (auto [bit, name] : {std::pair{kRedis, "redis"}, std::pair{kOpenSearch, "opensearch"},
+                           std::pair{kPostgres, "postgres"}}) {
+    if (stores & bit) out += (out.empty() ? "" : ", ") + std::string(name);
+  }
+  return out;
+}
+
+std::vector<std::string> SplitChoices(const char* choices) {
+  std::vector<std::string> out;
+  std::stringstream in(choices);
+  for (std::string item; std::getline(in, item, '|');) out.push_back(item);
+  return out;
+}
+
+// ---------------------------------------------------------------- small parsers
+
+std::string Join(const std::string& path, const std::string& key) {
+  return path.empty() ? key : path + "." + key;
+}
+
+bool IsIdentifier(const std::string& text) {
+  static const std::regex kIdentifier("[a-z_][a-z0-9_]*");
+  return std::regex_match(text, kIdentifier);
+}
+
+// "products" -> "public.products"; "sales.orders" stays.
+std::string Qualify(const std::string& table) {
+  return table.find('.') == std::string::npos ? "public." + table : table;
+}
+
+// `table` or `schema.table`, unquoted names: why not, or nullopt.
+std::optional<std::string> TableNameProblem(const std::string& text) {
+  const size_t dot = text.find('.');
+  const bool ok =
+      !text.empty() && text.find('.', dot == std::string::npos ? 0 : dot + 1) == std::string::npos;
+  if (!ok || dot == 0 || dot + 1 == text.size() ||
+      std::any_of(text.begin(), text.end(),
+                  [](char c) { return std::isspace(static_cast<unsigned char>(c)) || c == '"'; })) {
+    return "must be a table name, `table` or `schema.table` (unquoted)";
+  }
+  return std::nullopt;
+}
+
+// A Redis key template: literal text and {column}s, at least one column, braces
+// balanced. Why not, or nullopt. (sinks/common's KeyTemplate parses it the same way.)
+std::optional<std::string> KeyTemplateProblem(const std::string& text, std::string* prefix) {
+  bool column = false;
+  size_t open = std::string::npos;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '{') {
+      if (open != std::string::npos) return "has a '{' inside a {column}; braces must balance";
+      open = i;
+    } else if (text[i] == '}') {
+      if (open == std::string::npos) return "has a '}' without its '{'; braces must balance";
+      if (i == open + 1) return "has an empty {}; write the column's name between the braces";
+      open = std::string::npos;
+      column = true;
+    }
+  }
+  if (open != std::string::npos) return "has a '{' that is never closed; braces must balance";
+  if (!column) {
+    return "names no {column}: every row would share one key (e.g. \"product:{id}\")";
+  }
+  *prefix = text.substr(0, text.find('{'));
+  return std::nullopt;
+}
+
+// OpenSearch's rules for index names (the REST API refuses the rest).
+std::optional<std::string> IndexNameProblem(const std::string& index) {
+  if (index == "pgderive-checkpoints") return "is pgderive's own checkpoint index";
+  if (index == "." || index == ".." || index.size() > 255 || index.front() == '_' ||
+      index.front() == '-' || index.front() == '+' ||
+      std::any_of(index.begin(), index.end(), [](char c) {
+        return std::isupper(static_cast<unsigned char>(c)) ||
+               std::isspace(static_cast<unsigned char>(c)) ||
+               std::string_view("\\/*?\"<>|,#:").find(c) != std::string_view::npos;
+      })) {
+    return "is not a valid OpenSearch index name: lower-case, not starting with _ - +, none "
+           "of \\ / * ? \" < > | , # : or spaces";
+  }
+  return std::nullopt;
+}
+
+// HOST:PORT ([v6]:PORT), port 1-65535.
+bool IsListenAddress(const std::string& text) {
+  size_t colon;
+  if (!text.empty() && text.front() == '[') {
+    const size_t close = text.find(']');
+    if (close == std::string::npos || close == 1 || close + 1 >= text.size() ||
+        text[close + 1] != ':') {
+      return false;
+    }
+    colon = close + 1;
+  } else {
+    colon = text.rfind(':');
+    if (colon == std::string::npos || colon == 0 || text.find(':') != colon) return false;
+  }
+  const std::string port = text.substr(colon + 1);
+  if (port.empty() || port.size() > 5 ||
+      !std::all_of(port.begin(), port.end(), [](char c) { return std::isdigit(c); })) {
+    return false;
+  }
+  const long value = std::stol(port);
+  return value >= 1 && value <= 65535;
+}
+
+std::optional<long long> ParseInteger(const std::string& text, long long min, long long max) {
+  if (text.empty()) return std::nullopt;
+  char* end = nullptr;
+  errno = 0;
+  const long long value = std::strtoll(text.c_str(), &end, 10);
+  if (*end != '\0' || errno != 0 || value < min || value > max) return std::nullopt;
+  return value;
+}
+
+std::string DescribeNode(const YAML::Node& node) {
+  if (node.IsSequence()) return "a list";
+  if (node.IsMap()) return "a mapping";
+  if (node.IsNull()) return "empty";
+  return "a string";
+}
+
+// ---------------------------------------------------------------- the checker
+
+int LineOf(const YAML::Mark& mark) { return mark.line >= 0 ? mark.line + 1 : 0; }
+int ColumnOf(const YAML::Mark& mark) { return mark.column >= 0 ? mark.column + 1 : 0; }
 
 // Collects problems while walking the document.
 class Checker {
  public:
   explicit Checker(std::vector<ConfigProblem>& problems) : problems_(problems) {}
 
-  void Problem(const YAML::Node& node, const std::string& key, std::string message) {
-    const YAML::Mark mark = node.IsDefined() ? node.Mark() : YAML::Mark::null_mark();
-    problems_.push_back(ConfigProblem{mark.line >= 0 ? mark.line + 1 : 0,
-                                      mark.column >= 0 ? mark.column + 1 : 0, key,
-                                      RedactSecrets(message)});
+  void Problem(const YAML::Mark& mark, const std::string& key, const std::string& message) {
+    problems_.push_back(ConfigProblem{LineOf(mark), ColumnOf(mark), key, RedactSecrets(message)});
   }
-
-  // Keys of `map` that are not in `allowed` are problems.
-  void OnlyKeys(const YAML::Node& map, const std::string& path,
-                std::initializer_list<const char*> allowed) {
-    if (!map.IsMap()) return;
-    for (const auto& entry : map) {
-      const std::string key = entry.first.Scalar();
-      bool known = false;
-      for (const char* a : allowed) known = known || key == a;
-      if (!known) {
-        std::string list;
-        for (const char* a : allowed) list += std::string(list.empty() ? "" : ", ") + a;
-        Problem(entry.first, Join(path, key), "unknown key (expected one of: " + list + ")");
-      }
-    }
+  void Problem(const YAML::Node& node, const std::string& key, const std::string& message) {
+    Problem(node.IsDefined() ? node.Mark() : YAML::Mark::null_mark(), key, message);
   }
 
   // ${NAME} -> the environment's value; an unset variable is a problem.
@@ -64,76 +320,441 @@ class Checker {
     return out;
   }
 
-  // A required or optional string scalar.
-  std::string String(const YAML::Node& map, const std::string& path, const char* key, bool required,
-                     const std::string& fallback = "") {
-    const YAML::Node node = map[key];
-    if (!node.IsDefined() || node.IsNull()) {
-      if (required) Problem(map, Join(path, key), "required key is missing");
-      return fallback;
-    }
-    if (!node.IsScalar()) {
-      Problem(node, Join(path, key), "must be a string");
-      return fallback;
-    }
-    return Expand(node, Join(path, key), node.Scalar());
-  }
-
-  // An optional integer in [min, max].
-  int Integer(const YAML::Node& map, const std::string& path, const char* key, int min, int max,
-              int fallback) {
-    const YAML::Node node = map[key];
-    if (!node.IsDefined() || node.IsNull()) return fallback;
-    const std::string text = node.IsScalar() ? Expand(node, Join(path, key), node.Scalar()) : "";
-    char* end = nullptr;
-    errno = 0;
-    const long value = text.empty() ? 0 : std::strtol(text.c_str(), &end, 10);
-    if (text.empty() || *end != '\0' || errno != 0 || value < min || value > max) {
-      Problem(node, Join(path, key),
-              "must be a whole number from " + std::to_string(min) + " to " + std::to_string(max));
-      return fallback;
-    }
-    return static_cast<int>(value);
-  }
-
-  std::optional<std::vector<std::string>> StringList(const YAML::Node& map, const std::string& path,
-                                                     const char* key) {
-    const YAML::Node node = map[key];
-    if (!node.IsDefined() || node.IsNull()) return std::nullopt;
-    if (!node.IsSequence()) {
-      Problem(node, Join(path, key), "must be a list of strings, e.g. [id, name]");
-      return std::nullopt;
-    }
-    std::vector<std::string> out;
-    for (size_t i = 0; i < node.size(); ++i) {
-      if (!node[i].IsScalar() || node[i].Scalar().empty()) {
-        Problem(node[i], Join(path, key) + "[" + std::to_string(i) + "]", "must be a column name");
-        continue;
+  // yaml-cpp keeps every entry of a mapping but finds only the first when asked for a
+  // key, so a repeated key would silently lose one value: each repetition, anywhere in
+  // the document, is a problem that says where the first one is.
+  void DuplicateKeys(const YAML::Node& node, const std::string& path) {
+    if (node.IsSequence()) {
+      for (size_t i = 0; i < node.size(); ++i) {
+        DuplicateKeys(node[i], path + "[" + std::to_string(i) + "]");
       }
-      out.push_back(node[i].Scalar());
+      return;
     }
-    return out;
-  }
-
-  static std::string Join(const std::string& path, const std::string& key) {
-    return path.empty() ? key : path + "." + key;
+    if (!node.IsMap()) return;
+    std::map<std::string, YAML::Mark> seen;
+    for (const auto& entry : node) {
+      const std::string key = entry.first.IsScalar() ? entry.first.Scalar() : "";
+      auto [first, inserted] = seen.emplace(key, entry.first.Mark());
+      if (!inserted) {
+        Problem(entry.first, Join(path, key),
+                "duplicate key: the first `" + key + "` is at line " +
+                    std::to_string(LineOf(first->second)) + ", column " +
+                    std::to_string(ColumnOf(first->second)) +
+                    " (YAML would silently keep only one of them)");
+      }
+      DuplicateKeys(entry.second, Join(path, key));
+    }
   }
 
  private:
   std::vector<ConfigProblem>& problems_;
 };
 
-bool IsIdentifier(const std::string& text) {
-  static const std::regex kIdentifier("[a-z_][a-z0-9_]*");
-  return std::regex_match(text, kIdentifier);
+// The mark of the key `name` in `map` (where a problem about its value's absence or
+// its section belongs), or the map's own mark.
+YAML::Mark KeyMark(const YAML::Node& map, const std::string& name) {
+  if (map.IsMap()) {
+    for (const auto& entry : map) {
+      if (entry.first.IsScalar() && entry.first.Scalar() == name) return entry.first.Mark();
+    }
+  }
+  return map.IsDefined() ? map.Mark() : YAML::Mark::null_mark();
 }
 
-// "products" -> "public.products"; "sales.orders" stays.
-std::string Qualify(const std::string& table) {
-  return table.find('.') == std::string::npos ? "public." + table : table;
+// One mapping of the document read through the key table: its keys are checked against
+// the section's declared keys, and each value is read by the kind its key declares.
+class Section {
+ public:
+  // `owner`: where a missing key of this section is reported (the key naming it).
+  Section(Checker& check, YAML::Node map, std::string section, std::string path, YAML::Mark owner)
+      : check_(check),
+        map_(std::move(map)),
+        section_(std::move(section)),
+        path_(std::move(path)),
+        owner_(owner) {}
+
+  // Keys the section does not declare (for `stores`, the store types in `stores`).
+  void CheckKeys(unsigned stores = kAnyStore) {
+    stores_ = stores;
+    if (!map_.IsMap()) return;
+    std::vector<std::string> allowed;
+    for (const KeyDef& def : Keys()) {
+      if (section_ != def.section || !Applies(def, stores)) continue;
+      if (std::find(allowed.begin(), allowed.end(), def.name) == allowed.end()) {
+        allowed.push_back(def.name);
+      }
+    }
+    for (const auto& entry : map_) {
+      const std::string key = entry.first.IsScalar() ? entry.first.Scalar() : "";
+      if (std::find(allowed.begin(), allowed.end(), key) != allowed.end()) continue;
+      std::string list;
+      for (const std::string& a : allowed) list += (list.empty() ? "" : ", ") + a;
+      std::string message = "unknown key (expected one of: " + list + ")";
+      for (const KeyDef& def : Keys()) {
+        if (section_ == def.section && key == def.name && def.stores != 0) {
+          message += "; `" + key + "` is for " + StoreNames(def.stores) + " " +
+                     (section_ == "views[]" ? "views" : "stores");
+          break;
+        }
+      }
+      check_.Problem(entry.first, Join(path_, key), message);
+    }
+  }
+
+  const YAML::Node& map() const { return map_; }
+  const std::string& path() const { return path_; }
+  std::string KeyPath(const std::string& name) const { return Join(path_, name); }
+  YAML::Node Node(const std::string& name) const { return map_[name]; }
+  bool Has(const std::string& name) const {
+    const YAML::Node node = map_[name];
+    return node.IsDefined() && !node.IsNull();
+  }
+
+  // A string; nullopt when absent (a missing required key is reported) or wrong.
+  std::optional<std::string> String(const std::string& name) {
+    const KeyDef* def = Def(name, Kind::kString);
+    const YAML::Node node = map_[name];
+    if (!Present(def, node)) return std::nullopt;
+    if (!node.IsScalar()) {
+      check_.Problem(node, KeyPath(name), "must be a string, not " + DescribeNode(node));
+      return std::nullopt;
+    }
+    std::string value = check_.Expand(node, KeyPath(name), node.Scalar());
+    if (def->required && value.empty()) {
+      check_.Problem(node, KeyPath(name), "must not be empty");
+      return std::nullopt;
+    }
+    return value;
+  }
+
+  // An integer in the declared range; its default when absent or wrong.
+  long long Integer(const std::string& name) {
+    const KeyDef* def = Def(name, Kind::kInteger);
+    const long long fallback = ParseInteger(def->fallback, def->min, def->max).value_or(0);
+    const YAML::Node node = map_[name];
+    if (!Present(def, node)) return fallback;
+    const auto value =
+        node.IsScalar()
+            ? ParseInteger(check_.Expand(node, KeyPath(name), node.Scalar()), def->min, def->max)
+            : std::nullopt;
+    if (!value) {
+      check_.Problem(node, KeyPath(name),
+                     "must be a whole number from " + std::to_string(def->min) + " to " +
+                         std::to_string(def->max));
+      return fallback;
+    }
+    return *value;
+  }
+
+  uint64_t ByteSize(const std::string& name) {
+    const KeyDef* def = Def(name, Kind::kByteSize);
+    const uint64_t fallback = ParseByteSize(def->fallback).value_or(0);
+    const YAML::Node node = map_[name];
+    if (!Present(def, node)) return fallback;
+    const auto value = node.IsScalar()
+                           ? ParseByteSize(check_.Expand(node, KeyPath(name), node.Scalar()))
+                           : std::nullopt;
+    if (!value || *value == 0) {
+      check_.Problem(node, KeyPath(name),
+                     "must be a size above 0 such as 1GB, 512MB, 64kB or a number of bytes");
+      return fallback;
+    }
+    return *value;
+  }
+
+  // The index of the value among the declared choices; the default's when absent/wrong.
+  size_t Choice(const std::string& name) {
+    const KeyDef* def = Def(name, Kind::kChoice);
+    const std::vector<std::string> choices = SplitChoices(def->choices);
+    auto index_of = [&](const std::string& text) {
+      return static_cast<size_t>(std::find(choices.begin(), choices.end(), text) - choices.begin());
+    };
+    const size_t fallback = index_of(def->fallback);
+    const YAML::Node node = map_[name];
+    if (!Present(def, node)) return fallback;
+    const size_t index = node.IsScalar()
+                             ? index_of(check_.Expand(node, KeyPath(name), node.Scalar()))
+                             : choices.size();
+    if (index >= choices.size()) {
+      std::string list;
+      for (const std::string& c : choices) list += (list.empty() ? "" : ", ") + c;
+      check_.Problem(node, KeyPath(name), "must be one of: " + list);
+      return fallback;
+    }
+    return index;
+  }
+
+  std::optional<std::vector<std::string>> StringList(const std::string& name) {
+    const KeyDef* def = Def(name, Kind::kStringList);
+    const YAML::Node node = map_[name];
+    if (!Present(def, node)) return std::nullopt;
+    if (!node.IsSequence()) {
+      check_.Problem(node, KeyPath(name),
+                     "must be a list of strings, e.g. [id, name], not " + DescribeNode(node));
+      return std::nullopt;
+    }
+    std::vector<std::string> out;
+    std::map<std::string, YAML::Mark> seen;
+    for (size_t i = 0; i < node.size(); ++i) {
+      const std::string item_path = KeyPath(name) + "[" + std::to_string(i) + "]";
+      if (!node[i].IsScalar() || node[i].Scalar().empty()) {
+        check_.Problem(node[i], item_path, "must be a column name");
+        continue;
+      }
+      const std::string value = check_.Expand(node[i], item_path, node[i].Scalar());
+      auto [first, inserted] = seen.emplace(value, node[i].Mark());
+      if (!inserted) {
+        check_.Problem(node[i], item_path,
+                       "column " + value + " is listed twice (first at line " +
+                           std::to_string(LineOf(first->second)) + ")");
+        continue;
+      }
+      out.push_back(value);
+    }
+    if (def->required && out.empty() && node.size() == 0) {
+      check_.Problem(node, KeyPath(name), "must name at least one column");
+    }
+    return out;
+  }
+
+  // The value of a mapping or list key, or nullopt when absent (a missing required one
+  // is reported) or of another shape.
+  std::optional<YAML::Node> Container(const std::string& name) {
+    const KeyDef* def = Def(name, Kind::kMapping);
+    const bool list = def->kind == Kind::kViews;
+    const YAML::Node node = map_[name];
+    if (!node.IsDefined()) {
+      if (def->required) {
+        check_.Problem(owner_, KeyPath(name),
+                       list ? "required list is missing" : "required mapping is missing");
+      }
+      return std::nullopt;
+    }
+    if (list ? !node.IsSequence() : !node.IsMap()) {
+      check_.Problem(node.IsNull() ? KeyMark(map_, name) : node.Mark(), KeyPath(name),
+                     std::string(list ? "must be a list" : "must be a mapping") + ", not " +
+                         DescribeNode(node));
+      return std::nullopt;
+    }
+    return node;
+  }
+
+  // A section below this one, its keys checked; nullopt as for Container().
+  std::optional<Section> Child(const std::string& name) {
+    auto node = Container(name);
+    if (!node) return std::nullopt;
+    Section child(check_, *node, KeyPath(name), KeyPath(name), KeyMark(map_, name));
+    child.CheckKeys();
+    return child;
+  }
+
+ private:
+  static bool Applies(const KeyDef& def, unsigned stores) {
+    return def.stores == 0 || (def.stores & stores) != 0;
+  }
+
+  // The declared key; every reader names one, so a miss is a bug in this file, caught
+  // by the unit tests (every key of the table is read by the full example).
+  const KeyDef* Def(const std::string& name, Kind kind) const {
+    for (const KeyDef& def : Keys()) {
+      if (section_ == def.section && name == def.name && Applies(def, stores_) &&
+          (def.kind == kind ||
+           (kind == Kind::kMapping && (def.kind == Kind::kStores || def.kind == Kind::kViews)))) {
+        return &def;
+      }
+    }
+    static const KeyDef kUndeclared{"", "", Kind::kString, 0, false, "", "undeclared"};
+    check_.Problem(owner_, KeyPath(name), "internal error: the key is not declared");
+    return &kUndeclared;
+  }
+
+  // Whether the value is there to read; reports a required key that is absent or empty.
+  bool Present(const KeyDef* def, const YAML::Node& node) {
+    if (!node.IsDefined()) {
+      if (def->required) check_.Problem(owner_, KeyPath(def->name), "required key is missing");
+      return false;
+    }
+    if (node.IsNull()) {
+      if (def->required) {
+        check_.Problem(KeyMark(map_, def->name), KeyPath(def->name), "required key has no value");
+      }
+      return false;
+    }
+    return true;
+  }
+
+  Checker& check_;
+  YAML::Node map_;
+  std::string section_;
+  std::string path_;
+  YAML::Mark owner_;
+  unsigned stores_ = kAnyStore;
+};
+
+// Where each view writes, for the check that no two views write the same target.
+struct Target {
+  size_t view = 0;
+  std::string store;
+  StoreType type = StoreType::kRedis;
+  std::string what;  // redis: the key prefix; opensearch: the index; postgres: the table
+  YAML::Mark mark;
+  std::string key_path;
+};
+
+void CheckTargets(Checker& check, const std::vector<Target>& targets,
+                  const std::vector<ViewConfig>& views) {
+  for (size_t b = 0; b < targets.size(); ++b) {
+    for (size_t a = 0; a < b; ++a) {
+      const Target& first = targets[a];
+      const Target& second = targets[b];
+      if (first.store != second.store || first.type != second.type) continue;
+      const std::string other = "views[" + std::to_string(first.view) + "] (" +
+                                views[first.view].name + ", line " +
+                                std::to_string(views[first.view].line) + ")";
+      std::string message;
+      if (second.type == StoreType::kRedis) {
+        if (first.what == second.what) {
+          message = "writes the same Redis keys as " + other +
+                    ": both key templates start with \"" + second.what +
+                    "\" before their first {column}";
+        } else if (second.what.starts_with(first.what) || first.what.starts_with(second.what)) {
+          message = "key prefix \"" + second.what + "\" overlaps \"" + first.what + "\" of " +
+                    other +
+                    ": a truncate or rebuild of one view (SCAN MATCH prefix*) would delete the "
+                    "other's keys";
+        }
+      } else if (first.what == second.what) {
+        message = (second.type == StoreType::kOpenSearch ? "writes the same index " + second.what
+                                                         : "writes the same table " + second.what) +
+                  " as " + other + "; each view needs its own";
+      }
+      if (!message.empty()) {
+        check.Problem(second.mark, second.key_path, message);
+        break;  // one report per view
+      }
+    }
+  }
+}
+
+// The checks of one store beyond the types of its keys.
+void CheckStore(Checker& check, Section& s, const StoreConfig& store) {
+  if (store.type == StoreType::kPostgres) {
+    if (!store.dsn.empty()) {
+      if (auto why = DsnProblem(store.dsn)) check.Problem(s.Node("dsn"), s.KeyPath("dsn"), *why);
+    }
+    return;
+  }
+  std::optional<Url> url;
+  if (!store.url.empty()) {
+    std::string why;
+    url = Url::Parse(store.url, &why);
+    if (!url) {
+      check.Problem(s.Node("url"), s.KeyPath("url"), "is not a valid URL: " + why);
+    } else if (store.type == StoreType::kRedis) {
+      const std::string db = url->path.empty() ? "" : url->path.substr(1);
+      if (url->scheme != "redis") {
+        check.Problem(s.Node("url"), s.KeyPath("url"),
+                      "must start with redis:// (" + url->scheme +
+                          ":// is not supported: no TLS in the Debian 12 hiredis 0.14)");
+      } else if (!db.empty() && (db.size() > 5 || !std::all_of(db.begin(), db.end(), [](char c) {
+                                   return std::isdigit(static_cast<unsigned char>(c));
+                                 }))) {
+        check.Problem(s.Node("url"), s.KeyPath("url"),
+                      "the path must be a database number, e.g. redis://host:6379/0");
+      }
+    } else if (url->scheme != "http" && url->scheme != "https") {
+      check.Problem(s.Node("url"), s.KeyPath("url"), "must start with http:// or https://");
+    }
+  }
+  const bool url_credentials = url && (!url->user.empty() || url->password.has_value());
+  if (url_credentials && (s.Has("username") || s.Has("password"))) {
+    check.Problem(s.Node(s.Has("username") ? "username" : "password"),
+                  s.KeyPath(s.Has("username") ? "username" : "password"),
+                  "the url has credentials too: give them either in the url or as "
+                  "username/password");
+  }
+  if (store.type == StoreType::kOpenSearch) {
+    if (s.Has("username") != s.Has("password")) {
+      const std::string given = s.Has("username") ? "username" : "password";
+      check.Problem(s.Node(given), s.KeyPath(given),
+                    "basic auth needs both username and password (or neither)");
+    }
+    if (!store.ca_file.empty()) {
+      std::error_code ec;
+      if (!std::filesystem::is_regular_file(store.ca_file, ec) ||
+          !std::ifstream(store.ca_file).good()) {
+        check.Problem(s.Node("ca_file"), s.KeyPath("ca_file"),
+                      "cannot read the CA file " + store.ca_file);
+      } else if (url && url->scheme != "https") {
+        check.Problem(s.Node("ca_file"), s.KeyPath("ca_file"),
+                      "is only used over TLS: the url must start with https://");
+      }
+    }
+  } else if (s.Has("username") && !s.Has("password")) {
+    check.Problem(s.Node("username"), s.KeyPath("username"),
+                  "Redis AUTH with a username needs a password too");
+  }
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------- public API
+
+std::optional<uint64_t> ParseByteSize(const std::string& text) {
+  size_t digits = 0;
+  while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
+  if (digits == 0 || digits > 19) return std::nullopt;
+  const uint64_t number = std::stoull(text.substr(0, digits));
+  size_t unit_start = digits;
+  while (unit_start < text.size() && text[unit_start] == ' ') ++unit_start;
+  std::string unit = text.substr(unit_start);
+  for (char& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  int shift = 0;
+  if (unit.empty() || unit == "b") {
+    shift = 0;
+  } else if (unit == "kb") {
+    shift = 10;
+  } else if (unit == "mb") {
+    shift = 20;
+  } else if (unit == "gb") {
+    shift = 30;
+  } else if (unit == "tb") {
+    shift = 40;
+  } else {
+    return std::nullopt;
+  }
+  if (shift > 0 && number > (UINT64_MAX >> shift)) return std::nullopt;
+  return number << shift;
+}
+
+const std::vector<ConfigKey>& ConfigKeys() {
+  static const std::vector<ConfigKey> keys = [] {
+    std::vector<ConfigKey> out;
+    for (const KeyDef& def : Keys()) {
+      out.push_back(ConfigKey{def.section, def.name, KindName(def.kind), StoreNames(def.stores),
+                              def.required ? "required" : def.fallback, def.meaning});
+    }
+    return out;
+  }();
+  return keys;
+}
+
+std::string ConfigKeyTableMarkdown() {
+  std::string out = "| key | type | default | meaning |\n| --- | --- | --- | --- |\n";
+  for (const ConfigKey& key : ConfigKeys()) {
+    const std::string name = key.section.empty() ? key.name : key.section + "." + key.name;
+    const std::string meaning =
+        key.applies.empty() ? key.meaning : key.applies + ": " + key.meaning;
+    out += "| `" + name + "` | " + key.type + " | " +
+           (key.fallback.empty() ? "none" : key.fallback) + " | " + meaning + " |\n";
+  }
+  return out;
+}
+
+std::string StoreConfig::ConnectUrl() const {
+  if (username.empty() && password.empty()) return url;
+  return AddUserinfo(url, username, password);
+}
 
 std::vector<std::string> Config::SourceTables() const {
   std::vector<std::string> tables;
@@ -164,141 +785,240 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
   try {
     root = YAML::Load(yaml_text);
   } catch (const YAML::Exception& e) {
-    result.problems.push_back(
-        ConfigProblem{e.mark.line + 1, e.mark.column + 1, "", "not valid YAML: " + e.msg});
+    result.problems.push_back(ConfigProblem{e.mark.line + 1, e.mark.column + 1, "",
+                                            "not valid YAML: " + RedactSecrets(e.msg)});
     return result;
   }
   if (!root.IsMap()) {
     result.problems.push_back(ConfigProblem{0, 0, "", "the file must be a YAML mapping"});
     return result;
   }
-  check.OnlyKeys(root, "", {"pipeline", "source", "stores", "views", "snapshot", "http"});
+  check.DuplicateKeys(root, "");
+  Section top(check, root, "", "", root.Mark());
+  top.CheckKeys();
 
   Config config;
   config.path = path;
-  config.pipeline = check.String(root, "", "pipeline", true);
+  config.pipeline = top.String("pipeline").value_or("");
   if (!config.pipeline.empty() && !IsIdentifier(config.pipeline)) {
-    check.Problem(root["pipeline"], "pipeline",
+    check.Problem(top.Node("pipeline"), "pipeline",
                   "must be lower-case letters, digits and _ (it names the slot and publication)");
   }
 
-  const YAML::Node source = root["source"];
-  if (!source.IsDefined() || !source.IsMap()) {
-    check.Problem(source.IsDefined() ? source : root, "source", "required mapping is missing");
-  } else {
-    check.OnlyKeys(source, "source", {"dsn", "slot", "publication"});
-    config.source.dsn = check.String(source, "source", "dsn", true);
-    config.source.slot =
-        check.String(source, "source", "slot", false, "pgderive_" + config.pipeline);
-    config.source.publication =
-        check.String(source, "source", "publication", false, "pgderive_" + config.pipeline);
+  if (auto source = top.Child("source")) {
+    const YAML::Mark mark = KeyMark(root, "source");
+    config.source.line = LineOf(mark);
+    config.source.column = ColumnOf(mark);
+    config.source.dsn = source->String("dsn").value_or("");
+    if (!config.source.dsn.empty()) {
+      if (auto why = DsnProblem(config.source.dsn)) {
+        check.Problem(source->Node("dsn"), "source.dsn", *why);
+      }
+    }
+    const std::string derived = "pgderive_" + config.pipeline;
+    config.source.slot = source->String("slot").value_or(derived);
+    config.source.publication = source->String("publication").value_or(derived);
+    if (source->Has("slot")) {
+      static const std::regex kSlotName("[a-z0-9_]{1,63}");
+      if (!std::regex_match(config.source.slot, kSlotName)) {
+        check.Problem(source->Node("slot"), "source.slot",
+                      "must be 1 to 63 lower-case letters, digits and _ (PostgreSQL's rule for "
+                      "slot names)");
+      }
+    }
+    if (source->Has("publication") && config.source.publication.size() > 63) {
+      check.Problem(source->Node("publication"), "source.publication",
+                    "must fit in 63 bytes (PostgreSQL's limit for names)");
+    }
+    if ((!source->Has("slot") || !source->Has("publication")) && derived.size() > 63) {
+      check.Problem(top.Node("pipeline"), "pipeline",
+                    "is too long: the slot and publication name " + derived +
+                        " must fit in 63 bytes (or set source.slot and source.publication)");
+    }
+    config.source.heartbeat_seconds = static_cast<int>(source->Integer("heartbeat_interval"));
+    config.source.max_retained_wal_bytes = source->ByteSize("max_retained_wal");
   }
 
-  const YAML::Node stores = root["stores"];
-  if (stores.IsDefined() && !stores.IsMap()) {
-    check.Problem(stores, "stores", "must be a mapping of store name to its settings");
-  } else if (stores.IsDefined()) {
-    for (const auto& entry : stores) {
-      const std::string name = entry.first.Scalar();
+  std::set<std::string> untyped_stores;  // of an unknown type: their views are not checked
+  if (auto stores = top.Container("stores")) {
+    for (const auto& entry : *stores) {
+      const std::string name = entry.first.IsScalar() ? entry.first.Scalar() : "";
       const std::string path_key = "stores." + name;
-      const YAML::Node node = entry.second;
-      if (!node.IsMap()) {
-        check.Problem(node, path_key, "must be a mapping with at least `type`");
+      // A repeated name is reported by DuplicateKeys; the first one counts, as in YAML.
+      if (config.stores.contains(name) || untyped_stores.contains(name)) continue;
+      if (!entry.second.IsMap()) {
+        check.Problem(entry.second.IsNull() ? entry.first.Mark() : entry.second.Mark(), path_key,
+                      "must be a mapping with at least `type`, not " + DescribeNode(entry.second));
+        untyped_stores.insert(name);
         continue;
       }
+      Section s(check, entry.second, "stores.NAME", path_key, entry.first.Mark());
       StoreConfig store;
       store.name = name;
-      const std::string type = check.String(node, path_key, "type", true);
-      if (type == "redis" || type == "opensearch") {
-        store.type = type == "redis" ? StoreType::kRedis : StoreType::kOpenSearch;
-        check.OnlyKeys(node, path_key, {"type", "url"});
-        store.url = check.String(node, path_key, "url", true);
-      } else if (type == "postgres") {
-        store.type = StoreType::kPostgres;
-        check.OnlyKeys(node, path_key, {"type", "dsn"});
-        store.dsn = check.String(node, path_key, "dsn", true);
-      } else if (!type.empty()) {
-        check.Problem(node["type"], path_key + ".type",
-                      "unknown store type '" + type + "' (expected redis, opensearch or postgres)");
+      store.line = LineOf(entry.first.Mark());
+      store.column = ColumnOf(entry.first.Mark());
+      const std::string type = s.String("type").value_or("");
+      unsigned bit = kAnyStore;
+      if (type == "redis" || type == "opensearch" || type == "postgres") {
+        store.type = type == "redis"        ? StoreType::kRedis
+                     : type == "opensearch" ? StoreType::kOpenSearch
+                                            : StoreType::kPostgres;
+        bit = StoreBit(store.type);
+      } else {
+        if (!type.empty()) {
+          check.Problem(
+              s.Node("type"), path_key + ".type",
+              "unknown store type '" + type + "' (expected redis, opensearch or postgres)");
+        }
+        untyped_stores.insert(name);
+      }
+      s.CheckKeys(bit);
+      if (bit != kAnyStore) {
+        if (store.type == StoreType::kPostgres) {
+          store.dsn = s.String("dsn").value_or("");
+        } else {
+          store.url = s.String("url").value_or("");
+          store.username = s.String("username").value_or("");
+          store.password = s.String("password").value_or("");
+          if (store.type == StoreType::kOpenSearch) {
+            store.ca_file = s.String("ca_file").value_or("");
+            // A relative path is relative to the configuration file, wherever pgderive runs.
+            const std::filesystem::path dir = std::filesystem::path(path).parent_path();
+            if (!store.ca_file.empty() && std::filesystem::path(store.ca_file).is_relative() &&
+                !dir.empty()) {
+              store.ca_file = (dir / store.ca_file).string();
+            }
+          }
+        }
+        CheckStore(check, s, store);
       }
       config.stores[name] = std::move(store);
     }
   }
 
-  const YAML::Node views = root["views"];
-  if (views.IsDefined() && !views.IsSequence()) {
-    check.Problem(views, "views", "must be a list of views");
-  } else if (views.IsDefined()) {
-    std::set<std::string> names;
-    for (size_t i = 0; i < views.size(); ++i) {
-      const YAML::Node node = views[i];
+  std::vector<Target> targets;
+  if (auto views = top.Container("views")) {
+    if (views->size() == 0) {
+      check.Problem(*views, "views", "lists no view: a pipeline needs at least one");
+    }
+    std::map<std::string, YAML::Mark> names;
+    for (size_t i = 0; i < views->size(); ++i) {
+      const YAML::Node node = (*views)[i];
       const std::string path_key = "views[" + std::to_string(i) + "]";
       if (!node.IsMap()) {
-        check.Problem(node, path_key, "must be a mapping");
+        check.Problem(node, path_key,
+                      "must be a mapping with name, store and its keys, not " + DescribeNode(node));
         continue;
       }
+      Section s(check, node, "views[]", path_key, node.Mark());
       ViewConfig view;
-      view.line = node.Mark().line + 1;
-      view.name = check.String(node, path_key, "name", true);
-      view.store = check.String(node, path_key, "store", true);
-      if (!view.name.empty() && !names.insert(view.name).second) {
-        check.Problem(node["name"], path_key + ".name",
-                      "another view has the name '" + view.name + "'");
+      view.line = LineOf(node.Mark());
+      view.column = ColumnOf(node.Mark());
+      view.name = s.String("name").value_or("");
+      view.store = s.String("store").value_or("");
+      if (!view.name.empty()) {
+        auto [first, inserted] = names.emplace(view.name, s.Node("name").Mark());
+        if (!inserted) {
+          check.Problem(s.Node("name"), path_key + ".name",
+                        "another view has the name '" + view.name + "' (line " +
+                            std::to_string(LineOf(first->second)) + ")");
+        }
       }
       auto store = config.stores.find(view.store);
-      if (!view.store.empty() && store == config.stores.end()) {
-        check.Problem(node["store"], path_key + ".store",
+      if (!view.store.empty() && store == config.stores.end() &&
+          !untyped_stores.contains(view.store)) {
+        check.Problem(s.Node("store"), path_key + ".store",
                       "no store named '" + view.store + "' under stores");
-        check.OnlyKeys(node, path_key,
-                       {"name", "store", "from", "columns", "key", "index", "table", "query"});
-      } else if (store != config.stores.end()) {
-        switch (store->second.type) {
-          case StoreType::kRedis:
-            check.OnlyKeys(node, path_key, {"name", "store", "from", "columns", "key"});
-            view.key_template = check.String(node, path_key, "key", true);
-            break;
-          case StoreType::kOpenSearch:
-            check.OnlyKeys(node, path_key, {"name", "store", "from", "columns", "index"});
-            view.index = check.String(node, path_key, "index", true);
-            break;
-          case StoreType::kPostgres:
-            check.OnlyKeys(node, path_key, {"name", "store", "table", "key", "query"});
-            view.table = check.String(node, path_key, "table", true);
-            view.query = check.String(node, path_key, "query", true);
-            if (auto keys = check.StringList(node, path_key, "key")) {
-              view.key_columns = *keys;
-            } else {
-              check.Problem(node, path_key + ".key", "required list of key columns is missing");
-            }
-            break;
-        }
-        if (store->second.type != StoreType::kPostgres) {
-          view.from = check.String(node, path_key, "from", true);
-          if (!view.from.empty()) view.from = Qualify(view.from);
-          view.columns = check.StringList(node, path_key, "columns");
-        }
       }
+      // The view's keys depend on its store's type; with no known type, any view key.
+      if (store == config.stores.end() || untyped_stores.contains(view.store)) {
+        s.CheckKeys(kAnyStore);
+        config.views.push_back(std::move(view));
+        continue;
+      }
+      s.CheckKeys(StoreBit(store->second.type));
+      Target target{i, view.store, store->second.type, "", {}, ""};
+      switch (store->second.type) {
+        case StoreType::kRedis: {
+          view.key_template = s.String("key").value_or("");
+          std::string prefix;
+          if (!view.key_template.empty()) {
+            if (auto why = KeyTemplateProblem(view.key_template, &prefix)) {
+              check.Problem(s.Node("key"), path_key + ".key", "key template " + *why);
+            } else {
+              target.what = prefix;
+              target.mark = s.Node("key").Mark();
+              target.key_path = path_key + ".key";
+            }
+          }
+          break;
+        }
+        case StoreType::kOpenSearch:
+          view.index = s.String("index").value_or("");
+          if (!view.index.empty()) {
+            if (auto why = IndexNameProblem(view.index)) {
+              check.Problem(s.Node("index"), path_key + ".index", *why);
+            } else {
+              target.what = view.index;
+              target.mark = s.Node("index").Mark();
+              target.key_path = path_key + ".index";
+            }
+          }
+          break;
+        case StoreType::kPostgres:
+          view.table = s.String("table").value_or("");
+          if (!view.table.empty()) {
+            if (auto why = TableNameProblem(view.table)) {
+              check.Problem(s.Node("table"), path_key + ".table", *why);
+            } else {
+              target.what = Qualify(view.table);
+              target.mark = s.Node("table").Mark();
+              target.key_path = path_key + ".table";
+            }
+          }
+          view.query = s.String("query").value_or("");
+          view.key_columns = s.StringList("key").value_or(std::vector<std::string>{});
+          break;
+      }
+      if (store->second.type != StoreType::kPostgres) {
+        view.from = s.String("from").value_or("");
+        if (!view.from.empty()) {
+          if (auto why = TableNameProblem(view.from)) {
+            check.Problem(s.Node("from"), path_key + ".from", *why);
+          } else {
+            view.from = Qualify(view.from);
+          }
+        }
+        view.columns = s.StringList("columns");
+      }
+      if (!target.key_path.empty()) targets.push_back(std::move(target));
       config.views.push_back(std::move(view));
     }
   }
+  CheckTargets(check, targets, config.views);
 
-  const YAML::Node snapshot = root["snapshot"];
-  if (snapshot.IsDefined() && !snapshot.IsMap()) {
-    check.Problem(snapshot, "snapshot", "must be a mapping");
-  } else if (snapshot.IsDefined()) {
-    check.OnlyKeys(snapshot, "snapshot", {"workers"});
-    config.snapshot.workers =
-        check.Integer(snapshot, "snapshot", "workers", 1, 64, config.snapshot.workers);
+  if (auto snapshot = top.Child("snapshot")) {
+    config.snapshot.workers = static_cast<int>(snapshot->Integer("workers"));
+  }
+  if (auto http = top.Child("http")) {
+    if (auto listen = http->String("listen")) {
+      config.http.listen = *listen;
+      if (!IsListenAddress(*listen)) {
+        check.Problem(http->Node("listen"), "http.listen",
+                      "must be HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:9187");
+      }
+    }
+  }
+  if (auto log = top.Child("log")) {
+    config.log.format = static_cast<LogFormat>(log->Choice("format"));
+    config.log.level = static_cast<LogLevel>(log->Choice("level"));
   }
 
-  const YAML::Node http = root["http"];
-  if (http.IsDefined() && !http.IsMap()) {
-    check.Problem(http, "http", "must be a mapping");
-  } else if (http.IsDefined()) {
-    check.OnlyKeys(http, "http", {"listen"});
-    config.http.listen = check.String(http, "http", "listen", false, config.http.listen);
-  }
-
+  // File order, so that a reader goes down the file once.
+  std::stable_sort(result.problems.begin(), result.problems.end(),
+                   [](const ConfigProblem& a, const ConfigProblem& b) {
+                     return std::pair(a.line, a.column) < std::pair(b.line, b.column);
+                   });
   if (result.problems.empty()) result.config = std::move(config);
   return result;
 }

@@ -1,10 +1,14 @@
 #pragma once
 
 // pgderive's configuration (SPEC.md §3): one YAML file into immutable typed structs.
-// Every key is declared once, in config.cc, with its type and default. Loading reports
-// every problem it finds - unknown key, wrong type, missing key, unknown store, unset
-// ${VARIABLE} - each with file, line and column, and never quotes a secret.
+// Every key is declared once, in the table of config.cc (ConfigKeys()), with its type,
+// default and meaning; the checks and the README's key table both come from it.
+// Loading reports every problem it finds in one go - unknown or duplicate key, wrong
+// type, missing key, unknown store, two views writing one target, unset ${VARIABLE},
+// a DSN or URL that does not parse - each with file, line and column, and never quotes
+// a secret.
 
+#include <cstdint>
 #include <cstdio>
 #include <map>
 #include <optional>
@@ -24,6 +28,12 @@ struct SourceConfig {
   std::string dsn;
   std::string slot;         // default pgderive_<pipeline>
   std::string publication;  // default pgderive_<pipeline>
+  // Seconds between the heartbeats that let an idle slot advance; 0 disables them.
+  int heartbeat_seconds = 10;
+  // Retained WAL above this many bytes is warned about.
+  uint64_t max_retained_wal_bytes = uint64_t{1} << 30;
+  int line = 0;  // of the `source` key, for messages about it
+  int column = 0;
 };
 
 enum class StoreType { kRedis, kOpenSearch, kPostgres };
@@ -31,8 +41,19 @@ enum class StoreType { kRedis, kOpenSearch, kPostgres };
 struct StoreConfig {
   std::string name;
   StoreType type = StoreType::kRedis;
-  std::string url;  // redis, opensearch
+  std::string url;  // redis, opensearch; as written (credentials in it stay there)
   std::string dsn;  // postgres
+  // redis (AUTH) and opensearch (basic auth); empty when not given. A password in the
+  // url's userinfo works too; the two ways are not mixed in one store.
+  std::string username;
+  std::string password;
+  std::string ca_file;  // opensearch over https: the CA bundle to trust
+  int line = 0;         // of the store's name under `stores`
+  int column = 0;
+
+  // `url` with `username` and `password` (when given) put into its userinfo,
+  // percent-encoded: what a client connects to. Never log it (use Url::Redacted()).
+  std::string ConnectUrl() const;
 };
 
 struct ViewConfig {
@@ -45,7 +66,8 @@ struct ViewConfig {
   std::string table;                                // postgres: the target table
   std::vector<std::string> key_columns;             // postgres: key: [..]
   std::string query;                                // postgres
-  int line = 0;
+  int line = 0;                                     // of the view's entry in `views`
+  int column = 0;
 };
 
 struct SnapshotConfig {
@@ -58,6 +80,14 @@ struct HttpConfig {
   std::string listen = "127.0.0.1:9187";
 };
 
+enum class LogFormat { kJson, kLogfmt };
+enum class LogLevel { kDebug, kInfo, kWarn, kError };
+
+struct LogConfig {
+  LogFormat format = LogFormat::kJson;
+  LogLevel level = LogLevel::kInfo;
+};
+
 struct Config {
   std::string path;
   std::string pipeline;
@@ -66,6 +96,7 @@ struct Config {
   std::vector<ViewConfig> views;
   SnapshotConfig snapshot;
   HttpConfig http;
+  LogConfig log;
 
   // The distinct `from` tables of the views, schema-qualified, in first-use order.
   std::vector<std::string> SourceTables() const;
@@ -83,5 +114,22 @@ ConfigResult LoadConfigFile(const std::string& path);
 // nullopt means the command exits 2.
 std::optional<Config> LoadConfigOrReport(const std::string& path, std::FILE* err);
 ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path);
+
+// One declared key, as the checks use it and the README documents it.
+struct ConfigKey {
+  std::string section;   // "" (top level), "source", "stores.NAME", "views[]", ...
+  std::string name;      // the key within its section
+  std::string type;      // "string", "integer", "size", "list of strings", ...
+  std::string applies;   // "" (always) or the store types it belongs to: "redis, opensearch"
+  std::string fallback;  // the default, "required", or "" (a section without a default)
+  std::string meaning;
+};
+const std::vector<ConfigKey>& ConfigKeys();
+// The README's key table (markdown), rendered from ConfigKeys().
+std::string ConfigKeyTableMarkdown();
+
+// "1GB", "512MB", "64kB", "100" (bytes) -> bytes; units are PostgreSQL's (powers of
+// 1024, B kB MB GB TB, case-insensitive). nullopt when malformed or out of range.
+std::optional<uint64_t> ParseByteSize(const std::string& text);
 
 }  // namespace pgderive

@@ -2,6 +2,7 @@
 
 #include <curl/curl.h>
 
+#include <cctype>
 #include <memory>
 
 #include "config/redact.h"
@@ -88,6 +89,38 @@ std::string Url::Redacted() const {
   if (port) out += ":" + std::to_string(*port);
   out += path;
   if (!query.empty()) out += "?" + RedactSecrets(query);
+  return out;
+}
+
+namespace {
+
+// RFC 3986 unreserved characters stay; everything else becomes %XX.
+std::string PercentEncode(std::string_view text) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (std::isalnum(byte) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out += c;
+    } else {
+      out += '%';
+      out += kHex[byte >> 4];
+      out += kHex[byte & 0xF];
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string AddUserinfo(std::string_view url, std::string_view user, std::string_view password) {
+  const size_t sep = url.find("://");
+  if (sep == std::string_view::npos || (user.empty() && password.empty())) return std::string(url);
+  std::string out(url.substr(0, sep + 3));
+  out += PercentEncode(user);
+  if (!password.empty()) out += ":" + PercentEncode(password);
+  out += '@';
+  out += url.substr(sep + 3);
   return out;
 }
 

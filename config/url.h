@@ -27,4 +27,9 @@ struct Url {
   std::string Redacted() const;
 };
 
+// `url` (scheme://host...) with "user:password@" put in front of its host, each
+// percent-encoded; an empty password adds the user alone. `url` must not have a
+// userinfo of its own. The result holds a secret: never log it.
+std::string AddUserinfo(std::string_view url, std::string_view user, std::string_view password);
+
 }  // namespace pgderive

@@ -3,6 +3,14 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "config/url.h"
+#include "tests/support/subprocess.h"
+
 namespace pgderive {
 namespace {
 
@@ -67,17 +75,27 @@ TEST(ConfigTest, SpecExampleLoadsAsWritten) {
   EXPECT_EQ(c.SourceTables(), std::vector<std::string>{"public.products"});
   EXPECT_EQ(c.http.listen, "127.0.0.1:9187");
   EXPECT_EQ(c.snapshot.workers, 4);
+  EXPECT_EQ(c.source.heartbeat_seconds, 10);
+  EXPECT_EQ(c.source.max_retained_wal_bytes, uint64_t{1} << 30);
+  EXPECT_EQ(c.log.format, LogFormat::kJson);
+  EXPECT_EQ(c.log.level, LogLevel::kInfo);
 }
 
+// A valid file's stores and views, for tests that vary something else.
+constexpr const char* kOneView =
+    "stores:\n  c: {type: redis, url: \"redis://127.0.0.1:6379/0\"}\n"
+    "views:\n  - {name: v, store: c, from: t, key: \"t:{id}\"}\n";
+
 TEST(ConfigTest, SnapshotWorkers) {
-  const std::string base = "pipeline: p\nsource:\n  dsn: postgresql://db/shop\n";
+  const std::string base =
+      "pipeline: p\nsource:\n  dsn: postgresql://db/shop\n" + std::string(kOneView);
   ConfigResult two = ParseConfig(base + "snapshot:\n  workers: 2\n", "w.yml");
   ASSERT_TRUE(two.config.has_value()) << two.Describe("w.yml");
   EXPECT_EQ(two.config->snapshot.workers, 2);
   for (const char* bad : {"0", "65", "two", "2.5", "[2]"}) {
     ConfigResult result = ParseConfig(base + "snapshot:\n  workers: " + bad + "\n", "w.yml");
     EXPECT_EQ(result.Describe("w.yml"),
-              "w.yml:5:12: snapshot.workers: must be a whole number from 1 to 64\n")
+              "w.yml:9:12: snapshot.workers: must be a whole number from 1 to 64\n")
         << bad;
   }
 }
@@ -85,10 +103,12 @@ TEST(ConfigTest, SnapshotWorkers) {
 TEST(ConfigTest, ExpandsEnvironmentVariables) {
   setenv("PGDERIVE_TEST_PW", "s3cret", 1);
   ConfigResult result = ParseConfig(
-      "pipeline: p\nsource:\n  dsn: postgresql://app:${PGDERIVE_TEST_PW}@db/shop\n", "p.yml");
+      std::string("pipeline: p\nsource:\n  dsn: postgresql://app:${PGDERIVE_TEST_PW}@db/shop\n") +
+          kOneView,
+      "p.yml");
   ASSERT_TRUE(result.config.has_value()) << result.Describe("p.yml");
   EXPECT_EQ(result.config->source.dsn, "postgresql://app:s3cret@db/shop");
-  EXPECT_TRUE(result.config->views.empty());
+  EXPECT_EQ(result.config->views.size(), 1u);
 }
 
 TEST(ConfigTest, ReportsEveryProblemWithItsLine) {
@@ -142,6 +162,256 @@ TEST(ConfigTest, ProblemsNeverQuoteASecret) {
       ParseConfig("pipeline: p\nsource:\n  dsn: [postgresql://app:Hunter2@db/shop]\n", "s.yml");
   ASSERT_FALSE(result.config.has_value());
   EXPECT_EQ(result.Describe("s.yml").find("Hunter2"), std::string::npos);
+}
+
+// Every way a DSN, a URL or a password field can be wrong, with the password in it: no
+// message repeats it (nor a piece of it).
+TEST(ConfigTest, APasswordInADsnOrUrlNeverAppears) {
+  setenv("PGDERIVE_TEST_SECRET", "Hunter2", 1);
+  const std::vector<std::string> dsns = {
+      "postgresql://app:Hunter2@/shop",                  // no host
+      "postgresql://app:Hunter2%zz@db/shop",             // bad percent-encoding
+      "postgresql://app:Hunter2@db:99999/shop",          // bad port
+      "postgresql://app:Hunter2@[::1/shop",              // unclosed IPv6 literal
+      "postgresql://app:${PGDERIVE_TEST_SECRET}@/shop",  // from the environment
+      "host=db password=Hunter2 Hunter3 dbname=shop",    // an unquoted space in the value
+      "host=db password='Hunter2",                       // unterminated quote
+      "password=Hunter2 dbname=shop",                    // no host
+      "postgresql://app:Hunter2@db/shop?Hunter2",        // a query without '='
+      "[postgresql://app:Hunter2@db/shop]",              // a list, not a string
+  };
+  for (const std::string& dsn : dsns) {
+    const std::string yaml = "pipeline: p\nsource:\n  dsn: \"" + dsn + "\"\n" + kOneView;
+    ConfigResult result = ParseConfig(yaml, "s.yml");
+    const std::string text = result.Describe("s.yml");
+    EXPECT_FALSE(result.config.has_value()) << dsn;
+    EXPECT_EQ(text.find("Hunter"), std::string::npos) << text;
+    EXPECT_NE(text.find("source.dsn"), std::string::npos) << text;
+  }
+  const std::vector<std::string> stores = {
+      "{type: redis, url: \"redis://:Hunter2@cache:0/0\"}",
+      "{type: redis, url: \"rediss://:Hunter2@cache/0\"}",
+      "{type: redis, url: \"redis://app:Hunter2@cache/x\", password: Hunter3}",
+      "{type: opensearch, url: \"http://admin:Hunter2@\"}",
+      "{type: opensearch, url: \"http://search:9200\", password: Hunter2}",
+      "{type: opensearch, url: \"https://search:9200\", password: [Hunter2]}",
+      "{type: postgres, dsn: \"user=app password=Hunter2\"}",
+  };
+  for (const std::string& store : stores) {
+    const std::string yaml =
+        "pipeline: p\nsource:\n  dsn: postgresql://db/shop\nstores:\n  s: " + store +
+        "\nviews:\n  - {name: v, store: s, from: t, key: \"t:{id}\"}\n";
+    ConfigResult result = ParseConfig(yaml, "s.yml");
+    const std::string text = result.Describe("s.yml");
+    EXPECT_FALSE(result.config.has_value()) << store;
+    EXPECT_EQ(text.find("Hunter"), std::string::npos) << text;
+    EXPECT_NE(text.find("stores.s"), std::string::npos) << text;
+  }
+}
+
+TEST(ConfigTest, DuplicateKeysAnywhere) {
+  ConfigResult result =
+      ParseConfig("pipeline: p\nsource:\n  dsn: postgresql://db/shop\n" + std::string(kOneView) +
+                      "http: {listen: \"127.0.0.1:1\", listen: \"127.0.0.1:2\"}\n",
+                  "d.yml");
+  EXPECT_EQ(result.Describe("d.yml"),
+            "d.yml:8:31: http.listen: duplicate key: the first `listen` is at line 8, column 8 "
+            "(YAML would silently keep only one of them)\n");
+}
+
+TEST(ConfigTest, ListenAddresses) {
+  const std::string base =
+      "pipeline: p\nsource:\n  dsn: postgresql://db/shop\n" + std::string(kOneView);
+  for (const char* good : {"127.0.0.1:9187", "0.0.0.0:1", "localhost:65535", "\"[::1]:9187\""}) {
+    ConfigResult result = ParseConfig(base + "http:\n  listen: " + good + "\n", "l.yml");
+    EXPECT_TRUE(result.config.has_value()) << good << ": " << result.Describe("l.yml");
+  }
+  for (const char* bad : {"9187", ":9187", "\"localhost:\"", "localhost:0", "localhost:65536",
+                          "localhost:http", "\"[::1]\"", "::1:9187", "\"[]:80\""}) {
+    ConfigResult result = ParseConfig(base + "http:\n  listen: " + bad + "\n", "l.yml");
+    EXPECT_NE(result.Describe("l.yml").find("http.listen: must be HOST:PORT"), std::string::npos)
+        << bad << ": " << result.Describe("l.yml");
+  }
+}
+
+TEST(ConfigTest, ByteSizes) {
+  EXPECT_EQ(ParseByteSize("1GB"), uint64_t{1} << 30);
+  EXPECT_EQ(ParseByteSize("512MB"), uint64_t{512} << 20);
+  EXPECT_EQ(ParseByteSize("64kB"), uint64_t{64} << 10);
+  EXPECT_EQ(ParseByteSize("64 kb"), uint64_t{64} << 10);
+  EXPECT_EQ(ParseByteSize("2TB"), uint64_t{2} << 40);
+  EXPECT_EQ(ParseByteSize("100"), 100u);
+  EXPECT_EQ(ParseByteSize("100B"), 100u);
+  for (const char* bad :
+       {"", "GB", "1.5GB", "-1", "1 GiB", "1PB", "99999999999TB", "99999999999999999999"}) {
+    EXPECT_FALSE(ParseByteSize(bad).has_value()) << bad;
+  }
+}
+
+TEST(ConfigTest, CredentialsGoIntoTheConnectUrl) {
+  StoreConfig store;
+  store.url = "redis://cache:6379/0";
+  EXPECT_EQ(store.ConnectUrl(), "redis://cache:6379/0");
+  store.username = "app";
+  store.password = "p@ss word:/";
+  EXPECT_EQ(store.ConnectUrl(), "redis://app:p%40ss%20word%3A%2F@cache:6379/0");
+  auto url = Url::Parse(store.ConnectUrl());
+  ASSERT_TRUE(url.has_value());
+  EXPECT_EQ(url->user, "app");
+  EXPECT_EQ(url->password, "p@ss word:/");
+  store.username.clear();
+  EXPECT_EQ(store.ConnectUrl(), "redis://:p%40ss%20word%3A%2F@cache:6379/0");
+}
+
+// The defaults of the key table are the defaults of the structs (one truth each way).
+TEST(ConfigTest, TableDefaultsAreTheStructDefaults) {
+  ConfigResult result = ParseConfig(
+      "pipeline: p\nsource:\n  dsn: postgresql://db/shop\n" + std::string(kOneView), "m.yml");
+  ASSERT_TRUE(result.config.has_value()) << result.Describe("m.yml");
+  const Config& parsed = *result.config;
+  const Config defaults;
+  EXPECT_EQ(parsed.source.heartbeat_seconds, defaults.source.heartbeat_seconds);
+  EXPECT_EQ(parsed.source.max_retained_wal_bytes, defaults.source.max_retained_wal_bytes);
+  EXPECT_EQ(parsed.snapshot.workers, defaults.snapshot.workers);
+  EXPECT_EQ(parsed.http.listen, defaults.http.listen);
+  EXPECT_EQ(parsed.log.format, defaults.log.format);
+  EXPECT_EQ(parsed.log.level, defaults.log.level);
+  EXPECT_EQ(parsed.source.slot, "pgderive_p");
+}
+
+// ---------------------------------------------------------------- the fixture corpus
+
+std::filesystem::path ConfigFixtures() {
+  return std::filesystem::path(testing::SourceDir()) / "tests" / "fixtures" / "configs";
+}
+
+std::string ReadAll(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+struct Expectation {
+  int line = 0;
+  std::string key;
+  std::string text;
+};
+
+// The "# expect: LINE: KEY: TEXT" lines at the top of a broken configuration.
+std::vector<Expectation> ExpectationsOf(const std::string& content) {
+  std::vector<Expectation> out;
+  std::istringstream in(content);
+  const std::string marker = "# expect: ";
+  for (std::string line; std::getline(in, line) && line.starts_with(marker);) {
+    const std::string rest = line.substr(marker.size());
+    const size_t first = rest.find(": ");
+    const size_t second = first == std::string::npos ? first : rest.find(": ", first + 1);
+    if (second == std::string::npos) {
+      ADD_FAILURE() << "malformed expectation: " << line;
+      continue;
+    }
+    out.push_back({std::atoi(rest.substr(0, first).c_str()),
+                   rest.substr(first + 2, second - first - 2), rest.substr(second + 2)});
+  }
+  return out;
+}
+
+// Every file in broken/ names its problems on its first lines; the loader must report
+// exactly those, each at its line and key, and nothing else. Adding a case is adding a
+// file.
+TEST(ConfigCorpusTest, EveryBrokenFileReportsItsProblems) {
+  unsetenv("PGDERIVE_FIXTURE_UNSET");
+  std::vector<std::filesystem::path> files;
+  for (const auto& entry : std::filesystem::directory_iterator(ConfigFixtures() / "broken")) {
+    if (entry.path().extension() == ".yml") files.push_back(entry.path());
+  }
+  std::sort(files.begin(), files.end());
+  EXPECT_GE(files.size(), 30u);
+  size_t several = 0;
+  for (const auto& file : files) {
+    SCOPED_TRACE(file.filename().string());
+    const std::vector<Expectation> expected = ExpectationsOf(ReadAll(file));
+    ASSERT_FALSE(expected.empty()) << "no '# expect: LINE: KEY: TEXT' line";
+    several += expected.size() > 1 ? 1 : 0;
+    const ConfigResult result = LoadConfigFile(file.string());
+    const std::string text = result.Describe(file.string());
+    EXPECT_FALSE(result.config.has_value());
+    EXPECT_EQ(result.problems.size(), expected.size()) << text;
+    for (const Expectation& e : expected) {
+      const bool found =
+          std::any_of(result.problems.begin(), result.problems.end(), [&](const ConfigProblem& p) {
+            return p.line == e.line && p.key == e.key &&
+                   p.message.find(e.text) != std::string::npos;
+          });
+      EXPECT_TRUE(found) << "expected line " << e.line << ", key " << e.key << ": " << e.text
+                         << "\ngot:\n"
+                         << text;
+    }
+    // The fixtures' passwords never reach a message.
+    for (const char* secret : {"Hunter2", "Secret123"}) {
+      EXPECT_EQ(text.find(secret), std::string::npos) << text;
+    }
+  }
+  EXPECT_GE(several, 2u) << "a couple of files show that every problem is listed";
+}
+
+TEST(ConfigCorpusTest, TheFullValidFileLoads) {
+  setenv("PGDERIVE_FIXTURE_PASSWORD", "s3cr3t-pw", 1);
+  const std::filesystem::path path = ConfigFixtures() / "valid" / "full.yml";
+  const ConfigResult result = LoadConfigFile(path.string());
+  ASSERT_TRUE(result.config.has_value()) << result.Describe(path.string());
+  const Config& c = *result.config;
+  EXPECT_EQ(c.pipeline, "shop");
+  EXPECT_EQ(c.source.dsn,
+            "postgresql://replicator:s3cr3t-pw@db.internal:5432/shop?sslmode=verify-full");
+  EXPECT_EQ(c.source.slot, "shop_slot");
+  EXPECT_EQ(c.source.publication, "shop_pub");
+  EXPECT_EQ(c.source.heartbeat_seconds, 30);
+  EXPECT_EQ(c.source.max_retained_wal_bytes, uint64_t{512} << 20);
+  EXPECT_EQ(c.source.line, 4);
+  ASSERT_EQ(c.stores.size(), 3u);
+  const StoreConfig& cache = c.stores.at("cache");
+  EXPECT_EQ(cache.type, StoreType::kRedis);
+  EXPECT_EQ(cache.url, "redis://cache.internal:6379/2");
+  EXPECT_EQ(cache.username, "pgderive");
+  EXPECT_EQ(cache.password, "s3cr3t-pw");
+  EXPECT_EQ(cache.ConnectUrl(), "redis://pgderive:s3cr3t-pw@cache.internal:6379/2");
+  EXPECT_EQ(cache.line, 11);
+  const StoreConfig& search = c.stores.at("search");
+  EXPECT_EQ(search.type, StoreType::kOpenSearch);
+  EXPECT_EQ(search.username, "admin");
+  EXPECT_EQ(search.ca_file, (path.parent_path() / "ca.pem").string());
+  EXPECT_EQ(c.stores.at("warehouse").dsn,
+            "host=warehouse.internal port=5433 dbname=analytics user=pgderive sslmode=require");
+  ASSERT_EQ(c.views.size(), 4u);
+  EXPECT_EQ(c.views[0].from, "public.products");
+  EXPECT_EQ(c.views[0].key_template, "product:{id}");
+  EXPECT_EQ(c.views[0].columns, (std::vector<std::string>{"id", "sku", "title", "price"}));
+  EXPECT_EQ(c.views[0].line, 26);
+  EXPECT_FALSE(c.views[1].columns.has_value());
+  EXPECT_EQ(c.views[2].index, "products");
+  EXPECT_EQ(c.views[3].table, "analytics.customer_totals");
+  EXPECT_EQ(c.views[3].key_columns, std::vector<std::string>{"customer_id"});
+  EXPECT_NE(c.views[3].query.find("group by o.customer_id"), std::string::npos);
+  EXPECT_EQ(c.snapshot.workers, 8);
+  EXPECT_EQ(c.http.listen, "[::1]:9188");
+  EXPECT_EQ(c.log.format, LogFormat::kLogfmt);
+  EXPECT_EQ(c.log.level, LogLevel::kDebug);
+
+  // It uses every declared key.
+  const std::string text = ReadAll(path);
+  for (const ConfigKey& key : ConfigKeys()) {
+    EXPECT_NE(text.find(key.name + ":"), std::string::npos) << key.section << "." << key.name;
+  }
+}
+
+// The README's key table is the table the loader checks with.
+TEST(ConfigCorpusTest, ReadmeListsEveryKey) {
+  const std::string readme = ReadAll(std::filesystem::path(testing::SourceDir()) / "README.md");
+  EXPECT_NE(readme.find(ConfigKeyTableMarkdown()), std::string::npos)
+      << "README.md's Configuration section must hold this table:\n"
+      << ConfigKeyTableMarkdown();
 }
 
 }  // namespace
