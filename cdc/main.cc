@@ -1,12 +1,15 @@
 // The pgderive binary: parse arguments, run. Everything else lives in the libraries.
 #include <signal.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <cstdio>
 
 #include "cdc/run.h"
+#include "cdc/status_report.h"
 #include "cdc/tail.h"
+#include "cdc/validate.h"
 #include "cdc/verify.h"
 
 #ifndef PGDERIVE_VERSION
@@ -15,9 +18,23 @@
 
 namespace {
 
-std::atomic<bool> g_stop{false};  // the one piece of state a signal handler may touch
+std::atomic<bool> g_stop{false};
 
-void OnSignal(int) { g_stop.store(true); }
+template <typename T>
+void IgnoreResult(T) {}  // async-signal-safe: nothing to do if stderr is gone  // the one piece of
+                         // state a signal handler may touch
+
+// The first SIGTERM/SIGINT asks for a clean stop (finish the batch in flight, write
+// checkpoints, confirm the slot, exit 0). A second one exits at once: every store's
+// checkpoint is written with or after its data, so what was not confirmed is replayed
+// by the next start and nothing is corrupted.
+void OnSignal(int signal) {
+  if (g_stop.exchange(true)) {
+    static const char kMessage[] = "pgderive: second signal, exiting now\n";
+    IgnoreResult(write(STDERR_FILENO, kMessage, sizeof kMessage - 1));
+    _exit(128 + signal);
+  }
+}
 
 void InstallSignalHandlers() {
   struct sigaction action {};
@@ -68,6 +85,24 @@ int main(int argc, char** argv) {
   verify_command->add_option("--wait", verify_wait,
                              "seconds to wait for the stores to catch up with the source (60)");
 
+  pgderive::ValidateOptions validate;
+  CLI::App* validate_command = app.add_subcommand(
+      "validate",
+      "check the configuration file and, with --connect, the source and the stores, without "
+      "changing anything; exit 2 listing every problem");
+  validate_command->add_option("-c,--config", validate.config_path, "configuration file")
+      ->required();
+  validate_command->add_flag("--connect", validate.connect,
+                             "also check the source and the stores (read-only)");
+
+  pgderive::StatusOptions status;
+  CLI::App* status_command = app.add_subcommand(
+      "status",
+      "print the slot's lag and retained WAL, each store's checkpoint and lag, and each view's "
+      "state");
+  status_command->add_option("-c,--config", status.config_path, "configuration file")->required();
+  status_command->add_flag("--json", status.json, "print the report as JSON");
+
   CLI11_PARSE(app, argc, argv);
 
   if (run_command->parsed()) {
@@ -75,6 +110,8 @@ int main(int argc, char** argv) {
     run.stop = &g_stop;
     return pgderive::RunPipeline(run);
   }
+  if (validate_command->parsed()) return pgderive::RunValidate(validate);
+  if (status_command->parsed()) return pgderive::RunStatus(status);
   if (verify_command->parsed()) {
     if (!verify_view.empty()) verify.view = verify_view;
     verify.wait = std::chrono::seconds(verify_wait);

@@ -283,6 +283,10 @@ int RunPipeline(const RunOptions& options) {
   logger.Info("http endpoint listening",
               {{"listen", config.http.listen}, {"port", std::to_string(http.value()->port())}});
   monitor.Start();
+  for (auto& sink : sinks) {
+    status = sink->Migrate();
+    if (!status.ok()) return Fail("store " + sink->name() + ": " + status.error().message());
+  }
   status = EnsurePublication(sql.value(), config.source.publication, tables);
   if (!status.ok()) return Fail(status.error().message());
 

@@ -42,6 +42,9 @@ class Sink {
   // (Re)connects to the store and prepares it (indexes, target tables). Transient
   // errors are retried by the caller with backoff.
   virtual Status Connect() = 0;
+  // Creates or upgrades the store's own metadata (migrations/), once the checks have
+  // passed; stores without metadata of their own have nothing to do.
+  virtual Status Migrate() { return Status::Ok(); }
   // The store's checkpoint; nullopt when it holds none.
   virtual Result<std::optional<Lsn>> ReadCheckpoint() = 0;
 

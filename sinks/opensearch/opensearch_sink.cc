@@ -116,7 +116,8 @@ nlohmann::json OpenSearchSink::Mapping(const RelationSchema& schema,
 Result<std::unique_ptr<OpenSearchSink>> OpenSearchSink::Make(const Config& config,
                                                              const StoreConfig& store) {
   std::unique_ptr<OpenSearchSink> sink(
-      new OpenSearchSink(store.name, store.url, config.pipeline + "." + store.name));
+      new OpenSearchSink(store.name, store.ConnectUrl(), config.pipeline + "." + store.name));
+  sink->ca_file_ = store.ca_file;
   for (const ViewConfig& view : config.views) {
     if (view.store != store.name) continue;
     sink->views_.push_back(
@@ -156,6 +157,7 @@ Result<OpenSearchClient*> OpenSearchSink::Client() {
   if (!client_) {
     HttpClient::Options options;
     options.url = url_;
+    options.ca_file = ca_file_;
     auto client = OpenSearchClient::Create(options);
     if (!client.ok()) return client.error();
     client_.emplace(std::move(client).value());

@@ -77,7 +77,8 @@ class OpenSearchSink : public Sink {
   Status WriteCheckpoint(OpenSearchClient& client, std::optional<Lsn> lsn);
 
   std::string name_;
-  std::string url_;
+  std::string url_;  // with credentials: never logged
+  std::string ca_file_;
   std::string checkpoint_id_;
   std::vector<std::unique_ptr<View>> views_;
   std::mutex mutex_;

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cdc/copy_text.h"
+#include "cdc/migrations.h"
 #include "cdc/publication.h"
 #include "sinks/common/view_list.h"
 #include "sinks/postgres/query_rewrite.h"
@@ -209,14 +210,42 @@ Status PostgresSink::Connect() {
   return c.ok() ? Status::Ok() : Status(c.error());
 }
 
-// pgderive's own metadata in the target database (migrations/0001).
-Status PostgresSink::EnsureMetadata(PgConnection& c) {
-  return c.Execute(
-      "begin; select pg_advisory_xact_lock(hashtext('pgderive.metadata')); "
-      "create schema if not exists pgderive; "
-      "create table if not exists pgderive.checkpoints (pipeline text not null, store text not "
-      "null, lsn pg_lsn not null, updated_at timestamptz not null default now(), primary key "
-      "(pipeline, store)); commit");
+// pgderive's own metadata in the target database: migrations/, applied once each.
+Status PostgresSink::EnsureMetadata(PgConnection& c) { return ApplyMigrations(c); }
+
+Status PostgresSink::Migrate() {
+  std::lock_guard lock(mutex_);
+  auto connected = Connection();
+  if (!connected.ok()) return connected.error();
+  return EnsureMetadata(*connected.value());
+}
+
+// What a view's table is built from; a different one means the table must be rebuilt.
+std::string PostgresSink::Definition(const View& view) const {
+  return "table " + view.config.table + "\nkey " + KeyList(view) + "\nquery " + view.config.query;
+}
+
+// The views whose recorded definition differs from the configuration's (one never
+// recorded differs too).
+Result<std::vector<const PostgresSink::View*>> PostgresSink::ChangedViews(PgConnection& c) {
+  std::vector<const View*> changed;
+  auto present = c.Query("select to_regclass('pgderive.views') is not null");
+  if (!present.ok()) return present.error();
+  const bool registry = present.value().rows[0][0].value_or("f") == "t";
+  for (const auto& view : views_) {
+    if (!registry) {
+      changed.push_back(view.get());
+      continue;
+    }
+    auto row = c.Query("select definition from pgderive.views where pipeline = " +
+                       c.QuoteLiteral(pipeline_) + " and store = " + c.QuoteLiteral(name_) +
+                       " and view = " + c.QuoteLiteral(view->config.name));
+    if (!row.ok()) return row.error();
+    if (row.value().rows.empty() || row.value().rows[0][0].value_or("") != Definition(*view)) {
+      changed.push_back(view.get());
+    }
+  }
+  return changed;
 }
 
 Result<std::optional<Lsn>> PostgresSink::ReadCheckpoint() {
@@ -234,6 +263,10 @@ Result<std::optional<Lsn>> PostgresSink::ReadCheckpoint() {
   auto present = c.Query(regs);
   if (!present.ok()) return present.error();
   if (present.value().rows[0][0].value_or("f") != "t") return std::optional<Lsn>();
+  // A view whose definition changed holds what the old one returned: rebuild.
+  auto changed = ChangedViews(c);
+  if (!changed.ok()) return changed.error();
+  if (!changed.value().empty()) return std::optional<Lsn>();
   auto row = c.Query("select lsn::text from pgderive.checkpoints where pipeline = " +
                      c.QuoteLiteral(pipeline_) + " and store = " + c.QuoteLiteral(name_));
   if (!row.ok()) return row.error();
@@ -301,6 +334,17 @@ Status PostgresSink::BeginRebuild(Lsn) {
   std::string sql =
       "begin; delete from pgderive.checkpoints where pipeline = " + c.QuoteLiteral(pipeline_) +
       " and store = " + c.QuoteLiteral(name_) + "; ";
+  // A table built from another definition is replaced (its columns may differ). A table
+  // pgderive never recorded is the user's: it is kept and filled.
+  for (const auto& view : views_) {
+    auto row = c.Query("select definition from pgderive.views where pipeline = " +
+                       c.QuoteLiteral(pipeline_) + " and store = " + c.QuoteLiteral(name_) +
+                       " and view = " + c.QuoteLiteral(view->config.name));
+    if (!row.ok()) return row.error();
+    if (!row.value().rows.empty() && row.value().rows[0][0].value_or("") != Definition(*view)) {
+      sql += "drop table if exists " + view->target + "; ";
+    }
+  }
   for (const auto& [table, m] : mirrors_) {
     sql += "drop table if exists " + m.name + " cascade; create table " + m.name + " (";
     for (size_t i = 0; i < m.columns.size(); ++i) {
@@ -380,6 +424,15 @@ Status PostgresSink::EndRebuild(Lsn snapshot_lsn) {
     if (status.ok()) status = RecomputeAll(c, *view);
   }
   if (status.ok()) status = WriteCheckpoint(c, snapshot_lsn);
+  for (const auto& view : views_) {
+    if (!status.ok()) break;
+    status = c.Execute(
+        "insert into pgderive.views (pipeline, store, view, definition) values (" +
+        c.QuoteLiteral(pipeline_) + ", " + c.QuoteLiteral(name_) + ", " +
+        c.QuoteLiteral(view->config.name) + ", " + c.QuoteLiteral(Definition(*view)) +
+        ") on conflict (pipeline, store, view) do update set definition = excluded.definition, "
+        "updated_at = now()");
+  }
   if (status.ok()) status = c.Execute("commit");
   if (!status.ok()) IgnoreError(c.Execute("rollback"), "the error above is what counts");
   return status;

@@ -47,6 +47,7 @@ class PostgresSink : public Sink {
   std::vector<std::string> tables() const override;
   Status Check(const std::shared_ptr<const RelationSchema>& schema) override;
   Status Connect() override;
+  Status Migrate() override;
   Result<std::optional<Lsn>> ReadCheckpoint() override;
   Status BeginRebuild(Lsn snapshot_lsn) override;
   Status ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
@@ -85,6 +86,8 @@ class PostgresSink : public Sink {
       : name_(std::move(name)), dsn_(std::move(dsn)), pipeline_(std::move(pipeline)) {}
   Result<PgConnection*> Connection();
   Status EnsureMetadata(PgConnection& c);
+  std::string Definition(const View& view) const;
+  Result<std::vector<const View*>> ChangedViews(PgConnection& c);
   Status EnsureTempTables(PgConnection& c);
   Result<std::string> MirrorQuery(const View& view, const std::optional<std::string>& restrict);
   Status CollectAffected(PgConnection& c, const View& view, const std::set<std::string>& changed);

@@ -16,7 +16,7 @@ Error ReplyError(const std::string& what, const RedisReply& reply) {
 
 Result<std::unique_ptr<RedisSink>> RedisSink::Make(const Config& config, const StoreConfig& store) {
   std::unique_ptr<RedisSink> sink(
-      new RedisSink(store.name, store.url, "pgderive:" + config.pipeline + ":checkpoint"));
+      new RedisSink(store.name, store.ConnectUrl(), "pgderive:" + config.pipeline + ":checkpoint"));
   for (const ViewConfig& view : config.views) {
     if (view.store != store.name) continue;
     auto key = KeyTemplate::Parse(view.key_template);

@@ -1,0 +1,423 @@
+// pgderive as a sidecar (issue 5), against the real servers of compose/local: the HTTP
+// endpoint (/healthz, /readyz, /metrics parsed as Prometheus text, /status),
+// `pgderive status --json`, JSON log lines without the DSN's password, SIGTERM under
+// load (exit 0 within 10 s, then a restart resumes and every view verifies), the
+// heartbeat moving an idle slot, Redis AUTH with a user and password, and the whole
+// pipeline run by a least-privilege role.
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include "config/url.h"
+#include "sinks/opensearch/http_client.h"
+#include "sinks/redis/redis_client.h"
+#include "tests/support/pg.h"
+#include "tests/support/stack_env.h"
+#include "tests/support/subprocess.h"
+
+namespace pgderive {
+namespace {
+
+using nlohmann::json;
+using testing::MustConnect;
+using testing::MustExecute;
+using testing::PgderiveBinary;
+using testing::Scalar;
+using testing::Subprocess;
+using testing::UniqueName;
+
+template <typename F>
+bool WaitFor(F condition, std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!condition()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // poll interval
+  }
+  return true;
+}
+
+// A port nothing listens on right now (the kernel's pick for an ephemeral bind).
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = 0;
+  bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
+  socklen_t length = sizeof address;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  const int port = ntohs(address.sin_port);
+  close(fd);
+  return port;
+}
+
+// One sample of Prometheus text: name, labels, value.
+struct Sample {
+  std::string name;
+  std::map<std::string, std::string> labels;
+  double value = 0;
+};
+
+// Parses the text exposition format strictly enough to catch a malformed line: every
+// sample line is `name{label="value",...} number`, and every family has HELP and TYPE
+// before its samples.
+std::vector<Sample> ParsePrometheus(const std::string& text) {
+  static const std::regex kSample(R"(^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$)");
+  static const std::regex kLabel(R"(([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)\"(,|$))");
+  std::vector<Sample> samples;
+  std::map<std::string, std::string> types;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("# HELP ", 0) == 0) continue;
+    if (line.rfind("# TYPE ", 0) == 0) {
+      std::istringstream words(line.substr(7));
+      std::string name, type;
+      words >> name >> type;
+      EXPECT_TRUE(type == "counter" || type == "gauge" || type == "histogram") << line;
+      types[name] = type;
+      continue;
+    }
+    std::smatch match;
+    if (!std::regex_match(line, match, kSample)) {
+      ADD_FAILURE() << "not a Prometheus sample line: " << line;
+      continue;
+    }
+    Sample sample;
+    sample.name = match[1];
+    std::string family = sample.name;
+    for (const char* suffix : {"_bucket", "_sum", "_count"}) {
+      const std::string s = suffix;
+      if (!types.contains(family) && family.size() > s.size() &&
+          family.compare(family.size() - s.size(), s.size(), s) == 0) {
+        family = family.substr(0, family.size() - s.size());
+      }
+    }
+    EXPECT_TRUE(types.contains(family)) << "no # TYPE before " << line;
+    const std::string labels = match[3];
+    for (auto it = std::sregex_iterator(labels.begin(), labels.end(), kLabel);
+         it != std::sregex_iterator(); ++it) {
+      sample.labels[(*it)[1]] = (*it)[2];
+    }
+    const std::string value = match[4];
+    sample.value = value == "+Inf" ? INFINITY : std::stod(value);
+    samples.push_back(sample);
+  }
+  return samples;
+}
+
+std::optional<double> Find(const std::vector<Sample>& samples, const std::string& name,
+                           const std::map<std::string, std::string>& labels = {}) {
+  for (const Sample& s : samples) {
+    if (s.name != name) continue;
+    bool match = true;
+    for (const auto& [k, v] : labels) {
+      auto it = s.labels.find(k);
+      match = match && it != s.labels.end() && it->second == v;
+    }
+    if (match) return s.value;
+  }
+  return std::nullopt;
+}
+
+class SidecarTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    PGDERIVE_REQUIRE_STACK();
+    dsn_ = stack.pg_dsn();
+    redis_url_ = stack.redis_url();
+    dir_ = std::filesystem::temp_directory_path() / UniqueName("pgderive_sidecar_test");
+    std::filesystem::create_directories(dir_);
+    pipeline_ = UniqueName("side");
+    table_ = UniqueName("side_src");
+    target_ = "side_out." + UniqueName("totals");
+    port_ = FreePort();
+    sql_ = std::make_unique<PgConnection>(MustConnect(dsn_));
+    MustExecute(*sql_, "create schema if not exists side_out");
+    MustExecute(*sql_, "create table " + table_ +
+                           " (id int primary key, grp int not null, amount numeric not null)");
+    MustExecute(*sql_,
+                "insert into " + table_ + " select g, g % 10, g from generate_series(1, 2000) g");
+  }
+  void TearDown() override {
+    run_.reset();
+    if (sql_) {
+      IgnoreError(sql_->Execute("select pg_drop_replication_slot('pgderive_" + pipeline_ + "')"),
+                  "test cleanup");
+      IgnoreError(sql_->Execute("drop publication if exists pgderive_" + pipeline_),
+                  "test cleanup");
+      IgnoreError(sql_->Execute("drop table if exists " + table_ + ", " + target_), "test cleanup");
+    }
+    std::filesystem::remove_all(dir_);
+  }
+
+  std::string WriteConfig(const std::string& source_dsn, const std::string& redis_url,
+                          const std::string& extra_source = "",
+                          const std::string& redis_auth = "") {
+    const std::string path = (dir_ / "pgderive.yml").string();
+    std::ofstream(path) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: \"" << source_dsn
+                        << "\"\n  heartbeat_interval: 1\n"
+                        << extra_source << "stores:\n  cache:\n    type: redis\n    url: \""
+                        << redis_url << "\"\n"
+                        << redis_auth << "  warehouse:\n    type: postgres\n    dsn: \""
+                        << source_dsn
+                        << "\"\nviews:\n  - name: rows\n    store: cache\n    from: " << table_
+                        << "\n    key: \"" << table_
+                        << ":{id}\"\n  - name: totals\n    store: warehouse\n    table: " << target_
+                        << "\n    key: [grp]\n    query: select grp, count(*) as n, sum(amount) as "
+                           "total from public."
+                        << table_ << " group by grp\nhttp:\n  listen: 127.0.0.1:" << port_
+                        << "\nlog:\n  format: json\n";
+    return path;
+  }
+  void StartRun(const std::string& config, const std::string& log = "run.err") {
+    run_ = std::make_unique<Subprocess>(
+        std::vector<std::string>{PgderiveBinary(), "run", "-c", config}, (dir_ / log).string());
+  }
+  std::string Read(const std::string& name) {
+    std::ifstream in(dir_ / name);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+  // GET on the pipeline's HTTP endpoint: (status, body); status 0 when nothing answers.
+  std::pair<long, std::string> Get(const std::string& path) {
+    auto client = HttpClient::Create({.url = "http://127.0.0.1:" + std::to_string(port_),
+                                      .ca_file = "",
+                                      .timeout = std::chrono::seconds(5)});
+    if (!client.ok()) return {0, ""};
+    auto response = client.value().Send("GET", path);
+    if (!response.ok()) return {0, ""};
+    return {response.value().status, response.value().body};
+  }
+  std::pair<int, std::string> Command(const std::vector<std::string>& args) {
+    Subprocess p(args, (dir_ / "command.err").string());
+    std::string out;
+    while (auto line = p.ReadLine(std::chrono::seconds(60))) out += *line + "\n";
+    auto code = p.Wait(std::chrono::seconds(30));
+    return {code.value_or(-1), out + Read("command.err")};
+  }
+
+  std::string dsn_, redis_url_, pipeline_, table_, target_;
+  int port_ = 0;
+  std::filesystem::path dir_;
+  std::unique_ptr<PgConnection> sql_;
+  std::unique_ptr<Subprocess> run_;
+};
+
+TEST_F(SidecarTest, HealthReadinessMetricsStatusLogsAndCleanStopUnderLoad) {
+  const std::string config = WriteConfig(dsn_, redis_url_);
+  StartRun(config);
+  ASSERT_TRUE(WaitFor([&] { return Get("/healthz").first == 200; })) << Read("run.err");
+  ASSERT_TRUE(WaitFor([&] { return Get("/readyz").first == 200; }))
+      << Get("/readyz").second << Read("run.err");
+
+  MustExecute(*sql_, "update " + table_ + " set amount = amount + 1 where id <= 500");
+  MustExecute(*sql_, "delete from " + table_ + " where id > 1900");
+  // 600 changes reach both views, as the metrics count them.
+  ASSERT_TRUE(WaitFor([&] {
+    auto samples = ParsePrometheus(Get("/metrics").second);
+    return Find(samples, "pgderive_changes_applied_total", {{"view", "rows"}}).value_or(0) >= 600 &&
+           Find(samples, "pgderive_changes_applied_total", {{"view", "totals"}}).value_or(0) >= 600;
+  })) << Get("/metrics").second;
+  const auto samples = ParsePrometheus(Get("/metrics").second);
+  EXPECT_EQ(Find(samples, "pgderive_changes_applied_total", {{"view", "rows"}}), 600);
+  EXPECT_EQ(Find(samples, "pgderive_stream_connected"), 1);
+  EXPECT_GE(Find(samples, "pgderive_batches_total", {{"store", "cache"}}).value_or(0), 1);
+  EXPECT_GE(
+      Find(samples, "pgderive_batch_duration_seconds_count", {{"store", "warehouse"}}).value_or(0),
+      1);
+  EXPECT_EQ(Find(samples, "pgderive_batch_duration_seconds_bucket",
+                 {{"store", "warehouse"}, {"le", "+Inf"}}),
+            Find(samples, "pgderive_batch_duration_seconds_count", {{"store", "warehouse"}}));
+  EXPECT_EQ(Find(samples, "pgderive_errors_total", {{"store", "cache"}, {"kind", "transient"}}), 0);
+  EXPECT_TRUE(Find(samples, "pgderive_store_lag_bytes", {{"store", "cache"}}).has_value());
+  EXPECT_TRUE(Find(samples, "pgderive_store_lag_seconds", {{"store", "warehouse"}}).has_value());
+  EXPECT_TRUE(WaitFor([&] {
+    return Find(ParsePrometheus(Get("/metrics").second), "pgderive_slot_retained_wal_bytes")
+        .has_value();
+  }));
+
+  // The process's own state, and `pgderive status --json` built from it and the stores.
+  const json live = json::parse(Get("/status").second);
+  EXPECT_EQ(live["ready"], true);
+  ASSERT_EQ(live["views"].size(), 2u);
+  for (const auto& v : live["views"]) EXPECT_EQ(v["state"], "live") << v;
+  auto [code, out] = Command({PgderiveBinary(), "status", "-c", config, "--json"});
+  ASSERT_EQ(code, 0) << out;
+  const json status = json::parse(out.substr(0, out.rfind('}') + 1));
+  EXPECT_EQ(status["running"], true);
+  EXPECT_EQ(status["slot"]["exists"], true);
+  EXPECT_EQ(status["slot"]["active"], true);
+  EXPECT_EQ(status["slot"]["wal_status"], "reserved");
+  ASSERT_EQ(status["stores"].size(), 2u);
+  for (const auto& s : status["stores"]) {
+    EXPECT_TRUE(s["checkpoint"].is_string()) << s;
+    EXPECT_TRUE(s.contains("lag_bytes") && s.contains("lag_seconds")) << s;
+  }
+  // The human form names the same things.
+  auto [text_code, text] = Command({PgderiveBinary(), "status", "-c", config});
+  EXPECT_EQ(text_code, 0);
+  EXPECT_NE(text.find("view rows (cache): live"), std::string::npos) << text;
+  EXPECT_NE(text.find("slot pgderive_" + pipeline_ + ": active"), std::string::npos) << text;
+
+  // SIGTERM while a writer keeps changing rows: exit 0 within 10 s.
+  std::atomic<bool> writing{true};
+  std::thread writer([&] {
+    PgConnection c = MustConnect(dsn_);
+    for (int i = 0; writing.load(); ++i) {
+      MustExecute(c, "update " + table_ +
+                         " set amount = amount + 1 where id = " + std::to_string(1 + i % 1900));
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // let the load build up
+  run_->Signal(SIGTERM);
+  const auto stopped = run_->Wait(std::chrono::seconds(10));
+  writing.store(false);
+  writer.join();
+  ASSERT_TRUE(stopped.has_value()) << "still running 10 s after SIGTERM\n" << Read("run.err");
+  EXPECT_EQ(*stopped, 0) << Read("run.err");
+
+  // A restart resumes (no rebuild) and every view verifies.
+  StartRun(config, "run2.err");
+  auto [verify_code, verify_out] = testing::RunVerify(config, 60);
+  EXPECT_EQ(verify_code, 0) << verify_out << Read("run2.err");
+  EXPECT_EQ(Read("run2.err").find("rebuilding"), std::string::npos) << Read("run2.err");
+  EXPECT_NE(Read("run2.err").find("resumes from"), std::string::npos) << Read("run2.err");
+  run_->Signal(SIGTERM);
+  EXPECT_EQ(run_->Wait(std::chrono::seconds(10)), 0);
+
+  // Every log line is a JSON object with ts, level and msg, and none holds the
+  // password of the DSN (which every config here carries).
+  const std::string password = Url::Parse(dsn_).value().password.value_or("");
+  ASSERT_FALSE(password.empty());
+  for (const std::string log : {"run.err", "run2.err", "command.err"}) {
+    std::istringstream in(Read(log));
+    std::string line;
+    int lines = 0;
+    while (std::getline(in, line)) {
+      EXPECT_EQ(line.find(password), std::string::npos) << log << ": " << line;
+      if (log == "command.err") continue;
+      const json parsed = json::parse(line, nullptr, false);
+      ASSERT_FALSE(parsed.is_discarded()) << log << ": " << line;
+      EXPECT_TRUE(parsed.contains("ts") && parsed.contains("level") && parsed.contains("msg"))
+          << line;
+      ++lines;
+    }
+    if (log != "command.err") {
+      EXPECT_GT(lines, 3) << log;
+    }
+  }
+}
+
+TEST_F(SidecarTest, HeartbeatMovesAnIdleSlot) {
+  const std::string config = WriteConfig(dsn_, redis_url_);
+  StartRun(config);
+  ASSERT_TRUE(WaitFor([&] { return Get("/readyz").first == 200; })) << Read("run.err");
+  // Our tables stay idle; WAL is written elsewhere (a table outside the publication).
+  const std::string other = UniqueName("side_other");
+  MustExecute(*sql_, "create table " + other + " (v int)");
+  MustExecute(*sql_, "insert into " + other + " select generate_series(1, 10000)");
+  const std::string written = Scalar(*sql_, "select pg_current_wal_lsn()");
+  const std::string slot = "pgderive_" + pipeline_;
+  const bool moved = WaitFor([&] {
+    return Scalar(*sql_, "select confirmed_flush_lsn >= '" + written +
+                             "'::pg_lsn from pg_replication_slots where slot_name = '" + slot +
+                             "'") == "t";
+  });
+  MustExecute(*sql_, "drop table " + other);
+  EXPECT_TRUE(moved) << Read("run.err");
+  const auto samples = ParsePrometheus(Get("/metrics").second);
+  EXPECT_GE(Find(samples, "pgderive_heartbeats_total").value_or(0), 1);
+}
+
+TEST_F(SidecarTest, RedisAuthWithUserAndPassword) {
+  // A Redis ACL user for this test only; the default user stays as it was.
+  const std::string user = UniqueName("pgd_user");
+  const std::string password = "Rd-" + UniqueName("secret");
+  auto admin = RedisClient::Connect(redis_url_);
+  ASSERT_TRUE(admin.ok());
+  auto made =
+      admin.value().Command({"ACL", "SETUSER", user, "on", ">" + password, "~*", "&*", "+@all"});
+  ASSERT_TRUE(made.ok());
+  const std::string config =
+      WriteConfig(dsn_, redis_url_, "",
+                  "    username: " + user + "\n    password: \"" + password + "\"\n");
+  StartRun(config);
+  const std::string key = table_ + ":7";
+  EXPECT_TRUE(WaitFor([&] {
+    auto reply = admin.value().Command({"GET", key});
+    return reply.ok() && reply.value().type == RedisReply::Type::kString;
+  })) << Read("run.err");
+  run_->Signal(SIGTERM);
+  EXPECT_EQ(run_->Wait(std::chrono::seconds(10)), 0);
+  EXPECT_EQ(Read("run.err").find(password), std::string::npos);
+  // A wrong password is refused at start, named, and not printed.
+  const std::string bad = WriteConfig(dsn_, redis_url_, "",
+                                      "    username: " + user + "\n    password: wrong-pw\n");
+  auto [code, out] = Command({PgderiveBinary(), "run", "-c", bad});
+  EXPECT_NE(code, 0);
+  EXPECT_NE(out.find("cache"), std::string::npos) << out;
+  EXPECT_EQ(out.find("wrong-pw"), std::string::npos) << out;
+  auto deleted = admin.value().Command({"ACL", "DELUSER", user});
+  EXPECT_TRUE(deleted.ok());
+}
+
+TEST_F(SidecarTest, WholePipelineAsLeastPrivilegeRole) {
+  // The documented role: LOGIN REPLICATION, SELECT on the source tables, CREATE on the
+  // database (pgderive makes its `pgderive` schema and the target's schema). The
+  // publication is made by the tables' owner: PostgreSQL lets only an owner publish a
+  // table. A database of its own, so that nothing another test made is in the way.
+  const std::string role = UniqueName("pgd_role");
+  const std::string password = "Pw-" + UniqueName("x");
+  const std::string database = UniqueName("pgd_db");
+  MustExecute(*sql_, "create role " + role + " login replication password '" + password + "'");
+  MustExecute(*sql_, "create database " + database);
+  auto url = Url::Parse(dsn_).value();
+  const std::string host = url.host + ":" + std::to_string(url.port.value_or(5432));
+  const std::string owner_dsn =
+      "postgresql://" + url.user + ":" + url.password.value_or("") + "@" + host + "/" + database;
+  {
+    PgConnection owner = MustConnect(owner_dsn);
+    MustExecute(owner, "create table " + table_ +
+                           " (id int primary key, grp int not null, amount numeric not null)");
+    MustExecute(owner,
+                "insert into " + table_ + " select g, g % 10, g from generate_series(1, 2000) g");
+    MustExecute(owner, "grant select on " + table_ + " to " + role);
+    MustExecute(owner, "grant create on database " + database + " to " + role);
+    MustExecute(owner, "create publication pgderive_" + pipeline_ + " for table " + table_);
+  }
+  EXPECT_EQ(Scalar(*sql_, "select rolsuper from pg_roles where rolname = '" + role + "'"), "f");
+  const std::string role_dsn =
+      "postgresql://" + role + ":" + password + "@" + host + "/" + database;
+  const std::string config = WriteConfig(role_dsn, redis_url_);
+  StartRun(config);
+  ASSERT_TRUE(WaitFor([&] { return Get("/readyz").first == 200; })) << Read("run.err");
+  {
+    PgConnection owner = MustConnect(owner_dsn);
+    MustExecute(owner, "update " + table_ + " set amount = amount * 2 where id % 3 = 0");
+    MustExecute(owner, "delete from " + table_ + " where id % 7 = 0");
+  }
+  auto [code, out] = testing::RunVerify(config, 60);
+  EXPECT_EQ(code, 0) << out << Read("run.err");
+  run_->Signal(SIGTERM);
+  EXPECT_EQ(run_->Wait(std::chrono::seconds(10)), 0);
+  EXPECT_EQ(Read("run.err").find(password), std::string::npos);
+  run_.reset();
+  IgnoreError(sql_->Execute("select pg_drop_replication_slot('pgderive_" + pipeline_ + "')"),
+              "cleanup");
+  IgnoreError(sql_->Execute("drop database " + database), "cleanup");
+  IgnoreError(sql_->Execute("drop role " + role), "cleanup");
+}
+
+}  // namespace
+}  // namespace pgderive
