@@ -19,11 +19,12 @@ FROM debian:12-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       ca-certificates libpq5 libpqxx-6.4 libhiredis0.14 libyaml-cpp0.7 libcurl4 \
-      libspdlog1.10 libfmt9 libsimdjson14 \
+      libspdlog1.10 libfmt9 libsimdjson14 libcpp-httplib0.11 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --no-create-home --shell /usr/sbin/nologin pgderive
 COPY --from=build /build/cdc/pgderive /usr/local/bin/pgderive
 USER pgderive
+# /healthz, /readyz, /metrics, /status (http.listen; 0.0.0.0:9187 in a container)
 EXPOSE 9187
 ENTRYPOINT ["/usr/local/bin/pgderive"]
 CMD ["run", "-c", "/etc/pgderive/pgderive.yml"]

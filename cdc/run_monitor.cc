@@ -16,6 +16,17 @@ double Seconds(std::chrono::steady_clock::duration d) {
   return std::chrono::duration<double>(d).count();
 }
 
+// Rows the snapshot will read: the planner's estimate (pg_class.reltuples), or, for
+// tables never analyzed, the rows per chunk seen so far times the chunks.
+double EstimatedRows(const SnapshotProgress& p) {
+  const double estimated = static_cast<double>(p.rows_estimated.load());
+  const double done = static_cast<double>(p.chunks_done.load());
+  const double rows = static_cast<double>(p.rows_read.load());
+  if (estimated > 0) return std::max(estimated, rows);
+  if (done > 0) return std::max(rows, rows / done * static_cast<double>(p.chunks_total.load()));
+  return 0;
+}
+
 }  // namespace
 
 RunMonitor::RunMonitor(const Config& config, Logger& log, Metrics& metrics)
@@ -110,7 +121,7 @@ void RunMonitor::Loop() {
     if (snapshot_ != nullptr && now - last_progress_log >= kProgressLogInterval) {
       last_progress_log = now;
       const double rows = static_cast<double>(snapshot_->rows_read.load());
-      const double estimated = static_cast<double>(snapshot_->rows_estimated.load());
+      const double estimated = EstimatedRows(*snapshot_);
       const double rate = rows / std::max(1e-3, Seconds(now - snapshot_started_));
       const double left = estimated > rows && rate > 0 ? (estimated - rows) / rate : 0;
       log_.Info("snapshot progress",
@@ -247,7 +258,7 @@ void RunMonitor::Publish() {
   if (slot_json_) status["slot"] = nlohmann::json::parse(*slot_json_);
   if (snapshot_ != nullptr) {
     const double rows = static_cast<double>(snapshot_->rows_read.load());
-    const double estimated = static_cast<double>(snapshot_->rows_estimated.load());
+    const double estimated = EstimatedRows(*snapshot_);
     const double rate =
         rows / std::max(1e-3, Seconds(std::chrono::steady_clock::now() - snapshot_started_));
     status["snapshot"] = {

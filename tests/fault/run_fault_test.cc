@@ -276,5 +276,59 @@ TEST_F(RunFaultTest, StoreOutagesAndPostgresRestart) {
   EXPECT_EQ(run->Wait(std::chrono::seconds(10)), 0) << err;
 }
 
+// PostgreSQL invalidates a slot that would keep more WAL than max_slot_wal_keep_size.
+// pgderive then cannot keep the views exact from it: a clear error naming the recovery
+// command, exit 1, and no rebuild of everything behind the operator's back.
+TEST_F(RunFaultTest, InvalidatedSlotIsAClearErrorWithTheRecoveryCommand) {
+  auto run = StartRun(40);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (RunErr(40).find("streaming from slot") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // poll interval
+  }
+  ASSERT_NE(RunErr(40).find("streaming from slot"), std::string::npos) << RunErr(40);
+  run->Signal(SIGTERM);
+  ASSERT_EQ(run->Wait(std::chrono::seconds(10)), 0) << RunErr(40);
+
+  PgConnection sql = stack_->ConnectPg();
+  ASSERT_TRUE(sql.Execute("alter system set max_slot_wal_keep_size = '1MB'").ok());
+  ASSERT_TRUE(sql.Execute("select pg_reload_conf()").ok());
+  ASSERT_TRUE(sql.Execute("create table if not exists wal_filler (v text)").ok());
+  bool lost = false;
+  for (int round = 0; round < 10 && !lost; ++round) {
+    ASSERT_TRUE(sql.Execute("insert into wal_filler select repeat(md5(g::text), 8) from "
+                            "generate_series(1, 20000) g")
+                    .ok());
+    ASSERT_TRUE(sql.Execute("select pg_switch_wal()").ok());
+    ASSERT_TRUE(sql.Execute("checkpoint").ok());
+    auto status =
+        sql.Query("select wal_status from pg_replication_slots where slot_name = 'pgderive_fault'");
+    ASSERT_TRUE(status.ok());
+    lost = !status.value().rows.empty() && status.value().rows[0][0].value_or("") == "lost";
+  }
+  ASSERT_TRUE(sql.Execute("alter system reset max_slot_wal_keep_size").ok());
+  ASSERT_TRUE(sql.Execute("select pg_reload_conf()").ok());
+  ASSERT_TRUE(sql.Execute("drop table wal_filler").ok());
+  ASSERT_TRUE(lost) << "the server did not invalidate the slot";
+
+  run = StartRun(41);
+  const auto code = run->Wait(std::chrono::seconds(60));
+  ASSERT_TRUE(code.has_value()) << RunErr(41);
+  EXPECT_EQ(*code, 1) << RunErr(41);
+  const std::string err = RunErr(41);
+  EXPECT_NE(err.find("replication slot pgderive_fault has been invalidated"), std::string::npos)
+      << err;
+  EXPECT_NE(err.find("select pg_drop_replication_slot('pgderive_fault')"), std::string::npos)
+      << err;
+  EXPECT_EQ(err.find("rebuilding"), std::string::npos) << err;
+  // The recovery the message gives works: drop the slot, start again, views rebuilt.
+  ASSERT_TRUE(sql.Execute("select pg_drop_replication_slot('pgderive_fault')").ok());
+  run = StartRun(42);
+  auto [verify_code, verify_out] = Verify();
+  EXPECT_EQ(verify_code, 0) << verify_out << RunErr(42);
+  run->Signal(SIGTERM);
+  EXPECT_EQ(run->Wait(std::chrono::seconds(10)), 0) << RunErr(42);
+}
+
 }  // namespace
 }  // namespace pgderive

@@ -349,9 +349,8 @@ TEST_F(SidecarTest, RedisAuthWithUserAndPassword) {
   auto made =
       admin.value().Command({"ACL", "SETUSER", user, "on", ">" + password, "~*", "&*", "+@all"});
   ASSERT_TRUE(made.ok());
-  const std::string config =
-      WriteConfig(dsn_, redis_url_, "",
-                  "    username: " + user + "\n    password: \"" + password + "\"\n");
+  const std::string config = WriteConfig(
+      dsn_, redis_url_, "", "    username: " + user + "\n    password: \"" + password + "\"\n");
   StartRun(config);
   const std::string key = table_ + ":7";
   EXPECT_TRUE(WaitFor([&] {
@@ -362,8 +361,8 @@ TEST_F(SidecarTest, RedisAuthWithUserAndPassword) {
   EXPECT_EQ(run_->Wait(std::chrono::seconds(10)), 0);
   EXPECT_EQ(Read("run.err").find(password), std::string::npos);
   // A wrong password is refused at start, named, and not printed.
-  const std::string bad = WriteConfig(dsn_, redis_url_, "",
-                                      "    username: " + user + "\n    password: wrong-pw\n");
+  const std::string bad =
+      WriteConfig(dsn_, redis_url_, "", "    username: " + user + "\n    password: wrong-pw\n");
   auto [code, out] = Command({PgderiveBinary(), "run", "-c", bad});
   EXPECT_NE(code, 0);
   EXPECT_NE(out.find("cache"), std::string::npos) << out;
@@ -417,6 +416,63 @@ TEST_F(SidecarTest, WholePipelineAsLeastPrivilegeRole) {
               "cleanup");
   IgnoreError(sql_->Execute("drop database " + database), "cleanup");
   IgnoreError(sql_->Execute("drop role " + role), "cleanup");
+}
+
+TEST_F(SidecarTest, MigrationsOnceChangedDefinitionRebuildsNewerDatabaseRefused) {
+  // A database of its own, so that its pgderive schema starts empty.
+  const std::string database = UniqueName("pgd_mig");
+  MustExecute(*sql_, "create database " + database);
+  auto url = Url::Parse(dsn_).value();
+  const std::string db_dsn = "postgresql://" + url.user + ":" + url.password.value_or("") + "@" +
+                             url.host + ":" + std::to_string(url.port.value_or(5432)) + "/" +
+                             database;
+  PgConnection db = MustConnect(db_dsn);
+  MustExecute(db, "create table " + table_ +
+                      " (id int primary key, grp int not null, amount numeric not null)");
+  MustExecute(db, "insert into " + table_ + " select g, g % 10, g from generate_series(1, 500) g");
+  std::string config = WriteConfig(db_dsn, redis_url_);
+  StartRun(config);
+  ASSERT_TRUE(WaitFor([&] { return Get("/readyz").first == 200; })) << Read("run.err");
+  run_->Signal(SIGTERM);
+  ASSERT_EQ(run_->Wait(std::chrono::seconds(10)), 0) << Read("run.err");
+  // Every migration once, in order.
+  EXPECT_EQ(Scalar(db,
+                   "select string_agg(version::text, ',' order by version) from "
+                   "pgderive.migrations"),
+            "1,2");
+
+  // A changed query: the table is rebuilt with the new columns, not left as it was.
+  {
+    std::ifstream in(config);
+    std::string text(std::istreambuf_iterator<char>(in), {});
+    const std::string from = "count(*) as n, sum(amount) as total";
+    text.replace(text.find(from), from.size(), "max(amount) as top");
+    std::ofstream(config) << text;
+  }
+  StartRun(config, "run2.err");
+  ASSERT_TRUE(WaitFor([&] { return Get("/readyz").first == 200; })) << Read("run2.err");
+  EXPECT_EQ(Scalar(db,
+                   "select string_agg(attname, ',' order by attnum) from pg_attribute where "
+                   "attrelid = '" +
+                       target_ + "'::regclass and attnum > 0 and not attisdropped"),
+            "grp,top");
+  auto [code, out] = testing::RunVerify(config, 60);
+  EXPECT_EQ(code, 0) << out;
+  run_->Signal(SIGTERM);
+  ASSERT_EQ(run_->Wait(std::chrono::seconds(10)), 0) << Read("run2.err");
+  EXPECT_EQ(Scalar(db, "select count(*) from pgderive.migrations"), "2");
+
+  // Metadata from a newer pgderive: refused with both versions named, nothing changed.
+  MustExecute(db, "insert into pgderive.migrations (version, name) values (99, 'future.sql')");
+  auto [refused, message] = Command({PgderiveBinary(), "run", "-c", config});
+  EXPECT_EQ(refused, 1);
+  EXPECT_NE(message.find("migration 99, newer than this pgderive knows (2)"), std::string::npos)
+      << message;
+  EXPECT_EQ(Scalar(db, "select count(*) from pgderive.migrations"), "3");
+  IgnoreError(db.Execute("select pg_drop_replication_slot('pgderive_" + pipeline_ + "')"),
+              "cleanup");
+  db = MustConnect(dsn_);
+  IgnoreError(sql_->Execute("drop database " + database + " with (force)"), "cleanup");
 }
 
 }  // namespace
