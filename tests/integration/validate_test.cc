@@ -1,0 +1,265 @@
+// `pgderive validate -c FILE [--connect]` as a user runs it, against the real
+// PostgreSQL, Redis and OpenSearch of compose/local: a good configuration passes, each
+// kind of mistake exits 2 naming what is wrong and where, every problem is listed, and
+// validate never creates anything (no slot, no publication, no target table).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+
+#include "tests/support/pg.h"
+#include "tests/support/stack_env.h"
+#include "tests/support/subprocess.h"
+
+namespace pgderive {
+namespace {
+
+using testing::MustConnect;
+using testing::MustExecute;
+using testing::PgderiveBinary;
+using testing::Scalar;
+using testing::Subprocess;
+using testing::UniqueName;
+
+class ValidateTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    PGDERIVE_REQUIRE_STACK();
+    dsn_ = stack.pg_dsn();
+    redis_url_ = stack.redis_url();
+    opensearch_url_ = stack.opensearch_url();
+    pg_port_ = stack.Value("PGDERIVE_PG_PORT");
+    pg_password_ = stack.Value("PGDERIVE_PG_PASSWORD");
+    dir_ = std::filesystem::temp_directory_path() / UniqueName("pgderive_validate_test");
+    std::filesystem::create_directories(dir_);
+    pipeline_ = UniqueName("val");
+    table_ = UniqueName("val_src");
+    target_ = "public." + UniqueName("val_target");
+    sql_ = std::make_unique<PgConnection>(MustConnect(dsn_));
+    MustExecute(*sql_, "create table " + table_ +
+                           " (id int primary key, sku text not null, price numeric)");
+    MustExecute(*sql_, "insert into " + table_ + " values (1, 'a', 1.5), (2, 'b', 2.5)");
+  }
+
+  void TearDown() override {
+    if (sql_) {
+      // validate must have left nothing; drop it anyway so that a failure does not leak.
+      IgnoreError(sql_->Execute("select pg_drop_replication_slot(slot_name) from "
+                                "pg_replication_slots where slot_name = 'pgderive_" +
+                                pipeline_ + "'"),
+                  "test cleanup");
+      IgnoreError(sql_->Execute("drop publication if exists pgderive_" + pipeline_),
+                  "test cleanup");
+      for (const std::string& table : dropped_tables_) {
+        IgnoreError(sql_->Execute("drop table if exists " + table), "test cleanup");
+      }
+      IgnoreError(sql_->Execute("drop table if exists " + table_), "test cleanup");
+      IgnoreError(sql_->Execute("drop table if exists " + target_), "test cleanup");
+      if (!role_.empty()) {
+        IgnoreError(sql_->Execute("drop owned by " + role_), "test cleanup");
+        IgnoreError(sql_->Execute("drop role if exists " + role_), "test cleanup");
+      }
+    }
+    std::filesystem::remove_all(dir_);
+  }
+
+  // A configuration with a Redis, an OpenSearch and a PostgreSQL view of `table_`;
+  // `views_extra` is appended to the views, `source_dsn` replaces the source's DSN.
+  std::string WriteConfig(const std::string& views_extra = "", const std::string& redis_url = "",
+                          const std::string& source_dsn = "",
+                          const std::string& cache_columns = "id, sku") {
+    const std::string path = (dir_ / "pgderive.yml").string();
+    std::ofstream(path) << "pipeline: " << pipeline_
+                        << "\nsource:\n  dsn: " << (source_dsn.empty() ? dsn_ : source_dsn)
+                        << "\nstores:\n  cache:\n    type: redis\n    url: "
+                        << (redis_url.empty() ? redis_url_ : redis_url)
+                        << "\n  search:\n    type: opensearch\n    url: " << opensearch_url_
+                        << "\n  warehouse:\n    type: postgres\n    dsn: " << dsn_ << "\nviews:\n"
+                        << "  - name: cache_view\n    store: cache\n    from: " << table_
+                        << "\n    key: \"" << table_ << ":{id}\"\n    columns: [" << cache_columns
+                        << "]\n"
+                        << "  - name: search_view\n    store: search\n    from: " << table_
+                        << "\n    index: " << table_ << "\n"
+                        << "  - name: table_view\n    store: warehouse\n    table: " << target_
+                        << "\n    key: [id]\n    query: select id, sku, price from public."
+                        << table_ << "\n"
+                        << views_extra;
+    return path;
+  }
+
+  // Runs `pgderive validate`; its exit status (-1 if it hangs) and stdout + stderr.
+  std::pair<int, std::string> Validate(const std::string& config, bool connect = true) {
+    const std::string err = (dir_ / "validate.err").string();
+    std::vector<std::string> argv = {PgderiveBinary(), "validate", "-c", config};
+    if (connect) argv.push_back("--connect");
+    std::string out;
+    int status = -1;
+    {
+      Subprocess validate(argv, err);
+      while (auto line = validate.ReadLine(std::chrono::seconds(60))) out += *line + "\n";
+      status = validate.Wait(std::chrono::seconds(30)).value_or(-1);
+    }
+    std::ifstream in(err);
+    out += std::string(std::istreambuf_iterator<char>(in), {});
+    return {status, out};
+  }
+
+  // validate never creates: no slot, no publication, no target table.
+  void ExpectNothingCreated() {
+    EXPECT_EQ(Scalar(*sql_,
+                     "select count(*) from pg_replication_slots where slot_name = "
+                     "'pgderive_" +
+                         pipeline_ + "'"),
+              "0");
+    EXPECT_EQ(Scalar(*sql_, "select count(*) from pg_publication where pubname = 'pgderive_" +
+                                pipeline_ + "'"),
+              "0");
+    EXPECT_EQ(Scalar(*sql_, "select to_regclass('" + target_ + "') is null"), "t");
+  }
+
+  static bool Has(const std::string& text, const std::string& part) {
+    return text.find(part) != std::string::npos;
+  }
+
+  std::string dsn_, redis_url_, opensearch_url_, pg_port_, pg_password_;
+  std::string pipeline_, table_, target_, role_;
+  std::vector<std::string> dropped_tables_;
+  std::filesystem::path dir_;
+  std::unique_ptr<PgConnection> sql_;
+};
+
+TEST_F(ValidateTest, AGoodConfigurationPasses) {
+  const std::string config = WriteConfig();
+  auto [offline, offline_out] = Validate(config, /*connect=*/false);
+  EXPECT_EQ(offline, 0) << offline_out;
+  EXPECT_TRUE(Has(offline_out, config + ": OK: pipeline " + pipeline_ + ", 3 stores, 3 views"))
+      << offline_out;
+
+  auto [status, out] = Validate(config);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_TRUE(Has(out, "source: PostgreSQL 15")) << out;
+  EXPECT_TRUE(Has(out, "wal_level logical")) << out;
+  EXPECT_TRUE(Has(out, "slot pgderive_" + pipeline_ + " to be created")) << out;
+  EXPECT_TRUE(Has(out, "store cache (redis): Redis ")) << out;
+  EXPECT_TRUE(Has(out, "store search (opensearch): OpenSearch 2.")) << out;
+  EXPECT_TRUE(Has(out, "store warehouse (postgres): PostgreSQL 15")) << out;
+  EXPECT_TRUE(Has(out, config + ": OK: pipeline " + pipeline_ + ", 3 stores, 3 views, 1 table"))
+      << out;
+  EXPECT_FALSE(Has(out, pg_password_)) << "the password of the DSN is printed:\n" << out;
+  ExpectNothingCreated();
+}
+
+TEST_F(ValidateTest, AMissingTable) {
+  const std::string missing = UniqueName("no_such_table");
+  const std::string config = WriteConfig("  - name: ghost\n    store: cache\n    from: " + missing +
+                                         "\n    key: \"ghost:{id}\"\n");
+  auto [status, out] = Validate(config);
+  EXPECT_EQ(status, 2) << out;
+  // views[3] starts on line 29 of the file WriteConfig writes.
+  EXPECT_TRUE(Has(out, config + ":29:5: views[3].from: table public." + missing +
+                           " does not exist in the source database (read by view ghost)"))
+      << out;
+  EXPECT_TRUE(Has(out, "1 problem; nothing was created or changed")) << out;
+  ExpectNothingCreated();
+}
+
+TEST_F(ValidateTest, AMissingColumnInTheListAndInTheKeyTemplate) {
+  const std::string config =
+      WriteConfig("  - name: by_nope\n    store: cache\n    from: " + table_ + "\n    key: \"" +
+                      table_ + "_x:{nope}\"\n",
+                  "", "", "id, colour");
+  auto [status, out] = Validate(config);
+  EXPECT_EQ(status, 2) << out;
+  EXPECT_TRUE(Has(
+      out,
+      ":15:5: views[0].columns: view cache_view: column colour is not in table public." + table_))
+      << out;
+  EXPECT_TRUE(Has(
+      out, ":29:5: views[3].key: view by_nope: key column nope is not in table public." + table_))
+      << out;
+  EXPECT_TRUE(Has(out, "2 problems")) << out;
+  ExpectNothingCreated();
+}
+
+TEST_F(ValidateTest, TablesWithoutAUsableReplicaIdentity) {
+  const std::string keyless = UniqueName("val_keyless");
+  const std::string nothing = UniqueName("val_nothing");
+  dropped_tables_ = {keyless, nothing};
+  MustExecute(*sql_, "create table " + keyless + " (id int, v text)");
+  MustExecute(*sql_, "create table " + nothing + " (id int primary key, v text)");
+  MustExecute(*sql_, "alter table " + nothing + " replica identity nothing");
+  const std::string config = WriteConfig(
+      "  - name: keyless_view\n    store: cache\n    from: " + keyless +
+      "\n    key: \"k:{id}\"\n  - name: nothing_view\n    store: cache\n    from: " + nothing +
+      "\n    key: \"n:{id}\"\n");
+  auto [status, out] = Validate(config);
+  EXPECT_EQ(status, 2) << out;
+  EXPECT_TRUE(Has(out, "views[3].from: table public." + keyless + " has no primary key")) << out;
+  EXPECT_TRUE(Has(out, "views[4].from: table public." + nothing + " has REPLICA IDENTITY NOTHING"))
+      << out;
+  ExpectNothingCreated();
+}
+
+TEST_F(ValidateTest, StoresThatAreDown) {
+  // Port 1 on loopback: nothing listens there.
+  const std::string config = WriteConfig("", "redis://127.0.0.1:1/0");
+  auto [status, out] = Validate(config);
+  EXPECT_EQ(status, 2) << out;
+  // stores.cache is on line 5.
+  EXPECT_TRUE(Has(out, config + ":5:3: stores.cache: store cache (redis): ")) << out;
+  EXPECT_TRUE(Has(out, "redis://127.0.0.1:1/0")) << out;
+  EXPECT_TRUE(Has(out, "store search (opensearch): OpenSearch")) << "the others are still checked";
+  ExpectNothingCreated();
+}
+
+TEST_F(ValidateTest, EveryProblemIsListedInOneRun) {
+  const std::string missing = UniqueName("no_such_table");
+  const std::string config = WriteConfig(
+      "  - name: ghost\n    store: cache\n    from: " + missing + "\n    key: \"ghost:{id}\"\n",
+      "redis://127.0.0.1:1/0", "", "id, colour");
+  auto [status, out] = Validate(config);
+  EXPECT_EQ(status, 2) << out;
+  EXPECT_TRUE(Has(out, "stores.cache: store cache (redis)")) << out;
+  EXPECT_TRUE(Has(out, "views[0].columns: view cache_view: column colour")) << out;
+  EXPECT_TRUE(Has(out, "views[3].from: table public." + missing + " does not exist")) << out;
+  EXPECT_TRUE(Has(out, "3 problems")) << out;
+  ExpectNothingCreated();
+}
+
+TEST_F(ValidateTest, ARoleWithoutReplication) {
+  role_ = UniqueName("val_role");
+  const std::string password = "Val1dPw_" + std::to_string(getpid());
+  MustExecute(*sql_, "create role " + role_ + " login password '" + password + "'");
+  MustExecute(*sql_, "grant select on " + table_ + " to " + role_);
+  const std::string role_dsn =
+      "postgresql://" + role_ + ":" + password + "@127.0.0.1:" + pg_port_ + "/postgres";
+  const std::string config = WriteConfig("", "", role_dsn);
+  auto [status, out] = Validate(config);
+  EXPECT_EQ(status, 2) << out;
+  // source is on line 2.
+  EXPECT_TRUE(Has(out, config + ":2:1: source: role " + role_ +
+                           " has neither the REPLICATION attribute nor SUPERUSER"))
+      << out;
+  EXPECT_TRUE(Has(out, "ALTER ROLE")) << out;
+  EXPECT_FALSE(Has(out, password)) << "the role's password is printed:\n" << out;
+  ExpectNothingCreated();
+}
+
+TEST_F(ValidateTest, ABrokenFileIsReportedWithoutConnecting) {
+  const std::string path = (dir_ / "broken.yml").string();
+  std::ofstream(path) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: " << dsn_
+                      << "\n  dsn: postgresql://other@127.0.0.1/db\nstores: {}\nviews: []\n";
+  auto [status, out] = Validate(path);
+  EXPECT_EQ(status, 2) << out;
+  EXPECT_TRUE(Has(out, path + ":4:3: source.dsn: duplicate key: the first `dsn` is at line 3"))
+      << out;
+  EXPECT_TRUE(Has(out, path + ":6:8: views: lists no view")) << out;
+  EXPECT_TRUE(Has(out, path + ": 2 problems")) << out;
+  EXPECT_FALSE(Has(out, pg_password_)) << out;
+  ExpectNothingCreated();
+}
+
+}  // namespace
+}  // namespace pgderive
