@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <fstream>
 #include <random>
 #include <thread>
@@ -328,6 +329,111 @@ TEST_F(RunFaultTest, InvalidatedSlotIsAClearErrorWithTheRecoveryCommand) {
   EXPECT_EQ(verify_code, 0) << verify_out << RunErr(42);
   run->Signal(SIGTERM);
   EXPECT_EQ(run->Wait(std::chrono::seconds(10)), 0) << RunErr(42);
+}
+
+// TLS to PostgreSQL through libpq's DSN parameters: with sslmode=verify-full and the
+// server's certificate as root, every pgderive connection (SQL, snapshot, walsender)
+// is encrypted; with a root the server's certificate does not chain to, run refuses to
+// start, says why, and creates nothing.
+TEST_F(RunFaultTest, TlsToPostgresVerifiedAndRefused) {
+  const auto dir = stack_->dir();
+  auto openssl = [&](const std::string& name) {
+    const std::string command =
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 "
+        "-addext subjectAltName=IP:127.0.0.1 -keyout " +
+        (dir / (name + ".key")).string() + " -out " + (dir / (name + ".crt")).string() +
+        " 2>/dev/null && chmod 600 " + (dir / (name + ".key")).string() +
+        // The server may run as another user (postgres, when the tests run as root).
+        " && chown --reference=" + stack_->Env("PGDERIVE_PG_DATA") + " " +
+        (dir / (name + ".key")).string() + " " + (dir / (name + ".crt")).string();
+    return std::system(command.c_str()) == 0;
+  };
+  ASSERT_TRUE(openssl("server"));
+  ASSERT_TRUE(openssl("other"));
+  PgConnection sql = stack_->ConnectPg();
+  ASSERT_TRUE(
+      sql.Execute("alter system set ssl_cert_file = '" + (dir / "server.crt").string() + "'").ok());
+  ASSERT_TRUE(
+      sql.Execute("alter system set ssl_key_file = '" + (dir / "server.key").string() + "'").ok());
+  ASSERT_TRUE(sql.Execute("alter system set ssl = on").ok());
+  ASSERT_TRUE(sql.Execute("select pg_reload_conf()").ok());
+  // The postmaster reloads asynchronously: wait until a new session gets TLS (libpq's
+  // default sslmode=prefer takes it when offered).
+  bool offered = false;
+  for (auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+       !offered && std::chrono::steady_clock::now() < until;) {
+    PgConnection probe = stack_->ConnectPg();
+    auto rows = probe.Query("select ssl from pg_stat_ssl where pid = pg_backend_pid()");
+    offered = rows.ok() && rows.value().rows[0][0].value_or("") == "t";
+    if (!offered) std::this_thread::sleep_for(std::chrono::milliseconds(50));  // poll interval
+  }
+  ASSERT_TRUE(offered) << "the server did not turn TLS on";
+  IgnoreError(sql.Execute("select pg_drop_replication_slot('pgderive_tls')"), "fresh start");
+  IgnoreError(sql.Execute("drop publication if exists pgderive_tls"), "fresh start");
+
+  auto write_config = [&](const std::string& root) {
+    const std::string dsn = stack_->Env("PGDERIVE_PG_DSN") +
+                            "?sslmode=verify-full&sslrootcert=" + (dir / root).string();
+    const std::string path = (dir / "tls.yml").string();
+    std::ofstream(path) << "pipeline: tls\nsource:\n  dsn: \"" << dsn
+                        << "\"\nstores:\n  cache:\n    type: redis\n    url: "
+                        << stack_->Env("PGDERIVE_REDIS_URL")
+                        << "\nviews:\n  - name: tls_cache\n    store: cache\n    from: items\n"
+                           "    key: \"tls:{id}\"\n";
+    return path;
+  };
+  // A root the server's certificate does not chain to: refused, nothing created.
+  std::string config = write_config("other.crt");
+  {
+    Subprocess refused({PgderiveBinary(), "run", "-c", config}, (dir / "tls0.err").string());
+    const auto code = refused.Wait(std::chrono::seconds(30));
+    ASSERT_TRUE(code.has_value());
+    EXPECT_NE(*code, 0);
+  }
+  std::ifstream err0(dir / "tls0.err");
+  const std::string refused_text(std::istreambuf_iterator<char>(err0), {});
+  EXPECT_NE(refused_text.find("certificate verify failed"), std::string::npos) << refused_text;
+  auto slots =
+      sql.Query("select count(*) from pg_replication_slots where slot_name = 'pgderive_tls'");
+  ASSERT_TRUE(slots.ok());
+  EXPECT_EQ(slots.value().rows[0][0].value_or(""), "0");
+
+  config = write_config("server.crt");
+  Subprocess run({PgderiveBinary(), "run", "-c", config}, (dir / "tls1.err").string());
+  auto all_tls = [&] {
+    auto rows = sql.Query(
+        "select count(*), count(*) filter (where s.ssl) from pg_stat_activity a join pg_stat_ssl "
+        "s using (pid) where a.application_name like 'pgderive%' and a.application_name <> "
+        "'pgderive-test'");
+    return rows.ok() ? std::make_pair(rows.value().rows[0][0].value_or("0"),
+                                      rows.value().rows[0][1].value_or("0"))
+                     : std::make_pair(std::string("0"), std::string("0"));
+  };
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  std::pair<std::string, std::string> seen;
+  while (std::chrono::steady_clock::now() < deadline) {
+    seen = all_tls();
+    if (std::stoi(seen.first) >= 2) break;  // the SQL session and the walsender
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // poll interval
+  }
+  EXPECT_GE(std::stoi(seen.first), 2);
+  auto who = sql.Query(
+      "select string_agg(a.application_name || ' ' || a.backend_type || ' ssl=' || s.ssl, '; ') "
+      "from pg_stat_activity a join pg_stat_ssl s using (pid) where a.application_name like "
+      "'pgderive%' and a.application_name <> 'pgderive-test'");
+  EXPECT_EQ(seen.first, seen.second) << "a pgderive connection without TLS: "
+                                     << (who.ok() ? who.value().rows[0][0].value_or("") : "");
+  auto [code, out] = testing::RunVerify(config, 60);
+  EXPECT_EQ(code, 0) << out;
+  run.Signal(SIGTERM);
+  EXPECT_EQ(run.Wait(std::chrono::seconds(10)), 0);
+
+  IgnoreError(sql.Execute("select pg_drop_replication_slot('pgderive_tls')"), "cleanup");
+  IgnoreError(sql.Execute("drop publication if exists pgderive_tls"), "cleanup");
+  ASSERT_TRUE(sql.Execute("alter system reset ssl").ok());
+  ASSERT_TRUE(sql.Execute("alter system reset ssl_cert_file").ok());
+  ASSERT_TRUE(sql.Execute("alter system reset ssl_key_file").ok());
+  ASSERT_TRUE(sql.Execute("select pg_reload_conf()").ok());
 }
 
 }  // namespace
