@@ -291,8 +291,14 @@ Result<std::string> PostgresSink::MirrorQuery(const View& view,
       std::string using_list;
       for (size_t k : m.key)
         using_list += (using_list.empty() ? "" : ", ") + QuoteIdent(m.columns[k]);
-      rewrite.replacements[table] =
-          "(select m.* from " + m.name + " m join pgd_k_" + m.temp + " using (" + using_list + "))";
+      // One key column: an index scan for the changed keys, not a hash join that reads
+      // the whole mirror once per batch.
+      rewrite.replacements[table] = m.key.size() == 1
+                                        ? "(select m.* from " + m.name + " m where m." +
+                                              using_list + " = any(array(select " + using_list +
+                                              " from pgd_k_" + m.temp + ")))"
+                                        : "(select m.* from " + m.name + " m join pgd_k_" + m.temp +
+                                              " using (" + using_list + "))";
     } else {
       rewrite.replacements[table] = m.name;
     }
@@ -477,10 +483,15 @@ Status PostgresSink::Recompute(PgConnection& c, const View& view) {
   const std::string prefilter = nulls ? "true"
                                       : "x." + QuoteIdent(first) + " = any(" +
                                             c.QuoteLiteral(*values.value().rows[0][0]) + ")";
-  std::string sql = "delete from " + view.target + " x using (select distinct " + KeyList(view) +
-                    " from " + affected + ") a where " + equal + "; " + "insert into " +
-                    view.target + " select x.* from (" + query.value() + ") x where " + prefilter +
-                    " and exists (select from " + affected + " a where " + equal + ")";
+  // One key column without NULLs: the affected values as an array (an index scan);
+  // otherwise a join with the affected keys.
+  std::string sql = (view.config.key_columns.size() == 1 && !nulls
+                         ? "delete from " + view.target + " x where " + prefilter
+                         : "delete from " + view.target + " x using (select distinct " +
+                               KeyList(view) + " from " + affected + ") a where " + equal) +
+                    "; insert into " + view.target + " select x.* from (" + query.value() +
+                    ") x where " + prefilter + " and exists (select from " + affected +
+                    " a where " + equal + ")";
   if (nulls) {
     sql += "; delete from " + view.target + " x using (select distinct " + KeyList(view) +
            " from " + affected + " a where " + any_null + ") a where " + same + "; insert into " +
@@ -609,8 +620,13 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
       Status s = Status::Ok();
       if (!deletes.empty()) {
         s = c.CopyIn("copy pgd_d_" + m.temp + " from stdin", deletes);
-        if (s.ok())
+        if (s.ok() && m.key.size() == 1) {
+          const std::string k = QuoteIdent(m.columns[m.key[0]]);
+          s = c.Execute("delete from " + m.name + " m where m." + k + " = any(array(select " + k +
+                        " from pgd_d_" + m.temp + "))");
+        } else if (s.ok()) {
           s = c.Execute("delete from " + m.name + " m using pgd_d_" + m.temp + " d where " + join);
+        }
       }
       if (s.ok() && !upserts.empty()) {
         s = c.CopyIn("copy pgd_u_" + m.temp + " from stdin", upserts);
