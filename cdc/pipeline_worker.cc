@@ -199,6 +199,12 @@ Status PipelineWorker::ApplyWithRetry(const BatchGroup& group) {
               std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
         }
         CountApplied(group, from);
+        for (const auto& [view, reason] : sink_.failed_views()) {
+          if (reported_failed_.insert(view).second) {
+            log_("view " + view + " stopped: " + reason +
+                 " (the store's other views go on; fix the configuration and restart)");
+          }
+        }
         const auto now = std::chrono::system_clock::now();
         {
           std::lock_guard lock(mutex_);

@@ -16,6 +16,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "cdc/metrics.h"
@@ -89,6 +90,7 @@ class PipelineWorker {
   std::atomic<bool> failed_{false};
   std::vector<float> latencies_ms_;  // guarded by mutex_; capped
   std::atomic<bool> healthy_{true};
+  std::set<std::string> reported_failed_;  // views whose stop was logged (worker thread)
   std::atomic<int64_t> last_commit_time_{0};
   void CountApplied(const BatchGroup& group, Lsn from);
   Counter* batches_ = nullptr;

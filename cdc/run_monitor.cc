@@ -229,9 +229,13 @@ void RunMonitor::Publish() {
                       {"reachable", w->healthy()},
                       {"detached", w->detached()},
                       {"failed", w->failed()}});
+    std::map<std::string, std::string> failed_views;
+    for (auto& [view, reason] : w->sink().failed_views()) failed_views[view] = reason;
     for (const auto& [view, tables] : w->sink().view_sources()) {
       std::string state = "live";
-      if (w->failed()) {
+      if (failed_views.contains(view)) {
+        state = "failed";
+      } else if (w->failed()) {
         state = "failed";
       } else if (snapshotting) {
         state = "backfilling";
@@ -239,6 +243,10 @@ void RunMonitor::Publish() {
         state = "catching up";
       }
       nlohmann::json v = {{"name", view}, {"store", name}, {"state", state}};
+      if (failed_views.contains(view)) {
+        v["reason"] = failed_views[view];
+        reasons.push_back("view " + view + " stopped: " + failed_views[view]);
+      }
       views.push_back(v);
     }
   }

@@ -70,6 +70,10 @@ class Sink {
   // view does not read the row's table).
   using Entry = std::pair<std::string, std::string>;
   virtual std::vector<std::string> views() const = 0;
+  // Views stopped on their own while the store goes on (a column they name was
+  // dropped): (view, reason). Such a view is no longer written until the configuration
+  // is fixed; the others keep flowing.
+  virtual std::vector<std::pair<std::string, std::string>> failed_views() { return {}; }
   // Each view's name with the source tables it reads (for per-view metrics).
   virtual std::vector<std::pair<std::string, std::vector<std::string>>> view_sources() const = 0;
   virtual Result<std::vector<Entry>> ReadView(const std::string& view) = 0;

@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include "cdc/status.h"
+
 namespace pgderive {
 
 template <typename View>
@@ -34,6 +36,26 @@ std::vector<std::string> ViewTables(const std::vector<std::unique_ptr<View>>& vi
     if (std::find(out.begin(), out.end(), view->config.from) == out.end()) {
       out.push_back(view->config.from);
     }
+  }
+  return out;
+}
+
+// A view's shape cannot be made for the table as it now is (a named column was
+// dropped): only this view stops. Marks it failed with the reason; returns true when
+// the error is of that kind (permanent), false when the caller must fail as before.
+template <typename View>
+bool FailView(View& view, const Error& error) {
+  if (error.kind() != ErrorKind::kPermanent) return false;
+  if (view.failed.empty()) view.failed = error.message();
+  return true;
+}
+
+template <typename View>
+std::vector<std::pair<std::string, std::string>> FailedViews(
+    const std::vector<std::unique_ptr<View>>& views) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& view : views) {
+    if (!view->failed.empty()) out.emplace_back(view->config.name, view->failed);
   }
   return out;
 }

@@ -121,7 +121,7 @@ Result<std::unique_ptr<OpenSearchSink>> OpenSearchSink::Make(const Config& confi
   for (const ViewConfig& view : config.views) {
     if (view.store != store.name) continue;
     sink->views_.push_back(
-        std::make_unique<View>(View{view, view.from, ViewShapes(view, std::nullopt), nullptr}));
+        std::make_unique<View>(View{view, view.from, ViewShapes(view, std::nullopt), {}, nullptr}));
   }
   return sink;
 }
@@ -315,9 +315,12 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
         continue;
       }
       for (auto& view : views_) {
-        if (view->table != change.relation().QualifiedName()) continue;
+        if (view->table != change.relation().QualifiedName() || !view->failed.empty()) continue;
         auto shape = view->shapes.For(change.relations.front());
-        if (!shape.ok()) return shape.error();
+        if (!shape.ok()) {
+          if (FailView(*view, shape.error())) continue;  // this view stops, not the store
+          return shape.error();
+        }
         const std::string& index = view->config.index;
         auto write = shape.value()->WriteFor(change, types, EntryKey::kDocumentId);
         if (!write.ok()) return write.error();

@@ -45,6 +45,10 @@ class OpenSearchSink : public Sink {
                            std::span<const TupleData> rows, const TypeRegistry& types) override;
   Status EndRebuild(Lsn snapshot_lsn) override;
   Status Apply(const BatchGroup& group, Lsn checkpoint) override;
+  std::vector<std::pair<std::string, std::string>> failed_views() override {
+    std::lock_guard lock(mutex_);
+    return FailedViews(views_);
+  }
   std::vector<std::pair<std::string, std::vector<std::string>>> view_sources() const override {
     return ViewSources(views_);
   }
@@ -65,6 +69,7 @@ class OpenSearchSink : public Sink {
     ViewConfig config;
     std::string table;
     ViewShapes shapes;
+    std::string failed;  // why the view stopped (a column it names was dropped)
     std::shared_ptr<const RelationSchema> schema;  // from Check, for the mapping
   };
 

@@ -21,8 +21,8 @@ Result<std::unique_ptr<RedisSink>> RedisSink::Make(const Config& config, const S
     if (view.store != store.name) continue;
     auto key = KeyTemplate::Parse(view.key_template);
     if (!key.ok()) return Error::Permanent("view " + view.name + ": " + key.error().message());
-    sink->views_.push_back(
-        std::make_unique<View>(View{view, view.from, key.value(), ViewShapes(view, key.value())}));
+    sink->views_.push_back(std::make_unique<View>(
+        View{view, view.from, key.value(), ViewShapes(view, key.value()), {}}));
   }
   return sink;
 }
@@ -206,9 +206,12 @@ Status RedisSink::Apply(const BatchGroup& group, Lsn checkpoint) {
       }
       const std::string table = change.relation().QualifiedName();
       for (auto& view : views_) {
-        if (view->table != table) continue;
+        if (view->table != table || !view->failed.empty()) continue;
         auto shape = view->shapes.For(change.relations.front());
-        if (!shape.ok()) return shape.error();
+        if (!shape.ok()) {
+          if (FailView(*view, shape.error())) continue;  // this view stops, not the store
+          return shape.error();
+        }
         auto write = shape.value()->WriteFor(change, types, EntryKey::kTemplate);
         if (!write.ok()) return write.error();
         RowWrite& w = write.value();

@@ -40,6 +40,10 @@ class RedisSink : public Sink {
   // Redis answers EXEC before its append-only file is fsynced (appendfsync everysec).
   std::chrono::milliseconds durability_delay() const override { return std::chrono::seconds(2); }
 
+  std::vector<std::pair<std::string, std::string>> failed_views() override {
+    std::lock_guard lock(mutex_);
+    return FailedViews(views_);
+  }
   std::vector<std::pair<std::string, std::vector<std::string>>> view_sources() const override {
     return ViewSources(views_);
   }
@@ -54,6 +58,7 @@ class RedisSink : public Sink {
     std::string table;  // schema-qualified
     KeyTemplate key;
     ViewShapes shapes;
+    std::string failed;  // why the view stopped (a column it names was dropped)
   };
 
  private:

@@ -475,5 +475,61 @@ TEST_F(SidecarTest, MigrationsOnceChangedDefinitionRebuildsNewerDatabaseRefused)
   IgnoreError(sql_->Execute("drop database " + database + " with (force)"), "cleanup");
 }
 
+// SPEC §4: a view that names a dropped column reports the problem clearly and stops
+// only that view; the store's other view and the pipeline go on.
+TEST_F(SidecarTest, DroppedColumnStopsOnlyTheViewNamingIt) {
+  MustExecute(*sql_, "alter table " + table_ + " add column note text default 'n'");
+  const std::string path = (dir_ / "drop.yml").string();
+  std::ofstream(path) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: \"" << dsn_
+                      << "\"\nstores:\n  cache:\n    type: redis\n    url: \"" << redis_url_
+                      << "\"\nviews:\n  - name: narrow\n    store: cache\n    from: " << table_
+                      << "\n    key: \"" << table_ << ":n:{id}\"\n    columns: [id, note]\n"
+                      << "  - name: wide\n    store: cache\n    from: " << table_ << "\n    key: \""
+                      << table_ << ":w:{id}\"\nhttp:\n  listen: 127.0.0.1:" << port_ << "\n";
+  StartRun(path);
+  ASSERT_TRUE(WaitFor([&] { return Get("/readyz").first == 200; })) << Read("run.err");
+  auto redis = RedisClient::Connect(redis_url_);
+  ASSERT_TRUE(redis.ok());
+  auto value = [&](const std::string& key) {
+    auto reply = redis.value().Command({"GET", key});
+    return reply.ok() && reply.value().type == RedisReply::Type::kString
+               ? std::optional<json>(json::parse(reply.value().str))
+               : std::nullopt;
+  };
+  ASSERT_TRUE(value(table_ + ":n:5").has_value());
+
+  MustExecute(*sql_, "alter table " + table_ + " drop column note");
+  MustExecute(*sql_, "update " + table_ + " set amount = -5 where id = 5");
+  // The wide view follows the table (no `note` any more); the narrow one stopped.
+  ASSERT_TRUE(WaitFor([&] {
+    auto wide = value(table_ + ":w:5");
+    return wide && (*wide)["amount"] == "-5";
+  })) << Read("run.err");
+  EXPECT_FALSE(value(table_ + ":w:5")->contains("note"));
+  EXPECT_TRUE(WaitFor([&] {
+    const json status = json::parse(Get("/status").second);
+    for (const auto& v : status["views"]) {
+      if (v["name"] == "narrow" && v["state"] == "failed" &&
+          v.value("reason", "").find("note") != std::string::npos) {
+        return true;
+      }
+    }
+    return false;
+  })) << Get("/status").second;
+  auto [code, body] = Get("/readyz");
+  EXPECT_EQ(code, 503);
+  EXPECT_NE(body.find("view narrow stopped"), std::string::npos) << body;
+  EXPECT_NE(Read("run.err").find("view narrow stopped"), std::string::npos) << Read("run.err");
+  EXPECT_EQ((*value(table_ + ":n:5"))["note"], "n");  // no longer written
+  // Still running, still streaming for the other view.
+  MustExecute(*sql_, "update " + table_ + " set amount = -6 where id = 6");
+  EXPECT_TRUE(WaitFor([&] {
+    auto wide = value(table_ + ":w:6");
+    return wide && (*wide)["amount"] == "-6";
+  }));
+  run_->Signal(SIGTERM);
+  EXPECT_EQ(run_->Wait(std::chrono::seconds(10)), 0);
+}
+
 }  // namespace
 }  // namespace pgderive
