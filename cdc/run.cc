@@ -36,7 +36,7 @@ constexpr auto kIdleMarkInterval = std::chrono::seconds(1);
 // at thousands of small transactions a second this turns one worker wake-up and one
 // store round trip per transaction into one per millisecond, which on a busy machine
 // costs far less latency than it saves.
-constexpr auto kLinger = std::chrono::milliseconds(1);
+constexpr auto kLinger = std::chrono::milliseconds(2);
 
 // Snapshot rows to every sink whose views read the table.
 class SnapshotFanout : public SnapshotConsumer {
