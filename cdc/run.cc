@@ -17,6 +17,7 @@
 #include "cdc/run_monitor.h"
 #include "cdc/sink_factory.h"
 #include "cdc/transaction_assembler.h"
+#include "cdc/validate.h"
 #include "cdc/type_catalog.h"
 #include "config/config.h"
 #include "config/redact.h"
@@ -254,6 +255,19 @@ int RunPipeline(const RunOptions& options) {
     logger.Error(message, {{"pipeline", config.pipeline}, {"slot", config.source.slot}});
     return 1;
   };
+  // The checks of `pgderive validate --connect`, before anything is made: a source or
+  // store that cannot work exits 2 with every problem listed, creating nothing.
+  {
+    ConfigResult checked;
+    checked.problems = CheckConnected(config);
+    if (!checked.problems.empty()) {
+      std::fputs(RedactSecrets(checked.Describe(options.config_path)).c_str(), stderr);
+      logger.Error("the configuration does not work with these servers; nothing was created",
+                   {{"pipeline", config.pipeline},
+                    {"problems", std::to_string(checked.problems.size())}});
+      return 2;
+    }
+  }
   Metrics metrics;
   RunMonitor monitor(config, logger, metrics);
   auto made = MakeSinks(config);

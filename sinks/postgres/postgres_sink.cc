@@ -39,6 +39,46 @@ void CollectRelations(const nlohmann::json& node, std::vector<std::string>& out)
   }
 }
 
+// When a view's key is its one table's key passed through (no aggregate, join, DISTINCT
+// or subquery: the plan of `select <view key> from (query)` is a single scan of the
+// table whose output is exactly the table's key columns), a changed source row can
+// affect only the view row of the same key. Returns, for each view key column, its
+// source column; empty when the plan is anything else.
+std::vector<std::string> KeyPassThrough(const nlohmann::json& explained, const std::string& table,
+                                        const std::vector<std::string>& source_key,
+                                        size_t view_key_columns) {
+  if (!explained.is_array() || explained.empty() || !explained[0].contains("Plan")) return {};
+  const nlohmann::json& plan = explained[0]["Plan"];
+  static const std::set<std::string> kScans = {"Seq Scan", "Index Scan", "Index Only Scan",
+                                               "Bitmap Heap Scan"};
+  if (!kScans.contains(plan.value("Node Type", "")) ||
+      plan.value("Schema", "") + "." + plan.value("Relation Name", "") != table) {
+    return {};
+  }
+  if (plan.contains("Plans")) {
+    for (const auto& child : plan["Plans"]) {
+      if (child.value("Node Type", "") != "Bitmap Index Scan") return {};
+    }
+  }
+  const std::string alias = plan.value("Alias", "") + ".";
+  if (!plan.contains("Output") || plan["Output"].size() != view_key_columns ||
+      view_key_columns != source_key.size()) {
+    return {};
+  }
+  std::vector<std::string> out;
+  for (const auto& expression : plan["Output"]) {
+    const std::string text = expression.is_string() ? expression.get<std::string>() : "";
+    if (text.rfind(alias, 0) != 0) return {};
+    const std::string column = text.substr(alias.size());
+    if (std::find(source_key.begin(), source_key.end(), column) == source_key.end() ||
+        std::find(out.begin(), out.end(), column) != out.end()) {
+      return {};
+    }
+    out.push_back(column);
+  }
+  return out;
+}
+
 // One row's final state in a batch, per mirror key.
 struct Final {
   bool deleted = false;
@@ -160,6 +200,18 @@ Status PostgresSink::Resolve(PgConnection& source) {
                                 "mirrored");
       }
       mirrors_[table] = std::move(mirror);
+    }
+    view->key_source.clear();
+    if (view->tables.size() == 1) {
+      const Mirror& m = mirrors_.at(view->tables.front());
+      std::vector<std::string> source_key;
+      for (size_t k : m.key) source_key.push_back(m.columns[k]);
+      auto keys = source.Query("explain (verbose, format json) select " + KeyList(*view) +
+                               " from (" + query + ") q");
+      if (!keys.ok()) return Error(keys.error().kind(), where + keys.error().message());
+      view->key_source = KeyPassThrough(
+          nlohmann::json::parse(keys.value().rows[0][0].value_or("[]"), nullptr, false),
+          view->tables.front(), source_key, view->config.key_columns.size());
     }
   }
   // Index the columns the queries join, filter or group on (named in ON, WHERE, GROUP
@@ -445,7 +497,19 @@ Status PostgresSink::EndRebuild(Lsn snapshot_lsn) {
 }
 
 Status PostgresSink::CollectAffected(PgConnection& c, const View& view,
-                                     const std::set<std::string>& changed) {
+                                     const std::set<std::string>& changed, bool before) {
+  if (!view.key_source.empty()) {
+    // The view key is the table's key: the changed keys are the affected ones (a key
+    // no longer, or not, in the view is deleted and found missing by the recompute).
+    if (!before || !changed.contains(view.tables.front())) return Status::Ok();
+    std::string source_columns;
+    for (const std::string& column : view.key_source) {
+      source_columns += (source_columns.empty() ? "" : ", ") + QuoteIdent(column);
+    }
+    return c.Execute("insert into pgd_a_" + std::to_string(view.index) + " (" + KeyList(view) +
+                     ") select distinct " + source_columns + " from pgd_k_" +
+                     mirrors_.at(view.tables.front()).temp);
+  }
   for (const std::string& table : view.tables) {
     if (!changed.contains(table)) continue;
     auto query = MirrorQuery(view, table);
@@ -569,7 +633,7 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
       if (!s.ok()) return s;
     }
     for (const auto& view : views_) {
-      Status s = CollectAffected(c, *view, changed);
+      Status s = CollectAffected(c, *view, changed, /*before=*/true);
       if (!s.ok()) return s;
     }
     for (auto& [table, rows] : finals) {
@@ -640,7 +704,7 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
       if (!s.ok()) return s;
     }
     for (const auto& view : views_) {
-      Status s = CollectAffected(c, *view, changed);
+      Status s = CollectAffected(c, *view, changed, /*before=*/false);
       if (s.ok()) s = Recompute(c, *view);
       if (!s.ok()) return s;
     }

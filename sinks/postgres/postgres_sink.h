@@ -78,7 +78,11 @@ class PostgresSink : public Sink {
     ViewConfig config;
     std::vector<std::string> tables;  // the source tables the query reads
     std::string target;               // quoted schema.table
-    size_t index = 0;                 // for its temporary table
+    // For each view key column, the source key column it passes through unchanged (one
+    // table, no aggregate or join); empty otherwise. Then the changed keys are the
+    // affected keys, with no query over the mirror.
+    std::vector<std::string> key_source;
+    size_t index = 0;  // for its temporary table
   };
 
  private:
@@ -90,7 +94,10 @@ class PostgresSink : public Sink {
   Result<std::vector<const View*>> ChangedViews(PgConnection& c);
   Status EnsureTempTables(PgConnection& c);
   Result<std::string> MirrorQuery(const View& view, const std::optional<std::string>& restrict);
-  Status CollectAffected(PgConnection& c, const View& view, const std::set<std::string>& changed);
+  // Inserts the view keys the changed rows touch into pgd_a_<view>: run before and after
+  // the mirrors take the changes.
+  Status CollectAffected(PgConnection& c, const View& view, const std::set<std::string>& changed,
+                         bool before);
   Status Recompute(PgConnection& c, const View& view);
   Status RecomputeAll(PgConnection& c, const View& view);
   Status WriteCheckpoint(PgConnection& c, Lsn lsn);

@@ -198,7 +198,7 @@ TEST_F(RunPostgresTest, QueriesThatCannotBeMaintainedAreRefusedAndCreateNothing)
   for (const auto& [view, message] : cases) {
     const std::string config = WriteConfig(view);
     Subprocess run({PgderiveBinary(), "run", "-c", config}, (dir_ / "run.err").string());
-    EXPECT_EQ(run.Wait(std::chrono::seconds(20)), 1) << RunErr();
+    EXPECT_EQ(run.Wait(std::chrono::seconds(20)), 2) << RunErr();
     EXPECT_NE(RunErr().find(message), std::string::npos) << RunErr();
     EXPECT_EQ(Scalar(*sql_,
                      "select count(*) from pg_replication_slots where slot_name = "

@@ -267,7 +267,7 @@ TEST_F(RunRedisTest, BadViewsAreRefusedAndCreateNothing) {
   // A column the table does not have.
   const std::string config = WriteConfig("id, nope");
   StartRun(config);
-  EXPECT_EQ(run_->Wait(std::chrono::seconds(20)), 1) << RunErr();
+  EXPECT_EQ(run_->Wait(std::chrono::seconds(20)), 2) << RunErr();
   EXPECT_NE(RunErr().find("view cache_view: column nope is not in table public." + table_),
             std::string::npos)
       << RunErr();
