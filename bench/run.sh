@@ -56,6 +56,16 @@ bindir=$PGDERIVE_PG_BINDIR
 q() { psql "$dsn" -X -q -At -v ON_ERROR_STOP=1 "$@"; }
 now() { date +%s.%N; }
 
+# OpenSearch's JVM compiles its indexing path on first use: a scratch index of 50,000
+# documents first, so that pgderive and the plain loader are both measured warm.
+mkdir -p "$dir/warmup"
+q -c "select '{\"index\":{\"_index\":\"warmup\",\"_id\":\"' || g || '\"}}' || chr(10) || json_build_object('id', g, 'title', md5(g::text) || ' lorem ipsum', 'price', g / 100.0)::text from generate_series(1, 50000) g" \
+  | split -l 10000 - "$dir/warmup/part."
+for f in "$dir"/warmup/part.*; do
+  curl -s -XPOST "$PGDERIVE_OPENSEARCH_URL/_bulk" -H 'Content-Type: application/x-ndjson' --data-binary @"$f" > /dev/null
+done
+curl -s -XDELETE "$PGDERIVE_OPENSEARCH_URL/warmup" > /dev/null
+
 q <<'SQL'
 create table items (id bigint primary key, title text, price numeric, attrs jsonb, tags int[], updated_at timestamptz);
 create table customers (id bigint primary key, name text);

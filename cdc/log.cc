@@ -49,6 +49,13 @@ void AppendLogfmtValue(std::string& out, std::string_view value) {
     return;
   }
   out += '"';
+  AppendBackslashEscaped(out, value);
+  out += '"';
+}
+
+}  // namespace
+
+void AppendBackslashEscaped(std::string& out, std::string_view value) {
   for (char c : value) {
     if (c == '"' || c == '\\') {
       out += '\\';
@@ -59,10 +66,7 @@ void AppendLogfmtValue(std::string& out, std::string_view value) {
       out += c;
     }
   }
-  out += '"';
 }
-
-}  // namespace
 
 std::string Logger::Format(LogLevel level, std::string_view message,
                            std::initializer_list<LogField> fields) const {

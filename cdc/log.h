@@ -18,6 +18,10 @@
 
 namespace pgderive {
 
+// Appends `value` with backslash, double quote and newline escaped as \\, \" and \n
+// (logfmt values and Prometheus label values share this escaping).
+void AppendBackslashEscaped(std::string& out, std::string_view value);
+
 struct LogField {
   std::string_view key;
   std::string value;

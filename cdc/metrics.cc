@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstdio>
 
+#include "cdc/log.h"
+
 namespace pgderive {
 namespace {
 
@@ -28,16 +30,7 @@ std::string LabelText(const MetricLabels& labels, const std::string& extra_key =
   for (size_t i = 0; i < all.size(); ++i) {
     if (i) out += ',';
     out += all[i].first + "=\"";
-    for (char c : all[i].second) {
-      if (c == '\\' || c == '"') {
-        out += '\\';
-        out += c;
-      } else if (c == '\n') {
-        out += "\\n";
-      } else {
-        out += c;
-      }
-    }
+    AppendBackslashEscaped(out, all[i].second);
     out += '"';
   }
   return out + "}";

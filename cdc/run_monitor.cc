@@ -186,19 +186,51 @@ void RunMonitor::CheckSlot() {
 }
 
 void RunMonitor::Publish() {
-  std::lock_guard lock(mutex_);
+  // What the pipeline's threads set, copied under the lock; the workers and sinks are
+  // read without it (a sink answers only between its batches, and the pipeline's thread
+  // must never wait for that in slot_lost()).
+  std::vector<PipelineWorker*> workers;
+  std::map<std::string, bool> snapshotting;
+  bool initial_snapshot_done = false;
+  Lsn current_wal;
+  std::optional<std::string> slot_json, slot_lost;
+  nlohmann::json snapshot;
+  {
+    std::lock_guard lock(mutex_);
+    workers = workers_;
+    snapshotting = snapshotting_;
+    initial_snapshot_done = initial_snapshot_done_;
+    current_wal = current_wal_;
+    slot_json = slot_json_;
+    slot_lost = slot_lost_;
+    if (snapshot_ != nullptr) {
+      const double rows = static_cast<double>(snapshot_->rows_read.load());
+      const double estimated = EstimatedRows(*snapshot_);
+      const double rate =
+          rows / std::max(1e-3, Seconds(std::chrono::steady_clock::now() - snapshot_started_));
+      snapshot = {{"rows", static_cast<uint64_t>(rows)},
+                  {"estimated_rows", static_cast<uint64_t>(estimated)},
+                  {"rows_per_second", static_cast<uint64_t>(rate)},
+                  {"percent", estimated > 0 ? std::min(100.0, 100 * rows / estimated) : 0},
+                  {"eta_seconds", estimated > rows && rate > 0 ? (estimated - rows) / rate : 0.0}};
+      metrics_.gauge("pgderive_snapshot_rows", "Rows read by the running snapshot").Set(rows);
+      metrics_
+          .gauge("pgderive_snapshot_estimated_rows", "Rows the running snapshot expects to read")
+          .Set(estimated);
+    }
+  }
   const Lsn received{received_.load()};
-  const Lsn head = std::max(received, current_wal_);
+  const Lsn head = std::max(received, current_wal);
   const bool connected = stream_connected_.load();
   metrics_.gauge("pgderive_stream_connected", "1 while the replication stream is connected")
       .Set(connected ? 1 : 0);
   std::vector<std::string> reasons;
-  if (!initial_snapshot_done_) reasons.push_back("the initial snapshot is not done");
+  if (!initial_snapshot_done) reasons.push_back("the initial snapshot is not done");
   if (!connected) reasons.push_back("the replication stream is not connected");
   nlohmann::json stores = nlohmann::json::array();
   nlohmann::json views = nlohmann::json::array();
   const int64_t now_pg = ToPgTimestamp(std::chrono::system_clock::now());
-  for (PipelineWorker* w : workers_) {
+  for (PipelineWorker* w : workers) {
     const std::string& name = w->sink().name();
     const Lsn checkpoint = w->checkpoint();
     const uint64_t lag_bytes = head > checkpoint ? head.value - checkpoint.value : 0;
@@ -216,7 +248,7 @@ void RunMonitor::Publish() {
         .Set(std::max(0.0, lag_seconds));
     metrics_.gauge("pgderive_store_up", "1 while the store takes writes", store)
         .Set(w->healthy() && !w->failed() ? 1 : 0);
-    const bool snapshotting = snapshotting_[name];
+    const bool filling = snapshotting[name];
     if (w->failed()) {
       reasons.push_back("store " + name + " stopped on an error");
     } else if (!w->healthy()) {
@@ -237,7 +269,7 @@ void RunMonitor::Publish() {
         state = "failed";
       } else if (w->failed()) {
         state = "failed";
-      } else if (snapshotting) {
+      } else if (filling) {
         state = "backfilling";
       } else if (w->detached()) {
         state = "catching up";
@@ -250,12 +282,12 @@ void RunMonitor::Publish() {
       views.push_back(v);
     }
   }
-  if (workers_.empty()) {
+  if (workers.empty()) {
     // Before streaming starts: the initial snapshot (or nothing yet) for every view.
     for (const ViewConfig& view : config_.views) {
       views.push_back({{"name", view.name},
                        {"store", view.store},
-                       {"state", snapshotting_[view.store] ? "backfilling" : "starting"}});
+                       {"state", snapshotting[view.store] ? "backfilling" : "starting"}});
     }
   }
   nlohmann::json status = {{"pipeline", config_.pipeline},
@@ -263,29 +295,19 @@ void RunMonitor::Publish() {
                            {"received_lsn", received.ToString()},
                            {"stores", stores},
                            {"views", views}};
-  if (slot_json_) status["slot"] = nlohmann::json::parse(*slot_json_);
-  if (snapshot_ != nullptr) {
-    const double rows = static_cast<double>(snapshot_->rows_read.load());
-    const double estimated = EstimatedRows(*snapshot_);
-    const double rate =
-        rows / std::max(1e-3, Seconds(std::chrono::steady_clock::now() - snapshot_started_));
-    status["snapshot"] = {
-        {"rows", static_cast<uint64_t>(rows)},
-        {"estimated_rows", static_cast<uint64_t>(estimated)},
-        {"rows_per_second", static_cast<uint64_t>(rate)},
-        {"percent", estimated > 0 ? std::min(100.0, 100 * rows / estimated) : 0},
-        {"eta_seconds", estimated > rows && rate > 0 ? (estimated - rows) / rate : 0.0}};
-    metrics_.gauge("pgderive_snapshot_rows", "Rows read by the running snapshot").Set(rows);
-    metrics_.gauge("pgderive_snapshot_estimated_rows", "Rows the running snapshot expects to read")
-        .Set(estimated);
+  if (slot_json) status["slot"] = nlohmann::json::parse(*slot_json);
+  if (!snapshot.is_null()) {
+    status["snapshot"] = snapshot;
     for (auto& v : status["views"]) {
       if (v["state"] == "backfilling") v["progress_percent"] = status["snapshot"]["percent"];
     }
   }
-  if (slot_lost_) reasons.push_back(*slot_lost_);
+  if (slot_lost) reasons.push_back(*slot_lost);
+  status["ready"] = reasons.empty();
+  std::string text = status.dump();
+  std::lock_guard lock(mutex_);
   not_ready_ = std::move(reasons);
-  status["ready"] = not_ready_.empty();
-  status_json_ = status.dump();
+  status_json_ = std::move(text);
 }
 
 }  // namespace pgderive

@@ -14,6 +14,7 @@
 #include "tests/support/pg.h"
 #include "tests/support/stack_env.h"
 #include "tests/support/subprocess.h"
+#include "tests/support/wait.h"
 
 namespace pgderive {
 namespace {
@@ -25,16 +26,7 @@ using testing::PgderiveBinary;
 using testing::Subprocess;
 using testing::UniqueName;
 
-// Polls `condition` until it holds or `timeout` passes.
-template <typename F>
-bool WaitFor(F condition, std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!condition()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // poll interval
-  }
-  return true;
-}
+using testing::WaitFor;
 
 class RunRedisTest : public ::testing::Test {
  protected:

@@ -25,6 +25,7 @@
 #include "tests/support/pg.h"
 #include "tests/support/stack_env.h"
 #include "tests/support/subprocess.h"
+#include "tests/support/wait.h"
 
 namespace pgderive {
 namespace {
@@ -37,14 +38,10 @@ using testing::Scalar;
 using testing::Subprocess;
 using testing::UniqueName;
 
+// Starts and catch-ups of a whole pipeline get a minute on a loaded machine.
 template <typename F>
 bool WaitFor(F condition, std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!condition()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // poll interval
-  }
-  return true;
+  return testing::WaitFor(condition, timeout);
 }
 
 // A port nothing listens on right now (the kernel's pick for an ephemeral bind).
