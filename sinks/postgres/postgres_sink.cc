@@ -160,14 +160,6 @@ Status PostgresSink::Resolve(PgConnection& source) {
         return Error::Permanent(where + "key column " + key + " is not a column of the query");
       }
     }
-    auto duplicate = source.Query("select " + KeyList(*view) + " from (" + query + ") q group by " +
-                                  KeyList(*view) + " having count(*) > 1 limit 1");
-    if (!duplicate.ok())
-      return Error(duplicate.error().kind(), where + duplicate.error().message());
-    if (!duplicate.value().rows.empty()) {
-      return Error::Permanent(where + "key (" + KeyList(*view) +
-                              ") is not unique in the query's result");
-    }
     for (const std::string& table : view->tables) {
       if (mirrors_.contains(table)) continue;
       auto described = DescribeTable(source, table);
@@ -212,6 +204,18 @@ Status PostgresSink::Resolve(PgConnection& source) {
       view->key_source = KeyPassThrough(
           nlohmann::json::parse(keys.value().rows[0][0].value_or("[]"), nullptr, false),
           view->tables.front(), source_key, view->config.key_columns.size());
+    }
+    // A key passed through from the table's key is unique already; any other is checked.
+    if (view->key_source.empty()) {
+      auto duplicate =
+          source.Query("select " + KeyList(*view) + " from (" + query + ") q group by " +
+                       KeyList(*view) + " having count(*) > 1 limit 1");
+      if (!duplicate.ok())
+        return Error(duplicate.error().kind(), where + duplicate.error().message());
+      if (!duplicate.value().rows.empty()) {
+        return Error::Permanent(where + "key (" + KeyList(*view) +
+                                ") is not unique in the query's result");
+      }
     }
   }
   // Index the columns the queries join, filter or group on (named in ON, WHERE, GROUP
@@ -547,10 +551,13 @@ Status PostgresSink::Recompute(PgConnection& c, const View& view) {
   const std::string prefilter = nulls ? "true"
                                       : "x." + QuoteIdent(first) + " = any(" +
                                             c.QuoteLiteral(*values.value().rows[0][0]) + ")";
-  // One key column without NULLs: the affected values as an array (an index scan);
-  // otherwise a join with the affected keys.
+  // One key column without NULLs: the affected values as an array, through the
+  // primary key (the planner would read the whole table once the array has a few
+  // thousand values, which costs a scan of the view per batch); otherwise a join with
+  // the affected keys.
   std::string sql = (view.config.key_columns.size() == 1 && !nulls
-                         ? "delete from " + view.target + " x where " + prefilter
+                         ? "set local enable_seqscan = off; delete from " + view.target +
+                               " x where " + prefilter + "; set local enable_seqscan = on"
                          : "delete from " + view.target + " x using (select distinct " +
                                KeyList(view) + " from " + affected + ") a where " + equal) +
                     "; insert into " + view.target + " select x.* from (" + query.value() +
