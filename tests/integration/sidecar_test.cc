@@ -5,12 +5,14 @@
 // heartbeat moving an idle slot, Redis AUTH with a user and password, and the whole
 // pipeline run by a least-privilege role.
 #include <gtest/gtest.h>
+#include <httplib.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -134,6 +136,7 @@ class SidecarTest : public ::testing::Test {
     PGDERIVE_REQUIRE_STACK();
     dsn_ = stack.pg_dsn();
     redis_url_ = stack.redis_url();
+    stack_opensearch_url_ = stack.opensearch_url();
     dir_ = std::filesystem::temp_directory_path() / UniqueName("pgderive_sidecar_test");
     std::filesystem::create_directories(dir_);
     pipeline_ = UniqueName("side");
@@ -204,7 +207,7 @@ class SidecarTest : public ::testing::Test {
     return {code.value_or(-1), out + Read("command.err")};
   }
 
-  std::string dsn_, redis_url_, pipeline_, table_, target_;
+  std::string dsn_, redis_url_, stack_opensearch_url_, pipeline_, table_, target_;
   int port_ = 0;
   std::filesystem::path dir_;
   std::unique_ptr<PgConnection> sql_;
@@ -526,6 +529,163 @@ TEST_F(SidecarTest, DroppedColumnStopsOnlyTheViewNamingIt) {
   }));
   run_->Signal(SIGTERM);
   EXPECT_EQ(run_->Wait(std::chrono::seconds(10)), 0);
+}
+
+// OpenSearch over HTTPS with basic auth and a CA file. The local OpenSearch runs
+// without its security plugin, so the test puts a TLS endpoint that demands basic auth
+// (cpp-httplib's SSLServer, with a certificate made here) in front of it and forwards
+// every request to the real OpenSearch: pgderive's client must verify the certificate
+// against `ca_file` and send the credentials.
+TEST_F(SidecarTest, OpenSearchOverHttpsWithBasicAuthAndCaFile) {
+  auto make_cert = [&](const std::string& name) {
+    const std::string command =
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 "
+        "-addext subjectAltName=IP:127.0.0.1 -keyout " +
+        (dir_ / (name + ".key")).string() + " -out " + (dir_ / (name + ".crt")).string() +
+        " 2>/dev/null";
+    return std::system(command.c_str()) == 0;
+  };
+  ASSERT_TRUE(make_cert("tls"));
+  ASSERT_TRUE(make_cert("other"));
+  const std::string user = "pgd_search";
+  const std::string password = "Os-" + UniqueName("pw");
+  const auto expected = httplib::make_basic_authentication_header(user, password);
+  auto upstream = Url::Parse(stack_opensearch_url_).value();
+  httplib::SSLServer proxy((dir_ / "tls.crt").c_str(), (dir_ / "tls.key").c_str());
+  std::atomic<int> refused{0};
+  auto forward = [&](const httplib::Request& req, httplib::Response& res) {
+    if (req.get_header_value("Authorization") != expected.second) {
+      ++refused;
+      res.status = 401;
+      res.set_content(R"({"error":"unauthorized"})", "application/json");
+      return;
+    }
+    httplib::Client os(upstream.host, upstream.port.value_or(9200));
+    httplib::Request out;
+    out.method = req.method;
+    out.path = req.target;
+    out.body = req.body;
+    if (req.has_header("Content-Type")) {
+      out.set_header("Content-Type", req.get_header_value("Content-Type"));
+    }
+    httplib::Response answer;
+    httplib::Error error = httplib::Error::Success;
+    if (!os.send(out, answer, error)) {
+      res.status = 502;
+      return;
+    }
+    res.status = answer.status;
+    res.set_content(answer.body, answer.get_header_value("Content-Type").c_str());
+  };
+  for (const char* pattern : {".*"}) {
+    proxy.Get(pattern, forward);
+    proxy.Post(pattern, forward);
+    proxy.Put(pattern, forward);
+    proxy.Delete(pattern, forward);
+  }
+  const int port = proxy.bind_to_any_port("127.0.0.1");
+  ASSERT_GT(port, 0);
+  std::thread serving([&] { proxy.listen_after_bind(); });
+  const std::string index = UniqueName("side_idx");
+  auto write = [&](const std::string& name, const std::string& pw, const std::string& ca) {
+    const std::string path = (dir_ / name).string();
+    std::ofstream(path)
+        << "pipeline: " << pipeline_ << "\nsource:\n  dsn: \"" << dsn_
+        << "\"\nstores:\n  search:\n    type: opensearch\n    url: https://127.0.0.1:" << port
+        << "\n    username: " << user << "\n    password: \"" << pw
+        << "\"\n    ca_file: " << (dir_ / ca).string()
+        << "\nviews:\n  - name: docs\n    store: search\n    from: " << table_
+        << "\n    index: " << index << "\nhttp:\n  listen: 127.0.0.1:" << port_ << "\n";
+    return path;
+  };
+  // A wrong password and an untrusted certificate are refused at start, named, and no
+  // secret is printed.
+  auto [bad_pw, bad_pw_out] =
+      Command({PgderiveBinary(), "run", "-c", write("badpw.yml", "wrong-pw", "tls.crt")});
+  EXPECT_EQ(bad_pw, 2) << bad_pw_out;
+  EXPECT_NE(bad_pw_out.find("search"), std::string::npos) << bad_pw_out;
+  EXPECT_NE(bad_pw_out.find("401"), std::string::npos) << bad_pw_out;
+  EXPECT_EQ(bad_pw_out.find("wrong-pw"), std::string::npos) << bad_pw_out;
+  EXPECT_GE(refused.load(), 1);
+  auto [bad_ca, bad_ca_out] =
+      Command({PgderiveBinary(), "run", "-c", write("badca.yml", password, "other.crt")});
+  EXPECT_EQ(bad_ca, 2) << bad_ca_out;
+  EXPECT_NE(bad_ca_out.find("certificate"), std::string::npos) << bad_ca_out;
+  EXPECT_EQ(bad_ca_out.find(password), std::string::npos) << bad_ca_out;
+
+  const std::string config = write("https.yml", password, "tls.crt");
+  StartRun(config);
+  ASSERT_TRUE(WaitFor([&] { return Get("/readyz").first == 200; })) << Read("run.err");
+  MustExecute(*sql_, "update " + table_ + " set amount = amount + 7 where id % 5 = 0");
+  auto [code, out] = testing::RunVerify(config, 60);
+  EXPECT_EQ(code, 0) << out << Read("run.err");
+  run_->Signal(SIGTERM);
+  EXPECT_EQ(run_->Wait(std::chrono::seconds(10)), 0);
+  EXPECT_EQ(Read("run.err").find(password), std::string::npos);
+  proxy.stop();
+  serving.join();
+  httplib::Client os(upstream.host, upstream.port.value_or(9200));
+  os.Delete("/" + index);
+}
+
+// A long initial snapshot shows its progress in /status (what `pgderive status` prints):
+// rows read, the estimate, a rate, and the views backfilling with a percentage.
+TEST_F(SidecarTest, SnapshotProgressInStatus) {
+  const std::string big = UniqueName("side_big");
+  MustExecute(*sql_, "create table " + big + " (id int primary key, v text)");
+  MustExecute(*sql_, "insert into " + big +
+                         " select g, repeat(md5(g::text), 4) from generate_series(1, 1000000) g");
+  MustExecute(*sql_, "analyze " + big);
+  const std::string path = (dir_ / "big.yml").string();
+  std::ofstream(path) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: \"" << dsn_
+                      << "\"\nstores:\n  cache:\n    type: redis\n    url: \"" << redis_url_
+                      << "\"\nviews:\n  - name: big\n    store: cache\n    from: " << big
+                      << "\n    key: \"" << big << ":{id}\"\nsnapshot:\n  workers: 1\nhttp:\n"
+                      << "  listen: 127.0.0.1:" << port_ << "\n";
+  StartRun(path);
+  json seen;
+  const bool progressed = WaitFor([&] {
+    auto [code, body] = Get("/status");
+    if (code != 200) return false;
+    const json status = json::parse(body, nullptr, false);
+    if (status.is_discarded() || !status.contains("snapshot")) return false;
+    if (status["snapshot"]["rows"].get<uint64_t>() == 0) return false;
+    seen = status;
+    return true;
+  });
+  ASSERT_TRUE(progressed) << Read("run.err");
+  EXPECT_GE(seen["snapshot"]["estimated_rows"].get<uint64_t>(), 900000u) << seen;
+  EXPECT_GT(seen["snapshot"]["rows_per_second"].get<uint64_t>(), 0u) << seen;
+  EXPECT_LT(seen["snapshot"]["rows"].get<uint64_t>(), 1000001u) << seen;
+  EXPECT_EQ(seen["views"][0]["state"], "backfilling") << seen;
+  EXPECT_TRUE(seen["views"][0].contains("progress_percent")) << seen;
+  EXPECT_EQ(seen["ready"], false) << seen;  // not ready before the snapshot is done
+  // Done: the view is live and the snapshot gone from the status.
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        const json status = json::parse(Get("/status").second, nullptr, false);
+        return !status.is_discarded() && !status.contains("snapshot") &&
+               status["views"][0]["state"] == "live";
+      },
+      std::chrono::seconds(180)))
+      << Read("run.err");
+  run_->Signal(SIGTERM);
+  EXPECT_EQ(run_->Wait(std::chrono::seconds(10)), 0);
+  auto redis = RedisClient::Connect(redis_url_);
+  ASSERT_TRUE(redis.ok());
+  std::string cursor = "0";
+  std::vector<std::string> keys;
+  do {  // drop the million keys again
+    auto reply = redis.value().Command({"SCAN", cursor, "MATCH", big + ":*", "COUNT", "10000"});
+    ASSERT_TRUE(reply.ok());
+    cursor = reply.value().elements[0].str;
+    RedisCommand del{"UNLINK"};
+    for (const auto& k : reply.value().elements[1].elements) del.push_back(k.str);
+    if (del.size() > 1) {
+      ASSERT_TRUE(redis.value().Command(del).ok());
+    }
+  } while (cursor != "0");
+  MustExecute(*sql_, "drop table " + big);
 }
 
 }  // namespace
