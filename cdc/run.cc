@@ -17,8 +17,8 @@
 #include "cdc/run_monitor.h"
 #include "cdc/sink_factory.h"
 #include "cdc/transaction_assembler.h"
-#include "cdc/validate.h"
 #include "cdc/type_catalog.h"
+#include "cdc/validate.h"
 #include "config/config.h"
 #include "config/redact.h"
 #include "snapshot/snapshot_reader.h"
@@ -262,9 +262,9 @@ int RunPipeline(const RunOptions& options) {
     checked.problems = CheckConnected(config);
     if (!checked.problems.empty()) {
       std::fputs(RedactSecrets(checked.Describe(options.config_path)).c_str(), stderr);
-      logger.Error("the configuration does not work with these servers; nothing was created",
-                   {{"pipeline", config.pipeline},
-                    {"problems", std::to_string(checked.problems.size())}});
+      logger.Error(
+          "the configuration does not work with these servers; nothing was created",
+          {{"pipeline", config.pipeline}, {"problems", std::to_string(checked.problems.size())}});
       return 2;
     }
   }
