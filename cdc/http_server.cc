@@ -2,6 +2,8 @@
 
 #include <httplib.h>
 
+#include <chrono>
+
 namespace pgderive {
 
 Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& listen,
@@ -50,6 +52,11 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& listen,
   }
   self->port_ = port;
   self->thread_ = std::thread([raw] { raw->server_->listen_after_bind(); });
+  // stop() does nothing until the server runs: wait for it, so that a return right after
+  // Start (a later start-up check failing) cannot leave the thread serving forever.
+  for (int i = 0; i < 5000 && !self->server_->is_running(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   return self;
 }
 

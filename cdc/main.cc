@@ -18,11 +18,13 @@
 
 namespace {
 
+// The one piece of state a signal handler may touch.
 std::atomic<bool> g_stop{false};
+static_assert(std::atomic<bool>::is_always_lock_free);
 
+// Async-signal-safe: nothing to do if stderr is gone.
 template <typename T>
-void IgnoreResult(T) {}  // async-signal-safe: nothing to do if stderr is gone  // the one piece of
-                         // state a signal handler may touch
+void IgnoreResult(T) {}
 
 // The first SIGTERM/SIGINT asks for a clean stop (finish the batch in flight, write
 // checkpoints, confirm the slot, exit 0). A second one exits at once: every store's

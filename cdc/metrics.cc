@@ -112,8 +112,9 @@ std::string Metrics::Render() const {
                Number(static_cast<double>(buckets[i])) + "\n";
       }
       out += name + "_sum" + LabelText(labels) + " " + Number(h->sum()) + "\n";
-      out += name + "_count" + LabelText(labels) + " " + Number(static_cast<double>(h->count())) +
-             "\n";
+      // The +Inf bucket is the count: read once, so that the two always agree.
+      out += name + "_count" + LabelText(labels) + " " +
+             Number(static_cast<double>(buckets.back())) + "\n";
     }
   }
   return out;

@@ -89,6 +89,17 @@ bool PipelineWorker::Offer(std::shared_ptr<const ChangeBatch> batch,
   return true;
 }
 
+int64_t PipelineWorker::oldest_queued_commit_time() {
+  std::lock_guard lock(mutex_);
+  if (in_flight_commit_time_ != 0) return in_flight_commit_time_;
+  for (const auto& batch : queue_) {
+    for (const CommitMark& mark : batch->commits) {
+      if (mark.commit_time != 0) return mark.commit_time;
+    }
+  }
+  return 0;
+}
+
 Lsn PipelineWorker::Durable() {
   std::lock_guard lock(mutex_);
   const auto now = std::chrono::steady_clock::now();
@@ -156,9 +167,19 @@ void PipelineWorker::Loop() {
         group.push_back(std::move(queue_.front()));
         queue_.pop_front();
       }
+      in_flight_commit_time_ = 0;
+      for (const auto& batch : group) {
+        for (const CommitMark& mark : batch->commits) {
+          if (in_flight_commit_time_ == 0) in_flight_commit_time_ = mark.commit_time;
+        }
+      }
       changed_.notify_all();
     }
     Status status = ApplyWithRetry(group);
+    {
+      std::lock_guard lock(mutex_);
+      in_flight_commit_time_ = 0;
+    }
     if (!status.ok()) {
       failed_.store(true);
       detached_.store(true);

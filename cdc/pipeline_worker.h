@@ -52,6 +52,8 @@ class PipelineWorker {
   bool healthy() const { return healthy_.load(); }
   // Commit time (PostgreSQL microseconds) of the last transaction applied; 0 if none.
   int64_t last_commit_time() const { return last_commit_time_.load(); }
+  // Commit time of the oldest transaction queued and not yet applied; 0 if none.
+  int64_t oldest_queued_commit_time();
   // Detached, drained and healthy: wants the stream from the slot again.
   bool WantsRejoin() const { return wants_rejoin_.load(); }
   void Rejoin();
@@ -90,6 +92,7 @@ class PipelineWorker {
   std::atomic<bool> failed_{false};
   std::vector<float> latencies_ms_;  // guarded by mutex_; capped
   std::atomic<bool> healthy_{true};
+  int64_t in_flight_commit_time_ = 0;      // guarded by mutex_: the group being applied
   std::set<std::string> reported_failed_;  // views whose stop was logged (worker thread)
   std::atomic<int64_t> last_commit_time_{0};
   void CountApplied(const BatchGroup& group, Lsn from);

@@ -184,10 +184,12 @@ class Dispatcher : public ChangeConsumer {
   // slot) move past WAL that holds none of our changes - other tables' writes, a
   // checkpoint record at shutdown. Safe because a transaction that commits later has
   // its commit LSN at or after `received` (change_batch.h).
-  void MarkIdle(Lsn received) {
-    if (pending() || received <= last_mark_) return;
+  // Whether a mark was sent.
+  bool MarkIdle(Lsn received) {
+    if (pending() || received <= last_mark_) return false;
     batch_->commits.push_back(CommitMark{received, received, 0, 0});
     Dispatch();
+    return true;
   }
 
   void Dispatch() {
@@ -392,6 +394,12 @@ int RunPipeline(const RunOptions& options) {
   }
 
   std::vector<std::unique_ptr<PipelineWorker>> workers;
+  // Declared after the workers, so destroyed first on every return: the monitor's
+  // thread reads them.
+  struct StopMonitor {
+    RunMonitor& monitor;
+    ~StopMonitor() { monitor.Stop(); }
+  } stop_monitor{monitor};
   for (auto& sink : sinks) {
     const std::string store = sink->name();
     workers.push_back(std::make_unique<PipelineWorker>(
@@ -495,8 +503,9 @@ int RunPipeline(const RunOptions& options) {
       }
       if (assembler.idle() &&
           std::chrono::steady_clock::now() - last_idle_mark >= kIdleMarkInterval) {
-        last_idle_mark = std::chrono::steady_clock::now();
-        dispatcher.MarkIdle(stream->received());
+        if (dispatcher.MarkIdle(stream->received())) {
+          last_idle_mark = std::chrono::steady_clock::now();
+        }
       }
     }
     const auto now = std::chrono::steady_clock::now();
@@ -536,8 +545,8 @@ int RunPipeline(const RunOptions& options) {
       }
     }
   }
-  monitor.Stop();
   // Stop: finish what is queued (up to the grace period), then confirm what is durable.
+  // The monitor stops last (it may be waiting on a store or on the source).
   if (exit_code == 0) dispatcher.Dispatch();
   const auto deadline = std::chrono::steady_clock::now() + kStopGrace;
   for (auto& worker : workers) worker->Stop(deadline);

@@ -234,9 +234,10 @@ void RunMonitor::Publish() {
     const std::string& name = w->sink().name();
     const Lsn checkpoint = w->checkpoint();
     const uint64_t lag_bytes = head > checkpoint ? head.value - checkpoint.value : 0;
-    const int64_t last = w->last_commit_time();
-    const double lag_seconds =
-        checkpoint >= received || last == 0 ? 0.0 : static_cast<double>(now_pg - last) / 1e6;
+    // The age of the oldest transaction handed to the store and not applied yet (0
+    // when it has applied everything it was given).
+    const int64_t oldest = w->oldest_queued_commit_time();
+    const double lag_seconds = oldest == 0 ? 0.0 : static_cast<double>(now_pg - oldest) / 1e6;
     const MetricLabels store{{"store", name}};
     metrics_
         .gauge("pgderive_store_lag_bytes", "WAL between the source and the store's checkpoint",
@@ -296,7 +297,11 @@ void RunMonitor::Publish() {
                            {"stores", stores},
                            {"views", views}};
   if (slot_json) status["slot"] = nlohmann::json::parse(*slot_json);
-  if (!snapshot.is_null()) {
+  if (snapshot.is_null()) {
+    metrics_.gauge("pgderive_snapshot_rows", "Rows read by the running snapshot").Set(0);
+    metrics_.gauge("pgderive_snapshot_estimated_rows", "Rows the running snapshot expects to read")
+        .Set(0);
+  } else {
     status["snapshot"] = snapshot;
     for (auto& v : status["views"]) {
       if (v["state"] == "backfilling") v["progress_percent"] = status["snapshot"]["percent"];

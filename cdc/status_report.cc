@@ -99,6 +99,12 @@ int RunStatus(const StatusOptions& options) {
     stores.push_back(store);
   }
   report["stores"] = stores;
+  // The slot is as far behind in time as its slowest store (known while running).
+  if (!live.is_null() && report["slot"].value("exists", false)) {
+    double slowest = 0;
+    for (const auto& store : stores) slowest = std::max(slowest, store.value("lag_seconds", 0.0));
+    report["slot"]["lag_seconds"] = slowest;
+  }
   nlohmann::json views = nlohmann::json::array();
   if (!live.is_null() && live.contains("views")) {
     views = live["views"];
@@ -125,7 +131,8 @@ int RunStatus(const StatusOptions& options) {
     out +=
         "slot " + config.source.slot + ": " + (s.value("active", false) ? "active" : "inactive") +
         ", confirmed " + Text(s, "confirmed_flush_lsn") + ", lag " + Text(s, "lag_bytes") +
-        " bytes, retained WAL " + Text(s, "retained_wal_bytes") + " bytes, wal_status " +
+        " bytes" + (s.contains("lag_seconds") ? " / " + Text(s, "lag_seconds") + " s" : "") +
+        ", retained WAL " + Text(s, "retained_wal_bytes") + " bytes, wal_status " +
         Text(s, "wal_status") + ", safe_wal_size " + Text(s, "safe_wal_size", "unlimited") + "\n";
   }
   for (const auto& store : stores) {

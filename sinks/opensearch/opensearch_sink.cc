@@ -262,6 +262,7 @@ Status OpenSearchSink::ApplySnapshotRows(const std::shared_ptr<const RelationSch
     std::shared_ptr<const ViewShape> shape;
     {
       std::lock_guard lock(mutex_);
+      if (!view->failed.empty()) continue;  // stopped on its own; the others are rebuilt
       auto made = view->shapes.For(schema);
       if (!made.ok()) return made.error();
       shape = made.value();

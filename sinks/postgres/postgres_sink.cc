@@ -557,7 +557,7 @@ Status PostgresSink::Recompute(PgConnection& c, const View& view) {
   // the affected keys.
   std::string sql = (view.config.key_columns.size() == 1 && !nulls
                          ? "set local enable_seqscan = off; delete from " + view.target +
-                               " x where " + prefilter + "; set local enable_seqscan = on"
+                               " x where " + prefilter + "; reset enable_seqscan"
                          : "delete from " + view.target + " x using (select distinct " +
                                KeyList(view) + " from " + affected + ") a where " + equal) +
                     "; insert into " + view.target + " select x.* from (" + query.value() +

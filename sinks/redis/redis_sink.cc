@@ -129,6 +129,10 @@ Status RedisSink::ApplySnapshotRows(const std::shared_ptr<const RelationSchema>&
     if (view->table != table) continue;
     std::shared_ptr<const ViewShape> shape;
     {
+      std::lock_guard lock(mutex_);
+      if (!view->failed.empty()) continue;  // stopped on its own; the others are rebuilt
+    }
+    {
       std::lock_guard lock(mutex_);  // the shape cache is shared
       auto made = view->shapes.For(schema);
       if (!made.ok()) return made.error();
