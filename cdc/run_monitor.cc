@@ -27,6 +27,25 @@ double EstimatedRows(const SnapshotProgress& p) {
   return 0;
 }
 
+// What a running snapshot has done and has left, for the log, /status and the gauges.
+struct SnapshotStats {
+  double rows = 0;
+  double estimated = 0;
+  double rate = 0;  // rows per second since it started
+  double eta_seconds = 0;
+  double percent = 0;
+};
+
+SnapshotStats StatsOf(const SnapshotProgress& p, std::chrono::steady_clock::time_point started) {
+  SnapshotStats s;
+  s.rows = static_cast<double>(p.rows_read.load());
+  s.estimated = EstimatedRows(p);
+  s.rate = s.rows / std::max(1e-3, Seconds(std::chrono::steady_clock::now() - started));
+  s.eta_seconds = s.estimated > s.rows && s.rate > 0 ? (s.estimated - s.rows) / s.rate : 0;
+  s.percent = s.estimated > 0 ? std::min(100.0, 100 * s.rows / s.estimated) : 0;
+  return s;
+}
+
 }  // namespace
 
 RunMonitor::RunMonitor(const Config& config, Logger& log, Metrics& metrics)
@@ -120,24 +139,32 @@ void RunMonitor::Loop() {
     std::lock_guard lock(mutex_);
     if (snapshot_ != nullptr && now - last_progress_log >= kProgressLogInterval) {
       last_progress_log = now;
-      const double rows = static_cast<double>(snapshot_->rows_read.load());
-      const double estimated = EstimatedRows(*snapshot_);
-      const double rate = rows / std::max(1e-3, Seconds(now - snapshot_started_));
-      const double left = estimated > rows && rate > 0 ? (estimated - rows) / rate : 0;
+      const SnapshotStats s = StatsOf(*snapshot_, snapshot_started_);
       log_.Info("snapshot progress",
-                {{"rows", std::to_string(static_cast<uint64_t>(rows))},
-                 {"estimated_rows", std::to_string(static_cast<uint64_t>(estimated))},
-                 {"rows_per_second", std::to_string(static_cast<uint64_t>(rate))},
-                 {"eta_seconds", std::to_string(static_cast<uint64_t>(left))}});
+                {{"rows", std::to_string(static_cast<uint64_t>(s.rows))},
+                 {"estimated_rows", std::to_string(static_cast<uint64_t>(s.estimated))},
+                 {"rows_per_second", std::to_string(static_cast<uint64_t>(s.rate))},
+                 {"eta_seconds", std::to_string(static_cast<uint64_t>(s.eta_seconds))}});
     }
   }
 }
 
+Result<PgConnection*> RunMonitor::Source() {
+  if (!source_) {
+    auto c =
+        PgConnection::Connect(config_.source.dsn, PgConnection::Mode::kSql, "pgderive-monitor");
+    if (!c.ok()) return c.error();
+    source_.emplace(std::move(c).value());
+  }
+  return &*source_;
+}
+
 void RunMonitor::Heartbeat() {
-  auto c = PgConnection::Connect(config_.source.dsn, PgConnection::Mode::kSql, "pgderive-monitor");
+  auto c = Source();
   Status status =
-      c.ok() ? c.value().Execute("select pg_logical_emit_message(true, 'pgderive-heartbeat', '')")
+      c.ok() ? c.value()->Execute("select pg_logical_emit_message(true, 'pgderive-heartbeat', '')")
              : Status(c.error());
+  if (!status.ok()) source_.reset();  // reconnect next time
   if (status.ok()) {
     metrics_.counter("pgderive_heartbeats_total", "Heartbeat messages written to the source's WAL")
         .Add();
@@ -147,13 +174,14 @@ void RunMonitor::Heartbeat() {
 }
 
 void RunMonitor::CheckSlot() {
-  auto c = PgConnection::Connect(config_.source.dsn, PgConnection::Mode::kSql, "pgderive-monitor");
+  auto c = Source();
   if (!c.ok()) return;  // the stream reports the source being down
-  auto rows = c.value().Query(
+  auto rows = c.value()->Query(
       "select active, confirmed_flush_lsn, restart_lsn, wal_status, safe_wal_size, "
       "pg_current_wal_lsn(), pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint "
       "from pg_replication_slots where slot_name = " +
-      c.value().QuoteLiteral(config_.source.slot));
+      c.value()->QuoteLiteral(config_.source.slot));
+  if (!rows.ok()) source_.reset();  // reconnect next time
   if (!rows.ok() || rows.value().rows.empty()) return;
   const auto& row = rows.value().rows[0];
   const std::string wal_status = row[3].value_or("");
@@ -204,19 +232,16 @@ void RunMonitor::Publish() {
     slot_json = slot_json_;
     slot_lost = slot_lost_;
     if (snapshot_ != nullptr) {
-      const double rows = static_cast<double>(snapshot_->rows_read.load());
-      const double estimated = EstimatedRows(*snapshot_);
-      const double rate =
-          rows / std::max(1e-3, Seconds(std::chrono::steady_clock::now() - snapshot_started_));
-      snapshot = {{"rows", static_cast<uint64_t>(rows)},
-                  {"estimated_rows", static_cast<uint64_t>(estimated)},
-                  {"rows_per_second", static_cast<uint64_t>(rate)},
-                  {"percent", estimated > 0 ? std::min(100.0, 100 * rows / estimated) : 0},
-                  {"eta_seconds", estimated > rows && rate > 0 ? (estimated - rows) / rate : 0.0}};
-      metrics_.gauge("pgderive_snapshot_rows", "Rows read by the running snapshot").Set(rows);
+      const SnapshotStats s = StatsOf(*snapshot_, snapshot_started_);
+      snapshot = {{"rows", static_cast<uint64_t>(s.rows)},
+                  {"estimated_rows", static_cast<uint64_t>(s.estimated)},
+                  {"rows_per_second", static_cast<uint64_t>(s.rate)},
+                  {"percent", s.percent},
+                  {"eta_seconds", s.eta_seconds}};
+      metrics_.gauge("pgderive_snapshot_rows", "Rows read by the running snapshot").Set(s.rows);
       metrics_
           .gauge("pgderive_snapshot_estimated_rows", "Rows the running snapshot expects to read")
-          .Set(estimated);
+          .Set(s.estimated);
     }
   }
   const Lsn received{received_.load()};
@@ -245,7 +270,7 @@ void RunMonitor::Publish() {
         .Set(static_cast<double>(lag_bytes));
     metrics_
         .gauge("pgderive_store_lag_seconds",
-               "Age of the last transaction applied to the store while it is behind", store)
+               "Age of the oldest transaction handed to the store and not yet applied", store)
         .Set(std::max(0.0, lag_seconds));
     metrics_.gauge("pgderive_store_up", "1 while the store takes writes", store)
         .Set(w->healthy() && !w->failed() ? 1 : 0);

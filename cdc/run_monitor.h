@@ -24,6 +24,7 @@
 #include "cdc/log.h"
 #include "cdc/lsn.h"
 #include "cdc/metrics.h"
+#include "cdc/pg_connection.h"
 #include "cdc/pipeline_worker.h"
 #include "config/config.h"
 #include "snapshot/snapshot_reader.h"
@@ -60,6 +61,8 @@ class RunMonitor {
   void Publish();
   void CheckSlot();
   void Heartbeat();
+  // The monitor's own connection to the source (made on first use, again after an error).
+  Result<PgConnection*> Source();
 
   const Config& config_;
   Logger& log_;
@@ -84,6 +87,7 @@ class RunMonitor {
   std::atomic<bool> stream_connected_{false};
   std::atomic<uint64_t> received_{0};
   bool retained_warned_ = false;
+  std::optional<PgConnection> source_;  // the monitor thread's only
 };
 
 }  // namespace pgderive

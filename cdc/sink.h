@@ -30,8 +30,12 @@ class Sink {
 
   // Reads what the sink needs from the source catalog before anything is created (the
   // postgres sink: the tables its queries read, and whether it can maintain them).
-  virtual Status Resolve(PgConnection& source) {
+  // `checked`: the configuration already passed validate's checks (run) or is only being
+  // reported on (status), so the checks that read whole results - a postgres view's key
+  // uniqueness - are not made again.
+  virtual Status Resolve(PgConnection& source, bool checked = false) {
     (void)source;
+    (void)checked;
     return Status::Ok();
   }
 

@@ -78,7 +78,7 @@ int RunStatus(const StatusOptions& options) {
   if (!made.ok()) return fail(made.error().message());
   for (auto& sink : made.value()) {
     nlohmann::json store = {{"name", sink->name()}};
-    Status status = sink->Resolve(c);
+    Status status = sink->Resolve(c, /*checked=*/true);
     if (status.ok()) status = sink->Connect();
     Result<std::optional<Lsn>> checkpoint =
         status.ok() ? sink->ReadCheckpoint() : Result<std::optional<Lsn>>(status.error());

@@ -122,7 +122,7 @@ std::string PostgresSink::KeyList(const View& view, const std::string& prefix) c
   return out;
 }
 
-Status PostgresSink::Resolve(PgConnection& source) {
+Status PostgresSink::Resolve(PgConnection& source, bool checked) {
   for (auto& view : views_) {
     const std::string where = "view " + view->config.name + ": ";
     const std::string& query = view->config.query;
@@ -205,8 +205,9 @@ Status PostgresSink::Resolve(PgConnection& source) {
           nlohmann::json::parse(keys.value().rows[0][0].value_or("[]"), nullptr, false),
           view->tables.front(), source_key, view->config.key_columns.size());
     }
-    // A key passed through from the table's key is unique already; any other is checked.
-    if (view->key_source.empty()) {
+    // A key passed through from the table's key is unique already; any other is checked
+    // (once: not again when validate's checks have just made it).
+    if (view->key_source.empty() && !checked) {
       auto duplicate =
           source.Query("select " + KeyList(*view) + " from (" + query + ") q group by " +
                        KeyList(*view) + " having count(*) > 1 limit 1");

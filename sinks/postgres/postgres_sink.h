@@ -42,7 +42,7 @@ class PostgresSink : public Sink {
  public:
   static Result<std::unique_ptr<PostgresSink>> Make(const Config& config, const StoreConfig& store);
 
-  Status Resolve(PgConnection& source) override;
+  Status Resolve(PgConnection& source, bool checked = false) override;
   const std::string& name() const override { return name_; }
   std::vector<std::string> tables() const override;
   Status Check(const std::shared_ptr<const RelationSchema>& schema) override;

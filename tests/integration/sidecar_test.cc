@@ -272,14 +272,26 @@ TEST_F(SidecarTest, HealthReadinessMetricsStatusLogsAndCleanStopUnderLoad) {
 
   // SIGTERM while a writer keeps changing rows: exit 0 within 10 s.
   std::atomic<bool> writing{true};
+  std::atomic<int> written{0};
   std::thread writer([&] {
     PgConnection c = MustConnect(dsn_);
     for (int i = 0; writing.load(); ++i) {
       MustExecute(c, "update " + table_ +
                          " set amount = amount + 1 where id = " + std::to_string(1 + i % 1900));
+      ++written;
     }
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // let the load build up
+  // The signal lands while the pipeline is applying the writer's changes.
+  const bool loaded = WaitFor([&] {
+    return written.load() >= 200 && Find(ParsePrometheus(Get("/metrics").second),
+                                         "pgderive_changes_applied_total", {{"view", "rows"}})
+                                            .value_or(0) > 600;
+  });
+  if (!loaded) {
+    writing.store(false);
+    writer.join();
+    FAIL() << "the pipeline did not apply the writer's changes\n" << Read("run.err");
+  }
   run_->Signal(SIGTERM);
   const auto stopped = run_->Wait(std::chrono::seconds(10));
   writing.store(false);
