@@ -6,7 +6,7 @@
 #
 #   bench/run.sh [--txns N] [--rate TX_PER_S] [--seconds S] [--only "redis opensearch ..."]
 #
-# --only runs a subset of the configurations (redis, opensearch, projection, groupby,
+# --only runs a subset of the configurations (redis, opensearch, projection, groupby, backfill,
 # all) and of the latency run (latency), with the store ceilings they need.
 #
 # Throughput is measured as catch-up: for each configuration, pgderive is started once
@@ -114,6 +114,7 @@ config() {
     for v in "$@"; do
       case "$v" in
         redis) printf '  - {name: %s_cache, store: cache, from: items, key: "%s:{id}"}\n' "$name" "$name" ;;
+        redis2) printf '  - {name: %s_cache2, store: cache, from: items, key: "%s:two:{id}"}\n' "$name" "$name" ;;
         hot) printf '  - {name: %s_hot, store: cache, from: hot, key: "%s:{id}"}\n' "$name" "$name" ;;
         opensearch) printf '  - {name: %s_search, store: search, from: items, index: %s}\n' "$name" "$name" ;;
         projection) printf '  - {name: %s_proj, store: warehouse, table: out.%s_proj, key: [id], query: "select id, title, price, updated_at from public.items"}\n' "$name" "$name" ;;
@@ -174,11 +175,13 @@ measure() {  # measure NAME TABLE STORES...
   echo $! > "$dir/$name.pid"
   until checkpoints_past "$name" "$end" "${stores[@]}"; do sleep 0.05; done
   t1=$(now); ours=$(echo "$t1 - $t0" | bc -l)
+  local rss
+  rss=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$(cat "$dir/$name.pid")/status")
   stop_run "$name"
   local rows=$((txns * 100))
-  results+=("$(printf '| %s | %d | %.0f | %.2f s | %.0f | %.2f s | **%.2f×** |' "$name (${stores[*]})" "$rows" \
+  results+=("$(printf '| %s | %d | %.0f | %.2f s | %.0f | %.2f s | **%.2f×** | %s MB |' "$name (${stores[*]})" "$rows" \
     "$(echo "$rows / $ceiling" | bc -l)" "$ceiling" "$(echo "$rows / $ours" | bc -l)" "$ours" \
-    "$(echo "$ceiling / $ours" | bc -l)")")
+    "$(echo "$ceiling / $ours" | bc -l)" "$rss")")
   echo "${results[-1]}" >&2
 }
 
@@ -187,6 +190,32 @@ measure opensearch items opensearch
 measure projection items projection
 measure groupby orders groupby
 measure all items redis opensearch projection
+
+# Backfill while streaming: a Redis view added to a running deployment fills from the
+# whole items table while a writer keeps changing it; against reading the same table
+# with COPY TO STDOUT (what the initial snapshot reads).
+rows=$(q -c "select count(*) from items")
+backfill="not measured"
+if want backfill; then
+file=$(config backfill redis)
+start_run backfill "$file"; stop_run backfill
+t0=$(now); q -c "copy (select * from items) to stdout" > /dev/null; t1=$(now)
+copy_out=$(echo "$rows / ($t1 - $t0)" | bc -l)
+file=$(config backfill redis redis2)
+q -c "call items_mixed($offset, $txns)" &
+writer=$!
+start_run backfill "$file"
+until grep -q '"msg":"backfill done"' "$dir/backfill.log"; do sleep 0.05; done
+bf_rss=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$(cat "$dir/backfill.pid")/status")
+wait "$writer"; offset=$((offset + txns + 2))
+stop_run backfill
+bf_rows=$(sed -n 's/.*"msg":"backfill done".*"rows":"\([0-9]*\)".*/\1/p' "$dir/backfill.log")
+bf_seconds=$(sed -n 's/.*"msg":"backfill done".*"seconds":"\([0-9.]*\)".*/\1/p' "$dir/backfill.log")
+backfill=$(printf '%d rows in %.2f s = %.0f rows/s while the writer ran (%.2f× COPY TO STDOUT of the table, %.0f rows/s); peak RSS %s MB' \
+  "$bf_rows" "$bf_seconds" "$(echo "$bf_rows / $bf_seconds" | bc -l)" \
+  "$(echo "$bf_rows / $bf_seconds / $copy_out" | bc -l)" "$copy_out" "$bf_rss")
+echo "backfill: $backfill" >&2
+fi
 
 # Store ceilings on the same final rows.
 rows=$(q -c "select count(*) from items")
@@ -237,8 +266,8 @@ fi
 echo
 echo "PostgreSQL $(q -c 'show server_version'), Redis $(redis-cli -p "$PGDERIVE_REDIS_PORT" info server | sed -n 's/^redis_version:\(.*\)\r$/\1/p'), OpenSearch 2.19, $(nproc) cores, $(date -u +%Y-%m-%d)"
 echo
-echo "| configuration | changes | walsender ceiling changes/s | ceiling time | pgderive changes/s | pgderive time | ratio |"
-echo "| --- | --- | --- | --- | --- | --- | --- |"
+echo "| configuration | changes | walsender ceiling changes/s | ceiling time | pgderive changes/s | pgderive time | ratio | peak RSS |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 for r in "${results[@]}"; do echo "$r"; done
 echo
 printf '| store ceiling (same %d rows) | rows/s |\n| --- | --- |\n' "$rows"
@@ -247,3 +276,5 @@ printf '| OpenSearch, plain `_bulk` loader (5,000 docs a request, the view'"'"'s
 printf '| PostgreSQL, `COPY` into the projection'"'"'s shape | %.0f |\n' "$copy_ceiling"
 echo
 echo "Latency, Redis view, pgbench single-row updates at $rate tx/s for $seconds s (achieved $achieved tx/s): $latency"
+echo
+echo "Backfill of a new Redis view: $backfill"

@@ -42,6 +42,21 @@ const TypeRegistry& TypesOf(const BatchGroup& group) {
   return kBuiltIn;
 }
 
+OwnedChange BackfillRow(Lsn commit_lsn, uint32_t index,
+                        std::shared_ptr<const RelationSchema> relation, const TupleData& row,
+                        std::shared_ptr<const ViewControl> control) {
+  OwnedChange out;
+  out.commit_lsn = commit_lsn;
+  out.index = index;
+  out.op = ChangeOp::kBackfillRow;
+  out.relations.push_back(std::move(relation));
+  out.bytes = Bytes(row);
+  if (out.bytes > 0) out.storage = std::make_unique<char[]>(out.bytes);
+  CopyTuple(row, out.new_tuple, out.storage.get());
+  out.control = std::move(control);
+  return out;
+}
+
 std::optional<OwnedChange> CopyChange(const Change& change) {
   OwnedChange out;
   out.commit_lsn = change.commit_lsn;

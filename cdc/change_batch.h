@@ -15,8 +15,10 @@
 // point C: the snapshot contains exactly the transactions with commit_lsn < C. Every
 // sink therefore skips a change when change.commit_lsn < its checkpoint.
 
+#include <algorithm>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "cdc/change_stream.h"
@@ -24,7 +26,38 @@
 
 namespace pgderive {
 
-enum class ChangeOp : char { kInsert = 'I', kUpdate = 'U', kDelete = 'D', kTruncate = 'T' };
+enum class ChangeOp : char {
+  kInsert = 'I',
+  kUpdate = 'U',
+  kDelete = 'D',
+  kTruncate = 'T',
+  // Made by the pipeline, not decoded (a watermark backfill, SPEC.md §1.4): a row of a
+  // backfill chunk for `control->views`, placed at its chunk's watermark; and a change of
+  // those views' state, recorded in the store with the data.
+  kBackfillRow = 'B',
+  kViewState = 'S',
+};
+
+// What a backfill row or a view-state change is for.
+struct ViewControl {
+  std::string store;
+  std::vector<std::string> views;
+  // kViewState: the views' new state.
+  bool backfilling = false;
+  // Remove the views' data first (a rebuild on demand, a new view); a postgres view
+  // is recomputed from its mirrors instead.
+  bool clear = false;
+  // Backfilling: the key (JSON array of the key columns' text) of the last row filled,
+  // where a restart resumes; unset: from the start.
+  std::optional<std::string> after;
+  // The table's columns ("name type_oid", in order) the views were filled with: a view
+  // that follows its table is backfilled again when they change.
+  std::vector<std::string> columns;
+
+  bool Names(const std::string& store_name, const std::string& view) const {
+    return store == store_name && std::find(views.begin(), views.end(), view) != views.end();
+  }
+};
 
 struct OwnedChange {
   Lsn commit_lsn;
@@ -38,6 +71,7 @@ struct OwnedChange {
   size_t bytes = 0;      // the values' bytes, for queue accounting
   // Backs the views of both tuples; a heap block, so moving the change keeps them valid.
   std::unique_ptr<char[]> storage;
+  std::shared_ptr<const ViewControl> control;  // kBackfillRow, kViewState
 
   const RelationSchema& relation() const { return *relations.front(); }
 };
@@ -75,5 +109,9 @@ const TypeRegistry& TypesOf(const BatchGroup& group);
 // Copies a change out of the replication buffer. Logical messages are not changes of a
 // view and yield nullopt.
 std::optional<OwnedChange> CopyChange(const Change& change);
+// A backfill row: `row` copied, for the views `control` names.
+OwnedChange BackfillRow(Lsn commit_lsn, uint32_t index,
+                        std::shared_ptr<const RelationSchema> relation, const TupleData& row,
+                        std::shared_ptr<const ViewControl> control);
 
 }  // namespace pgderive

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdio>
 
+#include "cdc/backfill_command.h"
 #include "cdc/run.h"
 #include "cdc/status_report.h"
 #include "cdc/tail.h"
@@ -105,7 +106,27 @@ int main(int argc, char** argv) {
   status_command->add_option("-c,--config", status.config_path, "configuration file")->required();
   status_command->add_flag("--json", status.json, "print the report as JSON");
 
+  pgderive::BackfillCommandOptions backfill;
+  bool backfill_no_wait = false;
+  int backfill_timeout = 0;
+  CLI::App* backfill_command = app.add_subcommand(
+      "backfill",
+      "rebuild one view from the source while streaming goes on (the running pipeline does "
+      "it); waits until the view is live again");
+  backfill_command->add_option("-c,--config", backfill.config_path, "configuration file")
+      ->required();
+  backfill_command->add_option("--view", backfill.view, "the view to rebuild")->required();
+  backfill_command->add_flag("--no-wait", backfill_no_wait, "return once the request is recorded");
+  backfill_command->add_option("--timeout", backfill_timeout,
+                               "give up waiting after this many seconds (exit 1); 0: no limit");
+
   CLI11_PARSE(app, argc, argv);
+
+  if (backfill_command->parsed()) {
+    backfill.wait = !backfill_no_wait;
+    backfill.timeout = std::chrono::seconds(backfill_timeout);
+    return pgderive::RunBackfill(backfill);
+  }
 
   if (run_command->parsed()) {
     InstallSignalHandlers();

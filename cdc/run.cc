@@ -21,6 +21,7 @@
 #include "cdc/validate.h"
 #include "config/config.h"
 #include "config/redact.h"
+#include "snapshot/backfill.h"
 #include "snapshot/snapshot_reader.h"
 
 namespace pgderive {
@@ -146,8 +147,12 @@ Result<Lsn> RebuildFromTemporarySlot(const Config& config, Sink& sink,
 // Decoded changes -> batches -> every attached worker's queue.
 class Dispatcher : public ChangeConsumer {
  public:
-  Dispatcher(TypeLearner& learner, std::vector<std::unique_ptr<PipelineWorker>>& workers)
-      : learner_(learner), workers_(workers), batch_(std::make_unique<ChangeBatch>()) {}
+  Dispatcher(TypeLearner& learner, std::vector<std::unique_ptr<PipelineWorker>>& workers,
+             Backfills& backfills)
+      : learner_(learner),
+        workers_(workers),
+        backfills_(backfills),
+        batch_(std::make_unique<ChangeBatch>()) {}
 
   Status OnBegin(const TransactionInfo&) override { return Status::Ok(); }
 
@@ -159,6 +164,13 @@ class Dispatcher : public ChangeConsumer {
       if (!status.ok()) return status;
       last_learned_ = relation;
     }
+    // What a backfill places here: a chunk's rows at its watermark, views' states.
+    backfills_.OnChange(change, injected_);
+    for (OwnedChange& placed : injected_) {
+      batch_->bytes += placed.bytes + sizeof(OwnedChange);
+      batch_->changes.push_back(std::move(placed));
+    }
+    injected_.clear();
     auto owned = CopyChange(change);
     if (!owned) return Status::Ok();  // a logical message
     batch_->bytes += owned->bytes + sizeof(OwnedChange);
@@ -210,6 +222,8 @@ class Dispatcher : public ChangeConsumer {
  private:
   TypeLearner& learner_;
   std::vector<std::unique_ptr<PipelineWorker>>& workers_;
+  Backfills& backfills_;
+  std::vector<OwnedChange> injected_;
   std::unique_ptr<ChangeBatch> batch_;
   std::shared_ptr<const RelationSchema> last_learned_;
   Lsn last_mark_;  // the highest checkpoint dispatched
@@ -393,6 +407,67 @@ int RunPipeline(const RunOptions& options) {
     }
   }
 
+  // Views to backfill while streaming (SPEC.md §1.4): new to their store, interrupted
+  // by a stop, or following a table whose columns changed while pgderive was stopped.
+  struct PendingJob {
+    std::string store, table;
+    std::vector<std::string> views;
+    std::optional<std::string> after;
+  };
+  std::vector<PendingJob> jobs;
+  std::vector<BackfillView> backfill_views;
+  std::map<std::pair<std::string, std::string>, std::vector<std::string>> known_columns;
+  for (const ViewConfig& view : config.views) {
+    for (auto& sink : sinks) {
+      if (sink->name() != view.store) continue;
+      backfill_views.push_back(BackfillView{view.store, view.name, view.from,
+                                            sink->backfills_rows(), !view.columns.has_value()});
+    }
+  }
+  for (auto& sink : sinks) {
+    if (!sink->backfills_rows()) continue;
+    auto states = sink->ReadViewStates();
+    if (!states.ok()) return Fail("store " + sink->name() + ": " + states.error().message());
+    for (const BackfillView& v : backfill_views) {
+      if (v.store != sink->name()) continue;
+      auto now = DescribeTable(sql.value(), v.table);
+      if (!now.ok()) return Fail(now.error().message());
+      const std::vector<std::string> columns = ColumnsOf(*now.value());
+      auto add_job = [&](std::optional<std::string> after) {
+        for (PendingJob& job : jobs) {
+          if (job.store == v.store && job.table == v.table && job.after == after) {
+            job.views.push_back(v.view);
+            return;
+          }
+        }
+        jobs.push_back(PendingJob{v.store, v.table, {v.view}, std::move(after)});
+      };
+      const ViewState* state = nullptr;
+      if (states.value()) {
+        auto it = states.value()->find(v.view);
+        if (it != states.value()->end()) state = &it->second;
+      }
+      if (!states.value()) {
+        // Filled by a pgderive that kept no per-view state: live, recorded as such.
+        status = sink->WriteViewState(v.view, ViewState{false, std::nullopt, columns}, false);
+      } else if (state == nullptr) {
+        Log("view " + v.view + " is new to store " + v.store + ": backfilling it while streaming");
+        status = sink->WriteViewState(v.view, ViewState{true, std::nullopt, columns}, true);
+        add_job(std::nullopt);
+      } else if (state->backfilling) {
+        Log("view " + v.view + " was being backfilled: resuming after " +
+            state->after.value_or("the start"));
+        add_job(state->after);
+      } else if (v.follows && !state->columns.empty() && state->columns != columns) {
+        Log("the columns of " + v.table + " changed while stopped: backfilling view " + v.view);
+        status = sink->WriteViewState(v.view, ViewState{true, std::nullopt, columns}, false);
+        add_job(std::nullopt);
+      }
+      if (!status.ok()) return Fail("store " + sink->name() + ": " + status.error().message());
+      known_columns[{v.store, v.view}] = columns;
+    }
+  }
+
   std::vector<std::unique_ptr<PipelineWorker>> workers;
   // Declared after the workers, so destroyed first on every return: the monitor's
   // thread reads them.
@@ -400,6 +475,21 @@ int RunPipeline(const RunOptions& options) {
     RunMonitor& monitor;
     ~StopMonitor() { monitor.Stop(); }
   } stop_monitor{monitor};
+  // After the workers too: it reads their checkpoints.
+  Backfills backfills({.dsn = config.source.dsn,
+                       .pipeline = config.pipeline,
+                       .views = backfill_views,
+                       .chunk_rows = 4096,
+                       .checkpoint =
+                           [&workers](const std::string& store) {
+                             for (auto& worker : workers) {
+                               if (worker->sink().name() == store) return worker->checkpoint();
+                             }
+                             return Lsn{};
+                           }},
+                      logger);
+  for (auto& [view, columns] : known_columns)
+    backfills.SetColumns(view.first, view.second, columns);
   for (auto& sink : sinks) {
     const std::string store = sink->name();
     workers.push_back(std::make_unique<PipelineWorker>(
@@ -417,8 +507,9 @@ int RunPipeline(const RunOptions& options) {
     for (auto& worker : workers) observed.push_back(worker.get());
     monitor.SetWorkers(std::move(observed));
   }
+  monitor.SetBackfills([&backfills] { return backfills.Progress(); });
   TypeLearner learner(sql.value());
-  Dispatcher dispatcher(learner, workers);
+  Dispatcher dispatcher(learner, workers, backfills);
   const std::string spill_dir =
       (std::filesystem::temp_directory_path() / ("pgderive-run-" + std::to_string(getpid())))
           .string();
@@ -433,6 +524,8 @@ int RunPipeline(const RunOptions& options) {
     stream.emplace(std::move(started).value());
     Log("streaming from slot " + config.source.slot);
   }
+  for (PendingJob& job : jobs) backfills.Add(job.store, job.table, job.views, job.after);
+  backfills.Start();
   Backoff backoff;
   auto restart = [&](const std::string& why) {
     Log(why);
@@ -441,6 +534,7 @@ int RunPipeline(const RunOptions& options) {
     assembler.ResetPartial();
     assembler.SetLastCommitted(Lsn{});  // every store skips by its own checkpoint
     dispatcher.Drop();
+    backfills.OnStreamRestart();
   };
   auto last_confirm = std::chrono::steady_clock::now();
   auto last_idle_mark = last_confirm;
@@ -547,6 +641,7 @@ int RunPipeline(const RunOptions& options) {
   }
   // Stop: finish what is queued (up to the grace period), then confirm what is durable.
   // The monitor stops last (it may be waiting on a store or on the source).
+  backfills.Stop();
   if (exit_code == 0) dispatcher.Dispatch();
   const auto deadline = std::chrono::steady_clock::now() + kStopGrace;
   for (auto& worker : workers) worker->Stop(deadline);

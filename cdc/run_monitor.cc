@@ -86,6 +86,11 @@ void RunMonitor::SetWorkers(std::vector<PipelineWorker*> workers) {
   initial_snapshot_done_ = true;
 }
 
+void RunMonitor::SetBackfills(BackfillsProgress progress) {
+  std::lock_guard lock(mutex_);
+  backfills_ = std::move(progress);
+}
+
 void RunMonitor::SetStream(bool connected, Lsn received) {
   stream_connected_.store(connected);
   if (received.value > received_.load()) received_.store(received.value);
@@ -223,9 +228,11 @@ void RunMonitor::Publish() {
   Lsn current_wal;
   std::optional<std::string> slot_json, slot_lost;
   nlohmann::json snapshot;
+  BackfillsProgress backfills_progress;
   {
     std::lock_guard lock(mutex_);
     workers = workers_;
+    backfills_progress = backfills_;
     snapshotting = snapshotting_;
     initial_snapshot_done = initial_snapshot_done_;
     current_wal = current_wal_;
@@ -252,6 +259,9 @@ void RunMonitor::Publish() {
   std::vector<std::string> reasons;
   if (!initial_snapshot_done) reasons.push_back("the initial snapshot is not done");
   if (!connected) reasons.push_back("the replication stream is not connected");
+  const auto backfilling = backfills_progress
+                               ? backfills_progress()
+                               : std::map<std::pair<std::string, std::string>, BackfillProgress>{};
   nlohmann::json stores = nlohmann::json::array();
   nlohmann::json views = nlohmann::json::array();
   const int64_t now_pg = ToPgTimestamp(std::chrono::system_clock::now());
@@ -291,16 +301,27 @@ void RunMonitor::Publish() {
     for (auto& [view, reason] : w->sink().failed_views()) failed_views[view] = reason;
     for (const auto& [view, tables] : w->sink().view_sources()) {
       std::string state = "live";
+      std::optional<BackfillProgress> filled;
+      if (auto it = backfilling.find({name, view}); it != backfilling.end()) filled = it->second;
       if (failed_views.contains(view)) {
         state = "failed";
       } else if (w->failed()) {
         state = "failed";
-      } else if (filling) {
+      } else if (filling || filled) {
         state = "backfilling";
       } else if (w->detached()) {
         state = "catching up";
       }
       nlohmann::json v = {{"name", view}, {"store", name}, {"state", state}};
+      if (filled && !filling) {
+        v["backfill_rows"] = filled->rows_done;
+        v["backfill_estimated_rows"] = filled->rows_estimated;
+        v["progress_percent"] =
+            filled->rows_estimated == 0
+                ? 0.0
+                : std::min(99.9, 100.0 * static_cast<double>(filled->rows_done) /
+                                     static_cast<double>(filled->rows_estimated));
+      }
       if (failed_views.contains(view)) {
         v["reason"] = failed_views[view];
         reasons.push_back("view " + view + " stopped: " + failed_views[view]);
@@ -329,7 +350,9 @@ void RunMonitor::Publish() {
   } else {
     status["snapshot"] = snapshot;
     for (auto& v : status["views"]) {
-      if (v["state"] == "backfilling") v["progress_percent"] = status["snapshot"]["percent"];
+      if (v["state"] == "backfilling" && !v.contains("backfill_rows")) {
+        v["progress_percent"] = status["snapshot"]["percent"];
+      }
     }
   }
   if (slot_lost) reasons.push_back(*slot_lost);

@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -27,6 +28,7 @@
 #include "cdc/pg_connection.h"
 #include "cdc/pipeline_worker.h"
 #include "config/config.h"
+#include "snapshot/backfill.h"
 #include "snapshot/snapshot_reader.h"
 
 namespace pgderive {
@@ -45,6 +47,10 @@ class RunMonitor {
   // The stores' workers, once streaming starts (they outlive the monitor's use).
   void SetWorkers(std::vector<PipelineWorker*> workers);
   void SetStream(bool connected, Lsn received);
+  // Views being backfilled while streaming, with their progress.
+  using BackfillsProgress =
+      std::function<std::map<std::pair<std::string, std::string>, BackfillProgress>()>;
+  void SetBackfills(BackfillsProgress progress);
 
   // The slot was invalidated: the message to exit with.
   std::optional<std::string> slot_lost();
@@ -78,6 +84,7 @@ class RunMonitor {
   bool initial_snapshot_done_ = false;
   std::chrono::steady_clock::time_point snapshot_started_;
   std::vector<PipelineWorker*> workers_;
+  BackfillsProgress backfills_;
   std::string status_json_ = "{}";
   std::vector<std::string> not_ready_{"starting"};
   std::optional<std::string> slot_lost_;

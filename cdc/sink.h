@@ -10,6 +10,7 @@
 // rebuilt from a snapshot instead of serving stale data.
 
 #include <chrono>
+#include <map>
 #include <optional>
 #include <span>
 #include <string>
@@ -17,6 +18,7 @@
 
 #include "cdc/change_batch.h"
 #include "cdc/pg_connection.h"
+#include "cdc/view_state.h"
 
 namespace pgderive {
 
@@ -63,6 +65,24 @@ class Sink {
   // `checkpoint` (already applied), and, when the group completes a transaction, writes
   // its new checkpoint (CheckpointOf(group)) with the data.
   virtual Status Apply(const BatchGroup& group, Lsn checkpoint) = 0;
+
+  // Views filled row by row from their table (Redis, OpenSearch) are backfilled by
+  // chunks while the stream goes on; the store records each view's state. A store whose
+  // views are queries (postgres) recomputes a view from its mirrors instead.
+  virtual bool backfills_rows() const { return false; }
+  // Every view's recorded state; nullopt when the store records none yet (filled by a
+  // pgderive without per-view state): its views are then taken as live.
+  virtual Result<std::optional<std::map<std::string, ViewState>>> ReadViewStates() {
+    return std::optional<std::map<std::string, ViewState>>();
+  }
+  // Records `view`'s state outside the stream (at start, before anything is applied),
+  // removing its data first when `clear` (a view new to the store starts empty).
+  virtual Status WriteViewState(const std::string& view, const ViewState& state, bool clear) {
+    (void)view;
+    (void)state;
+    (void)clear;
+    return Status::Ok();
+  }
 
   // How long after Apply returns its checkpoint is durable (Redis with
   // `appendfsync everysec` needs up to a second or two); the slot is confirmed only

@@ -76,6 +76,7 @@ int RunStatus(const StatusOptions& options) {
   nlohmann::json stores = nlohmann::json::array();
   auto made = MakeSinks(config);
   if (!made.ok()) return fail(made.error().message());
+  std::map<std::string, ViewState> recorded;  // view -> the state its store records
   for (auto& sink : made.value()) {
     nlohmann::json store = {{"name", sink->name()}};
     Status status = sink->Resolve(c, /*checked=*/true);
@@ -90,6 +91,12 @@ int RunStatus(const StatusOptions& options) {
       const Lsn lsn = *checkpoint.value();
       store["checkpoint"] = lsn.ToString();
       store["lag_bytes"] = current > lsn ? current.value - lsn.value : 0;
+    }
+    if (checkpoint.ok()) {
+      auto states = sink->ReadViewStates();
+      if (states.ok() && states.value()) {
+        for (auto& [view, state] : *states.value()) recorded[view] = state;
+      }
     }
     if (auto it = live_stores.find(sink->name()); it != live_stores.end()) {
       store["lag_seconds"] = it->second.value("lag_seconds", 0.0);
@@ -109,8 +116,14 @@ int RunStatus(const StatusOptions& options) {
   if (!live.is_null() && live.contains("views")) {
     views = live["views"];
   } else {
+    // Not running: what each store records (a backfill resumes where it stopped).
     for (const ViewConfig& v : config.views) {
-      views.push_back({{"name", v.name}, {"store", v.store}, {"state", "stopped"}});
+      nlohmann::json view = {{"name", v.name}, {"store", v.store}, {"state", "stopped"}};
+      if (auto it = recorded.find(v.name); it != recorded.end()) {
+        view["recorded_state"] = it->second.backfilling ? "backfilling" : "live";
+        if (it->second.after) view["backfilled_up_to_key"] = *it->second.after;
+      }
+      views.push_back(view);
     }
   }
   report["views"] = views;
@@ -154,6 +167,9 @@ int RunStatus(const StatusOptions& options) {
       std::snprintf(pct, sizeof pct, " %.0f%%", v["progress_percent"].get<double>());
       out += pct;
     }
+    if (v.contains("recorded_state")) out += " (recorded " + Text(v, "recorded_state");
+    if (v.contains("backfilled_up_to_key")) out += ", up to key " + Text(v, "backfilled_up_to_key");
+    if (v.contains("recorded_state")) out += ")";
     out += "\n";
   }
   if (report.contains("snapshot")) {

@@ -120,8 +120,8 @@ Result<std::unique_ptr<OpenSearchSink>> OpenSearchSink::Make(const Config& confi
   sink->ca_file_ = store.ca_file;
   for (const ViewConfig& view : config.views) {
     if (view.store != store.name) continue;
-    sink->views_.push_back(
-        std::make_unique<View>(View{view, view.from, ViewShapes(view, std::nullopt), {}, nullptr}));
+    sink->views_.push_back(std::make_unique<View>(
+        View{view, view.from, ViewShapes(view, std::nullopt), {}, nullptr, false}));
   }
   return sink;
 }
@@ -175,11 +175,81 @@ Status OpenSearchSink::Connect() {
   return Status::Ok();
 }
 
+std::string OpenSearchSink::StateAction(const View& view, const ViewState& state) const {
+  std::string out = "{\"index\":{\"_index\":\"" + std::string(kCheckpointIndex) + "\",\"_id\":";
+  AppendJsonString(out, StateId(view));
+  out += "}}\n{\"view_state\":";
+  AppendJsonString(out, state.ToJson());
+  out += "}\n";
+  return out;
+}
+
+Result<std::optional<std::map<std::string, ViewState>>> OpenSearchSink::ReadStates(
+    OpenSearchClient& client) {
+  std::map<std::string, ViewState> out;
+  for (auto& view : views_) {
+    auto document = client.Get(kCheckpointIndex, StateId(*view));
+    if (!document.ok()) return document.error();
+    if (!document.value()) continue;
+    auto state = ViewState::FromJson(document.value()->source.value("view_state", ""));
+    if (!state) {
+      return Error::Corrupt("OpenSearch document " + std::string(kCheckpointIndex) + "/" +
+                            StateId(*view) + " holds no view state");
+    }
+    view->backfilling = state->backfilling;
+    out[view->config.name] = *state;
+  }
+  if (out.empty()) return std::optional<std::map<std::string, ViewState>>();
+  return std::optional<std::map<std::string, ViewState>>(std::move(out));
+}
+
+Result<std::optional<std::map<std::string, ViewState>>> OpenSearchSink::ReadViewStates() {
+  std::lock_guard lock(mutex_);
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  return ReadStates(*client.value());
+}
+
+Status OpenSearchSink::WriteViewState(const std::string& view_name, const ViewState& state,
+                                      bool clear) {
+  std::lock_guard lock(mutex_);
+  View* view = FindView(views_, view_name);
+  if (view == nullptr) return Error::Permanent("no OpenSearch view named " + view_name);
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  if (clear) {
+    Status status = RecreateIndex(*client.value(), *view);
+    if (!status.ok()) return status;
+  }
+  std::string ndjson = StateAction(*view, state);
+  Status status = SendBulk(*client.value(), ndjson);
+  if (status.ok()) view->backfilling = state.backfilling;
+  return status;
+}
+
+Status OpenSearchSink::RecreateIndex(OpenSearchClient& client, View& view) {
+  Status status = client.DeleteIndex(view.config.index, /*if_exists=*/true);
+  if (!status.ok()) return status;
+  nlohmann::json body = nlohmann::json::object();
+  if (view.schema) {
+    const TypeRegistry types;
+    auto shape = view.shapes.For(view.schema);
+    if (!shape.ok()) return shape.error();
+    body = Mapping(*view.schema, shape.value()->columns(), types);
+  }
+  return client.CreateIndex(view.config.index, body, /*if_missing=*/false);
+}
+
 Result<std::optional<Lsn>> OpenSearchSink::ReadCheckpoint() {
   std::lock_guard lock(mutex_);
   auto client = Client();
   if (!client.ok()) return client.error();
+  // A view the store records (or every view, when it records none) whose index is gone
+  // lost its data. A view it does not record is new: it is backfilled on its own.
+  auto states = ReadStates(*client.value());
+  if (!states.ok()) return states.error();
   for (const auto& view : views_) {
+    if (states.value() && !states.value()->contains(view->config.name)) continue;
     auto exists = client.value()->IndexExists(view->config.index);
     if (!exists.ok()) return exists.error();
     if (!exists.value()) return std::optional<Lsn>();  // the index is gone: data lost
@@ -235,17 +305,8 @@ Status OpenSearchSink::BeginRebuild(Lsn) {
       /*if_missing=*/true);
   if (status.ok()) status = WriteCheckpoint(*client.value(), std::nullopt);
   if (!status.ok()) return status;
-  const TypeRegistry types;
   for (auto& view : views_) {
-    status = client.value()->DeleteIndex(view->config.index, /*if_exists=*/true);
-    if (!status.ok()) return status;
-    nlohmann::json body = nlohmann::json::object();
-    if (view->schema) {
-      auto shape = view->shapes.For(view->schema);
-      if (!shape.ok()) return shape.error();
-      body = Mapping(*view->schema, shape.value()->columns(), types);
-    }
-    status = client.value()->CreateIndex(view->config.index, body, /*if_missing=*/false);
+    status = RecreateIndex(*client.value(), *view);
     if (!status.ok()) return status;
   }
   return Status::Ok();
@@ -286,6 +347,16 @@ Status OpenSearchSink::EndRebuild(Lsn snapshot_lsn) {
   std::lock_guard lock(mutex_);
   auto client = Client();
   if (!client.ok()) return client.error();
+  // Every view is live as of the snapshot (recorded before the checkpoint).
+  std::string ndjson;
+  for (auto& view : views_) {
+    view->backfilling = false;
+    ndjson += StateAction(
+        *view, ViewState{false, std::nullopt,
+                         view->schema ? ColumnsOf(*view->schema) : std::vector<std::string>{}});
+  }
+  Status status = SendBulk(*client.value(), ndjson);
+  if (!status.ok()) return status;
   return WriteCheckpoint(*client.value(), snapshot_lsn);
 }
 
@@ -315,6 +386,44 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
         }
         continue;
       }
+      if (change.op == ChangeOp::kViewState) {
+        // Sent after the data of the _bulk it describes, before the checkpoint.
+        const ViewControl& control = *change.control;
+        for (auto& view : views_) {
+          if (!control.Names(name_, view->config.name)) continue;
+          if (control.clear) {
+            Status status = flush();
+            if (status.ok()) status = RecreateIndex(client, *view);
+            if (!status.ok()) return status;
+          }
+          view->backfilling = control.backfilling;
+          bulk.Add(
+              kCheckpointIndex, StateId(*view),
+              StateAction(*view, ViewState{control.backfilling, control.after, control.columns}));
+        }
+        continue;
+      }
+      if (change.op == ChangeOp::kBackfillRow) {
+        // Versioned by the chunk's watermark: newer than every change before it, older
+        // than every change after it.
+        for (auto& view : views_) {
+          if (!change.control->Names(name_, view->config.name) || !view->failed.empty()) continue;
+          auto shape = view->shapes.For(change.relations.front());
+          if (!shape.ok()) {
+            if (FailView(*view, shape.error())) continue;
+            return shape.error();
+          }
+          auto id = shape.value()->DocumentId(change.new_tuple);
+          if (!id.ok()) return id.error();
+          std::string action;
+          AppendAction(action, "index", view->config.index, id.value(), change.commit_lsn);
+          Status status = shape.value()->AppendValue(action, change.new_tuple, types, nullptr);
+          if (!status.ok()) return status;
+          action += '\n';
+          bulk.Add(view->config.index, id.value(), std::move(action));
+        }
+        continue;
+      }
       for (auto& view : views_) {
         if (view->table != change.relation().QualifiedName() || !view->failed.empty()) continue;
         auto shape = view->shapes.For(change.relations.front());
@@ -333,6 +442,8 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
           if (!status.ok()) return status;
           auto previous = client.Get(index, w.previous());
           if (!previous.ok()) return previous.error();
+          // Not filled yet: its backfill chunk brings it whole (RedisSink::Apply).
+          if (!previous.value() && view->backfilling) continue;
           auto merged = MergeUnchanged(
               w.value, previous.value() ? previous.value()->source.dump() : std::string(),
               w.unchanged);

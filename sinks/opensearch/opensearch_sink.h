@@ -45,6 +45,9 @@ class OpenSearchSink : public Sink {
                            std::span<const TupleData> rows, const TypeRegistry& types) override;
   Status EndRebuild(Lsn snapshot_lsn) override;
   Status Apply(const BatchGroup& group, Lsn checkpoint) override;
+  bool backfills_rows() const override { return true; }
+  Result<std::optional<std::map<std::string, ViewState>>> ReadViewStates() override;
+  Status WriteViewState(const std::string& view, const ViewState& state, bool clear) override;
   std::vector<std::pair<std::string, std::string>> failed_views() override {
     std::lock_guard lock(mutex_);
     return FailedViews(views_);
@@ -71,6 +74,8 @@ class OpenSearchSink : public Sink {
     ViewShapes shapes;
     std::string failed;  // why the view stopped (a column it names was dropped)
     std::shared_ptr<const RelationSchema> schema;  // from Check, for the mapping
+    // Being backfilled: a document may not be there yet (see RedisSink::View).
+    bool backfilling = false;
   };
 
  private:
@@ -80,6 +85,14 @@ class OpenSearchSink : public Sink {
   // Sends `ndjson` as one _bulk and judges every item (a version conflict is a replay).
   Status SendBulk(OpenSearchClient& client, std::string& ndjson);
   Status WriteCheckpoint(OpenSearchClient& client, std::optional<Lsn> lsn);
+  // Deletes the view's index and creates it again, empty, with the view's mapping.
+  Status RecreateIndex(OpenSearchClient& client, View& view);
+  // Each view's state document (in the checkpoint index, next to the checkpoint).
+  std::string StateId(const View& view) const {
+    return checkpoint_id_ + "/view/" + view.config.name;
+  }
+  std::string StateAction(const View& view, const ViewState& state) const;
+  Result<std::optional<std::map<std::string, ViewState>>> ReadStates(OpenSearchClient& client);
 
   std::string name_;
   std::string url_;  // with credentials: never logged

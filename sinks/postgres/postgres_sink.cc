@@ -731,6 +731,21 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
     for (const OwnedChange& change : batch->changes) {
       // Already applied: the checkpoint row was committed with everything before it.
       if (change.commit_lsn < checkpoint) continue;
+      if (change.op == ChangeOp::kBackfillRow) continue;  // for views filled row by row
+      if (change.op == ChangeOp::kViewState) {
+        // A rebuild on demand: the view is recomputed from its mirrors, which are
+        // complete up to this point, in this batch's transaction.
+        for (const auto& view : views_) {
+          if (!status.ok() || !change.control->clear ||
+              !change.control->Names(name_, view->config.name)) {
+            continue;
+          }
+          status = flush();
+          if (status.ok()) status = RecomputeAll(c, *view);
+        }
+        if (!status.ok()) break;
+        continue;
+      }
       if (change.op == ChangeOp::kTruncate) {
         status = flush();
         for (const auto& relation : change.relations) {

@@ -12,17 +12,29 @@ Error ReplyError(const std::string& what, const RedisReply& reply) {
   return Error::Transient(what + ": " + reply.str);
 }
 
+// The SET that puts a whole row (a snapshot's or a backfill chunk's) in a view.
+Result<RedisCommand> SetRow(const ViewShape& shape, const TupleData& row,
+                            const TypeRegistry& types) {
+  auto key = shape.Key(row);
+  if (!key.ok()) return key.error();
+  std::string value;
+  Status status = shape.AppendValue(value, row, types, nullptr);
+  if (!status.ok()) return status.error();
+  return RedisCommand{"SET", std::move(key).value(), std::move(value)};
+}
+
 }  // namespace
 
 Result<std::unique_ptr<RedisSink>> RedisSink::Make(const Config& config, const StoreConfig& store) {
-  std::unique_ptr<RedisSink> sink(
-      new RedisSink(store.name, store.ConnectUrl(), "pgderive:" + config.pipeline + ":checkpoint"));
+  std::unique_ptr<RedisSink> sink(new RedisSink(store.name, store.ConnectUrl(),
+                                                "pgderive:" + config.pipeline + ":checkpoint",
+                                                "pgderive:" + config.pipeline + ":views"));
   for (const ViewConfig& view : config.views) {
     if (view.store != store.name) continue;
     auto key = KeyTemplate::Parse(view.key_template);
     if (!key.ok()) return Error::Permanent("view " + view.name + ": " + key.error().message());
     sink->views_.push_back(std::make_unique<View>(
-        View{view, view.from, key.value(), ViewShapes(view, key.value()), {}}));
+        View{view, view.from, key.value(), ViewShapes(view, key.value()), {}, false, {}}));
   }
   return sink;
 }
@@ -112,7 +124,7 @@ Status RedisSink::BeginRebuild(Lsn) {
   if (!client.ok()) return client.error();
   // The checkpoint goes first: a crash during the rebuild leaves no checkpoint, and the
   // next start rebuilds again.
-  auto reply = client.value()->Command({"DEL", checkpoint_key_});
+  auto reply = client.value()->Command({"DEL", checkpoint_key_, views_key_});
   if (!reply.ok()) return reply.error();
   for (auto& view : views_) {
     Status status = DeleteView(*view);
@@ -138,13 +150,14 @@ Status RedisSink::ApplySnapshotRows(const std::shared_ptr<const RelationSchema>&
       if (!made.ok()) return made.error();
       shape = made.value();
     }
+    {
+      std::lock_guard lock(mutex_);
+      view->filled_columns = ColumnsOf(*schema);
+    }
     for (const TupleData& row : rows) {
-      auto key = shape->Key(row);
-      if (!key.ok()) return key.error();
-      std::string value;
-      Status status = shape->AppendValue(value, row, types, nullptr);
-      if (!status.ok()) return status;
-      commands.push_back({"SET", std::move(key).value(), std::move(value)});
+      auto set = SetRow(*shape, row, types);
+      if (!set.ok()) return set.error();
+      commands.push_back(std::move(set).value());
     }
   }
   if (commands.empty()) return Status::Ok();
@@ -163,9 +176,61 @@ Status RedisSink::EndRebuild(Lsn snapshot_lsn) {
   std::lock_guard lock(mutex_);
   auto client = Client();
   if (!client.ok()) return client.error();
-  auto reply = client.value()->Command({"SET", checkpoint_key_, snapshot_lsn.ToString()});
+  // Every view is live as of the snapshot, recorded with the checkpoint.
+  std::vector<RedisCommand> commands{{"MULTI"}};
+  for (auto& view : views_) {
+    view->backfilling = false;
+    commands.push_back({"HSET", views_key_, view->config.name,
+                        ViewState{false, std::nullopt, view->filled_columns}.ToJson()});
+  }
+  commands.push_back({"SET", checkpoint_key_, snapshot_lsn.ToString()});
+  commands.push_back({"EXEC"});
+  auto replies = client.value()->Pipeline(commands);
+  if (!replies.ok()) return replies.error();
+  const RedisReply& result = replies.value().back();
+  if (result.type != RedisReply::Type::kArray) return ReplyError("EXEC", result);
+  return Status::Ok();
+}
+
+Result<std::optional<std::map<std::string, ViewState>>> RedisSink::ReadViewStates() {
+  std::lock_guard lock(mutex_);
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  auto reply = client.value()->Command({"HGETALL", views_key_});
   if (!reply.ok()) return reply.error();
-  if (reply.value().type == RedisReply::Type::kError) return ReplyError("SET", reply.value());
+  const RedisReply& r = reply.value();
+  if (r.type != RedisReply::Type::kArray) return ReplyError("HGETALL " + views_key_, r);
+  if (r.elements.empty()) return std::optional<std::map<std::string, ViewState>>();
+  std::map<std::string, ViewState> out;
+  for (size_t i = 0; i + 1 < r.elements.size(); i += 2) {
+    auto state = ViewState::FromJson(r.elements[i + 1].str);
+    if (!state) {
+      return Error::Corrupt("Redis hash " + views_key_ + " holds no view state for " +
+                            r.elements[i].str);
+    }
+    out[r.elements[i].str] = *state;
+  }
+  for (auto& view : views_) {
+    auto it = out.find(view->config.name);
+    view->backfilling = it != out.end() && it->second.backfilling;
+  }
+  return std::optional<std::map<std::string, ViewState>>(std::move(out));
+}
+
+Status RedisSink::WriteViewState(const std::string& view_name, const ViewState& state, bool clear) {
+  std::lock_guard lock(mutex_);
+  View* view = FindView(views_, view_name);
+  if (view == nullptr) return Error::Permanent("no Redis view named " + view_name);
+  if (clear) {
+    Status status = DeleteView(*view);
+    if (!status.ok()) return status;
+  }
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  auto reply = client.value()->Command({"HSET", views_key_, view_name, state.ToJson()});
+  if (!reply.ok()) return reply.error();
+  if (reply.value().type == RedisReply::Type::kError) return ReplyError("HSET", reply.value());
+  view->backfilling = state.backfilling;
   return Status::Ok();
 }
 
@@ -208,6 +273,37 @@ Status RedisSink::Apply(const BatchGroup& group, Lsn checkpoint) {
         }
         continue;
       }
+      if (change.op == ChangeOp::kViewState) {
+        // Recorded in the same MULTI as the data it describes.
+        const ViewControl& control = *change.control;
+        for (auto& view : views_) {
+          if (!control.Names(name_, view->config.name)) continue;
+          if (control.clear) {
+            Status status = exec(std::nullopt);
+            if (status.ok()) status = DeleteView(*view);
+            if (!status.ok()) return status;
+          }
+          view->backfilling = control.backfilling;
+          commands.push_back(
+              {"HSET", views_key_, view->config.name,
+               ViewState{control.backfilling, control.after, control.columns}.ToJson()});
+        }
+        continue;
+      }
+      if (change.op == ChangeOp::kBackfillRow) {
+        for (auto& view : views_) {
+          if (!change.control->Names(name_, view->config.name) || !view->failed.empty()) continue;
+          auto shape = view->shapes.For(change.relations.front());
+          if (!shape.ok()) {
+            if (FailView(*view, shape.error())) continue;
+            return shape.error();
+          }
+          auto set = SetRow(*shape.value(), change.new_tuple, types);
+          if (!set.ok()) return set.error();
+          commands.push_back(std::move(set).value());
+        }
+        continue;
+      }
       const std::string table = change.relation().QualifiedName();
       for (auto& view : views_) {
         if (view->table != table || !view->failed.empty()) continue;
@@ -226,6 +322,9 @@ Status RedisSink::Apply(const BatchGroup& group, Lsn checkpoint) {
           if (!status.ok()) return status;
           auto previous = client.Command({"GET", w.previous()});
           if (!previous.ok()) return previous.error();
+          // Not filled yet: the row's backfill chunk, read after this change, brings it
+          // whole (a chunk whose window holds such an update is read again).
+          if (previous.value().type == RedisReply::Type::kNil && view->backfilling) continue;
           auto merged = MergeUnchanged(w.value, previous.value().str, w.unchanged);
           if (!merged.ok()) {
             return Error(merged.error().kind(), "view " + view->config.name + ", key " +

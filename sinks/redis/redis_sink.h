@@ -39,6 +39,9 @@ class RedisSink : public Sink {
   Status Apply(const BatchGroup& group, Lsn checkpoint) override;
   // Redis answers EXEC before its append-only file is fsynced (appendfsync everysec).
   std::chrono::milliseconds durability_delay() const override { return std::chrono::seconds(2); }
+  bool backfills_rows() const override { return true; }
+  Result<std::optional<std::map<std::string, ViewState>>> ReadViewStates() override;
+  Status WriteViewState(const std::string& view, const ViewState& state, bool clear) override;
 
   std::vector<std::pair<std::string, std::string>> failed_views() override {
     std::lock_guard lock(mutex_);
@@ -59,17 +62,25 @@ class RedisSink : public Sink {
     KeyTemplate key;
     ViewShapes shapes;
     std::string failed;  // why the view stopped (a column it names was dropped)
+    // Being backfilled: a row may not be there yet (an update that leaves a TOASTed
+    // value unchanged is skipped; the row's chunk, read later, carries it).
+    bool backfilling = false;
+    std::vector<std::string> filled_columns;  // of the rows a rebuild wrote
   };
 
  private:
-  RedisSink(std::string name, std::string url, std::string checkpoint_key)
-      : name_(std::move(name)), url_(std::move(url)), checkpoint_key_(std::move(checkpoint_key)) {}
+  RedisSink(std::string name, std::string url, std::string checkpoint_key, std::string views_key)
+      : name_(std::move(name)),
+        url_(std::move(url)),
+        checkpoint_key_(std::move(checkpoint_key)),
+        views_key_(std::move(views_key)) {}
   Status DeleteView(View& view);
   Result<RedisClient*> Client();
 
   std::string name_;
   std::string url_;
   std::string checkpoint_key_;
+  std::string views_key_;  // a hash: view name -> ViewState JSON
   std::vector<std::unique_ptr<View>> views_;
   std::mutex mutex_;  // the client, for snapshot rows arriving from several threads
   std::optional<RedisClient> client_;

@@ -33,6 +33,7 @@ namespace pgderive {
 namespace {
 
 using nlohmann::json;
+using testing::FreePort;
 using testing::MustConnect;
 using testing::MustExecute;
 using testing::PgderiveBinary;
@@ -44,21 +45,6 @@ using testing::UniqueName;
 template <typename F>
 bool WaitFor(F condition, std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
   return testing::WaitFor(condition, timeout);
-}
-
-// A port nothing listens on right now (the kernel's pick for an ephemeral bind).
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  address.sin_port = 0;
-  bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
-  socklen_t length = sizeof address;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-  const int port = ntohs(address.sin_port);
-  close(fd);
-  return port;
 }
 
 // One sample of Prometheus text: name, labels, value.

@@ -36,6 +36,9 @@ class Subprocess {
 // and its stdout followed by its stderr.
 std::pair<int, std::string> RunVerify(const std::string& config, int wait_seconds);
 
+// A port nothing listens on right now (the kernel's pick for an ephemeral bind).
+int FreePort();
+
 // The path of the pgderive binary under test, and of the source tree (set by the build).
 std::string PgderiveBinary();
 std::string SourceDir();

@@ -1,0 +1,28 @@
+#pragma once
+
+// `pgderive backfill -c FILE --view NAME` (SPEC.md §2): rebuilds one view from the
+// source while streaming goes on. The request is a logical message in the source's WAL,
+// so the running pipeline (or the next start, if none runs) meets it in commit order:
+// at that position the view is emptied and filled again by the watermark backfill
+// (snapshot/backfill.h); a postgres view is recomputed from its mirrors. The command
+// then waits until the view's store records it live again.
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+namespace pgderive {
+
+struct BackfillCommandOptions {
+  std::string config_path;
+  std::string view;
+  bool wait = true;
+  std::chrono::seconds timeout{0};  // 0: no limit
+  std::FILE* out = stdout;
+};
+
+// 0 once the view is live again (or, without waiting, once requested); 1 on timeout or
+// an error; 2 for an invalid configuration, an unknown view or a pipeline never started.
+int RunBackfill(const BackfillCommandOptions& options);
+
+}  // namespace pgderive

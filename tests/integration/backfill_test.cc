@@ -1,0 +1,363 @@
+// Backfill while streaming (SPEC.md §1.4), against the real servers of compose/local:
+// views added to a deployment's configuration are filled chunk by chunk while a writer
+// keeps changing their table and the other views keep streaming (no store rebuilt);
+// `pgderive backfill --view` rebuilds one view (Redis, OpenSearch, postgres) under
+// writes; ADD COLUMN, DROP COLUMN and a type change reach every row of a view that
+// follows its table; kill -9 in the middle of a backfill resumes after the last chunk
+// applied. Each ends with `pgderive verify` passing.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+
+#include "sinks/opensearch/http_client.h"
+#include "sinks/redis/redis_client.h"
+#include "tests/support/pg.h"
+#include "tests/support/stack_env.h"
+#include "tests/support/subprocess.h"
+#include "tests/support/wait.h"
+
+namespace pgderive {
+namespace {
+
+using nlohmann::json;
+using testing::MustConnect;
+using testing::MustExecute;
+using testing::PgderiveBinary;
+using testing::Scalar;
+using testing::Subprocess;
+using testing::UniqueName;
+
+template <typename F>
+bool WaitFor(F condition, std::chrono::milliseconds timeout = std::chrono::seconds(120)) {
+  return testing::WaitFor(condition, timeout);
+}
+
+// Keeps changing random rows of `table` (updates, deletes, inserts of new ids) until
+// stopped; counts what it committed.
+class Writer {
+ public:
+  Writer(const std::string& dsn, const std::string& table, int rows)
+      : thread_([this, dsn, table, rows] {
+          PgConnection c = MustConnect(dsn);
+          std::mt19937 random(7);
+          int next_id = rows + 1;
+          while (running_.load()) {
+            const int id = 1 + static_cast<int>(random() % static_cast<unsigned>(next_id));
+            switch (random() % 4) {
+              case 0:
+                MustExecute(c, "delete from " + table + " where id = " + std::to_string(id));
+                break;
+              case 1:
+                MustExecute(c, "insert into " + table + " (id, name, n) values (" +
+                                   std::to_string(next_id++) + ", 'new', 1)");
+                break;
+              default:
+                MustExecute(
+                    c, "update " + table +
+                           " set n = n + 1, name = name || 'x' where id = " + std::to_string(id));
+            }
+            ++committed_;
+          }
+        }) {}
+  ~Writer() { Stop(); }
+  void Stop() {
+    running_.store(false);
+    if (thread_.joinable()) thread_.join();
+  }
+  int committed() const { return committed_.load(); }
+
+ private:
+  std::atomic<bool> running_{true};
+  std::atomic<int> committed_{0};
+  std::thread thread_;
+};
+
+class BackfillTest : public ::testing::Test {
+ protected:
+  static constexpr int kRows = 20000;  // five chunks of 4,096
+
+  void SetUp() override {
+    PGDERIVE_REQUIRE_STACK();
+    dsn_ = stack.pg_dsn();
+    redis_url_ = stack.redis_url();
+    opensearch_url_ = stack.opensearch_url();
+    dir_ = std::filesystem::temp_directory_path() / UniqueName("pgderive_backfill_test");
+    std::filesystem::create_directories(dir_);
+    pipeline_ = UniqueName("bf");
+    table_ = UniqueName("bf_src");
+    target_ = "bf_out." + UniqueName("totals");
+    index_ = UniqueName("bf-docs");
+    sql_ = std::make_unique<PgConnection>(MustConnect(dsn_));
+    MustExecute(*sql_, "create schema if not exists bf_out");
+    // `big` is TOASTed (out of line, uncompressible): updates that leave it alone send
+    // it as unchanged.
+    MustExecute(*sql_, "create table " + table_ +
+                           " (id int primary key, name text not null, n int not null, big text)");
+    MustExecute(*sql_, "alter table " + table_ + " alter column big set storage external");
+    MustExecute(*sql_, "insert into " + table_ +
+                           " select g, 'row ' || g, g % 10, case when g % 500 = 0 "
+                           "then repeat(md5(g::text), 200) end from generate_series(1, " +
+                           std::to_string(kRows) + ") g");
+  }
+  void TearDown() override {
+    if (run_) {
+      run_->Signal(SIGTERM);
+      run_->Wait(std::chrono::seconds(10));
+      run_.reset();
+    }
+    if (sql_) {
+      IgnoreError(sql_->Execute("select pg_drop_replication_slot('pgderive_" + pipeline_ + "')"),
+                  "test cleanup");
+      IgnoreError(sql_->Execute("drop publication if exists pgderive_" + pipeline_),
+                  "test cleanup");
+      IgnoreError(sql_->Execute("drop table if exists " + table_ + ", " + target_), "test cleanup");
+    }
+    std::filesystem::remove_all(dir_);
+  }
+
+  // Views by name: "a" (Redis, follows the table), "b" (Redis, listed columns), "docs"
+  // (OpenSearch, follows), "totals" (postgres group-by).
+  std::string WriteConfig(const std::vector<std::string>& views) {
+    std::ostringstream out;
+    out << "pipeline: " << pipeline_ << "\nsource:\n  dsn: \"" << dsn_
+        << "\"\nstores:\n  cache:\n    type: redis\n    url: \"" << redis_url_
+        << "\"\n  search:\n    type: opensearch\n    url: \"" << opensearch_url_
+        << "\"\n  warehouse:\n    type: postgres\n    dsn: \"" << dsn_ << "\"\nviews:\n";
+    for (const std::string& v : views) {
+      if (v == "a") {
+        out << "  - name: a\n    store: cache\n    from: " << table_ << "\n    key: \"" << pipeline_
+            << ":a:{id}\"\n";
+      } else if (v == "b") {
+        out << "  - name: b\n    store: cache\n    from: " << table_ << "\n    key: \"" << pipeline_
+            << ":b:{id}\"\n    columns: [id, name, big]\n";
+      } else if (v == "docs") {
+        out << "  - name: docs\n    store: search\n    from: " << table_
+            << "\n    index: " << index_ << "\n";
+      } else if (v == "docs2") {
+        out << "  - name: docs2\n    store: search\n    from: " << table_
+            << "\n    index: " << index_ << "-2\n    columns: [id, n, big]\n";
+      } else if (v == "totals") {
+        out << "  - name: totals\n    store: warehouse\n    table: " << target_
+            << "\n    key: [n]\n    query: select n, count(*) as rows, max(name) as last from "
+               "public."
+            << table_ << " group by n\n";
+      }
+    }
+    out << "http:\n  listen: 127.0.0.1:" << testing::FreePort() << "\nlog:\n  format: json\n";
+    const std::string path = (dir_ / "pgderive.yml").string();
+    std::ofstream(path) << out.str();
+    return path;
+  }
+  void StartRun(const std::string& config, const std::string& log) {
+    run_ = std::make_unique<Subprocess>(
+        std::vector<std::string>{PgderiveBinary(), "run", "-c", config}, (dir_ / log).string());
+  }
+  // Waits for `text` in the run's log `log` (at least `times` lines); false at once if the
+  // run exits first.
+  bool WaitLog(const std::string& log, const std::string& text, int times = 1) {
+    return WaitFor(
+               [&] { return Count(log, text) >= times || (run_ && run_->Wait({}).has_value()); }) &&
+           Count(log, text) >= times;
+  }
+  void StopRun() {
+    run_->Signal(SIGTERM);
+    EXPECT_EQ(run_->Wait(std::chrono::seconds(15)), 0);
+    run_.reset();
+  }
+  std::string Read(const std::string& name) {
+    std::ifstream in(dir_ / name);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+  // How many log lines of `log` carry `text`.
+  int Count(const std::string& log, const std::string& text) {
+    const std::string all = Read(log);
+    int n = 0;
+    for (size_t at = all.find(text); at != std::string::npos; at = all.find(text, at + 1)) ++n;
+    return n;
+  }
+  std::pair<int, std::string> Command(const std::vector<std::string>& args) {
+    Subprocess p(args, (dir_ / "command.err").string());
+    std::string out;
+    while (auto line = p.ReadLine(std::chrono::seconds(180))) out += *line + "\n";
+    auto code = p.Wait(std::chrono::seconds(30));
+    return {code.value_or(-1), out + Read("command.err")};
+  }
+  // The state the store records for a Redis view.
+  json RedisState(const std::string& view) {
+    auto client = RedisClient::Connect(redis_url_);
+    if (!client.ok()) return nullptr;
+    auto reply = client.value().Command({"HGET", "pgderive:" + pipeline_ + ":views", view});
+    if (!reply.ok() || reply.value().type != RedisReply::Type::kString) return nullptr;
+    return json::parse(reply.value().str, nullptr, false);
+  }
+  // The state the store records for an OpenSearch view.
+  json OpenSearchState(const std::string& view) {
+    auto client = HttpClient::Create(
+        {.url = opensearch_url_, .ca_file = "", .timeout = std::chrono::seconds(5)});
+    if (!client.ok()) return nullptr;
+    auto response = client.value().Send(
+        "GET", "/pgderive-checkpoints/_doc/" + pipeline_ + ".search%2Fview%2F" + view);
+    if (!response.ok() || response.value().status != 200) return nullptr;
+    const json doc = json::parse(response.value().body, nullptr, false);
+    if (!doc.is_object() || !doc.contains("_source")) return nullptr;
+    return json::parse(doc["_source"].value("view_state", ""), nullptr, false);
+  }
+  void RedisCommand(const std::vector<std::string>& command) {
+    auto client = RedisClient::Connect(redis_url_);
+    ASSERT_TRUE(client.ok()) << client.error().message();
+    auto reply = client.value().Command(command);
+    ASSERT_TRUE(reply.ok()) << reply.error().message();
+  }
+
+  std::string dsn_, redis_url_, opensearch_url_, pipeline_, table_, target_, index_;
+  std::filesystem::path dir_;
+  std::unique_ptr<PgConnection> sql_;
+  std::unique_ptr<Subprocess> run_;
+};
+
+TEST_F(BackfillTest, ViewsAddedToADeploymentAreFilledWhileEverythingStreams) {
+  const std::string first = WriteConfig({"a", "docs", "totals"});
+  StartRun(first, "run1.err");
+  ASSERT_TRUE(WaitLog("run1.err", "streaming from slot")) << Read("run1.err");
+  StopRun();
+
+  // Two views more, in the Redis and the OpenSearch store, while a writer runs.
+  Writer writer(dsn_, table_, kRows);
+  const std::string second = WriteConfig({"a", "b", "docs", "docs2", "totals"});
+  StartRun(second, "run2.err");
+  ASSERT_TRUE(WaitLog("run2.err", "\"msg\":\"backfill done\"", 2)) << Read("run2.err");
+  const int during = writer.committed();
+  ASSERT_TRUE(WaitFor([&] { return writer.committed() >= during + 200; }));
+  writer.Stop();
+  const std::string log = Read("run2.err");
+  // The views the stores held kept streaming: nothing was rebuilt; only the new views
+  // were filled, chunk by chunk.
+  EXPECT_EQ(log.find("rebuilding"), std::string::npos) << log;
+  EXPECT_EQ(log.find("snapshot started"), std::string::npos) << log;
+  EXPECT_NE(log.find("store cache resumes from"), std::string::npos) << log;
+  EXPECT_NE(log.find("view b is new to store cache"), std::string::npos) << log;
+  EXPECT_NE(log.find("store search resumes from"), std::string::npos) << log;
+  EXPECT_NE(log.find("view docs2 is new to store search"), std::string::npos) << log;
+  EXPECT_EQ(OpenSearchState("docs2")["state"], "live") << OpenSearchState("docs2");
+  EXPECT_EQ(RedisState("b")["state"], "live") << RedisState("b");
+  EXPECT_EQ(RedisState("a")["state"], "live") << RedisState("a");
+  auto [code, out] = testing::RunVerify(second, 120);
+  EXPECT_EQ(code, 0) << out << log;
+}
+
+TEST_F(BackfillTest, BackfillCommandRebuildsOneViewUnderWrites) {
+  const std::string config = WriteConfig({"a", "docs", "totals"});
+  StartRun(config, "run.err");
+  ASSERT_TRUE(WaitLog("run.err", "streaming from slot")) << Read("run.err");
+  // Damage two views behind pgderive's back: verify sees it.
+  RedisCommand({"SET", pipeline_ + ":a:5", "{\"id\":5,\"name\":\"forged\"}"});
+  RedisCommand({"SET", pipeline_ + ":a:999999", "{\"id\":999999}"});
+  MustExecute(*sql_, "update " + target_ + " set rows = -1 where n = 3");
+  {
+    auto [code, out] = testing::RunVerify(config, 60);
+    ASSERT_EQ(code, 1) << out;
+  }
+  Writer writer(dsn_, table_, kRows);
+  for (const std::string view : {"a", "docs", "totals"}) {
+    auto [code, out] =
+        Command({PgderiveBinary(), "backfill", "-c", config, "--view", view, "--timeout", "150"});
+    ASSERT_EQ(code, 0) << out << Read("run.err");
+    EXPECT_NE(out.find("view " + view + " is live again"), std::string::npos) << out;
+  }
+  writer.Stop();
+  EXPECT_GE(Count("run.err", "backfill of view a requested"), 1);
+  auto [code, out] = testing::RunVerify(config, 120);
+  EXPECT_EQ(code, 0) << out << Read("run.err");
+  // A view the configuration lacks, and a pipeline with no slot, are refused.
+  auto [unknown, unknown_out] =
+      Command({PgderiveBinary(), "backfill", "-c", config, "--view", "nope"});
+  EXPECT_EQ(unknown, 2) << unknown_out;
+  EXPECT_NE(unknown_out.find("no view named 'nope'"), std::string::npos) << unknown_out;
+}
+
+TEST_F(BackfillTest, SchemaChangesReachEveryRowOfViewsThatFollowTheTable) {
+  const std::string config = WriteConfig({"a", "b", "docs"});
+  StartRun(config, "run.err");
+  ASSERT_TRUE(WaitLog("run.err", "streaming from slot")) << Read("run.err");
+  Writer writer(dsn_, table_, kRows);
+  // A column with a default: every existing row has it, and no change says so.
+  MustExecute(*sql_, "alter table " + table_ + " add column flag int not null default 7");
+  ASSERT_TRUE(WaitLog("run.err", "\"msg\":\"backfill done\"", 2)) << Read("run.err");
+  // A dropped column leaves every row; a type change maps every value anew.
+  MustExecute(*sql_, "alter table " + table_ + " drop column flag");
+  MustExecute(*sql_, "alter table " + table_ + " alter column n type bigint");
+  const int before = writer.committed();
+  ASSERT_TRUE(WaitFor([&] { return writer.committed() >= before + 100; }));
+  writer.Stop();
+  MustExecute(*sql_, "update " + table_ + " set n = n where id = 1");  // a change under the type
+  // Both following views record the table's final columns, and no backfill is left.
+  const std::vector<std::string> final_columns = {"id 23", "name 25", "n 20", "big 25"};
+  ASSERT_TRUE(WaitFor([&] {
+    const json a = RedisState("a");
+    const json docs = OpenSearchState("docs");
+    return a.is_object() && a["state"] == "live" && a["columns"] == json(final_columns) &&
+           docs.is_object() && docs["state"] == "live" && docs["columns"] == json(final_columns) &&
+           Count("run.err", "\"msg\":\"backfill started\"") ==
+               Count("run.err", "\"msg\":\"backfill done\"") +
+                   Count("run.err", "\"msg\":\"backfill replaced");
+  })) << RedisState("a")
+      << OpenSearchState("docs") << Read("run.err");
+  EXPECT_GE(Count("run.err", "\"msg\":\"backfill done\""), 4);
+  // View b lists its columns: it was never backfilled.
+  EXPECT_EQ(Read("run.err").find("\"views\":\"b\""), std::string::npos) << Read("run.err");
+  auto [code, out] = testing::RunVerify(config, 120);
+  EXPECT_EQ(code, 0) << out << Read("run.err");
+}
+
+TEST_F(BackfillTest, KillDuringABackfillResumesAfterTheLastChunk) {
+  MustExecute(*sql_, "insert into " + table_ +
+                         " select g, 'row ' || g, g % 10, null from "
+                         "generate_series(" +
+                         std::to_string(kRows + 1) + ", 200000) g");
+  const std::string first = WriteConfig({"a"});
+  StartRun(first, "run1.err");
+  ASSERT_TRUE(WaitLog("run1.err", "streaming from slot")) << Read("run1.err");
+  StopRun();
+  Writer writer(dsn_, table_, 200000);
+  const std::string second = WriteConfig({"a", "b"});
+  StartRun(second, "run2.err");
+  // Killed once some chunks are applied and before the last.
+  ASSERT_TRUE(WaitFor([&] {
+    const json state = RedisState("b");
+    return state.is_object() && state.contains("after");
+  })) << Read("run2.err");
+  run_->Signal(SIGKILL);
+  run_->Wait(std::chrono::seconds(10));
+  run_.reset();
+  const json interrupted = RedisState("b");
+  ASSERT_EQ(interrupted["state"], "backfilling") << interrupted;
+  // `pgderive status` says so while nothing runs.
+  {
+    auto [code, out] = Command({PgderiveBinary(), "status", "-c", second});
+    EXPECT_EQ(code, 0) << out;
+    EXPECT_NE(out.find("view b (cache): stopped (recorded backfilling, up to key"),
+              std::string::npos)
+        << out;
+  }
+  StartRun(second, "run3.err");
+  ASSERT_TRUE(WaitLog("run3.err", "\"msg\":\"backfill done\"", 1)) << Read("run3.err");
+  writer.Stop();
+  // The log line is JSON: the position appears escaped.
+  const std::string resumed =
+      json("resuming after " + interrupted["after"].get<std::string>()).dump();
+  EXPECT_NE(Read("run3.err").find(resumed.substr(1, resumed.size() - 2)), std::string::npos)
+      << resumed << Read("run3.err");
+  EXPECT_EQ(Read("run3.err").find("rebuilding"), std::string::npos) << Read("run3.err");
+  EXPECT_EQ(RedisState("b")["state"], "live");
+  auto [code, out] = testing::RunVerify(second, 120);
+  EXPECT_EQ(code, 0) << out << Read("run3.err");
+}
+
+}  // namespace
+}  // namespace pgderive
