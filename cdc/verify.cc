@@ -222,6 +222,18 @@ int RunVerify(const VerifyOptions& options) {
                    count == 0 ? "consistent" : (std::to_string(count) + " differences").c_str());
       total_differences += count;
     }
+    // A view being backfilled differs until its last chunk is in: say so.
+    auto states = sink->ReadViewStates();
+    if (states.ok() && states.value()) {
+      for (const auto& [view, count] : differences) {
+        auto it = states.value()->find(view);
+        if (count == 0 || it == states.value()->end() || !it->second.backfilling) continue;
+        std::fprintf(options.out,
+                     "view %s is still being backfilled (up to key %s): rows not filled yet "
+                     "differ until it is live\n",
+                     view.c_str(), it->second.after.value_or("(none yet)").c_str());
+      }
+    }
   }
   std::fflush(options.out);
   return total_differences == 0 ? 0 : 1;

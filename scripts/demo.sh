@@ -68,6 +68,8 @@ delete from products where id = 1000;
 insert into orders (id, customer_id, amount) select coalesce(max(id), 0) + 1, 7, 99.99 from orders;
 update customers set name = 'Customer Seven' where id = 7;
 SQL
+echo "demo: pgderive backfill --view product_search (rebuilt while the stream flows)"
+build/release/cdc/pgderive backfill -c compose/local/demo.yml --view product_search --timeout 120
 echo "demo: pgderive verify"
 build/release/cdc/pgderive verify -c compose/local/demo.yml
 

@@ -14,6 +14,11 @@ namespace pgderive {
 namespace {
 
 constexpr auto kPoll = std::chrono::milliseconds(2);
+// A chunk's rows are held in memory until placed: about this many bytes each (the
+// first chunk sized from the table's average row, TOAST included; then from what the
+// last chunk weighed).
+constexpr size_t kChunkBytes = size_t{8} << 20;
+constexpr size_t kMinChunkRows = 16;
 constexpr auto kWaitLogEvery = std::chrono::seconds(10);
 
 // The key of a row as the backfill names it: the JSON array of the key columns' text.
@@ -247,11 +252,18 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
                             " has neither a primary key nor a replica identity index to read it "
                             "by in chunks; rebuild the store instead (README: recovering a view)");
   }
-  auto estimate =
-      sql_->Query("select greatest(reltuples, 0)::bigint from pg_class where oid = " + regclass);
-  if (estimate.ok()) {
+  auto estimate = sql_->Query(
+      "select greatest(reltuples, 0)::bigint, (pg_table_size(oid) / greatest(reltuples, "
+      "1))::bigint "
+      "from pg_class where oid = " +
+      regclass);
+  if (!estimate.ok()) return estimate.error();
+  size_t limit = options_.chunk_rows;
+  {
     std::lock_guard lock(mutex_);
     job->progress.rows_estimated = std::stoull(estimate.value().rows[0][0].value_or("0"));
+    const size_t width = std::stoull(estimate.value().rows[0][1].value_or("0"));
+    if (width > 0) limit = std::clamp(kChunkBytes / width, kMinChunkRows, options_.chunk_rows);
   }
   while (true) {
     {
@@ -264,14 +276,20 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
       std::lock_guard lock(mutex_);
       job->columns = ColumnsOf(*schema.value());
     }
-    auto chunk = RunChunk(job, schema.value(), key_columns);
+    auto chunk = RunChunk(job, schema.value(), key_columns, limit);
     if (!chunk.ok()) return chunk.error();
     const Chunk& c = *chunk.value();
+    // The next chunk weighs about kChunkBytes.
+    const size_t read = c.rows.size();
+    if (read > 0 && c.bytes > 0) {
+      const size_t fits = std::max<size_t>(1, kChunkBytes * read / c.bytes);
+      limit = std::clamp(std::min(fits, limit * 2), kMinChunkRows, options_.chunk_rows);
+    }
     if (c.verdict != Verdict::kDone) continue;  // read it again
     if (!WaitApplied(job->store, c.watermark, c.generation)) continue;
     std::lock_guard lock(mutex_);
-    job->progress.rows_done += c.rows.size();
-    if (c.rows.size() < options_.chunk_rows) break;
+    job->progress.rows_done += read;
+    if (read < c.limit) break;
     job->after = c.last;
   }
   // The last chunk is applied: mark the views live at a position of their own.
@@ -308,8 +326,9 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
 
 Result<std::shared_ptr<Backfills::Chunk>> Backfills::RunChunk(
     const std::shared_ptr<Job>& job, const std::shared_ptr<const RelationSchema>& schema,
-    const std::vector<std::pair<std::string, std::string>>& key) {
+    const std::vector<std::pair<std::string, std::string>>& key, size_t limit) {
   auto chunk = std::make_shared<Chunk>();
+  chunk->limit = limit;
   std::optional<std::string> after;
   {
     std::lock_guard lock(mutex_);
@@ -354,9 +373,8 @@ Result<std::shared_ptr<Backfills::Chunk>> Backfills::RunChunk(
     }
     where = " where (" + order + ") > (" + literals + ")";
   }
-  auto rows =
-      sql_->Query("select " + columns + " from only " + sql_->QuoteTableName(job->table) + where +
-                  " order by " + order + " limit " + std::to_string(options_.chunk_rows));
+  auto rows = sql_->Query("select " + columns + " from only " + sql_->QuoteTableName(job->table) +
+                          where + " order by " + order + " limit " + std::to_string(limit));
   if (!rows.ok()) {
     forget();
     return rows.error();
@@ -364,6 +382,9 @@ Result<std::shared_ptr<Backfills::Chunk>> Backfills::RunChunk(
   {
     std::lock_guard lock(mutex_);
     chunk->rows = std::move(rows.value().rows);
+    for (const auto& row : chunk->rows) {
+      for (const auto& value : row) chunk->bytes += value ? value->size() : 0;
+    }
     if (!chunk->rows.empty()) {
       std::vector<std::optional<std::string_view>> values;
       for (const auto& [name, type] : key) {

@@ -35,6 +35,7 @@
 // Requests arrive the same way: `pgderive backfill` writes a "request" message, which
 // the stream thread turns, at its position, into a cleared view and a job.
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -70,7 +71,7 @@ struct BackfillOptions {
   std::string dsn;
   std::string pipeline;
   std::vector<BackfillView> views;
-  size_t chunk_rows = 4096;
+  size_t chunk_rows = 4096;  // at most; fewer when rows are wide (about 8 MB a chunk)
   // The checkpoint the store has applied (the end of its last transaction).
   std::function<Lsn(const std::string& store)> checkpoint;
 };
@@ -134,6 +135,8 @@ class Backfills {
     std::vector<std::vector<std::optional<std::string>>> rows;
     std::optional<std::string> last;  // key of the last row read
     Verdict verdict = Verdict::kPending;
+    size_t limit = 0;         // rows asked for
+    size_t bytes = 0;         // the values' bytes read
     Lsn watermark;            // H's commit LSN once placed
     uint64_t generation = 0;  // of the stream when the chunk started
   };
@@ -144,7 +147,7 @@ class Backfills {
   // One chunk: L, wait for writers, read, H, verdict. Returns the chunk decided.
   Result<std::shared_ptr<Chunk>> RunChunk(
       const std::shared_ptr<Job>& job, const std::shared_ptr<const RelationSchema>& schema,
-      const std::vector<std::pair<std::string, std::string>>& key);
+      const std::vector<std::pair<std::string, std::string>>& key, size_t limit);
   Status Emit(const std::string& content);
   Status WaitForWriters(const std::string& table);
   // Waits until the store applied `watermark` (true) or the stream restarted since

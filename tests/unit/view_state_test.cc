@@ -1,0 +1,50 @@
+// The per-view state a store records (cdc/view_state.h): what the next start reads back
+// to resume a backfill, and the columns a following view was filled with.
+#include "cdc/view_state.h"
+
+#include <gtest/gtest.h>
+
+#include "cdc/change_batch.h"
+
+namespace pgderive {
+namespace {
+
+TEST(ViewStateTest, RoundTripsWithAndWithoutAPosition) {
+  const ViewState backfilling{true, std::string(R"(["42","2024-01-01"])"), {"id 23", "title 25"}};
+  const std::string json = backfilling.ToJson();
+  auto back = ViewState::FromJson(json);
+  ASSERT_TRUE(back.has_value()) << json;
+  EXPECT_TRUE(back->backfilling);
+  EXPECT_EQ(back->after, backfilling.after);
+  EXPECT_EQ(back->columns, backfilling.columns);
+
+  auto live = ViewState::FromJson(ViewState{}.ToJson());
+  ASSERT_TRUE(live.has_value());
+  EXPECT_FALSE(live->backfilling);
+  EXPECT_FALSE(live->after.has_value());
+  EXPECT_TRUE(live->columns.empty());
+}
+
+TEST(ViewStateTest, RefusesWhatItDidNotWrite) {
+  for (const char* text : {"", "not json", "[]", "{}", R"({"state": 3})", "null"}) {
+    EXPECT_FALSE(ViewState::FromJson(text).has_value()) << text;
+  }
+}
+
+TEST(ViewStateTest, ColumnsNameTypesInOrderAndControlNamesItsViews) {
+  RelationSchema schema;
+  schema.columns = {{"id", 23, -1, true, ""}, {"price", 1700, -1, false, ""}};
+  EXPECT_EQ(ColumnsOf(schema), (std::vector<std::string>{"id 23", "price 1700"}));
+  schema.columns[1].type_oid = 701;  // a type change is a different shape
+  EXPECT_EQ(ColumnsOf(schema), (std::vector<std::string>{"id 23", "price 701"}));
+
+  ViewControl control;
+  control.store = "cache";
+  control.views = {"a", "b"};
+  EXPECT_TRUE(control.Names("cache", "b"));
+  EXPECT_FALSE(control.Names("cache", "c"));
+  EXPECT_FALSE(control.Names("search", "a"));
+}
+
+}  // namespace
+}  // namespace pgderive
