@@ -114,7 +114,7 @@ config() {
     for v in "$@"; do
       case "$v" in
         redis) printf '  - {name: %s_cache, store: cache, from: items, key: "%s:{id}"}\n' "$name" "$name" ;;
-        redis2) printf '  - {name: %s_cache2, store: cache, from: items, key: "%s:two:{id}"}\n' "$name" "$name" ;;
+        redis2) printf '  - {name: %s_cache2, store: cache, from: items, key: "%s2:{id}"}\n' "$name" "$name" ;;
         hot) printf '  - {name: %s_hot, store: cache, from: hot, key: "%s:{id}"}\n' "$name" "$name" ;;
         opensearch) printf '  - {name: %s_search, store: search, from: items, index: %s}\n' "$name" "$name" ;;
         projection) printf '  - {name: %s_proj, store: warehouse, table: out.%s_proj, key: [id], query: "select id, title, price, updated_at from public.items"}\n' "$name" "$name" ;;
@@ -140,11 +140,15 @@ checkpoints_past() {
   done
 }
 
-start_run() {  # start_run NAME CONFIG: until it streams
-  local log="$dir/$1.log"
+start_run() {  # start_run NAME CONFIG: until it streams (this start's own log lines)
+  local log="$dir/$1.log" from
+  touch "$log"; from=$(($(wc -l < "$log") + 1))
   "$binary" run -c "$2" >> "$log" 2>&1 &
   echo $! > "$dir/$1.pid"
-  until grep -q "streaming from slot" "$log"; do sleep 0.05; done
+  until tail -n "+$from" "$log" | grep -q "streaming from slot"; do
+    kill -0 "$(cat "$dir/$1.pid")" 2>/dev/null || { tail -n "+$from" "$log" >&2; exit 1; }
+    sleep 0.05
+  done
 }
 stop_run() { kill -TERM "$(cat "$dir/$1.pid")"; wait "$(cat "$dir/$1.pid")" 2>/dev/null || true; }
 
@@ -194,9 +198,11 @@ measure all items redis opensearch projection
 # Backfill while streaming: a Redis view added to a running deployment fills from the
 # whole items table while a writer keeps changing it; against reading the same table
 # with COPY TO STDOUT (what the initial snapshot reads).
-rows=$(q -c "select count(*) from items")
 backfill="not measured"
 if want backfill; then
+# At least 200,000 rows to fill (ids far from the workload's).
+q -c "insert into items select (item_row(g)).* from generate_series(100000000, 100000000 + 199999 - (select count(*) from items)) g"
+rows=$(q -c "select count(*) from items")
 file=$(config backfill redis)
 start_run backfill "$file"; stop_run backfill
 t0=$(now); q -c "copy (select * from items) to stdout" > /dev/null; t1=$(now)
@@ -205,7 +211,10 @@ file=$(config backfill redis redis2)
 q -c "call items_mixed($offset, $txns)" &
 writer=$!
 start_run backfill "$file"
-until grep -q '"msg":"backfill done"' "$dir/backfill.log"; do sleep 0.05; done
+until grep -q '"msg":"backfill done"' "$dir/backfill.log"; do
+  kill -0 "$(cat "$dir/backfill.pid")" 2>/dev/null || { tail -3 "$dir/backfill.log" >&2; exit 1; }
+  sleep 0.05
+done
 bf_rss=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$(cat "$dir/backfill.pid")/status")
 wait "$writer"; offset=$((offset + txns + 2))
 stop_run backfill

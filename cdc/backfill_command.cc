@@ -51,7 +51,10 @@ int RunBackfill(const BackfillCommandOptions& options) {
   auto sent = c.Query("select pg_logical_emit_message(true, " + c.QuoteLiteral(kBackfillPrefix) +
                       ", " + c.QuoteLiteral(request) + ")::text");
   if (!sent.ok()) return fail(1, "source: " + sent.error().message());
-  const Lsn at = Lsn::Parse(sent.value().rows[0][0].value_or("")).value_or(Lsn{});
+  // Past the request's commit record: a store whose checkpoint passes this has applied it.
+  auto after = c.Query("select pg_current_wal_insert_lsn()::text");
+  if (!after.ok()) return fail(1, "source: " + after.error().message());
+  const Lsn at = Lsn::Parse(after.value().rows[0][0].value_or("")).value_or(Lsn{});
   std::fprintf(options.out, "backfill of view %s requested at %s\n", view->name.c_str(),
                at.ToString().c_str());
   std::fflush(options.out);
@@ -63,7 +66,7 @@ int RunBackfill(const BackfillCommandOptions& options) {
   while (true) {
     auto checkpoint = sink.ReadCheckpoint();
     std::string where = "store " + sink.name() + " has not reached the request yet";
-    if (checkpoint.ok() && checkpoint.value() && *checkpoint.value() > at) {
+    if (checkpoint.ok() && checkpoint.value() && *checkpoint.value() >= at) {
       if (!sink.backfills_rows()) break;
       auto states = sink.ReadViewStates();
       if (states.ok() && states.value()) {

@@ -167,6 +167,13 @@ class Dispatcher : public ChangeConsumer {
     // What a backfill places here: a chunk's rows at its watermark, views' states.
     backfills_.OnChange(change, injected_);
     for (OwnedChange& placed : injected_) {
+      // A chunk's rows carry the table's shape as the backfill read it.
+      for (const auto& relation : placed.relations) {
+        if (relation == last_learned_) continue;
+        Status status = learner_.Learn(relation->columns);
+        if (!status.ok()) return status;
+        last_learned_ = relation;
+      }
       batch_->bytes += placed.bytes + sizeof(OwnedChange);
       batch_->changes.push_back(std::move(placed));
     }
@@ -455,9 +462,13 @@ int RunPipeline(const RunOptions& options) {
         status = sink->WriteViewState(v.view, ViewState{true, std::nullopt, columns}, true);
         add_job(std::nullopt);
       } else if (state->backfilling) {
+        // From the start when the table's columns changed meanwhile (a following view
+        // must not end with rows of two shapes).
+        const bool reshaped = v.follows && !state->columns.empty() && state->columns != columns;
         Log("view " + v.view + " was being backfilled: resuming after " +
-            state->after.value_or("the start"));
-        add_job(state->after);
+            (reshaped ? std::string("the start (its table's columns changed)")
+                      : state->after.value_or("the start")));
+        add_job(reshaped ? std::nullopt : state->after);
       } else if (v.follows && !state->columns.empty() && state->columns != columns) {
         Log("the columns of " + v.table + " changed while stopped: backfilling view " + v.view);
         status = sink->WriteViewState(v.view, ViewState{true, std::nullopt, columns}, false);
@@ -469,25 +480,29 @@ int RunPipeline(const RunOptions& options) {
   }
 
   std::vector<std::unique_ptr<PipelineWorker>> workers;
+  auto WorkerOf = [&workers](const std::string& store) -> PipelineWorker& {
+    for (auto& worker : workers) {
+      if (worker->sink().name() == store) return *worker;
+    }
+    std::abort();  // every store has a worker before the backfill starts
+  };
+  // After the workers (it reads their checkpoints), before the monitor guard (the
+  // monitor's thread reads its progress): destroyed between the two.
+  Backfills backfills(
+      {.dsn = config.source.dsn,
+       .pipeline = config.pipeline,
+       .views = backfill_views,
+       .chunk_rows = 4096,
+       .checkpoint = [&](const std::string& store) { return WorkerOf(store).checkpoint(); },
+       .durable = [&](const std::string& store) { return WorkerOf(store).Durable(); },
+       .failed = [&](const std::string& store) { return WorkerOf(store).failed(); }},
+      logger);
   // Declared after the workers, so destroyed first on every return: the monitor's
   // thread reads them.
   struct StopMonitor {
     RunMonitor& monitor;
     ~StopMonitor() { monitor.Stop(); }
   } stop_monitor{monitor};
-  // After the workers too: it reads their checkpoints.
-  Backfills backfills({.dsn = config.source.dsn,
-                       .pipeline = config.pipeline,
-                       .views = backfill_views,
-                       .chunk_rows = 4096,
-                       .checkpoint =
-                           [&workers](const std::string& store) {
-                             for (auto& worker : workers) {
-                               if (worker->sink().name() == store) return worker->checkpoint();
-                             }
-                             return Lsn{};
-                           }},
-                      logger);
   for (auto& [view, columns] : known_columns)
     backfills.SetColumns(view.first, view.second, columns);
   for (auto& sink : sinks) {

@@ -143,10 +143,12 @@ void Backfills::Loop() {
                                    {"after", job->after.value_or("")}});
     const auto started = std::chrono::steady_clock::now();
     Backoff backoff(std::chrono::milliseconds(200), std::chrono::seconds(10));
+    bool failed = false;
     while (true) {
       Status status = RunJob(job);
       if (status.ok()) break;
       if (status.error().kind() != ErrorKind::kTransient) {
+        failed = true;
         log_.Error("backfill failed: " + status.error().message() +
                        "; the views stay backfilling until it is fixed and pgderive restarted",
                    {{"store", job->store}, {"views", views}});
@@ -164,7 +166,7 @@ void Backfills::Loop() {
     if (job->cancelled) {
       log_.Info("backfill replaced by one for a newer shape or request",
                 {{"store", job->store}, {"views", views}});
-    } else if (!stopping_) {
+    } else if (!stopping_ && !failed) {
       const double seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
       log_.Info("backfill done", {{"store", job->store},
@@ -188,9 +190,10 @@ Status Backfills::Emit(const std::string& content) {
 Status Backfills::WaitForWriters(const std::string& table) {
   const std::string locks =
       "from pg_locks where locktype = 'relation' and database = (select oid from pg_database "
-      "where datname = current_database()) and relation = " +
+      "where datname = current_database()) and relation in (select relid from "
+      "pg_partition_tree(" +
       sql_->QuoteLiteral(sql_->QuoteTableName(table)) +
-      "::regclass and mode in ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock', "
+      "::regclass)) and mode in ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock', "
       "'AccessExclusiveLock') and pid is distinct from pg_backend_pid()";
   auto holders =
       sql_->Query("select coalesce(array_agg(distinct virtualtransaction), '{}')::text " + locks);
@@ -214,13 +217,34 @@ Status Backfills::WaitForWriters(const std::string& table) {
   return Status::Ok();
 }
 
-bool Backfills::WaitApplied(const std::string& store, Lsn watermark, uint64_t generation) {
+Backfills::Applied Backfills::WaitApplied(const std::string& store, Lsn watermark,
+                                          uint64_t generation) {
   while (true) {
-    if (options_.checkpoint(store) > watermark) return true;
+    if (options_.checkpoint(store) > watermark) return Applied::kYes;
+    if (options_.failed && options_.failed(store)) return Applied::kStoreFailed;
     std::unique_lock lock(mutex_);
-    if (stopping_ || generation_ != generation) return false;
+    if (stopping_ || generation_ != generation) return Applied::kNo;
     changed_.wait_for(lock, std::chrono::milliseconds(5));
   }
+}
+
+// Chunks applied but not yet durable in their store (Redis counts a write durable 2 s
+// after EXEC): a store that comes back without its last writes replays the stream from
+// the slot, but a chunk's rows are not in the WAL, so the job reads again from the
+// first chunk the store no longer covers.
+bool Backfills::Rewind(Job& job, std::deque<Unsure>& unsure) {
+  const Lsn applied = options_.checkpoint(job.store);
+  const Lsn durable = options_.durable ? options_.durable(job.store) : applied;
+  while (!unsure.empty() && durable > unsure.front().watermark) unsure.pop_front();
+  for (auto it = unsure.begin(); it != unsure.end(); ++it) {
+    if (applied > it->watermark) continue;
+    std::lock_guard lock(mutex_);
+    job.after = it->after;
+    job.progress.rows_done = it->rows_done;
+    unsure.erase(it, unsure.end());
+    return true;
+  }
+  return false;
 }
 
 Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
@@ -229,20 +253,25 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
         PgConnection::Connect(options_.dsn, PgConnection::Mode::kSql, "pgderive-backfill");
     if (!connected.ok()) return connected.error();
     sql_.emplace(std::move(connected).value());
-    // Watermarks need not wait for a flush: the stream sends only flushed WAL.
-    Status status = sql_->Execute("set synchronous_commit = off");
+    // Watermarks need not wait for a flush: the stream sends only flushed WAL. A lock
+    // the chunk's read queues behind (an ALTER TABLE waiting) is given up after 1 s and
+    // retried, so that a stop never waits on it.
+    Status status = sql_->Execute("set synchronous_commit = off; set lock_timeout = '1s'");
     if (!status.ok()) return status;
   }
-  // The key the chunks follow: the primary key, else the replica identity's index.
+  // Any failure of the source below is retried from the last chunk applied.
+  auto transient = [](const Error& error) { return Error::Transient(error.message()); };
+  // The key the chunks follow: the replica identity's index when it names one (its
+  // columns are what a delete carries), else the primary key.
   const std::string regclass = sql_->QuoteLiteral(sql_->QuoteTableName(job->table)) + "::regclass";
   auto key = sql_->Query(
       "select a.attname, format_type(a.atttypid, a.atttypmod) from (select indkey::int2[] k "
       "from pg_index where indrelid = " +
       regclass +
-      " and (indisprimary or indisreplident) order by indisprimary desc limit 1) i, "
-      "unnest(i.k) with ordinality u(attnum, n) join pg_attribute a on a.attrelid = " +
+      " and (indisprimary or indisreplident) order by indisreplident desc, indisprimary desc "
+      "limit 1) i, unnest(i.k) with ordinality u(attnum, n) join pg_attribute a on a.attrelid = " +
       regclass + " and a.attnum = u.attnum order by u.n");
-  if (!key.ok()) return key.error();
+  if (!key.ok()) return transient(key.error());
   std::vector<std::pair<std::string, std::string>> key_columns;
   for (const auto& row : key.value().rows) {
     key_columns.emplace_back(row[0].value_or(""), row[1].value_or(""));
@@ -250,83 +279,139 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
   if (key_columns.empty()) {
     return Error::Permanent("table " + job->table +
                             " has neither a primary key nor a replica identity index to read it "
-                            "by in chunks; rebuild the store instead (README: recovering a view)");
+                            "by in chunks; rebuild the store instead");
   }
+  // A partitioned table is read through its root; its writers lock the partitions.
   auto estimate = sql_->Query(
-      "select greatest(reltuples, 0)::bigint, (pg_table_size(oid) / greatest(reltuples, "
-      "1))::bigint "
-      "from pg_class where oid = " +
-      regclass);
-  if (!estimate.ok()) return estimate.error();
+      "select greatest(sum(c.reltuples), 0)::bigint, (sum(pg_table_size(c.oid)) / "
+      "greatest(sum(c.reltuples), 1))::bigint, bool_or(c.oid = " +
+      regclass + " and c.relkind = 'p') from pg_partition_tree(" + regclass +
+      ") t join pg_class c on c.oid = t.relid");
+  if (!estimate.ok()) return transient(estimate.error());
   size_t limit = options_.chunk_rows;
+  bool partitioned = false;
   {
     std::lock_guard lock(mutex_);
     job->progress.rows_estimated = std::stoull(estimate.value().rows[0][0].value_or("0"));
     const size_t width = std::stoull(estimate.value().rows[0][1].value_or("0"));
     if (width > 0) limit = std::clamp(kChunkBytes / width, kMinChunkRows, options_.chunk_rows);
+    partitioned = estimate.value().rows[0][2].value_or("f") == "t";
   }
+  std::deque<Unsure> unsure;
   while (true) {
-    {
+    // The chunks, from `after` to the end of the table.
+    while (true) {
+      {
+        std::lock_guard lock(mutex_);
+        if (stopping_ || job->cancelled) return Status::Ok();
+        if (job->restart) {
+          // An update moved a row the view does not hold behind the frontier.
+          job->restart = false;
+          job->after.reset();
+          job->progress.rows_done = 0;
+          unsure.clear();
+        }
+      }
+      if (Rewind(*job, unsure)) {
+        log_.Warn("store " + job->store + " lost backfilled rows; reading again after " +
+                  job->after.value_or("the start"));
+      }
+      auto schema = DescribeTable(*sql_, job->table);
+      if (!schema.ok()) return transient(schema.error());
+      {
+        // A following view must not end with rows of two shapes: a change of the
+        // table's columns restarts the job.
+        std::lock_guard lock(mutex_);
+        const std::vector<std::string> columns = ColumnsOf(*schema.value());
+        if (!job->columns.empty() && job->columns != columns) {
+          job->after.reset();
+          job->progress.rows_done = 0;
+          unsure.clear();
+        }
+        job->columns = columns;
+      }
+      auto chunk = RunChunk(job, schema.value(), key_columns, limit, partitioned);
+      if (!chunk.ok()) return transient(chunk.error());
+      const Chunk& c = *chunk.value();
+      // The next chunk weighs about kChunkBytes; a chunk read again is halved (a hot
+      // row in its window).
+      const size_t read = c.rows.size();
+      if (c.verdict != Verdict::kDone) {
+        limit = std::max(kMinChunkRows, limit / 2);
+        continue;
+      }
+      if (read > 0 && c.bytes > 0) {
+        const size_t fits = std::max<size_t>(1, kChunkBytes * read / c.bytes);
+        limit = std::clamp(std::min(fits, limit * 2), kMinChunkRows, options_.chunk_rows);
+      }
+      const Applied applied = WaitApplied(job->store, c.watermark, c.generation);
+      if (applied == Applied::kStoreFailed) {
+        return Error::Permanent("store " + job->store + " stopped on an error");
+      }
+      if (applied == Applied::kNo) continue;
       std::lock_guard lock(mutex_);
-      if (stopping_ || job->cancelled) return Status::Ok();
+      unsure.push_back(Unsure{c.watermark, job->after, job->progress.rows_done});
+      job->progress.rows_done += read;
+      if (read < c.limit) break;
+      job->after = c.last;
     }
-    auto schema = DescribeTable(*sql_, job->table);
-    if (!schema.ok()) return schema.error();
-    {
-      std::lock_guard lock(mutex_);
-      job->columns = ColumnsOf(*schema.value());
+    // The last chunk is applied: mark the views live at a position of their own, once
+    // every chunk is durable.
+    bool rewound = false;
+    while (!rewound) {
+      uint64_t generation;
+      {
+        std::lock_guard lock(mutex_);
+        if (stopping_ || job->cancelled) return Status::Ok();
+        done_[job->id] = {Verdict::kPending, Lsn{}};
+        generation = generation_;
+      }
+      Status status = Emit(Message("done", job->id));
+      if (!status.ok()) {
+        std::lock_guard lock(mutex_);
+        done_.erase(job->id);
+        return transient(status.error());
+      }
+      std::pair<Verdict, Lsn> verdict;
+      {
+        std::unique_lock lock(mutex_);
+        changed_.wait(lock, [&] { return stopping_ || done_[job->id].first != Verdict::kPending; });
+        verdict = done_[job->id];
+        done_.erase(job->id);
+        if (stopping_) return Status::Ok();
+        if (job->cancelled) return Status::Ok();
+      }
+      if (verdict.first != Verdict::kDone) continue;
+      const Applied applied = WaitApplied(job->store, verdict.second, generation);
+      if (applied == Applied::kStoreFailed) {
+        return Error::Permanent("store " + job->store + " stopped on an error");
+      }
+      if (applied == Applied::kNo) continue;
+      unsure.push_back(Unsure{verdict.second, job->after, job->progress.rows_done});
+      // Done once durable; a store that lost them meanwhile has the job read again.
+      while (true) {
+        if (Rewind(*job, unsure)) {
+          log_.Warn("store " + job->store + " lost backfilled rows; reading again after " +
+                    job->after.value_or("the start"));
+          rewound = true;
+          break;
+        }
+        if (unsure.empty()) return Status::Ok();
+        std::unique_lock lock(mutex_);
+        if (stopping_ || job->cancelled) return Status::Ok();
+        if (job->restart) {
+          rewound = true;
+          break;
+        }
+        changed_.wait_for(lock, std::chrono::milliseconds(50));
+      }
     }
-    auto chunk = RunChunk(job, schema.value(), key_columns, limit);
-    if (!chunk.ok()) return chunk.error();
-    const Chunk& c = *chunk.value();
-    // The next chunk weighs about kChunkBytes.
-    const size_t read = c.rows.size();
-    if (read > 0 && c.bytes > 0) {
-      const size_t fits = std::max<size_t>(1, kChunkBytes * read / c.bytes);
-      limit = std::clamp(std::min(fits, limit * 2), kMinChunkRows, options_.chunk_rows);
-    }
-    if (c.verdict != Verdict::kDone) continue;  // read it again
-    if (!WaitApplied(job->store, c.watermark, c.generation)) continue;
-    std::lock_guard lock(mutex_);
-    job->progress.rows_done += read;
-    if (read < c.limit) break;
-    job->after = c.last;
-  }
-  // The last chunk is applied: mark the views live at a position of their own.
-  while (true) {
-    uint64_t generation;
-    {
-      std::lock_guard lock(mutex_);
-      if (stopping_ || job->cancelled) return Status::Ok();
-      done_[job->id] = {Verdict::kPending, Lsn{}};
-      generation = generation_;
-    }
-    Status status = Emit(Message("done", job->id));
-    if (!status.ok()) {
-      std::lock_guard lock(mutex_);
-      done_.erase(job->id);
-      return status;
-    }
-    std::pair<Verdict, Lsn> verdict;
-    {
-      std::unique_lock lock(mutex_);
-      changed_.wait(lock, [&] { return stopping_ || done_[job->id].first != Verdict::kPending; });
-      verdict = done_[job->id];
-      done_.erase(job->id);
-      if (stopping_) return Status::Ok();
-    }
-    if (verdict.first != Verdict::kDone) {
-      std::lock_guard lock(mutex_);
-      if (job->cancelled) return Status::Ok();
-      continue;
-    }
-    if (WaitApplied(job->store, verdict.second, generation)) return Status::Ok();
   }
 }
 
 Result<std::shared_ptr<Backfills::Chunk>> Backfills::RunChunk(
     const std::shared_ptr<Job>& job, const std::shared_ptr<const RelationSchema>& schema,
-    const std::vector<std::pair<std::string, std::string>>& key, size_t limit) {
+    const std::vector<std::pair<std::string, std::string>>& key, size_t limit, bool partitioned) {
   auto chunk = std::make_shared<Chunk>();
   chunk->limit = limit;
   std::optional<std::string> after;
@@ -361,7 +446,8 @@ Result<std::shared_ptr<Backfills::Chunk>> Backfills::RunChunk(
   }
   if (after) {
     auto values = nlohmann::json::parse(*after, nullptr, /*allow_exceptions=*/false);
-    if (!values.is_array() || values.size() != key.size()) {
+    if (!values.is_array() || values.size() != key.size() ||
+        !std::all_of(values.begin(), values.end(), [](const auto& v) { return v.is_string(); })) {
       forget();
       return Error::Corrupt("backfill of " + job->table + ": the recorded position " + *after +
                             " does not match the key (" + order + ")");
@@ -373,8 +459,9 @@ Result<std::shared_ptr<Backfills::Chunk>> Backfills::RunChunk(
     }
     where = " where (" + order + ") > (" + literals + ")";
   }
-  auto rows = sql_->Query("select " + columns + " from only " + sql_->QuoteTableName(job->table) +
-                          where + " order by " + order + " limit " + std::to_string(limit));
+  auto rows = sql_->Query("select " + columns + " from " + (partitioned ? "" : "only ") +
+                          sql_->QuoteTableName(job->table) + where + " order by " + order +
+                          " limit " + std::to_string(limit));
   if (!rows.ok()) {
     forget();
     return rows.error();
@@ -419,12 +506,18 @@ void Backfills::OnChange(const Change& change, std::vector<OwnedChange>& out) {
   }
   if (message->prefix != kBackfillPrefix) return;
   auto content = nlohmann::json::parse(message->content, nullptr, /*allow_exceptions=*/false);
-  if (!content.is_object() || content.value("pipeline", "") != options_.pipeline) return;
-  const std::string mark = content.value("mark", "");
+  if (!content.is_object()) return;
+  // Whatever the message holds (anyone with the right may write one): no exceptions.
+  auto text = [&](const char* key) {
+    auto it = content.find(key);
+    return it != content.end() && it->is_string() ? it->get<std::string>() : std::string();
+  };
+  if (text("pipeline") != options_.pipeline) return;
+  const std::string mark = text("mark");
   if (mark == "request") {
     // `pgderive backfill`: at this position the view is emptied (a postgres view is
     // recomputed) and filled again. A store past it has done so already.
-    const std::string name = content.value("view", "");
+    const std::string name = text("view");
     for (const BackfillView& v : options_.views) {
       if (v.view != name) continue;
       if (change.commit_lsn < options_.checkpoint(v.store)) return;
@@ -451,8 +544,10 @@ void Backfills::OnChange(const Change& change, std::vector<OwnedChange>& out) {
     log_.Warn("backfill requested for view " + name + ", which this configuration does not have");
     return;
   }
-  if (content.value("run", "") != run_) return;  // an earlier run's, replayed
-  const uint64_t id = content.value("id", uint64_t{0});
+  if (text("run") != run_) return;  // an earlier run's, replayed
+  auto at = content.find("id");
+  if (at == content.end() || !at->is_number_unsigned()) return;
+  const uint64_t id = at->get<uint64_t>();
   std::lock_guard lock(mutex_);
   if (mark == "low") {
     auto it = chunks_.find(id);
@@ -538,6 +633,17 @@ void Backfills::Place(Chunk& chunk, Lsn commit_lsn, uint32_t index, std::vector<
 // A row change of a table with chunks in flight: its keys join their windows.
 void Backfills::Record(const Change& change) {
   std::lock_guard lock(mutex_);
+  if (running_ && !running_->cancelled && !change.relations.empty() &&
+      change.relations.front()->QualifiedName() == running_->table) {
+    // A key change that leaves a TOASTed value out: the views may not hold the row to
+    // take it from, and its new key may be behind the chunks read; read it all again.
+    if (const auto* update = std::get_if<UpdateMessage>(change.message);
+        update != nullptr && update->old_kind == 'K') {
+      for (const TupleValue& v : update->new_tuple.columns) {
+        if (v.kind == TupleValueKind::kUnchanged) running_->restart = true;
+      }
+    }
+  }
   if (chunks_.empty()) return;
   for (auto& [id, chunk] : chunks_) {
     if (!chunk->open || chunk->spoiled) continue;

@@ -72,8 +72,11 @@ struct BackfillOptions {
   std::string pipeline;
   std::vector<BackfillView> views;
   size_t chunk_rows = 4096;  // at most; fewer when rows are wide (about 8 MB a chunk)
-  // The checkpoint the store has applied (the end of its last transaction).
+  // The checkpoint the store has applied (the end of its last transaction), the one it
+  // has made durable, and whether it stopped on a permanent error.
   std::function<Lsn(const std::string& store)> checkpoint;
+  std::function<Lsn(const std::string& store)> durable;
+  std::function<bool(const std::string& store)> failed;
 };
 
 struct BackfillProgress {
@@ -119,6 +122,7 @@ class Backfills {
     std::vector<std::string> views;
     std::optional<std::string> after;
     bool cancelled = false;
+    bool restart = false;  // from the start: a row moved behind the frontier
     BackfillProgress progress;
     std::vector<std::string> columns;  // ColumnsOf the table as the last chunk read it
   };
@@ -147,12 +151,22 @@ class Backfills {
   // One chunk: L, wait for writers, read, H, verdict. Returns the chunk decided.
   Result<std::shared_ptr<Chunk>> RunChunk(
       const std::shared_ptr<Job>& job, const std::shared_ptr<const RelationSchema>& schema,
-      const std::vector<std::pair<std::string, std::string>>& key, size_t limit);
+      const std::vector<std::pair<std::string, std::string>>& key, size_t limit, bool partitioned);
   Status Emit(const std::string& content);
   Status WaitForWriters(const std::string& table);
   // Waits until the store applied `watermark` (true) or the stream restarted since
   // `generation` (false), or Stop.
-  bool WaitApplied(const std::string& store, Lsn watermark, uint64_t generation);
+  enum class Applied { kYes, kNo, kStoreFailed };
+  Applied WaitApplied(const std::string& store, Lsn watermark, uint64_t generation);
+  // A chunk applied and not yet durable: where the job was before it.
+  struct Unsure {
+    Lsn watermark;
+    std::optional<std::string> after;
+    uint64_t rows_done = 0;
+  };
+  // Drops what is durable; when the store no longer covers a chunk, moves the job back
+  // to before it (true).
+  bool Rewind(Job& job, std::deque<Unsure>& unsure);
   bool stopping();
 
   std::string Message(const std::string& mark, uint64_t id) const;

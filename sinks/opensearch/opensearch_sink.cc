@@ -366,6 +366,7 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   if (!connected.ok()) return connected.error();
   OpenSearchClient& client = *connected.value();
   BulkBuffer bulk;
+  std::map<std::string, std::string> states;  // view -> its last state's action
   auto flush = [&] {
     std::string ndjson = bulk.Take();
     return SendBulk(client, ndjson);
@@ -387,7 +388,8 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
         continue;
       }
       if (change.op == ChangeOp::kViewState) {
-        // Sent after the data of the _bulk it describes, before the checkpoint.
+        // Sent once every item of the data's _bulk succeeded (a _bulk is not all or
+        // nothing), before the checkpoint.
         const ViewControl& control = *change.control;
         for (auto& view : views_) {
           if (!control.Names(name_, view->config.name)) continue;
@@ -397,9 +399,8 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
             if (!status.ok()) return status;
           }
           view->backfilling = control.backfilling;
-          bulk.Add(
-              kCheckpointIndex, StateId(*view),
-              StateAction(*view, ViewState{control.backfilling, control.after, control.columns}));
+          states[view->config.name] =
+              StateAction(*view, ViewState{control.backfilling, control.after, control.columns});
         }
         continue;
       }
@@ -471,6 +472,12 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   }
   Status status = flush();
   if (!status.ok()) return status;
+  if (!states.empty()) {
+    std::string ndjson;
+    for (const auto& [view, action] : states) ndjson += action;
+    status = SendBulk(client, ndjson);
+    if (!status.ok()) return status;
+  }
   if (auto next = CheckpointOf(group)) return WriteCheckpoint(client, *next);
   return Status::Ok();
 }
