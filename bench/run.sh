@@ -219,10 +219,11 @@ bf_rss=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$(cat "$dir/backfill.pid")/
 wait "$writer"; offset=$((offset + txns + 2))
 stop_run backfill
 bf_rows=$(sed -n 's/.*"msg":"backfill done".*"rows":"\([0-9]*\)".*/\1/p' "$dir/backfill.log")
+bf_filled=$(sed -n 's/.*"msg":"backfill done".*"filled_seconds":"\([0-9.]*\)".*/\1/p' "$dir/backfill.log")
 bf_seconds=$(sed -n 's/.*"msg":"backfill done".*"seconds":"\([0-9.]*\)".*/\1/p' "$dir/backfill.log")
-backfill=$(printf '%d rows in %.2f s = %.0f rows/s while the writer ran (%.2f× COPY TO STDOUT of the table, %.0f rows/s); peak RSS %s MB' \
-  "$bf_rows" "$bf_seconds" "$(echo "$bf_rows / $bf_seconds" | bc -l)" \
-  "$(echo "$bf_rows / $bf_seconds / $copy_out" | bc -l)" "$copy_out" "$bf_rss")
+backfill=$(printf '%d rows filled in %.2f s = %.0f rows/s while the writer ran (%.2f× COPY TO STDOUT of the table, %.0f rows/s); live after %.2f s (every chunk durable in Redis); peak RSS %s MB' \
+  "$bf_rows" "$bf_filled" "$(echo "$bf_rows / $bf_filled" | bc -l)" \
+  "$(echo "$bf_rows / $bf_filled / $copy_out" | bc -l)" "$copy_out" "$bf_seconds" "$bf_rss")
 echo "backfill: $backfill" >&2
 fi
 

@@ -492,7 +492,7 @@ int RunPipeline(const RunOptions& options) {
       {.dsn = config.source.dsn,
        .pipeline = config.pipeline,
        .views = backfill_views,
-       .chunk_rows = 4096,
+       .chunk_rows = 16384,
        .checkpoint = [&](const std::string& store) { return WorkerOf(store).checkpoint(); },
        .durable = [&](const std::string& store) { return WorkerOf(store).Durable(); },
        .failed = [&](const std::string& store) { return WorkerOf(store).failed(); }},

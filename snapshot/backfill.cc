@@ -169,9 +169,12 @@ void Backfills::Loop() {
     } else if (!stopping_ && !failed) {
       const double seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      // Filled: the last chunk applied; done: every chunk durable and the views live.
+      const double filled = std::chrono::duration<double>(job->filled_at - started).count();
       log_.Info("backfill done", {{"store", job->store},
                                   {"views", views},
                                   {"rows", std::to_string(job->progress.rows_done)},
+                                  {"filled_seconds", std::to_string(filled)},
                                   {"seconds", std::to_string(seconds)}});
     }
     running_.reset();
@@ -253,10 +256,11 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
         PgConnection::Connect(options_.dsn, PgConnection::Mode::kSql, "pgderive-backfill");
     if (!connected.ok()) return connected.error();
     sql_.emplace(std::move(connected).value());
-    // Watermarks need not wait for a flush: the stream sends only flushed WAL. A lock
-    // the chunk's read queues behind (an ALTER TABLE waiting) is given up after 1 s and
-    // retried, so that a stop never waits on it.
-    Status status = sql_->Execute("set synchronous_commit = off; set lock_timeout = '1s'");
+    // A watermark is sent to the stream once flushed: each waits for its own flush
+    // (`local`: never for a synchronous standby), rather than for the WAL writer's next
+    // round. A lock the chunk's read queues behind (an ALTER TABLE waiting) is given up
+    // after 1 s and retried, so that a stop never waits on it.
+    Status status = sql_->Execute("set synchronous_commit = local; set lock_timeout = '1s'");
     if (!status.ok()) return status;
   }
   // Any failure of the source below is retried from the last chunk applied.
@@ -352,7 +356,10 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
       std::lock_guard lock(mutex_);
       unsure.push_back(Unsure{c.watermark, job->after, job->progress.rows_done});
       job->progress.rows_done += read;
-      if (read < c.limit) break;
+      if (read < c.limit) {
+        job->filled_at = std::chrono::steady_clock::now();
+        break;
+      }
       job->after = c.last;
     }
     // The last chunk is applied: mark the views live at a position of their own, once

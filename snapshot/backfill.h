@@ -71,7 +71,7 @@ struct BackfillOptions {
   std::string dsn;
   std::string pipeline;
   std::vector<BackfillView> views;
-  size_t chunk_rows = 4096;  // at most; fewer when rows are wide (about 8 MB a chunk)
+  size_t chunk_rows = 16384;  // at most; fewer when rows are wide (about 8 MB a chunk)
   // The checkpoint the store has applied (the end of its last transaction), the one it
   // has made durable, and whether it stopped on a permanent error.
   std::function<Lsn(const std::string& store)> checkpoint;
@@ -123,6 +123,7 @@ class Backfills {
     std::optional<std::string> after;
     bool cancelled = false;
     bool restart = false;  // from the start: a row moved behind the frontier
+    std::chrono::steady_clock::time_point filled_at;  // the last chunk applied
     BackfillProgress progress;
     std::vector<std::string> columns;  // ColumnsOf the table as the last chunk read it
   };

@@ -80,7 +80,7 @@ class Writer {
 
 class BackfillTest : public ::testing::Test {
  protected:
-  static constexpr int kRows = 20000;  // five chunks of 4,096
+  static constexpr int kRows = 20000;  // two chunks of at most 16,384
 
   void SetUp() override {
     PGDERIVE_REQUIRE_STACK();
