@@ -42,6 +42,16 @@ const TypeRegistry& TypesOf(const BatchGroup& group) {
   return kBuiltIn;
 }
 
+OwnedChange ViewStateChange(Lsn commit_lsn, uint32_t index,
+                            std::shared_ptr<const ViewControl> control) {
+  OwnedChange out;
+  out.commit_lsn = commit_lsn;
+  out.index = index;
+  out.op = ChangeOp::kViewState;
+  out.control = std::move(control);
+  return out;
+}
+
 OwnedChange BackfillRow(Lsn commit_lsn, uint32_t index,
                         std::shared_ptr<const RelationSchema> relation, const TupleData& row,
                         std::shared_ptr<const ViewControl> control) {

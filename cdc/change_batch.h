@@ -109,6 +109,9 @@ const TypeRegistry& TypesOf(const BatchGroup& group);
 // Copies a change out of the replication buffer. Logical messages are not changes of a
 // view and yield nullopt.
 std::optional<OwnedChange> CopyChange(const Change& change);
+// A change of the views' state (`control`), at a position of the stream.
+OwnedChange ViewStateChange(Lsn commit_lsn, uint32_t index,
+                            std::shared_ptr<const ViewControl> control);
 // A backfill row: `row` copied, for the views `control` names.
 OwnedChange BackfillRow(Lsn commit_lsn, uint32_t index,
                         std::shared_ptr<const RelationSchema> relation, const TupleData& row,

@@ -538,12 +538,7 @@ void Backfills::OnChange(const Change& change, std::vector<OwnedChange>& out) {
         auto it = columns_.find({v.store, v.view});
         if (it != columns_.end()) control->columns = it->second;
       }
-      OwnedChange state;
-      state.commit_lsn = change.commit_lsn;
-      state.index = change.index;
-      state.op = ChangeOp::kViewState;
-      state.control = std::move(control);
-      out.push_back(std::move(state));
+      out.push_back(ViewStateChange(change.commit_lsn, change.index, std::move(control)));
       log_.Info("backfill of view " + name + " requested", {{"store", v.store}});
       if (v.rows) Add(v.store, v.table, {v.view}, std::nullopt);
       return;
@@ -587,12 +582,7 @@ void Backfills::OnChange(const Change& change, std::vector<OwnedChange>& out) {
       control->store = job->store;
       control->views = job->views;
       control->columns = job->columns;
-      OwnedChange state;
-      state.commit_lsn = change.commit_lsn;
-      state.index = change.index;
-      state.op = ChangeOp::kViewState;
-      state.control = std::move(control);
-      out.push_back(std::move(state));
+      out.push_back(ViewStateChange(change.commit_lsn, change.index, std::move(control)));
       for (const std::string& v : job->views) columns_[{job->store, v}] = job->columns;
       it->second = {Verdict::kDone, change.commit_lsn};
     }
@@ -629,12 +619,7 @@ void Backfills::Place(Chunk& chunk, Lsn commit_lsn, uint32_t index, std::vector<
   state->backfilling = true;
   state->after = chunk.last;
   state->columns = job.columns;
-  OwnedChange mark;
-  mark.commit_lsn = commit_lsn;
-  mark.index = ++n;
-  mark.op = ChangeOp::kViewState;
-  mark.control = std::move(state);
-  out.push_back(std::move(mark));
+  out.push_back(ViewStateChange(commit_lsn, ++n, std::move(state)));
 }
 
 // A row change of a table with chunks in flight: its keys join their windows.
@@ -741,12 +726,7 @@ void Backfills::DetectSchemaChange(const Change& change, std::vector<OwnedChange
     control->views = views;
     control->backfilling = true;
     control->columns = columns;
-    OwnedChange state;
-    state.commit_lsn = change.commit_lsn;
-    state.index = change.index;
-    state.op = ChangeOp::kViewState;
-    state.control = std::move(control);
-    out.push_back(std::move(state));
+    out.push_back(ViewStateChange(change.commit_lsn, change.index, std::move(control)));
     std::string names;
     for (const std::string& v : views) names += (names.empty() ? "" : ",") + v;
     log_.Info("the columns of " + table + " changed: backfilling the views that follow it",

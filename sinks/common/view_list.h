@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "cdc/change_batch.h"
 #include "cdc/status.h"
 
 namespace pgderive {
@@ -48,6 +49,25 @@ bool FailView(View& view, const Error& error) {
   if (error.kind() != ErrorKind::kPermanent) return false;
   if (view.failed.empty()) view.failed = error.message();
   return true;
+}
+
+// Calls f(view, shape) for each view of `store` that the backfill row `change` is for,
+// with the view's shape for the row's table; a view whose shape cannot be made stops
+// alone (FailView).
+template <typename View, typename F>
+Status ForEachBackfilledView(std::vector<std::unique_ptr<View>>& views, const std::string& store,
+                             const OwnedChange& change, F&& f) {
+  for (auto& view : views) {
+    if (!change.control->Names(store, view->config.name) || !view->failed.empty()) continue;
+    auto shape = view->shapes.For(change.relations.front());
+    if (!shape.ok()) {
+      if (FailView(*view, shape.error())) continue;
+      return shape.error();
+    }
+    Status status = f(*view, *shape.value());
+    if (!status.ok()) return status;
+  }
+  return Status::Ok();
 }
 
 template <typename View>

@@ -407,22 +407,19 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
       if (change.op == ChangeOp::kBackfillRow) {
         // Versioned by the chunk's watermark: newer than every change before it, older
         // than every change after it.
-        for (auto& view : views_) {
-          if (!change.control->Names(name_, view->config.name) || !view->failed.empty()) continue;
-          auto shape = view->shapes.For(change.relations.front());
-          if (!shape.ok()) {
-            if (FailView(*view, shape.error())) continue;
-            return shape.error();
-          }
-          auto id = shape.value()->DocumentId(change.new_tuple);
-          if (!id.ok()) return id.error();
-          std::string action;
-          AppendAction(action, "index", view->config.index, id.value(), change.commit_lsn);
-          Status status = shape.value()->AppendValue(action, change.new_tuple, types, nullptr);
-          if (!status.ok()) return status;
-          action += '\n';
-          bulk.Add(view->config.index, id.value(), std::move(action));
-        }
+        Status status = ForEachBackfilledView(
+            views_, name_, change, [&](View& view, const ViewShape& shape) -> Status {
+              auto id = shape.DocumentId(change.new_tuple);
+              if (!id.ok()) return id.error();
+              std::string action;
+              AppendAction(action, "index", view.config.index, id.value(), change.commit_lsn);
+              Status appended = shape.AppendValue(action, change.new_tuple, types, nullptr);
+              if (!appended.ok()) return appended;
+              action += '\n';
+              bulk.Add(view.config.index, id.value(), std::move(action));
+              return Status::Ok();
+            });
+        if (!status.ok()) return status;
         continue;
       }
       for (auto& view : views_) {

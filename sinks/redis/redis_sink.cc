@@ -291,17 +291,14 @@ Status RedisSink::Apply(const BatchGroup& group, Lsn checkpoint) {
         continue;
       }
       if (change.op == ChangeOp::kBackfillRow) {
-        for (auto& view : views_) {
-          if (!change.control->Names(name_, view->config.name) || !view->failed.empty()) continue;
-          auto shape = view->shapes.For(change.relations.front());
-          if (!shape.ok()) {
-            if (FailView(*view, shape.error())) continue;
-            return shape.error();
-          }
-          auto set = SetRow(*shape.value(), change.new_tuple, types);
-          if (!set.ok()) return set.error();
-          commands.push_back(std::move(set).value());
-        }
+        Status status = ForEachBackfilledView(views_, name_, change,
+                                              [&](View&, const ViewShape& shape) -> Status {
+                                                auto set = SetRow(shape, change.new_tuple, types);
+                                                if (!set.ok()) return set.error();
+                                                commands.push_back(std::move(set).value());
+                                                return Status::Ok();
+                                              });
+        if (!status.ok()) return status;
         continue;
       }
       const std::string table = change.relation().QualifiedName();

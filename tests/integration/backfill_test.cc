@@ -170,10 +170,7 @@ class BackfillTest : public ::testing::Test {
     EXPECT_EQ(run_->Wait(std::chrono::seconds(15)), 0);
     run_.reset();
   }
-  std::string Read(const std::string& name) {
-    std::ifstream in(dir_ / name);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  }
+  std::string Read(const std::string& name) { return testing::ReadFile((dir_ / name).string()); }
   // How many log lines of `log` carry `text`.
   int Count(const std::string& log, const std::string& text) {
     const std::string all = Read(log);
@@ -182,11 +179,7 @@ class BackfillTest : public ::testing::Test {
     return n;
   }
   std::pair<int, std::string> Command(const std::vector<std::string>& args) {
-    Subprocess p(args, (dir_ / "command.err").string());
-    std::string out;
-    while (auto line = p.ReadLine(std::chrono::seconds(180))) out += *line + "\n";
-    auto code = p.Wait(std::chrono::seconds(30));
-    return {code.value_or(-1), out + Read("command.err")};
+    return testing::RunToEnd(args, (dir_ / "command.err").string(), std::chrono::seconds(180));
   }
   // The state the store records for a Redis view.
   json RedisState(const std::string& view) {

@@ -171,10 +171,7 @@ class SidecarTest : public ::testing::Test {
     run_ = std::make_unique<Subprocess>(
         std::vector<std::string>{PgderiveBinary(), "run", "-c", config}, (dir_ / log).string());
   }
-  std::string Read(const std::string& name) {
-    std::ifstream in(dir_ / name);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  }
+  std::string Read(const std::string& name) { return testing::ReadFile((dir_ / name).string()); }
   // GET on the pipeline's HTTP endpoint: (status, body); status 0 when nothing answers.
   std::pair<long, std::string> Get(const std::string& path) {
     auto client = HttpClient::Create({.url = "http://127.0.0.1:" + std::to_string(port_),
@@ -186,11 +183,7 @@ class SidecarTest : public ::testing::Test {
     return {response.value().status, response.value().body};
   }
   std::pair<int, std::string> Command(const std::vector<std::string>& args) {
-    Subprocess p(args, (dir_ / "command.err").string());
-    std::string out;
-    while (auto line = p.ReadLine(std::chrono::seconds(60))) out += *line + "\n";
-    auto code = p.Wait(std::chrono::seconds(30));
-    return {code.value_or(-1), out + Read("command.err")};
+    return testing::RunToEnd(args, (dir_ / "command.err").string(), std::chrono::seconds(60));
   }
 
   std::string dsn_, redis_url_, stack_opensearch_url_, pipeline_, table_, target_;

@@ -97,22 +97,30 @@ std::optional<int> Subprocess::Wait(std::chrono::milliseconds timeout) {
   }
 }
 
-std::pair<int, std::string> RunVerify(const std::string& config, int wait_seconds) {
-  const std::filesystem::path err =
-      std::filesystem::temp_directory_path() / UniqueName("pgderive_verify_err");
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+std::pair<int, std::string> RunToEnd(const std::vector<std::string>& argv,
+                                     const std::string& stderr_path,
+                                     std::chrono::seconds patience) {
   std::string out;
   int status = -1;
   {
-    Subprocess verify(
-        {PgderiveBinary(), "verify", "-c", config, "--wait", std::to_string(wait_seconds)},
-        err.string());
-    while (auto line = verify.ReadLine(std::chrono::seconds(wait_seconds * 4 + 60))) {
-      out += *line + "\n";
-    }
-    status = verify.Wait(std::chrono::seconds(30)).value_or(-1);
+    Subprocess p(argv, stderr_path);
+    while (auto line = p.ReadLine(patience)) out += *line + "\n";
+    status = p.Wait(std::chrono::seconds(30)).value_or(-1);
   }
-  std::ifstream in(err);
-  out += std::string(std::istreambuf_iterator<char>(in), {});
+  return {status, out + ReadFile(stderr_path)};
+}
+
+std::pair<int, std::string> RunVerify(const std::string& config, int wait_seconds) {
+  const std::filesystem::path err =
+      std::filesystem::temp_directory_path() / UniqueName("pgderive_verify_err");
+  auto [status, out] =
+      RunToEnd({PgderiveBinary(), "verify", "-c", config, "--wait", std::to_string(wait_seconds)},
+               err.string(), std::chrono::seconds(wait_seconds * 4 + 60));
   std::filesystem::remove(err);
   return {status, out};
 }

@@ -32,6 +32,13 @@ class Subprocess {
   std::optional<int> status_;
 };
 
+// Runs `argv` to its end: its exit status (-1 if it hangs) and its stdout followed by
+// its stderr (kept in `stderr_path`). `patience`: the most to wait for each line.
+std::pair<int, std::string> RunToEnd(const std::vector<std::string>& argv,
+                                     const std::string& stderr_path, std::chrono::seconds patience);
+// A file's whole text ("" when it cannot be read).
+std::string ReadFile(const std::string& path);
+
 // `pgderive verify -c CONFIG --wait WAIT_SECONDS`: its exit status (-1 if it hangs)
 // and its stdout followed by its stderr.
 std::pair<int, std::string> RunVerify(const std::string& config, int wait_seconds);
