@@ -184,8 +184,20 @@ std::string OpenSearchSink::StateAction(const View& view, const ViewState& state
   return out;
 }
 
+std::string OpenSearchSink::RegistryAction() const {
+  std::string out = "{\"index\":{\"_index\":\"" + std::string(kCheckpointIndex) + "\",\"_id\":";
+  AppendJsonString(out, checkpoint_id_ + "/views");
+  out += "}}\n{\"view_states\":true}\n";
+  return out;
+}
+
 Result<std::optional<std::map<std::string, ViewState>>> OpenSearchSink::ReadStates(
     OpenSearchClient& client) {
+  // The store records views' states once it has this document (a store filled by a
+  // pgderive without per-view state has none).
+  auto registry = client.Get(kCheckpointIndex, checkpoint_id_ + "/views");
+  if (!registry.ok()) return registry.error();
+  if (!registry.value()) return std::optional<std::map<std::string, ViewState>>();
   std::map<std::string, ViewState> out;
   for (auto& view : views_) {
     auto document = client.Get(kCheckpointIndex, StateId(*view));
@@ -199,7 +211,6 @@ Result<std::optional<std::map<std::string, ViewState>>> OpenSearchSink::ReadStat
     view->backfilling = state->backfilling;
     out[view->config.name] = *state;
   }
-  if (out.empty()) return std::optional<std::map<std::string, ViewState>>();
   return std::optional<std::map<std::string, ViewState>>(std::move(out));
 }
 
@@ -221,7 +232,7 @@ Status OpenSearchSink::WriteViewState(const std::string& view_name, const ViewSt
     Status status = RecreateIndex(*client.value(), *view);
     if (!status.ok()) return status;
   }
-  std::string ndjson = StateAction(*view, state);
+  std::string ndjson = StateAction(*view, state) + RegistryAction();
   Status status = SendBulk(*client.value(), ndjson);
   if (status.ok()) view->backfilling = state.backfilling;
   return status;
@@ -348,7 +359,7 @@ Status OpenSearchSink::EndRebuild(Lsn snapshot_lsn) {
   auto client = Client();
   if (!client.ok()) return client.error();
   // Every view is live as of the snapshot (recorded before the checkpoint).
-  std::string ndjson;
+  std::string ndjson = RegistryAction();
   for (auto& view : views_) {
     view->backfilling = false;
     ndjson += StateAction(

@@ -92,6 +92,8 @@ class OpenSearchSink : public Sink {
     return checkpoint_id_ + "/view/" + view.config.name;
   }
   std::string StateAction(const View& view, const ViewState& state) const;
+  // The document saying that the store records views' states.
+  std::string RegistryAction() const;
   Result<std::optional<std::map<std::string, ViewState>>> ReadStates(OpenSearchClient& client);
 
   std::string name_;
