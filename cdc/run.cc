@@ -158,22 +158,14 @@ class Dispatcher : public ChangeConsumer {
 
   Status OnChange(const Change& change) override {
     Touch();
-    for (const auto& relation : change.relations) {
-      if (relation == last_learned_) continue;
-      Status status = learner_.Learn(relation->columns);
-      if (!status.ok()) return status;
-      last_learned_ = relation;
-    }
+    Status status = Learn(change.relations);
+    if (!status.ok()) return status;
     // What a backfill places here: a chunk's rows at its watermark, views' states.
     backfills_.OnChange(change, injected_);
     for (OwnedChange& placed : injected_) {
       // A chunk's rows carry the table's shape as the backfill read it.
-      for (const auto& relation : placed.relations) {
-        if (relation == last_learned_) continue;
-        Status status = learner_.Learn(relation->columns);
-        if (!status.ok()) return status;
-        last_learned_ = relation;
-      }
+      status = Learn(placed.relations);
+      if (!status.ok()) return status;
       batch_->bytes += placed.bytes + sizeof(OwnedChange);
       batch_->changes.push_back(std::move(placed));
     }
@@ -236,6 +228,16 @@ class Dispatcher : public ChangeConsumer {
   Lsn last_mark_;  // the highest checkpoint dispatched
   std::chrono::steady_clock::time_point pending_since_;
 
+  // The types of the relations' columns, for the batch's registry.
+  Status Learn(std::span<const std::shared_ptr<const RelationSchema>> relations) {
+    for (const auto& relation : relations) {
+      if (relation == last_learned_) continue;
+      Status status = learner_.Learn(relation->columns);
+      if (!status.ok()) return status;
+      last_learned_ = relation;
+    }
+    return Status::Ok();
+  }
   void Touch() {
     if (!pending()) pending_since_ = std::chrono::steady_clock::now();
   }
@@ -312,9 +314,11 @@ int RunPipeline(const RunOptions& options) {
   // refused here, before anything is created).
   Status status = Status::Ok();
   std::string problems;
+  std::map<std::string, std::shared_ptr<const RelationSchema>> shapes;  // table -> its shape now
   for (const std::string& table : tables) {
     auto schema = DescribeTable(sql.value(), table);
     if (!schema.ok()) return Fail(schema.error().message());
+    shapes[table] = schema.value();
     for (auto& sink : sinks) {
       status = sink->Check(schema.value());
       if (!status.ok()) problems += "\n  " + status.error().message();
@@ -414,16 +418,7 @@ int RunPipeline(const RunOptions& options) {
     }
   }
 
-  // Views to backfill while streaming (SPEC.md §1.4): new to their store, interrupted
-  // by a stop, or following a table whose columns changed while pgderive was stopped.
-  struct PendingJob {
-    std::string store, table;
-    std::vector<std::string> views;
-    std::optional<std::string> after;
-  };
-  std::vector<PendingJob> jobs;
   std::vector<BackfillView> backfill_views;
-  std::map<std::pair<std::string, std::string>, std::vector<std::string>> known_columns;
   for (const ViewConfig& view : config.views) {
     for (auto& sink : sinks) {
       if (sink->name() != view.store) continue;
@@ -431,54 +426,6 @@ int RunPipeline(const RunOptions& options) {
                                             sink->backfills_rows(), !view.columns.has_value()});
     }
   }
-  for (auto& sink : sinks) {
-    if (!sink->backfills_rows()) continue;
-    auto states = sink->ReadViewStates();
-    if (!states.ok()) return Fail("store " + sink->name() + ": " + states.error().message());
-    for (const BackfillView& v : backfill_views) {
-      if (v.store != sink->name()) continue;
-      auto now = DescribeTable(sql.value(), v.table);
-      if (!now.ok()) return Fail(now.error().message());
-      const std::vector<std::string> columns = ColumnsOf(*now.value());
-      auto add_job = [&](std::optional<std::string> after) {
-        for (PendingJob& job : jobs) {
-          if (job.store == v.store && job.table == v.table && job.after == after) {
-            job.views.push_back(v.view);
-            return;
-          }
-        }
-        jobs.push_back(PendingJob{v.store, v.table, {v.view}, std::move(after)});
-      };
-      const ViewState* state = nullptr;
-      if (states.value()) {
-        auto it = states.value()->find(v.view);
-        if (it != states.value()->end()) state = &it->second;
-      }
-      if (!states.value()) {
-        // Filled by a pgderive that kept no per-view state: live, recorded as such.
-        status = sink->WriteViewState(v.view, ViewState{false, std::nullopt, columns}, false);
-      } else if (state == nullptr) {
-        Log("view " + v.view + " is new to store " + v.store + ": backfilling it while streaming");
-        status = sink->WriteViewState(v.view, ViewState{true, std::nullopt, columns}, true);
-        add_job(std::nullopt);
-      } else if (state->backfilling) {
-        // From the start when the table's columns changed meanwhile (a following view
-        // must not end with rows of two shapes).
-        const bool reshaped = v.follows && !state->columns.empty() && state->columns != columns;
-        Log("view " + v.view + " was being backfilled: resuming after " +
-            (reshaped ? std::string("the start (its table's columns changed)")
-                      : state->after.value_or("the start")));
-        add_job(reshaped ? std::nullopt : state->after);
-      } else if (v.follows && !state->columns.empty() && state->columns != columns) {
-        Log("the columns of " + v.table + " changed while stopped: backfilling view " + v.view);
-        status = sink->WriteViewState(v.view, ViewState{true, std::nullopt, columns}, false);
-        add_job(std::nullopt);
-      }
-      if (!status.ok()) return Fail("store " + sink->name() + ": " + status.error().message());
-      known_columns[{v.store, v.view}] = columns;
-    }
-  }
-
   std::vector<std::unique_ptr<PipelineWorker>> workers;
   auto WorkerOf = [&workers](const std::string& store) -> PipelineWorker& {
     for (auto& worker : workers) {
@@ -503,8 +450,44 @@ int RunPipeline(const RunOptions& options) {
     RunMonitor& monitor;
     ~StopMonitor() { monitor.Stop(); }
   } stop_monitor{monitor};
-  for (auto& [view, columns] : known_columns)
-    backfills.SetColumns(view.first, view.second, columns);
+  // Views to backfill while streaming (SPEC.md §1.4): new to their store, interrupted
+  // by a stop, or following a table whose columns changed while pgderive was stopped.
+  for (auto& sink : sinks) {
+    if (!sink->backfills_rows()) continue;
+    auto states = sink->ReadViewStates();
+    if (!states.ok()) return Fail("store " + sink->name() + ": " + states.error().message());
+    for (const BackfillView& v : backfill_views) {
+      if (v.store != sink->name()) continue;
+      const std::vector<std::string> columns = ColumnsOf(*shapes.at(v.table));
+      backfills.SetColumns(v.store, v.view, columns);
+      const ViewState* state = nullptr;
+      if (states.value()) {
+        auto it = states.value()->find(v.view);
+        if (it != states.value()->end()) state = &it->second;
+      }
+      // A following view must not end with rows of two shapes.
+      const bool reshaped =
+          state != nullptr && v.follows && !state->columns.empty() && state->columns != columns;
+      if (!states.value()) {
+        // Filled by a pgderive that kept no per-view state: live, recorded as such.
+        status = sink->WriteViewState(v.view, ViewState{false, std::nullopt, columns}, false);
+      } else if (state == nullptr) {
+        Log("view " + v.view + " is new to store " + v.store + ": backfilling it while streaming");
+        status = sink->WriteViewState(v.view, ViewState{true, std::nullopt, columns}, true);
+        backfills.Add(v.store, v.table, {v.view}, std::nullopt);
+      } else if (state->backfilling) {
+        Log("view " + v.view + " was being backfilled: resuming after " +
+            (reshaped ? std::string("the start (its table's columns changed)")
+                      : state->after.value_or("the start")));
+        backfills.Add(v.store, v.table, {v.view}, reshaped ? std::nullopt : state->after);
+      } else if (reshaped) {
+        Log("the columns of " + v.table + " changed while stopped: backfilling view " + v.view);
+        status = sink->WriteViewState(v.view, ViewState{true, std::nullopt, columns}, false);
+        backfills.Add(v.store, v.table, {v.view}, std::nullopt);
+      }
+      if (!status.ok()) return Fail("store " + sink->name() + ": " + status.error().message());
+    }
+  }
   for (auto& sink : sinks) {
     const std::string store = sink->name();
     workers.push_back(std::make_unique<PipelineWorker>(
@@ -539,8 +522,7 @@ int RunPipeline(const RunOptions& options) {
     stream.emplace(std::move(started).value());
     Log("streaming from slot " + config.source.slot);
   }
-  for (PendingJob& job : jobs) backfills.Add(job.store, job.table, job.views, job.after);
-  backfills.Start();
+  backfills.Start();  // the jobs queued above
   Backoff backoff;
   auto restart = [&](const std::string& why) {
     Log(why);
