@@ -312,6 +312,13 @@ void RunMonitor::Publish() {
       } else if (w->detached()) {
         state = "catching up";
       }
+      // One series per view: 1 while it does not follow its definition (stopped on
+      // input it cannot apply faithfully, or its store stopped), so an alert needs no
+      // log search. The reason is in /status and the log.
+      metrics_
+          .gauge("pgderive_view_failed", "1 while the view is failed (see /status for the reason)",
+                 {{"store", name}, {"view", view}})
+          .Set(state == "failed" ? 1 : 0);
       nlohmann::json v = {{"name", view}, {"store", name}, {"state", state}};
       if (filled && !filling) {
         v["backfill_rows"] = filled->rows_done;

@@ -41,4 +41,6 @@ item_cache live
 item_search live
 item_counts live
 ---- expect readyz 200
+---- expect metric
+pgderive_view_failed{store="cache",view="item_cache"} = 0
 ---- expect verify 0
