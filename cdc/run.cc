@@ -207,11 +207,15 @@ class Dispatcher : public ChangeConsumer {
     if (!pending()) return;
     last_mark_ =
         std::max(last_mark_, batch_->commits.empty() ? Lsn{} : batch_->commits.back().end_lsn);
+    dispatched_ = std::max(dispatched_, last_mark_);
     batch_->types = learner_.types();
     std::shared_ptr<const ChangeBatch> batch(std::move(batch_));
     batch_ = std::make_unique<ChangeBatch>();
     for (auto& worker : workers_) worker->Offer(batch, kOfferWait);
   }
+  // The highest checkpoint ever dispatched (kept across stream restarts): a store whose
+  // durable checkpoint reached it holds every change sent to it.
+  Lsn dispatched() const { return dispatched_; }
   // The stream restarts from the slot: what is not dispatched comes again.
   void Drop() {
     batch_ = std::make_unique<ChangeBatch>();
@@ -225,7 +229,8 @@ class Dispatcher : public ChangeConsumer {
   std::vector<OwnedChange> injected_;
   std::unique_ptr<ChangeBatch> batch_;
   std::shared_ptr<const RelationSchema> last_learned_;
-  Lsn last_mark_;  // the highest checkpoint dispatched
+  Lsn last_mark_;   // the highest checkpoint dispatched since the stream (re)started
+  Lsn dispatched_;  // ... ever
   std::chrono::steady_clock::time_point pending_since_;
 
   // The types of the relations' columns, for the batch's registry.
@@ -264,6 +269,18 @@ Result<SlotState> ReadSlot(PgConnection& sql, const std::string& slot) {
   if (row[3].value_or("") == "lost") return Error::Permanent(RunMonitor::SlotLostMessage(slot));
   auto lsn = Lsn::Parse(row[0].value_or(""));
   return SlotState{true, lsn.value_or(Lsn{})};
+}
+
+// Which PostgreSQL server a connection reaches: its postmaster's start time and port
+// (the same server under any address or DSN spelling; readable without privileges).
+std::optional<std::string> ServerIdentity(const std::string& dsn) {
+  auto c = PgConnection::Connect(dsn, PgConnection::Mode::kSql, "pgderive-run");
+  if (!c.ok()) return std::nullopt;
+  auto rows = c.value().Query(
+      "select pg_postmaster_start_time()::text || ' ' || "
+      "current_setting('port')");
+  if (!rows.ok() || rows.value().rows.empty()) return std::nullopt;
+  return rows.value().rows[0][0];
 }
 
 }  // namespace
@@ -488,6 +505,17 @@ int RunPipeline(const RunOptions& options) {
       if (!status.ok()) return Fail("store " + sink->name() + ": " + status.error().message());
     }
   }
+  // Postgres stores on the source's own server: when it shuts down they cannot write
+  // until it is back, so the slot does not wait for them (below).
+  std::set<std::string> on_source;
+  {
+    const auto source = ServerIdentity(config.source.dsn);
+    for (const auto& [name, store] : config.stores) {
+      if (store.type == StoreType::kPostgres && source && ServerIdentity(store.dsn) == source) {
+        on_source.insert(name);
+      }
+    }
+  }
   for (auto& sink : sinks) {
     const std::string store = sink->name();
     workers.push_back(std::make_unique<PipelineWorker>(
@@ -609,6 +637,26 @@ int RunPipeline(const RunOptions& options) {
         if (!lowest || durable < *lowest) lowest = durable;
       }
       if (lowest) stream->ConfirmFlushed(*lowest);
+      // Caught up: every store has made durable everything dispatched to it, nothing is
+      // pending or open, so the WAL up to `received` (the server's last keepalive) holds
+      // none of our changes and the slot may move past it without the stores writing a
+      // mark first. A PostgreSQL shutdown waits for exactly this position, and a store
+      // on the stopping server (a postgres store) could not write one.
+      // A postgres store on the source's own server that cannot reach it (the server is
+      // stopping) keeps what it has not applied in its queue and applies it once the
+      // server is back; the slot does not wait for it, or the shutdown could not end.
+      // Should pgderive itself stop before then, the store is behind the slot at the
+      // next start and is rebuilt.
+      bool caught_up = !dispatcher.pending() && assembler.idle();
+      for (auto& worker : workers) {
+        const bool waits_for_source =
+            !worker->healthy() && on_source.contains(worker->sink().name());
+        if (worker->detached() || worker->failed() ||
+            (worker->Durable() < dispatcher.dispatched() && !waits_for_source)) {
+          caught_up = false;
+        }
+      }
+      if (caught_up) stream->ConfirmFlushed(stream->received());
       // Tell the server as soon as the position moves (it waits for it at shutdown).
       if (stream->flushed() > last_sent_flush) {
         last_sent_flush = stream->flushed();
