@@ -359,14 +359,77 @@ int RunPipeline(const RunOptions& options) {
     status = sink->Migrate();
     if (!status.ok()) return Fail("store " + sink->name() + ": " + status.error().message());
   }
+  // What this run creates on the source and in the stores: should it fail before it
+  // streams, it removes exactly that again (no half-made state) - the publication and
+  // the slot if it created them, and what the first start's snapshot began to fill.
+  bool made_publication = false;
+  {
+    auto present = sql.value().Query("select from pg_publication where pubname = " +
+                                     sql.value().QuoteLiteral(config.source.publication));
+    if (!present.ok()) return Fail(present.error().message());
+    made_publication = present.value().rows.empty();
+  }
+  bool made_slot = false;
+  std::vector<Sink*> filling;
+  std::optional<PgConnection> replication;  // closed before the slot is dropped
+  auto Undo = [&](int code) {
+    std::vector<std::string> removed;
+    for (Sink* sink : filling) {
+      Status undone = sink->UndoRebuild();
+      if (undone.ok()) {
+        removed.push_back("what the snapshot wrote to store " + sink->name());
+      } else {
+        logger.Warn("could not remove what the snapshot wrote to store " + sink->name() + ": " +
+                        undone.error().message(),
+                    {{"pipeline", config.pipeline}});
+      }
+    }
+    replication.reset();
+    if (made_slot) {
+      // The walsender that created the slot may still be ending: retry while active.
+      Status dropped = Status::Ok();
+      for (int attempt = 0; attempt < 100; ++attempt) {
+        dropped = sql.value().Execute("select pg_drop_replication_slot(" +
+                                      sql.value().QuoteLiteral(config.source.slot) + ")");
+        if (dropped.ok()) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));  // retry interval
+      }
+      if (dropped.ok()) {
+        removed.push_back("slot " + config.source.slot);
+      } else {
+        logger.Warn("could not drop slot " + config.source.slot + ": " + dropped.error().message(),
+                    {{"pipeline", config.pipeline}});
+      }
+    }
+    if (made_publication) {
+      Status dropped = sql.value().Execute("drop publication if exists " +
+                                           sql.value().QuoteIdentifier(config.source.publication));
+      if (dropped.ok()) {
+        removed.push_back("publication " + config.source.publication);
+      } else {
+        logger.Warn("could not drop publication " + config.source.publication + ": " +
+                        dropped.error().message(),
+                    {{"pipeline", config.pipeline}});
+      }
+    }
+    if (!removed.empty()) {
+      std::string list;
+      for (const std::string& r : removed) list += (list.empty() ? "" : ", ") + r;
+      Log("removed what this run created: " + list);
+    }
+    return code;
+  };
   status = EnsurePublication(sql.value(), config.source.publication, tables);
-  if (!status.ok()) return Fail(status.error().message());
+  if (!status.ok()) return Undo(Fail(status.error().message()));
 
   auto slot = ReadSlot(sql.value(), config.source.slot);
-  if (!slot.ok()) return Fail(slot.error().message());
-  auto repl =
-      PgConnection::Connect(config.source.dsn, PgConnection::Mode::kReplication, "pgderive-run");
-  if (!repl.ok()) return Fail(repl.error().message());
+  if (!slot.ok()) return Undo(Fail(slot.error().message()));
+  {
+    auto connected =
+        PgConnection::Connect(config.source.dsn, PgConnection::Mode::kReplication, "pgderive-run");
+    if (!connected.ok()) return Undo(Fail(connected.error().message()));
+    replication.emplace(std::move(connected).value());
+  }
   std::map<Sink*, Lsn> checkpoints;
   Lsn confirmed;
   auto stopped = [&] { return options.stop != nullptr && options.stop->load(); };
@@ -375,19 +438,21 @@ int RunPipeline(const RunOptions& options) {
     // First start: the slot's exported snapshot fills every view, and the stream
     // continues from exactly its consistent point. Until every store has written its
     // checkpoint a crash leaves at least one without, which the next start rebuilds.
-    auto created = repl.value().CreateLogicalSlot(config.source.slot, "pgoutput",
+    auto created = replication->CreateLogicalSlot(config.source.slot, "pgoutput",
                                                   /*temporary=*/false, SlotSnapshot::kExport);
-    if (!created.ok()) return Fail(created.error().message());
+    if (!created.ok()) return Undo(Fail(created.error().message()));
+    made_slot = true;
     Log("created slot " + config.source.slot + " at " +
         created.value().consistent_point.ToString());
     std::vector<Sink*> all;
     for (auto& sink : sinks) all.push_back(sink.get());
+    filling = all;
     confirmed = created.value().consistent_point;
     status = SnapshotInto(config, all, *created.value().snapshot_name,
                           created.value().consistent_point, options.stop, logger, monitor);
     if (!status.ok()) {
       if (status.error().kind() != ErrorKind::kTransient) {
-        return Fail("initial snapshot failed: " + status.error().message());
+        return Undo(Fail("initial snapshot failed: " + status.error().message()));
       }
       Log("initial snapshot failed: " + status.error().message() +
           "; the stores are rebuilt from a new snapshot");
@@ -399,7 +464,9 @@ int RunPipeline(const RunOptions& options) {
     confirmed = slot.value().confirmed_flush;
     for (auto& sink : sinks) {
       auto stored = sink->ReadCheckpoint();
-      if (!stored.ok()) return Fail("store " + sink->name() + ": " + stored.error().message());
+      if (!stored.ok()) {
+        return Undo(Fail("store " + sink->name() + ": " + stored.error().message()));
+      }
       if (stored.value() && *stored.value() >= confirmed) {
         checkpoints[sink.get()] = *stored.value();
         Log("store " + sink->name() + " resumes from " + stored.value()->ToString());
@@ -423,7 +490,8 @@ int RunPipeline(const RunOptions& options) {
         break;
       }
       if (rebuilt.error().kind() != ErrorKind::kTransient) {
-        return Fail("rebuild of store " + sink->name() + " failed: " + rebuilt.error().message());
+        return Undo(
+            Fail("rebuild of store " + sink->name() + " failed: " + rebuilt.error().message()));
       }
       const auto wait = backoff.Next();
       Log("rebuild of store " + sink->name() + " failed: " + rebuilt.error().message() +
@@ -472,7 +540,9 @@ int RunPipeline(const RunOptions& options) {
   for (auto& sink : sinks) {
     if (!sink->backfills_rows()) continue;
     auto states = sink->ReadViewStates();
-    if (!states.ok()) return Fail("store " + sink->name() + ": " + states.error().message());
+    if (!states.ok()) {
+      return Undo(Fail("store " + sink->name() + ": " + states.error().message()));
+    }
     for (const BackfillView& v : backfill_views) {
       if (v.store != sink->name()) continue;
       const std::vector<std::string> columns = ColumnsOf(*shapes.at(v.table));
@@ -502,7 +572,9 @@ int RunPipeline(const RunOptions& options) {
         status = sink->WriteViewState(v.view, ViewState{true, std::nullopt, columns}, false);
         backfills.Add(v.store, v.table, {v.view}, std::nullopt);
       }
-      if (!status.ok()) return Fail("store " + sink->name() + ": " + status.error().message());
+      if (!status.ok()) {
+        return Undo(Fail("store " + sink->name() + ": " + status.error().message()));
+      }
     }
   }
   // Postgres stores on the source's own server: when it shuts down they cannot write
@@ -545,9 +617,14 @@ int RunPipeline(const RunOptions& options) {
   stream_options.publication = config.source.publication;
   std::optional<ReplicationStream> stream;
   {
-    auto started = ReplicationStream::Start(std::move(repl).value(), stream_options);
-    if (!started.ok()) return Fail(started.error().message());
+    auto started = ReplicationStream::Start(std::move(*replication), stream_options);
+    replication.reset();
+    if (!started.ok()) return Undo(Fail(started.error().message()));
     stream.emplace(std::move(started).value());
+    // Streaming: from here on what exists is a working pipeline, kept on any failure.
+    made_publication = false;
+    made_slot = false;
+    filling.clear();
     Log("streaming from slot " + config.source.slot);
   }
   backfills.Start();  // the jobs queued above

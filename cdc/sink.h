@@ -60,6 +60,10 @@ class Sink {
   virtual Status ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
                                    std::span<const TupleData> rows, const TypeRegistry& types) = 0;
   virtual Status EndRebuild(Lsn snapshot_lsn) = 0;
+  // After a first start that failed before it streamed (no half-made state): removes
+  // what BeginRebuild of this process made - the views' partial data, and the tables
+  // or indexes it created - and nothing else.
+  virtual Status UndoRebuild() { return Status::Ok(); }
 
   // Applies the group's batches in order, skipping every change with commit_lsn <
   // `checkpoint` (already applied), and, when the group completes a transaction, writes

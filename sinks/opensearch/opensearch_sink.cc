@@ -316,8 +316,21 @@ Status OpenSearchSink::BeginRebuild(Lsn) {
       /*if_missing=*/true);
   if (status.ok()) status = WriteCheckpoint(*client.value(), std::nullopt);
   if (!status.ok()) return status;
+  rebuilt_ = true;
   for (auto& view : views_) {
     status = RecreateIndex(*client.value(), *view);
+    if (!status.ok()) return status;
+  }
+  return Status::Ok();
+}
+
+Status OpenSearchSink::UndoRebuild() {
+  std::lock_guard lock(mutex_);
+  if (!rebuilt_) return Status::Ok();
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  for (auto& view : views_) {
+    Status status = client.value()->DeleteIndex(view->config.index, /*if_exists=*/true);
     if (!status.ok()) return status;
   }
   return Status::Ok();

@@ -44,6 +44,7 @@ class OpenSearchSink : public Sink {
   Status ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
                            std::span<const TupleData> rows, const TypeRegistry& types) override;
   Status EndRebuild(Lsn snapshot_lsn) override;
+  Status UndoRebuild() override;
   Status Apply(const BatchGroup& group, Lsn checkpoint) override;
   bool backfills_rows() const override { return true; }
   Result<std::optional<std::map<std::string, ViewState>>> ReadViewStates() override;
@@ -101,6 +102,7 @@ class OpenSearchSink : public Sink {
   std::string ca_file_;
   std::string checkpoint_id_;
   std::vector<std::unique_ptr<View>> views_;
+  bool rebuilt_ = false;  // BeginRebuild (re)created the views' indexes in this process
   std::mutex mutex_;
   std::optional<OpenSearchClient> client_;
 };

@@ -420,6 +420,22 @@ Status PostgresSink::BeginRebuild(Lsn) {
       sql += "create index on " + m.name + " (" + QuoteIdent(column) + "); ";
     }
   }
+  // What this creates, removed again by UndoRebuild should the first start fail.
+  std::vector<std::string> created_tables, created_schemas;
+  for (const auto& [table, m] : mirrors_) created_tables.push_back(m.name);
+  for (const auto& view : views_) {
+    auto [schema, name] = SplitTableName(view->config.table);
+    auto present = c.Query("select to_regclass(" + c.QuoteLiteral(view->target) +
+                           ") is not null, exists (select from pg_namespace where nspname = " +
+                           c.QuoteLiteral(schema) + ")");
+    if (!present.ok()) return present.error();
+    if (present.value().rows[0][0].value_or("t") == "f") created_tables.push_back(view->target);
+    if (present.value().rows[0][1].value_or("t") == "f" &&
+        std::find(created_schemas.begin(), created_schemas.end(), schema) ==
+            created_schemas.end()) {
+      created_schemas.push_back(schema);
+    }
+  }
   for (const auto& view : views_) {
     auto [schema, name] = SplitTableName(view->config.table);
     auto query = MirrorQuery(*view, std::nullopt);
@@ -436,7 +452,36 @@ Status PostgresSink::BeginRebuild(Lsn) {
   }
   sql += "commit";
   temp_ready_ = false;
-  return c.Execute(sql);
+  status = c.Execute(sql);
+  if (status.ok()) {
+    created_tables_ = std::move(created_tables);
+    created_schemas_ = std::move(created_schemas);
+  }
+  return status;
+}
+
+Status PostgresSink::UndoRebuild() {
+  std::lock_guard lock(mutex_);
+  if (created_tables_.empty() && created_schemas_.empty()) return Status::Ok();
+  auto connected = Connection();
+  if (!connected.ok()) return connected.error();
+  PgConnection& c = *connected.value();
+  IgnoreError(c.Execute("rollback"), "a transaction the failure left open, if any");
+  std::string sql = "begin; ";
+  for (const std::string& table : created_tables_) sql += "drop table if exists " + table + "; ";
+  Status status = c.Execute(sql + "commit");
+  if (!status.ok()) IgnoreError(c.Execute("rollback"), "the error above is what counts");
+  // Only a schema this process created, and only while nothing else is in it.
+  for (const std::string& schema : created_schemas_) {
+    if (!status.ok()) break;
+    IgnoreError(c.Execute("drop schema if exists " + QuoteIdent(schema) + " restrict"),
+                "someone else's objects are in it since");
+  }
+  if (status.ok()) {
+    created_tables_.clear();
+    created_schemas_.clear();
+  }
+  return status;
 }
 
 Status PostgresSink::ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
@@ -484,7 +529,15 @@ Status PostgresSink::EndRebuild(Lsn snapshot_lsn) {
   for (const auto& [table, m] : mirrors_) analyze += "analyze " + m.name + "; ";
   Status status = c.Execute(analyze + "begin");
   for (const auto& view : views_) {
-    if (status.ok()) status = RecomputeAll(c, *view);
+    if (!status.ok()) break;
+    status = RecomputeAll(c, *view);
+    if (!status.ok()) {
+      // Which view's query failed on the snapshot's rows (at line N of the file).
+      status = Error(status.error().kind(),
+                     "view " + view->config.name + " (table " + view->config.table + ", line " +
+                         std::to_string(view->config.line) +
+                         "): its query failed on the snapshot's rows: " + status.error().message());
+    }
   }
   if (status.ok()) status = WriteCheckpoint(c, snapshot_lsn);
   for (const auto& view : views_) {

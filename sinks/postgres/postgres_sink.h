@@ -53,6 +53,7 @@ class PostgresSink : public Sink {
   Status ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
                            std::span<const TupleData> rows, const TypeRegistry& types) override;
   Status EndRebuild(Lsn snapshot_lsn) override;
+  Status UndoRebuild() override;
   Status Apply(const BatchGroup& group, Lsn checkpoint) override;
   std::vector<std::pair<std::string, std::vector<std::string>>> view_sources() const override {
     return ViewSources(views_);
@@ -112,6 +113,9 @@ class PostgresSink : public Sink {
   std::mutex mutex_;
   std::optional<PgConnection> connection_;
   bool temp_ready_ = false;
+  // What BeginRebuild of this process created: target tables, their schemas, mirrors.
+  std::vector<std::string> created_tables_;
+  std::vector<std::string> created_schemas_;
 };
 
 }  // namespace pgderive

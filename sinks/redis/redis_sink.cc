@@ -126,6 +126,21 @@ Status RedisSink::BeginRebuild(Lsn) {
   // next start rebuilds again.
   auto reply = client.value()->Command({"DEL", checkpoint_key_, views_key_});
   if (!reply.ok()) return reply.error();
+  rebuilt_ = true;
+  for (auto& view : views_) {
+    Status status = DeleteView(*view);
+    if (!status.ok()) return status;
+  }
+  return Status::Ok();
+}
+
+Status RedisSink::UndoRebuild() {
+  std::lock_guard lock(mutex_);
+  if (!rebuilt_) return Status::Ok();
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  auto reply = client.value()->Command({"DEL", checkpoint_key_, views_key_});
+  if (!reply.ok()) return reply.error();
   for (auto& view : views_) {
     Status status = DeleteView(*view);
     if (!status.ok()) return status;

@@ -36,6 +36,7 @@ class RedisSink : public Sink {
   Status ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
                            std::span<const TupleData> rows, const TypeRegistry& types) override;
   Status EndRebuild(Lsn snapshot_lsn) override;
+  Status UndoRebuild() override;
   Status Apply(const BatchGroup& group, Lsn checkpoint) override;
   // Redis answers EXEC before its append-only file is fsynced (appendfsync everysec).
   std::chrono::milliseconds durability_delay() const override { return std::chrono::seconds(2); }
@@ -82,7 +83,8 @@ class RedisSink : public Sink {
   std::string checkpoint_key_;
   std::string views_key_;  // a hash: view name -> ViewState JSON
   std::vector<std::unique_ptr<View>> views_;
-  std::mutex mutex_;  // the client, for snapshot rows arriving from several threads
+  bool rebuilt_ = false;  // BeginRebuild ran in this process
+  std::mutex mutex_;      // the client, for snapshot rows arriving from several threads
   std::optional<RedisClient> client_;
 };
 

@@ -8,6 +8,8 @@
 #include <fstream>
 #include <random>
 
+#include "sinks/opensearch/opensearch_client.h"
+#include "sinks/redis/redis_client.h"
 #include "tests/support/pg.h"
 #include "tests/support/stack_env.h"
 #include "tests/support/subprocess.h"
@@ -209,6 +211,68 @@ TEST_F(RunPostgresTest, QueriesThatCannotBeMaintainedAreRefusedAndCreateNothing)
                                 pipeline_ + "'"),
               "0");
   }
+}
+
+// A failure after the slot, the publication and the stores' tables and indexes were
+// made - here a view whose query fails only on the snapshot's rows (division by zero
+// for one row; validate's checks pass) - exits 1 naming the view, and removes what this
+// run made, and only that: no slot, publication, target table, mirror, index or key.
+TEST_F(RunPostgresTest, FailureInTheInitialSnapshotRemovesWhatTheRunCreated) {
+  PGDERIVE_REQUIRE_STACK();
+  const std::string o = ns_ + ".orders";
+  MustExecute(*sql_, "create schema " + ns_ + "_out");
+  MustExecute(*sql_, "create table " + ns_ + "_out.keep (id int)");  // not this run's
+  const std::string index = ns_ + "_orders";
+  const std::string path = (dir_ / "mv.yml").string();
+  std::ofstream(path) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: " << dsn_
+                      << "\nstores:\n  warehouse:\n    type: postgres\n    dsn: " << dsn_
+                      << "\n  cache:\n    type: redis\n    url: " << stack.redis_url()
+                      << "\n  search:\n    type: opensearch\n    url: " << stack.opensearch_url()
+                      << "\nhttp:\n  listen: 127.0.0.1:" << testing::FreePort() << "\nviews:\n"
+                      << "  - name: orders_cache\n    store: cache\n    from: " << o
+                      << "\n    key: \"" << ns_ << ":{id}\"\n"
+                      << "  - name: orders_search\n    store: search\n    from: " << o
+                      << "\n    index: " << index << "\n"
+                      << View("inv", "id", "select id, 100 / (customer_id - 7) as q from " + o);
+  {
+    auto [code, out] =
+        testing::RunToEnd({PgderiveBinary(), "validate", "--connect", "-c", path},
+                          (dir_ / "validate.err").string(), std::chrono::seconds(60));
+    ASSERT_EQ(code, 0) << out;  // the query only fails on the rows
+  }
+  Subprocess run({PgderiveBinary(), "run", "-c", path}, (dir_ / "run.err").string());
+  EXPECT_EQ(run.Wait(std::chrono::seconds(60)), 1) << RunErr();
+  const std::string err = RunErr();
+  EXPECT_NE(err.find("initial snapshot failed: view inv"), std::string::npos) << err;
+  EXPECT_NE(err.find("division by zero"), std::string::npos) << err;
+  EXPECT_NE(err.find("removed what this run created"), std::string::npos) << err;
+  EXPECT_EQ(Scalar(*sql_,
+                   "select count(*) from pg_replication_slots where slot_name = "
+                   "'pgderive_" +
+                       pipeline_ + "'"),
+            "0");
+  EXPECT_EQ(Scalar(*sql_, "select count(*) from pg_publication where pubname = 'pgderive_" +
+                              pipeline_ + "'"),
+            "0");
+  EXPECT_EQ(Scalar(*sql_, "select to_regclass('" + ns_ + "_out.inv') is null"), "t");
+  EXPECT_EQ(Scalar(*sql_, "select to_regclass('" + ns_ + "_out.keep') is null"), "f");
+  EXPECT_EQ(Scalar(*sql_,
+                   "select count(*) from pg_tables where schemaname = 'pgderive' and "
+                   "tablename like '" +
+                       pipeline_ + "%'"),
+            "0");
+  auto redis = RedisClient::Connect(stack.redis_url());
+  ASSERT_TRUE(redis.ok());
+  auto keys = redis.value().Command({"KEYS", ns_ + ":*"});
+  ASSERT_TRUE(keys.ok());
+  EXPECT_EQ(keys.value().elements.size(), 0u);
+  HttpClient::Options options;
+  options.url = stack.opensearch_url();
+  auto search = OpenSearchClient::Create(options);
+  ASSERT_TRUE(search.ok());
+  auto exists = search.value().IndexExists(index);
+  ASSERT_TRUE(exists.ok());
+  EXPECT_FALSE(exists.value());
 }
 
 }  // namespace
