@@ -27,6 +27,40 @@ char* CopyTuple(const TupleData& from, TupleData& to, char* at) {
 
 }  // namespace
 
+size_t FillUnchangedFromOld(const RelationSchema& schema, char old_kind, const TupleData& old_tuple,
+                            TupleData& new_tuple) {
+  size_t left = 0;
+  for (size_t i = 0; i < new_tuple.columns.size(); ++i) {
+    TupleValue& value = new_tuple.columns[i];
+    if (value.kind != TupleValueKind::kUnchanged) continue;
+    const bool carried = (old_kind == 'O' || (old_kind == 'K' && i < schema.columns.size() &&
+                                              schema.columns[i].key)) &&
+                         i < old_tuple.columns.size() &&
+                         (old_tuple.columns[i].kind == TupleValueKind::kText ||
+                          old_tuple.columns[i].kind == TupleValueKind::kBinary);
+    if (carried) {
+      value = old_tuple.columns[i];
+    } else {
+      ++left;
+    }
+  }
+  return left;
+}
+
+bool KeyChanged(const RelationSchema& schema, const TupleData& old_tuple,
+                const TupleData& new_tuple) {
+  for (size_t i = 0; i < schema.columns.size(); ++i) {
+    if (!schema.columns[i].key || i >= old_tuple.columns.size() || i >= new_tuple.columns.size()) {
+      continue;
+    }
+    const TupleValue& o = old_tuple.columns[i];
+    const TupleValue& n = new_tuple.columns[i];
+    if (n.kind == TupleValueKind::kUnchanged) continue;
+    if (o.kind != n.kind || o.data != n.data) return true;
+  }
+  return false;
+}
+
 std::optional<Lsn> CheckpointOf(const BatchGroup& group) {
   for (auto it = group.rbegin(); it != group.rend(); ++it) {
     if (auto checkpoint = (*it)->checkpoint()) return checkpoint;
@@ -104,6 +138,9 @@ std::optional<OwnedChange> CopyChange(const Change& change) {
   char* at = out.storage.get();
   if (new_tuple) at = CopyTuple(*new_tuple, out.new_tuple, at);
   if (old_tuple) CopyTuple(*old_tuple, out.old_tuple, at);
+  if (out.op == ChangeOp::kUpdate && old_tuple && !out.relations.empty()) {
+    FillUnchangedFromOld(out.relation(), out.old_kind, out.old_tuple, out.new_tuple);
+  }
   return out;
 }
 

@@ -107,8 +107,22 @@ std::optional<Lsn> CheckpointOf(const BatchGroup& group);
 const TypeRegistry& TypesOf(const BatchGroup& group);
 
 // Copies a change out of the replication buffer. Logical messages are not changes of a
-// view and yield nullopt.
+// view and yield nullopt. An update's unchanged TOASTed values that its old tuple
+// carries are taken from it (FillUnchangedFromOld).
 std::optional<OwnedChange> CopyChange(const Change& change);
+
+// An update's new tuple may name a TOASTed value as unchanged ('u') while its old tuple
+// carries it: a replica identity key with an out-of-line value is logged whole in the
+// old key ('K', PostgreSQL >= 15 and 14.3, 13.7, 12.11, 11.16), and REPLICA IDENTITY
+// FULL logs the whole old row ('O'). Replaces each such 'u' in `new_tuple` with the old
+// value (the views point into `old_tuple`'s bytes). Returns how many columns are still
+// unchanged afterwards.
+size_t FillUnchangedFromOld(const RelationSchema& schema, char old_kind, const TupleData& old_tuple,
+                            TupleData& new_tuple);
+// Whether the update moved the row to another key: a replica identity column whose new
+// value differs from the old one (a column still unchanged did not change).
+bool KeyChanged(const RelationSchema& schema, const TupleData& old_tuple,
+                const TupleData& new_tuple);
 // A change of the views' state (`control`), at a position of the stream.
 OwnedChange ViewStateChange(Lsn commit_lsn, uint32_t index,
                             std::shared_ptr<const ViewControl> control);

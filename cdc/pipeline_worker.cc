@@ -22,6 +22,7 @@ PipelineWorker::PipelineWorker(Sink& sink, Rebuild rebuild, Log log, size_t max_
       log_(std::move(log)),
       max_queue_bytes_(max_queue_bytes) {
   if (metrics == nullptr) return;
+  metrics_ = metrics;
   const MetricLabels store{{"store", sink_.name()}};
   batches_ = &metrics->counter("pgderive_batches_total", "Batches applied, per store", store);
   batch_seconds_ = &metrics->histogram("pgderive_batch_duration_seconds",
@@ -56,6 +57,27 @@ void PipelineWorker::CountApplied(const BatchGroup& group, Lsn from) {
         for (Counter* c : *counters) c->Add();
       }
     }
+  }
+}
+
+void PipelineWorker::ReportSourceReads() {
+  for (const SourceRead& read : sink_.TakeSourceReads()) {
+    log_("store " + sink_.name() + (read.view.empty() ? "" : ", view " + read.view) + ": table " +
+         read.table + ", key " + read.key + " at " + read.lsn.ToString() +
+         ": the store lacked the previous value of unchanged (TOAST) column(s) " + read.columns +
+         "; " +
+         (read.found ? "read the row again from the source"
+                     : "the source no longer has the row (a later change removes it)"));
+    if (metrics_ == nullptr) continue;
+    Counter*& counter = reread_counters_[read.table];
+    if (counter == nullptr) {
+      counter = &metrics_->counter(
+          "pgderive_rows_reread_total",
+          "Rows read again from the source because the store lacked the previous value of a "
+          "column an update left unchanged (TOAST)",
+          {{"store", sink_.name()}, {"table", read.table}});
+    }
+    counter->Add();
   }
 }
 
@@ -212,6 +234,7 @@ Status PipelineWorker::ApplyWithRetry(const BatchGroup& group) {
       const Lsn from = checkpoint();
       const auto started = std::chrono::steady_clock::now();
       status = sink_.Apply(group, from);
+      ReportSourceReads();
       if (status.ok()) {
         healthy_.store(true);
         if (batches_ != nullptr) {

@@ -96,6 +96,10 @@ class PipelineWorker {
   std::set<std::string> reported_failed_;  // views whose stop was logged (worker thread)
   std::atomic<int64_t> last_commit_time_{0};
   void CountApplied(const BatchGroup& group, Lsn from);
+  // Logs and counts the rows the store read again from the source (Sink::TakeSourceReads).
+  void ReportSourceReads();
+  Metrics* metrics_ = nullptr;
+  std::map<std::string, Counter*> reread_counters_;  // by table
   Counter* batches_ = nullptr;
   Histogram* batch_seconds_ = nullptr;
   Counter* errors_transient_ = nullptr;

@@ -22,6 +22,17 @@
 
 namespace pgderive {
 
+// A row a store read again from the source while applying (sinks/common/source_rows.h):
+// it lacked the previous value of a column an update left unchanged (TOAST).
+struct SourceRead {
+  std::string view;     // empty for a postgres store's mirror
+  std::string table;    // schema.table
+  std::string key;      // the entry's key (Redis key, document id, mirror key)
+  Lsn lsn;              // the change's commit LSN
+  std::string columns;  // the unchanged columns it lacked, comma-separated
+  bool found = false;   // false: the source no longer has the row; nothing was written
+};
+
 class Sink {
  public:
   virtual ~Sink() = default;
@@ -87,6 +98,10 @@ class Sink {
     (void)clear;
     return Status::Ok();
   }
+
+  // The rows read again from the source during the Apply calls since the last call (for
+  // the worker's log line and metric).
+  virtual std::vector<SourceRead> TakeSourceReads() { return {}; }
 
   // How long after Apply returns its checkpoint is durable (Redis with
   // `appendfsync everysec` needs up to a second or two); the slot is confirmed only

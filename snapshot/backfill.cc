@@ -629,10 +629,15 @@ void Backfills::Record(const Change& change) {
       change.relations.front()->QualifiedName() == running_->table) {
     // A key change that leaves a TOASTed value out: the views may not hold the row to
     // take it from, and its new key may be behind the chunks read; read it all again.
+    // (An old key logged because the key itself is TOASTed, with the key unchanged, is
+    // no key change.)
     if (const auto* update = std::get_if<UpdateMessage>(change.message);
-        update != nullptr && update->old_kind == 'K') {
-      for (const TupleValue& v : update->new_tuple.columns) {
-        if (v.kind == TupleValueKind::kUnchanged) running_->restart = true;
+        update != nullptr && update->old_kind != '\0') {
+      TupleData filled = update->new_tuple;
+      const RelationSchema& schema = *change.relations.front();
+      if (FillUnchangedFromOld(schema, update->old_kind, update->old_tuple, filled) > 0 &&
+          KeyChanged(schema, update->old_tuple, filled)) {
+        running_->restart = true;
       }
     }
   }
@@ -647,6 +652,7 @@ void Backfills::Record(const Change& change) {
     if (!touches) continue;
     const TupleData* new_tuple = nullptr;
     const TupleData* old_tuple = nullptr;
+    TupleData filled;  // an update's new tuple with what its old tuple carries
     std::visit(
         [&](const auto& m) {
           using T = std::decay_t<decltype(m)>;
@@ -654,7 +660,12 @@ void Backfills::Record(const Change& change) {
             new_tuple = &m.new_tuple;
           } else if constexpr (std::is_same_v<T, UpdateMessage>) {
             new_tuple = &m.new_tuple;
-            if (m.old_kind != '\0') old_tuple = &m.old_tuple;
+            if (m.old_kind != '\0') {
+              old_tuple = &m.old_tuple;
+              filled = m.new_tuple;
+              FillUnchangedFromOld(*change.relations.front(), m.old_kind, m.old_tuple, filled);
+              new_tuple = &filled;
+            }
           } else if constexpr (std::is_same_v<T, DeleteMessage>) {
             old_tuple = &m.old_tuple;
           }

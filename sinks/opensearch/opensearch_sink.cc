@@ -3,6 +3,7 @@
 #include <unordered_map>
 
 #include "sinks/common/json_merge.h"
+#include "sinks/common/source_rows.h"
 #include "sinks/common/view_list.h"
 
 namespace pgderive {
@@ -115,8 +116,8 @@ nlohmann::json OpenSearchSink::Mapping(const RelationSchema& schema,
 
 Result<std::unique_ptr<OpenSearchSink>> OpenSearchSink::Make(const Config& config,
                                                              const StoreConfig& store) {
-  std::unique_ptr<OpenSearchSink> sink(
-      new OpenSearchSink(store.name, store.ConnectUrl(), config.pipeline + "." + store.name));
+  std::unique_ptr<OpenSearchSink> sink(new OpenSearchSink(
+      store.name, store.ConnectUrl(), config.pipeline + "." + store.name, config.source.dsn));
   sink->ca_file_ = store.ca_file;
   for (const ViewConfig& view : config.views) {
     if (view.store != store.name) continue;
@@ -466,14 +467,27 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
           if (!previous.ok()) return previous.error();
           // Not filled yet: its backfill chunk brings it whole (RedisSink::Apply).
           if (!previous.value() && view->backfilling) continue;
-          auto merged = MergeUnchanged(
-              w.value, previous.value() ? previous.value()->source.dump() : std::string(),
-              w.unchanged);
-          if (!merged.ok()) {
-            return Error(merged.error().kind(), "view " + view->config.name + ", document " +
-                                                    w.previous() + ": " + merged.error().message());
+          auto merged = previous.value()
+                            ? MergeUnchanged(w.value, previous.value()->source.dump(), w.unchanged)
+                            : Result<std::string>(Error::Permanent("no previous value"));
+          if (merged.ok()) {
+            w.value = std::move(merged).value();
+          } else {
+            // The index holds no document to take them from (a replay after a crash
+            // meets a document a later change, already applied, removed): read the row
+            // again. Written with this change's version, as any replayed write.
+            auto value =
+                ValueFromSource(source_, *shape.value(), change, types, view->config.name, w);
+            if (!value.ok()) {
+              if (FailView(*view, value.error())) continue;  // e.g. a key it cannot read
+              return value.error();
+            }
+            if (value.value()) {
+              w.value = std::move(*value.value());
+            } else {
+              w.put.reset();  // gone from the source: its delete is ahead in the stream
+            }
           }
-          w.value = std::move(merged).value();
         }
         if (w.remove) {
           std::string action;

@@ -24,6 +24,7 @@
 
 #include "cdc/sink.h"
 #include "config/config.h"
+#include "sinks/common/source_rows.h"
 #include "sinks/common/view_list.h"
 #include "sinks/common/view_shape.h"
 #include "sinks/opensearch/opensearch_client.h"
@@ -47,6 +48,7 @@ class OpenSearchSink : public Sink {
   Status UndoRebuild() override;
   Status Apply(const BatchGroup& group, Lsn checkpoint) override;
   bool backfills_rows() const override { return true; }
+  std::vector<SourceRead> TakeSourceReads() override { return source_.Take(); }
   Result<std::optional<std::map<std::string, ViewState>>> ReadViewStates() override;
   Status WriteViewState(const std::string& view, const ViewState& state, bool clear) override;
   std::vector<std::pair<std::string, std::string>> failed_views() override {
@@ -80,8 +82,12 @@ class OpenSearchSink : public Sink {
   };
 
  private:
-  OpenSearchSink(std::string name, std::string url, std::string checkpoint_id)
-      : name_(std::move(name)), url_(std::move(url)), checkpoint_id_(std::move(checkpoint_id)) {}
+  OpenSearchSink(std::string name, std::string url, std::string checkpoint_id,
+                 std::string source_dsn)
+      : name_(std::move(name)),
+        url_(std::move(url)),
+        checkpoint_id_(std::move(checkpoint_id)),
+        source_(std::move(source_dsn)) {}
   Result<OpenSearchClient*> Client();
   // Sends `ndjson` as one _bulk and judges every item (a version conflict is a replay).
   Status SendBulk(OpenSearchClient& client, std::string& ndjson);
@@ -105,6 +111,7 @@ class OpenSearchSink : public Sink {
   bool rebuilt_ = false;  // BeginRebuild (re)created the views' indexes in this process
   std::mutex mutex_;
   std::optional<OpenSearchClient> client_;
+  SourceRows source_;  // rows read again (an unchanged TOASTed value the index lacks)
 };
 
 }  // namespace pgderive

@@ -5,6 +5,7 @@
 #include "cdc/copy_text.h"
 #include "cdc/migrations.h"
 #include "cdc/publication.h"
+#include "sinks/common/source_rows.h"
 #include "sinks/common/view_list.h"
 #include "sinks/postgres/query_rewrite.h"
 
@@ -84,13 +85,23 @@ struct Final {
   bool deleted = false;
   std::vector<std::optional<std::string>> values;  // by mirror column
   std::vector<bool> present;                       // false: unchanged (TOAST), keep
+  // Where the columns not present come from: the mirror row of this key as it was
+  // before the batch (unset), or, when the row moved to this key leaving them out, the
+  // mirror row of `from` (its key values) as it was before the batch.
+  std::optional<std::vector<std::optional<std::string>>> from;
+  bool reread = false;  // no mirror row to take them from: read the row from the source
+  Lsn lsn;              // of the last change
+  bool whole() const {
+    return std::all_of(present.begin(), present.end(), [](bool p) { return p; });
+  }
 };
 
 }  // namespace
 
 Result<std::unique_ptr<PostgresSink>> PostgresSink::Make(const Config& config,
                                                          const StoreConfig& store) {
-  std::unique_ptr<PostgresSink> sink(new PostgresSink(store.name, store.dsn, config.pipeline));
+  std::unique_ptr<PostgresSink> sink(
+      new PostgresSink(store.name, store.dsn, config.pipeline, config.source.dsn));
   for (const ViewConfig& view : config.views) {
     if (view.store != store.name) continue;
     auto v = std::make_unique<View>();
@@ -657,14 +668,22 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   // and every key touched (old and new).
   std::map<std::string, std::map<std::string, Final>> finals;
   std::map<std::string, std::set<std::string>> touched;
-  auto key_text = [](const Mirror& m, const std::vector<std::optional<std::string>>& values) {
+  // The key columns' values of a row (by mirror column), and their text.
+  auto key_values = [](const Mirror& m, const std::vector<std::optional<std::string>>& values) {
+    std::vector<std::optional<std::string>> out;
+    for (size_t k : m.key) out.push_back(values[k]);
+    return out;
+  };
+  auto key_join = [](const std::vector<std::optional<std::string>>& keys) {
     std::string out;
-    for (size_t n = 0; n < m.key.size(); ++n) {
+    for (size_t n = 0; n < keys.size(); ++n) {
       if (n) out += '\t';
-      const auto& v = values[m.key[n]];
-      AppendCopyValue(out, v ? std::optional<std::string_view>(*v) : std::nullopt);
+      AppendCopyValue(out, keys[n] ? std::optional<std::string_view>(*keys[n]) : std::nullopt);
     }
     return out;
+  };
+  auto key_text = [&](const Mirror& m, const std::vector<std::optional<std::string>>& values) {
+    return key_join(key_values(m, values));
   };
   // Tuple -> values by mirror column (nullopt: NULL); `present` false for unchanged.
   auto values_of = [&](Mirror& m, const RelationSchema& schema, const TupleData& tuple,
@@ -682,8 +701,100 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
     return values;
   };
 
+  // Rows that leave columns unchanged (TOAST) and moved to another key, or whose mirror
+  // row is missing, are made whole before anything is written: from the mirror rows
+  // they came from, else from the source (sinks/common/source_rows.h).
+  auto complete = [&](Mirror& m, std::map<std::string, Final>& rows) -> Status {
+    std::string own, moved;  // (key literals) lists
+    auto literals = [&](const std::vector<std::optional<std::string>>& keys) {
+      std::string out = "(";
+      for (size_t n = 0; n < keys.size(); ++n) {
+        out += (n ? ", " : "") + (keys[n] ? c.QuoteLiteral(*keys[n]) : std::string("null")) +
+               "::" + m.types[m.key[n]];
+      }
+      return out + ")";
+    };
+    for (auto& [key, row] : rows) {
+      if (row.deleted || row.reread || row.whole()) continue;
+      std::string& list = row.from ? moved : own;
+      list +=
+          (list.empty() ? "" : ", ") + literals(row.from ? *row.from : key_values(m, row.values));
+    }
+    std::string key_list;
+    for (size_t k : m.key) key_list += (key_list.empty() ? "" : ", ") + QuoteIdent(m.columns[k]);
+    std::set<std::string> held;  // own rows the mirror holds
+    if (!own.empty()) {
+      auto found = c.Query("select " + key_list + " from " + m.name + " where (" + key_list +
+                           ") in (" + own + ")");
+      if (!found.ok()) return found.error();
+      for (const auto& r : found.value().rows) held.insert(key_join(r));
+    }
+    std::map<std::string, std::vector<std::optional<std::string>>> sources;  // moved rows' origins
+    if (!moved.empty()) {
+      std::string all;
+      for (const std::string& column : m.columns) {
+        all += (all.empty() ? "" : ", ") + QuoteIdent(column);
+      }
+      auto found = c.Query("select " + all + " from " + m.name + " where (" + key_list + ") in (" +
+                           moved + ")");
+      if (!found.ok()) return found.error();
+      for (auto& r : found.value().rows) sources.emplace(key_text(m, r), std::move(r));
+    }
+    for (auto it = rows.begin(); it != rows.end();) {
+      Final& row = it->second;
+      if (row.deleted || row.whole()) {
+        ++it;
+        continue;
+      }
+      if (!row.reread && row.from) {
+        auto origin = sources.find(key_join(*row.from));
+        if (origin != sources.end()) {
+          for (size_t i = 0; i < row.values.size() && i < origin->second.size(); ++i) {
+            if (row.present[i]) continue;
+            row.values[i] = origin->second[i];
+            row.present[i] = true;
+          }
+          ++it;
+          continue;
+        }
+      } else if (!row.reread && held.contains(it->first)) {
+        ++it;  // updated in place: the mirror keeps its columns
+        continue;
+      }
+      std::string columns;
+      std::map<std::string, std::string> known;
+      for (size_t i = 0; i < m.columns.size(); ++i) {
+        if (!row.present[i]) columns += (columns.empty() ? "" : ",") + m.columns[i];
+        if (row.present[i] && row.values[i]) known.emplace(m.columns[i], *row.values[i]);
+      }
+      auto read = source_.Read(m.table, m.columns, known);
+      if (!read.ok()) {
+        return Error(read.error().kind(),
+                     "table " + m.table + ", key " + it->first + " at " + row.lsn.ToString() +
+                         ": the mirror lacks the previous value of unchanged column(s) " + columns +
+                         " and reading the row again failed: " + read.error().message());
+      }
+      source_.Note(SourceRead{"", m.table, it->first, row.lsn, columns, read.value().has_value()});
+      if (!read.value()) {
+        it = rows.erase(it);  // gone from the source: its delete is ahead in the stream
+        continue;
+      }
+      for (size_t i = 0; i < row.values.size() && i < read.value()->size(); ++i) {
+        if (row.present[i]) continue;
+        row.values[i] = (*read.value())[i];
+        row.present[i] = true;
+      }
+      ++it;
+    }
+    return Status::Ok();
+  };
+
   auto flush = [&]() -> Status {
     if (finals.empty()) return Status::Ok();
+    for (auto& [table, rows] : finals) {
+      Status s = complete(mirrors_.at(table), rows);
+      if (!s.ok()) return s;
+    }
     std::set<std::string> changed;
     for (auto& [table, rows] : finals) {
       Mirror& m = mirrors_.at(table);
@@ -706,9 +817,7 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
           deletes += key + "\n";
           continue;
         }
-        const bool whole =
-            std::all_of(row.present.begin(), row.present.end(), [](bool p) { return p; });
-        if (whole) {
+        if (row.whole()) {
           for (size_t i = 0; i < m.columns.size(); ++i) {
             if (i) upserts += '\t';
             AppendCopyValue(upserts, row.values[i] ? std::optional<std::string_view>(*row.values[i])
@@ -823,25 +932,59 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
       if (!status.ok()) break;
       auto& rows = finals[m.table];
       std::vector<bool> present;
+      // A key change: the row's state at its old key, which the columns it leaves
+      // unchanged come from.
+      std::optional<Final> origin;
+      std::vector<std::optional<std::string>> origin_key;
       if (change.op == ChangeOp::kDelete ||
           (change.op == ChangeOp::kUpdate && change.old_kind != '\0')) {
         auto old_values = values_of(m, schema, change.old_tuple, present);
         const std::string old_key = key_text(m, old_values);
         touched[m.table].insert(old_key);
         if (change.op == ChangeOp::kDelete) {
-          rows[old_key] = Final{true, {}, {}};
+          rows[old_key] = Final{true, {}, {}, {}, false, change.commit_lsn};
           continue;
         }
         auto new_values = values_of(m, schema, change.new_tuple, present);
-        if (key_text(m, new_values) != old_key) rows[old_key] = Final{true, {}, {}};
+        if (key_text(m, new_values) != old_key) {
+          auto at = rows.find(old_key);
+          origin = at != rows.end() ? at->second : Final{};
+          origin_key = key_values(m, old_values);
+          rows[old_key] = Final{true, {}, {}, {}, false, change.commit_lsn};
+        }
       }
       auto values = values_of(m, schema, change.new_tuple, present);
       const std::string key = key_text(m, values);
       touched[m.table].insert(key);
       Final& row = rows[key];
-      if (row.deleted || row.values.empty()) {
-        row = Final{false, std::move(values), std::move(present)};
+      if (origin) {
+        // The row moved here: what it left out is where it was (earlier in the batch,
+        // or in the mirror before it).
+        Final next{false, std::move(values), std::move(present), {}, false, change.commit_lsn};
+        if (!next.whole()) {
+          if (origin->deleted) {
+            next.reread = true;
+          } else if (origin->values.empty()) {
+            next.from = origin_key;
+          } else {
+            for (size_t i = 0; i < next.values.size() && i < origin->values.size(); ++i) {
+              if (next.present[i] || !origin->present[i]) continue;
+              next.values[i] = origin->values[i];
+              next.present[i] = true;
+            }
+            next.from = origin->from ? origin->from : origin_key;
+            next.reread = origin->reread;
+          }
+        }
+        row = std::move(next);
+      } else if (row.deleted || row.values.empty()) {
+        const bool after_delete = row.deleted;
+        row = Final{false, std::move(values), std::move(present), {}, false, change.commit_lsn};
+        // An update of a row deleted earlier in the batch has no mirror row to keep
+        // its unchanged columns from.
+        if (after_delete && !row.whole()) row.reread = true;
       } else {
+        row.lsn = change.commit_lsn;
         for (size_t i = 0; i < values.size(); ++i) {
           if (present[i]) {
             row.values[i] = std::move(values[i]);

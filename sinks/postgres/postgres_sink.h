@@ -34,6 +34,7 @@
 #include "cdc/pg_connection.h"
 #include "cdc/sink.h"
 #include "config/config.h"
+#include "sinks/common/source_rows.h"
 #include "sinks/common/view_list.h"
 
 namespace pgderive {
@@ -59,6 +60,7 @@ class PostgresSink : public Sink {
     return ViewSources(views_);
   }
   std::vector<std::string> views() const override;
+  std::vector<SourceRead> TakeSourceReads() override { return source_.Take(); }
   Result<std::vector<Entry>> ReadView(const std::string& view) override;
   Result<std::optional<Entry>> Expected(const std::string& view,
                                         const std::shared_ptr<const RelationSchema>& schema,
@@ -87,8 +89,11 @@ class PostgresSink : public Sink {
   };
 
  private:
-  PostgresSink(std::string name, std::string dsn, std::string pipeline)
-      : name_(std::move(name)), dsn_(std::move(dsn)), pipeline_(std::move(pipeline)) {}
+  PostgresSink(std::string name, std::string dsn, std::string pipeline, std::string source_dsn)
+      : name_(std::move(name)),
+        dsn_(std::move(dsn)),
+        pipeline_(std::move(pipeline)),
+        source_(std::move(source_dsn)) {}
   Result<PgConnection*> Connection();
   Status EnsureMetadata(PgConnection& c);
   std::string Definition(const View& view) const;
@@ -116,6 +121,7 @@ class PostgresSink : public Sink {
   // What BeginRebuild of this process created: target tables, their schemas, mirrors.
   std::vector<std::string> created_tables_;
   std::vector<std::string> created_schemas_;
+  SourceRows source_;  // rows read again (an unchanged TOASTed value the mirror lacks)
 };
 
 }  // namespace pgderive

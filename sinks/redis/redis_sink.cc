@@ -1,6 +1,7 @@
 #include "sinks/redis/redis_sink.h"
 
 #include "sinks/common/json_merge.h"
+#include "sinks/common/source_rows.h"
 #include "sinks/common/view_list.h"
 
 namespace pgderive {
@@ -26,9 +27,9 @@ Result<RedisCommand> SetRow(const ViewShape& shape, const TupleData& row,
 }  // namespace
 
 Result<std::unique_ptr<RedisSink>> RedisSink::Make(const Config& config, const StoreConfig& store) {
-  std::unique_ptr<RedisSink> sink(new RedisSink(store.name, store.ConnectUrl(),
-                                                "pgderive:" + config.pipeline + ":checkpoint",
-                                                "pgderive:" + config.pipeline + ":views"));
+  std::unique_ptr<RedisSink> sink(
+      new RedisSink(store.name, store.ConnectUrl(), "pgderive:" + config.pipeline + ":checkpoint",
+                    "pgderive:" + config.pipeline + ":views", config.source.dsn));
   for (const ViewConfig& view : config.views) {
     if (view.store != store.name) continue;
     auto key = KeyTemplate::Parse(view.key_template);
@@ -334,15 +335,29 @@ Status RedisSink::Apply(const BatchGroup& group, Lsn checkpoint) {
           if (!status.ok()) return status;
           auto previous = client.Command({"GET", w.previous()});
           if (!previous.ok()) return previous.error();
+          const bool held = previous.value().type == RedisReply::Type::kString;
           // Not filled yet: the row's backfill chunk, read after this change, brings it
           // whole (a chunk whose window holds such an update is read again).
-          if (previous.value().type == RedisReply::Type::kNil && view->backfilling) continue;
-          auto merged = MergeUnchanged(w.value, previous.value().str, w.unchanged);
-          if (!merged.ok()) {
-            return Error(merged.error().kind(), "view " + view->config.name + ", key " +
-                                                    w.previous() + ": " + merged.error().message());
+          if (!held && view->backfilling) continue;
+          auto merged = held ? MergeUnchanged(w.value, previous.value().str, w.unchanged)
+                             : Result<std::string>(Error::Permanent("no previous value"));
+          if (merged.ok()) {
+            w.value = std::move(merged).value();
+          } else {
+            // The key holds no value to take them from (a replay meets a row the store
+            // no longer holds, a key removed behind pgderive's back): read the row again.
+            auto value =
+                ValueFromSource(source_, *shape.value(), change, types, view->config.name, w);
+            if (!value.ok()) {
+              if (FailView(*view, value.error())) continue;  // e.g. a key it cannot read
+              return value.error();
+            }
+            if (value.value()) {
+              w.value = std::move(*value.value());
+            } else {
+              w.put.reset();  // gone from the source: its delete is ahead in the stream
+            }
           }
-          w.value = std::move(merged).value();
         }
         if (w.remove) commands.push_back({"DEL", std::move(*w.remove)});
         if (w.put) commands.push_back({"SET", std::move(*w.put), std::move(w.value)});

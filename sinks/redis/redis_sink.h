@@ -3,7 +3,8 @@
 // Redis views (SPEC.md §3): one string key per row, from the view's key template; the
 // value is the JSON object of the view's columns (SET). A delete deletes the key, a key
 // change deletes the old key, a truncate deletes every key of the view, an unchanged
-// TOASTed column keeps the value the key held.
+// TOASTed column keeps the value the key held (the old key's, when the key changed; read
+// from the source when the store lacks it).
 //
 // Checkpoint: the key `pgderive:<pipeline>:checkpoint` holds the LSN up to which the
 // store is complete. Each batch is one MULTI ... EXEC, pipelined in one round trip,
@@ -16,6 +17,7 @@
 
 #include "cdc/sink.h"
 #include "config/config.h"
+#include "sinks/common/source_rows.h"
 #include "sinks/common/view_list.h"
 #include "sinks/common/view_shape.h"
 #include "sinks/redis/redis_client.h"
@@ -40,6 +42,7 @@ class RedisSink : public Sink {
   Status Apply(const BatchGroup& group, Lsn checkpoint) override;
   // Redis answers EXEC before its append-only file is fsynced (appendfsync everysec).
   std::chrono::milliseconds durability_delay() const override { return std::chrono::seconds(2); }
+  std::vector<SourceRead> TakeSourceReads() override { return source_.Take(); }
   bool backfills_rows() const override { return true; }
   Result<std::optional<std::map<std::string, ViewState>>> ReadViewStates() override;
   Status WriteViewState(const std::string& view, const ViewState& state, bool clear) override;
@@ -70,11 +73,13 @@ class RedisSink : public Sink {
   };
 
  private:
-  RedisSink(std::string name, std::string url, std::string checkpoint_key, std::string views_key)
+  RedisSink(std::string name, std::string url, std::string checkpoint_key, std::string views_key,
+            std::string source_dsn)
       : name_(std::move(name)),
         url_(std::move(url)),
         checkpoint_key_(std::move(checkpoint_key)),
-        views_key_(std::move(views_key)) {}
+        views_key_(std::move(views_key)),
+        source_(std::move(source_dsn)) {}
   Status DeleteView(View& view);
   Result<RedisClient*> Client();
 
@@ -86,6 +91,7 @@ class RedisSink : public Sink {
   bool rebuilt_ = false;  // BeginRebuild ran in this process
   std::mutex mutex_;      // the client, for snapshot rows arriving from several threads
   std::optional<RedisClient> client_;
+  SourceRows source_;  // rows read again (an unchanged TOASTed value the store lacks)
 };
 
 }  // namespace pgderive

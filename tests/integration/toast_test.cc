@@ -1,0 +1,332 @@
+// TOASTed values and keys (issue 11, kind A), against the real servers, in all three
+// stores at once (Redis, OpenSearch, postgres views):
+//   - an update that changes the key and leaves a TOASTed value out takes the value from
+//     the row the store holds under the old key (A1), also when the row moves twice in
+//     one transaction;
+//   - a key column that arrives as unchanged TOAST is taken from the old key PostgreSQL
+//     logs with it (A2);
+//   - a store that lacks the previous value of an unchanged column (the entry removed
+//     behind pgderive's back, as a replay after a crash meets a row the store no longer
+//     holds) reads the row again from the source, logs it and counts it, and goes on
+//     (A3); a row gone from the source by then is not written.
+// Each checks the exact content of every store, then `pgderive verify`.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "sinks/opensearch/http_client.h"
+#include "sinks/redis/redis_client.h"
+#include "tests/support/pg.h"
+#include "tests/support/stack_env.h"
+#include "tests/support/subprocess.h"
+#include "tests/support/wait.h"
+
+namespace pgderive {
+namespace {
+
+using nlohmann::json;
+using testing::MustConnect;
+using testing::MustExecute;
+using testing::PgderiveBinary;
+using testing::Scalar;
+using testing::Subprocess;
+using testing::UniqueName;
+using testing::WaitFor;
+
+class ToastTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    PGDERIVE_REQUIRE_STACK();
+    dsn_ = stack.pg_dsn();
+    redis_url_ = stack.redis_url();
+    opensearch_url_ = stack.opensearch_url();
+    dir_ = std::filesystem::temp_directory_path() / UniqueName("pgderive_toast_test");
+    std::filesystem::create_directories(dir_);
+    pipeline_ = UniqueName("tt");
+    ns_ = UniqueName("tts");
+    index_ = pipeline_ + "-docs";
+    port_ = testing::FreePort();
+    sql_ = std::make_unique<PgConnection>(MustConnect(dsn_));
+    // Out of line and uncompressed: an update that leaves them alone sends them as
+    // unchanged ('u'), the key of notes included.
+    MustExecute(*sql_, "create schema " + ns_ + "; create schema " + ns_ + "_out");
+    MustExecute(*sql_, "create table " + ns_ +
+                           ".docs (id bigint primary key, title text, body text); alter table " +
+                           ns_ + ".docs alter column body set storage external");
+    MustExecute(*sql_, "create table " + ns_ + ".notes (k text primary key, v int); alter table " +
+                           ns_ + ".notes alter column k set storage external");
+    MustExecute(*sql_, "insert into " + ns_ + ".notes values (repeat('k', 2500), 1)");
+  }
+  void TearDown() override {
+    if (run_) {
+      run_->Signal(SIGTERM);
+      run_->Wait(std::chrono::seconds(15));
+      run_.reset();
+    }
+    if (sql_) {
+      IgnoreError(sql_->Execute("select pg_drop_replication_slot('pgderive_" + pipeline_ + "')"),
+                  "test cleanup");
+      IgnoreError(sql_->Execute("drop publication if exists pgderive_" + pipeline_), "cleanup");
+      IgnoreError(sql_->Execute("drop schema if exists " + ns_ + " cascade"), "cleanup");
+      IgnoreError(sql_->Execute("drop schema if exists " + ns_ + "_out cascade"), "cleanup");
+      IgnoreError(sql_->Execute("drop table if exists " + Mirror("docs") + ", " + Mirror("notes")),
+                  "cleanup");
+    }
+    if (auto client = Http(opensearch_url_); client.ok()) {
+      IgnoreError(client.value().Send("DELETE", "/" + index_).status(), "cleanup");
+    }
+    std::filesystem::remove_all(dir_);
+  }
+
+  std::string Mirror(const std::string& table) const {
+    return "pgderive." + pipeline_ + "__" + ns_ + "__" + table;
+  }
+  static Result<HttpClient> Http(const std::string& url) {
+    return HttpClient::Create({.url = url, .ca_file = "", .timeout = std::chrono::seconds(10)});
+  }
+
+  void Start() {
+    std::ostringstream out;
+    out << "pipeline: " << pipeline_ << "\nsource:\n  dsn: \"" << dsn_
+        << "\"\nstores:\n  cache:\n    type: redis\n    url: \"" << redis_url_
+        << "\"\n  search:\n    type: opensearch\n    url: \"" << opensearch_url_
+        << "\"\n  warehouse:\n    type: postgres\n    dsn: \"" << dsn_ << "\"\nviews:\n"
+        << "  - name: docs_r\n    store: cache\n    from: " << ns_ << ".docs\n    key: \""
+        << pipeline_ << ":docs:{id}\"\n"
+        << "  - name: docs_s\n    store: search\n    from: " << ns_
+        << ".docs\n    index: " << index_ << "\n"
+        << "  - name: docs_v\n    store: warehouse\n    table: " << ns_
+        << "_out.docs_v\n    key: [id]\n    query: select id, title, body from " << ns_ << ".docs\n"
+        << "  - name: notes_r\n    store: cache\n    from: " << ns_ << ".notes\n    key: \""
+        << pipeline_ << ":notes:{k}\"\n"
+        << "  - name: notes_v\n    store: warehouse\n    table: " << ns_
+        << "_out.notes_v\n    key: [k]\n    query: select k, v from " << ns_ << ".notes\n"
+        << "http:\n  listen: 127.0.0.1:" << port_ << "\nlog:\n  format: json\n";
+    config_ = (dir_ / "pgderive.yml").string();
+    std::ofstream(config_) << out.str();
+    run_ = std::make_unique<Subprocess>(
+        std::vector<std::string>{PgderiveBinary(), "run", "-c", config_},
+        (dir_ / "run.err").string());
+    ASSERT_TRUE(WaitFor([&] { return Log().find("streaming from slot") != std::string::npos; },
+                        std::chrono::seconds(60)))
+        << Log();
+  }
+  std::string Log() const { return testing::ReadFile((dir_ / "run.err").string()); }
+  int Count(const std::string& text) const {
+    const std::string all = Log();
+    int n = 0;
+    for (size_t at = all.find(text); at != std::string::npos; at = all.find(text, at + 1)) ++n;
+    return n;
+  }
+
+  // Every Redis key of `prefix` with its JSON value.
+  std::map<std::string, json> RedisEntries(const std::string& prefix) {
+    std::map<std::string, json> out;
+    auto client = RedisClient::Connect(redis_url_);
+    if (!client.ok()) return out;
+    auto keys = client.value().Command({"KEYS", prefix + "*"});
+    if (!keys.ok()) return out;
+    for (const RedisReply& key : keys.value().elements) {
+      auto value = client.value().Command({"GET", key.str});
+      if (value.ok() && value.value().type == RedisReply::Type::kString) {
+        out[key.str] = json::parse(value.value().str, nullptr, false);
+      }
+    }
+    return out;
+  }
+  void RedisDelete(const std::string& key) {
+    auto client = RedisClient::Connect(redis_url_);
+    ASSERT_TRUE(client.ok()) << client.error().message();
+    auto reply = client.value().Command({"DEL", key});
+    ASSERT_TRUE(reply.ok() && reply.value().integer == 1) << key;
+  }
+  // Every document of the index: _id -> _source.
+  std::map<std::string, json> Documents() {
+    std::map<std::string, json> out;
+    auto client = Http(opensearch_url_);
+    if (!client.ok()) return out;
+    auto refreshed = client.value().Send("POST", "/" + index_ + "/_refresh");
+    auto response = client.value().Send("GET", "/" + index_ + "/_search?size=100");
+    if (!refreshed.ok() || !response.ok() || response.value().status != 200) return out;
+    const json body = json::parse(response.value().body, nullptr, false);
+    if (!body.is_object()) return out;
+    for (const json& hit : body["hits"]["hits"])
+      out[hit["_id"].get<std::string>()] = hit["_source"];
+    return out;
+  }
+  void DeleteDocument(const std::string& id) {
+    auto client = Http(opensearch_url_);
+    ASSERT_TRUE(client.ok()) << client.error().message();
+    auto response = client.value().Send("DELETE", "/" + index_ + "/_doc/" + id + "?refresh=true");
+    ASSERT_TRUE(response.ok() && response.value().status == 200) << id;
+  }
+  // The rows of a postgres view (or any query) as "a|b|c" lines.
+  std::vector<std::string> Rows(const std::string& query) {
+    auto rows = sql_->Query(query);
+    std::vector<std::string> out;
+    if (!rows.ok()) return {"error: " + rows.error().message()};
+    for (const auto& row : rows.value().rows) {
+      std::string line;
+      for (size_t i = 0; i < row.size(); ++i) line += (i ? "|" : "") + row[i].value_or("<null>");
+      out.push_back(line);
+    }
+    return out;
+  }
+  std::string Metrics() {
+    auto client = Http("http://127.0.0.1:" + std::to_string(port_));
+    if (!client.ok()) return "";
+    auto response = client.value().Send("GET", "/metrics");
+    return response.ok() ? response.value().body : "";
+  }
+  json Status() {
+    auto client = Http("http://127.0.0.1:" + std::to_string(port_));
+    if (!client.ok()) return nullptr;
+    auto response = client.value().Send("GET", "/status");
+    return response.ok() ? json::parse(response.value().body, nullptr, false) : json(nullptr);
+  }
+  void ExpectEveryStoreRunsAndVerifies() {
+    // The monitor reports once it has looked (right after the start it has nothing).
+    json status;
+    ASSERT_TRUE(WaitFor([&] {
+      status = Status();
+      return status.is_object() && status.contains("stores") && status["stores"].is_array() &&
+             !status["stores"].empty();
+    })) << status;
+    for (const json& store : status["stores"]) {
+      EXPECT_TRUE(store.is_object() && store.value("failed", true) == false) << status;
+    }
+    for (const json& view : status["views"]) {
+      EXPECT_TRUE(view.is_object() && view.value("state", "") == "live") << status;
+    }
+    EXPECT_EQ(Log().find("stopped:"), std::string::npos) << Log();
+    auto [code, out] = testing::RunVerify(config_, 60);
+    EXPECT_EQ(code, 0) << out << Log();
+  }
+  // The docs row as every row view holds it.
+  static json Doc(int id, const std::string& title, const std::string& body) {
+    return json{{"id", id}, {"title", title}, {"body", body}};
+  }
+
+  std::string dsn_, redis_url_, opensearch_url_, pipeline_, ns_, index_, config_;
+  int port_ = 0;
+  std::filesystem::path dir_;
+  std::unique_ptr<PgConnection> sql_;
+  std::unique_ptr<Subprocess> run_;
+};
+
+// A1: the key changes, the TOASTed body stays: it comes from the old key's row.
+TEST_F(ToastTest, KeyChangeKeepsTheUnchangedToastedValue) {
+  Start();
+  const std::string b(10000, 'b'), f(9000, 'f'), n(9000, 'n');
+  MustExecute(*sql_, "insert into " + ns_ + ".docs values (3, 'v1', repeat('b', 10000))");
+  MustExecute(*sql_, "update " + ns_ + ".docs set id = 40 where id = 3");
+  // Twice in one transaction, and a new row under the first key meanwhile.
+  MustExecute(*sql_, "begin; insert into " + ns_ + ".docs values (5, 'five', repeat('f', 9000)); " +
+                         "update " + ns_ + ".docs set id = 6 where id = 5; update " + ns_ +
+                         ".docs set id = 7, title = 'seven' where id = 6; insert into " + ns_ +
+                         ".docs values (5, 'new', repeat('n', 9000)); commit");
+  const std::map<std::string, json> redis = {{pipeline_ + ":docs:40", Doc(40, "v1", b)},
+                                             {pipeline_ + ":docs:5", Doc(5, "new", n)},
+                                             {pipeline_ + ":docs:7", Doc(7, "seven", f)}};
+  const std::map<std::string, json> documents = {
+      {"40", Doc(40, "v1", b)}, {"5", Doc(5, "new", n)}, {"7", Doc(7, "seven", f)}};
+  const std::string view = "select id, title, md5(body) from " + ns_ + "_out.docs_v order by id";
+  const std::vector<std::string> rows = {
+      "5|new|" + Scalar(*sql_, "select md5(repeat('n', 9000))"),
+      "7|seven|" + Scalar(*sql_, "select md5(repeat('f', 9000))"),
+      "40|v1|" + Scalar(*sql_, "select md5(repeat('b', 10000))")};
+  ASSERT_TRUE(WaitFor([&] {
+    return RedisEntries(pipeline_ + ":docs:") == redis && Documents() == documents &&
+           Rows(view) == rows;
+  })) << json(RedisEntries(pipeline_ + ":docs:")).dump().substr(0, 300)
+      << json(Documents()).dump().substr(0, 300) << json(Rows(view)) << Log();
+  EXPECT_EQ(Count("read the row again"), 0) << "the stores held the old rows" << Log();
+  ExpectEveryStoreRunsAndVerifies();
+}
+
+// A2: the key itself is TOASTed and unchanged; PostgreSQL logs the old key with it.
+TEST_F(ToastTest, UnchangedToastedKeyColumnComesFromTheOldKey) {
+  Start();
+  MustExecute(*sql_, "update " + ns_ + ".notes set v = 2");
+  const std::string k(2500, 'k');
+  const std::map<std::string, json> redis = {{pipeline_ + ":notes:" + k, json{{"k", k}, {"v", 2}}}};
+  const std::string view = "select md5(k), v from " + ns_ + "_out.notes_v";
+  const std::vector<std::string> rows = {Scalar(*sql_, "select md5(repeat('k', 2500))") + "|2"};
+  ASSERT_TRUE(WaitFor([&] {
+    return RedisEntries(pipeline_ + ":notes:") == redis && Rows(view) == rows;
+  })) << json(Rows(view))
+      << Log();
+  EXPECT_EQ(Count("read the row again"), 0) << Log();
+  ExpectEveryStoreRunsAndVerifies();
+}
+
+// A3: a store lacks the previous value of an unchanged TOASTed column: it reads the row
+// again from the source (never stops, never writes null), logs it and counts it.
+TEST_F(ToastTest, StoreLackingThePreviousValueReadsTheRowAgain) {
+  Start();
+  for (int id : {8, 9, 11}) {
+    MustExecute(*sql_, "insert into " + ns_ + ".docs values (" + std::to_string(id) + ", 't" +
+                           std::to_string(id) + "', repeat('" + std::to_string(id % 10) +
+                           "', 9000))");
+  }
+  const std::string view = "select id, title, md5(body) from " + ns_ + "_out.docs_v order by id";
+  ASSERT_TRUE(WaitFor([&] {
+    return RedisEntries(pipeline_ + ":docs:").size() == 3 && Documents().size() == 3 &&
+           Rows(view).size() == 3;
+  })) << Log();
+  // Behind pgderive's back, every store loses rows 8, 9 and 11 (as a replay after a
+  // crash meets rows the store no longer holds).
+  for (const std::string id : {"8", "9", "11"}) {
+    RedisDelete(pipeline_ + ":docs:" + id);
+    DeleteDocument(id);
+  }
+  MustExecute(*sql_, "delete from " + Mirror("docs"));
+  // An update of another column, a key change, and an update of a row deleted later in
+  // the same transaction (the source no longer has it when read).
+  MustExecute(*sql_, "update " + ns_ + ".docs set title = 'v2' where id = 8");
+  MustExecute(*sql_, "update " + ns_ + ".docs set id = 10 where id = 9");
+  MustExecute(*sql_, "begin; update " + ns_ +
+                         ".docs set title = 'gone' where id = 11; delete from " + ns_ +
+                         ".docs where id = 11; commit");
+  const std::map<std::string, json> redis = {
+      {pipeline_ + ":docs:8", Doc(8, "v2", std::string(9000, '8'))},
+      {pipeline_ + ":docs:10", Doc(10, "t9", std::string(9000, '9'))}};
+  const std::map<std::string, json> documents = {{"8", Doc(8, "v2", std::string(9000, '8'))},
+                                                 {"10", Doc(10, "t9", std::string(9000, '9'))}};
+  const std::vector<std::string> rows = {"8|v2|" + Scalar(*sql_, "select md5(repeat('8', 9000))"),
+                                         "10|t9|" + Scalar(*sql_, "select md5(repeat('9', 9000))")};
+  ASSERT_TRUE(WaitFor([&] {
+    return RedisEntries(pipeline_ + ":docs:") == redis && Documents() == documents &&
+           Rows(view) == rows;
+  })) << json(RedisEntries(pipeline_ + ":docs:")).dump().substr(0, 300)
+      << json(Documents()).dump().substr(0, 300) << json(Rows(view)) << Log();
+  // Logged with table, key and LSN, per store; row 11 was gone from the source.
+  const std::string table = "table " + ns_ + ".docs, key ";
+  EXPECT_NE(Log().find("store cache, view docs_r: " + table + pipeline_ + ":docs:8 at "),
+            std::string::npos)
+      << Log();
+  EXPECT_NE(Log().find("store search, view docs_s: " + table + "10 at "), std::string::npos)
+      << Log();
+  EXPECT_NE(Log().find("store warehouse: " + table + "8 at "), std::string::npos) << Log();
+  EXPECT_EQ(Count("column(s) body; read the row again from the source"), 6) << Log();
+  EXPECT_EQ(Count("the source no longer has the row"), 2) << Log();  // Redis, OpenSearch
+  const std::string metrics = Metrics();
+  for (const std::string store : {"cache", "search"}) {
+    EXPECT_NE(metrics.find("pgderive_rows_reread_total{store=\"" + store + "\",table=\"" + ns_ +
+                           ".docs\"} 3"),
+              std::string::npos)
+        << metrics;
+  }
+  // The postgres store met row 11's update and delete in one batch: nothing to read.
+  EXPECT_NE(
+      metrics.find("pgderive_rows_reread_total{store=\"warehouse\",table=\"" + ns_ + ".docs\"} 2"),
+      std::string::npos)
+      << metrics;
+  ExpectEveryStoreRunsAndVerifies();
+}
+
+}  // namespace
+}  // namespace pgderive
