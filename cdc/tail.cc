@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cdc/backoff.h"
+#include "cdc/change_batch.h"
 #include "cdc/publication.h"
 #include "cdc/replication_stream.h"
 #include "cdc/row_json.h"
@@ -89,7 +90,10 @@ class Printer : public ChangeConsumer {
           } else if constexpr (std::is_same_v<T, UpdateMessage>) {
             Relation(*schema, "update");
             line_ += ",\"new\":";
-            Status s = AppendRowJson(line_, *schema, m.new_tuple, types(), &unchanged);
+            // A TOASTed key left unchanged is in the old key PostgreSQL logs with it.
+            TupleData filled = m.new_tuple;
+            if (m.old_kind != '\0') FillUnchangedFromOld(*schema, m.old_kind, m.old_tuple, filled);
+            Status s = AppendRowJson(line_, *schema, filled, types(), &unchanged);
             if (s.ok() && m.old_kind != '\0') {
               line_ += m.old_kind == 'K' ? ",\"old_key\":" : ",\"old\":";
               s = AppendOld(*schema, m.old_tuple, m.old_kind);

@@ -133,6 +133,20 @@ Status ViewShape::AppendValue(std::string& out, const TupleData& tuple, const Ty
   return Status::Ok();
 }
 
+Error ViewShape::KeyError(size_t column, const TupleValue& value) const {
+  const std::string name =
+      "key column " + schema_->columns[column].name + " of " + schema_->QualifiedName();
+  if (value.kind == TupleValueKind::kUnchanged) {
+    // Its value is in the old key PostgreSQL logs with the update (copied in by
+    // CopyChange); one that does not log it leaves no way to tell which row changed.
+    return Error::Permanent(name +
+                            " arrived as an unchanged TOASTed value without the old key "
+                            "(PostgreSQL before 15, 14.3, 13.7, 12.11 and 11.16 does not log "
+                            "it): upgrade PostgreSQL, then `pgderive backfill` the view");
+  }
+  return Error::Permanent(name + " is null");
+}
+
 Result<std::string> ViewShape::Key(const TupleData& tuple) const {
   std::string key;
   for (const auto& [literal, column] : key_parts_) {
@@ -141,10 +155,7 @@ Result<std::string> ViewShape::Key(const TupleData& tuple) const {
       continue;
     }
     const TupleValue& value = tuple.columns.at(*column);
-    if (value.kind != TupleValueKind::kText) {
-      return Error::Permanent("key column " + schema_->columns[*column].name + " of " +
-                              schema_->QualifiedName() + " is null");
-    }
+    if (value.kind != TupleValueKind::kText) return KeyError(*column, value);
     key += value.data;
   }
   return key;
@@ -158,10 +169,7 @@ Result<std::string> ViewShape::DocumentId(const TupleData& tuple) const {
   if (identity_.size() > 1) id += '[';
   for (size_t n = 0; n < identity_.size(); ++n) {
     const TupleValue& value = tuple.columns.at(identity_[n]);
-    if (value.kind != TupleValueKind::kText) {
-      return Error::Permanent("key column " + schema_->columns[identity_[n]].name + " of " +
-                              schema_->QualifiedName() + " is null");
-    }
+    if (value.kind != TupleValueKind::kText) return KeyError(identity_[n], value);
     if (identity_.size() == 1) return std::string(value.data);
     if (n) id += ',';
     AppendJsonString(id, value.data);

@@ -84,6 +84,8 @@ class ViewShape {
                             EntryKey kind) const;
 
  private:
+  Error KeyError(size_t column, const TupleValue& value) const;
+
   std::shared_ptr<const RelationSchema> schema_;
   std::vector<size_t> columns_;  // indexes into schema_->columns, in the view's order
   std::vector<std::pair<std::string, std::optional<size_t>>> key_parts_;  // literal or column

@@ -456,7 +456,12 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
         }
         const std::string& index = view->config.index;
         auto write = shape.value()->WriteFor(change, types, EntryKey::kDocumentId);
-        if (!write.ok()) return write.error();
+        if (!write.ok()) {
+          // A row this view cannot take (a key it cannot read): this view stops, with
+          // the reason, not the store.
+          if (FailView(*view, write.error())) continue;
+          return write.error();
+        }
         RowWrite& w = write.value();
         if (!w.unchanged.empty()) {
           // The indexed document supplies the unchanged columns (a realtime GET after

@@ -326,7 +326,12 @@ Status RedisSink::Apply(const BatchGroup& group, Lsn checkpoint) {
           return shape.error();
         }
         auto write = shape.value()->WriteFor(change, types, EntryKey::kTemplate);
-        if (!write.ok()) return write.error();
+        if (!write.ok()) {
+          // A row this view cannot take (a key it cannot read): this view stops, with
+          // the reason, not the store.
+          if (FailView(*view, write.error())) continue;
+          return write.error();
+        }
         RowWrite& w = write.value();
         if (!w.unchanged.empty()) {
           // The previous value supplies the unchanged columns: send what is queued, then

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include "sinks/common/view_shape.h"
+
 namespace pgderive {
 namespace {
 
@@ -62,6 +64,28 @@ TEST(FillUnchangedFromOldTest, CopyChangeFillsTheKey) {
   EXPECT_EQ(owned->new_tuple.columns[0].data, "kkk");
   // Backed by the change's own storage, not the message's.
   EXPECT_NE(owned->new_tuple.columns[0].data.data(), update.old_tuple.columns[0].data.data());
+}
+
+// Without the old key (PostgreSQL before the versions above), a TOASTed key left
+// unchanged cannot say which row changed: the view is told why, never "null".
+TEST(FillUnchangedFromOldTest, AnUnchangedKeyWithoutTheOldKeyIsExplained) {
+  ViewConfig view;
+  view.name = "notes_cache";
+  auto key = KeyTemplate::Parse("note:{k}");
+  ASSERT_TRUE(key.ok());
+  auto shape = ViewShape::Make(view, std::make_shared<RelationSchema>(Notes()), key.value());
+  ASSERT_TRUE(shape.ok()) << shape.error().message();
+  const TupleData row{{kUnchanged, Text("2"), kNull}};
+  auto made = shape.value()->Key(row);
+  ASSERT_FALSE(made.ok());
+  EXPECT_EQ(made.error().kind(), ErrorKind::kPermanent);
+  EXPECT_NE(made.error().message().find("key column k of public.notes arrived as an unchanged "
+                                        "TOASTed value without the old key"),
+            std::string::npos)
+      << made.error().message();
+  EXPECT_FALSE(shape.value()->DocumentId(row).ok());
+  const TupleData filled{{Text("kkk"), Text("2"), kNull}};
+  EXPECT_EQ(shape.value()->Key(filled).value(), "note:kkk");
 }
 
 }  // namespace
