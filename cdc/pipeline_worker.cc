@@ -304,9 +304,7 @@ Status PipelineWorker::Recover() {
     queued_bytes_ = 0;
     changed_.notify_all();
   };
-  // A store that holds everything this worker applied lost nothing, even when the slot
-  // moved past its checkpoint (over WAL without its changes, while it was caught up).
-  if (!stored.value() || (*stored.value() < confirmed && *stored.value() < checkpoint())) {
+  if (!stored.value() || *stored.value() < confirmed) {
     // The store lost data the slot no longer holds (e.g. Redis restarted empty):
     // serving it stale is not an option; rebuild its views from a new snapshot.
     log_("store " + sink_.name() + " has " +

@@ -1,25 +1,70 @@
 #include "cdc/publication.h"
 
 #include <cstdlib>
+#include <optional>
 #include <set>
 
 namespace pgderive {
+std::optional<std::string> WhyNotPublishable(char relkind, char relpersistence,
+                                             const std::string& table, const std::string& quoted) {
+  switch (relkind) {
+    case 'v':
+      return "table " + table +
+             " is a view: a view has no changes of its own for PostgreSQL to publish; read "
+             "the tables it reads instead (a postgres view can hold its query)";
+    case 'm':
+      return "table " + table +
+             " is a materialized view: PostgreSQL does not publish its refreshes; read the "
+             "tables it reads instead (a postgres view can hold its query and keeps it "
+             "current)";
+    case 'f':
+      return "table " + table +
+             " is a foreign table: its rows live on another server and its changes are not "
+             "in this database's WAL, so PostgreSQL cannot publish them; capture them where "
+             "they live";
+    case 'r':
+    case 'p':
+      break;
+    default:
+      return "relation " + table + " is not a table PostgreSQL can publish (relkind '" +
+             std::string(1, relkind) + "')";
+  }
+  if (relpersistence == 'u') {
+    return "table " + table +
+           " is UNLOGGED: its changes are not written to the WAL, so PostgreSQL cannot "
+           "publish them; fix: ALTER TABLE " +
+           quoted + " SET LOGGED";
+  }
+  if (relpersistence == 't') {
+    return "table " + table +
+           " is a temporary table: it lives in one session and PostgreSQL cannot publish "
+           "it; use a regular table";
+  }
+  return std::nullopt;
+}
+
 Status CheckSourceTables(PgConnection& connection, const std::vector<std::string>& tables) {
   std::string problems;
   for (const std::string& table : tables) {
     auto [schema, name] = SplitTableName(table);
     auto rows = connection.Query(
         "select c.relreplident, exists (select 1 from pg_index i where i.indrelid = c.oid and "
-        "i.indisprimary) from pg_class c join pg_namespace n on n.oid = c.relnamespace where "
-        "c.relkind in ('r', 'p') and n.nspname = " +
+        "i.indisprimary), c.relkind, c.relpersistence from pg_class c join pg_namespace n on "
+        "n.oid = c.relnamespace where c.relkind in ('r', 'p', 'v', 'm', 'f') and n.nspname = " +
         connection.QuoteLiteral(schema) + " and c.relname = " + connection.QuoteLiteral(name));
     if (!rows.ok()) return rows.error();
     if (rows.value().rows.empty()) {
       problems += "\n  table " + table + " does not exist in the source database";
       continue;
     }
-    const std::string identity = rows.value().rows[0][0].value_or("d");
-    const bool has_primary_key = rows.value().rows[0][1].value_or("f") == "t";
+    const auto& row = rows.value().rows[0];
+    if (auto why = WhyNotPublishable(row[2].value_or("r")[0], row[3].value_or("p")[0], table,
+                                     connection.QuoteTableName(table))) {
+      problems += "\n  " + *why;
+      continue;
+    }
+    const std::string identity = row[0].value_or("d");
+    const bool has_primary_key = row[1].value_or("f") == "t";
     if (identity == "n") {
       problems += "\n  table " + table +
                   " has REPLICA IDENTITY NOTHING, so its updates and deletes "
@@ -37,45 +82,93 @@ Status CheckSourceTables(PgConnection& connection, const std::vector<std::string
   return Error::Permanent("source tables cannot be captured:" + problems);
 }
 
+Result<std::set<std::string>> PublicationMembers(PgConnection& connection,
+                                                 const std::string& publication) {
+  // What PostgreSQL publishes (with publish_via_partition_root: the roots), and what is
+  // a member itself (a table listed, or a table of a schema listed): a partitioned table
+  // is a member although, without via-root, only its partitions are reported.
+  const std::string name = connection.QuoteLiteral(publication);
+  auto rows = connection.Query(
+      "select schemaname || '.' || tablename from pg_publication_tables where pubname = " + name +
+      " union select n.nspname || '.' || c.relname from pg_publication p join "
+      "pg_publication_rel r on r.prpubid = p.oid join pg_class c on c.oid = r.prrelid join "
+      "pg_namespace n on n.oid = c.relnamespace where p.pubname = " +
+      name +
+      " union select n.nspname || '.' || c.relname from pg_publication p join "
+      "pg_publication_namespace s on s.pnpubid = p.oid join pg_class c on c.relnamespace = "
+      "s.pnnspid and c.relkind in ('r', 'p') join pg_namespace n on n.oid = c.relnamespace "
+      "where p.pubname = " +
+      name);
+  if (!rows.ok()) return rows.error();
+  std::set<std::string> out;
+  for (const auto& row : rows.value().rows) out.insert(row[0].value_or(""));
+  return out;
+}
+
 Status EnsurePublication(PgConnection& connection, const std::string& publication,
                          const std::vector<std::string>& tables) {
   auto existing = connection.Query(
-      "select puballtables, pubinsert and pubupdate and pubdelete and pubtruncate from "
-      "pg_publication where pubname = " +
+      "select puballtables, pubinsert and pubupdate and pubdelete and pubtruncate, pubviaroot "
+      "from pg_publication where pubname = " +
       connection.QuoteLiteral(publication));
   if (!existing.ok()) return existing.error();
+  const std::string quoted = connection.QuoteIdentifier(publication);
   if (existing.value().rows.empty()) {
     if (tables.empty()) {
       return Error::Permanent("publication " + publication +
                               " is missing and no view names a table to put in it");
     }
-    std::string sql =
-        "create publication " + connection.QuoteIdentifier(publication) + " for table ";
+    // Through the root: a partitioned table's changes arrive as the table the views
+    // read, whichever partition holds the row (also partitions created later).
+    std::string sql = "create publication " + quoted + " for table ";
     for (size_t i = 0; i < tables.size(); ++i)
       sql += (i ? ", " : "") + connection.QuoteTableName(tables[i]);
-    return connection.Execute(sql);
+    return connection.Execute(sql + " with (publish_via_partition_root = true)");
   }
-  if (existing.value().rows[0][1].value_or("f") != "t") {
+  const auto& row = existing.value().rows[0];
+  if (row[1].value_or("f") != "t") {
     return Error::Permanent("publication " + publication +
-                            " does not publish every operation; fix: ALTER PUBLICATION " +
-                            connection.QuoteIdentifier(publication) +
+                            " does not publish every operation; fix: ALTER PUBLICATION " + quoted +
                             " SET (publish = 'insert, update, delete, truncate')");
   }
-  if (existing.value().rows[0][0].value_or("f") == "t") return Status::Ok();  // FOR ALL TABLES
-  auto published = connection.Query(
-      "select schemaname || '.' || tablename from pg_publication_tables where pubname = " +
-      connection.QuoteLiteral(publication));
-  if (!published.ok()) return published.error();
-  std::set<std::string> have;
-  for (const auto& row : published.value().rows) have.insert(row[0].value_or(""));
+  if (row[2].value_or("f") != "t") {
+    Status status = connection.Execute("alter publication " + quoted +
+                                       " set (publish_via_partition_root = true)");
+    if (!status.ok()) return status;
+  }
+  if (row[0].value_or("f") == "t") return Status::Ok();  // FOR ALL TABLES
+  auto have = PublicationMembers(connection, publication);
+  if (!have.ok()) return have.error();
   std::string missing;
   for (const std::string& table : tables) {
-    if (!have.contains(table))
+    if (!have.value().contains(table))
       missing += (missing.empty() ? "" : ", ") + connection.QuoteTableName(table);
   }
   if (missing.empty()) return Status::Ok();
-  return connection.Execute("alter publication " + connection.QuoteIdentifier(publication) +
-                            " add table " + missing);
+  return connection.Execute("alter publication " + quoted + " add table " + missing);
+}
+
+Result<std::vector<std::pair<std::string, std::string>>> GeneratedColumns(
+    PgConnection& connection, const std::string& table) {
+  auto rows = connection.Query(
+      "select a.attname, pg_get_expr(d.adbin, d.adrelid) from pg_attribute a left join "
+      "pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum where a.attrelid = " +
+      connection.QuoteLiteral(connection.QuoteTableName(table)) +
+      "::regclass and a.attnum > 0 and not a.attisdropped and a.attgenerated <> '' order by "
+      "a.attnum");
+  if (!rows.ok()) return rows.error();
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& row : rows.value().rows) {
+    out.emplace_back(row[0].value_or(""), row[1].value_or(""));
+  }
+  return out;
+}
+
+std::string GeneratedColumnProblem(const std::string& table, const std::string& column,
+                                   const std::string& expression) {
+  return "column " + column + " of table " + table + " is generated (as " + expression +
+         "); PostgreSQL before 18 does not publish generated columns, so pgderive cannot "
+         "follow its value";
 }
 
 Result<std::shared_ptr<RelationSchema>> DescribeTable(PgConnection& c, const std::string& table) {
@@ -114,6 +207,44 @@ Result<std::shared_ptr<RelationSchema>> DescribeTable(PgConnection& c, const std
   }
   RenderSchemaJson(*schema);
   return schema;
+}
+
+PartitionRoots::PartitionRoots(PgConnection& connection, std::vector<std::string> tables)
+    : connection_(connection), tables_(tables.begin(), tables.end()) {}
+
+Result<const PartitionRoots::Mapping*> PartitionRoots::Find(
+    const std::shared_ptr<const RelationSchema>& schema) {
+  auto it = cache_.find(schema.get());
+  if (it != cache_.end()) return it->second.second ? &*it->second.second : nullptr;
+  std::optional<Mapping> mapping;
+  if (!tables_.contains(schema->QualifiedName())) {
+    // The nearest ancestor a view reads (pg_partition_ancestors: the partition first).
+    auto ancestors = connection_.Query(
+        "select n.nspname || '.' || c.relname from pg_partition_ancestors(" +
+        std::to_string(schema->id.value) +
+        "::oid::regclass) with ordinality a(relid, level) join pg_class c on c.oid = a.relid "
+        "join pg_namespace n on n.oid = c.relnamespace where a.level > 1 order by a.level");
+    if (!ancestors.ok()) return ancestors.error();
+    for (const auto& row : ancestors.value().rows) {
+      const std::string table = row[0].value_or("");
+      if (!tables_.contains(table)) continue;
+      auto root = DescribeTable(connection_, table);
+      if (!root.ok()) return root.error();
+      mapping.emplace();
+      mapping->root = root.value();
+      for (const ColumnSchema& column : root.value()->columns) {
+        int from = -1;
+        for (size_t i = 0; i < schema->columns.size(); ++i) {
+          if (schema->columns[i].name == column.name) from = static_cast<int>(i);
+        }
+        mapping->from.push_back(from);
+      }
+      break;
+    }
+  }
+  auto& entry = cache_[schema.get()];
+  entry = {schema, std::move(mapping)};
+  return entry.second ? &*entry.second : nullptr;
 }
 
 }  // namespace pgderive

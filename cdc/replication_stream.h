@@ -65,8 +65,6 @@ class ReplicationStream {
   };
   ReplicationStream(PgConnection connection, const StreamOptions& options, int proto_version);
   Status SendStatusIfDue();
-  std::chrono::steady_clock::time_point NextStatusDue() const;
-  static constexpr auto kRepeatReplyInterval = std::chrono::milliseconds(500);
   Error ConnectionError(std::string_view what) const;
 
   PgConnection connection_;
@@ -76,9 +74,6 @@ class ReplicationStream {
   Lsn received_;
   Lsn flushed_;
   std::chrono::steady_clock::time_point last_status_;
-  Lsn sent_received_;  // the positions of the last status update
-  Lsn sent_flushed_;
-  bool reply_owed_ = false;  // the server asked for a reply not yet sent
 };
 
 }  // namespace pgderive

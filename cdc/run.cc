@@ -144,19 +144,75 @@ Result<Lsn> RebuildFromTemporarySlot(const Config& config, Sink& sink,
   return created.value().consistent_point;
 }
 
+// A partition's change presented as its partitioned table's (PartitionRoots): the
+// tuples' columns in the root's order; what the change points into lives here.
+struct MappedChange {
+  PgOutputMessage message;
+  std::vector<std::shared_ptr<const RelationSchema>> relations;
+};
+
+// nullopt when no relation of `change` is a partition standing for a table views read.
+Result<std::optional<MappedChange>> MapPartitions(PartitionRoots& roots, const Change& change) {
+  std::optional<MappedChange> out;
+  const PartitionRoots::Mapping* single = nullptr;
+  for (size_t i = 0; i < change.relations.size(); ++i) {
+    auto found = roots.Find(change.relations[i]);
+    if (!found.ok()) return found.error();
+    if (found.value() == nullptr) continue;
+    if (!out) {
+      out.emplace();
+      out->relations.assign(change.relations.begin(), change.relations.end());
+    }
+    out->relations[i] = found.value()->root;
+    single = found.value();
+  }
+  if (!out) return out;
+  out->message = *change.message;
+  auto reorder = [&](TupleData& tuple) {
+    TupleData mapped;
+    for (int from : single->from) {
+      mapped.columns.push_back(from >= 0 && static_cast<size_t>(from) < tuple.columns.size()
+                                   ? tuple.columns[from]
+                                   : TupleValue{});
+    }
+    tuple = std::move(mapped);
+  };
+  std::visit(
+      [&](auto& m) {
+        using T = std::decay_t<decltype(m)>;
+        if constexpr (std::is_same_v<T, InsertMessage>) {
+          reorder(m.new_tuple);
+        } else if constexpr (std::is_same_v<T, UpdateMessage>) {
+          reorder(m.new_tuple);
+          if (m.old_kind != '\0') reorder(m.old_tuple);
+        } else if constexpr (std::is_same_v<T, DeleteMessage>) {
+          reorder(m.old_tuple);
+        }
+      },
+      out->message);
+  return out;
+}
+
 // Decoded changes -> batches -> every attached worker's queue.
 class Dispatcher : public ChangeConsumer {
  public:
-  Dispatcher(TypeLearner& learner, std::vector<std::unique_ptr<PipelineWorker>>& workers,
-             Backfills& backfills)
+  Dispatcher(TypeLearner& learner, PartitionRoots& roots,
+             std::vector<std::unique_ptr<PipelineWorker>>& workers, Backfills& backfills)
       : learner_(learner),
+        roots_(roots),
         workers_(workers),
         backfills_(backfills),
         batch_(std::make_unique<ChangeBatch>()) {}
 
   Status OnBegin(const TransactionInfo&) override { return Status::Ok(); }
 
-  Status OnChange(const Change& change) override {
+  Status OnChange(const Change& decoded) override {
+    auto mapped = MapPartitions(roots_, decoded);
+    if (!mapped.ok()) return mapped.error();
+    const Change change = mapped.value()
+                              ? Change{decoded.commit_lsn, decoded.index, &mapped.value()->message,
+                                       mapped.value()->relations}
+                              : decoded;
     Touch();
     Status status = Learn(change.relations);
     if (!status.ok()) return status;
@@ -207,15 +263,11 @@ class Dispatcher : public ChangeConsumer {
     if (!pending()) return;
     last_mark_ =
         std::max(last_mark_, batch_->commits.empty() ? Lsn{} : batch_->commits.back().end_lsn);
-    dispatched_ = std::max(dispatched_, last_mark_);
     batch_->types = learner_.types();
     std::shared_ptr<const ChangeBatch> batch(std::move(batch_));
     batch_ = std::make_unique<ChangeBatch>();
     for (auto& worker : workers_) worker->Offer(batch, kOfferWait);
   }
-  // The highest checkpoint ever dispatched (kept across stream restarts): a store whose
-  // durable checkpoint reached it holds every change sent to it.
-  Lsn dispatched() const { return dispatched_; }
   // The stream restarts from the slot: what is not dispatched comes again.
   void Drop() {
     batch_ = std::make_unique<ChangeBatch>();
@@ -224,13 +276,13 @@ class Dispatcher : public ChangeConsumer {
 
  private:
   TypeLearner& learner_;
+  PartitionRoots& roots_;
   std::vector<std::unique_ptr<PipelineWorker>>& workers_;
   Backfills& backfills_;
   std::vector<OwnedChange> injected_;
   std::unique_ptr<ChangeBatch> batch_;
   std::shared_ptr<const RelationSchema> last_learned_;
-  Lsn last_mark_;   // the highest checkpoint dispatched since the stream (re)started
-  Lsn dispatched_;  // ... ever
+  Lsn last_mark_;  // the highest checkpoint dispatched
   std::chrono::steady_clock::time_point pending_since_;
 
   // The types of the relations' columns, for the batch's registry.
@@ -269,18 +321,6 @@ Result<SlotState> ReadSlot(PgConnection& sql, const std::string& slot) {
   if (row[3].value_or("") == "lost") return Error::Permanent(RunMonitor::SlotLostMessage(slot));
   auto lsn = Lsn::Parse(row[0].value_or(""));
   return SlotState{true, lsn.value_or(Lsn{})};
-}
-
-// Which PostgreSQL server a connection reaches: its postmaster's start time and port
-// (the same server under any address or DSN spelling; readable without privileges).
-std::optional<std::string> ServerIdentity(const std::string& dsn) {
-  auto c = PgConnection::Connect(dsn, PgConnection::Mode::kSql, "pgderive-run");
-  if (!c.ok()) return std::nullopt;
-  auto rows = c.value().Query(
-      "select pg_postmaster_start_time()::text || ' ' || "
-      "current_setting('port')");
-  if (!rows.ok() || rows.value().rows.empty()) return std::nullopt;
-  return rows.value().rows[0][0];
 }
 
 }  // namespace
@@ -336,6 +376,19 @@ int RunPipeline(const RunOptions& options) {
     auto schema = DescribeTable(sql.value(), table);
     if (!schema.ok()) return Fail(schema.error().message());
     shapes[table] = schema.value();
+    // A view without `columns` takes every column PostgreSQL publishes: said at start.
+    auto generated = GeneratedColumns(sql.value(), table);
+    if (!generated.ok()) return Fail(generated.error().message());
+    for (const ViewConfig& view : config.views) {
+      if (view.from != table || view.columns || generated.value().empty()) continue;
+      std::string names;
+      for (const auto& [name, expression] : generated.value()) {
+        names += (names.empty() ? "" : ", ") + name;
+      }
+      logger.Info("view " + view.name + " leaves out the generated column(s) " + names + " of " +
+                      table + ": PostgreSQL before 18 does not publish generated columns",
+                  {{"view", view.name}, {"table", table}});
+    }
     for (auto& sink : sinks) {
       status = sink->Check(schema.value());
       if (!status.ok()) problems += "\n  " + status.error().message();
@@ -577,17 +630,6 @@ int RunPipeline(const RunOptions& options) {
       }
     }
   }
-  // Postgres stores on the source's own server: when it shuts down they cannot write
-  // until it is back, so the slot does not wait for them (below).
-  std::set<std::string> on_source;
-  {
-    const auto source = ServerIdentity(config.source.dsn);
-    for (const auto& [name, store] : config.stores) {
-      if (store.type == StoreType::kPostgres && source && ServerIdentity(store.dsn) == source) {
-        on_source.insert(name);
-      }
-    }
-  }
   for (auto& sink : sinks) {
     const std::string store = sink->name();
     workers.push_back(std::make_unique<PipelineWorker>(
@@ -607,7 +649,8 @@ int RunPipeline(const RunOptions& options) {
   }
   monitor.SetBackfills([&backfills] { return backfills.Progress(); });
   TypeLearner learner(sql.value());
-  Dispatcher dispatcher(learner, workers, backfills);
+  PartitionRoots roots(sql.value(), tables);
+  Dispatcher dispatcher(learner, roots, workers, backfills);
   const std::string spill_dir =
       (std::filesystem::temp_directory_path() / ("pgderive-run-" + std::to_string(getpid())))
           .string();
@@ -714,26 +757,6 @@ int RunPipeline(const RunOptions& options) {
         if (!lowest || durable < *lowest) lowest = durable;
       }
       if (lowest) stream->ConfirmFlushed(*lowest);
-      // Caught up: every store has made durable everything dispatched to it, nothing is
-      // pending or open, so the WAL up to `received` (the server's last keepalive) holds
-      // none of our changes and the slot may move past it without the stores writing a
-      // mark first. A PostgreSQL shutdown waits for exactly this position, and a store
-      // on the stopping server (a postgres store) could not write one.
-      // A postgres store on the source's own server that cannot reach it (the server is
-      // stopping) keeps what it has not applied in its queue and applies it once the
-      // server is back; the slot does not wait for it, or the shutdown could not end.
-      // Should pgderive itself stop before then, the store is behind the slot at the
-      // next start and is rebuilt.
-      bool caught_up = !dispatcher.pending() && assembler.idle();
-      for (auto& worker : workers) {
-        const bool waits_for_source =
-            !worker->healthy() && on_source.contains(worker->sink().name());
-        if (worker->detached() || worker->failed() ||
-            (worker->Durable() < dispatcher.dispatched() && !waits_for_source)) {
-          caught_up = false;
-        }
-      }
-      if (caught_up) stream->ConfirmFlushed(stream->received());
       // Tell the server as soon as the position moves (it waits for it at shutdown).
       if (stream->flushed() > last_sent_flush) {
         last_sent_flush = stream->flushed();

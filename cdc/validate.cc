@@ -203,12 +203,8 @@ class ConnectedChecks {
                      sql.QuoteIdentifier(config_.source.publication) +
                      " SET (publish = 'insert, update, delete, truncate')");
       }
-      auto published = sql.Query(
-          "select schemaname || '.' || tablename from pg_publication_tables where pubname = " +
-          sql.QuoteLiteral(config_.source.publication));
-      if (published.ok()) {
-        for (const auto& r : published.value().rows) published_.insert(r[0].value_or(""));
-      }
+      auto published = PublicationMembers(sql, config_.source.publication);
+      if (published.ok()) published_ = std::move(published).value();
     }
     Info(summary);
     CheckTables(sql);
@@ -259,9 +255,9 @@ class ConnectedChecks {
       };
       auto [schema_name, name] = SplitTableName(table);
       auto found = sql.Query(
-          "select has_table_privilege(c.oid, 'SELECT'), pg_has_role(c.relowner, 'USAGE') "
-          "from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.relkind in "
-          "('r', 'p') and n.nspname = " +
+          "select has_table_privilege(c.oid, 'SELECT'), pg_has_role(c.relowner, 'USAGE'), "
+          "c.relkind, c.relpersistence from pg_class c join pg_namespace n on n.oid = "
+          "c.relnamespace where c.relkind in ('r', 'p', 'v', 'm', 'f') and n.nspname = " +
           sql.QuoteLiteral(schema_name) + " and c.relname = " + sql.QuoteLiteral(name));
       if (!found.ok()) {
         AtView(views.front(), where(views.front()),
@@ -274,12 +270,17 @@ class ConnectedChecks {
         continue;
       }
       ++tables_checked_;
-      // Replica identity: updates and deletes must name their row.
+      // Publishable (not a view, nor unlogged, ...), and a replica identity: updates and
+      // deletes must name their row.
       Status captured = CheckSourceTables(sql, {table});
       if (!captured.ok()) {
         for (const std::string& line : SplitListed(captured.error().message())) {
           AtView(views.front(), where(views.front()), line + read_by_text);
         }
+      }
+      const auto& kind = found.value().rows[0];
+      if (WhyNotPublishable(kind[2].value_or("r")[0], kind[3].value_or("p")[0], table, "")) {
+        continue;  // said above; nothing else about it matters
       }
       if (found.value().rows[0][0].value_or("f") != "t") {
         AtView(views.front(), where(views.front()),
@@ -305,12 +306,17 @@ class ConnectedChecks {
         AtView(views.front(), where(views.front()), schema.error().message());
         continue;
       }
+      auto generated = GeneratedColumns(sql, table);
+      if (!generated.ok()) {
+        AtView(views.front(), where(views.front()), generated.error().message());
+        continue;
+      }
       for (size_t v : views) {
         auto sink = sinks_.find(v);
         if (sink == sinks_.end()) continue;
         // Every column named, each reported (the sink's own check stops at the first);
         // then whatever else the sink checks.
-        if (!CheckColumns(v, *schema.value())) continue;
+        if (!CheckColumns(v, *schema.value(), generated.value())) continue;
         Status fits = sink->second->Check(schema.value());
         if (!fits.ok()) AtView(v, "", fits.error().message());
       }
@@ -319,7 +325,10 @@ class ConnectedChecks {
 
   // The columns a row view lists and its key template's placeholders exist; a key
   // column is in the replica identity. False when something is reported.
-  bool CheckColumns(size_t index, const RelationSchema& schema) {
+  // A generated column (`generated`: name, expression) is refused with the reason; a
+  // view without `columns` is told which it leaves out.
+  bool CheckColumns(size_t index, const RelationSchema& schema,
+                    const std::vector<std::pair<std::string, std::string>>& generated) {
     const ViewConfig& view = config_.views[index];
     if (config_.stores.at(view.store).type == StoreType::kPostgres) return true;
     auto column = [&](const std::string& name) -> const ColumnSchema* {
@@ -328,21 +337,45 @@ class ConnectedChecks {
       }
       return nullptr;
     };
+    auto generation = [&](const std::string& name) -> const std::string* {
+      for (const auto& [column_name, expression] : generated) {
+        if (column_name == name) return &expression;
+      }
+      return nullptr;
+    };
     const std::string where = "view " + view.name + ": ";
     bool ok = true;
     for (const std::string& name : view.columns.value_or(std::vector<std::string>{})) {
-      if (column(name) == nullptr) {
+      if (const std::string* expression = generation(name)) {
+        AtView(index, ".columns",
+               where + GeneratedColumnProblem(schema.QualifiedName(), name, *expression) +
+                   "; leave it out of columns (a reader computes " + *expression +
+                   " from the columns it is made of), or use a postgres view whose query "
+                   "computes it");
+        ok = false;
+      } else if (column(name) == nullptr) {
         AtView(index, ".columns",
                where + "column " + name + " is not in table " + schema.QualifiedName());
         ok = false;
       }
+    }
+    if (!view.columns && !generated.empty()) {
+      std::string names;
+      for (const auto& [name, expression] : generated) names += (names.empty() ? "" : ", ") + name;
+      Info("view " + view.name + ": leaves out the generated column(s) " + names + " of " +
+           schema.QualifiedName() + " (PostgreSQL before 18 does not publish them)");
     }
     if (!view.key_template.empty()) {
       auto key = KeyTemplate::Parse(view.key_template);
       for (const std::string& name :
            key.ok() ? key.value().columns() : std::vector<std::string>{}) {
         const ColumnSchema* c = column(name);
-        if (c == nullptr) {
+        if (const std::string* expression = generation(name)) {
+          AtView(index, ".key",
+                 where + GeneratedColumnProblem(schema.QualifiedName(), name, *expression) +
+                     "; a key column must be one PostgreSQL publishes");
+          ok = false;
+        } else if (c == nullptr) {
           AtView(index, ".key",
                  where + "key column " + name + " is not in table " + schema.QualifiedName());
           ok = false;

@@ -1,6 +1,9 @@
 #include "sinks/postgres/postgres_sink.h"
 
+#include <algorithm>
+#include <cctype>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "cdc/copy_text.h"
 #include "cdc/migrations.h"
@@ -38,6 +41,137 @@ void CollectRelations(const nlohmann::json& node, std::vector<std::string>& out)
   } else if (node.is_array()) {
     for (const auto& value : node) CollectRelations(value, out);
   }
+}
+
+// Every scan of a table in a plan: (alias, schema.table as the plan names it).
+void CollectScans(const nlohmann::json& node,
+                  std::vector<std::pair<std::string, std::string>>& out) {
+  if (node.is_object()) {
+    if (node.contains("Relation Name") && node.contains("Schema")) {
+      out.emplace_back(
+          node.value("Alias", node.value("Relation Name", "")),
+          node["Schema"].get<std::string>() + "." + node["Relation Name"].get<std::string>());
+    }
+    for (const auto& [key, value] : node.items()) CollectScans(value, out);
+  } else if (node.is_array()) {
+    for (const auto& value : node) CollectScans(value, out);
+  }
+}
+
+// Every expression a plan holds (outputs, filters, conditions, keys).
+void CollectExpressions(const nlohmann::json& node, std::vector<std::string>& out) {
+  if (node.is_object()) {
+    for (const auto& [key, value] : node.items()) {
+      if (key == "Relation Name" || key == "Schema" || key == "Alias" || key == "Node Type") {
+        continue;
+      }
+      CollectExpressions(value, out);
+    }
+  } else if (node.is_array()) {
+    for (const auto& value : node) CollectExpressions(value, out);
+  } else if (node.is_string()) {
+    out.push_back(node.get<std::string>());
+  }
+}
+
+// Whether `text` holds the column reference `ref` (`alias.column` as EXPLAIN VERBOSE
+// writes it) as a whole.
+bool Mentions(const std::string& text, const std::string& ref) {
+  auto word = [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '$' || c == '"' ||
+           static_cast<unsigned char>(c) >= 0x80;
+  };
+  for (size_t at = text.find(ref); at != std::string::npos; at = text.find(ref, at + 1)) {
+    const bool before = at == 0 || (!word(text[at - 1]) && text[at - 1] != '.');
+    const size_t end = at + ref.size();
+    const bool after = end >= text.size() || !word(text[end]);
+    if (before && after) return true;
+  }
+  return false;
+}
+
+// The source tables a query reads, from the tables its plan scans: a partition stands
+// for the partitioned table the query names (its changes are published as that root's,
+// and partitions come and go), a partition the query names itself stays; a relation
+// PostgreSQL cannot publish is refused with the reason.
+Result<std::vector<std::string>> SourceTablesOf(PgConnection& source, const std::string& query,
+                                                const std::vector<std::string>& scanned) {
+  std::set<std::string> named;  // the words and quoted names of the query
+  if (auto tokens = LexSql(query); tokens.ok()) {
+    for (const SqlToken& t : tokens.value()) {
+      if (t.kind == SqlToken::Kind::kWord || t.kind == SqlToken::Kind::kQuotedName) {
+        named.insert(t.text);
+      }
+    }
+  }
+  std::vector<std::string> out;
+  for (const std::string& table : scanned) {
+    auto ancestors = source.Query(
+        "select n.nspname || '.' || c.relname, c.relname, c.relkind, c.relpersistence from "
+        "pg_partition_ancestors(" +
+        source.QuoteLiteral(source.QuoteTableName(table)) +
+        "::regclass) with ordinality a(relid, level) join pg_class c on c.oid = a.relid join "
+        "pg_namespace n on n.oid = c.relnamespace order by a.level");
+    if (!ancestors.ok()) return ancestors.error();
+    std::string chosen = table;
+    char relkind = 'r', persistence = 'p';
+    const auto& rows = ancestors.value().rows;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      // The nearest the query names; the root when it names none (through a view).
+      if (named.contains(rows[i][1].value_or("")) || i + 1 == rows.size()) {
+        chosen = rows[i][0].value_or(table);
+        relkind = rows[i][2].value_or("r")[0];
+        persistence = rows[i][3].value_or("p")[0];
+        break;
+      }
+    }
+    if (rows.empty()) {
+      auto kind = source.Query("select relkind, relpersistence from pg_class where oid = " +
+                               source.QuoteLiteral(source.QuoteTableName(table)) + "::regclass");
+      if (!kind.ok()) return kind.error();
+      if (!kind.value().rows.empty()) {
+        relkind = kind.value().rows[0][0].value_or("r")[0];
+        persistence = kind.value().rows[0][1].value_or("p")[0];
+      }
+    }
+    if (auto why = WhyNotPublishable(relkind, persistence, chosen, source.QuoteTableName(chosen))) {
+      return Error::Permanent(*why);
+    }
+    if (std::find(out.begin(), out.end(), chosen) == out.end()) out.push_back(chosen);
+  }
+  return out;
+}
+
+// Refuses a plan that reads a generated column of a source table, with the way out.
+Status CheckGeneratedColumns(PgConnection& source, const nlohmann::json& explained) {
+  std::vector<std::pair<std::string, std::string>> scans;
+  CollectScans(explained, scans);
+  std::vector<std::string> expressions;
+  CollectExpressions(explained, expressions);
+  for (const auto& [alias, table] : scans) {
+    auto generated = GeneratedColumns(source, table);
+    if (!generated.ok()) return generated.error();
+    for (const auto& [column, expression] : generated.value()) {
+      // EXPLAIN qualifies columns by their scan's alias, except in a plan of one scan.
+      std::vector<std::string> refs = {
+          alias + "." + column, source.QuoteIdentifier(alias) + "." + column,
+          alias + "." + source.QuoteIdentifier(column),
+          source.QuoteIdentifier(alias) + "." + source.QuoteIdentifier(column)};
+      if (scans.size() == 1) {
+        refs.push_back(column);
+        refs.push_back(source.QuoteIdentifier(column));
+      }
+      for (const std::string& e : expressions) {
+        if (std::none_of(refs.begin(), refs.end(),
+                         [&](const std::string& r) { return Mentions(e, r); })) {
+          continue;
+        }
+        return Error::Permanent(GeneratedColumnProblem(table, column, expression) + "; write " +
+                                expression + " in the query in place of the column");
+      }
+    }
+  }
+  return Status::Ok();
 }
 
 // When a view's key is its one table's key passed through (no aggregate, join, DISTINCT
@@ -158,10 +292,19 @@ Status PostgresSink::Resolve(PgConnection& source, bool checked) {
     }
     auto plan = source.Query("explain (verbose, format json) " + query);
     if (!plan.ok()) return Error(plan.error().kind(), where + plan.error().message());
-    view->tables.clear();
-    CollectRelations(nlohmann::json::parse(plan.value().rows[0][0].value_or("[]"), nullptr, false),
-                     view->tables);
-    if (view->tables.empty()) return Error::Permanent(where + "the query reads no table");
+    const nlohmann::json explained =
+        nlohmann::json::parse(plan.value().rows[0][0].value_or("[]"), nullptr, false);
+    std::vector<std::string> scanned;
+    CollectRelations(explained, scanned);
+    if (scanned.empty()) return Error::Permanent(where + "the query reads no table");
+    auto tables = SourceTablesOf(source, query, scanned);
+    if (!tables.ok()) return Error(tables.error().kind(), where + tables.error().message());
+    view->tables = std::move(tables).value();
+    // PostgreSQL (before 18) does not publish generated columns: a query that reads one
+    // could not be maintained from the stream.
+    Status generated = CheckGeneratedColumns(source, explained);
+    if (!generated.ok())
+      return Error(generated.error().kind(), where + generated.error().message());
     // The output columns and the key's types.
     auto shape = source.Query("select * from (" + query + ") q limit 0");
     if (!shape.ok()) return shape.error();
