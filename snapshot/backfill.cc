@@ -109,8 +109,11 @@ std::map<std::pair<std::string, std::string>, BackfillProgress> Backfills::Progr
   std::lock_guard lock(mutex_);
   std::map<std::pair<std::string, std::string>, BackfillProgress> out;
   auto add = [&](const std::shared_ptr<Job>& job) {
-    if (!job || job->cancelled) return;
-    for (const std::string& v : job->views) out[{job->store, v}] = job->progress;
+    if (!job || job->cancelled || job->live) return;
+    // The planner's estimate (0 for a table never analyzed) is at least what was read.
+    BackfillProgress progress = job->progress;
+    progress.rows_estimated = std::max(progress.rows_estimated, progress.rows_done);
+    for (const std::string& v : job->views) out[{job->store, v}] = progress;
   };
   add(running_);
   for (const auto& job : queue_) add(job);
@@ -242,6 +245,7 @@ bool Backfills::Rewind(Job& job, std::deque<Unsure>& unsure) {
   for (auto it = unsure.begin(); it != unsure.end(); ++it) {
     if (applied > it->watermark) continue;
     std::lock_guard lock(mutex_);
+    job.live = false;
     job.after = it->after;
     job.progress.rows_done = it->rows_done;
     unsure.erase(it, unsure.end());
@@ -394,7 +398,13 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
         return Error::Permanent("store " + job->store + " stopped on an error");
       }
       if (applied == Applied::kNo) continue;
-      unsure.push_back(Unsure{verdict.second, job->after, job->progress.rows_done});
+      {
+        // The store records the views live: so does the progress, while the job waits
+        // for the chunks to be durable.
+        std::lock_guard lock(mutex_);
+        unsure.push_back(Unsure{verdict.second, job->after, job->progress.rows_done});
+        job->live = true;
+      }
       // Done once durable; a store that lost them meanwhile has the job read again.
       while (true) {
         if (Rewind(*job, unsure)) {
@@ -407,6 +417,7 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
         std::unique_lock lock(mutex_);
         if (stopping_ || job->cancelled) return Status::Ok();
         if (job->restart) {
+          job->live = false;
           rewound = true;
           break;
         }

@@ -123,6 +123,9 @@ class Backfills {
     std::optional<std::string> after;
     bool cancelled = false;
     bool restart = false;  // from the start: a row moved behind the frontier
+    // The store applied the "done" state: the views are live; the job waits only for
+    // its chunks to be durable (read again, and not live, if the store lost them).
+    bool live = false;
     std::chrono::steady_clock::time_point filled_at;  // the last chunk applied
     BackfillProgress progress;
     std::vector<std::string> columns;  // ColumnsOf the table as the last chunk read it

@@ -6,6 +6,7 @@
 // follows its table; kill -9 in the middle of a backfill resumes after the last chunk
 // applied. Each ends with `pgderive verify` passing.
 #include <gtest/gtest.h>
+#include <httplib.h>
 #include <signal.h>
 
 #include <atomic>
@@ -305,6 +306,66 @@ TEST_F(BackfillTest, SchemaChangesReachEveryRowOfViewsThatFollowTheTable) {
   EXPECT_GE(Count("run.err", "\"msg\":\"backfill done\""), 4);
   // View b lists its columns: it was never backfilled.
   EXPECT_EQ(Read("run.err").find("\"views\":\"b\""), std::string::npos) << Read("run.err");
+  auto [code, out] = testing::RunVerify(config, 120);
+  EXPECT_EQ(code, 0) << out << Read("run.err");
+}
+
+// A view that follows its table, after RENAME COLUMN on a table never analyzed (the
+// planner estimates 0 rows): /status never shows more rows done than estimated nor a
+// percentage above what was done, and once the store records the view live, /status
+// says live at its next publication (not only after the job has waited for its chunks
+// to be durable).
+TEST_F(BackfillTest, AFinishedBackfillIsLiveInStatusWithFiguresThatAgree) {
+  const std::string config = WriteConfig({"a"});
+  const std::string text = Read("pgderive.yml");
+  const size_t at = text.find("listen: 127.0.0.1:");
+  ASSERT_NE(at, std::string::npos);
+  const int port = std::stoi(text.substr(at + 18));
+  auto status_of_a = [&]() -> json {
+    httplib::Client client("127.0.0.1", port);
+    client.set_connection_timeout(1);
+    auto res = client.Get("/status");
+    if (!res || res->status != 200) return nullptr;
+    const json status = json::parse(res->body, nullptr, false);
+    if (!status.is_object() || !status.contains("views")) return nullptr;
+    for (const json& v : status["views"]) {
+      if (v.value("name", "") == "a") return v;
+    }
+    return nullptr;
+  };
+  StartRun(config, "run.err");
+  ASSERT_TRUE(WaitLog("run.err", "streaming from slot")) << Read("run.err");
+  MustExecute(*sql_, "alter table " + table_ + " rename column name to title");
+  MustExecute(*sql_, "update " + table_ + " set title = 'renamed' where id = 1");
+  std::vector<json> wrong;
+  std::optional<std::chrono::steady_clock::time_point> recorded_live;
+  bool saw_backfilling = false;
+  ASSERT_TRUE(WaitFor([&] {
+    const json state = RedisState("a");
+    const bool live = state.is_object() && state["state"] == "live" &&
+                      state["columns"].dump().find("title 25") != std::string::npos;
+    if (live && !recorded_live) recorded_live = std::chrono::steady_clock::now();
+    const json v = status_of_a();
+    if (!v.is_object()) return false;
+    if (v.contains("backfill_rows")) {
+      saw_backfilling = true;
+      const uint64_t done = v["backfill_rows"].get<uint64_t>();
+      const uint64_t estimated = v["backfill_estimated_rows"].get<uint64_t>();
+      const double percent = v["progress_percent"].get<double>();
+      if (done > estimated || (done > 0 && percent <= 0.0) || percent >= 100.0) {
+        wrong.push_back(v);
+      }
+    }
+    if (recorded_live && v["state"] != "live" &&
+        std::chrono::steady_clock::now() - *recorded_live > std::chrono::milliseconds(1500)) {
+      wrong.push_back(v);
+    }
+    return recorded_live && v["state"] == "live";
+  })) << status_of_a()
+      << Read("run.err");
+  EXPECT_TRUE(wrong.empty()) << json(wrong).dump();
+  EXPECT_TRUE(WaitLog("run.err", "\"msg\":\"backfill done\"")) << Read("run.err");
+  (void)saw_backfilling;  // the job may end between two publications of /status
   auto [code, out] = testing::RunVerify(config, 120);
   EXPECT_EQ(code, 0) << out << Read("run.err");
 }
