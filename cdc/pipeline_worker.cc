@@ -304,7 +304,10 @@ Status PipelineWorker::Recover() {
     queued_bytes_ = 0;
     changed_.notify_all();
   };
-  if (!stored.value() || *stored.value() < confirmed) {
+  // A store that holds everything this worker applied lost nothing, even when the slot
+  // moved past its checkpoint (only a postgres store on the source's own server, while
+  // the server stopped).
+  if (!stored.value() || (*stored.value() < confirmed && *stored.value() < checkpoint())) {
     // The store lost data the slot no longer holds (e.g. Redis restarted empty):
     // serving it stale is not an option; rebuild its views from a new snapshot.
     log_("store " + sink_.name() + " has " +

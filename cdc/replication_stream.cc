@@ -69,11 +69,26 @@ Status ReplicationStream::SendStatus(bool reply_requested) {
   // and the next call continues it.
   if (PQflush(connection_.get()) < 0) return ConnectionError("cannot flush a status update");
   last_status_ = std::chrono::steady_clock::now();
+  sent_received_ = received_;
+  sent_flushed_ = flushed_;
+  reply_owed_ = false;
   return Status::Ok();
 }
 
+std::chrono::steady_clock::time_point ReplicationStream::NextStatusDue() const {
+  auto due = last_status_ + options_.status_interval;
+  if (reply_owed_) {
+    // A reply the server asked for: at once when it tells something new, else after a
+    // pause (a stopping server asks again as soon as it has an answer).
+    due = std::min(due, received_ != sent_received_ || flushed_ != sent_flushed_
+                            ? last_status_
+                            : last_status_ + kRepeatReplyInterval);
+  }
+  return due;
+}
+
 Status ReplicationStream::SendStatusIfDue() {
-  if (std::chrono::steady_clock::now() - last_status_ < options_.status_interval) return {};
+  if (std::chrono::steady_clock::now() < NextStatusDue()) return {};
   return SendStatus();
 }
 
@@ -94,9 +109,13 @@ Result<std::optional<XLogData>> ReplicationStream::Next(std::chrono::millisecond
       if (!message.ok()) return message.error();
       if (auto* keepalive = std::get_if<PrimaryKeepalive>(&message.value())) {
         received_ = std::max(received_, keepalive->wal_end);
-        if (keepalive->reply_requested) {
-          Status status = SendStatus();
-          if (!status.ok()) return status.error();
+        if (keepalive->reply_requested) reply_owed_ = reply_requested_ = true;
+        // A server that keeps asking must not hold the caller past its deadline: the
+        // caller is what moves the flush position the server waits for.
+        if (std::chrono::steady_clock::now() >= deadline) {
+          Status due = SendStatusIfDue();
+          if (!due.ok()) return due.error();
+          return std::optional<XLogData>();
         }
         continue;
       }
@@ -121,7 +140,7 @@ Result<std::optional<XLogData>> ReplicationStream::Next(std::chrono::millisecond
       if (looked_at_deadline) return std::optional<XLogData>();
       looked_at_deadline = true;
     } else {
-      const auto until_status = last_status_ + options_.status_interval - now;
+      const auto until_status = NextStatusDue() - now;
       const auto wait =
           std::min(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now),
                    std::chrono::duration_cast<std::chrono::milliseconds>(until_status));

@@ -16,6 +16,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "cdc/pg_connection.h"
 #include "cdc/walsender.h"
@@ -51,6 +52,8 @@ class ReplicationStream {
   // Sends a status update now (also done on the interval and when the server asks).
   Status SendStatus(bool reply_requested = false);
 
+  // Whether the server asked for a reply since the last call.
+  bool TakeReplyRequest() { return std::exchange(reply_requested_, false); }
   Lsn received() const { return received_; }
   Lsn flushed() const { return flushed_; }
   int proto_version() const { return proto_version_; }
@@ -65,6 +68,8 @@ class ReplicationStream {
   };
   ReplicationStream(PgConnection connection, const StreamOptions& options, int proto_version);
   Status SendStatusIfDue();
+  std::chrono::steady_clock::time_point NextStatusDue() const;
+  static constexpr auto kRepeatReplyInterval = std::chrono::milliseconds(500);
   Error ConnectionError(std::string_view what) const;
 
   PgConnection connection_;
@@ -74,6 +79,10 @@ class ReplicationStream {
   Lsn received_;
   Lsn flushed_;
   std::chrono::steady_clock::time_point last_status_;
+  Lsn sent_received_;  // the positions of the last status update
+  Lsn sent_flushed_;
+  bool reply_owed_ = false;       // the server asked for a reply not yet sent
+  bool reply_requested_ = false;  // ... since TakeReplyRequest
 };
 
 }  // namespace pgderive

@@ -323,6 +323,17 @@ Result<SlotState> ReadSlot(PgConnection& sql, const std::string& slot) {
   return SlotState{true, lsn.value_or(Lsn{})};
 }
 
+// Which PostgreSQL server a connection reaches: its postmaster's start time and port
+// (the same server under any address or DSN spelling; readable without privileges).
+std::optional<std::string> ServerIdentity(const std::string& dsn) {
+  auto c = PgConnection::Connect(dsn, PgConnection::Mode::kSql, "pgderive-run");
+  if (!c.ok()) return std::nullopt;
+  auto rows =
+      c.value().Query("select pg_postmaster_start_time()::text || ' ' || current_setting('port')");
+  if (!rows.ok() || rows.value().rows.empty()) return std::nullopt;
+  return rows.value().rows[0][0];
+}
+
 }  // namespace
 
 int RunPipeline(const RunOptions& options) {
@@ -630,6 +641,17 @@ int RunPipeline(const RunOptions& options) {
       }
     }
   }
+  // Postgres stores on the source's own server: when it shuts down they cannot write
+  // until it is back, so the slot does not wait for them (below).
+  std::set<std::string> on_source;
+  {
+    const auto source = ServerIdentity(config.source.dsn);
+    for (const auto& [name, store] : config.stores) {
+      if (store.type == StoreType::kPostgres && source && ServerIdentity(store.dsn) == source) {
+        on_source.insert(name);
+      }
+    }
+  }
   for (auto& sink : sinks) {
     const std::string store = sink->name();
     workers.push_back(std::make_unique<PipelineWorker>(
@@ -740,8 +762,10 @@ int RunPipeline(const RunOptions& options) {
       if (std::chrono::steady_clock::now() - dispatcher.pending_since() >= kLinger) {
         dispatcher.Dispatch();
       }
+      // At once when the server asks for a reply (a stopping server waits for it).
       if (assembler.idle() &&
-          std::chrono::steady_clock::now() - last_idle_mark >= kIdleMarkInterval) {
+          (std::chrono::steady_clock::now() - last_idle_mark >= kIdleMarkInterval ||
+           stream->TakeReplyRequest())) {
         if (dispatcher.MarkIdle(stream->received())) {
           last_idle_mark = std::chrono::steady_clock::now();
         }
@@ -750,10 +774,21 @@ int RunPipeline(const RunOptions& options) {
     const auto now = std::chrono::steady_clock::now();
     if (now - last_confirm >= std::chrono::milliseconds(100)) {
       last_confirm = now;
-      // The slot moves only past what every store has made durable.
+      // The slot moves only past what every store has made durable (when nothing is in
+      // flight, the idle marks above carry every store to the stream's position). One
+      // exception: a postgres store on the source's own server that cannot reach it (the
+      // server is stopping, and a fast shutdown waits for the slot's consumer to confirm
+      // all WAL) keeps what it has not applied in its queue and applies it once the
+      // server is back; the slot does not wait for it. Should pgderive itself stop before
+      // then, the store is behind the slot at the next start and is rebuilt.
+      const bool idle = !dispatcher.pending() && assembler.idle();
       std::optional<Lsn> lowest;
       for (auto& worker : workers) {
-        const Lsn durable = worker->Durable();
+        Lsn durable = worker->Durable();
+        if (idle && !worker->healthy() && !worker->detached() && !worker->failed() &&
+            on_source.contains(worker->sink().name())) {
+          durable = std::max(durable, stream->received());
+        }
         if (!lowest || durable < *lowest) lowest = durable;
       }
       if (lowest) stream->ConfirmFlushed(*lowest);

@@ -277,6 +277,61 @@ TEST_F(RunFaultTest, StoreOutagesAndPostgresRestart) {
   EXPECT_EQ(run->Wait(std::chrono::seconds(10)), 0) << err;
 }
 
+// `pg_ctl stop -m fast` (what `systemctl stop` does) on the source under a write load,
+// with every store healthy (the postgres store on the source's own server): the shutdown
+// ends within 5 s, pgderive reconnects once PostgreSQL is back, and nothing is lost.
+TEST_F(RunFaultTest, FastShutdownUnderLoadEndsWithinFiveSecondsAndLosesNothing) {
+  Workload workload(*stack_, 11);
+  auto run = StartRun(200);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (RunErr(200).find("streaming from slot") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // poll interval
+  }
+  ASSERT_NE(RunErr(200).find("streaming from slot"), std::string::npos) << RunErr(200);
+  workload.Start();
+  auto progress = [&](uint64_t n) {
+    const uint64_t before = workload.done();
+    while (workload.done() < before + n) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  };
+  progress(500);
+  // The stack's stop is `pg_ctl stop -m fast -w -t 30` (then immediate): timed here.
+  const auto stop_started = std::chrono::steady_clock::now();
+  ASSERT_EQ(stack_->Run("stop", {"pg"}), 0);
+  const double stop_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - stop_started).count();
+  std::printf("fast shutdown under load took %.2f s\n", stop_seconds);
+  EXPECT_LT(stop_seconds, 5.0) << RunErr(200);
+  ASSERT_EQ(stack_->Run("start", {"pg"}), 0);
+  progress(500);  // writes continue
+  workload.Stop();
+  auto [status, out] = Verify();
+  EXPECT_EQ(status, 0) << out << RunErr(200);
+  // Exact counts, read from each store directly.
+  PgConnection sql = stack_->ConnectPg();
+  auto source = sql.Query("select count(*) from items");
+  ASSERT_TRUE(source.ok());
+  const long long rows = std::stoll(source.value().rows[0][0].value_or("-1"));
+  auto warehouse = sql.Query("select sum(c) from analytics.items_buckets");
+  ASSERT_TRUE(warehouse.ok());
+  EXPECT_EQ(std::stoll(warehouse.value().rows[0][0].value_or("-1")), rows);
+  auto redis = RedisClient::Connect(stack_->Env("PGDERIVE_REDIS_URL"));
+  ASSERT_TRUE(redis.ok());
+  auto keys = redis.value().Command({"KEYS", "item:*"});
+  ASSERT_TRUE(keys.ok());
+  EXPECT_EQ(static_cast<long long>(keys.value().elements.size()), rows);
+  auto search = Search();
+  ASSERT_TRUE(search.Refresh("items").ok());
+  auto count = search.Count("items");
+  ASSERT_TRUE(count.ok());
+  EXPECT_EQ(count.value(), rows);
+  const std::string err = RunErr(200);
+  EXPECT_NE(err.find("reconnecting"), std::string::npos) << err;
+  EXPECT_EQ(err.find("rebuilding"), std::string::npos) << err;
+  run->Signal(SIGTERM);
+  EXPECT_EQ(run->Wait(std::chrono::seconds(10)), 0) << err;
+}
+
 // PostgreSQL invalidates a slot that would keep more WAL than max_slot_wal_keep_size.
 // pgderive then cannot keep the views exact from it: a clear error naming the recovery
 // command, exit 1, and no rebuild of everything behind the operator's back.
