@@ -62,20 +62,27 @@ void PipelineWorker::CountApplied(const BatchGroup& group, Lsn from) {
 
 void PipelineWorker::ReportSourceReads() {
   for (const SourceRead& read : sink_.TakeSourceReads()) {
-    log_("store " + sink_.name() + (read.view.empty() ? "" : ", view " + read.view) + ": table " +
-         read.table + ", key " + read.key + " at " + read.lsn.ToString() +
-         ": the store lacked the previous value of unchanged (TOAST) column(s) " + read.columns +
-         "; " +
-         (read.found ? "read the row again from the source"
-                     : "the source no longer has the row (a later change removes it)"));
+    // A read because the change precedes the store's horizon is routine until the
+    // stream passes it: counted, not logged one by one.
+    if (read.missing) {
+      log_("store " + sink_.name() + (read.view.empty() ? "" : ", view " + read.view) + ": table " +
+           read.table + ", key " + read.key + " at " + read.lsn.ToString() +
+           ": the store lacked the previous value of unchanged (TOAST) column(s) " + read.columns +
+           "; " +
+           (read.found ? "read the row again from the source"
+                       : "the source no longer has the row (a later change removes it)"));
+    }
     if (metrics_ == nullptr) continue;
-    Counter*& counter = reread_counters_[read.table];
+    Counter*& counter = reread_counters_[{read.table, read.missing}];
     if (counter == nullptr) {
       counter = &metrics_->counter(
           "pgderive_rows_reread_total",
-          "Rows read again from the source because the store lacked the previous value of a "
-          "column an update left unchanged (TOAST)",
-          {{"store", sink_.name()}, {"table", read.table}});
+          "Rows read again from the source for the value of a column an update left "
+          "unchanged (TOAST): reason=missing, the store lacked it; reason=horizon, the "
+          "change came before a row read earlier, whose value the store may hold newer",
+          {{"store", sink_.name()},
+           {"table", read.table},
+           {"reason", read.missing ? "missing" : "horizon"}});
     }
     counter->Add();
   }

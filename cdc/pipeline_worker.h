@@ -99,7 +99,7 @@ class PipelineWorker {
   // Logs and counts the rows the store read again from the source (Sink::TakeSourceReads).
   void ReportSourceReads();
   Metrics* metrics_ = nullptr;
-  std::map<std::string, Counter*> reread_counters_;  // by table
+  std::map<std::pair<std::string, bool>, Counter*> reread_counters_;  // by (table, missing)
   Counter* batches_ = nullptr;
   Histogram* batch_seconds_ = nullptr;
   Counter* errors_transient_ = nullptr;

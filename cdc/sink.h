@@ -31,6 +31,9 @@ struct SourceRead {
   Lsn lsn;              // the change's commit LSN
   std::string columns;  // the unchanged columns it lacked, comma-separated
   bool found = false;   // false: the source no longer has the row; nothing was written
+  // true: the store lacked the value; false: the change commits before the store's
+  // horizon (an earlier read may have left a newer value; source_rows.h).
+  bool missing = true;
 };
 
 class Sink {

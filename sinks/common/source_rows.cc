@@ -59,11 +59,43 @@ Result<std::optional<SourceRows::Row>> SourceRows::Read(
     where += (where.empty() ? "" : " and ") + c.QuoteIdentifier(column) + " = " +
              c.QuoteLiteral(value->second) + "::" + type;
   }
-  auto rows = c.Query("select " + select + " from " + (it->second.partitioned ? "" : "only ") +
-                      c.QuoteTableName(table) + " where " + where);
+  // The insert position is taken after the statement's snapshot: every commit the read
+  // sees ends before it.
+  auto rows = c.Query(
+      "select pg_current_wal_insert_lsn()::text, r.* from (select 1) o left "
+      "join (select true, " +
+      select + " from " + (it->second.partitioned ? "" : "only ") + c.QuoteTableName(table) +
+      " where " + where + ") r on true");
   if (!rows.ok()) return rows.error();
-  if (rows.value().rows.empty()) return std::optional<Row>();
-  return std::optional<Row>(std::move(rows.value().rows.front()));
+  if (rows.value().rows.size() != 1) {
+    return Error::Permanent("table " + table + ": more than one row has the key " + where);
+  }
+  Row& row = rows.value().rows.front();
+  const auto position = Lsn::Parse(row[0].value_or(""));
+  if (!position) return Error::Corrupt("pg_current_wal_insert_lsn() gave no LSN");
+  if (horizon_ < *position) {
+    horizon_ = *position;
+    raised_ = true;
+  }
+  if (!row[1]) return std::optional<Row>();
+  row.erase(row.begin(), row.begin() + 2);
+  return std::optional<Row>(std::move(row));
+}
+
+Lsn SourceRows::horizon() {
+  std::lock_guard lock(mutex_);
+  return horizon_;
+}
+
+void SourceRows::SetHorizon(Lsn horizon) {
+  std::lock_guard lock(mutex_);
+  horizon_ = horizon;
+  raised_ = false;
+}
+
+bool SourceRows::TakeRaised() {
+  std::lock_guard lock(mutex_);
+  return std::exchange(raised_, false);
 }
 
 Result<std::optional<TupleData>> SourceRows::ReadChangedRow(const OwnedChange& change,
@@ -101,7 +133,8 @@ std::vector<SourceRead> SourceRows::Take() {
 Result<std::optional<std::string>> ValueFromSource(SourceRows& source, const ViewShape& shape,
                                                    const OwnedChange& change,
                                                    const TypeRegistry& types,
-                                                   const std::string& view, const RowWrite& write) {
+                                                   const std::string& view, const RowWrite& write,
+                                                   bool missing) {
   std::string columns;
   for (const std::string& c : write.unchanged) columns += (columns.empty() ? "" : ",") + c;
   const std::string key = write.put.value_or(write.previous());
@@ -114,7 +147,7 @@ Result<std::optional<std::string>> ValueFromSource(SourceRows& source, const Vie
                      " and reading the row again failed: " + row.error().message());
   }
   source.Note(SourceRead{view, change.relation().QualifiedName(), key, change.commit_lsn, columns,
-                         row.value().has_value()});
+                         row.value().has_value(), missing});
   if (!row.value()) return std::optional<std::string>();
   std::string value;
   Status status = shape.AppendValue(value, *row.value(), types, nullptr);

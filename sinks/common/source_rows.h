@@ -16,6 +16,17 @@
 // skips writing it. Until it catches up, the entry may show a newer value early, as
 // any replay does. The store applies the row with the change, in the same transaction
 // (Redis MULTI, the postgres batch) or with the change's version (OpenSearch).
+//
+// One exception makes a rule: the read may find, under that key, another row than the
+// change's (the row moved to another key and another took its key, both after the
+// change). What the entry then holds must not be carried on by a later change that
+// takes an unchanged value from the store - a key change of the moved row. So every
+// read raises the store's horizon, the WAL insert position when it was made (every
+// commit it saw ends before it): a change that commits before the horizon takes its
+// unchanged values from the source, never from the store. Past the horizon the store
+// holds, for every entry, the value of the last change that touched it, as always. The
+// horizon is recorded in the store before or with the data read (so a replay after a
+// crash keeps to it); in the stream's normal course it is long passed.
 
 #include <map>
 #include <mutex>
@@ -53,6 +64,13 @@ class SourceRows {
   void Note(SourceRead read);
   std::vector<SourceRead> Take();
 
+  // The horizon: changes that commit before it take unchanged values from the source.
+  // The store sets what it recorded (when it loads it) and records it again whenever
+  // a read raised it (TakeRaised).
+  Lsn horizon();
+  void SetHorizon(Lsn horizon);
+  bool TakeRaised();
+
  private:
   struct Table {
     std::vector<std::pair<std::string, std::string>> key;  // (column, format_type)
@@ -65,15 +83,19 @@ class SourceRows {
   std::optional<PgConnection> sql_;
   std::map<std::string, Table> tables_;
   std::vector<SourceRead> reads_;
+  Lsn horizon_;
+  bool raised_ = false;
 };
 
 // For a store of one entry per row (Redis, OpenSearch) that does not hold what `write`
-// (for `change`, in view `view` of shape `shape`) leaves unchanged: the entry's whole
+// (for `change`, in view `view` of shape `shape`) leaves unchanged, or must not take it
+// from the store (`missing` false: the change is before the horizon): the entry's whole
 // value with those columns read from the source, the read noted; nullopt when the
 // source no longer has the row (write nothing: a later change says what became of it).
 Result<std::optional<std::string>> ValueFromSource(SourceRows& source, const ViewShape& shape,
                                                    const OwnedChange& change,
                                                    const TypeRegistry& types,
-                                                   const std::string& view, const RowWrite& write);
+                                                   const std::string& view, const RowWrite& write,
+                                                   bool missing);
 
 }  // namespace pgderive

@@ -169,6 +169,7 @@ Result<OpenSearchClient*> OpenSearchSink::Client() {
 Status OpenSearchSink::Connect() {
   std::lock_guard lock(mutex_);
   client_.reset();
+  horizon_loaded_ = false;
   auto client = Client();
   if (!client.ok()) return client.error();
   auto version = client.value()->ServerVersion();
@@ -317,6 +318,15 @@ Status OpenSearchSink::BeginRebuild(Lsn) {
       /*if_missing=*/true);
   if (status.ok()) status = WriteCheckpoint(*client.value(), std::nullopt);
   if (!status.ok()) return status;
+  // Every view from one snapshot: nothing newer than the stream (source_rows.h).
+  std::string horizon =
+      "{\"delete\":{\"_index\":\"" + std::string(kCheckpointIndex) + "\",\"_id\":";
+  AppendJsonString(horizon, checkpoint_id_ + "/reread");
+  horizon += "}}\n";
+  status = SendBulk(*client.value(), horizon);
+  if (!status.ok()) return status;
+  source_.SetHorizon(Lsn{});
+  horizon_loaded_ = true;
   rebuilt_ = true;
   for (auto& view : views_) {
     status = RecreateIndex(*client.value(), *view);
@@ -390,9 +400,26 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   auto connected = Client();
   if (!connected.ok()) return connected.error();
   OpenSearchClient& client = *connected.value();
+  if (!horizon_loaded_) {
+    auto document = client.Get(kCheckpointIndex, checkpoint_id_ + "/reread");
+    if (!document.ok()) return document.error();
+    source_.SetHorizon(document.value()
+                           ? Lsn::Parse(document.value()->source.value("lsn", "")).value_or(Lsn{})
+                           : Lsn{});
+    horizon_loaded_ = true;
+  }
   BulkBuffer bulk;
   std::map<std::string, std::string> states;  // view -> its last state's action
-  auto flush = [&] {
+  auto flush = [&]() -> Status {
+    // A horizon a read raised is recorded before the data read (a _bulk is not atomic).
+    if (source_.TakeRaised()) {
+      std::string horizon =
+          "{\"index\":{\"_index\":\"" + std::string(kCheckpointIndex) + "\",\"_id\":";
+      AppendJsonString(horizon, checkpoint_id_ + "/reread");
+      horizon += "}}\n{\"lsn\":\"" + source_.horizon().ToString() + "\"}\n";
+      Status status = SendBulk(client, horizon);
+      if (!status.ok()) return status;
+    }
     std::string ndjson = bulk.Take();
     return SendBulk(client, ndjson);
   };
@@ -465,24 +492,29 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
         RowWrite& w = write.value();
         if (!w.unchanged.empty()) {
           // The indexed document supplies the unchanged columns (a realtime GET after
-          // sending what is queued).
-          Status status = flush();
-          if (!status.ok()) return status;
-          auto previous = client.Get(index, w.previous());
-          if (!previous.ok()) return previous.error();
-          // Not filled yet: its backfill chunk brings it whole (RedisSink::Apply).
-          if (!previous.value() && view->backfilling) continue;
-          auto merged = previous.value()
-                            ? MergeUnchanged(w.value, previous.value()->source.dump(), w.unchanged)
-                            : Result<std::string>(Error::Permanent("no previous value"));
+          // sending what is queued). Before the horizon, the source does
+          // (source_rows.h).
+          const bool trusted = change.commit_lsn >= source_.horizon();
+          Result<std::string> merged = Error::Permanent("not taken from the store");
+          if (trusted) {
+            Status status = flush();
+            if (!status.ok()) return status;
+            auto previous = client.Get(index, w.previous());
+            if (!previous.ok()) return previous.error();
+            // Not filled yet: its backfill chunk brings it whole (RedisSink::Apply).
+            if (!previous.value() && view->backfilling) continue;
+            if (previous.value()) {
+              merged = MergeUnchanged(w.value, previous.value()->source.dump(), w.unchanged);
+            }
+          }
           if (merged.ok()) {
             w.value = std::move(merged).value();
           } else {
             // The index holds no document to take them from (a replay after a crash
             // meets a document a later change, already applied, removed): read the row
             // again. Written with this change's version, as any replayed write.
-            auto value =
-                ValueFromSource(source_, *shape.value(), change, types, view->config.name, w);
+            auto value = ValueFromSource(source_, *shape.value(), change, types, view->config.name,
+                                         w, trusted);
             if (!value.ok()) {
               if (FailView(*view, value.error())) continue;  // e.g. a key it cannot read
               return value.error();

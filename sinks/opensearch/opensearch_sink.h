@@ -112,6 +112,8 @@ class OpenSearchSink : public Sink {
   std::mutex mutex_;
   std::optional<OpenSearchClient> client_;
   SourceRows source_;  // rows read again (an unchanged TOASTed value the index lacks)
+  // Its horizon is the document <checkpoint_id>/reread of the checkpoint index.
+  bool horizon_loaded_ = false;
 };
 
 }  // namespace pgderive

@@ -223,8 +223,9 @@ struct Final {
   // before the batch (unset), or, when the row moved to this key leaving them out, the
   // mirror row of `from` (its key values) as it was before the batch.
   std::optional<std::vector<std::optional<std::string>>> from;
-  bool reread = false;  // no mirror row to take them from: read the row from the source
-  Lsn lsn;              // of the last change
+  bool reread = false;          // no mirror row to take them from: read the row from the source
+  Lsn lsn;                      // of the last change
+  bool before_horizon = false;  // reread: a change before the horizon left them out
   bool whole() const {
     return std::all_of(present.begin(), present.end(), [](bool p) { return p; });
   }
@@ -550,7 +551,7 @@ Status PostgresSink::BeginRebuild(Lsn) {
   if (!status.ok()) return status;
   std::string sql =
       "begin; delete from pgderive.checkpoints where pipeline = " + c.QuoteLiteral(pipeline_) +
-      " and store = " + c.QuoteLiteral(name_) + "; ";
+      " and store in (" + c.QuoteLiteral(name_) + ", " + c.QuoteLiteral(HorizonRow()) + "); ";
   // A table built from another definition is replaced (its columns may differ). A table
   // pgderive never recorded is the user's: it is kept and filled.
   for (const auto& view : views_) {
@@ -806,6 +807,19 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   Status status = EnsureTempTables(c);
   if (status.ok()) status = c.Execute("begin");
   if (!status.ok()) return status;
+  {
+    // The horizon (source_rows.h), as this transaction sees it.
+    auto horizon = c.Query(
+        "select lsn::text from pgderive.checkpoints where pipeline = " + c.QuoteLiteral(pipeline_) +
+        " and store = " + c.QuoteLiteral(HorizonRow()));
+    if (!horizon.ok()) {
+      IgnoreError(c.Execute("rollback"), "the error above is what counts");
+      return horizon.error();
+    }
+    source_.SetHorizon(horizon.value().rows.empty()
+                           ? Lsn{}
+                           : Lsn::Parse(horizon.value().rows[0][0].value_or("")).value_or(Lsn{}));
+  }
 
   // Per mirror: the final state of each changed row key (COPY text of the key columns),
   // and every key touched (old and new).
@@ -917,7 +931,8 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
                          ": the mirror lacks the previous value of unchanged column(s) " + columns +
                          " and reading the row again failed: " + read.error().message());
       }
-      source_.Note(SourceRead{"", m.table, it->first, row.lsn, columns, read.value().has_value()});
+      source_.Note(SourceRead{"", m.table, it->first, row.lsn, columns, read.value().has_value(),
+                              !row.before_horizon});
       if (!read.value()) {
         it = rows.erase(it);  // gone from the source: its delete is ahead in the stream
         continue;
@@ -936,6 +951,15 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
     if (finals.empty()) return Status::Ok();
     for (auto& [table, rows] : finals) {
       Status s = complete(mirrors_.at(table), rows);
+      if (!s.ok()) return s;
+    }
+    // Recorded with the data it protects, in this transaction.
+    if (source_.TakeRaised()) {
+      Status s = c.Execute(
+          "insert into pgderive.checkpoints (pipeline, store, lsn) values (" +
+          c.QuoteLiteral(pipeline_) + ", " + c.QuoteLiteral(HorizonRow()) + ", " +
+          c.QuoteLiteral(source_.horizon().ToString()) +
+          ") on conflict (pipeline, store) do update set lsn = excluded.lsn, updated_at = now()");
       if (!s.ok()) return s;
     }
     std::set<std::string> changed;
@@ -1134,6 +1158,11 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
             row.present[i] = true;
           }
         }
+      }
+      // Before the horizon, what a change leaves out is the source's (source_rows.h).
+      if (!row.whole() && !row.reread && change.commit_lsn < source_.horizon()) {
+        row.reread = true;
+        row.before_horizon = true;
       }
     }
     if (!status.ok()) break;

@@ -109,6 +109,8 @@ class PostgresSink : public Sink {
   Status WriteCheckpoint(PgConnection& c, Lsn lsn);
   Status AddMissingColumns(PgConnection& c, Mirror& mirror, const RelationSchema& schema);
   std::string KeyList(const View& view, const std::string& prefix = "") const;
+  // The row of pgderive.checkpoints that holds the store's SourceRows horizon.
+  std::string HorizonRow() const { return name_ + "/reread"; }
 
   std::string name_;
   std::string dsn_;

@@ -29,7 +29,8 @@ Result<RedisCommand> SetRow(const ViewShape& shape, const TupleData& row,
 Result<std::unique_ptr<RedisSink>> RedisSink::Make(const Config& config, const StoreConfig& store) {
   std::unique_ptr<RedisSink> sink(
       new RedisSink(store.name, store.ConnectUrl(), "pgderive:" + config.pipeline + ":checkpoint",
-                    "pgderive:" + config.pipeline + ":views", config.source.dsn));
+                    "pgderive:" + config.pipeline + ":views",
+                    "pgderive:" + config.pipeline + ":reread", config.source.dsn));
   for (const ViewConfig& view : config.views) {
     if (view.store != store.name) continue;
     auto key = KeyTemplate::Parse(view.key_template);
@@ -57,6 +58,7 @@ Status RedisSink::Check(const std::shared_ptr<const RelationSchema>& schema) {
 Status RedisSink::Connect() {
   std::lock_guard lock(mutex_);
   client_.reset();
+  horizon_loaded_ = false;
   auto client = RedisClient::Connect(url_);
   if (!client.ok()) return client.error();
   client_.emplace(std::move(client).value());
@@ -125,7 +127,9 @@ Status RedisSink::BeginRebuild(Lsn) {
   if (!client.ok()) return client.error();
   // The checkpoint goes first: a crash during the rebuild leaves no checkpoint, and the
   // next start rebuilds again.
-  auto reply = client.value()->Command({"DEL", checkpoint_key_, views_key_});
+  auto reply = client.value()->Command({"DEL", checkpoint_key_, views_key_, horizon_key_});
+  source_.SetHorizon(Lsn{});  // every view from one snapshot: nothing newer than the stream
+  horizon_loaded_ = true;
   if (!reply.ok()) return reply.error();
   rebuilt_ = true;
   for (auto& view : views_) {
@@ -140,7 +144,9 @@ Status RedisSink::UndoRebuild() {
   if (!rebuilt_) return Status::Ok();
   auto client = Client();
   if (!client.ok()) return client.error();
-  auto reply = client.value()->Command({"DEL", checkpoint_key_, views_key_});
+  auto reply = client.value()->Command({"DEL", checkpoint_key_, views_key_, horizon_key_});
+  source_.SetHorizon(Lsn{});  // every view from one snapshot: nothing newer than the stream
+  horizon_loaded_ = true;
   if (!reply.ok()) return reply.error();
   for (auto& view : views_) {
     Status status = DeleteView(*view);
@@ -255,6 +261,12 @@ Status RedisSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   auto connected = Client();
   if (!connected.ok()) return connected.error();
   RedisClient& client = *connected.value();
+  if (!horizon_loaded_) {
+    auto horizon = client.Command({"GET", horizon_key_});
+    if (!horizon.ok()) return horizon.error();
+    source_.SetHorizon(Lsn::Parse(horizon.value().str).value_or(Lsn{}));
+    horizon_loaded_ = true;
+  }
   std::vector<RedisCommand> commands{{"MULTI"}};
   // Sends what is queued as one MULTI ... EXEC (with the checkpoint when given).
   auto exec = [&](std::optional<Lsn> new_checkpoint) -> Status {
@@ -335,27 +347,35 @@ Status RedisSink::Apply(const BatchGroup& group, Lsn checkpoint) {
         RowWrite& w = write.value();
         if (!w.unchanged.empty()) {
           // The previous value supplies the unchanged columns: send what is queued, then
-          // read it (from the old key when the key changed).
-          Status status = exec(std::nullopt);
-          if (!status.ok()) return status;
-          auto previous = client.Command({"GET", w.previous()});
-          if (!previous.ok()) return previous.error();
-          const bool held = previous.value().type == RedisReply::Type::kString;
-          // Not filled yet: the row's backfill chunk, read after this change, brings it
-          // whole (a chunk whose window holds such an update is read again).
-          if (!held && view->backfilling) continue;
-          auto merged = held ? MergeUnchanged(w.value, previous.value().str, w.unchanged)
-                             : Result<std::string>(Error::Permanent("no previous value"));
+          // read it (from the old key when the key changed). Before the horizon, the
+          // source does (source_rows.h).
+          const bool trusted = change.commit_lsn >= source_.horizon();
+          Result<std::string> merged = Error::Permanent("not taken from the store");
+          if (trusted) {
+            Status status = exec(std::nullopt);
+            if (!status.ok()) return status;
+            auto previous = client.Command({"GET", w.previous()});
+            if (!previous.ok()) return previous.error();
+            const bool held = previous.value().type == RedisReply::Type::kString;
+            // Not filled yet: the row's backfill chunk, read after this change, brings it
+            // whole (a chunk whose window holds such an update is read again).
+            if (!held && view->backfilling) continue;
+            if (held) merged = MergeUnchanged(w.value, previous.value().str, w.unchanged);
+          }
           if (merged.ok()) {
             w.value = std::move(merged).value();
           } else {
             // The key holds no value to take them from (a replay meets a row the store
             // no longer holds, a key removed behind pgderive's back): read the row again.
-            auto value =
-                ValueFromSource(source_, *shape.value(), change, types, view->config.name, w);
+            auto value = ValueFromSource(source_, *shape.value(), change, types, view->config.name,
+                                         w, trusted);
             if (!value.ok()) {
               if (FailView(*view, value.error())) continue;  // e.g. a key it cannot read
               return value.error();
+            }
+            // Recorded with the data, in the same MULTI.
+            if (source_.TakeRaised()) {
+              commands.push_back({"SET", horizon_key_, source_.horizon().ToString()});
             }
             if (value.value()) {
               w.value = std::move(*value.value());

@@ -74,11 +74,12 @@ class RedisSink : public Sink {
 
  private:
   RedisSink(std::string name, std::string url, std::string checkpoint_key, std::string views_key,
-            std::string source_dsn)
+            std::string horizon_key, std::string source_dsn)
       : name_(std::move(name)),
         url_(std::move(url)),
         checkpoint_key_(std::move(checkpoint_key)),
         views_key_(std::move(views_key)),
+        horizon_key_(std::move(horizon_key)),
         source_(std::move(source_dsn)) {}
   Status DeleteView(View& view);
   Result<RedisClient*> Client();
@@ -86,7 +87,9 @@ class RedisSink : public Sink {
   std::string name_;
   std::string url_;
   std::string checkpoint_key_;
-  std::string views_key_;  // a hash: view name -> ViewState JSON
+  std::string views_key_;    // a hash: view name -> ViewState JSON
+  std::string horizon_key_;  // the LSN of SourceRows' horizon (source_rows.h)
+  bool horizon_loaded_ = false;
   std::vector<std::unique_ptr<View>> views_;
   bool rebuilt_ = false;  // BeginRebuild ran in this process
   std::mutex mutex_;      // the client, for snapshot rows arriving from several threads
