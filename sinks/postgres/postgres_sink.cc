@@ -418,6 +418,7 @@ Result<PgConnection*> PostgresSink::Connection() {
 Status PostgresSink::Connect() {
   std::lock_guard lock(mutex_);
   connection_.reset();
+  horizon_loaded_ = false;
   auto c = Connection();
   return c.ok() ? Status::Ok() : Status(c.error());
 }
@@ -552,6 +553,7 @@ Status PostgresSink::BeginRebuild(Lsn) {
   std::string sql =
       "begin; delete from pgderive.checkpoints where pipeline = " + c.QuoteLiteral(pipeline_) +
       " and store in (" + c.QuoteLiteral(name_) + ", " + c.QuoteLiteral(HorizonRow()) + "); ";
+  horizon_loaded_ = false;  // none after the rebuild
   // A table built from another definition is replaced (its columns may differ). A table
   // pgderive never recorded is the user's: it is kept and filled.
   for (const auto& view : views_) {
@@ -807,8 +809,8 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   Status status = EnsureTempTables(c);
   if (status.ok()) status = c.Execute("begin");
   if (!status.ok()) return status;
-  {
-    // The horizon (source_rows.h), as this transaction sees it.
+  if (!horizon_loaded_) {
+    // The horizon (source_rows.h), as the store recorded it.
     auto horizon = c.Query(
         "select lsn::text from pgderive.checkpoints where pipeline = " + c.QuoteLiteral(pipeline_) +
         " and store = " + c.QuoteLiteral(HorizonRow()));
@@ -819,6 +821,7 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
     source_.SetHorizon(horizon.value().rows.empty()
                            ? Lsn{}
                            : Lsn::Parse(horizon.value().rows[0][0].value_or("")).value_or(Lsn{}));
+    horizon_loaded_ = true;
   }
 
   // Per mirror: the final state of each changed row key (COPY text of the key columns),
@@ -1174,7 +1177,8 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   if (status.ok()) status = c.Execute("commit");
   if (!status.ok()) {
     IgnoreError(c.Execute("rollback"), "the error above is what counts");
-    temp_ready_ = false;  // a failed DDL inside may have been rolled back
+    temp_ready_ = false;      // a failed DDL inside may have been rolled back
+    horizon_loaded_ = false;  // and a horizon it raised
   }
   return status;
 }

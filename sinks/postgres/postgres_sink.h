@@ -123,7 +123,8 @@ class PostgresSink : public Sink {
   // What BeginRebuild of this process created: target tables, their schemas, mirrors.
   std::vector<std::string> created_tables_;
   std::vector<std::string> created_schemas_;
-  SourceRows source_;  // rows read again (an unchanged TOASTed value the mirror lacks)
+  SourceRows source_;            // rows read again (an unchanged TOASTed value the mirror lacks)
+  bool horizon_loaded_ = false;  // its horizon, from the row HorizonRow()
 };
 
 }  // namespace pgderive
