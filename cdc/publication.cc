@@ -75,7 +75,9 @@ Status CheckSourceTables(PgConnection& connection, const std::vector<std::string
       problems += "\n  table " + table +
                   " has no primary key, so its updates and deletes "
                   "cannot be followed; fix: add a primary key, or ALTER TABLE " +
-                  connection.QuoteTableName(table) + " REPLICA IDENTITY FULL";
+                  connection.QuoteTableName(table) +
+                  " REPLICA IDENTITY USING INDEX <a unique index of NOT NULL columns> "
+                  "(REPLICA IDENTITY FULL is enough for tail, but a view needs a key)";
     }
   }
   if (problems.empty()) return Status::Ok();
@@ -185,7 +187,7 @@ Result<std::shared_ptr<RelationSchema>> DescribeTable(PgConnection& c, const std
   const std::string oid = row[0].value_or("0");
   auto columns = c.Query(
       "select a.attname, a.atttypid, a.atttypmod, case c.relreplident "
-      "when 'f' then true when 'n' then false "
+      "when 'n' then false "
       "else exists (select from pg_index i where i.indrelid = c.oid and a.attnum = any(i.indkey) "
       "and (case c.relreplident when 'i' then i.indisreplident else i.indisprimary end)) end "
       "from pg_attribute a join pg_class c on c.oid = a.attrelid where a.attrelid = " +
@@ -245,6 +247,20 @@ Result<const PartitionRoots::Mapping*> PartitionRoots::Find(
   auto& entry = cache_[schema.get()];
   entry = {schema, std::move(mapping)};
   return entry.second ? &*entry.second : nullptr;
+}
+
+Result<std::vector<std::string>> RowKeyColumns(PgConnection& c, RelationId relation) {
+  const std::string oid = std::to_string(relation.value);
+  auto rows = c.Query(
+      "select a.attname from pg_class c join pg_index i on i.indrelid = c.oid join pg_attribute "
+      "a on a.attrelid = c.oid and a.attnum = any(i.indkey) where c.oid = " +
+      oid +
+      " and c.relreplident <> 'n' and (case c.relreplident when 'i' then i.indisreplident else "
+      "i.indisprimary end) order by a.attnum");
+  if (!rows.ok()) return rows.error();
+  std::vector<std::string> out;
+  for (const auto& row : rows.value().rows) out.push_back(row[0].value_or(""));
+  return out;
 }
 
 }  // namespace pgderive

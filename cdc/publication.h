@@ -51,9 +51,9 @@ std::string GeneratedColumnProblem(const std::string& table, const std::string& 
                                    const std::string& expression);
 
 // The table's shape as pgoutput describes it in a Relation message: no dropped or
-// generated columns, key flags from the replica identity (the primary key, the index
-// of USING INDEX, every column for FULL), the table's OID as relation id. Errors name
-// the table when it does not exist.
+// generated columns, the table's OID as relation id. Key flags name the row's key (see
+// RowKeyColumns), not pgoutput's identity flags, which mark every column under FULL.
+// Errors name the table when it does not exist.
 Result<std::shared_ptr<RelationSchema>> DescribeTable(PgConnection& connection,
                                                       const std::string& table);
 
@@ -81,5 +81,13 @@ class PartitionRoots {
            std::pair<std::shared_ptr<const RelationSchema>, std::optional<Mapping>>>
       cache_;
 };
+
+// The columns that key a row of `relation` everywhere pgderive names one (a Redis key
+// template's columns, an OpenSearch _id, a postgres mirror's primary key, backfill
+// chunks, verify): the index of REPLICA IDENTITY USING INDEX, else the primary key -
+// also under REPLICA IDENTITY FULL, which only adds the whole old row to updates and
+// deletes. Empty for a table with neither (FULL without a primary key: views refuse
+// it) or with REPLICA IDENTITY NOTHING.
+Result<std::vector<std::string>> RowKeyColumns(PgConnection& connection, RelationId relation);
 
 }  // namespace pgderive

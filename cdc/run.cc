@@ -676,7 +676,10 @@ int RunPipeline(const RunOptions& options) {
   const std::string spill_dir =
       (std::filesystem::temp_directory_path() / ("pgderive-run-" + std::to_string(getpid())))
           .string();
-  TransactionAssembler assembler({.spill_dir = spill_dir}, dispatcher);
+  TransactionAssembler assembler(
+      {.spill_dir = spill_dir,
+       .full_identity_key = [&sql](RelationId id) { return RowKeyColumns(sql.value(), id); }},
+      dispatcher);
   StreamOptions stream_options;
   stream_options.slot = config.source.slot;
   stream_options.publication = config.source.publication;

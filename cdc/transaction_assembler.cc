@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -91,6 +92,15 @@ Status TransactionAssembler::ApplyRelation(const RelationMessage& message) {
   for (const RelationAttribute& a : message.attributes) {
     schema->columns.push_back(
         ColumnSchema{std::string(a.name), a.type_oid, a.atttypmod, a.is_key(), {}});
+  }
+  if (message.replica_identity == 'f' && options_.full_identity_key) {
+    // FULL marks every column; the row's key is the table's primary key.
+    auto key = options_.full_identity_key(message.relation_id);
+    if (!key.ok()) return key.error();
+    for (ColumnSchema& column : schema->columns) {
+      column.key =
+          std::find(key.value().begin(), key.value().end(), column.name) != key.value().end();
+    }
   }
   RenderSchemaJson(*schema);
   relations_[message.relation_id.value] = std::move(schema);

@@ -16,6 +16,7 @@
 // recognised by their commit LSN and skipped, so nothing is delivered twice.
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -30,6 +31,10 @@ namespace pgderive {
 struct AssemblerOptions {
   std::string spill_dir;  // where spill files go; created if missing
   size_t memory_limit = size_t{64} << 20;
+  // The key columns of a REPLICA IDENTITY FULL table (RowKeyColumns: its primary key):
+  // its Relation message marks every column as identity, so without this a row's key
+  // would be the whole row. Unset: the message's flags stand.
+  std::function<Result<std::vector<std::string>>(RelationId)> full_identity_key = nullptr;
 };
 
 struct AssemblerStats {

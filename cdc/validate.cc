@@ -306,6 +306,22 @@ class ConnectedChecks {
         AtView(views.front(), where(views.front()), schema.error().message());
         continue;
       }
+      // A view keys rows by the primary key (or the replica identity index) whatever the
+      // replica identity; FULL without either leaves no key (two equal rows could not be
+      // told apart).
+      if (schema.value()->replica_identity == 'f' &&
+          std::none_of(schema.value()->columns.begin(), schema.value()->columns.end(),
+                       [](const ColumnSchema& c) { return c.key; })) {
+        AtView(views.front(), where(views.front()),
+               "table " + table +
+                   " has REPLICA IDENTITY FULL but no primary key: a view keys its rows by "
+                   "the primary key (or the replica identity index), FULL only adds the old "
+                   "row; fix: add a primary key, or ALTER TABLE " +
+                   sql.QuoteTableName(table) +
+                   " REPLICA IDENTITY USING INDEX <a unique index of NOT NULL columns>" +
+                   read_by_text);
+        continue;
+      }
       auto generated = GeneratedColumns(sql, table);
       if (!generated.ok()) {
         AtView(views.front(), where(views.front()), generated.error().message());
@@ -379,10 +395,12 @@ class ConnectedChecks {
           AtView(index, ".key",
                  where + "key column " + name + " is not in table " + schema.QualifiedName());
           ok = false;
-        } else if (!c->key) {
+        } else if (!c->key && schema.replica_identity != 'f') {  // FULL: old rows are whole
           AtView(index, ".key",
-                 where + "key column " + name + " is not part of the replica identity of " +
-                     schema.QualifiedName() + ", so a delete would not say which key to remove");
+                 where + "key column " + name + " is not part of the row key of " +
+                     schema.QualifiedName() +
+                     " (its primary key, or its replica identity index), so a delete would not "
+                     "say which key to remove");
           ok = false;
         }
       }

@@ -88,11 +88,13 @@ Result<std::shared_ptr<const ViewShape>> ViewShape::Make(
         return Error::Permanent(where + "key column " + part.column + " is not in table " +
                                 schema->QualifiedName());
       }
-      if (!schema->columns[*index].key) {
+      // Under REPLICA IDENTITY FULL every update and delete carries the whole old row,
+      // so any column can name the old key.
+      if (!schema->columns[*index].key && schema->replica_identity != 'f') {
         return Error::Permanent(where + "key column " + part.column + " is not part of the " +
-                                "replica identity of " + schema->QualifiedName() +
-                                " (its primary key), so a delete would not say which key to "
-                                "remove");
+                                "row key of " + schema->QualifiedName() +
+                                " (its primary key, or its replica identity index), so a "
+                                "delete would not say which key to remove");
       }
       shape->key_parts_.emplace_back("", index);
     }

@@ -59,8 +59,8 @@ enum class EntryKey { kTemplate, kDocumentId };
 class ViewShape {
  public:
   // Fails (permanent) when a listed column, or a column the key uses, is not in the
-  // table, or the key uses a column outside the replica identity (a delete would not
-  // carry it).
+  // table, or the key uses a column outside the row key (a delete would not carry it;
+  // under REPLICA IDENTITY FULL it carries every column).
   static Result<std::shared_ptr<const ViewShape>> Make(const ViewConfig& view,
                                                        std::shared_ptr<const RelationSchema> schema,
                                                        const std::optional<KeyTemplate>& key);
@@ -72,8 +72,9 @@ class ViewShape {
                      std::vector<std::string>* unchanged) const;
   // The key from the template (Redis); error when a key column is null or unchanged.
   Result<std::string> Key(const TupleData& tuple) const;
-  // The document id (OpenSearch): the primary key's text, or for a composite key the
-  // JSON array of its columns' texts.
+  // The document id (OpenSearch): the row key's text (the primary key, or the replica
+  // identity index; never every column under FULL), or for a composite key the JSON
+  // array of its columns' texts.
   Result<std::string> DocumentId(const TupleData& tuple) const;
   const std::vector<size_t>& columns() const { return columns_; }
   // One whole row as the view holds it: (key or document id, JSON object).
@@ -89,7 +90,7 @@ class ViewShape {
   std::shared_ptr<const RelationSchema> schema_;
   std::vector<size_t> columns_;  // indexes into schema_->columns, in the view's order
   std::vector<std::pair<std::string, std::optional<size_t>>> key_parts_;  // literal or column
-  std::vector<size_t> identity_;  // the replica-identity columns
+  std::vector<size_t> identity_;  // the row key's columns (RowKeyColumns)
 };
 
 // Caches a view's shape per schema (schemas are shared and immutable, so the pointer

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <map>
 
 #include "tests/support/fixtures.h"
 #include "tests/support/stack_env.h"
@@ -249,6 +250,76 @@ TEST(TransactionAssemblerTest, RefusesMessagesOutOfOrder) {
   Status nested = assembler.Process(first_of('B'));
   ASSERT_FALSE(nested.ok());
   EXPECT_NE(nested.error().message().find("Begin inside a transaction"), std::string::npos);
+}
+
+// Keeps the schema each change was made under, by table.
+class SchemaRecorder : public ChangeConsumer {
+ public:
+  Status OnBegin(const TransactionInfo&) override { return Status::Ok(); }
+  Status OnChange(const Change& c) override {
+    for (const auto& r : c.relations) schemas[r->relname] = r;
+    return Status::Ok();
+  }
+  Status OnCommit(const TransactionInfo&) override { return Status::Ok(); }
+  std::map<std::string, std::shared_ptr<const RelationSchema>> schemas;
+};
+
+std::vector<std::string> KeyColumns(const RelationSchema& schema) {
+  std::vector<std::string> out;
+  for (const ColumnSchema& c : schema.columns) {
+    if (c.key) out.push_back(c.name);
+  }
+  return out;
+}
+
+// pgoutput marks every column of a REPLICA IDENTITY FULL table as identity; the row's
+// key is its primary key, which the assembler asks for (and only for FULL tables).
+TEST(TransactionAssemblerTest, FullIdentityTablesAreKeyedByTheirPrimaryKey) {
+  for (bool resolver : {false, true}) {
+    SchemaRecorder recorder;
+    std::vector<uint32_t> asked;
+    AssemblerOptions options{.spill_dir = SpillDir()};
+    if (resolver) {
+      options.full_identity_key = [&](RelationId id) -> Result<std::vector<std::string>> {
+        asked.push_back(id.value);
+        return std::vector<std::string>{"id"};
+      };
+    }
+    TransactionAssembler assembler(options, recorder);
+    for (const auto& m : LoadCapture("pgoutput/v1.hex"))
+      ASSERT_TRUE(assembler.Process(m.bytes).ok());
+    ASSERT_TRUE(recorder.schemas.contains("cap_full"));
+    const RelationSchema& full = *recorder.schemas.at("cap_full");
+    EXPECT_EQ(full.replica_identity, 'f');
+    if (resolver) {
+      EXPECT_EQ(KeyColumns(full), std::vector<std::string>{"id"});
+      // Asked per Relation message of the FULL table, and for no other table.
+      ASSERT_FALSE(asked.empty());
+      for (uint32_t id : asked) EXPECT_EQ(id, full.id.value);
+    } else {
+      EXPECT_EQ(KeyColumns(full), (std::vector<std::string>{"id", "v"}));
+    }
+    // A default identity keeps the message's flags.
+    EXPECT_EQ(KeyColumns(*recorder.schemas.at("cap_types")), std::vector<std::string>{"id"});
+  }
+}
+
+TEST(TransactionAssemblerTest, AFailedKeyLookupFailsTheRelation) {
+  SchemaRecorder recorder;
+  TransactionAssembler assembler(
+      {.spill_dir = SpillDir(),
+       .full_identity_key = [](RelationId) -> Result<std::vector<std::string>> {
+         return Error::Transient("source gone");
+       }},
+      recorder);
+  Status status = Status::Ok();
+  for (const auto& m : LoadCapture("pgoutput/v1.hex")) {
+    status = assembler.Process(m.bytes);
+    if (!status.ok()) break;
+  }
+  ASSERT_FALSE(status.ok());
+  EXPECT_EQ(status.error().kind(), ErrorKind::kTransient);
+  EXPECT_FALSE(recorder.schemas.contains("cap_full"));
 }
 
 }  // namespace
