@@ -214,6 +214,55 @@ std::vector<std::string> KeyPassThrough(const nlohmann::json& explained, const s
   return out;
 }
 
+// The functions the query calls whose result can change while its rows do not (not
+// IMMUTABLE: now(), random(), a STABLE overload), as "name(argument types)" joined by
+// ", "; nullopt when there are none. Judged per function the query actually calls, by
+// OID: the query is made a temporary view inside a transaction that is rolled back, and
+// the query tree PostgreSQL stored for it names every function, aggregate and operator
+// (judged by the function behind it) it resolved. Where that cannot be done (no TEMP
+// privilege, a standby), every function of a name the query calls must be immutable.
+Result<std::optional<std::string>> ChangingFunctions(PgConnection& source,
+                                                     const std::string& query) {
+  auto changing = [](Result<PgRows> rows) -> Result<std::optional<std::string>> {
+    if (!rows.ok()) return rows.error();
+    if (rows.value().rows.empty()) return std::optional<std::string>();
+    return rows.value().rows[0][0];
+  };
+  if (PQtransactionStatus(source.get()) == PQTRANS_IDLE &&
+      source.Execute("begin transaction read write").ok()) {
+    Result<std::optional<std::string>> found = Error::Transient("not judged");
+    if (source
+            .Execute("create temp view pgderive_query_functions as select * from (" + query +
+                     "\n) q")
+            .ok()) {
+      // The view's stored query tree names every function, aggregate and window
+      // function it calls (funcid, aggfnoid, winfnoid) and every operator (opno, the
+      // operators of a row comparison, of DISTINCT and GROUP BY) by OID.
+      found = changing(source.Query(
+          "with a as (select ev_action::text t from pg_rewrite where ev_class = "
+          "'pg_temp.pgderive_query_functions'::regclass), called as (select m[1]::oid p, "
+          "m[1]::regprocedure::text f from a, regexp_matches(a.t, "
+          "':(?:funcid|aggfnoid|winfnoid|opfuncid) (\\d+)', 'g') m union select o.oprcode, "
+          "'operator ' || o.oid::regoperator::text from a, lateral (select regexp_matches(a.t, "
+          "':(?:opno|eqop|sortop) (\\d+)', 'g') union all select "
+          "array[unnest(string_to_array(x[1], ' '))] from regexp_matches(a.t, ':opnos \\(o "
+          "([0-9 ]+)\\)', 'g') x) m(m) join pg_operator o on o.oid = m[1]::oid) select "
+          "string_agg(distinct f, ', ') from called join pg_proc p on p.oid = called.p where "
+          "p.provolatile <> 'i'"));
+    }
+    IgnoreError(source.Execute("rollback"), "nothing was made to keep");
+    if (found.ok()) return found;
+  }
+  const auto functions = CalledFunctions(query);
+  if (functions.empty()) return std::optional<std::string>();
+  std::string list;
+  for (const std::string& f : functions) list += (list.empty() ? "" : ",") + f;
+  return changing(source.Query(
+      "select string_agg(distinct proname, ', ') from pg_proc where provolatile <> 'i' and "
+      "proname = any(string_to_array(" +
+      source.QuoteLiteral(list) + ", ','))"));
+}
+
 // One row's final state in a batch, per mirror key.
 struct Final {
   bool deleted = false;
@@ -276,20 +325,12 @@ Status PostgresSink::Resolve(PgConnection& source, bool checked) {
       return Error::Permanent(where + "the query uses " + *why +
                               ", which pgderive cannot maintain incrementally");
     }
-    const auto functions = CalledFunctions(query);
-    if (!functions.empty()) {
-      std::string list;
-      for (const std::string& f : functions) list += (list.empty() ? "" : ",") + f;
-      auto volatile_ = source.Query(
-          "select string_agg(distinct proname, ', ') from pg_proc where provolatile <> 'i' and "
-          "proname = any(string_to_array(" +
-          source.QuoteLiteral(list) + ", ','))");
-      if (!volatile_.ok()) return volatile_.error();
-      if (auto names = volatile_.value().rows[0][0]) {
-        return Error::Permanent(where + "the query calls " + *names +
-                                ", whose result changes without a change of the source; a "
-                                "view must be a function of the rows alone");
-      }
+    auto changing = ChangingFunctions(source, query);
+    if (!changing.ok()) return Error(changing.error().kind(), where + changing.error().message());
+    if (changing.value()) {
+      return Error::Permanent(where + "the query calls " + *changing.value() +
+                              ", whose result changes without a change of the source; a "
+                              "view must be a function of the rows alone");
     }
     auto plan = source.Query("explain (verbose, format json) " + query);
     if (!plan.ok()) return Error(plan.error().kind(), where + plan.error().message());
@@ -341,10 +382,10 @@ Status PostgresSink::Resolve(PgConnection& source, bool checked) {
           mirror.key.push_back(i);
         }
       }
-      if (mirror.key.empty() || described.value()->replica_identity == 'f') {
+      if (mirror.key.empty()) {
         return Error::Permanent(where + "table " + table +
-                                " needs a primary key (or REPLICA IDENTITY USING INDEX) to be "
-                                "mirrored");
+                                " has no primary key (nor REPLICA IDENTITY USING INDEX) to key "
+                                "its mirror by; REPLICA IDENTITY FULL alone is not a key");
       }
       mirrors_[table] = std::move(mirror);
     }
@@ -430,7 +471,37 @@ Status PostgresSink::Migrate() {
   std::lock_guard lock(mutex_);
   auto connected = Connection();
   if (!connected.ok()) return connected.error();
-  return EnsureMetadata(*connected.value());
+  PgConnection& c = *connected.value();
+  Status status = EnsureMetadata(c);
+  // A target table made by an older pgderive has a primary key on the view's key, which
+  // refuses a NULL group: it becomes the unique index a new one gets.
+  for (const auto& view : views_) {
+    if (!status.ok()) break;
+    std::string drop_not_null;
+    for (const std::string& k : view->config.key_columns) {
+      drop_not_null += ", alter column " + QuoteIdent(k) + " drop not null";
+    }
+    status = c.Execute(
+        "do $pgd$ declare pk text; begin select conname into pk from pg_constraint where "
+        "conrelid = to_regclass(" +
+        c.QuoteLiteral(view->target) +
+        ") and contype = 'p'; if pk is not null and exists (select from pgderive.views where "
+        "pipeline = " +
+        c.QuoteLiteral(pipeline_) + " and store = " + c.QuoteLiteral(name_) +
+        " and view = " + c.QuoteLiteral(view->config.name) + ") then execute " +
+        c.QuoteLiteral("alter table " + view->target + " drop constraint ") +
+        " || quote_ident(pk) || " + c.QuoteLiteral(drop_not_null) + "; execute " +
+        c.QuoteLiteral(KeyIndex(c, *view)) + "; end if; end $pgd$");
+  }
+  return status;
+}
+
+// The target's key: unique, NULL groups included (a NULL is a group like any other;
+// NULLS NOT DISTINCT from PostgreSQL 15 on, and before it pgderive's delete-then-insert
+// by IS NOT DISTINCT FROM keeps one row per key anyway).
+std::string PostgresSink::KeyIndex(PgConnection& c, const View& view) const {
+  return "create unique index on " + view.target + " (" + KeyList(view) + ")" +
+         (c.server_version() >= 150000 ? " nulls not distinct" : "");
 }
 
 // What a view's table is built from; a different one means the table must be rebuilt.
@@ -602,10 +673,7 @@ Status PostgresSink::BeginRebuild(Lsn) {
            ") is null then execute " +
            c.QuoteLiteral("create table " + view->target + " as select * from (" + query.value() +
                           ") q with no data") +
-           "; execute " +
-           c.QuoteLiteral("alter table " + view->target + " add primary key (" + KeyList(*view) +
-                          ")") +
-           "; end if; end $pgd$; ";
+           "; execute " + c.QuoteLiteral(KeyIndex(c, *view)) + "; end if; end $pgd$; ";
   }
   sql += "commit";
   temp_ready_ = false;

@@ -111,6 +111,7 @@ class PostgresSink : public Sink {
   std::string KeyList(const View& view, const std::string& prefix = "") const;
   // The row of pgderive.checkpoints that holds the store's SourceRows horizon.
   std::string HorizonRow() const { return name_ + "/reread"; }
+  std::string KeyIndex(PgConnection& c, const View& view) const;
 
   std::string name_;
   std::string dsn_;
