@@ -7,15 +7,6 @@
 namespace pgderive {
 namespace {
 
-// What pg_type says about one type.
-struct CatalogType {
-  bool domain = false;
-  uint32_t base = 0;  // typbasetype of a domain
-  bool array = false;
-  uint32_t element = 0;  // typelem of an array
-  char delimiter = ',';
-};
-
 // Type chains are short (a domain over a domain over an array...); the bound only guards
 // against a catalog that loops.
 constexpr int kMaxDepth = 16;
@@ -64,14 +55,26 @@ Status ResolveTypes(PgConnection& connection, const std::vector<uint32_t>& oids,
     wanted = std::move(next);
   }
 
-  // 2. Resolve each fetched type by following its chain: a domain maps like its base,
-  //    an array element-wise (its element resolved the same way); anything else stays a
-  //    string.
+  AddCatalogTypes(catalog, types);
+  return Status::Ok();
+}
+
+void AddCatalogTypes(const std::map<uint32_t, CatalogType>& catalog, TypeRegistry& types) {
+  auto unknown = [&](uint32_t oid) {
+    return oid != 0 && types.Lookup(oid).kind == JsonKind::kString;
+  };
+  // Resolve each fetched type by following its chain: a domain maps like its base, an
+  // array element-wise (its element resolved the same way); anything else stays a
+  // string.
   auto resolve = [&](auto& self, uint32_t oid, int depth) -> TypeInfo {
     if (!unknown(oid) || depth > kMaxDepth) return types.Lookup(oid);
     auto it = catalog.find(oid);
-    if (it == catalog.end()) return TypeInfo{};
-    if (it->second.domain && it->second.base != 0) return self(self, it->second.base, depth + 1);
+    if (it == catalog.end()) return types.Lookup(oid);  // keeps a known domain's base
+    if (it->second.domain && it->second.base != 0) {
+      TypeInfo info = self(self, it->second.base, depth + 1);
+      info.base_oid = BaseTypeOid(it->second.base, info);  // through domains over domains
+      return info;
+    }
     if (it->second.array && it->second.element != 0) {
       return TypeInfo{JsonKind::kArray, it->second.element, it->second.delimiter};
     }
@@ -79,9 +82,10 @@ Status ResolveTypes(PgConnection& connection, const std::vector<uint32_t>& oids,
   };
   for (const auto& [oid, type] : catalog) {
     const TypeInfo info = resolve(resolve, oid, 0);
-    if (info.kind != JsonKind::kString) types.Add(oid, info);
+    // A domain is recorded even when it maps as a string: decisions made on its base
+    // type (an OpenSearch keyword for a domain over uuid) need the base.
+    if (info.kind != JsonKind::kString || info.base_oid != 0) types.Add(oid, info);
   }
-  return Status::Ok();
 }
 
 Status TypeLearner::Learn(const std::vector<ColumnSchema>& columns) {

@@ -5,6 +5,7 @@
 // else stays a string (enums, composites, ranges: their text output).
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <set>
 #include <vector>
@@ -17,6 +18,24 @@ namespace pgderive {
 
 Status ResolveTypes(PgConnection& connection, const std::vector<uint32_t>& oids,
                     TypeRegistry& types);
+
+// What pg_type says about one type.
+struct CatalogType {
+  bool domain = false;
+  uint32_t base = 0;  // typbasetype of a domain
+  bool array = false;
+  uint32_t element = 0;  // typelem of an array
+  char delimiter = ',';
+};
+
+// The pure part of ResolveTypes: adds to `types` what `catalog` (pg_type rows by OID,
+// every domain base and array element they name included) says about the types
+// `types` does not know. A domain takes its base type's mapping and records the base
+// (TypeInfo::base_oid, through domains over domains), so that every decision made from
+// a column's type - JSON rendering, the OpenSearch mapping, verify - is made on the
+// base type; an array maps element by element, its element resolved the same way
+// (arrays of domains, domains over arrays).
+void AddCatalogTypes(const std::map<uint32_t, CatalogType>& catalog, TypeRegistry& types);
 
 // Learns the types of each schema's columns once. The registry is shared (immutable)
 // with batches in flight and with worker threads, so learning a new type makes a new

@@ -44,16 +44,25 @@ struct TypeInfo {
   JsonKind kind = JsonKind::kString;
   uint32_t element_oid = 0;  // kArray: the element type
   char delimiter = ',';      // kArray: the element delimiter (';' for box[])
+  uint32_t base_oid = 0;     // a domain: its base type, through every domain; else 0
 };
+
+// The type a decision about `oid` is made on: a domain's base type (through domains
+// over domains), else `oid` itself.
+inline uint32_t BaseTypeOid(uint32_t oid, const TypeInfo& info) {
+  return info.base_oid != 0 ? info.base_oid : oid;
+}
 
 // Type OID -> how to map it. Knows PostgreSQL's built-in types; the caller adds what
 // the catalog says about others (domains -> their base type, user arrays -> their
-// element type). An unknown OID maps as a string.
+// element type; ResolveTypes in type_catalog.h). An unknown OID maps as a string.
 class TypeRegistry {
  public:
   TypeRegistry();
   const TypeInfo& Lookup(uint32_t oid) const;
   void Add(uint32_t oid, TypeInfo info) { types_[oid] = info; }
+  // Adds what `other` knows and this one does not (registries of one source agree).
+  void Merge(const TypeRegistry& other) { types_.insert(other.types_.begin(), other.types_.end()); }
 
  private:
   std::unordered_map<uint32_t, TypeInfo> types_;

@@ -2,6 +2,8 @@
 
 #include <unordered_map>
 
+#include "cdc/publication.h"
+#include "cdc/type_catalog.h"
 #include "sinks/common/json_merge.h"
 #include "sinks/common/source_rows.h"
 #include "sinks/common/view_list.h"
@@ -88,12 +90,12 @@ nlohmann::json FieldMapping(uint32_t oid, const TypeRegistry& types, int depth =
     case JsonKind::kString:
       break;
   }
-  switch (oid) {
-    case 2950:  // uuid
-    case 869:   // inet
-    case 650:   // cidr
-    case 829:   // macaddr
-    case 774:   // macaddr8
+  switch (BaseTypeOid(oid, info)) {  // a domain over uuid maps as uuid
+    case 2950:                       // uuid
+    case 869:                        // inet
+    case 650:                        // cidr
+    case 829:                        // macaddr
+    case 774:                        // macaddr8
       return {{"type", "keyword"}, {"ignore_above", 8191}};
     default:
       // Text: searchable, with a keyword field to sort and aggregate on.
@@ -128,6 +130,21 @@ Result<std::unique_ptr<OpenSearchSink>> OpenSearchSink::Make(const Config& confi
 }
 
 std::vector<std::string> OpenSearchSink::tables() const { return ViewTables(views_); }
+
+Status OpenSearchSink::Resolve(PgConnection& source, bool) {
+  std::vector<uint32_t> oids;
+  for (const std::string& table : tables()) {
+    auto schema = DescribeTable(source, table);
+    if (!schema.ok()) continue;  // a missing table is reported where it matters
+    for (const ColumnSchema& column : schema.value()->columns) oids.push_back(column.type_oid);
+  }
+  auto types = std::make_shared<TypeRegistry>(*types_);
+  Status status = ResolveTypes(source, oids, *types);
+  if (!status.ok()) return status;
+  std::lock_guard lock(mutex_);
+  types_ = std::move(types);
+  return Status::Ok();
+}
 
 std::vector<std::string> OpenSearchSink::views() const { return ViewNames(views_); }
 
@@ -245,10 +262,9 @@ Status OpenSearchSink::RecreateIndex(OpenSearchClient& client, View& view) {
   if (!status.ok()) return status;
   nlohmann::json body = nlohmann::json::object();
   if (view.schema) {
-    const TypeRegistry types;
     auto shape = view.shapes.For(view.schema);
     if (!shape.ok()) return shape.error();
-    body = Mapping(*view.schema, shape.value()->columns(), types);
+    body = Mapping(*view.schema, shape.value()->columns(), *types_);
   }
   return client.CreateIndex(view.config.index, body, /*if_missing=*/false);
 }
@@ -424,6 +440,17 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
     return SendBulk(client, ndjson);
   };
   const TypeRegistry& types = TypesOf(group);
+  for (auto it = group.rbegin(); it != group.rend(); ++it) {
+    if (!(*it)->types) continue;
+    if ((*it)->types != merged_) {
+      // A view recreated below (a rebuild on demand) is mapped with every type known.
+      auto combined = std::make_shared<TypeRegistry>(*types_);
+      combined->Merge(*(*it)->types);
+      types_ = std::move(combined);
+      merged_ = (*it)->types;
+    }
+    break;
+  }
   for (const auto& batch : group) {
     for (const OwnedChange& change : batch->changes) {
       // Already applied (change_batch.h); the versions would refuse it anyway.

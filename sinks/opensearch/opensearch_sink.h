@@ -38,6 +38,9 @@ class OpenSearchSink : public Sink {
 
   const std::string& name() const override { return name_; }
   std::vector<std::string> tables() const override;
+  // Learns the types of the views' columns (domains to their base types) for the
+  // index mappings, made before any row is read.
+  Status Resolve(PgConnection& source, bool checked = false) override;
   Status Check(const std::shared_ptr<const RelationSchema>& schema) override;
   Status Connect() override;
   Result<std::optional<Lsn>> ReadCheckpoint() override;
@@ -114,6 +117,10 @@ class OpenSearchSink : public Sink {
   SourceRows source_;  // rows read again (an unchanged TOASTed value the index lacks)
   // Its horizon is the document <checkpoint_id>/reread of the checkpoint index.
   bool horizon_loaded_ = false;
+  // The types the mappings are made from: learned in Resolve, completed with what each
+  // applied group's registry knows.
+  std::shared_ptr<const TypeRegistry> types_ = std::make_shared<TypeRegistry>();
+  std::shared_ptr<const TypeRegistry> merged_;  // the last registry merged into types_
 };
 
 }  // namespace pgderive
