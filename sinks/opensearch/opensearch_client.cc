@@ -157,6 +157,14 @@ Result<bool> OpenSearchClient::IndexExists(std::string_view index) {
 }
 
 Status OpenSearchClient::DeleteAllDocuments(std::string_view index) {
+  // _delete_by_query deletes what a search finds, and a search sees only what the last
+  // refresh made visible: a document indexed just before (the insert right before a
+  // TRUNCATE) would survive. Refresh first.
+  auto refreshed = http_.Send("POST", "/" + EncodePathSegment(index) + "/_refresh");
+  if (!refreshed.ok()) return refreshed.error();
+  if (refreshed.value().status != 200 && refreshed.value().status != 404) {
+    return HttpError("refresh", refreshed.value());
+  }
   auto response = http_.Send(
       "POST", "/" + EncodePathSegment(index) + "/_delete_by_query?conflicts=proceed&refresh=true",
       R"({"query":{"match_all":{}}})");

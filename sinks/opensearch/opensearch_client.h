@@ -53,8 +53,9 @@ class OpenSearchClient {
   Result<long long> Count(std::string_view index);
   Result<bool> IndexExists(std::string_view index);
 
-  // Deletes every document of `index` (POST _delete_by_query, conflicts proceed,
-  // refresh); a missing index is not an error.
+  // Deletes every document of `index`, including those indexed since the last refresh
+  // (_refresh, then _delete_by_query, conflicts proceed, refresh); a missing index is
+  // not an error.
   Status DeleteAllDocuments(std::string_view index);
 
   // Every document of `index` as (_id, _source as JSON text), read with a scroll of
