@@ -114,8 +114,9 @@ const std::vector<KeyDef>& Keys() {
       {"views[]", "columns", Kind::kStringList, kRedis | kOpenSearch, false,
        "all, following the table", "the columns a Redis value / OpenSearch document holds"},
       {"views[]", "key", Kind::kString, kRedis, true, "required",
-       "the key template, e.g. `product:{id}`: literal text and `{column}`s of the replica "
-       "identity"},
+       "the key template, e.g. `product:{id}`: literal text and `{column}`s of the row key "
+       "(the primary key or replica identity index; any column under `REPLICA IDENTITY "
+       "FULL`)"},
       {"views[]", "index", Kind::kString, kOpenSearch, true, "required", "the index (lower-case)"},
       {"views[]", "table", Kind::kString, kPostgres, true, "required",
        "the target table, `schema.table` (default schema `public`)"},
