@@ -395,12 +395,14 @@ class ConnectedChecks {
           AtView(index, ".key",
                  where + "key column " + name + " is not in table " + schema.QualifiedName());
           ok = false;
-        } else if (!c->key && schema.replica_identity != 'f') {  // FULL: old rows are whole
+        } else if (!c->key) {  // also under FULL: the key must be unique and never NULL
           AtView(index, ".key",
                  where + "key column " + name + " is not part of the row key of " +
                      schema.QualifiedName() +
-                     " (its primary key, or its replica identity index), so a delete would not "
-                     "say which key to remove");
+                     " (its primary key, or its replica identity index): two rows could share "
+                     "the key, or a delete not name it; to key by a unique NOT NULL column, "
+                     "ALTER TABLE " +
+                     schema.QualifiedName() + " REPLICA IDENTITY USING INDEX <its unique index>");
           ok = false;
         }
       }

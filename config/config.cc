@@ -115,8 +115,7 @@ const std::vector<KeyDef>& Keys() {
        "all, following the table", "the columns a Redis value / OpenSearch document holds"},
       {"views[]", "key", Kind::kString, kRedis, true, "required",
        "the key template, e.g. `product:{id}`: literal text and `{column}`s of the row key "
-       "(the primary key or replica identity index; any column under `REPLICA IDENTITY "
-       "FULL`)"},
+       "(the primary key, or the replica identity index)"},
       {"views[]", "index", Kind::kString, kOpenSearch, true, "required", "the index (lower-case)"},
       {"views[]", "table", Kind::kString, kPostgres, true, "required",
        "the target table, `schema.table` (default schema `public`)"},

@@ -88,13 +88,14 @@ Result<std::shared_ptr<const ViewShape>> ViewShape::Make(
         return Error::Permanent(where + "key column " + part.column + " is not in table " +
                                 schema->QualifiedName());
       }
-      // Under REPLICA IDENTITY FULL every update and delete carries the whole old row,
-      // so any column can name the old key.
-      if (!schema->columns[*index].key && schema->replica_identity != 'f') {
+      // Also under REPLICA IDENTITY FULL, whose deletes carry every column: a column
+      // outside the row key can be NULL or shared by two rows, and deleting one of them
+      // would remove the other's entry.
+      if (!schema->columns[*index].key) {
         return Error::Permanent(where + "key column " + part.column + " is not part of the " +
                                 "row key of " + schema->QualifiedName() +
-                                " (its primary key, or its replica identity index), so a "
-                                "delete would not say which key to remove");
+                                " (its primary key, or its replica identity index): two rows "
+                                "could share the key, or a delete not name it");
       }
       shape->key_parts_.emplace_back("", index);
     }

@@ -59,8 +59,8 @@ enum class EntryKey { kTemplate, kDocumentId };
 class ViewShape {
  public:
   // Fails (permanent) when a listed column, or a column the key uses, is not in the
-  // table, or the key uses a column outside the row key (a delete would not carry it;
-  // under REPLICA IDENTITY FULL it carries every column).
+  // table, or the key uses a column outside the row key (not unique, maybe NULL, and a
+  // delete would not carry it), also under REPLICA IDENTITY FULL.
   static Result<std::shared_ptr<const ViewShape>> Make(const ViewConfig& view,
                                                        std::shared_ptr<const RelationSchema> schema,
                                                        const std::optional<KeyTemplate>& key);

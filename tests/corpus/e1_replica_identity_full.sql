@@ -1,18 +1,13 @@
 -- E1: bundles(id int primary key, tags text[], n int) with REPLICA IDENTITY FULL. Kind:
 -- a row's key is the primary key (or the replica identity index) whatever the replica
 -- identity - in the Redis key check, the OpenSearch _id, the postgres mirror, backfill
--- chunks and verify; FULL only adds the old row (so a Redis key may use any column).
+-- chunks and verify; FULL only adds the old row.
 ---- config
   - name: bundle_cache
     store: cache
     from: public.bundles
     key: "${CORPUS_ID}:bundle:{id}"
     columns: [id, n]
-  - name: bundle_by_n
-    store: cache
-    from: public.bundles
-    key: "${CORPUS_ID}:bundle_n:{n}"
-    columns: [id]
   - name: bundle_search
     store: search
     from: public.bundles
@@ -44,10 +39,6 @@ update bundles set tags = array_append(tags, 'c') where id = 1;
 ${CORPUS_ID}:bundle:1 {"id":1,"n":10}
 ${CORPUS_ID}:bundle:3 {"id":3,"n":2}
 ${CORPUS_ID}:bundle:4 {"id":4,"n":4}
----- expect redis ${CORPUS_ID}:bundle_n:*
-${CORPUS_ID}:bundle_n:10 {"id":1}
-${CORPUS_ID}:bundle_n:2 {"id":3}
-${CORPUS_ID}:bundle_n:4 {"id":4}
 ---- expect opensearch ${CORPUS_ID}_bundles
 1 {"id":1,"n":10}
 3 {"id":3,"n":2}
@@ -58,7 +49,6 @@ ${CORPUS_ID}:bundle_n:4 {"id":4}
 4|{x,"y z"}|4
 ---- expect status
 bundle_cache live
-bundle_by_n live
 bundle_search live
 bundle_rows live
 ---- expect readyz 200
