@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <set>
 #include <thread>
@@ -334,6 +335,25 @@ std::optional<std::string> ServerIdentity(const std::string& dsn) {
   return rows.value().rows[0][0];
 }
 
+// Calls `attempt` until it succeeds, fails for good, or `stopped`: a store's transient
+// error at start (OpenSearch's shards still recovering after a crash, a store
+// restarting) is retried with backoff, never the end of the run.
+template <typename Attempt>
+auto RetryTransient(Attempt attempt, const std::function<bool()>& stopped,
+                    const std::function<void(const std::string&)>& log) {
+  Backoff backoff(std::chrono::milliseconds(200), std::chrono::seconds(10));
+  while (true) {
+    auto result = attempt();
+    if (result.ok() || result.error().kind() != ErrorKind::kTransient || stopped()) return result;
+    const auto wait = backoff.Next();
+    log(result.error().message() + "; retrying in " + std::to_string(wait.count()) + " ms");
+    const auto until = std::chrono::steady_clock::now() + wait;
+    while (!stopped() && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+}
+
 }  // namespace
 
 int RunPipeline(const RunOptions& options) {
@@ -527,7 +547,9 @@ int RunPipeline(const RunOptions& options) {
   } else {
     confirmed = slot.value().confirmed_flush;
     for (auto& sink : sinks) {
-      auto stored = sink->ReadCheckpoint();
+      auto stored =
+          RetryTransient([&] { return sink->ReadCheckpoint(); }, stopped,
+                         [&](const std::string& m) { Log("store " + sink->name() + ": " + m); });
       if (!stored.ok()) {
         return Undo(Fail("store " + sink->name() + ": " + stored.error().message()));
       }
@@ -603,7 +625,9 @@ int RunPipeline(const RunOptions& options) {
   // by a stop, or following a table whose columns changed while pgderive was stopped.
   for (auto& sink : sinks) {
     if (!sink->backfills_rows()) continue;
-    auto states = sink->ReadViewStates();
+    auto states =
+        RetryTransient([&] { return sink->ReadViewStates(); }, stopped,
+                       [&](const std::string& m) { Log("store " + sink->name() + ": " + m); });
     if (!states.ok()) {
       return Undo(Fail("store " + sink->name() + ": " + states.error().message()));
     }
@@ -621,10 +645,18 @@ int RunPipeline(const RunOptions& options) {
           state != nullptr && v.follows && !state->columns.empty() && state->columns != columns;
       if (!states.value()) {
         // Filled by a pgderive that kept no per-view state: live, recorded as such.
-        status = sink->WriteViewState(v.view, ViewState{false, std::nullopt, columns}, false);
+        status = RetryTransient(
+            [&] {
+              return sink->WriteViewState(v.view, ViewState{false, std::nullopt, columns}, false);
+            },
+            stopped, [&](const std::string& m) { Log("store " + sink->name() + ": " + m); });
       } else if (state == nullptr) {
         Log("view " + v.view + " is new to store " + v.store + ": backfilling it while streaming");
-        status = sink->WriteViewState(v.view, ViewState{true, std::nullopt, columns}, true);
+        status = RetryTransient(
+            [&] {
+              return sink->WriteViewState(v.view, ViewState{true, std::nullopt, columns}, true);
+            },
+            stopped, [&](const std::string& m) { Log("store " + sink->name() + ": " + m); });
         backfills.Add(v.store, v.table, {v.view}, std::nullopt);
       } else if (state->backfilling) {
         Log("view " + v.view + " was being backfilled: resuming after " +
@@ -633,7 +665,11 @@ int RunPipeline(const RunOptions& options) {
         backfills.Add(v.store, v.table, {v.view}, reshaped ? std::nullopt : state->after);
       } else if (reshaped) {
         Log("the columns of " + v.table + " changed while stopped: backfilling view " + v.view);
-        status = sink->WriteViewState(v.view, ViewState{true, std::nullopt, columns}, false);
+        status = RetryTransient(
+            [&] {
+              return sink->WriteViewState(v.view, ViewState{true, std::nullopt, columns}, false);
+            },
+            stopped, [&](const std::string& m) { Log("store " + sink->name() + ": " + m); });
         backfills.Add(v.store, v.table, {v.view}, std::nullopt);
       }
       if (!status.ok()) {

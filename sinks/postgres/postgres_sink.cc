@@ -1259,7 +1259,7 @@ Result<std::vector<Sink::Entry>> PostgresSink::ReadView(const std::string& view_
     if (!connected.ok()) return connected.error();
     auto rows =
         connected.value()->Query("select json_build_array(" + KeyList(*view, "t.") +
-                                 ")::text, row_to_json(t)::text from " + view->target + " t");
+                                 ")::text, row_to_json(t.*)::text from " + view->target + " t");
     if (!rows.ok()) return rows.error();
     std::vector<Entry> out;
     for (auto& row : rows.value().rows) out.emplace_back(row[0].value_or(""), row[1].value_or(""));
@@ -1279,7 +1279,7 @@ Result<std::optional<std::vector<Sink::Entry>>> PostgresSink::ExpectedFromSource
   for (const auto& view : views_) {
     if (view->config.name != view_name) continue;
     auto rows = source.Query("select json_build_array(" + KeyList(*view, "q.") +
-                             ")::text, row_to_json(q)::text from (" + view->config.query + ") q");
+                             ")::text, row_to_json(q.*)::text from (" + view->config.query + ") q");
     if (!rows.ok()) return rows.error();
     std::vector<Entry> out;
     for (auto& row : rows.value().rows) out.emplace_back(row[0].value_or(""), row[1].value_or(""));
