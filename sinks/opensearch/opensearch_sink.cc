@@ -7,6 +7,7 @@
 #include "sinks/common/json_merge.h"
 #include "sinks/common/source_rows.h"
 #include "sinks/common/view_list.h"
+#include "sinks/opensearch/bulk_buffer.h"
 
 namespace pgderive {
 namespace {
@@ -26,43 +27,6 @@ void AppendAction(std::string& out, const char* action, const std::string& index
   out += std::to_string(version.value);
   out += ",\"version_type\":\"external_gte\"}}\n";
 }
-
-// The _bulk actions of one Apply, at most one per document: a later action on the same
-// (index, _id) replaces the earlier one. Sending only the last is what applying them in
-// order would leave, since each carries a version at least as high as the one it
-// replaces (commit order) and nothing reads the index between them; a replay after a
-// crash is judged by the versions as before. It halves the work of the usual insert-
-// then-update-or-delete stream, where most of OpenSearch's time goes.
-class BulkBuffer {
- public:
-  void Add(const std::string& index, std::string_view id, std::string text) {
-    std::string key = index;
-    key += '\0';
-    key += id;
-    auto [it, inserted] = last_.try_emplace(std::move(key), actions_.size());
-    if (!inserted) {
-      actions_[it->second].clear();  // superseded
-      it->second = actions_.size();
-    }
-    actions_.push_back(std::move(text));
-  }
-  bool empty() const { return actions_.empty(); }
-  // The surviving actions in order, as ndjson; the buffer is empty afterwards.
-  std::string Take() {
-    size_t size = 0;
-    for (const std::string& a : actions_) size += a.size();
-    std::string out;
-    out.reserve(size);
-    for (const std::string& a : actions_) out += a;
-    actions_.clear();
-    last_.clear();
-    return out;
-  }
-
- private:
-  std::vector<std::string> actions_;
-  std::unordered_map<std::string, size_t> last_;
-};
 
 nlohmann::json FieldMapping(uint32_t oid, const TypeRegistry& types, int depth = 0) {
   const TypeInfo& info = types.Lookup(oid);
@@ -436,8 +400,12 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
       Status status = SendBulk(client, horizon);
       if (!status.ok()) return status;
     }
-    std::string ndjson = bulk.Take();
-    return SendBulk(client, ndjson);
+    for (BulkBuffer::Step& step : bulk.Take()) {
+      Status status = SendBulk(client, step.ndjson);
+      if (status.ok() && step.truncate) status = client.DeleteAllDocuments(*step.truncate);
+      if (!status.ok()) return status;
+    }
+    return Status::Ok();
   };
   const TypeRegistry& types = TypesOf(group);
   for (auto it = group.rbegin(); it != group.rend(); ++it) {
@@ -458,10 +426,7 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
       if (change.op == ChangeOp::kTruncate) {
         for (auto& view : views_) {
           for (const auto& relation : change.relations) {
-            if (relation->QualifiedName() != view->table) continue;
-            Status status = flush();
-            if (status.ok()) status = client.DeleteAllDocuments(view->config.index);
-            if (!status.ok()) return status;
+            if (relation->QualifiedName() == view->table) bulk.Truncate(view->config.index);
           }
         }
         continue;
