@@ -53,6 +53,8 @@ struct ViewControl {
   // The table's columns ("name type_oid", in order) the views were filled with: a view
   // that follows its table is backfilled again when they change.
   std::vector<std::string> columns;
+  // The OID of the table they were filled from (0: unknown).
+  uint32_t table_oid = 0;
 
   bool Names(const std::string& store_name, const std::string& view) const {
     return store == store_name && std::find(views.begin(), views.end(), view) != views.end();

@@ -175,6 +175,24 @@ void PipelineWorker::Stop(std::chrono::steady_clock::time_point deadline) {
 
 void PipelineWorker::Loop() {
   while (true) {
+    std::optional<std::string> rebuild;
+    {
+      std::lock_guard lock(mutex_);
+      if (!stopping_) rebuild.swap(rebuild_requested_);
+    }
+    if (rebuild) {
+      log_("store " + sink_.name() + ": " + *rebuild + ": rebuilding its views");
+      Status status = RebuildViews();
+      if (!status.ok()) {
+        // Tried again from the top (a stop gives up: the next start rebuilds, since the
+        // source table's OID differs from the one recorded).
+        log_("store " + sink_.name() + ": rebuild failed: " + status.error().message());
+        std::unique_lock lock(mutex_);
+        if (!rebuild_requested_) rebuild_requested_ = *rebuild;
+        changed_.wait_for(lock, std::chrono::seconds(1), [&] { return stopping_; });
+        continue;
+      }
+    }
     BatchGroup group;
     {
       std::unique_lock lock(mutex_);
@@ -298,6 +316,29 @@ Status PipelineWorker::ApplyWithRetry(const BatchGroup& group) {
   }
 }
 
+void PipelineWorker::RequestRebuild(const std::string& why) {
+  std::lock_guard lock(mutex_);
+  rebuild_requested_ = why;
+  changed_.notify_all();
+}
+
+Status PipelineWorker::RebuildViews() {
+  detached_.store(true);
+  {
+    std::lock_guard lock(mutex_);
+    queue_.clear();
+    queued_bytes_ = 0;
+    changed_.notify_all();
+  }
+  auto rebuilt = rebuild_(sink_);
+  if (!rebuilt.ok()) return rebuilt.error();
+  checkpoint_.store(rebuilt.value().value);
+  std::lock_guard lock(mutex_);
+  pending_durable_.emplace_back(std::chrono::steady_clock::now(), rebuilt.value());
+  log_("store " + sink_.name() + " rebuilt at " + rebuilt.value().ToString());
+  return Status::Ok();
+}
+
 Status PipelineWorker::Recover() {
   Status status = sink_.Connect();
   if (!status.ok()) return status;
@@ -320,14 +361,7 @@ Status PipelineWorker::Recover() {
     log_("store " + sink_.name() + " has " +
          (stored.value() ? "checkpoint " + stored.value()->ToString() : "no checkpoint") +
          ", behind the slot's " + confirmed.ToString() + ": rebuilding its views");
-    supersede();
-    auto rebuilt = rebuild_(sink_);
-    if (!rebuilt.ok()) return rebuilt.error();
-    checkpoint_.store(rebuilt.value().value);
-    std::lock_guard lock(mutex_);
-    pending_durable_.emplace_back(std::chrono::steady_clock::now(), rebuilt.value());
-    log_("store " + sink_.name() + " rebuilt at " + rebuilt.value().ToString());
-    return Status::Ok();
+    return RebuildViews();
   }
   if (*stored.value() < checkpoint()) {
     // Recent writes were lost (still covered by the slot): replay them from the slot.

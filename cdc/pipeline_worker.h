@@ -54,6 +54,10 @@ class PipelineWorker {
   int64_t last_commit_time() const { return last_commit_time_.load(); }
   // Commit time of the oldest transaction queued and not yet applied; 0 if none.
   int64_t oldest_queued_commit_time();
+  // Rebuilds the store's views from a new snapshot, on the worker's thread before its
+  // next batch (a source table was replaced: what the store holds of it, mirrors
+  // included, is of a table that is gone). `why` is logged.
+  void RequestRebuild(const std::string& why);
   // Detached, drained and healthy: wants the stream from the slot again.
   bool WantsRejoin() const { return wants_rejoin_.load(); }
   void Rejoin();
@@ -71,6 +75,9 @@ class PipelineWorker {
   Status ApplyWithRetry(const BatchGroup& group);
   // After a failure: reconnect and compare the store's checkpoint with ours.
   Status Recover();
+  // Drops what is queued (the stream comes again from the slot) and rebuilds.
+  Status RebuildViews();
+  std::optional<std::string> rebuild_requested_;  // guarded by mutex_
 
   Sink& sink_;
   Rebuild rebuild_;

@@ -211,6 +211,59 @@ Result<std::shared_ptr<RelationSchema>> DescribeTable(PgConnection& c, const std
   return schema;
 }
 
+Result<std::map<std::string, TableIdentity>> ReadTableIdentities(
+    PgConnection& connection, const std::string& publication,
+    const std::vector<std::string>& tables) {
+  std::map<std::string, TableIdentity> out;
+  if (tables.empty()) return out;
+  auto members = PublicationMembers(connection, publication);
+  if (!members.ok()) return members.error();
+  std::string names;
+  for (const std::string& table : tables) {
+    names +=
+        (names.empty() ? "" : ", ") + connection.QuoteLiteral(connection.QuoteTableName(table));
+  }
+  auto rows = connection.Query(
+      "select t.i, coalesce(c.oid, 0), coalesce((select string_agg(p.relid::oid::text, ',' "
+      "order by p.relid::oid) from pg_partition_tree(c.oid) p where p.isleaf and p.relid <> "
+      "c.oid), '') from unnest(array[" +
+      names +
+      "]::text[]) with ordinality t(name, i) left join pg_class c on c.oid = to_regclass(t.name)");
+  if (!rows.ok()) return rows.error();
+  for (const auto& row : rows.value().rows) {
+    const size_t i = std::strtoul(row[0].value_or("0").c_str(), nullptr, 10);
+    if (i == 0 || i > tables.size()) continue;
+    TableIdentity identity;
+    identity.oid = static_cast<uint32_t>(std::strtoul(row[1].value_or("0").c_str(), nullptr, 10));
+    identity.published = identity.oid != 0 && members.value().contains(tables[i - 1]);
+    identity.partitions = row[2].value_or("");
+    out[tables[i - 1]] = identity;
+  }
+  return out;
+}
+
+Result<bool> PartitionsHoldRows(PgConnection& connection, const std::string& partitions) {
+  size_t from = 0;
+  while (from < partitions.size()) {
+    size_t comma = partitions.find(',', from);
+    if (comma == std::string::npos) comma = partitions.size();
+    const std::string oid = partitions.substr(from, comma - from);
+    from = comma + 1;
+    auto name = connection.Query(
+        "select n.nspname || '.' || c.relname from pg_class c join "
+        "pg_namespace n on n.oid = c.relnamespace where c.oid = " +
+        connection.QuoteLiteral(oid) + "::oid");
+    if (!name.ok()) return name.error();
+    if (name.value().rows.empty()) return true;  // dropped with whatever it held
+    auto rows =
+        connection.Query("select exists (select from only " +
+                         connection.QuoteTableName(name.value().rows[0][0].value_or("")) + ")");
+    if (!rows.ok()) return rows.error();
+    if (rows.value().rows[0][0].value_or("t") == "t") return true;
+  }
+  return false;
+}
+
 PartitionRoots::PartitionRoots(PgConnection& connection, std::vector<std::string> tables)
     : connection_(connection), tables_(tables.begin(), tables.end()) {}
 

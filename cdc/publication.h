@@ -57,6 +57,22 @@ std::string GeneratedColumnProblem(const std::string& table, const std::string& 
 Result<std::shared_ptr<RelationSchema>> DescribeTable(PgConnection& connection,
                                                       const std::string& table);
 
+// What identifies a source table now: its OID (0: no table of that name), whether the
+// publication publishes it, and its leaf partitions' OIDs ("" for a table that has none).
+// A table dropped and created again, renamed away, removed from the publication, or a
+// partitioned table whose partitions were attached, detached or dropped changed rows
+// without a change in the stream.
+struct TableIdentity {
+  uint32_t oid = 0;
+  bool published = false;
+  std::string partitions;  // comma-separated, ascending
+};
+Result<std::map<std::string, TableIdentity>> ReadTableIdentities(
+    PgConnection& connection, const std::string& publication,
+    const std::vector<std::string>& tables);
+// Whether one of `partitions` (comma-separated OIDs) holds rows, or no longer exists.
+Result<bool> PartitionsHoldRows(PgConnection& connection, const std::string& partitions);
+
 // Changes of a partition that arrive under the partition's own name - WAL decoded
 // before the publication published through its root (a publication made by an older
 // pgderive, or by hand) - belong to the partitioned table a view reads: this finds that

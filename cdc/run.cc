@@ -438,6 +438,13 @@ int RunPipeline(const RunOptions& options) {
   if (!http.ok()) return Fail(http.error().message());
   logger.Info("http endpoint listening",
               {{"listen", config.http.listen}, {"port", std::to_string(http.value()->port())}});
+  {
+    // The tables as the views were checked against (and their partitions now).
+    auto identities = ReadTableIdentities(sql.value(), config.source.publication, tables);
+    if (!identities.ok()) return Fail(identities.error().message());
+    for (auto& [table, identity] : identities.value()) identity.oid = shapes.at(table)->id.value;
+    monitor.WatchSourceTables(identities.value());
+  }
   monitor.Start();
   for (auto& sink : sinks) {
     status = sink->Migrate();
@@ -634,6 +641,7 @@ int RunPipeline(const RunOptions& options) {
     for (const BackfillView& v : backfill_views) {
       if (v.store != sink->name()) continue;
       const std::vector<std::string> columns = ColumnsOf(*shapes.at(v.table));
+      const uint32_t oid = shapes.at(v.table)->id.value;
       backfills.SetColumns(v.store, v.view, columns);
       const ViewState* state = nullptr;
       if (states.value()) {
@@ -643,18 +651,31 @@ int RunPipeline(const RunOptions& options) {
       // A following view must not end with rows of two shapes.
       const bool reshaped =
           state != nullptr && v.follows && !state->columns.empty() && state->columns != columns;
+      // A table dropped and created again under the same name while pgderive was stopped
+      // (or before it noticed): the view holds rows of a table that is gone.
+      const bool replaced = state != nullptr && state->table_oid != 0 && state->table_oid != oid;
       if (!states.value()) {
         // Filled by a pgderive that kept no per-view state: live, recorded as such.
         status = RetryTransient(
             [&] {
-              return sink->WriteViewState(v.view, ViewState{false, std::nullopt, columns}, false);
+              return sink->WriteViewState(v.view, ViewState{false, std::nullopt, columns, oid},
+                                          false);
             },
             stopped, [&](const std::string& m) { Log("store " + sink->name() + ": " + m); });
-      } else if (state == nullptr) {
-        Log("view " + v.view + " is new to store " + v.store + ": backfilling it while streaming");
+      } else if (state == nullptr || replaced) {
+        if (replaced) {
+          logger.Warn("table " + v.table + " was replaced by another of the same name (OID " +
+                          std::to_string(state->table_oid) + ", now " + std::to_string(oid) +
+                          "): view " + v.view + " is emptied and filled from the new table",
+                      {{"store", v.store}, {"view", v.view}, {"table", v.table}});
+        } else {
+          Log("view " + v.view + " is new to store " + v.store +
+              ": backfilling it while streaming");
+        }
         status = RetryTransient(
             [&] {
-              return sink->WriteViewState(v.view, ViewState{true, std::nullopt, columns}, true);
+              return sink->WriteViewState(v.view, ViewState{true, std::nullopt, columns, oid},
+                                          true);
             },
             stopped, [&](const std::string& m) { Log("store " + sink->name() + ": " + m); });
         backfills.Add(v.store, v.table, {v.view}, std::nullopt);
@@ -667,7 +688,8 @@ int RunPipeline(const RunOptions& options) {
         Log("the columns of " + v.table + " changed while stopped: backfilling view " + v.view);
         status = RetryTransient(
             [&] {
-              return sink->WriteViewState(v.view, ViewState{true, std::nullopt, columns}, false);
+              return sink->WriteViewState(v.view, ViewState{true, std::nullopt, columns, oid},
+                                          false);
             },
             stopped, [&](const std::string& m) { Log("store " + sink->name() + ": " + m); });
         backfills.Add(v.store, v.table, {v.view}, std::nullopt);
@@ -692,7 +714,15 @@ int RunPipeline(const RunOptions& options) {
     const std::string store = sink->name();
     workers.push_back(std::make_unique<PipelineWorker>(
         *sink,
-        [&](Sink& s) { return RebuildFromTemporarySlot(config, s, options.stop, logger, monitor); },
+        [&](Sink& s) -> Result<Lsn> {
+          // The source tables as they are now (one may have been replaced).
+          auto source =
+              PgConnection::Connect(config.source.dsn, PgConnection::Mode::kSql, "pgderive-run");
+          if (!source.ok()) return source.error();
+          Status resolved = s.Resolve(source.value(), /*checked=*/true);
+          if (!resolved.ok()) return resolved.error();
+          return RebuildFromTemporarySlot(config, s, options.stop, logger, monitor);
+        },
         [&logger, &config, store](const std::string& message) {
           logger.Warn(message, {{"store", store}, {"slot", config.source.slot}});
         },

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cdc/pg_connection.h"
+#include "cdc/publication.h"
 #include "cdc/walsender.h"
 
 namespace pgderive {
@@ -10,6 +11,31 @@ namespace {
 
 constexpr auto kPublishInterval = std::chrono::seconds(1);
 constexpr auto kSlotCheckInterval = std::chrono::seconds(10);
+constexpr auto kTableCheckInterval = std::chrono::seconds(2);
+
+// The entries of one comma-separated list that the other lacks, both ways.
+std::string Difference(const std::string& a, const std::string& b) {
+  auto split = [](const std::string& list) {
+    std::set<std::string> out;
+    size_t from = 0;
+    while (from < list.size()) {
+      size_t comma = list.find(',', from);
+      if (comma == std::string::npos) comma = list.size();
+      out.insert(list.substr(from, comma - from));
+      from = comma + 1;
+    }
+    return out;
+  };
+  const auto x = split(a), y = split(b);
+  std::string out;
+  for (const auto& v : x) {
+    if (!y.contains(v)) out += (out.empty() ? "" : ",") + v;
+  }
+  for (const auto& v : y) {
+    if (!x.contains(v)) out += (out.empty() ? "" : ",") + v;
+  }
+  return out;
+}
 constexpr auto kProgressLogInterval = std::chrono::seconds(10);
 
 double Seconds(std::chrono::steady_clock::duration d) {
@@ -122,6 +148,7 @@ std::string RunMonitor::SlotLostMessage(const std::string& slot) {
 
 void RunMonitor::Loop() {
   auto last_slot_check = std::chrono::steady_clock::time_point{};
+  auto last_table_check = std::chrono::steady_clock::now();
   auto last_heartbeat = std::chrono::steady_clock::now();
   auto last_progress_log = std::chrono::steady_clock::now();
   while (true) {
@@ -134,6 +161,10 @@ void RunMonitor::Loop() {
     if (now - last_slot_check >= kSlotCheckInterval) {
       last_slot_check = now;
       CheckSlot();
+    }
+    if (now - last_table_check >= kTableCheckInterval) {
+      last_table_check = now;
+      CheckSourceTables();
     }
     if (config_.source.heartbeat_seconds > 0 &&
         now - last_heartbeat >= std::chrono::seconds(config_.source.heartbeat_seconds)) {
@@ -150,6 +181,151 @@ void RunMonitor::Loop() {
                  {"estimated_rows", std::to_string(static_cast<uint64_t>(s.estimated))},
                  {"rows_per_second", std::to_string(static_cast<uint64_t>(s.rate))},
                  {"eta_seconds", std::to_string(static_cast<uint64_t>(s.eta_seconds))}});
+    }
+  }
+}
+
+void RunMonitor::WatchSourceTables(const std::map<std::string, TableIdentity>& tables) {
+  // Before Start: the monitor thread alone uses watched_ afterwards.
+  for (const auto& [table, identity] : tables) {
+    watched_[table] = Watched{identity.oid, identity.partitions, false};
+  }
+}
+
+void RunMonitor::CheckSourceTables() {
+  std::vector<PipelineWorker*> workers;
+  {
+    std::lock_guard lock(mutex_);
+    workers = workers_;
+  }
+  if (watched_.empty() || workers.empty()) return;  // streaming has not started
+  auto c = Source();
+  if (!c.ok()) return;
+  PgConnection& sql = *c.value();
+  std::vector<std::string> tables;
+  for (const auto& [table, w] : watched_) tables.push_back(table);
+  auto now = ReadTableIdentities(sql, config_.source.publication, tables);
+  if (!now.ok()) {
+    source_.reset();  // reconnect next time
+    return;
+  }
+  auto where = [&]() -> std::string {
+    auto lsn = sql.Query("select pg_current_wal_insert_lsn()::text");
+    return lsn.ok() && !lsn.value().rows.empty() ? lsn.value().rows[0][0].value_or("") : "";
+  };
+  for (auto& [table, watched] : watched_) {
+    auto found = now.value().find(table);
+    if (found == now.value().end()) continue;
+    const TableIdentity& current = found->second;
+    // The views that read the table, by worker.
+    std::vector<std::pair<PipelineWorker*, std::string>> readers;
+    for (PipelineWorker* w : workers) {
+      for (const auto& [view, sources] : w->sink().view_sources()) {
+        if (std::find(sources.begin(), sources.end(), table) != sources.end()) {
+          readers.emplace_back(w, view);
+        }
+      }
+    }
+    std::string names;
+    for (const auto& [w, view] : readers) names += (names.empty() ? "" : ",") + view;
+    if (current.oid == 0) {
+      if (watched.gone) continue;
+      watched.gone = true;
+      const std::string reason =
+          "its source table " + table +
+          " was dropped or renamed: the view holds rows of a table that is gone; it is "
+          "refilled once a table of that name exists again";
+      log_.Error("source table " + table + " is gone; views " + names +
+                     " are failed until it "
+                     "exists again",
+                 {{"table", table}, {"views", names}, {"lsn", where()}});
+      metrics_
+          .counter("pgderive_source_table_changes_total",
+                   "Source tables found dropped, replaced, removed from the publication or "
+                   "repartitioned under a running pipeline",
+                   {{"table", table}})
+          .Add(1);
+      std::lock_guard lock(mutex_);
+      for (const auto& [w, view] : readers) {
+        marks_[{w->sink().name(), view}] = ViewMark{true, reason, Lsn{}};
+      }
+      continue;
+    }
+    std::string why;
+    if (watched.gone || current.oid != watched.oid) {
+      why = "source table " + table + " was replaced by another of the same name (OID " +
+            std::to_string(watched.oid) + ", now " + std::to_string(current.oid) + ")";
+      if (current.oid == watched.oid) why = "source table " + table + " is back under its name";
+    } else if (!current.published) {
+      why = "source table " + table + " was removed from publication " + config_.source.publication;
+    } else if (watched.partitions && *watched.partitions != current.partitions) {
+      auto rows = PartitionsHoldRows(sql, Difference(*watched.partitions, current.partitions));
+      if (!rows.ok()) {
+        source_.reset();
+        return;
+      }
+      if (rows.value()) {
+        why = "partitions holding rows were attached to, detached from or dropped from " + table;
+      }
+    }
+    if (why.empty()) {
+      watched.partitions = current.partitions;
+      continue;
+    }
+    // Put it back into the publication, then refill every view that reads it: what
+    // changed in between is in no stream.
+    if (!current.published) {
+      Status added =
+          sql.Execute("alter publication " + sql.QuoteIdentifier(config_.source.publication) +
+                      " add table " + sql.QuoteTableName(table));
+      if (!added.ok()) {
+        log_.Error(why + "; it cannot be put back into the publication: " +
+                       added.error().message() + "; trying again",
+                   {{"table", table}, {"views", names}});
+        std::lock_guard lock(mutex_);
+        for (const auto& [w, view] : readers) {
+          marks_[{w->sink().name(), view}] = ViewMark{
+              true,
+              why + "; it cannot be put back into the publication: " + added.error().message(),
+              Lsn{}};
+        }
+        continue;
+      }
+    }
+    std::set<PipelineWorker*> rebuilt;
+    bool sent = true;
+    for (const auto& [w, view] : readers) {
+      if (!w->sink().backfills_rows()) {
+        if (rebuilt.insert(w).second) w->RequestRebuild(why);
+        continue;
+      }
+      const std::string request = nlohmann::json{
+          {"pipeline", config_.pipeline},
+          {"mark", "request"},
+          {"view", view}}.dump();
+      Status emitted =
+          sql.Execute("select pg_logical_emit_message(true, " + sql.QuoteLiteral(kBackfillPrefix) +
+                      ", " + sql.QuoteLiteral(request) + ")");
+      if (!emitted.ok()) sent = false;
+    }
+    if (!sent) {
+      source_.reset();  // tried again next time: the table is not marked seen
+      return;
+    }
+    const std::string at = where();
+    const Lsn until = Lsn::Parse(at).value_or(Lsn{});
+    log_.Warn(why + ": refilling views " + names,
+              {{"table", table}, {"views", names}, {"lsn", at}});
+    metrics_
+        .counter("pgderive_source_table_changes_total",
+                 "Source tables found dropped, replaced, removed from the publication or "
+                 "repartitioned under a running pipeline",
+                 {{"table", table}})
+        .Add(1);
+    watched = Watched{current.oid, current.partitions, false};
+    std::lock_guard lock(mutex_);
+    for (const auto& [w, view] : readers) {
+      marks_[{w->sink().name(), view}] = ViewMark{false, why + "; refilling the view", until};
     }
   }
 }
@@ -229,8 +405,20 @@ void RunMonitor::Publish() {
   std::optional<std::string> slot_json, slot_lost;
   nlohmann::json snapshot;
   BackfillsProgress backfills_progress;
+  std::map<std::pair<std::string, std::string>, ViewMark> marks;
   {
     std::lock_guard lock(mutex_);
+    // A refill is under way until the store has passed the point it was asked at (then
+    // the backfill's own progress, or the rebuild, says what is left).
+    for (auto it = marks_.begin(); it != marks_.end();) {
+      bool passed = false;
+      for (PipelineWorker* w : workers_) {
+        passed = passed || (!it->second.failed && w->sink().name() == it->first.first &&
+                            w->checkpoint() > it->second.until);
+      }
+      it = passed ? marks_.erase(it) : std::next(it);
+    }
+    marks = marks_;
     workers = workers_;
     backfills_progress = backfills_;
     snapshotting = snapshotting_;
@@ -303,11 +491,19 @@ void RunMonitor::Publish() {
       std::string state = "live";
       std::optional<BackfillProgress> filled;
       if (auto it = backfilling.find({name, view}); it != backfilling.end()) filled = it->second;
+      std::optional<std::string> refilling;  // the watch asked for a refill: why
+      if (auto mark = marks.find({name, view}); mark != marks.end()) {
+        if (mark->second.failed) {
+          failed_views.emplace(view, mark->second.reason);
+        } else {
+          refilling = mark->second.reason;
+        }
+      }
       if (failed_views.contains(view)) {
         state = "failed";
       } else if (w->failed()) {
         state = "failed";
-      } else if (filling || filled) {
+      } else if (filling || filled || refilling) {
         state = "backfilling";
       } else if (w->detached()) {
         state = "catching up";
@@ -329,6 +525,7 @@ void RunMonitor::Publish() {
                 : std::min(99.9, 100.0 * static_cast<double>(filled->rows_done) /
                                      static_cast<double>(filled->rows_estimated));
       }
+      if (refilling && state == "backfilling") v["reason"] = *refilling;
       if (failed_views.contains(view)) {
         v["reason"] = failed_views[view];
         reasons.push_back("view " + view + " stopped: " + failed_views[view]);

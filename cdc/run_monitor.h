@@ -7,6 +7,8 @@
 //   - a heartbeat (a transactional pg_logical_emit_message with the "pgderive" prefix,
 //     which the pipeline ignores) every source.heartbeat_interval seconds, so that the
 //     slot advances when our tables are idle but the server writes WAL elsewhere;
+//   - every 2 s the source tables the views read, against what they were when the
+//     pipeline started (see WatchSourceTables);
 //   - every 10 s the slot's retained WAL (warned about past source.max_retained_wal)
 //     and wal_status: "lost" means the slot was invalidated, which the pipeline turns
 //     into a clear error and exit, never into a silent rebuild of everything.
@@ -27,6 +29,7 @@
 #include "cdc/metrics.h"
 #include "cdc/pg_connection.h"
 #include "cdc/pipeline_worker.h"
+#include "cdc/publication.h"
 #include "config/config.h"
 #include "snapshot/backfill.h"
 #include "snapshot/snapshot_reader.h"
@@ -52,6 +55,17 @@ class RunMonitor {
       std::function<std::map<std::pair<std::string, std::string>, BackfillProgress>()>;
   void SetBackfills(BackfillsProgress progress);
 
+  // The source tables the views read, with their OIDs when the pipeline started. No
+  // change in the stream says that a table was dropped (or renamed away) and created
+  // again, removed from the publication, or that partitions holding rows were attached,
+  // detached or dropped: the monitor looks. A table gone fails the views that read it
+  // (state, reason, metric, /readyz, log) at once; a table there again (or changed) is put
+  // back into the publication and its views refilled: a row view emptied and backfilled
+  // from a request in the stream (as `pgderive backfill`), a postgres store rebuilt. Until
+  // their store has passed that point, the views say `backfilling` with the reason.
+  // `tables`: each table's OID and partitions when the pipeline started.
+  void WatchSourceTables(const std::map<std::string, TableIdentity>& tables);
+
   // The slot was invalidated: the message to exit with.
   std::optional<std::string> slot_lost();
 
@@ -67,6 +81,7 @@ class RunMonitor {
   void Publish();
   void CheckSlot();
   void Heartbeat();
+  void CheckSourceTables();
   // The monitor's own connection to the source (made on first use, again after an error).
   Result<PgConnection*> Source();
 
@@ -90,6 +105,21 @@ class RunMonitor {
   std::optional<std::string> slot_lost_;
   Lsn current_wal_;  // from the last slot check
   std::optional<std::string> slot_json_;
+
+  // The monitor thread's: each watched table as last seen.
+  struct Watched {
+    uint32_t oid = 0;
+    std::optional<std::string> partitions;  // unset until first read
+    bool gone = false;                      // reported missing
+  };
+  std::map<std::string, Watched> watched_;
+  // Guarded by mutex_: views marked by the watch, (store, view) -> mark.
+  struct ViewMark {
+    bool failed = false;  // else backfilling until the store's checkpoint passes `until`
+    std::string reason;
+    Lsn until;
+  };
+  std::map<std::pair<std::string, std::string>, ViewMark> marks_;
 
   std::atomic<bool> stream_connected_{false};
   std::atomic<uint64_t> received_{0};

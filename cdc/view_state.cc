@@ -7,6 +7,7 @@ namespace pgderive {
 std::string ViewState::ToJson() const {
   nlohmann::json j = {{"state", backfilling ? "backfilling" : "live"}, {"columns", columns}};
   if (after) j["after"] = *after;
+  if (table_oid != 0) j["table_oid"] = table_oid;
   return j.dump();
 }
 
@@ -16,6 +17,9 @@ std::optional<ViewState> ViewState::FromJson(std::string_view json) {
   ViewState state;
   state.backfilling = j["state"] == "backfilling";
   if (j.contains("after") && j["after"].is_string()) state.after = j["after"].get<std::string>();
+  if (j.contains("table_oid") && j["table_oid"].is_number_unsigned()) {
+    state.table_oid = j["table_oid"].get<uint32_t>();
+  }
   if (j.contains("columns") && j["columns"].is_array()) {
     for (const auto& c : j["columns"]) {
       if (c.is_string()) state.columns.push_back(c.get<std::string>());

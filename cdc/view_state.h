@@ -19,6 +19,9 @@ struct ViewState {
   // The key (JSON array of the key columns' text output) of the last row filled.
   std::optional<std::string> after;
   std::vector<std::string> columns;  // ColumnsOf(the table's schema)
+  // The OID of the table the view was filled from (0: not recorded): a table dropped and
+  // created again under the same name, while pgderive was stopped, is another table.
+  uint32_t table_oid = 0;
 
   std::string ToJson() const;
   // nullopt: not a state this version wrote.

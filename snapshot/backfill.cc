@@ -337,6 +337,7 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
           unsure.clear();
         }
         job->columns = columns;
+        job->table_oid = schema.value()->id.value;
       }
       auto chunk = RunChunk(job, schema.value(), key_columns, limit, partitioned);
       if (!chunk.ok()) return transient(chunk.error());
@@ -593,6 +594,7 @@ void Backfills::OnChange(const Change& change, std::vector<OwnedChange>& out) {
       control->store = job->store;
       control->views = job->views;
       control->columns = job->columns;
+      control->table_oid = job->table_oid;
       out.push_back(ViewStateChange(change.commit_lsn, change.index, std::move(control)));
       for (const std::string& v : job->views) columns_[{job->store, v}] = job->columns;
       it->second = {Verdict::kDone, change.commit_lsn};
@@ -630,6 +632,7 @@ void Backfills::Place(Chunk& chunk, Lsn commit_lsn, uint32_t index, std::vector<
   state->backfilling = true;
   state->after = chunk.last;
   state->columns = job.columns;
+  state->table_oid = chunk.schema->id.value;
   out.push_back(ViewStateChange(commit_lsn, ++n, std::move(state)));
 }
 
@@ -748,6 +751,7 @@ void Backfills::DetectSchemaChange(const Change& change, std::vector<OwnedChange
     control->views = views;
     control->backfilling = true;
     control->columns = columns;
+    control->table_oid = schema->id.value;
     out.push_back(ViewStateChange(change.commit_lsn, change.index, std::move(control)));
     std::string names;
     for (const std::string& v : views) names += (names.empty() ? "" : ",") + v;

@@ -129,6 +129,7 @@ class Backfills {
     std::chrono::steady_clock::time_point filled_at;  // the last chunk applied
     BackfillProgress progress;
     std::vector<std::string> columns;  // ColumnsOf the table as the last chunk read it
+    uint32_t table_oid = 0;            // and its OID
   };
   enum class Verdict { kPending, kDone, kRetry };
   struct Chunk {

@@ -368,7 +368,8 @@ Status OpenSearchSink::EndRebuild(Lsn snapshot_lsn) {
     view->backfilling = false;
     ndjson += StateAction(
         *view, ViewState{false, std::nullopt,
-                         view->schema ? ColumnsOf(*view->schema) : std::vector<std::string>{}});
+                         view->schema ? ColumnsOf(*view->schema) : std::vector<std::string>{},
+                         view->schema ? view->schema->id.value : 0});
   }
   Status status = SendBulk(*client.value(), ndjson);
   if (!status.ok()) return status;
@@ -443,8 +444,9 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
             if (!status.ok()) return status;
           }
           view->backfilling = control.backfilling;
-          states[view->config.name] =
-              StateAction(*view, ViewState{control.backfilling, control.after, control.columns});
+          states[view->config.name] = StateAction(
+              *view,
+              ViewState{control.backfilling, control.after, control.columns, control.table_oid});
         }
         continue;
       }

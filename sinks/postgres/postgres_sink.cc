@@ -318,6 +318,9 @@ std::string PostgresSink::KeyList(const View& view, const std::string& prefix) c
 }
 
 Status PostgresSink::Resolve(PgConnection& source, bool checked) {
+  // Again before a rebuild (a source table was replaced): the mirrors take the tables as
+  // they are now.
+  mirrors_.clear();
   for (auto& view : views_) {
     const std::string where = "view " + view->config.name + ": ";
     const std::string& query = view->config.query;
@@ -341,7 +344,8 @@ Status PostgresSink::Resolve(PgConnection& source, bool checked) {
     if (scanned.empty()) return Error::Permanent(where + "the query reads no table");
     auto tables = SourceTablesOf(source, query, scanned);
     if (!tables.ok()) return Error(tables.error().kind(), where + tables.error().message());
-    view->tables = std::move(tables).value();
+    // (Unchanged on a second call: the monitor's thread reads it meanwhile.)
+    if (view->tables != tables.value()) view->tables = std::move(tables).value();
     // PostgreSQL (before 18) does not publish generated columns: a query that reads one
     // could not be maintained from the stream.
     Status generated = CheckGeneratedColumns(source, explained);
@@ -387,6 +391,7 @@ Status PostgresSink::Resolve(PgConnection& source, bool checked) {
                                 " has no primary key (nor REPLICA IDENTITY USING INDEX) to key "
                                 "its mirror by; REPLICA IDENTITY FULL alone is not a key");
       }
+      mirror.oid = described.value()->id.value;
       mirrors_[table] = std::move(mirror);
     }
     view->key_source.clear();
@@ -506,7 +511,19 @@ std::string PostgresSink::KeyIndex(PgConnection& c, const View& view) const {
 
 // What a view's table is built from; a different one means the table must be rebuilt.
 std::string PostgresSink::Definition(const View& view) const {
-  return "table " + view.config.table + "\nkey " + KeyList(view) + "\nquery " + view.config.query;
+  std::string sources;
+  for (const std::string& table : view.tables) {
+    auto it = mirrors_.find(table);
+    sources += (sources.empty() ? "" : ", ") + table + " " +
+               std::to_string(it == mirrors_.end() ? 0 : it->second.oid);
+  }
+  return "table " + view.config.table + "\nkey " + KeyList(view) + "\nquery " + view.config.query +
+         "\nsources " + sources;
+}
+
+bool PostgresSink::SameDefinition(const std::string& recorded, const View& view) const {
+  const std::string definition = Definition(view);
+  return recorded == definition || recorded == definition.substr(0, definition.rfind("\nsources "));
 }
 
 // The views whose recorded definition differs from the configuration's (one never
@@ -525,7 +542,7 @@ Result<std::vector<const PostgresSink::View*>> PostgresSink::ChangedViews(PgConn
                        c.QuoteLiteral(pipeline_) + " and store = " + c.QuoteLiteral(name_) +
                        " and view = " + c.QuoteLiteral(view->config.name));
     if (!row.ok()) return row.error();
-    if (row.value().rows.empty() || row.value().rows[0][0].value_or("") != Definition(*view)) {
+    if (row.value().rows.empty() || !SameDefinition(row.value().rows[0][0].value_or(""), *view)) {
       changed.push_back(view.get());
     }
   }
@@ -625,6 +642,16 @@ Status PostgresSink::BeginRebuild(Lsn) {
       "begin; delete from pgderive.checkpoints where pipeline = " + c.QuoteLiteral(pipeline_) +
       " and store in (" + c.QuoteLiteral(name_) + ", " + c.QuoteLiteral(HorizonRow()) + "); ";
   horizon_loaded_ = false;  // none after the rebuild
+  // This session's temporary tables take the mirrors' and targets' shapes anew (a
+  // source table replaced by one with other columns).
+  for (const auto& [table, m] : mirrors_) {
+    sql += "drop table if exists pg_temp.pgd_k_" + m.temp + ", pg_temp.pgd_d_" + m.temp +
+           ", pg_temp.pgd_u_" + m.temp + "; ";
+  }
+  for (const auto& view : views_) {
+    sql += "drop table if exists pg_temp.pgd_a_" + std::to_string(view->index) + "; ";
+  }
+  temp_ready_ = false;
   // A table built from another definition is replaced (its columns may differ). A table
   // pgderive never recorded is the user's: it is kept and filled.
   for (const auto& view : views_) {
@@ -632,7 +659,7 @@ Status PostgresSink::BeginRebuild(Lsn) {
                        c.QuoteLiteral(pipeline_) + " and store = " + c.QuoteLiteral(name_) +
                        " and view = " + c.QuoteLiteral(view->config.name));
     if (!row.ok()) return row.error();
-    if (!row.value().rows.empty() && row.value().rows[0][0].value_or("") != Definition(*view)) {
+    if (!row.value().rows.empty() && !SameDefinition(row.value().rows[0][0].value_or(""), *view)) {
       sql += "drop table if exists " + view->target + "; ";
     }
   }

@@ -70,6 +70,7 @@ class PostgresSink : public Sink {
 
   struct Mirror {
     std::string table;                 // source schema.table
+    uint32_t oid = 0;                  // its OID when resolved
     std::string name;                  // "pgderive"."<pipeline>__<schema>__<table>"
     std::string temp;                  // suffix of its temporary tables
     std::vector<std::string> columns;  // names
@@ -96,7 +97,11 @@ class PostgresSink : public Sink {
         source_(std::move(source_dsn)) {}
   Result<PgConnection*> Connection();
   Status EnsureMetadata(PgConnection& c);
+  // What a view's table was built from: target, key, query and the OIDs of the source
+  // tables (a table dropped and created again under the same name is another table).
   std::string Definition(const View& view) const;
+  // Whether a recorded definition is the view's (one recorded before the OIDs were is).
+  bool SameDefinition(const std::string& recorded, const View& view) const;
   Result<std::vector<const View*>> ChangedViews(PgConnection& c);
   Status EnsureTempTables(PgConnection& c);
   Result<std::string> MirrorQuery(const View& view, const std::optional<std::string>& restrict);

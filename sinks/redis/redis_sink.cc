@@ -175,6 +175,7 @@ Status RedisSink::ApplySnapshotRows(const std::shared_ptr<const RelationSchema>&
     {
       std::lock_guard lock(mutex_);
       view->filled_columns = ColumnsOf(*schema);
+      view->filled_oid = schema->id.value;
     }
     for (const TupleData& row : rows) {
       auto set = SetRow(*shape, row, types);
@@ -202,8 +203,9 @@ Status RedisSink::EndRebuild(Lsn snapshot_lsn) {
   std::vector<RedisCommand> commands{{"MULTI"}};
   for (auto& view : views_) {
     view->backfilling = false;
-    commands.push_back({"HSET", views_key_, view->config.name,
-                        ViewState{false, std::nullopt, view->filled_columns}.ToJson()});
+    commands.push_back(
+        {"HSET", views_key_, view->config.name,
+         ViewState{false, std::nullopt, view->filled_columns, view->filled_oid}.ToJson()});
   }
   commands.push_back({"SET", checkpoint_key_, snapshot_lsn.ToString()});
   commands.push_back({"EXEC"});
@@ -314,7 +316,8 @@ Status RedisSink::Apply(const BatchGroup& group, Lsn checkpoint) {
           view->backfilling = control.backfilling;
           commands.push_back(
               {"HSET", views_key_, view->config.name,
-               ViewState{control.backfilling, control.after, control.columns}.ToJson()});
+               ViewState{control.backfilling, control.after, control.columns, control.table_oid}
+                   .ToJson()});
         }
         continue;
       }

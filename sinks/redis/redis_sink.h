@@ -70,6 +70,7 @@ class RedisSink : public Sink {
     // value unchanged is skipped; the row's chunk, read later, carries it).
     bool backfilling = false;
     std::vector<std::string> filled_columns;  // of the rows a rebuild wrote
+    uint32_t filled_oid = 0;                  // and their table's OID
   };
 
  private:
