@@ -270,6 +270,26 @@ class ConnectedChecks {
         continue;
       }
       ++tables_checked_;
+      // A partition of another table read: its changes are published as that root's.
+      auto ancestors = sql.Query(
+          "select n.nspname || '.' || c.relname from pg_partition_ancestors(" +
+          sql.QuoteLiteral(sql.QuoteTableName(table)) +
+          "::regclass) a join pg_class c on c.oid = a.relid join pg_namespace n on n.oid = "
+          "c.relnamespace where a.relid <> " +
+          sql.QuoteLiteral(sql.QuoteTableName(table)) + "::regclass");
+      if (ancestors.ok()) {
+        for (const auto& row : ancestors.value().rows) {
+          const std::string ancestor = row[0].value_or("");
+          if (!readers.contains(ancestor)) continue;
+          AtView(views.front(), where(views.front()),
+                 "table " + table + " is a partition of " + ancestor +
+                     ", which a view also reads: PostgreSQL publishes the partition's changes "
+                     "as " +
+                     ancestor + "'s, so a view of the partition alone would miss them; read " +
+                     ancestor + " (with a postgres view's WHERE for the partition's rows)" +
+                     read_by_text);
+        }
+      }
       // Publishable (not a view, nor unlogged, ...), and a replica identity: updates and
       // deletes must name their row.
       Status captured = CheckSourceTables(sql, {table});
