@@ -188,7 +188,7 @@ void RunMonitor::Loop() {
 void RunMonitor::WatchSourceTables(const std::map<std::string, TableIdentity>& tables) {
   // Before Start: the monitor thread alone uses watched_ afterwards.
   for (const auto& [table, identity] : tables) {
-    watched_[table] = Watched{identity.oid, identity.partitions, false};
+    watched_[table] = Watched{identity.oid, identity.partitions, false, ""};
   }
 }
 
@@ -279,9 +279,12 @@ void RunMonitor::CheckSourceTables() {
           sql.Execute("alter publication " + sql.QuoteIdentifier(config_.source.publication) +
                       " add table " + sql.QuoteTableName(table));
       if (!added.ok()) {
-        log_.Error(why + "; it cannot be put back into the publication: " +
-                       added.error().message() + "; trying again",
-                   {{"table", table}, {"views", names}});
+        if (watched.refused != added.error().message()) {
+          watched.refused = added.error().message();
+          log_.Error(why + "; it cannot be put back into the publication: " +
+                         added.error().message() + "; trying again every 2 s",
+                     {{"table", table}, {"views", names}});
+        }
         std::lock_guard lock(mutex_);
         for (const auto& [w, view] : readers) {
           marks_[{w->sink().name(), view}] = ViewMark{
@@ -322,7 +325,7 @@ void RunMonitor::CheckSourceTables() {
                  "repartitioned under a running pipeline",
                  {{"table", table}})
         .Add(1);
-    watched = Watched{current.oid, current.partitions, false};
+    watched = Watched{current.oid, current.partitions, false, ""};
     std::lock_guard lock(mutex_);
     for (const auto& [w, view] : readers) {
       marks_[{w->sink().name(), view}] = ViewMark{false, why + "; refilling the view", until};

@@ -111,6 +111,7 @@ class RunMonitor {
     uint32_t oid = 0;
     std::optional<std::string> partitions;  // unset until first read
     bool gone = false;                      // reported missing
+    std::string refused;                    // the last error putting it back, logged once
   };
   std::map<std::string, Watched> watched_;
   // Guarded by mutex_: views marked by the watch, (store, view) -> mark.

@@ -25,6 +25,17 @@ TEST(ViewStateTest, RoundTripsWithAndWithoutAPosition) {
   EXPECT_TRUE(live->columns.empty());
 }
 
+// The table's OID travels with the state, so a table dropped and created again while
+// pgderive was stopped is seen at start; a state written before it was recorded reads 0.
+TEST(ViewStateTest, RecordsTheTableOid) {
+  auto back = ViewState::FromJson(ViewState{false, std::nullopt, {"id 23"}, 16384}.ToJson());
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->table_oid, 16384u);
+  auto older = ViewState::FromJson(R"({"state":"live","columns":["id 23"]})");
+  ASSERT_TRUE(older.has_value());
+  EXPECT_EQ(older->table_oid, 0u);
+}
+
 TEST(ViewStateTest, RefusesWhatItDidNotWrite) {
   for (const char* text : {"", "not json", "[]", "{}", R"({"state": 3})", "null"}) {
     EXPECT_FALSE(ViewState::FromJson(text).has_value()) << text;
