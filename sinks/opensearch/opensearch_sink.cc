@@ -1,5 +1,6 @@
 #include "sinks/opensearch/opensearch_sink.h"
 
+#include <set>
 #include <unordered_map>
 
 #include "cdc/publication.h"
@@ -391,6 +392,24 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   }
   BulkBuffer bulk;
   std::map<std::string, std::string> states;  // view -> its last state's action
+  // What this Apply wrote, per index and _id: the document's JSON, or nullopt when
+  // deleted. An update that leaves a TOASTed value out takes it from here when the
+  // document was written in this Apply; any other document has no action queued, so a
+  // realtime GET reads it as it is, without sending the queue first.
+  std::unordered_map<std::string, std::optional<std::string>> written;
+  std::set<std::string> truncated;  // indexes a truncate queued in this Apply empties
+  auto written_key = [](const std::string& index, std::string_view id) {
+    std::string key = index;
+    key += '\0';
+    key += id;
+    return key;
+  };
+  auto forget = [&](const std::string& index) {
+    std::erase_if(written, [&](const auto& entry) {
+      return entry.first.size() > index.size() && entry.first[index.size()] == '\0' &&
+             entry.first.compare(0, index.size(), index) == 0;
+    });
+  };
   auto flush = [&]() -> Status {
     // A horizon a read raised is recorded before the data read (a _bulk is not atomic).
     if (source_.TakeRaised()) {
@@ -427,7 +446,11 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
       if (change.op == ChangeOp::kTruncate) {
         for (auto& view : views_) {
           for (const auto& relation : change.relations) {
-            if (relation->QualifiedName() == view->table) bulk.Truncate(view->config.index);
+            if (relation->QualifiedName() != view->table) continue;
+            bulk.Truncate(view->config.index);
+            // Queued: every document not written after it is gone.
+            forget(view->config.index);
+            truncated.insert(view->config.index);
           }
         }
         continue;
@@ -442,6 +465,7 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
             Status status = flush();
             if (status.ok()) status = RecreateIndex(client, *view);
             if (!status.ok()) return status;
+            forget(view->config.index);
           }
           view->backfilling = control.backfilling;
           states[view->config.name] = StateAction(
@@ -457,12 +481,15 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
             views_, name_, change, [&](View& view, const ViewShape& shape) -> Status {
               auto id = shape.DocumentId(change.new_tuple);
               if (!id.ok()) return id.error();
+              std::string value;
+              Status appended = shape.AppendValue(value, change.new_tuple, types, nullptr);
+              if (!appended.ok()) return appended;
               std::string action;
               AppendAction(action, "index", view.config.index, id.value(), change.commit_lsn);
-              Status appended = shape.AppendValue(action, change.new_tuple, types, nullptr);
-              if (!appended.ok()) return appended;
+              action += value;
               action += '\n';
               bulk.Add(view.config.index, id.value(), std::move(action));
+              written[written_key(view.config.index, id.value())] = std::move(value);
               return Status::Ok();
             });
         if (!status.ok()) return status;
@@ -485,21 +512,23 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
         }
         RowWrite& w = write.value();
         if (!w.unchanged.empty()) {
-          // The indexed document supplies the unchanged columns (a realtime GET after
-          // sending what is queued). Before the horizon, the source does
+          // The document supplies the unchanged columns: as this Apply wrote it, else as
+          // indexed (a realtime GET). Before the horizon, the source does
           // (source_rows.h).
           const bool trusted = change.commit_lsn >= source_.horizon();
           Result<std::string> merged = Error::Permanent("not taken from the store");
           if (trusted) {
-            Status status = flush();
-            if (!status.ok()) return status;
-            auto previous = client.Get(index, w.previous());
-            if (!previous.ok()) return previous.error();
-            // Not filled yet: its backfill chunk brings it whole (RedisSink::Apply).
-            if (!previous.value() && view->backfilling) continue;
-            if (previous.value()) {
-              merged = MergeUnchanged(w.value, previous.value()->source.dump(), w.unchanged);
+            std::optional<std::string> previous;  // the document's JSON
+            if (auto at = written.find(written_key(index, w.previous())); at != written.end()) {
+              previous = at->second;
+            } else if (!truncated.contains(index)) {
+              auto got = client.Get(index, w.previous());
+              if (!got.ok()) return got.error();
+              if (got.value()) previous = got.value()->source.dump();
             }
+            // Not filled yet: its backfill chunk brings it whole (RedisSink::Apply).
+            if (!previous && view->backfilling) continue;
+            if (previous) merged = MergeUnchanged(w.value, *previous, w.unchanged);
           }
           if (merged.ok()) {
             w.value = std::move(merged).value();
@@ -524,6 +553,7 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
           std::string action;
           AppendAction(action, "delete", index, *w.remove, change.commit_lsn);
           bulk.Add(index, *w.remove, std::move(action));
+          written[written_key(index, *w.remove)] = std::nullopt;
         }
         if (w.put) {
           std::string action;
@@ -532,6 +562,7 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
           action += w.value;
           action += '\n';
           bulk.Add(index, *w.put, std::move(action));
+          written[written_key(index, *w.put)] = std::move(w.value);
         }
       }
     }

@@ -34,7 +34,13 @@ using testing::PgderiveBinary;
 using testing::Scalar;
 using testing::Subprocess;
 using testing::UniqueName;
-using testing::WaitFor;
+
+// The stores catch up in well under a second; a loaded machine (parallel builds and
+// tests) can take far longer.
+template <typename F>
+bool WaitFor(F condition, std::chrono::milliseconds timeout = std::chrono::seconds(120)) {
+  return testing::WaitFor(condition, timeout);
+}
 
 class ToastTest : public ::testing::Test {
  protected:
