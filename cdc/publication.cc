@@ -134,9 +134,29 @@ Status EnsurePublication(PgConnection& connection, const std::string& publicatio
                             " SET (publish = 'insert, update, delete, truncate')");
   }
   if (row[2].value_or("f") != "t") {
-    Status status = connection.Execute("alter publication " + quoted +
-                                       " set (publish_via_partition_root = true)");
-    if (!status.ok()) return status;
+    // Only a partitioned table needs its changes published through its root; a
+    // publication made by someone else (the least-privilege setup) is left as it is
+    // otherwise, since only its owner may alter it.
+    std::string list;
+    for (const std::string& table : tables)
+      list +=
+          (list.empty() ? "" : ", ") + connection.QuoteLiteral(connection.QuoteTableName(table));
+    auto partitioned =
+        connection.Query("select count(*) from pg_class where oid = any(array[" + list +
+                         "]::regclass[]) and (relkind = 'p' or relispartition)");
+    if (!partitioned.ok()) return partitioned.error();
+    if (partitioned.value().rows[0][0].value_or("0") != "0") {
+      Status status = connection.Execute("alter publication " + quoted +
+                                         " set (publish_via_partition_root = true)");
+      if (!status.ok()) {
+        return Error::Permanent("publication " + publication +
+                                " publishes partitioned tables through their partitions, and "
+                                "it could not be changed (" +
+                                status.error().message() +
+                                "); fix, as its owner: ALTER PUBLICATION " + quoted +
+                                " SET (publish_via_partition_root = true)");
+      }
+    }
   }
   if (row[0].value_or("f") == "t") return Status::Ok();  // FOR ALL TABLES
   auto have = PublicationMembers(connection, publication);
