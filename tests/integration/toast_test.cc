@@ -68,8 +68,12 @@ class ToastTest : public ::testing::Test {
   }
   void TearDown() override {
     if (run_) {
+      // Gone before its slot is dropped (a loaded machine may take a while to stop it).
       run_->Signal(SIGTERM);
-      run_->Wait(std::chrono::seconds(15));
+      if (!run_->Wait(std::chrono::seconds(60))) {
+        run_->Signal(SIGKILL);
+        run_->Wait(std::chrono::seconds(10));
+      }
       run_.reset();
     }
     if (sql_) {
