@@ -202,6 +202,12 @@ void RunMonitor::CheckSourceTables() {
   auto c = Source();
   if (!c.ok()) return;
   PgConnection& sql = *c.value();
+  // A partition's rows are looked at below: a lock held on it (a DDL statement waiting)
+  // must not stall the monitor, which also publishes /status; tried again in 2 s.
+  if (!sql.Execute("set lock_timeout = '1s'").ok()) {
+    source_.reset();
+    return;
+  }
   std::vector<std::string> tables;
   for (const auto& [table, w] : watched_) tables.push_back(table);
   auto now = ReadTableIdentities(sql, config_.source.publication, tables);
