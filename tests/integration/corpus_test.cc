@@ -388,8 +388,8 @@ class CorpusTest : public ::testing::TestWithParam<CorpusCase> {
 
 TEST_P(CorpusTest, ViewsEndEqualToTheirDefinition) {
   const CorpusCase& c = GetParam();
-  if (!c.schema.empty()) MustExecute(*sql_, c.schema);
-  if (!c.before.empty()) MustExecute(*sql_, c.before);
+  if (!c.schema.empty()) MustExecute(*sql_, Substitute(c.schema));
+  if (!c.before.empty()) MustExecute(*sql_, Substitute(c.before));
   config_ = WriteConfig();
   if (const CorpusExpectation* refused = c.Find("validate")) {
     ExpectRefused(*refused);
@@ -400,7 +400,7 @@ TEST_P(CorpusTest, ViewsEndEqualToTheirDefinition) {
                                                               << RunLogs();
   for (const CorpusStep& step : c.steps) {
     if (step.kind == CorpusStep::Kind::kStream) {
-      auto done = sql_->Execute(step.sql);
+      auto done = sql_->Execute(Substitute(step.sql));
       ASSERT_TRUE(done.ok()) << "stream section at line " << step.line << ": "
                              << done.error().ToString();
       continue;
