@@ -173,11 +173,23 @@ Result<std::string> ViewShape::DocumentId(const TupleData& tuple) const {
   for (size_t n = 0; n < identity_.size(); ++n) {
     const TupleValue& value = tuple.columns.at(identity_[n]);
     if (value.kind != TupleValueKind::kText) return KeyError(identity_[n], value);
-    if (identity_.size() == 1) return std::string(value.data);
+    if (identity_.size() == 1) {
+      id = value.data;
+      break;
+    }
     if (n) id += ',';
     AppendJsonString(id, value.data);
   }
-  id += ']';
+  if (identity_.size() > 1) id += ']';
+  // OpenSearch refuses a longer _id, and with it the whole _bulk: only this view stops.
+  constexpr size_t kMaxDocumentId = 512;
+  if (id.size() > kMaxDocumentId) {
+    size_t cut = 64;  // not inside a UTF-8 character
+    while (cut > 0 && (static_cast<unsigned char>(id[cut]) & 0xC0) == 0x80) --cut;
+    return Error::Permanent("table " + schema_->QualifiedName() + ": a row's key is " +
+                            std::to_string(id.size()) + " bytes as a document _id (key " +
+                            id.substr(0, cut) + "...); OpenSearch takes at most 512");
+  }
   return id;
 }
 

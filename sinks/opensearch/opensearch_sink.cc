@@ -346,7 +346,11 @@ Status OpenSearchSink::ApplySnapshotRows(const std::shared_ptr<const RelationSch
     }
     for (const TupleData& row : rows) {
       auto id = shape->DocumentId(row);
-      if (!id.ok()) return id.error();
+      if (!id.ok()) {
+        std::lock_guard lock(mutex_);
+        if (FailView(*view, id.error())) break;  // this view stops, not the store
+        return id.error();
+      }
       AppendAction(ndjson, "index", view->config.index, id.value(), Lsn{1});
       Status status = shape->AppendValue(ndjson, row, types, nullptr);
       if (!status.ok()) return status;
