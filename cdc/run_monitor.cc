@@ -79,6 +79,15 @@ RunMonitor::RunMonitor(const Config& config, Logger& log, Metrics& metrics)
 
 RunMonitor::~RunMonitor() { Stop(); }
 
+void RunMonitor::CountTableChange(const std::string& table) {
+  metrics_
+      .counter("pgderive_source_table_changes_total",
+               "Source tables found dropped, replaced, removed from the publication or "
+               "repartitioned under a running pipeline",
+               {{"table", table}})
+      .Add(1);
+}
+
 void RunMonitor::Start() {
   thread_ = std::thread([this] { Loop(); });
 }
@@ -245,12 +254,7 @@ void RunMonitor::CheckSourceTables() {
                      " are failed until it "
                      "exists again",
                  {{"table", table}, {"views", names}, {"lsn", where()}});
-      metrics_
-          .counter("pgderive_source_table_changes_total",
-                   "Source tables found dropped, replaced, removed from the publication or "
-                   "repartitioned under a running pipeline",
-                   {{"table", table}})
-          .Add(1);
+      CountTableChange(table);
       std::lock_guard lock(mutex_);
       for (const auto& [w, view] : readers) {
         marks_[{w->sink().name(), view}] = ViewMark{true, reason, Lsn{}};
@@ -325,12 +329,7 @@ void RunMonitor::CheckSourceTables() {
     const Lsn until = Lsn::Parse(at).value_or(Lsn{});
     log_.Warn(why + ": refilling views " + names,
               {{"table", table}, {"views", names}, {"lsn", at}});
-    metrics_
-        .counter("pgderive_source_table_changes_total",
-                 "Source tables found dropped, replaced, removed from the publication or "
-                 "repartitioned under a running pipeline",
-                 {{"table", table}})
-        .Add(1);
+    CountTableChange(table);
     watched = Watched{current.oid, current.partitions, false, ""};
     std::lock_guard lock(mutex_);
     for (const auto& [w, view] : readers) {

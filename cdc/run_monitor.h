@@ -77,6 +77,8 @@ class RunMonitor {
   static std::string SlotLostMessage(const std::string& slot);
 
  private:
+  // pgderive_source_table_changes_total{table} += 1.
+  void CountTableChange(const std::string& table);
   void Loop();
   void Publish();
   void CheckSlot();
