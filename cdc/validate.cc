@@ -426,6 +426,24 @@ class ConnectedChecks {
           ok = false;
         }
       }
+      // Every row key column, too (once its own columns are right): a template naming part of a
+      // composite key gives two rows one key, and the later would overwrite the earlier.
+      if (key.ok() && ok) {  // its own columns are right: does it name the whole key?
+        const std::vector<std::string> named = key.value().columns();
+        std::string missing;
+        for (const ColumnSchema& c : schema.columns) {
+          if (c.key && std::find(named.begin(), named.end(), c.name) == named.end()) {
+            missing += (missing.empty() ? "{" : "}, {") + c.name;
+          }
+        }
+        if (!missing.empty()) {
+          AtView(index, ".key",
+                 where + "the key template names only part of the row key of " +
+                     schema.QualifiedName() + ": two rows that differ only in " + missing +
+                     "} would share one key; add " + missing + "} to the template");
+          ok = false;
+        }
+      }
     }
     return ok;
   }
