@@ -28,6 +28,13 @@ std::string KeyJson(const std::vector<std::optional<std::string_view>>& values) 
   return key.dump();
 }
 
+// The table `regclass` (an SQL expression) and, when partitioned, its partitions, as a
+// subquery of OIDs. (pg_partition_tree returns no row at all for a plain table.)
+std::string TableAndPartitions(const std::string& regclass) {
+  return "(select " + regclass + "::oid union select relid::oid from pg_partition_tree(" +
+         regclass + "))";
+}
+
 // A run's messages carry a nonce: messages of an earlier run, replayed from the slot,
 // are not this run's chunks.
 std::string RunNonce() {
@@ -196,10 +203,9 @@ Status Backfills::Emit(const std::string& content) {
 Status Backfills::WaitForWriters(const std::string& table) {
   const std::string locks =
       "from pg_locks where locktype = 'relation' and database = (select oid from pg_database "
-      "where datname = current_database()) and relation in (select relid from "
-      "pg_partition_tree(" +
-      sql_->QuoteLiteral(sql_->QuoteTableName(table)) +
-      "::regclass)) and mode in ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock', "
+      "where datname = current_database()) and relation in " +
+      TableAndPartitions(sql_->QuoteLiteral(sql_->QuoteTableName(table)) + "::regclass") +
+      " and mode in ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock', "
       "'AccessExclusiveLock') and pid is distinct from pg_backend_pid()";
   auto holders =
       sql_->Query("select coalesce(array_agg(distinct virtualtransaction), '{}')::text " + locks);
@@ -291,10 +297,10 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
   }
   // A partitioned table is read through its root; its writers lock the partitions.
   auto estimate = sql_->Query(
-      "select greatest(sum(c.reltuples), 0)::bigint, (sum(pg_table_size(c.oid)) / "
-      "greatest(sum(c.reltuples), 1))::bigint, bool_or(c.oid = " +
-      regclass + " and c.relkind = 'p') from pg_partition_tree(" + regclass +
-      ") t join pg_class c on c.oid = t.relid");
+      "select sum(greatest(c.reltuples, 0))::bigint, (sum(pg_table_size(c.oid)) / "
+      "nullif(sum(greatest(c.reltuples, 0)), 0))::bigint, bool_or(c.oid = " +
+      regclass + " and c.relkind = 'p') from pg_class c where c.oid in " +
+      TableAndPartitions(regclass));
   if (!estimate.ok()) return transient(estimate.error());
   size_t limit = options_.chunk_rows;
   bool partitioned = false;
