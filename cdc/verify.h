@@ -6,7 +6,8 @@
 // source in one snapshot and the store, and compares them entry by entry, value by
 // value. Differences under concurrent writes can be transient, so a view that differs
 // is compared again after the next catch-up, up to `rounds` times; what differs every
-// time is reported.
+// time is reported. A view its store records as being backfilled is compared once it is
+// live (within `wait`).
 
 #include <chrono>
 #include <cstdio>

@@ -276,6 +276,50 @@ TEST_F(BackfillTest, BackfillCommandRebuildsOneViewUnderWrites) {
   EXPECT_NE(unknown_out.find("no view named 'nope'"), std::string::npos) << unknown_out;
 }
 
+// A store still says a view is live while the request of its backfill waits in the WAL
+// (a stream that lags): verify, started then, catches up past the request, which empties
+// the view, and must compare it once it is filled again, not halfway (its read raced the
+// last chunks and reported rows of a live, complete view as missing).
+TEST_F(BackfillTest, VerifyComparesAViewBeingBackfilledOnceItIsLiveAgain) {
+  const std::string config = WriteConfig({"a"});
+  auto state_of_a = [&]() -> std::string {
+    const json state = RedisState("a");
+    return state.is_object() ? state.value("state", "") : "";
+  };
+  StartRun(config, "run.err");
+  ASSERT_TRUE(WaitLog("run.err", "streaming from slot")) << Read("run.err");
+  ASSERT_TRUE(WaitFor([&] { return state_of_a() == "live"; })) << RedisState("a").dump();
+  // An open transaction that wrote the table: every chunk waits for it to end.
+  PgConnection holder = MustConnect(dsn_);
+  MustExecute(holder, "begin; update " + table_ + " set n = n where id = 1");
+  {
+    auto [code, out] =
+        Command({PgderiveBinary(), "backfill", "-c", config, "--view", "a", "--no-wait"});
+    ASSERT_EQ(code, 0) << out;
+  }
+  ASSERT_TRUE(WaitFor([&] { return state_of_a() == "backfilling"; }))
+      << RedisState("a").dump() << Read("run.err");
+  std::atomic<bool> verified{false};
+  std::pair<int, std::string> result;
+  std::thread verify([&] {
+    result = testing::RunVerify(config, 120);
+    verified = true;
+  });
+  // The view stays empty while the transaction is open: verify waits for it.
+  const bool early = WaitFor([&] { return verified.load(); }, std::chrono::seconds(5));
+  // No chunk is placed while a writer that held the table at its low watermark is open.
+  EXPECT_EQ(state_of_a(), "backfilling") << Read("run.err");
+  MustExecute(holder, "commit");
+  verify.join();
+  EXPECT_FALSE(early) << result.second << Read("run.err");
+  EXPECT_EQ(result.first, 0) << result.second << Read("run.err");
+  EXPECT_NE(
+      result.second.find("view a (store cache): " + std::to_string(kRows) + " rows, consistent"),
+      std::string::npos)
+      << result.second;
+  EXPECT_EQ(state_of_a(), "live");
+}
+
 TEST_F(BackfillTest, SchemaChangesReachEveryRowOfViewsThatFollowTheTable) {
   const std::string config = WriteConfig({"a", "b", "docs"});
   StartRun(config, "run.err");
