@@ -246,7 +246,9 @@ Result<std::map<std::string, TableIdentity>> ReadTableIdentities(
   auto rows = connection.Query(
       "select t.i, coalesce(c.oid, 0), coalesce((select string_agg(p.relid::oid::text, ',' "
       "order by p.relid::oid) from pg_partition_tree(c.oid) p where p.isleaf and p.relid <> "
-      "c.oid), '') from unnest(array[" +
+      "c.oid), ''), coalesce((select string_agg(p.relid::oid::text || ':' || "
+      "coalesce(pg_relation_filenode(p.relid)::text, ''), ',' order by p.relid::oid) from "
+      "pg_partition_tree(c.oid) p where p.isleaf and p.relid <> c.oid), '') from unnest(array[" +
       names +
       "]::text[]) with ordinality t(name, i) left join pg_class c on c.oid = to_regclass(t.name)");
   if (!rows.ok()) return rows.error();
@@ -257,6 +259,7 @@ Result<std::map<std::string, TableIdentity>> ReadTableIdentities(
     identity.oid = static_cast<uint32_t>(std::strtoul(row[1].value_or("0").c_str(), nullptr, 10));
     identity.published = identity.oid != 0 && members.value().contains(tables[i - 1]);
     identity.partitions = row[2].value_or("");
+    identity.storage = row[3].value_or("");
     out[tables[i - 1]] = identity;
   }
   return out;

@@ -66,6 +66,10 @@ struct TableIdentity {
   uint32_t oid = 0;
   bool published = false;
   std::string partitions;  // comma-separated, ascending
+  // Each leaf partition's OID and file node ("oid:filenode", comma-separated): TRUNCATE
+  // of one partition gives it a new file node and, published through the root, no
+  // change in the stream (PostgreSQL's pgoutput skips it).
+  std::string storage;
 };
 Result<std::map<std::string, TableIdentity>> ReadTableIdentities(
     PgConnection& connection, const std::string& publication,

@@ -197,7 +197,7 @@ void RunMonitor::Loop() {
 void RunMonitor::WatchSourceTables(const std::map<std::string, TableIdentity>& tables) {
   // Before Start: the monitor thread alone uses watched_ afterwards.
   for (const auto& [table, identity] : tables) {
-    watched_[table] = Watched{identity.oid, identity.partitions, false, ""};
+    watched_[table] = Watched{identity.oid, identity.partitions, false, "", identity.storage};
   }
 }
 
@@ -277,9 +277,16 @@ void RunMonitor::CheckSourceTables() {
       if (rows.value()) {
         why = "partitions holding rows were attached to, detached from or dropped from " + table;
       }
+    } else if (watched.storage && *watched.storage != current.storage) {
+      // The same partitions with new file nodes: one was truncated (or rewritten), and
+      // a TRUNCATE of a single partition is not published through the root.
+      why = "a partition of " + table +
+            " was truncated or rewritten (PostgreSQL does not publish a TRUNCATE of one "
+            "partition through its root)";
     }
     if (why.empty()) {
       watched.partitions = current.partitions;
+      watched.storage = current.storage;
       continue;
     }
     // Put it back into the publication, then refill every view that reads it: what
@@ -330,7 +337,7 @@ void RunMonitor::CheckSourceTables() {
     log_.Warn(why + ": refilling views " + names,
               {{"table", table}, {"views", names}, {"lsn", at}});
     CountTableChange(table);
-    watched = Watched{current.oid, current.partitions, false, ""};
+    watched = Watched{current.oid, current.partitions, false, "", current.storage};
     std::lock_guard lock(mutex_);
     for (const auto& [w, view] : readers) {
       marks_[{w->sink().name(), view}] = ViewMark{false, why + "; refilling the view", until};

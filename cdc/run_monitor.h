@@ -114,6 +114,7 @@ class RunMonitor {
     std::optional<std::string> partitions;  // unset until first read
     bool gone = false;                      // reported missing
     std::string refused;                    // the last error putting it back, logged once
+    std::optional<std::string> storage;     // TableIdentity::storage, unset until first read
   };
   std::map<std::string, Watched> watched_;
   // Guarded by mutex_: views marked by the watch, (store, view) -> mark.
