@@ -1,6 +1,7 @@
 #include "cdc/http_server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <chrono>
 
@@ -22,6 +23,13 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& listen,
   std::unique_ptr<HttpServer> self(new HttpServer());
   self->handlers_ = std::move(handlers);
   self->server_ = std::make_unique<httplib::Server>();
+  // cpp-httplib's default also sets SO_REUSEPORT, which lets a second pgderive bind the
+  // same port and answer half the requests for another pipeline: SO_REUSEADDR only (a
+  // restart can still bind while old connections sit in TIME_WAIT).
+  self->server_->set_socket_options([](int sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
   HttpServer* raw = self.get();
   self->server_->Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("ok\n", "text/plain");
