@@ -1,11 +1,11 @@
 -- A4: a TOASTed text column that is one of two key columns; an update of another
 -- column leaves it "unchanged TOAST" in the new tuple. Kind A2 (a key column arriving
--- unchanged), composite key.
+-- unchanged), composite key (the Redis key names both columns, 2,500 bytes of it k).
 ---- config
   - name: n_cache
     store: cache
     from: public.notes
-    key: "${CORPUS_ID}:n:{n}"
+    key: "${CORPUS_ID}:n:{n}:{k}"
   - name: n_rows
     store: warehouse
     table: corpus_out.n_rows
