@@ -332,6 +332,7 @@ Status PipelineWorker::RebuildViews() {
   }
   auto rebuilt = rebuild_(sink_);
   if (!rebuilt.ok()) return rebuilt.error();
+  slot_passed_.store(false);
   checkpoint_.store(rebuilt.value().value);
   std::lock_guard lock(mutex_);
   pending_durable_.emplace_back(std::chrono::steady_clock::now(), rebuilt.value());
@@ -355,7 +356,10 @@ Status PipelineWorker::Recover() {
   // A store that holds everything this worker applied lost nothing, even when the slot
   // moved past its checkpoint (only a postgres store on the source's own server, while
   // the server stopped).
-  if (!stored.value() || (*stored.value() < confirmed && *stored.value() < checkpoint())) {
+  // Unless it lost its queue after the slot passed it (MarkSlotPassed).
+  const bool lost_queue = slot_passed_.load() && detached_.load();
+  if (!stored.value() ||
+      (*stored.value() < confirmed && (*stored.value() < checkpoint() || lost_queue))) {
     // The store lost data the slot no longer holds (e.g. Redis restarted empty):
     // serving it stale is not an option; rebuild its views from a new snapshot.
     log_("store " + sink_.name() + " has " +
@@ -363,6 +367,7 @@ Status PipelineWorker::Recover() {
          ", behind the slot's " + confirmed.ToString() + ": rebuilding its views");
     return RebuildViews();
   }
+  if (!(*stored.value() < confirmed)) slot_passed_.store(false);  // it holds all the slot passed
   if (*stored.value() < checkpoint()) {
     // Recent writes were lost (still covered by the slot): replay them from the slot.
     log_("store " + sink_.name() + " is back at checkpoint " + stored.value()->ToString() +

@@ -43,6 +43,11 @@ class PipelineWorker {
   bool Offer(std::shared_ptr<const ChangeBatch> batch, std::chrono::milliseconds wait);
   // The slot's confirmed position (a store whose checkpoint falls behind it lost data).
   void SetSlotConfirmed(Lsn lsn) { slot_confirmed_.store(lsn.value); }
+  // The slot was confirmed past what this store made durable (a postgres store on the
+  // source's own server while the server stops): its queue alone holds those changes.
+  // Should it lose the queue (detached while it cannot apply), it is rebuilt, never
+  // rejoined at a checkpoint the slot no longer covers.
+  void MarkSlotPassed() { slot_passed_.store(true); }
   // The checkpoint the slot may be confirmed to.
   Lsn Durable();
   Lsn checkpoint() const { return Lsn{checkpoint_.load()}; }
@@ -94,6 +99,7 @@ class PipelineWorker {
   Lsn durable_;
   std::atomic<uint64_t> checkpoint_{0};
   std::atomic<uint64_t> slot_confirmed_{0};
+  std::atomic<bool> slot_passed_{false};
   std::atomic<bool> detached_{false};
   std::atomic<bool> wants_rejoin_{false};
   std::atomic<bool> failed_{false};

@@ -856,6 +856,7 @@ int RunPipeline(const RunOptions& options) {
         Lsn durable = worker->Durable();
         if (idle && !worker->healthy() && !worker->detached() && !worker->failed() &&
             on_source.contains(worker->sink().name())) {
+          if (stream->received() > durable) worker->MarkSlotPassed();
           durable = std::max(durable, stream->received());
         }
         if (!lowest || durable < *lowest) lowest = durable;

@@ -79,6 +79,34 @@ RunMonitor::RunMonitor(const Config& config, Logger& log, Metrics& metrics)
 
 RunMonitor::~RunMonitor() { Stop(); }
 
+namespace {
+
+// Whether a partition in both TableIdentity::storage lists ("oid:filenode,...") has
+// another file node in `now`.
+bool FileNodeChanged(const std::string& before, const std::string& now) {
+  auto parse = [](const std::string& list) {
+    std::map<std::string, std::string> out;
+    size_t from = 0;
+    while (from < list.size()) {
+      size_t comma = list.find(',', from);
+      if (comma == std::string::npos) comma = list.size();
+      const std::string item = list.substr(from, comma - from);
+      const size_t colon = item.find(':');
+      if (colon != std::string::npos) out[item.substr(0, colon)] = item.substr(colon + 1);
+      from = comma + 1;
+    }
+    return out;
+  };
+  const auto a = parse(before);
+  for (const auto& [oid, node] : parse(now)) {
+    auto it = a.find(oid);
+    if (it != a.end() && it->second != node) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 void RunMonitor::CountTableChange(const std::string& table) {
   metrics_
       .counter("pgderive_source_table_changes_total",
@@ -277,9 +305,11 @@ void RunMonitor::CheckSourceTables() {
       if (rows.value()) {
         why = "partitions holding rows were attached to, detached from or dropped from " + table;
       }
-    } else if (watched.storage && *watched.storage != current.storage) {
-      // The same partitions with new file nodes: one was truncated (or rewritten), and
-      // a TRUNCATE of a single partition is not published through the root.
+    }
+    // Apart from the partitions coming and going: a partition present before and now
+    // with a new file node was truncated (or rewritten), and a TRUNCATE of a single
+    // partition is not published through the root.
+    if (why.empty() && watched.storage && FileNodeChanged(*watched.storage, current.storage)) {
       why = "a partition of " + table +
             " was truncated or rewritten (PostgreSQL does not publish a TRUNCATE of one "
             "partition through its root)";

@@ -5,7 +5,6 @@ namespace pgderive {
 Result<PgConnection*> SourceRows::Connection() {
   if (!sql_ || PQstatus(sql_->get()) != CONNECTION_OK) {
     sql_.reset();
-    tables_.clear();
     auto connected = PgConnection::Connect(dsn_, PgConnection::Mode::kSql, "pgderive-reread");
     if (!connected.ok()) return connected.error();
     sql_.emplace(std::move(connected).value());
@@ -20,8 +19,10 @@ Result<std::optional<SourceRows::Row>> SourceRows::Read(
   auto connected = Connection();
   if (!connected.ok()) return connected.error();
   PgConnection& c = *connected.value();
-  auto it = tables_.find(table);
-  if (it == tables_.end()) {
+  // The key is read from the catalog for every row (rows are read again rarely), never
+  // remembered: a table dropped and made again under its name may have another key.
+  Table t;
+  {
     // The key the backfill reads by: the replica identity's index, else the primary key.
     const std::string regclass = c.QuoteLiteral(c.QuoteTableName(table)) + "::regclass";
     auto key = c.Query(
@@ -33,7 +34,6 @@ Result<std::optional<SourceRows::Row>> SourceRows::Read(
         "a.attrelid = " +
         regclass + " and a.attnum = u.attnum order by u.n");
     if (!key.ok()) return key.error();
-    Table t;
     for (const auto& row : key.value().rows) {
       t.key.emplace_back(row[0].value_or(""), row[1].value_or("text"));
       t.partitioned = row[2].value_or("f") == "t";
@@ -43,13 +43,12 @@ Result<std::optional<SourceRows::Row>> SourceRows::Read(
                               " has neither a primary key nor a replica identity index to read a "
                               "row of it again by");
     }
-    it = tables_.emplace(table, std::move(t)).first;
   }
   std::string select, where;
   for (const std::string& column : columns) {
     select += (select.empty() ? "" : ", ") + c.QuoteIdentifier(column);
   }
-  for (const auto& [column, type] : it->second.key) {
+  for (const auto& [column, type] : t.key) {
     auto value = known.find(column);
     if (value == known.end()) {
       return Error::Permanent("key column " + column + " of " + table +
@@ -64,8 +63,8 @@ Result<std::optional<SourceRows::Row>> SourceRows::Read(
   auto rows = c.Query(
       "select pg_current_wal_insert_lsn()::text, r.* from (select 1) o left "
       "join (select true, " +
-      select + " from " + (it->second.partitioned ? "" : "only ") + c.QuoteTableName(table) +
-      " where " + where + ") r on true");
+      select + " from " + (t.partitioned ? "" : "only ") + c.QuoteTableName(table) + " where " +
+      where + ") r on true");
   if (!rows.ok()) return rows.error();
   if (rows.value().rows.size() != 1) {
     return Error::Permanent("table " + table + ": more than one row has the key " + where);

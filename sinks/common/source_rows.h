@@ -81,7 +81,6 @@ class SourceRows {
   std::string dsn_;
   std::mutex mutex_;
   std::optional<PgConnection> sql_;
-  std::map<std::string, Table> tables_;
   std::vector<SourceRead> reads_;
   Lsn horizon_;
   bool raised_ = false;

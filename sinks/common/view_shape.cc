@@ -1,5 +1,7 @@
 #include "sinks/common/view_shape.h"
 
+#include <algorithm>
+
 #include "cdc/row_json.h"
 
 namespace pgderive {
@@ -98,6 +100,19 @@ Result<std::shared_ptr<const ViewShape>> ViewShape::Make(
                                 "could share the key, or a delete not name it");
       }
       shape->key_parts_.emplace_back("", index);
+    }
+    // And every row key column: a template naming part of the key (a key widened while
+    // streaming, a table replaced by one keyed otherwise) would give two rows one key,
+    // the later overwriting the earlier. validate refuses it at the file's line first.
+    for (size_t i : shape->identity_) {
+      const bool named =
+          std::any_of(shape->key_parts_.begin(), shape->key_parts_.end(),
+                      [&](const auto& part) { return part.second == std::optional<size_t>(i); });
+      if (!named) {
+        return Error::Permanent(where + "the key template does not name the row key column " +
+                                schema->columns[i].name + " of " + schema->QualifiedName() +
+                                ": two rows could share one key");
+      }
     }
   }
   shape->schema_ = std::move(schema);

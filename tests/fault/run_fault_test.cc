@@ -122,7 +122,8 @@ class RunFaultTest : public ::testing::Test {
                               "  - name: items_buckets\n    store: warehouse\n"
                               "    table: analytics.items_buckets\n    key: [bucket]\n"
                               "    query: select id % 50 as bucket, count(*) as c, sum(n) as s, "
-                              "max(v) as v from public.items group by 1\n";
+                              "max(v) as v from public.items group by 1\n"
+                           << "http:\n  listen: 127.0.0.1:" << testing::FreePort() << "\n";
     ASSERT_TRUE(Redis({"FLUSHALL"}));
     auto search = Search();
     ASSERT_TRUE(search.DeleteIndex("items", true).ok());
@@ -434,7 +435,8 @@ TEST_F(RunFaultTest, TlsToPostgresVerifiedAndRefused) {
                         << "\"\nstores:\n  cache:\n    type: redis\n    url: "
                         << stack_->Env("PGDERIVE_REDIS_URL")
                         << "\nviews:\n  - name: tls_cache\n    store: cache\n    from: items\n"
-                           "    key: \"tls:{id}\"\n";
+                           "    key: \"tls:{id}\"\n"
+                        << "http:\n  listen: 127.0.0.1:" << testing::FreePort() << "\n";
     return path;
   };
   // A root the server's certificate does not chain to: refused, nothing created.

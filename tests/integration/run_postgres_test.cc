@@ -68,7 +68,7 @@ class RunPostgresTest : public ::testing::Test {
     std::ofstream(path) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: " << dsn_
                         << "\nstores:\n  warehouse:\n    type: postgres\n    dsn: " << dsn_
                         << "\nviews:\n"
-                        << views;
+                        << views << "http:\n  listen: 127.0.0.1:" << testing::FreePort() << "\n";
     return path;
   }
   std::string View(const std::string& name, const std::string& key, const std::string& query) {

@@ -61,7 +61,8 @@ class RunRedisTest : public ::testing::Test {
                         << "\nstores:\n  cache:\n    type: redis\n    url: " << redis_url_
                         << "\nviews:\n  - name: cache_view\n    store: cache\n    from: " << table_
                         << "\n    key: \"" << table_ << ":{id}\"\n"
-                        << (columns.empty() ? "" : "    columns: [" + columns + "]\n");
+                        << (columns.empty() ? "" : "    columns: [" + columns + "]\n")
+                        << "http:\n  listen: 127.0.0.1:" << testing::FreePort() << "\n";
     return path;
   }
   void StartRun(const std::string& config) {
@@ -214,7 +215,8 @@ TEST_F(RunRedisTest, RedisAndOpenSearchThroughARandomWorkloadOfEveryType) {
                         << "\"}\nviews:\n  - {name: cache_view, store: cache, from: " << table_
                         << ", key: \"" << table_ << ":{id}\"}\n"
                         << "  - {name: search_view, store: search, from: " << table_
-                        << ", index: " << index << "}\n";
+                        << ", index: " << index << "}\n"
+                        << "http:\n  listen: 127.0.0.1:" << testing::FreePort() << "\n";
   StartRun(config);
   std::mt19937 rng(42);
   for (int op = 0; op < 1000; ++op) {

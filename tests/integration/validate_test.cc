@@ -85,7 +85,8 @@ class ValidateTest : public ::testing::Test {
                         << "  - name: table_view\n    store: warehouse\n    table: " << target_
                         << "\n    key: [id]\n    query: select id, sku, price from public."
                         << table_ << "\n"
-                        << views_extra;
+                        << views_extra << "http:\n  listen: 127.0.0.1:" << testing::FreePort()
+                        << "\n";
     return path;
   }
 
