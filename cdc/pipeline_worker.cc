@@ -174,6 +174,8 @@ void PipelineWorker::Stop(std::chrono::steady_clock::time_point deadline) {
 }
 
 void PipelineWorker::Loop() {
+  std::string rebuild_error;       // the last rebuild's error, logged once
+  bool failed_by_rebuild = false;  // failed_ set by a rebuild that cannot succeed yet
   while (true) {
     std::optional<std::string> rebuild;
     {
@@ -185,13 +187,28 @@ void PipelineWorker::Loop() {
       Status status = RebuildViews();
       if (!status.ok()) {
         // Tried again from the top (a stop gives up: the next start rebuilds, since the
-        // source table's OID differs from the one recorded).
-        log_("store " + sink_.name() + ": rebuild failed: " + status.error().message());
+        // source table's OID differs from the one recorded). One that cannot succeed as
+        // things are (a table replaced by one without a key) fails the store, loudly,
+        // until a later try works: its views must not say `backfilling` for ever.
+        const bool permanent = status.error().kind() != ErrorKind::kTransient;
+        if (status.error().message() != rebuild_error) {
+          rebuild_error = status.error().message();
+          log_("store " + sink_.name() + ": rebuild failed: " + rebuild_error +
+               (permanent ? " (the store is failed until a rebuild works; tried every 10 s)" : ""));
+        }
+        if (permanent) {
+          failed_.store(true);
+          failed_by_rebuild = true;
+        }
         std::unique_lock lock(mutex_);
         if (!rebuild_requested_) rebuild_requested_ = *rebuild;
-        changed_.wait_for(lock, std::chrono::seconds(1), [&] { return stopping_; });
+        changed_.wait_for(lock, permanent ? std::chrono::seconds(10) : std::chrono::seconds(1),
+                          [&] { return stopping_; });
         continue;
       }
+      rebuild_error.clear();
+      if (failed_by_rebuild) failed_.store(false);
+      failed_by_rebuild = false;
     }
     BatchGroup group;
     {
