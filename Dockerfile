@@ -13,7 +13,7 @@ WORKDIR /src
 COPY . .
 RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DPGDERIVE_BUILD_TESTS=OFF \
  && ninja -C /build pgderive \
- && strip /build/cdc/pgderive
+ && strip /build/app/pgderive
 
 FROM debian:12-slim
 RUN apt-get update \
@@ -22,7 +22,7 @@ RUN apt-get update \
       libspdlog1.10 libfmt9 libsimdjson14 libcpp-httplib0.11 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --no-create-home --shell /usr/sbin/nologin pgderive
-COPY --from=build /build/cdc/pgderive /usr/local/bin/pgderive
+COPY --from=build /build/app/pgderive /usr/local/bin/pgderive
 USER pgderive
 # /healthz, /readyz, /metrics, /status (http.listen; 0.0.0.0:9187 in a container)
 EXPOSE 9187

@@ -15,9 +15,9 @@
 #include <string>
 #include <vector>
 
+#include "base/status.h"
 #include "cdc/lsn.h"
 #include "cdc/pgoutput.h"
-#include "cdc/status.h"
 
 namespace pgderive {
 

@@ -9,8 +9,8 @@
 #include <string>
 #include <string_view>
 
+#include "base/status.h"
 #include "cdc/pgoutput.h"
-#include "cdc/status.h"
 
 namespace pgderive {
 

@@ -3,7 +3,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "config/redact.h"
+#include "base/redact.h"
 
 namespace pgderive {
 namespace {

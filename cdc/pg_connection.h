@@ -14,8 +14,8 @@
 #include <utility>
 #include <vector>
 
+#include "base/status.h"
 #include "cdc/lsn.h"
-#include "cdc/status.h"
 
 namespace pgderive {
 

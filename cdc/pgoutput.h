@@ -17,8 +17,8 @@
 #include <variant>
 #include <vector>
 
+#include "base/status.h"
 #include "cdc/lsn.h"
-#include "cdc/status.h"
 
 namespace pgderive {
 

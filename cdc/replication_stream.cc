@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 
-#include "config/redact.h"
+#include "base/redact.h"
 
 namespace pgderive {
 

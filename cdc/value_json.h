@@ -22,7 +22,8 @@
 #include <string_view>
 #include <unordered_map>
 
-#include "cdc/status.h"
+#include "base/json_text.h"
+#include "base/status.h"
 
 namespace pgderive {
 
@@ -73,9 +74,6 @@ class TypeRegistry {
 // the type and the problem; `out` is then left unchanged.
 Status AppendJsonValue(std::string& out, std::string_view text, uint32_t type_oid,
                        const TypeRegistry& types);
-
-// Appends `text` as a JSON string literal (quotes, escapes; UTF-8 passes through).
-void AppendJsonString(std::string& out, std::string_view text);
 
 // Appends the standard base64 encoding (with padding) of `bytes`.
 void AppendBase64(std::string& out, std::string_view bytes);

@@ -9,9 +9,9 @@
 #include <span>
 #include <variant>
 
+#include "base/status.h"
 #include "cdc/lsn.h"
 #include "cdc/pgoutput.h"
-#include "cdc/status.h"
 
 namespace pgderive {
 

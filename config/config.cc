@@ -12,8 +12,8 @@
 #include <set>
 #include <sstream>
 
+#include "base/redact.h"
 #include "config/dsn.h"
-#include "config/redact.h"
 #include "config/url.h"
 
 namespace pgderive {

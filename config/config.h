@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "base/log.h"
+
 namespace pgderive {
 
 struct ConfigProblem {
@@ -78,14 +80,6 @@ struct SnapshotConfig {
 
 struct HttpConfig {
   std::string listen = "127.0.0.1:9187";
-};
-
-enum class LogFormat { kJson, kLogfmt };
-enum class LogLevel { kDebug, kInfo, kWarn, kError };
-
-struct LogConfig {
-  LogFormat format = LogFormat::kJson;
-  LogLevel level = LogLevel::kInfo;
 };
 
 struct Config {

@@ -5,7 +5,7 @@
 #include <cctype>
 #include <memory>
 
-#include "config/redact.h"
+#include "base/redact.h"
 
 namespace pgderive {
 namespace {

@@ -27,7 +27,7 @@ set -a
 set +a
 
 echo
-build/release/cdc/pgderive --version
+build/release/app/pgderive --version
 echo "PostgreSQL: $(psql "$PGDERIVE_PG_DSN" -XAtc 'select version()' | cut -d, -f1)" \
   "(wal_level=$(psql "$PGDERIVE_PG_DSN" -XAtc 'show wal_level'))"
 echo "            psql \"\$(sed -n 's/^PGDERIVE_PG_DSN=//p' $dir/stack.env)\""
@@ -46,7 +46,7 @@ if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
   echo "demo: pgderive run is already running (pid $(cat "$pidfile"))"
 else
   : > "$dir/pgderive.log"
-  nohup build/release/cdc/pgderive run -c compose/local/demo.yml >> "$dir/pgderive.log" 2>&1 &
+  nohup build/release/app/pgderive run -c compose/local/demo.yml >> "$dir/pgderive.log" 2>&1 &
   echo $! > "$pidfile"
   deadline=$(( $(date +%s) + 120 ))
   until grep -q "streaming from slot" "$dir/pgderive.log"; do
@@ -69,9 +69,9 @@ insert into orders (id, customer_id, amount) select coalesce(max(id), 0) + 1, 7,
 update customers set name = 'Customer Seven' where id = 7;
 SQL
 echo "demo: pgderive backfill --view product_search (rebuilt while the stream flows)"
-build/release/cdc/pgderive backfill -c compose/local/demo.yml --view product_search --timeout 120
+build/release/app/pgderive backfill -c compose/local/demo.yml --view product_search --timeout 120
 echo "demo: pgderive verify"
-build/release/cdc/pgderive verify -c compose/local/demo.yml
+build/release/app/pgderive verify -c compose/local/demo.yml
 
 echo
 echo "Redis      GET product:1 -> $(redis-cli -p "$PGDERIVE_REDIS_PORT" get product:1)"

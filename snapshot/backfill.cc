@@ -6,9 +6,9 @@
 #include <random>
 #include <variant>
 
-#include "cdc/backoff.h"
+#include "base/backoff.h"
 #include "cdc/publication.h"
-#include "cdc/view_state.h"
+#include "snapshot/view_state.h"
 
 namespace pgderive {
 namespace {

@@ -49,8 +49,8 @@
 #include <thread>
 #include <vector>
 
+#include "base/log.h"
 #include "cdc/change_batch.h"
-#include "cdc/log.h"
 #include "cdc/pg_connection.h"
 
 namespace pgderive {

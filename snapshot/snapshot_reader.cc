@@ -5,9 +5,9 @@
 #include <optional>
 #include <thread>
 
+#include "base/redact.h"
 #include "cdc/copy_text.h"
 #include "cdc/publication.h"
-#include "config/redact.h"
 
 namespace pgderive {
 namespace {

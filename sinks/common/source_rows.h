@@ -36,7 +36,7 @@
 
 #include "cdc/change_batch.h"
 #include "cdc/pg_connection.h"
-#include "cdc/sink.h"
+#include "sinks/common/sink.h"
 #include "sinks/common/view_shape.h"
 
 namespace pgderive {

@@ -9,8 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include "base/status.h"
 #include "cdc/change_batch.h"
-#include "cdc/status.h"
 
 namespace pgderive {
 

@@ -4,7 +4,7 @@
 
 #include <mutex>
 
-#include "config/redact.h"
+#include "base/redact.h"
 #include "config/url.h"
 
 namespace pgderive {

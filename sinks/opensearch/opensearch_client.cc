@@ -2,7 +2,7 @@
 
 #include <cctype>
 
-#include "config/redact.h"
+#include "base/redact.h"
 
 namespace pgderive {
 namespace {

@@ -9,7 +9,7 @@
 #include <string_view>
 #include <vector>
 
-#include "cdc/status.h"
+#include "base/status.h"
 #include "sinks/opensearch/http_client.h"
 
 namespace pgderive {

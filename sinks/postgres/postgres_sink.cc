@@ -6,8 +6,8 @@
 #include <set>
 
 #include "cdc/copy_text.h"
-#include "cdc/migrations.h"
 #include "cdc/publication.h"
+#include "migrations/migrations.h"
 #include "sinks/common/source_rows.h"
 #include "sinks/common/view_list.h"
 #include "sinks/postgres/query_rewrite.h"

@@ -32,8 +32,8 @@
 #include <vector>
 
 #include "cdc/pg_connection.h"
-#include "cdc/sink.h"
 #include "config/config.h"
+#include "sinks/common/sink.h"
 #include "sinks/common/source_rows.h"
 #include "sinks/common/view_list.h"
 

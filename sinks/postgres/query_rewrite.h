@@ -14,7 +14,7 @@
 #include <string_view>
 #include <vector>
 
-#include "cdc/status.h"
+#include "base/status.h"
 
 namespace pgderive {
 

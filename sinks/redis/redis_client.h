@@ -11,7 +11,7 @@
 #include <string_view>
 #include <vector>
 
-#include "cdc/status.h"
+#include "base/status.h"
 
 struct redisContext;
 

@@ -15,8 +15,8 @@
 #include <optional>
 #include <vector>
 
-#include "cdc/sink.h"
 #include "config/config.h"
+#include "sinks/common/sink.h"
 #include "sinks/common/source_rows.h"
 #include "sinks/common/view_list.h"
 #include "sinks/common/view_shape.h"

@@ -1,6 +1,6 @@
 // The sidecar's HTTP endpoint refuses a port another pgderive already serves on (two
 // pipelines answering on one port would mix their /status and /metrics).
-#include "cdc/http_server.h"
+#include "base/http_server.h"
 
 #include <gtest/gtest.h>
 

@@ -1,4 +1,4 @@
-#include "config/redact.h"
+#include "base/redact.h"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,6 @@
-// The per-view state a store records (cdc/view_state.h): what the next start reads back
+// The per-view state a store records (snapshot/view_state.h): what the next start reads back
 // to resume a backfill, and the columns a following view was filled with.
-#include "cdc/view_state.h"
+#include "snapshot/view_state.h"
 
 #include <gtest/gtest.h>
 

@@ -1,0 +1,159 @@
+// The pgderive binary: parse arguments, run. Everything else lives in the libraries.
+#include <signal.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <cstdio>
+
+#include "app/backfill_command.h"
+#include "app/run.h"
+#include "app/status_report.h"
+#include "app/tail.h"
+#include "app/validate.h"
+#include "app/verify.h"
+
+#ifndef PGDERIVE_VERSION
+#define PGDERIVE_VERSION "unknown"
+#endif
+
+namespace {
+
+// The one piece of state a signal handler may touch.
+std::atomic<bool> g_stop{false};
+static_assert(std::atomic<bool>::is_always_lock_free);
+
+// Async-signal-safe: nothing to do if stderr is gone.
+template <typename T>
+void IgnoreResult(T) {}
+
+// The first SIGTERM/SIGINT asks for a clean stop (finish the batch in flight, write
+// checkpoints, confirm the slot, exit 0). A second one exits at once: every store's
+// checkpoint is written with or after its data, so what was not confirmed is replayed
+// by the next start and nothing is corrupted.
+void OnSignal(int signal) {
+  if (g_stop.exchange(true)) {
+    static const char kMessage[] = "pgderive: second signal, exiting now\n";
+    IgnoreResult(write(STDERR_FILENO, kMessage, sizeof kMessage - 1));
+    _exit(128 + signal);
+  }
+}
+
+void InstallSignalHandlers() {
+  struct sigaction action {};
+  action.sa_handler = OnSignal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "pgderive: derive views in Redis, OpenSearch and PostgreSQL from one "
+      "PostgreSQL change stream"};
+  app.set_version_flag("--version", std::string("pgderive ") + PGDERIVE_VERSION);
+  app.require_subcommand(1);
+
+  pgderive::TailOptions tail;
+  std::string until;
+  uint64_t limit = 0;
+  CLI::App* tail_command = app.add_subcommand(
+      "tail", "print the decoded change stream as JSON lines (does not move the pipeline's slot)");
+  tail_command->add_option("-c,--config", tail.config_path, "configuration file")->required();
+  tail_command->add_flag("--snapshot", tail.snapshot, "first print every row of the views' tables");
+  tail_command->add_option("--slot", tail.slot,
+                           "read this existing slot (never advanced) instead of a temporary one");
+  tail_command->add_option("--limit", limit, "stop after this many changes");
+  tail_command->add_option("--until-lsn", until,
+                           "stop after the first transaction committed at or past this LSN");
+
+  pgderive::RunOptions run;
+  CLI::App* run_command = app.add_subcommand(
+      "run",
+      "create the publication and slot if missing, snapshot what needs it, then keep "
+      "every view up to date until SIGTERM");
+  run_command->add_option("-c,--config", run.config_path, "configuration file")->required();
+
+  pgderive::VerifyOptions verify;
+  std::string verify_view;
+  int verify_wait = 60;
+  CLI::App* verify_command = app.add_subcommand(
+      "verify",
+      "compare each view with its definition applied to the source; exit 1 on any "
+      "difference");
+  verify_command->add_option("-c,--config", verify.config_path, "configuration file")->required();
+  verify_command->add_option("--view", verify_view, "only this view");
+  verify_command->add_option("--wait", verify_wait,
+                             "seconds to wait for the stores to catch up with the source (60)");
+
+  pgderive::ValidateOptions validate;
+  CLI::App* validate_command = app.add_subcommand(
+      "validate",
+      "check the configuration file and, with --connect, the source and the stores, without "
+      "changing anything; exit 2 listing every problem");
+  validate_command->add_option("-c,--config", validate.config_path, "configuration file")
+      ->required();
+  validate_command->add_flag("--connect", validate.connect,
+                             "also check the source and the stores (read-only)");
+
+  pgderive::StatusOptions status;
+  CLI::App* status_command = app.add_subcommand(
+      "status",
+      "print the slot's lag and retained WAL, each store's checkpoint and lag, and each view's "
+      "state");
+  status_command->add_option("-c,--config", status.config_path, "configuration file")->required();
+  status_command->add_flag("--json", status.json, "print the report as JSON");
+
+  pgderive::BackfillCommandOptions backfill;
+  bool backfill_no_wait = false;
+  int backfill_timeout = 0;
+  CLI::App* backfill_command = app.add_subcommand(
+      "backfill",
+      "rebuild one view from the source while streaming goes on (the running pipeline does "
+      "it); waits until the view is live again");
+  backfill_command->add_option("-c,--config", backfill.config_path, "configuration file")
+      ->required();
+  backfill_command->add_option("--view", backfill.view, "the view to rebuild")->required();
+  backfill_command->add_flag("--no-wait", backfill_no_wait, "return once the request is recorded");
+  backfill_command->add_option("--timeout", backfill_timeout,
+                               "give up waiting after this many seconds (exit 1); 0: no limit");
+
+  CLI11_PARSE(app, argc, argv);
+
+  if (backfill_command->parsed()) {
+    backfill.wait = !backfill_no_wait;
+    backfill.timeout = std::chrono::seconds(backfill_timeout);
+    return pgderive::RunBackfill(backfill);
+  }
+
+  if (run_command->parsed()) {
+    InstallSignalHandlers();
+    run.stop = &g_stop;
+    return pgderive::RunPipeline(run);
+  }
+  if (validate_command->parsed()) return pgderive::RunValidate(validate);
+  if (status_command->parsed()) return pgderive::RunStatus(status);
+  if (verify_command->parsed()) {
+    if (!verify_view.empty()) verify.view = verify_view;
+    verify.wait = std::chrono::seconds(verify_wait);
+    return pgderive::RunVerify(verify);
+  }
+
+  if (tail_command->parsed()) {
+    if (limit > 0) tail.limit = limit;
+    if (!until.empty()) {
+      tail.until = pgderive::Lsn::Parse(until);
+      if (!tail.until) {
+        std::fprintf(stderr, "pgderive tail: --until-lsn '%s' is not an LSN like 16/B374D848\n",
+                     until.c_str());
+        return 2;
+      }
+    }
+    InstallSignalHandlers();
+    tail.stop = &g_stop;
+    return pgderive::RunTail(tail);
+  }
+  return 0;
+}

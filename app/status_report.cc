@@ -1,0 +1,185 @@
+#include "app/status_report.h"
+
+#include <nlohmann/json.hpp>
+
+#include "app/sink_factory.h"
+#include "base/redact.h"
+#include "cdc/pg_connection.h"
+#include "config/config.h"
+#include "sinks/opensearch/http_client.h"
+
+namespace pgderive {
+namespace {
+
+// The running pipeline's own view of itself, or null when nothing answers.
+nlohmann::json LiveStatus(const std::string& listen) {
+  auto client = HttpClient::Create(
+      {.url = "http://" + listen, .ca_file = "", .timeout = std::chrono::seconds(3)});
+  if (!client.ok()) return nullptr;
+  auto response = client.value().Send("GET", "/status");
+  if (!response.ok() || response.value().status != 200) return nullptr;
+  auto parsed = nlohmann::json::parse(response.value().body, nullptr, false);
+  return parsed.is_discarded() ? nlohmann::json(nullptr) : parsed;
+}
+
+std::string Text(const nlohmann::json& j, const char* key, const std::string& fallback = "-") {
+  if (!j.is_object() || !j.contains(key) || j[key].is_null()) return fallback;
+  return j[key].is_string() ? j[key].get<std::string>() : j[key].dump();
+}
+
+}  // namespace
+
+int RunStatus(const StatusOptions& options) {
+  const std::optional<Config> loaded = LoadConfigOrReport(options.config_path, stderr);
+  if (!loaded) return 2;
+  const Config& config = *loaded;
+  auto fail = [&](const std::string& message) {
+    std::fprintf(stderr, "pgderive status: %s\n", RedactSecrets(message).c_str());
+    return 1;
+  };
+  auto sql = PgConnection::Connect(config.source.dsn, PgConnection::Mode::kSql, "pgderive-status");
+  if (!sql.ok()) return fail("source: " + sql.error().message());
+  PgConnection& c = sql.value();
+  auto head = c.Query("select pg_current_wal_lsn()");
+  if (!head.ok()) return fail("source: " + head.error().message());
+  const Lsn current = Lsn::Parse(head.value().rows[0][0].value_or("")).value_or(Lsn{});
+
+  nlohmann::json report = {{"pipeline", config.pipeline}, {"source_wal_lsn", current.ToString()}};
+  auto slot = c.Query(
+      "select active, confirmed_flush_lsn, restart_lsn, wal_status, safe_wal_size, "
+      "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, "
+      "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
+      "from pg_replication_slots where slot_name = " +
+      c.QuoteLiteral(config.source.slot));
+  if (!slot.ok()) return fail("source: " + slot.error().message());
+  if (slot.value().rows.empty()) {
+    report["slot"] = {{"name", config.source.slot}, {"exists", false}};
+  } else {
+    const auto& row = slot.value().rows[0];
+    report["slot"] = {{"name", config.source.slot},
+                      {"exists", true},
+                      {"active", row[0].value_or("") == "t"},
+                      {"confirmed_flush_lsn", row[1].value_or("")},
+                      {"restart_lsn", row[2].value_or("")},
+                      {"wal_status", row[3].value_or("")},
+                      {"safe_wal_size", row[4] ? nlohmann::json(std::stoll(*row[4])) : nullptr},
+                      {"retained_wal_bytes", row[5] ? std::stoll(*row[5]) : 0},
+                      {"lag_bytes", row[6] ? std::stoll(*row[6]) : 0}};
+  }
+
+  const nlohmann::json live = LiveStatus(config.http.listen);
+  report["running"] = !live.is_null();
+  std::map<std::string, nlohmann::json> live_stores;
+  if (!live.is_null() && live.contains("stores")) {
+    for (const auto& s : live["stores"]) live_stores[s.value("name", "")] = s;
+  }
+  nlohmann::json stores = nlohmann::json::array();
+  auto made = MakeSinks(config);
+  if (!made.ok()) return fail(made.error().message());
+  std::map<std::string, ViewState> recorded;  // view -> the state its store records
+  for (auto& sink : made.value()) {
+    nlohmann::json store = {{"name", sink->name()}};
+    Status status = sink->Resolve(c, /*checked=*/true);
+    if (status.ok()) status = sink->Connect();
+    Result<std::optional<Lsn>> checkpoint =
+        status.ok() ? sink->ReadCheckpoint() : Result<std::optional<Lsn>>(status.error());
+    if (!checkpoint.ok()) {
+      store["error"] = RedactSecrets(checkpoint.error().message());
+    } else if (!checkpoint.value()) {
+      store["checkpoint"] = nullptr;
+    } else {
+      const Lsn lsn = *checkpoint.value();
+      store["checkpoint"] = lsn.ToString();
+      store["lag_bytes"] = current > lsn ? current.value - lsn.value : 0;
+    }
+    if (checkpoint.ok()) {
+      auto states = sink->ReadViewStates();
+      if (states.ok() && states.value()) {
+        for (auto& [view, state] : *states.value()) recorded[view] = state;
+      }
+    }
+    if (auto it = live_stores.find(sink->name()); it != live_stores.end()) {
+      store["lag_seconds"] = it->second.value("lag_seconds", 0.0);
+      store["reachable"] = it->second.value("reachable", false);
+      store["detached"] = it->second.value("detached", false);
+    }
+    stores.push_back(store);
+  }
+  report["stores"] = stores;
+  // The slot is as far behind in time as its slowest store (known while running).
+  if (!live.is_null() && report["slot"].value("exists", false)) {
+    double slowest = 0;
+    for (const auto& store : stores) slowest = std::max(slowest, store.value("lag_seconds", 0.0));
+    report["slot"]["lag_seconds"] = slowest;
+  }
+  nlohmann::json views = nlohmann::json::array();
+  if (!live.is_null() && live.contains("views")) {
+    views = live["views"];
+  } else {
+    // Not running: what each store records (a backfill resumes where it stopped).
+    for (const ViewConfig& v : config.views) {
+      nlohmann::json view = {{"name", v.name}, {"store", v.store}, {"state", "stopped"}};
+      if (auto it = recorded.find(v.name); it != recorded.end()) {
+        view["recorded_state"] = it->second.backfilling ? "backfilling" : "live";
+        if (it->second.after) view["backfilled_up_to_key"] = *it->second.after;
+      }
+      views.push_back(view);
+    }
+  }
+  report["views"] = views;
+  if (!live.is_null() && live.contains("snapshot")) report["snapshot"] = live["snapshot"];
+
+  if (options.json) {
+    std::fprintf(options.out, "%s\n", report.dump(2).c_str());
+    return 0;
+  }
+  std::string out = "pipeline " + config.pipeline + " (" +
+                    (live.is_null() ? "not running: nothing answers on http://" + config.http.listen
+                                    : std::string("running")) +
+                    ")\n";
+  const auto& s = report["slot"];
+  if (!s.value("exists", false)) {
+    out += "slot " + config.source.slot + ": does not exist (pgderive run creates it)\n";
+  } else {
+    out +=
+        "slot " + config.source.slot + ": " + (s.value("active", false) ? "active" : "inactive") +
+        ", confirmed " + Text(s, "confirmed_flush_lsn") + ", lag " + Text(s, "lag_bytes") +
+        " bytes" + (s.contains("lag_seconds") ? " / " + Text(s, "lag_seconds") + " s" : "") +
+        ", retained WAL " + Text(s, "retained_wal_bytes") + " bytes, wal_status " +
+        Text(s, "wal_status") + ", safe_wal_size " + Text(s, "safe_wal_size", "unlimited") + "\n";
+  }
+  for (const auto& store : stores) {
+    out += "store " + store.value("name", "") + ": ";
+    if (store.contains("error")) {
+      out += "unreachable: " + store["error"].get<std::string>() + "\n";
+      continue;
+    }
+    out += "checkpoint " + Text(store, "checkpoint", "none") + ", lag " +
+           Text(store, "lag_bytes", "?") + " bytes";
+    if (store.contains("lag_seconds")) out += ", " + Text(store, "lag_seconds") + " s";
+    out += "\n";
+  }
+  for (const auto& v : views) {
+    out +=
+        "view " + v.value("name", "") + " (" + v.value("store", "") + "): " + v.value("state", "");
+    if (v.contains("progress_percent")) {
+      char pct[32];
+      std::snprintf(pct, sizeof pct, " %.0f%%", v["progress_percent"].get<double>());
+      out += pct;
+    }
+    if (v.contains("recorded_state")) out += " (recorded " + Text(v, "recorded_state");
+    if (v.contains("backfilled_up_to_key")) out += ", up to key " + Text(v, "backfilled_up_to_key");
+    if (v.contains("recorded_state")) out += ")";
+    out += "\n";
+  }
+  if (report.contains("snapshot")) {
+    const auto& snap = report["snapshot"];
+    out += "snapshot: " + Text(snap, "rows") + " of ~" + Text(snap, "estimated_rows") + " rows, " +
+           Text(snap, "rows_per_second") + " rows/s, about " + Text(snap, "eta_seconds") +
+           " s left\n";
+  }
+  std::fputs(RedactSecrets(out).c_str(), options.out);
+  return 0;
+}
+
+}  // namespace pgderive

@@ -1,0 +1,632 @@
+#include "app/validate.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <set>
+#include <sstream>
+
+#include "app/sink_factory.h"
+#include "base/redact.h"
+#include "cdc/publication.h"
+#include "config/config.h"
+#include "sinks/common/view_shape.h"
+#include "sinks/opensearch/opensearch_client.h"
+#include "sinks/redis/redis_client.h"
+
+namespace pgderive {
+namespace {
+
+// Seconds a connection attempt may take: a firewalled host must not hang validate.
+constexpr const char* kConnectTimeoutSeconds = "10";
+
+std::string Plural(size_t n, const std::string& one, const std::string& many) {
+  return std::to_string(n) + " " + (n == 1 ? one : many);
+}
+
+// The messages of an Error that lists several problems ("header:\n  one\n  two"), one
+// per entry; the message itself when it lists none.
+std::vector<std::string> SplitListed(const std::string& message) {
+  std::vector<std::string> out;
+  size_t at = message.find("\n  ");
+  if (at == std::string::npos) return {message};
+  while (at != std::string::npos) {
+    const size_t next = message.find("\n  ", at + 3);
+    out.push_back(message.substr(at + 3, next == std::string::npos ? next : next - at - 3));
+    at = next;
+  }
+  return out;
+}
+
+// Everything `validate --connect` checks, in order, each failure a problem. Nothing
+// here creates, alters or writes anything: SQL is SELECT, SHOW, EXPLAIN and
+// IDENTIFY_SYSTEM on a session whose transactions are read-only; the stores get
+// INFO / GET / and a connection.
+class ConnectedChecks {
+ public:
+  ConnectedChecks(const Config& config, std::FILE* out) : config_(config), out_(out) {}
+
+  std::vector<ConfigProblem> Run() {
+    // libpq waits for a connection without limit unless told; an unreachable host must
+    // not hang the checks. A DSN's own connect_timeout still wins.
+    setenv("PGCONNECT_TIMEOUT", kConnectTimeoutSeconds, /*overwrite=*/0);
+    CheckSource();
+    CheckStores();
+    std::stable_sort(problems_.begin(), problems_.end(),
+                     [](const ConfigProblem& a, const ConfigProblem& b) {
+                       return std::pair(a.line, a.column) < std::pair(b.line, b.column);
+                     });
+    return std::move(problems_);
+  }
+
+  size_t tables_checked() const { return tables_checked_; }
+
+ private:
+  // Where problems about each part of the file point.
+  void AtSource(const std::string& key, const std::string& message) {
+    Add(config_.source.line, config_.source.column, key, message);
+  }
+  void AtStore(const StoreConfig& store, const std::string& message) {
+    Add(store.line, store.column, "stores." + store.name, message);
+  }
+  void AtView(size_t index, const std::string& key, const std::string& message) {
+    const ViewConfig& view = config_.views[index];
+    Add(view.line, view.column, "views[" + std::to_string(index) + "]" + key, message);
+  }
+  void Add(int line, int column, std::string key, const std::string& message) {
+    problems_.push_back(ConfigProblem{line, column, std::move(key), RedactSecrets(message)});
+  }
+  void Info(const std::string& line) {
+    if (out_ != nullptr) std::fprintf(out_, "%s\n", RedactSecrets(line).c_str());
+  }
+
+  // -------------------------------------------------------------- the source
+
+  void CheckSource() {
+    auto connected =
+        PgConnection::Connect(config_.source.dsn, PgConnection::Mode::kSql, "pgderive-validate");
+    if (!connected.ok()) {
+      AtSource("source.dsn", "cannot connect to the source: " + connected.error().message());
+      return;
+    }
+    PgConnection& sql = connected.value();
+    // Belt and braces: whatever a check below runs, this session cannot write.
+    if (Status s = sql.Execute("set default_transaction_read_only = on"); !s.ok()) {
+      AtSource("source", "cannot make the session read-only: " + s.error().message());
+      return;
+    }
+    auto settings = sql.Query(
+        "select current_setting('server_version'), current_setting('wal_level'), "
+        "current_setting('max_replication_slots')::int, (select count(*) from "
+        "pg_replication_slots), r.rolname, r.rolsuper, r.rolreplication, "
+        "has_database_privilege(current_database(), 'CREATE'), current_database() "
+        "from pg_roles r where r.rolname = current_user");
+    if (!settings.ok() || settings.value().rows.size() != 1) {
+      AtSource("source", "cannot read the server's settings: " +
+                             (settings.ok() ? std::string("no row for the current role")
+                                            : settings.error().message()));
+      return;
+    }
+    const auto& row = settings.value().rows[0];
+    const std::string version = row[0].value_or("?");
+    const std::string wal_level = row[1].value_or("");
+    const long max_slots = std::atol(row[2].value_or("0").c_str());
+    const long used_slots = std::atol(row[3].value_or("0").c_str());
+    role_ = row[4].value_or("");
+    superuser_ = row[5].value_or("f") == "t";
+    const bool replication = row[6].value_or("f") == "t";
+    const bool create_in_database = row[7].value_or("f") == "t";
+    const std::string database = row[8].value_or("");
+
+    std::string summary = "source: PostgreSQL " + version + ", database " + database +
+                          ", wal_level " + wal_level + ", role " + role_ +
+                          (superuser_    ? " (superuser)"
+                           : replication ? " (REPLICATION)"
+                                         : "");
+    if (wal_level != "logical") {
+      AtSource("source", "the source has wal_level = " + wal_level +
+                             "; logical replication needs wal_level = logical (ALTER SYSTEM SET "
+                             "wal_level = logical, then restart PostgreSQL)");
+    }
+
+    // The slot: pgderive's own, or room for it.
+    auto slot = sql.Query(
+        "select plugin, database = current_database(), active from pg_replication_slots "
+        "where slot_name = " +
+        sql.QuoteLiteral(config_.source.slot));
+    if (!slot.ok()) {
+      AtSource("source.slot", "cannot read pg_replication_slots: " + slot.error().message());
+    } else if (!slot.value().rows.empty()) {
+      const auto& s = slot.value().rows[0];
+      if (s[0].value_or("") != "pgoutput" || s[1].value_or("") != "t") {
+        AtSource("source.slot", "slot " + config_.source.slot +
+                                    " exists but is not a pgoutput slot of database " + database +
+                                    "; choose another source.slot or drop it");
+      } else {
+        summary += ", slot " + config_.source.slot + " exists";
+        if (s[2].value_or("f") == "t") summary += " (in use)";
+      }
+    } else if (max_slots - used_slots < 1) {
+      AtSource("source.slot", "no free replication slot for " + config_.source.slot + ": " +
+                                  std::to_string(used_slots) +
+                                  " of max_replication_slots = " + std::to_string(max_slots) +
+                                  " are in use (raise max_replication_slots or drop an unused "
+                                  "slot)");
+    } else {
+      summary += ", slot " + config_.source.slot + " to be created (" +
+                 std::to_string(max_slots - used_slots) + " of " + std::to_string(max_slots) +
+                 " free)";
+    }
+
+    // The replication connection.
+    if (!superuser_ && !replication) {
+      AtSource("source", "role " + role_ +
+                             " has neither the REPLICATION attribute nor SUPERUSER, so it cannot "
+                             "stream changes; fix: ALTER ROLE " +
+                             sql.QuoteIdentifier(role_) + " REPLICATION");
+    } else {
+      auto repl = PgConnection::Connect(config_.source.dsn, PgConnection::Mode::kReplication,
+                                        "pgderive-validate");
+      if (!repl.ok()) {
+        AtSource("source.dsn", "cannot open a replication connection: " + repl.error().message());
+      } else if (auto identity = repl.value().IdentifySystem(); !identity.ok()) {
+        AtSource("source.dsn", "IDENTIFY_SYSTEM failed: " + identity.error().message());
+      }
+    }
+
+    // The publication: what `run` will have to create or add.
+    auto publication = sql.Query(
+        "select puballtables, pubinsert and pubupdate and pubdelete and pubtruncate from "
+        "pg_publication where pubname = " +
+        sql.QuoteLiteral(config_.source.publication));
+    if (!publication.ok()) {
+      AtSource("source.publication",
+               "cannot read pg_publication: " + publication.error().message());
+    } else if (publication.value().rows.empty()) {
+      publication_missing_ = true;
+      if (!superuser_ && !create_in_database) {
+        cannot_create_publication_ = true;  // the tables' owner must: said once, here
+        AtSource("source.publication",
+                 "publication " + config_.source.publication + " does not exist and role " + role_ +
+                     " may not create it (it needs CREATE on database " + database +
+                     "); create it as the tables' owner: CREATE PUBLICATION " +
+                     sql.QuoteIdentifier(config_.source.publication) + " FOR TABLE ...");
+      }
+    } else {
+      const auto& p = publication.value().rows[0];
+      all_tables_ = p[0].value_or("f") == "t";
+      if (p[1].value_or("f") != "t") {
+        AtSource("source.publication",
+                 "publication " + config_.source.publication +
+                     " does not publish every operation; fix: ALTER PUBLICATION " +
+                     sql.QuoteIdentifier(config_.source.publication) +
+                     " SET (publish = 'insert, update, delete, truncate')");
+      }
+      auto published = PublicationMembers(sql, config_.source.publication);
+      if (published.ok()) published_ = std::move(published).value();
+    }
+    Info(summary);
+    CheckTables(sql);
+  }
+
+  // -------------------------------------------------------------- tables and columns
+
+  void CheckTables(PgConnection& sql) {
+    // Which views read each table, in first-use order; a postgres view's tables come
+    // from its query (PostgresSink::Resolve plans it with EXPLAIN, and checks that it can
+    // be maintained and that its key is unique).
+    std::vector<std::string> tables;
+    std::map<std::string, std::vector<size_t>> readers;
+    auto read_by = [&](const std::string& table, size_t view) {
+      if (!readers.contains(table)) tables.push_back(table);
+      readers[table].push_back(view);
+    };
+    for (size_t i = 0; i < config_.views.size(); ++i) {
+      const ViewConfig& view = config_.views[i];
+      auto made = MakeSinks(config_, view.name);
+      if (!made.ok() || made.value().size() != 1) {
+        AtView(i, "",
+               "view " + view.name + ": " +
+                   (made.ok() ? std::string("no store to check it with") : made.error().message()));
+        continue;
+      }
+      std::unique_ptr<Sink> sink = std::move(made.value().front());
+      if (config_.stores.at(view.store).type == StoreType::kPostgres) {
+        Status resolved = sink->Resolve(sql);
+        if (!resolved.ok()) {
+          AtView(i, ".query", resolved.error().message());
+          continue;
+        }
+      }
+      for (const std::string& table : sink->tables()) read_by(table, i);
+      sinks_[i] = std::move(sink);
+    }
+
+    for (const std::string& table : tables) {
+      const std::vector<size_t>& views = readers[table];
+      std::string names;
+      for (size_t v : views) names += (names.empty() ? "" : ", ") + config_.views[v].name;
+      const std::string read_by_text =
+          " (read by view" + std::string(views.size() > 1 ? "s " : " ") + names + ")";
+      auto where = [&](size_t v) {
+        return config_.stores.at(config_.views[v].store).type == StoreType::kPostgres ? ".query"
+                                                                                      : ".from";
+      };
+      auto [schema_name, name] = SplitTableName(table);
+      auto found = sql.Query(
+          "select has_table_privilege(c.oid, 'SELECT'), pg_has_role(c.relowner, 'USAGE'), "
+          "c.relkind, c.relpersistence from pg_class c join pg_namespace n on n.oid = "
+          "c.relnamespace where c.relkind in ('r', 'p', 'v', 'm', 'f') and n.nspname = " +
+          sql.QuoteLiteral(schema_name) + " and c.relname = " + sql.QuoteLiteral(name));
+      if (!found.ok()) {
+        AtView(views.front(), where(views.front()),
+               "cannot look up table " + table + ": " + found.error().message());
+        continue;
+      }
+      if (found.value().rows.empty()) {
+        AtView(views.front(), where(views.front()),
+               "table " + table + " does not exist in the source database" + read_by_text);
+        continue;
+      }
+      ++tables_checked_;
+      // A partition of another table read: its changes are published as that root's.
+      auto ancestors = sql.Query(
+          "select n.nspname || '.' || c.relname from pg_partition_ancestors(" +
+          sql.QuoteLiteral(sql.QuoteTableName(table)) +
+          "::regclass) a join pg_class c on c.oid = a.relid join pg_namespace n on n.oid = "
+          "c.relnamespace where a.relid <> " +
+          sql.QuoteLiteral(sql.QuoteTableName(table)) + "::regclass");
+      if (ancestors.ok()) {
+        for (const auto& row : ancestors.value().rows) {
+          const std::string ancestor = row[0].value_or("");
+          if (!readers.contains(ancestor)) continue;
+          AtView(views.front(), where(views.front()),
+                 "table " + table + " is a partition of " + ancestor +
+                     ", which a view also reads: PostgreSQL publishes the partition's changes "
+                     "as " +
+                     ancestor + "'s, so a view of the partition alone would miss them; read " +
+                     ancestor + " (with a postgres view's WHERE for the partition's rows)" +
+                     read_by_text);
+        }
+      }
+      // Publishable (not a view, nor unlogged, ...), and a replica identity: updates and
+      // deletes must name their row.
+      Status captured = CheckSourceTables(sql, {table});
+      if (!captured.ok()) {
+        for (const std::string& line : SplitListed(captured.error().message())) {
+          AtView(views.front(), where(views.front()), line + read_by_text);
+        }
+      }
+      const auto& kind = found.value().rows[0];
+      if (WhyNotPublishable(kind[2].value_or("r")[0], kind[3].value_or("p")[0], table, "")) {
+        continue;  // said above; nothing else about it matters
+      }
+      if (found.value().rows[0][0].value_or("f") != "t") {
+        AtView(views.front(), where(views.front()),
+               "role " + role_ + " may not SELECT from table " + table +
+                   ", which the snapshot reads" + read_by_text + "; fix: GRANT SELECT ON " +
+                   sql.QuoteTableName(table) + " TO " + sql.QuoteIdentifier(role_));
+      }
+      const bool in_publication = all_tables_ || published_.contains(table);
+      if (!in_publication && !superuser_ && !cannot_create_publication_ &&
+          found.value().rows[0][1].value_or("f") != "t") {
+        AtView(
+            views.front(), where(views.front()),
+            "role " + role_ + " does not own table " + table + ", so it cannot " +
+                (publication_missing_ ? "create publication " : "add it to publication ") +
+                config_.source.publication + " with it" + read_by_text + "; let the owner run: " +
+                (publication_missing_ ? "CREATE PUBLICATION " : "ALTER PUBLICATION ") +
+                sql.QuoteIdentifier(config_.source.publication) +
+                (publication_missing_ ? " FOR TABLE " : " ADD TABLE ") + sql.QuoteTableName(table));
+      }
+      // Columns: the views' lists and key templates against the table's shape.
+      auto schema = DescribeTable(sql, table);
+      if (!schema.ok()) {
+        AtView(views.front(), where(views.front()), schema.error().message());
+        continue;
+      }
+      // A view keys rows by the primary key (or the replica identity index) whatever the
+      // replica identity; FULL without either leaves no key (two equal rows could not be
+      // told apart).
+      if (schema.value()->replica_identity == 'f' &&
+          std::none_of(schema.value()->columns.begin(), schema.value()->columns.end(),
+                       [](const ColumnSchema& c) { return c.key; })) {
+        AtView(views.front(), where(views.front()),
+               "table " + table +
+                   " has REPLICA IDENTITY FULL but no primary key: a view keys its rows by "
+                   "the primary key (or the replica identity index), FULL only adds the old "
+                   "row; fix: add a primary key, or ALTER TABLE " +
+                   sql.QuoteTableName(table) +
+                   " REPLICA IDENTITY USING INDEX <a unique index of NOT NULL columns>" +
+                   read_by_text);
+        continue;
+      }
+      auto generated = GeneratedColumns(sql, table);
+      if (!generated.ok()) {
+        AtView(views.front(), where(views.front()), generated.error().message());
+        continue;
+      }
+      for (size_t v : views) {
+        auto sink = sinks_.find(v);
+        if (sink == sinks_.end()) continue;
+        // Every column named, each reported (the sink's own check stops at the first);
+        // then whatever else the sink checks.
+        if (!CheckColumns(v, *schema.value(), generated.value())) continue;
+        Status fits = sink->second->Check(schema.value());
+        if (!fits.ok()) AtView(v, "", fits.error().message());
+      }
+    }
+  }
+
+  // The columns a row view lists and its key template's placeholders exist; a key
+  // column is in the replica identity. False when something is reported.
+  // A generated column (`generated`: name, expression) is refused with the reason; a
+  // view without `columns` is told which it leaves out.
+  bool CheckColumns(size_t index, const RelationSchema& schema,
+                    const std::vector<std::pair<std::string, std::string>>& generated) {
+    const ViewConfig& view = config_.views[index];
+    if (config_.stores.at(view.store).type == StoreType::kPostgres) return true;
+    auto column = [&](const std::string& name) -> const ColumnSchema* {
+      for (const ColumnSchema& c : schema.columns) {
+        if (c.name == name) return &c;
+      }
+      return nullptr;
+    };
+    auto generation = [&](const std::string& name) -> const std::string* {
+      for (const auto& [column_name, expression] : generated) {
+        if (column_name == name) return &expression;
+      }
+      return nullptr;
+    };
+    const std::string where = "view " + view.name + ": ";
+    bool ok = true;
+    for (const std::string& name : view.columns.value_or(std::vector<std::string>{})) {
+      if (const std::string* expression = generation(name)) {
+        AtView(index, ".columns",
+               where + GeneratedColumnProblem(schema.QualifiedName(), name, *expression) +
+                   "; leave it out of columns (a reader computes " + *expression +
+                   " from the columns it is made of), or use a postgres view whose query "
+                   "computes it");
+        ok = false;
+      } else if (column(name) == nullptr) {
+        AtView(index, ".columns",
+               where + "column " + name + " is not in table " + schema.QualifiedName());
+        ok = false;
+      }
+    }
+    if (!view.columns && !generated.empty()) {
+      std::string names;
+      for (const auto& [name, expression] : generated) names += (names.empty() ? "" : ", ") + name;
+      Info("view " + view.name + ": leaves out the generated column(s) " + names + " of " +
+           schema.QualifiedName() + " (PostgreSQL before 18 does not publish them)");
+    }
+    if (!view.key_template.empty()) {
+      auto key = KeyTemplate::Parse(view.key_template);
+      for (const std::string& name :
+           key.ok() ? key.value().columns() : std::vector<std::string>{}) {
+        const ColumnSchema* c = column(name);
+        if (const std::string* expression = generation(name)) {
+          AtView(index, ".key",
+                 where + GeneratedColumnProblem(schema.QualifiedName(), name, *expression) +
+                     "; a key column must be one PostgreSQL publishes");
+          ok = false;
+        } else if (c == nullptr) {
+          AtView(index, ".key",
+                 where + "key column " + name + " is not in table " + schema.QualifiedName());
+          ok = false;
+        } else if (!c->key) {  // also under FULL: the key must be unique and never NULL
+          AtView(index, ".key",
+                 where + "key column " + name + " is not part of the row key of " +
+                     schema.QualifiedName() +
+                     " (its primary key, or its replica identity index): two rows could share "
+                     "the key, or a delete not name it; to key by a unique NOT NULL column, "
+                     "ALTER TABLE " +
+                     schema.QualifiedName() + " REPLICA IDENTITY USING INDEX <its unique index>");
+          ok = false;
+        }
+      }
+      // Every row key column, too (once its own columns are right): a template naming part of a
+      // composite key gives two rows one key, and the later would overwrite the earlier.
+      if (key.ok() && ok) {  // its own columns are right: does it name the whole key?
+        const std::vector<std::string> named = key.value().columns();
+        std::string missing;
+        for (const ColumnSchema& c : schema.columns) {
+          if (c.key && std::find(named.begin(), named.end(), c.name) == named.end()) {
+            missing += (missing.empty() ? "{" : "}, {") + c.name;
+          }
+        }
+        if (!missing.empty()) {
+          AtView(index, ".key",
+                 where + "the key template names only part of the row key of " +
+                     schema.QualifiedName() + ": two rows that differ only in " + missing +
+                     "} would share one key; add " + missing + "} to the template");
+          ok = false;
+        }
+      }
+    }
+    return ok;
+  }
+
+  // -------------------------------------------------------------- the stores
+
+  void CheckStores() {
+    for (const auto& [name, store] : config_.stores) {
+      const bool used = std::any_of(config_.views.begin(), config_.views.end(),
+                                    [&](const ViewConfig& v) { return v.store == name; });
+      if (!used) {
+        Info("store " + name + ": no view uses it (not checked)");
+        continue;
+      }
+      switch (store.type) {
+        case StoreType::kRedis:
+          CheckRedis(store);
+          break;
+        case StoreType::kOpenSearch:
+          CheckOpenSearch(store);
+          break;
+        case StoreType::kPostgres:
+          CheckPostgresStore(store);
+          break;
+      }
+    }
+  }
+
+  void CheckRedis(const StoreConfig& store) {
+    auto client = RedisClient::Connect(store.ConnectUrl(), std::chrono::seconds(5));
+    if (!client.ok()) {
+      AtStore(store, "store " + store.name + " (redis): " + client.error().message());
+      return;
+    }
+    auto info = client.value().Command({"INFO", "server"});
+    if (!info.ok() || info.value().type != RedisReply::Type::kString) {
+      AtStore(store, "store " + store.name + " (redis): INFO server failed: " +
+                         (info.ok() ? info.value().str : info.error().message()));
+      return;
+    }
+    std::string version = "?";
+    std::istringstream lines(info.value().str);
+    for (std::string line; std::getline(lines, line);) {
+      if (line.starts_with("redis_version:")) {
+        version = line.substr(14);
+        while (!version.empty() && (version.back() == '\r' || version.back() == ' ')) {
+          version.pop_back();
+        }
+      }
+    }
+    Info("store " + store.name + " (redis): Redis " + version);
+  }
+
+  void CheckOpenSearch(const StoreConfig& store) {
+    HttpClient::Options options;
+    options.url = store.ConnectUrl();
+    options.ca_file = store.ca_file;
+    options.timeout = std::chrono::seconds(10);
+    auto client = OpenSearchClient::Create(options);
+    if (!client.ok()) {
+      AtStore(store, "store " + store.name + " (opensearch): " + client.error().message());
+      return;
+    }
+    auto version = client.value().ServerVersion();
+    if (!version.ok()) {
+      AtStore(store, "store " + store.name + " (opensearch): " + version.error().message());
+      return;
+    }
+    Info("store " + store.name + " (opensearch): OpenSearch " + version.value());
+  }
+
+  // `run` creates the schema `pgderive` (checkpoints, mirrors of the source tables) and
+  // the target tables that are missing: the role must be allowed to.
+  void CheckPostgresStore(const StoreConfig& store) {
+    const std::string what = "store " + store.name + " (postgres): ";
+    auto connected =
+        PgConnection::Connect(store.dsn, PgConnection::Mode::kSql, "pgderive-validate");
+    if (!connected.ok()) {
+      AtStore(store, what + connected.error().message());
+      return;
+    }
+    PgConnection& c = connected.value();
+    if (Status s = c.Execute("set default_transaction_read_only = on"); !s.ok()) {
+      AtStore(store, what + "cannot make the session read-only: " + s.error().message());
+      return;
+    }
+    auto info = c.Query(
+        "select current_setting('server_version'), current_user, current_database(), "
+        "has_database_privilege(current_database(), 'CREATE')");
+    if (!info.ok()) {
+      AtStore(store, what + info.error().message());
+      return;
+    }
+    const auto& row = info.value().rows[0];
+    const std::string role = row[1].value_or("");
+    const std::string database = row[2].value_or("");
+    const bool create_schema = row[3].value_or("f") == "t";
+    // Schemas that will get tables: pgderive's own, and each missing target table's.
+    std::set<std::string> schemas = {"pgderive"};
+    for (const ViewConfig& view : config_.views) {
+      if (view.store != store.name) continue;
+      auto exists = c.Query("select to_regclass(" + c.QuoteLiteral(c.QuoteTableName(view.table)) +
+                            ") is not null");
+      if (!exists.ok()) {
+        AtStore(store, what + "view " + view.name + ": " + exists.error().message());
+        continue;
+      }
+      if (exists.value().rows[0][0].value_or("f") != "t") {
+        schemas.insert(SplitTableName(view.table).first);
+      }
+    }
+    for (const std::string& schema : schemas) {
+      auto allowed = c.Query("select case when exists (select from pg_namespace where nspname = " +
+                             c.QuoteLiteral(schema) + ") then has_schema_privilege(" +
+                             c.QuoteLiteral(schema) + ", 'CREATE') else null end");
+      if (!allowed.ok()) {
+        AtStore(store, what + allowed.error().message());
+        continue;
+      }
+      const auto& value = allowed.value().rows[0][0];
+      if (!value && !create_schema) {
+        AtStore(store, what + "role " + role + " may not create schema " + schema +
+                           " in database " + database + "; fix: GRANT CREATE ON DATABASE " +
+                           c.QuoteIdentifier(database) + " TO " + c.QuoteIdentifier(role));
+      } else if (value && *value != "t") {
+        AtStore(store, what + "role " + role + " may not create tables in schema " + schema +
+                           "; fix: GRANT CREATE ON SCHEMA " + c.QuoteIdentifier(schema) + " TO " +
+                           c.QuoteIdentifier(role));
+      }
+    }
+    Info(what + "PostgreSQL " + row[0].value_or("?") + ", database " + database + ", role " + role);
+  }
+
+  const Config& config_;
+  std::FILE* out_;
+  std::vector<ConfigProblem> problems_;
+  std::map<size_t, std::unique_ptr<Sink>> sinks_;  // by view index, for Check
+  std::string role_;
+  bool superuser_ = false;
+  bool publication_missing_ = false;
+  bool cannot_create_publication_ = false;
+  bool all_tables_ = false;
+  std::set<std::string> published_;
+  size_t tables_checked_ = 0;
+};
+
+}  // namespace
+
+std::vector<ConfigProblem> CheckConnected(const Config& config, std::FILE* info) {
+  return ConnectedChecks(config, info).Run();
+}
+
+int RunValidate(const ValidateOptions& options) {
+  const std::string& path = options.config_path;
+  ConfigResult loaded = LoadConfigFile(path);
+  if (!loaded.config) {
+    std::fputs(loaded.Describe(path).c_str(), options.out);
+    std::fprintf(options.out, "%s: %s\n", path.c_str(),
+                 Plural(loaded.problems.size(), "problem", "problems").c_str());
+    return 2;
+  }
+  const Config& config = *loaded.config;
+  std::string summary = "pipeline " + config.pipeline + ", " +
+                        Plural(config.stores.size(), "store", "stores") + ", " +
+                        Plural(config.views.size(), "view", "views");
+  if (!options.connect) {
+    std::fprintf(options.out, "%s: OK: %s (file only; --connect also checks the servers)\n",
+                 path.c_str(), summary.c_str());
+    return 0;
+  }
+  ConnectedChecks checks(config, options.out);
+  ConfigResult connected;
+  connected.problems = checks.Run();
+  if (!connected.problems.empty()) {
+    std::fputs(connected.Describe(path).c_str(), options.out);
+    std::fprintf(options.out, "%s: %s; nothing was created or changed\n", path.c_str(),
+                 Plural(connected.problems.size(), "problem", "problems").c_str());
+    return 2;
+  }
+  std::fprintf(options.out, "%s: OK: %s, %s checked on the source; nothing was created\n",
+               path.c_str(), summary.c_str(),
+               Plural(checks.tables_checked(), "table", "tables").c_str());
+  return 0;
+}
+
+}  // namespace pgderive

@@ -1,0 +1,272 @@
+#include "app/verify.h"
+
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <thread>
+
+#include "app/sink_factory.h"
+#include "base/redact.h"
+#include "cdc/type_catalog.h"
+#include "config/config.h"
+#include "snapshot/snapshot_reader.h"
+
+namespace pgderive {
+namespace {
+
+using Entries = std::map<std::string, std::string>;  // key -> JSON object
+
+// The entries every view of `sink` must hold, from the source's rows.
+class ExpectedEntries : public SnapshotConsumer {
+ public:
+  ExpectedEntries(Sink& sink, TypeLearner& learner) : sink_(sink), learner_(learner) {}
+
+  Status OnTable(const std::shared_ptr<const RelationSchema>& schema) override {
+    schemas_[schema.get()] = schema;
+    Status status = learner_.Learn(schema->columns);
+    types_ = learner_.types();
+    return status;
+  }
+  Status OnRows(const RelationSchema& schema, std::span<const TupleData> rows) override {
+    const auto& shared = schemas_.at(&schema);
+    for (const std::string& view : sink_.views()) {
+      std::vector<Sink::Entry> found;
+      for (const TupleData& row : rows) {
+        auto entry = sink_.Expected(view, shared, row, *types_);
+        if (!entry.ok()) return entry.error();
+        if (entry.value()) found.push_back(std::move(*entry.value()));
+      }
+      std::lock_guard lock(mutex_);
+      auto& entries = by_view[view];
+      for (auto& [key, value] : found) {
+        if (!entries.emplace(key, value).second) {
+          duplicates[view].push_back(key);
+        }
+      }
+    }
+    return Status::Ok();
+  }
+
+  std::map<std::string, Entries> by_view;
+  std::map<std::string, std::vector<std::string>> duplicates;  // two rows, one key
+
+ private:
+  Sink& sink_;
+  TypeLearner& learner_;
+  std::map<const RelationSchema*, std::shared_ptr<const RelationSchema>> schemas_;
+  std::shared_ptr<const TypeRegistry> types_;
+  std::mutex mutex_;
+};
+
+// Compares one view; appends a line per difference to `report`. Returns the count.
+size_t Compare(const std::string& view, const Entries& expected, const Entries& actual,
+               std::vector<std::string>& report) {
+  using nlohmann::json;
+  size_t differences = 0;
+  for (const auto& [key, value] : expected) {
+    auto it = actual.find(key);
+    if (it == actual.end()) {
+      report.push_back("view " + view + ": missing " + key);
+      ++differences;
+      continue;
+    }
+    if (it->second == value) continue;
+    const json want = json::parse(value, nullptr, false);
+    const json have = json::parse(it->second, nullptr, false);
+    if (!have.is_object()) {
+      report.push_back("view " + view + ": different " + key + ": the store holds " +
+                       it->second.substr(0, 200) + ", not a JSON object");
+      ++differences;
+      continue;
+    }
+    if (want == have) continue;
+    ++differences;
+    for (const auto& [column, wanted] : want.items()) {
+      if (!have.contains(column)) {
+        report.push_back("view " + view + ": different " + key + " column " + column +
+                         ": missing in the store, source has " + wanted.dump());
+      } else if (have[column] != wanted) {
+        report.push_back("view " + view + ": different " + key + " column " + column +
+                         ": store has " + have[column].dump() + ", source has " + wanted.dump());
+      }
+    }
+    for (const auto& [column, had] : have.items()) {
+      if (!want.contains(column)) {
+        report.push_back("view " + view + ": different " + key + " column " + column +
+                         ": in the store (" + had.dump() + ") but not in the view");
+      }
+    }
+  }
+  for (const auto& [key, value] : actual) {
+    if (!expected.contains(key)) {
+      report.push_back("view " + view + ": extra " + key + " (no such row in the source)");
+      ++differences;
+    }
+  }
+  return differences;
+}
+
+// Writes a marker into the WAL and waits until `sink`'s checkpoint has passed it.
+Status WaitForCatchUp(PgConnection& sql, Sink& sink, std::chrono::seconds wait) {
+  auto marker = sql.Query("select pg_logical_emit_message(true, 'pgderive', 'verify')::text");
+  if (!marker.ok()) return marker.error();
+  const auto lsn = Lsn::Parse(marker.value().rows.at(0).at(0).value_or(""));
+  if (!lsn) return Error::Corrupt("pg_logical_emit_message returned no LSN");
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  std::optional<Lsn> last;
+  while (true) {
+    auto checkpoint = sink.ReadCheckpoint();
+    if (!checkpoint.ok()) return checkpoint.error();
+    last = checkpoint.value();
+    if (last && *last > *lsn) return Status::Ok();
+    if (std::chrono::steady_clock::now() >= deadline) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return Error::Transient("store " + sink.name() + " has checkpoint " +
+                          (last ? last->ToString() : std::string("none")) +
+                          " and did not reach the source's " + lsn->ToString() + " within " +
+                          std::to_string(wait.count()) + " s (is `pgderive run` running?)");
+}
+
+// The views of `sink` its store records as being backfilled (their rows are filled in
+// chunks after their backfill's request: they differ until they are live).
+std::set<std::string> Backfilling(Sink& sink) {
+  std::set<std::string> out;
+  auto states = sink.ReadViewStates();
+  if (!states.ok() || !states.value()) return out;
+  for (const std::string& view : sink.views()) {
+    auto it = states.value()->find(view);
+    if (it != states.value()->end() && it->second.backfilling) out.insert(view);
+  }
+  return out;
+}
+
+// Waits until no view of `sink` is being backfilled, or until `deadline`; the views
+// still being backfilled then.
+std::set<std::string> WaitForLive(Sink& sink, std::chrono::steady_clock::time_point deadline) {
+  while (true) {
+    std::set<std::string> backfilling = Backfilling(sink);
+    if (backfilling.empty() || std::chrono::steady_clock::now() >= deadline) return backfilling;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+}  // namespace
+
+int RunVerify(const VerifyOptions& options) {
+  const std::optional<Config> loaded = LoadConfigOrReport(options.config_path, stderr);
+  if (!loaded) return 2;
+  const Config& config = *loaded;
+  if (options.view) {
+    bool known = false;
+    for (const ViewConfig& v : config.views) known = known || v.name == *options.view;
+    if (!known) {
+      std::fprintf(stderr, "pgderive verify: %s has no view named %s\n",
+                   options.config_path.c_str(), options.view->c_str());
+      return 2;
+    }
+  }
+  auto fail = [](const std::string& message) {
+    std::fprintf(stderr, "pgderive verify: %s\n", RedactSecrets(message).c_str());
+    return 1;
+  };
+  auto sinks = MakeSinks(config, options.view);
+  if (!sinks.ok()) return fail(sinks.error().message());
+  auto sql = PgConnection::Connect(config.source.dsn, PgConnection::Mode::kSql, "pgderive-verify");
+  if (!sql.ok()) return fail(sql.error().message());
+
+  size_t total_differences = 0;
+  for (auto& sink : sinks.value()) {
+    Status status = sink->Resolve(sql.value());
+    if (status.ok()) status = sink->Connect();
+    if (!status.ok()) return fail("store " + sink->name() + ": " + status.error().message());
+    std::vector<std::string> report;
+    std::map<std::string, size_t> rows, differences;
+    // Views being backfilled while a round compared them (before or after reading them).
+    std::set<std::string> backfilling;
+    for (int round = 1; round <= std::max(options.rounds, 1); ++round) {
+      const auto deadline = std::chrono::steady_clock::now() + options.wait;
+      status = WaitForCatchUp(sql.value(), *sink, options.wait);
+      if (!status.ok()) return fail(status.error().message());
+      // A backfill requested before the marker has emptied its view there and fills it
+      // in chunks after it: compare the view once it is live (a store that still said
+      // live before catching up had not met the request yet).
+      backfilling = WaitForLive(*sink, deadline);
+      // The source, in one snapshot: views defined by a query run it there; the others
+      // are made row by row from the snapshot's parallel reader.
+      auto reader_connection =
+          PgConnection::Connect(config.source.dsn, PgConnection::Mode::kSql, "pgderive-verify");
+      if (!reader_connection.ok()) return fail(reader_connection.error().message());
+      PgConnection& rc = reader_connection.value();
+      status = rc.Execute("begin isolation level repeatable read read only");
+      auto exported =
+          status.ok() ? rc.Query("select pg_export_snapshot()") : Result<PgRows>(status.error());
+      if (!exported.ok()) return fail(exported.error().message());
+      std::map<std::string, Entries> expected;
+      bool row_views = false;
+      for (const std::string& view : sink->views()) {
+        auto computed = sink->ExpectedFromSource(view, rc);
+        if (!computed.ok()) return fail(computed.error().message());
+        if (!computed.value()) {
+          row_views = true;
+          continue;
+        }
+        for (auto& [key, value] : *computed.value()) expected[view].emplace(key, value);
+      }
+      TypeLearner learner(sql.value());
+      ExpectedEntries from_rows(*sink, learner);
+      if (row_views) {
+        auto reader = SnapshotReader::Open({.dsn = config.source.dsn,
+                                            .snapshot_name = *exported.value().rows[0][0],
+                                            .tables = sink->tables(),
+                                            .workers = config.snapshot.workers});
+        if (!reader.ok()) return fail(reader.error().message());
+        status = reader.value()->Run(from_rows);
+        if (!status.ok()) return fail(status.error().message());
+        for (auto& [view, entries] : from_rows.by_view) expected[view].merge(entries);
+      }
+      IgnoreError(rc.Execute("commit"), "a read-only transaction");
+
+      report.clear();
+      bool clean = true;
+      for (const std::string& view : sink->views()) {
+        auto stored = sink->ReadView(view);
+        if (!stored.ok()) return fail(stored.error().message());
+        Entries actual;
+        for (auto& [key, value] : stored.value()) actual.emplace(std::move(key), std::move(value));
+        const Entries& want = expected[view];
+        rows[view] = want.size();
+        differences[view] = Compare(view, want, actual, report);
+        for (const std::string& key : from_rows.duplicates[view]) {
+          report.push_back("view " + view + ": two source rows make the key " + key);
+          ++differences[view];
+        }
+        clean = clean && differences[view] == 0;
+      }
+      // A backfill that started while the views were read (its request after the
+      // marker) makes what was read a mix of before and after: not a verdict.
+      backfilling.merge(Backfilling(*sink));
+      if (clean) break;
+    }
+    for (const std::string& line : report) std::fprintf(options.out, "%s\n", line.c_str());
+    for (const auto& [view, count] : differences) {
+      std::fprintf(options.out, "view %s (store %s): %zu rows, %s\n", view.c_str(),
+                   sink->name().c_str(), rows[view],
+                   count == 0 ? "consistent" : (std::to_string(count) + " differences").c_str());
+      total_differences += count;
+    }
+    // A view being backfilled differs until its last chunk is in: say so.
+    for (const auto& [view, count] : differences) {
+      if (count == 0 || !backfilling.contains(view)) continue;
+      std::fprintf(options.out,
+                   "view %s was being backfilled while it was compared (for longer than "
+                   "--wait %lld s): rows not filled yet differ until it is live\n",
+                   view.c_str(), static_cast<long long>(options.wait.count()));
+    }
+  }
+  std::fflush(options.out);
+  return total_differences == 0 ? 0 : 1;
+}
+
+}  // namespace pgderive

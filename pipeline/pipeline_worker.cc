@@ -1,0 +1,401 @@
+#include "pipeline/pipeline_worker.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include "base/backoff.h"
+#include "cdc/walsender.h"
+
+namespace pgderive {
+namespace {
+
+constexpr size_t kGroupChanges = 20000;
+constexpr size_t kGroupBytes = size_t{16} << 20;
+constexpr size_t kMaxLatencySamples = size_t{4} << 20;
+
+}  // namespace
+
+PipelineWorker::PipelineWorker(Sink& sink, Rebuild rebuild, Log log, size_t max_queue_bytes,
+                               Metrics* metrics)
+    : sink_(sink),
+      rebuild_(std::move(rebuild)),
+      log_(std::move(log)),
+      max_queue_bytes_(max_queue_bytes) {
+  if (metrics == nullptr) return;
+  metrics_ = metrics;
+  const MetricLabels store{{"store", sink_.name()}};
+  batches_ = &metrics->counter("pgderive_batches_total", "Batches applied, per store", store);
+  batch_seconds_ = &metrics->histogram("pgderive_batch_duration_seconds",
+                                       "Time to apply one batch to the store", store);
+  const std::string errors_help = "Errors applying to a store, by kind";
+  errors_transient_ = &metrics->counter("pgderive_errors_total", errors_help,
+                                        {{"store", sink_.name()}, {"kind", "transient"}});
+  errors_permanent_ = &metrics->counter("pgderive_errors_total", errors_help,
+                                        {{"store", sink_.name()}, {"kind", "permanent"}});
+  for (const auto& [view, tables] : sink_.view_sources()) {
+    Counter& applied =
+        metrics->counter("pgderive_changes_applied_total", "Source changes applied, per view",
+                         {{"store", sink_.name()}, {"view", view}});
+    for (const std::string& table : tables) view_counters_[table].push_back(&applied);
+  }
+}
+
+void PipelineWorker::CountApplied(const BatchGroup& group, Lsn from) {
+  if (view_counters_.empty()) return;
+  const RelationSchema* last = nullptr;
+  const std::vector<Counter*>* counters = nullptr;
+  for (const auto& batch : group) {
+    for (const OwnedChange& change : batch->changes) {
+      if (change.commit_lsn < from) continue;  // skipped, as the sink skipped it
+      for (const auto& relation : change.relations) {
+        if (relation.get() != last) {
+          last = relation.get();
+          auto it = view_counters_.find(relation->QualifiedName());
+          counters = it == view_counters_.end() ? nullptr : &it->second;
+        }
+        if (counters == nullptr) continue;
+        for (Counter* c : *counters) c->Add();
+      }
+    }
+  }
+}
+
+void PipelineWorker::ReportSourceReads() {
+  for (const SourceRead& read : sink_.TakeSourceReads()) {
+    // A read because the change precedes the store's horizon is routine until the
+    // stream passes it: counted, not logged one by one.
+    if (read.missing) {
+      log_("store " + sink_.name() + (read.view.empty() ? "" : ", view " + read.view) + ": table " +
+           read.table + ", key " + read.key + " at " + read.lsn.ToString() +
+           ": the store lacked the previous value of unchanged (TOAST) column(s) " + read.columns +
+           "; " +
+           (read.found ? "read the row again from the source"
+                       : "the source no longer has the row (a later change removes it)"));
+    }
+    if (metrics_ == nullptr) continue;
+    Counter*& counter = reread_counters_[{read.table, read.missing}];
+    if (counter == nullptr) {
+      counter = &metrics_->counter(
+          "pgderive_rows_reread_total",
+          "Rows read again from the source for the value of a column an update left "
+          "unchanged (TOAST): reason=missing, the store lacked it; reason=horizon, the "
+          "change came before a row read earlier, whose value the store may hold newer",
+          {{"store", sink_.name()},
+           {"table", read.table},
+           {"reason", read.missing ? "missing" : "horizon"}});
+    }
+    counter->Add();
+  }
+}
+
+PipelineWorker::~PipelineWorker() {
+  if (thread_.joinable()) Stop(std::chrono::steady_clock::now());
+}
+
+void PipelineWorker::Start(Lsn checkpoint) {
+  checkpoint_.store(checkpoint.value);
+  durable_ = checkpoint;
+  thread_ = std::thread([this] { Loop(); });
+}
+
+bool PipelineWorker::Offer(std::shared_ptr<const ChangeBatch> batch,
+                           std::chrono::milliseconds wait) {
+  std::unique_lock lock(mutex_);
+  if (detached_.load() || failed_.load()) return false;
+  // An empty queue takes any batch, however large.
+  const auto room = [&] {
+    return queued_bytes_ == 0 || queued_bytes_ + batch->bytes <= max_queue_bytes_ || stopping_;
+  };
+  if (!changed_.wait_for(lock, wait, room)) {
+    detached_.store(true);
+    log_("store " + sink_.name() + " is falling behind (queue full); it is detached and will " +
+         "catch up from the slot");
+    return false;
+  }
+  queued_bytes_ += batch->bytes;
+  queue_.push_back(std::move(batch));
+  changed_.notify_all();
+  return true;
+}
+
+int64_t PipelineWorker::oldest_queued_commit_time() {
+  std::lock_guard lock(mutex_);
+  if (in_flight_commit_time_ != 0) return in_flight_commit_time_;
+  for (const auto& batch : queue_) {
+    for (const CommitMark& mark : batch->commits) {
+      if (mark.commit_time != 0) return mark.commit_time;
+    }
+  }
+  return 0;
+}
+
+Lsn PipelineWorker::Durable() {
+  std::lock_guard lock(mutex_);
+  const auto now = std::chrono::steady_clock::now();
+  while (!pending_durable_.empty() &&
+         now - pending_durable_.front().first >= sink_.durability_delay()) {
+    durable_ = pending_durable_.front().second;
+    pending_durable_.pop_front();
+  }
+  return durable_;
+}
+
+std::string PipelineWorker::LatencySummary() {
+  std::vector<float> samples;
+  {
+    std::lock_guard lock(mutex_);
+    samples = latencies_ms_;
+  }
+  if (samples.empty()) return "no transactions";
+  std::sort(samples.begin(), samples.end());
+  auto at = [&](double q) {
+    return samples[std::min(samples.size() - 1,
+                            static_cast<size_t>(q * static_cast<double>(samples.size())))];
+  };
+  char text[160];
+  std::snprintf(text, sizeof text, "p50 %.1f ms, p99 %.1f ms, max %.1f ms (%zu transactions)",
+                at(0.50), at(0.99), samples.back(), samples.size());
+  return text;
+}
+
+void PipelineWorker::Rejoin() {
+  wants_rejoin_.store(false);
+  detached_.store(false);
+}
+
+void PipelineWorker::Stop(std::chrono::steady_clock::time_point deadline) {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+    deadline_ = deadline;
+  }
+  changed_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void PipelineWorker::Loop() {
+  std::string rebuild_error;       // the last rebuild's error, logged once
+  bool failed_by_rebuild = false;  // failed_ set by a rebuild that cannot succeed yet
+  while (true) {
+    std::optional<std::string> rebuild;
+    {
+      std::lock_guard lock(mutex_);
+      if (!stopping_) rebuild.swap(rebuild_requested_);
+    }
+    if (rebuild) {
+      log_("store " + sink_.name() + ": " + *rebuild + ": rebuilding its views");
+      Status status = RebuildViews();
+      if (!status.ok()) {
+        // Tried again from the top (a stop gives up: the next start rebuilds, since the
+        // source table's OID differs from the one recorded). One that cannot succeed as
+        // things are (a table replaced by one without a key) fails the store, loudly,
+        // until a later try works: its views must not say `backfilling` for ever.
+        const bool permanent = status.error().kind() != ErrorKind::kTransient;
+        if (status.error().message() != rebuild_error) {
+          rebuild_error = status.error().message();
+          log_("store " + sink_.name() + ": rebuild failed: " + rebuild_error +
+               (permanent ? " (the store is failed until a rebuild works; tried every 10 s)" : ""));
+        }
+        if (permanent) {
+          failed_.store(true);
+          failed_by_rebuild = true;
+        }
+        std::unique_lock lock(mutex_);
+        if (!rebuild_requested_) rebuild_requested_ = *rebuild;
+        changed_.wait_for(lock, permanent ? std::chrono::seconds(10) : std::chrono::seconds(1),
+                          [&] { return stopping_; });
+        continue;
+      }
+      rebuild_error.clear();
+      if (failed_by_rebuild) failed_.store(false);
+      failed_by_rebuild = false;
+    }
+    BatchGroup group;
+    {
+      std::unique_lock lock(mutex_);
+      changed_.wait_for(lock, std::chrono::milliseconds(200),
+                        [&] { return !queue_.empty() || stopping_; });
+      if (stopping_ && (queue_.empty() || std::chrono::steady_clock::now() >= deadline_)) return;
+      if (queue_.empty()) {
+        // Drained while detached, and the last apply worked: ask for the stream again.
+        if (detached_.load() && !failed_.load()) wants_rejoin_.store(true);
+        continue;
+      }
+      // Whatever is queued, up to a limit, goes in one round trip.
+      size_t changes = 0, bytes = 0;
+      while (!queue_.empty() &&
+             (group.empty() || (changes < kGroupChanges && bytes < kGroupBytes))) {
+        changes += queue_.front()->changes.size();
+        bytes += queue_.front()->bytes;
+        queued_bytes_ -= queue_.front()->bytes;
+        group.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+      in_flight_commit_time_ = 0;
+      for (const auto& batch : group) {
+        for (const CommitMark& mark : batch->commits) {
+          if (in_flight_commit_time_ == 0) in_flight_commit_time_ = mark.commit_time;
+        }
+      }
+      changed_.notify_all();
+    }
+    Status status = ApplyWithRetry(group);
+    {
+      std::lock_guard lock(mutex_);
+      in_flight_commit_time_ = 0;
+    }
+    if (!status.ok()) {
+      failed_.store(true);
+      detached_.store(true);
+      log_("store " + sink_.name() + " stopped: " + status.error().message() +
+           " (the other stores go on; the slot keeps the WAL from this store's checkpoint)");
+      std::lock_guard lock(mutex_);
+      queue_.clear();
+      queued_bytes_ = 0;
+      changed_.notify_all();
+      return;
+    }
+  }
+}
+
+Status PipelineWorker::ApplyWithRetry(const BatchGroup& group) {
+  Backoff backoff(std::chrono::milliseconds(100), std::chrono::seconds(10));
+  bool recover = false;
+  while (true) {
+    Status status = Status::Ok();
+    if (recover) {
+      status = Recover();
+      if (status.ok() && detached_.load()) {
+        // The store was rebuilt or had lost recent writes: this batch and the queue are
+        // superseded by the stream from the slot, which the worker rejoins.
+        return Status::Ok();
+      }
+    }
+    if (status.ok()) {
+      recover = false;
+      const Lsn from = checkpoint();
+      const auto started = std::chrono::steady_clock::now();
+      status = sink_.Apply(group, from);
+      ReportSourceReads();
+      if (status.ok()) {
+        healthy_.store(true);
+        if (batches_ != nullptr) {
+          batches_->Add();
+          batch_seconds_->Observe(
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+        }
+        CountApplied(group, from);
+        for (const auto& [view, reason] : sink_.failed_views()) {
+          if (reported_failed_.insert(view).second) {
+            log_("view " + view + " stopped: " + reason +
+                 " (the store's other views go on; fix the configuration and restart)");
+          }
+        }
+        const auto now = std::chrono::system_clock::now();
+        {
+          std::lock_guard lock(mutex_);
+          for (const auto& batch : group) {
+            for (const CommitMark& mark : batch->commits) {
+              if (mark.commit_time == 0) continue;
+              last_commit_time_.store(mark.commit_time);
+              if (latencies_ms_.size() >= kMaxLatencySamples) continue;
+              latencies_ms_.push_back(static_cast<float>(
+                  std::chrono::duration<double, std::milli>(now - FromPgTimestamp(mark.commit_time))
+                      .count()));
+            }
+          }
+        }
+        if (auto next = CheckpointOf(group); next && *next > checkpoint()) {
+          checkpoint_.store(next->value);
+          std::lock_guard lock(mutex_);
+          pending_durable_.emplace_back(std::chrono::steady_clock::now(), *next);
+        }
+        return status;
+      }
+    }
+    healthy_.store(false);
+    if (status.error().kind() != ErrorKind::kTransient) {
+      if (errors_permanent_ != nullptr) errors_permanent_->Add();
+      return status;
+    }
+    if (errors_transient_ != nullptr) errors_transient_->Add();
+    recover = true;
+    const auto wait = backoff.Next();
+    log_("store " + sink_.name() + ": " + status.error().message() + "; retrying in " +
+         std::to_string(wait.count()) + " ms");
+    std::unique_lock lock(mutex_);
+    // A stop cuts the wait short once its deadline has passed.
+    changed_.wait_for(lock, wait,
+                      [&] { return stopping_ && std::chrono::steady_clock::now() >= deadline_; });
+    if (stopping_ && std::chrono::steady_clock::now() >= deadline_) {
+      return Status::Ok();  // the batch stays unapplied; the slot was not confirmed past it
+    }
+  }
+}
+
+void PipelineWorker::RequestRebuild(const std::string& why) {
+  std::lock_guard lock(mutex_);
+  rebuild_requested_ = why;
+  changed_.notify_all();
+}
+
+Status PipelineWorker::RebuildViews() {
+  detached_.store(true);
+  {
+    std::lock_guard lock(mutex_);
+    queue_.clear();
+    queued_bytes_ = 0;
+    changed_.notify_all();
+  }
+  auto rebuilt = rebuild_(sink_);
+  if (!rebuilt.ok()) return rebuilt.error();
+  slot_passed_.store(false);
+  checkpoint_.store(rebuilt.value().value);
+  std::lock_guard lock(mutex_);
+  pending_durable_.emplace_back(std::chrono::steady_clock::now(), rebuilt.value());
+  log_("store " + sink_.name() + " rebuilt at " + rebuilt.value().ToString());
+  return Status::Ok();
+}
+
+Status PipelineWorker::Recover() {
+  Status status = sink_.Connect();
+  if (!status.ok()) return status;
+  auto stored = sink_.ReadCheckpoint();
+  if (!stored.ok()) return stored.error();
+  const Lsn confirmed{slot_confirmed_.load()};
+  auto supersede = [&] {
+    detached_.store(true);
+    std::lock_guard lock(mutex_);
+    queue_.clear();
+    queued_bytes_ = 0;
+    changed_.notify_all();
+  };
+  // A store that holds everything this worker applied lost nothing, even when the slot
+  // moved past its checkpoint (only a postgres store on the source's own server, while
+  // the server stopped).
+  // Unless it lost its queue after the slot passed it (MarkSlotPassed).
+  const bool lost_queue = slot_passed_.load() && detached_.load();
+  if (!stored.value() ||
+      (*stored.value() < confirmed && (*stored.value() < checkpoint() || lost_queue))) {
+    // The store lost data the slot no longer holds (e.g. Redis restarted empty):
+    // serving it stale is not an option; rebuild its views from a new snapshot.
+    log_("store " + sink_.name() + " has " +
+         (stored.value() ? "checkpoint " + stored.value()->ToString() : "no checkpoint") +
+         ", behind the slot's " + confirmed.ToString() + ": rebuilding its views");
+    return RebuildViews();
+  }
+  if (!(*stored.value() < confirmed)) slot_passed_.store(false);  // it holds all the slot passed
+  if (*stored.value() < checkpoint()) {
+    // Recent writes were lost (still covered by the slot): replay them from the slot.
+    log_("store " + sink_.name() + " is back at checkpoint " + stored.value()->ToString() +
+         ", behind the " + checkpoint().ToString() + " it had applied: replaying from the slot");
+    checkpoint_.store(stored.value()->value);
+    supersede();
+    std::lock_guard lock(mutex_);
+    pending_durable_.clear();
+    durable_ = *stored.value();
+  }
+  return Status::Ok();
+}
+
+}  // namespace pgderive

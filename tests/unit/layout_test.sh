@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The tree's layering (STYLE.md, README "Layout"): a folder includes only folders earlier
+# in the dependency order
+#   base -> config -> cdc -> migrations -> snapshot -> sinks/common -> sinks/<store>
+# with pipeline after sinks/common (never a concrete store) and app last. Fails naming
+# every backward include as file:line.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$root"
+rank() {
+  case "$1" in
+    base/*) echo 0 ;;
+    config/*) echo 1 ;;
+    cdc/*) echo 2 ;;
+    migrations/*) echo 3 ;;
+    snapshot/*) echo 4 ;;
+    sinks/common/*) echo 5 ;;
+    sinks/*) echo 6 ;;
+    pipeline/*) echo 6 ;;
+    app/*) echo 8 ;;
+    *) echo -1 ;;
+  esac
+}
+folder() { case "$1" in sinks/*) echo "$1" | cut -d/ -f1-2 ;; *) echo "${1%%/*}" ;; esac; }
+bad=0
+while IFS=: read -r file line text; do
+  inc=$(sed -E 's/.*#include "([^"]+)".*/\1/' <<< "$text")
+  from=$(rank "$file") to=$(rank "$inc")
+  [ "$to" -ge 0 ] || continue
+  [ "$(folder "$file")" = "$(folder "$inc")" ] && continue
+  # pipeline and the concrete stores share a rank but never see each other.
+  if [ "$to" -gt "$from" ] || { [ "$to" -eq 6 ] && [ "$from" -eq 6 ]; }; then
+    echo "$file:$line: includes $inc, a later layer ($(folder "$file") may use only earlier folders)"
+    bad=1
+  fi
+done < <(grep -n '#include "' base/* config/* cdc/* migrations/* snapshot/* sinks/*/* pipeline/* app/* 2>/dev/null | grep -v 'CMakeLists\|\.md:\|\.sql:\|\.cmake:')
+if [ "$bad" -ne 0 ]; then exit 1; fi
+echo "layout: no backward include"
