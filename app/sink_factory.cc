@@ -5,10 +5,21 @@
 #include "sinks/redis/redis_sink.h"
 
 namespace pgderive {
+namespace {
 
-Result<std::vector<std::unique_ptr<Sink>>> MakeSinks(const Config& config,
-                                                     const std::optional<std::string>& only_view) {
-  std::vector<std::unique_ptr<Sink>> sinks;
+template <typename Store>
+Result<InspectedStore> Make(const Config& config, const StoreConfig& store) {
+  auto made = Store::Make(config, store);
+  if (!made.ok()) return made.error();
+  ViewInspector* inspector = made.value().get();
+  return InspectedStore{std::move(made).value(), inspector};
+}
+
+}  // namespace
+
+Result<std::vector<InspectedStore>> MakeInspectedStores(
+    const Config& config, const std::optional<std::string>& only_view) {
+  std::vector<InspectedStore> stores;
   for (const auto& [name, store] : config.stores) {
     bool used = false;
     for (const ViewConfig& view : config.views) {
@@ -19,20 +30,21 @@ Result<std::vector<std::unique_ptr<Sink>>> MakeSinks(const Config& config,
     if (only_view) {
       std::erase_if(scoped.views, [&](const ViewConfig& v) { return v.name != *only_view; });
     }
-    if (store.type == StoreType::kRedis) {
-      auto sink = RedisSink::Make(scoped, store);
-      if (!sink.ok()) return sink.error();
-      sinks.push_back(std::move(sink).value());
-    } else if (store.type == StoreType::kOpenSearch) {
-      auto sink = OpenSearchSink::Make(scoped, store);
-      if (!sink.ok()) return sink.error();
-      sinks.push_back(std::move(sink).value());
-    } else {
-      auto sink = PostgresSink::Make(scoped, store);
-      if (!sink.ok()) return sink.error();
-      sinks.push_back(std::move(sink).value());
-    }
+    auto made = store.type == StoreType::kRedis        ? Make<RedisSink>(scoped, store)
+                : store.type == StoreType::kOpenSearch ? Make<OpenSearchSink>(scoped, store)
+                                                       : Make<PostgresSink>(scoped, store);
+    if (!made.ok()) return made.error();
+    stores.push_back(std::move(made).value());
   }
+  return stores;
+}
+
+Result<std::vector<std::unique_ptr<Sink>>> MakeSinks(const Config& config,
+                                                     const std::optional<std::string>& only_view) {
+  auto stores = MakeInspectedStores(config, only_view);
+  if (!stores.ok()) return stores.error();
+  std::vector<std::unique_ptr<Sink>> sinks;
+  for (InspectedStore& store : stores.value()) sinks.push_back(std::move(store.sink));
   return sinks;
 }
 

@@ -20,7 +20,8 @@ using Entries = std::map<std::string, std::string>;  // key -> JSON object
 // The entries every view of `sink` must hold, from the source's rows.
 class ExpectedEntries : public SnapshotConsumer {
  public:
-  ExpectedEntries(Sink& sink, TypeLearner& learner) : sink_(sink), learner_(learner) {}
+  ExpectedEntries(ViewInspector& inspector, TypeLearner& learner)
+      : inspector_(inspector), learner_(learner) {}
 
   Status OnTable(const std::shared_ptr<const RelationSchema>& schema) override {
     schemas_[schema.get()] = schema;
@@ -30,10 +31,10 @@ class ExpectedEntries : public SnapshotConsumer {
   }
   Status OnRows(const RelationSchema& schema, std::span<const TupleData> rows) override {
     const auto& shared = schemas_.at(&schema);
-    for (const std::string& view : sink_.views()) {
-      std::vector<Sink::Entry> found;
+    for (const std::string& view : inspector_.views()) {
+      std::vector<ViewInspector::Entry> found;
       for (const TupleData& row : rows) {
-        auto entry = sink_.Expected(view, shared, row, *types_);
+        auto entry = inspector_.Expected(view, shared, row, *types_);
         if (!entry.ok()) return entry.error();
         if (entry.value()) found.push_back(std::move(*entry.value()));
       }
@@ -52,7 +53,7 @@ class ExpectedEntries : public SnapshotConsumer {
   std::map<std::string, std::vector<std::string>> duplicates;  // two rows, one key
 
  private:
-  Sink& sink_;
+  ViewInspector& inspector_;
   TypeLearner& learner_;
   std::map<const RelationSchema*, std::shared_ptr<const RelationSchema>> schemas_;
   std::shared_ptr<const TypeRegistry> types_;
@@ -135,7 +136,7 @@ std::set<std::string> Backfilling(Sink& sink) {
   std::set<std::string> out;
   auto states = sink.ReadViewStates();
   if (!states.ok() || !states.value()) return out;
-  for (const std::string& view : sink.views()) {
+  for (const auto& [view, tables] : sink.view_sources()) {
     auto it = states.value()->find(view);
     if (it != states.value()->end() && it->second.backfilling) out.insert(view);
   }
@@ -171,13 +172,13 @@ int RunVerify(const VerifyOptions& options) {
     std::fprintf(stderr, "pgderive verify: %s\n", RedactSecrets(message).c_str());
     return 1;
   };
-  auto sinks = MakeSinks(config, options.view);
-  if (!sinks.ok()) return fail(sinks.error().message());
+  auto stores = MakeInspectedStores(config, options.view);
+  if (!stores.ok()) return fail(stores.error().message());
   auto sql = PgConnection::Connect(config.source.dsn, PgConnection::Mode::kSql, "pgderive-verify");
   if (!sql.ok()) return fail(sql.error().message());
 
   size_t total_differences = 0;
-  for (auto& sink : sinks.value()) {
+  for (auto& [sink, inspector] : stores.value()) {
     Status status = sink->Resolve(sql.value());
     if (status.ok()) status = sink->Connect();
     if (!status.ok()) return fail("store " + sink->name() + ": " + status.error().message());
@@ -205,8 +206,8 @@ int RunVerify(const VerifyOptions& options) {
       if (!exported.ok()) return fail(exported.error().message());
       std::map<std::string, Entries> expected;
       bool row_views = false;
-      for (const std::string& view : sink->views()) {
-        auto computed = sink->ExpectedFromSource(view, rc);
+      for (const std::string& view : inspector->views()) {
+        auto computed = inspector->ExpectedFromSource(view, rc);
         if (!computed.ok()) return fail(computed.error().message());
         if (!computed.value()) {
           row_views = true;
@@ -215,7 +216,7 @@ int RunVerify(const VerifyOptions& options) {
         for (auto& [key, value] : *computed.value()) expected[view].emplace(key, value);
       }
       TypeLearner learner(sql.value());
-      ExpectedEntries from_rows(*sink, learner);
+      ExpectedEntries from_rows(*inspector, learner);
       if (row_views) {
         auto reader = SnapshotReader::Open({.dsn = config.source.dsn,
                                             .snapshot_name = *exported.value().rows[0][0],
@@ -230,8 +231,8 @@ int RunVerify(const VerifyOptions& options) {
 
       report.clear();
       bool clean = true;
-      for (const std::string& view : sink->views()) {
-        auto stored = sink->ReadView(view);
+      for (const std::string& view : inspector->views()) {
+        auto stored = inspector->ReadView(view);
         if (!stored.ok()) return fail(stored.error().message());
         Entries actual;
         for (auto& [key, value] : stored.value()) actual.emplace(std::move(key), std::move(value));

@@ -1,26 +1,49 @@
 #pragma once
 
-// The contract between the pipeline and one store (SPEC.md §1.3, §1.5). The pipeline
-// gives each store its own worker thread and queue; the store implements this.
+// The contract between the pipeline and one store's write path (SPEC.md §1.3, §1.5). The
+// pipeline gives each store its own worker thread and queue; the store implements this.
+// What `verify` reads back from a store is apart, in view_inspector.h.
 //
-// Checkpoints. A store keeps, inside itself, the LSN up to which it is complete,
-// written atomically with the data wherever the store allows it. On start, and after
-// every reconnect, the pipeline reads it back: a store that has no checkpoint, or one
-// older than the slot's confirmed position (it lost data the slot no longer holds), is
-// rebuilt from a snapshot instead of serving stale data.
+// Delivery guarantee: at least once, made exactly once by the store.
+//   The pipeline promises: every change of the views' tables reaches Apply, in batches
+//   in commit order, each transaction whole before the next begins (a group may end
+//   inside a transaction; CheckpointOf(group) is then unset). After a restart, a
+//   reconnect of the source or of the store, or a detach, it delivers again from the
+//   store's own checkpoint (ReadCheckpoint): changes the store already holds come again.
+//   A store without a checkpoint, or with one the slot has passed (it lost data the slot
+//   no longer holds), is rebuilt from a snapshot instead (the rebuild methods).
+//   The store promises: Apply skips every change that commits below the checkpoint it
+//   is given (already applied; one place in each store, saying why that is safe), and
+//   applying a change twice leaves what applying it once left. It writes the new
+//   checkpoint with the data, in one atomic step wherever the store allows it (Redis
+//   MULTI/EXEC, a PostgreSQL transaction); where it does not (OpenSearch), after the
+//   data, writes that make the replay of the gap a no-op (versions). A checkpoint
+//   is durable durability_delay() after Apply returns; the slot is confirmed only up to
+//   the slowest store's durable checkpoint.
+//
+// Errors: a transient error is retried with backoff - the pipeline reconnects
+// (Connect), reads the checkpoint back and delivers again from it; a permanent one
+// stops the store while the others go on (a view that alone cannot go on stops alone:
+// failed_views()).
+//
+// The methods, in the order the pipeline calls them: prepare (Resolve, Check, Connect,
+// Migrate), checkpoint, rebuild, apply, view states.
 
 #include <chrono>
 #include <map>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cdc/change_batch.h"
-#include "cdc/pg_connection.h"
 #include "snapshot/view_state.h"
 
 namespace pgderive {
+
+class PgConnection;  // a SQL session on the source (cdc/pg_connection.h)
 
 // A row a store read again from the source while applying (sinks/common/source_rows.h):
 // it lacked the previous value of a column an update left unchanged (TOAST).
@@ -41,8 +64,12 @@ class Sink {
   virtual ~Sink() = default;
 
   virtual const std::string& name() const = 0;
-  // The source tables its views read (schema.table).
-  virtual std::vector<std::string> tables() const = 0;
+  // Each view's name with the source tables (schema.table) it reads.
+  virtual std::vector<std::pair<std::string, std::vector<std::string>>> view_sources() const = 0;
+  // The source tables its views read, each once, in order of first use.
+  std::vector<std::string> tables() const;
+
+  // --- Prepare: before anything is read or written.
 
   // Reads what the sink needs from the source catalog before anything is created (the
   // postgres sink: the tables its queries read, and whether it can maintain them).
@@ -54,35 +81,49 @@ class Sink {
     (void)checked;
     return Status::Ok();
   }
-
   // Checks the views that read `schema`'s table against its shape (columns named,
-  // key columns in the replica identity). Called before anything is created.
+  // key columns in the replica identity).
   virtual Status Check(const std::shared_ptr<const RelationSchema>& schema) = 0;
-
   // (Re)connects to the store and prepares it (indexes, target tables). Transient
   // errors are retried by the caller with backoff.
   virtual Status Connect() = 0;
   // Creates or upgrades the store's own metadata (migrations/), once the checks have
   // passed; stores without metadata of their own have nothing to do.
   virtual Status Migrate() { return Status::Ok(); }
-  // The store's checkpoint; nullopt when it holds none.
-  virtual Result<std::optional<Lsn>> ReadCheckpoint() = 0;
 
-  // A rebuild: remove every view's data and the checkpoint, take the snapshot's rows
-  // (from several threads at once: must be thread-safe), then write the checkpoint.
+  // --- Checkpoint: the LSN up to which the store is complete.
+
+  // nullopt when it holds none (a store never filled, or one that lost its data).
+  virtual Result<std::optional<Lsn>> ReadCheckpoint() = 0;
+  // How long after Apply returns its checkpoint is durable (Redis with
+  // `appendfsync everysec` needs up to a second or two).
+  virtual std::chrono::milliseconds durability_delay() const { return {}; }
+
+  // --- Rebuild: every view from a snapshot taken at `snapshot_lsn`.
+
+  // Removes every view's data and the checkpoint.
   virtual Status BeginRebuild(Lsn snapshot_lsn) = 0;
+  // Takes snapshot rows, from several threads at once: must be thread-safe.
   virtual Status ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
                                    std::span<const TupleData> rows, const TypeRegistry& types) = 0;
+  // Writes the checkpoint `snapshot_lsn`: the stream goes on from there.
   virtual Status EndRebuild(Lsn snapshot_lsn) = 0;
   // After a first start that failed before it streamed (no half-made state): removes
   // what BeginRebuild of this process made - the views' partial data, and the tables
   // or indexes it created - and nothing else.
   virtual Status UndoRebuild() { return Status::Ok(); }
 
+  // --- Apply: the stream.
+
   // Applies the group's batches in order, skipping every change with commit_lsn <
   // `checkpoint` (already applied), and, when the group completes a transaction, writes
   // its new checkpoint (CheckpointOf(group)) with the data.
   virtual Status Apply(const BatchGroup& group, Lsn checkpoint) = 0;
+  // The rows read again from the source during the Apply calls since the last call (for
+  // the worker's log line and metric).
+  virtual std::vector<SourceRead> TakeSourceReads() { return {}; }
+
+  // --- View states.
 
   // Views filled row by row from their table (Redis, OpenSearch) are backfilled by
   // chunks while the stream goes on; the store records each view's state. A store whose
@@ -101,40 +142,10 @@ class Sink {
     (void)clear;
     return Status::Ok();
   }
-
-  // The rows read again from the source during the Apply calls since the last call (for
-  // the worker's log line and metric).
-  virtual std::vector<SourceRead> TakeSourceReads() { return {}; }
-
-  // How long after Apply returns its checkpoint is durable (Redis with
-  // `appendfsync everysec` needs up to a second or two); the slot is confirmed only
-  // past durable checkpoints.
-  virtual std::chrono::milliseconds durability_delay() const { return {}; }
-
-  // For `verify`. The view names of this store; every entry of one view as (key, JSON
-  // object); and the entry a source row must produce in that view (nullopt when the
-  // view does not read the row's table).
-  using Entry = std::pair<std::string, std::string>;
-  virtual std::vector<std::string> views() const = 0;
   // Views stopped on their own while the store goes on (a column they name was
   // dropped): (view, reason). Such a view is no longer written until the configuration
   // is fixed; the others keep flowing.
   virtual std::vector<std::pair<std::string, std::string>> failed_views() { return {}; }
-  // Each view's name with the source tables it reads (for per-view metrics).
-  virtual std::vector<std::pair<std::string, std::vector<std::string>>> view_sources() const = 0;
-  virtual Result<std::vector<Entry>> ReadView(const std::string& view) = 0;
-  virtual Result<std::optional<Entry>> Expected(const std::string& view,
-                                                const std::shared_ptr<const RelationSchema>& schema,
-                                                const TupleData& row,
-                                                const TypeRegistry& types) = 0;
-  // Or, for views defined by a query, every entry computed on the source directly (in
-  // the snapshot `source` is in); nullopt for views made row by row.
-  virtual Result<std::optional<std::vector<Entry>>> ExpectedFromSource(const std::string& view,
-                                                                       PgConnection& source) {
-    (void)view;
-    (void)source;
-    return std::optional<std::vector<Entry>>();
-  }
 };
 
 }  // namespace pgderive

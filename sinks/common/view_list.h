@@ -1,7 +1,7 @@
 #pragma once
 
 // What every sink does with its list of views (each a unique_ptr to a struct with a
-// ViewConfig `config`): names, lookup by name, the distinct source tables.
+// ViewConfig `config`): names, lookup by name, failed views, the tables each reads.
 
 #include <algorithm>
 #include <memory>
@@ -27,18 +27,6 @@ View* FindView(const std::vector<std::unique_ptr<View>>& views, const std::strin
     if (view->config.name == name) return view.get();
   }
   return nullptr;
-}
-
-// The views' `from` tables, each once, in order.
-template <typename View>
-std::vector<std::string> ViewTables(const std::vector<std::unique_ptr<View>>& views) {
-  std::vector<std::string> out;
-  for (const auto& view : views) {
-    if (std::find(out.begin(), out.end(), view->config.from) == out.end()) {
-      out.push_back(view->config.from);
-    }
-  }
-  return out;
 }
 
 // A view's shape cannot be made for the table as it now is (a named column was

@@ -94,8 +94,6 @@ Result<std::unique_ptr<OpenSearchSink>> OpenSearchSink::Make(const Config& confi
   return sink;
 }
 
-std::vector<std::string> OpenSearchSink::tables() const { return ViewTables(views_); }
-
 Status OpenSearchSink::Resolve(PgConnection& source, bool) {
   std::vector<uint32_t> oids;
   for (const std::string& table : tables()) {
@@ -583,7 +581,7 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   return Status::Ok();
 }
 
-Result<std::vector<Sink::Entry>> OpenSearchSink::ReadView(const std::string& view_name) {
+Result<std::vector<ViewInspector::Entry>> OpenSearchSink::ReadView(const std::string& view_name) {
   std::lock_guard lock(mutex_);
   View* view = FindView(views_, view_name);
   if (view == nullptr) return Error::Permanent("no OpenSearch view named " + view_name);
@@ -594,7 +592,7 @@ Result<std::vector<Sink::Entry>> OpenSearchSink::ReadView(const std::string& vie
   return client.value()->ScanAll(view->config.index);
 }
 
-Result<std::optional<Sink::Entry>> OpenSearchSink::Expected(
+Result<std::optional<ViewInspector::Entry>> OpenSearchSink::Expected(
     const std::string& view_name, const std::shared_ptr<const RelationSchema>& schema,
     const TupleData& row, const TypeRegistry& types) {
   std::shared_ptr<const ViewShape> shape;

@@ -25,19 +25,19 @@
 #include "config/config.h"
 #include "sinks/common/sink.h"
 #include "sinks/common/source_rows.h"
+#include "sinks/common/view_inspector.h"
 #include "sinks/common/view_list.h"
 #include "sinks/common/view_shape.h"
 #include "sinks/opensearch/opensearch_client.h"
 
 namespace pgderive {
 
-class OpenSearchSink : public Sink {
+class OpenSearchSink : public Sink, public ViewInspector {
  public:
   static Result<std::unique_ptr<OpenSearchSink>> Make(const Config& config,
                                                       const StoreConfig& store);
 
   const std::string& name() const override { return name_; }
-  std::vector<std::string> tables() const override;
   // Learns the types of the views' columns (domains to their base types) for the
   // index mappings, made before any row is read.
   Status Resolve(PgConnection& source, bool checked = false) override;
@@ -61,6 +61,8 @@ class OpenSearchSink : public Sink {
   std::vector<std::pair<std::string, std::vector<std::string>>> view_sources() const override {
     return ViewSources(views_);
   }
+
+  // ViewInspector (verify).
   std::vector<std::string> views() const override;
   Result<std::vector<Entry>> ReadView(const std::string& view) override;
   Result<std::optional<Entry>> Expected(const std::string& view,

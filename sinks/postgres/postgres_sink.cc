@@ -297,16 +297,6 @@ Result<std::unique_ptr<PostgresSink>> PostgresSink::Make(const Config& config,
   return sink;
 }
 
-std::vector<std::string> PostgresSink::tables() const {
-  std::vector<std::string> out;
-  for (const auto& view : views_) {
-    for (const std::string& t : view->tables) {
-      if (std::find(out.begin(), out.end(), t) == out.end()) out.push_back(t);
-    }
-  }
-  return out;
-}
-
 std::vector<std::string> PostgresSink::views() const { return ViewNames(views_); }
 
 std::string PostgresSink::KeyList(const View& view, const std::string& prefix) const {
@@ -1278,7 +1268,7 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   return status;
 }
 
-Result<std::vector<Sink::Entry>> PostgresSink::ReadView(const std::string& view_name) {
+Result<std::vector<ViewInspector::Entry>> PostgresSink::ReadView(const std::string& view_name) {
   std::lock_guard lock(mutex_);
   for (const auto& view : views_) {
     if (view->config.name != view_name) continue;
@@ -1295,13 +1285,13 @@ Result<std::vector<Sink::Entry>> PostgresSink::ReadView(const std::string& view_
   return Error::Permanent("no postgres view named " + view_name);
 }
 
-Result<std::optional<Sink::Entry>> PostgresSink::Expected(
+Result<std::optional<ViewInspector::Entry>> PostgresSink::Expected(
     const std::string&, const std::shared_ptr<const RelationSchema>&, const TupleData&,
     const TypeRegistry&) {
   return std::optional<Entry>();
 }
 
-Result<std::optional<std::vector<Sink::Entry>>> PostgresSink::ExpectedFromSource(
+Result<std::optional<std::vector<ViewInspector::Entry>>> PostgresSink::ExpectedFromSource(
     const std::string& view_name, PgConnection& source) {
   for (const auto& view : views_) {
     if (view->config.name != view_name) continue;

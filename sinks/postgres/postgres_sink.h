@@ -35,17 +35,17 @@
 #include "config/config.h"
 #include "sinks/common/sink.h"
 #include "sinks/common/source_rows.h"
+#include "sinks/common/view_inspector.h"
 #include "sinks/common/view_list.h"
 
 namespace pgderive {
 
-class PostgresSink : public Sink {
+class PostgresSink : public Sink, public ViewInspector {
  public:
   static Result<std::unique_ptr<PostgresSink>> Make(const Config& config, const StoreConfig& store);
 
   Status Resolve(PgConnection& source, bool checked = false) override;
   const std::string& name() const override { return name_; }
-  std::vector<std::string> tables() const override;
   Status Check(const std::shared_ptr<const RelationSchema>& schema) override;
   Status Connect() override;
   Status Migrate() override;
@@ -59,6 +59,8 @@ class PostgresSink : public Sink {
   std::vector<std::pair<std::string, std::vector<std::string>>> view_sources() const override {
     return ViewSources(views_);
   }
+
+  // ViewInspector (verify).
   std::vector<std::string> views() const override;
   std::vector<SourceRead> TakeSourceReads() override { return source_.Take(); }
   Result<std::vector<Entry>> ReadView(const std::string& view) override;

@@ -41,8 +41,6 @@ Result<std::unique_ptr<RedisSink>> RedisSink::Make(const Config& config, const S
   return sink;
 }
 
-std::vector<std::string> RedisSink::tables() const { return ViewTables(views_); }
-
 Status RedisSink::Check(const std::shared_ptr<const RelationSchema>& schema) {
   std::lock_guard lock(mutex_);
   std::string problems;
@@ -397,7 +395,7 @@ Status RedisSink::Apply(const BatchGroup& group, Lsn checkpoint) {
 
 std::vector<std::string> RedisSink::views() const { return ViewNames(views_); }
 
-Result<std::optional<Sink::Entry>> RedisSink::Expected(
+Result<std::optional<ViewInspector::Entry>> RedisSink::Expected(
     const std::string& view_name, const std::shared_ptr<const RelationSchema>& schema,
     const TupleData& row, const TypeRegistry& types) {
   std::shared_ptr<const ViewShape> shape;
@@ -416,7 +414,7 @@ Result<std::optional<Sink::Entry>> RedisSink::Expected(
   return std::optional<Entry>(std::move(entry).value());
 }
 
-Result<std::vector<Sink::Entry>> RedisSink::ReadView(const std::string& view_name) {
+Result<std::vector<ViewInspector::Entry>> RedisSink::ReadView(const std::string& view_name) {
   std::lock_guard lock(mutex_);
   View* view = FindView(views_, view_name);
   if (view == nullptr) return Error::Permanent("no Redis view named " + view_name);

@@ -18,19 +18,19 @@
 #include "config/config.h"
 #include "sinks/common/sink.h"
 #include "sinks/common/source_rows.h"
+#include "sinks/common/view_inspector.h"
 #include "sinks/common/view_list.h"
 #include "sinks/common/view_shape.h"
 #include "sinks/redis/redis_client.h"
 
 namespace pgderive {
 
-class RedisSink : public Sink {
+class RedisSink : public Sink, public ViewInspector {
  public:
   // The views of `store` in `config`; fails (permanent) on a bad key template.
   static Result<std::unique_ptr<RedisSink>> Make(const Config& config, const StoreConfig& store);
 
   const std::string& name() const override { return name_; }
-  std::vector<std::string> tables() const override;
   Status Check(const std::shared_ptr<const RelationSchema>& schema) override;
   Status Connect() override;
   Result<std::optional<Lsn>> ReadCheckpoint() override;
@@ -54,6 +54,8 @@ class RedisSink : public Sink {
   std::vector<std::pair<std::string, std::vector<std::string>>> view_sources() const override {
     return ViewSources(views_);
   }
+
+  // ViewInspector (verify).
   std::vector<std::string> views() const override;
   Result<std::vector<Entry>> ReadView(const std::string& view) override;
   Result<std::optional<Entry>> Expected(const std::string& view,

@@ -1,0 +1,46 @@
+#pragma once
+
+// What `verify` reads from a store, apart from the write path (sink.h): the entries a
+// view holds, and the entries the source says it must hold. Each store implements it
+// next to its Sink; nothing here writes.
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cdc/change_batch.h"
+
+namespace pgderive {
+
+class PgConnection;  // a SQL session on the source (cdc/pg_connection.h)
+
+class ViewInspector {
+ public:
+  virtual ~ViewInspector() = default;
+
+  // One entry of a view: (key, JSON object of its columns).
+  using Entry = std::pair<std::string, std::string>;
+
+  // The store's view names.
+  virtual std::vector<std::string> views() const = 0;
+  // Every entry the store holds for `view`.
+  virtual Result<std::vector<Entry>> ReadView(const std::string& view) = 0;
+  // The entry a source row must produce in `view`; nullopt when the view does not read
+  // the row's table.
+  virtual Result<std::optional<Entry>> Expected(const std::string& view,
+                                                const std::shared_ptr<const RelationSchema>& schema,
+                                                const TupleData& row,
+                                                const TypeRegistry& types) = 0;
+  // For a view defined by a query, every entry computed on the source directly (in the
+  // snapshot `source` is in); nullopt for a view made row by row (use Expected).
+  virtual Result<std::optional<std::vector<Entry>>> ExpectedFromSource(const std::string& view,
+                                                                       PgConnection& source) {
+    (void)view;
+    (void)source;
+    return std::optional<std::vector<Entry>>();
+  }
+};
+
+}  // namespace pgderive
