@@ -122,8 +122,4 @@ const std::vector<ConfigKey>& ConfigKeys();
 // The README's key table (markdown), rendered from ConfigKeys().
 std::string ConfigKeyTableMarkdown();
 
-// "1GB", "512MB", "64kB", "100" (bytes) -> bytes; units are PostgreSQL's (powers of
-// 1024, B kB MB GB TB, case-insensitive). nullopt when malformed or out of range.
-std::optional<uint64_t> ParseByteSize(const std::string& text);
-
 }  // namespace pgderive

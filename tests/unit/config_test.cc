@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "config/grammar.h"
 #include "config/url.h"
 #include "tests/support/subprocess.h"
 
@@ -412,6 +413,44 @@ TEST(ConfigCorpusTest, ReadmeListsEveryKey) {
   EXPECT_NE(readme.find(ConfigKeyTableMarkdown()), std::string::npos)
       << "README.md's Configuration section must hold this table:\n"
       << ConfigKeyTableMarkdown();
+}
+
+// The grammars alone (config/grammar.h), each the one parser of its kind of text.
+TEST(ConfigGrammarTest, TableNames) {
+  EXPECT_EQ(TableNameProblem("products"), std::nullopt);
+  EXPECT_EQ(TableNameProblem("sales.orders"), std::nullopt);
+  for (const char* bad : {"", ".orders", "sales.", "a.b.c", "my table", "\"Quoted\""}) {
+    EXPECT_NE(TableNameProblem(bad), std::nullopt) << bad;
+  }
+  EXPECT_EQ(Qualify("products"), "public.products");
+  EXPECT_EQ(Qualify("sales.orders"), "sales.orders");
+}
+
+TEST(ConfigGrammarTest, KeyTemplates) {
+  std::string prefix;
+  EXPECT_EQ(KeyTemplateProblem("product:{id}:{region}", &prefix), std::nullopt);
+  EXPECT_EQ(prefix, "product:");
+  EXPECT_NE(KeyTemplateProblem("product", &prefix), std::nullopt);
+  EXPECT_NE(KeyTemplateProblem("p:{}", &prefix), std::nullopt);
+  EXPECT_NE(KeyTemplateProblem("p:{id", &prefix), std::nullopt);
+  EXPECT_NE(KeyTemplateProblem("p:id}", &prefix), std::nullopt);
+  EXPECT_NE(KeyTemplateProblem("p:{{id}}", &prefix), std::nullopt);
+}
+
+TEST(ConfigGrammarTest, IndexNamesListenAddressesIntegers) {
+  EXPECT_EQ(IndexNameProblem("products_v2"), std::nullopt);
+  for (const char* bad : {"Products", "_x", "-x", "a b", "a,b", "pgderive-checkpoints"}) {
+    EXPECT_NE(IndexNameProblem(bad), std::nullopt) << bad;
+  }
+  EXPECT_TRUE(IsListenAddress("127.0.0.1:9187"));
+  EXPECT_TRUE(IsListenAddress("[::1]:80"));
+  for (const char* bad : {"9187", ":80", "host:0", "host:65536", "host:8x", "[::1]80"}) {
+    EXPECT_FALSE(IsListenAddress(bad)) << bad;
+  }
+  EXPECT_EQ(ParseInteger("42", 1, 100), 42);
+  EXPECT_EQ(ParseInteger("0", 1, 100), std::nullopt);
+  EXPECT_EQ(ParseInteger("4x", 1, 100), std::nullopt);
+  EXPECT_EQ(ParseInteger("99999999999999999999", 1, 100), std::nullopt);
 }
 
 }  // namespace
