@@ -2,7 +2,7 @@
 
 #include <string>
 
-#include "cdc/wire_reader.h"
+#include "cdc/internal/wire_reader.h"
 
 namespace pgderive {
 namespace {

@@ -1,4 +1,4 @@
-#include "cdc/wire_reader.h"
+#include "cdc/internal/wire_reader.h"
 
 #include <cstring>
 

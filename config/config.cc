@@ -15,7 +15,7 @@
 #include "base/redact.h"
 #include "config/dsn.h"
 #include "config/grammar.h"
-#include "config/key_table.h"
+#include "config/internal/key_table.h"
 #include "config/url.h"
 
 namespace pgderive {

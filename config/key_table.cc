@@ -1,4 +1,4 @@
-#include "config/key_table.h"
+#include "config/internal/key_table.h"
 
 #include <sstream>
 

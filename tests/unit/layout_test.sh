@@ -2,8 +2,9 @@
 # The tree's layering (STYLE.md, README "Layout"): a folder includes only folders earlier
 # in the dependency order
 #   base -> config -> cdc -> migrations -> snapshot -> sinks/common -> sinks/<store>
-# with pipeline after sinks/common (never a concrete store) and app last. Fails naming
-# every backward include as file:line.
+# with pipeline after sinks/common (never a concrete store) and app last; and a folder's
+# private headers (FOLDER/internal/) are included only inside FOLDER (and by its unit
+# tests). Fails naming every such include as file:line.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
@@ -28,11 +29,16 @@ while IFS=: read -r file line text; do
   from=$(rank "$file") to=$(rank "$inc")
   [ "$to" -ge 0 ] || continue
   [ "$(folder "$file")" = "$(folder "$inc")" ] && continue
+  if [[ "$inc" == */internal/* ]]; then
+    echo "$file:$line: includes $inc, a private header of $(folder "$inc")"
+    bad=1
+    continue
+  fi
   # pipeline and the concrete stores share a rank but never see each other.
   if [ "$to" -gt "$from" ] || { [ "$to" -eq 6 ] && [ "$from" -eq 6 ]; }; then
     echo "$file:$line: includes $inc, a later layer ($(folder "$file") may use only earlier folders)"
     bad=1
   fi
-done < <(grep -n '#include "' base/* config/* cdc/* migrations/* snapshot/* sinks/*/* pipeline/* app/* 2>/dev/null | grep -v 'CMakeLists\|\.md:\|\.sql:\|\.cmake:')
+done < <(grep -n '#include "' base/* config/* cdc/* migrations/* snapshot/* sinks/*/* pipeline/* app/* */internal/* sinks/*/internal/* 2>/dev/null | grep -v 'CMakeLists\|\.md:\|\.sql:\|\.cmake:')
 if [ "$bad" -ne 0 ]; then exit 1; fi
 echo "layout: no backward include"
