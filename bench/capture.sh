@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-binary="$root/build/release/app/pgderive"
+binary="${PGDERIVE_BINARY:-$root/build/release/app/pgderive}"  # PGDERIVE_BINARY: another build to compare
 [ -x "$binary" ] || { echo "build first: cmake -S . -B build/release -G Ninja && ninja -C build/release" >&2; exit 2; }
 
 dir=$(mktemp -d /tmp/pgderive-bench.XXXXXX)
