@@ -74,9 +74,18 @@ Error PgConnection::ErrorFrom(const PGresult* result, std::string_view what) con
   return Error::Permanent(std::move(message));
 }
 
-Result<PgResultPtr> PgConnection::Run(std::string_view sql) {
+Result<PgResultPtr> PgConnection::Run(std::string_view sql, const SqlParams& params) {
   const std::string text(sql);
-  PgResultPtr result(PQexec(conn_.get(), text.c_str()));
+  PgResultPtr result;
+  if (params.empty()) {
+    result.reset(PQexec(conn_.get(), text.c_str()));
+  } else {
+    std::vector<const char*> values;  // nullptr is NULL
+    values.reserve(params.size());
+    for (const auto& param : params) values.push_back(param ? param->c_str() : nullptr);
+    result.reset(PQexecParams(conn_.get(), text.c_str(), static_cast<int>(values.size()), nullptr,
+                              values.data(), nullptr, nullptr, 0));
+  }
   const ExecStatusType status =
       result != nullptr ? PQresultStatus(result.get()) : PGRES_FATAL_ERROR;
   if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
@@ -87,8 +96,8 @@ Result<PgResultPtr> PgConnection::Run(std::string_view sql) {
   return result;
 }
 
-Result<PgRows> PgConnection::Query(std::string_view sql) {
-  auto result = Run(sql);
+Result<PgRows> PgConnection::DoQuery(std::string_view sql, const SqlParams& params) {
+  auto result = Run(sql, params);
   if (!result.ok()) return result.error();
   const PGresult* res = result.value().get();
   PgRows rows;
@@ -109,8 +118,6 @@ Result<PgRows> PgConnection::Query(std::string_view sql) {
   }
   return rows;
 }
-
-Status PgConnection::Execute(std::string_view sql) { return Run(sql).status(); }
 
 Result<SystemIdentity> PgConnection::IdentifySystem() {
   auto rows = Query("IDENTIFY_SYSTEM");
@@ -197,17 +204,6 @@ Status PgConnection::CopyIn(std::string_view copy_sql, std::string_view data) {
   while (PgResultPtr rest{PQgetResult(conn_.get())}) {
   }
   return status;
-}
-
-std::pair<std::string, std::string> SplitTableName(std::string_view table) {
-  const size_t dot = table.find('.');
-  if (dot == std::string_view::npos) return {"public", std::string(table)};
-  return {std::string(table.substr(0, dot)), std::string(table.substr(dot + 1))};
-}
-
-std::string PgConnection::QuoteTableName(std::string_view table) const {
-  auto [schema, name] = SplitTableName(table);
-  return QuoteIdentifier(schema) + "." + QuoteIdentifier(name);
 }
 
 }  // namespace pgderive

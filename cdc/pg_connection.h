@@ -1,9 +1,10 @@
 #pragma once
 
-// An owned libpq connection, for ordinary SQL and for the walsender's replication
-// commands (PostgreSQL docs, "Streaming Replication Protocol", §55.4). Every session
-// is pinned to TimeZone=UTC, DateStyle=ISO and extra_float_digits=3 so that the text
-// output of values is exact and stable whatever the server's defaults.
+// An owned libpq connection, for the walsender's replication commands (PostgreSQL docs,
+// "Streaming Replication Protocol", §55.4), which libpqxx does not speak. Its SQL mode
+// is what the code not yet moved to SqlSession (sql_session.h) still uses. Every
+// session is pinned to TimeZone=UTC, DateStyle=ISO and extra_float_digits=3 so that the
+// text output of values is exact and stable whatever the server's defaults.
 
 #include <libpq-fe.h>
 
@@ -16,6 +17,7 @@
 
 #include "base/status.h"
 #include "cdc/lsn.h"
+#include "cdc/sql_session.h"
 
 namespace pgderive {
 
@@ -23,12 +25,6 @@ struct PgResultDeleter {
   void operator()(PGresult* result) const { PQclear(result); }
 };
 using PgResultPtr = std::unique_ptr<PGresult, PgResultDeleter>;
-
-// Rows of a command's result, as text (NULL as nullopt).
-struct PgRows {
-  std::vector<std::string> columns;
-  std::vector<std::vector<std::optional<std::string>>> rows;
-};
 
 // IDENTIFY_SYSTEM's one row.
 struct SystemIdentity {
@@ -48,20 +44,13 @@ struct CreatedSlot {
 
 enum class SlotSnapshot { kExport, kNoExport, kUse };
 
-// "schema.table" as configured -> {schema, table}; no dot means the public schema.
-std::pair<std::string, std::string> SplitTableName(std::string_view table);
-
-class PgConnection {
+class PgConnection final : public SqlRunner {
  public:
   enum class Mode { kSql, kReplication };
 
   // `dsn` is a libpq connection string or URI. Errors never quote the password.
   static Result<PgConnection> Connect(std::string_view dsn, Mode mode,
                                       std::string_view application_name = "pgderive");
-
-  // Runs one command (simple query protocol) and returns its rows.
-  Result<PgRows> Query(std::string_view sql);
-  Status Execute(std::string_view sql);
 
   // COPY ... FROM STDIN with `data` (rows in COPY text format, cdc/copy_text.h).
   Status CopyIn(std::string_view copy_sql, std::string_view data);
@@ -72,15 +61,11 @@ class PgConnection {
                                         bool temporary, SlotSnapshot snapshot);
   Status DropSlot(std::string_view slot_name, bool wait);
 
-  int server_version() const { return PQserverVersion(conn_.get()); }
+  int server_version() const override { return PQserverVersion(conn_.get()); }
   PGconn* get() const { return conn_.get(); }
 
-  // Quotes an identifier / a literal for this connection's encoding.
-  std::string QuoteIdentifier(std::string_view identifier) const;
-  std::string QuoteLiteral(std::string_view literal) const;
-  // "schema.table" as configured (unquoted names, split at the first dot; no dot means
-  // public) -> "schema"."table".
-  std::string QuoteTableName(std::string_view table) const;
+  std::string QuoteIdentifier(std::string_view identifier) const override;
+  std::string QuoteLiteral(std::string_view literal) const override;
 
  private:
   struct ConnDeleter {
@@ -88,7 +73,8 @@ class PgConnection {
   };
   explicit PgConnection(PGconn* conn) : conn_(conn) {}
 
-  Result<PgResultPtr> Run(std::string_view sql);
+  Result<PgRows> DoQuery(std::string_view sql, const SqlParams& params) override;
+  Result<PgResultPtr> Run(std::string_view sql, const SqlParams& params);
   Error ErrorFrom(const PGresult* result, std::string_view what) const;
 
   std::unique_ptr<PGconn, ConnDeleter> conn_;
