@@ -2,20 +2,27 @@
 
 // PostgreSQL materialized-view tables (SPEC.md §3): a target table that holds exactly
 // what the view's query returns on the source at the store's checkpoint, maintained
-// incrementally, exactly once.
+// incrementally, exactly once. This file is the store contract (sinks/common/sink.h):
+// checkpoint, rebuild, apply, verify's reads. Two parts live apart:
+//   query_plan.h  what a query reads and whether it can be maintained (Resolve);
+//   mirror.h      the mirrors of the source tables and how a batch reaches them.
 //
 // Design. The target database keeps a mirror of each source table the queries read
 // (schema `pgderive`, same columns and primary key). A batch is one transaction:
-//   1. the changed rows' keys go into temporary tables;
-//   2. the view keys those rows touch now are collected: the query, run over the
-//      mirrors with the changed table restricted to the changed rows (a LEFT JOIN to
-//      it made inner, so only rows that involve them count);
-//   3. the mirrors take the changes;
-//   4. the view keys the rows touch afterwards are collected the same way;
-//   5. just those keys are deleted from the target and recomputed from the query over
-//      the mirrors (the keys also filter inside it, so an aggregate reads only its
-//      groups);
-//   6. the checkpoint row (pgderive.checkpoints) is updated.
+//
+//   changes ─> MirrorBatch (mirror.h): final state per row key, made whole
+//     1. the changed rows' keys go into temporary tables (pgd_k_<n>);
+//     2. the view keys those rows touch now are collected into pgd_a_<view>: the query,
+//        run over the mirrors with the changed table restricted to the changed rows (a
+//        LEFT JOIN to it made inner, so only rows that involve them count) - or, when
+//        the view key is the table's key passed through (query_plan.h KeyPassThrough),
+//        the changed keys themselves;
+//     3. the mirrors take the changes;
+//     4. the view keys the rows touch afterwards are collected the same way;
+//     5. just those keys are deleted from the target and recomputed from the query over
+//        the mirrors (the keys also filter inside it, so an aggregate reads only its
+//        groups);
+//     6. the checkpoint row (pgderive.checkpoints) is updated.
 // Commit makes rows and checkpoint visible together: a replay after a crash starts
 // from a checkpoint that matches the rows exactly.
 //
@@ -37,6 +44,7 @@
 #include "sinks/common/source_rows.h"
 #include "sinks/common/view_inspector.h"
 #include "sinks/common/view_list.h"
+#include "sinks/postgres/mirror.h"
 
 namespace pgderive {
 
@@ -70,16 +78,6 @@ class PostgresSink : public Sink, public ViewInspector {
   Result<std::optional<std::vector<Entry>>> ExpectedFromSource(const std::string& view,
                                                                PgConnection& source) override;
 
-  struct Mirror {
-    std::string table;                 // source schema.table
-    uint32_t oid = 0;                  // its OID when resolved
-    std::string name;                  // "pgderive"."<pipeline>__<schema>__<table>"
-    std::string temp;                  // suffix of its temporary tables
-    std::vector<std::string> columns;  // names
-    std::vector<std::string> types;    // format_type of each column
-    std::vector<size_t> key;           // primary key columns (indexes)
-    std::set<std::string> indexed;     // columns the queries mention, indexed
-  };
   struct View {
     ViewConfig config;
     std::vector<std::string> tables;  // the source tables the query reads
@@ -114,8 +112,11 @@ class PostgresSink : public Sink, public ViewInspector {
   Status Recompute(PgConnection& c, const View& view);
   Status RecomputeAll(PgConnection& c, const View& view);
   Status WriteCheckpoint(PgConnection& c, Lsn lsn);
-  Status AddMissingColumns(PgConnection& c, Mirror& mirror, const RelationSchema& schema);
   std::string KeyList(const View& view, const std::string& prefix = "") const;
+  // The temporary table of the view keys a batch affects.
+  static std::string AffectedTable(const View& view) {
+    return "pgd_a_" + std::to_string(view.index);
+  }
   // The row of pgderive.checkpoints that holds the store's SourceRows horizon.
   std::string HorizonRow() const { return name_ + "/reread"; }
   std::string KeyIndex(PgConnection& c, const View& view) const;

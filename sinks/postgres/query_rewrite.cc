@@ -4,6 +4,8 @@
 #include <cctype>
 #include <set>
 
+#include "cdc/pg_connection.h"
+
 namespace pgderive {
 namespace {
 
@@ -230,6 +232,27 @@ std::vector<std::string> CalledFunctions(std::string_view query) {
   for (size_t i = 0; i + 1 < t.size(); ++i) {
     if (IsName(t[i]) && t[i + 1].text == "(") out.push_back(t[i].text);
   }
+  return out;
+}
+
+std::string QuoteIdent(std::string_view name) {
+  std::string out = "\"";
+  for (char c : name) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + "\"";
+}
+
+std::string QuoteTable(std::string_view table) {
+  auto [schema, name] = SplitTableName(table);
+  return QuoteIdent(schema) + "." + QuoteIdent(name);
+}
+
+std::string QuotedList(const std::vector<std::string>& names, const std::string& prefix) {
+  std::string out;
+  for (const std::string& name : names)
+    out += (out.empty() ? "" : ", ") + prefix + QuoteIdent(name);
   return out;
 }
 

@@ -51,4 +51,12 @@ std::optional<std::string> UnsupportedConstruct(std::string_view query);
 // Names followed by '(' - candidate function calls, lower-cased.
 std::vector<std::string> CalledFunctions(std::string_view query);
 
+// `name` as a quoted SQL identifier ("a""b"); what PQescapeIdentifier makes of it, with
+// no connection needed.
+std::string QuoteIdent(std::string_view name);
+// "schema.table" as configured -> "schema"."table".
+std::string QuoteTable(std::string_view table);
+// The names quoted, each after `prefix` ("t."), joined by ", ".
+std::string QuotedList(const std::vector<std::string>& names, const std::string& prefix = "");
+
 }  // namespace pgderive
