@@ -193,6 +193,16 @@ bool PostgresSink::SameDefinition(const std::string& recorded, const View& view)
   return recorded == definition || recorded == definition.substr(0, definition.rfind("\nsources "));
 }
 
+Result<std::optional<std::string>> PostgresSink::RecordedDefinition(PgConnection& c,
+                                                                    const View& view) {
+  auto row = c.Query(
+      "select definition from pgderive.views where pipeline = " + c.QuoteLiteral(pipeline_) +
+      " and store = " + c.QuoteLiteral(name_) + " and view = " + c.QuoteLiteral(view.config.name));
+  if (!row.ok()) return row.error();
+  if (row.value().rows.empty()) return std::optional<std::string>();
+  return std::optional<std::string>(row.value().rows[0][0].value_or(""));
+}
+
 // The views whose recorded definition differs from the configuration's (one never
 // recorded differs too).
 Result<std::vector<const PostgresSink::View*>> PostgresSink::ChangedViews(PgConnection& c) {
@@ -205,11 +215,9 @@ Result<std::vector<const PostgresSink::View*>> PostgresSink::ChangedViews(PgConn
       changed.push_back(view.get());
       continue;
     }
-    auto row = c.Query("select definition from pgderive.views where pipeline = " +
-                       c.QuoteLiteral(pipeline_) + " and store = " + c.QuoteLiteral(name_) +
-                       " and view = " + c.QuoteLiteral(view->config.name));
-    if (!row.ok()) return row.error();
-    if (row.value().rows.empty() || !SameDefinition(row.value().rows[0][0].value_or(""), *view)) {
+    auto recorded = RecordedDefinition(c, *view);
+    if (!recorded.ok()) return recorded.error();
+    if (!recorded.value() || !SameDefinition(*recorded.value(), *view)) {
       changed.push_back(view.get());
     }
   }
@@ -235,16 +243,24 @@ Result<std::optional<Lsn>> PostgresSink::ReadCheckpoint() {
   auto changed = ChangedViews(c);
   if (!changed.ok()) return changed.error();
   if (!changed.value().empty()) return std::optional<Lsn>();
-  auto row = c.Query("select lsn::text from pgderive.checkpoints where pipeline = " +
-                     c.QuoteLiteral(pipeline_) + " and store = " + c.QuoteLiteral(name_));
+  auto row = ReadCheckpointRow(c, name_);
   if (!row.ok()) return row.error();
-  if (row.value().rows.empty()) return std::optional<Lsn>();
-  return std::optional<Lsn>(Lsn::Parse(row.value().rows[0][0].value_or("")));
+  if (!row.value()) return std::optional<Lsn>();
+  return std::optional<Lsn>(Lsn::Parse(*row.value()));
 }
 
-Status PostgresSink::WriteCheckpoint(PgConnection& c, Lsn lsn) {
+Result<std::optional<std::string>> PostgresSink::ReadCheckpointRow(PgConnection& c,
+                                                                   const std::string& row) {
+  auto found = c.Query("select lsn::text from pgderive.checkpoints where pipeline = " +
+                       c.QuoteLiteral(pipeline_) + " and store = " + c.QuoteLiteral(row));
+  if (!found.ok()) return found.error();
+  if (found.value().rows.empty()) return std::optional<std::string>();
+  return std::optional<std::string>(found.value().rows[0][0].value_or(""));
+}
+
+Status PostgresSink::WriteCheckpointRow(PgConnection& c, const std::string& row, Lsn lsn) {
   return c.Execute("insert into pgderive.checkpoints (pipeline, store, lsn) values (" +
-                   c.QuoteLiteral(pipeline_) + ", " + c.QuoteLiteral(name_) + ", " +
+                   c.QuoteLiteral(pipeline_) + ", " + c.QuoteLiteral(row) + ", " +
                    c.QuoteLiteral(lsn.ToString()) +
                    ") on conflict (pipeline, store) do update set lsn = excluded.lsn, "
                    "updated_at = now()");
@@ -308,11 +324,9 @@ Status PostgresSink::BeginRebuild(Lsn) {
   // A table built from another definition is replaced (its columns may differ). A table
   // pgderive never recorded is the user's: it is kept and filled.
   for (const auto& view : views_) {
-    auto row = c.Query("select definition from pgderive.views where pipeline = " +
-                       c.QuoteLiteral(pipeline_) + " and store = " + c.QuoteLiteral(name_) +
-                       " and view = " + c.QuoteLiteral(view->config.name));
-    if (!row.ok()) return row.error();
-    if (!row.value().rows.empty() && !SameDefinition(row.value().rows[0][0].value_or(""), *view)) {
+    auto recorded = RecordedDefinition(c, *view);
+    if (!recorded.ok()) return recorded.error();
+    if (recorded.value() && !SameDefinition(*recorded.value(), *view)) {
       sql += "drop table if exists " + view->target + "; ";
     }
   }
@@ -414,7 +428,7 @@ Status PostgresSink::EndRebuild(Lsn snapshot_lsn) {
                          "): its query failed on the snapshot's rows: " + status.error().message());
     }
   }
-  if (status.ok()) status = WriteCheckpoint(c, snapshot_lsn);
+  if (status.ok()) status = WriteCheckpointRow(c, name_, snapshot_lsn);
   for (const auto& view : views_) {
     if (!status.ok()) break;
     status = c.Execute(
@@ -506,16 +520,12 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   if (!status.ok()) return status;
   if (!horizon_loaded_) {
     // The horizon (source_rows.h), as the store recorded it.
-    auto horizon = c.Query(
-        "select lsn::text from pgderive.checkpoints where pipeline = " + c.QuoteLiteral(pipeline_) +
-        " and store = " + c.QuoteLiteral(HorizonRow()));
+    auto horizon = ReadCheckpointRow(c, HorizonRow());
     if (!horizon.ok()) {
       IgnoreError(c.Execute("rollback"), "the error above is what counts");
       return horizon.error();
     }
-    source_.SetHorizon(horizon.value().rows.empty()
-                           ? Lsn{}
-                           : Lsn::Parse(horizon.value().rows[0][0].value_or("")).value_or(Lsn{}));
+    source_.SetHorizon(horizon.value() ? Lsn::Parse(*horizon.value()).value_or(Lsn{}) : Lsn{});
     horizon_loaded_ = true;
   }
 
@@ -528,11 +538,7 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
     if (!s.ok()) return s;
     // Recorded with the data it protects, in this transaction.
     if (source_.TakeRaised()) {
-      s = c.Execute(
-          "insert into pgderive.checkpoints (pipeline, store, lsn) values (" +
-          c.QuoteLiteral(pipeline_) + ", " + c.QuoteLiteral(HorizonRow()) + ", " +
-          c.QuoteLiteral(source_.horizon().ToString()) +
-          ") on conflict (pipeline, store) do update set lsn = excluded.lsn, updated_at = now()");
+      s = WriteCheckpointRow(c, HorizonRow(), source_.horizon());
       if (!s.ok()) return s;
     }
     const std::set<std::string> changed = changes.tables();
@@ -605,7 +611,7 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   }
   if (status.ok()) status = flush();
   if (status.ok()) {
-    if (auto next = CheckpointOf(group)) status = WriteCheckpoint(c, *next);
+    if (auto next = CheckpointOf(group)) status = WriteCheckpointRow(c, name_, *next);
   }
   if (status.ok()) status = c.Execute("commit");
   if (!status.ok()) {
@@ -616,19 +622,26 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   return status;
 }
 
+// Every row of `relation` (the target table, or the query in parentheses) as a verify
+// entry: the key as a JSON array, the row as a JSON object.
+Result<std::vector<ViewInspector::Entry>> PostgresSink::ReadEntries(PgConnection& c,
+                                                                    const View& view,
+                                                                    const std::string& relation) {
+  auto rows = c.Query("select json_build_array(" + KeyList(view, "r.") +
+                      ")::text, row_to_json(r.*)::text from " + relation + " r");
+  if (!rows.ok()) return rows.error();
+  std::vector<Entry> out;
+  for (auto& row : rows.value().rows) out.emplace_back(row[0].value_or(""), row[1].value_or(""));
+  return out;
+}
+
 Result<std::vector<ViewInspector::Entry>> PostgresSink::ReadView(const std::string& view_name) {
   std::lock_guard lock(mutex_);
   for (const auto& view : views_) {
     if (view->config.name != view_name) continue;
     auto connected = Connection();
     if (!connected.ok()) return connected.error();
-    auto rows =
-        connected.value()->Query("select json_build_array(" + KeyList(*view, "t.") +
-                                 ")::text, row_to_json(t.*)::text from " + view->target + " t");
-    if (!rows.ok()) return rows.error();
-    std::vector<Entry> out;
-    for (auto& row : rows.value().rows) out.emplace_back(row[0].value_or(""), row[1].value_or(""));
-    return out;
+    return ReadEntries(*connected.value(), *view, view->target);
   }
   return Error::Permanent("no postgres view named " + view_name);
 }
@@ -643,12 +656,9 @@ Result<std::optional<std::vector<ViewInspector::Entry>>> PostgresSink::ExpectedF
     const std::string& view_name, PgConnection& source) {
   for (const auto& view : views_) {
     if (view->config.name != view_name) continue;
-    auto rows = source.Query("select json_build_array(" + KeyList(*view, "q.") +
-                             ")::text, row_to_json(q.*)::text from (" + view->config.query + ") q");
-    if (!rows.ok()) return rows.error();
-    std::vector<Entry> out;
-    for (auto& row : rows.value().rows) out.emplace_back(row[0].value_or(""), row[1].value_or(""));
-    return std::optional<std::vector<Entry>>(std::move(out));
+    auto entries = ReadEntries(source, *view, "(" + view->config.query + ")");
+    if (!entries.ok()) return entries.error();
+    return std::optional<std::vector<Entry>>(std::move(entries).value());
   }
   return Error::Permanent("no postgres view named " + view_name);
 }

@@ -2,8 +2,9 @@
 
 // PostgreSQL materialized-view tables (SPEC.md §3): a target table that holds exactly
 // what the view's query returns on the source at the store's checkpoint, maintained
-// incrementally, exactly once. This file is the store contract (sinks/common/sink.h):
-// checkpoint, rebuild, apply, verify's reads. Two parts live apart:
+// incrementally, exactly once. This file is the store contract (sinks/common/sink.h:
+// checkpoint, rebuild, apply) and verify's reads (sinks/common/view_inspector.h). Two
+// parts live apart:
 //   query_plan.h  what a query reads and whether it can be maintained (Resolve);
 //   mirror.h      the mirrors of the source tables and how a batch reaches them.
 //
@@ -111,7 +112,14 @@ class PostgresSink : public Sink, public ViewInspector {
                          bool before);
   Status Recompute(PgConnection& c, const View& view);
   Status RecomputeAll(PgConnection& c, const View& view);
-  Status WriteCheckpoint(PgConnection& c, Lsn lsn);
+  // A row of pgderive.checkpoints of this pipeline: the store's checkpoint (row name_)
+  // or its SourceRows horizon (row HorizonRow()). Read: the LSN's text, nullopt when none.
+  Result<std::optional<std::string>> ReadCheckpointRow(PgConnection& c, const std::string& row);
+  Status WriteCheckpointRow(PgConnection& c, const std::string& row, Lsn lsn);
+  // The definition pgderive.views records for the view; nullopt when none.
+  Result<std::optional<std::string>> RecordedDefinition(PgConnection& c, const View& view);
+  Result<std::vector<Entry>> ReadEntries(PgConnection& c, const View& view,
+                                         const std::string& relation);
   std::string KeyList(const View& view, const std::string& prefix = "") const;
   // The temporary table of the view keys a batch affects.
   static std::string AffectedTable(const View& view) {
