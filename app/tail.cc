@@ -12,6 +12,7 @@
 #include "base/backoff.h"
 #include "base/redact.h"
 #include "cdc/change_batch.h"
+#include "cdc/pg_connection.h"
 #include "cdc/publication.h"
 #include "cdc/replication_stream.h"
 #include "cdc/row_json.h"

@@ -9,6 +9,7 @@
 
 #include "app/sink_factory.h"
 #include "base/redact.h"
+#include "cdc/pg_connection.h"
 #include "cdc/publication.h"
 #include "config/config.h"
 #include "sinks/common/view_shape.h"

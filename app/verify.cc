@@ -8,6 +8,7 @@
 
 #include "app/sink_factory.h"
 #include "base/redact.h"
+#include "cdc/pg_connection.h"
 #include "cdc/type_catalog.h"
 #include "config/config.h"
 #include "snapshot/snapshot_reader.h"

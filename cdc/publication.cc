@@ -43,15 +43,16 @@ std::optional<std::string> WhyNotPublishable(char relkind, char relpersistence,
   return std::nullopt;
 }
 
-Status CheckSourceTables(PgConnection& connection, const std::vector<std::string>& tables) {
+Status CheckSourceTables(SqlRunner& connection, const std::vector<std::string>& tables) {
   std::string problems;
   for (const std::string& table : tables) {
     auto [schema, name] = SplitTableName(table);
     auto rows = connection.Query(
         "select c.relreplident, exists (select 1 from pg_index i where i.indrelid = c.oid and "
         "i.indisprimary), c.relkind, c.relpersistence from pg_class c join pg_namespace n on "
-        "n.oid = c.relnamespace where c.relkind in ('r', 'p', 'v', 'm', 'f') and n.nspname = " +
-        connection.QuoteLiteral(schema) + " and c.relname = " + connection.QuoteLiteral(name));
+        "n.oid = c.relnamespace where c.relkind in ('r', 'p', 'v', 'm', 'f') and n.nspname = $1 "
+        "and c.relname = $2",
+        {schema, name});
     if (!rows.ok()) return rows.error();
     if (rows.value().rows.empty()) {
       problems += "\n  table " + table + " does not exist in the source database";
@@ -84,35 +85,33 @@ Status CheckSourceTables(PgConnection& connection, const std::vector<std::string
   return Error::Permanent("source tables cannot be captured:" + problems);
 }
 
-Result<std::set<std::string>> PublicationMembers(PgConnection& connection,
+Result<std::set<std::string>> PublicationMembers(SqlRunner& connection,
                                                  const std::string& publication) {
   // What PostgreSQL publishes (with publish_via_partition_root: the roots), and what is
   // a member itself (a table listed, or a table of a schema listed): a partitioned table
   // is a member although, without via-root, only its partitions are reported.
-  const std::string name = connection.QuoteLiteral(publication);
   auto rows = connection.Query(
-      "select schemaname || '.' || tablename from pg_publication_tables where pubname = " + name +
-      " union select n.nspname || '.' || c.relname from pg_publication p join "
+      "select schemaname || '.' || tablename from pg_publication_tables where pubname = $1 "
+      "union select n.nspname || '.' || c.relname from pg_publication p join "
       "pg_publication_rel r on r.prpubid = p.oid join pg_class c on c.oid = r.prrelid join "
-      "pg_namespace n on n.oid = c.relnamespace where p.pubname = " +
-      name +
-      " union select n.nspname || '.' || c.relname from pg_publication p join "
+      "pg_namespace n on n.oid = c.relnamespace where p.pubname = $1 "
+      "union select n.nspname || '.' || c.relname from pg_publication p join "
       "pg_publication_namespace s on s.pnpubid = p.oid join pg_class c on c.relnamespace = "
       "s.pnnspid and c.relkind in ('r', 'p') join pg_namespace n on n.oid = c.relnamespace "
-      "where p.pubname = " +
-      name);
+      "where p.pubname = $1",
+      {publication});
   if (!rows.ok()) return rows.error();
   std::set<std::string> out;
   for (const auto& row : rows.value().rows) out.insert(row[0].value_or(""));
   return out;
 }
 
-Status EnsurePublication(PgConnection& connection, const std::string& publication,
+Status EnsurePublication(SqlRunner& connection, const std::string& publication,
                          const std::vector<std::string>& tables) {
   auto existing = connection.Query(
       "select puballtables, pubinsert and pubupdate and pubdelete and pubtruncate, pubviaroot "
-      "from pg_publication where pubname = " +
-      connection.QuoteLiteral(publication));
+      "from pg_publication where pubname = $1",
+      {publication});
   if (!existing.ok()) return existing.error();
   const std::string quoted = connection.QuoteIdentifier(publication);
   if (existing.value().rows.empty()) {
@@ -137,13 +136,12 @@ Status EnsurePublication(PgConnection& connection, const std::string& publicatio
     // Only a partitioned table needs its changes published through its root; a
     // publication made by someone else (the least-privilege setup) is left as it is
     // otherwise, since only its owner may alter it.
-    std::string list;
-    for (const std::string& table : tables)
-      list +=
-          (list.empty() ? "" : ", ") + connection.QuoteLiteral(connection.QuoteTableName(table));
-    auto partitioned =
-        connection.Query("select count(*) from pg_class where oid = any(array[" + list +
-                         "]::regclass[]) and (relkind = 'p' or relispartition)");
+    std::vector<std::string> names;
+    for (const std::string& table : tables) names.push_back(connection.QuoteTableName(table));
+    auto partitioned = connection.Query(
+        "select count(*) from pg_class where oid = any($1::regclass[]) and (relkind = 'p' or "
+        "relispartition)",
+        {SqlTextArray(names)});
     if (!partitioned.ok()) return partitioned.error();
     if (partitioned.value().rows[0][0].value_or("0") != "0") {
       Status status = connection.Execute("alter publication " + quoted +
@@ -171,13 +169,13 @@ Status EnsurePublication(PgConnection& connection, const std::string& publicatio
 }
 
 Result<std::vector<std::pair<std::string, std::string>>> GeneratedColumns(
-    PgConnection& connection, const std::string& table) {
+    SqlRunner& connection, const std::string& table) {
   auto rows = connection.Query(
       "select a.attname, pg_get_expr(d.adbin, d.adrelid) from pg_attribute a left join "
-      "pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum where a.attrelid = " +
-      connection.QuoteLiteral(connection.QuoteTableName(table)) +
-      "::regclass and a.attnum > 0 and not a.attisdropped and a.attgenerated <> '' order by "
-      "a.attnum");
+      "pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum where a.attrelid = "
+      "$1::regclass and a.attnum > 0 and not a.attisdropped and a.attgenerated <> '' order by "
+      "a.attnum",
+      {connection.QuoteTableName(table)});
   if (!rows.ok()) return rows.error();
   std::vector<std::pair<std::string, std::string>> out;
   for (const auto& row : rows.value().rows) {
@@ -193,12 +191,12 @@ std::string GeneratedColumnProblem(const std::string& table, const std::string& 
          "follow its value";
 }
 
-Result<std::shared_ptr<RelationSchema>> DescribeTable(PgConnection& c, const std::string& table) {
+Result<std::shared_ptr<RelationSchema>> DescribeTable(SqlRunner& c, const std::string& table) {
   auto [schema_name, name] = SplitTableName(table);
   auto info = c.Query(
       "select c.oid, c.relreplident, n.nspname, c.relname from pg_class c join pg_namespace n "
-      "on n.oid = c.relnamespace where n.nspname = " +
-      c.QuoteLiteral(schema_name) + " and c.relname = " + c.QuoteLiteral(name));
+      "on n.oid = c.relnamespace where n.nspname = $1 and c.relname = $2",
+      {schema_name, name});
   if (!info.ok()) return info.error();
   if (info.value().rows.size() != 1) {
     return Error::Permanent("table " + table + " does not exist");
@@ -210,8 +208,9 @@ Result<std::shared_ptr<RelationSchema>> DescribeTable(PgConnection& c, const std
       "when 'n' then false "
       "else exists (select from pg_index i where i.indrelid = c.oid and a.attnum = any(i.indkey) "
       "and (case c.relreplident when 'i' then i.indisreplident else i.indisprimary end)) end "
-      "from pg_attribute a join pg_class c on c.oid = a.attrelid where a.attrelid = " +
-      oid + " and a.attnum > 0 and not a.attisdropped and a.attgenerated = '' order by a.attnum");
+      "from pg_attribute a join pg_class c on c.oid = a.attrelid where a.attrelid = $1::oid "
+      "and a.attnum > 0 and not a.attisdropped and a.attgenerated = '' order by a.attnum",
+      {oid});
   if (!columns.ok()) return columns.error();
   auto schema = std::make_shared<RelationSchema>();
   schema->id = RelationId{static_cast<uint32_t>(std::strtoul(oid.c_str(), nullptr, 10))};
@@ -232,25 +231,22 @@ Result<std::shared_ptr<RelationSchema>> DescribeTable(PgConnection& c, const std
 }
 
 Result<std::map<std::string, TableIdentity>> ReadTableIdentities(
-    PgConnection& connection, const std::string& publication,
-    const std::vector<std::string>& tables) {
+    SqlRunner& connection, const std::string& publication, const std::vector<std::string>& tables) {
   std::map<std::string, TableIdentity> out;
   if (tables.empty()) return out;
   auto members = PublicationMembers(connection, publication);
   if (!members.ok()) return members.error();
-  std::string names;
-  for (const std::string& table : tables) {
-    names +=
-        (names.empty() ? "" : ", ") + connection.QuoteLiteral(connection.QuoteTableName(table));
-  }
+  std::vector<std::string> names;
+  for (const std::string& table : tables) names.push_back(connection.QuoteTableName(table));
   auto rows = connection.Query(
       "select t.i, coalesce(c.oid, 0), coalesce((select string_agg(p.relid::oid::text, ',' "
       "order by p.relid::oid) from pg_partition_tree(c.oid) p where p.isleaf and p.relid <> "
       "c.oid), ''), coalesce((select string_agg(p.relid::oid::text || ':' || "
       "coalesce(pg_relation_filenode(p.relid)::text, ''), ',' order by p.relid::oid) from "
-      "pg_partition_tree(c.oid) p where p.isleaf and p.relid <> c.oid), '') from unnest(array[" +
-      names +
-      "]::text[]) with ordinality t(name, i) left join pg_class c on c.oid = to_regclass(t.name)");
+      "pg_partition_tree(c.oid) p where p.isleaf and p.relid <> c.oid), '') from "
+      "unnest($1::text[]) with ordinality t(name, i) left join pg_class c on c.oid = "
+      "to_regclass(t.name)",
+      {SqlTextArray(names)});
   if (!rows.ok()) return rows.error();
   for (const auto& row : rows.value().rows) {
     const size_t i = std::strtoul(row[0].value_or("0").c_str(), nullptr, 10);
@@ -265,7 +261,7 @@ Result<std::map<std::string, TableIdentity>> ReadTableIdentities(
   return out;
 }
 
-Result<bool> PartitionsHoldRows(PgConnection& connection, const std::string& partitions) {
+Result<bool> PartitionsHoldRows(SqlRunner& connection, const std::string& partitions) {
   size_t from = 0;
   while (from < partitions.size()) {
     size_t comma = partitions.find(',', from);
@@ -274,8 +270,8 @@ Result<bool> PartitionsHoldRows(PgConnection& connection, const std::string& par
     from = comma + 1;
     auto name = connection.Query(
         "select n.nspname || '.' || c.relname from pg_class c join "
-        "pg_namespace n on n.oid = c.relnamespace where c.oid = " +
-        connection.QuoteLiteral(oid) + "::oid");
+        "pg_namespace n on n.oid = c.relnamespace where c.oid = $1::oid",
+        {oid});
     if (!name.ok()) return name.error();
     if (name.value().rows.empty()) return true;  // dropped with whatever it held
     auto rows =
@@ -287,7 +283,7 @@ Result<bool> PartitionsHoldRows(PgConnection& connection, const std::string& par
   return false;
 }
 
-PartitionRoots::PartitionRoots(PgConnection& connection, std::vector<std::string> tables)
+PartitionRoots::PartitionRoots(SqlRunner& connection, std::vector<std::string> tables)
     : connection_(connection), tables_(tables.begin(), tables.end()) {}
 
 Result<const PartitionRoots::Mapping*> PartitionRoots::Find(
@@ -298,10 +294,10 @@ Result<const PartitionRoots::Mapping*> PartitionRoots::Find(
   if (!tables_.contains(schema->QualifiedName())) {
     // The nearest ancestor a view reads (pg_partition_ancestors: the partition first).
     auto ancestors = connection_.Query(
-        "select n.nspname || '.' || c.relname from pg_partition_ancestors(" +
-        std::to_string(schema->id.value) +
-        "::oid::regclass) with ordinality a(relid, level) join pg_class c on c.oid = a.relid "
-        "join pg_namespace n on n.oid = c.relnamespace where a.level > 1 order by a.level");
+        "select n.nspname || '.' || c.relname from pg_partition_ancestors($1::oid::regclass) "
+        "with ordinality a(relid, level) join pg_class c on c.oid = a.relid join pg_namespace n "
+        "on n.oid = c.relnamespace where a.level > 1 order by a.level",
+        {std::to_string(schema->id.value)});
     if (!ancestors.ok()) return ancestors.error();
     for (const auto& row : ancestors.value().rows) {
       const std::string table = row[0].value_or("");
@@ -325,14 +321,13 @@ Result<const PartitionRoots::Mapping*> PartitionRoots::Find(
   return entry.second ? &*entry.second : nullptr;
 }
 
-Result<std::vector<std::string>> RowKeyColumns(PgConnection& c, RelationId relation) {
-  const std::string oid = std::to_string(relation.value);
+Result<std::vector<std::string>> RowKeyColumns(SqlRunner& c, RelationId relation) {
   auto rows = c.Query(
       "select a.attname from pg_class c join pg_index i on i.indrelid = c.oid join pg_attribute "
-      "a on a.attrelid = c.oid and a.attnum = any(i.indkey) where c.oid = " +
-      oid +
-      " and c.relreplident <> 'n' and (case c.relreplident when 'i' then i.indisreplident else "
-      "i.indisprimary end) order by a.attnum");
+      "a on a.attrelid = c.oid and a.attnum = any(i.indkey) where c.oid = $1::oid and "
+      "c.relreplident <> 'n' and (case c.relreplident when 'i' then i.indisreplident else "
+      "i.indisprimary end) order by a.attnum",
+      {std::to_string(relation.value)});
   if (!rows.ok()) return rows.error();
   std::vector<std::string> out;
   for (const auto& row : rows.value().rows) out.push_back(row[0].value_or(""));

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "cdc/change_stream.h"
-#include "cdc/pg_connection.h"
+#include "cdc/sql_session.h"
 
 namespace pgderive {
 
@@ -27,11 +27,11 @@ std::optional<std::string> WhyNotPublishable(char relkind, char relpersistence,
 // primary key, a REPLICA IDENTITY
 // USING INDEX, or REPLICA IDENTITY FULL. One permanent Error lists every table at fault
 // with the statement that fixes it. Reads only.
-Status CheckSourceTables(PgConnection& connection, const std::vector<std::string>& tables);
+Status CheckSourceTables(SqlRunner& connection, const std::vector<std::string>& tables);
 
 // The tables `publication` publishes, as PostgreSQL reports them (pg_publication_tables)
 // and as its members (listed, or in a schema listed).
-Result<std::set<std::string>> PublicationMembers(PgConnection& connection,
+Result<std::set<std::string>> PublicationMembers(SqlRunner& connection,
                                                  const std::string& publication);
 
 // Creates `publication` for `tables` when missing, publishing through partition roots
@@ -39,12 +39,12 @@ Result<std::set<std::string>> PublicationMembers(PgConnection& connection,
 // whichever partition holds the row); sets that on an existing one; adds the tables it
 // lacks; refuses a publication that does not publish insert, update, delete and
 // truncate.
-Status EnsurePublication(PgConnection& connection, const std::string& publication,
+Status EnsurePublication(SqlRunner& connection, const std::string& publication,
                          const std::vector<std::string>& tables);
 
 // The stored generated columns of `table`: (name, generation expression), in order.
 // PostgreSQL (before 18) does not publish them: pgderive cannot follow their values.
-Result<std::vector<std::pair<std::string, std::string>>> GeneratedColumns(PgConnection& connection,
+Result<std::vector<std::pair<std::string, std::string>>> GeneratedColumns(SqlRunner& connection,
                                                                           const std::string& table);
 // The reason a view cannot read a generated column (the way out is the caller's).
 std::string GeneratedColumnProblem(const std::string& table, const std::string& column,
@@ -54,7 +54,7 @@ std::string GeneratedColumnProblem(const std::string& table, const std::string& 
 // generated columns, the table's OID as relation id. Key flags name the row's key (see
 // RowKeyColumns), not pgoutput's identity flags, which mark every column under FULL.
 // Errors name the table when it does not exist.
-Result<std::shared_ptr<RelationSchema>> DescribeTable(PgConnection& connection,
+Result<std::shared_ptr<RelationSchema>> DescribeTable(SqlRunner& connection,
                                                       const std::string& table);
 
 // What identifies a source table now: its OID (0: no table of that name), whether the
@@ -72,10 +72,9 @@ struct TableIdentity {
   std::string storage;
 };
 Result<std::map<std::string, TableIdentity>> ReadTableIdentities(
-    PgConnection& connection, const std::string& publication,
-    const std::vector<std::string>& tables);
+    SqlRunner& connection, const std::string& publication, const std::vector<std::string>& tables);
 // Whether one of `partitions` (comma-separated OIDs) holds rows, or no longer exists.
-Result<bool> PartitionsHoldRows(PgConnection& connection, const std::string& partitions);
+Result<bool> PartitionsHoldRows(SqlRunner& connection, const std::string& partitions);
 
 // Changes of a partition that arrive under the partition's own name - WAL decoded
 // before the publication published through its root (a publication made by an older
@@ -89,12 +88,12 @@ class PartitionRoots {
     std::shared_ptr<const RelationSchema> root;
     std::vector<int> from;  // for each root column, the partition's column (-1: none)
   };
-  PartitionRoots(PgConnection& connection, std::vector<std::string> tables);
+  PartitionRoots(SqlRunner& connection, std::vector<std::string> tables);
   // nullptr when `schema` is a table the views read, or no partition of one.
   Result<const Mapping*> Find(const std::shared_ptr<const RelationSchema>& schema);
 
  private:
-  PgConnection& connection_;
+  SqlRunner& connection_;
   std::set<std::string> tables_;
   // Each schema looked at once (kept, so that its address is never another's).
   std::map<const RelationSchema*,
@@ -108,6 +107,6 @@ class PartitionRoots {
 // also under REPLICA IDENTITY FULL, which only adds the whole old row to updates and
 // deletes. Empty for a table with neither (FULL without a primary key: views refuse
 // it) or with REPLICA IDENTITY NOTHING.
-Result<std::vector<std::string>> RowKeyColumns(PgConnection& connection, RelationId relation);
+Result<std::vector<std::string>> RowKeyColumns(SqlRunner& connection, RelationId relation);
 
 }  // namespace pgderive

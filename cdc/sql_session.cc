@@ -163,6 +163,20 @@ std::pair<std::string, std::string> SplitTableName(std::string_view table) {
   return {std::string(table.substr(0, dot)), std::string(table.substr(dot + 1))};
 }
 
+std::string SqlTextArray(const std::vector<std::string>& values) {
+  std::string literal = "{";
+  for (const std::string& value : values) {
+    if (literal.size() > 1) literal += ',';
+    literal += '"';
+    for (char c : value) {
+      if (c == '"' || c == '\\') literal += '\\';
+      literal += c;
+    }
+    literal += '"';
+  }
+  return literal + "}";
+}
+
 std::string SqlRunner::QuoteTableName(std::string_view table) const {
   auto [schema, name] = SplitTableName(table);
   return QuoteIdentifier(schema) + "." + QuoteIdentifier(name);

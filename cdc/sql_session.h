@@ -37,6 +37,10 @@ using SqlParams = std::vector<std::optional<std::string>>;
 // "schema.table" as configured -> {schema, table}; no dot means the public schema.
 std::pair<std::string, std::string> SplitTableName(std::string_view table);
 
+// A text[] literal of `values` ({"a","b\"c"}), to bind a list as one parameter:
+// "= any($1::text[])", "unnest($1::text[])".
+std::string SqlTextArray(const std::vector<std::string>& values);
+
 // Statements on one PostgreSQL session, in autocommit or inside one of its transactions:
 // what catalog reads, checks and migrations need, whichever of the two they run in.
 class SqlRunner {

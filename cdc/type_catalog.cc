@@ -17,8 +17,7 @@ uint32_t ToOid(const std::optional<std::string>& text) {
 
 }  // namespace
 
-Status ResolveTypes(PgConnection& connection, const std::vector<uint32_t>& oids,
-                    TypeRegistry& types) {
+Status ResolveTypes(SqlRunner& connection, const std::vector<uint32_t>& oids, TypeRegistry& types) {
   auto unknown = [&](uint32_t oid) {
     return oid != 0 && types.Lookup(oid).kind == JsonKind::kString;
   };
@@ -35,8 +34,8 @@ Status ResolveTypes(PgConnection& connection, const std::vector<uint32_t>& oids,
     for (uint32_t oid : wanted) list += (list.empty() ? "" : ",") + std::to_string(oid);
     auto rows = connection.Query(
         "select oid, typtype, typbasetype, typelem, typcategory, typdelim from pg_type "
-        "where oid in (" +
-        list + ")");
+        "where oid = any($1::oid[])",
+        {"{" + list + "}"});
     if (!rows.ok()) return rows.error();
     std::set<uint32_t> next;
     for (const auto& row : rows.value().rows) {

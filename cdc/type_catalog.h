@@ -11,13 +11,12 @@
 #include <vector>
 
 #include "cdc/change_stream.h"
-#include "cdc/pg_connection.h"
+#include "cdc/sql_session.h"
 #include "cdc/value_json.h"
 
 namespace pgderive {
 
-Status ResolveTypes(PgConnection& connection, const std::vector<uint32_t>& oids,
-                    TypeRegistry& types);
+Status ResolveTypes(SqlRunner& connection, const std::vector<uint32_t>& oids, TypeRegistry& types);
 
 // What pg_type says about one type.
 struct CatalogType {
@@ -42,12 +41,12 @@ void AddCatalogTypes(const std::map<uint32_t, CatalogType>& catalog, TypeRegistr
 // registry rather than changing the one they hold.
 class TypeLearner {
  public:
-  explicit TypeLearner(PgConnection& sql) : sql_(sql), types_(std::make_shared<TypeRegistry>()) {}
+  explicit TypeLearner(SqlRunner& sql) : sql_(sql), types_(std::make_shared<TypeRegistry>()) {}
   Status Learn(const std::vector<ColumnSchema>& columns);
   std::shared_ptr<const TypeRegistry> types() const { return types_; }
 
  private:
-  PgConnection& sql_;
+  SqlRunner& sql_;
   std::shared_ptr<const TypeRegistry> types_;
   std::set<uint32_t> attempted_;
 };

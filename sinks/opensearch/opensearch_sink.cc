@@ -3,6 +3,7 @@
 #include <set>
 #include <unordered_map>
 
+#include "cdc/pg_connection.h"
 #include "cdc/publication.h"
 #include "cdc/type_catalog.h"
 #include "sinks/common/json_merge.h"

@@ -62,6 +62,11 @@ TEST(SqlSessionIntegrationTest, ParametersAndNulls) {
   // Without parameters, several statements run as one command (simple protocol).
   ASSERT_TRUE(sql.Execute("select 1; select 2").ok());
   EXPECT_EQ(Scalar(sql, "select 1; select 2"), "2");
+  EXPECT_EQ(Scalar(sql,
+                   "select string_agg(v, '|' order by n) from unnest($1::text[]) with "
+                   "ordinality t(v, n)",
+                   {SqlTextArray({"\"s\".\"t,u\"", "back\\slash", "{}", ""})}),
+            "\"s\".\"t,u\"|back\\slash|{}|");
   EXPECT_EQ(sql.QuoteIdentifier("a\"b"), "\"a\"\"b\"");
   EXPECT_EQ(sql.QuoteTableName("s.t"), "\"s\".\"t\"");
   EXPECT_EQ(Scalar(sql, "select " + sql.QuoteLiteral("it's \\ x")), "it's \\ x");

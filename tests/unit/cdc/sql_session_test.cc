@@ -74,5 +74,11 @@ TEST(SqlSessionTest, SplitsTableNames) {
   EXPECT_EQ(SplitTableName("s.t.u"), std::make_pair(std::string("s"), std::string("t.u")));
 }
 
+TEST(SqlSessionTest, TextArrayLiterals) {
+  EXPECT_EQ(SqlTextArray({}), "{}");
+  EXPECT_EQ(SqlTextArray({"a", ""}), R"({"a",""})");
+  EXPECT_EQ(SqlTextArray({R"("s"."t,u")", R"(back\slash)"}), R"({"\"s\".\"t,u\"","back\\slash"})");
+}
+
 }  // namespace
 }  // namespace pgderive
