@@ -4,7 +4,6 @@
 
 #include <nlohmann/json.hpp>
 #include <random>
-#include <variant>
 
 #include "base/backoff.h"
 #include "cdc/publication.h"
@@ -20,13 +19,6 @@ constexpr auto kPoll = std::chrono::milliseconds(2);
 constexpr size_t kChunkBytes = size_t{8} << 20;
 constexpr size_t kMinChunkRows = 16;
 constexpr auto kWaitLogEvery = std::chrono::seconds(10);
-
-// The key of a row as the backfill names it: the JSON array of the key columns' text.
-std::string KeyJson(const std::vector<std::optional<std::string_view>>& values) {
-  nlohmann::json key = nlohmann::json::array();
-  for (const auto& v : values) key.push_back(v ? nlohmann::json(std::string(*v)) : nullptr);
-  return key.dump();
-}
 
 // The table `regclass` (an SQL expression) and, when partitioned, its partitions, as a
 // subquery of OIDs. (pg_partition_tree returns no row at all for a plain table.)
@@ -45,9 +37,12 @@ std::string RunNonce() {
 }  // namespace
 
 Backfills::Backfills(BackfillOptions options, Logger& log)
-    : options_(std::move(options)), log_(log), run_(RunNonce()) {
-  for (const BackfillView& v : options_.views) has_follow_ = has_follow_ || (v.rows && v.follows);
-}
+    : options_(std::move(options)),
+      log_(log),
+      window_({.pipeline = options_.pipeline,
+               .run = RunNonce(),
+               .views = options_.views,
+               .checkpoint = options_.checkpoint}) {}
 
 Backfills::~Backfills() { Stop(); }
 
@@ -109,7 +104,7 @@ void Backfills::Add(const std::string& store, const std::string& table,
 void Backfills::SetColumns(const std::string& store, const std::string& view,
                            std::vector<std::string> columns) {
   std::lock_guard lock(mutex_);
-  columns_[{store, view}] = std::move(columns);
+  window_.SetColumns(store, view, std::move(columns));
 }
 
 std::map<std::pair<std::string, std::string>, BackfillProgress> Backfills::Progress() {
@@ -127,11 +122,6 @@ std::map<std::pair<std::string, std::string>, BackfillProgress> Backfills::Progr
   return out;
 }
 
-std::string Backfills::Message(const std::string& mark, uint64_t id) const {
-  return nlohmann::json{{"pipeline", options_.pipeline}, {"run", run_}, {"mark", mark}, {"id", id}}
-      .dump();
-}
-
 // ---- the backfill thread ----
 
 void Backfills::Loop() {
@@ -144,6 +134,7 @@ void Backfills::Loop() {
       job = queue_.front();
       queue_.pop_front();
       running_ = job;
+      window_.SetRunning(job);
     }
     std::string views;
     for (const std::string& v : job->views) views += (views.empty() ? "" : ",") + v;
@@ -188,7 +179,8 @@ void Backfills::Loop() {
                                   {"seconds", std::to_string(seconds)}});
     }
     running_.reset();
-    active_.store(!queue_.empty() || !chunks_.empty());
+    window_.SetRunning(nullptr);
+    active_.store(!queue_.empty() || window_.chunks_in_flight() > 0);
   }
 }
 
@@ -345,12 +337,13 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
         job->columns = columns;
         job->table_oid = schema.value()->id.value;
       }
+      const size_t asked = limit;
       auto chunk = RunChunk(job, schema.value(), key_columns, limit, partitioned);
       if (!chunk.ok()) return transient(chunk.error());
-      const Chunk& c = *chunk.value();
+      const WatermarkWindow::ChunkOutcome& c = chunk.value().outcome;
       // The next chunk weighs about kChunkBytes; a chunk read again is halved (a hot
       // row in its window).
-      const size_t read = c.rows.size();
+      const size_t read = c.rows;
       if (c.verdict != Verdict::kDone) {
         limit = std::max(kMinChunkRows, limit / 2);
         continue;
@@ -359,7 +352,7 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
         const size_t fits = std::max<size_t>(1, kChunkBytes * read / c.bytes);
         limit = std::clamp(std::min(fits, limit * 2), kMinChunkRows, options_.chunk_rows);
       }
-      const Applied applied = WaitApplied(job->store, c.watermark, c.generation);
+      const Applied applied = WaitApplied(job->store, c.watermark, chunk.value().generation);
       if (applied == Applied::kStoreFailed) {
         return Error::Permanent("store " + job->store + " stopped on an error");
       }
@@ -367,7 +360,7 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
       std::lock_guard lock(mutex_);
       unsure.push_back(Unsure{c.watermark, job->after, job->progress.rows_done});
       job->progress.rows_done += read;
-      if (read < c.limit) {
+      if (read < asked) {
         job->filled_at = std::chrono::steady_clock::now();
         break;
       }
@@ -381,21 +374,21 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
       {
         std::lock_guard lock(mutex_);
         if (stopping_ || job->cancelled) return Status::Ok();
-        done_[job->id] = {Verdict::kPending, Lsn{}};
+        window_.BeginDone(job->id);
         generation = generation_;
       }
-      Status status = Emit(Message("done", job->id));
+      Status status = Emit(window_.Message("done", job->id));
       if (!status.ok()) {
         std::lock_guard lock(mutex_);
-        done_.erase(job->id);
+        window_.EndDone(job->id);
         return transient(status.error());
       }
       std::pair<Verdict, Lsn> verdict;
       {
         std::unique_lock lock(mutex_);
-        changed_.wait(lock, [&] { return stopping_ || done_[job->id].first != Verdict::kPending; });
-        verdict = done_[job->id];
-        done_.erase(job->id);
+        changed_.wait(
+            lock, [&] { return stopping_ || window_.DoneVerdict(job->id) != Verdict::kPending; });
+        verdict = window_.EndDone(job->id);
         if (stopping_) return Status::Ok();
         if (job->cancelled) return Status::Ok();
       }
@@ -434,28 +427,27 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
   }
 }
 
-Result<std::shared_ptr<Backfills::Chunk>> Backfills::RunChunk(
+Result<Backfills::ChunkResult> Backfills::RunChunk(
     const std::shared_ptr<Job>& job, const std::shared_ptr<const RelationSchema>& schema,
     const std::vector<std::pair<std::string, std::string>>& key, size_t limit, bool partitioned) {
-  auto chunk = std::make_shared<Chunk>();
-  chunk->limit = limit;
+  uint64_t id;
+  uint64_t generation;
   std::optional<std::string> after;
   {
+    std::vector<std::string> key_names;
+    for (const auto& [name, type] : key) key_names.push_back(name);
     std::lock_guard lock(mutex_);
-    chunk->id = next_id_++;
-    chunk->job = job;
-    chunk->schema = schema;
-    for (const auto& [name, type] : key) chunk->key.push_back(name);
-    chunk->generation = generation_;
-    chunks_[chunk->id] = chunk;
+    id = next_id_++;
+    generation = generation_;
+    window_.BeginChunk(id, job, schema, std::move(key_names));
     active_.store(true);
     after = job->after;
   }
   auto forget = [&] {
     std::lock_guard lock(mutex_);
-    chunks_.erase(chunk->id);
+    window_.EndChunk(id);
   };
-  Status status = Emit(Message("low", chunk->id));
+  Status status = Emit(window_.Message("low", id));
   if (status.ok()) status = WaitForWriters(job->table);
   if (!status.ok()) {
     forget();
@@ -493,289 +485,52 @@ Result<std::shared_ptr<Backfills::Chunk>> Backfills::RunChunk(
   }
   {
     std::lock_guard lock(mutex_);
-    chunk->rows = std::move(rows.value().rows);
-    for (const auto& row : chunk->rows) {
-      for (const auto& value : row) chunk->bytes += value ? value->size() : 0;
-    }
-    if (!chunk->rows.empty()) {
-      std::vector<std::optional<std::string_view>> values;
-      for (const auto& [name, type] : key) {
-        for (size_t i = 0; i < schema->columns.size(); ++i) {
-          if (schema->columns[i].name == name) values.push_back(chunk->rows.back()[i]);
-        }
-      }
-      chunk->last = KeyJson(values);
-    }
-    chunk->read = true;
+    window_.ChunkRead(id, std::move(rows.value().rows));
   }
-  status = Emit(Message("high", chunk->id));
+  status = Emit(window_.Message("high", id));
   if (!status.ok()) {
     forget();
     return status.error();
   }
   std::unique_lock lock(mutex_);
-  changed_.wait(lock, [&] { return stopping_ || chunk->verdict != Verdict::kPending; });
-  chunks_.erase(chunk->id);
-  if (chunk->verdict == Verdict::kPending) chunk->verdict = Verdict::kRetry;  // stopping
-  return chunk;
+  changed_.wait(lock, [&] { return stopping_ || window_.ChunkVerdict(id) != Verdict::kPending; });
+  // Still pending when stopping: kRetry.
+  return ChunkResult{window_.EndChunk(id), generation};
 }
 
 // ---- the stream thread ----
 
 void Backfills::OnChange(const Change& change, std::vector<OwnedChange>& out) {
-  const auto* message = std::get_if<LogicalMessage>(change.message);
-  if (message == nullptr) {
-    if (has_follow_) DetectSchemaChange(change, out);
-    if (active_.load()) Record(change);
-    return;
-  }
-  if (message->prefix != kBackfillPrefix) return;
-  auto content = nlohmann::json::parse(message->content, nullptr, /*allow_exceptions=*/false);
-  if (!content.is_object()) return;
-  // Whatever the message holds (anyone with the right may write one): no exceptions.
-  auto text = [&](const char* key) {
-    auto it = content.find(key);
-    return it != content.end() && it->is_string() ? it->get<std::string>() : std::string();
-  };
-  if (text("pipeline") != options_.pipeline) return;
-  const std::string mark = text("mark");
-  if (mark == "request") {
-    // `pgderive backfill`: at this position the view is emptied (a postgres view is
-    // recomputed) and filled again. A store past it has done so already.
-    const std::string name = text("view");
-    for (const BackfillView& v : options_.views) {
-      if (v.view != name) continue;
-      if (change.commit_lsn < options_.checkpoint(v.store)) return;
-      auto control = std::make_shared<ViewControl>();
-      control->store = v.store;
-      control->views = {v.view};
-      control->backfilling = v.rows;
-      control->clear = true;
-      {
-        std::lock_guard lock(mutex_);
-        auto it = columns_.find({v.store, v.view});
-        if (it != columns_.end()) control->columns = it->second;
-      }
-      out.push_back(ViewStateChange(change.commit_lsn, change.index, std::move(control)));
-      log_.Info("backfill of view " + name + " requested", {{"store", v.store}});
-      if (v.rows) Add(v.store, v.table, {v.view}, std::nullopt);
-      return;
-    }
-    log_.Warn("backfill requested for view " + name + ", which this configuration does not have");
-    return;
-  }
-  if (text("run") != run_) return;  // an earlier run's, replayed
-  auto at = content.find("id");
-  if (at == content.end() || !at->is_number_unsigned()) return;
-  const uint64_t id = at->get<uint64_t>();
-  std::lock_guard lock(mutex_);
-  if (mark == "low") {
-    auto it = chunks_.find(id);
-    if (it != chunks_.end()) it->second->open = true;
-    return;
-  }
-  if (mark == "high") {
-    auto it = chunks_.find(id);
-    if (it == chunks_.end()) return;
-    Chunk& chunk = *it->second;
-    if (chunk.verdict != Verdict::kPending) return;
-    if (!chunk.open || chunk.spoiled || !chunk.read || chunk.job->cancelled) {
-      chunk.verdict = Verdict::kRetry;
-    } else {
-      Place(chunk, change.commit_lsn, change.index, out);
-      chunk.verdict = Verdict::kDone;
-      chunk.watermark = change.commit_lsn;
-    }
-    changed_.notify_all();
-    return;
-  }
-  if (mark == "done") {
-    auto it = done_.find(id);
-    if (it == done_.end() || it->second.first != Verdict::kPending) return;
-    std::shared_ptr<Job> job = running_ && running_->id == id ? running_ : nullptr;
-    if (!job || job->cancelled) {
-      it->second.first = Verdict::kRetry;
-    } else {
-      auto control = std::make_shared<ViewControl>();
-      control->store = job->store;
-      control->views = job->views;
-      control->columns = job->columns;
-      control->table_oid = job->table_oid;
-      out.push_back(ViewStateChange(change.commit_lsn, change.index, std::move(control)));
-      for (const std::string& v : job->views) columns_[{job->store, v}] = job->columns;
-      it->second = {Verdict::kDone, change.commit_lsn};
-    }
-    changed_.notify_all();
-  }
-}
-
-// The chunk's rows, minus those changed in its window, at its high watermark; then the
-// views' state with the new position.
-void Backfills::Place(Chunk& chunk, Lsn commit_lsn, uint32_t index, std::vector<OwnedChange>& out) {
-  const Job& job = *chunk.job;
-  auto control = std::make_shared<ViewControl>();
-  control->store = job.store;
-  control->views = job.views;
-  std::vector<size_t> key;
-  for (const std::string& name : chunk.key) {
-    for (size_t i = 0; i < chunk.schema->columns.size(); ++i) {
-      if (chunk.schema->columns[i].name == name) key.push_back(i);
-    }
-  }
-  TupleData tuple;
-  uint32_t n = index;
-  for (const auto& row : chunk.rows) {
-    std::vector<std::optional<std::string_view>> values;
-    for (size_t k : key) values.push_back(row[k]);
-    if (chunk.changed.contains(KeyJson(values))) continue;
-    tuple.columns.assign(row.size(), TupleValue{});
-    for (size_t i = 0; i < row.size(); ++i) {
-      if (row[i]) tuple.columns[i] = TupleValue{TupleValueKind::kText, *row[i]};
-    }
-    out.push_back(BackfillRow(commit_lsn, ++n, chunk.schema, tuple, control));
-  }
-  auto state = std::make_shared<ViewControl>(*control);
-  state->backfilling = true;
-  state->after = chunk.last;
-  state->columns = job.columns;
-  state->table_oid = chunk.schema->id.value;
-  out.push_back(ViewStateChange(commit_lsn, ++n, std::move(state)));
-}
-
-// A row change of a table with chunks in flight: its keys join their windows.
-void Backfills::Record(const Change& change) {
-  std::lock_guard lock(mutex_);
-  if (running_ && !running_->cancelled && !change.relations.empty() &&
-      change.relations.front()->QualifiedName() == running_->table) {
-    // A key change that leaves a TOASTed value out: the views may not hold the row to
-    // take it from, and its new key may be behind the chunks read; read it all again.
-    // (An old key logged because the key itself is TOASTed, with the key unchanged, is
-    // no key change.)
-    if (const auto* update = std::get_if<UpdateMessage>(change.message);
-        update != nullptr && update->old_kind != '\0') {
-      TupleData filled = update->new_tuple;
-      const RelationSchema& schema = *change.relations.front();
-      if (FillUnchangedFromOld(schema, update->old_kind, update->old_tuple, filled) > 0 &&
-          KeyChanged(schema, update->old_tuple, filled)) {
-        running_->restart = true;
-      }
-    }
-  }
-  if (chunks_.empty()) return;
-  for (auto& [id, chunk] : chunks_) {
-    if (!chunk->open || chunk->spoiled) continue;
-    const std::string table = chunk->job->table;
-    bool touches = false;
-    for (const auto& relation : change.relations) {
-      touches = touches || relation->QualifiedName() == table;
-    }
-    if (!touches) continue;
-    const TupleData* new_tuple = nullptr;
-    const TupleData* old_tuple = nullptr;
-    TupleData filled;  // an update's new tuple with what its old tuple carries
-    std::visit(
-        [&](const auto& m) {
-          using T = std::decay_t<decltype(m)>;
-          if constexpr (std::is_same_v<T, InsertMessage>) {
-            new_tuple = &m.new_tuple;
-          } else if constexpr (std::is_same_v<T, UpdateMessage>) {
-            new_tuple = &m.new_tuple;
-            if (m.old_kind != '\0') {
-              old_tuple = &m.old_tuple;
-              filled = m.new_tuple;
-              FillUnchangedFromOld(*change.relations.front(), m.old_kind, m.old_tuple, filled);
-              new_tuple = &filled;
-            }
-          } else if constexpr (std::is_same_v<T, DeleteMessage>) {
-            old_tuple = &m.old_tuple;
-          }
-        },
-        *change.message);
-    if (new_tuple == nullptr && old_tuple == nullptr) {
-      chunk->spoiled = true;  // a truncate
-      continue;
-    }
-    const RelationSchema& schema = *change.relations.front();
-    auto key_of = [&](const TupleData& tuple) -> std::optional<std::string> {
-      std::vector<std::optional<std::string_view>> values;
-      for (const std::string& name : chunk->key) {
-        bool found = false;
-        for (size_t i = 0; i < schema.columns.size() && i < tuple.columns.size(); ++i) {
-          if (schema.columns[i].name != name) continue;
-          if (tuple.columns[i].kind != TupleValueKind::kText) return std::nullopt;
-          values.push_back(tuple.columns[i].data);
-          found = true;
-        }
-        if (!found) return std::nullopt;
-      }
-      return KeyJson(values);
-    };
-    for (const TupleData* tuple : {new_tuple, old_tuple}) {
-      if (tuple == nullptr) continue;
-      for (const TupleValue& v : tuple->columns) {
-        // The view may not hold the row to take an unchanged TOASTed value from.
-        if (tuple == new_tuple && v.kind == TupleValueKind::kUnchanged) chunk->spoiled = true;
-      }
-      auto key = key_of(*tuple);
-      if (!key) {
-        chunk->spoiled = true;
-        continue;
-      }
-      chunk->changed.insert(std::move(*key));
-    }
-  }
-}
-
-// Views that follow their table are backfilled when its columns change (ADD or DROP
-// COLUMN, a type change), from the first change made under the new shape that their
-// store has not applied yet.
-void Backfills::DetectSchemaChange(const Change& change, std::vector<OwnedChange>& out) {
-  if (change.relations.empty()) return;
-  const RelationSchema* schema = change.relations.front().get();
-  if (schema == last_seen_) return;
-  last_seen_ = schema;
-  // Each schema is looked at once (kept, so that its address is never another's).
-  if (!seen_.emplace(schema, change.relations.front()).second) return;
-  const std::string table = schema->QualifiedName();
-  const std::vector<std::string> columns = ColumnsOf(*schema);
-  std::map<std::string, std::vector<std::string>> by_store;
+  // Most changes concern no backfill: they pass without the lock.
+  if (!window_.Concerns(change, active_.load())) return;
+  WatermarkWindow::Events events;
   {
     std::lock_guard lock(mutex_);
-    for (const BackfillView& v : options_.views) {
-      if (!v.rows || !v.follows || v.table != table) continue;
-      auto& known = columns_[{v.store, v.view}];
-      if (known.empty()) known = columns;
-      if (known == columns) continue;
-      if (change.commit_lsn < options_.checkpoint(v.store)) continue;  // applied already
-      known = columns;
-      by_store[v.store].push_back(v.view);
+    window_.OnChange(change, out, events);
+    if (events.decided) changed_.notify_all();
+  }
+  for (const auto& [store, view] : events.requested) {
+    if (store.empty()) {
+      log_.Warn("backfill requested for view " + view + ", which this configuration does not have");
+    } else {
+      log_.Info("backfill of view " + view + " requested", {{"store", store}});
     }
   }
-  for (auto& [store, views] : by_store) {
-    auto control = std::make_shared<ViewControl>();
-    control->store = store;
-    control->views = views;
-    control->backfilling = true;
-    control->columns = columns;
-    control->table_oid = schema->id.value;
-    out.push_back(ViewStateChange(change.commit_lsn, change.index, std::move(control)));
-    std::string names;
-    for (const std::string& v : views) names += (names.empty() ? "" : ",") + v;
-    log_.Info("the columns of " + table + " changed: backfilling the views that follow it",
-              {{"store", store}, {"views", names}});
-    Add(store, table, std::move(views), std::nullopt);
+  for (WatermarkWindow::Events::Job& job : events.jobs) {
+    if (job.reshaped) {
+      std::string names;
+      for (const std::string& v : job.views) names += (names.empty() ? "" : ",") + v;
+      log_.Info("the columns of " + job.table + " changed: backfilling the views that follow it",
+                {{"store", job.store}, {"views", names}});
+    }
+    Add(job.store, job.table, std::move(job.views), std::nullopt);
   }
 }
 
 void Backfills::OnStreamRestart() {
   std::lock_guard lock(mutex_);
   ++generation_;
-  for (auto& [id, chunk] : chunks_) {
-    if (chunk->verdict == Verdict::kPending) chunk->verdict = Verdict::kRetry;
-  }
-  for (auto& [id, done] : done_) {
-    if (done.first == Verdict::kPending) done.first = Verdict::kRetry;
-  }
+  window_.OnStreamRestart();
   changed_.notify_all();
 }
 

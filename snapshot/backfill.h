@@ -2,7 +2,9 @@
 
 // Backfill of views while the stream keeps flowing (SPEC.md §1.4): the watermark method
 // of Netflix's DBLog (Debezium's "incremental snapshot"), with no exported snapshot held
-// open and no lock taken on the source.
+// open and no lock taken on the source. This is the driver: the backfill thread, its SQL
+// and its job queue. What the stream thread does with the watermarks - the window
+// between them, which rows are placed where - is the pure snapshot/watermark_window.h.
 //
 // A job fills some views of one store, all reading one table, chunk by chunk in primary
 // key order. For each chunk, on its own connection, the backfiller
@@ -14,15 +16,18 @@
 //      table whose commit record precedes L is visible to any snapshot taken after;
 //   3. reads the next chunk of rows (key > the last chunk's, in key order, a limit);
 //   4. writes a high watermark H.
-// The stream thread sees L, the changes between, and H, in commit order. Between L and
-// H it records the keys of the table's rows that change. At H, the chunk's rows minus
-// those keys are the table's rows exactly as of H: each was read after every change
-// before L was visible (2), and no change between L and H touched it. They are placed
-// into the stream at H, for the job's views only, with a state change recording how
-// far the backfill got. Rows changed in the window reach the views through their own
-// changes, which are applied as for any view. A chunk whose window holds a truncate of
-// the table, a change whose key cannot be read, or an update that leaves a TOASTed
-// value out (the view may not hold the row to take it from), is read again.
+// The stream thread sees L, the changes between, and H, in commit order; at H the
+// window places the chunk's rows not changed between L and H, with the views' state
+// (watermark_window.h says why that is exact), or decides the chunk is read again.
+//
+//   Add -> queue -> Loop -> RunJob: the key, a size; then per chunk
+//                            RunChunk: BeginChunk; Emit(L) .....WAL.....> stream thread:
+//                                      WaitForWriters; SELECT ... LIMIT   OnChange, the
+//                                      ChunkRead; Emit(H) .....WAL.....> window places
+//                                      wait for the verdict <............ the rows at H
+//                            WaitApplied (the store's checkpoint passed H); next chunk
+//                          Emit("done") ...........WAL...........> the views live at it;
+//                          WaitApplied, then every chunk durable: the job ends
 //
 // Once a chunk's watermark is applied by its store (the store's checkpoint passed H)
 // the next one starts; a stream restart before that (a reconnect, a store rejoining)
@@ -44,7 +49,6 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -52,20 +56,9 @@
 #include "base/log.h"
 #include "cdc/change_batch.h"
 #include "cdc/pg_connection.h"
+#include "snapshot/watermark_window.h"
 
 namespace pgderive {
-
-// The prefix of every logical message the backfill writes (and `pgderive backfill`).
-inline constexpr const char* kBackfillPrefix = "pgderive-backfill";
-
-// A view as the backfill sees it.
-struct BackfillView {
-  std::string store;
-  std::string view;
-  std::string table;     // schema.table it reads (row views)
-  bool rows = false;     // filled row by row (Redis, OpenSearch); else a query (postgres)
-  bool follows = false;  // no `columns`: follows its table's columns
-};
 
 struct BackfillOptions {
   std::string dsn;
@@ -115,48 +108,32 @@ class Backfills {
   std::map<std::pair<std::string, std::string>, BackfillProgress> Progress();
 
  private:
-  struct Job {
-    uint64_t id = 0;
-    std::string store;
-    std::string table;
-    std::vector<std::string> views;
+  // The window's job (store, table, views, columns; cancelled, restart), and where the
+  // backfill thread is.
+  struct Job : BackfillJob {
     std::optional<std::string> after;
-    bool cancelled = false;
-    bool restart = false;  // from the start: a row moved behind the frontier
     // The store applied the "done" state: the views are live; the job waits only for
     // its chunks to be durable (read again, and not live, if the store lost them).
     bool live = false;
     std::chrono::steady_clock::time_point filled_at;  // the last chunk applied
     BackfillProgress progress;
-    std::vector<std::string> columns;  // ColumnsOf the table as the last chunk read it
-    uint32_t table_oid = 0;            // and its OID
   };
-  enum class Verdict { kPending, kDone, kRetry };
-  struct Chunk {
-    uint64_t id = 0;
-    std::shared_ptr<Job> job;
-    std::shared_ptr<const RelationSchema> schema;
-    std::vector<std::string> key;  // the pagination key's columns
-    bool open = false;             // L seen
-    bool spoiled = false;          // read again
-    std::set<std::string> changed;
-    bool read = false;
-    std::vector<std::vector<std::optional<std::string>>> rows;
-    std::optional<std::string> last;  // key of the last row read
-    Verdict verdict = Verdict::kPending;
-    size_t limit = 0;         // rows asked for
-    size_t bytes = 0;         // the values' bytes read
-    Lsn watermark;            // H's commit LSN once placed
-    uint64_t generation = 0;  // of the stream when the chunk started
+  using Verdict = WatermarkWindow::Verdict;
+  // A chunk decided: what the window made of it, and the stream's generation when it
+  // started.
+  struct ChunkResult {
+    WatermarkWindow::ChunkOutcome outcome;
+    uint64_t generation = 0;
   };
 
   void Loop();
   // Runs one job to its end (or cancellation, or stop). Transient errors are retried.
   Status RunJob(const std::shared_ptr<Job>& job);
-  // One chunk: L, wait for writers, read, H, verdict. Returns the chunk decided.
-  Result<std::shared_ptr<Chunk>> RunChunk(
-      const std::shared_ptr<Job>& job, const std::shared_ptr<const RelationSchema>& schema,
-      const std::vector<std::pair<std::string, std::string>>& key, size_t limit, bool partitioned);
+  // One chunk: L, wait for writers, read, H, verdict.
+  Result<ChunkResult> RunChunk(const std::shared_ptr<Job>& job,
+                               const std::shared_ptr<const RelationSchema>& schema,
+                               const std::vector<std::pair<std::string, std::string>>& key,
+                               size_t limit, bool partitioned);
   Status Emit(const std::string& content);
   Status WaitForWriters(const std::string& table);
   // Waits until the store applied `watermark` (true) or the stream restarted since
@@ -174,36 +151,21 @@ class Backfills {
   bool Rewind(Job& job, std::deque<Unsure>& unsure);
   bool stopping();
 
-  std::string Message(const std::string& mark, uint64_t id) const;
-  void Place(Chunk& chunk, Lsn commit_lsn, uint32_t index, std::vector<OwnedChange>& out);
-  void Record(const Change& change);
-  void DetectSchemaChange(const Change& change, std::vector<OwnedChange>& out);
-
   BackfillOptions options_;
   Logger& log_;
-  const std::string run_;    // this run's nonce, in its messages
-  bool has_follow_ = false;  // some row view follows its table
   // Something is queued or in flight (the stream thread's fast path skips the lock).
   std::atomic<bool> active_{false};
   std::optional<PgConnection> sql_;  // the backfill thread's
 
-  std::mutex mutex_;
+  std::mutex mutex_;  // guards what follows, the window included
   std::condition_variable changed_;
   bool stopping_ = false;
   std::deque<std::shared_ptr<Job>> queue_;
   std::shared_ptr<Job> running_;
-  std::map<uint64_t, std::shared_ptr<Chunk>> chunks_;  // in flight
-  // "done" messages in flight: job id -> (verdict, watermark).
-  std::map<uint64_t, std::pair<Verdict, Lsn>> done_;
   uint64_t next_id_ = 1;
   uint64_t generation_ = 0;  // stream restarts
-  // (store, view) -> the columns a following view was filled with.
-  std::map<std::pair<std::string, std::string>, std::vector<std::string>> columns_;
+  WatermarkWindow window_;
   std::thread thread_;
-
-  // The stream thread's: the schema of the last change seen (schema changes).
-  const RelationSchema* last_seen_ = nullptr;
-  std::map<const RelationSchema*, std::shared_ptr<const RelationSchema>> seen_;
 };
 
 }  // namespace pgderive

@@ -1,0 +1,363 @@
+#include "snapshot/watermark_window.h"
+
+#include <nlohmann/json.hpp>
+#include <type_traits>
+#include <variant>
+
+#include "snapshot/view_state.h"
+
+namespace pgderive {
+
+std::string KeyJson(const std::vector<std::optional<std::string_view>>& values) {
+  nlohmann::json key = nlohmann::json::array();
+  for (const auto& v : values) key.push_back(v ? nlohmann::json(std::string(*v)) : nullptr);
+  return key.dump();
+}
+
+namespace {
+
+bool AnyRowViewFollows(const std::vector<BackfillView>& views) {
+  for (const BackfillView& v : views) {
+    if (v.rows && v.follows) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+WatermarkWindow::WatermarkWindow(Options options)
+    : options_(std::move(options)), has_follow_(AnyRowViewFollows(options_.views)) {}
+
+std::string WatermarkWindow::Message(const std::string& mark, uint64_t id) const {
+  return nlohmann::json{
+      {"pipeline", options_.pipeline}, {"run", options_.run}, {"mark", mark}, {"id", id}}
+      .dump();
+}
+
+bool WatermarkWindow::Concerns(const Change& change, bool active) const {
+  if (active || std::get_if<LogicalMessage>(change.message) != nullptr) return true;
+  return has_follow_ && !change.relations.empty() && change.relations.front().get() != last_seen_;
+}
+
+void WatermarkWindow::SetColumns(const std::string& store, const std::string& view,
+                                 std::vector<std::string> columns) {
+  columns_[{store, view}] = std::move(columns);
+}
+
+void WatermarkWindow::SetRunning(std::shared_ptr<BackfillJob> job) { running_ = std::move(job); }
+
+void WatermarkWindow::BeginChunk(uint64_t id, std::shared_ptr<const BackfillJob> job,
+                                 std::shared_ptr<const RelationSchema> schema,
+                                 std::vector<std::string> key) {
+  Chunk& chunk = chunks_[id];
+  chunk = Chunk{};
+  chunk.job = std::move(job);
+  chunk.schema = std::move(schema);
+  chunk.key = std::move(key);
+}
+
+void WatermarkWindow::ChunkRead(uint64_t id, ChunkRows rows) {
+  auto it = chunks_.find(id);
+  if (it == chunks_.end()) return;
+  Chunk& chunk = it->second;
+  chunk.rows = std::move(rows);
+  for (const auto& row : chunk.rows) {
+    for (const auto& value : row) chunk.bytes += value ? value->size() : 0;
+  }
+  if (!chunk.rows.empty()) {
+    std::vector<std::optional<std::string_view>> values;
+    for (const std::string& name : chunk.key) {
+      for (size_t i = 0; i < chunk.schema->columns.size(); ++i) {
+        if (chunk.schema->columns[i].name == name) values.push_back(chunk.rows.back()[i]);
+      }
+    }
+    chunk.last = KeyJson(values);
+  }
+  chunk.read = true;
+}
+
+WatermarkWindow::Verdict WatermarkWindow::ChunkVerdict(uint64_t id) const {
+  auto it = chunks_.find(id);
+  return it == chunks_.end() ? Verdict::kRetry : it->second.verdict;
+}
+
+WatermarkWindow::ChunkOutcome WatermarkWindow::EndChunk(uint64_t id) {
+  ChunkOutcome outcome;
+  auto it = chunks_.find(id);
+  if (it == chunks_.end()) return outcome;
+  const Chunk& chunk = it->second;
+  outcome.verdict = chunk.verdict == Verdict::kPending ? Verdict::kRetry : chunk.verdict;
+  outcome.watermark = chunk.watermark;
+  outcome.rows = chunk.rows.size();
+  outcome.bytes = chunk.bytes;
+  outcome.last = chunk.last;
+  chunks_.erase(it);
+  return outcome;
+}
+
+void WatermarkWindow::BeginDone(uint64_t job_id) { done_[job_id] = {Verdict::kPending, Lsn{}}; }
+
+WatermarkWindow::Verdict WatermarkWindow::DoneVerdict(uint64_t job_id) const {
+  auto it = done_.find(job_id);
+  return it == done_.end() ? Verdict::kRetry : it->second.first;
+}
+
+std::pair<WatermarkWindow::Verdict, Lsn> WatermarkWindow::EndDone(uint64_t job_id) {
+  auto it = done_.find(job_id);
+  if (it == done_.end()) return {Verdict::kRetry, Lsn{}};
+  auto verdict = it->second;
+  done_.erase(it);
+  if (verdict.first == Verdict::kPending) verdict.first = Verdict::kRetry;
+  return verdict;
+}
+
+void WatermarkWindow::OnStreamRestart() {
+  for (auto& [id, chunk] : chunks_) {
+    if (chunk.verdict == Verdict::kPending) chunk.verdict = Verdict::kRetry;
+  }
+  for (auto& [id, done] : done_) {
+    if (done.first == Verdict::kPending) done.first = Verdict::kRetry;
+  }
+}
+
+void WatermarkWindow::OnChange(const Change& change, std::vector<OwnedChange>& out,
+                               Events& events) {
+  const auto* message = std::get_if<LogicalMessage>(change.message);
+  if (message == nullptr) {
+    if (has_follow_) DetectSchemaChange(change, out, events);
+    Record(change);
+    return;
+  }
+  OnMessage(change, *message, out, events);
+}
+
+void WatermarkWindow::OnMessage(const Change& change, const LogicalMessage& message,
+                                std::vector<OwnedChange>& out, Events& events) {
+  if (message.prefix != kBackfillPrefix) return;
+  auto content = nlohmann::json::parse(message.content, nullptr, /*allow_exceptions=*/false);
+  if (!content.is_object()) return;
+  // Whatever the message holds (anyone with the right may write one): no exceptions.
+  auto text = [&](const char* key) {
+    auto it = content.find(key);
+    return it != content.end() && it->is_string() ? it->get<std::string>() : std::string();
+  };
+  if (text("pipeline") != options_.pipeline) return;
+  const std::string mark = text("mark");
+  if (mark == "request") {
+    // `pgderive backfill`: at this position the view is emptied (a postgres view is
+    // recomputed) and filled again. A store past it has done so already.
+    const std::string name = text("view");
+    for (const BackfillView& v : options_.views) {
+      if (v.view != name) continue;
+      if (change.commit_lsn < options_.checkpoint(v.store)) return;
+      auto control = std::make_shared<ViewControl>();
+      control->store = v.store;
+      control->views = {v.view};
+      control->backfilling = v.rows;
+      control->clear = true;
+      auto it = columns_.find({v.store, v.view});
+      if (it != columns_.end()) control->columns = it->second;
+      out.push_back(ViewStateChange(change.commit_lsn, change.index, std::move(control)));
+      events.requested.emplace_back(v.store, v.view);
+      if (v.rows) events.jobs.push_back({v.store, v.table, {v.view}, /*reshaped=*/false});
+      return;
+    }
+    events.requested.emplace_back(std::string(), name);
+    return;
+  }
+  if (text("run") != options_.run) return;  // an earlier run's, replayed
+  auto at = content.find("id");
+  if (at == content.end() || !at->is_number_unsigned()) return;
+  const uint64_t id = at->get<uint64_t>();
+  if (mark == "low") {
+    auto it = chunks_.find(id);
+    if (it != chunks_.end()) it->second.open = true;
+    return;
+  }
+  if (mark == "high") {
+    auto it = chunks_.find(id);
+    if (it == chunks_.end()) return;
+    Chunk& chunk = it->second;
+    if (chunk.verdict != Verdict::kPending) return;
+    if (!chunk.open || chunk.spoiled || !chunk.read || chunk.job->cancelled) {
+      chunk.verdict = Verdict::kRetry;
+    } else {
+      Place(chunk, change.commit_lsn, change.index, out);
+      chunk.verdict = Verdict::kDone;
+      chunk.watermark = change.commit_lsn;
+    }
+    events.decided = true;
+    return;
+  }
+  if (mark == "done") {
+    auto it = done_.find(id);
+    if (it == done_.end() || it->second.first != Verdict::kPending) return;
+    const BackfillJob* job = running_ && running_->id == id ? running_.get() : nullptr;
+    if (job == nullptr || job->cancelled) {
+      it->second.first = Verdict::kRetry;
+    } else {
+      auto control = std::make_shared<ViewControl>();
+      control->store = job->store;
+      control->views = job->views;
+      control->columns = job->columns;
+      control->table_oid = job->table_oid;
+      out.push_back(ViewStateChange(change.commit_lsn, change.index, std::move(control)));
+      for (const std::string& v : job->views) columns_[{job->store, v}] = job->columns;
+      it->second = {Verdict::kDone, change.commit_lsn};
+    }
+    events.decided = true;
+  }
+}
+
+// The chunk's rows, minus those changed in its window, at its high watermark; then the
+// views' state with the new position.
+void WatermarkWindow::Place(Chunk& chunk, Lsn commit_lsn, uint32_t index,
+                            std::vector<OwnedChange>& out) {
+  const BackfillJob& job = *chunk.job;
+  auto control = std::make_shared<ViewControl>();
+  control->store = job.store;
+  control->views = job.views;
+  std::vector<size_t> key;
+  for (const std::string& name : chunk.key) {
+    for (size_t i = 0; i < chunk.schema->columns.size(); ++i) {
+      if (chunk.schema->columns[i].name == name) key.push_back(i);
+    }
+  }
+  TupleData tuple;
+  uint32_t n = index;
+  for (const auto& row : chunk.rows) {
+    std::vector<std::optional<std::string_view>> values;
+    for (size_t k : key) values.push_back(row[k]);
+    if (chunk.changed.contains(KeyJson(values))) continue;
+    tuple.columns.assign(row.size(), TupleValue{});
+    for (size_t i = 0; i < row.size(); ++i) {
+      if (row[i]) tuple.columns[i] = TupleValue{TupleValueKind::kText, *row[i]};
+    }
+    out.push_back(BackfillRow(commit_lsn, ++n, chunk.schema, tuple, control));
+  }
+  auto state = std::make_shared<ViewControl>(*control);
+  state->backfilling = true;
+  state->after = chunk.last;
+  state->columns = job.columns;
+  state->table_oid = chunk.schema->id.value;
+  out.push_back(ViewStateChange(commit_lsn, ++n, std::move(state)));
+}
+
+// A row change of a table with chunks in flight: its keys join their windows.
+void WatermarkWindow::Record(const Change& change) {
+  if (running_ && !running_->cancelled && !change.relations.empty() &&
+      change.relations.front()->QualifiedName() == running_->table) {
+    // A key change that leaves a TOASTed value out: the views may not hold the row to
+    // take it from, and its new key may be behind the chunks read; read it all again.
+    // (An old key logged because the key itself is TOASTed, with the key unchanged, is
+    // no key change.)
+    if (const auto* update = std::get_if<UpdateMessage>(change.message);
+        update != nullptr && update->old_kind != '\0') {
+      TupleData filled = update->new_tuple;
+      const RelationSchema& schema = *change.relations.front();
+      if (FillUnchangedFromOld(schema, update->old_kind, update->old_tuple, filled) > 0 &&
+          KeyChanged(schema, update->old_tuple, filled)) {
+        running_->restart = true;
+      }
+    }
+  }
+  for (auto& [id, chunk] : chunks_) {
+    if (!chunk.open || chunk.spoiled) continue;
+    const std::string& table = chunk.job->table;
+    bool touches = false;
+    for (const auto& relation : change.relations) {
+      touches = touches || relation->QualifiedName() == table;
+    }
+    if (!touches) continue;
+    const TupleData* new_tuple = nullptr;
+    const TupleData* old_tuple = nullptr;
+    TupleData filled;  // an update's new tuple with what its old tuple carries
+    std::visit(
+        [&](const auto& m) {
+          using T = std::decay_t<decltype(m)>;
+          if constexpr (std::is_same_v<T, InsertMessage>) {
+            new_tuple = &m.new_tuple;
+          } else if constexpr (std::is_same_v<T, UpdateMessage>) {
+            new_tuple = &m.new_tuple;
+            if (m.old_kind != '\0') {
+              old_tuple = &m.old_tuple;
+              filled = m.new_tuple;
+              FillUnchangedFromOld(*change.relations.front(), m.old_kind, m.old_tuple, filled);
+              new_tuple = &filled;
+            }
+          } else if constexpr (std::is_same_v<T, DeleteMessage>) {
+            old_tuple = &m.old_tuple;
+          }
+        },
+        *change.message);
+    if (new_tuple == nullptr && old_tuple == nullptr) {
+      chunk.spoiled = true;  // a truncate
+      continue;
+    }
+    const RelationSchema& schema = *change.relations.front();
+    auto key_of = [&](const TupleData& tuple) -> std::optional<std::string> {
+      std::vector<std::optional<std::string_view>> values;
+      for (const std::string& name : chunk.key) {
+        bool found = false;
+        for (size_t i = 0; i < schema.columns.size() && i < tuple.columns.size(); ++i) {
+          if (schema.columns[i].name != name) continue;
+          if (tuple.columns[i].kind != TupleValueKind::kText) return std::nullopt;
+          values.push_back(tuple.columns[i].data);
+          found = true;
+        }
+        if (!found) return std::nullopt;
+      }
+      return KeyJson(values);
+    };
+    for (const TupleData* tuple : {new_tuple, old_tuple}) {
+      if (tuple == nullptr) continue;
+      for (const TupleValue& v : tuple->columns) {
+        // The view may not hold the row to take an unchanged TOASTed value from.
+        if (tuple == new_tuple && v.kind == TupleValueKind::kUnchanged) chunk.spoiled = true;
+      }
+      auto key = key_of(*tuple);
+      if (!key) {
+        chunk.spoiled = true;
+        continue;
+      }
+      chunk.changed.insert(std::move(*key));
+    }
+  }
+}
+
+// Views that follow their table are backfilled when its columns change (ADD or DROP
+// COLUMN, a type change), from the first change made under the new shape that their
+// store has not applied yet.
+void WatermarkWindow::DetectSchemaChange(const Change& change, std::vector<OwnedChange>& out,
+                                         Events& events) {
+  if (change.relations.empty()) return;
+  const RelationSchema* schema = change.relations.front().get();
+  if (schema == last_seen_) return;
+  last_seen_ = schema;
+  // Each schema is looked at once (kept, so that its address is never another's).
+  if (!seen_.emplace(schema, change.relations.front()).second) return;
+  const std::string table = schema->QualifiedName();
+  const std::vector<std::string> columns = ColumnsOf(*schema);
+  std::map<std::string, std::vector<std::string>> by_store;
+  for (const BackfillView& v : options_.views) {
+    if (!v.rows || !v.follows || v.table != table) continue;
+    auto& known = columns_[{v.store, v.view}];
+    if (known.empty()) known = columns;
+    if (known == columns) continue;
+    if (change.commit_lsn < options_.checkpoint(v.store)) continue;  // applied already
+    known = columns;
+    by_store[v.store].push_back(v.view);
+  }
+  for (auto& [store, views] : by_store) {
+    auto control = std::make_shared<ViewControl>();
+    control->store = store;
+    control->views = views;
+    control->backfilling = true;
+    control->columns = columns;
+    control->table_oid = schema->id.value;
+    out.push_back(ViewStateChange(change.commit_lsn, change.index, std::move(control)));
+    events.jobs.push_back({store, table, std::move(views), /*reshaped=*/true});
+  }
+}
+
+}  // namespace pgderive

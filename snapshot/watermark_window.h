@@ -1,0 +1,211 @@
+#pragma once
+
+// The watermark window of a backfill (DBLog; the driver that reads the chunks is
+// snapshot/backfill.h): what the stream thread does with the backfill's messages and
+// with the changes that come between them. Pure: no SQL, no threads, no logging. It is
+// fed the decoded changes in commit order and the chunks as the driver reads them, and
+// yields the changes to place into the stream and a verdict per chunk.
+//
+//   backfill thread (driver)                stream thread, commit order (OnChange)
+//   ------------------------                --------------------------------------
+//   BeginChunk(id, job, schema, key)
+//   write L ------------- WAL ------------> L: the chunk's window opens
+//   wait for the table's writers            a change of the table: its key(s) join
+//   read the chunk; ChunkRead(id, rows)       the window's `changed` (or spoil it)
+//   write H ------------- WAL ------------> H: the rows minus `changed` placed at H,
+//   wait for ChunkVerdict(id) != kPending      then the views' state: kDone; a spoiled
+//   EndChunk(id): the outcome                  window, or none, or a cancelled job: kRetry
+//
+// The stream thread sees L, the changes between, and H, in commit order. Between L and
+// H it records the keys of the table's rows that change. At H, the chunk's rows minus
+// those keys are the table's rows exactly as of H: each was read after every change
+// before L was visible (the driver waits for the table's writers after writing L), and
+// no change between L and H touched it. They are placed into the stream at H, for the
+// job's views only, with a state change recording how far the backfill got (the last key
+// read). Rows changed in the window reach the views through their own changes, which
+// are applied as for any view. A chunk whose window holds a truncate of the table, a
+// change whose key cannot be read, or an update that leaves a TOASTed value out (the
+// view may not hold the row to take it from), is read again. So is every chunk in flight
+// when the stream restarts (OnStreamRestart): what was not dispatched is lost, and the
+// stream comes again without the chunk's rows.
+//
+// The other messages of the backfill's prefix: "done" (a job's last chunk applied)
+// yields the views' state "live" at its position; "request" (`pgderive backfill`)
+// yields, at its position, a cleared view and a job. A change made under a new shape of
+// a table that views follow (no `columns`: ADD or DROP COLUMN, a type change) yields
+// their state change, placed before it, and a job. An update of the running job's table
+// that moves a row to another key and leaves a TOASTed value out marks the job to start
+// again (its new key may be behind the chunks read, and the view may not hold the row).
+//
+// Threads: none here. The driver calls every method under one lock of its own, except
+// Concerns and Message, which read only what the stream thread itself writes.
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cdc/change_batch.h"
+
+namespace pgderive {
+
+// The prefix of every logical message the backfill writes (and `pgderive backfill`).
+inline constexpr const char* kBackfillPrefix = "pgderive-backfill";
+
+// A view as the backfill sees it.
+struct BackfillView {
+  std::string store;
+  std::string view;
+  std::string table;     // schema.table it reads (row views)
+  bool rows = false;     // filled row by row (Redis, OpenSearch); else a query (postgres)
+  bool follows = false;  // no `columns`: follows its table's columns
+};
+
+// A job as the window sees it: views of one store, all reading one table. The driver
+// owns it (and extends it); the window reads it when it places a chunk and sets
+// `restart`.
+struct BackfillJob {
+  uint64_t id = 0;  // the id its "done" message carries
+  std::string store;
+  std::string table;
+  std::vector<std::string> views;
+  std::vector<std::string> columns;  // ColumnsOf the table as the last chunk read it
+  uint32_t table_oid = 0;            // and its OID
+  bool cancelled = false;            // replaced by a newer job: nothing more is placed
+  bool restart = false;              // from the start: a row moved behind the frontier
+};
+
+// A chunk's rows as read, in the table's column order (the text of each value).
+using ChunkRows = std::vector<std::vector<std::optional<std::string>>>;
+
+// The key of a row as the backfill names it: the JSON array of the key columns' text
+// (what a view's recorded state `after` holds).
+std::string KeyJson(const std::vector<std::optional<std::string_view>>& values);
+
+class WatermarkWindow {
+ public:
+  struct Options {
+    std::string pipeline;
+    std::string run;  // this run's nonce: messages of an earlier run are not its chunks
+    std::vector<BackfillView> views;
+    // The checkpoint a store has applied: a request or a reshape it has passed already
+    // is not acted on again.
+    std::function<Lsn(const std::string& store)> checkpoint;
+  };
+
+  enum class Verdict { kPending, kDone, kRetry };
+
+  // What a chunk came to, once the stream met its H (or restarted).
+  struct ChunkOutcome {
+    Verdict verdict = Verdict::kRetry;
+    Lsn watermark;                    // kDone: H's commit LSN
+    size_t rows = 0;                  // rows read (placed or not)
+    size_t bytes = 0;                 // the values' bytes read
+    std::optional<std::string> last;  // the key of the last row read (KeyJson)
+  };
+
+  // What a change asks of the driver, beside the changes to place.
+  struct Events {
+    // Views a `pgderive backfill` request named, as (store, view); a view this
+    // configuration does not have comes with an empty store.
+    std::vector<std::pair<std::string, std::string>> requested;
+    // Jobs to queue, in order: views of a store to fill from the start of `table`.
+    struct Job {
+      std::string store;
+      std::string table;
+      std::vector<std::string> views;
+      bool reshaped = false;  // the table's columns changed (else requested)
+    };
+    std::vector<Job> jobs;
+    // A chunk's or a job's "done" verdict was reached: the driver waits for it.
+    bool decided = false;
+  };
+
+  explicit WatermarkWindow(Options options);
+
+  // The content of a backfill message (`mark`: "low", "high" or "done"; `id`: the
+  // chunk's, or the job's for "done").
+  std::string Message(const std::string& mark, uint64_t id) const;
+
+  // Whether OnChange could do anything with `change` (`active`: a job is queued or a
+  // chunk in flight). False for most changes; reads only what OnChange writes, so the
+  // stream thread may ask without the driver's lock.
+  bool Concerns(const Change& change, bool active) const;
+
+  // The stream thread, for every decoded change, in order. A backfill message yields
+  // the changes to place at its position (`out`); a change under a new schema of a
+  // table that views follow yields their state change (to place before it) and a job;
+  // a row change is recorded against the open windows.
+  void OnChange(const Change& change, std::vector<OwnedChange>& out, Events& events);
+  // The stream restarts from the slot: every chunk and "done" in flight is decided
+  // kRetry (what was not dispatched comes again, without their rows).
+  void OnStreamRestart();
+
+  // The columns a following view was last filled with (its recorded state, or the
+  // table as it is at start).
+  void SetColumns(const std::string& store, const std::string& view,
+                  std::vector<std::string> columns);
+  // The job whose chunks are being read (null: none).
+  void SetRunning(std::shared_ptr<BackfillJob> job);
+
+  // Chunk `id` of `job`, read with `schema` in the order of the `key` columns, before
+  // its L is written.
+  void BeginChunk(uint64_t id, std::shared_ptr<const BackfillJob> job,
+                  std::shared_ptr<const RelationSchema> schema, std::vector<std::string> key);
+  // Its rows, read after L, before H is written.
+  void ChunkRead(uint64_t id, ChunkRows rows);
+  Verdict ChunkVerdict(uint64_t id) const;
+  // Forgets the chunk (its verdict taken, or given up); kPending comes back as kRetry.
+  ChunkOutcome EndChunk(uint64_t id);
+  size_t chunks_in_flight() const { return chunks_.size(); }
+
+  // Job `job_id`'s "done", before it is written.
+  void BeginDone(uint64_t job_id);
+  Verdict DoneVerdict(uint64_t job_id) const;
+  // Forgets it: the verdict and, kDone, its position.
+  std::pair<Verdict, Lsn> EndDone(uint64_t job_id);
+
+ private:
+  struct Chunk {
+    std::shared_ptr<const BackfillJob> job;
+    std::shared_ptr<const RelationSchema> schema;
+    std::vector<std::string> key;  // the pagination key's columns
+    bool open = false;             // L seen
+    bool spoiled = false;          // read again
+    std::set<std::string> changed;
+    bool read = false;
+    ChunkRows rows;
+    std::optional<std::string> last;
+    size_t bytes = 0;
+    Verdict verdict = Verdict::kPending;
+    Lsn watermark;
+  };
+
+  void OnMessage(const Change& change, const LogicalMessage& message, std::vector<OwnedChange>& out,
+                 Events& events);
+  void Place(Chunk& chunk, Lsn commit_lsn, uint32_t index, std::vector<OwnedChange>& out);
+  void Record(const Change& change);
+  void DetectSchemaChange(const Change& change, std::vector<OwnedChange>& out, Events& events);
+
+  const Options options_;
+  const bool has_follow_;  // some row view follows its table
+
+  std::shared_ptr<BackfillJob> running_;
+  std::map<uint64_t, Chunk> chunks_;  // in flight
+  // "done" messages in flight: job id -> (verdict, watermark).
+  std::map<uint64_t, std::pair<Verdict, Lsn>> done_;
+  // (store, view) -> the columns a following view was filled with.
+  std::map<std::pair<std::string, std::string>, std::vector<std::string>> columns_;
+
+  // The schema of the last change seen, and every schema looked at (kept, so that an
+  // address is never another's).
+  const RelationSchema* last_seen_ = nullptr;
+  std::map<const RelationSchema*, std::shared_ptr<const RelationSchema>> seen_;
+};
+
+}  // namespace pgderive
