@@ -5,9 +5,10 @@
 # steady transaction rate.
 #
 #   bench/run.sh [--txns N] [--rate TX_PER_S] [--seconds S] [--only "redis opensearch ..."]
+#                [--catchup-rows N] [--catchup-txns N]
 #
 # --only runs a subset of the configurations (redis, opensearch, projection, groupby, backfill,
-# all) and of the latency run (latency), with the store ceilings they need.
+# all, catchup-redis) and of the latency run (latency), with the store ceilings they need.
 #
 # Throughput is measured as catch-up: for each configuration, pgderive is started once
 # (creating its slot and empty views) and stopped; a ceiling slot is created at the same
@@ -17,18 +18,26 @@
 # until its stores' checkpoints pass the end. Store ceilings replay the same final rows:
 # `redis-cli --pipe` of SETs, a plain `_bulk` loader (curl, 5,000 documents a request),
 # and `COPY` into a table of the projection's shape.
+# Catch-up into Redis (catchup-redis): while pgderive is stopped, one transaction inserting
+# N rows (--catchup-rows, 300,000) and then M single-row update transactions
+# (--catchup-txns, 50,000) queue in its slot; `pgderive run` is started and timed until its
+# Redis checkpoint passes the workload's end. Ceiling: pg_recvlogical on copies of
+# pgderive's own slot (pg_copy_logical_replication_slot, taken while it was stopped), the
+# same WAL to the same end; the faster of protocol 1 and protocol 2 with streaming.
 # Latency: pgbench drives single-row updates of a 100,000-row table at TX_PER_S for S
 # seconds while pgderive streams it into Redis; pgderive reports source commit to visible in the store (the
 # time its write returned minus the commit timestamp), p50 and p99.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-txns=2000 rate=5000 seconds=20 only=""
+txns=2000 rate=5000 seconds=20 only="" catchup_rows=300000 catchup_txns=50000
 while [ $# -gt 0 ]; do
   case "$1" in
     --txns) txns=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
     --seconds) seconds=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
+    --catchup-rows) catchup_rows=$2; shift 2 ;;
+    --catchup-txns) catchup_txns=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -49,8 +58,13 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
-"$root/compose/local/stack" up "$dir" >/dev/null
+want() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
+# OpenSearch only for the configurations that write to it.
+services=pg,redis
+if want opensearch || want all; then services=pg,redis,opensearch; fi
+"$root/compose/local/stack" up "$dir" --services "$services" >/dev/null
 set -a; . "$dir/stack.env"; set +a
+search_url=${PGDERIVE_OPENSEARCH_URL:-}
 dsn=$PGDERIVE_PG_DSN
 bindir=$PGDERIVE_PG_BINDIR
 q() { psql "$dsn" -X -q -At -v ON_ERROR_STOP=1 "$@"; }
@@ -58,6 +72,7 @@ now() { date +%s.%N; }
 
 # OpenSearch's JVM compiles its indexing path on first use: a scratch index of 50,000
 # documents first, so that pgderive and the plain loader are both measured warm.
+if [ -n "$search_url" ]; then
 mkdir -p "$dir/warmup"
 q -c "select '{\"index\":{\"_index\":\"warmup\",\"_id\":\"' || g || '\"}}' || chr(10) || json_build_object('id', g, 'title', md5(g::text) || ' lorem ipsum', 'price', g / 100.0)::text from generate_series(1, 50000) g" \
   | split -l 10000 - "$dir/warmup/part."
@@ -65,6 +80,7 @@ for f in "$dir"/warmup/part.*; do
   curl -s -XPOST "$PGDERIVE_OPENSEARCH_URL/_bulk" -H 'Content-Type: application/x-ndjson' --data-binary @"$f" > /dev/null
 done
 curl -s -XDELETE "$PGDERIVE_OPENSEARCH_URL/warmup" > /dev/null
+fi
 
 q <<'SQL'
 create table items (id bigint primary key, title text, price numeric, attrs jsonb, tags int[], updated_at timestamptz);
@@ -102,14 +118,25 @@ create table hot (id int primary key, v int, updated_at timestamptz);
 insert into hot select g, 0, now() from generate_series(1, 100000) g;
 SQL
 
+# A port nobody listens on, for pgderive's HTTP endpoint (its default may be taken by
+# another pgderive on this machine).
+free_port() {
+  local port
+  while true; do
+    port=$((15000 + RANDOM % 17000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
+  done
+}
+http_port=$(free_port)
+
 # config NAME VIEWS...: stores are always declared; views pick them.
 config() {
   local name=$1; shift
   local file="$dir/$name.yml"
   {
-    printf 'pipeline: %s\nsource:\n  dsn: %s\nstores:\n' "$name" "$dsn"
+    printf 'pipeline: %s\nhttp: {listen: "127.0.0.1:%s"}\nsource:\n  dsn: %s\nstores:\n' "$name" "$http_port" "$dsn"
     printf '  cache: {type: redis, url: "%s"}\n' "$PGDERIVE_REDIS_URL"
-    printf '  search: {type: opensearch, url: "%s"}\n' "$PGDERIVE_OPENSEARCH_URL"
+    [ -z "$search_url" ] || printf '  search: {type: opensearch, url: "%s"}\n' "$search_url"
     printf '  warehouse: {type: postgres, dsn: "%s"}\nviews:\n' "$dsn"
     for v in "$@"; do
       case "$v" in
@@ -152,7 +179,6 @@ start_run() {  # start_run NAME CONFIG: until it streams (this start's own log l
 }
 stop_run() { kill -TERM "$(cat "$dir/$1.pid")"; wait "$(cat "$dir/$1.pid")" 2>/dev/null || true; }
 
-want() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
 results=()
 offset=1
 measure() {  # measure NAME TABLE STORES...
@@ -194,6 +220,70 @@ measure opensearch items opensearch
 measure projection items projection
 measure groupby orders groupby
 measure all items redis opensearch projection
+
+# lsn_num LSN: an LSN ("16/B374D848") as one number, for comparing without a query.
+lsn_num() { echo $(( (16#${1%/*} << 32) + 16#${1#*/} )); }
+cpu_seconds() {  # utime + stime of a process, in seconds
+  awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"
+}
+catchup_line="not measured"
+if want catchup-redis; then
+  name=catchup
+  q -c "create table catchup (like items including all)"
+  q -c "insert into catchup select (item_row(g)).* from generate_series(1, $catchup_txns) g"
+  file="$dir/$name.yml"
+  printf 'pipeline: %s\nhttp: {listen: "127.0.0.1:%s"}\nsource:\n  dsn: %s\nstores:\n  cache: {type: redis, url: "%s"}\nviews:\n  - {name: catchup_cache, store: cache, from: catchup, key: "catchup:{id}"}\n' \
+    "$name" "$http_port" "$dsn" "$PGDERIVE_REDIS_URL" > "$file"
+  start_run "$name" "$file"; stop_run "$name"
+  for v in v1 v2; do
+    q -c "select pg_copy_logical_replication_slot('pgderive_$name', 'ceil_${name}_$v')" > /dev/null
+  done
+  q -c "set synchronous_commit = off" -c "insert into catchup select (item_row(g)).* from generate_series(1000001, 1000000 + $catchup_rows) g"
+  q -c "create procedure catchup_updates(n int) language plpgsql as \$\$
+begin
+  for i in 1..n loop
+    update catchup set price = price + 1, updated_at = updated_at + interval '1 second' where id = 1 + (i * 7919) % $catchup_txns;
+    commit;
+  end loop;
+end \$\$"
+  q -c "set synchronous_commit = off" -c "call catchup_updates($catchup_txns)"
+  end=$(q -c "select pg_current_wal_insert_lsn()")
+  q -c "select pg_logical_emit_message(true, 'pgderive-bench', 'end')" > /dev/null
+  end_num=$(lsn_num "$end")
+  declare -A ceil
+  for v in v1 v2; do
+    opts=(-o proto_version=1)
+    [ "$v" = v2 ] && opts=(-o proto_version=2 -o streaming=on)
+    t0=$(now)
+    "$bindir/pg_recvlogical" -d "$dsn" --slot "ceil_${name}_$v" --start --endpos "$end" --no-loop -f /dev/null \
+      "${opts[@]}" -o "publication_names=pgderive_$name"
+    t1=$(now); ceil[$v]=$(echo "$t1 - $t0" | bc -l)
+    q -c "select pg_drop_replication_slot('ceil_${name}_$v')" > /dev/null
+  done
+  ceiling=$(echo "if (${ceil[v1]} < ${ceil[v2]}) ${ceil[v1]} else ${ceil[v2]}" | bc -l)
+  t0=$(now)
+  "$binary" run -c "$file" >> "$dir/$name.log" 2>&1 &
+  pid=$!; echo "$pid" > "$dir/$name.pid"
+  while true; do
+    c=$(redis-cli -p "$PGDERIVE_REDIS_PORT" get "pgderive:$name:checkpoint")
+    [ -n "$c" ] && [ "$(lsn_num "$c")" -gt "$end_num" ] && break
+    kill -0 "$pid" 2>/dev/null || { tail -3 "$dir/$name.log" >&2; exit 1; }
+    sleep 0.02
+  done
+  t1=$(now); ours=$(echo "$t1 - $t0" | bc -l)
+  rss=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$pid/status")
+  cpu=$(cpu_seconds "$pid")
+  stop_run "$name"
+  # What the view holds: one key per row, the updated rows' last prices.
+  keys=$(redis-cli -p "$PGDERIVE_REDIS_PORT" --scan --pattern 'catchup:*' | wc -l)
+  want_keys=$(q -c "select count(*) from catchup")
+  [ "$keys" = "$want_keys" ] || { echo "catchup-redis: $keys keys in Redis, $want_keys rows in the table" >&2; exit 1; }
+  rows=$((catchup_rows + catchup_txns))
+  catchup_line=$(printf '| catch-up into Redis (1 × %d-row insert + %d single-row updates) | %d | %.0f | %.2f s (v1 %.2f, v2 %.2f) | %.0f | %.2f s (CPU %s s) | **%.2f×** | %s MB |' \
+    "$catchup_rows" "$catchup_txns" "$rows" "$(echo "$rows / $ceiling" | bc -l)" "$ceiling" "${ceil[v1]}" "${ceil[v2]}" \
+    "$(echo "$rows / $ours" | bc -l)" "$ours" "$cpu" "$(echo "$ceiling / $ours" | bc -l)" "$rss")
+  echo "$catchup_line" >&2
+fi
 
 # Backfill while streaming: a Redis view added to a running deployment fills from the
 # whole items table while a writer keeps changing it; against reading the same table
@@ -279,6 +369,7 @@ echo
 echo "| configuration | changes | walsender ceiling changes/s | ceiling time | pgderive changes/s | pgderive time | ratio | peak RSS |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 for r in "${results[@]}"; do echo "$r"; done
+[ "$catchup_line" = "not measured" ] || echo "$catchup_line"
 echo
 printf '| store ceiling (same %d rows) | rows/s |\n| --- | --- |\n' "$rows"
 printf '| Redis, `redis-cli --pipe` of SETs | %.0f |\n' "$redis_ceiling"
