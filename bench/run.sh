@@ -278,6 +278,11 @@ end \$\$"
   keys=$(redis-cli -p "$PGDERIVE_REDIS_PORT" --scan --pattern 'catchup:*' | wc -l)
   want_keys=$(q -c "select count(*) from catchup")
   [ "$keys" = "$want_keys" ] || { echo "catchup-redis: $keys keys in Redis, $want_keys rows in the table" >&2; exit 1; }
+  for id in 1 7919 $catchup_txns 1000001 $((1000000 + catchup_rows)); do
+    got=$(redis-cli -p "$PGDERIVE_REDIS_PORT" get "catchup:$id" | sed -n 's/.*"price":"\([^"]*\)".*/\1/p')
+    exp=$(q -c "select price from catchup where id = $id")
+    [ "$got" = "$exp" ] || { echo "catchup-redis: key catchup:$id has price '$got', the table $exp" >&2; exit 1; }
+  done
   rows=$((catchup_rows + catchup_txns))
   catchup_line=$(printf '| catch-up into Redis (1 × %d-row insert + %d single-row updates) | %d | %.0f | %.2f s (v1 %.2f, v2 %.2f) | %.0f | %.2f s (CPU %s s) | **%.2f×** | %s MB |' \
     "$catchup_rows" "$catchup_txns" "$rows" "$(echo "$rows / $ceiling" | bc -l)" "$ceiling" "${ceil[v1]}" "${ceil[v2]}" \

@@ -118,25 +118,37 @@ Result<RedisClient> RedisClient::Connect(std::string_view url_text,
   return client;
 }
 
-Result<std::vector<RedisReply>> RedisClient::Pipeline(const std::vector<RedisCommand>& commands) {
+Status RedisClient::Append(std::span<const std::string_view> args) {
   if (broken_) return Error::Transient("Redis " + redacted_url_ + ": connection is broken");
-  std::vector<const char*> argv;
-  std::vector<size_t> argv_len;
-  for (const RedisCommand& command : commands) {
-    argv.clear();
-    argv_len.clear();
-    for (const std::string& arg : command) {
-      argv.push_back(arg.data());
-      argv_len.push_back(arg.size());
-    }
-    if (redisAppendCommandArgv(context_.get(), static_cast<int>(argv.size()), argv.data(),
-                               argv_len.data()) != REDIS_OK) {
-      return IoError("cannot queue a command");
+  argv_.clear();
+  argv_len_.clear();
+  for (std::string_view arg : args) {
+    argv_.push_back(arg.data());
+    argv_len_.push_back(arg.size());
+    unsent_bytes_ += arg.size();
+  }
+  if (redisAppendCommandArgv(context_.get(), static_cast<int>(argv_.size()), argv_.data(),
+                             argv_len_.data()) != REDIS_OK) {
+    return IoError("cannot queue a command");
+  }
+  ++unanswered_;
+  if (unsent_bytes_ >= kSendBytes) {
+    unsent_bytes_ = 0;
+    int done = 0;
+    while (done == 0) {
+      if (redisBufferWrite(context_.get(), &done) != REDIS_OK) return IoError("cannot send");
     }
   }
+  return Status::Ok();
+}
+
+Result<std::vector<RedisReply>> RedisClient::Replies() {
+  if (broken_) return Error::Transient("Redis " + redacted_url_ + ": connection is broken");
   std::vector<RedisReply> replies;
-  replies.reserve(commands.size());
-  for (size_t i = 0; i < commands.size(); ++i) {
+  replies.reserve(unanswered_);
+  unsent_bytes_ = 0;
+  // The first read sends whatever is still queued.
+  for (; unanswered_ > 0; --unanswered_) {
     void* raw = nullptr;
     if (redisGetReply(context_.get(), &raw) != REDIS_OK || raw == nullptr) {
       return IoError("lost the connection while reading replies");
@@ -145,6 +157,22 @@ Result<std::vector<RedisReply>> RedisClient::Pipeline(const std::vector<RedisCom
     replies.push_back(Convert(reply.get()));
   }
   return replies;
+}
+
+void RedisClient::Abandon() {
+  if (unanswered_ == 0 || broken_) return;
+  broken_ = true;
+  context_.reset();
+}
+
+Result<std::vector<RedisReply>> RedisClient::Pipeline(const std::vector<RedisCommand>& commands) {
+  std::vector<std::string_view> args;
+  for (const RedisCommand& command : commands) {
+    args.assign(command.begin(), command.end());
+    Status status = Append(args);
+    if (!status.ok()) return status.error();
+  }
+  return Replies();
 }
 
 Result<RedisReply> RedisClient::Command(const RedisCommand& command) {

@@ -3,10 +3,15 @@
 // A Redis connection over hiredis that sends many commands in one write and reads all
 // replies back: one round trip per batch (pipelining). Binary-safe: every argument is
 // passed with its length.
+//
+// A long batch goes out in pieces (Append): what is queued is sent once it passes
+// kSendBytes, so that Redis reads and parses one piece while the caller prepares the
+// next, instead of the two taking turns.
 
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -40,6 +45,19 @@ class RedisClient {
   Result<std::vector<RedisReply>> Pipeline(const std::vector<RedisCommand>& commands);
   Result<RedisReply> Command(const RedisCommand& command);
 
+  // Queues one command without waiting for its reply, sending what is queued once it
+  // passes kSendBytes. Replies() reads the reply of every command queued since the
+  // last call, in order (as Pipeline does). A caller that gives up between the two
+  // (an error of its own) must call Abandon(): part of the sequence may have reached
+  // Redis (say a MULTI and some commands), and only a new connection is sure to drop it.
+  Status Append(std::span<const std::string_view> args);
+  Result<std::vector<RedisReply>> Replies();
+  void Abandon();
+  // Commands queued whose replies were not read yet.
+  size_t unanswered() const { return unanswered_; }
+
+  static constexpr size_t kSendBytes = size_t{256} << 10;
+
   bool broken() const { return broken_; }
 
  private:
@@ -53,6 +71,10 @@ class RedisClient {
   std::unique_ptr<redisContext, ContextDeleter> context_;
   std::string redacted_url_;
   bool broken_ = false;
+  size_t unanswered_ = 0;
+  size_t unsent_bytes_ = 0;  // queued in hiredis's buffer, roughly (arguments only)
+  std::vector<const char*> argv_;
+  std::vector<size_t> argv_len_;
 };
 
 }  // namespace pgderive
