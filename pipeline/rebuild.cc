@@ -1,0 +1,120 @@
+#include "pipeline/rebuild.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <map>
+
+#include "cdc/type_catalog.h"
+#include "snapshot/snapshot_reader.h"
+
+namespace pgderive {
+namespace {
+
+// Snapshot rows to every sink whose views read the table.
+class SnapshotFanout : public SnapshotConsumer {
+ public:
+  SnapshotFanout(std::vector<Sink*> sinks, TypeLearner& learner)
+      : sinks_(std::move(sinks)), learner_(learner) {}
+
+  Status OnTable(const std::shared_ptr<const RelationSchema>& schema) override {
+    schemas_[schema.get()] = schema;
+    Status status = learner_.Learn(schema->columns);
+    types_ = learner_.types();
+    return status;
+  }
+  Status OnRows(const RelationSchema& schema, std::span<const TupleData> rows) override {
+    const auto& shared = schemas_.at(&schema);
+    const std::string table = schema.QualifiedName();
+    for (Sink* sink : sinks_) {
+      const auto tables = sink->tables();
+      if (std::find(tables.begin(), tables.end(), table) == tables.end()) continue;
+      Status status = sink->ApplySnapshotRows(shared, rows, *types_);
+      if (!status.ok()) return status;
+    }
+    return Status::Ok();
+  }
+
+ private:
+  std::vector<Sink*> sinks_;
+  TypeLearner& learner_;
+  std::map<const RelationSchema*, std::shared_ptr<const RelationSchema>> schemas_;
+  std::shared_ptr<const TypeRegistry> types_;
+};
+
+}  // namespace
+
+// Fills `sinks` from the exported snapshot `snapshot_name` taken at `lsn`, which
+// becomes their checkpoint. Each sink first drops its views' data and checkpoint, so a
+// crash midway leaves no checkpoint and the next start rebuilds again.
+Status SnapshotInto(const Config& config, const std::vector<Sink*>& sinks,
+                    const std::string& snapshot_name, Lsn lsn, const std::atomic<bool>* stop,
+                    Logger& log, RunMonitor& monitor) {
+  std::vector<std::string> tables;
+  for (Sink* sink : sinks) {
+    for (const std::string& t : sink->tables()) {
+      if (std::find(tables.begin(), tables.end(), t) == tables.end()) tables.push_back(t);
+    }
+  }
+  auto reader = SnapshotReader::Open({.dsn = config.source.dsn,
+                                      .snapshot_name = snapshot_name,
+                                      .tables = tables,
+                                      .workers = config.snapshot.workers,
+                                      .stop = stop});
+  if (!reader.ok()) return reader.error();
+  auto sql = PgConnection::Connect(config.source.dsn, PgConnection::Mode::kSql, "pgderive-run");
+  if (!sql.ok()) return sql.error();
+  TypeLearner learner(sql.value());
+  for (Sink* sink : sinks) {
+    Status status = sink->BeginRebuild(lsn);
+    if (!status.ok()) return status;
+  }
+  std::vector<std::string> names;
+  for (Sink* sink : sinks) names.push_back(sink->name());
+  std::string store_list;
+  for (const std::string& n : names) store_list += (store_list.empty() ? "" : ",") + n;
+  log.Info("snapshot started",
+           {{"lsn", lsn.ToString()},
+            {"tables", std::to_string(tables.size())},
+            {"stores", store_list},
+            {"estimated_rows", std::to_string(reader.value()->progress().rows_estimated.load())}});
+  const auto started = std::chrono::steady_clock::now();
+  monitor.SnapshotStarted(&reader.value()->progress(), names);
+  SnapshotFanout fanout(sinks, learner);
+  Status status = reader.value()->Run(fanout);
+  for (Sink* sink : sinks) {
+    if (status.ok()) status = sink->EndRebuild(lsn);
+  }
+  monitor.SnapshotEnded(names);
+  if (!status.ok()) return status;
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  const uint64_t rows = reader.value()->progress().rows_read.load();
+  log.Info("snapshot done", {{"lsn", lsn.ToString()},
+                             {"stores", store_list},
+                             {"rows", std::to_string(rows)},
+                             {"seconds", std::to_string(seconds)}});
+  return Status::Ok();
+}
+
+// A rebuild while the pipeline runs: a temporary slot exports a snapshot at the
+// current WAL position; the store is filled from it and resumes from that point.
+Result<Lsn> RebuildFromTemporarySlot(const Config& config, Sink& sink,
+                                     const std::atomic<bool>* stop, Logger& log,
+                                     RunMonitor& monitor) {
+  static std::atomic<int> counter{0};
+  auto repl = PgConnection::Connect(config.source.dsn, PgConnection::Mode::kReplication,
+                                    "pgderive-rebuild");
+  if (!repl.ok()) return repl.error();
+  const std::string slot =
+      "pgderive_rebuild_" + std::to_string(getpid()) + "_" + std::to_string(++counter);
+  auto created =
+      repl.value().CreateLogicalSlot(slot, "pgoutput", /*temporary=*/true, SlotSnapshot::kExport);
+  if (!created.ok()) return created.error();
+  Status status = SnapshotInto(config, {&sink}, *created.value().snapshot_name,
+                               created.value().consistent_point, stop, log, monitor);
+  if (!status.ok()) return status.error();
+  return created.value().consistent_point;
+}
+
+}  // namespace pgderive

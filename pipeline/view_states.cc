@@ -1,0 +1,116 @@
+#include "pipeline/view_states.h"
+
+#include "base/retry.h"
+
+namespace pgderive {
+namespace {
+
+Error InStore(const Sink& sink, const Error& error) {
+  return Error(error.kind(), "store " + sink.name() + ": " + error.message());
+}
+
+}  // namespace
+
+std::vector<BackfillView> BackfillViewsOf(const Config& config,
+                                          std::span<const std::unique_ptr<Sink>> sinks) {
+  std::vector<BackfillView> out;
+  for (const ViewConfig& view : config.views) {
+    for (const auto& sink : sinks) {
+      if (sink->name() != view.store) continue;
+      out.push_back(BackfillView{view.store, view.name, view.from, sink->backfills_rows(),
+                                 !view.columns.has_value()});
+    }
+  }
+  return out;
+}
+
+ViewStart PlanViewStart(const BackfillView& view,
+                        const std::optional<std::map<std::string, ViewState>>& states,
+                        const std::vector<std::string>& columns, uint32_t oid) {
+  ViewStart start;
+  if (!states) {
+    // Filled by a pgderive that kept no per-view state: live, recorded as such.
+    start.why = ViewStart::Why::kUnrecorded;
+    start.write = ViewState{false, std::nullopt, columns, oid};
+    return start;
+  }
+  const ViewState* state = nullptr;
+  if (auto it = states->find(view.view); it != states->end()) state = &it->second;
+  // A following view must not end with rows of two shapes.
+  const bool reshaped =
+      state != nullptr && view.follows && !state->columns.empty() && state->columns != columns;
+  // A table dropped and created again under the same name while pgderive was stopped
+  // (or before it noticed): the view holds rows of a table that is gone.
+  const bool replaced = state != nullptr && state->table_oid != 0 && state->table_oid != oid;
+  start.reshaped = reshaped;
+  if (state != nullptr) start.recorded_oid = state->table_oid;
+  if (state == nullptr || replaced) {
+    start.why = replaced ? ViewStart::Why::kReplaced : ViewStart::Why::kNew;
+    start.write = ViewState{true, std::nullopt, columns, oid};
+    start.clear = true;
+    start.backfill = true;
+  } else if (state->backfilling) {
+    start.why = ViewStart::Why::kResume;
+    start.backfill = true;
+    if (!reshaped) start.after = state->after;
+  } else if (reshaped) {
+    start.why = ViewStart::Why::kReshaped;
+    start.write = ViewState{true, std::nullopt, columns, oid};
+    start.backfill = true;
+  }
+  return start;
+}
+
+Status ReconcileViewStates(
+    std::span<const std::unique_ptr<Sink>> sinks, const std::vector<BackfillView>& views,
+    const std::map<std::string, std::shared_ptr<const RelationSchema>>& shapes,
+    const ViewBackfills& backfills, const std::function<bool()>& stopped, Logger& logger,
+    const std::function<void(const std::string&)>& info) {
+  for (const auto& sink : sinks) {
+    if (!sink->backfills_rows()) continue;
+    const auto retry_log = [&](const std::string& m) { info("store " + sink->name() + ": " + m); };
+    auto states = RetryTransient([&] { return sink->ReadViewStates(); }, stopped, retry_log);
+    if (!states.ok()) return InStore(*sink, states.error());
+    for (const BackfillView& v : views) {
+      if (v.store != sink->name()) continue;
+      const RelationSchema& shape = *shapes.at(v.table);
+      const std::vector<std::string> columns = ColumnsOf(shape);
+      const uint32_t oid = shape.id.value;
+      backfills.set_columns(v.store, v.view, columns);
+      const ViewStart start = PlanViewStart(v, states.value(), columns, oid);
+      switch (start.why) {
+        case ViewStart::Why::kReplaced:
+          logger.Warn("table " + v.table + " was replaced by another of the same name (OID " +
+                          std::to_string(start.recorded_oid) + ", now " + std::to_string(oid) +
+                          "): view " + v.view + " is emptied and filled from the new table",
+                      {{"store", v.store}, {"view", v.view}, {"table", v.table}});
+          break;
+        case ViewStart::Why::kNew:
+          info("view " + v.view + " is new to store " + v.store +
+               ": backfilling it while streaming");
+          break;
+        case ViewStart::Why::kResume:
+          info("view " + v.view + " was being backfilled: resuming after " +
+               (start.reshaped ? std::string("the start (its table's columns changed)")
+                               : start.after.value_or("the start")));
+          break;
+        case ViewStart::Why::kReshaped:
+          info("the columns of " + v.table + " changed while stopped: backfilling view " + v.view);
+          break;
+        case ViewStart::Why::kLive:
+        case ViewStart::Why::kUnrecorded:
+          break;
+      }
+      if (start.write) {
+        Status status =
+            RetryTransient([&] { return sink->WriteViewState(v.view, *start.write, start.clear); },
+                           stopped, retry_log);
+        if (!status.ok()) return InStore(*sink, status.error());
+      }
+      if (start.backfill) backfills.add(v.store, v.table, {v.view}, start.after);
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace pgderive
