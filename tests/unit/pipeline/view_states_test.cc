@@ -1,0 +1,220 @@
+// Start-up view states: what a start records and backfills for each view, from the
+// state its store recorded.
+#include "pipeline/view_states.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+
+#include "tests/support/fake_sink.h"
+
+namespace pgderive {
+namespace {
+
+using testing::FakeSink;
+
+const std::vector<std::string> kColumns = {"k 23", "v 25"};
+const std::vector<std::string> kWider = {"k 23", "v 25", "w 25"};
+constexpr uint32_t kOid = 16384;
+
+BackfillView View(std::string name, bool follows = true) {
+  return BackfillView{"cache", std::move(name), "public.t", true, follows};
+}
+
+using States = std::optional<std::map<std::string, ViewState>>;
+
+TEST(PlanViewStartTest, AStoreWithoutRecordedStatesHasLiveViews) {
+  const ViewStart start = PlanViewStart(View("v"), std::nullopt, kColumns, kOid);
+  EXPECT_EQ(start.why, ViewStart::Why::kUnrecorded);
+  ASSERT_TRUE(start.write);
+  EXPECT_FALSE(start.write->backfilling);
+  EXPECT_EQ(start.write->columns, kColumns);
+  EXPECT_EQ(start.write->table_oid, kOid);
+  EXPECT_FALSE(start.clear);
+  EXPECT_FALSE(start.backfill);
+}
+
+TEST(PlanViewStartTest, ANewViewIsEmptiedAndBackfilledFromTheStart) {
+  const ViewStart start =
+      PlanViewStart(View("v"), States(std::map<std::string, ViewState>{}), kColumns, kOid);
+  EXPECT_EQ(start.why, ViewStart::Why::kNew);
+  ASSERT_TRUE(start.write);
+  EXPECT_TRUE(start.write->backfilling);
+  EXPECT_TRUE(start.clear);
+  EXPECT_TRUE(start.backfill);
+  EXPECT_EQ(start.after, std::nullopt);
+}
+
+TEST(PlanViewStartTest, ALiveViewIsLeftAlone) {
+  const States states =
+      std::map<std::string, ViewState>{{"v", ViewState{false, std::nullopt, kColumns, kOid}}};
+  const ViewStart start = PlanViewStart(View("v"), states, kColumns, kOid);
+  EXPECT_EQ(start.why, ViewStart::Why::kLive);
+  EXPECT_FALSE(start.write);
+  EXPECT_FALSE(start.backfill);
+  // Columns recorded before the view followed its table (empty) are no reshape.
+  const States unrecorded = std::map<std::string, ViewState>{{"v", ViewState{}}};
+  EXPECT_EQ(PlanViewStart(View("v"), unrecorded, kColumns, kOid).why, ViewStart::Why::kLive);
+}
+
+TEST(PlanViewStartTest, ABackfillingViewResumesAfterItsLastKey) {
+  const States states = std::map<std::string, ViewState>{
+      {"v", ViewState{true, std::string("[\"41\"]"), kColumns, kOid}}};
+  const ViewStart start = PlanViewStart(View("v"), states, kColumns, kOid);
+  EXPECT_EQ(start.why, ViewStart::Why::kResume);
+  EXPECT_FALSE(start.write) << "its state stays as recorded";
+  EXPECT_TRUE(start.backfill);
+  EXPECT_EQ(start.after, "[\"41\"]");
+}
+
+TEST(PlanViewStartTest, ABackfillingViewWhoseTableChangedStartsOver) {
+  const States states = std::map<std::string, ViewState>{
+      {"v", ViewState{true, std::string("[\"41\"]"), kColumns, kOid}}};
+  const ViewStart start = PlanViewStart(View("v"), states, kWider, kOid);
+  EXPECT_EQ(start.why, ViewStart::Why::kResume);
+  EXPECT_TRUE(start.reshaped);
+  EXPECT_EQ(start.after, std::nullopt);
+  // A view with its own `columns` does not follow the table: it resumes.
+  EXPECT_EQ(PlanViewStart(View("v", /*follows=*/false), states, kWider, kOid).after, "[\"41\"]");
+}
+
+TEST(PlanViewStartTest, ALiveViewWhoseTableChangedWhileStoppedIsBackfilled) {
+  const States states =
+      std::map<std::string, ViewState>{{"v", ViewState{false, std::nullopt, kColumns, kOid}}};
+  const ViewStart start = PlanViewStart(View("v"), states, kWider, kOid);
+  EXPECT_EQ(start.why, ViewStart::Why::kReshaped);
+  ASSERT_TRUE(start.write);
+  EXPECT_TRUE(start.write->backfilling);
+  EXPECT_EQ(start.write->columns, kWider);
+  EXPECT_FALSE(start.clear) << "rows are overwritten, not removed first";
+  EXPECT_TRUE(start.backfill);
+  EXPECT_EQ(PlanViewStart(View("v", /*follows=*/false), states, kWider, kOid).why,
+            ViewStart::Why::kLive);
+}
+
+TEST(PlanViewStartTest, AViewOfAReplacedTableIsEmptiedAndRefilled) {
+  const States states =
+      std::map<std::string, ViewState>{{"v", ViewState{false, std::nullopt, kColumns, kOid - 1}}};
+  const ViewStart start = PlanViewStart(View("v"), states, kColumns, kOid);
+  EXPECT_EQ(start.why, ViewStart::Why::kReplaced);
+  EXPECT_EQ(start.recorded_oid, kOid - 1);
+  EXPECT_TRUE(start.clear);
+  EXPECT_TRUE(start.backfill);
+  EXPECT_EQ(start.after, std::nullopt);
+  EXPECT_EQ(start.write->table_oid, kOid);
+}
+
+class ReconcileViewStatesTest : public ::testing::Test {
+ protected:
+  ReconcileViewStatesTest() : null_(std::fopen("/dev/null", "w")), logger_(LogConfig{}, null_) {
+    auto schema = std::make_shared<RelationSchema>();
+    schema->id = RelationId{kOid};
+    schema->nspname = "public";
+    schema->relname = "t";
+    schema->columns = {{"k", 23, -1, true, ""}, {"v", 25, -1, false, ""}};
+    shapes_["public.t"] = schema;
+  }
+  ~ReconcileViewStatesTest() override { std::fclose(null_); }
+
+  Status Reconcile(std::span<const std::unique_ptr<Sink>> sinks,
+                   const std::vector<BackfillView>& views) {
+    return ReconcileViewStates(
+        sinks, views, shapes_,
+        {.set_columns =
+             [this](const std::string& store, const std::string& view,
+                    std::vector<std::string> columns) {
+               columns_[{store, view}] = std::move(columns);
+             },
+         .add =
+             [this](const std::string& store, const std::string& table,
+                    std::vector<std::string> views, std::optional<std::string> after) {
+               for (const std::string& v : views)
+                 added_.push_back({store + "/" + table + "/" + v, after});
+             }},
+        [] { return false; }, logger_, [this](const std::string& m) { info_.push_back(m); });
+  }
+
+  std::FILE* null_;
+  Logger logger_;
+  std::map<std::string, std::shared_ptr<const RelationSchema>> shapes_;
+  std::map<std::pair<std::string, std::string>, std::vector<std::string>> columns_;
+  std::vector<std::pair<std::string, std::optional<std::string>>> added_;
+  std::vector<std::string> info_;
+};
+
+TEST_F(ReconcileViewStatesTest, RecordsStatesAndQueuesBackfillsPerView) {
+  std::vector<std::unique_ptr<Sink>> sinks;
+  auto cache = std::make_unique<FakeSink>("cache");
+  cache->SetBackfillsRows(true);
+  cache->SetViewStates(std::map<std::string, ViewState>{
+      {"live", ViewState{false, std::nullopt, kColumns, kOid}},
+      {"half", ViewState{true, std::string("[\"7\"]"), kColumns, kOid}}});
+  FakeSink& store = *cache;
+  sinks.push_back(std::move(cache));
+  ASSERT_TRUE(Reconcile(sinks, {View("live"), View("half"), View("fresh")}).ok());
+
+  const std::vector<std::pair<std::string, std::optional<std::string>>> added = {
+      {"cache/public.t/half", "[\"7\"]"}, {"cache/public.t/fresh", std::nullopt}};
+  EXPECT_EQ(added_, added);
+  const auto writes = store.state_writes();
+  ASSERT_EQ(writes.size(), 1u) << "only the new view's state is written";
+  EXPECT_EQ(writes[0].view, "fresh");
+  EXPECT_TRUE(writes[0].clear);
+  EXPECT_TRUE(writes[0].state.backfilling);
+  EXPECT_EQ((columns_[{"cache", "live"}]), ColumnsOf(*shapes_.at("public.t")));
+  EXPECT_EQ(columns_.size(), 3u);
+}
+
+TEST_F(ReconcileViewStatesTest, AStoreWithoutRecordedStatesIsRecordedLive) {
+  std::vector<std::unique_ptr<Sink>> sinks;
+  auto cache = std::make_unique<FakeSink>("cache");
+  cache->SetBackfillsRows(true);  // ReadViewStates: nullopt
+  FakeSink& store = *cache;
+  sinks.push_back(std::move(cache));
+  ASSERT_TRUE(Reconcile(sinks, {View("a"), View("b")}).ok());
+  EXPECT_TRUE(added_.empty());
+  const auto writes = store.state_writes();
+  ASSERT_EQ(writes.size(), 2u);
+  for (const auto& w : writes) {
+    EXPECT_FALSE(w.state.backfilling);
+    EXPECT_FALSE(w.clear);
+    EXPECT_EQ(w.state.table_oid, kOid);
+  }
+}
+
+TEST_F(ReconcileViewStatesTest, AStoreThatRecomputesItsViewsIsSkipped) {
+  std::vector<std::unique_ptr<Sink>> sinks;
+  sinks.push_back(std::make_unique<FakeSink>("cache"));  // backfills_rows() false
+  ASSERT_TRUE(Reconcile(sinks, {View("a")}).ok());
+  EXPECT_TRUE(added_.empty());
+  EXPECT_TRUE(columns_.empty());
+}
+
+TEST_F(ReconcileViewStatesTest, AStoreThatCannotReadItsStatesFailsTheStartNamingIt) {
+  std::vector<std::unique_ptr<Sink>> sinks;
+  auto cache = std::make_unique<FakeSink>("cache");
+  cache->SetBackfillsRows(true);
+  cache->FailNext(1, ErrorKind::kPermanent);
+  sinks.push_back(std::move(cache));
+  Status status = Reconcile(sinks, {View("a")});
+  ASSERT_FALSE(status.ok());
+  EXPECT_EQ(status.error().kind(), ErrorKind::kPermanent);
+  EXPECT_EQ(status.error().message().rfind("store cache: ", 0), 0u) << status.error().message();
+  EXPECT_TRUE(added_.empty());
+}
+
+TEST_F(ReconcileViewStatesTest, ATransientErrorIsRetried) {
+  std::vector<std::unique_ptr<Sink>> sinks;
+  auto cache = std::make_unique<FakeSink>("cache");
+  cache->SetBackfillsRows(true);
+  cache->SetViewStates(std::map<std::string, ViewState>{});
+  cache->FailNext(1);
+  sinks.push_back(std::move(cache));
+  ASSERT_TRUE(Reconcile(sinks, {View("a")}).ok());
+  EXPECT_EQ(added_.size(), 1u);
+  ASSERT_FALSE(info_.empty());
+  EXPECT_NE(info_.front().find("retrying in"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace pgderive
