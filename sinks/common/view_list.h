@@ -39,25 +39,6 @@ bool FailView(View& view, const Error& error) {
   return true;
 }
 
-// Calls f(view, shape) for each view of `store` that the backfill row `change` is for,
-// with the view's shape for the row's table; a view whose shape cannot be made stops
-// alone (FailView).
-template <typename View, typename F>
-Status ForEachBackfilledView(std::vector<std::unique_ptr<View>>& views, const std::string& store,
-                             const OwnedChange& change, F&& f) {
-  for (auto& view : views) {
-    if (!change.control->Names(store, view->config.name) || !view->failed.empty()) continue;
-    auto shape = view->shapes.For(change.relations.front());
-    if (!shape.ok()) {
-      if (FailView(*view, shape.error())) continue;
-      return shape.error();
-    }
-    Status status = f(*view, *shape.value());
-    if (!status.ok()) return status;
-  }
-  return Status::Ok();
-}
-
 template <typename View>
 std::vector<std::pair<std::string, std::string>> FailedViews(
     const std::vector<std::unique_ptr<View>>& views) {

@@ -6,7 +6,6 @@
 #include "cdc/pg_connection.h"
 #include "cdc/publication.h"
 #include "cdc/type_catalog.h"
-#include "sinks/common/json_merge.h"
 #include "sinks/common/source_rows.h"
 #include "sinks/common/view_list.h"
 #include "sinks/opensearch/bulk_buffer.h"
@@ -90,7 +89,8 @@ Result<std::unique_ptr<OpenSearchSink>> OpenSearchSink::Make(const Config& confi
   for (const ViewConfig& view : config.views) {
     if (view.store != store.name) continue;
     sink->views_.push_back(std::make_unique<View>(
-        View{view, view.from, ViewShapes(view, std::nullopt), {}, nullptr, false}));
+        View{{view, view.from, ViewShapes(view, std::nullopt), {}, false}, nullptr}));
+    sink->row_views_.push_back(sink->views_.back().get());
   }
   return sink;
 }
@@ -380,6 +380,128 @@ Status OpenSearchSink::EndRebuild(Lsn snapshot_lsn) {
   return WriteCheckpoint(*client.value(), snapshot_lsn);
 }
 
+// The writes of one Apply, as _bulk actions (bulk_buffer.h), sent at the end or before a
+// view's index is recreated; then the views' states, then the checkpoint.
+class OpenSearchSink::Writer : public RowStore {
+ public:
+  Writer(OpenSearchSink& sink, OpenSearchClient& client) : sink_(sink), client_(client) {}
+
+  // As this Apply wrote it, else as indexed (a realtime GET): any document this Apply
+  // did not write has no action queued, so it is read as it is, without sending the
+  // queue first.
+  Result<std::optional<std::string>> Read(RowView& view, const std::string& key) override {
+    const std::string& index = view.config.index;
+    if (auto at = written_.find(WrittenKey(index, key)); at != written_.end()) return at->second;
+    if (truncated_.contains(index)) return std::optional<std::string>();
+    auto got = client_.Get(index, key);
+    if (!got.ok()) return got.error();
+    if (!got.value()) return std::optional<std::string>();
+    return std::optional<std::string>(got.value()->source.dump());
+  }
+  // Versioned by the change's commit LSN (a backfill row: its chunk's watermark, newer
+  // than every change before it, older than every change after it).
+  Status Put(RowView& view, std::string key, std::string value, Lsn lsn) override {
+    const std::string& index = view.config.index;
+    std::string action;
+    action.reserve(value.size() + 128);
+    AppendAction(action, "index", index, key, lsn);
+    action += value;
+    action += '\n';
+    bulk_.Add(index, key, std::move(action));
+    written_[WrittenKey(index, key)] = std::move(value);
+    return Status::Ok();
+  }
+  Status Delete(RowView& view, std::string key, Lsn lsn) override {
+    const std::string& index = view.config.index;
+    std::string action;
+    AppendAction(action, "delete", index, key, lsn);
+    bulk_.Add(index, key, std::move(action));
+    written_[WrittenKey(index, key)] = std::nullopt;
+    return Status::Ok();
+  }
+  Status Truncate(RowView& view) override {
+    bulk_.Truncate(view.config.index);
+    // Queued: every document not written after it is gone.
+    Forget(view.config.index);
+    truncated_.insert(view.config.index);
+    return Status::Ok();
+  }
+  // Sent once every item of the data's _bulk succeeded (a _bulk is not all or nothing),
+  // before the checkpoint.
+  Status RecordState(RowView& row_view, const ViewControl& control) override {
+    View& view = static_cast<View&>(row_view);  // every RowView here is a View
+    if (control.clear) {
+      Status status = Flush();
+      if (status.ok()) status = sink_.RecreateIndex(client_, view);
+      if (!status.ok()) return status;
+      Forget(view.config.index);
+    }
+    states_[view.config.name] = sink_.StateAction(
+        view, ViewState{control.backfilling, control.after, control.columns, control.table_oid});
+    return Status::Ok();
+  }
+  // Recorded before the data read (a _bulk is not atomic).
+  Status RaiseHorizon(Lsn horizon) override {
+    horizon_ = horizon;
+    return Status::Ok();
+  }
+  Status Finish(std::optional<Lsn> checkpoint) override {
+    Status status = Flush();
+    if (!status.ok()) return status;
+    if (!states_.empty()) {
+      std::string ndjson;
+      for (const auto& [view, action] : states_) ndjson += action;
+      status = sink_.SendBulk(client_, ndjson);
+      if (!status.ok()) return status;
+    }
+    if (checkpoint) return sink_.WriteCheckpoint(client_, *checkpoint);
+    return Status::Ok();
+  }
+
+ private:
+  static std::string WrittenKey(const std::string& index, std::string_view id) {
+    std::string key = index;
+    key += '\0';
+    key += id;
+    return key;
+  }
+  // Forgets what this Apply wrote into `index` (emptied).
+  void Forget(const std::string& index) {
+    std::erase_if(written_, [&](const auto& entry) {
+      return entry.first.size() > index.size() && entry.first[index.size()] == '\0' &&
+             entry.first.compare(0, index.size(), index) == 0;
+    });
+  }
+  Status Flush() {
+    if (horizon_) {
+      std::string horizon =
+          "{\"index\":{\"_index\":\"" + std::string(kCheckpointIndex) + "\",\"_id\":";
+      AppendJsonString(horizon, sink_.checkpoint_id_ + "/reread");
+      horizon += "}}\n{\"lsn\":\"" + horizon_->ToString() + "\"}\n";
+      horizon_.reset();
+      Status status = sink_.SendBulk(client_, horizon);
+      if (!status.ok()) return status;
+    }
+    for (BulkBuffer::Step& step : bulk_.Take()) {
+      Status status = sink_.SendBulk(client_, step.ndjson);
+      if (status.ok() && step.truncate) status = client_.DeleteAllDocuments(*step.truncate);
+      if (!status.ok()) return status;
+    }
+    return Status::Ok();
+  }
+
+  OpenSearchSink& sink_;
+  OpenSearchClient& client_;
+  BulkBuffer bulk_;
+  std::map<std::string, std::string> states_;  // view -> its last state's action
+  // What this Apply wrote, per index and _id: the document's JSON, or nullopt when
+  // deleted. An update that leaves a TOASTed value out takes it from here when the
+  // document was written in this Apply.
+  std::unordered_map<std::string, std::optional<std::string>> written_;
+  std::set<std::string> truncated_;  // indexes a truncate queued in this Apply empties
+  std::optional<Lsn> horizon_;       // raised by a read, not recorded yet
+};
+
 Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   std::lock_guard lock(mutex_);
   auto connected = Client();
@@ -393,44 +515,6 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
                            : Lsn{});
     horizon_loaded_ = true;
   }
-  BulkBuffer bulk;
-  std::map<std::string, std::string> states;  // view -> its last state's action
-  // What this Apply wrote, per index and _id: the document's JSON, or nullopt when
-  // deleted. An update that leaves a TOASTed value out takes it from here when the
-  // document was written in this Apply; any other document has no action queued, so a
-  // realtime GET reads it as it is, without sending the queue first.
-  std::unordered_map<std::string, std::optional<std::string>> written;
-  std::set<std::string> truncated;  // indexes a truncate queued in this Apply empties
-  auto written_key = [](const std::string& index, std::string_view id) {
-    std::string key = index;
-    key += '\0';
-    key += id;
-    return key;
-  };
-  auto forget = [&](const std::string& index) {
-    std::erase_if(written, [&](const auto& entry) {
-      return entry.first.size() > index.size() && entry.first[index.size()] == '\0' &&
-             entry.first.compare(0, index.size(), index) == 0;
-    });
-  };
-  auto flush = [&]() -> Status {
-    // A horizon a read raised is recorded before the data read (a _bulk is not atomic).
-    if (source_.TakeRaised()) {
-      std::string horizon =
-          "{\"index\":{\"_index\":\"" + std::string(kCheckpointIndex) + "\",\"_id\":";
-      AppendJsonString(horizon, checkpoint_id_ + "/reread");
-      horizon += "}}\n{\"lsn\":\"" + source_.horizon().ToString() + "\"}\n";
-      Status status = SendBulk(client, horizon);
-      if (!status.ok()) return status;
-    }
-    for (BulkBuffer::Step& step : bulk.Take()) {
-      Status status = SendBulk(client, step.ndjson);
-      if (status.ok() && step.truncate) status = client.DeleteAllDocuments(*step.truncate);
-      if (!status.ok()) return status;
-    }
-    return Status::Ok();
-  };
-  const TypeRegistry& types = TypesOf(group);
   for (auto it = group.rbegin(); it != group.rend(); ++it) {
     if (!(*it)->types) continue;
     if ((*it)->types != merged_) {
@@ -442,144 +526,8 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
     }
     break;
   }
-  for (const auto& batch : group) {
-    for (const OwnedChange& change : batch->changes) {
-      // Already applied (change_batch.h); the versions would refuse it anyway.
-      if (change.commit_lsn < checkpoint) continue;
-      if (change.op == ChangeOp::kTruncate) {
-        for (auto& view : views_) {
-          for (const auto& relation : change.relations) {
-            if (relation->QualifiedName() != view->table) continue;
-            bulk.Truncate(view->config.index);
-            // Queued: every document not written after it is gone.
-            forget(view->config.index);
-            truncated.insert(view->config.index);
-          }
-        }
-        continue;
-      }
-      if (change.op == ChangeOp::kViewState) {
-        // Sent once every item of the data's _bulk succeeded (a _bulk is not all or
-        // nothing), before the checkpoint.
-        const ViewControl& control = *change.control;
-        for (auto& view : views_) {
-          if (!control.Names(name_, view->config.name)) continue;
-          if (control.clear) {
-            Status status = flush();
-            if (status.ok()) status = RecreateIndex(client, *view);
-            if (!status.ok()) return status;
-            forget(view->config.index);
-          }
-          view->backfilling = control.backfilling;
-          states[view->config.name] = StateAction(
-              *view,
-              ViewState{control.backfilling, control.after, control.columns, control.table_oid});
-        }
-        continue;
-      }
-      if (change.op == ChangeOp::kBackfillRow) {
-        // Versioned by the chunk's watermark: newer than every change before it, older
-        // than every change after it.
-        Status status = ForEachBackfilledView(
-            views_, name_, change, [&](View& view, const ViewShape& shape) -> Status {
-              auto id = shape.DocumentId(change.new_tuple);
-              if (!id.ok()) return id.error();
-              std::string value;
-              Status appended = shape.AppendValue(value, change.new_tuple, types, nullptr);
-              if (!appended.ok()) return appended;
-              std::string action;
-              AppendAction(action, "index", view.config.index, id.value(), change.commit_lsn);
-              action += value;
-              action += '\n';
-              bulk.Add(view.config.index, id.value(), std::move(action));
-              written[written_key(view.config.index, id.value())] = std::move(value);
-              return Status::Ok();
-            });
-        if (!status.ok()) return status;
-        continue;
-      }
-      for (auto& view : views_) {
-        if (view->table != change.relation().QualifiedName() || !view->failed.empty()) continue;
-        auto shape = view->shapes.For(change.relations.front());
-        if (!shape.ok()) {
-          if (FailView(*view, shape.error())) continue;  // this view stops, not the store
-          return shape.error();
-        }
-        const std::string& index = view->config.index;
-        auto write = shape.value()->WriteFor(change, types, EntryKey::kDocumentId);
-        if (!write.ok()) {
-          // A row this view cannot take (a key it cannot read): this view stops, with
-          // the reason, not the store.
-          if (FailView(*view, write.error())) continue;
-          return write.error();
-        }
-        RowWrite& w = write.value();
-        if (!w.unchanged.empty()) {
-          // The document supplies the unchanged columns: as this Apply wrote it, else as
-          // indexed (a realtime GET). Before the horizon, the source does
-          // (source_rows.h).
-          const bool trusted = change.commit_lsn >= source_.horizon();
-          Result<std::string> merged = Error::Permanent("not taken from the store");
-          if (trusted) {
-            std::optional<std::string> previous;  // the document's JSON
-            if (auto at = written.find(written_key(index, w.previous())); at != written.end()) {
-              previous = at->second;
-            } else if (!truncated.contains(index)) {
-              auto got = client.Get(index, w.previous());
-              if (!got.ok()) return got.error();
-              if (got.value()) previous = got.value()->source.dump();
-            }
-            // Not filled yet: its backfill chunk brings it whole (RedisSink::Apply).
-            if (!previous && view->backfilling) continue;
-            if (previous) merged = MergeUnchanged(w.value, *previous, w.unchanged);
-          }
-          if (merged.ok()) {
-            w.value = std::move(merged).value();
-          } else {
-            // The index holds no document to take them from (a replay after a crash
-            // meets a document a later change, already applied, removed): read the row
-            // again. Written with this change's version, as any replayed write.
-            auto value = ValueFromSource(source_, *shape.value(), change, types, view->config.name,
-                                         w, trusted);
-            if (!value.ok()) {
-              if (FailView(*view, value.error())) continue;  // e.g. a key it cannot read
-              return value.error();
-            }
-            if (value.value()) {
-              w.value = std::move(*value.value());
-            } else {
-              w.put.reset();  // gone from the source: its delete is ahead in the stream
-            }
-          }
-        }
-        if (w.remove) {
-          std::string action;
-          AppendAction(action, "delete", index, *w.remove, change.commit_lsn);
-          bulk.Add(index, *w.remove, std::move(action));
-          written[written_key(index, *w.remove)] = std::nullopt;
-        }
-        if (w.put) {
-          std::string action;
-          action.reserve(w.value.size() + 128);
-          AppendAction(action, "index", index, *w.put, change.commit_lsn);
-          action += w.value;
-          action += '\n';
-          bulk.Add(index, *w.put, std::move(action));
-          written[written_key(index, *w.put)] = std::move(w.value);
-        }
-      }
-    }
-  }
-  Status status = flush();
-  if (!status.ok()) return status;
-  if (!states.empty()) {
-    std::string ndjson;
-    for (const auto& [view, action] : states) ndjson += action;
-    status = SendBulk(client, ndjson);
-    if (!status.ok()) return status;
-  }
-  if (auto next = CheckpointOf(group)) return WriteCheckpoint(client, *next);
-  return Status::Ok();
+  Writer writer(*this, client);
+  return ApplyRows(group, checkpoint, name_, row_views_, EntryKey::kDocumentId, source_, writer);
 }
 
 Result<std::vector<ViewInspector::Entry>> OpenSearchSink::ReadView(const std::string& view_name) {

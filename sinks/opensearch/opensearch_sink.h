@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "sinks/common/row_store_apply.h"
 #include "sinks/common/sink.h"
 #include "sinks/common/source_rows.h"
 #include "sinks/common/view_inspector.h"
@@ -76,14 +77,8 @@ class OpenSearchSink : public Sink, public ViewInspector {
   static nlohmann::json Mapping(const RelationSchema& schema, const std::vector<size_t>& columns,
                                 const TypeRegistry& types);
 
-  struct View {
-    ViewConfig config;
-    std::string table;
-    ViewShapes shapes;
-    std::string failed;  // why the view stopped (a column it names was dropped)
+  struct View : RowView {
     std::shared_ptr<const RelationSchema> schema;  // from Check, for the mapping
-    // Being backfilled: a document may not be there yet (see RedisSink::View).
-    bool backfilling = false;
   };
 
  private:
@@ -93,6 +88,10 @@ class OpenSearchSink : public Sink, public ViewInspector {
         url_(std::move(url)),
         checkpoint_id_(std::move(checkpoint_id)),
         source_(std::move(source_dsn)) {}
+  // One Apply's writes (RowStore): _bulk requests, then the views' states, then the
+  // checkpoint.
+  class Writer;
+
   Result<OpenSearchClient*> Client();
   // Sends `ndjson` as one _bulk and judges every item (a version conflict is a replay).
   Status SendBulk(OpenSearchClient& client, std::string& ndjson);
@@ -113,7 +112,8 @@ class OpenSearchSink : public Sink, public ViewInspector {
   std::string ca_file_;
   std::string checkpoint_id_;
   std::vector<std::unique_ptr<View>> views_;
-  bool rebuilt_ = false;  // BeginRebuild (re)created the views' indexes in this process
+  std::vector<RowView*> row_views_;  // the same views, for ApplyRows
+  bool rebuilt_ = false;             // BeginRebuild (re)created the views' indexes in this process
   std::mutex mutex_;
   std::optional<OpenSearchClient> client_;
   SourceRows source_;  // rows read again (an unchanged TOASTed value the index lacks)

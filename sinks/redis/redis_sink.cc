@@ -1,6 +1,5 @@
 #include "sinks/redis/redis_sink.h"
 
-#include "sinks/common/json_merge.h"
 #include "sinks/common/source_rows.h"
 #include "sinks/common/view_list.h"
 
@@ -8,7 +7,7 @@ namespace pgderive {
 namespace {
 
 constexpr size_t kScanCount = 1000;
-// Keys in one MSET or DEL of a Writer.
+// Keys in one MSET or DEL of a MultiExec.
 constexpr size_t kRunKeys = 1024;
 
 Error ReplyError(const std::string& what, const RedisReply& reply) {
@@ -31,15 +30,15 @@ Result<RedisCommand> SetRow(const ViewShape& shape, const TupleData& row,
 // MSET sets its keys in order (of two values for one key the later stays, as with two
 // SETs) and the runs keep their order, but Redis parses, queues and answers one command
 // instead of a thousand, which is most of its work on rows of a few hundred bytes.
-class Writer {
+class MultiExec {
  public:
-  explicit Writer(RedisClient& client) : client_(client) {}
+  explicit MultiExec(RedisClient& client) : client_(client) {}
   // Gave up before Exec (an error): what reached Redis of the MULTI must never run.
-  ~Writer() {
+  ~MultiExec() {
     if (open_) client_.Abandon();
   }
-  Writer(const Writer&) = delete;
-  Writer& operator=(const Writer&) = delete;
+  MultiExec(const MultiExec&) = delete;
+  MultiExec& operator=(const MultiExec&) = delete;
 
   // Nothing written since the last Exec.
   bool empty() const { return !open_; }
@@ -135,7 +134,8 @@ Result<std::unique_ptr<RedisSink>> RedisSink::Make(const Config& config, const S
     auto key = KeyTemplate::Parse(view.key_template);
     if (!key.ok()) return Error::Permanent("view " + view.name + ": " + key.error().message());
     sink->views_.push_back(std::make_unique<View>(
-        View{view, view.from, key.value(), ViewShapes(view, key.value()), {}, false, {}}));
+        View{{view, view.from, ViewShapes(view, key.value()), {}, false}, key.value(), {}, 0}));
+    sink->row_views_.push_back(sink->views_.back().get());
   }
   return sink;
 }
@@ -220,6 +220,16 @@ Status RedisSink::DeleteView(View& view) {
 
 Status RedisSink::BeginRebuild(Lsn) {
   std::lock_guard lock(mutex_);
+  return DeleteAll(/*rebuild=*/true);
+}
+
+Status RedisSink::UndoRebuild() {
+  std::lock_guard lock(mutex_);
+  if (!rebuilt_) return Status::Ok();
+  return DeleteAll(/*rebuild=*/false);
+}
+
+Status RedisSink::DeleteAll(bool rebuild) {
   auto client = Client();
   if (!client.ok()) return client.error();
   // The checkpoint goes first: a crash during the rebuild leaves no checkpoint, and the
@@ -228,23 +238,7 @@ Status RedisSink::BeginRebuild(Lsn) {
   source_.SetHorizon(Lsn{});  // every view from one snapshot: nothing newer than the stream
   horizon_loaded_ = true;
   if (!reply.ok()) return reply.error();
-  rebuilt_ = true;
-  for (auto& view : views_) {
-    Status status = DeleteView(*view);
-    if (!status.ok()) return status;
-  }
-  return Status::Ok();
-}
-
-Status RedisSink::UndoRebuild() {
-  std::lock_guard lock(mutex_);
-  if (!rebuilt_) return Status::Ok();
-  auto client = Client();
-  if (!client.ok()) return client.error();
-  auto reply = client.value()->Command({"DEL", checkpoint_key_, views_key_, horizon_key_});
-  source_.SetHorizon(Lsn{});  // every view from one snapshot: nothing newer than the stream
-  horizon_loaded_ = true;
-  if (!reply.ok()) return reply.error();
+  rebuilt_ = rebuilt_ || rebuild;  // from here on, UndoRebuild has something to undo
   for (auto& view : views_) {
     Status status = DeleteView(*view);
     if (!status.ok()) return status;
@@ -355,6 +349,59 @@ Status RedisSink::WriteViewState(const std::string& view_name, const ViewState& 
   return Status::Ok();
 }
 
+// The writes of one Apply go in one MULTI ... EXEC with the checkpoint, pipelined in one
+// round trip; a read of a previous value, a truncate and a view cleared send what is
+// queued first, so they see it.
+class RedisSink::Writer : public RowStore {
+ public:
+  Writer(RedisSink& sink, RedisClient& client) : sink_(sink), client_(client), multi_(client) {}
+
+  Result<std::optional<std::string>> Read(RowView&, const std::string& key) override {
+    Status status = multi_.Exec();
+    if (!status.ok()) return status.error();
+    auto previous = client_.Command({"GET", key});
+    if (!previous.ok()) return previous.error();
+    if (previous.value().type != RedisReply::Type::kString) return std::optional<std::string>();
+    return std::optional<std::string>(std::move(previous.value().str));
+  }
+  Status Put(RowView&, std::string key, std::string value, Lsn) override {
+    return multi_.Set(std::move(key), std::move(value));
+  }
+  Status Delete(RowView&, std::string key, Lsn) override { return multi_.Del(std::move(key)); }
+  Status Truncate(RowView& view) override {
+    Status status = multi_.Exec();
+    if (!status.ok()) return status;
+    return sink_.DeleteView(static_cast<View&>(view));  // every RowView here is a View
+  }
+  Status RecordState(RowView& view, const ViewControl& control) override {
+    if (control.clear) {
+      Status status = Truncate(view);
+      if (!status.ok()) return status;
+    }
+    // In the same MULTI as the data it describes.
+    return multi_.Command(
+        {"HSET", sink_.views_key_, view.config.name,
+         ViewState{control.backfilling, control.after, control.columns, control.table_oid}
+             .ToJson()});
+  }
+  Status RaiseHorizon(Lsn horizon) override {
+    // With the data read, in the same MULTI.
+    return multi_.Set(sink_.horizon_key_, horizon.ToString());
+  }
+  Status Finish(std::optional<Lsn> checkpoint) override {
+    if (checkpoint) {
+      Status status = multi_.Set(sink_.checkpoint_key_, checkpoint->ToString());
+      if (!status.ok()) return status;
+    }
+    return multi_.Exec();
+  }
+
+ private:
+  RedisSink& sink_;
+  RedisClient& client_;
+  MultiExec multi_;
+};
+
 Status RedisSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   std::lock_guard lock(mutex_);
   auto connected = Client();
@@ -366,127 +413,8 @@ Status RedisSink::Apply(const BatchGroup& group, Lsn checkpoint) {
     source_.SetHorizon(Lsn::Parse(horizon.value().str).value_or(Lsn{}));
     horizon_loaded_ = true;
   }
-  Writer writer(client);
-  // Ends what is written as one MULTI ... EXEC (with the checkpoint when given).
-  auto exec = [&](std::optional<Lsn> new_checkpoint) -> Status {
-    if (new_checkpoint) {
-      Status status = writer.Set(checkpoint_key_, new_checkpoint->ToString());
-      if (!status.ok()) return status;
-    }
-    return writer.Exec();
-  };
-  const TypeRegistry& types = TypesOf(group);
-  for (const auto& batch : group) {
-    for (const OwnedChange& change : batch->changes) {
-      // Already applied: the checkpoint covers every transaction that committed before
-      // it (change_batch.h), and replaying in order from there is what makes a retry or
-      // a restart exact.
-      if (change.commit_lsn < checkpoint) continue;
-      if (change.op == ChangeOp::kTruncate) {
-        for (auto& view : views_) {
-          for (const auto& relation : change.relations) {
-            if (relation->QualifiedName() != view->table) continue;
-            Status status = exec(std::nullopt);
-            if (status.ok()) status = DeleteView(*view);
-            if (!status.ok()) return status;
-          }
-        }
-        continue;
-      }
-      if (change.op == ChangeOp::kViewState) {
-        // Recorded in the same MULTI as the data it describes.
-        const ViewControl& control = *change.control;
-        for (auto& view : views_) {
-          if (!control.Names(name_, view->config.name)) continue;
-          if (control.clear) {
-            Status status = exec(std::nullopt);
-            if (status.ok()) status = DeleteView(*view);
-            if (!status.ok()) return status;
-          }
-          view->backfilling = control.backfilling;
-          Status status = writer.Command(
-              {"HSET", views_key_, view->config.name,
-               ViewState{control.backfilling, control.after, control.columns, control.table_oid}
-                   .ToJson()});
-          if (!status.ok()) return status;
-        }
-        continue;
-      }
-      if (change.op == ChangeOp::kBackfillRow) {
-        Status status = ForEachBackfilledView(views_, name_, change,
-                                              [&](View&, const ViewShape& shape) -> Status {
-                                                auto set = SetRow(shape, change.new_tuple, types);
-                                                if (!set.ok()) return set.error();
-                                                RedisCommand& c = set.value();
-                                                return writer.Set(std::move(c[1]), std::move(c[2]));
-                                              });
-        if (!status.ok()) return status;
-        continue;
-      }
-      const std::string table = change.relation().QualifiedName();
-      for (auto& view : views_) {
-        if (view->table != table || !view->failed.empty()) continue;
-        auto shape = view->shapes.For(change.relations.front());
-        if (!shape.ok()) {
-          if (FailView(*view, shape.error())) continue;  // this view stops, not the store
-          return shape.error();
-        }
-        auto write = shape.value()->WriteFor(change, types, EntryKey::kTemplate);
-        if (!write.ok()) {
-          // A row this view cannot take (a key it cannot read): this view stops, with
-          // the reason, not the store.
-          if (FailView(*view, write.error())) continue;
-          return write.error();
-        }
-        RowWrite& w = write.value();
-        if (!w.unchanged.empty()) {
-          // The previous value supplies the unchanged columns: send what is queued, then
-          // read it (from the old key when the key changed). Before the horizon, the
-          // source does (source_rows.h).
-          const bool trusted = change.commit_lsn >= source_.horizon();
-          Result<std::string> merged = Error::Permanent("not taken from the store");
-          if (trusted) {
-            Status status = exec(std::nullopt);
-            if (!status.ok()) return status;
-            auto previous = client.Command({"GET", w.previous()});
-            if (!previous.ok()) return previous.error();
-            const bool held = previous.value().type == RedisReply::Type::kString;
-            // Not filled yet: the row's backfill chunk, read after this change, brings it
-            // whole (a chunk whose window holds such an update is read again).
-            if (!held && view->backfilling) continue;
-            if (held) merged = MergeUnchanged(w.value, previous.value().str, w.unchanged);
-          }
-          if (merged.ok()) {
-            w.value = std::move(merged).value();
-          } else {
-            // The key holds no value to take them from (a replay meets a row the store
-            // no longer holds, a key removed behind pgderive's back): read the row again.
-            auto value = ValueFromSource(source_, *shape.value(), change, types, view->config.name,
-                                         w, trusted);
-            if (!value.ok()) {
-              if (FailView(*view, value.error())) continue;  // e.g. a key it cannot read
-              return value.error();
-            }
-            // Recorded with the data, in the same MULTI.
-            if (source_.TakeRaised()) {
-              Status status = writer.Set(horizon_key_, source_.horizon().ToString());
-              if (!status.ok()) return status;
-            }
-            if (value.value()) {
-              w.value = std::move(*value.value());
-            } else {
-              w.put.reset();  // gone from the source: its delete is ahead in the stream
-            }
-          }
-        }
-        Status status = Status::Ok();
-        if (w.remove) status = writer.Del(std::move(*w.remove));
-        if (status.ok() && w.put) status = writer.Set(std::move(*w.put), std::move(w.value));
-        if (!status.ok()) return status;
-      }
-    }
-  }
-  return exec(CheckpointOf(group));
+  Writer writer(*this, client);
+  return ApplyRows(group, checkpoint, name_, row_views_, EntryKey::kTemplate, source_, writer);
 }
 
 std::vector<std::string> RedisSink::views() const { return ViewNames(views_); }

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "sinks/common/row_store_apply.h"
 #include "sinks/common/sink.h"
 #include "sinks/common/source_rows.h"
 #include "sinks/common/view_inspector.h"
@@ -64,15 +65,8 @@ class RedisSink : public Sink, public ViewInspector {
                                         const std::shared_ptr<const RelationSchema>& schema,
                                         const TupleData& row, const TypeRegistry& types) override;
 
-  struct View {
-    ViewConfig config;
-    std::string table;  // schema-qualified
+  struct View : RowView {
     KeyTemplate key;
-    ViewShapes shapes;
-    std::string failed;  // why the view stopped (a column it names was dropped)
-    // Being backfilled: a row may not be there yet (an update that leaves a TOASTed
-    // value unchanged is skipped; the row's chunk, read later, carries it).
-    bool backfilling = false;
     std::vector<std::string> filled_columns;  // of the rows a rebuild wrote
     uint32_t filled_oid = 0;                  // and their table's OID
   };
@@ -86,7 +80,13 @@ class RedisSink : public Sink, public ViewInspector {
         views_key_(std::move(views_key)),
         horizon_key_(std::move(horizon_key)),
         source_(std::move(source_dsn)) {}
+  // One Apply's writes (RowStore): one MULTI ... EXEC.
+  class Writer;
+
   Status DeleteView(View& view);
+  // Deletes the checkpoint, the views' states, the horizon, then every view's keys
+  // (`rebuild`: for BeginRebuild, which UndoRebuild may undo).
+  Status DeleteAll(bool rebuild);
   Result<RedisClient*> Client();
 
   std::string name_;
@@ -96,8 +96,9 @@ class RedisSink : public Sink, public ViewInspector {
   std::string horizon_key_;  // the LSN of SourceRows' horizon (source_rows.h)
   bool horizon_loaded_ = false;
   std::vector<std::unique_ptr<View>> views_;
-  bool rebuilt_ = false;  // BeginRebuild ran in this process
-  std::mutex mutex_;      // the client, for snapshot rows arriving from several threads
+  std::vector<RowView*> row_views_;  // the same views, for ApplyRows
+  bool rebuilt_ = false;             // BeginRebuild ran in this process
+  std::mutex mutex_;                 // the client, for snapshot rows arriving from several threads
   std::optional<RedisClient> client_;
   SourceRows source_;  // rows read again (an unchanged TOASTed value the store lacks)
 };
