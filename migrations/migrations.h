@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "cdc/pg_connection.h"
+#include "cdc/sql_session.h"
 
 namespace pgderive {
 
@@ -19,8 +19,8 @@ struct Migration {
 // Every migration of migrations/, in version order (generated from the files).
 const std::vector<Migration>& Migrations();
 
-// Applies what `c`'s database lacks. A database at a newer version than this binary
-// knows is a permanent error and nothing changes.
-Status ApplyMigrations(PgConnection& c);
+// Applies what `session`'s database lacks, in one transaction of it. A database at a
+// newer version than this binary knows is a permanent error and nothing changes.
+Status ApplyMigrations(SqlSession& session);
 
 }  // namespace pgderive

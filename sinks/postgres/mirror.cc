@@ -74,9 +74,9 @@ Result<Mirror> ReadMirror(PgConnection& source, const std::string& table,
   mirror.name = "pgderive." + QuoteIdent(mirror_name);
   mirror.temp = std::move(temp);
   auto formats = source.Query(
-      "select attname, format_type(atttypid, atttypmod) from pg_attribute where attrelid = " +
-      std::to_string(described.value()->id.value) +
-      " and attnum > 0 and not attisdropped and attgenerated = '' order by attnum");
+      "select attname, format_type(atttypid, atttypmod) from pg_attribute where attrelid = $1 "
+      "and attnum > 0 and not attisdropped and attgenerated = '' order by attnum",
+      {std::to_string(described.value()->id.value)});
   if (!formats.ok()) return formats.error();
   for (size_t i = 0; i < formats.value().rows.size(); ++i) {
     mirror.columns.push_back(formats.value().rows[i][0].value_or(""));
@@ -120,7 +120,7 @@ std::string DropTempTablesSql(const Mirror& m) {
          ", pg_temp." + m.UpsertsTable() + "; ";
 }
 
-Status CopySnapshotRows(PgConnection& c, const Mirror& m, const RelationSchema& schema,
+Status CopySnapshotRows(SqlSession& c, const Mirror& m, const RelationSchema& schema,
                         std::span<const TupleData> rows) {
   std::vector<std::optional<size_t>> from(m.columns.size());
   for (size_t i = 0; i < m.columns.size(); ++i) {
@@ -140,14 +140,14 @@ Status CopySnapshotRows(PgConnection& c, const Mirror& m, const RelationSchema& 
     }
     data += '\n';
   }
-  return c.CopyIn("copy " + m.name + " from stdin", data);
+  return c.CopyIn(m.name, data);
 }
 
-Status AddMissingColumns(PgConnection& c, Mirror& m, const RelationSchema& schema) {
+Status AddMissingColumns(SqlRunner& c, Mirror& m, const RelationSchema& schema) {
   for (const ColumnSchema& column : schema.columns) {
     if (std::find(m.columns.begin(), m.columns.end(), column.name) != m.columns.end()) continue;
-    auto type = c.Query("select format_type(" + std::to_string(column.type_oid) + ", " +
-                        std::to_string(column.typmod) + ")");
+    auto type = c.Query("select format_type($1, $2)",
+                        {std::to_string(column.type_oid), std::to_string(column.typmod)});
     if (!type.ok()) return type.error();
     const std::string format = type.value().rows[0][0].value_or("text");
     Status status =
@@ -242,7 +242,7 @@ std::set<std::string> MirrorBatch::tables() const {
   return out;
 }
 
-Status MirrorBatch::Complete(PgConnection& c, const std::map<std::string, Mirror>& mirrors,
+Status MirrorBatch::Complete(SqlRunner& c, const std::map<std::string, Mirror>& mirrors,
                              SourceRows& source) {
   for (auto& [table, rows] : finals_) {
     Status s = Complete(c, mirrors.at(table), rows, source);
@@ -254,7 +254,7 @@ Status MirrorBatch::Complete(PgConnection& c, const std::map<std::string, Mirror
 // Rows that leave columns unchanged (TOAST) and moved to another key, or whose mirror
 // row is missing, are made whole before anything is written: from the mirror rows they
 // came from, else from the source (sinks/common/source_rows.h).
-Status MirrorBatch::Complete(PgConnection& c, const Mirror& m, std::map<std::string, Final>& rows,
+Status MirrorBatch::Complete(SqlRunner& c, const Mirror& m, std::map<std::string, Final>& rows,
                              SourceRows& source) {
   std::string own, moved;  // (key literals) lists
   auto literals = [&](const Values& keys) {
@@ -335,17 +335,19 @@ Status MirrorBatch::Complete(PgConnection& c, const Mirror& m, std::map<std::str
   return Status::Ok();
 }
 
-Status MirrorBatch::CopyTouchedKeys(PgConnection& c, const std::map<std::string, Mirror>& mirrors) {
+Status MirrorBatch::CopyTouchedKeys(SqlSession::Transaction& tx,
+                                    const std::map<std::string, Mirror>& mirrors) {
   for (const auto& [table, rows] : finals_) {
     std::string keys;
     for (const std::string& k : touched_[table]) keys += k + "\n";
-    Status s = c.CopyIn("copy " + mirrors.at(table).KeysTable() + " from stdin", keys);
+    Status s = tx.CopyIn(mirrors.at(table).KeysTable(), keys);
     if (!s.ok()) return s;
   }
   return Status::Ok();
 }
 
-Status MirrorBatch::Write(PgConnection& c, const std::map<std::string, Mirror>& mirrors) {
+Status MirrorBatch::Write(SqlSession::Transaction& tx,
+                          const std::map<std::string, Mirror>& mirrors) {
   for (const auto& [table, rows] : finals_) {
     const Mirror& m = mirrors.at(table);
     std::string deletes, upserts;
@@ -367,7 +369,7 @@ Status MirrorBatch::Write(PgConnection& c, const std::map<std::string, Mirror>& 
       // Some columns unchanged (TOAST): update only the others.
       std::string set, where;
       for (size_t i = 0; i < m.columns.size(); ++i) {
-        const std::string literal = row.values[i] ? c.QuoteLiteral(*row.values[i]) : "null";
+        const std::string literal = row.values[i] ? tx.QuoteLiteral(*row.values[i]) : "null";
         if (IsKey(m, i)) {
           where += (where.empty() ? "" : " and ") + QuoteIdent(m.columns[i]) + " = " + literal;
         } else if (row.present[i]) {
@@ -389,25 +391,25 @@ Status MirrorBatch::Write(PgConnection& c, const std::map<std::string, Mirror>& 
     }
     Status s = Status::Ok();
     if (!deletes.empty()) {
-      s = c.CopyIn("copy " + m.DeletesTable() + " from stdin", deletes);
+      s = tx.CopyIn(m.DeletesTable(), deletes);
       if (s.ok() && m.key.size() == 1) {
         const std::string k = QuoteIdent(m.columns[m.key[0]]);
-        s = c.Execute("delete from " + m.name + " m where m." + k + " = any(array(select " + k +
-                      " from " + m.DeletesTable() + "))");
+        s = tx.Execute("delete from " + m.name + " m where m." + k + " = any(array(select " + k +
+                       " from " + m.DeletesTable() + "))");
       } else if (s.ok()) {
-        s = c.Execute("delete from " + m.name + " m using " + m.DeletesTable() + " d where " +
-                      join);
+        s = tx.Execute("delete from " + m.name + " m using " + m.DeletesTable() + " d where " +
+                       join);
       }
     }
     if (s.ok() && !upserts.empty()) {
-      s = c.CopyIn("copy " + m.UpsertsTable() + " from stdin", upserts);
+      s = tx.CopyIn(m.UpsertsTable(), upserts);
       if (s.ok()) {
-        s = c.Execute("insert into " + m.name + " select * from " + m.UpsertsTable() +
-                      " on conflict (" + m.KeyList() + ") do " +
-                      (update_set.empty() ? "nothing" : "update set " + update_set));
+        s = tx.Execute("insert into " + m.name + " select * from " + m.UpsertsTable() +
+                       " on conflict (" + m.KeyList() + ") do " +
+                       (update_set.empty() ? "nothing" : "update set " + update_set));
       }
     }
-    if (s.ok() && !partial_sql.empty()) s = c.Execute(partial_sql);
+    if (s.ok() && !partial_sql.empty()) s = tx.Execute(partial_sql);
     if (!s.ok()) return s;
   }
   return Status::Ok();

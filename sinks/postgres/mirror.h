@@ -15,7 +15,11 @@
 //                  upsert; rows with unchanged columns: UPDATE of the others
 //
 // The temporary tables pgd_k/d/u_<n> live in the sink's session (ON COMMIT DELETE
-// ROWS). Everything here runs inside the caller's transaction; nothing commits.
+// ROWS). A batch runs inside the caller's transaction (SqlSession::Transaction, whose
+// COPY takes the rows); nothing here commits. Row values go to the server as COPY
+// text; the few statements that name values in SQL text (the key lists of Complete,
+// the UPDATEs of rows with unchanged columns) are built for many rows at once, one
+// statement - or one round trip - per table, so they quote instead of binding.
 
 #include <cstddef>
 #include <map>
@@ -29,6 +33,7 @@
 #include "cdc/change_batch.h"
 #include "cdc/lsn.h"
 #include "cdc/pg_connection.h"
+#include "cdc/sql_session.h"
 #include "sinks/common/source_rows.h"
 
 namespace pgderive {
@@ -68,11 +73,11 @@ std::string CreateTempTablesSql(const Mirror& m);
 std::string DropTempTablesSql(const Mirror& m);
 
 // The snapshot's rows of the mirror's table, by COPY (columns matched by name).
-Status CopySnapshotRows(PgConnection& c, const Mirror& m, const RelationSchema& schema,
+Status CopySnapshotRows(SqlSession& c, const Mirror& m, const RelationSchema& schema,
                         std::span<const TupleData> rows);
 
 // Columns added to the source table since: added to the mirror and its upsert table.
-Status AddMissingColumns(PgConnection& c, Mirror& m, const RelationSchema& schema);
+Status AddMissingColumns(SqlRunner& c, Mirror& m, const RelationSchema& schema);
 
 // The changes of one batch to the mirrors, per source table, folded to each row key's
 // final state.
@@ -87,12 +92,11 @@ class MirrorBatch {
 
   // Makes every row that leaves columns unchanged whole, or leaves it to an UPDATE of
   // the mirror row it keeps; a row the source no longer has is dropped from the batch.
-  Status Complete(PgConnection& c, const std::map<std::string, Mirror>& mirrors,
-                  SourceRows& source);
+  Status Complete(SqlRunner& c, const std::map<std::string, Mirror>& mirrors, SourceRows& source);
   // Every key the batch touched into each mirror's KeysTable().
-  Status CopyTouchedKeys(PgConnection& c, const std::map<std::string, Mirror>& mirrors);
+  Status CopyTouchedKeys(SqlSession::Transaction& tx, const std::map<std::string, Mirror>& mirrors);
   // The final states into the mirrors (after Complete).
-  Status Write(PgConnection& c, const std::map<std::string, Mirror>& mirrors);
+  Status Write(SqlSession::Transaction& tx, const std::map<std::string, Mirror>& mirrors);
   void Clear();
 
  private:
@@ -111,7 +115,7 @@ class MirrorBatch {
     bool before_horizon = false;  // reread: a change before the horizon left them out
     bool whole() const;
   };
-  Status Complete(PgConnection& c, const Mirror& m, std::map<std::string, Final>& rows,
+  Status Complete(SqlRunner& c, const Mirror& m, std::map<std::string, Final>& rows,
                   SourceRows& source);
 
   // Per source table: the final state of each changed row key (COPY text of the key

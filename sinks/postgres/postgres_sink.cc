@@ -117,36 +117,39 @@ Status PostgresSink::Resolve(PgConnection& source, bool checked) {
 
 Status PostgresSink::Check(const std::shared_ptr<const RelationSchema>&) { return Status::Ok(); }
 
-Result<PgConnection*> PostgresSink::Connection() {
-  if (!connection_ || PQstatus(connection_->get()) != CONNECTION_OK) {
-    connection_.reset();
+// The sink's own session on the target database. A broken one is replaced, never
+// reconnected in place: its temporary tables went with it.
+Result<SqlSession*> PostgresSink::Connection() {
+  if (!session_ || !session_->is_open()) {
+    session_.reset();
     temp_ready_ = false;
-    auto connected = PgConnection::Connect(dsn_, PgConnection::Mode::kSql, "pgderive-sink");
+    auto connected = SqlSession::Connect(dsn_, "pgderive-sink");
     if (!connected.ok()) return connected.error();
-    connection_.emplace(std::move(connected).value());
+    session_.emplace(std::move(connected).value());
   }
-  return &*connection_;
+  return &*session_;
 }
 
 Status PostgresSink::Connect() {
   std::lock_guard lock(mutex_);
-  connection_.reset();
+  session_.reset();
   horizon_loaded_ = false;
   auto c = Connection();
   return c.ok() ? Status::Ok() : Status(c.error());
 }
 
 // pgderive's own metadata in the target database: migrations/, applied once each.
-Status PostgresSink::EnsureMetadata(PgConnection& c) { return ApplyMigrations(c); }
+Status PostgresSink::EnsureMetadata(SqlSession& c) { return ApplyMigrations(c); }
 
 Status PostgresSink::Migrate() {
   std::lock_guard lock(mutex_);
   auto connected = Connection();
   if (!connected.ok()) return connected.error();
-  PgConnection& c = *connected.value();
+  SqlSession& c = *connected.value();
   Status status = EnsureMetadata(c);
   // A target table made by an older pgderive has a primary key on the view's key, which
-  // refuses a NULL group: it becomes the unique index a new one gets.
+  // refuses a NULL group: it becomes the unique index a new one gets. (A DO block takes
+  // no parameters: its values are quoted into it.)
   for (const auto& view : views_) {
     if (!status.ok()) break;
     std::string drop_not_null;
@@ -171,7 +174,7 @@ Status PostgresSink::Migrate() {
 // The target's key: unique, NULL groups included (a NULL is a group like any other;
 // NULLS NOT DISTINCT from PostgreSQL 15 on, and before it pgderive's delete-then-insert
 // by IS NOT DISTINCT FROM keeps one row per key anyway).
-std::string PostgresSink::KeyIndex(PgConnection& c, const View& view) const {
+std::string PostgresSink::KeyIndex(SqlRunner& c, const View& view) const {
   return "create unique index on " + view.target + " (" + KeyList(view) + ")" +
          (c.server_version() >= 150000 ? " nulls not distinct" : "");
 }
@@ -193,11 +196,11 @@ bool PostgresSink::SameDefinition(const std::string& recorded, const View& view)
   return recorded == definition || recorded == definition.substr(0, definition.rfind("\nsources "));
 }
 
-Result<std::optional<std::string>> PostgresSink::RecordedDefinition(PgConnection& c,
+Result<std::optional<std::string>> PostgresSink::RecordedDefinition(SqlRunner& c,
                                                                     const View& view) {
   auto row = c.Query(
-      "select definition from pgderive.views where pipeline = " + c.QuoteLiteral(pipeline_) +
-      " and store = " + c.QuoteLiteral(name_) + " and view = " + c.QuoteLiteral(view.config.name));
+      "select definition from pgderive.views where pipeline = $1 and store = $2 and view = $3",
+      {pipeline_, name_, view.config.name});
   if (!row.ok()) return row.error();
   if (row.value().rows.empty()) return std::optional<std::string>();
   return std::optional<std::string>(row.value().rows[0][0].value_or(""));
@@ -205,7 +208,7 @@ Result<std::optional<std::string>> PostgresSink::RecordedDefinition(PgConnection
 
 // The views whose recorded definition differs from the configuration's (one never
 // recorded differs too).
-Result<std::vector<const PostgresSink::View*>> PostgresSink::ChangedViews(PgConnection& c) {
+Result<std::vector<const PostgresSink::View*>> PostgresSink::ChangedViews(SqlRunner& c) {
   std::vector<const View*> changed;
   auto present = c.Query("select to_regclass('pgderive.views') is not null");
   if (!present.ok()) return present.error();
@@ -228,15 +231,16 @@ Result<std::optional<Lsn>> PostgresSink::ReadCheckpoint() {
   std::lock_guard lock(mutex_);
   auto connected = Connection();
   if (!connected.ok()) return connected.error();
-  PgConnection& c = *connected.value();
+  SqlSession& c = *connected.value();
   // A missing mirror or target table means lost data: no checkpoint.
   std::string regs = "select to_regclass('pgderive.checkpoints') is not null";
-  for (const auto& [table, mirror] : mirrors_) {
-    regs += " and to_regclass(" + c.QuoteLiteral(mirror.name) + ") is not null";
+  SqlParams names;
+  for (const auto& [table, mirror] : mirrors_) names.push_back(mirror.name);
+  for (const auto& view : views_) names.push_back(view->target);
+  for (size_t i = 1; i <= names.size(); ++i) {
+    regs += " and to_regclass($" + std::to_string(i) + ") is not null";
   }
-  for (const auto& view : views_)
-    regs += " and to_regclass(" + c.QuoteLiteral(view->target) + ") is not null";
-  auto present = c.Query(regs);
+  auto present = c.Query(regs, names);
   if (!present.ok()) return present.error();
   if (present.value().rows[0][0].value_or("f") != "t") return std::optional<Lsn>();
   // A view whose definition changed holds what the old one returned: rebuild.
@@ -249,21 +253,21 @@ Result<std::optional<Lsn>> PostgresSink::ReadCheckpoint() {
   return std::optional<Lsn>(Lsn::Parse(*row.value()));
 }
 
-Result<std::optional<std::string>> PostgresSink::ReadCheckpointRow(PgConnection& c,
+Result<std::optional<std::string>> PostgresSink::ReadCheckpointRow(SqlRunner& c,
                                                                    const std::string& row) {
-  auto found = c.Query("select lsn::text from pgderive.checkpoints where pipeline = " +
-                       c.QuoteLiteral(pipeline_) + " and store = " + c.QuoteLiteral(row));
+  auto found =
+      c.Query("select lsn::text from pgderive.checkpoints where pipeline = $1 and store = $2",
+              {pipeline_, row});
   if (!found.ok()) return found.error();
   if (found.value().rows.empty()) return std::optional<std::string>();
   return std::optional<std::string>(found.value().rows[0][0].value_or(""));
 }
 
-Status PostgresSink::WriteCheckpointRow(PgConnection& c, const std::string& row, Lsn lsn) {
-  return c.Execute("insert into pgderive.checkpoints (pipeline, store, lsn) values (" +
-                   c.QuoteLiteral(pipeline_) + ", " + c.QuoteLiteral(row) + ", " +
-                   c.QuoteLiteral(lsn.ToString()) +
-                   ") on conflict (pipeline, store) do update set lsn = excluded.lsn, "
-                   "updated_at = now()");
+Status PostgresSink::WriteCheckpointRow(SqlRunner& c, const std::string& row, Lsn lsn) {
+  return c.Execute(
+      "insert into pgderive.checkpoints (pipeline, store, lsn) values ($1, $2, $3) on conflict "
+      "(pipeline, store) do update set lsn = excluded.lsn, updated_at = now()",
+      {pipeline_, row, lsn.ToString()});
 }
 
 Result<std::string> PostgresSink::MirrorQuery(const View& view,
@@ -289,7 +293,7 @@ Result<std::string> PostgresSink::MirrorQuery(const View& view,
   return RewriteQuery(view.config.query, rewrite);
 }
 
-Status PostgresSink::EnsureTempTables(PgConnection& c) {
+Status PostgresSink::EnsureTempTables(SqlRunner& c) {
   if (temp_ready_) return Status::Ok();
   std::string sql;
   for (const auto& [table, m] : mirrors_) sql += CreateTempTablesSql(m);
@@ -307,12 +311,10 @@ Status PostgresSink::BeginRebuild(Lsn) {
   std::lock_guard lock(mutex_);
   auto connected = Connection();
   if (!connected.ok()) return connected.error();
-  PgConnection& c = *connected.value();
+  SqlSession& c = *connected.value();
   Status status = EnsureMetadata(c);
   if (!status.ok()) return status;
-  std::string sql =
-      "begin; delete from pgderive.checkpoints where pipeline = " + c.QuoteLiteral(pipeline_) +
-      " and store in (" + c.QuoteLiteral(name_) + ", " + c.QuoteLiteral(HorizonRow()) + "); ";
+  std::string sql;          // run in one transaction below, with the checkpoints' removal
   horizon_loaded_ = false;  // none after the rebuild
   // This session's temporary tables take the mirrors' and targets' shapes anew (a
   // source table replaced by one with other columns).
@@ -336,9 +338,10 @@ Status PostgresSink::BeginRebuild(Lsn) {
   for (const auto& [table, m] : mirrors_) created_tables.push_back(m.name);
   for (const auto& view : views_) {
     auto [schema, name] = SplitTableName(view->config.table);
-    auto present = c.Query("select to_regclass(" + c.QuoteLiteral(view->target) +
-                           ") is not null, exists (select from pg_namespace where nspname = " +
-                           c.QuoteLiteral(schema) + ")");
+    auto present = c.Query(
+        "select to_regclass($1) is not null, exists (select from pg_namespace where nspname = "
+        "$2)",
+        {view->target, schema});
     if (!present.ok()) return present.error();
     if (present.value().rows[0][0].value_or("t") == "f") created_tables.push_back(view->target);
     if (present.value().rows[0][1].value_or("t") == "f" &&
@@ -358,9 +361,14 @@ Status PostgresSink::BeginRebuild(Lsn) {
                           ") q with no data") +
            "; execute " + c.QuoteLiteral(KeyIndex(c, *view)) + "; end if; end $pgd$; ";
   }
-  sql += "commit";
   temp_ready_ = false;
-  status = c.Execute(sql);
+  auto begun = c.Begin();
+  if (!begun.ok()) return begun.error();
+  SqlSession::Transaction& tx = begun.value();
+  status = tx.Execute("delete from pgderive.checkpoints where pipeline = $1 and store in ($2, $3)",
+                      {pipeline_, name_, HorizonRow()});
+  if (status.ok()) status = tx.Execute(sql);
+  if (status.ok()) status = tx.Commit();
   if (status.ok()) {
     created_tables_ = std::move(created_tables);
     created_schemas_ = std::move(created_schemas);
@@ -373,12 +381,16 @@ Status PostgresSink::UndoRebuild() {
   if (created_tables_.empty() && created_schemas_.empty()) return Status::Ok();
   auto connected = Connection();
   if (!connected.ok()) return connected.error();
-  PgConnection& c = *connected.value();
-  IgnoreError(c.Execute("rollback"), "a transaction the failure left open, if any");
-  std::string sql = "begin; ";
+  SqlSession& c = *connected.value();
+  std::string sql;
   for (const std::string& table : created_tables_) sql += "drop table if exists " + table + "; ";
-  Status status = c.Execute(sql + "commit");
-  if (!status.ok()) IgnoreError(c.Execute("rollback"), "the error above is what counts");
+  Status status = Status::Ok();
+  if (!sql.empty()) {
+    auto begun = c.Begin();
+    if (!begun.ok()) return begun.error();
+    status = begun.value().Execute(sql);
+    if (status.ok()) status = begun.value().Commit();
+  }
   // Only a schema this process created, and only while nothing else is in it.
   for (const std::string& schema : created_schemas_) {
     if (!status.ok()) break;
@@ -402,7 +414,7 @@ Status PostgresSink::ApplySnapshotRows(const std::shared_ptr<const RelationSchem
   return CopySnapshotRows(*connected.value(), it->second, *schema, rows);
 }
 
-Status PostgresSink::RecomputeAll(PgConnection& c, const View& view) {
+Status PostgresSink::RecomputeAll(SqlRunner& c, const View& view) {
   auto query = MirrorQuery(view, std::nullopt);
   if (!query.ok()) return query.error();
   return c.Execute("delete from " + view.target + "; insert into " + view.target +
@@ -413,10 +425,16 @@ Status PostgresSink::EndRebuild(Lsn snapshot_lsn) {
   std::lock_guard lock(mutex_);
   auto connected = Connection();
   if (!connected.ok()) return connected.error();
-  PgConnection& c = *connected.value();
+  SqlSession& session = *connected.value();
   std::string analyze;
   for (const auto& [table, m] : mirrors_) analyze += "analyze " + m.name + "; ";
-  Status status = c.Execute(analyze + "begin");
+  Status status = analyze.empty() ? Status::Ok() : session.Execute(analyze);
+  if (!status.ok()) return status;
+  // The views, their checkpoint and their definitions in one transaction, rolled back
+  // when `c` goes away uncommitted.
+  auto begun = session.Begin();
+  if (!begun.ok()) return begun.error();
+  SqlSession::Transaction& c = begun.value();
   for (const auto& view : views_) {
     if (!status.ok()) break;
     status = RecomputeAll(c, *view);
@@ -432,18 +450,16 @@ Status PostgresSink::EndRebuild(Lsn snapshot_lsn) {
   for (const auto& view : views_) {
     if (!status.ok()) break;
     status = c.Execute(
-        "insert into pgderive.views (pipeline, store, view, definition) values (" +
-        c.QuoteLiteral(pipeline_) + ", " + c.QuoteLiteral(name_) + ", " +
-        c.QuoteLiteral(view->config.name) + ", " + c.QuoteLiteral(Definition(*view)) +
-        ") on conflict (pipeline, store, view) do update set definition = excluded.definition, "
-        "updated_at = now()");
+        "insert into pgderive.views (pipeline, store, view, definition) values ($1, $2, $3, $4) "
+        "on conflict (pipeline, store, view) do update set definition = excluded.definition, "
+        "updated_at = now()",
+        {pipeline_, name_, view->config.name, Definition(*view)});
   }
-  if (status.ok()) status = c.Execute("commit");
-  if (!status.ok()) IgnoreError(c.Execute("rollback"), "the error above is what counts");
+  if (status.ok()) status = c.Commit();
   return status;
 }
 
-Status PostgresSink::CollectAffected(PgConnection& c, const View& view,
+Status PostgresSink::CollectAffected(SqlRunner& c, const View& view,
                                      const std::set<std::string>& changed, bool before) {
   if (!view.key_source.empty()) {
     // The view key is the table's key: the changed keys are the affected ones (a key
@@ -464,7 +480,7 @@ Status PostgresSink::CollectAffected(PgConnection& c, const View& view,
   return Status::Ok();
 }
 
-Status PostgresSink::Recompute(PgConnection& c, const View& view) {
+Status PostgresSink::Recompute(SqlRunner& c, const View& view) {
   const std::string affected = AffectedTable(view);
   auto query = MirrorQuery(view, std::nullopt);
   if (!query.ok()) return query.error();
@@ -484,47 +500,58 @@ Status PostgresSink::Recompute(PgConnection& c, const View& view) {
   if (!values.value().rows[0][0]) return Status::Ok();  // nothing affected
   const bool nulls = values.value().rows[0][1].value_or("t") == "t";
   // A first filter the planner pushes into the query (into an aggregate's WHERE, onto
-  // an index): the first key column against the affected values. An untyped literal
-  // takes the column's type.
-  const std::string prefilter = nulls ? "true"
-                                      : "x." + QuoteIdent(first) + " = any(" +
-                                            c.QuoteLiteral(*values.value().rows[0][0]) + ")";
+  // an index): the first key column against the affected values, bound as $1 (an
+  // untyped parameter takes the column's array type; the unnamed statement is planned
+  // with its value).
+  const std::string prefilter = nulls ? "true" : "x." + QuoteIdent(first) + " = any($1)";
+  const SqlParams params = nulls ? SqlParams{} : SqlParams{values.value().rows[0][0]};
   // One key column without NULLs: the affected values as an array, through the
   // primary key (the planner would read the whole table once the array has a few
   // thousand values, which costs a scan of the view per batch); otherwise a join with
   // the affected keys.
-  std::string sql = (view.config.key_columns.size() == 1 && !nulls
-                         ? "set local enable_seqscan = off; delete from " + view.target +
-                               " x where " + prefilter + "; reset enable_seqscan"
-                         : "delete from " + view.target + " x using (select distinct " +
-                               KeyList(view) + " from " + affected + ") a where " + equal) +
-                    "; insert into " + view.target + " select x.* from (" + query.value() +
-                    ") x where " + prefilter + " and exists (select from " + affected +
-                    " a where " + equal + ")";
-  if (nulls) {
-    sql += "; delete from " + view.target + " x using (select distinct " + KeyList(view) +
-           " from " + affected + " a where " + any_null + ") a where " + same + "; insert into " +
-           view.target + " select x.* from (" + query.value() + ") x where exists (select from " +
-           affected + " a where (" + any_null + ") and " + same + ")";
+  Status status = Status::Ok();
+  if (view.config.key_columns.size() == 1 && !nulls) {
+    status = c.Execute("set local enable_seqscan = off");
+    if (status.ok()) {
+      status = c.Execute("delete from " + view.target + " x where " + prefilter, params);
+    }
+    if (status.ok()) status = c.Execute("reset enable_seqscan");
+  } else {
+    status = c.Execute("delete from " + view.target + " x using (select distinct " + KeyList(view) +
+                       " from " + affected + ") a where " + equal);
   }
-  return c.Execute(sql);
+  if (status.ok()) {
+    status = c.Execute("insert into " + view.target + " select x.* from (" + query.value() +
+                           ") x where " + prefilter + " and exists (select from " + affected +
+                           " a where " + equal + ")",
+                       params);
+  }
+  if (status.ok() && nulls) {
+    status = c.Execute("delete from " + view.target + " x using (select distinct " + KeyList(view) +
+                       " from " + affected + " a where " + any_null + ") a where " + same +
+                       "; insert into " + view.target + " select x.* from (" + query.value() +
+                       ") x where exists (select from " + affected + " a where (" + any_null +
+                       ") and " + same + ")");
+  }
+  return status;
 }
 
 Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   std::lock_guard lock(mutex_);
   auto connected = Connection();
   if (!connected.ok()) return connected.error();
-  PgConnection& c = *connected.value();
-  Status status = EnsureTempTables(c);
-  if (status.ok()) status = c.Execute("begin");
+  SqlSession& session = *connected.value();
+  Status status = EnsureTempTables(session);
   if (!status.ok()) return status;
+  // The batch and its checkpoint: one transaction, rolled back when `c` goes away
+  // uncommitted (every error below).
+  auto begun = session.Begin();
+  if (!begun.ok()) return begun.error();
+  SqlSession::Transaction& c = begun.value();
   if (!horizon_loaded_) {
     // The horizon (source_rows.h), as the store recorded it.
     auto horizon = ReadCheckpointRow(c, HorizonRow());
-    if (!horizon.ok()) {
-      IgnoreError(c.Execute("rollback"), "the error above is what counts");
-      return horizon.error();
-    }
+    if (!horizon.ok()) return horizon.error();
     source_.SetHorizon(horizon.value() ? Lsn::Parse(*horizon.value()).value_or(Lsn{}) : Lsn{});
     horizon_loaded_ = true;
   }
@@ -613,9 +640,8 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   if (status.ok()) {
     if (auto next = CheckpointOf(group)) status = WriteCheckpointRow(c, name_, *next);
   }
-  if (status.ok()) status = c.Execute("commit");
+  if (status.ok()) status = c.Commit();
   if (!status.ok()) {
-    IgnoreError(c.Execute("rollback"), "the error above is what counts");
     temp_ready_ = false;      // a failed DDL inside may have been rolled back
     horizon_loaded_ = false;  // and a horizon it raised
   }
@@ -624,8 +650,7 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
 
 // Every row of `relation` (the target table, or the query in parentheses) as a verify
 // entry: the key as a JSON array, the row as a JSON object.
-Result<std::vector<ViewInspector::Entry>> PostgresSink::ReadEntries(PgConnection& c,
-                                                                    const View& view,
+Result<std::vector<ViewInspector::Entry>> PostgresSink::ReadEntries(SqlRunner& c, const View& view,
                                                                     const std::string& relation) {
   auto rows = c.Query("select json_build_array(" + KeyList(view, "r.") +
                       ")::text, row_to_json(r.*)::text from " + relation + " r");

@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "cdc/pg_connection.h"
+#include "cdc/sql_session.h"
 #include "config/config.h"
 #include "sinks/common/sink.h"
 #include "sinks/common/source_rows.h"
@@ -96,29 +97,29 @@ class PostgresSink : public Sink, public ViewInspector {
         dsn_(std::move(dsn)),
         pipeline_(std::move(pipeline)),
         source_(std::move(source_dsn)) {}
-  Result<PgConnection*> Connection();
-  Status EnsureMetadata(PgConnection& c);
+  Result<SqlSession*> Connection();
+  Status EnsureMetadata(SqlSession& c);
   // What a view's table was built from: target, key, query and the OIDs of the source
   // tables (a table dropped and created again under the same name is another table).
   std::string Definition(const View& view) const;
   // Whether a recorded definition is the view's (one recorded before the OIDs were is).
   bool SameDefinition(const std::string& recorded, const View& view) const;
-  Result<std::vector<const View*>> ChangedViews(PgConnection& c);
-  Status EnsureTempTables(PgConnection& c);
+  Result<std::vector<const View*>> ChangedViews(SqlRunner& c);
+  Status EnsureTempTables(SqlRunner& c);
   Result<std::string> MirrorQuery(const View& view, const std::optional<std::string>& restrict);
   // Inserts the view keys the changed rows touch into pgd_a_<view>: run before and after
   // the mirrors take the changes.
-  Status CollectAffected(PgConnection& c, const View& view, const std::set<std::string>& changed,
+  Status CollectAffected(SqlRunner& c, const View& view, const std::set<std::string>& changed,
                          bool before);
-  Status Recompute(PgConnection& c, const View& view);
-  Status RecomputeAll(PgConnection& c, const View& view);
+  Status Recompute(SqlRunner& c, const View& view);
+  Status RecomputeAll(SqlRunner& c, const View& view);
   // A row of pgderive.checkpoints of this pipeline: the store's checkpoint (row name_)
   // or its SourceRows horizon (row HorizonRow()). Read: the LSN's text, nullopt when none.
-  Result<std::optional<std::string>> ReadCheckpointRow(PgConnection& c, const std::string& row);
-  Status WriteCheckpointRow(PgConnection& c, const std::string& row, Lsn lsn);
+  Result<std::optional<std::string>> ReadCheckpointRow(SqlRunner& c, const std::string& row);
+  Status WriteCheckpointRow(SqlRunner& c, const std::string& row, Lsn lsn);
   // The definition pgderive.views records for the view; nullopt when none.
-  Result<std::optional<std::string>> RecordedDefinition(PgConnection& c, const View& view);
-  Result<std::vector<Entry>> ReadEntries(PgConnection& c, const View& view,
+  Result<std::optional<std::string>> RecordedDefinition(SqlRunner& c, const View& view);
+  Result<std::vector<Entry>> ReadEntries(SqlRunner& c, const View& view,
                                          const std::string& relation);
   std::string KeyList(const View& view, const std::string& prefix = "") const;
   // The temporary table of the view keys a batch affects.
@@ -127,7 +128,7 @@ class PostgresSink : public Sink, public ViewInspector {
   }
   // The row of pgderive.checkpoints that holds the store's SourceRows horizon.
   std::string HorizonRow() const { return name_ + "/reread"; }
-  std::string KeyIndex(PgConnection& c, const View& view) const;
+  std::string KeyIndex(SqlRunner& c, const View& view) const;
 
   std::string name_;
   std::string dsn_;
@@ -135,7 +136,7 @@ class PostgresSink : public Sink, public ViewInspector {
   std::vector<std::unique_ptr<View>> views_;
   std::map<std::string, Mirror> mirrors_;  // by source table
   std::mutex mutex_;
-  std::optional<PgConnection> connection_;
+  std::optional<SqlSession> session_;  // on the target database
   bool temp_ready_ = false;
   // What BeginRebuild of this process created: target tables, their schemas, mirrors.
   std::vector<std::string> created_tables_;

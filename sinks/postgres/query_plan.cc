@@ -223,27 +223,26 @@ Result<std::optional<std::string>> ChangingFunctions(PgConnection& source,
   for (const std::string& f : functions) list += (list.empty() ? "" : ",") + f;
   return changing(source.Query(
       "select string_agg(distinct proname, ', ') from pg_proc where provolatile <> 'i' and "
-      "proname = any(string_to_array(" +
-      source.QuoteLiteral(list) + ", ','))"));
+      "proname = any(string_to_array($1, ','))",
+      {list}));
 }
 
-Result<QueryPlan> ExplainQuery(PgConnection& source, const std::string& query) {
+Result<QueryPlan> ExplainQuery(SqlRunner& source, const std::string& query) {
   auto plan = source.Query("explain (verbose, format json) " + query);
   if (!plan.ok()) return plan.error();
   return ParsePlan(PlanText(plan.value()));
 }
 
-Result<std::vector<std::string>> SourceTablesOf(PgConnection& source, const std::string& query,
+Result<std::vector<std::string>> SourceTablesOf(SqlRunner& source, const std::string& query,
                                                 const std::vector<std::string>& scanned) {
   const std::set<std::string> named = QueryNames(query);
   std::vector<std::string> out;
   for (const std::string& table : scanned) {
     auto ancestors = source.Query(
         "select n.nspname || '.' || c.relname, c.relname, c.relkind, c.relpersistence from "
-        "pg_partition_ancestors(" +
-        source.QuoteLiteral(source.QuoteTableName(table)) +
-        "::regclass) with ordinality a(relid, level) join pg_class c on c.oid = a.relid join "
-        "pg_namespace n on n.oid = c.relnamespace order by a.level");
+        "pg_partition_ancestors($1::regclass) with ordinality a(relid, level) join pg_class c "
+        "on c.oid = a.relid join pg_namespace n on n.oid = c.relnamespace order by a.level",
+        {source.QuoteTableName(table)});
     if (!ancestors.ok()) return ancestors.error();
     std::string chosen = table;
     char relkind = 'r', persistence = 'p';
@@ -256,8 +255,9 @@ Result<std::vector<std::string>> SourceTablesOf(PgConnection& source, const std:
       relkind = row[2].value_or("r")[0];
       persistence = row[3].value_or("p")[0];
     } else {
-      auto kind = source.Query("select relkind, relpersistence from pg_class where oid = " +
-                               source.QuoteLiteral(source.QuoteTableName(table)) + "::regclass");
+      auto kind =
+          source.Query("select relkind, relpersistence from pg_class where oid = $1::regclass",
+                       {source.QuoteTableName(table)});
       if (!kind.ok()) return kind.error();
       if (!kind.value().rows.empty()) {
         relkind = kind.value().rows[0][0].value_or("r")[0];
@@ -287,13 +287,13 @@ Status CheckGeneratedColumns(PgConnection& source, const QueryPlan& plan) {
   return Status::Ok();
 }
 
-Result<std::vector<std::string>> OutputColumns(PgConnection& source, const std::string& query) {
+Result<std::vector<std::string>> OutputColumns(SqlRunner& source, const std::string& query) {
   auto shape = source.Query("select * from (" + query + ") q limit 0");
   if (!shape.ok()) return shape.error();
   return std::move(shape).value().columns;
 }
 
-Result<std::vector<std::string>> KeyPassThroughOf(PgConnection& source, const std::string& query,
+Result<std::vector<std::string>> KeyPassThroughOf(SqlRunner& source, const std::string& query,
                                                   const std::vector<std::string>& key_columns,
                                                   const std::string& table,
                                                   const std::vector<std::string>& source_key) {
@@ -303,7 +303,7 @@ Result<std::vector<std::string>> KeyPassThroughOf(PgConnection& source, const st
   return KeyPassThrough(PlanText(keys.value()), table, source_key, key_columns.size());
 }
 
-Result<bool> KeyRepeats(PgConnection& source, const std::string& query,
+Result<bool> KeyRepeats(SqlRunner& source, const std::string& query,
                         const std::vector<std::string>& key_columns) {
   const std::string keys = QuotedList(key_columns);
   auto duplicate = source.Query("select " + keys + " from (" + query + ") q group by " + keys +

@@ -15,8 +15,10 @@
 // The pure core (ParsePlan, MentionsReference, FirstColumnRead, NearestNamed,
 // KeyPassThrough, LookupColumns) takes text and returns values; it is unit-tested with
 // captured EXPLAIN output (tests/unit/sinks/postgres/query_plan_test.cc). The rest reads
-// the source's catalog through a connection and returns its errors unprefixed: the
-// caller names the view.
+// the source's catalog through the caller's session (values bound as parameters) and
+// returns its errors unprefixed: the caller names the view. ChangingFunctions and
+// CheckGeneratedColumns take the libpq connection the pipeline resolves with (the first
+// opens and rolls back a transaction on it; the second reads through cdc/publication).
 
 #include <cstddef>
 #include <optional>
@@ -27,6 +29,7 @@
 
 #include "base/status.h"
 #include "cdc/pg_connection.h"
+#include "cdc/sql_session.h"
 
 namespace pgderive {
 
@@ -91,12 +94,12 @@ Result<std::optional<std::string>> ChangingFunctions(PgConnection& source,
                                                      const std::string& query);
 
 // EXPLAIN (VERBOSE, FORMAT JSON) of `query`, parsed.
-Result<QueryPlan> ExplainQuery(PgConnection& source, const std::string& query);
+Result<QueryPlan> ExplainQuery(SqlRunner& source, const std::string& query);
 
 // The source tables a query reads, from the tables its plan scans: a partition stands
 // for the partitioned table the query names, a partition the query names itself stays;
 // a relation PostgreSQL cannot publish is refused with the reason.
-Result<std::vector<std::string>> SourceTablesOf(PgConnection& source, const std::string& query,
+Result<std::vector<std::string>> SourceTablesOf(SqlRunner& source, const std::string& query,
                                                 const std::vector<std::string>& scanned);
 
 // Refuses a plan that reads a generated column of a source table (PostgreSQL before 18
@@ -104,17 +107,17 @@ Result<std::vector<std::string>> SourceTablesOf(PgConnection& source, const std:
 Status CheckGeneratedColumns(PgConnection& source, const QueryPlan& plan);
 
 // The query's output column names.
-Result<std::vector<std::string>> OutputColumns(PgConnection& source, const std::string& query);
+Result<std::vector<std::string>> OutputColumns(SqlRunner& source, const std::string& query);
 
 // KeyPassThrough of the view key `key_columns` over `table` (keyed by `source_key`).
-Result<std::vector<std::string>> KeyPassThroughOf(PgConnection& source, const std::string& query,
+Result<std::vector<std::string>> KeyPassThroughOf(SqlRunner& source, const std::string& query,
                                                   const std::vector<std::string>& key_columns,
                                                   const std::string& table,
                                                   const std::vector<std::string>& source_key);
 
 // Whether two rows of the query's result share a value of `key_columns` (reads the
 // whole result).
-Result<bool> KeyRepeats(PgConnection& source, const std::string& query,
+Result<bool> KeyRepeats(SqlRunner& source, const std::string& query,
                         const std::vector<std::string>& key_columns);
 
 }  // namespace pgderive
