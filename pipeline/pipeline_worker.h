@@ -24,6 +24,11 @@
 
 namespace pgderive {
 
+// A store's queue holds at most this many bytes of batches (an empty queue takes any).
+inline constexpr size_t kQueueBytes = size_t{64} << 20;
+// How long the dispatcher waits for room in a store's queue before it detaches the store.
+inline constexpr auto kOfferWait = std::chrono::seconds(1);
+
 class PipelineWorker {
  public:
   // Rebuilds the sink's views from a fresh snapshot and returns its LSN (the new

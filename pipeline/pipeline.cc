@@ -1,0 +1,477 @@
+#include "pipeline/pipeline.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <thread>
+
+#include "base/retry.h"
+#include "pipeline/rebuild.h"
+#include "pipeline/view_states.h"
+
+namespace pgderive {
+namespace {
+
+constexpr auto kStopGrace = std::chrono::seconds(8);
+constexpr auto kIdleMarkInterval = std::chrono::seconds(1);
+constexpr auto kConfirmInterval = std::chrono::milliseconds(100);
+
+// Waits `wait`, or less once `stopped`.
+void WaitUnlessStopped(std::chrono::milliseconds wait, const std::function<bool()>& stopped) {
+  const auto until = std::chrono::steady_clock::now() + wait;
+  while (!stopped() && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // polls `stopped`
+  }
+}
+
+}  // namespace
+
+Pipeline::Pipeline(const Config& config, std::vector<std::unique_ptr<Sink>> sinks,
+                   const std::atomic<bool>* stop, Logger& logger)
+    : config_(config),
+      stop_(stop),
+      logger_(logger),
+      monitor_(config, logger, metrics_),
+      sinks_(std::move(sinks)) {}
+
+// The monitor's thread reads the workers and the backfills: stopped before them.
+Pipeline::~Pipeline() { monitor_.Stop(); }
+
+void Pipeline::Log(const std::string& message) {
+  logger_.Info(message, {{"pipeline", config_.pipeline}, {"slot", config_.source.slot}});
+}
+
+int Pipeline::Fail(const std::string& message) {
+  logger_.Error(message, {{"pipeline", config_.pipeline}, {"slot", config_.source.slot}});
+  return 1;
+}
+
+int Pipeline::Undo(int code) {
+  return guard_->Undo(code, [&] { replication_.reset(); });
+}
+
+std::optional<int> Pipeline::Start() {
+  if (auto code = Prepare()) return code;
+  if (auto code = OpenSlot()) return code;
+  return StartStores();
+}
+
+std::optional<int> Pipeline::Prepare() {
+  auto sql = PgConnection::Connect(config_.source.dsn, PgConnection::Mode::kSql, "pgderive-run");
+  if (!sql.ok()) return Fail(sql.error().message());
+  sql_.emplace(std::move(sql).value());
+  // What each store needs from the source (a postgres view: the tables its query
+  // reads); validate's checks, made before, have checked the tables and the queries.
+  for (auto& sink : sinks_) {
+    Status resolved = sink->Resolve(*sql_, /*checked=*/true);
+    if (!resolved.ok()) return Fail("store " + sink->name() + ": " + resolved.error().message());
+    for (const std::string& t : sink->tables()) {
+      if (std::find(tables_.begin(), tables_.end(), t) == tables_.end()) tables_.push_back(t);
+    }
+  }
+  if (auto code = DescribeTables()) return code;
+  for (auto& sink : sinks_) {
+    Status status = sink->Connect();
+    if (!status.ok()) return Fail("store " + sink->name() + ": " + status.error().message());
+  }
+  // The HTTP endpoint binds before anything is created: a taken port fails the start.
+  auto http = HttpServer::Start(config_.http.listen,
+                                {.not_ready = [this] { return monitor_.NotReady(); },
+                                 .metrics = [this] { return metrics_.Render(); },
+                                 .status_json = [this] { return monitor_.StatusJson(); }});
+  if (!http.ok()) return Fail(http.error().message());
+  http_ = std::move(http).value();
+  logger_.Info("http endpoint listening",
+               {{"listen", config_.http.listen}, {"port", std::to_string(http_->port())}});
+  {
+    // The tables as the views were checked against (and their partitions now).
+    auto identities = ReadTableIdentities(*sql_, config_.source.publication, tables_);
+    if (!identities.ok()) return Fail(identities.error().message());
+    for (auto& [table, identity] : identities.value()) identity.oid = shapes_.at(table)->id.value;
+    monitor_.WatchSourceTables(identities.value());
+  }
+  monitor_.Start();
+  for (auto& sink : sinks_) {
+    Status status = sink->Migrate();
+    if (!status.ok()) return Fail("store " + sink->name() + ": " + status.error().message());
+  }
+  return std::nullopt;
+}
+
+// Every view takes its table's shape (checked before; a table altered since is still
+// refused here, before anything is created).
+std::optional<int> Pipeline::DescribeTables() {
+  std::string problems;
+  for (const std::string& table : tables_) {
+    auto schema = DescribeTable(*sql_, table);
+    if (!schema.ok()) return Fail(schema.error().message());
+    shapes_[table] = schema.value();
+    // A view without `columns` takes every column PostgreSQL publishes: said at start.
+    auto generated = GeneratedColumns(*sql_, table);
+    if (!generated.ok()) return Fail(generated.error().message());
+    for (const ViewConfig& view : config_.views) {
+      if (view.from != table || view.columns || generated.value().empty()) continue;
+      std::string names;
+      for (const auto& [name, expression] : generated.value()) {
+        names += (names.empty() ? "" : ", ") + name;
+      }
+      logger_.Info("view " + view.name + " leaves out the generated column(s) " + names + " of " +
+                       table + ": PostgreSQL before 18 does not publish generated columns",
+                   {{"view", view.name}, {"table", table}});
+    }
+    for (auto& sink : sinks_) {
+      Status status = sink->Check(schema.value());
+      if (!status.ok()) problems += "\n  " + status.error().message();
+    }
+  }
+  if (!problems.empty()) return Fail("the views do not fit their tables:" + problems);
+  return std::nullopt;
+}
+
+std::optional<int> Pipeline::OpenSlot() {
+  // What this run creates on the source and in the stores: should it fail before it
+  // streams, it removes exactly that again (no half-made state) - the publication and
+  // the slot if it created them, and what the first start's snapshot began to fill.
+  guard_.emplace(*sql_, config_.source.slot, config_.source.publication, config_.pipeline, logger_,
+                 [this](const std::string& m) { Log(m); });
+  {
+    auto present = sql_->Query("select from pg_publication where pubname = " +
+                               sql_->QuoteLiteral(config_.source.publication));
+    if (!present.ok()) return Fail(present.error().message());
+    if (present.value().rows.empty()) guard_->MadePublication();
+  }
+  Status status = EnsurePublication(*sql_, config_.source.publication, tables_);
+  if (!status.ok()) return Undo(Fail(status.error().message()));
+  auto slot = ReadSlot(*sql_, config_.source.slot);
+  if (!slot.ok()) return Undo(Fail(slot.error().message()));
+  {
+    auto connected =
+        PgConnection::Connect(config_.source.dsn, PgConnection::Mode::kReplication, "pgderive-run");
+    if (!connected.ok()) return Undo(Fail(connected.error().message()));
+    replication_.emplace(std::move(connected).value());
+  }
+  std::vector<Sink*> to_rebuild;
+  if (!slot.value().exists) {
+    // First start: the slot's exported snapshot fills every view, and the stream
+    // continues from exactly its consistent point. Until every store has written its
+    // checkpoint a crash leaves at least one without, which the next start rebuilds.
+    auto created = replication_->CreateLogicalSlot(config_.source.slot, "pgoutput",
+                                                   /*temporary=*/false, SlotSnapshot::kExport);
+    if (!created.ok()) return Undo(Fail(created.error().message()));
+    guard_->MadeSlot();
+    const Lsn at = created.value().consistent_point;
+    Log("created slot " + config_.source.slot + " at " + at.ToString());
+    std::vector<Sink*> all;
+    for (auto& sink : sinks_) all.push_back(sink.get());
+    guard_->Filling(all);
+    confirmed_ = at;
+    status =
+        SnapshotInto(config_, all, *created.value().snapshot_name, at, stop_, logger_, monitor_);
+    if (!status.ok()) {
+      if (status.error().kind() != ErrorKind::kTransient) {
+        return Undo(Fail("initial snapshot failed: " + status.error().message()));
+      }
+      Log("initial snapshot failed: " + status.error().message() +
+          "; the stores are rebuilt from a new snapshot");
+      to_rebuild = all;
+    } else {
+      for (Sink* sink : all) checkpoints_[sink] = at;
+    }
+  } else {
+    confirmed_ = slot.value().confirmed_flush;
+    for (auto& sink : sinks_) {
+      auto stored =
+          RetryTransient([&] { return sink->ReadCheckpoint(); }, [this] { return stopped(); },
+                         [&](const std::string& m) { Log("store " + sink->name() + ": " + m); });
+      if (!stored.ok()) {
+        return Undo(Fail("store " + sink->name() + ": " + stored.error().message()));
+      }
+      if (stored.value() && *stored.value() >= confirmed_) {
+        checkpoints_[sink.get()] = *stored.value();
+        Log("store " + sink->name() + " resumes from " + stored.value()->ToString());
+        continue;
+      }
+      Log("store " + sink->name() + " has " +
+          (stored.value() ? "checkpoint " + stored.value()->ToString() + ", behind the slot's " +
+                                confirmed_.ToString()
+                          : std::string("no checkpoint")) +
+          ": rebuilding its views");
+      to_rebuild.push_back(sink.get());
+    }
+  }
+  return Rebuild(to_rebuild);
+}
+
+// Each store from a snapshot of its own (a temporary slot), retried while that fails
+// transiently.
+std::optional<int> Pipeline::Rebuild(const std::vector<Sink*>& sinks) {
+  for (Sink* sink : sinks) {
+    Backoff backoff(std::chrono::milliseconds(200), std::chrono::seconds(10));
+    while (true) {
+      if (stopped()) return 0;  // nothing is confirmed; the next start rebuilds
+      auto rebuilt = RebuildFromTemporarySlot(config_, *sink, stop_, logger_, monitor_);
+      if (rebuilt.ok()) {
+        checkpoints_[sink] = rebuilt.value();
+        break;
+      }
+      if (rebuilt.error().kind() != ErrorKind::kTransient) {
+        return Undo(
+            Fail("rebuild of store " + sink->name() + " failed: " + rebuilt.error().message()));
+      }
+      const auto wait = backoff.Next();
+      Log("rebuild of store " + sink->name() + " failed: " + rebuilt.error().message() +
+          "; retrying in " + std::to_string(wait.count()) + " ms");
+      WaitUnlessStopped(wait, [this] { return stopped(); });
+    }
+  }
+  return std::nullopt;
+}
+
+std::optional<int> Pipeline::StartStores() {
+  const std::vector<BackfillView> backfill_views = BackfillViewsOf(config_, sinks_);
+  auto worker_of = [this](const std::string& store) -> PipelineWorker& {
+    for (auto& worker : workers_) {
+      if (worker->sink().name() == store) return *worker;
+    }
+    std::abort();  // every store has a worker before the backfill starts
+  };
+  backfills_ = std::make_unique<Backfills>(
+      BackfillOptions{
+          .dsn = config_.source.dsn,
+          .pipeline = config_.pipeline,
+          .views = backfill_views,
+          .chunk_rows = 16384,
+          .checkpoint = [=](const std::string& store) { return worker_of(store).checkpoint(); },
+          .durable = [=](const std::string& store) { return worker_of(store).Durable(); },
+          .failed = [=](const std::string& store) { return worker_of(store).failed(); }},
+      logger_);
+  // Views to backfill while streaming (SPEC.md §1.4): new to their store, interrupted
+  // by a stop, or following a table whose columns changed while pgderive was stopped.
+  Status status = ReconcileViewStates(
+      sinks_, backfill_views, shapes_,
+      {.set_columns =
+           [this](const std::string& store, const std::string& view,
+                  std::vector<std::string> columns) {
+             backfills_->SetColumns(store, view, std::move(columns));
+           },
+       .add =
+           [this](const std::string& store, const std::string& table,
+                  std::vector<std::string> views, std::optional<std::string> after) {
+             backfills_->Add(store, table, std::move(views), std::move(after));
+           }},
+      [this] { return stopped(); }, logger_, [this](const std::string& m) { Log(m); });
+  if (!status.ok()) return Undo(Fail(status.error().message()));
+  StartWorkers();
+  learner_.emplace(*sql_);
+  roots_.emplace(*sql_, tables_);
+  dispatcher_ = std::make_unique<Dispatcher>(Dispatcher::Stages{
+      .map_partitions = [this](const Change& change) { return MapPartitions(*roots_, change); },
+      .learn = [this](const RelationSchema& relation) { return learner_->Learn(relation.columns); },
+      .types = [this] { return learner_->types(); },
+      .place = [this](const Change& change,
+                      std::vector<OwnedChange>& out) { backfills_->OnChange(change, out); },
+      .deliver =
+          [this](std::shared_ptr<const ChangeBatch> batch) {
+            for (auto& worker : workers_) worker->Offer(batch, kOfferWait);
+          }});
+  spill_dir_ =
+      (std::filesystem::temp_directory_path() / ("pgderive-run-" + std::to_string(getpid())))
+          .string();
+  assembler_ = std::make_unique<TransactionAssembler>(
+      AssemblerOptions{
+          .spill_dir = spill_dir_,
+          .full_identity_key = [this](RelationId id) { return RowKeyColumns(*sql_, id); }},
+      *dispatcher_);
+  stream_options_.slot = config_.source.slot;
+  stream_options_.publication = config_.source.publication;
+  auto started = ReplicationStream::Start(std::move(*replication_), stream_options_);
+  replication_.reset();
+  if (!started.ok()) return Undo(Fail(started.error().message()));
+  stream_.emplace(std::move(started).value());
+  // Streaming: from here on what exists is a working pipeline, kept on any failure.
+  guard_->Release();
+  Log("streaming from slot " + config_.source.slot);
+  backfills_->Start();  // the jobs queued above
+  return std::nullopt;
+}
+
+void Pipeline::StartWorkers() {
+  // Postgres stores on the source's own server: when it shuts down they cannot write
+  // until it is back, so the slot does not wait for them (slot_confirmation.h).
+  const auto source = ServerIdentity(config_.source.dsn);
+  for (const auto& [name, store] : config_.stores) {
+    if (store.type == StoreType::kPostgres && source && ServerIdentity(store.dsn) == source) {
+      on_source_.stores.insert(name);
+    }
+  }
+  for (auto& sink : sinks_) {
+    const std::string store = sink->name();
+    workers_.push_back(std::make_unique<PipelineWorker>(
+        *sink,
+        [this](Sink& s) -> Result<Lsn> {
+          // The source tables as they are now (one may have been replaced).
+          auto source =
+              PgConnection::Connect(config_.source.dsn, PgConnection::Mode::kSql, "pgderive-run");
+          if (!source.ok()) return source.error();
+          Status resolved = s.Resolve(source.value(), /*checked=*/true);
+          if (!resolved.ok()) return resolved.error();
+          return RebuildFromTemporarySlot(config_, s, stop_, logger_, monitor_);
+        },
+        [this, store](const std::string& message) {
+          logger_.Warn(message, {{"store", store}, {"slot", config_.source.slot}});
+        },
+        kQueueBytes, &metrics_));
+    workers_.back()->SetSlotConfirmed(confirmed_);
+    workers_.back()->Start(checkpoints_[sink.get()]);
+  }
+  std::vector<PipelineWorker*> observed;
+  for (auto& worker : workers_) observed.push_back(worker.get());
+  monitor_.SetWorkers(std::move(observed));
+  monitor_.SetBackfills([this] { return backfills_->Progress(); });
+}
+
+int Pipeline::Run() {
+  last_confirm_ = std::chrono::steady_clock::now();
+  last_idle_mark_ = last_confirm_;
+  int exit_code = 0;
+  while (!stopped()) {
+    if (auto code = Step()) {
+      exit_code = *code;
+      break;
+    }
+  }
+  Finish(exit_code);
+  return exit_code;
+}
+
+void Pipeline::Restart(const std::string& why) {
+  Log(why);
+  monitor_.SetStream(false, Lsn{});
+  stream_.reset();
+  assembler_->ResetPartial();
+  assembler_->SetLastCommitted(Lsn{});  // every store skips by its own checkpoint
+  dispatcher_->Drop();
+  backfills_->OnStreamRestart();
+}
+
+std::optional<int> Pipeline::Reconnect() {
+  auto connection =
+      PgConnection::Connect(config_.source.dsn, PgConnection::Mode::kReplication, "pgderive-run");
+  Result<ReplicationStream> started =
+      connection.ok() ? ReplicationStream::Start(std::move(connection).value(), stream_options_)
+                      : Result<ReplicationStream>(connection.error());
+  if (!started.ok()) {
+    if (started.error().kind() != ErrorKind::kTransient) return Fail(started.error().message());
+    const auto wait = backoff_.Next();
+    Log(started.error().message() + "; retrying in " + std::to_string(wait.count()) + " ms");
+    WaitUnlessStopped(wait, [this] { return stopped(); });
+    return std::nullopt;
+  }
+  stream_.emplace(std::move(started).value());
+  backoff_.Reset();
+  Log("streaming from slot " + config_.source.slot);
+  return std::nullopt;
+}
+
+std::optional<int> Pipeline::Step() {
+  if (auto lost = monitor_.slot_lost()) return Fail(*lost);
+  if (!stream_) {
+    if (auto code = Reconnect()) return code;
+    if (!stream_) return std::nullopt;
+  }
+  monitor_.SetStream(true, stream_->received());
+  std::chrono::milliseconds wait(200);
+  if (dispatcher_->pending()) {
+    const auto age = std::chrono::steady_clock::now() - dispatcher_->pending_since();
+    wait = age >= kLinger ? std::chrono::milliseconds(0)
+                          : std::chrono::ceil<std::chrono::milliseconds>(kLinger - age);
+  }
+  auto next = stream_->Next(wait);
+  if (!next.ok()) {
+    if (next.error().kind() != ErrorKind::kTransient) return Fail(next.error().message());
+    Restart(next.error().message() + "; reconnecting");
+    return std::nullopt;
+  }
+  if (next.value()) {
+    Status status = assembler_->Process(next.value()->data);
+    if (!status.ok()) return Fail(status.error().message());
+  } else {
+    // Nothing more right now: send what there is, once it has lingered.
+    if (std::chrono::steady_clock::now() - dispatcher_->pending_since() >= kLinger) {
+      dispatcher_->Dispatch();
+    }
+    // At once when the server asks for a reply (a stopping server waits for it).
+    if (assembler_->idle() &&
+        (std::chrono::steady_clock::now() - last_idle_mark_ >= kIdleMarkInterval ||
+         stream_->TakeReplyRequest())) {
+      if (dispatcher_->MarkIdle(stream_->received())) {
+        last_idle_mark_ = std::chrono::steady_clock::now();
+      }
+    }
+  }
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_confirm_ >= kConfirmInterval) {
+    last_confirm_ = now;
+    ConfirmAndRejoin();
+  }
+  return std::nullopt;
+}
+
+void Pipeline::ConfirmAndRejoin() {
+  // The slot moves only past what every store has made durable (when nothing is in
+  // flight, the idle marks carry every store to the stream's position), but for a
+  // postgres store on the stopping source (slot_confirmation.h).
+  on_source_.idle = !dispatcher_->pending() && assembler_->idle();
+  on_source_.received = stream_->received();
+  if (const std::optional<Lsn> lowest = SlowestDurable(workers_, &on_source_)) {
+    stream_->ConfirmFlushed(*lowest);
+  }
+  // Tell the server as soon as the position moves (it waits for it at shutdown).
+  if (stream_->flushed() > last_sent_flush_) {
+    last_sent_flush_ = stream_->flushed();
+    Status status = stream_->SendStatus();
+    if (!status.ok()) {
+      Restart(status.error().message() + "; reconnecting");
+      return;
+    }
+  }
+  for (auto& worker : workers_) worker->SetSlotConfirmed(stream_->flushed());
+  bool rejoin = false;
+  for (auto& worker : workers_) {
+    if (worker->WantsRejoin()) {
+      worker->Rejoin();
+      rejoin = true;
+      Log("store " + worker->sink().name() +
+          " caught up with its queue; it rejoins the stream from the slot at its checkpoint " +
+          worker->checkpoint().ToString());
+    }
+  }
+  if (rejoin) {
+    IgnoreError(stream_->SendStatus(), "the restart resends from the slot either way");
+    Restart("restarting the stream from the slot for the rejoining store(s)");
+  }
+}
+
+// Stop: finish what is queued (up to the grace period), then confirm what is durable.
+// The monitor stops last (it may be waiting on a store or on the source).
+void Pipeline::Finish(int exit_code) {
+  backfills_->Stop();
+  if (exit_code == 0) dispatcher_->Dispatch();
+  const auto deadline = std::chrono::steady_clock::now() + kStopGrace;
+  for (auto& worker : workers_) worker->Stop(deadline);
+  if (stream_) {
+    if (const std::optional<Lsn> lowest = SlowestDurable(workers_)) {
+      stream_->ConfirmFlushed(*lowest);
+    }
+    IgnoreError(stream_->SendStatus(), "the slot keeps the older position; a restart replays");
+  }
+  for (auto& worker : workers_) {
+    Log("store " + worker->sink().name() +
+        " commit-to-visible latency: " + worker->LatencySummary());
+  }
+  std::filesystem::remove_all(spill_dir_);
+  if (exit_code == 0) Log("stopped");
+}
+
+}  // namespace pgderive

@@ -1,0 +1,117 @@
+#pragma once
+
+// The pipeline `pgderive run` drives (SPEC.md §1), given its configuration and its
+// stores (made by the app, the only place that names the concrete stores):
+//
+//   Start: Prepare      resolve, describe and check the views' tables; connect the
+//                       stores; the HTTP endpoint; the monitor; migrate the stores
+//          OpenSlot     publication and slot (SlotGuard); first start: the slot's
+//                       exported snapshot fills every store (rebuild.h); later: each
+//                       store resumes from its checkpoint, or is rebuilt
+//          StartStores  start-up view states (view_states.h), one PipelineWorker per
+//                       store, the Dispatcher, the replication stream
+//   Run:   the stream loop
+//            slot --ReplicationStream--> TransactionAssembler --> Dispatcher --> workers
+//            every 100 ms: SlowestDurable(workers) --> the slot's confirmed position;
+//            a store that caught up after a detach rejoins: restart from the slot
+//          Finish       drain the queues (up to a grace period), confirm what is durable
+//
+// The stream is restarted from the slot on a transient error and for a rejoining store;
+// every store skips what it has by its own checkpoint. Should the start fail before it
+// streams, it removes what it created; once streaming, a failure keeps everything.
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "base/backoff.h"
+#include "base/http_server.h"
+#include "base/log.h"
+#include "base/metrics.h"
+#include "cdc/pg_connection.h"
+#include "cdc/publication.h"
+#include "cdc/replication_stream.h"
+#include "cdc/transaction_assembler.h"
+#include "cdc/type_catalog.h"
+#include "config/config.h"
+#include "pipeline/dispatcher.h"
+#include "pipeline/pipeline_worker.h"
+#include "pipeline/run_monitor.h"
+#include "pipeline/slot_confirmation.h"
+#include "pipeline/slot_guard.h"
+#include "sinks/common/sink.h"
+#include "snapshot/backfill.h"
+
+namespace pgderive {
+
+class Pipeline {
+ public:
+  // `stop` (may be null) is set by SIGTERM/SIGINT; `logger` outlives the pipeline.
+  Pipeline(const Config& config, std::vector<std::unique_ptr<Sink>> sinks,
+           const std::atomic<bool>* stop, Logger& logger);
+  ~Pipeline();
+
+  // Everything up to streaming. nullopt: streaming; else the exit code to end with (0
+  // when stopped meanwhile, 1 after a failure, with what this run created removed).
+  std::optional<int> Start();
+  // Streams until stopped or a fatal error, then finishes: 0 after a clean stop, 1 for
+  // a fatal error.
+  int Run();
+
+ private:
+  std::optional<int> Prepare();
+  std::optional<int> DescribeTables();
+  std::optional<int> OpenSlot();
+  std::optional<int> Rebuild(const std::vector<Sink*>& sinks);
+  std::optional<int> StartStores();
+  void StartWorkers();
+  // One turn of the loop; nullopt to go on, else the exit code.
+  std::optional<int> Step();
+  std::optional<int> Reconnect();
+  void ConfirmAndRejoin();
+  void Restart(const std::string& why);
+  void Finish(int exit_code);
+
+  bool stopped() const { return stop_ != nullptr && stop_->load(); }
+  void Log(const std::string& message);
+  int Fail(const std::string& message);
+  int Undo(int code);
+
+  const Config& config_;
+  const std::atomic<bool>* stop_;
+  Logger& logger_;
+  // Destroyed in the reverse order: the HTTP endpoint before what it reads, the stream
+  // and the dispatcher before the workers, the backfills before the workers (it reads
+  // their checkpoints); the monitor is stopped first of all (~Pipeline).
+  Metrics metrics_;
+  RunMonitor monitor_;
+  std::vector<std::unique_ptr<Sink>> sinks_;
+  std::optional<PgConnection> sql_;
+  std::vector<std::string> tables_;
+  std::map<std::string, std::shared_ptr<const RelationSchema>> shapes_;  // table -> shape now
+  std::unique_ptr<HttpServer> http_;
+  std::optional<SlotGuard> guard_;
+  std::optional<PgConnection> replication_;  // closed before the slot is dropped
+  std::map<Sink*, Lsn> checkpoints_;
+  Lsn confirmed_;
+  std::vector<std::unique_ptr<PipelineWorker>> workers_;
+  std::unique_ptr<Backfills> backfills_;
+  SourceServerStores on_source_;
+  std::optional<TypeLearner> learner_;
+  std::optional<PartitionRoots> roots_;
+  std::unique_ptr<Dispatcher> dispatcher_;
+  std::string spill_dir_;
+  std::unique_ptr<TransactionAssembler> assembler_;
+  StreamOptions stream_options_;
+  std::optional<ReplicationStream> stream_;
+  // The loop's.
+  Backoff backoff_;
+  std::chrono::steady_clock::time_point last_confirm_;
+  std::chrono::steady_clock::time_point last_idle_mark_;
+  Lsn last_sent_flush_;
+};
+
+}  // namespace pgderive
