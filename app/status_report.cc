@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "app/sink_factory.h"
+#include "base/number.h"
 #include "base/redact.h"
 #include "cdc/pg_connection.h"
 #include "config/config.h"
@@ -62,9 +63,19 @@ int RunStatus(const StatusOptions& options) {
                       {"confirmed_flush_lsn", row[1].value_or("")},
                       {"restart_lsn", row[2].value_or("")},
                       {"wal_status", row[3].value_or("")},
-                      {"safe_wal_size", row[4] ? nlohmann::json(std::stoll(*row[4])) : nullptr},
-                      {"retained_wal_bytes", row[5] ? std::stoll(*row[5]) : 0},
-                      {"lag_bytes", row[6] ? std::stoll(*row[6]) : 0}};
+                      {"safe_wal_size", nullptr},
+                      {"retained_wal_bytes", 0},
+                      {"lag_bytes", 0}};
+    // A number the server did not write as one stays out of the report (null / 0).
+    if (auto safe = ParseServerNumber<int64_t>(row[4]); safe.ok() && row[4]) {
+      report["slot"]["safe_wal_size"] = safe.value();
+    }
+    if (auto retained = ParseServerNumber<int64_t>(row[5]); retained.ok()) {
+      report["slot"]["retained_wal_bytes"] = retained.value();
+    }
+    if (auto lag = ParseServerNumber<int64_t>(row[6]); lag.ok()) {
+      report["slot"]["lag_bytes"] = lag.value();
+    }
   }
 
   const nlohmann::json live = LiveStatus(config.http.listen);

@@ -1,14 +1,15 @@
 #include "app/validate.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <map>
 #include <memory>
 #include <set>
 #include <sstream>
 
 #include "app/sink_factory.h"
+#include "base/number.h"
 #include "base/redact.h"
+#include "base/table_name.h"
 #include "cdc/pg_connection.h"
 #include "cdc/publication.h"
 #include "config/config.h"
@@ -112,8 +113,18 @@ class ConnectedChecks {
     const auto& row = settings.value().rows[0];
     const std::string version = row[0].value_or("?");
     const std::string wal_level = row[1].value_or("");
-    const long max_slots = std::atol(row[2].value_or("0").c_str());
-    const long used_slots = std::atol(row[3].value_or("0").c_str());
+    auto max_slots_text = ParseServerNumber<int64_t>(row[2]);
+    auto used_slots_text = ParseServerNumber<int64_t>(row[3]);
+    if (!max_slots_text.ok() || !used_slots_text.ok()) {
+      AtSource("source",
+               "cannot read the server's settings: " +
+                   (max_slots_text.ok() ? used_slots_text.status() : max_slots_text.status())
+                       .error()
+                       .message());
+      return;
+    }
+    const int64_t max_slots = max_slots_text.value();
+    const int64_t used_slots = used_slots_text.value();
     role_ = row[4].value_or("");
     superuser_ = row[5].value_or("f") == "t";
     const bool replication = row[6].value_or("f") == "t";
@@ -254,7 +265,7 @@ class ConnectedChecks {
         return config_.stores.at(config_.views[v].store).type == StoreType::kPostgres ? ".query"
                                                                                       : ".from";
       };
-      auto [schema_name, name] = SplitTableName(table);
+      auto [schema_name, name] = TableName::Parse(table);
       auto found = sql.Query(
           "select has_table_privilege(c.oid, 'SELECT'), pg_has_role(c.relowner, 'USAGE'), "
           "c.relkind, c.relpersistence from pg_class c join pg_namespace n on n.oid = "
@@ -272,12 +283,12 @@ class ConnectedChecks {
       }
       ++tables_checked_;
       // A partition of another table read: its changes are published as that root's.
-      auto ancestors = sql.Query(
-          "select n.nspname || '.' || c.relname from pg_partition_ancestors(" +
-          sql.QuoteLiteral(sql.QuoteTableName(table)) +
-          "::regclass) a join pg_class c on c.oid = a.relid join pg_namespace n on n.oid = "
-          "c.relnamespace where a.relid <> " +
-          sql.QuoteLiteral(sql.QuoteTableName(table)) + "::regclass");
+      auto ancestors =
+          sql.Query("select n.nspname || '.' || c.relname from pg_partition_ancestors(" +
+                    sql.QuoteRegclass(table) +
+                    ") a join pg_class c on c.oid = a.relid join pg_namespace n on n.oid = "
+                    "c.relnamespace where a.relid <> " +
+                    sql.QuoteRegclass(table));
       if (ancestors.ok()) {
         for (const auto& row : ancestors.value().rows) {
           const std::string ancestor = row[0].value_or("");
@@ -307,19 +318,20 @@ class ConnectedChecks {
         AtView(views.front(), where(views.front()),
                "role " + role_ + " may not SELECT from table " + table +
                    ", which the snapshot reads" + read_by_text + "; fix: GRANT SELECT ON " +
-                   sql.QuoteTableName(table) + " TO " + sql.QuoteIdentifier(role_));
+                   TableName::Parse(table).Quoted() + " TO " + sql.QuoteIdentifier(role_));
       }
       const bool in_publication = all_tables_ || published_.contains(table);
       if (!in_publication && !superuser_ && !cannot_create_publication_ &&
           found.value().rows[0][1].value_or("f") != "t") {
-        AtView(
-            views.front(), where(views.front()),
-            "role " + role_ + " does not own table " + table + ", so it cannot " +
-                (publication_missing_ ? "create publication " : "add it to publication ") +
-                config_.source.publication + " with it" + read_by_text + "; let the owner run: " +
-                (publication_missing_ ? "CREATE PUBLICATION " : "ALTER PUBLICATION ") +
-                sql.QuoteIdentifier(config_.source.publication) +
-                (publication_missing_ ? " FOR TABLE " : " ADD TABLE ") + sql.QuoteTableName(table));
+        AtView(views.front(), where(views.front()),
+               "role " + role_ + " does not own table " + table + ", so it cannot " +
+                   (publication_missing_ ? "create publication " : "add it to publication ") +
+                   config_.source.publication + " with it" + read_by_text +
+                   "; let the owner run: " +
+                   (publication_missing_ ? "CREATE PUBLICATION " : "ALTER PUBLICATION ") +
+                   sql.QuoteIdentifier(config_.source.publication) +
+                   (publication_missing_ ? " FOR TABLE " : " ADD TABLE ") +
+                   TableName::Parse(table).Quoted());
       }
       // Columns: the views' lists and key templates against the table's shape.
       auto schema = DescribeTable(sql, table);
@@ -338,7 +350,7 @@ class ConnectedChecks {
                    " has REPLICA IDENTITY FULL but no primary key: a view keys its rows by "
                    "the primary key (or the replica identity index), FULL only adds the old "
                    "row; fix: add a primary key, or ALTER TABLE " +
-                   sql.QuoteTableName(table) +
+                   TableName::Parse(table).Quoted() +
                    " REPLICA IDENTITY USING INDEX <a unique index of NOT NULL columns>" +
                    read_by_text);
         continue;
@@ -546,14 +558,15 @@ class ConnectedChecks {
     std::set<std::string> schemas = {"pgderive"};
     for (const ViewConfig& view : config_.views) {
       if (view.store != store.name) continue;
-      auto exists = c.Query("select to_regclass(" + c.QuoteLiteral(c.QuoteTableName(view.table)) +
-                            ") is not null");
+      auto exists =
+          c.Query("select to_regclass(" + c.QuoteLiteral(TableName::Parse(view.table).Quoted()) +
+                  ") is not null");
       if (!exists.ok()) {
         AtStore(store, what + "view " + view.name + ": " + exists.error().message());
         continue;
       }
       if (exists.value().rows[0][0].value_or("f") != "t") {
-        schemas.insert(SplitTableName(view.table).first);
+        schemas.insert(TableName::Parse(view.table).schema);
       }
     }
     for (const std::string& schema : schemas) {

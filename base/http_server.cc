@@ -5,6 +5,8 @@
 
 #include <chrono>
 
+#include "base/number.h"
+
 namespace pgderive {
 
 Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& listen,
@@ -14,12 +16,11 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& listen,
     return Error::Permanent("http.listen '" + listen + "' is not host:port");
   }
   const std::string host = listen.substr(0, colon);
-  int port = 0;
-  try {
-    port = std::stoi(listen.substr(colon + 1));
-  } catch (const std::exception&) {
+  auto port_number = ParseNumber<uint16_t>(std::string_view(listen).substr(colon + 1));
+  if (!port_number.ok()) {
     return Error::Permanent("http.listen '" + listen + "' has no port number");
   }
+  int port = port_number.value();
   std::unique_ptr<HttpServer> self(new HttpServer());
   self->handlers_ = std::move(handlers);
   self->server_ = std::make_unique<httplib::Server>();

@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "base/number.h"
 #include "base/redact.h"
 
 namespace pgderive {
@@ -128,7 +129,11 @@ Result<SystemIdentity> PgConnection::IdentifySystem() {
   }
   SystemIdentity identity;
   identity.systemid = *r[0][0];
-  identity.timeline = static_cast<uint32_t>(std::strtoul(r[0][1]->c_str(), nullptr, 10));
+  auto timeline = ParseNumber<uint32_t>(*r[0][1], ErrorKind::kCorrupt);
+  if (!timeline.ok()) {
+    return Error::Corrupt("IDENTIFY_SYSTEM returned a bad timeline: " + timeline.error().message());
+  }
+  identity.timeline = timeline.value();
   auto lsn = Lsn::Parse(*r[0][2]);
   if (!lsn) return Error::Corrupt("IDENTIFY_SYSTEM returned a bad xlogpos '" + *r[0][2] + "'");
   identity.xlogpos = *lsn;

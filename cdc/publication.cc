@@ -1,8 +1,10 @@
 #include "cdc/publication.h"
 
-#include <cstdlib>
 #include <optional>
 #include <set>
+
+#include "base/number.h"
+#include "base/table_name.h"
 
 namespace pgderive {
 std::optional<std::string> WhyNotPublishable(char relkind, char relpersistence,
@@ -46,7 +48,7 @@ std::optional<std::string> WhyNotPublishable(char relkind, char relpersistence,
 Status CheckSourceTables(SqlRunner& connection, const std::vector<std::string>& tables) {
   std::string problems;
   for (const std::string& table : tables) {
-    auto [schema, name] = SplitTableName(table);
+    auto [schema, name] = TableName::Parse(table);
     auto rows = connection.Query(
         "select c.relreplident, exists (select 1 from pg_index i where i.indrelid = c.oid and "
         "i.indisprimary), c.relkind, c.relpersistence from pg_class c join pg_namespace n on "
@@ -60,7 +62,7 @@ Status CheckSourceTables(SqlRunner& connection, const std::vector<std::string>& 
     }
     const auto& row = rows.value().rows[0];
     if (auto why = WhyNotPublishable(row[2].value_or("r")[0], row[3].value_or("p")[0], table,
-                                     connection.QuoteTableName(table))) {
+                                     TableName::Parse(table).Quoted())) {
       problems += "\n  " + *why;
       continue;
     }
@@ -70,13 +72,13 @@ Status CheckSourceTables(SqlRunner& connection, const std::vector<std::string>& 
       problems += "\n  table " + table +
                   " has REPLICA IDENTITY NOTHING, so its updates and deletes "
                   "cannot be followed; fix: ALTER TABLE " +
-                  connection.QuoteTableName(table) +
+                  TableName::Parse(table).Quoted() +
                   " REPLICA IDENTITY DEFAULT (with a primary key) or REPLICA IDENTITY FULL";
     } else if (identity == "d" && !has_primary_key) {
       problems += "\n  table " + table +
                   " has no primary key, so its updates and deletes "
                   "cannot be followed; fix: add a primary key, or ALTER TABLE " +
-                  connection.QuoteTableName(table) +
+                  TableName::Parse(table).Quoted() +
                   " REPLICA IDENTITY USING INDEX <a unique index of NOT NULL columns> "
                   "(REPLICA IDENTITY FULL is enough for tail, but a view needs a key)";
     }
@@ -123,7 +125,7 @@ Status EnsurePublication(SqlRunner& connection, const std::string& publication,
     // read, whichever partition holds the row (also partitions created later).
     std::string sql = "create publication " + quoted + " for table ";
     for (size_t i = 0; i < tables.size(); ++i)
-      sql += (i ? ", " : "") + connection.QuoteTableName(tables[i]);
+      sql += (i ? ", " : "") + TableName::Parse(tables[i]).Quoted();
     return connection.Execute(sql + " with (publish_via_partition_root = true)");
   }
   const auto& row = existing.value().rows[0];
@@ -137,7 +139,7 @@ Status EnsurePublication(SqlRunner& connection, const std::string& publication,
     // publication made by someone else (the least-privilege setup) is left as it is
     // otherwise, since only its owner may alter it.
     std::vector<std::string> names;
-    for (const std::string& table : tables) names.push_back(connection.QuoteTableName(table));
+    for (const std::string& table : tables) names.push_back(TableName::Parse(table).Quoted());
     auto partitioned = connection.Query(
         "select count(*) from pg_class where oid = any($1::regclass[]) and (relkind = 'p' or "
         "relispartition)",
@@ -162,7 +164,7 @@ Status EnsurePublication(SqlRunner& connection, const std::string& publication,
   std::string missing;
   for (const std::string& table : tables) {
     if (!have.value().contains(table))
-      missing += (missing.empty() ? "" : ", ") + connection.QuoteTableName(table);
+      missing += (missing.empty() ? "" : ", ") + TableName::Parse(table).Quoted();
   }
   if (missing.empty()) return Status::Ok();
   return connection.Execute("alter publication " + quoted + " add table " + missing);
@@ -175,7 +177,7 @@ Result<std::vector<std::pair<std::string, std::string>>> GeneratedColumns(
       "pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum where a.attrelid = "
       "$1::regclass and a.attnum > 0 and not a.attisdropped and a.attgenerated <> '' order by "
       "a.attnum",
-      {connection.QuoteTableName(table)});
+      {TableName::Parse(table).Quoted()});
   if (!rows.ok()) return rows.error();
   std::vector<std::pair<std::string, std::string>> out;
   for (const auto& row : rows.value().rows) {
@@ -192,7 +194,7 @@ std::string GeneratedColumnProblem(const std::string& table, const std::string& 
 }
 
 Result<std::shared_ptr<RelationSchema>> DescribeTable(SqlRunner& c, const std::string& table) {
-  auto [schema_name, name] = SplitTableName(table);
+  auto [schema_name, name] = TableName::Parse(table);
   auto info = c.Query(
       "select c.oid, c.relreplident, n.nspname, c.relname from pg_class c join pg_namespace n "
       "on n.oid = c.relnamespace where n.nspname = $1 and c.relname = $2",
@@ -202,7 +204,10 @@ Result<std::shared_ptr<RelationSchema>> DescribeTable(SqlRunner& c, const std::s
     return Error::Permanent("table " + table + " does not exist");
   }
   const auto& row = info.value().rows[0];
-  const std::string oid = row[0].value_or("0");
+  auto relid = ParseServerNumber<uint32_t>(row[0]);
+  if (!relid.ok())
+    return Error::Corrupt("pg_class oid of " + table + ": " + relid.error().message());
+  const std::string oid = std::to_string(relid.value());
   auto columns = c.Query(
       "select a.attname, a.atttypid, a.atttypmod, case c.relreplident "
       "when 'n' then false "
@@ -213,16 +218,22 @@ Result<std::shared_ptr<RelationSchema>> DescribeTable(SqlRunner& c, const std::s
       {oid});
   if (!columns.ok()) return columns.error();
   auto schema = std::make_shared<RelationSchema>();
-  schema->id = RelationId{static_cast<uint32_t>(std::strtoul(oid.c_str(), nullptr, 10))};
+  schema->id = RelationId{relid.value()};
   schema->replica_identity = row[1] ? (*row[1])[0] : 'd';
   schema->nspname = row[2].value_or("");
   schema->relname = row[3].value_or("");
   for (const auto& column : columns.value().rows) {
+    auto type_oid = ParseServerNumber<uint32_t>(column[1]);
+    auto typmod = ParseServerNumber<int32_t>(column[2], -1);
+    if (!type_oid.ok() || !typmod.ok()) {
+      return Error::Corrupt(
+          "pg_attribute of " + table + ": " +
+          (type_oid.ok() ? typmod.status() : type_oid.status()).error().message());
+    }
     ColumnSchema col;
     col.name = column[0].value_or("");
-    col.type_oid =
-        static_cast<uint32_t>(std::strtoul(column[1].value_or("0").c_str(), nullptr, 10));
-    col.typmod = column[2] ? std::atoi(column[2]->c_str()) : -1;
+    col.type_oid = type_oid.value();
+    col.typmod = typmod.value();
     col.key = column[3].value_or("f") == "t";
     schema->columns.push_back(std::move(col));
   }
@@ -237,7 +248,7 @@ Result<std::map<std::string, TableIdentity>> ReadTableIdentities(
   auto members = PublicationMembers(connection, publication);
   if (!members.ok()) return members.error();
   std::vector<std::string> names;
-  for (const std::string& table : tables) names.push_back(connection.QuoteTableName(table));
+  for (const std::string& table : tables) names.push_back(TableName::Parse(table).Quoted());
   auto rows = connection.Query(
       "select t.i, coalesce(c.oid, 0), coalesce((select string_agg(p.relid::oid::text, ',' "
       "order by p.relid::oid) from pg_partition_tree(c.oid) p where p.isleaf and p.relid <> "
@@ -249,10 +260,16 @@ Result<std::map<std::string, TableIdentity>> ReadTableIdentities(
       {SqlTextArray(names)});
   if (!rows.ok()) return rows.error();
   for (const auto& row : rows.value().rows) {
-    const size_t i = std::strtoul(row[0].value_or("0").c_str(), nullptr, 10);
+    auto ordinal = ParseServerNumber<size_t>(row[0]);
+    auto oid = ParseServerNumber<uint32_t>(row[1]);
+    if (!ordinal.ok() || !oid.ok()) {
+      return Error::Corrupt("table identities: " +
+                            (ordinal.ok() ? oid.status() : ordinal.status()).error().message());
+    }
+    const size_t i = ordinal.value();
     if (i == 0 || i > tables.size()) continue;
     TableIdentity identity;
-    identity.oid = static_cast<uint32_t>(std::strtoul(row[1].value_or("0").c_str(), nullptr, 10));
+    identity.oid = oid.value();
     identity.published = identity.oid != 0 && members.value().contains(tables[i - 1]);
     identity.partitions = row[2].value_or("");
     identity.storage = row[3].value_or("");
@@ -276,7 +293,7 @@ Result<bool> PartitionsHoldRows(SqlRunner& connection, const std::string& partit
     if (name.value().rows.empty()) return true;  // dropped with whatever it held
     auto rows =
         connection.Query("select exists (select from only " +
-                         connection.QuoteTableName(name.value().rows[0][0].value_or("")) + ")");
+                         TableName::Parse(name.value().rows[0][0].value_or("")).Quoted() + ")");
     if (!rows.ok()) return rows.error();
     if (rows.value().rows[0][0].value_or("t") == "t") return true;
   }

@@ -157,12 +157,6 @@ ErrorKind SqlStateKind(std::string_view state) {
   return ErrorKind::kPermanent;
 }
 
-std::pair<std::string, std::string> SplitTableName(std::string_view table) {
-  const size_t dot = table.find('.');
-  if (dot == std::string_view::npos) return {"public", std::string(table)};
-  return {std::string(table.substr(0, dot)), std::string(table.substr(dot + 1))};
-}
-
 std::string SqlTextArray(const std::vector<std::string>& values) {
   std::string literal = "{";
   for (const std::string& value : values) {
@@ -175,11 +169,6 @@ std::string SqlTextArray(const std::vector<std::string>& values) {
     literal += '"';
   }
   return literal + "}";
-}
-
-std::string SqlRunner::QuoteTableName(std::string_view table) const {
-  auto [schema, name] = SplitTableName(table);
-  return QuoteIdentifier(schema) + "." + QuoteIdentifier(name);
 }
 
 // ---- SqlSession

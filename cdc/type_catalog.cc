@@ -4,16 +4,14 @@
 #include <set>
 #include <string>
 
+#include "base/number.h"
+
 namespace pgderive {
 namespace {
 
 // Type chains are short (a domain over a domain over an array...); the bound only guards
 // against a catalog that loops.
 constexpr int kMaxDepth = 16;
-
-uint32_t ToOid(const std::optional<std::string>& text) {
-  return text ? static_cast<uint32_t>(std::stoul(*text)) : 0;
-}
 
 }  // namespace
 
@@ -39,16 +37,22 @@ Status ResolveTypes(SqlRunner& connection, const std::vector<uint32_t>& oids, Ty
     if (!rows.ok()) return rows.error();
     std::set<uint32_t> next;
     for (const auto& row : rows.value().rows) {
+      auto oid = ParseServerNumber<uint32_t>(row[0]);
+      auto base = ParseServerNumber<uint32_t>(row[2]);
+      auto element = ParseServerNumber<uint32_t>(row[3]);
+      for (const Status& parsed : {oid.status(), base.status(), element.status()}) {
+        if (!parsed.ok()) return Error::Corrupt("pg_type: " + parsed.error().message());
+      }
       CatalogType type;
       type.domain = row[1].value_or("") == "d";
-      type.base = ToOid(row[2]);
+      type.base = base.value();
       type.array = row[4].value_or("") == "A";
-      type.element = ToOid(row[3]);
+      type.element = element.value();
       type.delimiter = row[5].value_or(",").empty() ? ',' : row[5]->front();
       for (uint32_t referenced : {type.domain ? type.base : 0u, type.array ? type.element : 0u}) {
         if (unknown(referenced) && !catalog.contains(referenced)) next.insert(referenced);
       }
-      catalog[ToOid(row[0])] = type;
+      catalog[oid.value()] = type;
     }
     for (const auto& [oid, type] : catalog) next.erase(oid);
     wanted = std::move(next);

@@ -5,6 +5,7 @@
 #include <cctype>
 #include <memory>
 
+#include "base/number.h"
 #include "base/redact.h"
 #include "config/url.h"
 
@@ -95,11 +96,8 @@ std::optional<std::string> DsnProblem(std::string_view dsn) {
     if (end == std::string::npos) end = port.size();
     const std::string one = port.substr(start, end - start);
     if (!one.empty()) {
-      long value = 0;
-      bool digits = one.size() <= 5;
-      for (const char c : one) digits = digits && std::isdigit(static_cast<unsigned char>(c));
-      if (digits) value = std::stol(one);
-      if (!digits || value < 1 || value > 65535) {
+      auto value = ParseNumber<uint16_t>(one);
+      if (!value.ok() || value.value() < 1) {
         return std::string("has a port that is not a number from 1 to 65535");
       }
     }

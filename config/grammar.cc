@@ -2,12 +2,13 @@
 
 #include <algorithm>
 #include <cctype>
-#include <cerrno>
-#include <cstdlib>
 #include <regex>
 #include <string_view>
 
+#include "base/number.h"
+#include "base/table_name.h"
 #include "config/config.h"
+#include "config/key_template.h"
 
 namespace pgderive {
 
@@ -16,45 +17,20 @@ bool IsIdentifier(const std::string& text) {
   return std::regex_match(text, kIdentifier);
 }
 
-// "products" -> "public.products"; "sales.orders" stays.
-std::string Qualify(const std::string& table) {
-  return table.find('.') == std::string::npos ? "public." + table : table;
-}
+// "products" -> "public.products"; "sales.orders" stays (base/table_name.h).
+std::string Qualify(const std::string& table) { return QualifyTableName(table); }
 
-// `table` or `schema.table`, unquoted names: why not, or nullopt.
+// `table` or `schema.table`, unquoted names: why not, or nullopt (base/table_name.h).
 std::optional<std::string> TableNameProblem(const std::string& text) {
-  const size_t dot = text.find('.');
-  const bool ok =
-      !text.empty() && text.find('.', dot == std::string::npos ? 0 : dot + 1) == std::string::npos;
-  if (!ok || dot == 0 || dot + 1 == text.size() ||
-      std::any_of(text.begin(), text.end(),
-                  [](char c) { return std::isspace(static_cast<unsigned char>(c)) || c == '"'; })) {
-    return "must be a table name, `table` or `schema.table` (unquoted)";
-  }
-  return std::nullopt;
+  return TableName::Problem(text);
 }
 
-// A Redis key template: literal text and {column}s, at least one column, braces
-// balanced. Why not, or nullopt. (sinks/common's KeyTemplate parses it the same way.)
+// A Redis key template (config/key_template.h, the one parser of the grammar): why not,
+// or nullopt; `prefix` gets the literal text before the first column.
 std::optional<std::string> KeyTemplateProblem(const std::string& text, std::string* prefix) {
-  bool column = false;
-  size_t open = std::string::npos;
-  for (size_t i = 0; i < text.size(); ++i) {
-    if (text[i] == '{') {
-      if (open != std::string::npos) return "has a '{' inside a {column}; braces must balance";
-      open = i;
-    } else if (text[i] == '}') {
-      if (open == std::string::npos) return "has a '}' without its '{'; braces must balance";
-      if (i == open + 1) return "has an empty {}; write the column's name between the braces";
-      open = std::string::npos;
-      column = true;
-    }
-  }
-  if (open != std::string::npos) return "has a '{' that is never closed; braces must balance";
-  if (!column) {
-    return "names no {column}: every row would share one key (e.g. \"product:{id}\")";
-  }
-  *prefix = text.substr(0, text.find('{'));
+  auto parsed = KeyTemplate::Parse(text);
+  if (!parsed.ok()) return parsed.error().message();
+  *prefix = parsed.value().Prefix();
   return std::nullopt;
 }
 
@@ -88,29 +64,23 @@ bool IsListenAddress(const std::string& text) {
     colon = text.rfind(':');
     if (colon == std::string::npos || colon == 0 || text.find(':') != colon) return false;
   }
-  const std::string port = text.substr(colon + 1);
-  if (port.empty() || port.size() > 5 ||
-      !std::all_of(port.begin(), port.end(), [](char c) { return std::isdigit(c); })) {
-    return false;
-  }
-  const long value = std::stol(port);
-  return value >= 1 && value <= 65535;
+  auto port = ParseNumber<uint16_t>(std::string_view(text).substr(colon + 1));
+  return port.ok() && port.value() >= 1;
 }
 
 std::optional<long long> ParseInteger(const std::string& text, long long min, long long max) {
-  if (text.empty()) return std::nullopt;
-  char* end = nullptr;
-  errno = 0;
-  const long long value = std::strtoll(text.c_str(), &end, 10);
-  if (*end != '\0' || errno != 0 || value < min || value > max) return std::nullopt;
-  return value;
+  auto value = ParseNumber<long long>(text);
+  if (!value.ok() || value.value() < min || value.value() > max) return std::nullopt;
+  return value.value();
 }
 
 std::optional<uint64_t> ParseByteSize(const std::string& text) {
   size_t digits = 0;
   while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
   if (digits == 0 || digits > 19) return std::nullopt;
-  const uint64_t number = std::stoull(text.substr(0, digits));
+  auto parsed = ParseUint64(std::string_view(text).substr(0, digits));
+  if (!parsed.ok()) return std::nullopt;
+  const uint64_t number = parsed.value();
   size_t unit_start = digits;
   while (unit_start < text.size() && text[unit_start] == ' ') ++unit_start;
   std::string unit = text.substr(unit_start);

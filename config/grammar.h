@@ -17,8 +17,9 @@ bool IsIdentifier(const std::string& text);
 std::string Qualify(const std::string& table);
 // `table` or `schema.table`, unquoted names: why not, or nullopt.
 std::optional<std::string> TableNameProblem(const std::string& text);
-// A Redis key template: literal text and {column}s, at least one column, braces
-// balanced. Why not, or nullopt; `prefix` gets the literal text before the first column.
+// A Redis key template (config/key_template.h): literal text and {column}s, at least one
+// column, braces balanced. Why not, or nullopt; `prefix` gets the text before the first
+// column.
 std::optional<std::string> KeyTemplateProblem(const std::string& text, std::string* prefix);
 // OpenSearch's rules for index names (the REST API refuses the rest).
 std::optional<std::string> IndexNameProblem(const std::string& index);

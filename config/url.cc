@@ -5,6 +5,7 @@
 #include <cctype>
 #include <memory>
 
+#include "base/number.h"
 #include "base/redact.h"
 
 namespace pgderive {
@@ -65,12 +66,12 @@ std::optional<Url> Url::Parse(std::string_view text, std::string* why) {
   url.password = Part(handle.get(), CURLUPART_PASSWORD, CURLU_URLDECODE);
   if (auto port = Part(handle.get(), CURLUPART_PORT)) {
     // libcurl has checked that it is a number up to 65535; 0 is no port to connect to.
-    const unsigned long value = std::stoul(*port);
-    if (value == 0) {
+    auto value = ParseNumber<uint16_t>(*port);
+    if (!value.ok() || value.value() == 0) {
       Explain(why, "the port is not a number between 1 and 65535");
       return std::nullopt;
     }
-    url.port = static_cast<uint16_t>(value);
+    url.port = value.value();
   }
   url.path = Part(handle.get(), CURLUPART_PATH).value_or("");
   if (url.path == "/") url.path.clear();

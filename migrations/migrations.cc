@@ -1,5 +1,7 @@
 #include "migrations/migrations.h"
 
+#include "base/number.h"
+
 namespace pgderive {
 
 Status ApplyMigrations(SqlSession& session) {
@@ -17,7 +19,9 @@ Status ApplyMigrations(SqlSession& session) {
       status.ok() ? tx.Query("select coalesce(max(version), 0) from pgderive.migrations")
                   : Result<PgRows>(status.error());
   if (!current.ok()) return current.error();
-  const int at = std::stoi(current.value().rows[0][0].value_or("0"));
+  auto version = ParseServerNumber<int>(current.value().rows[0][0]);
+  if (!version.ok()) return Error::Corrupt("pgderive.migrations: " + version.error().message());
+  const int at = version.value();
   const int known = all.empty() ? 0 : all.back().version;
   if (at > known) {
     return Error::Permanent("the pgderive metadata in this database is at migration " +

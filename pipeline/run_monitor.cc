@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/number.h"
 #include "cdc/pg_connection.h"
 #include "cdc/publication.h"
 #include "cdc/walsender.h"
@@ -324,7 +325,7 @@ void RunMonitor::CheckSourceTables() {
     if (!current.published) {
       Status added =
           sql.Execute("alter publication " + sql.QuoteIdentifier(config_.source.publication) +
-                      " add table " + sql.QuoteTableName(table));
+                      " add table " + TableName::Parse(table).Quoted());
       if (!added.ok()) {
         if (watched.refused != added.error().message()) {
           watched.refused = added.error().message();
@@ -411,7 +412,9 @@ void RunMonitor::CheckSlot() {
   if (!rows.ok() || rows.value().rows.empty()) return;
   const auto& row = rows.value().rows[0];
   const std::string wal_status = row[3].value_or("");
-  const uint64_t retained = row[6] ? std::stoull(*row[6]) : 0;
+  auto retained_bytes = ParseServerNumber<uint64_t>(row[6]);
+  if (!retained_bytes.ok()) return;  // not a number: the slot's figures are not updated
+  const uint64_t retained = retained_bytes.value();
   metrics_.gauge("pgderive_slot_retained_wal_bytes", "WAL the slot keeps on the source")
       .Set(static_cast<double>(retained));
   const bool over = retained > config_.source.max_retained_wal_bytes;
@@ -432,7 +435,9 @@ void RunMonitor::CheckSlot() {
                          {"restart_lsn", row[2].value_or("")},
                          {"wal_status", wal_status},
                          {"retained_wal_bytes", retained}};
-  if (row[4]) slot["safe_wal_size"] = std::stoll(*row[4]);
+  if (auto safe = ParseServerNumber<int64_t>(row[4]); safe.ok() && row[4]) {
+    slot["safe_wal_size"] = safe.value();
+  }
   std::lock_guard lock(mutex_);
   if (auto current = Lsn::Parse(row[5].value_or(""))) current_wal_ = *current;
   slot_json_ = slot.dump();

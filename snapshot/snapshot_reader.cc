@@ -5,6 +5,7 @@
 #include <optional>
 #include <thread>
 
+#include "base/number.h"
 #include "base/redact.h"
 #include "cdc/copy_text.h"
 #include "cdc/publication.h"
@@ -16,10 +17,6 @@ struct CopyBufferDeleter {
   void operator()(char* buffer) const { PQfreemem(buffer); }
 };
 using CopyBuffer = std::unique_ptr<char, CopyBufferDeleter>;
-
-uint64_t ToUnsigned(const std::optional<std::string>& text) {
-  return text ? std::strtoull(text->c_str(), nullptr, 10) : 0;
-}
 
 // Joins a worker: in the destructor, so that an early return cannot leave one running.
 class Workers {
@@ -85,6 +82,13 @@ Status SnapshotReader::Plan(PgConnection& c) {
     if (!info.ok()) return info.error();
     if (info.value().rows.size() != 1) return Error::Permanent("table " + table + " not found");
     const auto& row = info.value().rows[0];
+    auto rows_estimated = ParseServerNumber<uint64_t>(row[1]);
+    auto relpages = ParseServerNumber<uint64_t>(row[2]);
+    if (!rows_estimated.ok() || !relpages.ok()) {
+      return Error::Corrupt(
+          "size of table " + table + ": " +
+          (rows_estimated.ok() ? relpages.status() : rows_estimated.status()).error().message());
+    }
     std::string column_list;
     for (const ColumnSchema& col : schema->columns) {
       if (!column_list.empty()) column_list += ", ";
@@ -94,8 +98,8 @@ Status SnapshotReader::Plan(PgConnection& c) {
     schemas_.push_back(std::move(schema));
     column_lists_.push_back(column_list.empty() ? "" : column_list);
 
-    progress_.rows_estimated += ToUnsigned(row[1]);
-    const uint64_t pages = ToUnsigned(row[2]);
+    progress_.rows_estimated += rows_estimated.value();
+    const uint64_t pages = relpages.value();
     const bool partitioned = row[0].value_or("") == "p";
     const uint64_t step = std::max<uint64_t>(options_.chunk_pages, 1);
     if (!tid_range_scan || partitioned || pages <= step) {

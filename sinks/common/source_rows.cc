@@ -24,7 +24,7 @@ Result<std::optional<SourceRows::Row>> SourceRows::Read(
   Table t;
   {
     // The key the backfill reads by: the replica identity's index, else the primary key.
-    const std::string regclass = c.QuoteLiteral(c.QuoteTableName(table)) + "::regclass";
+    const std::string regclass = c.QuoteRegclass(table);
     auto key = c.Query(
         "select a.attname, format_type(a.atttypid, a.atttypmod), (select relkind = 'p' from "
         "pg_class where oid = " +
@@ -63,8 +63,8 @@ Result<std::optional<SourceRows::Row>> SourceRows::Read(
   auto rows = c.Query(
       "select pg_current_wal_insert_lsn()::text, r.* from (select 1) o left "
       "join (select true, " +
-      select + " from " + (t.partitioned ? "" : "only ") + c.QuoteTableName(table) + " where " +
-      where + ") r on true");
+      select + " from " + (t.partitioned ? "" : "only ") + TableName::Parse(table).Quoted() +
+      " where " + where + ") r on true");
   if (!rows.ok()) return rows.error();
   if (rows.value().rows.size() != 1) {
     return Error::Permanent("table " + table + ": more than one row has the key " + where);

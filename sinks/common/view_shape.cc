@@ -6,53 +6,6 @@
 
 namespace pgderive {
 
-Result<KeyTemplate> KeyTemplate::Parse(const std::string& text) {
-  KeyTemplate t;
-  t.text_ = text;
-  std::string literal;
-  for (size_t i = 0; i < text.size(); ++i) {
-    if (text[i] == '}') return Error::Permanent("key template \"" + text + "\": '}' without '{'");
-    if (text[i] != '{') {
-      literal += text[i];
-      continue;
-    }
-    const size_t close = text.find('}', i);
-    if (close == std::string::npos) {
-      return Error::Permanent("key template \"" + text + "\": '{' is never closed");
-    }
-    const std::string column = text.substr(i + 1, close - i - 1);
-    if (column.empty() || column.find('{') != std::string::npos) {
-      return Error::Permanent("key template \"" + text + "\": a {column} needs a column name");
-    }
-    if (!literal.empty()) t.parts_.push_back({std::move(literal), ""});
-    literal.clear();
-    t.parts_.push_back({"", column});
-    t.columns_.push_back(column);
-    i = close;
-  }
-  if (!literal.empty()) t.parts_.push_back({std::move(literal), ""});
-  if (t.columns_.empty()) {
-    return Error::Permanent("key template \"" + text +
-                            "\" names no column: every row would share one key");
-  }
-  return t;
-}
-
-std::string KeyTemplate::Pattern() const {
-  std::string out;
-  for (const Part& part : parts_) {
-    if (!part.column.empty()) {
-      if (out.empty() || out.back() != '*') out += '*';
-      continue;
-    }
-    for (char c : part.literal) {
-      if (c == '*' || c == '?' || c == '[' || c == ']' || c == '\\') out += '\\';
-      out += c;
-    }
-  }
-  return out;
-}
-
 Result<std::shared_ptr<const ViewShape>> ViewShape::Make(
     const ViewConfig& view, std::shared_ptr<const RelationSchema> schema,
     const std::optional<KeyTemplate>& key) {

@@ -13,31 +13,9 @@
 #include "cdc/change_stream.h"
 #include "cdc/value_json.h"
 #include "config/config.h"
+#include "config/key_template.h"
 
 namespace pgderive {
-
-// A key template such as "product:{id}": literal text and {column} references.
-class KeyTemplate {
- public:
-  // Problems (an unclosed brace, an empty name) are returned as an Error.
-  static Result<KeyTemplate> Parse(const std::string& text);
-
-  const std::vector<std::string>& columns() const { return columns_; }
-  const std::string& text() const { return text_; }
-  // A glob (Redis SCAN MATCH) that matches every key the template can make.
-  std::string Pattern() const;
-
-  struct Part {
-    std::string literal;  // when column is empty
-    std::string column;
-  };
-  const std::vector<Part>& parts() const { return parts_; }
-
- private:
-  std::string text_;
-  std::vector<Part> parts_;
-  std::vector<std::string> columns_;
-};
 
 // What one I/U/D change means for a view that keeps one entry per row (a Redis key, an
 // OpenSearch document): the entry to remove (a delete, or the old key when an update
