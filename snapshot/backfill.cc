@@ -185,9 +185,8 @@ void Backfills::Loop() {
 }
 
 Status Backfills::Emit(const std::string& content) {
-  auto done =
-      sql_->Query("select pg_logical_emit_message(true, " + sql_->QuoteLiteral(kBackfillPrefix) +
-                  ", " + sql_->QuoteLiteral(content) + ")");
+  auto done = sql_->Query("select pg_logical_emit_message(true, $1::text, $2::text)",
+                          {kBackfillPrefix, content});
   if (!done.ok()) return done.error();
   return Status::Ok();
 }
@@ -196,19 +195,21 @@ Status Backfills::WaitForWriters(const std::string& table) {
   const std::string locks =
       "from pg_locks where locktype = 'relation' and database = (select oid from pg_database "
       "where datname = current_database()) and relation in " +
-      TableAndPartitions(sql_->QuoteLiteral(sql_->QuoteTableName(table)) + "::regclass") +
+      TableAndPartitions("$1::regclass") +
       " and mode in ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock', "
       "'AccessExclusiveLock') and pid is distinct from pg_backend_pid()";
   auto holders =
-      sql_->Query("select coalesce(array_agg(distinct virtualtransaction), '{}')::text " + locks);
+      sql_->Query("select coalesce(array_agg(distinct virtualtransaction), '{}')::text " + locks,
+                  {sql_->QuoteTableName(table)});
   if (!holders.ok()) return holders.error();
   const std::string set = holders.value().rows[0][0].value_or("{}");
   if (set == "{}") return Status::Ok();
   const auto started = std::chrono::steady_clock::now();
   auto logged = started;
   while (!stopping()) {
-    auto left = sql_->Query("select count(*) " + locks + " and virtualtransaction = any(" +
-                            sql_->QuoteLiteral(set) + "::text[])");
+    auto left =
+        sql_->Query("select count(*) " + locks + " and virtualtransaction = any($2::text[])",
+                    {sql_->QuoteTableName(table), set});
     if (!left.ok()) return left.error();
     if (left.value().rows[0][0].value_or("0") == "0") return Status::Ok();
     if (std::chrono::steady_clock::now() - logged >= kWaitLogEvery) {
@@ -254,8 +255,7 @@ bool Backfills::Rewind(Job& job, std::deque<Unsure>& unsure) {
 
 Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
   if (!sql_) {
-    auto connected =
-        PgConnection::Connect(options_.dsn, PgConnection::Mode::kSql, "pgderive-backfill");
+    auto connected = SqlSession::Connect(options_.dsn, "pgderive-backfill");
     if (!connected.ok()) return connected.error();
     sql_.emplace(std::move(connected).value());
     // A watermark is sent to the stream once flushed: each waits for its own flush
@@ -269,14 +269,17 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
   auto transient = [](const Error& error) { return Error::Transient(error.message()); };
   // The key the chunks follow: the replica identity's index when it names one (its
   // columns are what a delete carries), else the primary key.
-  const std::string regclass = sql_->QuoteLiteral(sql_->QuoteTableName(job->table)) + "::regclass";
+  const std::string regclass = "$1::regclass";
+  const SqlParams table = {sql_->QuoteTableName(job->table)};
   auto key = sql_->Query(
       "select a.attname, format_type(a.atttypid, a.atttypmod) from (select indkey::int2[] k "
       "from pg_index where indrelid = " +
-      regclass +
-      " and (indisprimary or indisreplident) order by indisreplident desc, indisprimary desc "
-      "limit 1) i, unnest(i.k) with ordinality u(attnum, n) join pg_attribute a on a.attrelid = " +
-      regclass + " and a.attnum = u.attnum order by u.n");
+          regclass +
+          " and (indisprimary or indisreplident) order by indisreplident desc, indisprimary desc "
+          "limit 1) i, unnest(i.k) with ordinality u(attnum, n) join pg_attribute a on a.attrelid "
+          "= " +
+          regclass + " and a.attnum = u.attnum order by u.n",
+      table);
   if (!key.ok()) return transient(key.error());
   std::vector<std::pair<std::string, std::string>> key_columns;
   for (const auto& row : key.value().rows) {
@@ -291,8 +294,9 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
   auto estimate = sql_->Query(
       "select sum(greatest(c.reltuples, 0))::bigint, (sum(pg_table_size(c.oid)) / "
       "nullif(sum(greatest(c.reltuples, 0)), 0))::bigint, bool_or(c.oid = " +
-      regclass + " and c.relkind = 'p') from pg_class c where c.oid in " +
-      TableAndPartitions(regclass));
+          regclass + " and c.relkind = 'p') from pg_class c where c.oid in " +
+          TableAndPartitions(regclass),
+      table);
   if (!estimate.ok()) return transient(estimate.error());
   size_t limit = options_.chunk_rows;
   bool partitioned = false;
@@ -455,6 +459,7 @@ Result<Backfills::ChunkResult> Backfills::RunChunk(
   }
   // The rows after the last chunk's, in key order.
   std::string columns, order, where;
+  SqlParams after_values;
   for (const ColumnSchema& c : schema->columns) {
     columns += (columns.empty() ? "" : ", ") + sql_->QuoteIdentifier(c.name);
   }
@@ -469,16 +474,17 @@ Result<Backfills::ChunkResult> Backfills::RunChunk(
       return Error::Corrupt("backfill of " + job->table + ": the recorded position " + *after +
                             " does not match the key (" + order + ")");
     }
-    std::string literals;
+    std::string placeholders;
     for (size_t i = 0; i < key.size(); ++i) {
-      literals +=
-          (i ? ", " : "") + sql_->QuoteLiteral(values[i].get<std::string>()) + "::" + key[i].second;
+      placeholders += (i ? ", $" : "$") + std::to_string(i + 1) + "::" + key[i].second;
+      after_values.push_back(values[i].get<std::string>());
     }
-    where = " where (" + order + ") > (" + literals + ")";
+    where = " where (" + order + ") > (" + placeholders + ")";
   }
   auto rows = sql_->Query("select " + columns + " from " + (partitioned ? "" : "only ") +
-                          sql_->QuoteTableName(job->table) + where + " order by " + order +
-                          " limit " + std::to_string(limit));
+                              sql_->QuoteTableName(job->table) + where + " order by " + order +
+                              " limit " + std::to_string(limit),
+                          after_values);
   if (!rows.ok()) {
     forget();
     return rows.error();

@@ -55,7 +55,7 @@
 
 #include "base/log.h"
 #include "cdc/change_batch.h"
-#include "cdc/pg_connection.h"
+#include "cdc/sql_session.h"
 #include "snapshot/watermark_window.h"
 
 namespace pgderive {
@@ -155,7 +155,7 @@ class Backfills {
   Logger& log_;
   // Something is queued or in flight (the stream thread's fast path skips the lock).
   std::atomic<bool> active_{false};
-  std::optional<PgConnection> sql_;  // the backfill thread's
+  std::optional<SqlSession> sql_;  // the backfill thread's
 
   std::mutex mutex_;  // guards what follows, the window included
   std::condition_variable changed_;
