@@ -8,7 +8,7 @@
 #                [--catchup-rows N] [--catchup-txns N]
 #
 # --only runs a subset of the configurations (redis, opensearch, projection, groupby, backfill,
-# all, catchup-redis) and of the latency run (latency), with the store ceilings they need.
+# all, catchup-redis, catchup-opensearch) and of the latency run (latency), with the store ceilings they need.
 #
 # Throughput is measured as catch-up: for each configuration, pgderive is started once
 # (creating its slot and empty views) and stopped; a ceiling slot is created at the same
@@ -144,6 +144,7 @@ config() {
         redis2) printf '  - {name: %s_cache2, store: cache, from: items, key: "%s2:{id}"}\n' "$name" "$name" ;;
         hot) printf '  - {name: %s_hot, store: cache, from: hot, key: "%s:{id}"}\n' "$name" "$name" ;;
         opensearch) printf '  - {name: %s_search, store: search, from: items, index: %s}\n' "$name" "$name" ;;
+        oscatchup) printf '  - {name: %s_search, store: search, from: oscatchup, index: %s}\n' "$name" "$name" ;;
         projection) printf '  - {name: %s_proj, store: warehouse, table: out.%s_proj, key: [id], query: "select id, title, price, updated_at from public.items"}\n' "$name" "$name" ;;
         groupby) printf '  - {name: %s_totals, store: warehouse, table: out.%s_totals, key: [customer_id], query: "select o.customer_id, c.name, count(*) as n, sum(o.amount) as total from public.orders o join public.customers c on c.id = o.customer_id group by o.customer_id, c.name"}\n' "$name" "$name" ;;
       esac
@@ -290,6 +291,67 @@ end \$\$"
   echo "$catchup_line" >&2
 fi
 
+# Catch-up into OpenSearch (issue 12): while pgderive is stopped, a backlog of one
+# 100,000-row insert transaction; then, stopped again, one of 100,000 single-row update
+# transactions. Each phase is timed from `run` until the view's checkpoint passes the
+# backlog's end. Ceiling: the same final documents (row_to_json of the rows after the
+# phase, the view's mapping) sent by a plain loader as versioned `_bulk` (external_gte,
+# 5,000 documents a request, one request at a time) into an index of its own, right
+# after pgderive's phase: phase 1 into an empty index, phase 2 over those documents.
+oscatchup_rows=100000 oscatchup_lines=()
+oscatchup_ceiling() {  # oscatchup_ceiling VERSION: seconds to load the catchup rows' documents
+  rm -rf "$dir/cbulk"; mkdir -p "$dir/cbulk"
+  q -c "select '{\"index\":{\"_index\":\"oscatchup_ceiling\",\"_id\":\"' || id || '\",\"version\":$1,\"version_type\":\"external_gte\"}}' || chr(10) || row_to_json(c)::text from oscatchup c" \
+    | split -l 10000 - "$dir/cbulk/part."
+  local t0 t1 f
+  t0=$(now)
+  for f in "$dir"/cbulk/part.*; do
+    curl -s -XPOST "$PGDERIVE_OPENSEARCH_URL/_bulk" -H 'Content-Type: application/x-ndjson' --data-binary @"$f" \
+      | grep -q '^{"took":[0-9]*,"errors":false' || { echo "ceiling _bulk failed" >&2; exit 1; }
+  done
+  t1=$(now); echo "$t1 - $t0" | bc -l
+}
+oscatchup_phase() {  # oscatchup_phase LABEL SQL VERSION
+  local label=$1 sql=$2 version=$3 end t0 t1 ours ceiling rss
+  q -c "$sql"
+  end=$(q -c "select pg_current_wal_insert_lsn()")
+  q -c "select pg_logical_emit_message(true, 'pgderive-bench', 'end')" > /dev/null
+  t0=$(now)
+  "$binary" run -c "$file" >> "$dir/oscatchup.log" 2>&1 &
+  echo $! > "$dir/oscatchup.pid"
+  until checkpoints_past oscatchup "$end" opensearch; do
+    kill -0 "$(cat "$dir/oscatchup.pid")" 2>/dev/null || { tail -3 "$dir/oscatchup.log" >&2; exit 1; }
+    sleep 0.05
+  done
+  t1=$(now); ours=$(echo "$t1 - $t0" | bc -l)
+  rss=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$(cat "$dir/oscatchup.pid")/status")
+  stop_run oscatchup
+  ceiling=$(oscatchup_ceiling "$version")
+  oscatchup_lines+=("$(printf '| %s | %d | %.0f | %.2f s | %.0f | %.2f s | **%.2f×** | %s MB |' "$label" "$oscatchup_rows" \
+    "$(echo "$oscatchup_rows / $ceiling" | bc -l)" "$ceiling" "$(echo "$oscatchup_rows / $ours" | bc -l)" "$ours" \
+    "$(echo "$ceiling / $ours" | bc -l)" "$rss")")
+  echo "${oscatchup_lines[-1]}" >&2
+}
+if want catchup-opensearch; then
+  q <<'SQL'
+create table oscatchup (like items including all);
+create procedure oscatchup_updates(n int) language plpgsql as $$
+begin
+  for i in 1..n loop
+    update oscatchup set price = price + 1, updated_at = updated_at + interval '1 day' where id = i;
+    commit;
+  end loop;
+end $$;
+SQL
+  file=$(config oscatchup oscatchup)
+  start_run oscatchup "$file"; stop_run oscatchup
+  mapping=$(curl -s "$PGDERIVE_OPENSEARCH_URL/oscatchup/_mapping" | sed 's/^{"oscatchup":\(.*\)}$/\1/')
+  curl -s -XPUT "$PGDERIVE_OPENSEARCH_URL/oscatchup_ceiling" -H 'Content-Type: application/json' -d "$mapping" > /dev/null
+  oscatchup_phase "insert: one transaction of $oscatchup_rows rows" \
+    "insert into oscatchup select (item_row(g)).* from generate_series(1, $oscatchup_rows) g" 1000
+  oscatchup_phase "update: $oscatchup_rows single-row transactions" "call oscatchup_updates($oscatchup_rows)" 2000
+fi
+
 # Backfill while streaming: a Redis view added to a running deployment fills from the
 # whole items table while a writer keeps changing it; against reading the same table
 # with COPY TO STDOUT (what the initial snapshot reads).
@@ -380,6 +442,14 @@ printf '| store ceiling (same %d rows) | rows/s |\n| --- | --- |\n' "$rows"
 printf '| Redis, `redis-cli --pipe` of SETs | %.0f |\n' "$redis_ceiling"
 printf '| OpenSearch, plain `_bulk` loader (5,000 docs a request, the view'"'"'s mapping) | %.0f |\n' "$search_ceiling"
 printf '| PostgreSQL, `COPY` into the projection'"'"'s shape | %.0f |\n' "$copy_ceiling"
+if [ ${#oscatchup_lines[@]} -gt 0 ]; then
+  echo
+  echo "Catch-up into OpenSearch against the node's versioned \`_bulk\` ceiling (same documents, same run):"
+  echo
+  echo "| backlog | documents | ceiling docs/s | ceiling time | pgderive docs/s | pgderive time | ratio | peak RSS |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+  for r in "${oscatchup_lines[@]}"; do echo "$r"; done
+fi
 echo
 echo "Latency, Redis view, pgbench single-row updates at $rate tx/s for $seconds s (achieved $achieved tx/s): $latency"
 echo
