@@ -14,7 +14,13 @@
 // before it, and no action after it replaces one before it (an insert, then a
 // truncate, then the same insert again is three steps, not one). Take() returns the
 // steps in order: a batch of ndjson, then the truncate it ends with.
+//
+// Chunks. A step's actions are cut into requests of at most `max_bytes` each (an action
+// larger than that goes alone), in order. Each document has at most one action in a
+// step, so a step's chunks touch disjoint documents: they may be sent at once, in any
+// order, and leave what sending them one after another would.
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -26,9 +32,13 @@ namespace pgderive {
 class BulkBuffer {
  public:
   struct Step {
-    std::string ndjson;                   // the surviving actions, in order (may be empty)
+    // The surviving actions, in order, cut into requests of at most max_bytes (none
+    // when the step is only a truncate).
+    std::vector<std::string> chunks;
     std::optional<std::string> truncate;  // then: delete every document of this index
   };
+
+  explicit BulkBuffer(size_t max_bytes = SIZE_MAX) : max_bytes_(max_bytes) {}
 
   void Add(const std::string& index, std::string_view id, std::string text) {
     std::string key = index;
@@ -45,7 +55,7 @@ class BulkBuffer {
   // Every document of `index` goes, after what was added before and before what is
   // added after.
   void Truncate(const std::string& index) {
-    steps_.push_back(Step{Join(), index});
+    steps_.push_back(Step{Chunks(), index});
     actions_.clear();
     last_.clear();
   }
@@ -56,22 +66,37 @@ class BulkBuffer {
   std::vector<Step> Take() {
     std::vector<Step> out = std::move(steps_);
     steps_.clear();
-    if (!actions_.empty()) out.push_back(Step{Join(), std::nullopt});
+    if (!actions_.empty()) {
+      Step last{Chunks(), std::nullopt};
+      if (!last.chunks.empty()) out.push_back(std::move(last));
+    }
     actions_.clear();
     last_.clear();
     return out;
   }
 
  private:
-  std::string Join() const {
-    size_t size = 0;
-    for (const std::string& a : actions_) size += a.size();
-    std::string out;
-    out.reserve(size);
-    for (const std::string& a : actions_) out += a;
+  std::vector<std::string> Chunks() const {
+    std::vector<std::string> out;
+    size_t i = 0;
+    while (i < actions_.size()) {
+      size_t size = 0, end = i;
+      for (; end < actions_.size(); ++end) {
+        if (size > 0 && size + actions_[end].size() > max_bytes_) break;
+        size += actions_[end].size();
+      }
+      if (size > 0) {
+        std::string chunk;
+        chunk.reserve(size);
+        for (; i < end; ++i) chunk += actions_[i];
+        out.push_back(std::move(chunk));
+      }
+      i = end;
+    }
     return out;
   }
 
+  size_t max_bytes_;
   std::vector<Step> steps_;  // closed by a truncate
   std::vector<std::string> actions_;
   std::unordered_map<std::string, size_t> last_;

@@ -1,6 +1,9 @@
 #include "sinks/opensearch/opensearch_sink.h"
 
+#include <atomic>
 #include <set>
+#include <system_error>
+#include <thread>
 #include <unordered_map>
 
 #include "cdc/pg_connection.h"
@@ -14,6 +17,12 @@ namespace pgderive {
 namespace {
 
 constexpr const char* kCheckpointIndex = "pgderive-checkpoints";
+// An Apply's _bulk requests: cut by size (a group of 20,000 changes made one request
+// of 9 MB, or 25 MB mid-transaction, for the node to hold whole in its heap), several
+// in flight, so that the node indexes one while another is on the wire or being
+// answered, and on as many write threads as it has.
+constexpr size_t kBulkBytes = size_t{2} << 20;
+constexpr size_t kBulksInFlight = 3;
 
 // {"<action>":{"_index":..,"_id":..,"version":..,"version_type":"external_gte"}}
 void AppendAction(std::string& out, const char* action, const std::string& index,
@@ -135,12 +144,16 @@ Status OpenSearchSink::Check(const std::shared_ptr<const RelationSchema>& schema
   return Status::Ok();
 }
 
+Result<OpenSearchClient> OpenSearchSink::MakeClient() const {
+  HttpClient::Options options;
+  options.url = url_;
+  options.ca_file = ca_file_;
+  return OpenSearchClient::Create(options);
+}
+
 Result<OpenSearchClient*> OpenSearchSink::Client() {
   if (!client_) {
-    HttpClient::Options options;
-    options.url = url_;
-    options.ca_file = ca_file_;
-    auto client = OpenSearchClient::Create(options);
+    auto client = MakeClient();
     if (!client.ok()) return client.error();
     client_.emplace(std::move(client).value());
   }
@@ -150,6 +163,7 @@ Result<OpenSearchClient*> OpenSearchSink::Client() {
 Status OpenSearchSink::Connect() {
   std::lock_guard lock(mutex_);
   client_.reset();
+  senders_.clear();
   horizon_loaded_ = false;
   auto client = Client();
   if (!client.ok()) return client.error();
@@ -270,6 +284,39 @@ Status OpenSearchSink::SendBulk(OpenSearchClient& client, std::string& ndjson) {
                           ": " + failure.type + ": " + failure.reason;
     if (failure.status == 429 || failure.status >= 500) return Error::Transient(message);
     return Error::Permanent(message);
+  }
+  return Status::Ok();
+}
+
+Status OpenSearchSink::SendChunks(OpenSearchClient& client, std::vector<std::string>& chunks) {
+  const size_t workers = std::min(chunks.size(), kBulksInFlight);
+  while (senders_.size() + 1 < workers) {
+    auto sender = MakeClient();
+    if (!sender.ok()) return sender.error();
+    senders_.push_back(std::move(sender).value());
+  }
+  std::vector<Status> results(chunks.size());
+  std::atomic<size_t> next{0};
+  std::atomic<bool> failed{false};
+  auto send = [&](OpenSearchClient& with) {
+    for (size_t i = 0; !failed.load() && (i = next.fetch_add(1)) < chunks.size();) {
+      results[i] = SendBulk(with, chunks[i]);
+      if (!results[i].ok()) failed.store(true);
+    }
+  };
+  std::vector<std::thread> threads;
+  for (size_t w = 0; w + 1 < workers; ++w) {
+    try {
+      threads.emplace_back(send, std::ref(senders_[w]));
+    } catch (const std::system_error&) {
+      break;  // no thread to spare: fewer requests in flight
+    }
+  }
+  send(client);
+  for (std::thread& thread : threads) thread.join();
+  chunks.clear();
+  for (Status& result : results) {
+    if (!result.ok()) return result;
   }
   return Status::Ok();
 }
@@ -483,7 +530,8 @@ class OpenSearchSink::Writer : public RowStore {
       if (!status.ok()) return status;
     }
     for (BulkBuffer::Step& step : bulk_.Take()) {
-      Status status = sink_.SendBulk(client_, step.ndjson);
+      // Every request of the step answered before its truncate, and before what follows.
+      Status status = sink_.SendChunks(client_, step.chunks);
       if (status.ok() && step.truncate) status = client_.DeleteAllDocuments(*step.truncate);
       if (!status.ok()) return status;
     }
@@ -492,7 +540,7 @@ class OpenSearchSink::Writer : public RowStore {
 
   OpenSearchSink& sink_;
   OpenSearchClient& client_;
-  BulkBuffer bulk_;
+  BulkBuffer bulk_{kBulkBytes};
   std::map<std::string, std::string> states_;  // view -> its last state's action
   // What this Apply wrote, per index and _id: the document's JSON, or nullopt when
   // deleted. An update that leaves a TOASTed value out takes it from here when the

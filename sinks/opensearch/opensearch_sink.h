@@ -10,8 +10,13 @@
 // document holds is refused with a version conflict, which counts as success; writes
 // of one transaction share a version, and `_gte` lets the later of them win in order.
 //
+// Requests: an Apply's actions, one per document (bulk_buffer.h), go in `_bulk`
+// requests of at most a few MB, several in flight at once on connections of their own
+// (documents apart, so their order does not matter); the next step (a truncate, the
+// views' states, the checkpoint) waits for every one of them.
+//
 // Checkpoint: the document `<pipeline>.<store>` of the index `pgderive-checkpoints`,
-// written after the batch's `_bulk` succeeded item by item (OpenSearch has no
+// written after the batch's `_bulk` requests succeeded item by item (OpenSearch has no
 // transaction across documents; the versions make the replay after a crash between the
 // two a no-op). An index that went missing means the store lost data: no checkpoint.
 
@@ -93,8 +98,12 @@ class OpenSearchSink : public Sink, public ViewInspector {
   class Writer;
 
   Result<OpenSearchClient*> Client();
+  Result<OpenSearchClient> MakeClient() const;
   // Sends `ndjson` as one _bulk and judges every item (a version conflict is a replay).
-  Status SendBulk(OpenSearchClient& client, std::string& ndjson);
+  static Status SendBulk(OpenSearchClient& client, std::string& ndjson);
+  // Sends requests about disjoint documents, several at once (`client` and senders_),
+  // and returns once every one is answered: the first failure, else success.
+  Status SendChunks(OpenSearchClient& client, std::vector<std::string>& chunks);
   Status WriteCheckpoint(OpenSearchClient& client, std::optional<Lsn> lsn);
   // Deletes the view's index and creates it again, empty, with the view's mapping.
   Status RecreateIndex(OpenSearchClient& client, View& view);
@@ -116,6 +125,7 @@ class OpenSearchSink : public Sink, public ViewInspector {
   bool rebuilt_ = false;             // BeginRebuild (re)created the views' indexes in this process
   std::mutex mutex_;
   std::optional<OpenSearchClient> client_;
+  std::vector<OpenSearchClient> senders_;  // the other requests in flight (SendChunks)
   SourceRows source_;  // rows read again (an unchanged TOASTed value the index lacks)
   // Its horizon is the document <checkpoint_id>/reread of the checkpoint index.
   bool horizon_loaded_ = false;

@@ -11,7 +11,11 @@ using Steps = std::vector<std::pair<std::string, std::string>>;  // (ndjson, tru
 
 Steps Render(std::vector<BulkBuffer::Step> steps) {
   Steps out;
-  for (auto& step : steps) out.emplace_back(step.ndjson, step.truncate.value_or(""));
+  for (auto& step : steps) {
+    std::string ndjson;
+    for (const std::string& chunk : step.chunks) ndjson += chunk;
+    out.emplace_back(ndjson, step.truncate.value_or(""));
+  }
   return out;
 }
 
@@ -50,6 +54,32 @@ TEST(BulkBufferTest, ATruncateIsOrderedAgainstTheActionsAroundIt) {
       Render(bulk.Take()),
       (Steps{{"upd1;o9;", "orders"}, {"ins1;upd6;", "orders"}, {"", "other"}, {"ins7;", ""}}));
   EXPECT_TRUE(bulk.empty());
+}
+
+TEST(BulkBufferTest, CutsEachStepIntoRequestsOfAtMostMaxBytes) {
+  BulkBuffer bulk(10);
+  bulk.Add("i", "1", "aaaa;");
+  bulk.Add("i", "2", "bbbb;");
+  bulk.Add("i", "3", "cccc;");
+  bulk.Add("i", "2", "BB;");               // supersedes bbbb;, sent where it stands
+  bulk.Add("i", "4", "a larger action;");  // larger than max_bytes: alone
+  bulk.Add("i", "5", "e;");
+  bulk.Truncate("i");
+  bulk.Add("i", "6", "f;");
+  bulk.Add("i", "6", "g;");
+  auto steps = bulk.Take();
+  ASSERT_EQ(steps.size(), 2u);
+  EXPECT_EQ(steps[0].chunks,
+            (std::vector<std::string>{"aaaa;cccc;", "BB;", "a larger action;", "e;"}));
+  EXPECT_EQ(steps[0].truncate, "i");
+  EXPECT_EQ(steps[1].chunks, (std::vector<std::string>{"g;"}));
+  EXPECT_FALSE(steps[1].truncate);
+
+  // A step that is only a truncate has no chunks.
+  bulk.Truncate("i");
+  steps = bulk.Take();
+  ASSERT_EQ(steps.size(), 1u);
+  EXPECT_TRUE(steps[0].chunks.empty());
 }
 
 }  // namespace
