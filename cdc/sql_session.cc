@@ -35,8 +35,16 @@ std::string Trimmed(std::string_view message) {
 
 // The command's first word: errors name the command, never its arguments (they may
 // hold literals we should not echo).
+// The label of an error: the statement's verb ("insert failed"), or "statement" when the
+// text holds several (the first verb would name a statement that may not be the one at
+// fault; PostgreSQL's message and its LINE context say which).
 std::string Verb(std::string_view sql) {
   while (!sql.empty() && (sql.front() == ' ' || sql.front() == '\n')) sql.remove_prefix(1);
+  const size_t semicolon = sql.find(';');
+  if (semicolon != std::string_view::npos &&
+      sql.find_first_not_of(" \n\t;", semicolon) != std::string_view::npos) {
+    return "statement";
+  }
   return std::string(sql.substr(0, sql.find_first_of(" \n;")));
 }
 

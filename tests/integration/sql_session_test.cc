@@ -153,6 +153,12 @@ TEST(SqlSessionIntegrationTest, ErrorKinds) {
   EXPECT_EQ(missing.error().kind(), ErrorKind::kPermanent);
   EXPECT_NE(missing.error().message().find("no_such_table_here"), std::string::npos);
   EXPECT_EQ(missing.error().message().find("Sekr1tParam"), std::string::npos);
+  EXPECT_EQ(missing.error().message().rfind("select failed", 0), 0u) << missing.error().message();
+  // Several statements in one text: the first one's verb would name the wrong statement.
+  auto several = sql.Query("set local work_mem = '4MB'; delete from no_such_table_here");
+  ASSERT_FALSE(several.ok());
+  EXPECT_EQ(several.error().message().rfind("statement failed", 0), 0u)
+      << several.error().message();
   EXPECT_TRUE(sql.is_open());
 
   // The server ends the session: transient, and the session stays broken (never
