@@ -19,23 +19,21 @@ namespace {
 using Entries = std::map<std::string, std::string>;  // key -> JSON object
 
 // The entries every view of `sink` must hold, from the source's rows.
-class ExpectedEntries : public SnapshotConsumer {
+class ExpectedEntries : public TypedSnapshotConsumer {
  public:
   ExpectedEntries(ViewInspector& inspector, TypeLearner& learner)
-      : inspector_(inspector), learner_(learner) {}
+      : TypedSnapshotConsumer(learner), inspector_(inspector) {}
 
-  Status OnTable(const std::shared_ptr<const RelationSchema>& schema) override {
-    schemas_[schema.get()] = schema;
-    Status status = learner_.Learn(schema->columns);
-    types_ = learner_.types();
-    return status;
-  }
-  Status OnRows(const RelationSchema& schema, std::span<const TupleData> rows) override {
-    const auto& shared = schemas_.at(&schema);
+  std::map<std::string, Entries> by_view;
+  std::map<std::string, std::vector<std::string>> duplicates;  // two rows, one key
+
+ protected:
+  Status OnTypedRows(const std::shared_ptr<const RelationSchema>& shared,
+                     std::span<const TupleData> rows, const TypeRegistry& types) override {
     for (const std::string& view : inspector_.views()) {
       std::vector<ViewInspector::Entry> found;
       for (const TupleData& row : rows) {
-        auto entry = inspector_.Expected(view, shared, row, *types_);
+        auto entry = inspector_.Expected(view, shared, row, types);
         if (!entry.ok()) return entry.error();
         if (entry.value()) found.push_back(std::move(*entry.value()));
       }
@@ -50,14 +48,8 @@ class ExpectedEntries : public SnapshotConsumer {
     return Status::Ok();
   }
 
-  std::map<std::string, Entries> by_view;
-  std::map<std::string, std::vector<std::string>> duplicates;  // two rows, one key
-
  private:
   ViewInspector& inspector_;
-  TypeLearner& learner_;
-  std::map<const RelationSchema*, std::shared_ptr<const RelationSchema>> schemas_;
-  std::shared_ptr<const TypeRegistry> types_;
   std::mutex mutex_;
 };
 

@@ -12,24 +12,19 @@ namespace pgderive {
 namespace {
 
 // Snapshot rows to every sink whose views read the table.
-class SnapshotFanout : public SnapshotConsumer {
+class SnapshotFanout : public TypedSnapshotConsumer {
  public:
   SnapshotFanout(std::vector<Sink*> sinks, TypeLearner& learner)
-      : sinks_(std::move(sinks)), learner_(learner) {}
+      : TypedSnapshotConsumer(learner), sinks_(std::move(sinks)) {}
 
-  Status OnTable(const std::shared_ptr<const RelationSchema>& schema) override {
-    schemas_[schema.get()] = schema;
-    Status status = learner_.Learn(schema->columns);
-    types_ = learner_.types();
-    return status;
-  }
-  Status OnRows(const RelationSchema& schema, std::span<const TupleData> rows) override {
-    const auto& shared = schemas_.at(&schema);
-    const std::string table = schema.QualifiedName();
+ protected:
+  Status OnTypedRows(const std::shared_ptr<const RelationSchema>& schema,
+                     std::span<const TupleData> rows, const TypeRegistry& types) override {
+    const std::string table = schema->QualifiedName();
     for (Sink* sink : sinks_) {
       const auto tables = sink->tables();
       if (std::find(tables.begin(), tables.end(), table) == tables.end()) continue;
-      Status status = sink->ApplySnapshotRows(shared, rows, *types_);
+      Status status = sink->ApplySnapshotRows(schema, rows, types);
       if (!status.ok()) return status;
     }
     return Status::Ok();
@@ -37,9 +32,6 @@ class SnapshotFanout : public SnapshotConsumer {
 
  private:
   std::vector<Sink*> sinks_;
-  TypeLearner& learner_;
-  std::map<const RelationSchema*, std::shared_ptr<const RelationSchema>> schemas_;
-  std::shared_ptr<const TypeRegistry> types_;
 };
 
 }  // namespace

@@ -227,4 +227,11 @@ Status SnapshotReader::Run(SnapshotConsumer& consumer) {
   return Status::Ok();
 }
 
+Status TypedSnapshotConsumer::OnTable(const std::shared_ptr<const RelationSchema>& schema) {
+  schemas_[schema.get()] = schema;
+  Status status = learner_.Learn(schema->columns);
+  types_ = learner_.types();
+  return status;
+}
+
 }  // namespace pgderive

@@ -19,6 +19,7 @@
 // a worker holds one batch of rows (about 1 MB) at a time.
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -26,6 +27,7 @@
 
 #include "cdc/change_stream.h"
 #include "cdc/pg_connection.h"
+#include "cdc/type_catalog.h"
 
 namespace pgderive {
 
@@ -48,6 +50,28 @@ class SnapshotConsumer {
   virtual Status OnTable(const std::shared_ptr<const RelationSchema>& schema) = 0;
   // `rows` (and the bytes they point into) are valid during the call only.
   virtual Status OnRows(const RelationSchema& schema, std::span<const TupleData> rows) = 0;
+};
+
+// A consumer that needs each table's column types to render its rows: OnTable learns
+// them (TypeLearner) and keeps the shared schema; rows arrive with both.
+class TypedSnapshotConsumer : public SnapshotConsumer {
+ public:
+  explicit TypedSnapshotConsumer(TypeLearner& learner) : learner_(learner) {}
+
+  Status OnTable(const std::shared_ptr<const RelationSchema>& schema) final;
+  Status OnRows(const RelationSchema& schema, std::span<const TupleData> rows) final {
+    return OnTypedRows(schemas_.at(&schema), rows, *types_);
+  }
+
+ protected:
+  // From several threads at once, like OnRows.
+  virtual Status OnTypedRows(const std::shared_ptr<const RelationSchema>& schema,
+                             std::span<const TupleData> rows, const TypeRegistry& types) = 0;
+
+ private:
+  TypeLearner& learner_;
+  std::map<const RelationSchema*, std::shared_ptr<const RelationSchema>> schemas_;
+  std::shared_ptr<const TypeRegistry> types_;
 };
 
 // Progress, readable from any thread while Run works (for logs, metrics and status).
