@@ -9,8 +9,8 @@
 #include <thread>
 #include <vector>
 
-#include "base/backoff.h"
 #include "base/redact.h"
+#include "base/retry.h"
 #include "cdc/change_batch.h"
 #include "cdc/pg_connection.h"
 #include "cdc/publication.h"
@@ -324,32 +324,25 @@ int RunTail(const TailOptions& options) {
           .string();
   TransactionAssembler assembler({.spill_dir = spill_dir}, printer);
   auto stopped = [&] { return options.stop != nullptr && options.stop->load(); };
-  Backoff backoff;
   while (!printer.done() && !stopped()) {
     if (!stream) {
       // Reconnect to the existing slot: the server resends from its confirmed position
       // (tail never moves it), and the assembler skips every transaction it already
       // printed, by commit LSN.
-      auto connection = PgConnection::Connect(config.source.dsn, PgConnection::Mode::kReplication,
-                                              "pgderive-tail");
-      Result<ReplicationStream> reopened =
-          connection.ok() ? ReplicationStream::Start(std::move(connection).value(), stream_options)
-                          : Result<ReplicationStream>(connection.error());
+      Result<ReplicationStream> reopened = RetryTransient(
+          [&]() -> Result<ReplicationStream> {
+            auto connection = PgConnection::Connect(
+                config.source.dsn, PgConnection::Mode::kReplication, "pgderive-tail");
+            if (!connection.ok()) return connection.error();
+            return ReplicationStream::Start(std::move(connection).value(), stream_options);
+          },
+          stopped,
+          [](const std::string& m) { std::fprintf(stderr, "pgderive tail: %s\n", m.c_str()); });
       if (!reopened.ok()) {
-        if (reopened.error().kind() != ErrorKind::kTransient)
-          return Fail(reopened.error().message());
-        const auto wait = backoff.Next();
-        std::fprintf(stderr, "pgderive tail: %s; retrying in %lld ms\n",
-                     reopened.error().message().c_str(), static_cast<long long>(wait.count()));
-        // Wait in slices so that a signal stops the wait promptly.
-        const auto until = std::chrono::steady_clock::now() + wait;
-        while (!stopped() && std::chrono::steady_clock::now() < until) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(50));
-        }
-        continue;
+        if (stopped()) break;
+        return Fail(reopened.error().message());
       }
       stream.emplace(std::move(reopened).value());
-      backoff.Reset();
       std::fprintf(stderr, "pgderive tail: reconnected to slot %s\n", stream_options.slot.c_str());
     }
     auto next = stream->Next(std::chrono::milliseconds(500));

@@ -2,8 +2,9 @@
 
 // Exponential backoff with jitter, for reconnecting to a peer that went away: the
 // delay starts at `initial`, doubles up to `max`, and each one is randomised by +-20%
-// so that many clients do not return in lock-step.
+// so that many clients do not return in lock-step, without ever exceeding `max`.
 
+#include <algorithm>
 #include <chrono>
 #include <random>
 
@@ -20,8 +21,9 @@ class Backoff {
     const auto base = next_;
     next_ = std::min(next_ * 2, max_);
     std::uniform_real_distribution<double> jitter(0.8, 1.2);
-    return std::chrono::milliseconds(
+    const auto jittered = std::chrono::milliseconds(
         static_cast<long>(static_cast<double>(base.count()) * jitter(Generator())));
+    return std::min(jittered, max_);
   }
   void Reset() { next_ = initial_; }
 

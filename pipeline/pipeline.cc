@@ -17,14 +17,6 @@ constexpr auto kStopGrace = std::chrono::seconds(8);
 constexpr auto kIdleMarkInterval = std::chrono::seconds(1);
 constexpr auto kConfirmInterval = std::chrono::milliseconds(100);
 
-// Waits `wait`, or less once `stopped`.
-void WaitUnlessStopped(std::chrono::milliseconds wait, const std::function<bool()>& stopped) {
-  const auto until = std::chrono::steady_clock::now() + wait;
-  while (!stopped() && std::chrono::steady_clock::now() < until) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // polls `stopped`
-  }
-}
-
 }  // namespace
 
 Pipeline::Pipeline(const Config& config, std::vector<std::unique_ptr<Sink>> sinks,
@@ -207,23 +199,16 @@ std::optional<int> Pipeline::OpenSlot() {
 // transiently.
 std::optional<int> Pipeline::Rebuild(const std::vector<Sink*>& sinks) {
   for (Sink* sink : sinks) {
-    Backoff backoff(std::chrono::milliseconds(200), std::chrono::seconds(10));
-    while (true) {
-      if (stopped()) return 0;  // nothing is confirmed; the next start rebuilds
-      auto rebuilt = RebuildFromTemporarySlot(config_, *sink, stop_, logger_, monitor_);
-      if (rebuilt.ok()) {
-        checkpoints_[sink] = rebuilt.value();
-        break;
-      }
-      if (rebuilt.error().kind() != ErrorKind::kTransient) {
-        return Undo(
-            Fail("rebuild of store " + sink->name() + " failed: " + rebuilt.error().message()));
-      }
-      const auto wait = backoff.Next();
-      Log("rebuild of store " + sink->name() + " failed: " + rebuilt.error().message() +
-          "; retrying in " + std::to_string(wait.count()) + " ms");
-      WaitUnlessStopped(wait, [this] { return stopped(); });
+    auto rebuilt = RetryTransient(
+        [&] { return RebuildFromTemporarySlot(config_, *sink, stop_, logger_, monitor_); },
+        [this] { return stopped(); },
+        [&](const std::string& m) { Log("rebuild of store " + sink->name() + " failed: " + m); });
+    if (rebuilt.ok()) {
+      checkpoints_[sink] = rebuilt.value();
+      continue;
     }
+    if (stopped()) return 0;  // nothing is confirmed; the next start rebuilds
+    return Undo(Fail("rebuild of store " + sink->name() + " failed: " + rebuilt.error().message()));
   }
   return std::nullopt;
 }

@@ -31,6 +31,7 @@
 #include "base/http_server.h"
 #include "base/log.h"
 #include "base/metrics.h"
+#include "base/retry.h"
 #include "cdc/pg_connection.h"
 #include "cdc/publication.h"
 #include "cdc/replication_stream.h"
@@ -108,7 +109,7 @@ class Pipeline {
   StreamOptions stream_options_;
   std::optional<ReplicationStream> stream_;
   // The loop's.
-  Backoff backoff_;
+  Backoff backoff_ = ReconnectBackoff();
   std::chrono::steady_clock::time_point last_confirm_;
   std::chrono::steady_clock::time_point last_idle_mark_;
   Lsn last_sent_flush_;

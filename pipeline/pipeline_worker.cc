@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 
-#include "base/backoff.h"
+#include "base/retry.h"
 #include "cdc/walsender.h"
 
 namespace pgderive {
@@ -259,7 +259,7 @@ void PipelineWorker::Loop() {
 }
 
 Status PipelineWorker::ApplyWithRetry(const BatchGroup& group) {
-  Backoff backoff(std::chrono::milliseconds(100), std::chrono::seconds(10));
+  Backoff backoff = ReconnectBackoff();
   bool recover = false;
   while (true) {
     Status status = Status::Ok();

@@ -5,7 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
-#include "base/backoff.h"
+#include "base/retry.h"
 #include "cdc/publication.h"
 #include "snapshot/view_state.h"
 
@@ -143,25 +143,29 @@ void Backfills::Loop() {
                                    {"table", job->table},
                                    {"after", job->after.value_or("")}});
     const auto started = std::chrono::steady_clock::now();
-    Backoff backoff(std::chrono::milliseconds(200), std::chrono::seconds(10));
-    bool failed = false;
-    while (true) {
-      Status status = RunJob(job);
-      if (status.ok()) break;
-      if (status.error().kind() != ErrorKind::kTransient) {
-        failed = true;
-        log_.Error("backfill failed: " + status.error().message() +
-                       "; the views stay backfilling until it is fixed and pgderive restarted",
-                   {{"store", job->store}, {"views", views}});
-        break;
-      }
-      sql_.reset();
-      const auto wait = backoff.Next();
-      log_.Warn("backfill interrupted: " + status.error().message() + "; retrying in " +
-                    std::to_string(wait.count()) + " ms",
-                {{"store", job->store}, {"views", views}});
-      std::unique_lock lock(mutex_);
-      changed_.wait_for(lock, wait, [&] { return stopping_ || job->cancelled; });
+    bool retrying = false;
+    const Status status = RetryTransient(
+        [&] {
+          if (retrying) sql_.reset();
+          retrying = true;
+          return RunJob(job);
+        },
+        [&] {
+          std::lock_guard lock(mutex_);
+          return stopping_ || job->cancelled;
+        },
+        [&](const std::string& m) {
+          log_.Warn("backfill interrupted: " + m, {{"store", job->store}, {"views", views}});
+        },
+        [&](std::chrono::milliseconds wait) {
+          std::unique_lock lock(mutex_);
+          changed_.wait_for(lock, wait, [&] { return stopping_ || job->cancelled; });
+        });
+    const bool failed = !status.ok() && status.error().kind() != ErrorKind::kTransient;
+    if (failed) {
+      log_.Error("backfill failed: " + status.error().message() +
+                     "; the views stay backfilling until it is fixed and pgderive restarted",
+                 {{"store", job->store}, {"views", views}});
     }
     std::lock_guard lock(mutex_);
     if (job->cancelled) {
