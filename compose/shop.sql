@@ -1,5 +1,5 @@
 -- A small shop for the demo pipeline (scripts/demo.sh) and docker-compose: the tables
--- the views of SPEC.md §3 read. Idempotent: existing tables are kept.
+-- the example views of docs/configuration.md read. Idempotent: existing tables are kept.
 create table if not exists products (
   id bigint primary key,
   sku text not null,

@@ -1,8 +1,9 @@
 #pragma once
 
-// pgderive's configuration (SPEC.md §3): one YAML file into immutable typed structs.
-// Every key is declared once, in the table of config.cc (ConfigKeys()), with its type,
-// default and meaning; the checks and the README's key table both come from it.
+// pgderive's configuration (docs/configuration.md): one YAML file into immutable typed
+// structs. Every key is declared once, in the key table (ConfigKeys()), with its type,
+// default and meaning; the checks and the key reference of docs/configuration.md both
+// come from it.
 // Loading reports every problem it finds in one go - unknown or duplicate key, wrong
 // type, missing key, unknown store, two views writing one target, unset ${VARIABLE},
 // a DSN or URL that does not parse - each with file, line and column, and never quotes
@@ -109,7 +110,7 @@ ConfigResult LoadConfigFile(const std::string& path);
 std::optional<Config> LoadConfigOrReport(const std::string& path, std::FILE* err);
 ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path);
 
-// One declared key, as the checks use it and the README documents it.
+// One declared key, as the checks use it and docs/configuration.md documents it.
 struct ConfigKey {
   std::string section;   // "" (top level), "source", "stores.NAME", "views[]", ...
   std::string name;      // the key within its section
@@ -119,7 +120,7 @@ struct ConfigKey {
   std::string meaning;
 };
 const std::vector<ConfigKey>& ConfigKeys();
-// The README's key table (markdown), rendered from ConfigKeys().
+// The key reference of docs/configuration.md (Markdown), rendered from ConfigKeys().
 std::string ConfigKeyTableMarkdown();
 
 }  // namespace pgderive

@@ -18,8 +18,8 @@ unsigned StoreBit(StoreType type) {
 }
 
 // Every key pgderive reads, once. ParseConfig reads each through this table (type,
-// required, default) and rejects any key it does not list; the README's key table is
-// rendered from it (ConfigKeyTableMarkdown, checked by a unit test).
+// required, default) and rejects any key it does not list; the key reference of
+// docs/configuration.md is rendered from it (ConfigKeyTableMarkdown, checked by a unit test).
 const std::vector<KeyDef>& Keys() {
   static const std::vector<KeyDef> keys = {
       {"", "pipeline", Kind::kString, 0, true, "required",

@@ -2,7 +2,7 @@
 # The main job on a fresh Debian 12 machine: installs the Debian packages, builds
 # pgderive, brings up the real local stack (PostgreSQL 15, Redis 7, OpenSearch 2.19) in
 # DIR (default /tmp/pgderive-demo), loads a sample shop database (compose/shop.sql),
-# and runs the pipeline of SPEC.md §3 on it (compose/local/demo.yml): a Redis cache,
+# and runs the example pipeline of docs/configuration.md on it (compose/local/demo.yml): a Redis cache,
 # an OpenSearch index and a materialized-view table. It then changes a few rows,
 # proves every view with `pgderive verify`, shows a sample of each, and leaves the
 # pipeline running (log: DIR/pgderive.log).

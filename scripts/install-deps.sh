@@ -11,7 +11,7 @@ packages=(
   clang libclang-rt-14-dev
   # GNU time for the benchmark's peak RSS
   time
-  # libraries (every one from Debian; see README "Dependencies")
+  # libraries (every one from Debian; see docs/architecture.md, "Dependencies")
   libpq-dev libpqxx-dev libhiredis-dev nlohmann-json3-dev libyaml-cpp-dev
   libcurl4-openssl-dev libgtest-dev libgmock-dev libspdlog-dev libfmt-dev
   libcli11-dev libcpp-httplib-dev libsimdjson-dev

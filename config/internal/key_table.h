@@ -3,8 +3,8 @@
 // The key table: every key of the configuration file, declared once with its section,
 // type, the stores it applies to, whether it is required, its default and its meaning.
 // ParseConfig (config.cc) reads each key through it and rejects any key it does not list;
-// the README's key table is rendered from it (ConfigKeyTableMarkdown, checked by a unit
-// test). Private to config/.
+// the key reference of docs/configuration.md is rendered from it (ConfigKeyTableMarkdown,
+// checked by a unit test). Private to config/.
 
 #include <string>
 #include <vector>

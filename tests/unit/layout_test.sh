@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The tree's layering (STYLE.md, README "Layout"): a folder includes only folders earlier
+# The tree's layering (docs/architecture.md, "Layout"): a folder includes only folders earlier
 # in the dependency order
 #   base -> config -> cdc -> migrations -> snapshot -> sinks/common -> sinks/<store>
 # with pipeline after sinks/common (never a concrete store) and app last; and a folder's
