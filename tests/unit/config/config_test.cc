@@ -407,15 +407,6 @@ TEST(ConfigCorpusTest, TheFullValidFileLoads) {
   }
 }
 
-// docs/configuration.md's key table is the table the loader checks with.
-TEST(ConfigCorpusTest, DocsListEveryKey) {
-  const std::string doc =
-      ReadAll(std::filesystem::path(testing::SourceDir()) / "docs" / "configuration.md");
-  EXPECT_NE(doc.find(ConfigKeyTableMarkdown()), std::string::npos)
-      << "docs/configuration.md's key reference must hold this table:\n"
-      << ConfigKeyTableMarkdown();
-}
-
 // The grammars alone (config/grammar.h), each the one parser of its kind of text.
 TEST(ConfigGrammarTest, TableNames) {
   EXPECT_EQ(TableNameProblem("products"), std::nullopt);
