@@ -35,13 +35,6 @@ struct PgRows {
 // The values of $1, $2, ... in text form; nullopt is NULL.
 using SqlParams = std::vector<std::optional<std::string>>;
 
-// "schema.table" as configured -> {schema, table}: TableName::Parse (base/table_name.h) as
-// a pair, for the callers that still take one; new code uses TableName.
-inline std::pair<std::string, std::string> SplitTableName(std::string_view table) {
-  TableName parsed = TableName::Parse(table);
-  return {std::move(parsed.schema), std::move(parsed.name)};
-}
-
 // A text[] literal of `values` ({"a","b\"c"}), to bind a list as one parameter:
 // "= any($1::text[])", "unnest($1::text[])".
 std::string SqlTextArray(const std::vector<std::string>& values);
@@ -65,10 +58,6 @@ class SqlRunner {
   // Quotes an identifier / a literal for this session's encoding.
   virtual std::string QuoteIdentifier(std::string_view identifier) const = 0;
   virtual std::string QuoteLiteral(std::string_view literal) const = 0;
-  // "schema.table" as configured -> "schema"."table" (TableName::Quoted).
-  std::string QuoteTableName(std::string_view table) const {
-    return TableName::Parse(table).Quoted();
-  }
   // "schema.table" as configured -> '"schema"."table"'::regclass, the table's oid in SQL.
   std::string QuoteRegclass(std::string_view table) const {
     return QuoteLiteral(TableName::Parse(table).Quoted()) + "::regclass";

@@ -5,7 +5,9 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "base/number.h"
 #include "base/retry.h"
+#include "base/table_name.h"
 #include "cdc/publication.h"
 #include "snapshot/view_state.h"
 
@@ -204,7 +206,7 @@ Status Backfills::WaitForWriters(const std::string& table) {
       "'AccessExclusiveLock') and pid is distinct from pg_backend_pid()";
   auto holders =
       sql_->Query("select coalesce(array_agg(distinct virtualtransaction), '{}')::text " + locks,
-                  {sql_->QuoteTableName(table)});
+                  {TableName::Parse(table).Quoted()});
   if (!holders.ok()) return holders.error();
   const std::string set = holders.value().rows[0][0].value_or("{}");
   if (set == "{}") return Status::Ok();
@@ -213,7 +215,7 @@ Status Backfills::WaitForWriters(const std::string& table) {
   while (!stopping()) {
     auto left =
         sql_->Query("select count(*) " + locks + " and virtualtransaction = any($2::text[])",
-                    {sql_->QuoteTableName(table), set});
+                    {TableName::Parse(table).Quoted(), set});
     if (!left.ok()) return left.error();
     if (left.value().rows[0][0].value_or("0") == "0") return Status::Ok();
     if (std::chrono::steady_clock::now() - logged >= kWaitLogEvery) {
@@ -274,7 +276,7 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
   // The key the chunks follow: the replica identity's index when it names one (its
   // columns are what a delete carries), else the primary key.
   const std::string regclass = "$1::regclass";
-  const SqlParams table = {sql_->QuoteTableName(job->table)};
+  const SqlParams table = {TableName::Parse(job->table).Quoted()};
   auto key = sql_->Query(
       "select a.attname, format_type(a.atttypid, a.atttypmod) from (select indkey::int2[] k "
       "from pg_index where indrelid = " +
@@ -302,14 +304,19 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
           TableAndPartitions(regclass),
       table);
   if (!estimate.ok()) return transient(estimate.error());
+  const auto& figures = estimate.value().rows.at(0);
+  const Result<uint64_t> rows_estimated = ParseServerNumber<uint64_t>(figures.at(0));
+  const Result<uint64_t> width = ParseServerNumber<uint64_t>(figures.at(1));
+  if (!rows_estimated.ok()) return rows_estimated.error();
+  if (!width.ok()) return width.error();
   size_t limit = options_.chunk_rows;
-  bool partitioned = false;
+  if (width.value() > 0) {
+    limit = std::clamp(kChunkBytes / width.value(), kMinChunkRows, options_.chunk_rows);
+  }
+  const bool partitioned = figures.at(2).value_or("f") == "t";
   {
     std::lock_guard lock(mutex_);
-    job->progress.rows_estimated = std::stoull(estimate.value().rows[0][0].value_or("0"));
-    const size_t width = std::stoull(estimate.value().rows[0][1].value_or("0"));
-    if (width > 0) limit = std::clamp(kChunkBytes / width, kMinChunkRows, options_.chunk_rows);
-    partitioned = estimate.value().rows[0][2].value_or("f") == "t";
+    job->progress.rows_estimated = rows_estimated.value();
   }
   std::deque<Unsure> unsure;
   while (true) {
@@ -486,7 +493,7 @@ Result<Backfills::ChunkResult> Backfills::RunChunk(
     where = " where (" + order + ") > (" + placeholders + ")";
   }
   auto rows = sql_->Query("select " + columns + " from " + (partitioned ? "" : "only ") +
-                              sql_->QuoteTableName(job->table) + where + " order by " + order +
+                              TableName::Parse(job->table).Quoted() + where + " order by " + order +
                               " limit " + std::to_string(limit),
                           after_values);
   if (!rows.ok()) {

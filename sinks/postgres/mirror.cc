@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "base/table_name.h"
 #include "cdc/copy_text.h"
 #include "cdc/publication.h"
 #include "sinks/postgres/query_rewrite.h"
@@ -65,7 +66,7 @@ Result<Mirror> ReadMirror(PgConnection& source, const std::string& table,
   if (!described.ok()) return described.error();
   Mirror mirror;
   mirror.table = table;
-  auto [schema, name] = SplitTableName(table);
+  auto [schema, name] = TableName::Parse(table);
   const std::string mirror_name = pipeline + "__" + schema + "__" + name;
   if (mirror_name.size() > 63) {
     return Error::Permanent(context + "the mirror table name " + mirror_name +

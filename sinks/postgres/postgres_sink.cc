@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <set>
 
+#include "base/table_name.h"
 #include "migrations/migrations.h"
 #include "sinks/common/source_rows.h"
 #include "sinks/common/view_list.h"
@@ -337,7 +338,7 @@ Status PostgresSink::BeginRebuild(Lsn) {
   std::vector<std::string> created_tables, created_schemas;
   for (const auto& [table, m] : mirrors_) created_tables.push_back(m.name);
   for (const auto& view : views_) {
-    auto [schema, name] = SplitTableName(view->config.table);
+    auto [schema, name] = TableName::Parse(view->config.table);
     auto present = c.Query(
         "select to_regclass($1) is not null, exists (select from pg_namespace where nspname = "
         "$2)",
@@ -351,7 +352,7 @@ Status PostgresSink::BeginRebuild(Lsn) {
     }
   }
   for (const auto& view : views_) {
-    auto [schema, name] = SplitTableName(view->config.table);
+    auto [schema, name] = TableName::Parse(view->config.table);
     auto query = MirrorQuery(*view, std::nullopt);
     if (!query.ok()) return query.error();
     sql += "create schema if not exists " + QuoteIdent(schema) + "; ";

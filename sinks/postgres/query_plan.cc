@@ -6,6 +6,7 @@
 #include <cctype>
 #include <nlohmann/json.hpp>
 
+#include "base/table_name.h"
 #include "cdc/publication.h"
 #include "sinks/postgres/query_rewrite.h"
 
@@ -242,7 +243,7 @@ Result<std::vector<std::string>> SourceTablesOf(SqlRunner& source, const std::st
         "select n.nspname || '.' || c.relname, c.relname, c.relkind, c.relpersistence from "
         "pg_partition_ancestors($1::regclass) with ordinality a(relid, level) join pg_class c "
         "on c.oid = a.relid join pg_namespace n on n.oid = c.relnamespace order by a.level",
-        {source.QuoteTableName(table)});
+        {TableName::Parse(table).Quoted()});
     if (!ancestors.ok()) return ancestors.error();
     std::string chosen = table;
     char relkind = 'r', persistence = 'p';
@@ -257,14 +258,15 @@ Result<std::vector<std::string>> SourceTablesOf(SqlRunner& source, const std::st
     } else {
       auto kind =
           source.Query("select relkind, relpersistence from pg_class where oid = $1::regclass",
-                       {source.QuoteTableName(table)});
+                       {TableName::Parse(table).Quoted()});
       if (!kind.ok()) return kind.error();
       if (!kind.value().rows.empty()) {
         relkind = kind.value().rows[0][0].value_or("r")[0];
         persistence = kind.value().rows[0][1].value_or("p")[0];
       }
     }
-    if (auto why = WhyNotPublishable(relkind, persistence, chosen, source.QuoteTableName(chosen))) {
+    if (auto why =
+            WhyNotPublishable(relkind, persistence, chosen, TableName::Parse(chosen).Quoted())) {
       return Error::Permanent(*why);
     }
     if (std::find(out.begin(), out.end(), chosen) == out.end()) out.push_back(chosen);

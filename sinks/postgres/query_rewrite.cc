@@ -4,6 +4,7 @@
 #include <cctype>
 #include <set>
 
+#include "base/table_name.h"
 #include "cdc/pg_connection.h"
 
 namespace pgderive {
@@ -245,7 +246,7 @@ std::string QuoteIdent(std::string_view name) {
 }
 
 std::string QuoteTable(std::string_view table) {
-  auto [schema, name] = SplitTableName(table);
+  auto [schema, name] = TableName::Parse(table);
   return QuoteIdent(schema) + "." + QuoteIdent(name);
 }
 

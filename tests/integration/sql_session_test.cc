@@ -68,7 +68,6 @@ TEST(SqlSessionIntegrationTest, ParametersAndNulls) {
                    {SqlTextArray({"\"s\".\"t,u\"", "back\\slash", "{}", ""})}),
             "\"s\".\"t,u\"|back\\slash|{}|");
   EXPECT_EQ(sql.QuoteIdentifier("a\"b"), "\"a\"\"b\"");
-  EXPECT_EQ(sql.QuoteTableName("s.t"), "\"s\".\"t\"");
   EXPECT_EQ(Scalar(sql, "select " + sql.QuoteLiteral("it's \\ x")), "it's \\ x");
 }
 

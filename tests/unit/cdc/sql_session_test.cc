@@ -69,11 +69,6 @@ TEST(SqlSessionTest, SqlStateKinds) {
   EXPECT_EQ(SqlStateKind("57014"), ErrorKind::kPermanent);  // query canceled
 }
 
-TEST(SqlSessionTest, SplitsTableNames) {
-  EXPECT_EQ(SplitTableName("orders"), std::make_pair(std::string("public"), std::string("orders")));
-  EXPECT_EQ(SplitTableName("s.t.u"), std::make_pair(std::string("s"), std::string("t.u")));
-}
-
 TEST(SqlSessionTest, TextArrayLiterals) {
   EXPECT_EQ(SqlTextArray({}), "{}");
   EXPECT_EQ(SqlTextArray({"a", ""}), R"({"a",""})");
