@@ -1,6 +1,5 @@
 #include "app/backfill_command.h"
 
-#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "app/sink_factory.h"
@@ -44,10 +43,7 @@ int RunBackfill(const BackfillCommandOptions& options) {
   if (status.ok()) status = sink.Connect();
   if (!status.ok()) return fail(1, "store " + sink.name() + ": " + status.error().message());
 
-  const std::string request = nlohmann::json{
-      {"pipeline", config.pipeline},
-      {"mark", "request"},
-      {"view", view->name}}.dump();
+  const std::string request = BackfillRequestMessage(config.pipeline, view->name);
   auto sent = c.Query("select pg_logical_emit_message(true, " + c.QuoteLiteral(kBackfillPrefix) +
                       ", " + c.QuoteLiteral(request) + ")::text");
   if (!sent.ok()) return fail(1, "source: " + sent.error().message());

@@ -350,10 +350,7 @@ void RunMonitor::CheckSourceTables() {
         if (rebuilt.insert(w).second) w->RequestRebuild(why);
         continue;
       }
-      const std::string request = nlohmann::json{
-          {"pipeline", config_.pipeline},
-          {"mark", "request"},
-          {"view", view}}.dump();
+      const std::string request = BackfillRequestMessage(config_.pipeline, view);
       Status emitted =
           sql.Execute("select pg_logical_emit_message(true, " + sql.QuoteLiteral(kBackfillPrefix) +
                       ", " + sql.QuoteLiteral(request) + ")");

@@ -25,6 +25,10 @@ bool AnyRowViewFollows(const std::vector<BackfillView>& views) {
 
 }  // namespace
 
+std::string BackfillRequestMessage(const std::string& pipeline, const std::string& view) {
+  return nlohmann::json{{"pipeline", pipeline}, {"mark", "request"}, {"view", view}}.dump();
+}
+
 WatermarkWindow::WatermarkWindow(Options options)
     : options_(std::move(options)), has_follow_(AnyRowViewFollows(options_.views)) {}
 

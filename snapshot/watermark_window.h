@@ -57,6 +57,12 @@ namespace pgderive {
 // The prefix of every logical message the backfill writes (and `pgderive backfill`).
 inline constexpr const char* kBackfillPrefix = "pgderive-backfill";
 
+// The content of a "request" message (written under kBackfillPrefix with
+// pg_logical_emit_message): the running pipeline `pipeline` empties `view` at the
+// message's position and fills it again. `pgderive backfill` and the run monitor (a
+// source table replaced) write it; WatermarkWindow reads it.
+std::string BackfillRequestMessage(const std::string& pipeline, const std::string& view);
+
 // A view as the backfill sees it.
 struct BackfillView {
   std::string store;

@@ -517,8 +517,9 @@ TEST_F(WatermarkWindowFollowTest, DoneRecordsTheColumnsTheViewsWereFilledWith) {
 }
 
 TEST_F(WatermarkWindowFollowTest, ARequestClearsTheViewAtItsPositionAndQueuesAJob) {
-  const std::string request =
-      R"({"pipeline":"p1","mark":"request","view":"items_cache"})";  // no run: any run's
+  // What `pgderive backfill` writes; no run: any run's.
+  const std::string request = BackfillRequestMessage("p1", "items_cache");
+  EXPECT_EQ(request, R"({"mark":"request","pipeline":"p1","view":"items_cache"})");
   const Fed fed = Mark(following_, At(0x100), request, /*index=*/1);
   EXPECT_EQ(Render(fed.out),
             (std::vector<std::string>{"0/100#1 state cache/items_cache backfilling clear oid=0 " +
