@@ -21,6 +21,8 @@
 #   scripts/demo.sh [--binary PATH] [DIR]   start the demo (or find it running)
 #   scripts/demo.sh --stop [DIR]            stop the pipeline and the stack (the data
 #                                           stays in DIR; a later start resumes it)
+#   scripts/demo.sh --stop-pipeline [DIR]   stop only the pipeline (e.g. before
+#                                           `pgderive teardown`)
 #
 #   --binary PATH   use this pgderive, already built: installs no packages and builds
 #                   and installs nothing (the walkthrough test uses it)
@@ -29,7 +31,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 caller_dir=$PWD
 cd "$root"
 
-usage() { sed -n '21,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '21,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 die() { echo "demo: $*" >&2; exit 1; }
 
 mode=start
@@ -37,6 +39,7 @@ binary=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --stop) mode=stop; shift ;;
+    --stop-pipeline) mode=stop-pipeline; shift ;;
     --binary) [ $# -ge 2 ] || usage; binary=$(realpath "$2"); shift 2 ;;
     -h|--help) usage ;;
     -*) echo "demo: unknown option '$1'" >&2; usage ;;
@@ -58,7 +61,10 @@ running_pid() {
   if tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q "pgderive run -c $config"; then echo "$pid"; fi
 }
 
-if [ "$mode" = stop ]; then
+# Stops the demo's `pgderive run` (SIGTERM; it finishes the batch in flight and writes
+# its checkpoints) and waits until it has exited.
+stop_pipeline() {
+  local pid deadline
   pid=$(running_pid)
   if [ -n "$pid" ]; then
     kill -TERM "$pid"
@@ -69,8 +75,22 @@ if [ "$mode" = stop ]; then
       kill -KILL "$pid" 2>/dev/null || true
     fi
     echo "demo: pgderive run (pid $pid) stopped"
+  else
+    echo "demo: pgderive run is not running"
   fi
   rm -f "$pidfile"
+}
+
+if [ "$mode" = stop-pipeline ]; then
+  stop_pipeline
+  if compose/local/stack status "$dir" > /dev/null 2>&1; then
+    echo "demo: the servers still run (scripts/demo.sh $dir starts the pipeline again," \
+      "scripts/demo.sh --stop $dir stops them)"
+  fi
+  exit 0
+fi
+if [ "$mode" = stop ]; then
+  stop_pipeline
   compose/local/stack down "$dir"
   echo "demo: stopped; the data stays in $dir (scripts/demo.sh $dir starts the demo again," \
     "rm -rf $dir forgets it)"
