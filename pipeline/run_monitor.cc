@@ -3,8 +3,8 @@
 #include <nlohmann/json.hpp>
 
 #include "base/number.h"
-#include "cdc/pg_connection.h"
 #include "cdc/publication.h"
+#include "cdc/sql_session.h"
 #include "cdc/walsender.h"
 
 namespace pgderive {
@@ -239,7 +239,7 @@ void RunMonitor::CheckSourceTables() {
   if (watched_.empty() || workers.empty()) return;  // streaming has not started
   auto c = Source();
   if (!c.ok()) return;
-  PgConnection& sql = *c.value();
+  SqlSession& sql = *c.value();
   // A partition's rows are looked at below: a lock held on it (a DDL statement waiting)
   // must not stall the monitor, which also publishes /status; tried again in 2 s.
   if (!sql.Execute("set lock_timeout = '1s'").ok()) {
@@ -373,10 +373,9 @@ void RunMonitor::CheckSourceTables() {
   }
 }
 
-Result<PgConnection*> RunMonitor::Source() {
+Result<SqlSession*> RunMonitor::Source() {
   if (!source_) {
-    auto c =
-        PgConnection::Connect(config_.source.dsn, PgConnection::Mode::kSql, "pgderive-monitor");
+    auto c = SqlSession::Connect(config_.source.dsn, "pgderive-monitor");
     if (!c.ok()) return c.error();
     source_.emplace(std::move(c).value());
   }

@@ -27,8 +27,8 @@
 #include "base/log.h"
 #include "base/metrics.h"
 #include "cdc/lsn.h"
-#include "cdc/pg_connection.h"
 #include "cdc/publication.h"
+#include "cdc/sql_session.h"
 #include "config/config.h"
 #include "pipeline/pipeline_worker.h"
 #include "snapshot/backfill.h"
@@ -85,7 +85,7 @@ class RunMonitor {
   void Heartbeat();
   void CheckSourceTables();
   // The monitor's own connection to the source (made on first use, again after an error).
-  Result<PgConnection*> Source();
+  Result<SqlSession*> Source();
 
   const Config& config_;
   Logger& log_;
@@ -128,7 +128,7 @@ class RunMonitor {
   std::atomic<bool> stream_connected_{false};
   std::atomic<uint64_t> received_{0};
   bool retained_warned_ = false;
-  std::optional<PgConnection> source_;  // the monitor thread's only
+  std::optional<SqlSession> source_;  // the monitor thread's only
 };
 
 }  // namespace pgderive

@@ -2,10 +2,10 @@
 
 namespace pgderive {
 
-Result<PgConnection*> SourceRows::Connection() {
-  if (!sql_ || PQstatus(sql_->get()) != CONNECTION_OK) {
+Result<SqlSession*> SourceRows::Connection() {
+  if (!sql_ || !sql_->is_open()) {
     sql_.reset();
-    auto connected = PgConnection::Connect(dsn_, PgConnection::Mode::kSql, "pgderive-reread");
+    auto connected = SqlSession::Connect(dsn_, "pgderive-reread");
     if (!connected.ok()) return connected.error();
     sql_.emplace(std::move(connected).value());
   }
@@ -18,7 +18,7 @@ Result<std::optional<SourceRows::Row>> SourceRows::Read(
   std::lock_guard lock(mutex_);
   auto connected = Connection();
   if (!connected.ok()) return connected.error();
-  PgConnection& c = *connected.value();
+  SqlSession& c = *connected.value();
   // The key is read from the catalog for every row (rows are read again rarely), never
   // remembered: a table dropped and made again under its name may have another key.
   Table t;

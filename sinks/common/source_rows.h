@@ -35,7 +35,7 @@
 #include <vector>
 
 #include "cdc/change_batch.h"
-#include "cdc/pg_connection.h"
+#include "cdc/sql_session.h"
 #include "sinks/common/sink.h"
 #include "sinks/common/view_shape.h"
 
@@ -76,11 +76,11 @@ class SourceRows {
     std::vector<std::pair<std::string, std::string>> key;  // (column, format_type)
     bool partitioned = false;
   };
-  Result<PgConnection*> Connection();
+  Result<SqlSession*> Connection();
 
   std::string dsn_;
   std::mutex mutex_;
-  std::optional<PgConnection> sql_;
+  std::optional<SqlSession> sql_;
   std::vector<SourceRead> reads_;
   Lsn horizon_;
   bool raised_ = false;
