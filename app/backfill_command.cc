@@ -4,7 +4,7 @@
 
 #include "app/sink_factory.h"
 #include "base/redact.h"
-#include "cdc/pg_connection.h"
+#include "cdc/sql_session.h"
 #include "config/config.h"
 #include "snapshot/backfill.h"
 
@@ -25,10 +25,9 @@ int RunBackfill(const BackfillCommandOptions& options) {
   if (view == nullptr) {
     return fail(2, options.config_path + ": no view named '" + options.view + "'");
   }
-  auto sql =
-      PgConnection::Connect(config.source.dsn, PgConnection::Mode::kSql, "pgderive-backfill");
+  auto sql = SqlSession::Connect(config.source.dsn, "pgderive-backfill");
   if (!sql.ok()) return fail(1, "source: " + sql.error().message());
-  PgConnection& c = sql.value();
+  SqlSession& c = sql.value();
   auto slot = c.Query("select 1 from pg_replication_slots where slot_name = " +
                       c.QuoteLiteral(config.source.slot));
   if (!slot.ok()) return fail(1, "source: " + slot.error().message());

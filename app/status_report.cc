@@ -5,7 +5,7 @@
 #include "app/sink_factory.h"
 #include "base/number.h"
 #include "base/redact.h"
-#include "cdc/pg_connection.h"
+#include "cdc/sql_session.h"
 #include "config/config.h"
 #include "sinks/opensearch/http_client.h"
 
@@ -38,9 +38,9 @@ int RunStatus(const StatusOptions& options) {
     std::fprintf(stderr, "pgderive status: %s\n", RedactSecrets(message).c_str());
     return 1;
   };
-  auto sql = PgConnection::Connect(config.source.dsn, PgConnection::Mode::kSql, "pgderive-status");
+  auto sql = SqlSession::Connect(config.source.dsn, "pgderive-status");
   if (!sql.ok()) return fail("source: " + sql.error().message());
-  PgConnection& c = sql.value();
+  SqlSession& c = sql.value();
   auto head = c.Query("select pg_current_wal_lsn()");
   if (!head.ok()) return fail("source: " + head.error().message());
   const Lsn current = Lsn::Parse(head.value().rows[0][0].value_or("")).value_or(Lsn{});

@@ -16,6 +16,7 @@
 #include "cdc/publication.h"
 #include "cdc/replication_stream.h"
 #include "cdc/row_json.h"
+#include "cdc/sql_session.h"
 #include "cdc/transaction_assembler.h"
 #include "cdc/type_catalog.h"
 #include "config/config.h"
@@ -44,7 +45,7 @@ std::string FormatTimestamp(PgTimestamp timestamp) {
 // at every commit when stdout is a terminal).
 class Printer : public ChangeConsumer {
  public:
-  Printer(const TailOptions& options, PgConnection& sql) : options_(options), sql_(sql) {
+  Printer(const TailOptions& options, SqlSession& sql) : options_(options), sql_(sql) {
     interactive_ = isatty(fileno(options.out)) != 0;
   }
   ~Printer() override { Flush(); }
@@ -211,7 +212,7 @@ class Printer : public ChangeConsumer {
   }
 
   const TailOptions& options_;
-  PgConnection& sql_;
+  SqlSession& sql_;
   TypeLearner learner_{sql_};
   std::shared_ptr<const TypeRegistry> types_holder_ = learner_.types();
   std::shared_ptr<const RelationSchema> last_learned_;
@@ -274,7 +275,7 @@ int RunTail(const TailOptions& options) {
     return Fail(
         "--snapshot needs the temporary slot of the session; it cannot be used with --slot");
   }
-  auto sql = PgConnection::Connect(config.source.dsn, PgConnection::Mode::kSql, "pgderive-tail");
+  auto sql = SqlSession::Connect(config.source.dsn, "pgderive-tail");
   if (!sql.ok()) return Fail(sql.error().message());
   const std::vector<std::string> tables = config.SourceTables();
   Status status = CheckSourceTables(sql.value(), tables);

@@ -12,6 +12,7 @@
 #include "base/table_name.h"
 #include "cdc/pg_connection.h"
 #include "cdc/publication.h"
+#include "cdc/sql_session.h"
 #include "config/config.h"
 #include "sinks/common/view_shape.h"
 #include "sinks/opensearch/opensearch_client.h"
@@ -86,13 +87,12 @@ class ConnectedChecks {
   // -------------------------------------------------------------- the source
 
   void CheckSource() {
-    auto connected =
-        PgConnection::Connect(config_.source.dsn, PgConnection::Mode::kSql, "pgderive-validate");
+    auto connected = SqlSession::Connect(config_.source.dsn, "pgderive-validate");
     if (!connected.ok()) {
       AtSource("source.dsn", "cannot connect to the source: " + connected.error().message());
       return;
     }
-    PgConnection& sql = connected.value();
+    SqlSession& sql = connected.value();
     // Belt and braces: whatever a check below runs, this session cannot write.
     if (Status s = sql.Execute("set default_transaction_read_only = on"); !s.ok()) {
       AtSource("source", "cannot make the session read-only: " + s.error().message());
@@ -224,7 +224,7 @@ class ConnectedChecks {
 
   // -------------------------------------------------------------- tables and columns
 
-  void CheckTables(PgConnection& sql) {
+  void CheckTables(SqlSession& sql) {
     // Which views read each table, in first-use order; a postgres view's tables come
     // from its query (PostgresSink::Resolve plans it with EXPLAIN, and checks that it can
     // be maintained and that its key is unique).
@@ -532,13 +532,12 @@ class ConnectedChecks {
   // the target tables that are missing: the role must be allowed to.
   void CheckPostgresStore(const StoreConfig& store) {
     const std::string what = "store " + store.name + " (postgres): ";
-    auto connected =
-        PgConnection::Connect(store.dsn, PgConnection::Mode::kSql, "pgderive-validate");
+    auto connected = SqlSession::Connect(store.dsn, "pgderive-validate");
     if (!connected.ok()) {
       AtStore(store, what + connected.error().message());
       return;
     }
-    PgConnection& c = connected.value();
+    SqlSession& c = connected.value();
     if (Status s = c.Execute("set default_transaction_read_only = on"); !s.ok()) {
       AtStore(store, what + "cannot make the session read-only: " + s.error().message());
       return;

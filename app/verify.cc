@@ -8,7 +8,7 @@
 
 #include "app/sink_factory.h"
 #include "base/redact.h"
-#include "cdc/pg_connection.h"
+#include "cdc/sql_session.h"
 #include "cdc/type_catalog.h"
 #include "config/config.h"
 #include "snapshot/snapshot_reader.h"
@@ -102,7 +102,7 @@ size_t Compare(const std::string& view, const Entries& expected, const Entries& 
 }
 
 // Writes a marker into the WAL and waits until `sink`'s checkpoint has passed it.
-Status WaitForCatchUp(PgConnection& sql, Sink& sink, std::chrono::seconds wait) {
+Status WaitForCatchUp(SqlRunner& sql, Sink& sink, std::chrono::seconds wait) {
   auto marker = sql.Query("select pg_logical_emit_message(true, 'pgderive', 'verify')::text");
   if (!marker.ok()) return marker.error();
   const auto lsn = Lsn::Parse(marker.value().rows.at(0).at(0).value_or(""));
@@ -167,7 +167,7 @@ int RunVerify(const VerifyOptions& options) {
   };
   auto stores = MakeInspectedStores(config, options.view);
   if (!stores.ok()) return fail(stores.error().message());
-  auto sql = PgConnection::Connect(config.source.dsn, PgConnection::Mode::kSql, "pgderive-verify");
+  auto sql = SqlSession::Connect(config.source.dsn, "pgderive-verify");
   if (!sql.ok()) return fail(sql.error().message());
 
   size_t total_differences = 0;
@@ -189,13 +189,13 @@ int RunVerify(const VerifyOptions& options) {
       backfilling = WaitForLive(*sink, deadline);
       // The source, in one snapshot: views defined by a query run it there; the others
       // are made row by row from the snapshot's parallel reader.
-      auto reader_connection =
-          PgConnection::Connect(config.source.dsn, PgConnection::Mode::kSql, "pgderive-verify");
+      auto reader_connection = SqlSession::Connect(config.source.dsn, "pgderive-verify");
       if (!reader_connection.ok()) return fail(reader_connection.error().message());
-      PgConnection& rc = reader_connection.value();
-      status = rc.Execute("begin isolation level repeatable read read only");
-      auto exported =
-          status.ok() ? rc.Query("select pg_export_snapshot()") : Result<PgRows>(status.error());
+      auto begun = reader_connection.value().Begin(SqlSession::Isolation::kRepeatableRead,
+                                                   SqlSession::Access::kReadOnly);
+      if (!begun.ok()) return fail(begun.error().message());
+      SqlSession::Transaction& rc = begun.value();
+      auto exported = rc.Query("select pg_export_snapshot()");
       if (!exported.ok()) return fail(exported.error().message());
       std::map<std::string, Entries> expected;
       bool row_views = false;
@@ -220,7 +220,7 @@ int RunVerify(const VerifyOptions& options) {
         if (!status.ok()) return fail(status.error().message());
         for (auto& [view, entries] : from_rows.by_view) expected[view].merge(entries);
       }
-      IgnoreError(rc.Execute("commit"), "a read-only transaction");
+      IgnoreError(rc.Commit(), "a read-only transaction");
 
       report.clear();
       bool clean = true;

@@ -50,7 +50,7 @@ std::optional<int> Pipeline::Start() {
 }
 
 std::optional<int> Pipeline::Prepare() {
-  auto sql = PgConnection::Connect(config_.source.dsn, PgConnection::Mode::kSql, "pgderive-run");
+  auto sql = SqlSession::Connect(config_.source.dsn, "pgderive-run");
   if (!sql.ok()) return Fail(sql.error().message());
   sql_.emplace(std::move(sql).value());
   // What each store needs from the source (a postgres view: the tables its query
@@ -296,8 +296,7 @@ void Pipeline::StartWorkers() {
         *sink,
         [this](Sink& s) -> Result<Lsn> {
           // The source tables as they are now (one may have been replaced).
-          auto source =
-              PgConnection::Connect(config_.source.dsn, PgConnection::Mode::kSql, "pgderive-run");
+          auto source = SqlSession::Connect(config_.source.dsn, "pgderive-run");
           if (!source.ok()) return source.error();
           Status resolved = s.Resolve(source.value(), /*checked=*/true);
           if (!resolved.ok()) return resolved.error();

@@ -35,6 +35,7 @@
 #include "cdc/pg_connection.h"
 #include "cdc/publication.h"
 #include "cdc/replication_stream.h"
+#include "cdc/sql_session.h"
 #include "cdc/transaction_assembler.h"
 #include "cdc/type_catalog.h"
 #include "config/config.h"
@@ -90,7 +91,7 @@ class Pipeline {
   Metrics metrics_;
   RunMonitor monitor_;
   std::vector<std::unique_ptr<Sink>> sinks_;
-  std::optional<PgConnection> sql_;
+  std::optional<SqlSession> sql_;
   std::vector<std::string> tables_;
   std::map<std::string, std::shared_ptr<const RelationSchema>> shapes_;  // table -> shape now
   std::unique_ptr<HttpServer> http_;

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <map>
 
+#include "cdc/pg_connection.h"
+#include "cdc/sql_session.h"
 #include "cdc/type_catalog.h"
 #include "snapshot/snapshot_reader.h"
 
@@ -54,7 +56,7 @@ Status SnapshotInto(const Config& config, const std::vector<Sink*>& sinks,
                                       .workers = config.snapshot.workers,
                                       .stop = stop});
   if (!reader.ok()) return reader.error();
-  auto sql = PgConnection::Connect(config.source.dsn, PgConnection::Mode::kSql, "pgderive-run");
+  auto sql = SqlSession::Connect(config.source.dsn, "pgderive-run");
   if (!sql.ok()) return sql.error();
   TypeLearner learner(sql.value());
   for (Sink* sink : sinks) {

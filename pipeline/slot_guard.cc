@@ -7,7 +7,7 @@
 
 namespace pgderive {
 
-Result<SlotState> ReadSlot(PgConnection& sql, const std::string& slot) {
+Result<SlotState> ReadSlot(SqlRunner& sql, const std::string& slot) {
   auto rows = sql.Query(
       "select confirmed_flush_lsn, plugin, database = current_database(), wal_status from "
       "pg_replication_slots where slot_name = " +
@@ -26,7 +26,7 @@ Result<SlotState> ReadSlot(PgConnection& sql, const std::string& slot) {
 }
 
 std::optional<std::string> ServerIdentity(const std::string& dsn) {
-  auto c = PgConnection::Connect(dsn, PgConnection::Mode::kSql, "pgderive-run");
+  auto c = SqlSession::Connect(dsn, "pgderive-run");
   if (!c.ok()) return std::nullopt;
   auto rows =
       c.value().Query("select pg_postmaster_start_time()::text || ' ' || current_setting('port')");
@@ -34,7 +34,7 @@ std::optional<std::string> ServerIdentity(const std::string& dsn) {
   return rows.value().rows[0][0];
 }
 
-SlotGuard::SlotGuard(PgConnection& sql, std::string slot, std::string publication,
+SlotGuard::SlotGuard(SqlRunner& sql, std::string slot, std::string publication,
                      std::string pipeline, Logger& logger,
                      std::function<void(const std::string&)> info)
     : sql_(sql),

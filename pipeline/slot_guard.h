@@ -17,7 +17,7 @@
 
 #include "base/log.h"
 #include "cdc/lsn.h"
-#include "cdc/pg_connection.h"
+#include "cdc/sql_session.h"
 #include "sinks/common/sink.h"
 
 namespace pgderive {
@@ -29,7 +29,7 @@ struct SlotState {
 
 // The slot `slot` on the source; a permanent error when it is not a pgoutput slot of
 // this database, or when it was invalidated (lost).
-Result<SlotState> ReadSlot(PgConnection& sql, const std::string& slot);
+Result<SlotState> ReadSlot(SqlRunner& sql, const std::string& slot);
 
 // Which PostgreSQL server a connection reaches: its postmaster's start time and port
 // (the same server under any address or DSN spelling; readable without privileges).
@@ -38,7 +38,7 @@ std::optional<std::string> ServerIdentity(const std::string& dsn);
 class SlotGuard {
  public:
   // `sql`: a session on the source; `info`: logs what was removed.
-  SlotGuard(PgConnection& sql, std::string slot, std::string publication, std::string pipeline,
+  SlotGuard(SqlRunner& sql, std::string slot, std::string publication, std::string pipeline,
             Logger& logger, std::function<void(const std::string&)> info);
 
   void MadePublication() { made_publication_ = true; }
@@ -53,7 +53,7 @@ class SlotGuard {
   int Undo(int code, const std::function<void()>& close_replication);
 
  private:
-  PgConnection& sql_;
+  SqlRunner& sql_;
   const std::string slot_;
   const std::string publication_;
   const std::string pipeline_;

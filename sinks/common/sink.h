@@ -43,7 +43,7 @@
 
 namespace pgderive {
 
-class PgConnection;  // a SQL session on the source (cdc/pg_connection.h)
+class SqlSession;  // a SQL session on the source (cdc/sql_session.h)
 
 // A row a store read again from the source while applying (sinks/common/source_rows.h):
 // it lacked the previous value of a column an update left unchanged (TOAST).
@@ -76,7 +76,7 @@ class Sink {
   // `checked`: the configuration already passed validate's checks (run) or is only being
   // reported on (status), so the checks that read whole results - a postgres view's key
   // uniqueness - are not made again.
-  virtual Status Resolve(PgConnection& source, bool checked = false) {
+  virtual Status Resolve(SqlSession& source, bool checked = false) {
     (void)source;
     (void)checked;
     return Status::Ok();

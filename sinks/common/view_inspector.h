@@ -14,7 +14,7 @@
 
 namespace pgderive {
 
-class PgConnection;  // a SQL session on the source (cdc/pg_connection.h)
+class SqlRunner;  // statements on the source (cdc/sql_session.h)
 
 class ViewInspector {
  public:
@@ -36,7 +36,7 @@ class ViewInspector {
   // For a view defined by a query, every entry computed on the source directly (in the
   // snapshot `source` is in); nullopt for a view made row by row (use Expected).
   virtual Result<std::optional<std::vector<Entry>>> ExpectedFromSource(const std::string& view,
-                                                                       PgConnection& source) {
+                                                                       SqlRunner& source) {
     (void)view;
     (void)source;
     return std::optional<std::vector<Entry>>();

@@ -6,8 +6,8 @@
 #include <thread>
 #include <unordered_map>
 
-#include "cdc/pg_connection.h"
 #include "cdc/publication.h"
+#include "cdc/sql_session.h"
 #include "cdc/type_catalog.h"
 #include "sinks/common/source_rows.h"
 #include "sinks/common/view_list.h"
@@ -104,7 +104,7 @@ Result<std::unique_ptr<OpenSearchSink>> OpenSearchSink::Make(const Config& confi
   return sink;
 }
 
-Status OpenSearchSink::Resolve(PgConnection& source, bool) {
+Status OpenSearchSink::Resolve(SqlSession& source, bool) {
   std::vector<uint32_t> oids;
   for (const std::string& table : tables()) {
     auto schema = DescribeTable(source, table);

@@ -46,7 +46,7 @@ class OpenSearchSink : public Sink, public ViewInspector {
   const std::string& name() const override { return name_; }
   // Learns the types of the views' columns (domains to their base types) for the
   // index mappings, made before any row is read.
-  Status Resolve(PgConnection& source, bool checked = false) override;
+  Status Resolve(SqlSession& source, bool checked = false) override;
   Status Check(const std::shared_ptr<const RelationSchema>& schema) override;
   Status Connect() override;
   Result<std::optional<Lsn>> ReadCheckpoint() override;

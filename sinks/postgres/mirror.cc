@@ -59,9 +59,8 @@ std::string Mirror::KeyList() const {
   return keys;
 }
 
-Result<Mirror> ReadMirror(PgConnection& source, const std::string& table,
-                          const std::string& pipeline, std::string temp,
-                          const std::string& context) {
+Result<Mirror> ReadMirror(SqlRunner& source, const std::string& table, const std::string& pipeline,
+                          std::string temp, const std::string& context) {
   auto described = DescribeTable(source, table);
   if (!described.ok()) return described.error();
   Mirror mirror;

@@ -32,7 +32,6 @@
 #include "base/status.h"
 #include "cdc/change_batch.h"
 #include "cdc/lsn.h"
-#include "cdc/pg_connection.h"
 #include "cdc/sql_session.h"
 #include "sinks/common/source_rows.h"
 
@@ -61,9 +60,8 @@ struct Mirror {
 // types and its row key. `pipeline` names it, `temp` suffixes its temporary tables.
 // Refusals (a name over 63 bytes, no key) start with `context`; errors of the source
 // come as they are.
-Result<Mirror> ReadMirror(PgConnection& source, const std::string& table,
-                          const std::string& pipeline, std::string temp,
-                          const std::string& context);
+Result<Mirror> ReadMirror(SqlRunner& source, const std::string& table, const std::string& pipeline,
+                          std::string temp, const std::string& context);
 
 // SQL text, each statement ended by "; ".
 // (Re)creates the mirror table empty, with its primary key and lookup indexes.

@@ -35,7 +35,7 @@ std::string PostgresSink::KeyList(const View& view, const std::string& prefix) c
 
 // What each view's query reads and whether it can be maintained (query_plan.h), then
 // the mirrors of the tables it reads (mirror.h).
-Status PostgresSink::Resolve(PgConnection& source, bool checked) {
+Status PostgresSink::Resolve(SqlSession& source, bool checked) {
   // Again before a rebuild (a source table was replaced): the mirrors take the tables as
   // they are now.
   mirrors_.clear();
@@ -679,7 +679,7 @@ Result<std::optional<ViewInspector::Entry>> PostgresSink::Expected(
 }
 
 Result<std::optional<std::vector<ViewInspector::Entry>>> PostgresSink::ExpectedFromSource(
-    const std::string& view_name, PgConnection& source) {
+    const std::string& view_name, SqlRunner& source) {
   for (const auto& view : views_) {
     if (view->config.name != view_name) continue;
     auto entries = ReadEntries(source, *view, "(" + view->config.query + ")");

@@ -39,7 +39,6 @@
 #include <set>
 #include <vector>
 
-#include "cdc/pg_connection.h"
 #include "cdc/sql_session.h"
 #include "config/config.h"
 #include "sinks/common/sink.h"
@@ -54,7 +53,7 @@ class PostgresSink : public Sink, public ViewInspector {
  public:
   static Result<std::unique_ptr<PostgresSink>> Make(const Config& config, const StoreConfig& store);
 
-  Status Resolve(PgConnection& source, bool checked = false) override;
+  Status Resolve(SqlSession& source, bool checked = false) override;
   const std::string& name() const override { return name_; }
   Status Check(const std::shared_ptr<const RelationSchema>& schema) override;
   Status Connect() override;
@@ -78,7 +77,7 @@ class PostgresSink : public Sink, public ViewInspector {
                                         const std::shared_ptr<const RelationSchema>& schema,
                                         const TupleData& row, const TypeRegistry& types) override;
   Result<std::optional<std::vector<Entry>>> ExpectedFromSource(const std::string& view,
-                                                               PgConnection& source) override;
+                                                               SqlRunner& source) override;
 
   struct View {
     ViewConfig config;

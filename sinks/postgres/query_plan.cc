@@ -1,7 +1,5 @@
 #include "sinks/postgres/query_plan.h"
 
-#include <libpq-fe.h>
-
 #include <algorithm>
 #include <cctype>
 #include <nlohmann/json.hpp>
@@ -186,24 +184,22 @@ std::set<std::string> LookupColumns(std::string_view query,
 // for it names every function, aggregate and operator (judged by the function behind
 // it) it resolved. Where that cannot be done (no TEMP privilege, a standby), every
 // function of a name the query calls must be immutable.
-Result<std::optional<std::string>> ChangingFunctions(PgConnection& source,
-                                                     const std::string& query) {
+Result<std::optional<std::string>> ChangingFunctions(SqlSession& source, const std::string& query) {
   auto changing = [](Result<PgRows> rows) -> Result<std::optional<std::string>> {
     if (!rows.ok()) return rows.error();
     if (rows.value().rows.empty()) return std::optional<std::string>();
     return rows.value().rows[0][0];
   };
-  if (PQtransactionStatus(source.get()) == PQTRANS_IDLE &&
-      source.Execute("begin transaction read write").ok()) {
+  // Nothing made in the transaction is kept: it rolls back when `tx` goes away.
+  if (auto tx = source.Begin(); tx.ok() && tx.value().Execute("set transaction read write").ok()) {
+    SqlRunner& in = tx.value();
     Result<std::optional<std::string>> found = Error::Transient("not judged");
-    if (source
-            .Execute("create temp view pgderive_query_functions as select * from (" + query +
-                     "\n) q")
+    if (in.Execute("create temp view pgderive_query_functions as select * from (" + query + "\n) q")
             .ok()) {
       // The view's stored query tree names every function, aggregate and window
       // function it calls (funcid, aggfnoid, winfnoid) and every operator (opno, the
       // operators of a row comparison, of DISTINCT and GROUP BY) by OID.
-      found = changing(source.Query(
+      found = changing(in.Query(
           "with a as (select ev_action::text t from pg_rewrite where ev_class = "
           "'pg_temp.pgderive_query_functions'::regclass), called as (select m[1]::oid p, "
           "m[1]::regprocedure::text f from a, regexp_matches(a.t, "
@@ -215,7 +211,6 @@ Result<std::optional<std::string>> ChangingFunctions(PgConnection& source,
           "string_agg(distinct f, ', ') from called join pg_proc p on p.oid = called.p where "
           "p.provolatile <> 'i'"));
     }
-    IgnoreError(source.Execute("rollback"), "nothing was made to keep");
     if (found.ok()) return found;
   }
   const auto functions = CalledFunctions(query);
@@ -274,7 +269,7 @@ Result<std::vector<std::string>> SourceTablesOf(SqlRunner& source, const std::st
   return out;
 }
 
-Status CheckGeneratedColumns(PgConnection& source, const QueryPlan& plan) {
+Status CheckGeneratedColumns(SqlRunner& source, const QueryPlan& plan) {
   for (const PlanScan& scan : plan.scans) {
     auto generated = GeneratedColumns(source, scan.table);
     if (!generated.ok()) return generated.error();

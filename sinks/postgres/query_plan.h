@@ -17,8 +17,8 @@
 // captured EXPLAIN output (tests/unit/sinks/postgres/query_plan_test.cc). The rest reads
 // the source's catalog through the caller's session (values bound as parameters) and
 // returns its errors unprefixed: the caller names the view. ChangingFunctions and
-// CheckGeneratedColumns take the libpq connection the pipeline resolves with (the first
-// opens and rolls back a transaction on it; the second reads through cdc/publication).
+// CheckGeneratedColumns take the session the pipeline resolves with (the first opens
+// and rolls back a transaction on it; the second reads through cdc/publication).
 
 #include <cstddef>
 #include <optional>
@@ -28,7 +28,6 @@
 #include <vector>
 
 #include "base/status.h"
-#include "cdc/pg_connection.h"
 #include "cdc/sql_session.h"
 
 namespace pgderive {
@@ -90,8 +89,7 @@ std::set<std::string> LookupColumns(std::string_view query,
 // The functions the query calls whose result can change while its rows do not (not
 // IMMUTABLE: now(), random(), a STABLE overload), as "name(argument types)" joined by
 // ", "; nullopt when there are none.
-Result<std::optional<std::string>> ChangingFunctions(PgConnection& source,
-                                                     const std::string& query);
+Result<std::optional<std::string>> ChangingFunctions(SqlSession& source, const std::string& query);
 
 // EXPLAIN (VERBOSE, FORMAT JSON) of `query`, parsed.
 Result<QueryPlan> ExplainQuery(SqlRunner& source, const std::string& query);
@@ -104,7 +102,7 @@ Result<std::vector<std::string>> SourceTablesOf(SqlRunner& source, const std::st
 
 // Refuses a plan that reads a generated column of a source table (PostgreSQL before 18
 // does not publish them), with the way out.
-Status CheckGeneratedColumns(PgConnection& source, const QueryPlan& plan);
+Status CheckGeneratedColumns(SqlRunner& source, const QueryPlan& plan);
 
 // The query's output column names.
 Result<std::vector<std::string>> OutputColumns(SqlRunner& source, const std::string& query);

@@ -5,7 +5,6 @@
 #include <set>
 
 #include "base/table_name.h"
-#include "cdc/pg_connection.h"
 
 namespace pgderive {
 namespace {
