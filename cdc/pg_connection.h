@@ -2,7 +2,8 @@
 
 // An owned libpq connection, for the walsender's replication commands (PostgreSQL docs,
 // "Streaming Replication Protocol", §55.4), which libpqxx does not speak. Its SQL mode
-// is what the code not yet moved to SqlSession (sql_session.h) still uses. Every
+// serves the snapshot reader's COPY (see docs/architecture.md, Dependencies) and test
+// setup; every other SQL session is a SqlSession (sql_session.h). Every
 // session is pinned to TimeZone=UTC, DateStyle=ISO and extra_float_digits=3 so that the
 // text output of values is exact and stable whatever the server's defaults.
 
