@@ -10,6 +10,7 @@
 #include "app/run.h"
 #include "app/status_report.h"
 #include "app/tail.h"
+#include "app/teardown.h"
 #include "app/validate.h"
 #include "app/verify.h"
 
@@ -120,7 +121,20 @@ int main(int argc, char** argv) {
   backfill_command->add_option("--timeout", backfill_timeout,
                                "give up waiting after this many seconds (exit 1); 0: no limit");
 
+  pgderive::TeardownOptions teardown;
+  CLI::App* teardown_command = app.add_subcommand(
+      "teardown",
+      "remove the pipeline: its slot, publication and pgderive's metadata in the source and "
+      "the stores (refused while `run` is active)");
+  teardown_command->add_option("-c,--config", teardown.config_path, "configuration file")
+      ->required();
+  teardown_command->add_flag("--views", teardown.views,
+                             "also remove the views' data (Redis keys, OpenSearch indexes, "
+                             "postgres target tables)");
+
   CLI11_PARSE(app, argc, argv);
+
+  if (teardown_command->parsed()) return pgderive::RunTeardown(teardown);
 
   if (backfill_command->parsed()) {
     backfill.wait = !backfill_no_wait;

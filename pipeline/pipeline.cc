@@ -16,14 +16,16 @@ namespace {
 constexpr auto kStopGrace = std::chrono::seconds(8);
 constexpr auto kIdleMarkInterval = std::chrono::seconds(1);
 constexpr auto kConfirmInterval = std::chrono::milliseconds(100);
+constexpr auto kLockCheckInterval = std::chrono::seconds(1);
 
 }  // namespace
 
 Pipeline::Pipeline(const Config& config, std::vector<std::unique_ptr<Sink>> sinks,
-                   const std::atomic<bool>* stop, Logger& logger)
+                   const std::atomic<bool>* stop, Logger& logger, std::optional<PipelineLock> lock)
     : config_(config),
       stop_(stop),
       logger_(logger),
+      lock_(std::move(lock)),
       monitor_(config, logger, metrics_),
       sinks_(std::move(sinks)) {}
 
@@ -76,6 +78,13 @@ std::optional<int> Pipeline::Prepare() {
   http_ = std::move(http).value();
   logger_.Info("http endpoint listening",
                {{"listen", config_.http.listen}, {"port", std::to_string(http_->port())}});
+  if (lock_) {
+    // What a second `run` of this pipeline reads when it is refused.
+    const std::string host = config_.http.listen.substr(0, config_.http.listen.rfind(':'));
+    IgnoreError(
+        lock_->Rename(ProcessName("run") + ", http " + host + ":" + std::to_string(http_->port())),
+        "the refusal then names the process without its address");
+  }
   {
     // The tables as the views were checked against (and their partitions now).
     auto identities = ReadTableIdentities(*sql_, config_.source.publication, tables_);
@@ -318,6 +327,7 @@ void Pipeline::StartWorkers() {
 int Pipeline::Run() {
   last_confirm_ = std::chrono::steady_clock::now();
   last_idle_mark_ = last_confirm_;
+  last_lock_check_ = last_confirm_;
   int exit_code = 0;
   while (!stopped()) {
     if (auto code = Step()) {
@@ -358,8 +368,38 @@ std::optional<int> Pipeline::Reconnect() {
   return std::nullopt;
 }
 
+std::optional<int> Pipeline::KeepLock() {
+  const auto now = std::chrono::steady_clock::now();
+  if (!lock_ || now - last_lock_check_ < kLockCheckInterval) return std::nullopt;
+  last_lock_check_ = now;
+  const PipelineLock::KeepResult kept = lock_->Keep();
+  switch (kept.kept) {
+    case PipelineLock::Kept::kHeld:
+      break;
+    case PipelineLock::Kept::kRetaken:
+      Log("re-took the pipeline's lock on the source (its session had been lost)");
+      lock_lost_logged_ = false;
+      break;
+    case PipelineLock::Kept::kUnreachable:
+      // The stream is down as well; the lock is re-taken as soon as the source answers.
+      if (!lock_lost_logged_) {
+        lock_lost_logged_ = true;
+        logger_.Warn("the pipeline's lock on the source was lost with its session (" + kept.error +
+                         "); re-taking it once the source answers",
+                     {{"pipeline", config_.pipeline}, {"slot", config_.source.slot}});
+      }
+      break;
+    case PipelineLock::Kept::kLost:
+      return Fail("another process took pipeline " + config_.pipeline +
+                  " over while this one had lost its lock on the source: " +
+                  lock_->holder()->Describe() + "; stopping this one");
+  }
+  return std::nullopt;
+}
+
 std::optional<int> Pipeline::Step() {
   if (auto lost = monitor_.slot_lost()) return Fail(*lost);
+  if (auto code = KeepLock()) return code;
   if (!stream_) {
     if (auto code = Reconnect()) return code;
     if (!stream_) return std::nullopt;

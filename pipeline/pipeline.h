@@ -41,6 +41,7 @@
 #include "config/config.h"
 #include "pipeline/dispatcher.h"
 #include "pipeline/pipeline_worker.h"
+#include "pipeline/run_lock.h"
 #include "pipeline/run_monitor.h"
 #include "pipeline/slot_confirmation.h"
 #include "pipeline/slot_guard.h"
@@ -52,8 +53,11 @@ namespace pgderive {
 class Pipeline {
  public:
   // `stop` (may be null) is set by SIGTERM/SIGINT; `logger` outlives the pipeline.
+  // `lock`: the pipeline's lock (run_lock.h), taken before anything else; held until
+  // the pipeline goes away, re-taken should the source restart.
   Pipeline(const Config& config, std::vector<std::unique_ptr<Sink>> sinks,
-           const std::atomic<bool>* stop, Logger& logger);
+           const std::atomic<bool>* stop, Logger& logger,
+           std::optional<PipelineLock> lock = std::nullopt);
   ~Pipeline();
 
   // Everything up to streaming. nullopt: streaming; else the exit code to end with (0
@@ -74,6 +78,9 @@ class Pipeline {
   std::optional<int> Step();
   std::optional<int> Reconnect();
   void ConfirmAndRejoin();
+  // Every kLockCheckInterval: the lock is still held (re-taken after a source restart);
+  // nullopt to go on, else the exit code (another process took the pipeline over).
+  std::optional<int> KeepLock();
   void Restart(const std::string& why);
   void Finish(int exit_code);
 
@@ -85,6 +92,7 @@ class Pipeline {
   const Config& config_;
   const std::atomic<bool>* stop_;
   Logger& logger_;
+  std::optional<PipelineLock> lock_;  // released last, when the pipeline is gone
   // Destroyed in the reverse order: the HTTP endpoint before what it reads, the stream
   // and the dispatcher before the workers, the backfills before the workers (it reads
   // their checkpoints); the monitor is stopped first of all (~Pipeline).
@@ -113,6 +121,8 @@ class Pipeline {
   Backoff backoff_ = ReconnectBackoff();
   std::chrono::steady_clock::time_point last_confirm_;
   std::chrono::steady_clock::time_point last_idle_mark_;
+  std::chrono::steady_clock::time_point last_lock_check_;
+  bool lock_lost_logged_ = false;
   Lsn last_sent_flush_;
 };
 

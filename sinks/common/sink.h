@@ -27,7 +27,8 @@
 // failed_views()).
 //
 // The methods, in the order the pipeline calls them: prepare (Resolve, Check, Connect,
-// Migrate), checkpoint, rebuild, apply, view states.
+// Migrate), checkpoint, rebuild, apply, view states. Teardown is `pgderive teardown`'s,
+// called while no `run` of the pipeline is active.
 
 #include <chrono>
 #include <map>
@@ -146,6 +147,15 @@ class Sink {
   // dropped): (view, reason). Such a view is no longer written until the configuration
   // is fixed; the others keep flowing.
   virtual std::vector<std::pair<std::string, std::string>> failed_views() { return {}; }
+
+  // --- Teardown: the pipeline is removed (no `run` of it is active).
+
+  // Removes what pgderive keeps in the store for this pipeline - its checkpoint, the
+  // views' states, its own metadata (a postgres store's mirror tables and rows of
+  // pgderive.*) - and, when `views`, the views' data (their keys, index, table). Returns
+  // what it removed, one item each ("key pgderive:shop:checkpoint"), empty when nothing
+  // was left: what is gone already is no error, so a second teardown removes nothing.
+  virtual Result<std::vector<std::string>> Teardown(bool views) = 0;
 };
 
 }  // namespace pgderive

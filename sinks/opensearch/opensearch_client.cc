@@ -144,6 +144,15 @@ Result<std::optional<OpenSearchClient::Document>> OpenSearchClient::Get(std::str
   return std::optional<Document>(std::move(document));
 }
 
+Result<bool> OpenSearchClient::DeleteDocument(std::string_view index, std::string_view id) {
+  auto response = http_.Send("DELETE", "/" + EncodePathSegment(index) + "/_doc/" +
+                                           EncodePathSegment(id) + "?refresh=true");
+  if (!response.ok()) return response.error();
+  if (response.value().status == 200) return true;
+  if (response.value().status == 404) return false;  // no such document, or no such index
+  return HttpError("delete document", response.value());
+}
+
 Result<long long> OpenSearchClient::Count(std::string_view index) {
   auto response = http_.Send("GET", "/" + EncodePathSegment(index) + "/_count");
   if (!response.ok()) return response.error();

@@ -50,6 +50,9 @@ class OpenSearchClient {
     long long version = 0;
   };
   Result<std::optional<Document>> Get(std::string_view index, std::string_view id);
+  // DELETE /index/_doc/id (refreshed): whether there was such a document (a missing
+  // index has none).
+  Result<bool> DeleteDocument(std::string_view index, std::string_view id);
   Result<long long> Count(std::string_view index);
   Result<bool> IndexExists(std::string_view index);
 

@@ -235,6 +235,48 @@ Status OpenSearchSink::WriteViewState(const std::string& view_name, const ViewSt
   return status;
 }
 
+Result<std::vector<std::string>> OpenSearchSink::Teardown(bool views) {
+  std::lock_guard lock(mutex_);
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  std::vector<std::string> ids{checkpoint_id_, checkpoint_id_ + "/views",
+                               checkpoint_id_ + "/reread"};
+  for (const auto& view : views_) ids.push_back(StateId(*view));
+  std::vector<std::string> removed;
+  for (const std::string& id : ids) {
+    auto deleted = client.value()->DeleteDocument(kCheckpointIndex, id);
+    if (!deleted.ok()) return deleted.error();
+    if (deleted.value()) removed.push_back("document " + std::string(kCheckpointIndex) + "/" + id);
+  }
+  horizon_loaded_ = false;
+  if (views) {
+    for (const auto& view : views_) {
+      auto exists = client.value()->IndexExists(view->config.index);
+      if (!exists.ok()) return exists.error();
+      if (!exists.value()) continue;
+      Status status = client.value()->DeleteIndex(view->config.index, /*if_exists=*/true);
+      if (!status.ok()) return status.error();
+      removed.push_back("index " + view->config.index + " (view " + view->config.name + ")");
+    }
+  }
+  // The checkpoints' index, once no pipeline keeps anything in it (refreshed: the count
+  // sees every document written so far).
+  auto exists = client.value()->IndexExists(kCheckpointIndex);
+  if (!exists.ok()) return exists.error();
+  if (exists.value()) {
+    Status refreshed = client.value()->Refresh(kCheckpointIndex);
+    if (!refreshed.ok()) return refreshed.error();
+    auto count = client.value()->Count(kCheckpointIndex);
+    if (!count.ok()) return count.error();
+    if (count.value() == 0) {
+      Status status = client.value()->DeleteIndex(kCheckpointIndex, /*if_exists=*/true);
+      if (!status.ok()) return status.error();
+      removed.push_back("index " + std::string(kCheckpointIndex) + " (no pipeline left in it)");
+    }
+  }
+  return removed;
+}
+
 Status OpenSearchSink::RecreateIndex(OpenSearchClient& client, View& view) {
   Status status = client.DeleteIndex(view.config.index, /*if_exists=*/true);
   if (!status.ok()) return status;

@@ -60,6 +60,10 @@ class OpenSearchSink : public Sink, public ViewInspector {
   std::vector<SourceRead> TakeSourceReads() override { return source_.Take(); }
   Result<std::optional<std::map<std::string, ViewState>>> ReadViewStates() override;
   Status WriteViewState(const std::string& view, const ViewState& state, bool clear) override;
+  // The pipeline's documents in pgderive-checkpoints (checkpoint, views' states,
+  // horizon), and that index once no pipeline has a document in it; with `views`, each
+  // view's index.
+  Result<std::vector<std::string>> Teardown(bool views) override;
   std::vector<std::pair<std::string, std::string>> failed_views() override {
     std::lock_guard lock(mutex_);
     return FailedViews(views_);

@@ -405,6 +405,114 @@ Status PostgresSink::UndoRebuild() {
   return status;
 }
 
+Result<std::vector<std::string>> PostgresSink::Teardown(bool views) {
+  std::lock_guard lock(mutex_);
+  auto connected = Connection();
+  if (!connected.ok()) return connected.error();
+  auto begun = connected.value()->Begin();
+  if (!begun.ok()) return begun.error();
+  SqlSession::Transaction& c = begun.value();  // rolled back on every early return
+  std::vector<std::string> removed;
+  auto fail = [&](const Error& e) {
+    temp_ready_ = false;
+    return Result<std::vector<std::string>>(e);
+  };
+  // Not while migrations are applied (migrations.cc takes the same lock).
+  auto present = c.Query(
+      "select pg_advisory_xact_lock(hashtext('pgderive.migrations'))::text, "
+      "to_regclass('pgderive.checkpoints') is not null, to_regclass('pgderive.views') is not "
+      "null");
+  if (!present.ok()) return fail(present.error());
+  const bool checkpoints = present.value().rows[0][1].value_or("f") == "t";
+  const bool registry = present.value().rows[0][2].value_or("f") == "t";
+  if (views && registry) {
+    auto recorded = c.Query("select view from pgderive.views where pipeline = $1 and store = $2",
+                            {pipeline_, name_});
+    if (!recorded.ok()) return fail(recorded.error());
+    std::set<std::string> names;
+    for (const auto& row : recorded.value().rows) names.insert(row[0].value_or(""));
+    for (const auto& view : views_) {
+      if (!names.contains(view->config.name)) continue;
+      auto exists = c.Query("select to_regclass($1) is not null", {view->target});
+      if (!exists.ok()) return fail(exists.error());
+      if (exists.value().rows[0][0].value_or("f") != "t") continue;
+      Status status = c.Execute("drop table " + view->target);
+      if (!status.ok()) return fail(status.error());
+      removed.push_back("table " + view->config.table + " (view " + view->config.name + ")");
+    }
+  }
+  if (checkpoints) {
+    auto rows = c.Query(
+        "delete from pgderive.checkpoints where pipeline = $1 and store in ($2, $3) returning "
+        "store",
+        {pipeline_, name_, HorizonRow()});
+    if (!rows.ok()) return fail(rows.error());
+    for (const auto& row : rows.value().rows) {
+      removed.push_back("row (" + pipeline_ + ", " + row[0].value_or("") +
+                        ") of pgderive.checkpoints");
+    }
+  }
+  if (registry) {
+    auto rows =
+        c.Query("delete from pgderive.views where pipeline = $1 and store = $2 returning view",
+                {pipeline_, name_});
+    if (!rows.ok()) return fail(rows.error());
+    for (const auto& row : rows.value().rows) {
+      removed.push_back("row (" + pipeline_ + ", " + name_ + ", " + row[0].value_or("") +
+                        ") of pgderive.views");
+    }
+  }
+  // The pipeline's mirrors, "pgderive"."<pipeline>__<schema>__<table>" (mirror.h), but
+  // those of a pipeline whose own name starts with "<pipeline>__".
+  std::string others = "select null::text where false";
+  if (checkpoints) others += " union select pipeline from pgderive.checkpoints";
+  if (registry) others += " union select pipeline from pgderive.views";
+  auto mirrors = c.Query(
+      "select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace where "
+      "n.nspname = 'pgderive' and c.relkind in ('r', 'p') and starts_with(c.relname, $1 || "
+      "'__') and not exists (select from (" +
+          others +
+          ") o(pipeline) where o.pipeline <> $1 and starts_with(o.pipeline, $1 || '__') and "
+          "starts_with(c.relname, o.pipeline || '__')) order by 1",
+      {pipeline_});
+  if (!mirrors.ok()) return fail(mirrors.error());
+  for (const auto& row : mirrors.value().rows) {
+    const std::string table = "pgderive." + QuoteIdent(row[0].value_or(""));
+    Status status = c.Execute("drop table " + table);
+    if (!status.ok()) return fail(status.error());
+    removed.push_back("table pgderive." + row[0].value_or("") + " (mirror)");
+  }
+  // pgderive's schema, once it holds only its metadata tables, empty of any pipeline.
+  auto left = c.Query(
+      "select exists (select from pg_namespace where nspname = 'pgderive') and not exists "
+      "(select from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname "
+      "= 'pgderive' and c.relkind not in ('i', 'I', 't') and c.relname not in ('checkpoints', "
+      "'views', 'migrations')) and not exists (select from pg_proc p join pg_namespace n on "
+      "n.oid = p.pronamespace where n.nspname = 'pgderive')");
+  if (!left.ok()) return fail(left.error());
+  bool drop_schema = left.value().rows[0][0].value_or("f") == "t";
+  if (drop_schema && (checkpoints || registry)) {
+    std::string rows = "select (";
+    rows += checkpoints ? "(select count(*) from pgderive.checkpoints)" : "0";
+    rows += " + ";
+    rows += registry ? "(select count(*) from pgderive.views)" : "0";
+    rows += ")::text";
+    auto counted = c.Query(rows);
+    if (!counted.ok()) return fail(counted.error());
+    drop_schema = counted.value().rows[0][0].value_or("") == "0";
+  }
+  if (drop_schema) {
+    Status status = c.Execute("drop schema pgderive cascade");
+    if (!status.ok()) return fail(status.error());
+    removed.push_back("schema pgderive (no pipeline left in this database)");
+  }
+  Status status = c.Commit();
+  if (!status.ok()) return fail(status.error());
+  // This session's temporary tables read the mirrors and targets: made again if needed.
+  temp_ready_ = false;
+  return removed;
+}
+
 Status PostgresSink::ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
                                        std::span<const TupleData> rows, const TypeRegistry&) {
   std::lock_guard lock(mutex_);

@@ -65,6 +65,11 @@ class PostgresSink : public Sink, public ViewInspector {
   Status EndRebuild(Lsn snapshot_lsn) override;
   Status UndoRebuild() override;
   Status Apply(const BatchGroup& group, Lsn checkpoint) override;
+  // The store's rows of pgderive.checkpoints and pgderive.views, the pipeline's mirror
+  // tables, and the schema pgderive once nothing else is in it; with `views`, the
+  // target tables pgderive.views records as this store's (a table it never recorded is
+  // the user's and stays).
+  Result<std::vector<std::string>> Teardown(bool views) override;
   std::vector<std::pair<std::string, std::vector<std::string>>> view_sources() const override {
     return ViewSources(views_);
   }

@@ -191,9 +191,10 @@ Result<std::optional<Lsn>> RedisSink::ReadCheckpoint() {
 }
 
 // SCAN for the view's key pattern and DEL what it finds, a page at a time.
-Status RedisSink::DeleteView(View& view) {
+Result<long long> RedisSink::DeleteView(View& view) {
   auto client = Client();
   if (!client.ok()) return client.error();
+  long long deleted_keys = 0;
   const std::string pattern = view.key.Pattern();
   std::string cursor = "0";
   do {
@@ -213,9 +214,34 @@ Status RedisSink::DeleteView(View& view) {
       if (deleted.value().type == RedisReply::Type::kError) {
         return ReplyError("DEL", deleted.value());
       }
+      deleted_keys += deleted.value().integer;
     }
   } while (cursor != "0");
-  return Status::Ok();
+  return deleted_keys;
+}
+
+Result<std::vector<std::string>> RedisSink::Teardown(bool views) {
+  std::lock_guard lock(mutex_);
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  std::vector<std::string> removed;
+  for (const std::string& key : {checkpoint_key_, views_key_, horizon_key_}) {
+    auto reply = client.value()->Command({"DEL", key});
+    if (!reply.ok()) return reply.error();
+    if (reply.value().type != RedisReply::Type::kInteger) return ReplyError("DEL", reply.value());
+    if (reply.value().integer > 0) removed.push_back("key " + key);
+  }
+  horizon_loaded_ = false;
+  if (!views) return removed;
+  for (auto& view : views_) {
+    auto deleted = DeleteView(*view);
+    if (!deleted.ok()) return deleted.error();
+    if (deleted.value() > 0) {
+      removed.push_back(std::to_string(deleted.value()) + " key(s) of view " + view->config.name +
+                        " (" + view->key.Pattern() + ")");
+    }
+  }
+  return removed;
 }
 
 Status RedisSink::BeginRebuild(Lsn) {
@@ -240,7 +266,7 @@ Status RedisSink::DeleteAll(bool rebuild) {
   if (!reply.ok()) return reply.error();
   rebuilt_ = rebuilt_ || rebuild;  // from here on, UndoRebuild has something to undo
   for (auto& view : views_) {
-    Status status = DeleteView(*view);
+    Status status = DeleteView(*view).status();
     if (!status.ok()) return status;
   }
   return Status::Ok();
@@ -337,7 +363,7 @@ Status RedisSink::WriteViewState(const std::string& view_name, const ViewState& 
   View* view = FindView(views_, view_name);
   if (view == nullptr) return Error::Permanent("no Redis view named " + view_name);
   if (clear) {
-    Status status = DeleteView(*view);
+    Status status = DeleteView(*view).status();
     if (!status.ok()) return status;
   }
   auto client = Client();
@@ -371,7 +397,7 @@ class RedisSink::Writer : public RowStore {
   Status Truncate(RowView& view) override {
     Status status = multi_.Exec();
     if (!status.ok()) return status;
-    return sink_.DeleteView(static_cast<View&>(view));  // every RowView here is a View
+    return sink_.DeleteView(static_cast<View&>(view)).status();  // every RowView is a View
   }
   Status RecordState(RowView& view, const ViewControl& control) override {
     if (control.clear) {

@@ -49,6 +49,9 @@ class RedisSink : public Sink, public ViewInspector {
   bool backfills_rows() const override { return true; }
   Result<std::optional<std::map<std::string, ViewState>>> ReadViewStates() override;
   Status WriteViewState(const std::string& view, const ViewState& state, bool clear) override;
+  // The checkpoint, views' states and horizon keys; with `views`, every key of each view
+  // (its key template's pattern).
+  Result<std::vector<std::string>> Teardown(bool views) override;
 
   std::vector<std::pair<std::string, std::string>> failed_views() override {
     std::lock_guard lock(mutex_);
@@ -83,7 +86,8 @@ class RedisSink : public Sink, public ViewInspector {
   // One Apply's writes (RowStore): one MULTI ... EXEC.
   class Writer;
 
-  Status DeleteView(View& view);
+  // Deletes every key of the view's pattern; returns how many there were.
+  Result<long long> DeleteView(View& view);
   // Deletes the checkpoint, the views' states, the horizon, then every view's keys
   // (`rebuild`: for BeginRebuild, which UndoRebuild may undo).
   Status DeleteAll(bool rebuild);

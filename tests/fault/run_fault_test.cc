@@ -278,6 +278,18 @@ TEST_F(RunFaultTest, StoreOutagesAndPostgresRestart) {
   // "reconnecting", or the restart caught it while it was being restarted anyway (a
   // store rejoining) - in both cases it streams from the slot again.
   EXPECT_NE(err.find("streaming from slot", before_restart), std::string::npos) << err;
+  // The pipeline's lock went with its session and was taken again: a second run is
+  // still refused.
+  EXPECT_NE(err.find("re-took the pipeline's lock on the source", before_restart),
+            std::string::npos)
+      << err;
+  auto [second, second_out] =
+      testing::RunToEnd({PgderiveBinary(), "run", "-c", config_},
+                        (stack_->dir() / "second.err").string(), std::chrono::seconds(60));
+  EXPECT_EQ(second, 2) << second_out;
+  EXPECT_NE(second_out.find("pipeline fault is already running: pgderive run pid "),
+            std::string::npos)
+      << second_out;
   run->Signal(SIGTERM);
   EXPECT_EQ(run->Wait(std::chrono::seconds(10)), 0) << err;
 }

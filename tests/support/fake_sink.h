@@ -143,6 +143,22 @@ class FakeSink : public Sink {
     state_writes_.push_back({view, state, clear});
     return Status::Ok();
   }
+  // Forgets its checkpoint and states (and, with `views`, what it applied).
+  Result<std::vector<std::string>> Teardown(bool views) override {
+    std::lock_guard lock(mutex_);
+    if (failures_ > 0) {
+      --failures_;
+      return Error(failure_kind_, name_ + " is down");
+    }
+    std::vector<std::string> removed;
+    if (stored_) removed.push_back("checkpoint");
+    if (states_) removed.push_back("view states");
+    if (views && !applied_.empty()) removed.push_back("applied changes");
+    stored_.reset();
+    states_.reset();
+    if (views) applied_.clear();
+    return removed;
+  }
   std::chrono::milliseconds durability_delay() const override { return durability_delay_; }
 
  private:

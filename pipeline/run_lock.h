@@ -1,0 +1,94 @@
+#pragma once
+
+// One pipeline, one process. `pgderive run` holds a session advisory lock on the source
+// database for its whole life, on a SQL session of its own, before it does anything
+// else; a second `run` of the same pipeline finds it taken and is refused with the name
+// of the process that holds it. `teardown` takes the same lock while it removes the
+// pipeline, so it never removes what a running pipeline uses. `backfill`, `verify`,
+// `status` and `tail` never take it: they run beside `run`.
+//
+//   key: (kRunLockClass, hashtext(slot))  the slot is what two processes of one pipeline
+//                                         would fight over (slot names are unique in a
+//                                         PostgreSQL cluster)
+//   holder: pg_locks joined to pg_stat_activity - the session's application_name
+//           ("pgderive run pid 4242 on web1, http 127.0.0.1:9187"), server pid, client
+//           address and start
+//
+// The lock lives as long as its session. When the source restarts the session is gone
+// and so is the lock: Keep() connects again and re-takes it; when another process took
+// it meanwhile, Keep() says so and the caller stops.
+
+#include <optional>
+#include <string>
+
+#include "base/status.h"
+#include "cdc/sql_session.h"
+
+namespace pgderive {
+
+// The first key of pgderive's pipeline locks ("pgdr").
+inline constexpr int kRunLockClass = 0x70676472;
+
+// The session that holds a pipeline's lock, as the source reports it (the fields the
+// server hides from a role without the right to see them are empty).
+struct LockHolder {
+  std::string application_name;
+  std::string server_pid;
+  std::string client;  // its address; "a local socket"
+  std::string since;   // when the session started
+  // "pgderive run pid 4242 on web1, http 127.0.0.1:9187 (source session: server pid
+  // 5151, from 127.0.0.1, since 2026-11-29 17:20:01+00)"
+  std::string Describe() const;
+};
+
+class PipelineLock {
+ public:
+  // Connects a session of its own to the source as `application_name` and tries to take
+  // the lock of the pipeline whose slot is `slot`. An error: the source cannot be
+  // reached (or refused the statement). Otherwise the lock is taken, or held() names who
+  // has it.
+  static Result<PipelineLock> Take(const std::string& dsn, const std::string& slot,
+                                   const std::string& application_name);
+
+  PipelineLock(PipelineLock&&) noexcept = default;
+  PipelineLock& operator=(PipelineLock&&) noexcept = default;
+
+  bool taken() const { return session_.has_value(); }
+  // Who holds it when it is not taken.
+  const std::optional<LockHolder>& holder() const { return holder_; }
+
+  // Renames the session (what a refused process reads): once the HTTP port is known.
+  Status Rename(const std::string& application_name);
+
+  enum class Kept {
+    kHeld,        // the session holds it still
+    kRetaken,     // the session was lost (the source restarted); a new one took it again
+    kLost,        // the session was lost and another process took the lock: holder()
+    kUnreachable  // the session was lost and the source cannot be reached yet (error)
+  };
+  struct KeepResult {
+    Kept kept = Kept::kHeld;
+    std::string error;  // kUnreachable: why
+  };
+  // Checks that the lock is still held, re-taking it after a lost session.
+  KeepResult Keep();
+
+ private:
+  PipelineLock(std::string dsn, std::string slot, std::string application_name)
+      : dsn_(std::move(dsn)),
+        slot_(std::move(slot)),
+        application_name_(std::move(application_name)) {}
+  // Connects and tries to take the lock: sets session_ and holder_.
+  Status Attempt();
+
+  std::string dsn_;
+  std::string slot_;
+  std::string application_name_;
+  std::optional<SqlSession> session_;
+  std::optional<LockHolder> holder_;
+};
+
+// What `pgderive run` and `teardown` call the process: "pgderive <command> pid N on HOST".
+std::string ProcessName(const std::string& command);
+
+}  // namespace pgderive
