@@ -3,6 +3,7 @@
 #include <thread>
 
 #include "app/sink_factory.h"
+#include "base/names.h"
 #include "base/redact.h"
 #include "cdc/sql_session.h"
 #include "config/config.h"
@@ -23,7 +24,8 @@ int RunBackfill(const BackfillCommandOptions& options) {
     if (v.name == options.view) view = &v;
   }
   if (view == nullptr) {
-    return fail(2, options.config_path + ": no view named '" + options.view + "'");
+    return fail(2, options.config_path + ": no view named '" + options.view + "' " +
+                       ValidNames(options.view, config.ViewNames(), "views"));
   }
   auto sql = SqlSession::Connect(config.source.dsn, "pgderive-backfill");
   if (!sql.ok()) return fail(1, "source: " + sql.error().message());

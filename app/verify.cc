@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "app/sink_factory.h"
+#include "base/names.h"
 #include "base/redact.h"
 #include "cdc/sql_session.h"
 #include "cdc/type_catalog.h"
@@ -156,8 +157,9 @@ int RunVerify(const VerifyOptions& options) {
     bool known = false;
     for (const ViewConfig& v : config.views) known = known || v.name == *options.view;
     if (!known) {
-      std::fprintf(stderr, "pgderive verify: %s has no view named %s\n",
-                   options.config_path.c_str(), options.view->c_str());
+      std::fprintf(stderr, "pgderive verify: %s: no view named '%s' %s\n",
+                   options.config_path.c_str(), options.view->c_str(),
+                   ValidNames(*options.view, config.ViewNames(), "views").c_str());
       return 2;
     }
   }
