@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "app/sink_factory.h"
+#include "base/names.h"
 #include "base/number.h"
 #include "base/redact.h"
 #include "base/table_name.h"
@@ -26,6 +27,12 @@ constexpr const char* kConnectTimeoutSeconds = "10";
 
 std::string Plural(size_t n, const std::string& one, const std::string& many) {
   return std::to_string(n) + " " + (n == 1 ? one : many);
+}
+
+std::vector<std::string> ColumnNames(const RelationSchema& schema) {
+  std::vector<std::string> names;
+  for (const ColumnSchema& c : schema.columns) names.push_back(c.name);
+  return names;
 }
 
 // The messages of an Error that lists several problems ("header:\n  one\n  two"), one
@@ -67,15 +74,56 @@ class ConnectedChecks {
 
  private:
   // Where problems about each part of the file point.
+  // `key` is "source" (the section) or "source.NAME" (that value, where it is written).
   void AtSource(const std::string& key, const std::string& message) {
-    Add(config_.source.line, config_.source.column, key, message);
+    const std::string name = key.starts_with("source.") ? key.substr(7) : "";
+    const ConfigMark mark = name.empty() ? ConfigMark{config_.source.line, config_.source.column}
+                                         : config_.source.MarkOf(name);
+    Add(mark.line, mark.column, key, message);
   }
+  // A store's connection (its url, or its dsn) is what a problem with it is about.
   void AtStore(const StoreConfig& store, const std::string& message) {
-    Add(store.line, store.column, "stores." + store.name, message);
+    const std::string key = store.type == StoreType::kPostgres ? "dsn" : "url";
+    const ConfigMark mark = store.MarkOf(key);
+    Add(mark.line, mark.column, "stores." + store.name + "." + key, message);
   }
+  // `key` is ".NAME" (the view's value of NAME, where it is written) or "" (the view).
   void AtView(size_t index, const std::string& key, const std::string& message) {
     const ViewConfig& view = config_.views[index];
-    Add(view.line, view.column, "views[" + std::to_string(index) + "]" + key, message);
+    const ConfigMark mark =
+        key.empty() ? ConfigMark{view.line, view.column} : view.MarkOf(key.substr(1));
+    At(index, mark, key, message);
+  }
+  // `key` as ".columns[1]", at `mark`.
+  void At(size_t index, ConfigMark mark, const std::string& key, const std::string& message) {
+    Add(mark.line, mark.column, "views[" + std::to_string(index) + "]" + key, message);
+  }
+  // A postgres view's query or key, as its sink's Resolve found it: a key column at its
+  // own line in `key:`, a PostgreSQL error at the query's line it names ("LINE 2:"),
+  // anything else at the query.
+  void AtResolved(size_t index, const std::string& message) {
+    const ViewConfig& view = config_.views[index];
+    for (size_t k = 0; k < view.key_columns.size() && k < view.key_column_marks.size(); ++k) {
+      if (message.find("key column " + view.key_columns[k] + " ") != std::string::npos) {
+        At(index, view.key_column_marks[k], ".key[" + std::to_string(k) + "]", message);
+        return;
+      }
+    }
+    if (message.find(": key (") != std::string::npos) {
+      AtView(index, ".key", message);
+      return;
+    }
+    // PostgreSQL's "LINE n: <text>" counts the statement's lines; what precedes the
+    // query in it (EXPLAIN ...) adds none.
+    const size_t at = message.find("\nLINE ");
+    if (at != std::string::npos) {
+      auto line = ParseNumber<int>(message.substr(at + 6, message.find(':', at + 6) - at - 6));
+      if (line.ok()) {
+        At(index, view.QueryLineMark(line.value()), ".query", message);
+        return;
+      }
+    }
+    AtView(index, ".query", message);
   }
   void Add(int line, int column, std::string key, const std::string& message) {
     problems_.push_back(ConfigProblem{line, column, std::move(key), RedactSecrets(message)});
@@ -247,7 +295,7 @@ class ConnectedChecks {
       if (config_.stores.at(view.store).type == StoreType::kPostgres) {
         Status resolved = sink->Resolve(sql);
         if (!resolved.ok()) {
-          AtView(i, ".query", resolved.error().message());
+          AtResolved(i, resolved.error().message());
           continue;
         }
       }
@@ -367,7 +415,7 @@ class ConnectedChecks {
         // then whatever else the sink checks.
         if (!CheckColumns(v, *schema.value(), generated.value())) continue;
         Status fits = sink->second->Check(schema.value());
-        if (!fits.ok()) AtView(v, "", fits.error().message());
+        if (!fits.ok()) AtView(v, where(v), fits.error().message());
       }
     }
   }
@@ -394,17 +442,23 @@ class ConnectedChecks {
     };
     const std::string where = "view " + view.name + ": ";
     bool ok = true;
-    for (const std::string& name : view.columns.value_or(std::vector<std::string>{})) {
+    const std::vector<std::string> listed = view.columns.value_or(std::vector<std::string>{});
+    for (size_t i = 0; i < listed.size(); ++i) {
+      const std::string& name = listed[i];
+      // The column's own entry in the list.
+      auto at_item = [&](const std::string& message) {
+        At(index, i < view.column_marks.size() ? view.column_marks[i] : view.MarkOf("columns"),
+           ".columns[" + std::to_string(i) + "]", message);
+      };
       if (const std::string* expression = generation(name)) {
-        AtView(index, ".columns",
-               where + GeneratedColumnProblem(schema.QualifiedName(), name, *expression) +
-                   "; leave it out of columns (a reader computes " + *expression +
-                   " from the columns it is made of), or use a postgres view whose query "
-                   "computes it");
+        at_item(where + GeneratedColumnProblem(schema.QualifiedName(), name, *expression) +
+                "; leave it out of columns (a reader computes " + *expression +
+                " from the columns it is made of), or use a postgres view whose query "
+                "computes it");
         ok = false;
       } else if (column(name) == nullptr) {
-        AtView(index, ".columns",
-               where + "column " + name + " is not in table " + schema.QualifiedName());
+        at_item(where + "column " + name + " is not in table " + schema.QualifiedName() + " " +
+                ValidNames(name, ColumnNames(schema), "its columns"));
         ok = false;
       }
     }
@@ -419,23 +473,29 @@ class ConnectedChecks {
       for (const std::string& name :
            key.ok() ? key.value().columns() : std::vector<std::string>{}) {
         const ColumnSchema* c = column(name);
+        // The {column} where it is written in the template.
+        auto at_placeholder = [&](const std::string& message) {
+          auto mark = view.placeholder_marks.find(name);
+          At(index, mark == view.placeholder_marks.end() ? view.MarkOf("key") : mark->second,
+             ".key", message);
+        };
         if (const std::string* expression = generation(name)) {
-          AtView(index, ".key",
-                 where + GeneratedColumnProblem(schema.QualifiedName(), name, *expression) +
-                     "; a key column must be one PostgreSQL publishes");
+          at_placeholder(where + GeneratedColumnProblem(schema.QualifiedName(), name, *expression) +
+                         "; a key column must be one PostgreSQL publishes");
           ok = false;
         } else if (c == nullptr) {
-          AtView(index, ".key",
-                 where + "key column " + name + " is not in table " + schema.QualifiedName());
+          at_placeholder(where + "key column " + name + " is not in table " +
+                         schema.QualifiedName() + " " +
+                         ValidNames(name, ColumnNames(schema), "its columns"));
           ok = false;
         } else if (!c->key) {  // also under FULL: the key must be unique and never NULL
-          AtView(index, ".key",
-                 where + "key column " + name + " is not part of the row key of " +
-                     schema.QualifiedName() +
-                     " (its primary key, or its replica identity index): two rows could share "
-                     "the key, or a delete not name it; to key by a unique NOT NULL column, "
-                     "ALTER TABLE " +
-                     schema.QualifiedName() + " REPLICA IDENTITY USING INDEX <its unique index>");
+          at_placeholder(where + "key column " + name + " is not part of the row key of " +
+                         schema.QualifiedName() +
+                         " (its primary key, or its replica identity index): two rows could share "
+                         "the key, or a delete not name it; to key by a unique NOT NULL column, "
+                         "ALTER TABLE " +
+                         schema.QualifiedName() +
+                         " REPLICA IDENTITY USING INDEX <its unique index>");
           ok = false;
         }
       }
@@ -555,13 +615,14 @@ class ConnectedChecks {
     const bool create_schema = row[3].value_or("f") == "t";
     // Schemas that will get tables: pgderive's own, and each missing target table's.
     std::set<std::string> schemas = {"pgderive"};
-    for (const ViewConfig& view : config_.views) {
+    for (size_t i = 0; i < config_.views.size(); ++i) {
+      const ViewConfig& view = config_.views[i];
       if (view.store != store.name) continue;
       auto exists =
           c.Query("select to_regclass(" + c.QuoteLiteral(TableName::Parse(view.table).Quoted()) +
                   ") is not null");
       if (!exists.ok()) {
-        AtStore(store, what + "view " + view.name + ": " + exists.error().message());
+        AtView(i, ".table", what + "view " + view.name + ": " + exists.error().message());
         continue;
       }
       if (exists.value().rows[0][0].value_or("f") != "t") {

@@ -6,16 +6,19 @@
 #include <cctype>
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <regex>
 #include <set>
 #include <sstream>
 
+#include "base/names.h"
 #include "base/redact.h"
 #include "config/dsn.h"
 #include "config/grammar.h"
 #include "config/internal/key_table.h"
+#include "config/key_template.h"
 #include "config/url.h"
 
 namespace pgderive {
@@ -36,6 +39,82 @@ std::string DescribeNode(const YAML::Node& node) {
 
 int LineOf(const YAML::Mark& mark) { return mark.line >= 0 ? mark.line + 1 : 0; }
 int ColumnOf(const YAML::Mark& mark) { return mark.column >= 0 ? mark.column + 1 : 0; }
+ConfigMark MarkFrom(const YAML::Mark& mark) { return ConfigMark{LineOf(mark), ColumnOf(mark)}; }
+
+// Where each value of a mapping is written (an empty value: its key), for the checks
+// made later against the servers.
+ConfigMarks ValueMarks(const YAML::Node& map) {
+  ConfigMarks marks;
+  if (!map.IsMap()) return marks;
+  for (const auto& entry : map) {
+    if (!entry.first.IsScalar()) continue;
+    marks[entry.first.Scalar()] =
+        MarkFrom(entry.second.IsNull() ? entry.first.Mark() : entry.second.Mark());
+  }
+  return marks;
+}
+
+// The marks of a list's items.
+std::vector<ConfigMark> ItemMarks(const YAML::Node& list) {
+  std::vector<ConfigMark> marks;
+  if (!list.IsSequence()) return marks;
+  for (size_t i = 0; i < list.size(); ++i) marks.push_back(MarkFrom(list[i].Mark()));
+  return marks;
+}
+
+// The file's lines, for what a Mark alone does not tell (where in a key template a
+// {column} is; whether a value is a literal block).
+class SourceText {
+ public:
+  explicit SourceText(const std::string& text) {
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);) lines_.push_back(line);
+  }
+  // Line `line` (1-based), or "".
+  const std::string& Line(int line) const {
+    static const std::string kNone;
+    return line >= 1 && static_cast<size_t>(line) <= lines_.size() ? lines_[line - 1] : kNone;
+  }
+  // Where `needle` first appears at or after `from` on its line; `from` when it does not.
+  ConfigMark Find(ConfigMark from, const std::string& needle) const {
+    const std::string& text = Line(from.line);
+    if (from.column < 1) return from;
+    const size_t at = text.find(needle, static_cast<size_t>(from.column - 1));
+    if (at == std::string::npos) return from;
+    return ConfigMark{from.line, static_cast<int>(at) + 1};
+  }
+  // For a literal block scalar (`|`, `|-`, `|+`) at `value`: where each of its text
+  // lines starts (its first non-blank character); empty for any other value.
+  std::vector<ConfigMark> LiteralBlock(ConfigMark value) const {
+    const std::string& head = Line(value.line);
+    if (value.column < 1 || static_cast<size_t>(value.column) > head.size() ||
+        head[value.column - 1] != '|') {
+      return {};
+    }
+    // The block's indentation is its first non-blank line's; it ends at a line indented
+    // less. Blank lines inside it are lines of the text too.
+    std::vector<ConfigMark> lines;
+    size_t indent = std::string::npos;
+    for (int line = value.line + 1; static_cast<size_t>(line) <= lines_.size(); ++line) {
+      const std::string& body = Line(line);
+      const size_t first = body.find_first_not_of(' ');
+      if (first == std::string::npos) {
+        lines.push_back(ConfigMark{line, 1});
+        continue;
+      }
+      if (indent == std::string::npos) indent = first;
+      if (first < indent) break;
+      lines.push_back(ConfigMark{line, static_cast<int>(first) + 1});
+    }
+    while (!lines.empty() && Line(lines.back().line).find_first_not_of(' ') == std::string::npos) {
+      lines.pop_back();  // trailing blank lines end the block
+    }
+    return lines;
+  }
+
+ private:
+  std::vector<std::string> lines_;
+};
 
 // Collects problems while walking the document.
 class Checker {
@@ -49,24 +128,29 @@ class Checker {
     Problem(node.IsDefined() ? node.Mark() : YAML::Mark::null_mark(), key, message);
   }
 
-  // ${NAME} -> the environment's value; an unset variable is a problem.
-  std::string Expand(const YAML::Node& node, const std::string& key, const std::string& text) {
+  // ${NAME} -> the environment's value; an unset variable is a problem, the only one
+  // about this value (nullopt: its reader says nothing more).
+  std::optional<std::string> Expand(const YAML::Node& node, const std::string& key,
+                                    const std::string& text) {
     static const std::regex kVariable(R"(\$\{([A-Za-z_][A-Za-z0-9_]*)\})");
     std::string out;
     auto begin = std::sregex_iterator(text.begin(), text.end(), kVariable);
     size_t last = 0;
+    bool unset = false;
     for (auto it = begin; it != std::sregex_iterator(); ++it) {
       out += text.substr(last, static_cast<size_t>(it->position()) - last);
       const std::string name = (*it)[1];
       const char* value = std::getenv(name.c_str());
       if (value == nullptr) {
         Problem(node, key, "environment variable " + name + " is not set");
+        unset = true;
       } else {
         out += value;
       }
       last = static_cast<size_t>(it->position() + it->length());
     }
     out += text.substr(last);
+    if (unset) return std::nullopt;
     return out;
   }
 
@@ -169,7 +253,9 @@ class Section {
       check_.Problem(node, KeyPath(name), "must be a string, not " + DescribeNode(node));
       return std::nullopt;
     }
-    std::string value = check_.Expand(node, KeyPath(name), node.Scalar());
+    const std::optional<std::string> expanded = check_.Expand(node, KeyPath(name), node.Scalar());
+    if (!expanded) return std::nullopt;
+    const std::string& value = *expanded;
     if (def->required && value.empty()) {
       check_.Problem(node, KeyPath(name), "must not be empty");
       return std::nullopt;
@@ -183,10 +269,10 @@ class Section {
     const long long fallback = ParseInteger(def->fallback, def->min, def->max).value_or(0);
     const YAML::Node node = map_[name];
     if (!Present(def, node)) return fallback;
-    const auto value =
-        node.IsScalar()
-            ? ParseInteger(check_.Expand(node, KeyPath(name), node.Scalar()), def->min, def->max)
-            : std::nullopt;
+    const std::optional<std::string> text =
+        node.IsScalar() ? check_.Expand(node, KeyPath(name), node.Scalar()) : "";
+    if (!text) return fallback;
+    const auto value = node.IsScalar() ? ParseInteger(*text, def->min, def->max) : std::nullopt;
     if (!value) {
       check_.Problem(node, KeyPath(name),
                      "must be a whole number from " + std::to_string(def->min) + " to " +
@@ -201,9 +287,10 @@ class Section {
     const uint64_t fallback = ParseByteSize(def->fallback).value_or(0);
     const YAML::Node node = map_[name];
     if (!Present(def, node)) return fallback;
-    const auto value = node.IsScalar()
-                           ? ParseByteSize(check_.Expand(node, KeyPath(name), node.Scalar()))
-                           : std::nullopt;
+    const std::optional<std::string> text =
+        node.IsScalar() ? check_.Expand(node, KeyPath(name), node.Scalar()) : "";
+    if (!text) return fallback;
+    const auto value = node.IsScalar() ? ParseByteSize(*text) : std::nullopt;
     if (!value || *value == 0) {
       check_.Problem(node, KeyPath(name),
                      "must be a size above 0 such as 1GB, 512MB, 64kB or a number of bytes");
@@ -222,9 +309,10 @@ class Section {
     const size_t fallback = index_of(def->fallback);
     const YAML::Node node = map_[name];
     if (!Present(def, node)) return fallback;
-    const size_t index = node.IsScalar()
-                             ? index_of(check_.Expand(node, KeyPath(name), node.Scalar()))
-                             : choices.size();
+    const std::optional<std::string> text =
+        node.IsScalar() ? check_.Expand(node, KeyPath(name), node.Scalar()) : "";
+    if (!text) return fallback;
+    const size_t index = node.IsScalar() ? index_of(*text) : choices.size();
     if (index >= choices.size()) {
       std::string list;
       for (const std::string& c : choices) list += (list.empty() ? "" : ", ") + c;
@@ -251,7 +339,10 @@ class Section {
         check_.Problem(node[i], item_path, "must be a column name");
         continue;
       }
-      const std::string value = check_.Expand(node[i], item_path, node[i].Scalar());
+      const std::optional<std::string> expanded =
+          check_.Expand(node[i], item_path, node[i].Scalar());
+      if (!expanded) continue;
+      const std::string& value = *expanded;
       auto [first, inserted] = seen.emplace(value, node[i].Mark());
       if (!inserted) {
         check_.Problem(node[i], item_path,
@@ -455,6 +546,33 @@ std::string StoreConfig::ConnectUrl() const {
   return AddUserinfo(url, username, password);
 }
 
+namespace {
+ConfigMark MarkIn(const ConfigMarks& marks, const std::string& key, ConfigMark fallback) {
+  auto it = marks.find(key);
+  return it == marks.end() ? fallback : it->second;
+}
+}  // namespace
+
+ConfigMark SourceConfig::MarkOf(const std::string& key) const {
+  return MarkIn(marks, key, {line, column});
+}
+ConfigMark StoreConfig::MarkOf(const std::string& key) const {
+  return MarkIn(marks, key, {line, column});
+}
+ConfigMark ViewConfig::MarkOf(const std::string& key) const {
+  return MarkIn(marks, key, {line, column});
+}
+ConfigMark ViewConfig::QueryLineMark(int n) const {
+  if (n >= 1 && static_cast<size_t>(n) <= query_lines.size()) return query_lines[n - 1];
+  return MarkOf("query");
+}
+
+std::vector<std::string> Config::ViewNames() const {
+  std::vector<std::string> names;
+  for (const ViewConfig& view : views) names.push_back(view.name);
+  return names;
+}
+
 std::vector<std::string> Config::SourceTables() const {
   std::vector<std::string> tables;
   std::set<std::string> seen;
@@ -493,6 +611,7 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
     return result;
   }
   check.DuplicateKeys(root, "");
+  const SourceText text(yaml_text);
   Section top(check, root, "", "", root.Mark());
   top.CheckKeys();
 
@@ -508,6 +627,7 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
     const YAML::Mark mark = KeyMark(root, "source");
     config.source.line = LineOf(mark);
     config.source.column = ColumnOf(mark);
+    config.source.marks = ValueMarks(source->map());
     config.source.dsn = source->String("dsn").value_or("");
     if (!config.source.dsn.empty()) {
       if (auto why = DsnProblem(config.source.dsn)) {
@@ -556,6 +676,7 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
       store.name = name;
       store.line = LineOf(entry.first.Mark());
       store.column = ColumnOf(entry.first.Mark());
+      store.marks = ValueMarks(entry.second);
       const std::string type = s.String("type").value_or("");
       unsigned bit = kAnyStore;
       if (type == "redis" || type == "opensearch" || type == "postgres") {
@@ -613,6 +734,7 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
       ViewConfig view;
       view.line = LineOf(node.Mark());
       view.column = ColumnOf(node.Mark());
+      view.marks = ValueMarks(node);
       view.name = s.String("name").value_or("");
       view.store = s.String("store").value_or("");
       if (!view.name.empty()) {
@@ -626,8 +748,13 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
       auto store = config.stores.find(view.store);
       if (!view.store.empty() && store == config.stores.end() &&
           !untyped_stores.contains(view.store)) {
+        std::vector<std::string> valid;
+        for (const auto& [name, unused] : config.stores) valid.push_back(name);
+        for (const std::string& name : untyped_stores) valid.push_back(name);
+        std::sort(valid.begin(), valid.end());
         check.Problem(s.Node("store"), path_key + ".store",
-                      "no store named '" + view.store + "' under stores");
+                      "no store named '" + view.store + "' under stores " +
+                          ValidNames(view.store, valid, "stores"));
       }
       // The view's keys depend on its store's type; with no known type, any view key.
       if (store == config.stores.end() || untyped_stores.contains(view.store)) {
@@ -645,6 +772,14 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
             if (auto why = KeyTemplateProblem(view.key_template, &prefix)) {
               check.Problem(s.Node("key"), path_key + ".key", "key template " + *why);
             } else {
+              // Each {column} where it is written (on the key's line; a template
+              // spread over lines keeps the key's mark).
+              if (auto key = KeyTemplate::Parse(view.key_template); key.ok()) {
+                for (const std::string& column : key.value().columns()) {
+                  view.placeholder_marks[column] =
+                      text.Find(view.MarkOf("key"), "{" + column + "}");
+                }
+              }
               target.what = prefix;
               target.mark = s.Node("key").Mark();
               target.key_path = path_key + ".key";
@@ -676,7 +811,9 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
             }
           }
           view.query = s.String("query").value_or("");
+          view.query_lines = text.LiteralBlock(view.MarkOf("query"));
           view.key_columns = s.StringList("key").value_or(std::vector<std::string>{});
+          view.key_column_marks = ItemMarks(s.Node("key"));
           break;
       }
       if (store->second.type != StoreType::kPostgres) {
@@ -689,6 +826,7 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
           }
         }
         view.columns = s.StringList("columns");
+        view.column_marks = ItemMarks(s.Node("columns"));
       }
       if (!target.key_path.empty()) targets.push_back(std::move(target));
       config.views.push_back(std::move(view));
@@ -723,10 +861,16 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
 }
 
 ConfigResult LoadConfigFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) {
+  // The OS's reason ("No such file or directory", "Permission denied"); a directory
+  // opens as a stream but reads as nothing.
+  std::error_code ec;
+  errno = std::filesystem::is_directory(path, ec) ? EISDIR : 0;
+  std::ifstream in;
+  if (errno == 0) in.open(path);
+  if (!in.is_open()) {
+    const std::string reason = errno != 0 ? std::strerror(errno) : "unknown error";
     ConfigResult result;
-    result.problems.push_back(ConfigProblem{0, 0, "", "cannot read the file"});
+    result.problems.push_back(ConfigProblem{0, 0, "", "cannot read the file: " + reason});
     return result;
   }
   std::stringstream text;

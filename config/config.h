@@ -27,6 +27,15 @@ struct ConfigProblem {
   std::string message;
 };
 
+// Where something is written in the file: 1-based line and column; 0 when unknown
+// (a Config made in code). The checks that need a server (validate --connect, run)
+// report at these, so that each problem points at the value at fault.
+struct ConfigMark {
+  int line = 0;
+  int column = 0;
+};
+using ConfigMarks = std::map<std::string, ConfigMark>;  // key -> its value as written
+
 struct SourceConfig {
   std::string dsn;
   std::string slot;         // default pgderive_<pipeline>
@@ -37,6 +46,10 @@ struct SourceConfig {
   uint64_t max_retained_wal_bytes = uint64_t{1} << 30;
   int line = 0;  // of the `source` key, for messages about it
   int column = 0;
+  ConfigMarks marks;  // dsn, slot, publication, ...: where each value is written
+
+  // Where `key`'s value is written; the `source` key when it is not written.
+  ConfigMark MarkOf(const std::string& key) const;
 };
 
 enum class StoreType { kRedis, kOpenSearch, kPostgres };
@@ -53,6 +66,9 @@ struct StoreConfig {
   std::string ca_file;  // opensearch over https: the CA bundle to trust
   int line = 0;         // of the store's name under `stores`
   int column = 0;
+  ConfigMarks marks;  // url, dsn, ...: where each value is written
+
+  ConfigMark MarkOf(const std::string& key) const;  // the store's name when not written
 
   // `url` with `username` and `password` (when given) put into its userinfo,
   // percent-encoded: what a client connects to. Never log it (use Url::Redacted()).
@@ -71,6 +87,19 @@ struct ViewConfig {
   std::string query;                                // postgres
   int line = 0;                                     // of the view's entry in `views`
   int column = 0;
+  ConfigMarks marks;  // from, key, columns, query, ...: where each value is written
+  std::vector<ConfigMark> column_marks;      // columns[i] as written
+  std::vector<ConfigMark> key_column_marks;  // postgres: key[i] as written
+  ConfigMarks placeholder_marks;             // redis: each {column} of the key template
+  // postgres, a query written as a literal block (`query: |`), whose lines are the
+  // file's: where each of its lines starts; empty otherwise (one line, or folded).
+  std::vector<ConfigMark> query_lines;
+
+  // Where `key`'s value is written; the view's entry when it is not written.
+  ConfigMark MarkOf(const std::string& key) const;
+  // Where line `n` (1-based) of the query is written: in a literal block its own line,
+  // otherwise the query's value.
+  ConfigMark QueryLineMark(int n) const;
 };
 
 struct SnapshotConfig {
@@ -95,6 +124,8 @@ struct Config {
 
   // The distinct `from` tables of the views, schema-qualified, in first-use order.
   std::vector<std::string> SourceTables() const;
+  // The views' names, in file order (for a message about a name that is not one).
+  std::vector<std::string> ViewNames() const;
 };
 
 struct ConfigResult {

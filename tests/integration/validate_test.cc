@@ -158,8 +158,8 @@ TEST_F(ValidateTest, AMissingTable) {
                                          "\n    key: \"ghost:{id}\"\n");
   auto [status, out] = Validate(config);
   EXPECT_EQ(status, 2) << out;
-  // views[3] starts on line 29 of the file WriteConfig writes.
-  EXPECT_TRUE(Has(out, config + ":29:5: views[3].from: table public." + missing +
+  // views[3] starts on line 29 of the file WriteConfig writes; its `from` is on line 31.
+  EXPECT_TRUE(Has(out, config + ":31:11: views[3].from: table public." + missing +
                            " does not exist in the source database (read by view ghost)"))
       << out;
   EXPECT_TRUE(Has(out, "1 problem; nothing was created or changed")) << out;
@@ -173,14 +173,51 @@ TEST_F(ValidateTest, AMissingColumnInTheListAndInTheKeyTemplate) {
                   "", "", "id, colour");
   auto [status, out] = Validate(config);
   EXPECT_EQ(status, 2) << out;
-  EXPECT_TRUE(Has(
-      out,
-      ":15:5: views[0].columns: view cache_view: column colour is not in table public." + table_))
+  // `    columns: [id, colour]` on line 19: colour is at column 19.
+  EXPECT_TRUE(Has(out, config +
+                           ":19:19: views[0].columns[1]: view cache_view: column colour is "
+                           "not in table public." +
+                           table_ + " (its columns: id, sku, price)"))
       << out;
-  EXPECT_TRUE(Has(
-      out, ":29:5: views[3].key: view by_nope: key column nope is not in table public." + table_))
+  // `    key: "<table>_x:{nope}"` on line 32: the {nope} where it is written.
+  const std::string key_column = std::to_string(10 + 1 + table_.size() + 3);
+  EXPECT_TRUE(Has(out, config + ":32:" + key_column +
+                           ": views[3].key: view by_nope: key column nope is not in table public." +
+                           table_ + " (its columns: id, sku, price)"))
       << out;
   EXPECT_TRUE(Has(out, "2 problems")) << out;
+  ExpectNothingCreated();
+}
+
+// Each problem found on the servers points at the value at fault: a column at its own
+// entry of a `columns:` list, a key column at its own in `key:`, a PostgreSQL error in a
+// query at the query's line it names.
+TEST_F(ValidateTest, EachConnectedProblemPointsAtItsOwnLine) {
+  const std::string keyed = UniqueName("val_keyed");
+  const std::string broken = UniqueName("val_broken");
+  dropped_tables_ = {keyed, broken};
+  const std::string config = WriteConfig(  // from line 29
+      "  - name: spelt\n    store: cache\n    from: " + table_ + "\n    key: \"spelt:{id}\"\n" +
+      "    columns:\n      - id\n      - skux\n" +                           // line 35
+      "  - name: keyed\n    store: warehouse\n    table: " + keyed + "\n" +  // line 36
+      "    key:\n      - id\n      - grp\n" +                                // line 41
+      "    query: select id, sku from public." + table_ + "\n" +
+      "  - name: broken\n    store: warehouse\n    table: " + broken + "\n" +  // line 43
+      "    key: [id]\n    query: |\n      select id,\n             nope\n" +   // line 49
+      "      from public." + table_ + "\n");
+  auto [status, out] = Validate(config);
+  EXPECT_EQ(status, 2) << out;
+  EXPECT_TRUE(Has(out, config +
+                           ":35:9: views[3].columns[1]: view spelt: column skux is not in "
+                           "table public." +
+                           table_ + " (its columns: id, sku, price; did you mean sku?)\n"))
+      << out;
+  EXPECT_TRUE(Has(out, config + ":41:9: views[4].key[1]: view keyed: key column grp is not a "
+                                "column of the query\n"))
+      << out;
+  EXPECT_TRUE(Has(out, config + ":49:14: views[5].query: view broken: ")) << out;
+  EXPECT_TRUE(Has(out, "column \"nope\" does not exist")) << out;
+  EXPECT_TRUE(Has(out, "3 problems; nothing was created or changed")) << out;
   ExpectNothingCreated();
 }
 
@@ -208,8 +245,8 @@ TEST_F(ValidateTest, StoresThatAreDown) {
   const std::string config = WriteConfig("", "redis://127.0.0.1:1/0");
   auto [status, out] = Validate(config);
   EXPECT_EQ(status, 2) << out;
-  // stores.cache is on line 5.
-  EXPECT_TRUE(Has(out, config + ":5:3: stores.cache: store cache (redis): ")) << out;
+  // stores.cache's url is on line 7.
+  EXPECT_TRUE(Has(out, config + ":7:10: stores.cache.url: store cache (redis): ")) << out;
   EXPECT_TRUE(Has(out, "redis://127.0.0.1:1/0")) << out;
   EXPECT_TRUE(Has(out, "store search (opensearch): OpenSearch")) << "the others are still checked";
   ExpectNothingCreated();
@@ -222,8 +259,8 @@ TEST_F(ValidateTest, EveryProblemIsListedInOneRun) {
       "redis://127.0.0.1:1/0", "", "id, colour");
   auto [status, out] = Validate(config);
   EXPECT_EQ(status, 2) << out;
-  EXPECT_TRUE(Has(out, "stores.cache: store cache (redis)")) << out;
-  EXPECT_TRUE(Has(out, "views[0].columns: view cache_view: column colour")) << out;
+  EXPECT_TRUE(Has(out, "stores.cache.url: store cache (redis)")) << out;
+  EXPECT_TRUE(Has(out, "views[0].columns[1]: view cache_view: column colour")) << out;
   EXPECT_TRUE(Has(out, "views[3].from: table public." + missing + " does not exist")) << out;
   EXPECT_TRUE(Has(out, "3 problems")) << out;
   ExpectNothingCreated();

@@ -155,7 +155,102 @@ TEST(ConfigTest, MissingPiecesAndBadYaml) {
   EXPECT_NE(yaml.Describe("y.yml").find("not valid YAML"), std::string::npos);
   ConfigResult missing = LoadConfigFile("/nonexistent/pgderive.yml");
   EXPECT_EQ(missing.Describe("/nonexistent/pgderive.yml"),
-            "/nonexistent/pgderive.yml: cannot read the file\n");
+            "/nonexistent/pgderive.yml: cannot read the file: No such file or directory\n");
+  ConfigResult directory = LoadConfigFile("/tmp");
+  EXPECT_EQ(directory.Describe("/tmp"), "/tmp: cannot read the file: Is a directory\n");
+}
+
+// An unset ${VARIABLE} is said once: not also "must not be empty" for the value it left.
+TEST(ConfigTest, AnUnsetVariableIsOneProblem) {
+  unsetenv("PGDERIVE_TEST_UNSET");
+  ConfigResult result = ParseConfig(
+      std::string("pipeline: p\nsource:\n  dsn: ${PGDERIVE_TEST_UNSET}\n") + kOneView, "u.yml");
+  ASSERT_EQ(result.problems.size(), 1u) << result.Describe("u.yml");
+  EXPECT_EQ(result.Describe("u.yml"),
+            "u.yml:3:8: source.dsn: environment variable PGDERIVE_TEST_UNSET is not set\n");
+}
+
+// An unknown store is told the stores there are, and the one meant when it is close.
+TEST(ConfigTest, AnUnknownStoreListsTheStores) {
+  ConfigResult result = ParseConfig(R"(pipeline: p
+source:
+  dsn: postgresql://app@db/shop
+stores:
+  cache:
+    type: redis
+    url: redis://127.0.0.1:6379/0
+  search:
+    type: opensearch
+    url: http://127.0.0.1:9200
+views:
+  - name: a
+    store: cahce
+    from: t
+    key: "a:{id}"
+)",
+                                    "s.yml");
+  EXPECT_EQ(result.Describe("s.yml"),
+            "s.yml:13:12: views[0].store: no store named 'cahce' under stores (stores: cache, "
+            "search; did you mean cache?)\n");
+}
+
+// Where each value is written, for the checks made against the servers: a column at
+// its own entry, a key column at its own in `key:`, a {column} in the template, the
+// lines of a literal block query.
+TEST(ConfigTest, MarksPointAtEachValue) {
+  ConfigResult result = ParseConfig(R"(pipeline: p
+source:
+  dsn: postgresql://app@db/shop
+stores:
+  cache:
+    type: redis
+    url: redis://127.0.0.1:6379/0
+  wh:
+    type: postgres
+    dsn: postgresql://app@db/wh
+views:
+  - name: a
+    store: cache
+    from: t
+    key: "t:{id}:{sku}"
+    columns:
+      - id
+      - sku
+  - name: b
+    store: wh
+    table: totals
+    key:
+      - grp
+      - day
+    query: |
+      select grp, day,
+             count(*) as n
+      from t group by grp, day
+)",
+                                    "m.yml");
+  ASSERT_TRUE(result.config.has_value()) << result.Describe("m.yml");
+  const Config& c = *result.config;
+  auto pair = [](ConfigMark m) { return std::pair(m.line, m.column); };
+  EXPECT_EQ(pair(c.source.MarkOf("dsn")), std::pair(3, 8));
+  EXPECT_EQ(pair(c.source.MarkOf("slot")), std::pair(2, 1));  // not written: the section
+  EXPECT_EQ(pair(c.stores.at("cache").MarkOf("url")), std::pair(7, 10));
+  const ViewConfig& a = c.views[0];
+  EXPECT_EQ(pair(a.MarkOf("from")), std::pair(14, 11));
+  ASSERT_EQ(a.column_marks.size(), 2u);
+  EXPECT_EQ(pair(a.column_marks[0]), std::pair(17, 9));
+  EXPECT_EQ(pair(a.column_marks[1]), std::pair(18, 9));
+  EXPECT_EQ(pair(a.placeholder_marks.at("id")), std::pair(15, 13));
+  EXPECT_EQ(pair(a.placeholder_marks.at("sku")), std::pair(15, 18));
+  const ViewConfig& b = c.views[1];
+  ASSERT_EQ(b.key_column_marks.size(), 2u);
+  EXPECT_EQ(pair(b.key_column_marks[0]), std::pair(23, 9));
+  EXPECT_EQ(pair(b.key_column_marks[1]), std::pair(24, 9));
+  EXPECT_EQ(pair(b.MarkOf("query")), std::pair(25, 12));
+  EXPECT_EQ(pair(b.QueryLineMark(1)), std::pair(26, 7));
+  EXPECT_EQ(pair(b.QueryLineMark(2)), std::pair(27, 14));  // its own first character
+  EXPECT_EQ(pair(b.QueryLineMark(3)), std::pair(28, 7));
+  EXPECT_EQ(pair(b.QueryLineMark(4)), pair(b.MarkOf("query")));  // past the end
+  EXPECT_EQ(pair(a.QueryLineMark(2)), pair(a.MarkOf("query")));  // no query: the view
 }
 
 TEST(ConfigTest, ProblemsNeverQuoteASecret) {
