@@ -299,6 +299,14 @@ void Pipeline::StartWorkers() {
       on_source_.stores.insert(name);
     }
   }
+  // The WAL each store applies before it is caught up: what the slot kept while
+  // pgderive was stopped, or what was written during the snapshot. Its latency is
+  // measured apart (PipelineWorker::Start).
+  Lsn backlog_end;
+  if (auto now = sql_->Query("select pg_current_wal_lsn()");
+      now.ok() && now.value().rows.size() == 1) {
+    backlog_end = Lsn::Parse(now.value().rows[0][0].value_or("")).value_or(Lsn{});
+  }
   for (auto& sink : sinks_) {
     const std::string store = sink->name();
     workers_.push_back(std::make_unique<PipelineWorker>(
@@ -316,7 +324,7 @@ void Pipeline::StartWorkers() {
         },
         kQueueBytes, &metrics_));
     workers_.back()->SetSlotConfirmed(confirmed_);
-    workers_.back()->Start(checkpoints_[sink.get()]);
+    workers_.back()->Start(checkpoints_[sink.get()], backlog_end);
   }
   std::vector<PipelineWorker*> observed;
   for (auto& worker : workers_) observed.push_back(worker.get());

@@ -15,12 +15,28 @@ constexpr size_t kMaxLatencySamples = size_t{4} << 20;
 
 }  // namespace
 
+Counter& ChangesApplied(Metrics& metrics, const std::string& store, const std::string& view,
+                        AppliedSource source) {
+  return metrics.counter(
+      "pgderive_changes_applied_total",
+      "Rows applied to a view, by where they came from: source=stream, changes streamed from "
+      "the slot; source=snapshot, rows of a snapshot (the first start, a rebuild); "
+      "source=backfill, rows of a backfill",
+      {{"store", store},
+       {"view", view},
+       {"source", source == AppliedSource::kStream     ? "stream"
+                  : source == AppliedSource::kSnapshot ? "snapshot"
+                                                       : "backfill"}});
+}
+
 PipelineWorker::PipelineWorker(Sink& sink, Rebuild rebuild, Log log, size_t max_queue_bytes,
                                Metrics* metrics)
     : sink_(sink),
       rebuild_(std::move(rebuild)),
       log_(std::move(log)),
       max_queue_bytes_(max_queue_bytes) {
+  for (const auto& [view, tables] : sink_.view_sources())
+    tables_.insert(tables.begin(), tables.end());
   if (metrics == nullptr) return;
   metrics_ = metrics;
   const MetricLabels store{{"store", sink_.name()}};
@@ -33,11 +49,26 @@ PipelineWorker::PipelineWorker(Sink& sink, Rebuild rebuild, Log log, size_t max_
   errors_permanent_ = &metrics->counter("pgderive_errors_total", errors_help,
                                         {{"store", sink_.name()}, {"kind", "permanent"}});
   for (const auto& [view, tables] : sink_.view_sources()) {
-    Counter& applied =
-        metrics->counter("pgderive_changes_applied_total", "Source changes applied, per view",
-                         {{"store", sink_.name()}, {"view", view}});
+    Counter& applied = ChangesApplied(*metrics, sink_.name(), view, AppliedSource::kStream);
     for (const std::string& table : tables) view_counters_[table].push_back(&applied);
+    backfill_counters_[view] =
+        &ChangesApplied(*metrics, sink_.name(), view, AppliedSource::kBackfill);
+    ChangesApplied(*metrics, sink_.name(), view, AppliedSource::kSnapshot);  // shown from 0
   }
+  latency_ = &metrics->histogram(
+      "pgderive_commit_to_visible_seconds",
+      "From a transaction's commit on the source to its changes applied in the store, per "
+      "streamed transaction that changes a table of the store's views, in steady state (once "
+      "the store has applied the WAL that existed when the stream started)",
+      store);
+  catchup_ = &metrics->counter(
+      "pgderive_catchup_transactions_total",
+      "Streamed transactions committed before the store caught up with the WAL that existed "
+      "when the stream started (not in pgderive_commit_to_visible_seconds)",
+      store);
+  caught_up_gauge_ = &metrics->gauge(
+      "pgderive_store_caught_up",
+      "1 once the store has applied the WAL that existed when the stream started", store);
 }
 
 void PipelineWorker::CountApplied(const BatchGroup& group, Lsn from) {
@@ -46,7 +77,18 @@ void PipelineWorker::CountApplied(const BatchGroup& group, Lsn from) {
   const std::vector<Counter*>* counters = nullptr;
   for (const auto& batch : group) {
     for (const OwnedChange& change : batch->changes) {
-      if (change.commit_lsn < from) continue;  // skipped, as the sink skipped it
+      if (change.commit_lsn < from) continue;           // skipped, as the sink skipped it
+      if (change.op == ChangeOp::kViewState) continue;  // not a row
+      if (change.op == ChangeOp::kBackfillRow) {
+        // A row for the views the backfill fills, in this store only.
+        if (change.control == nullptr || change.control->store != sink_.name()) continue;
+        for (const std::string& view : change.control->views) {
+          if (auto it = backfill_counters_.find(view); it != backfill_counters_.end()) {
+            it->second->Add();
+          }
+        }
+        continue;
+      }
       for (const auto& relation : change.relations) {
         if (relation.get() != last) {
           last = relation.get();
@@ -92,9 +134,16 @@ PipelineWorker::~PipelineWorker() {
   if (thread_.joinable()) Stop(std::chrono::steady_clock::now());
 }
 
-void PipelineWorker::Start(Lsn checkpoint) {
+void PipelineWorker::Start(Lsn checkpoint, Lsn caught_up_at) {
   checkpoint_.store(checkpoint.value);
   durable_ = checkpoint;
+  started_at_ = std::chrono::system_clock::now();
+  caught_up_lsn_ = caught_up_at;
+  if (checkpoint >= caught_up_at) {
+    caught_up_at_ = started_at_;
+    caught_up_.store(true);
+    if (caught_up_gauge_ != nullptr) caught_up_gauge_->Set(1);
+  }
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -146,16 +195,90 @@ std::string PipelineWorker::LatencySummary() {
     std::lock_guard lock(mutex_);
     samples = latencies_ms_;
   }
-  if (samples.empty()) return "no transactions";
-  std::sort(samples.begin(), samples.end());
-  auto at = [&](double q) {
-    return samples[std::min(samples.size() - 1,
-                            static_cast<size_t>(q * static_cast<double>(samples.size())))];
-  };
-  char text[160];
-  std::snprintf(text, sizeof text, "p50 %.1f ms, p99 %.1f ms, max %.1f ms (%zu transactions)",
-                at(0.50), at(0.99), samples.back(), samples.size());
-  return text;
+  size_t catchup = 0;
+  float catchup_max = 0;
+  double caught_up_after = -1;
+  {
+    std::lock_guard lock(mutex_);
+    catchup = catchup_transactions_;
+    catchup_max = catchup_max_ms_;
+    if (caught_up_.load()) {
+      caught_up_after = std::chrono::duration<double>(caught_up_at_ - started_at_).count();
+    }
+  }
+  std::string out = "no transactions";
+  if (!samples.empty()) {
+    std::sort(samples.begin(), samples.end());
+    auto at = [&](double q) {
+      return samples[std::min(samples.size() - 1,
+                              static_cast<size_t>(q * static_cast<double>(samples.size())))];
+    };
+    char text[160];
+    std::snprintf(text, sizeof text, "p50 %.1f ms, p99 %.1f ms, max %.1f ms (%zu transactions)",
+                  at(0.50), at(0.99), samples.back(), samples.size());
+    out = text;
+  }
+  if (catchup > 0 || caught_up_after < 0) {
+    char text[200];
+    if (caught_up_after < 0) {
+      std::snprintf(text, sizeof text,
+                    "; still catching up: %zu transactions of the backlog applied, the oldest "
+                    "visible after %.1f ms",
+                    catchup, catchup_max);
+    } else {
+      std::snprintf(text, sizeof text,
+                    "; catch-up (not counted above): %zu transactions committed before the store "
+                    "caught up %.1f s after start, the oldest visible after %.1f ms",
+                    catchup, caught_up_after, catchup_max);
+    }
+    out += text;
+  }
+  return out;
+}
+
+void PipelineWorker::RecordLatency(const BatchGroup& group, Lsn from,
+                                   std::chrono::system_clock::time_point now) {
+  std::lock_guard lock(mutex_);
+  for (const auto& batch : group) {
+    size_t begin = 0;
+    for (const CommitMark& mark : batch->commits) {
+      // The transaction's changes in this batch: [begin, changes_end).
+      for (size_t i = begin; i < mark.changes_end && i < batch->changes.size(); ++i) {
+        const OwnedChange& change = batch->changes[i];
+        if (change.op == ChangeOp::kBackfillRow || change.op == ChangeOp::kViewState) continue;
+        if (change.commit_lsn < from) continue;  // skipped: applied before
+        for (const auto& relation : change.relations) {
+          transaction_changed_ =
+              transaction_changed_ || tables_.contains(relation->QualifiedName());
+        }
+      }
+      begin = std::max(begin, mark.changes_end);
+      const bool changed = transaction_changed_;
+      transaction_changed_ = false;
+      if (mark.commit_time == 0) continue;  // an idle mark
+      last_commit_time_.store(mark.commit_time);
+      if (!changed) continue;  // nothing of this store's (or backfill rows alone)
+      const auto committed = FromPgTimestamp(mark.commit_time);
+      const double ms = std::chrono::duration<double, std::milli>(now - committed).count();
+      if (!caught_up_.load() || committed < caught_up_at_) {
+        ++catchup_transactions_;
+        catchup_max_ms_ = std::max(catchup_max_ms_, static_cast<float>(ms));
+        if (catchup_ != nullptr) catchup_->Add();
+        continue;
+      }
+      if (latency_ != nullptr) latency_->Observe(ms / 1000);
+      if (latencies_ms_.size() < kMaxLatencySamples)
+        latencies_ms_.push_back(static_cast<float>(ms));
+    }
+    // The changes after the last mark belong to a transaction that ends in a later batch.
+    for (size_t i = begin; i < batch->changes.size(); ++i) {
+      const OwnedChange& change = batch->changes[i];
+      if (change.op == ChangeOp::kBackfillRow || change.op == ChangeOp::kViewState) continue;
+      for (const auto& relation : change.relations) {
+        transaction_changed_ = transaction_changed_ || tables_.contains(relation->QualifiedName());
+      }
+    }
+  }
 }
 
 void PipelineWorker::Rejoin() {
@@ -292,23 +415,20 @@ Status PipelineWorker::ApplyWithRetry(const BatchGroup& group) {
           }
         }
         const auto now = std::chrono::system_clock::now();
-        {
-          std::lock_guard lock(mutex_);
-          for (const auto& batch : group) {
-            for (const CommitMark& mark : batch->commits) {
-              if (mark.commit_time == 0) continue;
-              last_commit_time_.store(mark.commit_time);
-              if (latencies_ms_.size() >= kMaxLatencySamples) continue;
-              latencies_ms_.push_back(static_cast<float>(
-                  std::chrono::duration<double, std::milli>(now - FromPgTimestamp(mark.commit_time))
-                      .count()));
-            }
-          }
-        }
+        RecordLatency(group, from, now);
         if (auto next = CheckpointOf(group); next && *next > checkpoint()) {
           checkpoint_.store(next->value);
           std::lock_guard lock(mutex_);
           pending_durable_.emplace_back(std::chrono::steady_clock::now(), *next);
+        }
+        // Caught up: the transactions committed from now on are steady state.
+        if (!caught_up_.load() && checkpoint() >= caught_up_lsn_) {
+          {
+            std::lock_guard lock(mutex_);
+            caught_up_at_ = now;
+          }
+          caught_up_.store(true);
+          if (caught_up_gauge_ != nullptr) caught_up_gauge_->Set(1);
         }
         return status;
       }

@@ -24,6 +24,14 @@
 
 namespace pgderive {
 
+// What a view's rows came from, the `source` label of pgderive_changes_applied_total:
+// changes streamed from the slot, rows of a snapshot (the first start, a rebuild), rows
+// of a backfill (a view added or rebuilt while the stream flows).
+enum class AppliedSource { kStream, kSnapshot, kBackfill };
+// The counter of one view's applied rows from one source (made on first use).
+Counter& ChangesApplied(Metrics& metrics, const std::string& store, const std::string& view,
+                        AppliedSource source);
+
 // A store's queue holds at most this many bytes of batches (an empty queue takes any).
 inline constexpr size_t kQueueBytes = size_t{64} << 20;
 // How long the dispatcher waits for room in a store's queue before it detaches the store.
@@ -42,7 +50,12 @@ class PipelineWorker {
                  Metrics* metrics = nullptr);
   ~PipelineWorker();
 
-  void Start(Lsn checkpoint);
+  // `caught_up_at`: the source's WAL position when the stream started. The changes
+  // committed before the store has applied up to there are its catch-up (a backlog the
+  // slot kept while pgderive was stopped, or that grew during a snapshot): their
+  // commit-to-visible time says how long pgderive was away, not how fast it applies,
+  // so they are measured apart from the steady-state latency.
+  void Start(Lsn checkpoint, Lsn caught_up_at = Lsn{});
   // Queues a batch unless the worker is detached; waits up to `wait` for room, then
   // detaches. Returns whether the batch was queued.
   bool Offer(std::shared_ptr<const ChangeBatch> batch, std::chrono::milliseconds wait);
@@ -76,9 +89,14 @@ class PipelineWorker {
 
   Sink& sink() { return sink_; }
 
-  // Source commit to visible in the store, per transaction applied since Start: the
-  // time Apply returned minus the commit timestamp. "p50 ... p99 ... max ... (n)".
+  // Source commit to visible in the store, per streamed transaction that changed a
+  // table of the store's views, applied since Start: the time Apply returned minus the
+  // commit timestamp. Steady state only: "p50 ... p99 ... max ... (n transactions)",
+  // then the catch-up apart ("; catch-up: n transactions committed before the store
+  // caught up 2.1 s after start, the oldest visible after 21703.9 ms").
   std::string LatencySummary();
+  // The store has applied the WAL that existed when the stream started.
+  bool caught_up() const { return caught_up_.load(); }
 
  private:
   void Loop();
@@ -108,7 +126,25 @@ class PipelineWorker {
   std::atomic<bool> detached_{false};
   std::atomic<bool> wants_rejoin_{false};
   std::atomic<bool> failed_{false};
-  std::vector<float> latencies_ms_;  // guarded by mutex_; capped
+  std::vector<float> latencies_ms_;  // guarded by mutex_; capped; steady state only
+  // Catch-up (see Start): transactions and the longest wait, guarded by mutex_.
+  size_t catchup_transactions_ = 0;
+  float catchup_max_ms_ = 0;
+  Lsn caught_up_lsn_;                                   // worker thread
+  std::chrono::system_clock::time_point started_at_;    // worker thread
+  std::chrono::system_clock::time_point caught_up_at_;  // guarded by mutex_
+  std::atomic<bool> caught_up_{false};
+  // A transaction spread over batches: whether a piece had a change of the store's
+  // tables (worker thread).
+  bool transaction_changed_ = false;
+  // The tables the store's views read: a transaction that changes none of them (nor
+  // carries anything but backfill rows) has no commit-to-visible time here.
+  std::set<std::string> tables_;
+  // Records each committed transaction of the group applied at `now` (worker thread).
+  void RecordLatency(const BatchGroup& group, Lsn from, std::chrono::system_clock::time_point now);
+  Histogram* latency_ = nullptr;
+  Counter* catchup_ = nullptr;
+  Gauge* caught_up_gauge_ = nullptr;
   std::atomic<bool> healthy_{true};
   int64_t in_flight_commit_time_ = 0;      // guarded by mutex_: the group being applied
   std::set<std::string> reported_failed_;  // views whose stop was logged (worker thread)
@@ -122,8 +158,9 @@ class PipelineWorker {
   Histogram* batch_seconds_ = nullptr;
   Counter* errors_transient_ = nullptr;
   Counter* errors_permanent_ = nullptr;
-  // Source table -> the applied-changes counters of the views that read it.
+  // Source table -> the streamed-changes counters of the views that read it.
   std::map<std::string, std::vector<Counter*>> view_counters_;
+  std::map<std::string, Counter*> backfill_counters_;  // by view
   std::thread thread_;
 };
 

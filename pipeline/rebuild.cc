@@ -8,16 +8,25 @@
 #include "cdc/pg_connection.h"
 #include "cdc/sql_session.h"
 #include "cdc/type_catalog.h"
+#include "pipeline/pipeline_worker.h"
 #include "snapshot/snapshot_reader.h"
 
 namespace pgderive {
 namespace {
 
 // Snapshot rows to every sink whose views read the table.
+// Counts them per view (pgderive_changes_applied_total{source="snapshot"}).
 class SnapshotFanout : public TypedSnapshotConsumer {
  public:
-  SnapshotFanout(std::vector<Sink*> sinks, TypeLearner& learner)
-      : TypedSnapshotConsumer(learner), sinks_(std::move(sinks)) {}
+  SnapshotFanout(std::vector<Sink*> sinks, TypeLearner& learner, Metrics& metrics)
+      : TypedSnapshotConsumer(learner), sinks_(std::move(sinks)) {
+    for (Sink* sink : sinks_) {
+      for (const auto& [view, tables] : sink->view_sources()) {
+        Counter& applied = ChangesApplied(metrics, sink->name(), view, AppliedSource::kSnapshot);
+        for (const std::string& table : tables) counters_[{sink, table}].push_back(&applied);
+      }
+    }
+  }
 
  protected:
   Status OnTypedRows(const std::shared_ptr<const RelationSchema>& schema,
@@ -28,12 +37,17 @@ class SnapshotFanout : public TypedSnapshotConsumer {
       if (std::find(tables.begin(), tables.end(), table) == tables.end()) continue;
       Status status = sink->ApplySnapshotRows(schema, rows, types);
       if (!status.ok()) return status;
+      if (auto it = counters_.find({sink, table}); it != counters_.end()) {
+        for (Counter* counter : it->second) counter->Add(static_cast<double>(rows.size()));
+      }
     }
     return Status::Ok();
   }
 
  private:
   std::vector<Sink*> sinks_;
+  // (store, table) -> the counters of the store's views that read the table.
+  std::map<std::pair<Sink*, std::string>, std::vector<Counter*>> counters_;
 };
 
 }  // namespace
@@ -67,14 +81,22 @@ Status SnapshotInto(const Config& config, const std::vector<Sink*>& sinks,
   for (Sink* sink : sinks) names.push_back(sink->name());
   std::string store_list;
   for (const std::string& n : names) store_list += (store_list.empty() ? "" : ",") + n;
-  log.Info("snapshot started",
-           {{"lsn", lsn.ToString()},
-            {"tables", std::to_string(tables.size())},
-            {"stores", store_list},
-            {"estimated_rows", std::to_string(reader.value()->progress().rows_estimated.load())}});
+  // A table never analyzed has no estimate: "unknown", never a misleading 0.
+  const SnapshotProgress& planned = reader.value()->progress();
+  const uint64_t unestimated = planned.rows_unestimated_tables.load();
+  std::string estimated = std::to_string(planned.rows_estimated.load());
+  if (unestimated == tables.size()) {
+    estimated = "unknown (never analyzed)";
+  } else if (unestimated > 0) {
+    estimated += " and " + std::to_string(unestimated) + " table(s) never analyzed";
+  }
+  log.Info("snapshot started", {{"lsn", lsn.ToString()},
+                                {"tables", std::to_string(tables.size())},
+                                {"stores", store_list},
+                                {"estimated_rows", estimated}});
   const auto started = std::chrono::steady_clock::now();
   monitor.SnapshotStarted(&reader.value()->progress(), names);
-  SnapshotFanout fanout(sinks, learner);
+  SnapshotFanout fanout(sinks, learner, monitor.metrics());
   Status status = reader.value()->Run(fanout);
   for (Sink* sink : sinks) {
     if (status.ok()) status = sink->EndRebuild(lsn);

@@ -40,6 +40,8 @@ class RunMonitor {
  public:
   RunMonitor(const Config& config, Logger& log, Metrics& metrics);
   ~RunMonitor();
+  // The pipeline's registry (the snapshot counts the rows it applies there).
+  Metrics& metrics() { return metrics_; }
 
   void Start();
   void Stop();

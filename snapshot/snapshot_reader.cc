@@ -75,14 +75,21 @@ Status SnapshotReader::Plan(PgConnection& c) {
     if (!described.ok()) return described.error();
     auto schema = std::move(described).value();
     auto info = c.Query(
-        "select c.relkind, greatest(c.reltuples, 0)::bigint, "
+        // reltuples per relpages (as of the last ANALYZE or VACUUM) times the pages now,
+        // as the planner estimates; -1 when never analyzed (see SnapshotProgress).
+        "select c.relkind, case when c.reltuples < 0 or (c.relpages = 0 and c.reltuples = 0 "
+        "and pg_relation_size(c.oid) > 0) then -1 when c.relpages = 0 then "
+        "c.reltuples::bigint else (c.reltuples / c.relpages * (pg_relation_size(c.oid) / "
+        "current_setting('block_size')::bigint))::bigint end, "
         "pg_relation_size(c.oid) / current_setting('block_size')::bigint from pg_class c "
         "where c.oid = " +
         std::to_string(schema->id.value));
     if (!info.ok()) return info.error();
     if (info.value().rows.size() != 1) return Error::Permanent("table " + table + " not found");
     const auto& row = info.value().rows[0];
-    auto rows_estimated = ParseServerNumber<uint64_t>(row[1]);
+    const bool unestimated = row[1].value_or("") == "-1";
+    auto rows_estimated =
+        ParseServerNumber<uint64_t>(unestimated ? std::optional<std::string>("0") : row[1]);
     auto relpages = ParseServerNumber<uint64_t>(row[2]);
     if (!rows_estimated.ok() || !relpages.ok()) {
       return Error::Corrupt(
@@ -99,6 +106,7 @@ Status SnapshotReader::Plan(PgConnection& c) {
     column_lists_.push_back(column_list.empty() ? "" : column_list);
 
     progress_.rows_estimated += rows_estimated.value();
+    if (unestimated) ++progress_.rows_unestimated_tables;
     const uint64_t pages = relpages.value();
     const bool partitioned = row[0].value_or("") == "p";
     const uint64_t step = std::max<uint64_t>(options_.chunk_pages, 1);

@@ -76,7 +76,11 @@ class TypedSnapshotConsumer : public SnapshotConsumer {
 
 // Progress, readable from any thread while Run works (for logs, metrics and status).
 struct SnapshotProgress {
-  std::atomic<uint64_t> rows_estimated{0};  // sum of pg_class.reltuples
+  // Sum of the tables' pg_class.reltuples, scaled to their size now. A table never
+  // analyzed (nor vacuumed) has no estimate (reltuples -1 since PostgreSQL 14, 0 before
+  // with relpages 0): it adds nothing here and counts in rows_unestimated_tables.
+  std::atomic<uint64_t> rows_estimated{0};
+  std::atomic<uint64_t> rows_unestimated_tables{0};
   std::atomic<uint64_t> rows_read{0};
   std::atomic<uint64_t> bytes_read{0};
   std::atomic<uint64_t> chunks_total{0};

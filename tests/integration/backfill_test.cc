@@ -273,7 +273,13 @@ TEST_F(BackfillTest, BackfillCommandRebuildsOneViewUnderWrites) {
   auto [unknown, unknown_out] =
       Command({PgderiveBinary(), "backfill", "-c", config, "--view", "nope"});
   EXPECT_EQ(unknown, 2) << unknown_out;
-  EXPECT_NE(unknown_out.find("no view named 'nope'"), std::string::npos) << unknown_out;
+  EXPECT_NE(unknown_out.find("no view named 'nope' (views: a, docs, totals)"), std::string::npos)
+      << unknown_out;
+  auto [typo, typo_out] = Command({PgderiveBinary(), "backfill", "-c", config, "--view", "dosc"});
+  EXPECT_EQ(typo, 2) << typo_out;
+  EXPECT_NE(typo_out.find("no view named 'dosc' (views: a, docs, totals; did you mean docs?)"),
+            std::string::npos)
+      << typo_out;
 }
 
 // A store still says a view is live while the request of its backfill waits in the WAL

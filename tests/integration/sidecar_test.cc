@@ -116,6 +116,12 @@ std::optional<double> Find(const std::vector<Sample>& samples, const std::string
   return std::nullopt;
 }
 
+// pgderive_changes_applied_total of one view from one source.
+std::optional<double> Applied(const std::vector<Sample>& samples, const std::string& view,
+                              const std::string& source) {
+  return Find(samples, "pgderive_changes_applied_total", {{"view", view}, {"source", source}});
+}
+
 class SidecarTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -205,11 +211,16 @@ TEST_F(SidecarTest, HealthReadinessMetricsStatusLogsAndCleanStopUnderLoad) {
   // 600 changes reach both views, as the metrics count them.
   ASSERT_TRUE(WaitFor([&] {
     auto samples = ParsePrometheus(Get("/metrics").second);
-    return Find(samples, "pgderive_changes_applied_total", {{"view", "rows"}}).value_or(0) >= 600 &&
-           Find(samples, "pgderive_changes_applied_total", {{"view", "totals"}}).value_or(0) >= 600;
+    return Find(samples, "pgderive_changes_applied_total", {{"view", "rows"}, {"source", "stream"}})
+                   .value_or(0) >= 600 &&
+           Find(samples, "pgderive_changes_applied_total",
+                {{"view", "totals"}, {"source", "stream"}})
+                   .value_or(0) >= 600;
   })) << Get("/metrics").second;
   const auto samples = ParsePrometheus(Get("/metrics").second);
-  EXPECT_EQ(Find(samples, "pgderive_changes_applied_total", {{"view", "rows"}}), 600);
+  EXPECT_EQ(
+      Find(samples, "pgderive_changes_applied_total", {{"view", "rows"}, {"source", "stream"}}),
+      600);
   EXPECT_EQ(Find(samples, "pgderive_stream_connected"), 1);
   EXPECT_GE(Find(samples, "pgderive_batches_total", {{"store", "cache"}}).value_or(0), 1);
   EXPECT_GE(
@@ -262,9 +273,10 @@ TEST_F(SidecarTest, HealthReadinessMetricsStatusLogsAndCleanStopUnderLoad) {
   });
   // The signal lands while the pipeline is applying the writer's changes.
   const bool loaded = WaitFor([&] {
-    return written.load() >= 200 && Find(ParsePrometheus(Get("/metrics").second),
-                                         "pgderive_changes_applied_total", {{"view", "rows"}})
-                                            .value_or(0) > 600;
+    return written.load() >= 200 &&
+           Find(ParsePrometheus(Get("/metrics").second), "pgderive_changes_applied_total",
+                {{"view", "rows"}, {"source", "stream"}})
+                   .value_or(0) > 600;
   });
   if (!loaded) {
     writing.store(false);
@@ -308,6 +320,55 @@ TEST_F(SidecarTest, HealthReadinessMetricsStatusLogsAndCleanStopUnderLoad) {
       EXPECT_GT(lines, 3) << log;
     }
   }
+}
+
+// Rows applied are counted by where they came from: the first start's snapshot, the
+// stream, a backfill; commit-to-visible latency is measured on streamed transactions
+// that change a view's table, once the store has caught up, and on nothing else.
+TEST_F(SidecarTest, AppliedRowsBySourceAndLatencyOfStreamedTransactionsOnly) {
+  const std::string config = WriteConfig(dsn_, redis_url_);
+  StartRun(config);
+  ASSERT_TRUE(WaitFor([&] { return Get("/readyz").first == 200; }))
+      << Get("/readyz").second << Read("run.err");
+  ASSERT_TRUE(WaitFor([&] {
+    auto samples = ParsePrometheus(Get("/metrics").second);
+    return Find(samples, "pgderive_store_caught_up", {{"store", "cache"}}) == 1 &&
+           Find(samples, "pgderive_store_caught_up", {{"store", "warehouse"}}) == 1;
+  })) << Get("/metrics").second;
+  // Five transactions of two updates each.
+  for (int i = 0; i < 5; ++i) {
+    MustExecute(*sql_, "update " + table_ + " set amount = amount + 1 where id in (" +
+                           std::to_string(2 * i + 1) + ", " + std::to_string(2 * i + 2) + ")");
+  }
+  ASSERT_TRUE(WaitFor([&] {
+    auto samples = ParsePrometheus(Get("/metrics").second);
+    return Applied(samples, "rows", "stream") == 10 && Applied(samples, "totals", "stream") == 10;
+  })) << Get("/metrics").second;
+  auto [code, out] =
+      Command({PgderiveBinary(), "backfill", "-c", config, "--view", "rows", "--timeout", "120"});
+  ASSERT_EQ(code, 0) << out << Read("run.err");
+  ASSERT_TRUE(WaitFor([&] {
+    return Applied(ParsePrometheus(Get("/metrics").second), "rows", "backfill") == 2000;
+  })) << Get("/metrics").second;
+
+  const auto samples = ParsePrometheus(Get("/metrics").second);
+  EXPECT_EQ(Applied(samples, "rows", "snapshot"), 2000);
+  EXPECT_EQ(Applied(samples, "rows", "stream"), 10);
+  EXPECT_EQ(Applied(samples, "rows", "backfill"), 2000);
+  EXPECT_EQ(Applied(samples, "totals", "snapshot"), 2000);
+  EXPECT_EQ(Applied(samples, "totals", "stream"), 10);
+  EXPECT_EQ(Applied(samples, "totals", "backfill"), 0);
+  for (const std::string store : {"cache", "warehouse"}) {
+    // The five transactions; not the heartbeats, the backfill's watermarks or its rows.
+    EXPECT_EQ(Find(samples, "pgderive_commit_to_visible_seconds_count", {{"store", store}}), 5)
+        << store;
+    EXPECT_EQ(Find(samples, "pgderive_catchup_transactions_total", {{"store", store}}), 0) << store;
+  }
+  run_->Signal(SIGTERM);
+  ASSERT_EQ(run_->Wait(std::chrono::seconds(10)), 0) << Read("run.err");
+  EXPECT_NE(Read("run.err").find("store cache commit-to-visible latency: p50 "), std::string::npos)
+      << Read("run.err");
+  EXPECT_NE(Read("run.err").find("(5 transactions)"), std::string::npos) << Read("run.err");
 }
 
 TEST_F(SidecarTest, HeartbeatMovesAnIdleSlot) {

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include "cdc/walsender.h"
 #include "tests/support/fake_sink.h"
 #include "tests/support/wait.h"
 
@@ -139,6 +140,89 @@ TEST(PipelineWorkerTest, APermanentFailureStopsTheStoreAlone) {
   EXPECT_FALSE(w.worker.Offer(TestBatch(3, 3), kNoWait));
   EXPECT_EQ(sink.applied(), AppliedOf(1, 1));
   EXPECT_TRUE(w.Logged("store a stopped"));
+}
+
+}  // namespace
+}  // namespace pgderive
+
+namespace pgderive {
+namespace {
+
+// One transaction of `ops` ('I' a change of public.t, 'O' of another table, 'B' a
+// backfill row for view v), committed at `committed`.
+void AddTransaction(ChangeBatch& batch, int i, const std::string& ops,
+                    std::chrono::system_clock::time_point committed) {
+  static const auto t = std::make_shared<const RelationSchema>(
+      RelationSchema{RelationId{1}, "public", "t", 'd', {}, ""});
+  static const auto other = std::make_shared<const RelationSchema>(
+      RelationSchema{RelationId{2}, "public", "other", 'd', {}, ""});
+  static const auto control = [] {
+    auto made = std::make_shared<ViewControl>();
+    made->store = "a";
+    made->views = {"v"};
+    return std::shared_ptr<const ViewControl>(made);
+  }();
+  uint32_t index = 0;
+  for (char op : ops) {
+    OwnedChange change;
+    change.commit_lsn = testing::CommitOf(i);
+    change.index = index++;
+    change.op = op == 'B' ? ChangeOp::kBackfillRow : ChangeOp::kInsert;
+    change.relations = {op == 'O' ? other : t};
+    if (op == 'B') change.control = control;
+    batch.changes.push_back(std::move(change));
+  }
+  batch.commits.push_back(CommitMark{testing::CommitOf(i), testing::EndOf(i),
+                                     ToPgTimestamp(committed), batch.changes.size()});
+}
+
+std::shared_ptr<const ChangeBatch> Finish(std::unique_ptr<ChangeBatch> batch) {
+  batch->types = std::make_shared<TypeRegistry>();
+  batch->bytes = 100;
+  return batch;
+}
+
+// Commit-to-visible latency counts streamed transactions that change a table of the
+// store's views, once the store has caught up with the WAL that existed at start; the
+// backlog before is counted apart, backfill rows and other tables' changes never. The
+// applied rows are counted by source.
+TEST(PipelineWorkerTest, LatencyIsSteadyStateStreamedTransactionsOnly) {
+  FakeSink sink("a");
+  Metrics metrics;
+  PipelineWorker worker(
+      sink, [](Sink&) -> Result<Lsn> { return Error::Permanent("no rebuild"); },
+      [](const std::string&) {}, size_t{1} << 20, &metrics);
+  const auto now = std::chrono::system_clock::now();
+  // Caught up once transaction 2 is applied.
+  worker.Start(Lsn{}, testing::EndOf(2));
+  EXPECT_FALSE(worker.caught_up());
+  auto backlog = std::make_unique<ChangeBatch>();
+  AddTransaction(*backlog, 1, "II", now - std::chrono::seconds(30));
+  AddTransaction(*backlog, 2, "I", now - std::chrono::seconds(20));
+  ASSERT_TRUE(worker.Offer(Finish(std::move(backlog)), kNoWait));
+  ASSERT_TRUE(WaitFor([&] { return worker.checkpoint() == testing::EndOf(2); }));
+  EXPECT_TRUE(worker.caught_up());
+  auto steady = std::make_unique<ChangeBatch>();
+  const auto later = std::chrono::system_clock::now() + std::chrono::milliseconds(1);
+  AddTransaction(*steady, 3, "I", later);
+  AddTransaction(*steady, 4, "BBB", later);  // a backfill chunk at its watermark
+  AddTransaction(*steady, 5, "O", later);    // a table no view of the store reads
+  ASSERT_TRUE(worker.Offer(Finish(std::move(steady)), kNoWait));
+  ASSERT_TRUE(WaitFor([&] { return worker.checkpoint() == testing::EndOf(5); }));
+
+  const MetricLabels store{{"store", "a"}};
+  EXPECT_EQ(metrics.histogram("pgderive_commit_to_visible_seconds", "", store).count(), 1u);
+  EXPECT_EQ(metrics.counter("pgderive_catchup_transactions_total", "", store).value(), 2);
+  EXPECT_EQ(metrics.gauge("pgderive_store_caught_up", "", store).value(), 1);
+  EXPECT_EQ(ChangesApplied(metrics, "a", "v", AppliedSource::kStream).value(), 4);
+  EXPECT_EQ(ChangesApplied(metrics, "a", "v", AppliedSource::kBackfill).value(), 3);
+  EXPECT_EQ(ChangesApplied(metrics, "a", "v", AppliedSource::kSnapshot).value(), 0);
+  const std::string summary = worker.LatencySummary();
+  EXPECT_NE(summary.find("(1 transactions); catch-up (not counted above): 2 transactions "
+                         "committed before the store caught up"),
+            std::string::npos)
+      << summary;
+  worker.Stop(std::chrono::steady_clock::now());
 }
 
 }  // namespace
