@@ -72,6 +72,11 @@ Status ApplyRows(const BatchGroup& group, Lsn checkpoint, const std::string& sto
                  std::span<RowView* const> views, EntryKey key, SourceRows& source,
                  RowStore& store) {
   const TypeRegistry& types = TypesOf(group);
+  // The table of the last change's relation: its name is made once per run of changes
+  // to one table, not per change (every batch of the group, and so every relation its
+  // changes name, lives through the call).
+  const RelationSchema* named = nullptr;
+  std::string table;
   for (const auto& batch : group) {
     for (const OwnedChange& change : batch->changes) {
       // Already applied: the checkpoint covers every transaction that committed before
@@ -117,7 +122,10 @@ Status ApplyRows(const BatchGroup& group, Lsn checkpoint, const std::string& sto
           }
           break;
         default: {
-          const std::string table = change.relation().QualifiedName();
+          if (&change.relation() != named) {
+            named = &change.relation();
+            table = named->QualifiedName();
+          }
           for (RowView* view : views) {
             if (view->table != table || !view->failed.empty()) continue;
             status = ApplyRow(change, types, *view, key, source, store);

@@ -120,15 +120,29 @@ Result<RedisClient> RedisClient::Connect(std::string_view url_text,
 
 Status RedisClient::Append(std::span<const std::string_view> args) {
   if (broken_) return Error::Transient("Redis " + redacted_url_ + ": connection is broken");
-  argv_.clear();
-  argv_len_.clear();
+  // The protocol (RESP) written here in one pass, which hiredis's own formatting
+  // (redisAppendCommandArgv) does in two with a printf-like step per argument.
+  formatted_.clear();
+  auto append_length = [&](char type, size_t n) {
+    char digits[24];
+    digits[0] = type;
+    char* end = std::to_chars(digits + 1, digits + sizeof digits - 2, n).ptr;
+    *end++ = '\r';
+    *end++ = '\n';
+    formatted_.append(digits, end);
+  };
+  size_t total = 16;
+  for (std::string_view arg : args) total += arg.size() + 16;
+  formatted_.reserve(total);
+  append_length('*', args.size());
   for (std::string_view arg : args) {
-    argv_.push_back(arg.data());
-    argv_len_.push_back(arg.size());
+    append_length('$', arg.size());
+    formatted_.append(arg);
+    formatted_.append("\r\n", 2);
     unsent_bytes_ += arg.size();
   }
-  if (redisAppendCommandArgv(context_.get(), static_cast<int>(argv_.size()), argv_.data(),
-                             argv_len_.data()) != REDIS_OK) {
+  if (redisAppendFormattedCommand(context_.get(), formatted_.data(), formatted_.size()) !=
+      REDIS_OK) {
     return IoError("cannot queue a command");
   }
   ++unanswered_;

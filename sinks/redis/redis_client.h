@@ -73,8 +73,7 @@ class RedisClient {
   bool broken_ = false;
   size_t unanswered_ = 0;
   size_t unsent_bytes_ = 0;  // queued in hiredis's buffer, roughly (arguments only)
-  std::vector<const char*> argv_;
-  std::vector<size_t> argv_len_;
+  std::string formatted_;    // the command being queued, as the protocol sends it
 };
 
 }  // namespace pgderive
