@@ -130,9 +130,7 @@ void PipelineWorker::ReportSourceReads() {
   }
 }
 
-PipelineWorker::~PipelineWorker() {
-  if (thread_.joinable()) Stop(std::chrono::steady_clock::now());
-}
+PipelineWorker::~PipelineWorker() { Stop(std::chrono::steady_clock::now()); }
 
 void PipelineWorker::Start(Lsn checkpoint, Lsn caught_up_at) {
   checkpoint_.store(checkpoint.value);
@@ -144,7 +142,7 @@ void PipelineWorker::Start(Lsn checkpoint, Lsn caught_up_at) {
     caught_up_.store(true);
     if (caught_up_gauge_ != nullptr) caught_up_gauge_->Set(1);
   }
-  thread_ = std::thread([this] { Loop(); });
+  thread_.Start([this](std::stop_token stop) { Loop(stop); });
 }
 
 bool PipelineWorker::Offer(std::shared_ptr<const ChangeBatch> batch,
@@ -153,9 +151,10 @@ bool PipelineWorker::Offer(std::shared_ptr<const ChangeBatch> batch,
   if (detached_.load() || failed_.load()) return false;
   // An empty queue takes any batch, however large.
   const auto room = [&] {
-    return queued_bytes_ == 0 || queued_bytes_ + batch->bytes <= max_queue_bytes_ || stopping_;
+    return queued_bytes_ == 0 || queued_bytes_ + batch->bytes <= max_queue_bytes_ ||
+           thread_.stop_requested();
   };
-  if (!changed_.wait_for(lock, wait, room)) {
+  if (!changed_.wait_for(lock, thread_.token(), wait, room)) {
     detached_.store(true);
     log_("store " + sink_.name() + " is falling behind (queue full); it is detached and will " +
          "catch up from the slot");
@@ -289,21 +288,19 @@ void PipelineWorker::Rejoin() {
 void PipelineWorker::Stop(std::chrono::steady_clock::time_point deadline) {
   {
     std::lock_guard lock(mutex_);
-    stopping_ = true;
     deadline_ = deadline;
   }
-  changed_.notify_all();
-  if (thread_.joinable()) thread_.join();
+  thread_.Stop();
 }
 
-void PipelineWorker::Loop() {
+void PipelineWorker::Loop(std::stop_token stop) {
   std::string rebuild_error;       // the last rebuild's error, logged once
   bool failed_by_rebuild = false;  // failed_ set by a rebuild that cannot succeed yet
   while (true) {
     std::optional<std::string> rebuild;
     {
       std::lock_guard lock(mutex_);
-      if (!stopping_) rebuild.swap(rebuild_requested_);
+      if (!stop.stop_requested()) rebuild.swap(rebuild_requested_);
     }
     if (rebuild) {
       log_("store " + sink_.name() + ": " + *rebuild + ": rebuilding its views");
@@ -325,8 +322,9 @@ void PipelineWorker::Loop() {
         }
         std::unique_lock lock(mutex_);
         if (!rebuild_requested_) rebuild_requested_ = *rebuild;
-        changed_.wait_for(lock, permanent ? std::chrono::seconds(10) : std::chrono::seconds(1),
-                          [&] { return stopping_; });
+        changed_.wait_for(lock, stop,
+                          permanent ? std::chrono::seconds(10) : std::chrono::seconds(1),
+                          [] { return false; });
         continue;
       }
       rebuild_error.clear();
@@ -336,9 +334,12 @@ void PipelineWorker::Loop() {
     BatchGroup group;
     {
       std::unique_lock lock(mutex_);
-      changed_.wait_for(lock, std::chrono::milliseconds(200),
-                        [&] { return !queue_.empty() || stopping_; });
-      if (stopping_ && (queue_.empty() || std::chrono::steady_clock::now() >= deadline_)) return;
+      changed_.wait_for(lock, stop, std::chrono::milliseconds(200),
+                        [&] { return !queue_.empty(); });
+      if (stop.stop_requested() &&
+          (queue_.empty() || std::chrono::steady_clock::now() >= deadline_)) {
+        return;
+      }
       if (queue_.empty()) {
         // Drained while detached, and the last apply worked: ask for the stream again.
         if (detached_.load() && !failed_.load()) wants_rejoin_.store(true);
@@ -445,10 +446,13 @@ Status PipelineWorker::ApplyWithRetry(const BatchGroup& group) {
          std::to_string(wait.count()) + " ms");
     std::unique_lock lock(mutex_);
     // A stop cuts the wait short once its deadline has passed.
-    changed_.wait_for(lock, wait,
-                      [&] { return stopping_ && std::chrono::steady_clock::now() >= deadline_; });
-    if (stopping_ && std::chrono::steady_clock::now() >= deadline_) {
-      return Status::Ok();  // the batch stays unapplied; the slot was not confirmed past it
+    const auto until = std::chrono::steady_clock::now() + wait;
+    changed_.wait_until(lock, thread_.token(), until, [] { return false; });
+    if (thread_.stop_requested()) {
+      changed_.wait_until(lock, std::min(until, deadline_), [] { return false; });
+      if (std::chrono::steady_clock::now() >= deadline_) {
+        return Status::Ok();  // the batch stays unapplied; the slot was not confirmed past it
+      }
     }
   }
 }

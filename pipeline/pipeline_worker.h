@@ -17,9 +17,9 @@
 #include <map>
 #include <mutex>
 #include <set>
-#include <thread>
 
 #include "base/metrics.h"
+#include "base/stoppable_thread.h"
 #include "sinks/common/sink.h"
 
 namespace pgderive {
@@ -99,7 +99,7 @@ class PipelineWorker {
   bool caught_up() const { return caught_up_.load(); }
 
  private:
-  void Loop();
+  void Loop(std::stop_token stop);
   Status ApplyWithRetry(const BatchGroup& group);
   // After a failure: reconnect and compare the store's checkpoint with ours.
   Status Recover();
@@ -112,10 +112,9 @@ class PipelineWorker {
   Log log_;
   const size_t max_queue_bytes_;
   std::mutex mutex_;
-  std::condition_variable changed_;
+  std::condition_variable_any changed_;
   std::deque<std::shared_ptr<const ChangeBatch>> queue_;
   size_t queued_bytes_ = 0;
-  bool stopping_ = false;
   std::chrono::steady_clock::time_point deadline_;
   // (time applied, checkpoint) not yet past the durability delay.
   std::deque<std::pair<std::chrono::steady_clock::time_point, Lsn>> pending_durable_;
@@ -161,7 +160,7 @@ class PipelineWorker {
   // Source table -> the streamed-changes counters of the views that read it.
   std::map<std::string, std::vector<Counter*>> view_counters_;
   std::map<std::string, Counter*> backfill_counters_;  // by view
-  std::thread thread_;
+  StoppableThread thread_;
 };
 
 }  // namespace pgderive

@@ -118,17 +118,10 @@ void RunMonitor::CountTableChange(const std::string& table) {
 }
 
 void RunMonitor::Start() {
-  thread_ = std::thread([this] { Loop(); });
+  thread_.Start([this](std::stop_token stop) { Loop(stop); });
 }
 
-void RunMonitor::Stop() {
-  {
-    std::lock_guard lock(mutex_);
-    stopping_ = true;
-  }
-  wake_.notify_all();
-  if (thread_.joinable()) thread_.join();
-}
+void RunMonitor::Stop() { thread_.Stop(); }
 
 void RunMonitor::SnapshotStarted(const SnapshotProgress* progress,
                                  const std::vector<std::string>& stores) {
@@ -184,7 +177,7 @@ std::string RunMonitor::SlotLostMessage(const std::string& slot) {
          slot + "')\" (connected to the source database)";
 }
 
-void RunMonitor::Loop() {
+void RunMonitor::Loop(std::stop_token stop) {
   auto last_slot_check = std::chrono::steady_clock::time_point{};
   auto last_table_check = std::chrono::steady_clock::now();
   auto last_heartbeat = std::chrono::steady_clock::now();
@@ -192,8 +185,8 @@ void RunMonitor::Loop() {
   while (true) {
     {
       std::unique_lock lock(mutex_);
-      wake_.wait_for(lock, kPublishInterval, [&] { return stopping_; });
-      if (stopping_) return;
+      wake_.wait_for(lock, stop, kPublishInterval, [] { return false; });
+      if (stop.stop_requested()) return;
     }
     const auto now = std::chrono::steady_clock::now();
     if (now - last_slot_check >= kSlotCheckInterval) {

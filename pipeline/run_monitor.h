@@ -21,11 +21,11 @@
 #include <mutex>
 #include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "base/log.h"
 #include "base/metrics.h"
+#include "base/stoppable_thread.h"
 #include "cdc/lsn.h"
 #include "cdc/publication.h"
 #include "cdc/sql_session.h"
@@ -81,7 +81,7 @@ class RunMonitor {
  private:
   // pgderive_source_table_changes_total{table} += 1.
   void CountTableChange(const std::string& table);
-  void Loop();
+  void Loop(std::stop_token stop);
   void Publish();
   void CheckSlot();
   void Heartbeat();
@@ -93,9 +93,8 @@ class RunMonitor {
   Logger& log_;
   Metrics& metrics_;
   std::mutex mutex_;
-  std::condition_variable wake_;
-  bool stopping_ = false;
-  std::thread thread_;
+  std::condition_variable_any wake_;
+  StoppableThread thread_;
 
   // Guarded by mutex_.
   const SnapshotProgress* snapshot_ = nullptr;

@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 #include <random>
+#include <thread>
 
 #include "base/number.h"
 #include "base/retry.h"
@@ -49,23 +50,10 @@ Backfills::Backfills(BackfillOptions options, Logger& log)
 Backfills::~Backfills() { Stop(); }
 
 void Backfills::Start() {
-  if (thread_.joinable()) return;
-  thread_ = std::thread([this] { Loop(); });
+  thread_.Start([this](std::stop_token stop) { Loop(stop); });
 }
 
-void Backfills::Stop() {
-  {
-    std::lock_guard lock(mutex_);
-    stopping_ = true;
-  }
-  changed_.notify_all();
-  if (thread_.joinable()) thread_.join();
-}
-
-bool Backfills::stopping() {
-  std::lock_guard lock(mutex_);
-  return stopping_;
-}
+void Backfills::Stop() { thread_.Stop(); }
 
 void Backfills::Add(const std::string& store, const std::string& table,
                     std::vector<std::string> views, std::optional<std::string> after) {
@@ -126,13 +114,13 @@ std::map<std::pair<std::string, std::string>, BackfillProgress> Backfills::Progr
 
 // ---- the backfill thread ----
 
-void Backfills::Loop() {
+void Backfills::Loop(std::stop_token stop) {
   while (true) {
     std::shared_ptr<Job> job;
     {
       std::unique_lock lock(mutex_);
-      changed_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-      if (stopping_) return;
+      changed_.wait(lock, stop, [&] { return !queue_.empty(); });
+      if (stop.stop_requested()) return;
       job = queue_.front();
       queue_.pop_front();
       running_ = job;
@@ -154,14 +142,14 @@ void Backfills::Loop() {
         },
         [&] {
           std::lock_guard lock(mutex_);
-          return stopping_ || job->cancelled;
+          return stop.stop_requested() || job->cancelled;
         },
         [&](const std::string& m) {
           log_.Warn("backfill interrupted: " + m, {{"store", job->store}, {"views", views}});
         },
         [&](std::chrono::milliseconds wait) {
           std::unique_lock lock(mutex_);
-          changed_.wait_for(lock, wait, [&] { return stopping_ || job->cancelled; });
+          changed_.wait_for(lock, stop, wait, [&] { return job->cancelled; });
         });
     const bool failed = !status.ok() && status.error().kind() != ErrorKind::kTransient;
     if (failed) {
@@ -173,7 +161,7 @@ void Backfills::Loop() {
     if (job->cancelled) {
       log_.Info("backfill replaced by one for a newer shape or request",
                 {{"store", job->store}, {"views", views}});
-    } else if (!stopping_ && !failed) {
+    } else if (!stop.stop_requested() && !failed) {
       const double seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
       // Filled: the last chunk applied; done: every chunk durable and the views live.
@@ -234,8 +222,9 @@ Backfills::Applied Backfills::WaitApplied(const std::string& store, Lsn watermar
     if (options_.checkpoint(store) > watermark) return Applied::kYes;
     if (options_.failed && options_.failed(store)) return Applied::kStoreFailed;
     std::unique_lock lock(mutex_);
-    if (stopping_ || generation_ != generation) return Applied::kNo;
-    changed_.wait_for(lock, std::chrono::milliseconds(5));
+    if (stopping() || generation_ != generation) return Applied::kNo;
+    changed_.wait_for(lock, thread_.token(), std::chrono::milliseconds(5),
+                      [&] { return generation_ != generation; });
   }
 }
 
@@ -324,7 +313,7 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
     while (true) {
       {
         std::lock_guard lock(mutex_);
-        if (stopping_ || job->cancelled) return Status::Ok();
+        if (stopping() || job->cancelled) return Status::Ok();
         if (job->restart) {
           // An update moved a row the view does not hold behind the frontier.
           job->restart = false;
@@ -388,7 +377,7 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
       uint64_t generation;
       {
         std::lock_guard lock(mutex_);
-        if (stopping_ || job->cancelled) return Status::Ok();
+        if (stopping() || job->cancelled) return Status::Ok();
         window_.BeginDone(job->id);
         generation = generation_;
       }
@@ -401,10 +390,10 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
       std::pair<Verdict, Lsn> verdict;
       {
         std::unique_lock lock(mutex_);
-        changed_.wait(
-            lock, [&] { return stopping_ || window_.DoneVerdict(job->id) != Verdict::kPending; });
+        changed_.wait(lock, thread_.token(),
+                      [&] { return window_.DoneVerdict(job->id) != Verdict::kPending; });
         verdict = window_.EndDone(job->id);
-        if (stopping_) return Status::Ok();
+        if (stopping()) return Status::Ok();
         if (job->cancelled) return Status::Ok();
       }
       if (verdict.first != Verdict::kDone) continue;
@@ -430,13 +419,14 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
         }
         if (unsure.empty()) return Status::Ok();
         std::unique_lock lock(mutex_);
-        if (stopping_ || job->cancelled) return Status::Ok();
+        if (stopping() || job->cancelled) return Status::Ok();
         if (job->restart) {
           job->live = false;
           rewound = true;
           break;
         }
-        changed_.wait_for(lock, std::chrono::milliseconds(50));
+        changed_.wait_for(lock, thread_.token(), std::chrono::milliseconds(50),
+                          [&] { return job->cancelled || job->restart; });
       }
     }
   }
@@ -510,7 +500,8 @@ Result<Backfills::ChunkResult> Backfills::RunChunk(
     return status.error();
   }
   std::unique_lock lock(mutex_);
-  changed_.wait(lock, [&] { return stopping_ || window_.ChunkVerdict(id) != Verdict::kPending; });
+  changed_.wait(lock, thread_.token(),
+                [&] { return window_.ChunkVerdict(id) != Verdict::kPending; });
   // Still pending when stopping: kRetry.
   return ChunkResult{window_.EndChunk(id), generation};
 }

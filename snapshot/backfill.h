@@ -50,10 +50,10 @@
 #include <mutex>
 #include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "base/log.h"
+#include "base/stoppable_thread.h"
 #include "cdc/change_batch.h"
 #include "cdc/sql_session.h"
 #include "snapshot/watermark_window.h"
@@ -126,7 +126,7 @@ class Backfills {
     uint64_t generation = 0;
   };
 
-  void Loop();
+  void Loop(std::stop_token stop);
   // Runs one job to its end (or cancellation, or stop). Transient errors are retried.
   Status RunJob(const std::shared_ptr<Job>& job);
   // One chunk: L, wait for writers, read, H, verdict.
@@ -149,7 +149,7 @@ class Backfills {
   // Drops what is durable; when the store no longer covers a chunk, moves the job back
   // to before it (true).
   bool Rewind(Job& job, std::deque<Unsure>& unsure);
-  bool stopping();
+  bool stopping() { return thread_.stop_requested(); }
 
   BackfillOptions options_;
   Logger& log_;
@@ -158,14 +158,13 @@ class Backfills {
   std::optional<SqlSession> sql_;  // the backfill thread's
 
   std::mutex mutex_;  // guards what follows, the window included
-  std::condition_variable changed_;
-  bool stopping_ = false;
+  std::condition_variable_any changed_;
   std::deque<std::shared_ptr<Job>> queue_;
   std::shared_ptr<Job> running_;
   uint64_t next_id_ = 1;
   uint64_t generation_ = 0;  // stream restarts
   WatermarkWindow window_;
-  std::thread thread_;
+  StoppableThread thread_;
 };
 
 }  // namespace pgderive

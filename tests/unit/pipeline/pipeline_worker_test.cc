@@ -5,6 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <thread>
+
 #include "cdc/walsender.h"
 #include "tests/support/fake_sink.h"
 #include "tests/support/wait.h"
@@ -140,6 +143,48 @@ TEST(PipelineWorkerTest, APermanentFailureStopsTheStoreAlone) {
   EXPECT_FALSE(w.worker.Offer(TestBatch(3, 3), kNoWait));
   EXPECT_EQ(sink.applied(), AppliedOf(1, 1));
   EXPECT_TRUE(w.Logged("store a stopped"));
+}
+
+// Stop(deadline) applies what is queued until the deadline, then the thread ends.
+TEST(PipelineWorkerTest, AStopAppliesWhatIsQueuedUntilItsDeadline) {
+  FakeSink sink("a");
+  Worker w(sink);
+  sink.Hold(true);
+  w.worker.Start(Lsn{});
+  ASSERT_TRUE(w.worker.Offer(TestBatch(1, 1), kNoWait));
+  ASSERT_TRUE(WaitFor([&] { return sink.waiting() == 1; }));  // batch 1 in Apply
+  for (int i = 2; i <= 3; ++i) ASSERT_TRUE(w.worker.Offer(TestBatch(i, i), kNoWait));
+  std::thread stopper(
+      [&] { w.worker.Stop(std::chrono::steady_clock::now() + std::chrono::minutes(1)); });
+  sink.Hold(false);
+  stopper.join();
+  EXPECT_EQ(sink.applied(), AppliedOf(1, 3));
+  EXPECT_EQ(w.worker.checkpoint(), EndOf(3));
+}
+
+// A stop ends the wait between retries: at once when its deadline has passed, at the
+// deadline otherwise (never the rest of a long backoff).
+TEST(PipelineWorkerTest, AStopEndsTheWaitBetweenRetriesByItsDeadline) {
+  for (const auto grace : {std::chrono::milliseconds(0), std::chrono::milliseconds(200)}) {
+    FakeSink sink("a");
+    Worker w(sink);
+    w.worker.Start(Lsn{});
+    sink.FailNext(1000);
+    ASSERT_TRUE(w.worker.Offer(TestBatch(1, 1), kNoWait));
+    // The fourth retry waits 1.6 s (+-20%).
+    ASSERT_TRUE(WaitFor([&] {
+      std::lock_guard lock(w.mutex);
+      return std::count_if(w.log.begin(), w.log.end(), [](const std::string& line) {
+               return line.find("retrying in") != std::string::npos;
+             }) >= 4;
+    }));
+    const auto started = std::chrono::steady_clock::now();
+    w.worker.Stop(started + grace);
+    const auto took = std::chrono::steady_clock::now() - started;
+    EXPECT_GE(took, grace);
+    EXPECT_LT(took, grace + std::chrono::milliseconds(900));
+    EXPECT_TRUE(sink.applied().empty());
+  }
 }
 
 }  // namespace
