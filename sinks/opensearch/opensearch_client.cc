@@ -86,6 +86,42 @@ Status OpenSearchClient::Refresh(std::string_view index) {
   return Status::Ok();
 }
 
+Result<std::optional<std::string>> OpenSearchClient::RefreshInterval(std::string_view index) {
+  auto response =
+      http_.Send("GET", "/" + EncodePathSegment(index) + "/_settings/index.refresh_interval");
+  if (!response.ok()) return response.error();
+  if (response.value().status != 200) return HttpError("get settings", response.value());
+  auto body = ParseBody("get settings", response.value());
+  if (!body.ok()) return body.error();
+  // {"<index>":{"settings":{"index":{"refresh_interval":"5s"}}}}, or {"<index>":{"settings":{}}}
+  // when the index has no setting of its own (keyed by the concrete index: an alias
+  // answers with the index it points to).
+  for (const auto& [name, entry] : body.value().items()) {
+    if (!entry.is_object() || !entry.contains("settings")) continue;
+    const nlohmann::json& settings = entry["settings"];
+    if (settings.contains("index") && settings["index"].contains("refresh_interval") &&
+        settings["index"]["refresh_interval"].is_string()) {
+      return std::optional<std::string>(settings["index"]["refresh_interval"].get<std::string>());
+    }
+    if (settings.contains("index.refresh_interval") &&
+        settings["index.refresh_interval"].is_string()) {
+      return std::optional<std::string>(settings["index.refresh_interval"].get<std::string>());
+    }
+  }
+  return std::optional<std::string>();
+}
+
+Result<bool> OpenSearchClient::SetRefreshInterval(std::string_view index,
+                                                  const std::optional<std::string>& interval) {
+  nlohmann::json value = interval ? nlohmann::json(*interval) : nlohmann::json(nullptr);
+  auto response = http_.Send("PUT", "/" + EncodePathSegment(index) + "/_settings",
+                             nlohmann::json{{"index", {{"refresh_interval", value}}}}.dump());
+  if (!response.ok()) return response.error();
+  if (response.value().status == 404) return false;
+  if (response.value().status != 200) return HttpError("update settings", response.value());
+  return true;
+}
+
 Result<BulkResult> OpenSearchClient::Bulk(std::string_view ndjson, std::string_view refresh) {
   // Only what is judged comes back: an item's _id and status, and its error if any
   // (every item keeps its place). A full answer is some 200 bytes an item that the

@@ -38,6 +38,12 @@ class OpenSearchClient {
   Status CreateIndex(std::string_view index, const nlohmann::json& body, bool if_missing);
   Status DeleteIndex(std::string_view index, bool if_exists);
   Status Refresh(std::string_view index);
+  // The index's own `index.refresh_interval` ("5s", "-1"); nullopt when it has none (the
+  // node's default, 1 s, applies).
+  Result<std::optional<std::string>> RefreshInterval(std::string_view index);
+  // Sets it (nullopt: removes it, back to the default). False when the index is missing.
+  Result<bool> SetRefreshInterval(std::string_view index,
+                                  const std::optional<std::string>& interval);
 
   // POST /_bulk with an NDJSON body (every line ends with '\n'). 429 and 5xx are
   // transient errors; item failures are returned in BulkResult for the caller to judge

@@ -23,6 +23,13 @@ constexpr const char* kCheckpointIndex = "pgderive-checkpoints";
 // answered, and on as many write threads as it has.
 constexpr size_t kBulkBytes = size_t{2} << 20;
 constexpr size_t kBulksInFlight = 3;
+// Fills (opensearch_sink.h): an Apply of at least this many changes relaxes the views'
+// refresh interval to kFillRefresh; one of fewer than kRestoreBelow restores it. Live
+// streaming groups a few milliseconds of changes (tens to hundreds); a catch-up's
+// groups are of up to 20,000 changes or 16 MB.
+constexpr size_t kRelaxAtChanges = 5000;
+constexpr size_t kRestoreBelow = 500;
+constexpr const char* kFillRefresh = "30s";
 
 // {"<action>":{"_index":..,"_id":..,"version":..,"version_type":"external_gte"}}
 void AppendAction(std::string& out, const char* action, const std::string& index,
@@ -165,6 +172,7 @@ Status OpenSearchSink::Connect() {
   client_.reset();
   senders_.clear();
   horizon_loaded_ = false;
+  relaxed_loaded_ = false;
   auto client = Client();
   if (!client.ok()) return client.error();
   auto version = client.value()->ServerVersion();
@@ -375,6 +383,82 @@ Status OpenSearchSink::WriteCheckpoint(OpenSearchClient& client, std::optional<L
     ndjson += "}}\n";
   }
   return SendBulk(client, ndjson);
+}
+
+Status OpenSearchSink::PaceRefresh(OpenSearchClient& client, size_t changes) {
+  std::set<std::string> indexes;
+  for (const auto& view : views_) indexes.insert(view->config.index);
+  if (!relaxed_loaded_) {
+    // What an earlier run relaxed and did not restore (a crash, a stop mid-fill).
+    relaxed_.clear();
+    for (const std::string& index : indexes) {
+      auto marker = client.Get(kCheckpointIndex, RelaxedId(index));
+      if (!marker.ok()) return marker.error();
+      if (!marker.value()) continue;
+      const nlohmann::json& own =
+          marker.value()->source.value("refresh_interval", nlohmann::json());
+      relaxed_[index] =
+          own.is_string() ? std::optional<std::string>(own.get<std::string>()) : std::nullopt;
+    }
+    relaxed_loaded_ = true;
+  }
+  auto marker_action = [&](const std::string& index,
+                           const std::optional<std::optional<std::string>>& own) {
+    std::string ndjson = std::string("{\"") + (own ? "index" : "delete") + "\":{\"_index\":\"" +
+                         kCheckpointIndex + "\",\"_id\":";
+    AppendJsonString(ndjson, RelaxedId(index));
+    ndjson += "}}\n";
+    if (own) {
+      ndjson += "{\"index\":";
+      AppendJsonString(ndjson, index);
+      ndjson += ",\"refresh_interval\":";
+      if (*own) {
+        AppendJsonString(ndjson, **own);
+      } else {
+        ndjson += "null";
+      }
+      ndjson += "}\n";
+    }
+    return ndjson;
+  };
+  if (changes >= kRelaxAtChanges && !relax_refused_) {
+    for (const std::string& index : indexes) {
+      if (relaxed_.contains(index)) continue;
+      auto own = client.RefreshInterval(index);
+      if (own.ok() && own.value() == "-1") continue;  // refreshes off already
+      Status status = own.ok() ? Status::Ok() : Status(own.error());
+      if (status.ok()) {
+        // Recorded first: a crash after the change finds it at the next start.
+        std::string ndjson = marker_action(index, own.value());
+        status = SendBulk(client, ndjson);
+      }
+      if (status.ok()) {
+        auto set = client.SetRefreshInterval(index, std::string(kFillRefresh));
+        if (set.ok()) {
+          relaxed_[index] = own.value();
+          continue;
+        }
+        status = set.error();
+        if (status.error().kind() != ErrorKind::kTransient) {
+          std::string ndjson = marker_action(index, std::nullopt);
+          IgnoreError(SendBulk(client, ndjson), "a marker left behind restores the own setting");
+        }
+      }
+      if (status.error().kind() == ErrorKind::kTransient) return status;
+      relax_refused_ = true;  // not allowed (a user without the settings privilege): no more tries
+      break;
+    }
+  } else if (changes < kRestoreBelow) {
+    for (auto it = relaxed_.begin(); it != relaxed_.end();) {
+      auto set = client.SetRefreshInterval(it->first, it->second);  // false: the index is gone
+      if (!set.ok()) return set.error();
+      std::string ndjson = marker_action(it->first, std::nullopt);
+      Status status = SendBulk(client, ndjson);
+      if (!status.ok()) return status;
+      it = relaxed_.erase(it);
+    }
+  }
+  return Status::Ok();
 }
 
 Status OpenSearchSink::BeginRebuild(Lsn) {
@@ -616,6 +700,10 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
     }
     break;
   }
+  size_t changes = 0;
+  for (const auto& batch : group) changes += batch->changes.size();
+  Status paced = PaceRefresh(client, changes);
+  if (!paced.ok()) return paced;
   Writer writer(*this, client);
   return ApplyRows(group, checkpoint, name_, row_views_, EntryKey::kDocumentId, source_, writer);
 }

@@ -15,6 +15,16 @@
 // (documents apart, so their order does not matter); the next step (a truncate, the
 // views' states, the checkpoint) waits for every one of them.
 //
+// Fills: while an Apply carries a catch-up's worth of changes (a backlog, a large
+// transaction, a backfill), the views' indexes refresh every 30 s instead of every
+// second (an index whose own interval is -1 is left alone): a refresh writes a segment,
+// and at thousands of documents a second refreshing each second takes as much of the
+// node as the indexing does. Realtime GETs are unaffected; searches see the fill at
+// most 30 s late. The first small Apply (the stream caught up) puts the index's own
+// setting back. Each index's setting is recorded, before it is changed, in the
+// checkpoint index (`<pipeline>.<store>/refresh/<index>`), so that a start after a crash
+// or a stop mid-fill restores it.
+//
 // Checkpoint: the document `<pipeline>.<store>` of the index `pgderive-checkpoints`,
 // written after the batch's `_bulk` requests succeeded item by item (OpenSearch has no
 // transaction across documents; the versions make the replay after a crash between the
@@ -109,6 +119,12 @@ class OpenSearchSink : public Sink, public ViewInspector {
   // and returns once every one is answered: the first failure, else success.
   Status SendChunks(OpenSearchClient& client, std::vector<std::string>& chunks);
   Status WriteCheckpoint(OpenSearchClient& client, std::optional<Lsn> lsn);
+  // Fills (above): relaxes the views' refresh intervals for a group of `changes` changes,
+  // or restores them for a small one.
+  Status PaceRefresh(OpenSearchClient& client, size_t changes);
+  std::string RelaxedId(const std::string& index) const {
+    return checkpoint_id_ + "/refresh/" + index;
+  }
   // Deletes the view's index and creates it again, empty, with the view's mapping.
   Status RecreateIndex(OpenSearchClient& client, View& view);
   // Each view's state document (in the checkpoint index, next to the checkpoint).
@@ -133,6 +149,11 @@ class OpenSearchSink : public Sink, public ViewInspector {
   SourceRows source_;  // rows read again (an unchanged TOASTed value the index lacks)
   // Its horizon is the document <checkpoint_id>/reread of the checkpoint index.
   bool horizon_loaded_ = false;
+  // The indexes whose refresh interval a fill relaxed, with their own setting to put
+  // back (nullopt: none, the default); read from the checkpoint index after a connect.
+  std::map<std::string, std::optional<std::string>> relaxed_;
+  bool relaxed_loaded_ = false;
+  bool relax_refused_ = false;  // the node refused a settings change: fills go without
   // The types the mappings are made from: learned in Resolve, completed with what each
   // applied group's registry knows.
   std::shared_ptr<const TypeRegistry> types_ = std::make_shared<TypeRegistry>();

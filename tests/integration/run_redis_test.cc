@@ -9,6 +9,7 @@
 #include <random>
 #include <thread>
 
+#include "sinks/opensearch/http_client.h"
 #include "sinks/opensearch/opensearch_client.h"
 #include "sinks/redis/redis_client.h"
 #include "tests/support/pg.h"
@@ -255,6 +256,81 @@ TEST_F(RunRedisTest, RedisAndOpenSearchThroughARandomWorkloadOfEveryType) {
   EXPECT_EQ(run_->Wait(std::chrono::seconds(10)), 0) << RunErr();
   auto search = OpenSearchClient::Create({.url = stack.opensearch_url(), .ca_file = ""});
   ASSERT_TRUE(search.ok());
+  IgnoreError(search.value().DeleteIndex(index, true), "test cleanup");
+}
+
+// A fill (a catch-up's worth of changes in one Apply) relaxes the view index's refresh
+// interval and puts the index's own setting back once the stream has caught up; a start
+// after a crash mid-fill finds the recorded setting and puts it back too.
+TEST_F(RunRedisTest, OpenSearchFillRelaxesRefreshAndRestoresTheIndexOwnSetting) {
+  PGDERIVE_REQUIRE_STACK();
+  const std::string index = UniqueName("run_fill");
+  MustExecute(*sql_, "create table " + table_ + " (id int primary key, t text)");
+  const std::string config = (dir_ / "search.yml").string();
+  std::ofstream(config) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: " << dsn_
+                        << "\nstores:\n  search: {type: opensearch, url: \""
+                        << stack.opensearch_url() << "\"}\nviews:\n"
+                        << "  - {name: search_view, store: search, from: " << table_
+                        << ", index: " << index << "}\n"
+                        << "http:\n  listen: 127.0.0.1:" << testing::FreePort() << "\n";
+  auto http = HttpClient::Create({.url = stack.opensearch_url(), .ca_file = ""});
+  ASSERT_TRUE(http.ok());
+  auto search = OpenSearchClient::Create({.url = stack.opensearch_url(), .ca_file = ""});
+  ASSERT_TRUE(search.ok());
+  auto settings_version = [&] {
+    auto r = http.value().Send("GET", "/_cluster/state/metadata/" + index +
+                                          "?filter_path=metadata.indices.*.settings_version");
+    if (!r.ok()) return -1L;
+    auto body = json::parse(r.value().body, nullptr, false);
+    if (body.is_discarded() || !body.contains("metadata")) return -1L;
+    return body["metadata"]["indices"][index].value("settings_version", -1L);
+  };
+  auto own_setting = [&] {
+    auto got = search.value().RefreshInterval(index);
+    return got.ok() && got.value() ? *got.value() : std::string("none");
+  };
+  const std::string marker_path =
+      "/pgderive-checkpoints/_doc/" + pipeline_ + ".search%2Frefresh%2F" + index;
+  auto marker = [&] {
+    auto r = http.value().Send("GET", marker_path);
+    return r.ok() ? r.value().status : 0L;
+  };
+  auto count = [&] {
+    IgnoreError(search.value().Refresh(index), "counted below");
+    auto n = search.value().Count(index);
+    return n.ok() ? n.value() : -1;
+  };
+  StartRun(config);
+  ASSERT_TRUE(WaitFor([&] { return settings_version() > 0; })) << RunErr();
+  // The index's own setting, which the fill must give back.
+  ASSERT_TRUE(search.value().SetRefreshInterval(index, std::string("7s")).ok());
+  const long before = settings_version();
+
+  MustExecute(*sql_, "insert into " + table_ +
+                         " select g, repeat('x', 200) from generate_series(1, 30000) g");
+  // Relaxed (one settings change) and restored (another), the marker gone, every row in.
+  ASSERT_TRUE(WaitFor([&] { return count() == 30000; }, std::chrono::seconds(60))) << RunErr();
+  MustExecute(*sql_, "insert into " + table_ + " values (30001, 'small')");
+  ASSERT_TRUE(WaitFor([&] {
+    return settings_version() >= before + 2 && own_setting() == "7s" && marker() == 404;
+  })) << RunErr()
+      << " settings_version " << settings_version() << " (before " << before
+      << "), refresh_interval " << own_setting() << ", marker " << marker();
+
+  // A crash mid-fill: the index left relaxed, the marker naming its own setting.
+  run_->Signal(SIGKILL);
+  run_->Wait(std::chrono::seconds(10));
+  ASSERT_TRUE(search.value().SetRefreshInterval(index, std::string("30s")).ok());
+  auto put = http.value().Send("PUT", marker_path + "?refresh=true",
+                               R"({"index":")" + index + R"(","refresh_interval":"7s"})");
+  ASSERT_TRUE(put.ok() && put.value().status < 300);
+  StartRun(config);
+  MustExecute(*sql_, "insert into " + table_ + " values (30002, 'small')");
+  ASSERT_TRUE(WaitFor([&] { return own_setting() == "7s" && marker() == 404; }))
+      << RunErr() << " refresh_interval " << own_setting() << ", marker " << marker();
+  EXPECT_TRUE(WaitFor([&] { return count() == 30002; })) << RunErr();
+  run_->Signal(SIGTERM);
+  EXPECT_EQ(run_->Wait(std::chrono::seconds(10)), 0) << RunErr();
   IgnoreError(search.value().DeleteIndex(index, true), "test cleanup");
 }
 
