@@ -468,10 +468,8 @@ class ConnectedChecks {
       Info("view " + view.name + ": leaves out the generated column(s) " + names + " of " +
            schema.QualifiedName() + " (PostgreSQL before 18 does not publish them)");
     }
-    if (!view.key_template.empty()) {
-      auto key = KeyTemplate::Parse(view.key_template);
-      for (const std::string& name :
-           key.ok() ? key.value().columns() : std::vector<std::string>{}) {
+    if (view.key) {
+      for (const std::string& name : view.key->columns()) {
         const ColumnSchema* c = column(name);
         // The {column} where it is written in the template.
         auto at_placeholder = [&](const std::string& message) {
@@ -501,8 +499,8 @@ class ConnectedChecks {
       }
       // Every row key column, too (once its own columns are right): a template naming part of a
       // composite key gives two rows one key, and the later would overwrite the earlier.
-      if (key.ok() && ok) {  // its own columns are right: does it name the whole key?
-        const std::vector<std::string> named = key.value().columns();
+      if (ok) {  // its own columns are right: does it name the whole key?
+        const std::vector<std::string>& named = view.key->columns();
         std::string missing;
         for (const ColumnSchema& c : schema.columns) {
           if (c.key && std::find(named.begin(), named.end(), c.name) == named.end()) {

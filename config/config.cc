@@ -764,25 +764,28 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
       }
       s.CheckKeys(StoreBit(store->second.type));
       Target target{i, view.store, store->second.type, "", {}, ""};
+      // Where the view writes (`what`, from its key `key`): checked against the others.
+      auto writes_to = [&](const std::string& key, std::string what) {
+        target.what = std::move(what);
+        target.mark = s.Node(key).Mark();
+        target.key_path = path_key + "." + key;
+      };
       switch (store->second.type) {
         case StoreType::kRedis: {
-          view.key_template = s.String("key").value_or("");
-          std::string prefix;
-          if (!view.key_template.empty()) {
-            if (auto why = KeyTemplateProblem(view.key_template, &prefix)) {
-              check.Problem(s.Node("key"), path_key + ".key", "key template " + *why);
+          const std::string key_text = s.String("key").value_or("");
+          if (!key_text.empty()) {
+            auto key = KeyTemplate::Parse(key_text);
+            if (!key.ok()) {
+              check.Problem(s.Node("key"), path_key + ".key",
+                            "key template " + key.error().message());
             } else {
               // Each {column} where it is written (on the key's line; a template
               // spread over lines keeps the key's mark).
-              if (auto key = KeyTemplate::Parse(view.key_template); key.ok()) {
-                for (const std::string& column : key.value().columns()) {
-                  view.placeholder_marks[column] =
-                      text.Find(view.MarkOf("key"), "{" + column + "}");
-                }
+              for (const std::string& column : key.value().columns()) {
+                view.placeholder_marks[column] = text.Find(view.MarkOf("key"), "{" + column + "}");
               }
-              target.what = prefix;
-              target.mark = s.Node("key").Mark();
-              target.key_path = path_key + ".key";
+              writes_to("key", key.value().Prefix());
+              view.key = std::move(key).value();
             }
           }
           break;
@@ -793,9 +796,7 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
             if (auto why = IndexNameProblem(view.index)) {
               check.Problem(s.Node("index"), path_key + ".index", *why);
             } else {
-              target.what = view.index;
-              target.mark = s.Node("index").Mark();
-              target.key_path = path_key + ".index";
+              writes_to("index", view.index);
             }
           }
           break;
@@ -805,9 +806,7 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
             if (auto why = TableNameProblem(view.table)) {
               check.Problem(s.Node("table"), path_key + ".table", *why);
             } else {
-              target.what = Qualify(view.table);
-              target.mark = s.Node("table").Mark();
-              target.key_path = path_key + ".table";
+              writes_to("table", Qualify(view.table));
             }
           }
           view.query = s.String("query").value_or("");

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "base/log.h"
+#include "config/key_template.h"
 
 namespace pgderive {
 
@@ -80,7 +81,7 @@ struct ViewConfig {
   std::string store;
   std::string from;                                 // schema.table (redis, opensearch)
   std::optional<std::vector<std::string>> columns;  // default: all, following the table
-  std::string key_template;                         // redis: "product:{id}"
+  std::optional<KeyTemplate> key;                   // redis: "product:{id}", parsed
   std::string index;                                // opensearch
   std::string table;                                // postgres: the target table
   std::vector<std::string> key_columns;             // postgres: key: [..]

@@ -8,7 +8,6 @@
 #include "base/number.h"
 #include "base/table_name.h"
 #include "config/config.h"
-#include "config/key_template.h"
 
 namespace pgderive {
 
@@ -23,15 +22,6 @@ std::string Qualify(const std::string& table) { return QualifyTableName(table); 
 // `table` or `schema.table`, unquoted names: why not, or nullopt (base/table_name.h).
 std::optional<std::string> TableNameProblem(const std::string& text) {
   return TableName::Problem(text);
-}
-
-// A Redis key template (config/key_template.h, the one parser of the grammar): why not,
-// or nullopt; `prefix` gets the literal text before the first column.
-std::optional<std::string> KeyTemplateProblem(const std::string& text, std::string* prefix) {
-  auto parsed = KeyTemplate::Parse(text);
-  if (!parsed.ok()) return parsed.error().message();
-  *prefix = parsed.value().Prefix();
-  return std::nullopt;
 }
 
 // OpenSearch's rules for index names (the REST API refuses the rest).

@@ -1,8 +1,8 @@
 #pragma once
 
 // The user grammars of the configuration file, each parsed once, here: identifiers,
-// table names, Redis key templates, OpenSearch index names, listen addresses, integers
-// and byte sizes. Each check returns why a text is not valid (for a located
+// table names, OpenSearch index names, listen addresses, integers and byte sizes (Redis
+// key templates: key_template.h). Each check returns why a text is not valid (for a located
 // ConfigProblem), or nullopt. Pure: no YAML, no I/O.
 
 #include <cstdint>
@@ -17,10 +17,6 @@ bool IsIdentifier(const std::string& text);
 std::string Qualify(const std::string& table);
 // `table` or `schema.table`, unquoted names: why not, or nullopt.
 std::optional<std::string> TableNameProblem(const std::string& text);
-// A Redis key template (config/key_template.h): literal text and {column}s, at least one
-// column, braces balanced. Why not, or nullopt; `prefix` gets the text before the first
-// column.
-std::optional<std::string> KeyTemplateProblem(const std::string& text, std::string* prefix);
 // OpenSearch's rules for index names (the REST API refuses the rest).
 std::optional<std::string> IndexNameProblem(const std::string& index);
 // HOST:PORT ([v6]:PORT), port 1-65535.

@@ -1,9 +1,9 @@
 #pragma once
 
 // The Redis key template grammar, parsed once, here: literal text and {column}
-// references, e.g. "product:{id}". The configuration checks a view's template with it
-// and every store and `verify` build keys from the parsed form, so that what validate
-// accepts is exactly what the sink renders.
+// references, e.g. "product:{id}". The configuration parses a view's template into
+// ViewConfig::key; the stores, validate and `verify` use that parsed form and never parse
+// the text again, so that what the configuration accepts is exactly what the sink renders.
 
 #include <string>
 #include <vector>

@@ -19,6 +19,8 @@
 // A view that cannot take a change (a column it names was dropped, a key it cannot
 // read) stops alone (FailView); the store goes on.
 
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -27,6 +29,7 @@
 #include "cdc/change_batch.h"
 #include "config/config.h"
 #include "sinks/common/source_rows.h"
+#include "sinks/common/view_list.h"
 #include "sinks/common/view_shape.h"
 
 namespace pgderive {
@@ -71,5 +74,29 @@ class RowStore {
 Status ApplyRows(const BatchGroup& group, Lsn checkpoint, const std::string& store_name,
                  std::span<RowView* const> views, EntryKey key, SourceRows& source,
                  RowStore& store);
+
+// ViewInspector::Expected of a store of this kind: the entry `row` makes in `view_name`
+// (keyed as `key`), or nullopt when that view does not read `schema`'s table. `mutex`
+// guards `views`; the entry is made without it.
+template <typename View>
+Result<std::optional<std::pair<std::string, std::string>>> ExpectedRowEntry(
+    std::mutex& mutex, const std::vector<std::unique_ptr<View>>& views,
+    const std::string& view_name, const std::shared_ptr<const RelationSchema>& schema,
+    const TupleData& row, const TypeRegistry& types, EntryKey key) {
+  std::shared_ptr<const ViewShape> shape;
+  {
+    std::lock_guard lock(mutex);
+    View* view = FindView(views, view_name);
+    if (view == nullptr || view->table != schema->QualifiedName()) {
+      return std::optional<std::pair<std::string, std::string>>();
+    }
+    auto made = view->shapes.For(schema);
+    if (!made.ok()) return made.error();
+    shape = made.value();
+  }
+  auto entry = shape->EntryFor(row, types, key);
+  if (!entry.ok()) return entry.error();
+  return std::optional<std::pair<std::string, std::string>>(std::move(entry).value());
+}
 
 }  // namespace pgderive

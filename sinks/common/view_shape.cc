@@ -7,8 +7,8 @@
 namespace pgderive {
 
 Result<std::shared_ptr<const ViewShape>> ViewShape::Make(
-    const ViewConfig& view, std::shared_ptr<const RelationSchema> schema,
-    const std::optional<KeyTemplate>& key) {
+    const ViewConfig& view, std::shared_ptr<const RelationSchema> schema) {
+  const std::optional<KeyTemplate>& key = view.key;
   auto shape = std::make_shared<ViewShape>();
   auto find = [&](const std::string& name) -> std::optional<size_t> {
     for (size_t i = 0; i < schema->columns.size(); ++i) {
@@ -200,7 +200,7 @@ Result<RowWrite> ViewShape::WriteFor(const OwnedChange& change, const TypeRegist
 Result<std::shared_ptr<const ViewShape>> ViewShapes::For(
     const std::shared_ptr<const RelationSchema>& schema) {
   if (schema == last_schema_ && last_shape_) return last_shape_;
-  auto shape = ViewShape::Make(view_, schema, key_);
+  auto shape = ViewShape::Make(view_, schema);
   if (!shape.ok()) return shape.error();
   last_schema_ = schema;
   last_shape_ = shape.value();

@@ -39,9 +39,8 @@ class ViewShape {
   // Fails (permanent) when a listed column, or a column the key uses, is not in the
   // table, or the key uses a column outside the row key (not unique, maybe NULL, and a
   // delete would not carry it), also under REPLICA IDENTITY FULL.
-  static Result<std::shared_ptr<const ViewShape>> Make(const ViewConfig& view,
-                                                       std::shared_ptr<const RelationSchema> schema,
-                                                       const std::optional<KeyTemplate>& key);
+  static Result<std::shared_ptr<const ViewShape>> Make(
+      const ViewConfig& view, std::shared_ptr<const RelationSchema> schema);
 
   const RelationSchema& schema() const { return *schema_; }
   // {"col": value, ...} of the view's columns. Unchanged TOASTed columns of the view
@@ -75,15 +74,12 @@ class ViewShape {
 // identifies one).
 class ViewShapes {
  public:
-  ViewShapes(ViewConfig view, std::optional<KeyTemplate> key)
-      : view_(std::move(view)), key_(std::move(key)) {}
+  explicit ViewShapes(ViewConfig view) : view_(std::move(view)) {}
   Result<std::shared_ptr<const ViewShape>> For(const std::shared_ptr<const RelationSchema>& schema);
   const ViewConfig& view() const { return view_; }
-  const std::optional<KeyTemplate>& key() const { return key_; }
 
  private:
   ViewConfig view_;
-  std::optional<KeyTemplate> key_;
   std::shared_ptr<const RelationSchema> last_schema_;
   std::shared_ptr<const ViewShape> last_shape_;
 };

@@ -104,8 +104,8 @@ Result<std::unique_ptr<OpenSearchSink>> OpenSearchSink::Make(const Config& confi
   sink->ca_file_ = store.ca_file;
   for (const ViewConfig& view : config.views) {
     if (view.store != store.name) continue;
-    sink->views_.push_back(std::make_unique<View>(
-        View{{view, view.from, ViewShapes(view, std::nullopt), {}, false}, nullptr}));
+    sink->views_.push_back(
+        std::make_unique<View>(View{{view, view.from, ViewShapes(view), {}, false}, nullptr}));
     sink->row_views_.push_back(sink->views_.back().get());
   }
   return sink;
@@ -722,18 +722,7 @@ Result<std::vector<ViewInspector::Entry>> OpenSearchSink::ReadView(const std::st
 Result<std::optional<ViewInspector::Entry>> OpenSearchSink::Expected(
     const std::string& view_name, const std::shared_ptr<const RelationSchema>& schema,
     const TupleData& row, const TypeRegistry& types) {
-  std::shared_ptr<const ViewShape> shape;
-  {
-    std::lock_guard lock(mutex_);
-    View* view = FindView(views_, view_name);
-    if (view == nullptr || view->table != schema->QualifiedName()) return std::optional<Entry>();
-    auto made = view->shapes.For(schema);
-    if (!made.ok()) return made.error();
-    shape = made.value();
-  }
-  auto entry = shape->EntryFor(row, types, EntryKey::kDocumentId);
-  if (!entry.ok()) return entry.error();
-  return std::optional<Entry>(std::move(entry).value());
+  return ExpectedRowEntry(mutex_, views_, view_name, schema, row, types, EntryKey::kDocumentId);
 }
 
 }  // namespace pgderive

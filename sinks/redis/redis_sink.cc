@@ -131,10 +131,9 @@ Result<std::unique_ptr<RedisSink>> RedisSink::Make(const Config& config, const S
                     "pgderive:" + config.pipeline + ":reread", config.source.dsn));
   for (const ViewConfig& view : config.views) {
     if (view.store != store.name) continue;
-    auto key = KeyTemplate::Parse(view.key_template);
-    if (!key.ok()) return Error::Permanent("view " + view.name + ": " + key.error().message());
-    sink->views_.push_back(std::make_unique<View>(
-        View{{view, view.from, ViewShapes(view, key.value()), {}, false}, key.value(), {}, 0}));
+    if (!view.key) return Error::Permanent("view " + view.name + " has no key template");
+    sink->views_.push_back(
+        std::make_unique<View>(View{{view, view.from, ViewShapes(view), {}, false}, {}, 0}));
     sink->row_views_.push_back(sink->views_.back().get());
   }
   return sink;
@@ -195,7 +194,7 @@ Result<long long> RedisSink::DeleteView(View& view) {
   auto client = Client();
   if (!client.ok()) return client.error();
   long long deleted_keys = 0;
-  const std::string pattern = view.key.Pattern();
+  const std::string pattern = view.config.key->Pattern();
   std::string cursor = "0";
   do {
     auto reply = client.value()->Command(
@@ -448,20 +447,7 @@ std::vector<std::string> RedisSink::views() const { return ViewNames(views_); }
 Result<std::optional<ViewInspector::Entry>> RedisSink::Expected(
     const std::string& view_name, const std::shared_ptr<const RelationSchema>& schema,
     const TupleData& row, const TypeRegistry& types) {
-  std::shared_ptr<const ViewShape> shape;
-  {
-    std::lock_guard lock(mutex_);
-    View* view = FindView(views_, view_name);
-    if (view == nullptr || view->table != schema->QualifiedName()) {
-      return std::optional<Entry>();
-    }
-    auto made = view->shapes.For(schema);
-    if (!made.ok()) return made.error();
-    shape = made.value();
-  }
-  auto entry = shape->EntryFor(row, types, EntryKey::kTemplate);
-  if (!entry.ok()) return entry.error();
-  return std::optional<Entry>(std::move(entry).value());
+  return ExpectedRowEntry(mutex_, views_, view_name, schema, row, types, EntryKey::kTemplate);
 }
 
 Result<std::vector<ViewInspector::Entry>> RedisSink::ReadView(const std::string& view_name) {
@@ -473,8 +459,8 @@ Result<std::vector<ViewInspector::Entry>> RedisSink::ReadView(const std::string&
   std::vector<Entry> out;
   std::string cursor = "0";
   do {
-    auto reply = client.value()->Command(
-        {"SCAN", cursor, "MATCH", view->key.Pattern(), "COUNT", std::to_string(kScanCount)});
+    auto reply = client.value()->Command({"SCAN", cursor, "MATCH", view->config.key->Pattern(),
+                                          "COUNT", std::to_string(kScanCount)});
     if (!reply.ok()) return reply.error();
     const RedisReply& r = reply.value();
     if (r.type != RedisReply::Type::kArray || r.elements.size() != 2) {

@@ -68,8 +68,8 @@ class RedisSink : public Sink, public ViewInspector {
                                         const std::shared_ptr<const RelationSchema>& schema,
                                         const TupleData& row, const TypeRegistry& types) override;
 
+  // RowView::config.key is set (Make refuses a view without it).
   struct View : RowView {
-    KeyTemplate key;
     std::vector<std::string> filled_columns;  // of the rows a rebuild wrote
     uint32_t filled_oid = 0;                  // and their table's OID
   };

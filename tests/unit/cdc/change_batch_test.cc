@@ -73,7 +73,8 @@ TEST(FillUnchangedFromOldTest, AnUnchangedKeyWithoutTheOldKeyIsExplained) {
   view.name = "notes_cache";
   auto key = KeyTemplate::Parse("note:{k}");
   ASSERT_TRUE(key.ok());
-  auto shape = ViewShape::Make(view, std::make_shared<RelationSchema>(Notes()), key.value());
+  view.key = key.value();
+  auto shape = ViewShape::Make(view, std::make_shared<RelationSchema>(Notes()));
   ASSERT_TRUE(shape.ok()) << shape.error().message();
   const TupleData row{{kUnchanged, Text("2"), kNull}};
   auto made = shape.value()->Key(row);

@@ -66,7 +66,10 @@ TEST(ConfigTest, SpecExampleLoadsAsWritten) {
   EXPECT_EQ(c.stores.at("search").type, StoreType::kOpenSearch);
   EXPECT_EQ(c.stores.at("warehouse").dsn, "postgresql://postgres@127.0.0.1:5432/shop");
   ASSERT_EQ(c.views.size(), 3u);
-  EXPECT_EQ(c.views[0].key_template, "product:{id}");
+  ASSERT_TRUE(c.views[0].key);  // parsed here, once
+  EXPECT_EQ(c.views[0].key->text(), "product:{id}");
+  EXPECT_EQ(c.views[0].key->columns(), std::vector<std::string>{"id"});
+  EXPECT_FALSE(c.views[1].key);  // not a Redis view
   ASSERT_TRUE(c.views[0].columns.has_value());
   EXPECT_EQ(c.views[0].columns->size(), 7u);
   EXPECT_EQ(c.views[0].line, 17);
@@ -482,7 +485,8 @@ TEST(ConfigCorpusTest, TheFullValidFileLoads) {
             "host=warehouse.internal port=5433 dbname=analytics user=pgderive sslmode=require");
   ASSERT_EQ(c.views.size(), 4u);
   EXPECT_EQ(c.views[0].from, "public.products");
-  EXPECT_EQ(c.views[0].key_template, "product:{id}");
+  ASSERT_TRUE(c.views[0].key);
+  EXPECT_EQ(c.views[0].key->text(), "product:{id}");
   EXPECT_EQ(c.views[0].columns, (std::vector<std::string>{"id", "sku", "title", "price"}));
   EXPECT_EQ(c.views[0].line, 26);
   EXPECT_FALSE(c.views[1].columns.has_value());
@@ -511,17 +515,6 @@ TEST(ConfigGrammarTest, TableNames) {
   }
   EXPECT_EQ(Qualify("products"), "public.products");
   EXPECT_EQ(Qualify("sales.orders"), "sales.orders");
-}
-
-TEST(ConfigGrammarTest, KeyTemplates) {
-  std::string prefix;
-  EXPECT_EQ(KeyTemplateProblem("product:{id}:{region}", &prefix), std::nullopt);
-  EXPECT_EQ(prefix, "product:");
-  EXPECT_NE(KeyTemplateProblem("product", &prefix), std::nullopt);
-  EXPECT_NE(KeyTemplateProblem("p:{}", &prefix), std::nullopt);
-  EXPECT_NE(KeyTemplateProblem("p:{id", &prefix), std::nullopt);
-  EXPECT_NE(KeyTemplateProblem("p:id}", &prefix), std::nullopt);
-  EXPECT_NE(KeyTemplateProblem("p:{{id}}", &prefix), std::nullopt);
 }
 
 TEST(ConfigGrammarTest, IndexNamesListenAddressesIntegers) {
