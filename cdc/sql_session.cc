@@ -48,6 +48,14 @@ std::string Verb(std::string_view sql) {
   return std::string(sql.substr(0, sql.find_first_of(" \n;")));
 }
 
+// A transaction at isolation `Level`, read-only or read-write (libpqxx takes both as
+// template arguments).
+template <pqxx::isolation_level Level>
+std::unique_ptr<pqxx::dbtransaction> BeginTransaction(pqxx::connection_base& c, bool read_only) {
+  if (read_only) return std::make_unique<pqxx::transaction<Level, pqxx::read_only>>(c);
+  return std::make_unique<pqxx::transaction<Level>>(c);
+}
+
 }  // namespace
 
 struct SqlSession::Impl {
@@ -223,26 +231,13 @@ Result<SqlSession::Transaction> SqlSession::Begin(Isolation isolation, Access ac
     const bool ro = access == Access::kReadOnly;
     switch (isolation) {
       case Isolation::kReadCommitted:
-        if (ro) {
-          state->tx = std::make_unique<pqxx::transaction<pqxx::read_committed, pqxx::read_only>>(c);
-        } else {
-          state->tx = std::make_unique<pqxx::transaction<pqxx::read_committed>>(c);
-        }
+        state->tx = BeginTransaction<pqxx::read_committed>(c, ro);
         break;
       case Isolation::kRepeatableRead:
-        if (ro) {
-          state->tx =
-              std::make_unique<pqxx::transaction<pqxx::repeatable_read, pqxx::read_only>>(c);
-        } else {
-          state->tx = std::make_unique<pqxx::transaction<pqxx::repeatable_read>>(c);
-        }
+        state->tx = BeginTransaction<pqxx::repeatable_read>(c, ro);
         break;
       case Isolation::kSerializable:
-        if (ro) {
-          state->tx = std::make_unique<pqxx::transaction<pqxx::serializable, pqxx::read_only>>(c);
-        } else {
-          state->tx = std::make_unique<pqxx::transaction<pqxx::serializable>>(c);
-        }
+        state->tx = BeginTransaction<pqxx::serializable>(c, ro);
         break;
     }
     return Transaction(std::move(state));
