@@ -237,7 +237,7 @@ Result<std::vector<std::string>> RedisSink::Teardown(bool views) {
     if (!deleted.ok()) return deleted.error();
     if (deleted.value() > 0) {
       removed.push_back(std::to_string(deleted.value()) + " key(s) of view " + view->config.name +
-                        " (" + view->key.Pattern() + ")");
+                        " (" + view->config.key->Pattern() + ")");
     }
   }
   return removed;
