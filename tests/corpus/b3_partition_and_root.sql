@@ -14,4 +14,4 @@
 create table events (id bigint, region text, primary key (id, region)) partition by list (region);
 create table events_eu partition of events for values in ('eu');
 ---- expect validate 2
-:21:5: views[1].from: table public.events_eu is a partition of public.events, which a view also reads
+:23:11: views[1].from: table public.events_eu is a partition of public.events, which a view also reads

@@ -19,8 +19,8 @@ create table people (id int primary key, height_cm numeric,
 ---- before
 insert into people (id, height_cm) values (1, 254);
 ---- expect validate 2
-:17:5: views[0].columns: view people_cache: column height_in of table public.people is generated (as (height_cm / 2.54))
-:22:5: views[1].query: view people_pg: column height_in of table public.people is generated
+:21:19: views[0].columns[1]: view people_cache: column height_in of table public.people is generated (as (height_cm / 2.54))
+:26:12: views[1].query: view people_pg: column height_in of table public.people is generated
 PostgreSQL before 18 does not publish generated columns
 leave it out of columns
 write (height_cm / 2.54) in the query in place of the column

@@ -28,8 +28,8 @@ create table base (id int primary key, n int);
 create materialized view mv as select * from base;
 create view vv as select * from base;
 ---- expect validate 2
-:17:5: views[0].from: table public.u is UNLOGGED
+:19:11: views[0].from: table public.u is UNLOGGED
 ALTER TABLE "public"."u" SET LOGGED
-:21:5: views[1].query: view mv_pg: table public.mv is a materialized view
-:26:5: views[2].from: table public.vv is a view
-:30:5: views[3].query: view u_pg: table public.u2 is UNLOGGED
+:25:12: views[1].query: view mv_pg: table public.mv is a materialized view
+:28:11: views[2].from: table public.vv is a view
+:34:12: views[3].query: view u_pg: table public.u2 is UNLOGGED

@@ -57,8 +57,8 @@ awk -v out="$dir/blocks" '
 mapfile -t blocks < <(ls "$dir/blocks"/*.sh 2>/dev/null)
 [ "${#blocks[@]}" -ge 2 ] || fail "fewer than two sh blocks between the walkthrough markers"
 last=${blocks[-1]}
-grep -q 'scripts/demo.sh --stop /tmp/pgderive-demo' "$last" ||
-  fail "the walkthrough's last block does not stop the demo (scripts/demo.sh --stop /tmp/pgderive-demo)"
+grep -q 'scripts/demo.sh --stop "$demo"' "$last" ||
+  fail "the walkthrough's last block does not stop the demo (scripts/demo.sh --stop \"\$demo\")"
 grep -q "where id = $product_id" "${blocks[@]}" && grep -q "$customer_name" "${blocks[@]}" ||
   fail "the walkthrough no longer changes product $product_id and customer $customer_id as this test expects"
 sed -i "s|/tmp/pgderive-demo|$dir|g" "${blocks[@]}"
@@ -67,6 +67,7 @@ sed -i "s|/tmp/pgderive-demo|$dir|g" "${blocks[@]}"
 scripts/demo.sh --binary "$binary" "$dir" > "$dir/demo1.out" 2>&1 || { cat "$dir/demo1.out" >&2; fail "scripts/demo.sh failed"; }
 t_demo=$(date +%s)
 [ "$(stat -c %a "$dir/demo.env")" = 600 ] || fail "demo.env is mode $(stat -c %a "$dir/demo.env"), not 600"
+[ "$(stat -c %a "$dir/stack.env")" = 600 ] || fail "stack.env is mode $(stat -c %a "$dir/stack.env"), not 600"
 set -a
 . "$dir/demo.env"
 set +a
