@@ -178,6 +178,13 @@ int RunStatus(const StatusOptions& options) {
       std::snprintf(pct, sizeof pct, " %.0f%%", v["progress_percent"].get<double>());
       out += pct;
     }
+    if (v.contains("stalled_since")) {
+      char seconds[64];
+      std::snprintf(seconds, sizeof seconds, " (%.0f s), lag %.1f s / ",
+                    v.value("stalled_seconds", 0.0), v.value("lag_seconds", 0.0));
+      out += " since " + Text(v, "stalled_since") + seconds + Text(v, "lag_bytes") + " bytes";
+    }
+    if (v.contains("reason")) out += ": " + Text(v, "reason");
     if (v.contains("recorded_state")) out += " (recorded " + Text(v, "recorded_state");
     if (v.contains("backfilled_up_to_key")) out += ", up to key " + Text(v, "backfilled_up_to_key");
     if (v.contains("recorded_state")) out += ")";

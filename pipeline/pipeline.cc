@@ -193,10 +193,11 @@ std::optional<int> Pipeline::OpenSlot() {
         Log("store " + sink->name() + " resumes from " + stored.value()->ToString());
         continue;
       }
+      const std::string reason = stored.value() ? "" : sink->missing_checkpoint_reason();
       Log("store " + sink->name() + " has " +
           (stored.value() ? "checkpoint " + stored.value()->ToString() + ", behind the slot's " +
                                 confirmed_.ToString()
-                          : std::string("no checkpoint")) +
+                          : "no checkpoint" + (reason.empty() ? "" : " (" + reason + ")")) +
           ": rebuilding its views");
       to_rebuild.push_back(sink.get());
     }

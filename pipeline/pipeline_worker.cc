@@ -331,6 +331,9 @@ void PipelineWorker::Loop(std::stop_token stop) {
       if (failed_by_rebuild) failed_.store(false);
       failed_by_rebuild = false;
     }
+    if (std::chrono::steady_clock::now() - last_store_check_ >= kStoreCheckInterval) {
+      CheckStore();
+    }
     BatchGroup group;
     {
       std::unique_lock lock(mutex_);
@@ -402,7 +405,7 @@ Status PipelineWorker::ApplyWithRetry(const BatchGroup& group) {
       status = sink_.Apply(group, from);
       ReportSourceReads();
       if (status.ok()) {
-        healthy_.store(true);
+        SetHealthy(true);
         if (batches_ != nullptr) {
           batches_->Add();
           batch_seconds_->Observe(
@@ -434,9 +437,21 @@ Status PipelineWorker::ApplyWithRetry(const BatchGroup& group) {
         return status;
       }
     }
-    healthy_.store(false);
+    SetHealthy(false, status.error().message());
     if (status.error().kind() != ErrorKind::kTransient) {
       if (errors_permanent_ != nullptr) errors_permanent_->Add();
+      // A write into a table dropped behind pgderive's back fails: when the store check
+      // says so, the store is rebuilt (this batch with the rest of the queue is
+      // superseded by the rebuild's snapshot), not stopped.
+      if (!sink_.backfills_rows()) {
+        auto changes = sink_.CheckStore();
+        if (changes.ok() && !changes.value().empty()) {
+          log_("store " + sink_.name() + ": " + status.error().message() +
+               ": its tables changed behind pgderive's back");
+          TakeChanges(std::move(changes).value());
+          return Status::Ok();
+        }
+      }
       return status;
     }
     if (errors_transient_ != nullptr) errors_transient_->Add();
@@ -455,6 +470,69 @@ Status PipelineWorker::ApplyWithRetry(const BatchGroup& group) {
       }
     }
   }
+}
+
+void PipelineWorker::SetHealthy(bool healthy, const std::string& error) {
+  const int64_t now = ToPgTimestamp(std::chrono::system_clock::now());
+  if (healthy) {
+    if (!healthy_.exchange(true)) recovered_at_.store(now);
+    stalled_since_.store(0);
+    return;
+  }
+  if (healthy_.exchange(false)) stalled_since_.store(now);
+  if (stalled_since_.load() == 0) stalled_since_.store(now);
+  std::lock_guard lock(mutex_);
+  last_error_ = error;
+}
+
+std::string PipelineWorker::last_error() {
+  std::lock_guard lock(mutex_);
+  return last_error_;
+}
+
+std::vector<StoreChange> PipelineWorker::TakeStoreChanges() {
+  std::lock_guard lock(mutex_);
+  return std::exchange(store_changes_, {});
+}
+
+void PipelineWorker::CheckStore() {
+  last_store_check_ = std::chrono::steady_clock::now();
+  if (failed_.load() || thread_.stop_requested()) return;
+  Status status = Status::Ok();
+  // Unreachable at the last check: reconnect and compare checkpoints first (a store
+  // that came back empty is rebuilt, as after a failed apply).
+  if (!healthy_.load()) status = Recover();
+  auto changes =
+      status.ok() ? sink_.CheckStore() : Result<std::vector<StoreChange>>(status.error());
+  if (!changes.ok()) {
+    const std::string message = changes.error().message();
+    if (healthy_.load() || last_error() != message) {
+      log_("store " + sink_.name() + " does not answer: " + message +
+           " (its views are stalled until it does; checked every " +
+           std::to_string(
+               std::chrono::duration_cast<std::chrono::seconds>(kStoreCheckInterval).count()) +
+           " s)");
+    }
+    SetHealthy(false, message);
+    return;
+  }
+  if (!healthy_.load()) log_("store " + sink_.name() + " answers again");
+  SetHealthy(true);
+  TakeChanges(std::move(changes).value());
+}
+
+void PipelineWorker::TakeChanges(std::vector<StoreChange> changes) {
+  std::lock_guard lock(mutex_);
+  for (StoreChange& change : changes) {
+    // The whole store lost its data, or a store without per-view backfills lost a view's
+    // table: rebuilt here, before the next batch. A row view is backfilled on its own
+    // (the run monitor asks for it through the stream).
+    if ((change.view.empty() || !sink_.backfills_rows()) && !rebuild_requested_) {
+      rebuild_requested_ = "store " + sink_.name() + ": " + change.what;
+    }
+    store_changes_.push_back(std::move(change));
+  }
+  changed_.notify_all();
 }
 
 void PipelineWorker::RequestRebuild(const std::string& why) {
@@ -503,8 +581,10 @@ Status PipelineWorker::Recover() {
       (*stored.value() < confirmed && (*stored.value() < checkpoint() || lost_queue))) {
     // The store lost data the slot no longer holds (e.g. Redis restarted empty):
     // serving it stale is not an option; rebuild its views from a new snapshot.
+    const std::string reason = stored.value() ? "" : sink_.missing_checkpoint_reason();
     log_("store " + sink_.name() + " has " +
-         (stored.value() ? "checkpoint " + stored.value()->ToString() : "no checkpoint") +
+         (stored.value() ? "checkpoint " + stored.value()->ToString()
+                         : "no checkpoint" + (reason.empty() ? "" : " (" + reason + ")")) +
          ", behind the slot's " + confirmed.ToString() + ": rebuilding its views");
     return RebuildViews();
   }

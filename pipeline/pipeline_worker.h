@@ -36,6 +36,9 @@ Counter& ChangesApplied(Metrics& metrics, const std::string& store, const std::s
 inline constexpr size_t kQueueBytes = size_t{64} << 20;
 // How long the dispatcher waits for room in a store's queue before it detaches the store.
 inline constexpr auto kOfferWait = std::chrono::seconds(1);
+// How often the worker checks its store between batches and while idle (Sink::CheckStore):
+// whether it answers, and whether a view's index or table vanished.
+inline constexpr auto kStoreCheckInterval = std::chrono::seconds(2);
 
 class PipelineWorker {
  public:
@@ -71,8 +74,17 @@ class PipelineWorker {
   Lsn checkpoint() const { return Lsn{checkpoint_.load()}; }
   bool detached() const { return detached_.load(); }
   bool failed() const { return failed_.load(); }
-  // The last attempt to apply (or reconnect) worked.
+  // The last attempt to apply, reconnect or check the store worked.
   bool healthy() const { return healthy_.load(); }
+  // While not healthy: since when (system clock, PostgreSQL microseconds), and the error.
+  int64_t stalled_since() const { return stalled_since_.load(); }
+  std::string last_error();
+  // When the store last became healthy again after being unreachable (PostgreSQL
+  // microseconds; 0 if never): what it was handed before is a backlog.
+  int64_t recovered_at() const { return recovered_at_.load(); }
+  // What the store checks found vanished or replaced in the store since the last call
+  // (Sink::CheckStore, every kStoreCheckInterval between batches and while idle).
+  std::vector<StoreChange> TakeStoreChanges();
   // Commit time (PostgreSQL microseconds) of the last transaction applied; 0 if none.
   int64_t last_commit_time() const { return last_commit_time_.load(); }
   // Commit time of the oldest transaction queued and not yet applied; 0 if none.
@@ -100,6 +112,17 @@ class PipelineWorker {
 
  private:
   void Loop(std::stop_token stop);
+  // Every kStoreCheckInterval: reconnects a store that failed (Recover), then
+  // Sink::CheckStore; an error makes the store unhealthy (its views stalled).
+  void CheckStore();
+  void SetHealthy(bool healthy, const std::string& error = "");
+  // Keeps what CheckStore found for the monitor, and requests the rebuild it needs.
+  void TakeChanges(std::vector<StoreChange> changes);
+  std::chrono::steady_clock::time_point last_store_check_{};
+  std::vector<StoreChange> store_changes_;  // guarded by mutex_
+  std::string last_error_;                  // guarded by mutex_
+  std::atomic<int64_t> stalled_since_{0};
+  std::atomic<int64_t> recovered_at_{0};
   Status ApplyWithRetry(const BatchGroup& group);
   // After a failure: reconnect and compare the store's checkpoint with ours.
   Status Recover();

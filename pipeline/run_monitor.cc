@@ -38,6 +38,17 @@ std::string Difference(const std::string& a, const std::string& b) {
   return out;
 }
 constexpr auto kProgressLogInterval = std::chrono::seconds(10);
+constexpr const char* kViewStates[] = {"live", "backfilling", "catching up", "stalled", "failed"};
+
+// A PostgreSQL timestamp (microseconds since 2000-01-01) as UTC ISO 8601, to the second.
+std::string UtcText(int64_t pg_time) {
+  const std::time_t t = std::chrono::system_clock::to_time_t(FromPgTimestamp(pg_time));
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return text;
+}
 
 double Seconds(std::chrono::steady_clock::duration d) {
   return std::chrono::duration<double>(d).count();
@@ -197,6 +208,7 @@ void RunMonitor::Loop(std::stop_token stop) {
       last_table_check = now;
       CheckSourceTables();
     }
+    CheckStoreChanges();
     if (config_.source.heartbeat_seconds > 0 &&
         now - last_heartbeat >= std::chrono::seconds(config_.source.heartbeat_seconds)) {
       last_heartbeat = now;
@@ -246,10 +258,7 @@ void RunMonitor::CheckSourceTables() {
     source_.reset();  // reconnect next time
     return;
   }
-  auto where = [&]() -> std::string {
-    auto lsn = sql.Query("select pg_current_wal_insert_lsn()::text");
-    return lsn.ok() && !lsn.value().rows.empty() ? lsn.value().rows[0][0].value_or("") : "";
-  };
+  auto where = [&] { return WalPosition(sql); };
   for (auto& [table, watched] : watched_) {
     auto found = now.value().find(table);
     if (found == now.value().end()) continue;
@@ -343,11 +352,7 @@ void RunMonitor::CheckSourceTables() {
         if (rebuilt.insert(w).second) w->RequestRebuild(why);
         continue;
       }
-      const std::string request = BackfillRequestMessage(config_.pipeline, view);
-      Status emitted =
-          sql.Execute("select pg_logical_emit_message(true, " + sql.QuoteLiteral(kBackfillPrefix) +
-                      ", " + sql.QuoteLiteral(request) + ")");
-      if (!emitted.ok()) sent = false;
+      if (!RequestBackfill(sql, view).ok()) sent = false;
     }
     if (!sent) {
       source_.reset();  // tried again next time: the table is not marked seen
@@ -363,6 +368,86 @@ void RunMonitor::CheckSourceTables() {
     for (const auto& [w, view] : readers) {
       marks_[{w->sink().name(), view}] = ViewMark{false, why + "; refilling the view", until};
     }
+  }
+}
+
+std::string RunMonitor::WalPosition(SqlSession& sql) {
+  auto lsn = sql.Query("select pg_current_wal_insert_lsn()::text");
+  return lsn.ok() && !lsn.value().rows.empty() ? lsn.value().rows[0][0].value_or("") : "";
+}
+
+Status RunMonitor::RequestBackfill(SqlSession& sql, const std::string& view) {
+  const std::string request = BackfillRequestMessage(config_.pipeline, view);
+  return sql.Execute("select pg_logical_emit_message(true, " + sql.QuoteLiteral(kBackfillPrefix) +
+                     ", " + sql.QuoteLiteral(request) + ")");
+}
+
+void RunMonitor::CheckStoreChanges() {
+  std::vector<PipelineWorker*> workers;
+  {
+    std::lock_guard lock(mutex_);
+    workers = workers_;
+  }
+  for (PipelineWorker* w : workers) {
+    for (StoreChange& change : w->TakeStoreChanges()) {
+      // The view leaves `live` now; its refill is asked for below (or on a later pass,
+      // should the source not answer).
+      const std::string& store = w->sink().name();
+      std::vector<std::string> views;
+      for (const auto& [view, tables] : w->sink().view_sources()) {
+        if (change.view.empty() || change.view == view || !w->sink().backfills_rows()) {
+          views.push_back(view);
+        }
+      }
+      metrics_
+          .counter("pgderive_store_container_changes_total",
+                   "Indexes, target tables or recorded state found vanished or replaced in a "
+                   "store while running (each refills the views concerned)",
+                   {{"store", store}})
+          .Add(1);
+      std::lock_guard lock(mutex_);
+      for (const std::string& view : views) {
+        marks_[{store, view}] =
+            ViewMark{false, "store " + store + ": " + change.what + "; refilling the view",
+                     Lsn{~uint64_t{0}}};
+      }
+      store_changes_.emplace_back(w, std::move(change));
+    }
+  }
+  if (store_changes_.empty()) return;
+  auto c = Source();
+  if (!c.ok()) return;  // tried again next second; the views stay marked
+  SqlSession& sql = *c.value();
+  while (!store_changes_.empty()) {
+    auto& [w, change] = store_changes_.front();
+    const std::string store = w->sink().name();
+    std::vector<std::string> views;
+    for (const auto& [view, tables] : w->sink().view_sources()) {
+      // A store without per-view backfills is rebuilt whole: every view is refilled.
+      if (change.view.empty() || change.view == view || !w->sink().backfills_rows()) {
+        views.push_back(view);
+      }
+    }
+    std::string names;
+    for (const std::string& v : views) names += (names.empty() ? "" : ",") + v;
+    const std::string why = "store " + store + ": " + change.what;
+    // A whole store (or a postgres store) is rebuilt by its worker, which asked for it.
+    if (!change.view.empty() && w->sink().backfills_rows() &&
+        !RequestBackfill(sql, change.view).ok()) {
+      source_.reset();  // asked again next second
+      return;
+    }
+    const std::string at = WalPosition(sql);
+    const Lsn until = Lsn::Parse(at).value_or(Lsn{});
+    log_.Warn(why + ": views " + names + " are not live until refilled",
+              {{"store", store}, {"views", names}, {"lsn", at}});
+    {
+      std::lock_guard lock(mutex_);
+      for (const std::string& view : views) {
+        marks_[{store, view}] = ViewMark{false, why + "; refilling the view", until};
+      }
+    }
+    store_changes_.erase(store_changes_.begin());
   }
 }
 
@@ -512,18 +597,34 @@ void RunMonitor::Publish() {
     metrics_.gauge("pgderive_store_up", "1 while the store takes writes", store)
         .Set(w->healthy() && !w->failed() ? 1 : 0);
     const bool filling = snapshotting[name];
+    // Unreachable (or failing to apply, retried): its views are stalled, since then.
+    const bool stalled = !w->failed() && !w->healthy();
+    const int64_t since_pg = stalled ? w->stalled_since() : 0;
+    const std::string since = since_pg == 0 ? "" : UtcText(since_pg);
+    const double stalled_seconds =
+        since_pg == 0 ? 0.0 : std::max(0.0, static_cast<double>(now_pg - since_pg) / 1e6);
+    const std::string error = stalled ? w->last_error() : "";
+    // Back after an outage: what it was handed before is a backlog it is still applying.
+    const int64_t recovered = w->recovered_at();
+    const bool backlog = oldest != 0 && recovered != 0 && oldest < recovered;
     if (w->failed()) {
       reasons.push_back("store " + name + " stopped on an error");
-    } else if (!w->healthy()) {
-      reasons.push_back("store " + name + " is unreachable");
+    } else if (stalled) {
+      reasons.push_back("store " + name + " is unreachable since " + since +
+                        (error.empty() ? "" : ": " + error) + "; its views are stalled");
     }
-    stores.push_back({{"name", name},
-                      {"checkpoint", checkpoint.ToString()},
-                      {"lag_bytes", lag_bytes},
-                      {"lag_seconds", std::max(0.0, lag_seconds)},
-                      {"reachable", w->healthy()},
-                      {"detached", w->detached()},
-                      {"failed", w->failed()}});
+    nlohmann::json store_json = {{"name", name},
+                                 {"checkpoint", checkpoint.ToString()},
+                                 {"lag_bytes", lag_bytes},
+                                 {"lag_seconds", std::max(0.0, lag_seconds)},
+                                 {"reachable", w->healthy()},
+                                 {"detached", w->detached()},
+                                 {"failed", w->failed()}};
+    if (stalled) {
+      store_json["unreachable_since"] = since;
+      if (!error.empty()) store_json["error"] = error;
+    }
+    stores.push_back(store_json);
     std::map<std::string, std::string> failed_views;
     for (auto& [view, reason] : w->sink().failed_views()) failed_views[view] = reason;
     for (const auto& [view, tables] : w->sink().view_sources()) {
@@ -542,9 +643,11 @@ void RunMonitor::Publish() {
         state = "failed";
       } else if (w->failed()) {
         state = "failed";
+      } else if (stalled) {
+        state = "stalled";
       } else if (filling || filled || refilling) {
         state = "backfilling";
-      } else if (w->detached()) {
+      } else if (w->detached() || backlog) {
         state = "catching up";
       }
       // One series per view: 1 while it does not follow its definition (stopped on
@@ -554,7 +657,28 @@ void RunMonitor::Publish() {
           .gauge("pgderive_view_failed", "1 while the view is failed (see /status for the reason)",
                  {{"store", name}, {"view", view}})
           .Set(state == "failed" ? 1 : 0);
+      // And its state, one series per state: 1 for the one it is in.
+      for (const char* s : kViewStates) {
+        metrics_
+            .gauge("pgderive_view_state",
+                   "1 for the state the view is in (live, backfilling, catching up, stalled, "
+                   "failed), 0 for the others",
+                   {{"store", name}, {"view", view}, {"state", s}})
+            .Set(state == s ? 1 : 0);
+      }
+      metrics_
+          .gauge("pgderive_view_stalled_seconds",
+                 "How long the view's store has been unreachable (0 when it answers)",
+                 {{"store", name}, {"view", view}})
+          .Set(stalled_seconds);
       nlohmann::json v = {{"name", view}, {"store", name}, {"state", state}};
+      if (state == "stalled") {
+        v["stalled_since"] = since;
+        v["stalled_seconds"] = stalled_seconds;
+        v["lag_seconds"] = std::max(0.0, lag_seconds);
+        v["lag_bytes"] = lag_bytes;
+        v["reason"] = "store " + name + " is unreachable" + (error.empty() ? "" : ": " + error);
+      }
       if (filled && !filling) {
         v["backfill_rows"] = filled->rows_done;
         v["backfill_estimated_rows"] = filled->rows_estimated;

@@ -9,6 +9,8 @@
 //     slot advances when our tables are idle but the server writes WAL elsewhere;
 //   - every 2 s the source tables the views read, against what they were when the
 //     pipeline started (see WatchSourceTables);
+//   - what the store workers' own 2 s checks found vanished in the stores (an index
+//     deleted, a target table dropped, a flushed Redis): see CheckStoreChanges;
 //   - every 10 s the slot's retained WAL (warned about past source.max_retained_wal)
 //     and wal_status: "lost" means the slot was invalidated, which the pipeline turns
 //     into a clear error and exit, never into a silent rebuild of everything.
@@ -86,6 +88,15 @@ class RunMonitor {
   void CheckSlot();
   void Heartbeat();
   void CheckSourceTables();
+  // What the store workers found vanished or replaced in their stores (an index, a
+  // target table, a flushed database): the views leave `live` at once and are refilled
+  // as for a replaced source table (a row view backfilled, a postgres store rebuilt).
+  void CheckStoreChanges();
+  // Asks the stream for a backfill of `view` (a pg_logical_emit_message the pipeline
+  // reads in order, as `pgderive backfill` does).
+  Status RequestBackfill(SqlSession& sql, const std::string& view);
+  // The source's current WAL insert position, as text ("" if it cannot be read).
+  static std::string WalPosition(SqlSession& sql);
   // The monitor's own connection to the source (made on first use, again after an error).
   Result<SqlSession*> Source();
 
@@ -125,6 +136,9 @@ class RunMonitor {
     Lsn until;
   };
   std::map<std::pair<std::string, std::string>, ViewMark> marks_;
+  // The monitor thread's: store changes whose refill is not asked for yet (the source
+  // did not answer), by worker.
+  std::vector<std::pair<PipelineWorker*, StoreChange>> store_changes_;
 
   std::atomic<bool> stream_connected_{false};
   std::atomic<uint64_t> received_{0};

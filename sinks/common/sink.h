@@ -60,6 +60,15 @@ struct SourceRead {
   bool missing = true;
 };
 
+// What a store check found (Sink::CheckStore): a view's container in the store - an
+// OpenSearch index, a postgres target table, a Redis view's recorded state - vanished or
+// was replaced behind pgderive's back while it ran. `view` empty: the whole store (its
+// checkpoint is gone: it was flushed).
+struct StoreChange {
+  std::string view;
+  std::string what;  // names the index, table or key, e.g. "index products was deleted"
+};
+
 class Sink {
  public:
   virtual ~Sink() = default;
@@ -96,6 +105,9 @@ class Sink {
 
   // nullopt when it holds none (a store never filled, or one that lost its data).
   virtual Result<std::optional<Lsn>> ReadCheckpoint() = 0;
+  // Why the last ReadCheckpoint found none ("target table public.x is missing"), for the
+  // log line that says the store is rebuilt; empty when it does not say.
+  virtual std::string missing_checkpoint_reason() { return {}; }
   // How long after Apply returns its checkpoint is durable (Redis with
   // `appendfsync everysec` needs up to a second or two).
   virtual std::chrono::milliseconds durability_delay() const { return {}; }
@@ -143,6 +155,11 @@ class Sink {
     (void)clear;
     return Status::Ok();
   }
+  // Called by the store's worker every 2 s between batches (and while idle): a round
+  // trip that says the store is reachable (an error otherwise) and what vanished or was
+  // replaced since the last call (each change is reported once). A container recreated
+  // by pgderive itself (a rebuild, a backfill that empties a view) is not reported.
+  virtual Result<std::vector<StoreChange>> CheckStore() { return std::vector<StoreChange>{}; }
   // Views stopped on their own while the store goes on (a column they name was
   // dropped): (view, reason). Such a view is no longer written until the configuration
   // is fixed; the others keep flowing.

@@ -206,6 +206,26 @@ Result<bool> OpenSearchClient::IndexExists(std::string_view index) {
   return HttpError("HEAD index", response.value());
 }
 
+Result<std::optional<std::string>> OpenSearchClient::IndexUuid(std::string_view index) {
+  auto response = http_.Send(
+      "GET", "/" + EncodePathSegment(index) + "/_settings/index.uuid?flat_settings=true");
+  if (!response.ok()) return response.error();
+  if (response.value().status == 404) return std::optional<std::string>();
+  if (response.value().status != 200) return HttpError("index settings", response.value());
+  auto body = ParseBody("index settings", response.value());
+  if (!body.ok()) return body.error();
+  // {"<index>": {"settings": {"index.uuid": "..."}}, ...}, one entry per index behind
+  // an alias; the keys come sorted.
+  std::string uuids;
+  for (const auto& [name, entry] : body.value().items()) {
+    if (!entry.is_object() || !entry.contains("settings")) continue;
+    const std::string uuid = entry["settings"].value("index.uuid", "");
+    uuids += (uuids.empty() ? "" : ",") + uuid;
+  }
+  if (uuids.empty()) return std::optional<std::string>();
+  return std::optional<std::string>(uuids);
+}
+
 Status OpenSearchClient::DeleteAllDocuments(std::string_view index) {
   // _delete_by_query deletes what a search finds, and a search sees only what the last
   // refresh made visible: a document indexed just before (the insert right before a

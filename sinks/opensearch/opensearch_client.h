@@ -61,6 +61,9 @@ class OpenSearchClient {
   Result<bool> DeleteDocument(std::string_view index, std::string_view id);
   Result<long long> Count(std::string_view index);
   Result<bool> IndexExists(std::string_view index);
+  // The UUID of `index` (the indexes behind it, comma-separated, when it is an alias),
+  // or nullopt when there is none: a deleted and recreated index has another.
+  Result<std::optional<std::string>> IndexUuid(std::string_view index);
 
   // Deletes every document of `index`, including those indexed since the last refresh
   // (_refresh, then _delete_by_query, conflicts proceed, refresh); a missing index is

@@ -105,7 +105,11 @@ Result<std::unique_ptr<OpenSearchSink>> OpenSearchSink::Make(const Config& confi
   for (const ViewConfig& view : config.views) {
     if (view.store != store.name) continue;
     sink->views_.push_back(
-        std::make_unique<View>(View{{view, view.from, ViewShapes(view), {}, false}, nullptr}));
+        std::make_unique<View>(View{{view, view.from, ViewShapes(view), {}, false},
+                                    nullptr,
+                                    std::nullopt,
+                                    false,
+                                    false}));
     sink->row_views_.push_back(sink->views_.back().get());
   }
   return sink;
@@ -177,7 +181,45 @@ Status OpenSearchSink::Connect() {
   if (!client.ok()) return client.error();
   auto version = client.value()->ServerVersion();
   if (!version.ok()) return version.error();
+  // The indexes as they are now: CheckStore compares against these.
+  for (auto& view : views_) {
+    if (view->uuid_known) continue;  // a reconnect: CheckStore judges what changed
+    auto uuid = client.value()->IndexUuid(view->config.index);
+    if (!uuid.ok()) return uuid.error();
+    if (!uuid.value()) continue;  // made by the rebuild or the view's first backfill
+    view->uuid = uuid.value();
+    view->uuid_known = true;
+  }
   return Status::Ok();
+}
+
+Result<std::vector<StoreChange>> OpenSearchSink::CheckStore() {
+  std::lock_guard lock(mutex_);
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  std::vector<StoreChange> changes;
+  for (auto& view : views_) {
+    auto uuid = client.value()->IndexUuid(view->config.index);
+    if (!uuid.ok()) return uuid.error();
+    if (!view->uuid_known) {
+      if (!uuid.value()) continue;  // not made yet
+      view->uuid = uuid.value();
+      view->uuid_known = true;
+      continue;
+    }
+    if (uuid.value() == view->uuid) continue;
+    const std::string was = view->uuid.value_or("none");
+    view->uuid = uuid.value();
+    if (view->change_reported || !view->failed.empty()) continue;
+    view->change_reported = true;
+    changes.push_back(
+        {view->config.name,
+         "index " + view->config.index +
+             (uuid.value() ? " was replaced (UUID " + was + ", now " + *uuid.value() +
+                                 "; an index made by a write has OpenSearch's dynamic mapping)"
+                           : " (UUID " + was + ") was deleted")});
+  }
+  return changes;
 }
 
 std::string OpenSearchSink::StateAction(const View& view, const ViewState& state) const {
@@ -294,7 +336,14 @@ Status OpenSearchSink::RecreateIndex(OpenSearchClient& client, View& view) {
     if (!shape.ok()) return shape.error();
     body = Mapping(*view.schema, shape.value()->columns(), *types_);
   }
-  return client.CreateIndex(view.config.index, body, /*if_missing=*/false);
+  status = client.CreateIndex(view.config.index, body, /*if_missing=*/false);
+  if (!status.ok()) return status;
+  auto uuid = client.IndexUuid(view.config.index);
+  if (!uuid.ok()) return uuid.error();
+  view.uuid = uuid.value();
+  view.uuid_known = true;
+  view.change_reported = false;
+  return Status::Ok();
 }
 
 Result<std::optional<Lsn>> OpenSearchSink::ReadCheckpoint() {
@@ -303,17 +352,26 @@ Result<std::optional<Lsn>> OpenSearchSink::ReadCheckpoint() {
   if (!client.ok()) return client.error();
   // A view the store records (or every view, when it records none) whose index is gone
   // lost its data. A view it does not record is new: it is backfilled on its own.
+  missing_reason_.clear();
   auto states = ReadStates(*client.value());
   if (!states.ok()) return states.error();
   for (const auto& view : views_) {
     if (states.value() && !states.value()->contains(view->config.name)) continue;
     auto exists = client.value()->IndexExists(view->config.index);
     if (!exists.ok()) return exists.error();
-    if (!exists.value()) return std::optional<Lsn>();  // the index is gone: data lost
+    if (!exists.value()) {  // the index is gone: data lost
+      missing_reason_ =
+          "index " + view->config.index + " of view " + view->config.name + " is missing";
+      return std::optional<Lsn>();
+    }
   }
   auto document = client.value()->Get(kCheckpointIndex, checkpoint_id_);
   if (!document.ok()) return document.error();
-  if (!document.value()) return std::optional<Lsn>();
+  if (!document.value()) {
+    missing_reason_ =
+        "document " + std::string(kCheckpointIndex) + "/" + checkpoint_id_ + " is missing";
+    return std::optional<Lsn>();
+  }
   const auto lsn = Lsn::Parse(document.value()->source.value("lsn", ""));
   if (!lsn) {
     return Error::Corrupt("OpenSearch document " + std::string(kCheckpointIndex) + "/" +
@@ -496,6 +554,8 @@ Status OpenSearchSink::UndoRebuild() {
   for (auto& view : views_) {
     Status status = client.value()->DeleteIndex(view->config.index, /*if_exists=*/true);
     if (!status.ok()) return status;
+    view->uuid.reset();
+    view->uuid_known = false;
   }
   return Status::Ok();
 }

@@ -60,6 +60,15 @@ class OpenSearchSink : public Sink, public ViewInspector {
   Status Check(const std::shared_ptr<const RelationSchema>& schema) override;
   Status Connect() override;
   Result<std::optional<Lsn>> ReadCheckpoint() override;
+  std::string missing_checkpoint_reason() override {
+    std::lock_guard lock(mutex_);
+    return missing_reason_;
+  }
+  // Each view's index against the UUID recorded when pgderive connected or created it:
+  // an index deleted (or deleted and created again, by hand or by a write that
+  // auto-created it with a dynamic mapping) is reported once, until the view is emptied
+  // (RecreateIndex) and refilled.
+  Result<std::vector<StoreChange>> CheckStore() override;
   Status BeginRebuild(Lsn snapshot_lsn) override;
   Status ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
                            std::span<const TupleData> rows, const TypeRegistry& types) override;
@@ -98,6 +107,10 @@ class OpenSearchSink : public Sink, public ViewInspector {
 
   struct View : RowView {
     std::shared_ptr<const RelationSchema> schema;  // from Check, for the mapping
+    // The index's UUID as pgderive last saw it (nullopt: absent), once known.
+    std::optional<std::string> uuid;
+    bool uuid_known = false;
+    bool change_reported = false;  // until RecreateIndex makes the index again
   };
 
  private:
@@ -154,6 +167,7 @@ class OpenSearchSink : public Sink, public ViewInspector {
   std::map<std::string, std::optional<std::string>> relaxed_;
   bool relaxed_loaded_ = false;
   bool relax_refused_ = false;  // the node refused a settings change: fills go without
+  std::string missing_reason_;  // why the last ReadCheckpoint found none
   // The types the mappings are made from: learned in Resolve, completed with what each
   // applied group's registry knows.
   std::shared_ptr<const TypeRegistry> types_ = std::make_shared<TypeRegistry>();

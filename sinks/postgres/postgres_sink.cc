@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <set>
 
+#include "base/number.h"
 #include "base/table_name.h"
 #include "migrations/migrations.h"
 #include "sinks/common/source_rows.h"
@@ -136,7 +137,63 @@ Status PostgresSink::Connect() {
   session_.reset();
   horizon_loaded_ = false;
   auto c = Connection();
-  return c.ok() ? Status::Ok() : Status(c.error());
+  if (!c.ok()) return c.error();
+  if (table_oids_) return Status::Ok();  // a reconnect: CheckStore judges what changed
+  auto oids = ReadTableOids(*c.value());
+  if (!oids.ok()) return oids.error();
+  table_oids_ = std::move(oids).value();
+  return Status::Ok();
+}
+
+Result<std::map<std::string, uint32_t>> PostgresSink::ReadTableOids(SqlRunner& c) {
+  std::vector<std::string> names;
+  for (const auto& view : views_) names.push_back(view->target);
+  for (const auto& [table, mirror] : mirrors_) names.push_back(mirror.name);
+  std::string sql = "select ";
+  SqlParams params;
+  for (size_t i = 0; i < names.size(); ++i) {
+    sql += (i == 0 ? "" : ", ") + std::string("coalesce(to_regclass($") + std::to_string(i + 1) +
+           ")::oid, 0)::text";
+    params.push_back(names[i]);
+  }
+  std::map<std::string, uint32_t> out;
+  if (names.empty()) return out;
+  auto rows = c.Query(sql, params);
+  if (!rows.ok()) return rows.error();
+  for (size_t i = 0; i < names.size(); ++i) {
+    auto oid = ParseServerNumber<uint32_t>(rows.value().rows[0][i]);
+    if (!oid.ok()) return oid.error();
+    out[names[i]] = oid.value();
+  }
+  return out;
+}
+
+Result<std::vector<StoreChange>> PostgresSink::CheckStore() {
+  std::lock_guard lock(mutex_);
+  auto connected = Connection();
+  if (!connected.ok()) return connected.error();
+  auto now = ReadTableOids(*connected.value());
+  if (!now.ok()) return now.error();
+  std::vector<StoreChange> changes;
+  if (!table_oids_) {
+    table_oids_ = std::move(now).value();
+    return changes;
+  }
+  for (const auto& [name, oid] : now.value()) {
+    auto was = table_oids_->find(name);
+    if (was == table_oids_->end() || was->second == oid) continue;
+    if (!reported_tables_.insert(name).second) continue;
+    std::string view;  // empty for a mirror: every view reads the mirrors
+    for (const auto& v : views_) {
+      if (v->target == name) view = v->config.name;
+    }
+    changes.push_back(
+        {view, std::string(view.empty() ? "mirror table " : "target table ") + name +
+                   (oid == 0 ? " (OID " + std::to_string(was->second) + ") was dropped"
+                             : " was replaced (OID " + std::to_string(was->second) + ", now " +
+                                   std::to_string(oid) + ")")});
+  }
+  return changes;
 }
 
 // pgderive's own metadata in the target database: migrations/, applied once each.
@@ -234,23 +291,38 @@ Result<std::optional<Lsn>> PostgresSink::ReadCheckpoint() {
   if (!connected.ok()) return connected.error();
   SqlSession& c = *connected.value();
   // A missing mirror or target table means lost data: no checkpoint.
+  missing_reason_.clear();
   std::string regs = "select to_regclass('pgderive.checkpoints') is not null";
-  SqlParams names;
+  std::vector<std::string> names{"pgderive.checkpoints"};
   for (const auto& [table, mirror] : mirrors_) names.push_back(mirror.name);
   for (const auto& view : views_) names.push_back(view->target);
-  for (size_t i = 1; i <= names.size(); ++i) {
-    regs += " and to_regclass($" + std::to_string(i) + ") is not null";
+  for (size_t i = 1; i < names.size(); ++i) {
+    regs += ", to_regclass($" + std::to_string(i) + ") is not null";
   }
-  auto present = c.Query(regs, names);
+  SqlParams bound(names.begin() + 1, names.end());
+  auto present = c.Query(regs, bound);
   if (!present.ok()) return present.error();
-  if (present.value().rows[0][0].value_or("f") != "t") return std::optional<Lsn>();
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (present.value().rows[0][i].value_or("f") == "t") continue;
+    missing_reason_ = (i == 0                 ? "table "
+                       : i <= mirrors_.size() ? "mirror table "
+                                              : "target table ") +
+                      names[i] + " is missing";
+    return std::optional<Lsn>();
+  }
   // A view whose definition changed holds what the old one returned: rebuild.
   auto changed = ChangedViews(c);
   if (!changed.ok()) return changed.error();
-  if (!changed.value().empty()) return std::optional<Lsn>();
+  if (!changed.value().empty()) {
+    missing_reason_ = "the definition of view " + changed.value().front()->config.name + " changed";
+    return std::optional<Lsn>();
+  }
   auto row = ReadCheckpointRow(c, name_);
   if (!row.ok()) return row.error();
-  if (!row.value()) return std::optional<Lsn>();
+  if (!row.value()) {
+    missing_reason_ = "pgderive.checkpoints has no row for store " + name_;
+    return std::optional<Lsn>();
+  }
   return std::optional<Lsn>(Lsn::Parse(*row.value()));
 }
 
@@ -565,6 +637,12 @@ Status PostgresSink::EndRebuild(Lsn snapshot_lsn) {
         {pipeline_, name_, view->config.name, Definition(*view)});
   }
   if (status.ok()) status = c.Commit();
+  if (!status.ok()) return status;
+  // The tables as built: CheckStore compares against these.
+  auto oids = ReadTableOids(session);
+  if (!oids.ok()) return oids.error();
+  table_oids_ = std::move(oids).value();
+  reported_tables_.clear();
   return status;
 }
 

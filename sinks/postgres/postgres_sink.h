@@ -59,6 +59,14 @@ class PostgresSink : public Sink, public ViewInspector {
   Status Connect() override;
   Status Migrate() override;
   Result<std::optional<Lsn>> ReadCheckpoint() override;
+  std::string missing_checkpoint_reason() override {
+    std::lock_guard lock(mutex_);
+    return missing_reason_;
+  }
+  // The views' target tables and the mirrors against the OIDs recorded when pgderive
+  // connected or built them: a table dropped, or dropped and created again, is reported
+  // once (the store is rebuilt, which records them anew).
+  Result<std::vector<StoreChange>> CheckStore() override;
   Status BeginRebuild(Lsn snapshot_lsn) override;
   Status ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
                            std::span<const TupleData> rows, const TypeRegistry& types) override;
@@ -147,6 +155,13 @@ class PostgresSink : public Sink, public ViewInspector {
   std::vector<std::string> created_schemas_;
   SourceRows source_;            // rows read again (an unchanged TOASTed value the mirror lacks)
   bool horizon_loaded_ = false;  // its horizon, from the row HorizonRow()
+  std::string missing_reason_;   // why the last ReadCheckpoint found none
+  // Each target table's and mirror's OID (0: absent) as pgderive last saw it, and the
+  // ones already reported as changed; unset until first read.
+  std::optional<std::map<std::string, uint32_t>> table_oids_;
+  std::set<std::string> reported_tables_;
+  // Reads the OIDs of the targets and the mirrors now.
+  Result<std::map<std::string, uint32_t>> ReadTableOids(SqlRunner& c);
 };
 
 }  // namespace pgderive

@@ -189,6 +189,44 @@ Result<std::optional<Lsn>> RedisSink::ReadCheckpoint() {
   return std::optional<Lsn>(*lsn);
 }
 
+Result<std::vector<StoreChange>> RedisSink::CheckStore() {
+  std::lock_guard lock(mutex_);
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  auto exists = client.value()->Command({"EXISTS", checkpoint_key_});
+  if (!exists.ok()) return exists.error();
+  if (exists.value().type != RedisReply::Type::kInteger) {
+    return ReplyError("EXISTS " + checkpoint_key_, exists.value());
+  }
+  auto fields = client.value()->Command({"HKEYS", views_key_});
+  if (!fields.ok()) return fields.error();
+  if (fields.value().type != RedisReply::Type::kArray) {
+    return ReplyError("HKEYS " + views_key_, fields.value());
+  }
+  const bool checkpoint = exists.value().integer > 0;
+  std::set<std::string> now;
+  for (const RedisReply& field : fields.value().elements) now.insert(field.str);
+  std::vector<StoreChange> changes;
+  if (checkpoint_seen_.value_or(false) && !checkpoint) {
+    changes.push_back({"", "key " + checkpoint_key_ +
+                               " (the store's checkpoint) is gone: the database was flushed or "
+                               "the key deleted"});
+  } else if (checkpoint_seen_) {
+    for (auto& view : views_) {
+      const std::string& name = view->config.name;
+      if (!view->failed.empty() || !state_fields_seen_.contains(name) || now.contains(name)) {
+        continue;
+      }
+      changes.push_back({name, "field " + name + " of hash " + views_key_ +
+                                   " (the view's recorded state) is gone: the view's keys were "
+                                   "deleted with it, or the database was flushed"});
+    }
+  }
+  checkpoint_seen_ = checkpoint;
+  state_fields_seen_ = std::move(now);
+  return changes;
+}
+
 // SCAN for the view's key pattern and DEL what it finds, a page at a time.
 Result<long long> RedisSink::DeleteView(View& view) {
   auto client = Client();

@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <vector>
 
 #include "config/config.h"
@@ -37,6 +38,13 @@ class RedisSink : public Sink, public ViewInspector {
   Status Check(const std::shared_ptr<const RelationSchema>& schema) override;
   Status Connect() override;
   Result<std::optional<Lsn>> ReadCheckpoint() override;
+  std::string missing_checkpoint_reason() override {
+    return "key " + checkpoint_key_ + " is missing";
+  }
+  // The checkpoint key and each view's field of the state hash, against what the last
+  // call saw: the checkpoint gone (FLUSHALL, FLUSHDB) is the whole store's data lost; a
+  // view's recorded state gone is that view's.
+  Result<std::vector<StoreChange>> CheckStore() override;
   Status BeginRebuild(Lsn snapshot_lsn) override;
   Status ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
                            std::span<const TupleData> rows, const TypeRegistry& types) override;
@@ -102,7 +110,10 @@ class RedisSink : public Sink, public ViewInspector {
   std::vector<std::unique_ptr<View>> views_;
   std::vector<RowView*> row_views_;  // the same views, for ApplyRows
   bool rebuilt_ = false;             // BeginRebuild ran in this process
-  std::mutex mutex_;                 // the client, for snapshot rows arriving from several threads
+  // What CheckStore saw last (unset before its first call).
+  std::optional<bool> checkpoint_seen_;
+  std::set<std::string> state_fields_seen_;
+  std::mutex mutex_;  // the client, for snapshot rows arriving from several threads
   std::optional<RedisClient> client_;
   SourceRows source_;  // rows read again (an unchanged TOASTed value the store lacks)
 };

@@ -1,0 +1,190 @@
+// A view's container in its store vanishing under a running pipeline: an OpenSearch
+// index deleted while `run` streams (the next write would recreate it with OpenSearch's
+// dynamic mapping). The view must leave `live` at once, say why in /status, and come
+// back `live` with exactly the source's rows in an index with pgderive's own mapping.
+// (A postgres target table dropped while streaming: corpus case h1.)
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "sinks/opensearch/http_client.h"
+#include "sinks/opensearch/opensearch_client.h"
+#include "tests/support/pg.h"
+#include "tests/support/stack_env.h"
+#include "tests/support/subprocess.h"
+#include "tests/support/wait.h"
+
+namespace pgderive {
+namespace {
+
+using nlohmann::json;
+using testing::FreePort;
+using testing::MustConnect;
+using testing::MustExecute;
+using testing::PgderiveBinary;
+using testing::Subprocess;
+using testing::UniqueName;
+
+constexpr auto kDeadline = std::chrono::seconds(90);
+
+class StoreChangeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    PGDERIVE_REQUIRE_STACK();
+    dsn_ = stack.pg_dsn();
+    opensearch_url_ = stack.opensearch_url();
+    dir_ = std::filesystem::temp_directory_path() / UniqueName("pgderive_store_change");
+    std::filesystem::create_directories(dir_);
+    pipeline_ = UniqueName("stc");
+    table_ = UniqueName("stc_src");
+    index_ = UniqueName("stc_docs");
+    port_ = FreePort();
+    sql_ = std::make_unique<PgConnection>(MustConnect(dsn_));
+    MustExecute(*sql_, "create table " + table_ + " (id int primary key, name text, n int)");
+    // Enough rows that the refill takes a few of /status's one-second updates.
+    MustExecute(*sql_, "insert into " + table_ +
+                           " select g, md5(g::text), g from generate_series(1, 100000) g");
+    config_ = (dir_ / "pgderive.yml").string();
+    std::ofstream(config_) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: \"" << dsn_
+                           << "\"\n  heartbeat_interval: 1\nstores:\n  search:\n"
+                              "    type: opensearch\n    url: \""
+                           << opensearch_url_ << "\"\nviews:\n  - name: docs\n    store: search\n"
+                           << "    from: " << table_ << "\n    index: " << index_
+                           << "\nhttp:\n  listen: 127.0.0.1:" << port_ << "\n";
+  }
+  void TearDown() override {
+    run_.reset();
+    if (sql_) {
+      IgnoreError(sql_->Execute("select pg_drop_replication_slot('pgderive_" + pipeline_ + "')"),
+                  "test cleanup");
+      IgnoreError(sql_->Execute("drop publication if exists pgderive_" + pipeline_),
+                  "test cleanup");
+      IgnoreError(sql_->Execute("drop table if exists " + table_), "test cleanup");
+    }
+    if (auto search = Search()) IgnoreError(search->DeleteIndex(index_, true), "test cleanup");
+    std::filesystem::remove_all(dir_);
+  }
+  std::optional<OpenSearchClient> Search() {
+    auto client = OpenSearchClient::Create({.url = opensearch_url_, .ca_file = ""});
+    if (!client.ok()) return std::nullopt;
+    return std::move(client).value();
+  }
+  // GET on `base`: (status, body); status 0 when nothing answers.
+  static std::pair<long, std::string> Get(const std::string& base, const std::string& path) {
+    auto client =
+        HttpClient::Create({.url = base, .ca_file = "", .timeout = std::chrono::seconds(5)});
+    if (!client.ok()) return {0, ""};
+    auto response = client.value().Send("GET", path);
+    if (!response.ok()) return {0, ""};
+    return {response.value().status, response.value().body};
+  }
+  std::pair<long, std::string> Http(const std::string& path) {
+    return Get("http://127.0.0.1:" + std::to_string(port_), path);
+  }
+  // The view's entry of /status (null when it does not answer).
+  json View() {
+    const json status = json::parse(Http("/status").second, nullptr, false);
+    if (status.is_discarded() || !status.contains("views")) return nullptr;
+    for (const auto& v : status["views"]) {
+      if (v.value("name", "") == "docs") return v;
+    }
+    return nullptr;
+  }
+  // The index's mapping as OpenSearch reports it.
+  json Mapping() {
+    const json body =
+        json::parse(Get(opensearch_url_, "/" + index_ + "/_mapping").second, nullptr, false);
+    if (body.is_discarded() || !body.contains(index_)) return nullptr;
+    return body[index_]["mappings"];
+  }
+  std::string RunLog() { return testing::ReadFile((dir_ / "run.err").string()); }
+
+  std::string dsn_, opensearch_url_, pipeline_, table_, index_, config_;
+  int port_ = 0;
+  std::filesystem::path dir_;
+  std::unique_ptr<PgConnection> sql_;
+  std::unique_ptr<Subprocess> run_;
+};
+
+TEST_F(StoreChangeTest, DeletedIndexLeavesLiveAndIsRefilledWithItsMapping) {
+  run_ =
+      std::make_unique<Subprocess>(std::vector<std::string>{PgderiveBinary(), "run", "-c", config_},
+                                   (dir_ / "run.err").string());
+  ASSERT_TRUE(testing::WaitFor([&] { return Http("/readyz").first == 200; }, kDeadline))
+      << RunLog();
+  ASSERT_TRUE(testing::WaitFor([&] { return View().value("state", "") == "live"; }, kDeadline))
+      << Http("/status").second;
+  const json mapping = Mapping();
+  ASSERT_FALSE(mapping.is_null());
+  ASSERT_EQ(mapping.value("dynamic", ""), "false") << mapping.dump();
+
+  // Deleted behind pgderive's back, then written to at once: the first bulk recreates
+  // the index with OpenSearch's dynamic mapping before any check can see it gone.
+  auto search = Search();
+  ASSERT_TRUE(search);
+  ASSERT_TRUE(search->DeleteIndex(index_, false).ok());
+  MustExecute(*sql_, "insert into " + table_ + " values (100001, 'new', 1)");
+  MustExecute(*sql_, "update " + table_ + " set name = 'changed' where id = 7");
+  MustExecute(*sql_, "delete from " + table_ + " where id = 8");
+
+  // The view leaves `live`, saying which index, and /readyz... stays honest.
+  json seen;
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        const json v = View();
+        if (v.is_null() || v.value("state", "") == "live") return false;
+        seen = v;
+        return true;
+      },
+      kDeadline))
+      << Http("/status").second << RunLog();
+  EXPECT_EQ(seen.value("state", ""), "backfilling") << seen.dump();
+  EXPECT_NE(seen.value("reason", "").find("index " + index_), std::string::npos) << seen.dump();
+  // The log line names the store, the view, the index and the LSN.
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        const std::string log = RunLog();
+        return log.find("index " + index_) != std::string::npos &&
+               log.find("not live until refilled") != std::string::npos;
+      },
+      kDeadline))
+      << RunLog();
+  const std::string log = RunLog();
+  const std::string line = log.substr(log.rfind('\n', log.find("not live until refilled")) + 1);
+  EXPECT_NE(line.find("store search"), std::string::npos) << line;
+  EXPECT_NE(line.find("docs"), std::string::npos) << line;
+  EXPECT_NE(line.find("lsn"), std::string::npos) << line;
+
+  // Back to `live` once refilled: exactly the table's rows, in an index with the mapping
+  // pgderive made (not the dynamic one the write made).
+  ASSERT_TRUE(testing::WaitFor([&] { return View().value("state", "") == "live"; }, kDeadline))
+      << Http("/status").second << RunLog();
+  EXPECT_EQ(Http("/readyz").first, 200);
+  EXPECT_EQ(Mapping(), mapping);
+  auto rows = sql_->Query("select id::text, name, n::text from " + table_);
+  ASSERT_TRUE(rows.ok());
+  std::map<std::string, json> expected;
+  for (const auto& r : rows.value().rows) {
+    expected[*r[0]] = {{"id", std::stoi(*r[0])}, {"name", *r[1]}, {"n", std::stoi(*r[2])}};
+  }
+  ASSERT_TRUE(search->Refresh(index_).ok());
+  auto documents = search->ScanAll(index_);
+  ASSERT_TRUE(documents.ok()) << documents.error().ToString();
+  std::map<std::string, json> actual;
+  for (const auto& [id, source] : documents.value()) actual[id] = json::parse(source);
+  EXPECT_EQ(actual.size(), expected.size());
+  EXPECT_TRUE(actual == expected) << "documents differ from the table's rows";
+  EXPECT_EQ(actual.count("8"), 0u);
+  EXPECT_EQ(actual["7"]["name"], "changed");
+  EXPECT_EQ(actual["100001"]["name"], "new");
+  auto [code, out] = testing::RunVerify(config_, 60);
+  EXPECT_EQ(code, 0) << out;
+}
+
+}  // namespace
+}  // namespace pgderive
