@@ -272,7 +272,11 @@ TEST_F(RunFaultTest, StoreOutagesAndPostgresRestart) {
   EXPECT_EQ(status, 0) << out << RunErr(100);
   const std::string err = RunErr(100);
   EXPECT_NE(err.find("retrying"), std::string::npos) << err;
-  EXPECT_NE(err.find("no checkpoint, behind the slot"), std::string::npos) << err;
+  // Says what it found: the checkpoint key gone with the rest of Redis's data.
+  EXPECT_NE(err.find("store cache has no checkpoint (key pgderive:fault:checkpoint is missing), "
+                     "behind the slot"),
+            std::string::npos)
+      << err;
   EXPECT_NE(err.find("rebuilt at"), std::string::npos) << err;
   // The stream came back after PostgreSQL's restart: either it was lost and is
   // "reconnecting", or the restart caught it while it was being restarted anyway (a
