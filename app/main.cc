@@ -132,7 +132,15 @@ int main(int argc, char** argv) {
                              "also remove the views' data (Redis keys, OpenSearch indexes, "
                              "postgres target tables)");
 
-  CLI11_PARSE(app, argc, argv);
+  // Bad command-line input is bad input: exit 2 with CLI11's message, as for a bad file
+  // (CLI11's own exit codes, 105-115, would say nothing to a caller). --help and
+  // --version exit 0.
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  }
 
   if (teardown_command->parsed()) return pgderive::RunTeardown(teardown);
 

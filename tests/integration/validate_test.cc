@@ -299,5 +299,34 @@ TEST_F(ValidateTest, ABrokenFileIsReportedWithoutConnecting) {
   ExpectNothingCreated();
 }
 
+
+// Bad command-line input is bad input: exit 2 and CLI11's message naming the problem,
+// for every command (CLI11's own exit codes were 106 and 109); --help still exits 0.
+TEST(CommandLineTest, BadOptionsExitTwoWithTheProblemNamed) {
+  const auto run = [](std::vector<std::string> argv) {
+    argv.insert(argv.begin(), PgderiveBinary());
+    const std::string err = ::testing::TempDir() + "/cli.err";
+    std::string out;
+    int status = -1;
+    {
+      Subprocess command(argv, err);
+      while (auto line = command.ReadLine(std::chrono::seconds(30))) out += *line + "\n";
+      status = command.Wait(std::chrono::seconds(30)).value_or(-1);
+    }
+    std::ifstream in(err);
+    out += std::string(std::istreambuf_iterator<char>(in), {});
+    return std::make_pair(status, out);
+  };
+  auto [missing, missing_out] = run({"validate"});
+  EXPECT_EQ(missing, 2) << missing_out;
+  EXPECT_NE(missing_out.find("--config is required"), std::string::npos) << missing_out;
+  auto [unknown, unknown_out] = run({"status", "-c", "x.yml", "--bogus"});
+  EXPECT_EQ(unknown, 2) << unknown_out;
+  EXPECT_NE(unknown_out.find("--bogus"), std::string::npos) << unknown_out;
+  auto [help, help_out] = run({"teardown", "--help"});
+  EXPECT_EQ(help, 0) << help_out;
+  EXPECT_NE(help_out.find("--views"), std::string::npos) << help_out;
+}
+
 }  // namespace
 }  // namespace pgderive
