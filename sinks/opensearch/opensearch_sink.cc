@@ -104,12 +104,8 @@ Result<std::unique_ptr<OpenSearchSink>> OpenSearchSink::Make(const Config& confi
   sink->ca_file_ = store.ca_file;
   for (const ViewConfig& view : config.views) {
     if (view.store != store.name) continue;
-    sink->views_.push_back(
-        std::make_unique<View>(View{{view, view.from, ViewShapes(view), {}, false},
-                                    nullptr,
-                                    std::nullopt,
-                                    false,
-                                    false}));
+    sink->views_.push_back(std::make_unique<View>(
+        View{{view, view.from, ViewShapes(view), {}, false}, nullptr, std::nullopt, false, false}));
     sink->row_views_.push_back(sink->views_.back().get());
   }
   return sink;

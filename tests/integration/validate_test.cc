@@ -23,6 +23,24 @@ using testing::Scalar;
 using testing::Subprocess;
 using testing::UniqueName;
 
+// Runs pgderive with `args`; its exit status (-1 if it hangs) and stdout + stderr (stderr
+// through the file `err`).
+std::pair<int, std::string> RunPgderive(const std::vector<std::string>& args,
+                                        const std::string& err) {
+  std::vector<std::string> argv = {PgderiveBinary()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  std::string out;
+  int status = -1;
+  {
+    Subprocess command(argv, err);
+    while (auto line = command.ReadLine(std::chrono::seconds(60))) out += *line + "\n";
+    status = command.Wait(std::chrono::seconds(30)).value_or(-1);
+  }
+  std::ifstream in(err);
+  out += std::string(std::istreambuf_iterator<char>(in), {});
+  return {status, out};
+}
+
 class ValidateTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -92,19 +110,9 @@ class ValidateTest : public ::testing::Test {
 
   // Runs `pgderive validate`; its exit status (-1 if it hangs) and stdout + stderr.
   std::pair<int, std::string> Validate(const std::string& config, bool connect = true) {
-    const std::string err = (dir_ / "validate.err").string();
-    std::vector<std::string> argv = {PgderiveBinary(), "validate", "-c", config};
-    if (connect) argv.push_back("--connect");
-    std::string out;
-    int status = -1;
-    {
-      Subprocess validate(argv, err);
-      while (auto line = validate.ReadLine(std::chrono::seconds(60))) out += *line + "\n";
-      status = validate.Wait(std::chrono::seconds(30)).value_or(-1);
-    }
-    std::ifstream in(err);
-    out += std::string(std::istreambuf_iterator<char>(in), {});
-    return {status, out};
+    std::vector<std::string> args = {"validate", "-c", config};
+    if (connect) args.push_back("--connect");
+    return RunPgderive(args, (dir_ / "validate.err").string());
   }
 
   // validate never creates: no slot, no publication, no target table.
@@ -299,23 +307,11 @@ TEST_F(ValidateTest, ABrokenFileIsReportedWithoutConnecting) {
   ExpectNothingCreated();
 }
 
-
 // Bad command-line input is bad input: exit 2 and CLI11's message naming the problem,
 // for every command (CLI11's own exit codes were 106 and 109); --help still exits 0.
 TEST(CommandLineTest, BadOptionsExitTwoWithTheProblemNamed) {
-  const auto run = [](std::vector<std::string> argv) {
-    argv.insert(argv.begin(), PgderiveBinary());
-    const std::string err = ::testing::TempDir() + "/cli.err";
-    std::string out;
-    int status = -1;
-    {
-      Subprocess command(argv, err);
-      while (auto line = command.ReadLine(std::chrono::seconds(30))) out += *line + "\n";
-      status = command.Wait(std::chrono::seconds(30)).value_or(-1);
-    }
-    std::ifstream in(err);
-    out += std::string(std::istreambuf_iterator<char>(in), {});
-    return std::make_pair(status, out);
+  const auto run = [](const std::vector<std::string>& args) {
+    return RunPgderive(args, ::testing::TempDir() + "/cli.err");
   };
   auto [missing, missing_out] = run({"validate"});
   EXPECT_EQ(missing, 2) << missing_out;
