@@ -34,6 +34,9 @@ int RunTeardown(const TeardownOptions& options) {
   for (const std::string& item : report.removed) {
     std::fprintf(options.out, "removed %s\n", RedactSecrets(item).c_str());
   }
+  for (const std::string& item : report.kept) {
+    std::fprintf(options.out, "kept %s\n", RedactSecrets(item).c_str());
+  }
   if (!report.left.empty()) {
     for (const std::string& item : report.left) fail(1, "left " + item);
     return fail(1, "pipeline " + config.pipeline +

@@ -784,7 +784,26 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
               for (const std::string& column : key.value().columns()) {
                 view.placeholder_marks[column] = text.Find(view.MarkOf("key"), "{" + column + "}");
               }
-              writes_to("key", key.value().Prefix());
+              // pgderive finds a view's keys by their fixed prefix when it empties the
+              // view (rebuild, backfill, teardown --views): without one that would be
+              // every key of the database; pgderive:... are its own keys.
+              const std::string prefix = key.value().Prefix();
+              if (prefix.empty()) {
+                check.Problem(s.Node("key"), path_key + ".key",
+                              "key template " + key_text +
+                                  " starts with a column: a Redis view's keys need a fixed "
+                                  "prefix (e.g. \"product:{id}\"), by which pgderive finds "
+                                  "them when it empties the view (rebuild, backfill, teardown "
+                                  "--views); without one that would be every key of the "
+                                  "database");
+              } else if (prefix.starts_with("pgderive:")) {
+                check.Problem(s.Node("key"), path_key + ".key",
+                              "key template " + key_text +
+                                  ": keys starting with pgderive: are pgderive's own "
+                                  "(checkpoints, view states); choose another prefix");
+              } else {
+                writes_to("key", prefix);
+              }
               view.key = std::move(key).value();
             }
           }

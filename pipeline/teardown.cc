@@ -28,7 +28,12 @@ void TeardownSource(const Config& config, TeardownReport& report) {
   }
   auto present = sql.Query("select from pg_publication where pubname = $1", {publication});
   Status status = present.status();
-  if (status.ok() && !present.value().rows.empty()) {
+  const bool own = publication == "pgderive_" + config.pipeline;
+  if (status.ok() && !present.value().rows.empty() && !own) {
+    report.kept.push_back("on the source: publication " + publication +
+                          " (named in source.publication, so possibly made by hand and used "
+                          "by others; drop it yourself if it is pgderive's alone)");
+  } else if (status.ok() && !present.value().rows.empty()) {
     status = sql.Execute("drop publication if exists " + sql.QuoteIdentifier(publication));
     if (status.ok()) report.removed.push_back("from the source: publication " + publication);
   }

@@ -21,10 +21,15 @@ struct TeardownReport {
   std::vector<std::string> removed;
   // "in store search: <why>; its checkpoint and views' states for pipeline shop"
   std::vector<std::string> left;
+  // What is left on purpose: "on the source: publication orders_pub (named in
+  // source.publication: ...)". Not a failure.
+  std::vector<std::string> kept;
 };
 
 // The stores first, then the slot and the publication (dropped even when a store is
-// down: a slot left behind keeps WAL on the source).
+// down: a slot left behind keeps WAL on the source). Only pgderive's own publication
+// (the default pgderive_<pipeline>) is dropped; one named in source.publication may be
+// the table owner's, shared with other subscribers: kept.
 TeardownReport TeardownPipeline(const Config& config,
                                 const std::vector<std::unique_ptr<Sink>>& sinks, bool views);
 

@@ -535,7 +535,8 @@ Result<std::vector<std::string>> PostgresSink::Teardown(bool views) {
     }
   }
   // The pipeline's mirrors, "pgderive"."<pipeline>__<schema>__<table>" (mirror.h), but
-  // those of a pipeline whose own name starts with "<pipeline>__".
+  // those that may be another pipeline's whose name starts with this one's ("shop_" has
+  // "shop___public__t", "shop__eu" has "shop__eu__public__t"): when in doubt, kept.
   std::string others = "select null::text where false";
   if (checkpoints) others += " union select pipeline from pgderive.checkpoints";
   if (registry) others += " union select pipeline from pgderive.views";
@@ -544,7 +545,7 @@ Result<std::vector<std::string>> PostgresSink::Teardown(bool views) {
       "n.nspname = 'pgderive' and c.relkind in ('r', 'p') and starts_with(c.relname, $1 || "
       "'__') and not exists (select from (" +
           others +
-          ") o(pipeline) where o.pipeline <> $1 and starts_with(o.pipeline, $1 || '__') and "
+          ") o(pipeline) where o.pipeline <> $1 and starts_with(o.pipeline, $1) and "
           "starts_with(c.relname, o.pipeline || '__')) order by 1",
       {pipeline_});
   if (!mirrors.ok()) return fail(mirrors.error());

@@ -356,5 +356,50 @@ TEST_F(OnePipelineTest, TeardownWithViewsAndAStoreDown) {
   EXPECT_EQ(out, "pipeline " + p + ": nothing left to remove\n");
 }
 
+// What may be someone else's is kept: a publication named in source.publication (made
+// by hand, perhaps shared), and the mirrors of a pipeline whose name extends this one's
+// ("<p>_" has "<p>___public__t", which starts with "<p>__").
+TEST_F(OnePipelineTest, TeardownKeepsAHandMadePublicationAndAnotherPipelinesMirrors) {
+  const std::string p = pipeline_;
+  const std::string publication = p + "_pub";
+  ASSERT_TRUE(
+      sql_->Execute("create publication " + publication + " for table public." + table_).ok());
+  std::string config = Config();
+  {
+    std::string text = testing::ReadFile(config);
+    const std::string stores = "\nstores:";
+    text.replace(text.find(stores), stores.size(), "\n  publication: " + publication + stores);
+    std::ofstream(config) << text;
+  }
+  StartRun(config);
+  StopRun();
+  const std::string other = p + "_";
+  const std::string other_mirror = "pgderive." + other + "___public__" + table_;
+  ASSERT_TRUE(sql_->Execute("create table " + other_mirror + " (id int)").ok());
+  ASSERT_TRUE(sql_->Execute("insert into pgderive.checkpoints (pipeline, store, lsn) values ('" +
+                            other + "', 'warehouse', '0/1')")
+                  .ok());
+
+  std::string err;
+  auto [code, out] = Command({PgderiveBinary(), "teardown", "-c", config}, err);
+  EXPECT_EQ(code, 0) << out << err;
+  EXPECT_TRUE(Contains(out, "kept on the source: publication " + publication +
+                                " (named in source.publication, so possibly made by hand and "
+                                "used by others; drop it yourself if it is pgderive's alone)\n"))
+      << out;
+  EXPECT_FALSE(Contains(out, "removed from the source: publication")) << out;
+  EXPECT_TRUE(Contains(out, "removed from store warehouse: table " + Mirror() + " (mirror)\n"))
+      << out;
+  EXPECT_EQ(Pg("select count(*) from pg_publication where pubname = '" + publication + "'"), "1");
+  EXPECT_EQ(Pg("select to_regclass('" + Mirror() + "') is null"), "t");
+  EXPECT_EQ(Pg("select to_regclass('" + other_mirror + "') is not null"), "t");
+  EXPECT_EQ(Pg("select count(*) from pgderive.checkpoints where pipeline = '" + other + "'"), "1");
+
+  IgnoreError(sql_->Execute("drop table " + other_mirror), "test cleanup");
+  IgnoreError(sql_->Execute("delete from pgderive.checkpoints where pipeline = '" + other + "'"),
+              "test cleanup");
+  IgnoreError(sql_->Execute("drop publication " + publication), "test cleanup");
+}
+
 }  // namespace
 }  // namespace pgderive
