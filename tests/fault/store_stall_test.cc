@@ -4,16 +4,13 @@
 // applied the view is `live` again with exactly the source's rows.
 #include <gtest/gtest.h>
 
-#include <filesystem>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
-#include "sinks/opensearch/http_client.h"
 #include "sinks/redis/redis_client.h"
 #include "tests/support/own_stack.h"
-#include "tests/support/subprocess.h"
-#include "tests/support/wait.h"
+#include "tests/support/pipeline_test.h"
 
 namespace pgderive {
 namespace {
@@ -21,69 +18,61 @@ namespace {
 using nlohmann::json;
 using testing::OwnStack;
 using testing::PgderiveBinary;
-using testing::Subprocess;
 
 constexpr auto kDeadline = std::chrono::seconds(120);
 
-class StoreStallTest : public ::testing::Test {
+class StoreStallTest : public testing::PipelineTest {
  protected:
-  static void SetUpTestSuite() { stack_ = new OwnStack({"--services", "pg,redis", "--redis-aof"}); }
+  static void SetUpTestSuite() {
+    own_stack_ = new OwnStack({"--services", "pg,redis", "--redis-aof"});
+  }
   static void TearDownTestSuite() {
-    delete stack_;
-    stack_ = nullptr;
+    delete own_stack_;
+    own_stack_ = nullptr;
   }
   void SetUp() override {
-    PgConnection sql = stack_->ConnectPg();
+    PgConnection sql = own_stack_->ConnectPg();  // right after the start it may still refuse
+    UseEndpoints({own_stack_->Env("PGDERIVE_PG_DSN"), own_stack_->Env("PGDERIVE_REDIS_URL"), ""},
+                 own_stack_->dir(), "stall");
+    deadline_ = kDeadline;
     ASSERT_TRUE(sql.Execute("drop table if exists stall_items").ok());
     IgnoreError(sql.Execute("select pg_drop_replication_slot('pgderive_stall')"), "fresh start");
     ASSERT_TRUE(sql.Execute("create table stall_items (id int primary key, v text)").ok());
     ASSERT_TRUE(
         sql.Execute("insert into stall_items select g, md5(g::text) from generate_series(1, 500) g")
             .ok());
-    port_ = testing::FreePort();
-    config_ = (stack_->dir() / "stall.yml").string();
-    std::ofstream(config_) << "pipeline: stall\nsource:\n  dsn: " << stack_->Env("PGDERIVE_PG_DSN")
-                           << "\n  heartbeat_interval: 1\nstores:\n  cache:\n    type: redis\n"
-                           << "    url: " << stack_->Env("PGDERIVE_REDIS_URL")
-                           << "\nviews:\n  - name: items_cache\n    store: cache\n"
-                              "    from: stall_items\n    key: \"item:{id}\"\n"
-                           << "http:\n  listen: 127.0.0.1:" << port_ << "\n";
-    auto redis = RedisClient::Connect(stack_->Env("PGDERIVE_REDIS_URL"));
+    std::ostringstream config;
+    config << "pipeline: stall\nsource:\n  dsn: " << own_stack_->Env("PGDERIVE_PG_DSN")
+           << "\n  heartbeat_interval: 1\nstores:\n  cache:\n    type: redis\n"
+           << "    url: " << own_stack_->Env("PGDERIVE_REDIS_URL")
+           << "\nviews:\n  - name: items_cache\n    store: cache\n"
+              "    from: stall_items\n    key: \"item:{id}\"\n"
+           << "http:\n  listen: 127.0.0.1:" << port_ << "\n";
+    config_ = WriteFile("stall.yml", config.str());
+    auto redis = RedisClient::Connect(own_stack_->Env("PGDERIVE_REDIS_URL"));
     ASSERT_TRUE(redis.ok());
     ASSERT_TRUE(redis.value().Command({"FLUSHALL"}).ok());
   }
-  std::pair<long, std::string> Http(const std::string& path) {
-    auto client = HttpClient::Create({.url = "http://127.0.0.1:" + std::to_string(port_),
-                                      .ca_file = "",
-                                      .timeout = std::chrono::seconds(5)});
-    if (!client.ok()) return {0, ""};
-    auto response = client.value().Send("GET", path);
-    if (!response.ok()) return {0, ""};
-    return {response.value().status, response.value().body};
-  }
   json View() {
-    const json status = json::parse(Http("/status").second, nullptr, false);
-    if (status.is_discarded() || !status.contains("views") || status["views"].empty()) {
+    const json status = Status();
+    if (!status.is_object() || !status.contains("views") || status["views"].empty()) {
       return nullptr;
     }
     return status["views"][0];
   }
-  std::string RunLog() { return testing::ReadFile((stack_->dir() / "run.err").string()); }
 
-  static OwnStack* stack_;
+  static OwnStack* own_stack_;
   std::string config_;
-  int port_ = 0;
 };
-OwnStack* StoreStallTest::stack_ = nullptr;
-
+OwnStack* StoreStallTest::own_stack_ = nullptr;
 TEST_F(StoreStallTest, RedisStoppedIsStalledEverywhereThenLiveWithExactData) {
-  Subprocess run({PgderiveBinary(), "run", "-c", config_}, (stack_->dir() / "run.err").string());
-  ASSERT_TRUE(testing::WaitFor([&] { return Http("/readyz").first == 200; }, kDeadline))
-      << RunLog();
+  StartRun(config_);
+  WaitReady(kDeadline);
+  if (HasFatalFailure()) return;
   ASSERT_TRUE(testing::WaitFor([&] { return View().value("state", "") == "live"; }, kDeadline));
 
-  ASSERT_EQ(stack_->Run("stop", {"redis"}), 0);
-  PgConnection sql = stack_->ConnectPg();
+  ASSERT_EQ(own_stack_->Run("stop", {"redis"}), 0);
+  PgConnection sql = own_stack_->ConnectPg();
   ASSERT_TRUE(sql.Execute("insert into stall_items values (501, 'while down')").ok());
   ASSERT_TRUE(sql.Execute("update stall_items set v = 'changed' where id = 3").ok());
   ASSERT_TRUE(sql.Execute("delete from stall_items where id = 4").ok());
@@ -118,24 +107,24 @@ TEST_F(StoreStallTest, RedisStoppedIsStalledEverywhereThenLiveWithExactData) {
   // `pgderive status` tells the same story: the store unreachable, its view stalled.
   auto [code, text] =
       testing::RunToEnd({PgderiveBinary(), "status", "-c", config_},
-                        (stack_->dir() / "status.err").string(), std::chrono::seconds(60));
+                        (own_stack_->dir() / "status.err").string(), std::chrono::seconds(60));
   EXPECT_EQ(code, 0) << text;
   EXPECT_NE(text.find("store cache: unreachable"), std::string::npos) << text;
   EXPECT_NE(text.find("view items_cache (cache): stalled since "), std::string::npos) << text;
   EXPECT_EQ(text.find("): live"), std::string::npos) << text;
   auto [json_code, json_text] =
       testing::RunToEnd({PgderiveBinary(), "status", "-c", config_, "--json"},
-                        (stack_->dir() / "status.err").string(), std::chrono::seconds(60));
+                        (own_stack_->dir() / "status.err").string(), std::chrono::seconds(60));
   const json report = json::parse(json_text.substr(0, json_text.rfind('}') + 1), nullptr, false);
   ASSERT_FALSE(report.is_discarded()) << json_text;
   EXPECT_EQ(report["views"][0]["state"], "stalled") << json_text;
 
   // Back: live again once caught up, and exactly the table's rows.
-  ASSERT_EQ(stack_->Run("start", {"redis"}), 0);
+  ASSERT_EQ(own_stack_->Run("start", {"redis"}), 0);
   ASSERT_TRUE(testing::WaitFor([&] { return View().value("state", "") == "live"; }, kDeadline))
       << Http("/status").second << RunLog();
   EXPECT_EQ(Http("/readyz").first, 200);
-  auto redis = RedisClient::Connect(stack_->Env("PGDERIVE_REDIS_URL"));
+  auto redis = RedisClient::Connect(own_stack_->Env("PGDERIVE_REDIS_URL"));
   ASSERT_TRUE(redis.ok());
   auto rows = sql.Query("select id::text, v from stall_items");
   ASSERT_TRUE(rows.ok());
@@ -157,8 +146,7 @@ TEST_F(StoreStallTest, RedisStoppedIsStalledEverywhereThenLiveWithExactData) {
   EXPECT_EQ(actual.count("item:4"), 0u);
   auto [verify, out] = testing::RunVerify(config_, 60);
   EXPECT_EQ(verify, 0) << out;
-  run.Signal(SIGTERM);
-  EXPECT_EQ(run.Wait(std::chrono::seconds(60)), std::optional<int>(0)) << RunLog();
+  StopRun(std::chrono::seconds(60));
 }
 
 }  // namespace

@@ -11,17 +11,15 @@
 
 #include <atomic>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include "sinks/opensearch/http_client.h"
 #include "sinks/redis/redis_client.h"
 #include "tests/support/pg.h"
-#include "tests/support/stack_env.h"
-#include "tests/support/subprocess.h"
-#include "tests/support/wait.h"
+#include "tests/support/pipeline_test.h"
 
 namespace pgderive {
 namespace {
@@ -31,13 +29,7 @@ using testing::MustConnect;
 using testing::MustExecute;
 using testing::PgderiveBinary;
 using testing::Scalar;
-using testing::Subprocess;
 using testing::UniqueName;
-
-template <typename F>
-bool WaitFor(F condition, std::chrono::milliseconds timeout = std::chrono::seconds(120)) {
-  return testing::WaitFor(condition, timeout);
-}
 
 // Keeps changing random rows of `table` (updates, deletes, inserts of new ids) until
 // stopped; counts what it committed.
@@ -79,22 +71,18 @@ class Writer {
   std::thread thread_;
 };
 
-class BackfillTest : public ::testing::Test {
+class BackfillTest : public testing::PipelineTest {
  protected:
   static constexpr int kRows = 20000;  // two chunks of at most 16,384
 
   void SetUp() override {
-    PGDERIVE_REQUIRE_STACK();
-    dsn_ = stack.pg_dsn();
-    redis_url_ = stack.redis_url();
-    opensearch_url_ = stack.opensearch_url();
-    dir_ = std::filesystem::temp_directory_path() / UniqueName("pgderive_backfill_test");
-    std::filesystem::create_directories(dir_);
-    pipeline_ = UniqueName("bf");
+    UseSharedStack("bf");
+    if (HasFatalFailure()) return;
+    deadline_ = std::chrono::seconds(120);
     table_ = UniqueName("bf_src");
     target_ = "bf_out." + UniqueName("totals");
     index_ = UniqueName("bf-docs");
-    sql_ = std::make_unique<PgConnection>(MustConnect(dsn_));
+    CleanupSql("drop table if exists " + table_ + ", " + target_);
     MustExecute(*sql_, "create schema if not exists bf_out");
     // `big` is TOASTed (out of line, uncompressible): updates that leave it alone send
     // it as unchanged.
@@ -106,30 +94,16 @@ class BackfillTest : public ::testing::Test {
                            "then repeat(md5(g::text), 200) end from generate_series(1, " +
                            std::to_string(kRows) + ") g");
   }
-  void TearDown() override {
-    if (run_) {
-      run_->Signal(SIGTERM);
-      run_->Wait(std::chrono::seconds(10));
-      run_.reset();
-    }
-    if (sql_) {
-      IgnoreError(sql_->Execute("select pg_drop_replication_slot('pgderive_" + pipeline_ + "')"),
-                  "test cleanup");
-      IgnoreError(sql_->Execute("drop publication if exists pgderive_" + pipeline_),
-                  "test cleanup");
-      IgnoreError(sql_->Execute("drop table if exists " + table_ + ", " + target_), "test cleanup");
-    }
-    std::filesystem::remove_all(dir_);
-  }
 
   // Views by name: "a" (Redis, follows the table), "b" (Redis, listed columns), "docs"
   // (OpenSearch, follows), "totals" (postgres group-by).
   std::string WriteConfig(const std::vector<std::string>& views) {
     std::ostringstream out;
-    out << "pipeline: " << pipeline_ << "\nsource:\n  dsn: \"" << dsn_
-        << "\"\nstores:\n  cache:\n    type: redis\n    url: \"" << redis_url_
-        << "\"\n  search:\n    type: opensearch\n    url: \"" << opensearch_url_
-        << "\"\n  warehouse:\n    type: postgres\n    dsn: \"" << dsn_ << "\"\nviews:\n";
+    out << "pipeline: " << pipeline_ << "\nsource:\n  dsn: \"" << endpoints_.pg_dsn
+        << "\"\nstores:\n  cache:\n    type: redis\n    url: \"" << endpoints_.redis_url
+        << "\"\n  search:\n    type: opensearch\n    url: \"" << endpoints_.opensearch_url
+        << "\"\n  warehouse:\n    type: postgres\n    dsn: \"" << endpoints_.pg_dsn
+        << "\"\nviews:\n";
     for (const std::string& v : views) {
       if (v == "a") {
         out << "  - name: a\n    store: cache\n    from: " << table_ << "\n    key: \"" << pipeline_
@@ -151,40 +125,15 @@ class BackfillTest : public ::testing::Test {
       }
     }
     out << "http:\n  listen: 127.0.0.1:" << testing::FreePort() << "\nlog:\n  format: json\n";
-    const std::string path = (dir_ / "pgderive.yml").string();
-    std::ofstream(path) << out.str();
-    return path;
+    return WriteFile("pgderive.yml", out.str());
   }
-  void StartRun(const std::string& config, const std::string& log) {
-    run_ = std::make_unique<Subprocess>(
-        std::vector<std::string>{PgderiveBinary(), "run", "-c", config}, (dir_ / log).string());
-  }
-  // Waits for `text` in the run's log `log` (at least `times` lines); false at once if the
-  // run exits first.
-  bool WaitLog(const std::string& log, const std::string& text, int times = 1) {
-    return WaitFor(
-               [&] { return Count(log, text) >= times || (run_ && run_->Wait({}).has_value()); }) &&
-           Count(log, text) >= times;
-  }
-  void StopRun() {
-    run_->Signal(SIGTERM);
-    EXPECT_EQ(run_->Wait(std::chrono::seconds(15)), 0);
-    run_.reset();
-  }
-  std::string Read(const std::string& name) { return testing::ReadFile((dir_ / name).string()); }
-  // How many log lines of `log` carry `text`.
-  int Count(const std::string& log, const std::string& text) {
-    const std::string all = Read(log);
-    int n = 0;
-    for (size_t at = all.find(text); at != std::string::npos; at = all.find(text, at + 1)) ++n;
-    return n;
-  }
+  void StopRun() { PipelineTest::StopRun(std::chrono::seconds(15)); }
   std::pair<int, std::string> Command(const std::vector<std::string>& args) {
-    return testing::RunToEnd(args, (dir_ / "command.err").string(), std::chrono::seconds(180));
+    return PipelineTest::Command(args, std::chrono::seconds(180));
   }
   // The state the store records for a Redis view.
   json RedisState(const std::string& view) {
-    auto client = RedisClient::Connect(redis_url_);
+    auto client = RedisClient::Connect(endpoints_.redis_url);
     if (!client.ok()) return nullptr;
     auto reply = client.value().Command({"HGET", "pgderive:" + pipeline_ + ":views", view});
     if (!reply.ok() || reply.value().type != RedisReply::Type::kString) return nullptr;
@@ -193,7 +142,7 @@ class BackfillTest : public ::testing::Test {
   // The state the store records for an OpenSearch view.
   json OpenSearchState(const std::string& view) {
     auto client = HttpClient::Create(
-        {.url = opensearch_url_, .ca_file = "", .timeout = std::chrono::seconds(5)});
+        {.url = endpoints_.opensearch_url, .ca_file = "", .timeout = std::chrono::seconds(5)});
     if (!client.ok()) return nullptr;
     auto response = client.value().Send(
         "GET", "/pgderive-checkpoints/_doc/" + pipeline_ + ".search%2Fview%2F" + view);
@@ -203,16 +152,13 @@ class BackfillTest : public ::testing::Test {
     return json::parse(doc["_source"].value("view_state", ""), nullptr, false);
   }
   void RedisCommand(const std::vector<std::string>& command) {
-    auto client = RedisClient::Connect(redis_url_);
+    auto client = RedisClient::Connect(endpoints_.redis_url);
     ASSERT_TRUE(client.ok()) << client.error().message();
     auto reply = client.value().Command(command);
     ASSERT_TRUE(reply.ok()) << reply.error().message();
   }
 
-  std::string dsn_, redis_url_, opensearch_url_, pipeline_, table_, target_, index_;
-  std::filesystem::path dir_;
-  std::unique_ptr<PgConnection> sql_;
-  std::unique_ptr<Subprocess> run_;
+  std::string table_, target_, index_;
 };
 
 TEST_F(BackfillTest, ViewsAddedToADeploymentAreFilledWhileEverythingStreams) {
@@ -223,7 +169,7 @@ TEST_F(BackfillTest, ViewsAddedToADeploymentAreFilledWhileEverythingStreams) {
 
   // A view more in the Redis store, and one in the OpenSearch store in place of the one
   // it had, while a writer runs.
-  Writer writer(dsn_, table_, kRows);
+  Writer writer(endpoints_.pg_dsn, table_, kRows);
   const std::string second = WriteConfig({"a", "b", "docs2", "totals"});
   StartRun(second, "run2.err");
   ASSERT_TRUE(WaitLog("run2.err", "\"msg\":\"backfill done\"", 2)) << Read("run2.err");
@@ -258,7 +204,7 @@ TEST_F(BackfillTest, BackfillCommandRebuildsOneViewUnderWrites) {
     auto [code, out] = testing::RunVerify(config, 60);
     ASSERT_EQ(code, 1) << out;
   }
-  Writer writer(dsn_, table_, kRows);
+  Writer writer(endpoints_.pg_dsn, table_, kRows);
   for (const std::string view : {"a", "docs", "totals"}) {
     auto [code, out] =
         Command({PgderiveBinary(), "backfill", "-c", config, "--view", view, "--timeout", "150"});
@@ -296,7 +242,7 @@ TEST_F(BackfillTest, VerifyComparesAViewBeingBackfilledOnceItIsLiveAgain) {
   ASSERT_TRUE(WaitLog("run.err", "streaming from slot")) << Read("run.err");
   ASSERT_TRUE(WaitFor([&] { return state_of_a() == "live"; })) << RedisState("a").dump();
   // An open transaction that wrote the table: every chunk waits for it to end.
-  PgConnection holder = MustConnect(dsn_);
+  PgConnection holder = MustConnect(endpoints_.pg_dsn);
   MustExecute(holder, "begin; update " + table_ + " set n = n where id = 1");
   {
     auto [code, out] =
@@ -330,7 +276,7 @@ TEST_F(BackfillTest, SchemaChangesReachEveryRowOfViewsThatFollowTheTable) {
   const std::string config = WriteConfig({"a", "b", "docs"});
   StartRun(config, "run.err");
   ASSERT_TRUE(WaitLog("run.err", "streaming from slot")) << Read("run.err");
-  Writer writer(dsn_, table_, kRows);
+  Writer writer(endpoints_.pg_dsn, table_, kRows);
   // A column with a default: every existing row has it, and no change says so.
   MustExecute(*sql_, "alter table " + table_ + " add column flag int not null default 7");
   ASSERT_TRUE(WaitLog("run.err", "\"msg\":\"backfill done\"", 2)) << Read("run.err");
@@ -429,7 +375,7 @@ TEST_F(BackfillTest, KillDuringABackfillResumesAfterTheLastChunk) {
   StartRun(first, "run1.err");
   ASSERT_TRUE(WaitLog("run1.err", "streaming from slot")) << Read("run1.err");
   StopRun();
-  Writer writer(dsn_, table_, 200000);
+  Writer writer(endpoints_.pg_dsn, table_, 200000);
   const std::string second = WriteConfig({"a", "b"});
   StartRun(second, "run2.err");
   // Killed once some chunks are applied and before the last.

@@ -8,125 +8,77 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
-#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
-#include "sinks/opensearch/http_client.h"
 #include "sinks/redis/redis_client.h"
 #include "tests/support/pg.h"
+#include "tests/support/pipeline_test.h"
 #include "tests/support/stack_env.h"
-#include "tests/support/subprocess.h"
-#include "tests/support/wait.h"
 
 namespace pgderive {
 namespace {
 
 using testing::FreePort;
-using testing::MustConnect;
 using testing::MustExecute;
 using testing::PgderiveBinary;
 using testing::Scalar;
-using testing::Subprocess;
 using testing::UniqueName;
 
 bool Contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 
-class OnePipelineTest : public ::testing::Test {
+class OnePipelineTest : public testing::PipelineTest {
  protected:
   void SetUp() override {
-    PGDERIVE_REQUIRE_STACK();
-    dsn_ = stack.pg_dsn();
-    redis_url_ = stack.redis_url();
-    opensearch_url_ = stack.opensearch_url();
-    dir_ = std::filesystem::temp_directory_path() / UniqueName("pgderive_one_test");
-    std::filesystem::create_directories(dir_);
-    pipeline_ = UniqueName("one");
+    UseSharedStack("one");
+    if (HasFatalFailure()) return;
     table_ = UniqueName("one_src");
     index_ = UniqueName("one_idx");
     target_ = "public." + UniqueName("one_out");
-    port_ = FreePort();
-    sql_ = std::make_unique<PgConnection>(MustConnect(dsn_));
+    CleanupPipeline(pipeline_ + "_b");
+    CleanupSql("drop table if exists " + table_ + ", " + target_);
+    CleanupIndex(index_);
     MustExecute(*sql_, "create table " + table_ + " (id int primary key, grp int not null)");
     MustExecute(*sql_, "insert into " + table_ + " select g, g % 3 from generate_series(1, 20) g");
-  }
-  void TearDown() override {
-    run_.reset();
-    if (sql_) {
-      for (const std::string& p : {pipeline_, pipeline_ + "_b"}) {
-        IgnoreError(sql_->Execute("select pg_drop_replication_slot(slot_name) from "
-                                  "pg_replication_slots where slot_name = 'pgderive_" +
-                                  p + "'"),
-                    "test cleanup");
-        IgnoreError(sql_->Execute("drop publication if exists pgderive_" + p), "test cleanup");
-      }
-      IgnoreError(sql_->Execute("drop table if exists " + table_ + ", " + target_), "test cleanup");
-    }
-    Os("DELETE", "/" + index_);
-    std::filesystem::remove_all(dir_);
   }
 
   // A pipeline with one view in each store; `opensearch_url` may be one nothing answers.
   std::string WriteConfig(const std::string& name, const std::string& pipeline,
                           const std::string& opensearch_url) {
-    const std::string path = (dir_ / name).string();
-    std::ofstream(path) << "pipeline: " << pipeline << "\nsource:\n  dsn: \"" << dsn_
-                        << "\"\nstores:\n  cache:\n    type: redis\n    url: \"" << redis_url_
-                        << "\"\n  search:\n    type: opensearch\n    url: \"" << opensearch_url
-                        << "\"\n  warehouse:\n    type: postgres\n    dsn: \"" << dsn_
-                        << "\"\nviews:\n  - name: rows\n    store: cache\n    from: " << table_
-                        << "\n    key: \"" << table_
-                        << ":{id}\"\n  - name: docs\n    store: search\n"
-                        << "    from: " << table_ << "\n    index: " << index_
-                        << "\n  - name: totals\n    store: warehouse\n    table: " << target_
-                        << "\n    key: [grp]\n    query: select grp, count(*) as n from public."
-                        << table_ << " group by grp\nhttp:\n  listen: 127.0.0.1:" << port_ << "\n";
-    return path;
+    std::ostringstream out;
+    out << "pipeline: " << pipeline << "\nsource:\n  dsn: \"" << endpoints_.pg_dsn
+        << "\"\nstores:\n  cache:\n    type: redis\n    url: \"" << endpoints_.redis_url
+        << "\"\n  search:\n    type: opensearch\n    url: \"" << opensearch_url
+        << "\"\n  warehouse:\n    type: postgres\n    dsn: \"" << endpoints_.pg_dsn
+        << "\"\nviews:\n  - name: rows\n    store: cache\n    from: " << table_ << "\n    key: \""
+        << table_ << ":{id}\"\n  - name: docs\n    store: search\n"
+        << "    from: " << table_ << "\n    index: " << index_
+        << "\n  - name: totals\n    store: warehouse\n    table: " << target_
+        << "\n    key: [grp]\n    query: select grp, count(*) as n from public." << table_
+        << " group by grp\nhttp:\n  listen: 127.0.0.1:" << port_ << "\n";
+    return WriteFile(name, out.str());
   }
-  std::string Config() { return WriteConfig("pgderive.yml", pipeline_, opensearch_url_); }
+  std::string Config() { return WriteConfig("pgderive.yml", pipeline_, endpoints_.opensearch_url); }
 
   void StartRun(const std::string& config) {
-    run_ = std::make_unique<Subprocess>(
-        std::vector<std::string>{PgderiveBinary(), "run", "-c", config},
-        (dir_ / "run.err").string());
-    ASSERT_TRUE(
-        testing::WaitFor([&] { return Get("/readyz").first == 200; }, std::chrono::seconds(60)))
-        << Read("run.err");
-  }
-  void StopRun() {
-    run_->Signal(SIGTERM);
-    EXPECT_EQ(run_->Wait(std::chrono::seconds(20)), 0) << Read("run.err");
-    run_.reset();
+    PipelineTest::StartRun(config);
+    WaitReady();
   }
   // (exit status, stdout) of a command; its stderr into `err`.
   std::pair<int, std::string> Command(const std::vector<std::string>& args, std::string& err) {
-    const std::string path = (dir_ / "command.err").string();
-    auto [code, out] = testing::RunToEnd(args, path, std::chrono::seconds(60));
-    err = testing::ReadFile(path);
+    auto [code, out] = PipelineTest::Command(args);
+    err = Read("command.err");
     return {code, out.substr(0, out.size() - std::min(out.size(), err.size()))};
   }
-  std::string Read(const std::string& name) { return testing::ReadFile((dir_ / name).string()); }
-  std::pair<long, std::string> Get(const std::string& path) {
-    auto client = HttpClient::Create({.url = "http://127.0.0.1:" + std::to_string(port_),
-                                      .ca_file = "",
-                                      .timeout = std::chrono::seconds(5)});
-    if (!client.ok()) return {0, ""};
-    auto response = client.value().Send("GET", path);
-    if (!response.ok()) return {0, ""};
-    return {response.value().status, response.value().body};
-  }
+  std::pair<long, std::string> Get(const std::string& path) { return Http(path); }
   std::pair<long, std::string> Os(const std::string& method, const std::string& path) {
-    auto client = HttpClient::Create(
-        {.url = opensearch_url_, .ca_file = "", .timeout = std::chrono::seconds(10)});
-    if (!client.ok()) return {0, ""};
-    auto response = client.value().Send(method, path);
-    if (!response.ok()) return {0, ""};
-    return {response.value().status, response.value().body};
+    return HttpRequest(endpoints_.opensearch_url, method, path);
   }
   long long RedisKeys(const std::string& pattern) {
-    auto client = RedisClient::Connect(redis_url_);
+    auto client = RedisClient::Connect(endpoints_.redis_url);
     EXPECT_TRUE(client.ok());
     if (!client.ok()) return -1;
     auto reply = client.value().Command({"KEYS", pattern});
@@ -137,11 +89,7 @@ class OnePipelineTest : public ::testing::Test {
   std::string Mirror() { return "pgderive." + pipeline_ + "__public__" + table_; }
   std::string OsCheckpoint() { return "/pgderive-checkpoints/_doc/" + pipeline_ + ".search"; }
 
-  std::string dsn_, redis_url_, opensearch_url_, pipeline_, table_, index_, target_;
-  int port_ = 0;
-  std::filesystem::path dir_;
-  std::unique_ptr<PgConnection> sql_;
-  std::unique_ptr<Subprocess> run_;
+  std::string table_, index_, target_;
 };
 
 TEST_F(OnePipelineTest, SecondRunRefusedPortTakenAndTeardownRefusedWhileRunning) {
@@ -179,7 +127,7 @@ TEST_F(OnePipelineTest, SecondRunRefusedPortTakenAndTeardownRefusedWhileRunning)
 
   // Another pipeline on the running one's port: fails at start, naming the address, and
   // creates nothing; the first keeps answering for itself.
-  const std::string other = WriteConfig("other.yml", pipeline_ + "_b", opensearch_url_);
+  const std::string other = WriteConfig("other.yml", pipeline_ + "_b", endpoints_.opensearch_url);
   std::tie(code, out) = Command({PgderiveBinary(), "run", "-c", other}, err);
   EXPECT_EQ(code, 1) << err;
   EXPECT_TRUE(Contains(err, "cannot listen on 127.0.0.1:" + std::to_string(port_) +

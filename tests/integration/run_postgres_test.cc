@@ -11,6 +11,7 @@
 #include "sinks/opensearch/opensearch_client.h"
 #include "sinks/redis/redis_client.h"
 #include "tests/support/pg.h"
+#include "tests/support/pipeline_test.h"
 #include "tests/support/stack_env.h"
 #include "tests/support/subprocess.h"
 
@@ -24,16 +25,16 @@ using testing::Scalar;
 using testing::Subprocess;
 using testing::UniqueName;
 
-class RunPostgresTest : public ::testing::Test {
+class RunPostgresTest : public testing::PipelineTest {
  protected:
   void SetUp() override {
-    PGDERIVE_REQUIRE_STACK();
-    dsn_ = stack.pg_dsn();
-    dir_ = std::filesystem::temp_directory_path() / UniqueName("pgderive_mv_test");
-    std::filesystem::create_directories(dir_);
-    pipeline_ = UniqueName("mv");
+    UseSharedStack("mv");
+    if (HasFatalFailure()) return;
     ns_ = UniqueName("mvsrc");
-    sql_ = std::make_unique<PgConnection>(MustConnect(dsn_));
+    CleanupSql("drop schema if exists " + ns_ + " cascade");
+    CleanupSql("drop schema if exists " + ns_ + "_out cascade");
+    CleanupSql("drop table if exists pgderive." + pipeline_ + "__" + ns_ + "__orders, pgderive." +
+               pipeline_ + "__" + ns_ + "__customers");
     MustExecute(*sql_, "create schema " + ns_);
     MustExecute(*sql_, "create table " + ns_ +
                            ".customers (id int primary key, name text, "
@@ -49,44 +50,23 @@ class RunPostgresTest : public ::testing::Test {
                            ".orders select g, 1 + g % 220, g * 1.25, null "
                            "from generate_series(1, 3000) g");
   }
-  void TearDown() override {
-    run_.reset();
-    if (sql_) {
-      IgnoreError(sql_->Execute("select pg_drop_replication_slot('pgderive_" + pipeline_ + "')"),
-                  "test cleanup");
-      IgnoreError(sql_->Execute("drop publication if exists pgderive_" + pipeline_), "cleanup");
-      IgnoreError(sql_->Execute("drop schema if exists " + ns_ + " cascade"), "cleanup");
-      IgnoreError(sql_->Execute("drop schema if exists " + ns_ + "_out cascade"), "cleanup");
-      IgnoreError(sql_->Execute("drop table if exists pgderive." + pipeline_ + "__" + ns_ +
-                                "__orders, pgderive." + pipeline_ + "__" + ns_ + "__customers"),
-                  "cleanup");
-    }
-    std::filesystem::remove_all(dir_);
-  }
   std::string WriteConfig(const std::string& views) {
-    const std::string path = (dir_ / "mv.yml").string();
-    std::ofstream(path) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: " << dsn_
-                        << "\nstores:\n  warehouse:\n    type: postgres\n    dsn: " << dsn_
-                        << "\nviews:\n"
-                        << views << "http:\n  listen: 127.0.0.1:" << testing::FreePort() << "\n";
-    return path;
+    return WriteFile(
+        "mv.yml", "pipeline: " + pipeline_ + "\nsource:\n  dsn: " + endpoints_.pg_dsn +
+                      "\nstores:\n  warehouse:\n    type: postgres\n    dsn: " + endpoints_.pg_dsn +
+                      "\nviews:\n" + views +
+                      "http:\n  listen: 127.0.0.1:" + std::to_string(testing::FreePort()) + "\n");
   }
   std::string View(const std::string& name, const std::string& key, const std::string& query) {
     return "  - name: " + name + "\n    store: warehouse\n    table: " + ns_ + "_out." + name +
            "\n    key: [" + key + "]\n    query: |\n      " + query + "\n";
   }
-  std::string RunErr() {
-    std::ifstream in(dir_ / "run.err");
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  }
+  std::string RunErr() { return RunLog(); }
   std::pair<int, std::string> Verify(const std::string& config) {
     return testing::RunVerify(config, 60);
   }
 
-  std::string dsn_, pipeline_, ns_;
-  std::filesystem::path dir_;
-  std::unique_ptr<PgConnection> sql_;
-  std::unique_ptr<Subprocess> run_;
+  std::string ns_;
 };
 
 TEST_F(RunPostgresTest, JoinAndGroupByViewsEqualTheirQueriesAfterRandomOperations) {
@@ -102,8 +82,7 @@ TEST_F(RunPostgresTest, JoinAndGroupByViewsEqualTheirQueriesAfterRandomOperation
                " o on o.customer_id = c.id where c.region is not null group by c.id, c.region") +
       View("big_orders", "id",
            "select id, customer_id, amount, note from " + o + " where amount > 100"));
-  run_ = std::make_unique<Subprocess>(
-      std::vector<std::string>{PgderiveBinary(), "run", "-c", config}, (dir_ / "run.err").string());
+  StartRun(config);
   auto [status, out] = Verify(config);
   ASSERT_EQ(status, 0) << out << RunErr();
   // Rows of customers 1..20 are never touched below: they must never be rewritten.
@@ -224,8 +203,9 @@ TEST_F(RunPostgresTest, FailureInTheInitialSnapshotRemovesWhatTheRunCreated) {
   MustExecute(*sql_, "create table " + ns_ + "_out.keep (id int)");  // not this run's
   const std::string index = ns_ + "_orders";
   const std::string path = (dir_ / "mv.yml").string();
-  std::ofstream(path) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: " << dsn_
-                      << "\nstores:\n  warehouse:\n    type: postgres\n    dsn: " << dsn_
+  std::ofstream(path) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: " << endpoints_.pg_dsn
+                      << "\nstores:\n  warehouse:\n    type: postgres\n    dsn: "
+                      << endpoints_.pg_dsn
                       << "\n  cache:\n    type: redis\n    url: " << stack.redis_url()
                       << "\n  search:\n    type: opensearch\n    url: " << stack.opensearch_url()
                       << "\nhttp:\n  listen: 127.0.0.1:" << testing::FreePort() << "\nviews:\n"

@@ -7,15 +7,15 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include "sinks/opensearch/http_client.h"
 #include "sinks/opensearch/opensearch_client.h"
 #include "sinks/redis/redis_client.h"
 #include "tests/support/pg.h"
+#include "tests/support/pipeline_test.h"
 #include "tests/support/stack_env.h"
-#include "tests/support/subprocess.h"
-#include "tests/support/wait.h"
 
 namespace pgderive {
 namespace {
@@ -24,52 +24,30 @@ using nlohmann::json;
 using testing::MustConnect;
 using testing::MustExecute;
 using testing::PgderiveBinary;
-using testing::Subprocess;
 using testing::UniqueName;
 
-using testing::WaitFor;
-
-class RunRedisTest : public ::testing::Test {
+class RunRedisTest : public testing::PipelineTest {
  protected:
   void SetUp() override {
-    PGDERIVE_REQUIRE_STACK();
-    dsn_ = stack.pg_dsn();
-    redis_url_ = stack.redis_url();
-    dir_ = std::filesystem::temp_directory_path() / UniqueName("pgderive_run_test");
-    std::filesystem::create_directories(dir_);
-    pipeline_ = UniqueName("run");
+    UseSharedStack("run");
+    if (HasFatalFailure()) return;
+    deadline_ = std::chrono::seconds(30);
     table_ = UniqueName("run_src");
-    sql_ = std::make_unique<PgConnection>(MustConnect(dsn_));
-    auto redis = RedisClient::Connect(redis_url_);
+    CleanupSql("drop table if exists " + table_);
+    auto redis = RedisClient::Connect(endpoints_.redis_url);
     ASSERT_TRUE(redis.ok()) << redis.error().ToString();
     redis_.emplace(std::move(redis).value());
   }
-  void TearDown() override {
-    run_.reset();  // kills it if still running
-    if (sql_) {
-      IgnoreError(sql_->Execute("select pg_drop_replication_slot('pgderive_" + pipeline_ + "')"),
-                  "test cleanup");
-      IgnoreError(sql_->Execute("drop publication if exists pgderive_" + pipeline_),
-                  "test cleanup");
-      IgnoreError(sql_->Execute("drop table if exists " + table_), "test cleanup");
-    }
-    std::filesystem::remove_all(dir_);
-  }
 
   std::string WriteConfig(const std::string& columns) {
-    const std::string path = (dir_ / "pgderive.yml").string();
-    std::ofstream(path) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: " << dsn_
-                        << "\nstores:\n  cache:\n    type: redis\n    url: " << redis_url_
-                        << "\nviews:\n  - name: cache_view\n    store: cache\n    from: " << table_
-                        << "\n    key: \"" << table_ << ":{id}\"\n"
-                        << (columns.empty() ? "" : "    columns: [" + columns + "]\n")
-                        << "http:\n  listen: 127.0.0.1:" << testing::FreePort() << "\n";
-    return path;
-  }
-  void StartRun(const std::string& config) {
-    run_ = std::make_unique<Subprocess>(
-        std::vector<std::string>{PgderiveBinary(), "run", "-c", config},
-        (dir_ / "run.err").string());
+    std::ostringstream out;
+    out << "pipeline: " << pipeline_ << "\nsource:\n  dsn: " << endpoints_.pg_dsn
+        << "\nstores:\n  cache:\n    type: redis\n    url: " << endpoints_.redis_url
+        << "\nviews:\n  - name: cache_view\n    store: cache\n    from: " << table_
+        << "\n    key: \"" << table_ << ":{id}\"\n"
+        << (columns.empty() ? "" : "    columns: [" + columns + "]\n")
+        << "http:\n  listen: 127.0.0.1:" << testing::FreePort() << "\n";
+    return WriteFile("pgderive.yml", out.str());
   }
   std::optional<std::string> Get(const std::string& key) {
     auto reply = redis_->Command({"GET", key});
@@ -77,20 +55,14 @@ class RunRedisTest : public ::testing::Test {
     return reply.value().str;
   }
   std::string Key(int id) { return table_ + ":" + std::to_string(id); }
-  std::string RunErr() {
-    std::ifstream in(dir_ / "run.err");
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  }
+  std::string RunErr() { return RunLog(); }
   // `pgderive verify`: exit status and output.
   std::pair<int, std::string> Verify(const std::string& config) {
     return testing::RunVerify(config, 30);
   }
 
-  std::string dsn_, redis_url_, pipeline_, table_;
-  std::filesystem::path dir_;
-  std::unique_ptr<PgConnection> sql_;
+  std::string table_;
   std::optional<RedisClient> redis_;
-  std::unique_ptr<Subprocess> run_;
 };
 
 TEST_F(RunRedisTest, ViewFollowsEveryKindOfChangeAndVerifies) {
@@ -212,8 +184,8 @@ TEST_F(RunRedisTest, RedisAndOpenSearchThroughARandomWorkloadOfEveryType) {
     MustExecute(*sql_, "insert into " + table_ + " " + row(std::to_string(i)));
   }
   const std::string config = (dir_ / "both.yml").string();
-  std::ofstream(config) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: " << dsn_
-                        << "\nstores:\n  cache: {type: redis, url: \"" << redis_url_
+  std::ofstream(config) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: " << endpoints_.pg_dsn
+                        << "\nstores:\n  cache: {type: redis, url: \"" << endpoints_.redis_url
                         << "\"}\n  search: {type: opensearch, url: \"" << stack.opensearch_url()
                         << "\"}\nviews:\n  - {name: cache_view, store: cache, from: " << table_
                         << ", key: \"" << table_ << ":{id}\"}\n"
@@ -267,7 +239,7 @@ TEST_F(RunRedisTest, OpenSearchFillRelaxesRefreshAndRestoresTheIndexOwnSetting) 
   const std::string index = UniqueName("run_fill");
   MustExecute(*sql_, "create table " + table_ + " (id int primary key, t text)");
   const std::string config = (dir_ / "search.yml").string();
-  std::ofstream(config) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: " << dsn_
+  std::ofstream(config) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: " << endpoints_.pg_dsn
                         << "\nstores:\n  search: {type: opensearch, url: \""
                         << stack.opensearch_url() << "\"}\nviews:\n"
                         << "  - {name: search_view, store: search, from: " << table_

@@ -25,9 +25,8 @@
 #include "sinks/opensearch/http_client.h"
 #include "sinks/redis/redis_client.h"
 #include "tests/support/pg.h"
+#include "tests/support/pipeline_test.h"
 #include "tests/support/stack_env.h"
-#include "tests/support/subprocess.h"
-#include "tests/support/wait.h"
 
 namespace pgderive {
 namespace {
@@ -40,12 +39,6 @@ using testing::PgderiveBinary;
 using testing::Scalar;
 using testing::Subprocess;
 using testing::UniqueName;
-
-// Starts and catch-ups of a whole pipeline get a minute on a loaded machine.
-template <typename F>
-bool WaitFor(F condition, std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
-  return testing::WaitFor(condition, timeout);
-}
 
 // One sample of Prometheus text: name, labels, value.
 struct Sample {
@@ -122,85 +115,45 @@ std::optional<double> Applied(const std::vector<Sample>& samples, const std::str
   return Find(samples, "pgderive_changes_applied_total", {{"view", view}, {"source", source}});
 }
 
-class SidecarTest : public ::testing::Test {
+class SidecarTest : public testing::PipelineTest {
  protected:
   void SetUp() override {
-    PGDERIVE_REQUIRE_STACK();
-    dsn_ = stack.pg_dsn();
-    redis_url_ = stack.redis_url();
-    stack_opensearch_url_ = stack.opensearch_url();
-    dir_ = std::filesystem::temp_directory_path() / UniqueName("pgderive_sidecar_test");
-    std::filesystem::create_directories(dir_);
-    pipeline_ = UniqueName("side");
+    UseSharedStack("side");
+    if (HasFatalFailure()) return;
     table_ = UniqueName("side_src");
     target_ = "side_out." + UniqueName("totals");
-    port_ = FreePort();
-    sql_ = std::make_unique<PgConnection>(MustConnect(dsn_));
+    CleanupSql("drop table if exists " + table_ + ", " + target_);
     MustExecute(*sql_, "create schema if not exists side_out");
     MustExecute(*sql_, "create table " + table_ +
                            " (id int primary key, grp int not null, amount numeric not null)");
     MustExecute(*sql_,
                 "insert into " + table_ + " select g, g % 10, g from generate_series(1, 2000) g");
   }
-  void TearDown() override {
-    run_.reset();
-    if (sql_) {
-      IgnoreError(sql_->Execute("select pg_drop_replication_slot('pgderive_" + pipeline_ + "')"),
-                  "test cleanup");
-      IgnoreError(sql_->Execute("drop publication if exists pgderive_" + pipeline_),
-                  "test cleanup");
-      IgnoreError(sql_->Execute("drop table if exists " + table_ + ", " + target_), "test cleanup");
-    }
-    std::filesystem::remove_all(dir_);
-  }
 
   std::string WriteConfig(const std::string& source_dsn, const std::string& redis_url,
                           const std::string& extra_source = "",
                           const std::string& redis_auth = "") {
-    const std::string path = (dir_ / "pgderive.yml").string();
-    std::ofstream(path) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: \"" << source_dsn
-                        << "\"\n  heartbeat_interval: 1\n"
-                        << extra_source << "stores:\n  cache:\n    type: redis\n    url: \""
-                        << redis_url << "\"\n"
-                        << redis_auth << "  warehouse:\n    type: postgres\n    dsn: \""
-                        << source_dsn
-                        << "\"\nviews:\n  - name: rows\n    store: cache\n    from: " << table_
-                        << "\n    key: \"" << table_
-                        << ":{id}\"\n  - name: totals\n    store: warehouse\n    table: " << target_
-                        << "\n    key: [grp]\n    query: select grp, count(*) as n, sum(amount) as "
-                           "total from public."
-                        << table_ << " group by grp\nhttp:\n  listen: 127.0.0.1:" << port_
-                        << "\nlog:\n  format: json\n";
-    return path;
+    std::ostringstream out;
+    out << "pipeline: " << pipeline_ << "\nsource:\n  dsn: \"" << source_dsn
+        << "\"\n  heartbeat_interval: 1\n"
+        << extra_source << "stores:\n  cache:\n    type: redis\n    url: \"" << redis_url << "\"\n"
+        << redis_auth << "  warehouse:\n    type: postgres\n    dsn: \"" << source_dsn
+        << "\"\nviews:\n  - name: rows\n    store: cache\n    from: " << table_ << "\n    key: \""
+        << table_ << ":{id}\"\n  - name: totals\n    store: warehouse\n    table: " << target_
+        << "\n    key: [grp]\n    query: select grp, count(*) as n, sum(amount) as "
+           "total from public."
+        << table_ << " group by grp\nhttp:\n  listen: 127.0.0.1:" << port_
+        << "\nlog:\n  format: json\n";
+    return WriteFile("pgderive.yml", out.str());
   }
-  void StartRun(const std::string& config, const std::string& log = "run.err") {
-    run_ = std::make_unique<Subprocess>(
-        std::vector<std::string>{PgderiveBinary(), "run", "-c", config}, (dir_ / log).string());
-  }
-  std::string Read(const std::string& name) { return testing::ReadFile((dir_ / name).string()); }
   // GET on the pipeline's HTTP endpoint: (status, body); status 0 when nothing answers.
-  std::pair<long, std::string> Get(const std::string& path) {
-    auto client = HttpClient::Create({.url = "http://127.0.0.1:" + std::to_string(port_),
-                                      .ca_file = "",
-                                      .timeout = std::chrono::seconds(5)});
-    if (!client.ok()) return {0, ""};
-    auto response = client.value().Send("GET", path);
-    if (!response.ok()) return {0, ""};
-    return {response.value().status, response.value().body};
-  }
-  std::pair<int, std::string> Command(const std::vector<std::string>& args) {
-    return testing::RunToEnd(args, (dir_ / "command.err").string(), std::chrono::seconds(60));
-  }
+  std::pair<long, std::string> Get(const std::string& path) { return Http(path); }
 
-  std::string dsn_, redis_url_, stack_opensearch_url_, pipeline_, table_, target_;
-  int port_ = 0;
-  std::filesystem::path dir_;
-  std::unique_ptr<PgConnection> sql_;
-  std::unique_ptr<Subprocess> run_;
+  std::string table_, target_;
 };
 
 TEST_F(SidecarTest, HealthReadinessMetricsStatusLogsAndCleanStopUnderLoad) {
-  const std::string config = WriteConfig(dsn_, redis_url_);
+  const std::string config = WriteConfig(endpoints_.pg_dsn, endpoints_.redis_url);
   StartRun(config);
   ASSERT_TRUE(WaitFor([&] { return Get("/healthz").first == 200; })) << Read("run.err");
   ASSERT_TRUE(WaitFor([&] { return Get("/readyz").first == 200; }))
@@ -264,7 +217,7 @@ TEST_F(SidecarTest, HealthReadinessMetricsStatusLogsAndCleanStopUnderLoad) {
   std::atomic<bool> writing{true};
   std::atomic<int> written{0};
   std::thread writer([&] {
-    PgConnection c = MustConnect(dsn_);
+    PgConnection c = MustConnect(endpoints_.pg_dsn);
     for (int i = 0; writing.load(); ++i) {
       MustExecute(c, "update " + table_ +
                          " set amount = amount + 1 where id = " + std::to_string(1 + i % 1900));
@@ -301,7 +254,7 @@ TEST_F(SidecarTest, HealthReadinessMetricsStatusLogsAndCleanStopUnderLoad) {
 
   // Every log line is a JSON object with ts, level and msg, and none holds the
   // password of the DSN (which every config here carries).
-  const std::string password = Url::Parse(dsn_).value().password.value_or("");
+  const std::string password = Url::Parse(endpoints_.pg_dsn).value().password.value_or("");
   ASSERT_FALSE(password.empty());
   for (const std::string log : {"run.err", "run2.err", "command.err"}) {
     std::istringstream in(Read(log));
@@ -326,7 +279,7 @@ TEST_F(SidecarTest, HealthReadinessMetricsStatusLogsAndCleanStopUnderLoad) {
 // stream, a backfill; commit-to-visible latency is measured on streamed transactions
 // that change a view's table, once the store has caught up, and on nothing else.
 TEST_F(SidecarTest, AppliedRowsBySourceAndLatencyOfStreamedTransactionsOnly) {
-  const std::string config = WriteConfig(dsn_, redis_url_);
+  const std::string config = WriteConfig(endpoints_.pg_dsn, endpoints_.redis_url);
   StartRun(config);
   ASSERT_TRUE(WaitFor([&] { return Get("/readyz").first == 200; }))
       << Get("/readyz").second << Read("run.err");
@@ -372,7 +325,7 @@ TEST_F(SidecarTest, AppliedRowsBySourceAndLatencyOfStreamedTransactionsOnly) {
 }
 
 TEST_F(SidecarTest, HeartbeatMovesAnIdleSlot) {
-  const std::string config = WriteConfig(dsn_, redis_url_);
+  const std::string config = WriteConfig(endpoints_.pg_dsn, endpoints_.redis_url);
   StartRun(config);
   ASSERT_TRUE(WaitFor([&] { return Get("/readyz").first == 200; })) << Read("run.err");
   // Our tables stay idle; WAL is written elsewhere (a table outside the publication).
@@ -396,13 +349,14 @@ TEST_F(SidecarTest, RedisAuthWithUserAndPassword) {
   // A Redis ACL user for this test only; the default user stays as it was.
   const std::string user = UniqueName("pgd_user");
   const std::string password = "Rd-" + UniqueName("secret");
-  auto admin = RedisClient::Connect(redis_url_);
+  auto admin = RedisClient::Connect(endpoints_.redis_url);
   ASSERT_TRUE(admin.ok());
   auto made =
       admin.value().Command({"ACL", "SETUSER", user, "on", ">" + password, "~*", "&*", "+@all"});
   ASSERT_TRUE(made.ok());
-  const std::string config = WriteConfig(
-      dsn_, redis_url_, "", "    username: " + user + "\n    password: \"" + password + "\"\n");
+  const std::string config =
+      WriteConfig(endpoints_.pg_dsn, endpoints_.redis_url, "",
+                  "    username: " + user + "\n    password: \"" + password + "\"\n");
   StartRun(config);
   const std::string key = table_ + ":7";
   EXPECT_TRUE(WaitFor([&] {
@@ -413,8 +367,8 @@ TEST_F(SidecarTest, RedisAuthWithUserAndPassword) {
   EXPECT_EQ(run_->Wait(std::chrono::seconds(10)), 0);
   EXPECT_EQ(Read("run.err").find(password), std::string::npos);
   // A wrong password is refused at start, named, and not printed.
-  const std::string bad =
-      WriteConfig(dsn_, redis_url_, "", "    username: " + user + "\n    password: wrong-pw\n");
+  const std::string bad = WriteConfig(endpoints_.pg_dsn, endpoints_.redis_url, "",
+                                      "    username: " + user + "\n    password: wrong-pw\n");
   auto [code, out] = Command({PgderiveBinary(), "run", "-c", bad});
   EXPECT_NE(code, 0);
   EXPECT_NE(out.find("cache"), std::string::npos) << out;
@@ -433,7 +387,7 @@ TEST_F(SidecarTest, WholePipelineAsLeastPrivilegeRole) {
   const std::string database = UniqueName("pgd_db");
   MustExecute(*sql_, "create role " + role + " login replication password '" + password + "'");
   MustExecute(*sql_, "create database " + database);
-  auto url = Url::Parse(dsn_).value();
+  auto url = Url::Parse(endpoints_.pg_dsn).value();
   const std::string host = url.host + ":" + std::to_string(url.port.value_or(5432));
   const std::string owner_dsn =
       "postgresql://" + url.user + ":" + url.password.value_or("") + "@" + host + "/" + database;
@@ -450,7 +404,7 @@ TEST_F(SidecarTest, WholePipelineAsLeastPrivilegeRole) {
   EXPECT_EQ(Scalar(*sql_, "select rolsuper from pg_roles where rolname = '" + role + "'"), "f");
   const std::string role_dsn =
       "postgresql://" + role + ":" + password + "@" + host + "/" + database;
-  const std::string config = WriteConfig(role_dsn, redis_url_);
+  const std::string config = WriteConfig(role_dsn, endpoints_.redis_url);
   StartRun(config);
   ASSERT_TRUE(WaitFor([&] { return Get("/readyz").first == 200; })) << Read("run.err");
   {
@@ -474,7 +428,7 @@ TEST_F(SidecarTest, MigrationsOnceChangedDefinitionRebuildsNewerDatabaseRefused)
   // A database of its own, so that its pgderive schema starts empty.
   const std::string database = UniqueName("pgd_mig");
   MustExecute(*sql_, "create database " + database);
-  auto url = Url::Parse(dsn_).value();
+  auto url = Url::Parse(endpoints_.pg_dsn).value();
   const std::string db_dsn = "postgresql://" + url.user + ":" + url.password.value_or("") + "@" +
                              url.host + ":" + std::to_string(url.port.value_or(5432)) + "/" +
                              database;
@@ -482,7 +436,7 @@ TEST_F(SidecarTest, MigrationsOnceChangedDefinitionRebuildsNewerDatabaseRefused)
   MustExecute(db, "create table " + table_ +
                       " (id int primary key, grp int not null, amount numeric not null)");
   MustExecute(db, "insert into " + table_ + " select g, g % 10, g from generate_series(1, 500) g");
-  std::string config = WriteConfig(db_dsn, redis_url_);
+  std::string config = WriteConfig(db_dsn, endpoints_.redis_url);
   StartRun(config);
   ASSERT_TRUE(WaitFor([&] { return Get("/readyz").first == 200; })) << Read("run.err");
   run_->Signal(SIGTERM);
@@ -523,7 +477,7 @@ TEST_F(SidecarTest, MigrationsOnceChangedDefinitionRebuildsNewerDatabaseRefused)
   EXPECT_EQ(Scalar(db, "select count(*) from pgderive.migrations"), "3");
   IgnoreError(db.Execute("select pg_drop_replication_slot('pgderive_" + pipeline_ + "')"),
               "cleanup");
-  db = MustConnect(dsn_);
+  db = MustConnect(endpoints_.pg_dsn);
   IgnoreError(sql_->Execute("drop database " + database + " with (force)"), "cleanup");
 }
 
@@ -532,15 +486,16 @@ TEST_F(SidecarTest, MigrationsOnceChangedDefinitionRebuildsNewerDatabaseRefused)
 TEST_F(SidecarTest, DroppedColumnStopsOnlyTheViewNamingIt) {
   MustExecute(*sql_, "alter table " + table_ + " add column note text default 'n'");
   const std::string path = (dir_ / "drop.yml").string();
-  std::ofstream(path) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: \"" << dsn_
-                      << "\"\nstores:\n  cache:\n    type: redis\n    url: \"" << redis_url_
+  std::ofstream(path) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: \"" << endpoints_.pg_dsn
+                      << "\"\nstores:\n  cache:\n    type: redis\n    url: \""
+                      << endpoints_.redis_url
                       << "\"\nviews:\n  - name: narrow\n    store: cache\n    from: " << table_
                       << "\n    key: \"" << table_ << ":n:{id}\"\n    columns: [id, note]\n"
                       << "  - name: wide\n    store: cache\n    from: " << table_ << "\n    key: \""
                       << table_ << ":w:{id}\"\nhttp:\n  listen: 127.0.0.1:" << port_ << "\n";
   StartRun(path);
   ASSERT_TRUE(WaitFor([&] { return Get("/readyz").first == 200; })) << Read("run.err");
-  auto redis = RedisClient::Connect(redis_url_);
+  auto redis = RedisClient::Connect(endpoints_.redis_url);
   ASSERT_TRUE(redis.ok());
   auto value = [&](const std::string& key) {
     auto reply = redis.value().Command({"GET", key});
@@ -602,7 +557,7 @@ TEST_F(SidecarTest, OpenSearchOverHttpsWithBasicAuthAndCaFile) {
   const std::string user = "pgd_search";
   const std::string password = "Os-" + UniqueName("pw");
   const auto expected = httplib::make_basic_authentication_header(user, password);
-  auto upstream = Url::Parse(stack_opensearch_url_).value();
+  auto upstream = Url::Parse(endpoints_.opensearch_url).value();
   httplib::SSLServer proxy((dir_ / "tls.crt").c_str(), (dir_ / "tls.key").c_str());
   std::atomic<int> refused{0};
   auto forward = [&](const httplib::Request& req, httplib::Response& res) {
@@ -642,7 +597,7 @@ TEST_F(SidecarTest, OpenSearchOverHttpsWithBasicAuthAndCaFile) {
   auto write = [&](const std::string& name, const std::string& pw, const std::string& ca) {
     const std::string path = (dir_ / name).string();
     std::ofstream(path)
-        << "pipeline: " << pipeline_ << "\nsource:\n  dsn: \"" << dsn_
+        << "pipeline: " << pipeline_ << "\nsource:\n  dsn: \"" << endpoints_.pg_dsn
         << "\"\nstores:\n  search:\n    type: opensearch\n    url: https://127.0.0.1:" << port
         << "\n    username: " << user << "\n    password: \"" << pw
         << "\"\n    ca_file: " << (dir_ / ca).string()
@@ -689,8 +644,9 @@ TEST_F(SidecarTest, SnapshotProgressInStatus) {
                          " select g, repeat(md5(g::text), 4) from generate_series(1, 1000000) g");
   MustExecute(*sql_, "analyze " + big);
   const std::string path = (dir_ / "big.yml").string();
-  std::ofstream(path) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: \"" << dsn_
-                      << "\"\nstores:\n  cache:\n    type: redis\n    url: \"" << redis_url_
+  std::ofstream(path) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: \"" << endpoints_.pg_dsn
+                      << "\"\nstores:\n  cache:\n    type: redis\n    url: \""
+                      << endpoints_.redis_url
                       << "\"\nviews:\n  - name: big\n    store: cache\n    from: " << big
                       << "\n    key: \"" << big << ":{id}\"\nsnapshot:\n  workers: 1\nhttp:\n"
                       << "  listen: 127.0.0.1:" << port_ << "\n";
@@ -723,7 +679,7 @@ TEST_F(SidecarTest, SnapshotProgressInStatus) {
       << Read("run.err");
   run_->Signal(SIGTERM);
   EXPECT_EQ(run_->Wait(std::chrono::seconds(10)), 0);
-  auto redis = RedisClient::Connect(redis_url_);
+  auto redis = RedisClient::Connect(endpoints_.redis_url);
   ASSERT_TRUE(redis.ok());
   std::string cursor = "0";
   std::vector<std::string> keys;

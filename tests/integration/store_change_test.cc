@@ -5,118 +5,70 @@
 // (A postgres target table dropped while streaming: corpus case h1.)
 #include <gtest/gtest.h>
 
-#include <atomic>
-#include <filesystem>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <thread>
+#include <sstream>
 
-#include "sinks/opensearch/http_client.h"
 #include "sinks/opensearch/opensearch_client.h"
 #include "tests/support/pg.h"
+#include "tests/support/pipeline_test.h"
 #include "tests/support/stack_env.h"
-#include "tests/support/subprocess.h"
-#include "tests/support/wait.h"
 
 namespace pgderive {
 namespace {
 
 using nlohmann::json;
-using testing::FreePort;
-using testing::MustConnect;
 using testing::MustExecute;
-using testing::PgderiveBinary;
-using testing::Subprocess;
 using testing::UniqueName;
 
 constexpr auto kDeadline = std::chrono::seconds(90);
 
-class StoreChangeTest : public ::testing::Test {
+class StoreChangeTest : public testing::PipelineTest {
  protected:
   void SetUp() override {
-    PGDERIVE_REQUIRE_STACK();
-    dsn_ = stack.pg_dsn();
-    opensearch_url_ = stack.opensearch_url();
-    dir_ = std::filesystem::temp_directory_path() / UniqueName("pgderive_store_change");
-    std::filesystem::create_directories(dir_);
-    pipeline_ = UniqueName("stc");
+    UseSharedStack("stc");
+    if (HasFatalFailure()) return;
+    deadline_ = kDeadline;
     table_ = UniqueName("stc_src");
     index_ = UniqueName("stc_docs");
-    port_ = FreePort();
-    sql_ = std::make_unique<PgConnection>(MustConnect(dsn_));
+    CleanupSql("drop table if exists " + table_);
+    CleanupIndex(index_);
     MustExecute(*sql_, "create table " + table_ + " (id int primary key, name text, n int)");
     // Enough rows that the refill takes a few of /status's one-second updates.
     MustExecute(*sql_, "insert into " + table_ +
                            " select g, md5(g::text), g from generate_series(1, 100000) g");
-    config_ = (dir_ / "pgderive.yml").string();
-    std::ofstream(config_) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: \"" << dsn_
-                           << "\"\n  heartbeat_interval: 1\nstores:\n  search:\n"
-                              "    type: opensearch\n    url: \""
-                           << opensearch_url_ << "\"\nviews:\n  - name: docs\n    store: search\n"
-                           << "    from: " << table_ << "\n    index: " << index_
-                           << "\nhttp:\n  listen: 127.0.0.1:" << port_ << "\n";
-  }
-  void TearDown() override {
-    run_.reset();
-    if (sql_) {
-      IgnoreError(sql_->Execute("select pg_drop_replication_slot('pgderive_" + pipeline_ + "')"),
-                  "test cleanup");
-      IgnoreError(sql_->Execute("drop publication if exists pgderive_" + pipeline_),
-                  "test cleanup");
-      IgnoreError(sql_->Execute("drop table if exists " + table_), "test cleanup");
-    }
-    if (auto search = Search()) IgnoreError(search->DeleteIndex(index_, true), "test cleanup");
-    std::filesystem::remove_all(dir_);
+    std::ostringstream config;
+    config << "pipeline: " << pipeline_ << "\nsource:\n  dsn: \"" << endpoints_.pg_dsn
+           << "\"\n  heartbeat_interval: 1\nstores:\n  search:\n"
+              "    type: opensearch\n    url: \""
+           << endpoints_.opensearch_url << "\"\nviews:\n  - name: docs\n    store: search\n"
+           << "    from: " << table_ << "\n    index: " << index_
+           << "\nhttp:\n  listen: 127.0.0.1:" << port_ << "\n";
+    config_ = WriteFile("pgderive.yml", config.str());
   }
   std::optional<OpenSearchClient> Search() {
-    auto client = OpenSearchClient::Create({.url = opensearch_url_, .ca_file = ""});
+    auto client = OpenSearchClient::Create({.url = endpoints_.opensearch_url, .ca_file = ""});
     if (!client.ok()) return std::nullopt;
     return std::move(client).value();
   }
-  // GET on `base`: (status, body); status 0 when nothing answers.
-  static std::pair<long, std::string> Get(const std::string& base, const std::string& path) {
-    auto client =
-        HttpClient::Create({.url = base, .ca_file = "", .timeout = std::chrono::seconds(5)});
-    if (!client.ok()) return {0, ""};
-    auto response = client.value().Send("GET", path);
-    if (!response.ok()) return {0, ""};
-    return {response.value().status, response.value().body};
-  }
-  std::pair<long, std::string> Http(const std::string& path) {
-    return Get("http://127.0.0.1:" + std::to_string(port_), path);
-  }
   // The view's entry of /status (null when it does not answer).
-  json View() {
-    const json status = json::parse(Http("/status").second, nullptr, false);
-    if (status.is_discarded() || !status.contains("views")) return nullptr;
-    for (const auto& v : status["views"]) {
-      if (v.value("name", "") == "docs") return v;
-    }
-    return nullptr;
-  }
+  json View() { return ViewStatus("docs"); }
   // The index's mapping as OpenSearch reports it.
   json Mapping() {
-    const json body =
-        json::parse(Get(opensearch_url_, "/" + index_ + "/_mapping").second, nullptr, false);
+    const json body = json::parse(
+        HttpRequest(endpoints_.opensearch_url, "GET", "/" + index_ + "/_mapping").second, nullptr,
+        false);
     if (body.is_discarded() || !body.contains(index_)) return nullptr;
     return body[index_]["mappings"];
   }
-  std::string RunLog() { return testing::ReadFile((dir_ / "run.err").string()); }
 
-  std::string dsn_, opensearch_url_, pipeline_, table_, index_, config_;
-  int port_ = 0;
-  std::filesystem::path dir_;
-  std::unique_ptr<PgConnection> sql_;
-  std::unique_ptr<Subprocess> run_;
+  std::string table_, index_, config_;
 };
 
 TEST_F(StoreChangeTest, DeletedIndexLeavesLiveAndIsRefilledWithItsMapping) {
-  run_ =
-      std::make_unique<Subprocess>(std::vector<std::string>{PgderiveBinary(), "run", "-c", config_},
-                                   (dir_ / "run.err").string());
-  ASSERT_TRUE(testing::WaitFor([&] { return Http("/readyz").first == 200; }, kDeadline))
-      << RunLog();
+  StartRun(config_);
+  WaitReady(kDeadline);
+  if (HasFatalFailure()) return;
   ASSERT_TRUE(testing::WaitFor([&] { return View().value("state", "") == "live"; }, kDeadline))
       << Http("/status").second;
   const json mapping = Mapping();

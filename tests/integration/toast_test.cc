@@ -14,48 +14,37 @@
 #include <signal.h>
 
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "sinks/opensearch/http_client.h"
 #include "sinks/redis/redis_client.h"
 #include "tests/support/pg.h"
-#include "tests/support/stack_env.h"
-#include "tests/support/subprocess.h"
-#include "tests/support/wait.h"
+#include "tests/support/pipeline_test.h"
 
 namespace pgderive {
 namespace {
 
 using nlohmann::json;
-using testing::MustConnect;
 using testing::MustExecute;
 using testing::PgderiveBinary;
 using testing::Scalar;
-using testing::Subprocess;
 using testing::UniqueName;
 
-// The stores catch up in well under a second; a loaded machine (parallel builds and
-// tests) can take far longer.
-template <typename F>
-bool WaitFor(F condition, std::chrono::milliseconds timeout = std::chrono::seconds(120)) {
-  return testing::WaitFor(condition, timeout);
-}
-
-class ToastTest : public ::testing::Test {
+class ToastTest : public testing::PipelineTest {
  protected:
   void SetUp() override {
-    PGDERIVE_REQUIRE_STACK();
-    dsn_ = stack.pg_dsn();
-    redis_url_ = stack.redis_url();
-    opensearch_url_ = stack.opensearch_url();
-    dir_ = std::filesystem::temp_directory_path() / UniqueName("pgderive_toast_test");
-    std::filesystem::create_directories(dir_);
-    pipeline_ = UniqueName("tt");
+    UseSharedStack("tt");
+    if (HasFatalFailure()) return;
+    // The stores catch up in well under a second; a loaded machine (parallel builds and
+    // tests) can take far longer.
+    deadline_ = std::chrono::seconds(120);
     ns_ = UniqueName("tts");
     index_ = pipeline_ + "-docs";
-    port_ = testing::FreePort();
-    sql_ = std::make_unique<PgConnection>(MustConnect(dsn_));
+    CleanupSql("drop schema if exists " + ns_ + " cascade");
+    CleanupSql("drop schema if exists " + ns_ + "_out cascade");
+    CleanupSql("drop table if exists " + Mirror("docs") + ", " + Mirror("notes"));
+    CleanupIndex(index_);
     // Out of line and uncompressed: an update that leaves them alone sends them as
     // unchanged ('u'), the key of notes included.
     MustExecute(*sql_, "create schema " + ns_ + "; create schema " + ns_ + "_out");
@@ -66,44 +55,21 @@ class ToastTest : public ::testing::Test {
                            ns_ + ".notes alter column k set storage external");
     MustExecute(*sql_, "insert into " + ns_ + ".notes values (repeat('k', 2500), 1)");
   }
-  void TearDown() override {
-    if (run_) {
-      // Gone before its slot is dropped (a loaded machine may take a while to stop it).
-      run_->Signal(SIGTERM);
-      if (!run_->Wait(std::chrono::seconds(60))) {
-        run_->Signal(SIGKILL);
-        run_->Wait(std::chrono::seconds(10));
-      }
-      run_.reset();
-    }
-    if (sql_) {
-      IgnoreError(sql_->Execute("select pg_drop_replication_slot('pgderive_" + pipeline_ + "')"),
-                  "test cleanup");
-      IgnoreError(sql_->Execute("drop publication if exists pgderive_" + pipeline_), "cleanup");
-      IgnoreError(sql_->Execute("drop schema if exists " + ns_ + " cascade"), "cleanup");
-      IgnoreError(sql_->Execute("drop schema if exists " + ns_ + "_out cascade"), "cleanup");
-      IgnoreError(sql_->Execute("drop table if exists " + Mirror("docs") + ", " + Mirror("notes")),
-                  "cleanup");
-    }
-    if (auto client = Http(opensearch_url_); client.ok()) {
-      IgnoreError(client.value().Send("DELETE", "/" + index_).status(), "cleanup");
-    }
-    std::filesystem::remove_all(dir_);
-  }
 
   std::string Mirror(const std::string& table) const {
     return "pgderive." + pipeline_ + "__" + ns_ + "__" + table;
   }
-  static Result<HttpClient> Http(const std::string& url) {
+  static Result<HttpClient> Client(const std::string& url) {
     return HttpClient::Create({.url = url, .ca_file = "", .timeout = std::chrono::seconds(10)});
   }
 
   void Start() {
     std::ostringstream out;
-    out << "pipeline: " << pipeline_ << "\nsource:\n  dsn: \"" << dsn_
-        << "\"\nstores:\n  cache:\n    type: redis\n    url: \"" << redis_url_
-        << "\"\n  search:\n    type: opensearch\n    url: \"" << opensearch_url_
-        << "\"\n  warehouse:\n    type: postgres\n    dsn: \"" << dsn_ << "\"\nviews:\n"
+    out << "pipeline: " << pipeline_ << "\nsource:\n  dsn: \"" << endpoints_.pg_dsn
+        << "\"\nstores:\n  cache:\n    type: redis\n    url: \"" << endpoints_.redis_url
+        << "\"\n  search:\n    type: opensearch\n    url: \"" << endpoints_.opensearch_url
+        << "\"\n  warehouse:\n    type: postgres\n    dsn: \"" << endpoints_.pg_dsn
+        << "\"\nviews:\n"
         << "  - name: docs_r\n    store: cache\n    from: " << ns_ << ".docs\n    key: \""
         << pipeline_ << ":docs:{id}\"\n"
         << "  - name: docs_s\n    store: search\n    from: " << ns_
@@ -115,27 +81,19 @@ class ToastTest : public ::testing::Test {
         << "  - name: notes_v\n    store: warehouse\n    table: " << ns_
         << "_out.notes_v\n    key: [k]\n    query: select k, v from " << ns_ << ".notes\n"
         << "http:\n  listen: 127.0.0.1:" << port_ << "\nlog:\n  format: json\n";
-    config_ = (dir_ / "pgderive.yml").string();
-    std::ofstream(config_) << out.str();
-    run_ = std::make_unique<Subprocess>(
-        std::vector<std::string>{PgderiveBinary(), "run", "-c", config_},
-        (dir_ / "run.err").string());
+    config_ = WriteFile("pgderive.yml", out.str());
+    StartRun(config_);
     ASSERT_TRUE(WaitFor([&] { return Log().find("streaming from slot") != std::string::npos; },
                         std::chrono::seconds(60)))
         << Log();
   }
-  std::string Log() const { return testing::ReadFile((dir_ / "run.err").string()); }
-  int Count(const std::string& text) const {
-    const std::string all = Log();
-    int n = 0;
-    for (size_t at = all.find(text); at != std::string::npos; at = all.find(text, at + 1)) ++n;
-    return n;
-  }
+  std::string Log() const { return RunLog(); }
+  int Count(const std::string& text) const { return PipelineTest::Count("run.err", text); }
 
   // Every Redis key of `prefix` with its JSON value.
   std::map<std::string, json> RedisEntries(const std::string& prefix) {
     std::map<std::string, json> out;
-    auto client = RedisClient::Connect(redis_url_);
+    auto client = RedisClient::Connect(endpoints_.redis_url);
     if (!client.ok()) return out;
     auto keys = client.value().Command({"KEYS", prefix + "*"});
     if (!keys.ok()) return out;
@@ -148,7 +106,7 @@ class ToastTest : public ::testing::Test {
     return out;
   }
   void RedisDelete(const std::string& key) {
-    auto client = RedisClient::Connect(redis_url_);
+    auto client = RedisClient::Connect(endpoints_.redis_url);
     ASSERT_TRUE(client.ok()) << client.error().message();
     auto reply = client.value().Command({"DEL", key});
     ASSERT_TRUE(reply.ok() && reply.value().integer == 1) << key;
@@ -156,7 +114,7 @@ class ToastTest : public ::testing::Test {
   // Every document of the index: _id -> _source.
   std::map<std::string, json> Documents() {
     std::map<std::string, json> out;
-    auto client = Http(opensearch_url_);
+    auto client = Client(endpoints_.opensearch_url);
     if (!client.ok()) return out;
     auto refreshed = client.value().Send("POST", "/" + index_ + "/_refresh");
     auto response = client.value().Send("GET", "/" + index_ + "/_search?size=100");
@@ -168,7 +126,7 @@ class ToastTest : public ::testing::Test {
     return out;
   }
   void DeleteDocument(const std::string& id) {
-    auto client = Http(opensearch_url_);
+    auto client = Client(endpoints_.opensearch_url);
     ASSERT_TRUE(client.ok()) << client.error().message();
     auto response = client.value().Send("DELETE", "/" + index_ + "/_doc/" + id + "?refresh=true");
     ASSERT_TRUE(response.ok() && response.value().status == 200) << id;
@@ -185,18 +143,7 @@ class ToastTest : public ::testing::Test {
     }
     return out;
   }
-  std::string Metrics() {
-    auto client = Http("http://127.0.0.1:" + std::to_string(port_));
-    if (!client.ok()) return "";
-    auto response = client.value().Send("GET", "/metrics");
-    return response.ok() ? response.value().body : "";
-  }
-  json Status() {
-    auto client = Http("http://127.0.0.1:" + std::to_string(port_));
-    if (!client.ok()) return nullptr;
-    auto response = client.value().Send("GET", "/status");
-    return response.ok() ? json::parse(response.value().body, nullptr, false) : json(nullptr);
-  }
+  std::string Metrics() { return Http("/metrics").second; }
   void ExpectEveryStoreRunsAndVerifies() {
     // The monitor reports once it has looked (right after the start it has nothing).
     json status;
@@ -220,11 +167,7 @@ class ToastTest : public ::testing::Test {
     return json{{"id", id}, {"title", title}, {"body", body}};
   }
 
-  std::string dsn_, redis_url_, opensearch_url_, pipeline_, ns_, index_, config_;
-  int port_ = 0;
-  std::filesystem::path dir_;
-  std::unique_ptr<PgConnection> sql_;
-  std::unique_ptr<Subprocess> run_;
+  std::string ns_, index_, config_;
 };
 
 // A1: the key changes, the TOASTed body stays: it comes from the old key's row.

@@ -89,10 +89,12 @@ TEST(ConfigTest, SpecExampleLoadsAsWritten) {
 constexpr const char* kOneView =
     "stores:\n  c: {type: redis, url: \"redis://127.0.0.1:6379/0\"}\n"
     "views:\n  - {name: v, store: c, from: t, key: \"t:{id}\"}\n";
+// The smallest valid file (8 lines): a pipeline, its source and kOneView.
+const std::string kMinimal =
+    "pipeline: p\nsource:\n  dsn: postgresql://db/shop\n" + std::string(kOneView);
 
 TEST(ConfigTest, SnapshotWorkers) {
-  const std::string base =
-      "pipeline: p\nsource:\n  dsn: postgresql://db/shop\n" + std::string(kOneView);
+  const std::string& base = kMinimal;
   ConfigResult two = ParseConfig(base + "snapshot:\n  workers: 2\n", "w.yml");
   ASSERT_TRUE(two.config.has_value()) << two.Describe("w.yml");
   EXPECT_EQ(two.config->snapshot.workers, 2);
@@ -310,17 +312,14 @@ TEST(ConfigTest, APasswordInADsnOrUrlNeverAppears) {
 
 TEST(ConfigTest, DuplicateKeysAnywhere) {
   ConfigResult result =
-      ParseConfig("pipeline: p\nsource:\n  dsn: postgresql://db/shop\n" + std::string(kOneView) +
-                      "http: {listen: \"127.0.0.1:1\", listen: \"127.0.0.1:2\"}\n",
-                  "d.yml");
+      ParseConfig(kMinimal + "http: {listen: \"127.0.0.1:1\", listen: \"127.0.0.1:2\"}\n", "d.yml");
   EXPECT_EQ(result.Describe("d.yml"),
             "d.yml:8:31: http.listen: duplicate key: the first `listen` is at line 8, column 8 "
             "(YAML would silently keep only one of them)\n");
 }
 
 TEST(ConfigTest, ListenAddresses) {
-  const std::string base =
-      "pipeline: p\nsource:\n  dsn: postgresql://db/shop\n" + std::string(kOneView);
+  const std::string& base = kMinimal;
   for (const char* good : {"127.0.0.1:9187", "0.0.0.0:1", "localhost:65535", "\"[::1]:9187\""}) {
     ConfigResult result = ParseConfig(base + "http:\n  listen: " + good + "\n", "l.yml");
     EXPECT_TRUE(result.config.has_value()) << good << ": " << result.Describe("l.yml");
@@ -364,8 +363,7 @@ TEST(ConfigTest, CredentialsGoIntoTheConnectUrl) {
 
 // The defaults of the key table are the defaults of the structs (one truth each way).
 TEST(ConfigTest, TableDefaultsAreTheStructDefaults) {
-  ConfigResult result = ParseConfig(
-      "pipeline: p\nsource:\n  dsn: postgresql://db/shop\n" + std::string(kOneView), "m.yml");
+  ConfigResult result = ParseConfig(kMinimal, "m.yml");
   ASSERT_TRUE(result.config.has_value()) << result.Describe("m.yml");
   const Config& parsed = *result.config;
   const Config defaults;
