@@ -2,6 +2,7 @@
 
 #include <thread>
 
+#include "app/progress_watch.h"
 #include "app/sink_factory.h"
 #include "base/names.h"
 #include "base/redact.h"
@@ -57,9 +58,11 @@ int RunBackfill(const BackfillCommandOptions& options) {
   std::fflush(options.out);
   if (!options.wait) return 0;
 
-  // Done when the store has applied the request and records the view live.
+  // Done when the store has applied the request and records the view live; meanwhile
+  // the running pipeline's progress of the view, as a person can watch it.
   const auto started = std::chrono::steady_clock::now();
-  auto reported = started;
+  ProgressLine line = ViewProgressLine(options.out, "view " + view->name, options.interval);
+  uint64_t rows_seen = 0;
   while (true) {
     auto checkpoint = sink.ReadCheckpoint();
     std::string where = "store " + sink.name() + " has not reached the request yet";
@@ -74,22 +77,28 @@ int RunBackfill(const BackfillCommandOptions& options) {
         }
       }
     }
+    const ViewProgress progress = ReadViewProgress(config.http.listen, view->store, view->name);
+    rows_seen = std::max(rows_seen, progress.rows);
+    line.Update(SampleOf(progress, config.http.listen));
     const auto now = std::chrono::steady_clock::now();
     if (options.timeout.count() > 0 && now - started >= options.timeout) {
+      line.Finish("not live after " + std::to_string(options.timeout.count()) + " s");
       return fail(1, "view " + view->name + " is not live after " +
                          std::to_string(options.timeout.count()) + " s (" + where +
                          "); is `pgderive run` running?");
-    }
-    if (now - reported >= std::chrono::seconds(10)) {
-      reported = now;
-      std::fprintf(options.out, "waiting: %s\n", where.c_str());
-      std::fflush(options.out);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  std::fprintf(options.out, "view %s is live again (%.1f s)\n", view->name.c_str(), seconds);
+  std::string summary = "done, live again";
+  if (rows_seen > 0) {
+    summary += ": " + GroupDigits(rows_seen) + " rows";
+    if (seconds > 0) {
+      summary += ", " + GroupDigits(static_cast<uint64_t>(rows_seen / seconds)) + " rows/s";
+    }
+  }
+  line.Finish(summary);
   return 0;
 }
 

@@ -5,7 +5,11 @@
 // so the running pipeline (or the next start, if none runs) meets it in commit order:
 // at that position the view is emptied and filled again by the watermark backfill
 // (snapshot/backfill.h); a postgres view is recomputed from its mirrors. The command
-// then waits until the view's store records it live again.
+// then waits until the view's store records it live again, showing the running
+// pipeline's progress of it (app/progress_watch.h): on a terminal one line updated in
+// place (rows, rate, time left, percent of the estimated rows), otherwise a plain line
+// every `interval`; then a summary line ("view V: done, live again: N rows, R rows/s
+// (S s)"). With --no-wait it returns once the request is recorded.
 
 #include <chrono>
 #include <cstdio>
@@ -17,7 +21,8 @@ struct BackfillCommandOptions {
   std::string config_path;
   std::string view;
   bool wait = true;
-  std::chrono::seconds timeout{0};  // 0: no limit
+  std::chrono::seconds timeout{0};           // 0: no limit
+  std::chrono::milliseconds interval{5000};  // between progress lines when not a terminal
   std::FILE* out = stdout;
 };
 

@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "app/backfill_command.h"
+#include "app/reload.h"
 #include "app/run.h"
 #include "app/status_report.h"
 #include "app/tail.h"
@@ -20,8 +21,9 @@
 
 namespace {
 
-// The one piece of state a signal handler may touch.
+// The pieces of state a signal handler may touch.
 std::atomic<bool> g_stop{false};
+std::atomic<bool> g_reload{false};
 static_assert(std::atomic<bool>::is_always_lock_free);
 
 // Async-signal-safe: nothing to do if stderr is gone.
@@ -46,6 +48,17 @@ void InstallSignalHandlers() {
   sigemptyset(&action.sa_mask);
   sigaction(SIGINT, &action, nullptr);
   sigaction(SIGTERM, &action, nullptr);
+}
+
+// SIGHUP asks `run` to re-read its configuration file (app/reload.h).
+void OnReloadSignal(int) { g_reload.store(true); }
+
+void InstallReloadHandler() {
+  struct sigaction action {};
+  action.sa_handler = OnReloadSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  sigaction(SIGHUP, &action, nullptr);
 }
 
 }  // namespace
@@ -76,6 +89,17 @@ int main(int argc, char** argv) {
       "create the publication and slot if missing, snapshot what needs it, then keep "
       "every view up to date until SIGTERM");
   run_command->add_option("-c,--config", run.config_path, "configuration file")->required();
+
+  pgderive::ReloadOptions reload;
+  int reload_timeout = 120;
+  CLI::App* reload_command = app.add_subcommand(
+      "reload",
+      "make the running `pgderive run` re-read its configuration file and apply it without a "
+      "restart (as SIGHUP does); an invalid file is refused and the running configuration "
+      "stays");
+  reload_command->add_option("-c,--config", reload.config_path, "configuration file")->required();
+  reload_command->add_option("--timeout", reload_timeout,
+                             "seconds to wait for the new configuration to serve (120)");
 
   pgderive::VerifyOptions verify;
   std::string verify_view;
@@ -120,6 +144,10 @@ int main(int argc, char** argv) {
   backfill_command->add_flag("--no-wait", backfill_no_wait, "return once the request is recorded");
   backfill_command->add_option("--timeout", backfill_timeout,
                                "give up waiting after this many seconds (exit 1); 0: no limit");
+  int backfill_interval = 5;
+  backfill_command->add_option("--progress-interval", backfill_interval,
+                               "seconds between progress lines when the output is not a "
+                               "terminal (5); on a terminal one line is updated in place");
 
   pgderive::TeardownOptions teardown;
   CLI::App* teardown_command = app.add_subcommand(
@@ -147,12 +175,20 @@ int main(int argc, char** argv) {
   if (backfill_command->parsed()) {
     backfill.wait = !backfill_no_wait;
     backfill.timeout = std::chrono::seconds(backfill_timeout);
+    backfill.interval = std::chrono::seconds(std::max(1, backfill_interval));
     return pgderive::RunBackfill(backfill);
+  }
+
+  if (reload_command->parsed()) {
+    reload.timeout = std::chrono::seconds(reload_timeout);
+    return pgderive::RunReload(reload);
   }
 
   if (run_command->parsed()) {
     InstallSignalHandlers();
+    InstallReloadHandler();
     run.stop = &g_stop;
+    run.reload = &g_reload;
     return pgderive::RunPipeline(run);
   }
   if (validate_command->parsed()) return pgderive::RunValidate(validate);

@@ -1,11 +1,18 @@
 #include "app/run.h"
 
+#include <condition_variable>
 #include <cstdio>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <set>
 
+#include "app/reload.h"
 #include "app/sink_factory.h"
 #include "app/validate.h"
 #include "base/log.h"
 #include "base/redact.h"
+#include "base/stoppable_thread.h"
 #include "config/config.h"
 #include "pipeline/pipeline.h"
 #include "pipeline/run_lock.h"
@@ -17,6 +24,118 @@ std::string AlreadyRunningMessage(const Config& config, const std::string& holde
   return "pipeline " + config.pipeline + " is already running: " + holder +
          ". One process runs a pipeline: stop that one first (`pgderive status -c " + config.path +
          "` asks it over HTTP); nothing was done";
+}
+
+constexpr auto kSlotReleaseWait = std::chrono::seconds(30);
+constexpr auto kSignalPoll = std::chrono::milliseconds(100);
+
+bool Stopped(const RunOptions& options) { return options.stop != nullptr && options.stop->load(); }
+
+// One generation: the pipeline with `config` from its start to its end. nullopt: it
+// ended for a reload; else the exit code. `on_streaming` is called once it streams.
+std::optional<int> RunGeneration(const RunOptions& options, const Config& config,
+                                 const std::set<std::string>& redefined, Logger& logger,
+                                 RunHost& host, const std::function<void()>& on_streaming) {
+  auto sinks = MakeSinks(config);
+  if (!sinks.ok()) {
+    logger.Error(sinks.error().message(),
+                 {{"pipeline", config.pipeline}, {"slot", config.source.slot}});
+    return 1;
+  }
+  Pipeline pipeline(config, std::move(sinks).value(), options.stop, logger, host);
+  pipeline.RebuildViews(redefined);
+  if (auto code = pipeline.Start()) return *code;
+  on_streaming();
+  const int code = pipeline.Run();
+  if (code == 0 && host.restart_requested() && !Stopped(options)) return std::nullopt;
+  return code;
+}
+
+// Generation after generation (app/reload.h): each runs until a reload is accepted,
+// then the next starts with the file's new configuration. Should that one fail to
+// start, the previous configuration runs again. The host (the lock, the endpoint)
+// stays all along.
+int RunGenerations(const RunOptions& options, std::shared_ptr<const Config> config, Logger& logger,
+                   RunHost& host) {
+  Reloader reloader(options.config_path, logger, host);
+  host.SetReloadHandler([&](const std::string& body) { return reloader.HandleHttp(body); });
+  // SIGHUP sets a flag (all a signal handler may do): this thread turns it into a request.
+  StoppableThread signals;
+  if (options.reload != nullptr) {
+    signals.Start([&](std::stop_token stop) {
+      std::mutex mutex;
+      std::condition_variable_any wake;
+      while (!stop.stop_requested()) {
+        if (options.reload->exchange(false)) reloader.Request("SIGHUP");
+        std::unique_lock lock(mutex);
+        wake.wait_for(lock, stop, kSignalPoll, [] { return false; });
+      }
+    });
+  }
+  uint64_t number = 1;
+  std::string hash = FileHash(options.config_path);
+  std::set<std::string> redefined;
+  bool applying = false;                   // this generation is a reload being applied
+  std::shared_ptr<const Config> previous;  // what ran before it
+  uint64_t previous_number = 0;
+  while (true) {
+    auto on_streaming = [&] {
+      reloader.SetRunning(config, number);
+      host.SetGeneration({.number = number,
+                          .file = options.config_path,
+                          .hash = hash,
+                          .loaded_at = std::chrono::system_clock::now()});
+      if (!applying) return;
+      host.SetOutcome({.result = "applied",
+                       .generation = number,
+                       .message = "",
+                       .at = std::chrono::system_clock::now()});
+      logger.Info("configuration generation " + std::to_string(number) + " serves",
+                  {{"file", options.config_path}, {"hash", hash}});
+    };
+    const std::optional<int> code =
+        RunGeneration(options, *config, redefined, logger, host, on_streaming);
+    const bool failed_reload = code && *code != 0 && applying && !Stopped(options) && previous &&
+                               host.generation() && host.generation()->number == previous_number;
+    if (code && !failed_reload) return *code;
+    // The next generation takes the slot once the server let this one's go.
+    Status released = WaitForSlotReleased(config->source.dsn, config->source.slot, kSlotReleaseWait,
+                                          [&] { return Stopped(options); });
+    if (!released.ok() && !Stopped(options)) {
+      logger.Warn("the slot is not released yet: " + released.error().message(),
+                  {{"slot", config->source.slot}});
+    }
+    if (Stopped(options)) return 0;
+    if (failed_reload) {
+      logger.Error("configuration generation " + std::to_string(number) +
+                       " did not start; the previous configuration (generation " +
+                       std::to_string(previous_number) + ") runs again",
+                   {{"file", options.config_path}});
+      host.SetOutcome({.result = "failed",
+                       .generation = number,
+                       .message = "it did not start (exit code " + std::to_string(*code) +
+                                  "; the log says why); generation " +
+                                  std::to_string(previous_number) + " runs again",
+                       .at = std::chrono::system_clock::now()});
+      config = previous;
+      number = previous_number;
+      hash = host.generation()->hash;
+      redefined.clear();
+      applying = false;
+      previous.reset();
+      continue;
+    }
+    std::optional<Reloader::Accepted> accepted = reloader.TakeAccepted();
+    host.ClearRestart();
+    if (!accepted) continue;  // cannot happen: a restart is asked for with one
+    previous = config;
+    previous_number = number;
+    config = accepted->config;
+    number = accepted->generation;
+    hash = accepted->hash;
+    redefined = {accepted->change.views_redefined.begin(), accepted->change.views_redefined.end()};
+    applying = true;
+  }
 }
 
 }  // namespace
@@ -63,16 +182,8 @@ int RunPipeline(const RunOptions& options) {
       return 2;
     }
   }
-  auto sinks = MakeSinks(config);
-  if (!sinks.ok()) {
-    logger.Error(sinks.error().message(),
-                 {{"pipeline", config.pipeline}, {"slot", config.source.slot}});
-    return 1;
-  }
-  Pipeline pipeline(config, std::move(sinks).value(), options.stop, logger,
-                    std::move(lock).value());
-  if (auto code = pipeline.Start()) return *code;
-  return pipeline.Run();
+  RunHost host(std::move(lock).value(), config.pipeline);
+  return RunGenerations(options, std::make_shared<const Config>(config), logger, host);
 }
 
 }  // namespace pgderive

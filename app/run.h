@@ -3,7 +3,8 @@
 // `pgderive run`: the pipeline (SPEC.md §1). One replication stream, decoded and cut
 // into batches of whole transactions, fans out to one worker per store, each with its
 // own bounded queue, so a slow or failed store never stalls the others. The slot is
-// confirmed only up to the minimum of the stores' durable checkpoints.
+// confirmed only up to the minimum of the stores' durable checkpoints. SIGHUP (or
+// `pgderive reload`) re-reads the file and applies it without a restart (app/reload.h).
 
 #include <atomic>
 #include <string>
@@ -13,6 +14,7 @@ namespace pgderive {
 struct RunOptions {
   std::string config_path;
   const std::atomic<bool>* stop = nullptr;  // set by SIGTERM/SIGINT
+  std::atomic<bool>* reload = nullptr;      // set by SIGHUP; cleared when taken
 };
 
 // 0 after a clean stop; 2 for an invalid configuration; 1 for a fatal error.

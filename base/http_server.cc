@@ -52,6 +52,15 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& listen,
   self->server_->Get("/status", [raw](const httplib::Request&, httplib::Response& res) {
     res.set_content(raw->handlers_.status_json(), "application/json");
   });
+  self->server_->Post("/reload", [raw](const httplib::Request& req, httplib::Response& res) {
+    if (!raw->handlers_.reload) {
+      res.status = 404;
+      return;
+    }
+    auto [status, body] = raw->handlers_.reload(req.body);
+    res.status = status;
+    res.set_content(body, "application/json");
+  });
   if (port == 0) {
     port = self->server_->bind_to_any_port(host);
     if (port < 0) return Error::Permanent("cannot listen on " + listen + " (http.listen)");

@@ -5,13 +5,16 @@
 //   /readyz   200 when the snapshot is done, the stream is connected and every store
 //             is reachable, else 503 with the reasons, one per line;
 //   /metrics  Prometheus text format;
-//   /status   the running pipeline's state as JSON, which `pgderive status` reads.
+//   /status   the running pipeline's state as JSON, which `pgderive status` reads;
+//   POST /reload  re-read the configuration file (what `pgderive reload` sends): the
+//             status code and JSON body the handler returns (404 without a handler).
 // The handlers are callbacks into the pipeline, which owns the state they read.
 
 #include <functional>
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "base/status.h"
@@ -28,6 +31,8 @@ class HttpServer {
     std::function<std::vector<std::string>()> not_ready;  // empty when ready
     std::function<std::string()> metrics;
     std::function<std::string()> status_json;
+    // The request's body in; the status code and the JSON body out. May be empty.
+    std::function<std::pair<int, std::string>(const std::string& body)> reload;
   };
 
   // Binds `listen` ("host:port"; port 0 picks a free one) and serves on a thread.

@@ -553,6 +553,11 @@ ConfigMark MarkIn(const ConfigMarks& marks, const std::string& key, ConfigMark f
 }
 }  // namespace
 
+ConfigMark Config::MarkOf(const std::string& key) const {
+  auto it = marks.find(key);
+  return it == marks.end() ? ConfigMark{} : it->second;
+}
+
 ConfigMark SourceConfig::MarkOf(const std::string& key) const {
   return MarkIn(marks, key, {line, column});
 }
@@ -617,6 +622,14 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
 
   Config config;
   config.path = path;
+  config.marks = ValueMarks(root);
+  for (const char* section : {"http", "log"}) {
+    const YAML::Node node = static_cast<const YAML::Node&>(root)[section];
+    if (!node || !node.IsMap()) continue;
+    for (const auto& [key, mark] : ValueMarks(node)) {
+      config.marks[std::string(section) + "." + key] = mark;
+    }
+  }
   config.pipeline = top.String("pipeline").value_or("");
   if (!config.pipeline.empty() && !IsIdentifier(config.pipeline)) {
     check.Problem(top.Node("pipeline"), "pipeline",

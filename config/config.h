@@ -122,6 +122,12 @@ struct Config {
   SnapshotConfig snapshot;
   HttpConfig http;
   LogConfig log;
+  // Where the top-level values and those of http and log are written: "pipeline",
+  // "http.listen", "log.level", ... (for what reports at a key, as a reload does).
+  ConfigMarks marks;
+
+  // Where `key`'s value is written ({0, 0} when it is not written).
+  ConfigMark MarkOf(const std::string& key) const;
 
   // The distinct `from` tables of the views, schema-qualified, in first-use order.
   std::vector<std::string> SourceTables() const;

@@ -21,16 +21,21 @@ constexpr auto kLockCheckInterval = std::chrono::seconds(1);
 }  // namespace
 
 Pipeline::Pipeline(const Config& config, std::vector<std::unique_ptr<Sink>> sinks,
-                   const std::atomic<bool>* stop, Logger& logger, std::optional<PipelineLock> lock)
+                   const std::atomic<bool>* stop, Logger& logger, RunHost& host)
     : config_(config),
       stop_(stop),
       logger_(logger),
-      lock_(std::move(lock)),
+      host_(host),
+      lock_(host.lock()),
       monitor_(config, logger, metrics_),
       sinks_(std::move(sinks)) {}
 
-// The monitor's thread reads the workers and the backfills: stopped before them.
-Pipeline::~Pipeline() { monitor_.Stop(); }
+// The endpoint reads the monitor: unhooked first. The monitor's thread reads the workers
+// and the backfills: stopped before them.
+Pipeline::~Pipeline() {
+  host_.Unserve();
+  monitor_.Stop();
+}
 
 void Pipeline::Log(const std::string& message) {
   logger_.Info(message, {{"pipeline", config_.pipeline}, {"slot", config_.source.slot}});
@@ -70,19 +75,21 @@ std::optional<int> Pipeline::Prepare() {
     if (!status.ok()) return Fail("store " + sink->name() + ": " + status.error().message());
   }
   // The HTTP endpoint binds before anything is created: a taken port fails the start.
-  auto http = HttpServer::Start(config_.http.listen,
-                                {.not_ready = [this] { return monitor_.NotReady(); },
-                                 .metrics = [this] { return metrics_.Render(); },
-                                 .status_json = [this] { return monitor_.StatusJson(); }});
-  if (!http.ok()) return Fail(http.error().message());
-  http_ = std::move(http).value();
+  // (A reload's pipeline is handed the endpoint the process bound at start.)
+  auto port =
+      host_.Serve(config_.http.listen, {.not_ready = [this] { return monitor_.NotReady(); },
+                                        .metrics = [this] { return metrics_.Render(); },
+                                        .status_json = [this] { return monitor_.StatusJson(); },
+                                        .reload = {}});
+  if (!port.ok()) return Fail(port.error().message());
+  http_port_ = port.value();
   logger_.Info("http endpoint listening",
-               {{"listen", config_.http.listen}, {"port", std::to_string(http_->port())}});
+               {{"listen", config_.http.listen}, {"port", std::to_string(http_port_)}});
   if (lock_) {
     // What a second `run` of this pipeline reads when it is refused.
     const std::string host = config_.http.listen.substr(0, config_.http.listen.rfind(':'));
     IgnoreError(
-        lock_->Rename(ProcessName("run") + ", http " + host + ":" + std::to_string(http_->port())),
+        lock_->Rename(ProcessName("run") + ", http " + host + ":" + std::to_string(http_port_)),
         "the refusal then names the process without its address");
   }
   {
@@ -255,7 +262,7 @@ std::optional<int> Pipeline::StartStores() {
                   std::vector<std::string> views, std::optional<std::string> after) {
              backfills_->Add(store, table, std::move(views), std::move(after));
            }},
-      [this] { return stopped(); }, logger_, [this](const std::string& m) { Log(m); });
+      [this] { return stopped(); }, logger_, [this](const std::string& m) { Log(m); }, redefined_);
   if (!status.ok()) return Undo(Fail(status.error().message()));
   StartWorkers();
   learner_.emplace(*sql_);
@@ -338,7 +345,7 @@ int Pipeline::Run() {
   last_idle_mark_ = last_confirm_;
   last_lock_check_ = last_confirm_;
   int exit_code = 0;
-  while (!stopped()) {
+  while (!stopped() && !reloading()) {
     if (auto code = Step()) {
       exit_code = *code;
       break;
@@ -504,7 +511,8 @@ void Pipeline::Finish(int exit_code) {
         " commit-to-visible latency: " + worker->LatencySummary());
   }
   std::filesystem::remove_all(spill_dir_);
-  if (exit_code == 0) Log("stopped");
+  if (exit_code == 0)
+    Log(reloading() && !stopped() ? "stopped for a reload of the configuration" : "stopped");
 }
 
 }  // namespace pgderive

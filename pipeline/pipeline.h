@@ -24,6 +24,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,7 @@
 #include "config/config.h"
 #include "pipeline/dispatcher.h"
 #include "pipeline/pipeline_worker.h"
+#include "pipeline/run_host.h"
 #include "pipeline/run_lock.h"
 #include "pipeline/run_monitor.h"
 #include "pipeline/slot_confirmation.h"
@@ -53,18 +55,22 @@ namespace pgderive {
 class Pipeline {
  public:
   // `stop` (may be null) is set by SIGTERM/SIGINT; `logger` outlives the pipeline.
-  // `lock`: the pipeline's lock (run_lock.h), taken before anything else; held until
-  // the pipeline goes away, re-taken should the source restart.
+  // `host` (run_host.h) outlives it too: the pipeline's lock (run_lock.h), taken before
+  // anything else, held by the host across reloads, re-taken should the source restart;
+  // the HTTP endpoint; a reload's request to finish (Run then returns 0).
   Pipeline(const Config& config, std::vector<std::unique_ptr<Sink>> sinks,
-           const std::atomic<bool>* stop, Logger& logger,
-           std::optional<PipelineLock> lock = std::nullopt);
+           const std::atomic<bool>* stop, Logger& logger, RunHost& host);
   ~Pipeline();
+
+  // Views whose definition changed since the stores were filled (a reload): rebuilt from
+  // the start, as a new view is. Before Start.
+  void RebuildViews(std::set<std::string> views) { redefined_ = std::move(views); }
 
   // Everything up to streaming. nullopt: streaming; else the exit code to end with (0
   // when stopped meanwhile, 1 after a failure, with what this run created removed).
   std::optional<int> Start();
-  // Streams until stopped or a fatal error, then finishes: 0 after a clean stop, 1 for
-  // a fatal error.
+  // Streams until stopped, a reload (host.restart_requested()) or a fatal error, then
+  // finishes: 0 after a clean stop or for a reload, 1 for a fatal error.
   int Run();
 
  private:
@@ -85,6 +91,7 @@ class Pipeline {
   void Finish(int exit_code);
 
   bool stopped() const { return stop_ != nullptr && stop_->load(); }
+  bool reloading() const { return host_.restart_requested(); }
   void Log(const std::string& message);
   int Fail(const std::string& message);
   int Undo(int code);
@@ -92,7 +99,9 @@ class Pipeline {
   const Config& config_;
   const std::atomic<bool>* stop_;
   Logger& logger_;
-  std::optional<PipelineLock> lock_;  // released last, when the pipeline is gone
+  RunHost& host_;
+  PipelineLock* lock_;  // the host's (null when none)
+  std::set<std::string> redefined_;
   // Destroyed in the reverse order: the HTTP endpoint before what it reads, the stream
   // and the dispatcher before the workers, the backfills before the workers (it reads
   // their checkpoints); the monitor is stopped first of all (~Pipeline).
@@ -102,7 +111,7 @@ class Pipeline {
   std::optional<SqlSession> sql_;
   std::vector<std::string> tables_;
   std::map<std::string, std::shared_ptr<const RelationSchema>> shapes_;  // table -> shape now
-  std::unique_ptr<HttpServer> http_;
+  int http_port_ = 0;
   std::optional<SlotGuard> guard_;
   std::optional<PgConnection> replication_;  // closed before the slot is dropped
   std::map<Sink*, Lsn> checkpoints_;

@@ -26,7 +26,7 @@ std::vector<BackfillView> BackfillViewsOf(const Config& config,
 
 ViewStart PlanViewStart(const BackfillView& view,
                         const std::optional<std::map<std::string, ViewState>>& states,
-                        const std::vector<std::string>& columns, uint32_t oid) {
+                        const std::vector<std::string>& columns, uint32_t oid, bool redefined) {
   ViewStart start;
   if (!states) {
     // Filled by a pgderive that kept no per-view state: live, recorded as such.
@@ -44,7 +44,14 @@ ViewStart PlanViewStart(const BackfillView& view,
   const bool replaced = state != nullptr && state->table_oid != 0 && state->table_oid != oid;
   start.reshaped = reshaped;
   if (state != nullptr) start.recorded_oid = state->table_oid;
-  if (state == nullptr || replaced) {
+  if (state != nullptr && !replaced && redefined) {
+    // Another definition: its data is of the old one. A rebuild begins (clear: each store
+    // rebuilds without removing what readers see, sinks/common/sink.h).
+    start.why = ViewStart::Why::kRedefined;
+    start.write = ViewState{true, std::nullopt, columns, oid};
+    start.clear = true;
+    start.backfill = true;
+  } else if (state == nullptr || replaced) {
     start.why = replaced ? ViewStart::Why::kReplaced : ViewStart::Why::kNew;
     start.write = ViewState{true, std::nullopt, columns, oid};
     start.clear = true;
@@ -65,7 +72,7 @@ Status ReconcileViewStates(
     std::span<const std::unique_ptr<Sink>> sinks, const std::vector<BackfillView>& views,
     const std::map<std::string, std::shared_ptr<const RelationSchema>>& shapes,
     const ViewBackfills& backfills, const std::function<bool()>& stopped, Logger& logger,
-    const std::function<void(const std::string&)>& info) {
+    const std::function<void(const std::string&)>& info, const std::set<std::string>& redefined) {
   for (const auto& sink : sinks) {
     if (!sink->backfills_rows()) continue;
     const auto retry_log = [&](const std::string& m) { info("store " + sink->name() + ": " + m); };
@@ -77,7 +84,8 @@ Status ReconcileViewStates(
       const std::vector<std::string> columns = ColumnsOf(shape);
       const uint32_t oid = shape.id.value;
       backfills.set_columns(v.store, v.view, columns);
-      const ViewStart start = PlanViewStart(v, states.value(), columns, oid);
+      const ViewStart start =
+          PlanViewStart(v, states.value(), columns, oid, redefined.contains(v.view));
       switch (start.why) {
         case ViewStart::Why::kReplaced:
           logger.Warn("table " + v.table + " was replaced by another of the same name (OID " +
@@ -93,6 +101,9 @@ Status ReconcileViewStates(
           info("view " + v.view + " was being backfilled: resuming after " +
                (start.reshaped ? std::string("the start (its table's columns changed)")
                                : start.after.value_or("the start")));
+          break;
+        case ViewStart::Why::kRedefined:
+          info("the definition of view " + v.view + " changed: rebuilding it while streaming");
           break;
         case ViewStart::Why::kReshaped:
           info("the columns of " + v.table + " changed while stopped: backfilling view " + v.view);

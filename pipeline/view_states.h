@@ -15,12 +15,14 @@
 //   backfilling                 columns changed (follows)    backfill from start
 //   live                        columns changed (follows)    record backfilling, backfill
 //   live                        same                         nothing
+//   any (view redefined: reload) -                           rebuild, backfill from start
 
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -39,7 +41,7 @@ std::vector<BackfillView> BackfillViewsOf(const Config& config,
 
 // What a start does with one view.
 struct ViewStart {
-  enum class Why { kLive, kUnrecorded, kNew, kReplaced, kResume, kReshaped };
+  enum class Why { kLive, kUnrecorded, kNew, kReplaced, kResume, kReshaped, kRedefined };
   Why why = Why::kLive;
   // The state to record before streaming, and whether the view's data is removed first.
   std::optional<ViewState> write;
@@ -55,10 +57,12 @@ struct ViewStart {
 
 // `states`: what the store recorded (nullopt: it records none yet - filled by a
 // pgderive without per-view state, so its views are live); `columns` and `oid`: the
-// view's table now.
+// view's table now; `redefined`: the view's definition changed since its store was
+// filled (a reload says so), so it is rebuilt from the start.
 ViewStart PlanViewStart(const BackfillView& view,
                         const std::optional<std::map<std::string, ViewState>>& states,
-                        const std::vector<std::string>& columns, uint32_t oid);
+                        const std::vector<std::string>& columns, uint32_t oid,
+                        bool redefined = false);
 
 // Where the reconciliation sends its backfills (Backfills::SetColumns, Backfills::Add).
 struct ViewBackfills {
@@ -72,11 +76,13 @@ struct ViewBackfills {
 
 // For every store that backfills rows: reads its views' states, records what the plan
 // says and queues the backfills. Transient store errors are retried until `stopped`.
-// `shapes`: each table's shape now. The error says which store.
+// `shapes`: each table's shape now; `redefined`: views whose definition changed (a
+// reload). The error says which store.
 Status ReconcileViewStates(
     std::span<const std::unique_ptr<Sink>> sinks, const std::vector<BackfillView>& views,
     const std::map<std::string, std::shared_ptr<const RelationSchema>>& shapes,
     const ViewBackfills& backfills, const std::function<bool()>& stopped, Logger& logger,
-    const std::function<void(const std::string&)>& info);
+    const std::function<void(const std::string&)>& info,
+    const std::set<std::string>& redefined = {});
 
 }  // namespace pgderive

@@ -8,8 +8,10 @@ namespace pgderive {
 namespace {
 
 HttpServer::Handlers Handlers() {
-  return {[] { return std::vector<std::string>{}; }, [] { return std::string(); },
-          [] { return std::string("{}"); }};
+  return {[] { return std::vector<std::string>{}; },
+          [] { return std::string(); },
+          [] { return std::string("{}"); },
+          {}};
 }
 
 TEST(HttpServer, APortAnotherPgderiveServesOnIsRefused) {

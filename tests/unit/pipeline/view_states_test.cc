@@ -57,6 +57,26 @@ TEST(PlanViewStartTest, ALiveViewIsLeftAlone) {
   EXPECT_EQ(PlanViewStart(View("v"), unrecorded, kColumns, kOid).why, ViewStart::Why::kLive);
 }
 
+TEST(PlanViewStartTest, ARedefinedViewIsRebuiltFromTheStart) {
+  // Live, or half backfilled: another definition starts a rebuild (clear) from the start.
+  for (const ViewState& recorded : {ViewState{false, std::nullopt, kColumns, kOid},
+                                    ViewState{true, std::string("k=7"), kColumns, kOid}}) {
+    const States states = std::map<std::string, ViewState>{{"v", recorded}};
+    const ViewStart start = PlanViewStart(View("v"), states, kColumns, kOid, /*redefined=*/true);
+    EXPECT_EQ(start.why, ViewStart::Why::kRedefined);
+    ASSERT_TRUE(start.write);
+    EXPECT_TRUE(start.write->backfilling);
+    EXPECT_TRUE(start.clear);
+    EXPECT_TRUE(start.backfill);
+    EXPECT_EQ(start.after, std::nullopt);
+  }
+  // A view its store never had is new, whatever the reload says.
+  EXPECT_EQ(PlanViewStart(View("v"), States(std::map<std::string, ViewState>{}), kColumns, kOid,
+                          /*redefined=*/true)
+                .why,
+            ViewStart::Why::kNew);
+}
+
 TEST(PlanViewStartTest, ABackfillingViewResumesAfterItsLastKey) {
   const States states = std::map<std::string, ViewState>{
       {"v", ViewState{true, std::string("[\"41\"]"), kColumns, kOid}}};

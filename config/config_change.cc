@@ -1,0 +1,119 @@
+#include "config/config_change.h"
+
+#include <map>
+
+namespace pgderive {
+namespace {
+
+std::string Join(const std::vector<std::string>& names) {
+  std::string out;
+  for (const std::string& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+bool SameStore(const StoreConfig& a, const StoreConfig& b) {
+  return a.type == b.type && a.url == b.url && a.dsn == b.dsn && a.username == b.username &&
+         a.password == b.password && a.ca_file == b.ca_file;
+}
+
+}  // namespace
+
+bool SameViewDefinition(const ViewConfig& a, const ViewConfig& b) {
+  const std::string key_a = a.key ? a.key->text() : "";
+  const std::string key_b = b.key ? b.key->text() : "";
+  return a.store == b.store && a.from == b.from && a.columns == b.columns && key_a == key_b &&
+         a.index == b.index && a.table == b.table && a.key_columns == b.key_columns &&
+         a.query == b.query;
+}
+
+bool ConfigChange::empty() const {
+  return refused.empty() && views_added.empty() && views_removed.empty() &&
+         views_redefined.empty() && stores_added.empty() && stores_removed.empty() &&
+         stores_changed.empty() && settings_changed.empty();
+}
+
+std::string ConfigChange::Summary() const {
+  std::string out;
+  auto part = [&](const std::string& what, const std::vector<std::string>& names) {
+    if (!names.empty()) out += (out.empty() ? "" : "; ") + what + ": " + Join(names);
+  };
+  part("views added", views_added);
+  part("views rebuilt", views_redefined);
+  part("views removed", views_removed);
+  part("stores added", stores_added);
+  part("stores changed", stores_changed);
+  part("stores removed", stores_removed);
+  part("settings changed", settings_changed);
+  part("kept until the next start", kept_until_restart);
+  return out.empty() ? "no change" : out;
+}
+
+ConfigChange CompareConfigs(const Config& running, const Config& next) {
+  ConfigChange change;
+  auto refuse = [&](const std::string& key, ConfigMark mark, const std::string& was) {
+    change.refused.push_back(
+        ConfigProblem{mark.line, mark.column, key,
+                      "cannot change while pgderive runs (the running pipeline has " + was +
+                          "); the running configuration is kept: restart pgderive to change it"});
+  };
+  if (next.pipeline != running.pipeline) {
+    refuse("pipeline", next.MarkOf("pipeline"), "pipeline " + running.pipeline);
+  }
+  if (next.source.dsn != running.source.dsn) {
+    // The DSN may hold a password: never quoted.
+    refuse("source.dsn", next.source.MarkOf("dsn"), "another source.dsn");
+  }
+  if (next.source.slot != running.source.slot) {
+    refuse("source.slot", next.source.MarkOf("slot"), "slot " + running.source.slot);
+  }
+  if (next.source.publication != running.source.publication) {
+    refuse("source.publication", next.source.MarkOf("publication"),
+           "publication " + running.source.publication);
+  }
+  if (next.http.listen != running.http.listen) {
+    ConfigMark mark = next.MarkOf("http.listen");
+    if (mark.line == 0) mark = next.MarkOf("http");
+    refuse("http.listen", mark, "http.listen " + running.http.listen);
+  }
+
+  std::map<std::string, const ViewConfig*> before;
+  for (const ViewConfig& v : running.views) before[v.name] = &v;
+  for (const ViewConfig& v : next.views) {
+    auto it = before.find(v.name);
+    if (it == before.end()) {
+      change.views_added.push_back(v.name);
+    } else if (!SameViewDefinition(*it->second, v)) {
+      change.views_redefined.push_back(v.name);
+    }
+  }
+  for (const ViewConfig& v : running.views) {
+    bool kept = false;
+    for (const ViewConfig& n : next.views) kept = kept || n.name == v.name;
+    if (!kept) change.views_removed.push_back(v.name);
+  }
+  for (const auto& [name, store] : next.stores) {
+    auto it = running.stores.find(name);
+    if (it == running.stores.end()) {
+      change.stores_added.push_back(name);
+    } else if (!SameStore(it->second, store)) {
+      change.stores_changed.push_back(name);
+    }
+  }
+  for (const auto& [name, store] : running.stores) {
+    if (!next.stores.contains(name)) change.stores_removed.push_back(name);
+  }
+  if (next.snapshot.workers != running.snapshot.workers) {
+    change.settings_changed.push_back("snapshot.workers");
+  }
+  if (next.source.heartbeat_seconds != running.source.heartbeat_seconds) {
+    change.settings_changed.push_back("source.heartbeat_interval");
+  }
+  if (next.source.max_retained_wal_bytes != running.source.max_retained_wal_bytes) {
+    change.settings_changed.push_back("source.max_retained_wal");
+  }
+  if (next.log.format != running.log.format) change.kept_until_restart.push_back("log.format");
+  if (next.log.level != running.log.level) change.kept_until_restart.push_back("log.level");
+  return change;
+}
+
+}  // namespace pgderive
