@@ -14,6 +14,7 @@
 #include "sinks/opensearch/http_client.h"
 #include "sinks/redis/redis_client.h"
 #include "tests/support/pg.h"
+#include "tests/support/pipeline_test.h"
 #include "tests/support/stack_env.h"
 #include "tests/support/subprocess.h"
 #include "tests/support/wait.h"
@@ -21,33 +22,27 @@
 namespace pgderive {
 namespace {
 
-using testing::FreePort;
 using testing::MustConnect;
 using testing::MustExecute;
 using testing::PgderiveBinary;
 using testing::Scalar;
-using testing::Subprocess;
 using testing::UniqueName;
-using testing::WaitFor;
 
 bool Contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 
-class ReloadTest : public ::testing::Test {
+class ReloadTest : public testing::PipelineTest {
  protected:
   void SetUp() override {
-    PGDERIVE_REQUIRE_STACK();
-    dsn_ = stack.pg_dsn();
-    redis_url_ = stack.redis_url();
-    dir_ = std::filesystem::temp_directory_path() / UniqueName("pgderive_reload_test");
-    std::filesystem::create_directories(dir_);
-    pipeline_ = UniqueName("reload");
+    UseSharedStack("reload");
+    if (HasFatalFailure()) return;
+    dsn_ = endpoints_.pg_dsn;
+    redis_url_ = endpoints_.redis_url;
     items_ = UniqueName("rl_items");
     users_ = UniqueName("rl_users");
-    port_ = FreePort();
-    config_ = (dir_ / "pgderive.yml").string();
-    sql_ = std::make_unique<PgConnection>(MustConnect(dsn_));
+    config_ = Path("pgderive.yml");
+    CleanupSql("drop table if exists " + items_ + ", " + users_);
     MustExecute(*sql_, "create table " + items_ +
                            " (id int primary key, name text not null, price int not null)");
     MustExecute(*sql_, "insert into " + items_ +
@@ -57,16 +52,8 @@ class ReloadTest : public ::testing::Test {
                            " select g, 'u' || g || '@example.com' from generate_series(1, 300) g");
   }
   void TearDown() override {
-    run_.reset();
-    if (sql_) {
-      IgnoreError(sql_->Execute("select pg_drop_replication_slot(slot_name) from "
-                                "pg_replication_slots where slot_name = 'pgderive_" +
-                                pipeline_ + "'"),
-                  "test cleanup");
-      IgnoreError(sql_->Execute("drop publication if exists pgderive_" + pipeline_),
-                  "test cleanup");
-      IgnoreError(sql_->Execute("drop table if exists " + items_ + ", " + users_), "test cleanup");
-    }
+    PipelineTest::TearDown();
+    if (redis_url_.empty()) return;
     if (auto redis = RedisClient::Connect(redis_url_); redis.ok()) {
       for (const std::string& pattern :
            {items_ + ":*", users_ + ":*", "pgderive:" + pipeline_ + ":*"}) {
@@ -77,7 +64,6 @@ class ReloadTest : public ::testing::Test {
         }
       }
     }
-    std::filesystem::remove_all(dir_);
   }
 
   // The configuration file: the items view (with `items_columns` when not empty), and
@@ -100,27 +86,14 @@ class ReloadTest : public ::testing::Test {
   }
 
   void StartRun() {
-    run_ = std::make_unique<Subprocess>(
-        std::vector<std::string>{PgderiveBinary(), "run", "-c", config_},
-        (dir_ / "run.err").string());
-    ASSERT_TRUE(WaitFor([&] { return Get("/readyz").first == 200; }, std::chrono::seconds(90)))
-        << Log();
+    PipelineTest::StartRun(config_);
+    WaitReady(std::chrono::seconds(120));
   }
-  std::string Log() { return testing::ReadFile((dir_ / "run.err").string()); }
-  std::pair<long, std::string> Get(const std::string& path) {
-    auto client = HttpClient::Create({.url = "http://127.0.0.1:" + std::to_string(port_),
-                                      .ca_file = "",
-                                      .timeout = std::chrono::seconds(5)});
-    if (!client.ok()) return {0, ""};
-    auto response = client.value().Send("GET", path);
-    if (!response.ok()) return {0, ""};
-    return {response.value().status, response.value().body};
-  }
+  std::string Log() { return RunLog(); }
+  std::pair<long, std::string> Get(const std::string& path) { return Http(path); }
   nlohmann::json Status() {
-    auto [code, body] = Get("/status");
-    if (code != 200) return nlohmann::json::object();
-    auto parsed = nlohmann::json::parse(body, nullptr, false);
-    return parsed.is_discarded() ? nlohmann::json::object() : parsed;
+    nlohmann::json status = PipelineTest::Status();
+    return status.is_object() ? status : nlohmann::json::object();
   }
   uint64_t Generation() {
     return Status().value("config", nlohmann::json::object()).value("generation", uint64_t{0});
@@ -167,11 +140,7 @@ class ReloadTest : public ::testing::Test {
                       pipeline_ + "'");
   }
 
-  std::string dsn_, redis_url_, pipeline_, items_, users_, config_;
-  int port_ = 0;
-  std::filesystem::path dir_;
-  std::unique_ptr<PgConnection> sql_;
-  std::unique_ptr<Subprocess> run_;
+  std::string dsn_, redis_url_, items_, users_, config_;
 };
 
 TEST_F(ReloadTest, SighupFillsAViewAddedAndRebuildsAViewWhoseColumnsChanged) {
@@ -235,8 +204,7 @@ TEST_F(ReloadTest, SighupFillsAViewAddedAndRebuildsAViewWhoseColumnsChanged) {
       WaitFor([&] { return RedisGet(items_ + ":7") == R"({"id":7,"name":"after removal"})"; }));
   EXPECT_EQ(RedisGet(users_ + ":3"), R"({"id":3,"email":"u3@example.com"})");
 
-  run_->Signal(SIGTERM);
-  EXPECT_EQ(run_->Wait(std::chrono::seconds(30)), 0) << Log();
+  StopRun(std::chrono::seconds(30));
 }
 
 TEST_F(ReloadTest, ABrokenFileOrAKeyThatCannotChangeIsRefusedAndTheViewsStream) {
@@ -299,8 +267,7 @@ TEST_F(ReloadTest, ABrokenFileOrAKeyThatCannotChangeIsRefusedAndTheViewsStream) 
   EXPECT_EQ(reload.code, 0) << reload.out << reload.err;
   EXPECT_TRUE(Contains(reload.out, "configuration unchanged: generation 1 serves")) << reload.out;
 
-  run_->Signal(SIGTERM);
-  EXPECT_EQ(run_->Wait(std::chrono::seconds(30)), 0) << Log();
+  StopRun(std::chrono::seconds(30));
 }
 
 TEST_F(ReloadTest, BackfillShowsProgressLinesWhenNotATerminal) {
@@ -332,8 +299,7 @@ TEST_F(ReloadTest, BackfillShowsProgressLinesWhenNotATerminal) {
   EXPECT_TRUE(Contains(last, " rows, ")) << backfill.out;
   auto [code, out] = testing::RunVerify(config_, 60);
   EXPECT_EQ(code, 0) << out;
-  run_->Signal(SIGTERM);
-  EXPECT_EQ(run_->Wait(std::chrono::seconds(30)), 0) << Log();
+  StopRun(std::chrono::seconds(30));
 }
 
 }  // namespace
