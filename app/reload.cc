@@ -83,12 +83,15 @@ Reloader::Answer Reloader::Request(const std::string& via, const std::string& fi
       answer.result = "busy";
       answer.message = "a reload to generation " + std::to_string(accepted_->generation) +
                        " is under way; ask again once it serves";
-      return answer;
+    } else if (!running) {
+      answer.result = "busy";
+      answer.message = "the pipeline is still starting; ask again once it streams";
     }
   }
-  if (!running) {
-    answer.result = "busy";
-    answer.message = "the pipeline is still starting; ask again once it streams";
+  if (answer.result == "busy") {
+    // Said, not queued: the file is read when the request is made again.
+    logger_.Warn("configuration reload not made: " + answer.message,
+                 {{"file", path_}, {"via", via}});
     return answer;
   }
   logger_.Info("reloading the configuration", {{"file", path_}, {"via", via}});
