@@ -17,6 +17,8 @@ constexpr auto kStopGrace = std::chrono::seconds(8);
 constexpr auto kIdleMarkInterval = std::chrono::seconds(1);
 constexpr auto kConfirmInterval = std::chrono::milliseconds(100);
 constexpr auto kLockCheckInterval = std::chrono::seconds(1);
+// How often a run that lost its lock's session tries to re-take it.
+constexpr auto kLockRetry = std::chrono::milliseconds(250);
 
 }  // namespace
 
@@ -39,6 +41,10 @@ Pipeline::~Pipeline() {
 
 void Pipeline::Log(const std::string& message) {
   logger_.Info(message, {{"pipeline", config_.pipeline}, {"slot", config_.source.slot}});
+}
+
+void Pipeline::Warn(const std::string& message) {
+  logger_.Warn(message, {{"pipeline", config_.pipeline}, {"slot", config_.source.slot}});
 }
 
 int Pipeline::Fail(const std::string& message) {
@@ -180,8 +186,8 @@ std::optional<int> Pipeline::OpenSlot() {
       if (status.error().kind() != ErrorKind::kTransient) {
         return Undo(Fail("initial snapshot failed: " + status.error().message()));
       }
-      Log("initial snapshot failed: " + status.error().message() +
-          "; the stores are rebuilt from a new snapshot");
+      Warn("initial snapshot failed: " + status.error().message() +
+           "; the stores are rebuilt from a new snapshot");
       to_rebuild = all;
     } else {
       for (Sink* sink : all) checkpoints_[sink] = at;
@@ -191,8 +197,9 @@ std::optional<int> Pipeline::OpenSlot() {
     for (auto& sink : sinks_) {
       auto stored =
           RetryTransient([&] { return sink->ReadCheckpoint(); }, [this] { return stopped(); },
-                         [&](const std::string& m) { Log("store " + sink->name() + ": " + m); });
+                         [&](const std::string& m) { Warn("store " + sink->name() + ": " + m); });
       if (!stored.ok()) {
+        if (stopped()) return 0;  // stopped while the store was down: a stop, not a failure
         return Undo(Fail("store " + sink->name() + ": " + stored.error().message()));
       }
       if (stored.value() && *stored.value() >= confirmed_) {
@@ -219,7 +226,7 @@ std::optional<int> Pipeline::Rebuild(const std::vector<Sink*>& sinks) {
     auto rebuilt = RetryTransient(
         [&] { return RebuildFromTemporarySlot(config_, *sink, stop_, logger_, monitor_); },
         [this] { return stopped(); },
-        [&](const std::string& m) { Log("rebuild of store " + sink->name() + " failed: " + m); });
+        [&](const std::string& m) { Warn("rebuild of store " + sink->name() + " failed: " + m); });
     if (rebuilt.ok()) {
       checkpoints_[sink] = rebuilt.value();
       continue;
@@ -263,7 +270,10 @@ std::optional<int> Pipeline::StartStores() {
              backfills_->Add(store, table, std::move(views), std::move(after));
            }},
       [this] { return stopped(); }, logger_, [this](const std::string& m) { Log(m); }, redefined_);
-  if (!status.ok()) return Undo(Fail(status.error().message()));
+  if (!status.ok()) {
+    if (stopped()) return 0;  // stopped while a store was down: a stop, not a failure
+    return Undo(Fail(status.error().message()));
+  }
   StartWorkers();
   learner_.emplace(*sql_);
   roots_.emplace(*sql_, tables_);
@@ -320,6 +330,8 @@ void Pipeline::StartWorkers() {
     workers_.push_back(std::make_unique<PipelineWorker>(
         *sink,
         [this](Sink& s) -> Result<Lsn> {
+          // A stop never starts a rebuild (the next start does it).
+          if (stopped()) return Error::Transient("stopping: the rebuild is left to the next start");
           // The source tables as they are now (one may have been replaced).
           auto source = SqlSession::Connect(config_.source.dsn, "pgderive-run");
           if (!source.ok()) return source.error();
@@ -366,15 +378,29 @@ void Pipeline::Restart(const std::string& why) {
 }
 
 std::optional<int> Pipeline::Reconnect() {
-  auto connection =
-      PgConnection::Connect(config_.source.dsn, PgConnection::Mode::kReplication, "pgderive-run");
+  // The catalog session the stream thread reads types and partitions on: after a source
+  // restart it is broken, and the first change of a type not yet learned would fail the
+  // run. A new session in its place (the learner and the partition map keep using it).
+  Status catalog = Status::Ok();
+  if (!sql_->Query("select 1").ok() && !sql_->is_open()) {
+    auto sql = SqlSession::Connect(config_.source.dsn, "pgderive-run");
+    if (sql.ok()) {
+      sql_.emplace(std::move(sql).value());
+    } else {
+      catalog = sql.error();
+    }
+  }
+  auto connection = !catalog.ok()
+                        ? Result<PgConnection>(catalog.error())
+                        : PgConnection::Connect(config_.source.dsn,
+                                                PgConnection::Mode::kReplication, "pgderive-run");
   Result<ReplicationStream> started =
       connection.ok() ? ReplicationStream::Start(std::move(connection).value(), stream_options_)
                       : Result<ReplicationStream>(connection.error());
   if (!started.ok()) {
     if (started.error().kind() != ErrorKind::kTransient) return Fail(started.error().message());
     const auto wait = backoff_.Next();
-    Log(started.error().message() + "; retrying in " + std::to_string(wait.count()) + " ms");
+    Warn(started.error().message() + "; retrying in " + std::to_string(wait.count()) + " ms");
     WaitUnlessStopped(wait, [this] { return stopped(); });
     return std::nullopt;
   }
@@ -384,28 +410,40 @@ std::optional<int> Pipeline::Reconnect() {
   return std::nullopt;
 }
 
-std::optional<int> Pipeline::KeepLock() {
-  const auto now = std::chrono::steady_clock::now();
-  if (!lock_ || now - last_lock_check_ < kLockCheckInterval) return std::nullopt;
-  last_lock_check_ = now;
+void Pipeline::HoldWrites(bool hold) {
+  if (lock_held_ == !hold) return;
+  lock_held_ = !hold;
+  for (auto& worker : workers_) worker->Pause(hold);
+}
+
+std::optional<int> Pipeline::KeepLock(bool now) {
+  const auto at = std::chrono::steady_clock::now();
+  if (!lock_ || (!now && at - last_lock_check_ < kLockCheckInterval)) return std::nullopt;
+  last_lock_check_ = at;
   const PipelineLock::KeepResult kept = lock_->Keep();
   switch (kept.kept) {
     case PipelineLock::Kept::kHeld:
+      HoldWrites(false);
       break;
     case PipelineLock::Kept::kRetaken:
       Log("re-took the pipeline's lock on the source (its session had been lost)");
       lock_lost_logged_ = false;
+      HoldWrites(false);
       break;
     case PipelineLock::Kept::kUnreachable:
-      // The stream is down as well; the lock is re-taken as soon as the source answers.
+      // Nothing is streamed, written or confirmed until the lock is held again: a
+      // `teardown` or second `run` meanwhile must not race this one (run_lock.h).
+      HoldWrites(true);
       if (!lock_lost_logged_) {
         lock_lost_logged_ = true;
         logger_.Warn("the pipeline's lock on the source was lost with its session (" + kept.error +
-                         "); re-taking it once the source answers",
+                         "); streaming and writing wait until it is re-taken",
                      {{"pipeline", config_.pipeline}, {"slot", config_.source.slot}});
       }
+      if (stream_) Restart("the stream waits for the pipeline's lock");
       break;
     case PipelineLock::Kept::kLost:
+      HoldWrites(true);
       return Fail("another process took pipeline " + config_.pipeline +
                   " over while this one had lost its lock on the source: " +
                   lock_->holder()->Describe() + "; stopping this one");
@@ -415,7 +453,13 @@ std::optional<int> Pipeline::KeepLock() {
 
 std::optional<int> Pipeline::Step() {
   if (auto lost = monitor_.slot_lost()) return Fail(*lost);
-  if (auto code = KeepLock()) return code;
+  // Without a stream (a start, a restart after an error) the lock is checked first:
+  // the stream starts again only under it.
+  if (auto code = KeepLock(/*now=*/!stream_)) return code;
+  if (!lock_held_) {
+    WaitUnlessStopped(kLockRetry, [this] { return stopped(); });
+    return std::nullopt;
+  }
   if (!stream_) {
     if (auto code = Reconnect()) return code;
     if (!stream_) return std::nullopt;

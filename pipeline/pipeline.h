@@ -84,15 +84,19 @@ class Pipeline {
   std::optional<int> Step();
   std::optional<int> Reconnect();
   void ConfirmAndRejoin();
-  // Every kLockCheckInterval: the lock is still held (re-taken after a source restart);
-  // nullopt to go on, else the exit code (another process took the pipeline over).
-  std::optional<int> KeepLock();
+  // Every kLockCheckInterval (`now`: at once): the lock is still held (re-taken after a
+  // source restart); nullopt to go on, else the exit code (another process took the
+  // pipeline over). While the lock is not held the stream is down and the workers are
+  // paused: nothing is written or confirmed.
+  std::optional<int> KeepLock(bool now);
+  void HoldWrites(bool hold);
   void Restart(const std::string& why);
   void Finish(int exit_code);
 
   bool stopped() const { return stop_ != nullptr && stop_->load(); }
   bool reloading() const { return host_.restart_requested(); }
   void Log(const std::string& message);
+  void Warn(const std::string& message);
   int Fail(const std::string& message);
   int Undo(int code);
 
@@ -132,6 +136,7 @@ class Pipeline {
   std::chrono::steady_clock::time_point last_idle_mark_;
   std::chrono::steady_clock::time_point last_lock_check_;
   bool lock_lost_logged_ = false;
+  bool lock_held_ = true;
   Lsn last_sent_flush_;
 };
 

@@ -293,10 +293,25 @@ void PipelineWorker::Stop(std::chrono::steady_clock::time_point deadline) {
   thread_.Stop();
 }
 
+void PipelineWorker::Pause(bool paused) {
+  {
+    std::lock_guard lock(mutex_);
+    paused_.store(paused);
+  }
+  changed_.notify_all();
+}
+
 void PipelineWorker::Loop(std::stop_token stop) {
   std::string rebuild_error;       // the last rebuild's error, logged once
   bool failed_by_rebuild = false;  // failed_ set by a rebuild that cannot succeed yet
   while (true) {
+    if (paused_.load()) {
+      if (stop.stop_requested()) return;  // what is queued was never this run's to write
+      std::unique_lock lock(mutex_);
+      changed_.wait_for(lock, stop, std::chrono::milliseconds(200),
+                        [this] { return !paused_.load(); });
+      continue;
+    }
     std::optional<std::string> rebuild;
     {
       std::lock_guard lock(mutex_);
@@ -338,7 +353,8 @@ void PipelineWorker::Loop(std::stop_token stop) {
     {
       std::unique_lock lock(mutex_);
       changed_.wait_for(lock, stop, std::chrono::milliseconds(200),
-                        [&] { return !queue_.empty(); });
+                        [&] { return !queue_.empty() || paused_.load(); });
+      if (paused_.load()) continue;  // paused meanwhile: see the top of the loop
       if (stop.stop_requested() &&
           (queue_.empty() || std::chrono::steady_clock::now() >= deadline_)) {
         return;
@@ -582,10 +598,19 @@ Status PipelineWorker::Recover() {
     // The store lost data the slot no longer holds (e.g. Redis restarted empty):
     // serving it stale is not an option; rebuild its views from a new snapshot.
     const std::string reason = stored.value() ? "" : sink_.missing_checkpoint_reason();
-    log_("store " + sink_.name() + " has " +
-         (stored.value() ? "checkpoint " + stored.value()->ToString()
-                         : "no checkpoint" + (reason.empty() ? "" : " (" + reason + ")")) +
-         ", behind the slot's " + confirmed.ToString() + ": rebuilding its views");
+    const std::string found =
+        "store " + sink_.name() + " has " +
+        (stored.value() ? "checkpoint " + stored.value()->ToString()
+                        : "no checkpoint" + (reason.empty() ? "" : " (" + reason + ")")) +
+        ", behind the slot's " + confirmed.ToString();
+    if (thread_.stop_requested()) {
+      // A stop never starts a rebuild: what is queued is dropped unapplied (the slot was
+      // not confirmed past it), and the next start finds the store behind and rebuilds.
+      log_(found + ": stopping, so its views are rebuilt at the next start");
+      supersede();
+      return Status::Ok();
+    }
+    log_(found + ": rebuilding its views");
     return RebuildViews();
   }
   if (!(*stored.value() < confirmed)) slot_passed_.store(false);  // it holds all the slot passed

@@ -93,6 +93,10 @@ class PipelineWorker {
   // next batch (a source table was replaced: what the store holds of it, mirrors
   // included, is of a table that is gone). `why` is logged.
   void RequestRebuild(const std::string& why);
+  // Paused: applies nothing, rebuilds nothing (what is queued waits) until resumed; a
+  // stop while paused drops the queue. The pipeline pauses its workers while it does
+  // not hold its lock (run_lock.h).
+  void Pause(bool paused);
   // Detached, drained and healthy: wants the stream from the slot again.
   bool WantsRejoin() const { return wants_rejoin_.load(); }
   void Rejoin();
@@ -148,6 +152,7 @@ class PipelineWorker {
   std::atomic<bool> detached_{false};
   std::atomic<bool> wants_rejoin_{false};
   std::atomic<bool> failed_{false};
+  std::atomic<bool> paused_{false};
   std::vector<float> latencies_ms_;  // guarded by mutex_; capped; steady state only
   // Catch-up (see Start): transactions and the longest wait, guarded by mutex_.
   size_t catchup_transactions_ = 0;

@@ -18,6 +18,13 @@ constexpr const char* kHolderSql =
     "where datname = current_database()) and l.classid = $1::int::oid and l.objid = "
     "hashtext($2)::oid and l.objsubid = 2";
 
+// The session streaming from the slot (its walsender), if any.
+constexpr const char* kSlotUserSql =
+    "select coalesce(a.application_name, ''), s.active_pid::text, coalesce(host(a.client_addr), "
+    "case when a.client_port = -1 then 'a local socket' end, ''), coalesce(date_trunc('second', "
+    "a.backend_start)::text, '') from pg_replication_slots s left join pg_stat_activity a on "
+    "a.pid = s.active_pid where s.slot_name = $1 and s.active_pid is not null";
+
 }  // namespace
 
 std::string LockHolder::Describe() const {
@@ -40,12 +47,12 @@ std::string ProcessName(const std::string& command) {
 Result<PipelineLock> PipelineLock::Take(const std::string& dsn, const std::string& slot,
                                         const std::string& application_name) {
   PipelineLock lock(dsn, slot, application_name);
-  Status status = lock.Attempt();
+  Status status = lock.Attempt(/*check_slot=*/true);
   if (!status.ok()) return status.error();
   return lock;
 }
 
-Status PipelineLock::Attempt() {
+Status PipelineLock::Attempt(bool check_slot) {
   session_.reset();
   holder_.reset();
   auto connected = SqlSession::Connect(dsn_, application_name_);
@@ -57,6 +64,19 @@ Status PipelineLock::Attempt() {
     auto took = session.Query("select pg_try_advisory_lock($1::int, hashtext($2))", key);
     if (!took.ok()) return took.error();
     if (took.value().rows.at(0).at(0).value_or("f") == "t") {
+      if (check_slot) {
+        // A run streams only while it holds the lock; a walsender on the slot without
+        // the lock is a run that just lost its lock session (the source restarted, or
+        // the session was ended) and has not noticed yet: still running.
+        auto user = session.Query(kSlotUserSql, {slot_});
+        if (!user.ok()) return user.error();
+        if (!user.value().rows.empty()) {
+          const auto& row = user.value().rows[0];
+          holder_ = LockHolder{row[0].value_or(""), row[1].value_or(""), row[2].value_or(""),
+                               row[3].value_or("")};
+          return Status::Ok();  // the session ends here, and the lock with it
+        }
+      }
       session_.emplace(std::move(session));
       return Status::Ok();
     }
@@ -73,14 +93,24 @@ Status PipelineLock::Attempt() {
 }
 
 Status PipelineLock::Rename(const std::string& application_name) {
+  if (session_) {
+    Status status =
+        session_->Execute("select set_config('application_name', $1, false)", {application_name});
+    // The session keeps its old name: Keep() must know it by that one.
+    if (!status.ok()) return status;
+  }
   application_name_ = application_name;
-  if (!session_) return Status::Ok();
-  return session_->Execute("select set_config('application_name', $1, false)", {application_name});
+  return Status::Ok();
 }
 
 PipelineLock::KeepResult PipelineLock::Keep() {
-  if (session_ && session_->is_open() && session_->Query("select 1").ok()) return {};
-  Status status = Attempt();
+  // The lock lives as long as its session: only a broken connection loses it. A probe
+  // that fails on a connection still open (a cancelled statement, a timeout) is no
+  // reason to end a session that holds the lock.
+  if (session_ && session_->is_open()) {
+    if (session_->Query("select 1").ok() || session_->is_open()) return {};
+  }
+  Status status = Attempt(/*check_slot=*/false);
   if (!status.ok()) return {Kept::kUnreachable, status.error().message()};
   if (taken()) return {Kept::kRetaken, {}};
   // (NAMEDATALEN - 1: the server keeps the first 63 bytes of a name.)

@@ -16,7 +16,21 @@
 //
 // The lock lives as long as its session. When the source restarts the session is gone
 // and so is the lock: Keep() connects again and re-takes it; when another process took
-// it meanwhile, Keep() says so and the caller stops.
+// it meanwhile, Keep() says so and the caller stops. Only a broken connection counts as
+// a lost session (a probe that fails on an open connection does not).
+//
+// Closing the gap between a lost session and its re-take:
+//   - `run` streams, writes to its stores and confirms the slot only while it holds the
+//     lock: when Keep() finds the session lost it stops the stream and pauses its
+//     store workers, and it starts the stream again only once the lock is re-taken
+//     (pipeline.cc KeepLock). So a walsender on the pipeline's slot means a run that
+//     held the lock a moment ago.
+//   - Take() (`run`, `teardown`) counts such a walsender as a holder too: with the lock
+//     free but the slot active (pg_replication_slots.active_pid), it gives the lock up
+//     again and names the walsender's session.
+//   Left: a source restart ends both sessions at once; a `teardown` or second `run`
+//   that takes the lock before the first run re-takes it wins, and the first run, once
+//   it finds the lock taken, stops without having written anything meanwhile.
 
 #include <optional>
 #include <string>
@@ -45,8 +59,8 @@ class PipelineLock {
  public:
   // Connects a session of its own to the source as `application_name` and tries to take
   // the lock of the pipeline whose slot is `slot`. An error: the source cannot be
-  // reached (or refused the statement). Otherwise the lock is taken, or held() names who
-  // has it.
+  // reached (or refused the statement). Otherwise the lock is taken, or holder() names
+  // who has it (a session holding the lock, or one streaming from the slot).
   static Result<PipelineLock> Take(const std::string& dsn, const std::string& slot,
                                    const std::string& application_name);
 
@@ -58,6 +72,7 @@ class PipelineLock {
   const std::optional<LockHolder>& holder() const { return holder_; }
 
   // Renames the session (what a refused process reads): once the HTTP port is known.
+  // On an error the session keeps its old name, and so does this object.
   Status Rename(const std::string& application_name);
 
   enum class Kept {
@@ -78,8 +93,9 @@ class PipelineLock {
       : dsn_(std::move(dsn)),
         slot_(std::move(slot)),
         application_name_(std::move(application_name)) {}
-  // Connects and tries to take the lock: sets session_ and holder_.
-  Status Attempt();
+  // Connects and tries to take the lock: sets session_ and holder_. `check_slot`: a
+  // walsender on the slot holds the pipeline as well (the lock is given up again).
+  Status Attempt(bool check_slot);
 
   std::string dsn_;
   std::string slot_;

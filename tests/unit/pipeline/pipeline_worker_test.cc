@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <thread>
 
 #include "cdc/walsender.h"
@@ -26,7 +27,11 @@ constexpr auto kNoWait = std::chrono::milliseconds(0);
 struct Worker {
   explicit Worker(FakeSink& sink, size_t max_queue_bytes = size_t{1} << 20)
       : worker(
-            sink, [](Sink&) -> Result<Lsn> { return Error::Permanent("no rebuild in this test"); },
+            sink,
+            [this](Sink&) -> Result<Lsn> {
+              ++rebuilds;
+              return Error::Permanent("no rebuild in this test");
+            },
             [this](const std::string& message) {
               std::lock_guard lock(mutex);
               log.push_back(message);
@@ -43,6 +48,7 @@ struct Worker {
 
   std::mutex mutex;
   std::vector<std::string> log;
+  std::atomic<int> rebuilds{0};
   PipelineWorker worker;
 };
 
@@ -185,6 +191,56 @@ TEST(PipelineWorkerTest, AStopEndsTheWaitBetweenRetriesByItsDeadline) {
     EXPECT_LT(took, grace + std::chrono::milliseconds(900));
     EXPECT_TRUE(sink.applied().empty());
   }
+}
+
+// A store that lost data while an apply failed: Recover would rebuild it, but a stop
+// came during the wait between retries. A stop never starts a rebuild: the queue is
+// dropped unapplied and the next start rebuilds.
+TEST(PipelineWorkerTest, AStopDuringARecoveryNeverStartsARebuild) {
+  FakeSink sink("a");
+  Worker w(sink);
+  w.worker.Start(Lsn{});
+  ASSERT_TRUE(w.worker.Offer(TestBatch(1, 1), kNoWait));
+  ASSERT_TRUE(WaitFor([&] { return w.worker.checkpoint() == EndOf(1); }));
+  w.worker.SetSlotConfirmed(EndOf(1));
+  sink.Lose(Lsn{});  // its checkpoint behind the slot's: Recover would rebuild
+  sink.FailNext(1000);
+  ASSERT_TRUE(w.worker.Offer(TestBatch(2, 2), kNoWait));
+  // The fourth retry waits 1.6 s (+-20%): the stop comes during it; the store answers
+  // again when the retry after it comes.
+  ASSERT_TRUE(WaitFor([&] {
+    std::lock_guard lock(w.mutex);
+    return std::count_if(w.log.begin(), w.log.end(), [](const std::string& line) {
+             return line.find("retrying in") != std::string::npos;
+           }) >= 4;
+  }));
+  sink.FailNext(0);
+  w.worker.Stop(std::chrono::steady_clock::now() + std::chrono::minutes(1));
+  EXPECT_EQ(w.rebuilds.load(), 0);
+  EXPECT_TRUE(w.Logged("stopping, so its views are rebuilt at the next start"));
+  EXPECT_FALSE(w.Logged("rebuilding its views"));
+  EXPECT_EQ(sink.applied(), std::vector<FakeSink::Applied>{});
+}
+
+// Paused (the pipeline lost its lock), the worker applies nothing; resumed, it applies
+// what waited; stopped while paused, it drops its queue unapplied.
+TEST(PipelineWorkerTest, APausedWorkerWritesNothing) {
+  FakeSink sink("a");
+  {
+    Worker w(sink);
+    w.worker.Start(Lsn{});
+    w.worker.Pause(true);
+    ASSERT_TRUE(w.worker.Offer(TestBatch(1, 2), kNoWait));
+    // Several turns of the paused loop (200 ms each) go by without an apply.
+    EXPECT_FALSE(WaitFor([&] { return sink.apply_calls() > 0; }, std::chrono::milliseconds(600)));
+    w.worker.Pause(false);
+    ASSERT_TRUE(WaitFor([&] { return w.worker.checkpoint() == EndOf(2); }));
+    EXPECT_EQ(sink.applied(), AppliedOf(1, 2));
+    w.worker.Pause(true);
+    ASSERT_TRUE(w.worker.Offer(TestBatch(3, 3), kNoWait));
+    w.worker.Stop(std::chrono::steady_clock::now() + std::chrono::minutes(1));
+  }
+  EXPECT_EQ(sink.applied(), AppliedOf(1, 2));
 }
 
 }  // namespace
