@@ -326,7 +326,8 @@ class ConnectedChecks {
       }
       if (found.value().rows.empty()) {
         AtView(views.front(), where(views.front()),
-               "table " + table + " does not exist in the source database" + read_by_text);
+               "table " + table + " does not exist in the source database" + read_by_text +
+                   TableMeant(sql, table));
         continue;
       }
       ++tables_checked_;
@@ -418,6 +419,20 @@ class ConnectedChecks {
         if (!fits.ok()) AtView(v, where(v), fits.error().message());
       }
     }
+  }
+
+  // "; did you mean public.orders?" when a table the role sees is close to `table`
+  // (the tables are not listed: a database may hold thousands).
+  static std::string TableMeant(SqlSession& sql, const std::string& table) {
+    auto tables = sql.Query(
+        "select n.nspname || '.' || c.relname from pg_class c join pg_namespace n on n.oid = "
+        "c.relnamespace where c.relkind in ('r', 'p', 'v', 'm', 'f') and n.nspname not in "
+        "('pg_catalog', 'information_schema', 'pgderive') and n.nspname not like 'pg\\_%'");
+    if (!tables.ok()) return "";
+    std::vector<std::string> names;
+    for (const auto& row : tables.value().rows) names.push_back(row[0].value_or(""));
+    auto closest = ClosestName(table, names);
+    return closest ? "; did you mean " + *closest + "?" : "";
   }
 
   // The columns a row view lists and its key template's placeholders exist; a key

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "base/names.h"
 #include "cdc/row_json.h"
 
 namespace pgderive {
@@ -16,13 +17,19 @@ Result<std::shared_ptr<const ViewShape>> ViewShape::Make(
     }
     return std::nullopt;
   };
+  auto column_names = [&] {
+    std::vector<std::string> names;
+    for (const ColumnSchema& c : schema->columns) names.push_back(c.name);
+    return names;
+  };
   const std::string where = "view " + view.name + ": ";
   if (view.columns) {
     for (const std::string& name : *view.columns) {
       auto index = find(name);
       if (!index) {
         return Error::Permanent(where + "column " + name + " is not in table " +
-                                schema->QualifiedName());
+                                schema->QualifiedName() + " " +
+                                ValidNames(name, column_names(), "its columns"));
       }
       shape->columns_.push_back(*index);
     }
@@ -41,7 +48,8 @@ Result<std::shared_ptr<const ViewShape>> ViewShape::Make(
       auto index = find(part.column);
       if (!index) {
         return Error::Permanent(where + "key column " + part.column + " is not in table " +
-                                schema->QualifiedName());
+                                schema->QualifiedName() + " " +
+                                ValidNames(part.column, column_names(), "its columns"));
       }
       // Also under REPLICA IDENTITY FULL, whose deletes carry every column: a column
       // outside the row key can be NULL or shared by two rows, and deleting one of them

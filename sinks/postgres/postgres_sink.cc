@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <set>
 
+#include "base/names.h"
 #include "base/number.h"
 #include "base/table_name.h"
 #include "migrations/migrations.h"
@@ -73,7 +74,8 @@ Status PostgresSink::Resolve(SqlSession& source, bool checked) {
     if (!columns.ok()) return columns.error();
     for (const std::string& key : view->config.key_columns) {
       if (std::find(columns.value().begin(), columns.value().end(), key) == columns.value().end()) {
-        return Error::Permanent(where + "key column " + key + " is not a column of the query");
+        return Error::Permanent(where + "key column " + key + " is not a column of the query " +
+                                ValidNames(key, columns.value(), "its columns"));
       }
     }
     for (const std::string& table : view->tables) {

@@ -223,9 +223,31 @@ Result<std::optional<std::string>> ChangingFunctions(SqlSession& source, const s
       {list}));
 }
 
+std::string WithoutStatementPrefix(std::string message, std::string_view prefix) {
+  const std::string quote = "\nLINE 1: ";
+  const size_t at = message.find(quote + std::string(prefix));
+  if (at == std::string::npos || prefix.empty()) return message;
+  message.erase(at + quote.size(), prefix.size());
+  // The caret line under it: as many columns further left (when it points past the
+  // prefix, as it does for an error in the query).
+  const size_t caret_line = message.find('\n', at + quote.size());
+  if (caret_line != std::string::npos) {
+    const size_t first = caret_line + 1;
+    const size_t spaces = message.find_first_not_of(' ', first);
+    if (spaces != std::string::npos && spaces - first >= quote.size() - 1 + prefix.size() &&
+        message[spaces] == '^') {
+      message.erase(first, prefix.size());
+    }
+  }
+  return message;
+}
+
 Result<QueryPlan> ExplainQuery(SqlRunner& source, const std::string& query) {
-  auto plan = source.Query("explain (verbose, format json) " + query);
-  if (!plan.ok()) return plan.error();
+  static constexpr std::string_view kExplain = "explain (verbose, format json) ";
+  auto plan = source.Query(std::string(kExplain) + query);
+  if (!plan.ok()) {
+    return Error(plan.error().kind(), WithoutStatementPrefix(plan.error().message(), kExplain));
+  }
   return ParsePlan(PlanText(plan.value()));
 }
 

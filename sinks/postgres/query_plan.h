@@ -84,6 +84,12 @@ std::vector<std::string> KeyPassThrough(std::string_view explain_json, const std
 std::set<std::string> LookupColumns(std::string_view query,
                                     const std::vector<std::string>& columns);
 
+// PostgreSQL's error about a statement that wraps the user's query (`prefix` + query,
+// e.g. "explain (verbose, format json) "), as if about the query alone: the prefix
+// taken out of its "LINE 1: " quote and the caret under it moved back with it. Other
+// messages are returned as they are.
+std::string WithoutStatementPrefix(std::string message, std::string_view prefix);
+
 // ---- Reading the source ---------------------------------------------------------------
 
 // The functions the query calls whose result can change while its rows do not (not

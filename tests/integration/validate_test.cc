@@ -174,6 +174,21 @@ TEST_F(ValidateTest, AMissingTable) {
   ExpectNothingCreated();
 }
 
+// A table name one letter off a table that exists: told the one meant.
+TEST_F(ValidateTest, AMisspelledTableNamesTheOneMeant) {
+  const std::string typo = table_.substr(0, 3) + table_.substr(4);
+  const std::string config = WriteConfig("  - name: typo\n    store: cache\n    from: " + typo +
+                                         "\n    key: \"typo:{id}\"\n");
+  auto [status, out] = Validate(config);
+  EXPECT_EQ(status, 2) << out;
+  EXPECT_TRUE(Has(out, config + ":31:11: views[3].from: table public." + typo +
+                           " does not exist in the source database (read by view typo); did you "
+                           "mean public." +
+                           table_ + "?\n"))
+      << out;
+  ExpectNothingCreated();
+}
+
 TEST_F(ValidateTest, AMissingColumnInTheListAndInTheKeyTemplate) {
   const std::string config =
       WriteConfig("  - name: by_nope\n    store: cache\n    from: " + table_ + "\n    key: \"" +
@@ -221,7 +236,7 @@ TEST_F(ValidateTest, EachConnectedProblemPointsAtItsOwnLine) {
                            table_ + " (its columns: id, sku, price; did you mean sku?)\n"))
       << out;
   EXPECT_TRUE(Has(out, config + ":41:9: views[4].key[1]: view keyed: key column grp is not a "
-                                "column of the query\n"))
+                                "column of the query (its columns: id, sku)\n"))
       << out;
   EXPECT_TRUE(Has(out, config + ":49:14: views[5].query: view broken: ")) << out;
   EXPECT_TRUE(Has(out, "column \"nope\" does not exist")) << out;

@@ -44,6 +44,23 @@ constexpr const char* kGroupedKeyPlan = R"json([{"Plan": {
     "Plans": [{"Node Type": "Seq Scan", "Relation Name": "orders", "Schema": "public",
                "Alias": "orders", "Output": ["orders.id", "orders.customer_id"]}]}]}}])json";
 
+// PostgreSQL's error about EXPLAIN of a query quotes the query's first line with the
+// EXPLAIN before it; the user sees their own line, the caret under the same character.
+TEST(QueryPlanTest, AnErrorQuotesTheQueryNotTheStatementAroundIt) {
+  const std::string prefix = "explain (verbose, format json) ";
+  const std::string caret(8 + prefix.size() + 9, ' ');
+  EXPECT_EQ(WithoutStatementPrefix("explain failed: ERROR:  syntax error at or near \"x\"\nLINE "
+                                   "1: explain (verbose, format json) select 1 frm x\n" +
+                                       caret + "^ (SQLSTATE 42601)",
+                                   prefix),
+            "explain failed: ERROR:  syntax error at or near \"x\"\nLINE 1: select 1 frm x\n" +
+                std::string(8 + 9, ' ') + "^ (SQLSTATE 42601)");
+  // Another line of the query, or no quote at all: as it is.
+  const std::string line2 = "ERROR:  column \"nope\" does not exist\nLINE 2:  nope from t\n   ^";
+  EXPECT_EQ(WithoutStatementPrefix(line2, prefix), line2);
+  EXPECT_EQ(WithoutStatementPrefix("connection lost", prefix), "connection lost");
+}
+
 TEST(QueryPlanTest, ReadsScansRelationsAndExpressions) {
   const QueryPlan plan = ParsePlan(kJoinPlan);
   EXPECT_EQ(plan.relations, (std::vector<std::string>{"public.orders", "public.customers"}));
