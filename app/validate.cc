@@ -640,6 +640,27 @@ class ConnectedChecks {
       }
       if (exists.value().rows[0][0].value_or("f") != "t") {
         schemas.insert(TableName::Parse(view.table).schema);
+        continue;
+      }
+      // An existing table must be this pipeline's: pgderive.views records it as this
+      // view's (its definition names the table). Someone else's is never taken over.
+      auto recorded = c.Query(
+          "select case when to_regclass('pgderive.views') is null then false else exists "
+          "(select from pgderive.views where pipeline = " +
+          c.QuoteLiteral(config_.pipeline) + " and store = " + c.QuoteLiteral(store.name) +
+          " and view = " + c.QuoteLiteral(view.name) + " and starts_with(definition, " +
+          c.QuoteLiteral("table " + view.table + "\n") + ")) end");
+      if (!recorded.ok()) {
+        AtView(i, ".table", what + "view " + view.name + ": " + recorded.error().message());
+        continue;
+      }
+      if (recorded.value().rows[0][0].value_or("f") != "t") {
+        AtView(i, ".table",
+               what + "view " + view.name + ": table " + view.table +
+                   " already exists and was not made by pipeline " + config_.pipeline +
+                   " (pgderive.views does not record it as this view's); pgderive does not "
+                   "take over a table it did not make: point the view's table at a new name, "
+                   "or drop the table if it is yours to drop");
       }
     }
     for (const std::string& schema : schemas) {

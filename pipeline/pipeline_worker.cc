@@ -72,6 +72,12 @@ PipelineWorker::PipelineWorker(Sink& sink, Rebuild rebuild, Log log, size_t max_
 }
 
 void PipelineWorker::CountApplied(const BatchGroup& group, Lsn from) {
+  // A rebuild on demand of a postgres view: the rows of the view it built.
+  for (const auto& [view, rows] : sink_.TakeRebuiltRows()) {
+    if (auto it = backfill_counters_.find(view); it != backfill_counters_.end()) {
+      it->second->Add(static_cast<double>(rows));
+    }
+  }
   if (view_counters_.empty()) return;
   const RelationSchema* last = nullptr;
   const std::vector<Counter*>* counters = nullptr;

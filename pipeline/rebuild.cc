@@ -15,7 +15,8 @@ namespace pgderive {
 namespace {
 
 // Snapshot rows to every sink whose views read the table.
-// Counts them per view (pgderive_changes_applied_total{source="snapshot"}).
+// Counts them per view (pgderive_changes_applied_total{source="snapshot"}); a store whose
+// views are queries (postgres) counts the rows its views got instead (Count).
 class SnapshotFanout : public TypedSnapshotConsumer {
  public:
   SnapshotFanout(std::vector<Sink*> sinks, TypeLearner& learner, Metrics& metrics)
@@ -23,7 +24,18 @@ class SnapshotFanout : public TypedSnapshotConsumer {
     for (Sink* sink : sinks_) {
       for (const auto& [view, tables] : sink->view_sources()) {
         Counter& applied = ChangesApplied(metrics, sink->name(), view, AppliedSource::kSnapshot);
+        views_[{sink, view}] = &applied;
+        if (!sink->backfills_rows()) continue;
         for (const std::string& table : tables) counters_[{sink, table}].push_back(&applied);
+      }
+    }
+  }
+
+  // After `sink`'s EndRebuild: the rows its views got.
+  void Count(Sink* sink) {
+    for (const auto& [view, rows] : sink->TakeRebuiltRows()) {
+      if (auto it = views_.find({sink, view}); it != views_.end()) {
+        it->second->Add(static_cast<double>(rows));
       }
     }
   }
@@ -48,6 +60,7 @@ class SnapshotFanout : public TypedSnapshotConsumer {
   std::vector<Sink*> sinks_;
   // (store, table) -> the counters of the store's views that read the table.
   std::map<std::pair<Sink*, std::string>, std::vector<Counter*>> counters_;
+  std::map<std::pair<Sink*, std::string>, Counter*> views_;  // (store, view)
 };
 
 }  // namespace
@@ -100,6 +113,7 @@ Status SnapshotInto(const Config& config, const std::vector<Sink*>& sinks,
   Status status = reader.value()->Run(fanout);
   for (Sink* sink : sinks) {
     if (status.ok()) status = sink->EndRebuild(lsn);
+    if (status.ok()) fanout.Count(sink);
   }
   monitor.SnapshotEnded(names);
   if (!status.ok()) return status;

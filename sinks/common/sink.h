@@ -135,6 +135,10 @@ class Sink {
   // The rows read again from the source during the Apply calls since the last call (for
   // the worker's log line and metric).
   virtual std::vector<SourceRead> TakeSourceReads() { return {}; }
+  // A store whose views are queries (postgres): the rows each view got from its
+  // rebuilds since the last call - EndRebuild's (counted as snapshot rows), or a rebuild
+  // on demand inside Apply (counted as backfill rows): (view, rows).
+  virtual std::vector<std::pair<std::string, uint64_t>> TakeRebuiltRows() { return {}; }
 
   // --- View states.
 

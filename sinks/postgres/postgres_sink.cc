@@ -234,9 +234,16 @@ Status PostgresSink::Migrate() {
 // The target's key: unique, NULL groups included (a NULL is a group like any other;
 // NULLS NOT DISTINCT from PostgreSQL 15 on, and before it pgderive's delete-then-insert
 // by IS NOT DISTINCT FROM keeps one row per key anyway).
-std::string PostgresSink::KeyIndex(SqlRunner& c, const View& view) const {
-  return "create unique index on " + view.target + " (" + KeyList(view) + ")" +
+std::string PostgresSink::KeyIndexOn(SqlRunner& c, const View& view,
+                                     const std::string& table) const {
+  return "create unique index on " + table + " (" + KeyList(view) + ")" +
          (c.server_version() >= 150000 ? " nulls not distinct" : "");
+}
+
+std::string PostgresSink::ShadowTableName(const std::string& table, uint64_t generation) {
+  std::string name = "pgd_g" + std::to_string(generation) + "_" + table;
+  if (name.size() > 63) name.resize(63);
+  return name;
 }
 
 // What a view's table is built from; a different one means the table must be rebuilt.
@@ -398,44 +405,12 @@ Status PostgresSink::BeginRebuild(Lsn) {
     sql += "drop table if exists pg_temp." + AffectedTable(*view) + "; ";
   }
   temp_ready_ = false;
-  // A table built from another definition is replaced (its columns may differ). A table
-  // pgderive never recorded is the user's: it is kept and filled.
-  for (const auto& view : views_) {
-    auto recorded = RecordedDefinition(c, *view);
-    if (!recorded.ok()) return recorded.error();
-    if (recorded.value() && !SameDefinition(*recorded.value(), *view)) {
-      sql += "drop table if exists " + view->target + "; ";
-    }
-  }
+  // The views' tables stay as they are, serving, until EndRebuild swaps in the new
+  // ones (BuildShadow); a table is created only there.
   for (const auto& [table, m] : mirrors_) sql += CreateMirrorSql(m);
   // What this creates, removed again by UndoRebuild should the first start fail.
   std::vector<std::string> created_tables, created_schemas;
   for (const auto& [table, m] : mirrors_) created_tables.push_back(m.name);
-  for (const auto& view : views_) {
-    auto [schema, name] = TableName::Parse(view->config.table);
-    auto present = c.Query(
-        "select to_regclass($1) is not null, exists (select from pg_namespace where nspname = "
-        "$2)",
-        {view->target, schema});
-    if (!present.ok()) return present.error();
-    if (present.value().rows[0][0].value_or("t") == "f") created_tables.push_back(view->target);
-    if (present.value().rows[0][1].value_or("t") == "f" &&
-        std::find(created_schemas.begin(), created_schemas.end(), schema) ==
-            created_schemas.end()) {
-      created_schemas.push_back(schema);
-    }
-  }
-  for (const auto& view : views_) {
-    auto [schema, name] = TableName::Parse(view->config.table);
-    auto query = MirrorQuery(*view, std::nullopt);
-    if (!query.ok()) return query.error();
-    sql += "create schema if not exists " + QuoteIdent(schema) + "; ";
-    sql += "do $pgd$ begin if to_regclass(" + c.QuoteLiteral(view->target) +
-           ") is null then execute " +
-           c.QuoteLiteral("create table " + view->target + " as select * from (" + query.value() +
-                          ") q with no data") +
-           "; execute " + c.QuoteLiteral(KeyIndex(c, *view)) + "; end if; end $pgd$; ";
-  }
   temp_ready_ = false;
   auto begun = c.Begin();
   if (!begun.ok()) return begun.error();
@@ -500,19 +475,58 @@ Result<std::vector<std::string>> PostgresSink::Teardown(bool views) {
   const bool checkpoints = present.value().rows[0][1].value_or("f") == "t";
   const bool registry = present.value().rows[0][2].value_or("f") == "t";
   if (views && registry) {
-    auto recorded = c.Query("select view from pgderive.views where pipeline = $1 and store = $2",
-                            {pipeline_, name_});
+    // Only a table pgderive.views records as this view's (its definition names it), and
+    // the shadow tables of a rebuild that never finished; then a schema pgderive created
+    // for them, once nothing else is in it.
+    auto columns = c.Query(
+        "select exists (select from pg_attribute where attrelid = 'pgderive.views'::regclass "
+        "and attname = 'made_schema')");
+    if (!columns.ok()) return fail(columns.error());
+    const bool made = columns.value().rows[0][0].value_or("f") == "t";
+    auto recorded =
+        c.Query("select view, definition, " + std::string(made ? "made_schema" : "false") +
+                    " from pgderive.views where pipeline = $1 and store = $2",
+                {pipeline_, name_});
     if (!recorded.ok()) return fail(recorded.error());
-    std::set<std::string> names;
-    for (const auto& row : recorded.value().rows) names.insert(row[0].value_or(""));
+    std::map<std::string, std::pair<std::string, bool>> records;
+    for (const auto& row : recorded.value().rows) {
+      records[row[0].value_or("")] = {row[1].value_or(""), row[2].value_or("f") == "t"};
+    }
+    std::set<std::string> schemas;
     for (const auto& view : views_) {
-      if (!names.contains(view->config.name)) continue;
-      auto exists = c.Query("select to_regclass($1) is not null", {view->target});
-      if (!exists.ok()) return fail(exists.error());
-      if (exists.value().rows[0][0].value_or("f") != "t") continue;
-      Status status = c.Execute("drop table " + view->target);
+      auto it = records.find(view->config.name);
+      if (it == records.end() ||
+          !it->second.first.starts_with("table " + view->config.table + "\n")) {
+        continue;
+      }
+      auto [schema, name] = TableName::Parse(view->config.table);
+      if (it->second.second) schemas.insert(schema);
+      auto tables = c.Query(
+          "select quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.relname from pg_class "
+          "c join pg_namespace n on n.oid = c.relnamespace where n.nspname = $1 and c.relkind = "
+          "'r' and (c.relname = $2 or c.relname = left(substring(c.relname from '^pgd_g[0-9]+_') "
+          "|| $2, 63)) order by c.relname = $2 desc, 2",
+          {schema, name});
+      if (!tables.ok()) return fail(tables.error());
+      for (const auto& table : tables.value().rows) {
+        Status status = c.Execute("drop table " + table[0].value_or(""));
+        if (!status.ok()) return fail(status.error());
+        removed.push_back("table " + schema + "." + table[1].value_or("") +
+                          (table[1].value_or("") == name ? "" : " (unfinished rebuild)") +
+                          " (view " + view->config.name + ")");
+      }
+    }
+    for (const std::string& schema : schemas) {
+      auto empty = c.Query(
+          "select not exists (select from pg_depend d join pg_namespace n on n.oid = d.refobjid "
+          "where d.refclassid = 'pg_namespace'::regclass and n.nspname = $1) and exists (select "
+          "from pg_namespace where nspname = $1)",
+          {schema});
+      if (!empty.ok()) return fail(empty.error());
+      if (empty.value().rows[0][0].value_or("f") != "t") continue;
+      Status status = c.Execute("drop schema " + QuoteIdent(schema));
       if (!status.ok()) return fail(status.error());
-      removed.push_back("table " + view->config.table + " (view " + view->config.name + ")");
+      removed.push_back("schema " + schema + " (made by pgderive for its views, now empty)");
     }
   }
   if (checkpoints) {
@@ -598,11 +612,176 @@ Status PostgresSink::ApplySnapshotRows(const std::shared_ptr<const RelationSchem
   return CopySnapshotRows(*connected.value(), it->second, *schema, rows);
 }
 
-Status PostgresSink::RecomputeAll(SqlRunner& c, const View& view) {
+Status PostgresSink::RecomputeAll(SqlRunner& c, const View& view, const std::string& target) {
   auto query = MirrorQuery(view, std::nullopt);
   if (!query.ok()) return query.error();
-  return c.Execute("delete from " + view.target + "; insert into " + view.target +
-                   " select * from (" + query.value() + ") q");
+  return c.Execute("delete from " + target + "; insert into " + target + " select * from (" +
+                   query.value() + ") q");
+}
+
+// A rebuild never removes what readers see: the new content goes into a shadow table in
+// the view's schema, named after the next generation (ShadowTableName), which SwapIn
+// puts in the live table's place in the same transaction. The live table keeps serving
+// meanwhile (its readers take no lock of the fill). The shadow gets the live table's
+// grants and, when the columns are the same, its indexes (their names too, at the
+// swap); a table of other columns gets the key's unique index only. A live table that
+// other SQL views depend on cannot be dropped: it is recomputed in place instead (in
+// one transaction too, so readers see the old rows until it commits), and a change of
+// its columns is refused.
+namespace {
+
+uint64_t RowCount(const PgRows& rows) {
+  auto n = ParseServerNumber<uint64_t>(rows.rows[0][0]);
+  return n.ok() ? n.value() : 0;
+}
+
+}  // namespace
+
+Result<PostgresSink::Shadow> PostgresSink::BuildShadow(SqlRunner& c, const View& view) {
+  auto [schema, name] = TableName::Parse(view.config.table);
+  Shadow shadow;
+  auto info = c.Query(
+      "select (select generation::text from pgderive.views where pipeline = $1 and store = $2 "
+      "and view = $3), to_regclass($4)::oid::text, exists (select from pg_namespace where nspname "
+      "= $5)",
+      {pipeline_, name_, view.config.name, view.target, schema});
+  if (!info.ok()) return info.error();
+  const auto& row = info.value().rows[0];
+  uint64_t generation = 0;
+  if (row[0]) {
+    auto parsed = ParseServerNumber<uint64_t>(row[0]);
+    if (!parsed.ok()) return parsed.error();
+    generation = parsed.value();
+  }
+  const std::optional<std::string> live = row[1];
+  shadow.generation = generation + 1;
+  shadow.made_schema = row[2].value_or("t") == "f";
+  shadow.name = ShadowTableName(name, shadow.generation);
+  const std::string table = QuoteIdent(schema) + "." + QuoteIdent(shadow.name);
+  auto query = MirrorQuery(view, std::nullopt);
+  if (!query.ok()) return query.error();
+  Status status = c.Execute("create schema if not exists " + QuoteIdent(schema) +
+                            "; drop table if exists " + table + "; create table " + table +
+                            " as select * from (" + query.value() + ") q with no data");
+  if (!status.ok()) return status.error();
+  bool same_columns = false, dependents = false;
+  if (live) {
+    auto columns = [](const std::string& relation) {
+      return "select string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' order "
+             "by attnum) from pg_attribute where attrelid = " +
+             relation + " and attnum > 0 and not attisdropped";
+    };
+    auto compared = c.Query(
+        "select (" + columns("$1::oid") + ") is not distinct from (" + columns("$2::regclass") +
+            "), exists (select from pg_depend d join pg_rewrite r on d.classid = "
+            "'pg_rewrite'::regclass and d.objid = r.oid where d.refclassid = 'pg_class'::regclass "
+            "and d.refobjid = $1::oid and r.ev_class <> $1::oid)",
+        {*live, table});
+    if (!compared.ok()) return compared.error();
+    same_columns = compared.value().rows[0][0].value_or("f") == "t";
+    dependents = compared.value().rows[0][1].value_or("f") == "t";
+  }
+  if (dependents) {
+    if (!same_columns) {
+      return Error::Permanent("view " + view.config.name +
+                              ": its definition changed the columns of table " + view.config.table +
+                              ", which other SQL views depend on: drop them (pgderive replaces "
+                              "the table), then create them again");
+    }
+    status = c.Execute("drop table " + table);
+    if (status.ok()) status = RecomputeAll(c, view, view.target);
+    if (!status.ok()) return status.error();
+    auto counted = c.Query("select count(*)::text from " + view.target);
+    if (!counted.ok()) return counted.error();
+    shadow.rows = RowCount(counted.value());
+    shadow.table.clear();
+    return shadow;
+  }
+  shadow.table = table;
+  status = c.Execute("insert into " + table + " select * from (" + query.value() + ") q");
+  if (!status.ok()) return status.error();
+  auto counted = c.Query("select count(*)::text from " + table);
+  if (!counted.ok()) return counted.error();
+  shadow.rows = RowCount(counted.value());
+  if (same_columns) {
+    // The live table's indexes (not those of constraints), under temporary names.
+    auto indexes = c.Query(
+        "select c.relname, i.indisunique, pg_get_indexdef(i.indexrelid) from pg_index i "
+        "join pg_class c on c.oid = i.indexrelid where i.indrelid = $1::oid and not exists "
+        "(select from pg_constraint k where k.conindid = i.indexrelid) order by c.relname",
+        {*live});
+    if (!indexes.ok()) return indexes.error();
+    size_t n = 0;
+    for (const auto& index : indexes.value().rows) {
+      const std::string definition = index[2].value_or("");
+      const size_t using_at = definition.find(" USING ");
+      if (using_at == std::string::npos) continue;
+      std::string temporary = "pgd_g" + std::to_string(shadow.generation) + "_" +
+                              std::to_string(n++) + "_" + index[0].value_or("");
+      if (temporary.size() > 63) temporary.resize(63);
+      status = c.Execute(std::string("create ") + (index[1].value_or("f") == "t" ? "unique " : "") +
+                         "index " + QuoteIdent(temporary) + " on " + table +
+                         definition.substr(using_at));
+      if (!status.ok()) return status.error();
+      shadow.index_names.emplace_back(QuoteIdent(schema) + "." + QuoteIdent(temporary),
+                                      index[0].value_or(""));
+    }
+  }
+  if (shadow.index_names.empty()) {
+    // The key's unique index, named at the swap as PostgreSQL names one by default.
+    std::string temporary = "pgd_g" + std::to_string(shadow.generation) + "_key_" + name;
+    if (temporary.size() > 63) temporary.resize(63);
+    std::string final_name = name;
+    for (const std::string& k : view.config.key_columns) final_name += "_" + k;
+    final_name += "_idx";
+    if (final_name.size() > 63) final_name.resize(63);
+    std::string create = KeyIndexOn(c, view, table);
+    create.insert(create.find(" on "), " " + QuoteIdent(temporary));
+    status = c.Execute(create);
+    if (!status.ok()) return status.error();
+    shadow.index_names.emplace_back(QuoteIdent(schema) + "." + QuoteIdent(temporary), final_name);
+  }
+  if (live) {
+    // The grants on the live table (its owner's own are the owner's anyway).
+    auto grants = c.Query(
+        "select a.privilege_type, case when a.grantee = 0 then 'public' else "
+        "quote_ident(pg_get_userbyid(a.grantee)) end, a.is_grantable from pg_class k, "
+        "aclexplode(k.relacl) a where k.oid = $1::oid and a.grantee <> k.relowner",
+        {*live});
+    if (!grants.ok()) return grants.error();
+    for (const auto& grant : grants.value().rows) {
+      status = c.Execute("grant " + grant[0].value_or("") + " on " + table + " to " +
+                         grant[1].value_or("") +
+                         (grant[2].value_or("f") == "t" ? " with grant option" : ""));
+      if (!status.ok()) return status.error();
+    }
+  }
+  status = c.Execute("analyze " + table);
+  if (!status.ok()) return status.error();
+  return shadow;
+}
+
+Status PostgresSink::SwapIn(SqlRunner& c, const View& view, const Shadow& shadow) {
+  Status status = Status::Ok();
+  if (!shadow.table.empty()) {
+    auto [schema, name] = TableName::Parse(view.config.table);
+    std::string sql = "drop table if exists " + view.target + "; alter table " + shadow.table +
+                      " rename to " + QuoteIdent(name) + "; ";
+    for (const auto& [now, was] : shadow.index_names) {
+      sql += "alter index " + now + " rename to " + QuoteIdent(was) + "; ";
+    }
+    status = c.Execute(sql);
+  }
+  if (status.ok()) {
+    status = c.Execute(
+        "insert into pgderive.views (pipeline, store, view, definition, generation, made_schema) "
+        "values ($1, $2, $3, $4, $5, $6) on conflict (pipeline, store, view) do update set "
+        "definition = excluded.definition, generation = excluded.generation, made_schema = "
+        "pgderive.views.made_schema or excluded.made_schema, updated_at = now()",
+        {pipeline_, name_, view.config.name, Definition(view), std::to_string(shadow.generation),
+         shadow.made_schema ? "true" : "false"});
+  }
+  return status;
 }
 
 Status PostgresSink::EndRebuild(Lsn snapshot_lsn) {
@@ -615,32 +794,32 @@ Status PostgresSink::EndRebuild(Lsn snapshot_lsn) {
   Status status = analyze.empty() ? Status::Ok() : session.Execute(analyze);
   if (!status.ok()) return status;
   // The views, their checkpoint and their definitions in one transaction, rolled back
-  // when `c` goes away uncommitted.
+  // when `c` goes away uncommitted. Every shadow is filled first, then all are swapped
+  // in: the live tables are locked only from their swap to the commit.
   auto begun = session.Begin();
   if (!begun.ok()) return begun.error();
   SqlSession::Transaction& c = begun.value();
+  std::vector<Shadow> shadows;
   for (const auto& view : views_) {
-    if (!status.ok()) break;
-    status = RecomputeAll(c, *view);
-    if (!status.ok()) {
+    auto shadow = BuildShadow(c, *view);
+    if (!shadow.ok()) {
       // Which view's query failed on the snapshot's rows (at line N of the file).
-      status = Error(status.error().kind(),
-                     "view " + view->config.name + " (table " + view->config.table + ", line " +
-                         std::to_string(view->config.line) +
-                         "): its query failed on the snapshot's rows: " + status.error().message());
+      return Error(shadow.error().kind(),
+                   "view " + view->config.name + " (table " + view->config.table + ", line " +
+                       std::to_string(view->config.line) +
+                       "): its query failed on the snapshot's rows: " + shadow.error().message());
     }
+    shadows.push_back(std::move(shadow).value());
+  }
+  for (size_t i = 0; i < views_.size() && status.ok(); ++i) {
+    status = SwapIn(c, *views_[i], shadows[i]);
   }
   if (status.ok()) status = WriteCheckpointRow(c, name_, snapshot_lsn);
-  for (const auto& view : views_) {
-    if (!status.ok()) break;
-    status = c.Execute(
-        "insert into pgderive.views (pipeline, store, view, definition) values ($1, $2, $3, $4) "
-        "on conflict (pipeline, store, view) do update set definition = excluded.definition, "
-        "updated_at = now()",
-        {pipeline_, name_, view->config.name, Definition(*view)});
-  }
   if (status.ok()) status = c.Commit();
   if (!status.ok()) return status;
+  for (size_t i = 0; i < views_.size(); ++i) {
+    rebuilt_rows_.emplace_back(views_[i]->config.name, shadows[i].rows);
+  }
   // The tables as built: CheckStore compares against these.
   auto oids = ReadTableOids(session);
   if (!oids.ok()) return oids.error();
@@ -670,7 +849,7 @@ Status PostgresSink::CollectAffected(SqlRunner& c, const View& view,
   return Status::Ok();
 }
 
-Status PostgresSink::Recompute(SqlRunner& c, const View& view) {
+Status PostgresSink::Recompute(SqlRunner& c, const View& view, const std::string& target) {
   const std::string affected = AffectedTable(view);
   auto query = MirrorQuery(view, std::nullopt);
   if (!query.ok()) return query.error();
@@ -703,23 +882,23 @@ Status PostgresSink::Recompute(SqlRunner& c, const View& view) {
   if (view.config.key_columns.size() == 1 && !nulls) {
     status = c.Execute("set local enable_seqscan = off");
     if (status.ok()) {
-      status = c.Execute("delete from " + view.target + " x where " + prefilter, params);
+      status = c.Execute("delete from " + target + " x where " + prefilter, params);
     }
     if (status.ok()) status = c.Execute("reset enable_seqscan");
   } else {
-    status = c.Execute("delete from " + view.target + " x using (select distinct " + KeyList(view) +
+    status = c.Execute("delete from " + target + " x using (select distinct " + KeyList(view) +
                        " from " + affected + ") a where " + equal);
   }
   if (status.ok()) {
-    status = c.Execute("insert into " + view.target + " select x.* from (" + query.value() +
+    status = c.Execute("insert into " + target + " select x.* from (" + query.value() +
                            ") x where " + prefilter + " and exists (select from " + affected +
                            " a where " + equal + ")",
                        params);
   }
   if (status.ok() && nulls) {
-    status = c.Execute("delete from " + view.target + " x using (select distinct " + KeyList(view) +
+    status = c.Execute("delete from " + target + " x using (select distinct " + KeyList(view) +
                        " from " + affected + " a where " + any_null + ") a where " + same +
-                       "; insert into " + view.target + " select x.* from (" + query.value() +
+                       "; insert into " + target + " select x.* from (" + query.value() +
                        ") x where exists (select from " + affected + " a where (" + any_null +
                        ") and " + same + ")");
   }
@@ -738,6 +917,7 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   auto begun = session.Begin();
   if (!begun.ok()) return begun.error();
   SqlSession::Transaction& c = begun.value();
+  shadows_.clear();
   if (!horizon_loaded_) {
     // The horizon (source_rows.h), as the store recorded it.
     auto horizon = ReadCheckpointRow(c, HorizonRow());
@@ -769,7 +949,7 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
     if (!s.ok()) return s;
     for (const auto& view : views_) {
       s = CollectAffected(c, *view, changed, /*before=*/false);
-      if (s.ok()) s = Recompute(c, *view);
+      if (s.ok()) s = Recompute(c, *view, WriteTarget(*view));
       if (!s.ok()) return s;
     }
     std::string clear = "truncate";
@@ -789,14 +969,27 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
       if (change.op == ChangeOp::kBackfillRow) continue;  // for views filled row by row
       if (change.op == ChangeOp::kViewState) {
         // A rebuild on demand: the view is recomputed from its mirrors, which are
-        // complete up to this point, in this batch's transaction.
+        // complete up to this point, into a shadow table (BuildShadow) that the rest of
+        // the batch keeps current and that is swapped in at its end, in this batch's
+        // transaction.
         for (const auto& view : views_) {
           if (!status.ok() || !change.control->clear ||
               !change.control->Names(name_, view->config.name)) {
             continue;
           }
           status = flush();
-          if (status.ok()) status = RecomputeAll(c, *view);
+          if (!status.ok()) break;
+          if (auto was = shadows_.find(view->index); was != shadows_.end()) {
+            // Twice in one batch: the first shadow is refilled.
+            status = RecomputeAll(c, *view, WriteTarget(*view));
+            continue;
+          }
+          auto shadow = BuildShadow(c, *view);
+          if (!shadow.ok()) {
+            status = shadow.error();
+            break;
+          }
+          shadows_[view->index] = std::move(shadow).value();
         }
         if (!status.ok()) break;
         continue;
@@ -810,7 +1003,7 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
           for (const auto& view : views_) {
             if (status.ok() && std::find(view->tables.begin(), view->tables.end(), it->first) !=
                                    view->tables.end()) {
-              status = RecomputeAll(c, *view);
+              status = RecomputeAll(c, *view, WriteTarget(*view));
             }
           }
         }
@@ -827,13 +1020,35 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
     if (!status.ok()) break;
   }
   if (status.ok()) status = flush();
+  // The rebuilds swap in last: the live tables are locked only from here to the commit.
+  for (auto& [index, shadow] : shadows_) {
+    if (!status.ok()) break;
+    status = SwapIn(c, *views_[index], shadow);
+  }
   if (status.ok()) {
     if (auto next = CheckpointOf(group)) status = WriteCheckpointRow(c, name_, *next);
   }
   if (status.ok()) status = c.Commit();
+  std::map<size_t, Shadow> swapped = std::exchange(shadows_, {});
   if (!status.ok()) {
     temp_ready_ = false;      // a failed DDL inside may have been rolled back
     horizon_loaded_ = false;  // and a horizon it raised
+    return status;
+  }
+  if (!swapped.empty()) {
+    for (const auto& [index, shadow] : swapped) {
+      rebuilt_rows_.emplace_back(views_[index]->config.name, shadow.rows);
+    }
+    // The tables as swapped in: CheckStore compares against these.
+    auto oids = ReadTableOids(session);
+    if (!oids.ok()) return oids.error();
+    if (!table_oids_) table_oids_.emplace();
+    for (const auto& [index, shadow] : swapped) {
+      const std::string& target = views_[index]->target;
+      if (auto it = oids.value().find(target); it != oids.value().end()) {
+        (*table_oids_)[target] = it->second;
+      }
+    }
   }
   return status;
 }

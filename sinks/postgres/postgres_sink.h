@@ -37,6 +37,7 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <utility>
 #include <vector>
 
 #include "cdc/sql_session.h"
@@ -85,6 +86,10 @@ class PostgresSink : public Sink, public ViewInspector {
   // ViewInspector (verify).
   std::vector<std::string> views() const override;
   std::vector<SourceRead> TakeSourceReads() override { return source_.Take(); }
+  std::vector<std::pair<std::string, uint64_t>> TakeRebuiltRows() override {
+    std::lock_guard lock(mutex_);
+    return std::exchange(rebuilt_rows_, {});
+  }
   Result<std::vector<Entry>> ReadView(const std::string& view) override;
   Result<std::optional<Entry>> Expected(const std::string& view,
                                         const std::shared_ptr<const RelationSchema>& schema,
@@ -102,6 +107,10 @@ class PostgresSink : public Sink, public ViewInspector {
     std::vector<std::string> key_source;
     size_t index = 0;  // for its temporary table
   };
+
+  // The shadow table of `table` (unquoted, without its schema) for build `generation`:
+  // "pgd_g<generation>_<table>", cut to PostgreSQL's 63 bytes.
+  static std::string ShadowTableName(const std::string& table, uint64_t generation);
 
  private:
   PostgresSink(std::string name, std::string dsn, std::string pipeline, std::string source_dsn)
@@ -123,8 +132,30 @@ class PostgresSink : public Sink, public ViewInspector {
   // the mirrors take the changes.
   Status CollectAffected(SqlRunner& c, const View& view, const std::set<std::string>& changed,
                          bool before);
-  Status Recompute(SqlRunner& c, const View& view);
-  Status RecomputeAll(SqlRunner& c, const View& view);
+  // Recompute the affected keys, or the whole view, into `target` (the view's table, or
+  // the shadow a rebuild fills).
+  Status Recompute(SqlRunner& c, const View& view, const std::string& target);
+  Status RecomputeAll(SqlRunner& c, const View& view, const std::string& target);
+  // A rebuild: a shadow table of the view (the next generation), filled from the
+  // mirrors, with the live table's indexes and grants when its columns are the same.
+  struct Shadow {
+    std::string table;  // quoted schema.name; empty when rebuilt in place
+    std::string name;   // unquoted, without schema
+    uint64_t generation = 0;
+    bool made_schema = false;  // the view's schema was created for it
+    // The shadow's indexes renamed to the live table's names once it is swapped in.
+    std::vector<std::pair<std::string, std::string>> index_names;  // (quoted now, new name)
+    uint64_t rows = 0;
+  };
+  Result<Shadow> BuildShadow(SqlRunner& c, const View& view);
+  // In the caller's transaction: the shadow replaces the live table (drop, rename), and
+  // pgderive.views records the definition and the generation that serves.
+  Status SwapIn(SqlRunner& c, const View& view, const Shadow& shadow);
+  // Where a batch writes a view's rows: its shadow while a rebuild in the batch fills it.
+  const std::string& WriteTarget(const View& view) const {
+    auto it = shadows_.find(view.index);
+    return it == shadows_.end() || it->second.table.empty() ? view.target : it->second.table;
+  }
   // A row of pgderive.checkpoints of this pipeline: the store's checkpoint (row name_)
   // or its SourceRows horizon (row HorizonRow()). Read: the LSN's text, nullopt when none.
   Result<std::optional<std::string>> ReadCheckpointRow(SqlRunner& c, const std::string& row);
@@ -140,7 +171,10 @@ class PostgresSink : public Sink, public ViewInspector {
   }
   // The row of pgderive.checkpoints that holds the store's SourceRows horizon.
   std::string HorizonRow() const { return name_ + "/reread"; }
-  std::string KeyIndex(SqlRunner& c, const View& view) const;
+  std::string KeyIndex(SqlRunner& c, const View& view) const {
+    return KeyIndexOn(c, view, view.target);
+  }
+  std::string KeyIndexOn(SqlRunner& c, const View& view, const std::string& table) const;
 
   std::string name_;
   std::string dsn_;
@@ -150,6 +184,10 @@ class PostgresSink : public Sink, public ViewInspector {
   std::mutex mutex_;
   std::optional<SqlSession> session_;  // on the target database
   bool temp_ready_ = false;
+  // The rebuilds of the batch being applied, by view index: swapped in at its end.
+  std::map<size_t, Shadow> shadows_;
+  // Rows each view got from a rebuild since TakeRebuiltRows.
+  std::vector<std::pair<std::string, uint64_t>> rebuilt_rows_;
   // What BeginRebuild of this process created: target tables, their schemas, mirrors.
   std::vector<std::string> created_tables_;
   std::vector<std::string> created_schemas_;

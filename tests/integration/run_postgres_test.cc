@@ -4,9 +4,12 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <sstream>
+#include <thread>
 
 #include "sinks/opensearch/opensearch_client.h"
 #include "sinks/redis/redis_client.h"
@@ -51,11 +54,29 @@ class RunPostgresTest : public testing::PipelineTest {
                            "from generate_series(1, 3000) g");
   }
   std::string WriteConfig(const std::string& views) {
-    return WriteFile(
-        "mv.yml", "pipeline: " + pipeline_ + "\nsource:\n  dsn: " + endpoints_.pg_dsn +
-                      "\nstores:\n  warehouse:\n    type: postgres\n    dsn: " + endpoints_.pg_dsn +
-                      "\nviews:\n" + views +
-                      "http:\n  listen: 127.0.0.1:" + std::to_string(testing::FreePort()) + "\n");
+    return WriteFile("mv.yml", "pipeline: " + pipeline_ + "\nsource:\n  dsn: " + endpoints_.pg_dsn +
+                                   "\nstores:\n  warehouse:\n    type: postgres\n    dsn: " +
+                                   endpoints_.pg_dsn + "\nviews:\n" + views +
+                                   "http:\n  listen: 127.0.0.1:" + std::to_string(port_) + "\n");
+  }
+  // A sample of pgderive_changes_applied_total of `view` from `source`; -1 when absent.
+  double Applied(const std::string& view, const std::string& source) {
+    std::istringstream lines(Http("/metrics").second);
+    for (std::string line; std::getline(lines, line);) {
+      if (line.starts_with("pgderive_changes_applied_total{") &&
+          line.find("view=\"" + view + "\"") != std::string::npos &&
+          line.find("source=\"" + source + "\"") != std::string::npos) {
+        return std::stod(line.substr(line.rfind(' ') + 1));
+      }
+    }
+    return -1;
+  }
+  // The relations in the views' schema named as a rebuild's shadows are named.
+  std::string Shadows() {
+    return Scalar(*sql_,
+                  "select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+                  "where n.nspname = '" +
+                      ns_ + "_out' and c.relname like 'pgd\\_g%'");
   }
   std::string View(const std::string& name, const std::string& key, const std::string& query) {
     return "  - name: " + name + "\n    store: warehouse\n    table: " + ns_ + "_out." + name +
@@ -161,6 +182,222 @@ TEST_F(RunPostgresTest, JoinAndGroupByViewsEqualTheirQueriesAfterRandomOperation
   EXPECT_EQ(Scalar(*sql_, "select count(*) from " + ns_ + "_out.totals"), "0");
   run_->Signal(SIGTERM);
   EXPECT_EQ(run_->Wait(std::chrono::seconds(10)), 0) << RunErr();
+}
+
+// A reader polls the view's table while it is rebuilt (`pgderive backfill --view`, then a
+// changed definition at a restart) and a writer runs: the table is never empty, never
+// partial (the group count and the orders counted stay those of the source, which the
+// writer does not change), it keeps its extra index and grants, and no shadow table is
+// left. The rebuilt rows count under source="backfill", the first fill's under
+// source="snapshot" (the view's rows, not the orders read).
+TEST_F(RunPostgresTest, RebuildSwapsInACompleteTableReadersNeverSeeItEmptyOrPartial) {
+  const std::string o = ns_ + ".orders", c = ns_ + ".customers", t = ns_ + "_out.totals";
+  MustExecute(*sql_, "insert into " + c +
+                         " select g, 'c' || g, 'north' from generate_series(201, 20000) g");
+  MustExecute(*sql_, "insert into " + o +
+                         " select g, 1 + g % 20000, g, null from generate_series(3001, 300000) g");
+  const std::string query =
+      "select o.customer_id, c.name, count(*) as orders, sum(o.amount) as "
+      "total from " +
+      o + " o join " + c + " c on c.id = o.customer_id group by o.customer_id, c.name";
+  std::string config = WriteConfig(View("totals", "customer_id", query));
+  StartRun(config);
+  auto [status, out] = Verify(config);
+  ASSERT_EQ(status, 0) << out << RunErr();
+  const std::string groups = Scalar(*sql_, "select count(*) from (" + query + ") q");
+  const std::string orders = Scalar(*sql_, "select sum(orders) from (" + query + ") q");
+  EXPECT_EQ(Applied("totals", "snapshot"), std::stod(groups));
+  EXPECT_EQ(Applied("totals", "backfill"), 0);
+  MustExecute(*sql_, "create index totals_by_total on " + t + " (total)");
+  MustExecute(*sql_, "grant select on " + t + " to public");
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> polls{0};
+  std::vector<std::string> bad;
+  double slowest = 0;
+  std::thread reader([&] {
+    auto r = MustConnect(dsn_);
+    while (!stop.load()) {
+      const auto started = std::chrono::steady_clock::now();
+      auto rows =
+          r.Query("select count(*)::text || ' ' || coalesce(sum(orders), 0)::text from " + t);
+      slowest = std::max(
+          slowest,
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+      const std::string seen =
+          rows.ok() ? rows.value().rows[0][0].value_or("") : rows.error().message();
+      if (seen != groups + " " + orders && bad.size() < 5) bad.push_back(seen);
+      ++polls;
+    }
+  });
+  std::thread writer([&] {
+    auto w = MustConnect(dsn_);
+    for (int i = 0; !stop.load(); ++i) {
+      MustExecute(w, "update " + o +
+                         " set amount = amount + 1 where id % 1000 = " + std::to_string(i % 1000));
+    }
+  });
+  for (int round = 0; round < 3; ++round) {
+    auto [code, text] = testing::RunToEnd(
+        {PgderiveBinary(), "backfill", "-c", config, "--view", "totals", "--timeout", "120"},
+        (dir_ / "backfill.err").string(), std::chrono::seconds(150));
+    EXPECT_EQ(code, 0) << text << RunErr();
+  }
+  EXPECT_TRUE(WaitFor([&] { return Applied("totals", "backfill") == 3 * std::stod(groups); }))
+      << Applied("totals", "backfill");
+  EXPECT_EQ(Scalar(*sql_, "select count(*) from pg_indexes where schemaname = '" + ns_ +
+                              "_out' and tablename = 'totals' and indexname = 'totals_by_total'"),
+            "1");
+  EXPECT_EQ(Scalar(*sql_, "select indisunique from pg_index where indexrelid = '" + ns_ +
+                              "_out.totals_customer_id_idx'::regclass"),
+            "t");
+  EXPECT_EQ(Shadows(), "0");
+  // A changed definition (a new column) at a restart: the new table replaces the old
+  // one whole, in the same way.
+  run_->Signal(SIGTERM);
+  EXPECT_EQ(run_->Wait(std::chrono::seconds(20)), 0) << RunErr();
+  const std::string query2 =
+      "select o.customer_id, c.name, count(*) as orders, sum(o.amount) as "
+      "total, max(o.id) as last_order from " +
+      o + " o join " + c + " c on c.id = o.customer_id group by o.customer_id, c.name";
+  config = WriteConfig(View("totals", "customer_id", query2));
+  StartRun(config);
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return Scalar(*sql_,
+                      "select count(*) from information_schema.columns where table_schema "
+                      "= '" +
+                          ns_ +
+                          "_out' and table_name = 'totals' and column_name = "
+                          "'last_order'") == "1";
+      },
+      std::chrono::seconds(120)))
+      << RunErr();
+  const int seen = polls.load();
+  EXPECT_TRUE(WaitFor([&] { return polls.load() > seen + 20; }));
+  stop.store(true);
+  writer.join();
+  reader.join();
+  EXPECT_TRUE(bad.empty()) << "the reader saw: " << bad.front() << " (expected " << groups << " "
+                           << orders << ")";
+  EXPECT_GT(polls.load(), 100);
+  std::tie(status, out) = Verify(config);
+  EXPECT_EQ(status, 0) << out << RunErr();
+  EXPECT_EQ(Shadows(), "0");
+  // 3 rebuilds on demand; the restart's rebuild from a snapshot is a snapshot again.
+  EXPECT_EQ(Scalar(*sql_, "select generation from pgderive.views where pipeline = '" + pipeline_ +
+                              "' and view = 'totals'"),
+            "5");
+  // The first run's backfills counted the view's rows; this run's snapshot too.
+  EXPECT_EQ(Applied("totals", "snapshot"), std::stod(groups));
+  std::printf("reader: %d polls, slowest %.3f s\n", polls.load(), slowest);
+  // The grant is kept across every rebuild; the extra index while the columns stay.
+  EXPECT_EQ(Scalar(*sql_, "select has_table_privilege('public', '" + t + "', 'SELECT')"), "t");
+  run_->Signal(SIGTERM);
+  EXPECT_EQ(run_->Wait(std::chrono::seconds(20)), 0) << RunErr();
+  EXPECT_EQ(Scalar(*sql_, "select made_schema from pgderive.views where pipeline = '" + pipeline_ +
+                              "' and view = 'totals'"),
+            "t");
+  // teardown --views removes the table and the schema pgderive made for it.
+  auto [code, text] = testing::RunToEnd({PgderiveBinary(), "teardown", "-c", config, "--views"},
+                                        (dir_ / "teardown.err").string(), std::chrono::seconds(60));
+  EXPECT_EQ(code, 0) << text;
+  EXPECT_EQ(Scalar(*sql_, "select count(*) from pg_namespace where nspname = '" + ns_ + "_out'"),
+            "0")
+      << text
+      << Scalar(*sql_,
+                "select string_agg(classid::regclass || ' ' || objid::text || ' ' || "
+                "pg_describe_object(classid, objid, objsubid), ', ') from pg_depend d join "
+                "pg_namespace n on n.oid = d.refobjid where d.refclassid = "
+                "'pg_namespace'::regclass and n.nspname = '" +
+                    ns_ + "_out'");
+}
+
+// kill -9 while a rebuild fills its shadow table: the old table serves on, complete, and
+// nothing of the rebuild is left; the restart goes on from the checkpoint and a new
+// rebuild succeeds.
+TEST_F(RunPostgresTest, KillDuringARebuildLeavesTheOldTableServingAndNoShadow) {
+  const std::string o = ns_ + ".orders", c = ns_ + ".customers", t = ns_ + "_out.totals";
+  MustExecute(*sql_, "insert into " + c +
+                         " select g, 'c' || g, 'north' from generate_series(201, 20000) g");
+  MustExecute(*sql_, "insert into " + o +
+                         " select g, 1 + g % 20000, g, null from generate_series(3001, 400000) g");
+  const std::string query =
+      "select o.customer_id, c.name, count(*) as orders, sum(o.amount) as "
+      "total from " +
+      o + " o join " + c + " c on c.id = o.customer_id group by o.customer_id, c.name";
+  const std::string config = WriteConfig(View("totals", "customer_id", query));
+  StartRun(config);
+  auto [status, out] = Verify(config);
+  ASSERT_EQ(status, 0) << out << RunErr();
+  const std::string before = Scalar(*sql_, "select count(*) || ' ' || sum(total) from " + t);
+  for (int round = 0; round < 2; ++round) {
+    Subprocess backfill(
+        {PgderiveBinary(), "backfill", "-c", config, "--view", "totals", "--no-wait"},
+        (dir_ / "backfill.err").string());
+    EXPECT_EQ(backfill.Wait(std::chrono::seconds(60)), 0);
+    // Killed while the sink's session fills the shadow table.
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          return Scalar(*sql_,
+                        "select count(*) from pg_stat_activity where query like '%pgd_g%' "
+                        "and state = 'active' and pid <> pg_backend_pid()") != "0";
+        },
+        std::chrono::seconds(60)))
+        << RunErr();
+    run_->Signal(SIGKILL);
+    run_->Wait(std::chrono::seconds(20));
+    EXPECT_EQ(Scalar(*sql_, "select count(*) || ' ' || sum(total) from " + t), before);
+    EXPECT_TRUE(WaitFor([&] { return Shadows() == "0"; })) << Shadows();
+    StartRun(config);
+    std::tie(status, out) = Verify(config);
+    EXPECT_EQ(status, 0) << out << RunErr();
+  }
+  auto [code, text] = testing::RunToEnd(
+      {PgderiveBinary(), "backfill", "-c", config, "--view", "totals", "--timeout", "120"},
+      (dir_ / "backfill.err").string(), std::chrono::seconds(150));
+  EXPECT_EQ(code, 0) << text << RunErr();
+  std::tie(status, out) = Verify(config);
+  EXPECT_EQ(status, 0) << out << RunErr();
+  EXPECT_EQ(Shadows(), "0");
+  run_->Signal(SIGTERM);
+  EXPECT_EQ(run_->Wait(std::chrono::seconds(20)), 0) << RunErr();
+}
+
+// A target table that exists and that this pipeline did not make is refused by validate
+// --connect and by run (exit 2, naming view, table and store), and nothing is created;
+// teardown --views leaves it.
+TEST_F(RunPostgresTest, ATargetTableThePipelineDidNotMakeIsRefused) {
+  MustExecute(*sql_, "create schema " + ns_ + "_out");
+  MustExecute(*sql_, "create table " + ns_ + "_out.big (id int primary key, note text)");
+  MustExecute(*sql_, "insert into " + ns_ + "_out.big values (1, 'mine')");
+  const std::string config =
+      WriteConfig(View("big", "id", "select id, amount from " + ns_ + ".orders where amount > 10"));
+  const std::string expected = "view big: table " + ns_ +
+                               "_out.big already exists and was not made by pipeline " + pipeline_;
+  {
+    auto [code, text] =
+        testing::RunToEnd({PgderiveBinary(), "validate", "--connect", "-c", config},
+                          (dir_ / "validate.err").string(), std::chrono::seconds(60));
+    EXPECT_EQ(code, 2) << text;
+    EXPECT_NE(text.find(expected), std::string::npos) << text;
+    EXPECT_NE(text.find("store warehouse"), std::string::npos) << text;
+  }
+  Subprocess run({PgderiveBinary(), "run", "-c", config}, (dir_ / "run.err").string());
+  EXPECT_EQ(run.Wait(std::chrono::seconds(30)), 2) << RunErr();
+  EXPECT_NE(RunErr().find(expected), std::string::npos) << RunErr();
+  EXPECT_EQ(Scalar(*sql_, "select count(*) from pg_replication_slots where slot_name = 'pgderive_" +
+                              pipeline_ + "'"),
+            "0");
+  EXPECT_EQ(Scalar(*sql_,
+                   "select count(*) from pg_tables where schemaname = 'pgderive' and "
+                   "tablename like '" +
+                       pipeline_ + "%'"),
+            "0");
+  auto [code, text] = testing::RunToEnd({PgderiveBinary(), "teardown", "-c", config, "--views"},
+                                        (dir_ / "teardown.err").string(), std::chrono::seconds(60));
+  EXPECT_EQ(code, 0) << text;
+  EXPECT_EQ(Scalar(*sql_, "select note from " + ns_ + "_out.big"), "mine");
 }
 
 TEST_F(RunPostgresTest, QueriesThatCannotBeMaintainedAreRefusedAndCreateNothing) {
