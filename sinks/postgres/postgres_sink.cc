@@ -1,6 +1,7 @@
 #include "sinks/postgres/postgres_sink.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <set>
 
 #include "base/names.h"
@@ -258,7 +259,25 @@ std::string PostgresSink::Definition(const View& view) const {
          "\nsources " + sources;
 }
 
-bool PostgresSink::SameDefinition(const std::string& recorded, const View& view) const {
+PostgresSink::Record PostgresSink::ParseRecord(const std::string& text) {
+  Record record{text, 0, false};
+  const size_t at = text.rfind("\ngeneration ");
+  if (at == std::string::npos) return record;
+  const std::string tail = text.substr(at + 12);  // "N" or "N made_schema"
+  record.definition = text.substr(0, at);
+  record.made_schema = tail.ends_with(" made_schema");
+  record.generation = std::strtoull(tail.c_str(), nullptr, 10);
+  return record;
+}
+
+std::string PostgresSink::RecordText(const std::string& definition, uint64_t generation,
+                                     bool made_schema) {
+  return definition + "\ngeneration " + std::to_string(generation) +
+         (made_schema ? " made_schema" : "");
+}
+
+bool PostgresSink::SameDefinition(const std::string& text, const View& view) const {
+  const std::string recorded = ParseRecord(text).definition;
   const std::string definition = Definition(view);
   return recorded == definition || recorded == definition.substr(0, definition.rfind("\nsources "));
 }
@@ -478,29 +497,24 @@ Result<std::vector<std::string>> PostgresSink::Teardown(bool views) {
     // Only a table pgderive.views records as this view's (its definition names it), and
     // the shadow tables of a rebuild that never finished; then a schema pgderive created
     // for them, once nothing else is in it.
-    auto columns = c.Query(
-        "select exists (select from pg_attribute where attrelid = 'pgderive.views'::regclass "
-        "and attname = 'made_schema')");
-    if (!columns.ok()) return fail(columns.error());
-    const bool made = columns.value().rows[0][0].value_or("f") == "t";
-    auto recorded =
-        c.Query("select view, definition, " + std::string(made ? "made_schema" : "false") +
-                    " from pgderive.views where pipeline = $1 and store = $2",
-                {pipeline_, name_});
+    auto recorded = c.Query(
+        "select view, definition from pgderive.views where pipeline = $1 "
+        "and store = $2",
+        {pipeline_, name_});
     if (!recorded.ok()) return fail(recorded.error());
-    std::map<std::string, std::pair<std::string, bool>> records;
+    std::map<std::string, Record> records;
     for (const auto& row : recorded.value().rows) {
-      records[row[0].value_or("")] = {row[1].value_or(""), row[2].value_or("f") == "t"};
+      records[row[0].value_or("")] = ParseRecord(row[1].value_or(""));
     }
     std::set<std::string> schemas;
     for (const auto& view : views_) {
       auto it = records.find(view->config.name);
       if (it == records.end() ||
-          !it->second.first.starts_with("table " + view->config.table + "\n")) {
+          !it->second.definition.starts_with("table " + view->config.table + "\n")) {
         continue;
       }
       auto [schema, name] = TableName::Parse(view->config.table);
-      if (it->second.second) schemas.insert(schema);
+      if (it->second.made_schema) schemas.insert(schema);
       auto tables = c.Query(
           "select quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.relname from pg_class "
           "c join pg_namespace n on n.oid = c.relnamespace where n.nspname = $1 and c.relkind = "
@@ -641,21 +655,17 @@ Result<PostgresSink::Shadow> PostgresSink::BuildShadow(SqlRunner& c, const View&
   auto [schema, name] = TableName::Parse(view.config.table);
   Shadow shadow;
   auto info = c.Query(
-      "select (select generation::text from pgderive.views where pipeline = $1 and store = $2 "
-      "and view = $3), to_regclass($4)::oid::text, exists (select from pg_namespace where nspname "
-      "= $5)",
+      "select (select definition from pgderive.views where pipeline = $1 and store = $2 and "
+      "view = $3), to_regclass($4)::oid::text, exists (select from pg_namespace where nspname = "
+      "$5)",
       {pipeline_, name_, view.config.name, view.target, schema});
   if (!info.ok()) return info.error();
   const auto& row = info.value().rows[0];
-  uint64_t generation = 0;
-  if (row[0]) {
-    auto parsed = ParseServerNumber<uint64_t>(row[0]);
-    if (!parsed.ok()) return parsed.error();
-    generation = parsed.value();
-  }
+  const Record record = ParseRecord(row[0].value_or(""));
   const std::optional<std::string> live = row[1];
-  shadow.generation = generation + 1;
-  shadow.made_schema = row[2].value_or("t") == "f";
+  shadow.generation = record.generation + 1;
+  // Made for the view now, or when its table was first made (kept while it serves).
+  shadow.made_schema = row[2].value_or("t") == "f" || (live && record.made_schema);
   shadow.name = ShadowTableName(name, shadow.generation);
   const std::string table = QuoteIdent(schema) + "." + QuoteIdent(shadow.name);
   auto query = MirrorQuery(view, std::nullopt);
@@ -774,12 +784,11 @@ Status PostgresSink::SwapIn(SqlRunner& c, const View& view, const Shadow& shadow
   }
   if (status.ok()) {
     status = c.Execute(
-        "insert into pgderive.views (pipeline, store, view, definition, generation, made_schema) "
-        "values ($1, $2, $3, $4, $5, $6) on conflict (pipeline, store, view) do update set "
-        "definition = excluded.definition, generation = excluded.generation, made_schema = "
-        "pgderive.views.made_schema or excluded.made_schema, updated_at = now()",
-        {pipeline_, name_, view.config.name, Definition(view), std::to_string(shadow.generation),
-         shadow.made_schema ? "true" : "false"});
+        "insert into pgderive.views (pipeline, store, view, definition) values ($1, $2, $3, $4) "
+        "on conflict (pipeline, store, view) do update set definition = excluded.definition, "
+        "updated_at = now()",
+        {pipeline_, name_, view.config.name,
+         RecordText(Definition(view), shadow.generation, shadow.made_schema)});
   }
   return status;
 }

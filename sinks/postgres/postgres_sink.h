@@ -123,6 +123,17 @@ class PostgresSink : public Sink, public ViewInspector {
   // What a view's table was built from: target, key, query and the OIDs of the source
   // tables (a table dropped and created again under the same name is another table).
   std::string Definition(const View& view) const;
+  // A row of pgderive.views: the definition, then "\ngeneration N" (the build that
+  // serves, which names its shadow tables) and " made_schema" when pgderive created the
+  // table's schema (a definition recorded before generations has neither).
+  struct Record {
+    std::string definition;
+    uint64_t generation = 0;
+    bool made_schema = false;
+  };
+  static Record ParseRecord(const std::string& text);
+  static std::string RecordText(const std::string& definition, uint64_t generation,
+                                bool made_schema);
   // Whether a recorded definition is the view's (one recorded before the OIDs were is).
   bool SameDefinition(const std::string& recorded, const View& view) const;
   Result<std::vector<const View*>> ChangedViews(SqlRunner& c);
