@@ -5,10 +5,10 @@
 # steady transaction rate.
 #
 #   bench/run.sh [--txns N] [--rate TX_PER_S] [--seconds S] [--only "redis opensearch ..."]
-#                [--catchup-rows N] [--catchup-txns N]
+#                [--catchup-rows N] [--catchup-txns N] [--backfill-rows N]
 #
 # --only runs a subset of the configurations (redis, opensearch, projection, groupby, backfill,
-# all, catchup-redis, catchup-opensearch) and of the latency run (latency), with the store ceilings they need.
+# backfill-opensearch, all, catchup-redis, catchup-opensearch) and of the latency run (latency), with the store ceilings they need.
 #
 # Throughput is measured as catch-up: for each configuration, pgderive is started once
 # (creating its slot and empty views) and stopped; a ceiling slot is created at the same
@@ -29,7 +29,7 @@
 # time its write returned minus the commit timestamp), p50 and p99.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-txns=2000 rate=5000 seconds=20 only="" catchup_rows=300000 catchup_txns=50000
+txns=2000 rate=5000 seconds=20 only="" catchup_rows=300000 catchup_txns=50000 backfill_rows=1000000
 while [ $# -gt 0 ]; do
   case "$1" in
     --txns) txns=$2; shift 2 ;;
@@ -38,6 +38,7 @@ while [ $# -gt 0 ]; do
     --only) only=$2; shift 2 ;;
     --catchup-rows) catchup_rows=$2; shift 2 ;;
     --catchup-txns) catchup_txns=$2; shift 2 ;;
+    --backfill-rows) backfill_rows=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -61,7 +62,7 @@ trap cleanup EXIT
 want() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
 # OpenSearch only for the configurations that write to it.
 services=pg,redis
-if want opensearch || want all || want catchup-opensearch; then services=pg,redis,opensearch; fi
+if want opensearch || want all || want catchup-opensearch || want backfill-opensearch; then services=pg,redis,opensearch; fi
 "$root/compose/local/stack" up "$dir" --services "$services" >/dev/null
 set -a; . "$dir/stack.env"; set +a
 search_url=${PGDERIVE_OPENSEARCH_URL:-}
@@ -367,36 +368,77 @@ SQL
   oscatchup_phase "update: $oscatchup_rows single-row transactions" "call oscatchup_updates($oscatchup_rows)" 2000
 fi
 
-# Backfill while streaming: a Redis view added to a running deployment fills from the
-# whole items table while a writer keeps changing it; against reading the same table
-# with COPY TO STDOUT (what the initial snapshot reads).
-backfill="not measured"
-if want backfill; then
-# At least 200,000 rows to fill (ids far from the workload's).
-q -c "insert into items select (item_row(g)).* from generate_series(100000000, 100000000 + 199999 - (select count(*) from items)) g"
+# Backfill while streaming (backfill: Redis; backfill-opensearch: OpenSearch): the items
+# table is grown to --backfill-rows rows; a deployment with one small view (`hot`) is
+# started once and stopped, then started again with a view of items added, while a writer
+# runs the workload's transactions on items; timed from the log's "backfill started" to
+# its last chunk applied ("backfill done", filled_seconds). Against `COPY (select * from
+# items) TO STDOUT` of the same table in the same run, and for OpenSearch against a plain
+# loader sending the same documents as versioned `_bulk` (external_gte, 5,000 documents a
+# request) into an index of the view's mapping, right after pgderive's fill. pgderive's CPU
+# seconds (utime + stime of the process, its start and the hot view included) are given
+# per 1,000,000 rows filled; the 1-minute load average is read when the fill ends.
+backfill_lines=()
+if want backfill || want backfill-opensearch; then
+q -c "set synchronous_commit = off" -c "insert into items select (item_row(g)).* from generate_series(100000000, 100000000 + $backfill_rows - 1 - (select count(*) from items)) g"
+q -c "vacuum analyze items"
 rows=$(q -c "select count(*) from items")
-file=$(config backfill redis)
-start_run backfill "$file"; stop_run backfill
 t0=$(now); q -c "copy (select * from items) to stdout" > /dev/null; t1=$(now)
 copy_out=$(echo "$rows / ($t1 - $t0)" | bc -l)
-file=$(config backfill redis redis2)
-q -c "call items_mixed($offset, $txns)" &
-writer=$!
-start_run backfill "$file"
-until grep -q '"msg":"backfill done"' "$dir/backfill.log"; do
-  kill -0 "$(cat "$dir/backfill.pid")" 2>/dev/null || { tail -3 "$dir/backfill.log" >&2; exit 1; }
-  sleep 0.05
-done
-bf_rss=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$(cat "$dir/backfill.pid")/status")
-wait "$writer"; offset=$((offset + txns + 2))
-stop_run backfill
-bf_rows=$(sed -n 's/.*"msg":"backfill done".*"rows":"\([0-9]*\)".*/\1/p' "$dir/backfill.log")
-bf_filled=$(sed -n 's/.*"msg":"backfill done".*"filled_seconds":"\([0-9.]*\)".*/\1/p' "$dir/backfill.log")
-bf_seconds=$(sed -n 's/.*"msg":"backfill done".*"seconds":"\([0-9.]*\)".*/\1/p' "$dir/backfill.log")
-backfill=$(printf '%d rows filled in %.2f s = %.0f rows/s while the writer ran (%.2f× COPY TO STDOUT of the table, %.0f rows/s); live after %.2f s (every chunk durable in Redis); peak RSS %s MB' \
-  "$bf_rows" "$bf_filled" "$(echo "$bf_rows / $bf_filled" | bc -l)" \
-  "$(echo "$bf_rows / $bf_filled / $copy_out" | bc -l)" "$copy_out" "$bf_seconds" "$bf_rss")
-echo "backfill: $backfill" >&2
+bf_fill() {  # bf_fill NAME VIEWKIND VIEWNAME: sets bf_rows bf_filled bf_seconds bf_rss bf_cpu bf_load
+  local name=$1 kind=$2 view=$3 file pid writer line
+  file=$(config "$name" hot)
+  start_run "$name" "$file"; stop_run "$name"
+  file=$(config "$name" hot "$kind")
+  q -c "call items_mixed($offset, $txns)" &
+  writer=$!
+  start_run "$name" "$file"
+  pid=$(cat "$dir/$name.pid")
+  until grep -q "\"msg\":\"backfill done\".*\"views\":\"$view\"" "$dir/$name.log"; do
+    kill -0 "$pid" 2>/dev/null || { tail -3 "$dir/$name.log" >&2; exit 1; }
+    sleep 0.05
+  done
+  bf_load=$(cut -d' ' -f1 /proc/loadavg)
+  bf_cpu=$(cpu_seconds "$pid")
+  bf_rss=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$pid/status")
+  wait "$writer"; offset=$((offset + txns + 2))
+  stop_run "$name"
+  line=$(grep "\"msg\":\"backfill done\".*\"views\":\"$view\"" "$dir/$name.log" | tail -1)
+  bf_rows=$(echo "$line" | sed -n 's/.*"rows":"\([0-9]*\)".*/\1/p')
+  bf_filled=$(echo "$line" | sed -n 's/.*"filled_seconds":"\([0-9.]*\)".*/\1/p')
+  bf_seconds=$(echo "$line" | sed -n 's/.*"seconds":"\([0-9.]*\)".*/\1/p')
+}
+if want backfill; then
+  bf_fill bfredis redis2 bfredis_cache2
+  backfill_lines+=("$(printf '| Redis view | %d | %.0f | %.2f s | %.0f | **%.2f×** | – | %.2f s | %.2f s | %.1f | %s MB |' \
+    "$bf_rows" "$copy_out" "$(echo "$bf_rows / $copy_out" | bc -l)" "$(echo "$bf_rows / $bf_filled" | bc -l)" \
+    "$(echo "$bf_rows / $bf_filled / $copy_out" | bc -l)" "$bf_seconds" "$(echo "$bf_cpu * 1000000 / $bf_rows" | bc -l)" \
+    "$bf_load" "$bf_rss")")
+  echo "${backfill_lines[-1]}" >&2
+fi
+if want backfill-opensearch && [ -n "$search_url" ]; then
+  bf_fill bfsearch opensearch bfsearch_search
+  # The ceiling: the same table's documents, versioned, into an index of the view's mapping.
+  rm -rf "$dir/bfbulk"; mkdir -p "$dir/bfbulk"
+  q -c "select '{\"index\":{\"_index\":\"bfsearch_ceiling\",\"_id\":\"' || id || '\",\"version\":1,\"version_type\":\"external_gte\"}}' || chr(10) || row_to_json(i)::text from items i" \
+    | split -l 10000 - "$dir/bfbulk/part."
+  mapping=$(curl -s "$PGDERIVE_OPENSEARCH_URL/bfsearch/_mapping" | sed 's/^{"[^"]*":\(.*\)}$/\1/')
+  curl -s -XPUT "$PGDERIVE_OPENSEARCH_URL/bfsearch_ceiling" -H 'Content-Type: application/json' -d "$mapping" > /dev/null
+  touch_index bfsearch_ceiling
+  t0=$(now)
+  for f in "$dir"/bfbulk/part.*; do
+    curl -s -XPOST "$PGDERIVE_OPENSEARCH_URL/_bulk" -H 'Content-Type: application/x-ndjson' --data-binary @"$f" \
+      | grep -q '^{"took":[0-9]*,"errors":false' || { echo "ceiling _bulk failed" >&2; exit 1; }
+  done
+  t1=$(now); bulk=$(echo "$rows / ($t1 - $t0)" | bc -l)
+  curl -s -XDELETE "$PGDERIVE_OPENSEARCH_URL/bfsearch_ceiling" > /dev/null
+  rm -rf "$dir/bfbulk"
+  backfill_lines+=("$(printf '| OpenSearch view | %d | %.0f | %.2f s | %.0f | **%.2f×** | **%.2f×** (`_bulk` %.0f docs/s) | %.2f s | %.2f s | %.1f | %s MB |' \
+    "$bf_rows" "$copy_out" "$(echo "$bf_rows / $copy_out" | bc -l)" "$(echo "$bf_rows / $bf_filled" | bc -l)" \
+    "$(echo "$bf_rows / $bf_filled / $copy_out" | bc -l)" "$(echo "$bf_rows / $bf_filled / $bulk" | bc -l)" "$bulk" \
+    "$bf_seconds" "$(echo "$bf_cpu * 1000000 / $bf_rows" | bc -l)" "$bf_load" "$bf_rss")")
+  echo "${backfill_lines[-1]}" >&2
+fi
 fi
 
 # Store ceilings on the same final rows.
@@ -468,4 +510,11 @@ fi
 echo
 echo "Latency, Redis view, pgbench single-row updates at $rate tx/s for $seconds s (achieved $achieved tx/s): $latency"
 echo
-echo "Backfill of a new Redis view: $backfill"
+if [ ${#backfill_lines[@]} -gt 0 ]; then
+  echo
+  echo "Backfill of a view added while a writer runs ($txns transactions of 100 changes):"
+  echo
+  echo "| view | rows | COPY TO STDOUT rows/s | COPY time | fill rows/s | ratio to COPY | ratio to versioned \`_bulk\` | live after | pgderive CPU per 1M rows | load avg | peak RSS |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  for r in "${backfill_lines[@]}"; do echo "$r"; done
+fi

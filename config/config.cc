@@ -669,6 +669,7 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
     }
     config.source.heartbeat_seconds = static_cast<int>(source->Integer("heartbeat_interval"));
     config.source.max_retained_wal_bytes = source->ByteSize("max_retained_wal");
+    config.source.snapshot_parallelism = static_cast<int>(source->Integer("snapshot_parallelism"));
   }
 
   std::set<std::string> untyped_stores;  // of an unknown type: their views are not checked

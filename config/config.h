@@ -45,6 +45,9 @@ struct SourceConfig {
   int heartbeat_seconds = 10;
   // Retained WAL above this many bytes is warned about.
   uint64_t max_retained_wal_bytes = uint64_t{1} << 30;
+  // Connections the backfill fills views on, one job (views of one store reading one
+  // table) each.
+  int snapshot_parallelism = 2;
   int line = 0;  // of the `source` key, for messages about it
   int column = 0;
   ConfigMarks marks;  // dsn, slot, publication, ...: where each value is written

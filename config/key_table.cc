@@ -44,6 +44,10 @@ const std::vector<KeyDef>& Keys() {
        3600},
       {"source", "max_retained_wal", Kind::kByteSize, 0, false, "1GB",
        "retained WAL above this size is warned about: `1GB`, `512MB`, `64kB` or bytes"},
+      {"source", "snapshot_parallelism", Kind::kInteger, 0, false, "2",
+       "connections that fill views while the stream flows: views of different tables or "
+       "stores fill at once, one job a connection (1-64)",
+       1, 64},
 
       {"stores.NAME", "type", Kind::kString, kAnyStore, true, "required",
        "`redis`, `opensearch` or `postgres`"},

@@ -251,6 +251,7 @@ std::optional<int> Pipeline::StartStores() {
           .pipeline = config_.pipeline,
           .views = backfill_views,
           .chunk_rows = 16384,
+          .parallelism = config_.source.snapshot_parallelism,
           .checkpoint = [=](const std::string& store) { return worker_of(store).checkpoint(); },
           .durable = [=](const std::string& store) { return worker_of(store).Durable(); },
           .failed = [=](const std::string& store) { return worker_of(store).failed(); }},

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
+#include <tuple>
 
 #include "base/number.h"
 #include "base/retry.h"
@@ -50,10 +51,18 @@ Backfills::Backfills(BackfillOptions options, Logger& log)
 Backfills::~Backfills() { Stop(); }
 
 void Backfills::Start() {
-  thread_.Start([this](std::stop_token stop) { Loop(stop); });
+  if (!workers_.empty()) return;
+  const int n = std::max(1, options_.parallelism);
+  for (int i = 0; i < n; ++i) workers_.push_back(std::make_unique<Worker>());
+  for (auto& worker : workers_) {
+    worker->thread.Start([this, w = worker.get()](std::stop_token) { Loop(*w); });
+  }
 }
 
-void Backfills::Stop() { thread_.Stop(); }
+void Backfills::Stop() {
+  stop_.request_stop();
+  for (auto& worker : workers_) worker->thread.Stop();
+}
 
 void Backfills::Add(const std::string& store, const std::string& table,
                     std::vector<std::string> views, std::optional<std::string> after) {
@@ -75,10 +84,12 @@ void Backfills::Add(const std::string& store, const std::string& table,
       ++it;
     }
   }
-  if (same(running_)) {
-    merge(running_);
-    after.reset();
-    running_->cancelled = true;
+  for (auto& worker : workers_) {
+    if (same(worker->running)) {
+      merge(worker->running);
+      after.reset();
+      worker->running->cancelled = true;
+    }
   }
   auto job = std::make_shared<Job>();
   job->id = next_id_++;
@@ -107,24 +118,39 @@ std::map<std::pair<std::string, std::string>, BackfillProgress> Backfills::Progr
     progress.rows_estimated = std::max(progress.rows_estimated, progress.rows_done);
     for (const std::string& v : job->views) out[{job->store, v}] = progress;
   };
-  add(running_);
+  for (const auto& worker : workers_) add(worker->running);
   for (const auto& job : queue_) add(job);
   return out;
 }
 
 // ---- the backfill thread ----
 
-void Backfills::Loop(std::stop_token stop) {
+void Backfills::Loop(Worker& worker) {
+  const std::stop_token stop = stop_.get_token();
   while (true) {
     std::shared_ptr<Job> job;
     {
       std::unique_lock lock(mutex_);
-      changed_.wait(lock, stop, [&] { return !queue_.empty(); });
+      // A job of a store and table another worker runs waits for it (a replaced job is
+      // cancelled, and ends soon).
+      auto runnable = [&]() -> std::deque<std::shared_ptr<Job>>::iterator {
+        for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+          bool busy = false;
+          for (const auto& w : workers_) {
+            busy = busy || (w->running && w->running->store == (*it)->store &&
+                            w->running->table == (*it)->table);
+          }
+          if (!busy) return it;
+        }
+        return queue_.end();
+      };
+      changed_.wait(lock, stop, [&] { return runnable() != queue_.end(); });
       if (stop.stop_requested()) return;
-      job = queue_.front();
-      queue_.pop_front();
-      running_ = job;
-      window_.SetRunning(job);
+      auto it = runnable();
+      job = *it;
+      queue_.erase(it);
+      worker.running = job;
+      window_.AddRunning(job);
     }
     std::string views;
     for (const std::string& v : job->views) views += (views.empty() ? "" : ",") + v;
@@ -136,9 +162,9 @@ void Backfills::Loop(std::stop_token stop) {
     bool retrying = false;
     const Status status = RetryTransient(
         [&] {
-          if (retrying) sql_.reset();
+          if (retrying) worker.sql.reset();
           retrying = true;
-          return RunJob(job);
+          return RunJob(worker, job);
         },
         [&] {
           std::lock_guard lock(mutex_);
@@ -172,29 +198,32 @@ void Backfills::Loop(std::stop_token stop) {
                                   {"filled_seconds", std::to_string(filled)},
                                   {"seconds", std::to_string(seconds)}});
     }
-    running_.reset();
-    window_.SetRunning(nullptr);
-    active_.store(!queue_.empty() || window_.chunks_in_flight() > 0);
+    worker.running.reset();
+    window_.RemoveRunning(job->id);
+    bool running = false;
+    for (const auto& w : workers_) running = running || w->running != nullptr;
+    active_.store(running || !queue_.empty() || window_.chunks_in_flight() > 0);
+    changed_.notify_all();  // a job of the same store and table may wait for this one
   }
 }
 
-Status Backfills::Emit(const std::string& content) {
-  auto done = sql_->Query("select pg_logical_emit_message(true, $1::text, $2::text)",
-                          {kBackfillPrefix, content});
+Status Backfills::Emit(Worker& worker, const std::string& content) {
+  auto done = worker.sql->Query("select pg_logical_emit_message(true, $1::text, $2::text)",
+                                {kBackfillPrefix, content});
   if (!done.ok()) return done.error();
   return Status::Ok();
 }
 
-Status Backfills::WaitForWriters(const std::string& table) {
+Status Backfills::WaitForWriters(Worker& worker, const std::string& table) {
   const std::string locks =
       "from pg_locks where locktype = 'relation' and database = (select oid from pg_database "
       "where datname = current_database()) and relation in " +
       TableAndPartitions("$1::regclass") +
       " and mode in ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock', "
       "'AccessExclusiveLock') and pid is distinct from pg_backend_pid()";
-  auto holders =
-      sql_->Query("select coalesce(array_agg(distinct virtualtransaction), '{}')::text " + locks,
-                  {TableName::Parse(table).Quoted()});
+  auto holders = worker.sql->Query(
+      "select coalesce(array_agg(distinct virtualtransaction), '{}')::text " + locks,
+      {TableName::Parse(table).Quoted()});
   if (!holders.ok()) return holders.error();
   const std::string set = holders.value().rows[0][0].value_or("{}");
   if (set == "{}") return Status::Ok();
@@ -202,8 +231,8 @@ Status Backfills::WaitForWriters(const std::string& table) {
   auto logged = started;
   while (!stopping()) {
     auto left =
-        sql_->Query("select count(*) " + locks + " and virtualtransaction = any($2::text[])",
-                    {TableName::Parse(table).Quoted(), set});
+        worker.sql->Query("select count(*) " + locks + " and virtualtransaction = any($2::text[])",
+                          {TableName::Parse(table).Quoted(), set});
     if (!left.ok()) return left.error();
     if (left.value().rows[0][0].value_or("0") == "0") return Status::Ok();
     if (std::chrono::steady_clock::now() - logged >= kWaitLogEvery) {
@@ -223,7 +252,7 @@ Backfills::Applied Backfills::WaitApplied(const std::string& store, Lsn watermar
     if (options_.failed && options_.failed(store)) return Applied::kStoreFailed;
     std::unique_lock lock(mutex_);
     if (stopping() || generation_ != generation) return Applied::kNo;
-    changed_.wait_for(lock, thread_.token(), std::chrono::milliseconds(5),
+    changed_.wait_for(lock, stop_.get_token(), std::chrono::milliseconds(5),
                       [&] { return generation_ != generation; });
   }
 }
@@ -248,16 +277,16 @@ bool Backfills::Rewind(Job& job, std::deque<Unsure>& unsure) {
   return false;
 }
 
-Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
-  if (!sql_) {
+Status Backfills::RunJob(Worker& worker, const std::shared_ptr<Job>& job) {
+  if (!worker.sql) {
     auto connected = SqlSession::Connect(options_.dsn, "pgderive-backfill");
     if (!connected.ok()) return connected.error();
-    sql_.emplace(std::move(connected).value());
+    worker.sql.emplace(std::move(connected).value());
     // A watermark is sent to the stream once flushed: each waits for its own flush
     // (`local`: never for a synchronous standby), rather than for the WAL writer's next
     // round. A lock the chunk's read queues behind (an ALTER TABLE waiting) is given up
     // after 1 s and retried, so that a stop never waits on it.
-    Status status = sql_->Execute("set synchronous_commit = local; set lock_timeout = '1s'");
+    Status status = worker.sql->Execute("set synchronous_commit = local; set lock_timeout = '1s'");
     if (!status.ok()) return status;
   }
   // Any failure of the source below is retried from the last chunk applied.
@@ -266,7 +295,7 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
   // columns are what a delete carries), else the primary key.
   const std::string regclass = "$1::regclass";
   const SqlParams table = {TableName::Parse(job->table).Quoted()};
-  auto key = sql_->Query(
+  auto key = worker.sql->Query(
       "select a.attname, format_type(a.atttypid, a.atttypmod) from (select indkey::int2[] k "
       "from pg_index where indrelid = " +
           regclass +
@@ -286,7 +315,7 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
                             "by in chunks; rebuild the store instead");
   }
   // A partitioned table is read through its root; its writers lock the partitions.
-  auto estimate = sql_->Query(
+  auto estimate = worker.sql->Query(
       "select sum(greatest(c.reltuples, 0))::bigint, (sum(pg_table_size(c.oid)) / "
       "nullif(sum(greatest(c.reltuples, 0)), 0))::bigint, bool_or(c.oid = " +
           regclass + " and c.relkind = 'p') from pg_class c where c.oid in " +
@@ -308,67 +337,123 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
     job->progress.rows_estimated = rows_estimated.value();
   }
   std::deque<Unsure> unsure;
+  std::deque<Flight> flights;  // read, not yet applied, in key order
+  // Abandons the chunks in flight: the job goes on after the last one applied.
+  auto abandon = [&] {
+    std::lock_guard lock(mutex_);
+    AbandonLocked(flights);
+  };
   while (true) {
-    // The chunks, from `after` to the end of the table.
+    // The chunks, from `after` to the end of the table: up to chunks_in_flight read
+    // ahead of the one the store applies.
+    std::optional<std::string> next = job->after;  // where the next chunk read starts
+    bool end = false;                              // the last chunk is read
     while (true) {
       {
         std::lock_guard lock(mutex_);
-        if (stopping() || job->cancelled) return Status::Ok();
+        if (stopping() || job->cancelled) {
+          AbandonLocked(flights);
+          return Status::Ok();
+        }
         if (job->restart) {
           // An update moved a row the view does not hold behind the frontier.
           job->restart = false;
           job->after.reset();
           job->progress.rows_done = 0;
           unsure.clear();
+          AbandonLocked(flights);
+          next.reset();
+          end = false;
         }
       }
       if (Rewind(*job, unsure)) {
         log_.Warn("store " + job->store + " lost backfilled rows; reading again after " +
                   job->after.value_or("the start"));
+        abandon();
+        next = job->after;
+        end = false;
       }
-      auto schema = DescribeTable(*sql_, job->table);
-      if (!schema.ok()) return transient(schema.error());
-      {
-        // A following view must not end with rows of two shapes: a change of the
-        // table's columns restarts the job.
-        std::lock_guard lock(mutex_);
-        const std::vector<std::string> columns = ColumnsOf(*schema.value());
-        if (!job->columns.empty() && job->columns != columns) {
-          job->after.reset();
-          job->progress.rows_done = 0;
-          unsure.clear();
+      if (!end && flights.size() < std::max<size_t>(1, options_.chunks_in_flight)) {
+        auto schema = DescribeTable(*worker.sql, job->table);
+        if (!schema.ok()) {
+          abandon();
+          return transient(schema.error());
         }
-        job->columns = columns;
-        job->table_oid = schema.value()->id.value;
+        {
+          // A following view must not end with rows of two shapes: a change of the
+          // table's columns restarts the job.
+          std::lock_guard lock(mutex_);
+          const std::vector<std::string> columns = ColumnsOf(*schema.value());
+          if (!job->columns.empty() && job->columns != columns) {
+            job->after.reset();
+            job->progress.rows_done = 0;
+            unsure.clear();
+            AbandonLocked(flights);
+            next.reset();
+            end = false;
+          }
+          job->columns = columns;
+          job->table_oid = schema.value()->id.value;
+        }
+        const uint64_t prev = flights.empty() ? 0 : flights.back().id;
+        auto flight =
+            ReadChunk(worker, job, schema.value(), key_columns, next, limit, partitioned, prev);
+        if (!flight.ok()) {
+          abandon();
+          return transient(flight.error());
+        }
+        std::optional<std::string> last;
+        size_t read = 0;
+        {
+          std::lock_guard lock(mutex_);
+          std::tie(read, last) = window_.ChunkPosition(flight.value().id);
+        }
+        if (read < limit) end = true;
+        if (read > 0) next = last;
+        flights.push_back(std::move(flight).value());
+        // Keep reading while the window and the store catch up.
+        if (!end && flights.size() < options_.chunks_in_flight) continue;
       }
-      const size_t asked = limit;
-      auto chunk = RunChunk(job, schema.value(), key_columns, limit, partitioned);
-      if (!chunk.ok()) return transient(chunk.error());
-      const WatermarkWindow::ChunkOutcome& c = chunk.value().outcome;
-      // The next chunk weighs about kChunkBytes; a chunk read again is halved (a hot
-      // row in its window).
-      const size_t read = c.rows;
+      if (flights.empty()) break;  // every chunk applied
+      // The oldest chunk in flight: its verdict, then its store.
+      Flight& front = flights.front();
+      if (!front.decided) WaitVerdict(front);
+      const WatermarkWindow::ChunkOutcome& c = front.outcome;
       if (c.verdict != Verdict::kDone) {
-        limit = std::max(kMinChunkRows, limit / 2);
+        // Read again, and the chunks after it (a hot row in its window: halved).
+        limit = std::max(kMinChunkRows, front.asked / 2);
+        abandon();
+        next = job->after;
+        end = false;
         continue;
       }
-      if (read > 0 && c.bytes > 0) {
-        const size_t fits = std::max<size_t>(1, kChunkBytes * read / c.bytes);
+      if (c.rows > 0 && c.bytes > 0) {
+        // The next chunks weigh about kChunkBytes.
+        const size_t fits = std::max<size_t>(1, kChunkBytes * c.rows / c.bytes);
         limit = std::clamp(std::min(fits, limit * 2), kMinChunkRows, options_.chunk_rows);
       }
-      const Applied applied = WaitApplied(job->store, c.watermark, chunk.value().generation);
+      const Applied applied = WaitApplied(job->store, c.watermark, front.generation);
       if (applied == Applied::kStoreFailed) {
+        abandon();
         return Error::Permanent("store " + job->store + " stopped on an error");
       }
-      if (applied == Applied::kNo) continue;
+      if (applied == Applied::kNo) {
+        abandon();
+        next = job->after;
+        end = false;
+        continue;
+      }
       std::lock_guard lock(mutex_);
       unsure.push_back(Unsure{c.watermark, job->after, job->progress.rows_done});
-      job->progress.rows_done += read;
-      if (read < asked) {
+      job->progress.rows_done += c.rows;
+      if (c.last) job->after = c.last;
+      const bool last_chunk = c.rows < front.asked;
+      flights.pop_front();
+      if (last_chunk) {
+        AbandonLocked(flights);  // none: nothing is read after the end
         job->filled_at = std::chrono::steady_clock::now();
         break;
       }
-      job->after = c.last;
     }
     // The last chunk is applied: mark the views live at a position of their own, once
     // every chunk is durable.
@@ -381,7 +466,7 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
         window_.BeginDone(job->id);
         generation = generation_;
       }
-      Status status = Emit(window_.Message("done", job->id));
+      Status status = Emit(worker, window_.Message("done", job->id));
       if (!status.ok()) {
         std::lock_guard lock(mutex_);
         window_.EndDone(job->id);
@@ -390,7 +475,7 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
       std::pair<Verdict, Lsn> verdict;
       {
         std::unique_lock lock(mutex_);
-        changed_.wait(lock, thread_.token(),
+        changed_.wait(lock, stop_.get_token(),
                       [&] { return window_.DoneVerdict(job->id) != Verdict::kPending; });
         verdict = window_.EndDone(job->id);
         if (stopping()) return Status::Ok();
@@ -425,35 +510,35 @@ Status Backfills::RunJob(const std::shared_ptr<Job>& job) {
           rewound = true;
           break;
         }
-        changed_.wait_for(lock, thread_.token(), std::chrono::milliseconds(50),
+        changed_.wait_for(lock, stop_.get_token(), std::chrono::milliseconds(50),
                           [&] { return job->cancelled || job->restart; });
       }
     }
   }
 }
 
-Result<Backfills::ChunkResult> Backfills::RunChunk(
-    const std::shared_ptr<Job>& job, const std::shared_ptr<const RelationSchema>& schema,
-    const std::vector<std::pair<std::string, std::string>>& key, size_t limit, bool partitioned) {
-  uint64_t id;
-  uint64_t generation;
-  std::optional<std::string> after;
+Result<Backfills::Flight> Backfills::ReadChunk(
+    Worker& worker, const std::shared_ptr<Job>& job,
+    const std::shared_ptr<const RelationSchema>& schema,
+    const std::vector<std::pair<std::string, std::string>>& key,
+    const std::optional<std::string>& after, size_t limit, bool partitioned, uint64_t prev) {
+  Flight flight;
+  flight.asked = limit;
   {
     std::vector<std::string> key_names;
     for (const auto& [name, type] : key) key_names.push_back(name);
     std::lock_guard lock(mutex_);
-    id = next_id_++;
-    generation = generation_;
-    window_.BeginChunk(id, job, schema, std::move(key_names));
+    flight.id = next_id_++;
+    flight.generation = generation_;
+    window_.BeginChunk(flight.id, job, schema, std::move(key_names), prev);
     active_.store(true);
-    after = job->after;
   }
   auto forget = [&] {
     std::lock_guard lock(mutex_);
-    window_.EndChunk(id);
+    window_.EndChunk(flight.id);
   };
-  Status status = Emit(window_.Message("low", id));
-  if (status.ok()) status = WaitForWriters(job->table);
+  Status status = Emit(worker, window_.Message("low", flight.id));
+  if (status.ok()) status = WaitForWriters(worker, job->table);
   if (!status.ok()) {
     forget();
     return status.error();
@@ -462,10 +547,10 @@ Result<Backfills::ChunkResult> Backfills::RunChunk(
   std::string columns, order, where;
   SqlParams after_values;
   for (const ColumnSchema& c : schema->columns) {
-    columns += (columns.empty() ? "" : ", ") + sql_->QuoteIdentifier(c.name);
+    columns += (columns.empty() ? "" : ", ") + worker.sql->QuoteIdentifier(c.name);
   }
   for (const auto& [name, type] : key) {
-    order += (order.empty() ? "" : ", ") + sql_->QuoteIdentifier(name);
+    order += (order.empty() ? "" : ", ") + worker.sql->QuoteIdentifier(name);
   }
   if (after) {
     auto values = nlohmann::json::parse(*after, nullptr, /*allow_exceptions=*/false);
@@ -482,28 +567,40 @@ Result<Backfills::ChunkResult> Backfills::RunChunk(
     }
     where = " where (" + order + ") > (" + placeholders + ")";
   }
-  auto rows = sql_->Query("select " + columns + " from " + (partitioned ? "" : "only ") +
-                              TableName::Parse(job->table).Quoted() + where + " order by " + order +
-                              " limit " + std::to_string(limit),
-                          after_values);
+  auto rows = worker.sql->Query("select " + columns + " from " + (partitioned ? "" : "only ") +
+                                    TableName::Parse(job->table).Quoted() + where + " order by " +
+                                    order + " limit " + std::to_string(limit),
+                                after_values);
   if (!rows.ok()) {
     forget();
     return rows.error();
   }
   {
     std::lock_guard lock(mutex_);
-    window_.ChunkRead(id, std::move(rows.value().rows));
+    window_.ChunkRead(flight.id, std::move(rows.value().rows));
   }
-  status = Emit(window_.Message("high", id));
+  status = Emit(worker, window_.Message("high", flight.id));
   if (!status.ok()) {
     forget();
     return status.error();
   }
+  return flight;
+}
+
+void Backfills::WaitVerdict(Flight& flight) {
   std::unique_lock lock(mutex_);
-  changed_.wait(lock, thread_.token(),
-                [&] { return window_.ChunkVerdict(id) != Verdict::kPending; });
+  changed_.wait(lock, stop_.get_token(),
+                [&] { return window_.ChunkVerdict(flight.id) != Verdict::kPending; });
   // Still pending when stopping: kRetry.
-  return ChunkResult{window_.EndChunk(id), generation};
+  flight.outcome = window_.EndChunk(flight.id);
+  flight.decided = true;
+}
+
+void Backfills::AbandonLocked(std::deque<Flight>& flights) {
+  for (const Flight& flight : flights) {
+    if (!flight.decided) window_.EndChunk(flight.id);
+  }
+  flights.clear();
 }
 
 // ---- the stream thread ----

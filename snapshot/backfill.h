@@ -20,18 +20,27 @@
 // window places the chunk's rows not changed between L and H, with the views' state
 // (watermark_window.h says why that is exact), or decides the chunk is read again.
 //
-//   Add -> queue -> Loop -> RunJob: the key, a size; then per chunk
-//                            RunChunk: BeginChunk; Emit(L) .....WAL.....> stream thread:
-//                                      WaitForWriters; SELECT ... LIMIT   OnChange, the
-//                                      ChunkRead; Emit(H) .....WAL.....> window places
-//                                      wait for the verdict <............ the rows at H
-//                            WaitApplied (the store's checkpoint passed H); next chunk
+//   Add -> queue -> Loop (one thread and connection per worker,
+//                         source.snapshot_parallelism of them) -> RunJob: the key, a size;
+//                         then per chunk, up to kChunksInFlight ahead
+//                            ReadChunk: BeginChunk; Emit(L) .....WAL.....> stream thread:
+//                                       WaitForWriters; COPY (SELECT ... OnChange, the
+//                                       LIMIT); ChunkRead; Emit(H) ..WAL..> window places
+//                                                                          the rows at H
+//                            the oldest chunk in flight: its verdict, WaitApplied (the
+//                            store's checkpoint passed H); a chunk read again has every
+//                            later one in flight read again
 //                          Emit("done") ...........WAL...........> the views live at it;
 //                          WaitApplied, then every chunk durable: the job ends
 //
-// Once a chunk's watermark is applied by its store (the store's checkpoint passed H)
-// the next one starts; a stream restart before that (a reconnect, a store rejoining)
-// loses what was not dispatched, so the chunk is read again. After the last chunk, a
+// Chunks are pipelined: while the store applies chunk n, chunk n+1 (and up to
+// kChunksInFlight in all, about 8 MB each) is read, each with its own watermarks; the
+// window places a chunk only after the one it follows, so the `after` recorded with a
+// chunk's rows never claims a key whose row is not in that store transaction or an
+// earlier one. A crash re-reads at most the chunks in flight. A stream restart before a
+// chunk is applied (a reconnect, a store rejoining) loses what was not dispatched, so
+// that chunk and the ones after it are read again. Jobs of different stores or tables
+// run at once, one a worker. After the last chunk, a
 // "done" message marks the views live at its position. A crash leaves the views'
 // recorded state "backfilling" with the last chunk applied; the next start resumes after
 // it. Chunks are re-read idempotently: a row is always written with its value at its
@@ -49,6 +58,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <vector>
 
@@ -65,6 +75,10 @@ struct BackfillOptions {
   std::string pipeline;
   std::vector<BackfillView> views;
   size_t chunk_rows = 16384;  // at most; fewer when rows are wide (about 8 MB a chunk)
+  // Jobs at once, each on a connection of its own (source.snapshot_parallelism).
+  int parallelism = 1;
+  // Chunks of a job read ahead of the one the store is applying, this one included.
+  size_t chunks_in_flight = 4;
   // The checkpoint the store has applied (the end of its last transaction), the one it
   // has made durable, and whether it stopped on a permanent error.
   std::function<Lsn(const std::string& store)> checkpoint;
@@ -119,23 +133,37 @@ class Backfills {
     BackfillProgress progress;
   };
   using Verdict = WatermarkWindow::Verdict;
-  // A chunk decided: what the window made of it, and the stream's generation when it
-  // started.
-  struct ChunkResult {
+  // A chunk read (its H written), until the store applied it.
+  struct Flight {
+    uint64_t id = 0;
+    uint64_t generation = 0;  // the stream's when it started
+    size_t asked = 0;         // its limit
+    bool decided = false;     // the window's verdict taken: kDone, `outcome` set
     WatermarkWindow::ChunkOutcome outcome;
-    uint64_t generation = 0;
+  };
+  // A worker: its thread, its connection, its job.
+  struct Worker {
+    StoppableThread thread;
+    std::optional<SqlSession> sql;
+    std::shared_ptr<Job> running;
   };
 
-  void Loop(std::stop_token stop);
+  void Loop(Worker& worker);
   // Runs one job to its end (or cancellation, or stop). Transient errors are retried.
-  Status RunJob(const std::shared_ptr<Job>& job);
-  // One chunk: L, wait for writers, read, H, verdict.
-  Result<ChunkResult> RunChunk(const std::shared_ptr<Job>& job,
-                               const std::shared_ptr<const RelationSchema>& schema,
-                               const std::vector<std::pair<std::string, std::string>>& key,
-                               size_t limit, bool partitioned);
-  Status Emit(const std::string& content);
-  Status WaitForWriters(const std::string& table);
+  Status RunJob(Worker& worker, const std::shared_ptr<Job>& job);
+  // One chunk, after the key `after` (from the start when unset): L, wait for writers,
+  // read, H. Its verdict comes later (WaitVerdict).
+  Result<Flight> ReadChunk(Worker& worker, const std::shared_ptr<Job>& job,
+                           const std::shared_ptr<const RelationSchema>& schema,
+                           const std::vector<std::pair<std::string, std::string>>& key,
+                           const std::optional<std::string>& after, size_t limit, bool partitioned,
+                           uint64_t prev);
+  // Waits for the window's verdict on `flight` and forgets the chunk.
+  void WaitVerdict(Flight& flight);
+  // Forgets the chunks in flight (each is read again); under the lock.
+  void AbandonLocked(std::deque<Flight>& flights);
+  Status Emit(Worker& worker, const std::string& content);
+  Status WaitForWriters(Worker& worker, const std::string& table);
   // Waits until the store applied `watermark` (true) or the stream restarted since
   // `generation` (false), or Stop.
   enum class Applied { kYes, kNo, kStoreFailed };
@@ -149,22 +177,21 @@ class Backfills {
   // Drops what is durable; when the store no longer covers a chunk, moves the job back
   // to before it (true).
   bool Rewind(Job& job, std::deque<Unsure>& unsure);
-  bool stopping() { return thread_.stop_requested(); }
+  bool stopping() const { return stop_.stop_requested(); }
 
   BackfillOptions options_;
   Logger& log_;
   // Something is queued or in flight (the stream thread's fast path skips the lock).
   std::atomic<bool> active_{false};
-  std::optional<SqlSession> sql_;  // the backfill thread's
+  std::stop_source stop_;  // every worker's
 
   std::mutex mutex_;  // guards what follows, the window included
   std::condition_variable_any changed_;
   std::deque<std::shared_ptr<Job>> queue_;
-  std::shared_ptr<Job> running_;
   uint64_t next_id_ = 1;
   uint64_t generation_ = 0;  // stream restarts
   WatermarkWindow window_;
-  StoppableThread thread_;
+  std::vector<std::unique_ptr<Worker>> workers_;  // fixed at Start
 };
 
 }  // namespace pgderive

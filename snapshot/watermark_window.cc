@@ -48,16 +48,34 @@ void WatermarkWindow::SetColumns(const std::string& store, const std::string& vi
   columns_[{store, view}] = std::move(columns);
 }
 
-void WatermarkWindow::SetRunning(std::shared_ptr<BackfillJob> job) { running_ = std::move(job); }
+void WatermarkWindow::AddRunning(std::shared_ptr<BackfillJob> job) {
+  if (job) running_[job->id] = std::move(job);
+}
+
+void WatermarkWindow::RemoveRunning(uint64_t job_id) { running_.erase(job_id); }
+
+void WatermarkWindow::SetRunning(std::shared_ptr<BackfillJob> job) {
+  running_.clear();
+  AddRunning(std::move(job));
+}
 
 void WatermarkWindow::BeginChunk(uint64_t id, std::shared_ptr<const BackfillJob> job,
                                  std::shared_ptr<const RelationSchema> schema,
-                                 std::vector<std::string> key) {
+                                 std::vector<std::string> key, uint64_t prev) {
   Chunk& chunk = chunks_[id];
   chunk = Chunk{};
   chunk.job = std::move(job);
   chunk.schema = std::move(schema);
   chunk.key = std::move(key);
+  chunk.prev = prev;
+}
+
+void WatermarkWindow::SpoilFollowers(uint64_t id) {
+  for (auto& [other, chunk] : chunks_) {
+    if (chunk.prev != id || chunk.spoiled) continue;
+    chunk.spoiled = true;
+    SpoilFollowers(other);
+  }
 }
 
 void WatermarkWindow::ChunkRead(uint64_t id, ChunkRows rows) {
@@ -65,6 +83,7 @@ void WatermarkWindow::ChunkRead(uint64_t id, ChunkRows rows) {
   if (it == chunks_.end()) return;
   Chunk& chunk = it->second;
   chunk.rows = std::move(rows);
+  chunk.row_count = chunk.rows.size();
   for (const auto& row : chunk.rows) {
     for (const auto& value : row) chunk.bytes += value ? value->size() : 0;
   }
@@ -80,6 +99,12 @@ void WatermarkWindow::ChunkRead(uint64_t id, ChunkRows rows) {
   chunk.read = true;
 }
 
+std::pair<size_t, std::optional<std::string>> WatermarkWindow::ChunkPosition(uint64_t id) const {
+  auto it = chunks_.find(id);
+  if (it == chunks_.end()) return {0, std::nullopt};
+  return {it->second.row_count, it->second.last};
+}
+
 WatermarkWindow::Verdict WatermarkWindow::ChunkVerdict(uint64_t id) const {
   auto it = chunks_.find(id);
   return it == chunks_.end() ? Verdict::kRetry : it->second.verdict;
@@ -92,10 +117,11 @@ WatermarkWindow::ChunkOutcome WatermarkWindow::EndChunk(uint64_t id) {
   const Chunk& chunk = it->second;
   outcome.verdict = chunk.verdict == Verdict::kPending ? Verdict::kRetry : chunk.verdict;
   outcome.watermark = chunk.watermark;
-  outcome.rows = chunk.rows.size();
+  outcome.rows = chunk.row_count;
   outcome.bytes = chunk.bytes;
   outcome.last = chunk.last;
   chunks_.erase(it);
+  if (outcome.verdict != Verdict::kDone) SpoilFollowers(id);
   return outcome;
 }
 
@@ -183,8 +209,13 @@ void WatermarkWindow::OnMessage(const Change& change, const LogicalMessage& mess
     if (it == chunks_.end()) return;
     Chunk& chunk = it->second;
     if (chunk.verdict != Verdict::kPending) return;
-    if (!chunk.open || chunk.spoiled || !chunk.read || chunk.job->cancelled) {
+    // A chunk follows one in flight: placed only after it (its state claims the keys
+    // up to its own last).
+    auto prev = chunk.prev != 0 ? chunks_.find(chunk.prev) : chunks_.end();
+    const bool after_unplaced = prev != chunks_.end() && prev->second.verdict != Verdict::kDone;
+    if (!chunk.open || chunk.spoiled || !chunk.read || chunk.job->cancelled || after_unplaced) {
       chunk.verdict = Verdict::kRetry;
+      SpoilFollowers(id);
     } else {
       Place(chunk, change.commit_lsn, change.index, out);
       chunk.verdict = Verdict::kDone;
@@ -196,7 +227,8 @@ void WatermarkWindow::OnMessage(const Change& change, const LogicalMessage& mess
   if (mark == "done") {
     auto it = done_.find(id);
     if (it == done_.end() || it->second.first != Verdict::kPending) return;
-    const BackfillJob* job = running_ && running_->id == id ? running_.get() : nullptr;
+    auto running = running_.find(id);
+    const BackfillJob* job = running != running_.end() ? running->second.get() : nullptr;
     if (job == nullptr || job->cancelled) {
       it->second.first = Verdict::kRetry;
     } else {
@@ -230,9 +262,11 @@ void WatermarkWindow::Place(Chunk& chunk, Lsn commit_lsn, uint32_t index,
   TupleData tuple;
   uint32_t n = index;
   for (const auto& row : chunk.rows) {
-    std::vector<std::optional<std::string_view>> values;
-    for (size_t k : key) values.push_back(row[k]);
-    if (chunk.changed.contains(KeyJson(values))) continue;
+    if (!chunk.changed.empty()) {
+      std::vector<std::optional<std::string_view>> values;
+      for (size_t k : key) values.push_back(row[k]);
+      if (chunk.changed.contains(KeyJson(values))) continue;
+    }
     tuple.columns.assign(row.size(), TupleValue{});
     for (size_t i = 0; i < row.size(); ++i) {
       if (row[i]) tuple.columns[i] = TupleValue{TupleValueKind::kText, *row[i]};
@@ -245,12 +279,18 @@ void WatermarkWindow::Place(Chunk& chunk, Lsn commit_lsn, uint32_t index,
   state->columns = job.columns;
   state->table_oid = chunk.schema->id.value;
   out.push_back(ViewStateChange(commit_lsn, ++n, std::move(state)));
+  // The placed changes hold their own copies.
+  ChunkRows().swap(chunk.rows);
+  std::set<std::string>().swap(chunk.changed);
 }
 
 // A row change of a table with chunks in flight: its keys join their windows.
 void WatermarkWindow::Record(const Change& change) {
-  if (running_ && !running_->cancelled && !change.relations.empty() &&
-      change.relations.front()->QualifiedName() == running_->table) {
+  for (auto& [job_id, running] : running_) {
+    if (running->cancelled || change.relations.empty() ||
+        change.relations.front()->QualifiedName() != running->table) {
+      continue;
+    }
     // A key change that leaves a TOASTed value out: the views may not hold the row to
     // take it from, and its new key may be behind the chunks read; read it all again.
     // (An old key logged because the key itself is TOASTed, with the key unchanged, is
@@ -261,12 +301,12 @@ void WatermarkWindow::Record(const Change& change) {
       const RelationSchema& schema = *change.relations.front();
       if (FillUnchangedFromOld(schema, update->old_kind, update->old_tuple, filled) > 0 &&
           KeyChanged(schema, update->old_tuple, filled)) {
-        running_->restart = true;
+        running->restart = true;
       }
     }
   }
   for (auto& [id, chunk] : chunks_) {
-    if (!chunk.open || chunk.spoiled) continue;
+    if (!chunk.open || chunk.spoiled || chunk.verdict != Verdict::kPending) continue;
     const std::string& table = chunk.job->table;
     bool touches = false;
     for (const auto& relation : change.relations) {

@@ -37,6 +37,14 @@
 // that moves a row to another key and leaves a TOASTed value out marks the job to start
 // again (its new key may be behind the chunks read, and the view may not hold the row).
 //
+// Several windows may be open at once: jobs of different tables or stores run side by
+// side, and a job pipelines its chunks (chunk n+1 is read while the store applies chunk
+// n). Each chunk's window is its own; a change is recorded against every open window of
+// its table. A pipelined chunk names the chunk before it (`prev`): it is placed only if
+// that one was, since its state claims every key up to its last; a chunk read again
+// (at its H, at a restart, or given up by the driver) has every later chunk of its
+// sequence read again too.
+//
 // Threads: none here. The driver calls every method under one lock of its own, except
 // Concerns and Message, which read only what the stream thread itself writes.
 
@@ -156,17 +164,27 @@ class WatermarkWindow {
   // table as it is at start).
   void SetColumns(const std::string& store, const std::string& view,
                   std::vector<std::string> columns);
-  // The job whose chunks are being read (null: none).
+  // The jobs whose chunks are being read: one more, one less. SetRunning(job) makes
+  // `job` the only one (null: none).
+  void AddRunning(std::shared_ptr<BackfillJob> job);
+  void RemoveRunning(uint64_t job_id);
   void SetRunning(std::shared_ptr<BackfillJob> job);
 
   // Chunk `id` of `job`, read with `schema` in the order of the `key` columns, before
-  // its L is written.
+  // its L is written. `prev`: the chunk in flight it follows (its rows start after
+  // that one's last key), 0 when it follows what is placed already. A `prev` no longer
+  // in flight must have been placed (EndChunk of one that was not spoils its
+  // followers).
   void BeginChunk(uint64_t id, std::shared_ptr<const BackfillJob> job,
-                  std::shared_ptr<const RelationSchema> schema, std::vector<std::string> key);
+                  std::shared_ptr<const RelationSchema> schema, std::vector<std::string> key,
+                  uint64_t prev = 0);
   // Its rows, read after L, before H is written.
   void ChunkRead(uint64_t id, ChunkRows rows);
+  // The rows it read and the key of the last (KeyJson), once read.
+  std::pair<size_t, std::optional<std::string>> ChunkPosition(uint64_t id) const;
   Verdict ChunkVerdict(uint64_t id) const;
-  // Forgets the chunk (its verdict taken, or given up); kPending comes back as kRetry.
+  // Forgets the chunk (its verdict taken, or given up); kPending comes back as kRetry,
+  // and a chunk not placed has the chunks that follow it read again.
   ChunkOutcome EndChunk(uint64_t id);
   size_t chunks_in_flight() const { return chunks_.size(); }
 
@@ -181,11 +199,13 @@ class WatermarkWindow {
     std::shared_ptr<const BackfillJob> job;
     std::shared_ptr<const RelationSchema> schema;
     std::vector<std::string> key;  // the pagination key's columns
+    uint64_t prev = 0;             // the chunk it follows, in flight (0: none)
     bool open = false;             // L seen
     bool spoiled = false;          // read again
     std::set<std::string> changed;
     bool read = false;
-    ChunkRows rows;
+    ChunkRows rows;  // freed once placed
+    size_t row_count = 0;
     std::optional<std::string> last;
     size_t bytes = 0;
     Verdict verdict = Verdict::kPending;
@@ -197,12 +217,14 @@ class WatermarkWindow {
   void Place(Chunk& chunk, Lsn commit_lsn, uint32_t index, std::vector<OwnedChange>& out);
   void Record(const Change& change);
   void DetectSchemaChange(const Change& change, std::vector<OwnedChange>& out, Events& events);
+  // The chunks that follow `id` (directly or not) are read again.
+  void SpoilFollowers(uint64_t id);
 
   const Options options_;
   const bool has_follow_;  // some row view follows its table
 
-  std::shared_ptr<BackfillJob> running_;
-  std::map<uint64_t, Chunk> chunks_;  // in flight
+  std::map<uint64_t, std::shared_ptr<BackfillJob>> running_;  // by job id
+  std::map<uint64_t, Chunk> chunks_;                          // in flight
   // "done" messages in flight: job id -> (verdict, watermark).
   std::map<uint64_t, std::pair<Verdict, Lsn>> done_;
   // (store, view) -> the columns a following view was filled with.

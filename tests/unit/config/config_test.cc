@@ -466,6 +466,7 @@ TEST(ConfigCorpusTest, TheFullValidFileLoads) {
   EXPECT_EQ(c.source.publication, "shop_pub");
   EXPECT_EQ(c.source.heartbeat_seconds, 30);
   EXPECT_EQ(c.source.max_retained_wal_bytes, uint64_t{512} << 20);
+  EXPECT_EQ(c.source.snapshot_parallelism, 3);
   EXPECT_EQ(c.source.line, 4);
   ASSERT_EQ(c.stores.size(), 3u);
   const StoreConfig& cache = c.stores.at("cache");
@@ -474,7 +475,7 @@ TEST(ConfigCorpusTest, TheFullValidFileLoads) {
   EXPECT_EQ(cache.username, "pgderive");
   EXPECT_EQ(cache.password, "s3cr3t-pw");
   EXPECT_EQ(cache.ConnectUrl(), "redis://pgderive:s3cr3t-pw@cache.internal:6379/2");
-  EXPECT_EQ(cache.line, 11);
+  EXPECT_EQ(cache.line, 12);
   const StoreConfig& search = c.stores.at("search");
   EXPECT_EQ(search.type, StoreType::kOpenSearch);
   EXPECT_EQ(search.username, "admin");
@@ -486,7 +487,7 @@ TEST(ConfigCorpusTest, TheFullValidFileLoads) {
   ASSERT_TRUE(c.views[0].key);
   EXPECT_EQ(c.views[0].key->text(), "product:{id}");
   EXPECT_EQ(c.views[0].columns, (std::vector<std::string>{"id", "sku", "title", "price"}));
-  EXPECT_EQ(c.views[0].line, 26);
+  EXPECT_EQ(c.views[0].line, 27);
   EXPECT_FALSE(c.views[1].columns.has_value());
   EXPECT_EQ(c.views[2].index, "products");
   EXPECT_EQ(c.views[3].table, "analytics.customer_totals");

@@ -563,5 +563,175 @@ TEST_F(WatermarkWindowTest, WithoutFollowingViewsOrAJobOnlyMessagesConcernTheWin
   EXPECT_TRUE(window_.Concerns(change, /*active=*/false));
 }
 
+// ---- pipelined chunks and several jobs at once ----
+
+// Chunk `id` following `prev`, read with rows `keys` (values "v<key>").
+void BeginAndReadKeys(WatermarkWindow& window, uint64_t id, const std::shared_ptr<BackfillJob>& job,
+                      uint64_t prev, std::vector<std::string> keys,
+                      std::shared_ptr<const RelationSchema> schema = Items()) {
+  window.BeginChunk(id, job, std::move(schema), {"k"}, prev);
+  ChunkRows rows;
+  for (const std::string& k : keys) rows.push_back({k, "v" + k});
+  window.ChunkRead(id, std::move(rows));
+}
+
+TEST_F(WatermarkWindowTest, APipelinedChunkIsPlacedAfterTheOneItFollows) {
+  auto job = RunningJob();
+  // Chunk 2 is read while chunk 1's rows wait for the store: its own L and H.
+  BeginAndReadKeys(window_, 1, job, 0, {"1", "2", "3"});
+  Mark(window_, At(0x100), window_.Message("low", 1));
+  Update(window_, At(0x110), {Text("2"), Text("b2")});
+  const Fed high1 = Mark(window_, At(0x200), window_.Message("high", 1));
+  BeginAndReadKeys(window_, 2, job, 1, {"4", "5"});
+  EXPECT_EQ(window_.ChunkPosition(2),
+            std::make_pair(size_t{2}, std::optional<std::string>("[\"5\"]")));
+  Mark(window_, At(0x210), window_.Message("low", 2));
+  // Chunk 1's verdict taken before chunk 2's H: it was placed, so chunk 2 is.
+  EXPECT_EQ(window_.EndChunk(1).verdict, Verdict::kDone);
+  Delete(window_, At(0x220), "5");
+  const Fed high2 = Mark(window_, At(0x300), window_.Message("high", 2));
+  EXPECT_EQ(Render(high1.out),
+            (std::vector<std::string>{
+                "0/200#1 row cache/items_cache (1,v1)",
+                "0/200#2 row cache/items_cache (3,v3)",
+                "0/200#3 state cache/items_cache backfilling after=[\"3\"] oid=16384 " +
+                    std::string(kColumns),
+            }));
+  EXPECT_EQ(Render(high2.out),
+            (std::vector<std::string>{
+                "0/300#1 row cache/items_cache (4,v4)",
+                "0/300#2 state cache/items_cache backfilling after=[\"5\"] oid=16384 " +
+                    std::string(kColumns),
+            }));
+  EXPECT_EQ(window_.EndChunk(2).verdict, Verdict::kDone);
+}
+
+TEST_F(WatermarkWindowTest, AChunkReadAgainHasEveryChunkAfterItReadAgain) {
+  auto job = RunningJob();
+  // Three chunks in flight; the first one's window holds a truncate.
+  BeginAndReadKeys(window_, 1, job, 0, {"1", "2"});
+  Mark(window_, At(0x100), window_.Message("low", 1));
+  Truncate(window_, At(0x110), {Items()});
+  EXPECT_TRUE(Mark(window_, At(0x200), window_.Message("high", 1)).out.empty());
+  BeginAndReadKeys(window_, 2, job, 1, {"3", "4"});
+  Mark(window_, At(0x210), window_.Message("low", 2));
+  EXPECT_TRUE(Mark(window_, At(0x300), window_.Message("high", 2)).out.empty());
+  EXPECT_EQ(window_.ChunkVerdict(1), Verdict::kRetry);
+  EXPECT_EQ(window_.ChunkVerdict(2), Verdict::kRetry);
+  // Chunk 3 began before the driver saw chunk 1's verdict; it follows chunk 2, which the
+  // driver gives up before chunk 3's H: chunk 3 is read again too.
+  BeginAndReadKeys(window_, 3, job, 2, {"5", "6"});
+  Mark(window_, At(0x310), window_.Message("low", 3));
+  EXPECT_EQ(window_.EndChunk(1).verdict, Verdict::kRetry);
+  EXPECT_EQ(window_.EndChunk(2).verdict, Verdict::kRetry);
+  EXPECT_TRUE(Mark(window_, At(0x400), window_.Message("high", 3)).out.empty());
+  EXPECT_EQ(window_.EndChunk(3).verdict, Verdict::kRetry);
+  EXPECT_EQ(window_.chunks_in_flight(), 0u);
+}
+
+TEST_F(WatermarkWindowTest, AChunkGivenUpBeforeItsHHasItsFollowersReadAgain) {
+  auto job = RunningJob();
+  BeginAndReadKeys(window_, 1, job, 0, {"1"});
+  Mark(window_, At(0x100), window_.Message("low", 1));
+  BeginAndReadKeys(window_, 2, job, 1, {"2"});
+  BeginAndReadKeys(window_, 3, job, 2, {"3"});
+  // The driver gives chunk 1 up (its H never written: an error on its connection).
+  EXPECT_EQ(window_.EndChunk(1).verdict, Verdict::kRetry);
+  Mark(window_, At(0x200), window_.Message("low", 2));
+  EXPECT_TRUE(Mark(window_, At(0x300), window_.Message("high", 2)).out.empty());
+  Mark(window_, At(0x310), window_.Message("low", 3));
+  EXPECT_TRUE(Mark(window_, At(0x400), window_.Message("high", 3)).out.empty());
+  EXPECT_EQ(window_.ChunkVerdict(2), Verdict::kRetry);
+  EXPECT_EQ(window_.ChunkVerdict(3), Verdict::kRetry);
+}
+
+TEST_F(WatermarkWindowTest, AStreamRestartHasThePipelinedChunksReadAgain) {
+  auto job = RunningJob();
+  BeginAndReadKeys(window_, 1, job, 0, {"1"});
+  Mark(window_, At(0x100), window_.Message("low", 1));
+  Mark(window_, At(0x200), window_.Message("high", 1));
+  BeginAndReadKeys(window_, 2, job, 1, {"2"});
+  Mark(window_, At(0x210), window_.Message("low", 2));
+  window_.OnStreamRestart();
+  // Chunk 1 was placed (its rows were lost with what was not dispatched: the driver
+  // sees the restart by its generation); chunk 2 is read again.
+  EXPECT_EQ(window_.ChunkVerdict(1), Verdict::kDone);
+  EXPECT_EQ(window_.ChunkVerdict(2), Verdict::kRetry);
+  // Replayed from the slot, chunk 2's H places nothing.
+  EXPECT_TRUE(Mark(window_, At(0x300), window_.Message("high", 2)).out.empty());
+}
+
+// Two jobs of two stores and two tables, their windows open at once and interleaved:
+// each window records only its own table's changes, places only its own job's rows, and
+// each job's "done" marks only its own views live.
+TEST_F(WatermarkWindowTest, InterleavedWindowsOfTwoJobsAreEachTheirOwn) {
+  WatermarkWindow window(Options({BackfillView{kStore, kView, "public.items", true},
+                                  BackfillView{"search", "other_search", "public.other", true}}));
+  auto items = std::make_shared<BackfillJob>();
+  items->id = 1;
+  items->store = kStore;
+  items->table = "public.items";
+  items->views = {kView};
+  items->columns = ColumnsOf(*Items());
+  auto other = std::make_shared<BackfillJob>();
+  other->id = 2;
+  other->store = "search";
+  other->table = "public.other";
+  other->views = {"other_search"};
+  other->columns = ColumnsOf(*Other());
+  window.AddRunning(items);
+  window.AddRunning(other);
+
+  BeginAndReadKeys(window, 10, items, 0, {"1", "2", "3"});
+  BeginAndReadKeys(window, 20, other, 0, {"1", "2", "3"}, Other());
+  Mark(window, At(0x100), window.Message("low", 10));
+  Insert(window, At(0x110), Other(), {Text("3"), Text("o3")});  // before other's L
+  Mark(window, At(0x120), window.Message("low", 20));
+  Update(window, At(0x130), {Text("1"), Text("a1")});           // items 1: both open
+  Insert(window, At(0x140), Other(), {Text("2"), Text("o2")});  // other 2
+  const Fed high_other = Mark(window, At(0x150), window.Message("high", 20));
+  // Items' second chunk opens while its first awaits H; other's job has no chunk open.
+  Insert(window, At(0x160), Other(), {Text("1"), Text("o1")});
+  Delete(window, At(0x170), "3");
+  const Fed high_items = Mark(window, At(0x180), window.Message("high", 10));
+  BeginAndReadKeys(window, 11, items, 10, {"4"});
+  Mark(window, At(0x190), window.Message("low", 11));
+  Update(window, At(0x1a0), {Text("4"), Text("d4")});
+  const Fed high_items2 = Mark(window, At(0x1b0), window.Message("high", 11));
+
+  EXPECT_EQ(Render(high_other.out),
+            (std::vector<std::string>{
+                "0/150#1 row search/other_search (1,v1)",
+                "0/150#2 row search/other_search (3,v3)",
+                "0/150#3 state search/other_search backfilling after=[\"3\"] oid=16400 " +
+                    std::string(kColumns),
+            }));
+  EXPECT_EQ(Render(high_items.out),
+            (std::vector<std::string>{
+                "0/180#1 row cache/items_cache (2,v2)",
+                "0/180#2 state cache/items_cache backfilling after=[\"3\"] oid=16384 " +
+                    std::string(kColumns),
+            }));
+  EXPECT_EQ(Render(high_items2.out),
+            (std::vector<std::string>{
+                "0/1B0#1 state cache/items_cache backfilling after=[\"4\"] oid=16384 " +
+                    std::string(kColumns),
+            }));
+  for (uint64_t id : {10, 11, 20}) EXPECT_EQ(window.EndChunk(id).verdict, Verdict::kDone);
+
+  // Each job's "done" marks its own views live; one no longer running is tried again.
+  window.BeginDone(2);
+  window.BeginDone(1);
+  window.RemoveRunning(1);
+  const Fed done_other = Mark(window, At(0x200), window.Message("done", 2));
+  const Fed done_items = Mark(window, At(0x210), window.Message("done", 1));
+  EXPECT_EQ(Render(done_other.out),
+            (std::vector<std::string>{"0/200#0 state search/other_search live oid=0 " +
+                                      std::string(kColumns)}));
+  EXPECT_TRUE(done_items.out.empty());
+  EXPECT_EQ(window.EndDone(2).first, Verdict::kDone);
+  EXPECT_EQ(window.EndDone(1).first, Verdict::kRetry);
+}
+
 }  // namespace
 }  // namespace pgderive
