@@ -144,6 +144,7 @@ config() {
         redis) printf '  - {name: %s_cache, store: cache, from: items, key: "%s:{id}"}\n' "$name" "$name" ;;
         redis2) printf '  - {name: %s_cache2, store: cache, from: items, key: "%s2:{id}"}\n' "$name" "$name" ;;
         hot) printf '  - {name: %s_hot, store: cache, from: hot, key: "%s:{id}"}\n' "$name" "$name" ;;
+        hotsearch) printf '  - {name: %s_hotsearch, store: search, from: hot, index: %s-hot}\n' "$name" "$name" ;;
         opensearch) printf '  - {name: %s_search, store: search, from: items, index: %s}\n' "$name" "$name" ;;
         oscatchup) printf '  - {name: %s_search, store: search, from: oscatchup, index: %s}\n' "$name" "$name" ;;
         projection) printf '  - {name: %s_proj, store: warehouse, table: out.%s_proj, key: [id], query: "select id, title, price, updated_at from public.items"}\n' "$name" "$name" ;;
@@ -385,11 +386,13 @@ q -c "vacuum analyze items"
 rows=$(q -c "select count(*) from items")
 t0=$(now); q -c "copy (select * from items) to stdout" > /dev/null; t1=$(now)
 copy_out=$(echo "$rows / ($t1 - $t0)" | bc -l)
-bf_fill() {  # bf_fill NAME VIEWKIND VIEWNAME: sets bf_rows bf_filled bf_seconds bf_rss bf_cpu bf_load
-  local name=$1 kind=$2 view=$3 file pid writer line
-  file=$(config "$name" hot)
+bf_fill() {  # bf_fill NAME FIRSTVIEW VIEWKIND VIEWNAME: sets bf_rows bf_filled bf_seconds bf_rss bf_cpu bf_load
+  # The first start has a view in the store already (a store new to the pipeline is
+  # filled by the initial snapshot).
+  local name=$1 first=$2 kind=$3 view=$4 file pid writer line
+  file=$(config "$name" "$first")
   start_run "$name" "$file"; stop_run "$name"
-  file=$(config "$name" hot "$kind")
+  file=$(config "$name" "$first" "$kind")
   q -c "call items_mixed($offset, $txns)" &
   writer=$!
   start_run "$name" "$file"
@@ -409,7 +412,7 @@ bf_fill() {  # bf_fill NAME VIEWKIND VIEWNAME: sets bf_rows bf_filled bf_seconds
   bf_seconds=$(echo "$line" | sed -n 's/.*"seconds":"\([0-9.]*\)".*/\1/p')
 }
 if want backfill; then
-  bf_fill bfredis redis2 bfredis_cache2
+  bf_fill bfredis hot redis2 bfredis_cache2
   backfill_lines+=("$(printf '| Redis view | %d | %.0f | %.2f s | %.0f | **%.2f×** | – | %.2f s | %.2f s | %.1f | %s MB |' \
     "$bf_rows" "$copy_out" "$(echo "$bf_rows / $copy_out" | bc -l)" "$(echo "$bf_rows / $bf_filled" | bc -l)" \
     "$(echo "$bf_rows / $bf_filled / $copy_out" | bc -l)" "$bf_seconds" "$(echo "$bf_cpu * 1000000 / $bf_rows" | bc -l)" \
@@ -417,7 +420,7 @@ if want backfill; then
   echo "${backfill_lines[-1]}" >&2
 fi
 if want backfill-opensearch && [ -n "$search_url" ]; then
-  bf_fill bfsearch opensearch bfsearch_search
+  bf_fill bfsearch hotsearch opensearch bfsearch_search
   # The ceiling: the same table's documents, versioned, into an index of the view's mapping.
   rm -rf "$dir/bfbulk"; mkdir -p "$dir/bfbulk"
   q -c "select '{\"index\":{\"_index\":\"bfsearch_ceiling\",\"_id\":\"' || id || '\",\"version\":1,\"version_type\":\"external_gte\"}}' || chr(10) || row_to_json(i)::text from items i" \

@@ -95,12 +95,25 @@ class BackfillTest : public testing::PipelineTest {
                            std::to_string(kRows) + ") g");
   }
 
+  // A second table like the first, `rows` rows (views "c" and "docs3" read it).
+  void CreateSecondTable(int rows) {
+    table2_ = UniqueName("bf_src2");
+    CleanupSql("drop table if exists " + table2_);
+    MustExecute(*sql_, "create table " + table2_ +
+                           " (id int primary key, name text not null, n int not null, big text)");
+    MustExecute(*sql_, "insert into " + table2_ +
+                           " select g, 'second ' || g, g % 7, null from generate_series(1, " +
+                           std::to_string(rows) + ") g");
+  }
+
   // Views by name: "a" (Redis, follows the table), "b" (Redis, listed columns), "docs"
-  // (OpenSearch, follows), "totals" (postgres group-by).
-  std::string WriteConfig(const std::vector<std::string>& views) {
+  // (OpenSearch, follows), "totals" (postgres group-by); of the second table, "c"
+  // (Redis) and "docs3" (OpenSearch).
+  std::string WriteConfig(const std::vector<std::string>& views, int parallelism = 0) {
     std::ostringstream out;
-    out << "pipeline: " << pipeline_ << "\nsource:\n  dsn: \"" << endpoints_.pg_dsn
-        << "\"\nstores:\n  cache:\n    type: redis\n    url: \"" << endpoints_.redis_url
+    out << "pipeline: " << pipeline_ << "\nsource:\n  dsn: \"" << endpoints_.pg_dsn << "\"\n";
+    if (parallelism > 0) out << "  snapshot_parallelism: " << parallelism << "\n";
+    out << "stores:\n  cache:\n    type: redis\n    url: \"" << endpoints_.redis_url
         << "\"\n  search:\n    type: opensearch\n    url: \"" << endpoints_.opensearch_url
         << "\"\n  warehouse:\n    type: postgres\n    dsn: \"" << endpoints_.pg_dsn
         << "\"\nviews:\n";
@@ -117,6 +130,12 @@ class BackfillTest : public testing::PipelineTest {
       } else if (v == "docs2") {
         out << "  - name: docs2\n    store: search\n    from: " << table_
             << "\n    index: " << index_ << "-2\n    columns: [id, n, big]\n";
+      } else if (v == "c") {
+        out << "  - name: c\n    store: cache\n    from: " << table2_ << "\n    key: \""
+            << pipeline_ << ":c:{id}\"\n";
+      } else if (v == "docs3") {
+        out << "  - name: docs3\n    store: search\n    from: " << table2_
+            << "\n    index: " << index_ << "-3\n";
       } else if (v == "totals") {
         out << "  - name: totals\n    store: warehouse\n    table: " << target_
             << "\n    key: [n]\n    query: select n, count(*) as rows, max(name) as last from "
@@ -158,7 +177,7 @@ class BackfillTest : public testing::PipelineTest {
     ASSERT_TRUE(reply.ok()) << reply.error().message();
   }
 
-  std::string table_, target_, index_;
+  std::string table_, table2_, target_, index_;
 };
 
 TEST_F(BackfillTest, ViewsAddedToADeploymentAreFilledWhileEverythingStreams) {
@@ -190,6 +209,45 @@ TEST_F(BackfillTest, ViewsAddedToADeploymentAreFilledWhileEverythingStreams) {
   EXPECT_EQ(RedisState("a")["state"], "live") << RedisState("a");
   auto [code, out] = testing::RunVerify(second, 120);
   EXPECT_EQ(code, 0) << out << log;
+}
+
+// Two views of two tables in two stores are filled at once, each job on a connection of
+// its own, while writers change both tables: both end exactly equal to their tables.
+TEST_F(BackfillTest, TwoViewsOfTwoTablesInTwoStoresFillAtOnceUnderWrites) {
+  CreateSecondTable(kRows);
+  const std::string first = WriteConfig({"a", "docs"}, 2);
+  StartRun(first, "run1.err");
+  ASSERT_TRUE(WaitLog("run1.err", "streaming from slot")) << Read("run1.err");
+  StopRun();
+
+  Writer writer(endpoints_.pg_dsn, table_, kRows);
+  Writer writer2(endpoints_.pg_dsn, table2_, kRows);
+  const std::string second = WriteConfig({"a", "docs", "b", "docs3"}, 2);
+  StartRun(second, "run2.err");
+  ASSERT_TRUE(WaitLog("run2.err", "\"msg\":\"backfill done\"", 2)) << Read("run2.err");
+  const int during = writer.committed() + writer2.committed();
+  ASSERT_TRUE(WaitFor([&] { return writer.committed() + writer2.committed() >= during + 200; }));
+  writer.Stop();
+  writer2.Stop();
+  const std::string log = Read("run2.err");
+  // Both jobs ran at once: each started before either ended.
+  const size_t b_started =
+      log.find("\"msg\":\"backfill started\",\"store\":\"cache\",\"views\":\"b\"");
+  const size_t docs3_started =
+      log.find("\"msg\":\"backfill started\",\"store\":\"search\",\"views\":\"docs3\"");
+  const size_t first_done = log.find("\"msg\":\"backfill done\"");
+  ASSERT_NE(b_started, std::string::npos) << log;
+  ASSERT_NE(docs3_started, std::string::npos) << log;
+  EXPECT_LT(b_started, first_done) << log;
+  EXPECT_LT(docs3_started, first_done) << log;
+  EXPECT_EQ(log.find("snapshot started"), std::string::npos) << log;
+  EXPECT_EQ(RedisState("b")["state"], "live") << RedisState("b");
+  EXPECT_EQ(OpenSearchState("docs3")["state"], "live") << OpenSearchState("docs3");
+  // Every view equals its table, value for value, once caught up.
+  auto [code, out] = testing::RunVerify(second, 120);
+  EXPECT_EQ(code, 0) << out << log;
+  EXPECT_NE(out.find("view b (store cache): "), std::string::npos) << out;
+  EXPECT_NE(out.find("view docs3 (store search): "), std::string::npos) << out;
 }
 
 TEST_F(BackfillTest, BackfillCommandRebuildsOneViewUnderWrites) {
