@@ -410,12 +410,15 @@ bf_fill() {  # bf_fill NAME FIRSTVIEW VIEWKIND VIEWNAME: sets bf_rows bf_filled 
   bf_rows=$(echo "$line" | sed -n 's/.*"rows":"\([0-9]*\)".*/\1/p')
   bf_filled=$(echo "$line" | sed -n 's/.*"filled_seconds":"\([0-9.]*\)".*/\1/p')
   bf_seconds=$(echo "$line" | sed -n 's/.*"seconds":"\([0-9.]*\)".*/\1/p')
+  # Where the job's time went: reading chunks, waiting for the store to apply the oldest.
+  bf_split=$(printf '%.1f s / %.1f s' "$(echo "$line" | sed -n 's/.*"read_seconds":"\([0-9.]*\)".*/\1/p')" \
+    "$(echo "$line" | sed -n 's/.*"apply_wait_seconds":"\([0-9.]*\)".*/\1/p')")
 }
 if want backfill; then
   bf_fill bfredis hot redis2 bfredis_cache2
-  backfill_lines+=("$(printf '| Redis view | %d | %.0f | %.2f s | %.0f | **%.2f×** | – | %.2f s | %.2f s | %.1f | %s MB |' \
+  backfill_lines+=("$(printf '| Redis view | %d | %.0f | %.2f s | %.0f | **%.2f×** | – | %.2f s | %s | %.2f s | %.1f | %s MB |' \
     "$bf_rows" "$copy_out" "$(echo "$bf_rows / $copy_out" | bc -l)" "$(echo "$bf_rows / $bf_filled" | bc -l)" \
-    "$(echo "$bf_rows / $bf_filled / $copy_out" | bc -l)" "$bf_seconds" "$(echo "$bf_cpu * 1000000 / $bf_rows" | bc -l)" \
+    "$(echo "$bf_rows / $bf_filled / $copy_out" | bc -l)" "$bf_seconds" "$bf_split" "$(echo "$bf_cpu * 1000000 / $bf_rows" | bc -l)" \
     "$bf_load" "$bf_rss")")
   echo "${backfill_lines[-1]}" >&2
 fi
@@ -436,10 +439,10 @@ if want backfill-opensearch && [ -n "$search_url" ]; then
   t1=$(now); bulk=$(echo "$rows / ($t1 - $t0)" | bc -l)
   curl -s -XDELETE "$PGDERIVE_OPENSEARCH_URL/bfsearch_ceiling" > /dev/null
   rm -rf "$dir/bfbulk"
-  backfill_lines+=("$(printf '| OpenSearch view | %d | %.0f | %.2f s | %.0f | **%.2f×** | **%.2f×** (`_bulk` %.0f docs/s) | %.2f s | %.2f s | %.1f | %s MB |' \
+  backfill_lines+=("$(printf '| OpenSearch view | %d | %.0f | %.2f s | %.0f | **%.2f×** | **%.2f×** (`_bulk` %.0f docs/s) | %.2f s | %s | %.2f s | %.1f | %s MB |' \
     "$bf_rows" "$copy_out" "$(echo "$bf_rows / $copy_out" | bc -l)" "$(echo "$bf_rows / $bf_filled" | bc -l)" \
     "$(echo "$bf_rows / $bf_filled / $copy_out" | bc -l)" "$(echo "$bf_rows / $bf_filled / $bulk" | bc -l)" "$bulk" \
-    "$bf_seconds" "$(echo "$bf_cpu * 1000000 / $bf_rows" | bc -l)" "$bf_load" "$bf_rss")")
+    "$bf_seconds" "$bf_split" "$(echo "$bf_cpu * 1000000 / $bf_rows" | bc -l)" "$bf_load" "$bf_rss")")
   echo "${backfill_lines[-1]}" >&2
 fi
 fi
@@ -517,7 +520,7 @@ if [ ${#backfill_lines[@]} -gt 0 ]; then
   echo
   echo "Backfill of a view added while a writer runs ($txns transactions of 100 changes):"
   echo
-  echo "| view | rows | COPY TO STDOUT rows/s | COPY time | fill rows/s | ratio to COPY | ratio to versioned \`_bulk\` | live after | pgderive CPU per 1M rows | load avg | peak RSS |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| view | rows | COPY TO STDOUT rows/s | COPY time | fill rows/s | ratio to COPY | ratio to versioned \`_bulk\` | live after | reading / waiting for the store | pgderive CPU per 1M rows | load avg | peak RSS |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   for r in "${backfill_lines[@]}"; do echo "$r"; done
 fi

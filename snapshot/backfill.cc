@@ -192,11 +192,15 @@ void Backfills::Loop(Worker& worker) {
           std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
       // Filled: the last chunk applied; done: every chunk durable and the views live.
       const double filled = std::chrono::duration<double>(job->filled_at - started).count();
-      log_.Info("backfill done", {{"store", job->store},
-                                  {"views", views},
-                                  {"rows", std::to_string(job->progress.rows_done)},
-                                  {"filled_seconds", std::to_string(filled)},
-                                  {"seconds", std::to_string(seconds)}});
+      log_.Info("backfill done",
+                {{"store", job->store},
+                 {"views", views},
+                 {"rows", std::to_string(job->progress.rows_done)},
+                 {"filled_seconds", std::to_string(filled)},
+                 {"seconds", std::to_string(seconds)},
+                 {"read_seconds", std::to_string(job->timing.read.count())},
+                 {"verdict_wait_seconds", std::to_string(job->timing.verdict.count())},
+                 {"apply_wait_seconds", std::to_string(job->timing.applied.count())}});
     }
     worker.running.reset();
     window_.RemoveRunning(job->id);
@@ -396,8 +400,10 @@ Status Backfills::RunJob(Worker& worker, const std::shared_ptr<Job>& job) {
           job->table_oid = schema.value()->id.value;
         }
         const uint64_t prev = flights.empty() ? 0 : flights.back().id;
+        const auto read_started = std::chrono::steady_clock::now();
         auto flight =
             ReadChunk(worker, job, schema.value(), key_columns, next, limit, partitioned, prev);
+        job->timing.read += std::chrono::steady_clock::now() - read_started;
         if (!flight.ok()) {
           abandon();
           return transient(flight.error());
@@ -417,7 +423,9 @@ Status Backfills::RunJob(Worker& worker, const std::shared_ptr<Job>& job) {
       if (flights.empty()) break;  // every chunk applied
       // The oldest chunk in flight: its verdict, then its store.
       Flight& front = flights.front();
+      const auto wait_started = std::chrono::steady_clock::now();
       if (!front.decided) WaitVerdict(front);
+      job->timing.verdict += std::chrono::steady_clock::now() - wait_started;
       const WatermarkWindow::ChunkOutcome& c = front.outcome;
       if (c.verdict != Verdict::kDone) {
         // Read again, and the chunks after it (a hot row in its window: halved).
@@ -432,7 +440,9 @@ Status Backfills::RunJob(Worker& worker, const std::shared_ptr<Job>& job) {
         const size_t fits = std::max<size_t>(1, kChunkBytes * c.rows / c.bytes);
         limit = std::clamp(std::min(fits, limit * 2), kMinChunkRows, options_.chunk_rows);
       }
+      const auto apply_started = std::chrono::steady_clock::now();
       const Applied applied = WaitApplied(job->store, c.watermark, front.generation);
+      job->timing.applied += std::chrono::steady_clock::now() - apply_started;
       if (applied == Applied::kStoreFailed) {
         abandon();
         return Error::Permanent("store " + job->store + " stopped on an error");

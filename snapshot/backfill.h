@@ -130,6 +130,11 @@ class Backfills {
     // its chunks to be durable (read again, and not live, if the store lost them).
     bool live = false;
     std::chrono::steady_clock::time_point filled_at;  // the last chunk applied
+    // Where the worker's time went: reading chunks (L, writers, rows, H), waiting for the
+    // stream to place the oldest one, waiting for its store to apply it.
+    struct {
+      std::chrono::duration<double> read{}, verdict{}, applied{};
+    } timing;
     BackfillProgress progress;
   };
   using Verdict = WatermarkWindow::Verdict;
