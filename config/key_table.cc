@@ -82,7 +82,9 @@ const std::vector<KeyDef>& Keys() {
        "the query the target table equals"},
 
       {"snapshot", "workers", Kind::kInteger, 0, false, "4",
-       "connections reading the initial snapshot in parallel (1-64)", 1, 64},
+       "connections reading an exported snapshot in parallel, each a chunk of a table; "
+       "not the backfill's (`source.snapshot_parallelism`) (1-64)",
+       1, 64},
       {"http", "listen", Kind::kString, 0, false, "`127.0.0.1:9187`",
        "`host:port` of `/healthz`, `/readyz`, `/metrics`"},
       {"log", "format", Kind::kChoice, 0, false, "json", "`json` or `logfmt`", 0, 0, "json|logfmt"},
