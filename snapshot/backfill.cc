@@ -51,9 +51,12 @@ Backfills::Backfills(BackfillOptions options, Logger& log)
 Backfills::~Backfills() { Stop(); }
 
 void Backfills::Start() {
-  if (!workers_.empty()) return;
-  const int n = std::max(1, options_.parallelism);
-  for (int i = 0; i < n; ++i) workers_.push_back(std::make_unique<Worker>());
+  {
+    std::lock_guard lock(mutex_);  // Add and Progress read the workers
+    if (!workers_.empty()) return;
+    const int n = std::max(1, options_.parallelism);
+    for (int i = 0; i < n; ++i) workers_.push_back(std::make_unique<Worker>());
+  }
   for (auto& worker : workers_) {
     worker->thread.Start([this, w = worker.get()](std::stop_token) { Loop(*w); });
   }
