@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "base/retry.h"
+#include "base/table_name.h"
 #include "pipeline/rebuild.h"
 #include "pipeline/view_states.h"
 
@@ -167,30 +168,56 @@ std::optional<int> Pipeline::OpenSlot() {
   }
   std::vector<Sink*> to_rebuild;
   if (!slot.value().exists) {
-    // First start: the slot's exported snapshot fills every view, and the stream
-    // continues from exactly its consistent point. Until every store has written its
-    // checkpoint a crash leaves at least one without, which the next start rebuilds.
-    auto created = replication_->CreateLogicalSlot(config_.source.slot, "pgoutput",
-                                                   /*temporary=*/false, SlotSnapshot::kExport);
+    // First start. The stores whose views are filled row by row (Redis, OpenSearch)
+    // take the watermark backfill: their checkpoint is the slot's consistent point,
+    // every view is recorded backfilling from the start, and the backfill fills them
+    // while the stream flows (StartStores). Only a store whose views are queries
+    // (postgres) is filled from the slot's exported snapshot, which the slot exports
+    // only for it. Until every store has written its checkpoint a crash leaves at least
+    // one without, which the next start fills again.
+    std::vector<Sink*> all, from_snapshot;
+    for (auto& sink : sinks_) {
+      all.push_back(sink.get());
+      if (!FilledByBackfill(*sql_, *sink)) from_snapshot.push_back(sink.get());
+    }
+    auto created = replication_->CreateLogicalSlot(
+        config_.source.slot, "pgoutput", /*temporary=*/false,
+        from_snapshot.empty() ? SlotSnapshot::kNoExport : SlotSnapshot::kExport);
     if (!created.ok()) return Undo(Fail(created.error().message()));
     guard_->MadeSlot();
     const Lsn at = created.value().consistent_point;
     Log("created slot " + config_.source.slot + " at " + at.ToString());
-    std::vector<Sink*> all;
-    for (auto& sink : sinks_) all.push_back(sink.get());
     guard_->Filling(all);
     confirmed_ = at;
-    status =
-        SnapshotInto(config_, all, *created.value().snapshot_name, at, stop_, logger_, monitor_);
-    if (!status.ok()) {
-      if (status.error().kind() != ErrorKind::kTransient) {
-        return Undo(Fail("initial snapshot failed: " + status.error().message()));
+    if (!from_snapshot.empty()) {
+      status = SnapshotInto(config_, from_snapshot, *created.value().snapshot_name, at, stop_,
+                            logger_, monitor_);
+      if (!status.ok()) {
+        if (status.error().kind() != ErrorKind::kTransient) {
+          return Undo(Fail("initial snapshot failed: " + status.error().message()));
+        }
+        Warn("initial snapshot failed: " + status.error().message() +
+             "; the stores are rebuilt from a new snapshot");
+        to_rebuild = from_snapshot;
+      } else {
+        for (Sink* sink : from_snapshot) checkpoints_[sink] = at;
       }
-      Warn("initial snapshot failed: " + status.error().message() +
-           "; the stores are rebuilt from a new snapshot");
-      to_rebuild = all;
-    } else {
-      for (Sink* sink : all) checkpoints_[sink] = at;
+    }
+    for (Sink* sink : all) {
+      if (std::find(from_snapshot.begin(), from_snapshot.end(), sink) != from_snapshot.end()) {
+        continue;
+      }
+      // Removes what the store may hold of an earlier pipeline of this name (no
+      // checkpoint, no views' data), and lets Undo remove what this start writes.
+      status =
+          RetryTransient([&] { return sink->BeginRebuild(at); }, [this] { return stopped(); },
+                         [&](const std::string& m) { Log("store " + sink->name() + ": " + m); });
+      if (!status.ok()) {
+        if (stopped()) return Undo(0);
+        return Undo(Fail("store " + sink->name() + ": " + status.error().message()));
+      }
+      checkpoints_[sink] = at;
+      fill_[sink->name()] = StoreFill{"first start", /*clear=*/false};
     }
   } else {
     confirmed_ = slot.value().confirmed_flush;
@@ -208,11 +235,21 @@ std::optional<int> Pipeline::OpenSlot() {
         continue;
       }
       const std::string reason = stored.value() ? "" : sink->missing_checkpoint_reason();
-      Log("store " + sink->name() + " has " +
-          (stored.value() ? "checkpoint " + stored.value()->ToString() + ", behind the slot's " +
-                                confirmed_.ToString()
-                          : "no checkpoint" + (reason.empty() ? "" : " (" + reason + ")")) +
-          ": rebuilding its views");
+      const std::string why = stored.value()
+                                  ? "checkpoint " + stored.value()->ToString() +
+                                        ", behind the slot's " + confirmed_.ToString()
+                                  : "no checkpoint" + (reason.empty() ? "" : " (" + reason + ")");
+      if (FilledByBackfill(*sql_, *sink)) {
+        // New to the pipeline, or it lost its data: its views are filled again from the
+        // start by the backfill while the stream flows from the slot for every store.
+        Log("store " + sink->name() + " has " + why +
+            ": its views are filled again while streaming, from the slot's " +
+            confirmed_.ToString());
+        checkpoints_[sink.get()] = confirmed_;
+        fill_[sink->name()] = StoreFill{"store " + sink->name() + " has " + why};
+        continue;
+      }
+      Log("store " + sink->name() + " has " + why + ": rebuilding its views");
       to_rebuild.push_back(sink.get());
     }
   }
@@ -270,7 +307,8 @@ std::optional<int> Pipeline::StartStores() {
                   std::vector<std::string> views, std::optional<std::string> after) {
              backfills_->Add(store, table, std::move(views), std::move(after));
            }},
-      [this] { return stopped(); }, logger_, [this](const std::string& m) { Log(m); }, redefined_);
+      [this] { return stopped(); }, logger_, [this](const std::string& m) { Log(m); }, redefined_,
+      fill_);
   if (!status.ok()) {
     if (stopped()) return 0;  // stopped while a store was down: a stop, not a failure
     return Undo(Fail(status.error().message()));
@@ -338,6 +376,7 @@ void Pipeline::StartWorkers() {
           if (!source.ok()) return source.error();
           Status resolved = s.Resolve(source.value(), /*checked=*/true);
           if (!resolved.ok()) return resolved.error();
+          if (FilledByBackfill(source.value(), s)) return Refill(source.value(), s);
           return RebuildFromTemporarySlot(config_, s, stop_, logger_, monitor_);
         },
         [this, store](const std::string& message) {
@@ -351,6 +390,66 @@ void Pipeline::StartWorkers() {
   for (auto& worker : workers_) observed.push_back(worker.get());
   monitor_.SetWorkers(std::move(observed));
   monitor_.SetBackfills([this] { return backfills_->Progress(); });
+}
+
+// A store whose views are filled row by row, and whose tables all have a key to read
+// them by in chunks (a primary key or a replica identity index; a table with REPLICA
+// IDENTITY FULL and neither is read from a snapshot instead). Unsure: the snapshot.
+bool Pipeline::FilledByBackfill(SqlRunner& source, Sink& sink) {
+  if (!sink.backfills_rows()) return false;
+  for (const std::string& table : sink.tables()) {
+    auto keyed = source.Query("select exists (select from pg_index where indrelid = " +
+                              source.QuoteLiteral(TableName::Parse(table).Quoted()) +
+                              "::regclass and (indisprimary or indisreplident))");
+    if (!keyed.ok() || keyed.value().rows.empty() ||
+        keyed.value().rows[0][0].value_or("f") != "t") {
+      return false;
+    }
+  }
+  return true;
+}
+
+// A row store that lost its data while the pipeline runs (on its worker's thread): its
+// views are recorded backfilling from the start (a rebuild begins) and queued for the
+// backfill; the store goes on from the slot's confirmed position, which the stream
+// restarts from when it rejoins. The other stores stream on meanwhile.
+Result<Lsn> Pipeline::Refill(SqlSession& source, Sink& sink) {
+  auto slot = ReadSlot(source, config_.source.slot);
+  if (!slot.ok()) return slot.error();
+  if (!slot.value().exists) return Error::Permanent("slot " + config_.source.slot + " is gone");
+  std::map<std::string, std::shared_ptr<const RelationSchema>> shapes;
+  for (const std::string& table : sink.tables()) {
+    auto schema = DescribeTable(source, table);
+    if (!schema.ok()) return schema.error();
+    shapes[table] = schema.value();
+  }
+  std::span<const std::unique_ptr<Sink>> one;
+  for (const auto& s : sinks_) {
+    if (s.get() == &sink) one = std::span<const std::unique_ptr<Sink>>(&s, 1);
+  }
+  std::vector<BackfillView> views;
+  for (const BackfillView& v : BackfillViewsOf(config_, sinks_)) {
+    if (v.store == sink.name()) views.push_back(v);
+  }
+  Status status = ReconcileViewStates(
+      one, views, shapes,
+      {.set_columns =
+           [this](const std::string& store, const std::string& view,
+                  std::vector<std::string> columns) {
+             backfills_->SetColumns(store, view, std::move(columns));
+           },
+       .add =
+           [this](const std::string& store, const std::string& table,
+                  std::vector<std::string> views, std::optional<std::string> after) {
+             backfills_->Add(store, table, std::move(views), std::move(after));
+           }},
+      [this] { return stopped(); }, logger_,
+      [this, &sink](const std::string& m) {
+        logger_.Warn(m, {{"store", sink.name()}, {"slot", config_.source.slot}});
+      },
+      /*redefined=*/{}, {{sink.name(), StoreFill{"store " + sink.name() + " lost its data"}}});
+  if (!status.ok()) return status.error();
+  return slot.value().confirmed_flush;
 }
 
 int Pipeline::Run() {

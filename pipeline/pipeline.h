@@ -5,15 +5,20 @@
 //
 //   Start: Prepare      resolve, describe and check the views' tables; connect the
 //                       stores; the HTTP endpoint; the monitor; migrate the stores
-//          OpenSlot     publication and slot (SlotGuard); first start: the slot's
-//                       exported snapshot fills every store (rebuild.h); later: each
-//                       store resumes from its checkpoint, or is rebuilt
-//          StartStores  start-up view states (view_states.h), one PipelineWorker per
-//                       store, the Dispatcher, the replication stream
+//          OpenSlot     publication and slot (SlotGuard); each store resumes from its
+//                       checkpoint, or is filled: a row store (Redis, OpenSearch) by the
+//                       backfill while streaming, from the slot's position (first start:
+//                       its consistent point; no snapshot is exported for it); a postgres
+//                       store from an exported snapshot (rebuild.h)
+//          StartStores  start-up view states (view_states.h: a filled store's views
+//                       recorded backfilling from the start), one PipelineWorker per
+//                       store, the Dispatcher, the replication stream, the backfills
 //   Run:   the stream loop
 //            slot --ReplicationStream--> TransactionAssembler --> Dispatcher --> workers
 //            every 100 ms: SlowestDurable(workers) --> the slot's confirmed position;
-//            a store that caught up after a detach rejoins: restart from the slot
+//            a store that caught up after a detach rejoins: restart from the slot;
+//            a row store that lost its data meanwhile is filled again (Refill) while
+//            the others stream
 //          Finish       drain the queues (up to a grace period), confirm what is durable
 //
 // The stream is restarted from the slot on a transient error and for a rejoining store;
@@ -47,6 +52,7 @@
 #include "pipeline/run_monitor.h"
 #include "pipeline/slot_confirmation.h"
 #include "pipeline/slot_guard.h"
+#include "pipeline/view_states.h"
 #include "sinks/common/sink.h"
 #include "snapshot/backfill.h"
 
@@ -78,6 +84,11 @@ class Pipeline {
   std::optional<int> DescribeTables();
   std::optional<int> OpenSlot();
   std::optional<int> Rebuild(const std::vector<Sink*>& sinks);
+  // A row store that lost its data while running: its views filled again (the worker's
+  // rebuild); returns the checkpoint it goes on from.
+  Result<Lsn> Refill(SqlSession& source, Sink& sink);
+  // Whether `sink`'s views are filled by the backfill (else from a snapshot).
+  static bool FilledByBackfill(SqlRunner& source, Sink& sink);
   std::optional<int> StartStores();
   void StartWorkers();
   // One turn of the loop; nullopt to go on, else the exit code.
@@ -119,6 +130,8 @@ class Pipeline {
   std::optional<SlotGuard> guard_;
   std::optional<PgConnection> replication_;  // closed before the slot is dropped
   std::map<Sink*, Lsn> checkpoints_;
+  // The row stores whose views are filled from the start, with why (view_states.h).
+  std::map<std::string, StoreFill> fill_;
   Lsn confirmed_;
   std::vector<std::unique_ptr<PipelineWorker>> workers_;
   std::unique_ptr<Backfills> backfills_;

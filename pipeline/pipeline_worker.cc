@@ -576,8 +576,13 @@ Status PipelineWorker::RebuildViews() {
   slot_passed_.store(false);
   checkpoint_.store(rebuilt.value().value);
   std::lock_guard lock(mutex_);
+  // A store refilled by the backfill goes on from the slot's confirmed position, below
+  // what it had made durable before it lost it: never durable past that again.
+  std::erase_if(pending_durable_, [&](const auto& p) { return p.second > rebuilt.value(); });
+  durable_ = std::min(durable_, rebuilt.value());
   pending_durable_.emplace_back(std::chrono::steady_clock::now(), rebuilt.value());
-  log_("store " + sink_.name() + " rebuilt at " + rebuilt.value().ToString());
+  log_("store " + sink_.name() + (sink_.backfills_rows() ? " goes on from " : " rebuilt at ") +
+       rebuilt.value().ToString());
   return Status::Ok();
 }
 

@@ -1,6 +1,8 @@
 #pragma once
 
-// Rebuilds: filling stores from an exported snapshot.
+// Rebuilds: filling stores from an exported snapshot - the stores whose views are
+// queries (postgres). A row store (Redis, OpenSearch) is always filled by the watermark
+// backfill instead (snapshot/backfill.h), resumable after a crash.
 //
 //   exported snapshot at LSN S --SnapshotReader--> SnapshotFanout --> each store whose
 //   (the slot's at first start,                    (rows of a table    views read the

@@ -2,11 +2,12 @@
 
 // The slot guard: the replication slot as a start finds it, and what a start creates.
 //
-//   start: ReadSlot -- none --> create slot + publication --> snapshot --> streaming
-//                   \- exists -> resume from confirmed_flush                  |
-//   failure before streaming: SlotGuard::Undo removes exactly what    Release: kept
-//   this run created (a store's snapshot data, the slot, the          on any later
-//   publication) - no half-made state                                 failure
+//   start: ReadSlot -- none --> create slot + publication --> fill --> streaming
+//                   \- exists -> resume from confirmed_flush              |
+//   failure before streaming: SlotGuard::Undo removes exactly what   Release: kept
+//   this run created (what a first fill began in the stores: a       on any later
+//   postgres store's snapshot data, the row stores' emptied views    failure
+//   and recorded states; the slot, the publication) - no half-made state
 //
 // Once streaming, what exists is a working pipeline and is kept on any failure.
 
@@ -43,7 +44,7 @@ class SlotGuard {
 
   void MadePublication() { made_publication_ = true; }
   void MadeSlot() { made_slot_ = true; }
-  // The stores a first start's snapshot began to fill.
+  // The stores a first start began to fill (BeginRebuild: Undo calls UndoRebuild).
   void Filling(std::vector<Sink*> sinks) { filling_ = std::move(sinks); }
   // Streaming: nothing is removed any more.
   void Release();

@@ -26,8 +26,18 @@ std::vector<BackfillView> BackfillViewsOf(const Config& config,
 
 ViewStart PlanViewStart(const BackfillView& view,
                         const std::optional<std::map<std::string, ViewState>>& states,
-                        const std::vector<std::string>& columns, uint32_t oid, bool redefined) {
+                        const std::vector<std::string>& columns, uint32_t oid, bool redefined,
+                        bool fill) {
   ViewStart start;
+  if (fill) {
+    // A rebuild of the view begins: backfilling from the start, never live before its
+    // fill completed.
+    start.why = ViewStart::Why::kFill;
+    start.write = ViewState{true, std::nullopt, columns, oid};
+    start.clear = true;
+    start.backfill = true;
+    return start;
+  }
   if (!states) {
     // Filled by a pgderive that kept no per-view state: live, recorded as such.
     start.why = ViewStart::Why::kUnrecorded;
@@ -72,11 +82,17 @@ Status ReconcileViewStates(
     std::span<const std::unique_ptr<Sink>> sinks, const std::vector<BackfillView>& views,
     const std::map<std::string, std::shared_ptr<const RelationSchema>>& shapes,
     const ViewBackfills& backfills, const std::function<bool()>& stopped, Logger& logger,
-    const std::function<void(const std::string&)>& info, const std::set<std::string>& redefined) {
+    const std::function<void(const std::string&)>& info, const std::set<std::string>& redefined,
+    const std::map<std::string, StoreFill>& fill) {
   for (const auto& sink : sinks) {
     if (!sink->backfills_rows()) continue;
     const auto retry_log = [&](const std::string& m) { info("store " + sink->name() + ": " + m); };
-    auto states = RetryTransient([&] { return sink->ReadViewStates(); }, stopped, retry_log);
+    const auto filled = fill.find(sink->name());
+    Result<std::optional<std::map<std::string, ViewState>>> states =
+        std::optional<std::map<std::string, ViewState>>();
+    if (filled == fill.end()) {
+      states = RetryTransient([&] { return sink->ReadViewStates(); }, stopped, retry_log);
+    }
     if (!states.ok()) return InStore(*sink, states.error());
     for (const BackfillView& v : views) {
       if (v.store != sink->name()) continue;
@@ -84,9 +100,14 @@ Status ReconcileViewStates(
       const std::vector<std::string> columns = ColumnsOf(shape);
       const uint32_t oid = shape.id.value;
       backfills.set_columns(v.store, v.view, columns);
-      const ViewStart start =
-          PlanViewStart(v, states.value(), columns, oid, redefined.contains(v.view));
+      ViewStart start = PlanViewStart(v, states.value(), columns, oid, redefined.contains(v.view),
+                                      filled != fill.end());
+      if (filled != fill.end() && !filled->second.clear) start.clear = false;
       switch (start.why) {
+        case ViewStart::Why::kFill:
+          info("view " + v.view + " is filled from the start (" + filled->second.why +
+               "): backfilling while streaming; not live until it is complete");
+          break;
         case ViewStart::Why::kReplaced:
           logger.Warn("table " + v.table + " was replaced by another of the same name (OID " +
                           std::to_string(start.recorded_oid) + ", now " + std::to_string(oid) +

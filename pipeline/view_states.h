@@ -8,6 +8,8 @@
 //        --> Backfills::Add (new, replaced, interrupted, or reshaped while stopped)
 //
 //   recorded state              table now                    start does
+//   (the store is filled)       -                            backfilling from the start,
+//                                                            cleared (a rebuild begins)
 //   (the store records none)    -                            record live
 //   none for the view           -                            empty, backfill from start
 //   any, another table OID      replaced                     empty, backfill from start
@@ -16,6 +18,10 @@
 //   live                        columns changed (follows)    record backfilling, backfill
 //   live                        same                         nothing
 //   any (view redefined: reload) -                           rebuild, backfill from start
+//
+// A store is filled (its recorded states are not read) on a first start, when it is new
+// to the pipeline, and when it lost its data (no checkpoint, or one the slot passed: a
+// Redis restarted empty) - at start or while the pipeline runs.
 
 #include <cstdint>
 #include <functional>
@@ -41,7 +47,7 @@ std::vector<BackfillView> BackfillViewsOf(const Config& config,
 
 // What a start does with one view.
 struct ViewStart {
-  enum class Why { kLive, kUnrecorded, kNew, kReplaced, kResume, kReshaped, kRedefined };
+  enum class Why { kLive, kUnrecorded, kNew, kReplaced, kResume, kReshaped, kRedefined, kFill };
   Why why = Why::kLive;
   // The state to record before streaming, and whether the view's data is removed first.
   std::optional<ViewState> write;
@@ -58,11 +64,12 @@ struct ViewStart {
 // `states`: what the store recorded (nullopt: it records none yet - filled by a
 // pgderive without per-view state, so its views are live); `columns` and `oid`: the
 // view's table now; `redefined`: the view's definition changed since its store was
-// filled (a reload says so), so it is rebuilt from the start.
+// filled (a reload says so), so it is rebuilt from the start; `fill`: the whole store is
+// filled (the states are not looked at).
 ViewStart PlanViewStart(const BackfillView& view,
                         const std::optional<std::map<std::string, ViewState>>& states,
                         const std::vector<std::string>& columns, uint32_t oid,
-                        bool redefined = false);
+                        bool redefined = false, bool fill = false);
 
 // Where the reconciliation sends its backfills (Backfills::SetColumns, Backfills::Add).
 struct ViewBackfills {
@@ -74,15 +81,24 @@ struct ViewBackfills {
       add;
 };
 
+// A store whose views are all filled from the start: why (logged with each view), and
+// whether each view is cleared first (not when the store was just emptied: a first
+// start's Sink::BeginRebuild).
+struct StoreFill {
+  std::string why;
+  bool clear = true;
+};
+
 // For every store that backfills rows: reads its views' states, records what the plan
 // says and queues the backfills. Transient store errors are retried until `stopped`.
 // `shapes`: each table's shape now; `redefined`: views whose definition changed (a
-// reload). The error says which store.
+// reload); `fill`: the stores filled from the start, by name - their recorded states
+// are not read. The error says which store.
 Status ReconcileViewStates(
     std::span<const std::unique_ptr<Sink>> sinks, const std::vector<BackfillView>& views,
     const std::map<std::string, std::shared_ptr<const RelationSchema>>& shapes,
     const ViewBackfills& backfills, const std::function<bool()>& stopped, Logger& logger,
     const std::function<void(const std::string&)>& info,
-    const std::set<std::string>& redefined = {});
+    const std::set<std::string>& redefined = {}, const std::map<std::string, StoreFill>& fill = {});
 
 }  // namespace pgderive

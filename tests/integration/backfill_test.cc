@@ -468,5 +468,171 @@ TEST_F(BackfillTest, KillDuringABackfillResumesAfterTheLastChunk) {
   EXPECT_EQ(code, 0) << out << Read("run3.err");
 }
 
+// The lines of the run's log `log` whose msg is `msg`, parsed.
+std::vector<json> LogLines(const std::string& text, const std::string& msg) {
+  std::vector<json> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    const json parsed = json::parse(line, nullptr, false);
+    if (parsed.is_object() && parsed.value("msg", "") == msg) out.push_back(parsed);
+  }
+  return out;
+}
+
+// A first start fills the Redis views by the watermark backfill (no exported snapshot),
+// recorded backfilling from the start; kill -9 at several points of it: each restart
+// resumes after the key the store recorded (and logs it), never from the start again,
+// and everything verifies at the end. A writer runs throughout.
+TEST_F(BackfillTest, AFirstFillKilledAtSeveralPointsResumesAfterTheLastDurableChunk) {
+  constexpr int kTotal = 150000;
+  deadline_ = std::chrono::seconds(300);
+  MustExecute(*sql_, "insert into " + table_ +
+                         " select g, 'row ' || g, g % 10, null from generate_series(" +
+                         std::to_string(kRows + 1) + ", " + std::to_string(kTotal) + ") g");
+  MustExecute(*sql_, "analyze " + table_);
+  Writer writer(endpoints_.pg_dsn, table_, kTotal);
+  const std::string config = WriteConfig({"a", "b"});
+  std::vector<std::string> kills;  // the key recorded at each kill
+  int run = 0;
+  bool live = false;
+  auto log_of = [](int n) { return "run" + std::to_string(n) + ".err"; };
+  for (; run < 3 && !live; ++run) {
+    StartRun(config, log_of(run));
+    ASSERT_TRUE(WaitLog(log_of(run), "streaming from slot")) << Read(log_of(run));
+    if (run == 0) {
+      // Recorded backfilling from the start before anything is filled.
+      const json state = RedisState("a");
+      ASSERT_TRUE(state.is_object()) << Read(log_of(run));
+      EXPECT_EQ(state["state"], "backfilling") << state;
+    }
+    // Killed once a chunk more than at the last kill is recorded.
+    const std::string previous = kills.empty() ? "" : kills.back();
+    ASSERT_TRUE(WaitFor([&] {
+      const json state = RedisState("b");
+      if (state.is_object() && state["state"] == "live") return live = true;
+      return state.is_object() && state.contains("after") && state["after"].is_string() &&
+             state["after"].get<std::string>() != previous;
+    })) << Read(log_of(run));
+    if (live) break;
+    run_->Signal(SIGKILL);
+    run_->Wait(std::chrono::seconds(10));
+    run_.reset();
+    const json a = RedisState("a");
+    const json b = RedisState("b");
+    ASSERT_EQ(b["state"], "backfilling") << b;
+    ASSERT_EQ(a["state"], "backfilling") << a;
+    kills.push_back(b["after"].get<std::string>());
+    EXPECT_EQ(a["after"], b["after"]) << "one job fills both views";
+  }
+  if (!live) StartRun(config, log_of(run));
+  ASSERT_TRUE(WaitLog(log_of(run), "\"msg\":\"backfill done\"")) << Read(log_of(run));
+  ASSERT_GE(kills.size(), 2u) << "the fill ended before it was killed twice";
+  writer.Stop();
+  // No exported snapshot: a first start of Redis views is the backfill.
+  EXPECT_EQ(Read(log_of(0)).find("snapshot started"), std::string::npos) << Read(log_of(0));
+  for (size_t i = 0; i < kills.size(); ++i) {
+    const std::string log = Read(log_of(static_cast<int>(i) + 1));
+    // The restart logs the key it resumes after, and reads from there: never from the
+    // start again.
+    const std::string resumed = json("resuming after " + kills[i]).dump();
+    EXPECT_NE(log.find(resumed.substr(1, resumed.size() - 2)), std::string::npos) << resumed << log;
+    const std::vector<json> started = LogLines(log, "backfill started");
+    ASSERT_EQ(started.size(), 1u) << log;
+    EXPECT_EQ(started[0].value("after", ""), kills[i]) << log;
+    EXPECT_EQ(log.find("rebuilding"), std::string::npos) << log;
+  }
+  // What the last run read: the rows after the last key recorded at a kill.
+  const std::vector<json> done_lines = LogLines(Read(log_of(run)), "backfill done");
+  ASSERT_EQ(done_lines.size(), 1u);
+  const long long read_last = std::stoll(done_lines[0].value("rows", "0"));
+  const std::string last_key = json::parse(kills.back())[0].get<std::string>();
+  const long long after_key =
+      std::stoll(Scalar(*sql_, "select count(*) from " + table_ + " where id > " + last_key));
+  std::cout << "[ fill     ] " << kills.size() << " kills; the last restart resumed after id "
+            << last_key << " and read " << read_last << " rows (" << after_key
+            << " rows of the table follow that key now)\n";
+  EXPECT_LE(read_last, after_key + 20000) << "at most the writer's inserts more";
+  EXPECT_EQ(RedisState("a")["state"], "live");
+  EXPECT_EQ(RedisState("b")["state"], "live");
+  auto [code, out] = testing::RunVerify(config, 180);
+  EXPECT_EQ(code, 0) << out << Read(log_of(run));
+}
+
+// Redis back empty (its database flushed, its connections cut, as a restart does) while a writer
+// runs: the pipeline records its views backfilling, with the reason in the log, and
+// fills them again while the OpenSearch store goes on streaming; then everything
+// verifies.
+TEST_F(BackfillTest, ARedisBackEmptyIsRefilledWhileTheOtherStoresStream) {
+  constexpr int kOwnDb = 11;  // emptied by the test: no other test's data
+  endpoints_.redis_url = endpoints_.redis_url.substr(0, endpoints_.redis_url.rfind('/')) + "/" +
+                         std::to_string(kOwnDb);
+  MustExecute(*sql_, "insert into " + table_ +
+                         " select g, 'row ' || g, g % 10, null from generate_series(" +
+                         std::to_string(kRows + 1) + ", 200000) g");
+  const std::string config = WriteConfig({"a", "docs"});
+  StartRun(config, "run.err");
+  ASSERT_TRUE(WaitLog("run.err", "\"msg\":\"backfill done\"", 2)) << Read("run.err");
+  Writer writer(endpoints_.pg_dsn, table_, 200000);
+  ASSERT_TRUE(WaitFor([&] { return writer.committed() >= 100; }));
+  {
+    // As a restart does: the database empty and the pipeline's connections cut, at once
+    // (FLUSHDB of a database of this test's own, and only the connections to it).
+    auto client = RedisClient::Connect(endpoints_.redis_url);
+    ASSERT_TRUE(client.ok()) << client.error().message();
+    auto own = client.value().Command({"CLIENT", "ID"});
+    ASSERT_TRUE(own.ok()) << own.error().message();
+    auto list = client.value().Command({"CLIENT", "LIST"});
+    ASSERT_TRUE(list.ok()) << list.error().message();
+    std::vector<std::vector<std::string>> commands = {{"MULTI"}, {"FLUSHDB"}};
+    std::istringstream lines(list.value().str);
+    for (std::string line; std::getline(lines, line);) {
+      const std::string id = line.substr(3, line.find(' ') - 3);
+      if (line.find(" db=" + std::to_string(kOwnDb) + " ") != std::string::npos &&
+          id != std::to_string(own.value().integer)) {
+        commands.push_back({"CLIENT", "KILL", "ID", id});
+      }
+    }
+    ASSERT_GT(commands.size(), 2u) << list.value().str;
+    commands.push_back({"EXEC"});
+    for (const std::vector<std::string>& command : commands) {
+      auto reply = client.value().Command(command);
+      ASSERT_TRUE(reply.ok()) << reply.error().message();
+    }
+  }
+  ASSERT_TRUE(WaitLog("run.err", "is filled from the start (store cache lost its data)"))
+      << Read("run.err");
+  // While view a is filled again, an update reaches the OpenSearch view (a realtime GET).
+  const std::string marker = UniqueName("while_refilled");
+  MustExecute(*sql_, "update " + table_ + " set name = '" + marker + "' where id = 7");
+  bool refilling_then = false;
+  ASSERT_TRUE(WaitFor([&] {
+    auto client = HttpClient::Create(
+        {.url = endpoints_.opensearch_url, .ca_file = "", .timeout = std::chrono::seconds(5)});
+    if (!client.ok()) return false;
+    auto response = client.value().Send("GET", "/" + index_ + "/_doc/7");
+    if (!response.ok() || response.value().status != 200) return false;
+    const json doc = json::parse(response.value().body, nullptr, false);
+    if (!doc.is_object() || doc["_source"].value("name", "") != marker) return false;
+    const json a = RedisState("a");
+    refilling_then = a.is_object() && a["state"] == "backfilling";
+    return true;
+  })) << Read("run.err");
+  EXPECT_TRUE(refilling_then) << "the OpenSearch view streamed while view a was refilled";
+  ASSERT_TRUE(WaitFor([&] {
+    const json a = RedisState("a");
+    return a.is_object() && a["state"] == "live";
+  })) << Read("run.err");
+  writer.Stop();
+  const std::string log = Read("run.err");
+  EXPECT_NE(log.find("store cache goes on from"), std::string::npos) << log;
+  // Only the Redis store was filled again, and no store from an exported snapshot (the
+  // first start's fill included).
+  EXPECT_EQ(log.find("rebuilt at"), std::string::npos) << log;
+  EXPECT_EQ(log.find("snapshot started"), std::string::npos) << log;
+  EXPECT_EQ(log.find("store search has"), std::string::npos) << log;
+  auto [code, out] = testing::RunVerify(config, 180);
+  EXPECT_EQ(code, 0) << out << log;
+}
+
 }  // namespace
 }  // namespace pgderive

@@ -108,6 +108,51 @@ TEST(PipelineWorkerTest, AStoreThatLostWritesRejoinsFromItsCheckpoint) {
   EXPECT_TRUE(w.Logged("replaying from the slot"));
 }
 
+// A row store (Redis, OpenSearch) that lost its data while running: its views are
+// filled again by the backfill (the rebuild callback records them backfilling) and the
+// store goes on from the slot's confirmed position - below what it had made durable,
+// which the slot must no longer be confirmed past.
+TEST(PipelineWorkerTest, ARowStoreThatLostItsDataGoesOnFromTheSlotNeverDurablePastIt) {
+  FakeSink sink("cache");
+  sink.SetBackfillsRows(true);
+  std::atomic<int> refills{0};
+  std::mutex mutex;
+  std::vector<std::string> log;
+  PipelineWorker worker(
+      sink,
+      [&](Sink&) -> Result<Lsn> {
+        ++refills;
+        return EndOf(1);  // the slot's confirmed position
+      },
+      [&](const std::string& message) {
+        std::lock_guard lock(mutex);
+        log.push_back(message);
+      },
+      size_t{1} << 20);
+  worker.Start(Lsn{});
+  ASSERT_TRUE(worker.Offer(TestBatch(1, 3), kNoWait));
+  ASSERT_TRUE(WaitFor([&] { return worker.Durable() == EndOf(3); }));
+  worker.SetSlotConfirmed(EndOf(1));
+  sink.Lose(Lsn{});  // restarted empty
+  sink.FailNext(1);
+  ASSERT_TRUE(worker.Offer(TestBatch(4, 4), kNoWait));
+  ASSERT_TRUE(WaitFor([&] { return worker.WantsRejoin(); }));
+  EXPECT_EQ(refills.load(), 1);
+  EXPECT_EQ(worker.checkpoint(), EndOf(1));
+  EXPECT_EQ(worker.Durable(), EndOf(1)) << "the slot must not pass what the store lost";
+  worker.Rejoin();
+  ASSERT_TRUE(worker.Offer(TestBatch(2, 4), kNoWait));
+  ASSERT_TRUE(WaitFor([&] { return worker.checkpoint() == EndOf(4); }));
+  worker.Stop(std::chrono::steady_clock::now());
+  std::lock_guard lock(mutex);
+  EXPECT_NE(std::find_if(log.begin(), log.end(),
+                         [](const std::string& l) {
+                           return l.find("store cache goes on from " + EndOf(1).ToString()) !=
+                                  std::string::npos;
+                         }),
+            log.end());
+}
+
 // A store that cannot keep up: its queue stays full, the dispatcher stops feeding it
 // rather than wait (the others keep flowing); it drains, asks to rejoin, and takes the
 // stream from the slot again, skipping what it has.

@@ -124,6 +124,28 @@ TEST(PlanViewStartTest, AViewOfAReplacedTableIsEmptiedAndRefilled) {
   EXPECT_EQ(start.write->table_oid, kOid);
 }
 
+TEST(PlanViewStartTest, AFilledStoreBackfillsEveryViewFromTheStartWhateverItRecorded) {
+  // A first start, a store new to the pipeline, one that lost its data: whatever it
+  // records (nothing, live, halfway) is not looked at; the view is never live first.
+  const States live =
+      std::map<std::string, ViewState>{{"v", ViewState{false, std::nullopt, kColumns, kOid}}};
+  const States half = std::map<std::string, ViewState>{
+      {"v", ViewState{true, std::string("[\"41\"]"), kColumns, kOid}}};
+  for (const States& states : {States(std::nullopt), live, half}) {
+    const ViewStart start =
+        PlanViewStart(View("v"), states, kColumns, kOid, /*redefined=*/false, /*fill=*/true);
+    EXPECT_EQ(start.why, ViewStart::Why::kFill);
+    ASSERT_TRUE(start.write);
+    EXPECT_TRUE(start.write->backfilling);
+    EXPECT_EQ(start.write->after, std::nullopt);
+    EXPECT_EQ(start.write->columns, kColumns);
+    EXPECT_EQ(start.write->table_oid, kOid);
+    EXPECT_TRUE(start.clear) << "a rebuild of the view begins";
+    EXPECT_TRUE(start.backfill);
+    EXPECT_EQ(start.after, std::nullopt);
+  }
+}
+
 class ReconcileViewStatesTest : public ::testing::Test {
  protected:
   ReconcileViewStatesTest() : null_(std::fopen("/dev/null", "w")), logger_(LogConfig{}, null_) {
@@ -137,7 +159,8 @@ class ReconcileViewStatesTest : public ::testing::Test {
   ~ReconcileViewStatesTest() override { std::fclose(null_); }
 
   Status Reconcile(std::span<const std::unique_ptr<Sink>> sinks,
-                   const std::vector<BackfillView>& views) {
+                   const std::vector<BackfillView>& views,
+                   const std::map<std::string, StoreFill>& fill = {}) {
     return ReconcileViewStates(
         sinks, views, shapes_,
         {.set_columns =
@@ -151,7 +174,8 @@ class ReconcileViewStatesTest : public ::testing::Test {
                for (const std::string& v : views)
                  added_.push_back({store + "/" + table + "/" + v, after});
              }},
-        [] { return false; }, logger_, [this](const std::string& m) { info_.push_back(m); });
+        [] { return false; }, logger_, [this](const std::string& m) { info_.push_back(m); },
+        /*redefined=*/{}, fill);
   }
 
   std::FILE* null_;
@@ -200,6 +224,62 @@ TEST_F(ReconcileViewStatesTest, AStoreWithoutRecordedStatesIsRecordedLive) {
     EXPECT_FALSE(w.clear);
     EXPECT_EQ(w.state.table_oid, kOid);
   }
+}
+
+// The start-up rule for a row store on a first start or after it lost its data: every
+// view recorded backfilling from the start (cleared: a rebuild begins) and queued, its
+// recorded states not even read (a Redis restarted empty records none, which would
+// otherwise say live), while a store that kept its data is reconciled as before.
+TEST_F(ReconcileViewStatesTest, AFilledStoreRecordsEveryViewBackfillingAndQueuesThemAll) {
+  std::vector<std::unique_ptr<Sink>> sinks;
+  auto cache = std::make_unique<FakeSink>("cache");
+  cache->SetBackfillsRows(true);
+  cache->FailNext(1, ErrorKind::kPermanent);  // a read of its states would fail the start
+  FakeSink& store = *cache;
+  sinks.push_back(std::move(cache));
+  auto kept = std::make_unique<FakeSink>("kept");
+  kept->SetBackfillsRows(true);
+  kept->SetViewStates(
+      std::map<std::string, ViewState>{{"k", ViewState{false, std::nullopt, kColumns, kOid}}});
+  FakeSink& kept_store = *kept;
+  sinks.push_back(std::move(kept));
+  BackfillView k = View("k");
+  k.store = "kept";
+  ASSERT_TRUE(
+      Reconcile(sinks, {View("a"), View("b"), k}, {{"cache", {"store cache has no checkpoint"}}})
+          .ok());
+  const std::vector<std::pair<std::string, std::optional<std::string>>> added = {
+      {"cache/public.t/a", std::nullopt}, {"cache/public.t/b", std::nullopt}};
+  EXPECT_EQ(added_, added);
+  const auto writes = store.state_writes();
+  ASSERT_EQ(writes.size(), 2u);
+  for (const auto& w : writes) {
+    EXPECT_TRUE(w.state.backfilling);
+    EXPECT_EQ(w.state.after, std::nullopt);
+    EXPECT_TRUE(w.clear);
+    EXPECT_EQ(w.state.table_oid, kOid);
+  }
+  EXPECT_TRUE(kept_store.state_writes().empty()) << "a live view of a kept store is left alone";
+  ASSERT_EQ(info_.size(), 2u);
+  EXPECT_EQ(info_[0],
+            "view a is filled from the start (store cache has no checkpoint): backfilling while "
+            "streaming; not live until it is complete");
+}
+
+// A first start empties the store first (BeginRebuild): its views are not cleared again
+// (an OpenSearch index recreated twice would lose a setting given between).
+TEST_F(ReconcileViewStatesTest, AStoreEmptiedByAFirstStartIsNotClearedAgain) {
+  std::vector<std::unique_ptr<Sink>> sinks;
+  auto cache = std::make_unique<FakeSink>("cache");
+  cache->SetBackfillsRows(true);
+  FakeSink& store = *cache;
+  sinks.push_back(std::move(cache));
+  ASSERT_TRUE(Reconcile(sinks, {View("a")}, {{"cache", {"first start", false}}}).ok());
+  const auto writes = store.state_writes();
+  ASSERT_EQ(writes.size(), 1u);
+  EXPECT_TRUE(writes[0].state.backfilling);
+  EXPECT_FALSE(writes[0].clear);
+  EXPECT_EQ(added_.size(), 1u);
 }
 
 TEST_F(ReconcileViewStatesTest, AStoreThatRecomputesItsViewsIsSkipped) {
