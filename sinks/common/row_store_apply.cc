@@ -115,7 +115,12 @@ Status ApplyRows(const BatchGroup& group, Lsn checkpoint, const std::string& sto
               return shape.error();
             }
             auto entry = shape.value()->EntryFor(change.new_tuple, types, key);
-            if (!entry.ok()) return entry.error();
+            if (!entry.ok()) {
+              // A row this view cannot take (a key over the store's limit): this view
+              // stops, with the reason, as for a streamed row - not the store.
+              if (FailView(*view, entry.error())) continue;
+              return entry.error();
+            }
             status = store.Put(*view, std::move(entry.value().first),
                                std::move(entry.value().second), change.commit_lsn);
             if (!status.ok()) break;
