@@ -713,31 +713,46 @@ Result<PostgresSink::Shadow> PostgresSink::BuildShadow(SqlRunner& c, const View&
   auto counted = c.Query("select count(*)::text from " + table);
   if (!counted.ok()) return counted.error();
   shadow.rows = RowCount(counted.value());
+  // Whether a copied unique index is the current key's: its plain columns are the key's.
+  std::vector<std::string> key_sorted = view.config.key_columns;
+  std::sort(key_sorted.begin(), key_sorted.end());
+  std::string key_set;
+  for (const std::string& k : key_sorted) key_set += (key_set.empty() ? "" : ",") + k;
+  bool key_index = false;
   if (same_columns) {
-    // The live table's indexes (not those of constraints), under temporary names.
+    // The live table's indexes (not those of constraints), under temporary names. A
+    // unique index on other columns than the current key (the old key's, when only the
+    // key changed) is not copied: the rebuilt rows need not be unique on them.
     auto indexes = c.Query(
-        "select c.relname, i.indisunique, pg_get_indexdef(i.indexrelid) from pg_index i "
-        "join pg_class c on c.oid = i.indexrelid where i.indrelid = $1::oid and not exists "
-        "(select from pg_constraint k where k.conindid = i.indexrelid) order by c.relname",
+        "select c.relname, i.indisunique, pg_get_indexdef(i.indexrelid), case when "
+        "i.indexprs is null and i.indpred is null then (select string_agg(a.attname, ',' "
+        "order by a.attname) from pg_attribute a where a.attrelid = i.indrelid and a.attnum "
+        "= any(i.indkey)) end from pg_index i join pg_class c on c.oid = i.indexrelid where "
+        "i.indrelid = $1::oid and not exists (select from pg_constraint k where k.conindid = "
+        "i.indexrelid) order by c.relname",
         {*live});
     if (!indexes.ok()) return indexes.error();
     size_t n = 0;
     for (const auto& index : indexes.value().rows) {
+      const bool unique = index[1].value_or("f") == "t";
+      if (unique) {
+        if (index[3].value_or("") != key_set) continue;
+        key_index = true;
+      }
       const std::string definition = index[2].value_or("");
       const size_t using_at = definition.find(" USING ");
       if (using_at == std::string::npos) continue;
       std::string temporary = "pgd_g" + std::to_string(shadow.generation) + "_" +
                               std::to_string(n++) + "_" + index[0].value_or("");
       if (temporary.size() > 63) temporary.resize(63);
-      status = c.Execute(std::string("create ") + (index[1].value_or("f") == "t" ? "unique " : "") +
-                         "index " + QuoteIdent(temporary) + " on " + table +
-                         definition.substr(using_at));
+      status = c.Execute(std::string("create ") + (unique ? "unique " : "") + "index " +
+                         QuoteIdent(temporary) + " on " + table + definition.substr(using_at));
       if (!status.ok()) return status.error();
       shadow.index_names.emplace_back(QuoteIdent(schema) + "." + QuoteIdent(temporary),
                                       index[0].value_or(""));
     }
   }
-  if (shadow.index_names.empty()) {
+  if (!key_index) {
     // The key's unique index, named at the swap as PostgreSQL names one by default.
     std::string temporary = "pgd_g" + std::to_string(shadow.generation) + "_key_" + name;
     if (temporary.size() > 63) temporary.resize(63);

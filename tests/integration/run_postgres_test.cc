@@ -399,6 +399,51 @@ TEST_F(RunPostgresTest, ATargetTableThePipelineDidNotMakeIsRefused) {
   EXPECT_EQ(Scalar(*sql_, "select note from " + ns_ + "_out.big"), "mine");
 }
 
+// A view's key changes and its columns do not: the rebuilt table has the new key's
+// unique index and not the old key's, so rows repeating the old key are rebuilt and
+// later changes apply; the table equals its query exactly.
+TEST_F(RunPostgresTest, AChangedKeyWithTheSameColumnsRebuildsOnTheNewKeysIndexOnly) {
+  const std::string p = ns_ + ".places", t = ns_ + "_out.places";
+  MustExecute(*sql_,
+              "create table " + p + " (id int, region text, name text, primary key (id, region))");
+  MustExecute(*sql_,
+              "insert into " + p + " select g, 'north', 'n' || g from generate_series(1, 50) g");
+  const std::string query = "select id, region, name from " + p;
+  const std::string rows =
+      "select coalesce(string_agg(id || ':' || region || ':' || name, ',' "
+      "order by id, region), '') from ";
+  std::string config = WriteConfig(View("places", "id", query));
+  StartRun(config);
+  auto [status, out] = Verify(config);
+  ASSERT_EQ(status, 0) << out << RunErr();
+  StopRun();
+  // Rows repeating the old key, then the key changes; the columns stay.
+  MustExecute(*sql_,
+              "insert into " + p + " select g, 'south', 's' || g from generate_series(1, 20) g");
+  config = WriteConfig(View("places", "id, region", query));
+  StartRun(config);
+  EXPECT_TRUE(WaitFor([&] { return Scalar(*sql_, rows + t) == Scalar(*sql_, rows + p); }))
+      << RunErr();
+  // Later changes apply, including more rows repeating an id.
+  MustExecute(*sql_, "insert into " + p + " values (1, 'east', 'e1'), (30, 'south', 's30')");
+  MustExecute(*sql_, "delete from " + p + " where id = 2 and region = 'north'");
+  MustExecute(*sql_, "update " + p + " set name = 'x' where id = 3");
+  EXPECT_TRUE(WaitFor([&] { return Scalar(*sql_, rows + t) == Scalar(*sql_, rows + p); }))
+      << Scalar(*sql_, rows + t) << RunErr();
+  EXPECT_EQ(Scalar(*sql_, "select count(*) from " + t), "71");
+  std::tie(status, out) = Verify(config);
+  EXPECT_EQ(status, 0) << out << RunErr();
+  // One unique index, on the new key.
+  EXPECT_EQ(Scalar(*sql_,
+                   "select string_agg(pg_get_indexdef(indexrelid), '; ') from pg_index where "
+                   "indrelid = '" +
+                       t + "'::regclass and indisunique"),
+            "CREATE UNIQUE INDEX places_id_region_idx ON " + t +
+                " USING btree (id, region) NULLS NOT DISTINCT");
+  EXPECT_EQ(Shadows(), "0");
+  StopRun();
+}
+
 TEST_F(RunPostgresTest, QueriesThatCannotBeMaintainedAreRefusedAndCreateNothing) {
   const std::string o = ns_ + ".orders";
   const std::vector<std::pair<std::string, std::string>> cases = {
