@@ -507,14 +507,16 @@ Result<std::vector<std::string>> PostgresSink::Teardown(bool views) {
       records[row[0].value_or("")] = ParseRecord(row[1].value_or(""));
     }
     std::set<std::string> schemas;
-    for (const auto& view : views_) {
-      auto it = records.find(view->config.name);
-      if (it == records.end() ||
-          !it->second.definition.starts_with("table " + view->config.table + "\n")) {
-        continue;
-      }
-      auto [schema, name] = TableName::Parse(view->config.table);
-      if (it->second.made_schema) schemas.insert(schema);
+    // Every record's table, the views removed from the configuration's too: their
+    // records go below, so their tables would be left as tables no pipeline made.
+    for (const auto& [view_name, record] : records) {
+      if (!record.definition.starts_with("table ")) continue;
+      const size_t end = record.definition.find('\n');
+      const std::string target =
+          record.definition.substr(6, end == std::string::npos ? std::string::npos : end - 6);
+      if (target.empty()) continue;
+      auto [schema, name] = TableName::Parse(target);
+      if (record.made_schema) schemas.insert(schema);
       auto tables = c.Query(
           "select quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.relname from pg_class "
           "c join pg_namespace n on n.oid = c.relnamespace where n.nspname = $1 and c.relkind = "
@@ -527,7 +529,7 @@ Result<std::vector<std::string>> PostgresSink::Teardown(bool views) {
         if (!status.ok()) return fail(status.error());
         removed.push_back("table " + schema + "." + table[1].value_or("") +
                           (table[1].value_or("") == name ? "" : " (unfinished rebuild)") +
-                          " (view " + view->config.name + ")");
+                          " (view " + view_name + ")");
       }
     }
     for (const std::string& schema : schemas) {

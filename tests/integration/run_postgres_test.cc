@@ -444,6 +444,33 @@ TEST_F(RunPostgresTest, AChangedKeyWithTheSameColumnsRebuildsOnTheNewKeysIndexOn
   StopRun();
 }
 
+// teardown --views removes the table of every view pgderive.views records, a view
+// removed from the file since too: its record goes, so its table must go with it.
+TEST_F(RunPostgresTest, TeardownViewsRemovesTheTablesOfViewsNoLongerInTheFile) {
+  const std::string big = View("big", "id", "select id, amount from " + ns_ + ".orders");
+  const std::string small =
+      View("small", "id", "select id, amount from " + ns_ + ".orders where amount > 3000");
+  std::string config = WriteConfig(big + small);
+  StartRun(config);
+  auto [status, out] = Verify(config);
+  ASSERT_EQ(status, 0) << out << RunErr();
+  EXPECT_EQ(Scalar(*sql_, "select count(*) from " + ns_ + "_out.small"), "600");
+  StopRun();
+  config = WriteConfig(big);
+  auto [code, text] = testing::RunToEnd({PgderiveBinary(), "teardown", "-c", config, "--views"},
+                                        (dir_ / "teardown.err").string(), std::chrono::seconds(60));
+  EXPECT_EQ(code, 0) << text;
+  EXPECT_EQ(Scalar(*sql_,
+                   "select coalesce(string_agg(relname, ',' order by relname), '') from "
+                   "pg_class c join pg_namespace n on n.oid = c.relnamespace where "
+                   "n.nspname = '" +
+                       ns_ + "_out' and c.relkind = 'r'"),
+            "");
+  EXPECT_EQ(
+      Scalar(*sql_, "select count(*) from pgderive.views where pipeline = '" + pipeline_ + "'"),
+      "0");
+}
+
 TEST_F(RunPostgresTest, QueriesThatCannotBeMaintainedAreRefusedAndCreateNothing) {
   const std::string o = ns_ + ".orders";
   const std::vector<std::pair<std::string, std::string>> cases = {
