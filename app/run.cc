@@ -95,8 +95,11 @@ int RunGenerations(const RunOptions& options, std::shared_ptr<const Config> conf
     };
     const std::optional<int> code =
         RunGeneration(options, *config, redefined, logger, host, on_streaming);
-    const bool failed_reload = code && *code != 0 && applying && !Stopped(options) && previous &&
-                               host.generation() && host.generation()->number == previous_number;
+    // A lock lost to another process ends the run: no generation falls back then.
+    const bool lock_lost = host.lock() != nullptr && host.lock()->lost();
+    const bool failed_reload = code && *code != 0 && applying && !Stopped(options) && !lock_lost &&
+                               previous && host.generation() &&
+                               host.generation()->number == previous_number;
     if (code && !failed_reload) return *code;
     // The next generation takes the slot once the server let this one's go.
     Status released = WaitForSlotReleased(config->source.dsn, config->source.slot, kSlotReleaseWait,

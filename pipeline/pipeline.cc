@@ -58,6 +58,15 @@ int Pipeline::Undo(int code) {
 }
 
 std::optional<int> Pipeline::Start() {
+  // Nothing is written (rebuilds, clears, the slot) before the lock is known held: a
+  // generation after a reload starts on the lock the previous one kept, whose session
+  // may have been lost meanwhile. Lost to another process: this one stops (run_lock.h).
+  if (auto code = KeepLock(/*now=*/true)) return code;
+  while (!lock_held_) {
+    if (stopped()) return 0;
+    WaitUnlessStopped(kLockRetry, [this] { return stopped(); });
+    if (auto code = KeepLock(/*now=*/true)) return code;
+  }
   if (auto code = Prepare()) return code;
   if (auto code = OpenSlot()) return code;
   return StartStores();

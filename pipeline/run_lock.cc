@@ -120,6 +120,7 @@ PipelineLock::KeepResult PipelineLock::Keep() {
     holder_.reset();
     return {Kept::kUnreachable, "the lost session still holds the lock on the server"};
   }
+  lost_ = true;
   return {Kept::kLost, {}};
 }
 

@@ -87,6 +87,9 @@ class PipelineLock {
   };
   // Checks that the lock is still held, re-taking it after a lost session.
   KeepResult Keep();
+  // Whether Keep found the lock taken by another process: this one must stop writing,
+  // for good (a configuration generation does not fall back to the previous one).
+  bool lost() const { return lost_; }
 
  private:
   PipelineLock(std::string dsn, std::string slot, std::string application_name)
@@ -102,6 +105,7 @@ class PipelineLock {
   std::string application_name_;
   std::optional<SqlSession> session_;
   std::optional<LockHolder> holder_;
+  bool lost_ = false;
 };
 
 // What `pgderive run` and `teardown` call the process: "pgderive <command> pid N on HOST".
