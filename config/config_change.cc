@@ -1,6 +1,8 @@
 #include "config/config_change.h"
 
+#include <cstdint>
 #include <map>
+#include <string_view>
 
 namespace pgderive {
 namespace {
@@ -18,12 +20,39 @@ bool SameStore(const StoreConfig& a, const StoreConfig& b) {
 
 }  // namespace
 
+std::string ViewDefinitionFingerprint(const ViewConfig& view) {
+  // Canonical text: each field named, each value length-prefixed (no two definitions
+  // give the same text), then hashed (FNV-1a, 64 bits: stable across builds).
+  std::string text;
+  auto field = [&](std::string_view name, std::string_view value) {
+    text.append(name).append("=").append(std::to_string(value.size())).append(":");
+    text.append(value).append(";");
+  };
+  field("store", view.store);
+  field("from", view.from);
+  if (view.columns) {
+    field("columns", std::to_string(view.columns->size()));
+    for (const std::string& c : *view.columns) field("column", c);
+  }
+  if (view.key) field("key", view.key->text());
+  field("index", view.index);
+  field("table", view.table);
+  field("key_columns", std::to_string(view.key_columns.size()));
+  for (const std::string& c : view.key_columns) field("key_column", c);
+  field("query", view.query);
+  uint64_t hash = 14695981039346656037ull;
+  for (unsigned char c : text) {
+    hash ^= c;
+    hash *= 1099511628211ull;
+  }
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out = "v1:";
+  for (int shift = 60; shift >= 0; shift -= 4) out += kHex[(hash >> shift) & 0xf];
+  return out;
+}
+
 bool SameViewDefinition(const ViewConfig& a, const ViewConfig& b) {
-  const std::string key_a = a.key ? a.key->text() : "";
-  const std::string key_b = b.key ? b.key->text() : "";
-  return a.store == b.store && a.from == b.from && a.columns == b.columns && key_a == key_b &&
-         a.index == b.index && a.table == b.table && a.key_columns == b.key_columns &&
-         a.query == b.query;
+  return ViewDefinitionFingerprint(a) == ViewDefinitionFingerprint(b);
 }
 
 bool ConfigChange::empty() const {

@@ -43,7 +43,16 @@ struct ConfigChange {
 
 ConfigChange CompareConfigs(const Config& running, const Config& next);
 
-// Whether two views have the same definition (what they write and from what).
+// Whether two views have the same definition (what they write and from what): the same
+// ViewDefinitionFingerprint.
 bool SameViewDefinition(const ViewConfig& a, const ViewConfig& b);
+
+// A fingerprint ("v1:" and 16 hex digits) of what decides a view's entries and their
+// keys: store, from, columns (as written, with renames and types; absent: following the
+// table), key template, index, table, key columns, query. Settings that do not change an
+// entry (batch sizes, workers, credentials) do not change it. Row stores record it with
+// a view's state, so that a definition changed while pgderive was stopped is rebuilt at
+// the next start, as a reload rebuilds it.
+std::string ViewDefinitionFingerprint(const ViewConfig& view);
 
 }  // namespace pgderive

@@ -1,6 +1,7 @@
 #include "pipeline/view_states.h"
 
 #include "base/retry.h"
+#include "config/config_change.h"
 
 namespace pgderive {
 namespace {
@@ -18,7 +19,7 @@ std::vector<BackfillView> BackfillViewsOf(const Config& config,
     for (const auto& sink : sinks) {
       if (sink->name() != view.store) continue;
       out.push_back(BackfillView{view.store, view.name, view.from, sink->backfills_rows(),
-                                 !view.columns.has_value()});
+                                 !view.columns.has_value(), ViewDefinitionFingerprint(view)});
     }
   }
   return out;
@@ -41,7 +42,7 @@ ViewStart PlanViewStart(const BackfillView& view,
   if (!states) {
     // Filled by a pgderive that kept no per-view state: live, recorded as such.
     start.why = ViewStart::Why::kUnrecorded;
-    start.write = ViewState{false, std::nullopt, columns, oid};
+    start.write = ViewState{false, std::nullopt, columns, oid, view.definition};
     return start;
   }
   const ViewState* state = nullptr;
@@ -52,18 +53,23 @@ ViewStart PlanViewStart(const BackfillView& view,
   // A table dropped and created again under the same name while pgderive was stopped
   // (or before it noticed): the view holds rows of a table that is gone.
   const bool replaced = state != nullptr && state->table_oid != 0 && state->table_oid != oid;
+  // Defined otherwise than when it was filled: a reload says so, or the definition its
+  // store recorded (a change made while pgderive was stopped). A state without one (an
+  // older pgderive wrote it) is taken as unchanged.
+  const bool other_definition = state != nullptr && !state->definition.empty() &&
+                                !view.definition.empty() && state->definition != view.definition;
   start.reshaped = reshaped;
   if (state != nullptr) start.recorded_oid = state->table_oid;
-  if (state != nullptr && !replaced && redefined) {
+  if (state != nullptr && !replaced && (redefined || other_definition)) {
     // Another definition: its data is of the old one. A rebuild begins (clear: each store
     // rebuilds without removing what readers see, sinks/common/sink.h).
     start.why = ViewStart::Why::kRedefined;
-    start.write = ViewState{true, std::nullopt, columns, oid};
+    start.write = ViewState{true, std::nullopt, columns, oid, view.definition};
     start.clear = true;
     start.backfill = true;
   } else if (state == nullptr || replaced) {
     start.why = replaced ? ViewStart::Why::kReplaced : ViewStart::Why::kNew;
-    start.write = ViewState{true, std::nullopt, columns, oid};
+    start.write = ViewState{true, std::nullopt, columns, oid, view.definition};
     start.clear = true;
     start.backfill = true;
   } else if (state->backfilling) {
@@ -72,8 +78,12 @@ ViewStart PlanViewStart(const BackfillView& view,
     if (!reshaped) start.after = state->after;
   } else if (reshaped) {
     start.why = ViewStart::Why::kReshaped;
-    start.write = ViewState{true, std::nullopt, columns, oid};
+    start.write = ViewState{true, std::nullopt, columns, oid, view.definition};
     start.backfill = true;
+  } else if (!state->backfilling && state->definition.empty() && !view.definition.empty()) {
+    // Live, recorded without its definition: taken as unchanged, recorded with it.
+    start.write = *state;
+    start.write->definition = view.definition;
   }
   return start;
 }

@@ -8,6 +8,7 @@ std::string ViewState::ToJson() const {
   nlohmann::json j = {{"state", backfilling ? "backfilling" : "live"}, {"columns", columns}};
   if (after) j["after"] = *after;
   if (table_oid != 0) j["table_oid"] = table_oid;
+  if (!definition.empty()) j["definition"] = definition;
   return j.dump();
 }
 
@@ -19,6 +20,9 @@ std::optional<ViewState> ViewState::FromJson(std::string_view json) {
   if (j.contains("after") && j["after"].is_string()) state.after = j["after"].get<std::string>();
   if (j.contains("table_oid") && j["table_oid"].is_number_unsigned()) {
     state.table_oid = j["table_oid"].get<uint32_t>();
+  }
+  if (j.contains("definition") && j["definition"].is_string()) {
+    state.definition = j["definition"].get<std::string>();
   }
   if (j.contains("columns") && j["columns"].is_array()) {
     for (const auto& c : j["columns"]) {

@@ -22,6 +22,9 @@ struct ViewState {
   // The OID of the table the view was filled from (0: not recorded): a table dropped and
   // created again under the same name, while pgderive was stopped, is another table.
   uint32_t table_oid = 0;
+  // The view's definition fingerprint (ViewDefinitionFingerprint) when it was filled;
+  // empty: not recorded (a state an older pgderive wrote, taken as unchanged).
+  std::string definition = {};
 
   std::string ToJson() const;
   // nullopt: not a state this version wrote.

@@ -78,6 +78,8 @@ struct BackfillView {
   std::string table;     // schema.table it reads (row views)
   bool rows = false;     // filled row by row (Redis, OpenSearch); else a query (postgres)
   bool follows = false;  // no `columns`: follows its table's columns
+  // ViewDefinitionFingerprint of the view as configured now (empty: not compared).
+  std::string definition = {};
 };
 
 // A job as the window sees it: views of one store, all reading one table. The driver

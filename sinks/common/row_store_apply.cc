@@ -1,9 +1,15 @@
 #include "sinks/common/row_store_apply.h"
 
+#include "config/config_change.h"
 #include "sinks/common/json_merge.h"
 #include "sinks/common/view_list.h"
 
 namespace pgderive {
+
+ViewState WithDefinition(const RowView& view, ViewState state) {
+  state.definition = ViewDefinitionFingerprint(view.config);
+  return state;
+}
 namespace {
 
 // One insert, update or delete into one view.

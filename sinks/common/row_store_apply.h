@@ -31,6 +31,7 @@
 #include "sinks/common/source_rows.h"
 #include "sinks/common/view_list.h"
 #include "sinks/common/view_shape.h"
+#include "snapshot/view_state.h"
 
 namespace pgderive {
 
@@ -44,6 +45,10 @@ struct RowView {
   // value unchanged is skipped; the row's chunk, read later, carries it).
   bool backfilling = false;
 };
+
+// `state` as a store records it for `view`: with the fingerprint of the view's definition
+// (config/config_change.h), which a start compares with the file's.
+ViewState WithDefinition(const RowView& view, ViewState state);
 
 // The store's side of one Apply. Writes may be queued and sent in Finish, but Read
 // must see every write queued before it.

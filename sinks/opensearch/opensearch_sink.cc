@@ -222,7 +222,7 @@ std::string OpenSearchSink::StateAction(const View& view, const ViewState& state
   std::string out = "{\"index\":{\"_index\":\"" + std::string(kCheckpointIndex) + "\",\"_id\":";
   AppendJsonString(out, StateId(view));
   out += "}}\n{\"view_state\":";
-  AppendJsonString(out, state.ToJson());
+  AppendJsonString(out, WithDefinition(view, state).ToJson());
   out += "}\n";
   return out;
 }

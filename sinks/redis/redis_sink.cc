@@ -357,9 +357,10 @@ Status RedisSink::EndRebuild(Lsn snapshot_lsn) {
   std::vector<RedisCommand> commands{{"MULTI"}};
   for (auto& view : views_) {
     view->backfilling = false;
-    commands.push_back(
-        {"HSET", views_key_, view->config.name,
-         ViewState{false, std::nullopt, view->filled_columns, view->filled_oid}.ToJson()});
+    commands.push_back({"HSET", views_key_, view->config.name,
+                        WithDefinition(*view, ViewState{false, std::nullopt, view->filled_columns,
+                                                        view->filled_oid})
+                            .ToJson()});
   }
   commands.push_back({"SET", checkpoint_key_, snapshot_lsn.ToString()});
   commands.push_back({"EXEC"});
@@ -405,7 +406,8 @@ Status RedisSink::WriteViewState(const std::string& view_name, const ViewState& 
   }
   auto client = Client();
   if (!client.ok()) return client.error();
-  auto reply = client.value()->Command({"HSET", views_key_, view_name, state.ToJson()});
+  auto reply = client.value()->Command(
+      {"HSET", views_key_, view_name, WithDefinition(*view, state).ToJson()});
   if (!reply.ok()) return reply.error();
   if (reply.value().type == RedisReply::Type::kError) return ReplyError("HSET", reply.value());
   view->backfilling = state.backfilling;
@@ -442,10 +444,10 @@ class RedisSink::Writer : public RowStore {
       if (!status.ok()) return status;
     }
     // In the same MULTI as the data it describes.
-    return multi_.Command(
-        {"HSET", sink_.views_key_, view.config.name,
-         ViewState{control.backfilling, control.after, control.columns, control.table_oid}
-             .ToJson()});
+    return multi_.Command({"HSET", sink_.views_key_, view.config.name,
+                           WithDefinition(view, ViewState{control.backfilling, control.after,
+                                                          control.columns, control.table_oid})
+                               .ToJson()});
   }
   Status RaiseHorizon(Lsn horizon) override {
     // With the data read, in the same MULTI.

@@ -46,7 +46,7 @@ class RunRedisTest : public testing::PipelineTest {
         << "\nviews:\n  - name: cache_view\n    store: cache\n    from: " << table_
         << "\n    key: \"" << table_ << ":{id}\"\n"
         << (columns.empty() ? "" : "    columns: [" + columns + "]\n")
-        << "http:\n  listen: 127.0.0.1:" << testing::FreePort() << "\n";
+        << "http:\n  listen: 127.0.0.1:" << port_ << "\n";
     return WriteFile("pgderive.yml", out.str());
   }
   std::optional<std::string> Get(const std::string& key) {
@@ -147,6 +147,65 @@ TEST_F(RunRedisTest, ViewFollowsEveryKindOfChangeAndVerifies) {
   EXPECT_EQ(status, 0) << out;
 }
 
+// A view's columns changed in the file while pgderive was stopped: the next start sees
+// that its definition differs from the one its store recorded and rebuilds it, so every
+// entry ends with exactly the new shape; a start with the same file rebuilds nothing.
+TEST_F(RunRedisTest, ColumnsChangedWhileStoppedAreRebuiltAtTheNextStart) {
+  MustExecute(*sql_, "create table " + table_ + " (id int primary key, sku text, price int)");
+  MustExecute(*sql_, "insert into " + table_ +
+                         " select g, 'SKU-' || g, g * 10 from generate_series(1, 50) g");
+  std::string config = WriteConfig("id, sku");
+  StartRun(config);
+  WaitReady();
+  if (HasFatalFailure()) return;
+  ASSERT_TRUE(WaitFor([&] { return ViewStatus("cache_view").value("state", "") == "live"; }))
+      << Http("/status").second << RunErr();
+  EXPECT_EQ(json::parse(*Get(Key(7))), json::parse(R"({"id": 7, "sku": "SKU-7"})"));
+  StopRun();
+  if (HasFatalFailure()) return;
+
+  // While stopped: the file gains a column, the table a row and an update.
+  MustExecute(*sql_, "insert into " + table_ + " values (51, 'SKU-51', 510)");
+  MustExecute(*sql_, "update " + table_ + " set sku = 'changed' where id = 1");
+  config = WriteConfig("id, sku, price");
+  StartRun(config, "run2.err");
+  WaitReady();
+  if (HasFatalFailure()) return;
+  ASSERT_TRUE(WaitLog("run2.err",
+                      "the definition of view cache_view changed: rebuilding it while streaming"))
+      << RunErr();
+  ASSERT_TRUE(WaitFor([&] { return ViewStatus("cache_view").value("state", "") == "live"; }))
+      << Http("/status").second << RunErr();
+  // Every entry has exactly the new shape.
+  for (int id = 1; id <= 51; ++id) {
+    const std::optional<std::string> value = Get(Key(id));
+    ASSERT_TRUE(value.has_value()) << Key(id);
+    const json expected = {{"id", id},
+                           {"sku", id == 1 ? std::string("changed") : "SKU-" + std::to_string(id)},
+                           {"price", id * 10}};
+    EXPECT_EQ(json::parse(*value), expected) << Key(id);
+  }
+  MustExecute(*sql_, "update " + table_ + " set price = 7 where id = 2");
+  ASSERT_TRUE(WaitFor([&] {
+    return json::parse(Get(Key(2)).value_or("{}")).value("price", 0) == 7;
+  })) << RunErr();
+  auto [status, out] = Verify(config);
+  EXPECT_EQ(status, 0) << out;
+  StopRun();
+  if (HasFatalFailure()) return;
+
+  // The same file again: the recorded definition matches, nothing is rebuilt.
+  StartRun(config, "run3.err");
+  WaitReady();
+  if (HasFatalFailure()) return;
+  MustExecute(*sql_, "update " + table_ + " set sku = 'third' where id = 3");
+  ASSERT_TRUE(WaitFor([&] { return Get(Key(3)).value_or("").find("third") != std::string::npos; }))
+      << RunErr();
+  EXPECT_EQ(Count("run3.err", "the definition of view cache_view changed"), 0) << RunErr();
+  std::tie(status, out) = Verify(config);
+  EXPECT_EQ(status, 0) << out;
+}
+
 // Both stores at once, every kind of value the SPEC maps (edges included), through a
 // random workload: both views verify.
 TEST_F(RunRedisTest, RedisAndOpenSearchThroughARandomWorkloadOfEveryType) {
@@ -191,7 +250,7 @@ TEST_F(RunRedisTest, RedisAndOpenSearchThroughARandomWorkloadOfEveryType) {
                         << ", key: \"" << table_ << ":{id}\"}\n"
                         << "  - {name: search_view, store: search, from: " << table_
                         << ", index: " << index << "}\n"
-                        << "http:\n  listen: 127.0.0.1:" << testing::FreePort() << "\n";
+                        << "http:\n  listen: 127.0.0.1:" << port_ << "\n";
   StartRun(config);
   std::mt19937 rng(42);
   for (int op = 0; op < 1000; ++op) {
@@ -244,7 +303,7 @@ TEST_F(RunRedisTest, OpenSearchFillRelaxesRefreshAndRestoresTheIndexOwnSetting) 
                         << stack.opensearch_url() << "\"}\nviews:\n"
                         << "  - {name: search_view, store: search, from: " << table_
                         << ", index: " << index << "}\n"
-                        << "http:\n  listen: 127.0.0.1:" << testing::FreePort() << "\n";
+                        << "http:\n  listen: 127.0.0.1:" << port_ << "\n";
   auto http = HttpClient::Create({.url = stack.opensearch_url(), .ca_file = ""});
   ASSERT_TRUE(http.ok());
   auto search = OpenSearchClient::Create({.url = stack.opensearch_url(), .ca_file = ""});

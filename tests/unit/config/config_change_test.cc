@@ -99,5 +99,69 @@ TEST(ConfigChangeTest, LogSettingsWaitForTheNextStart) {
   EXPECT_EQ(change.kept_until_restart, std::vector<std::string>{"log.level"});
 }
 
+// The fingerprint a row store records with a view's state: what decides an entry's
+// content and key changes it; what does not (workers, store url, comments) does not.
+TEST(ConfigChangeTest, TheDefinitionFingerprintFollowsWhatDecidesAnEntry) {
+  auto fingerprint = [](const std::string& text) {
+    const Config config = Parse(text);
+    EXPECT_EQ(config.views.size(), 1u);
+    return config.views.empty() ? std::string() : ViewDefinitionFingerprint(config.views[0]);
+  };
+  auto replaced = [](std::string text, const std::string& from, const std::string& to) {
+    const size_t at = text.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    if (at != std::string::npos) text.replace(at, from.size(), to);
+    return text;
+  };
+  const std::string base = fingerprint(kBase);
+  EXPECT_EQ(base.size(), 19u);
+  EXPECT_EQ(base.substr(0, 3), "v1:");
+  // Stable: the same definition, written otherwise around it.
+  EXPECT_EQ(fingerprint(kBase + "# a comment\nsnapshot:\n  workers: 9\n"), base);
+  EXPECT_EQ(fingerprint(replaced(kBase, "redis://localhost:6379", "redis://cache:6380")), base);
+  EXPECT_EQ(fingerprint(replaced(kBase, "pipeline: shop", "pipeline: shop2")), base);
+
+  const std::string columns = fingerprint(kBase + "    columns: [id, name]\n");
+  EXPECT_NE(columns, base);  // a fixed list is not following the table
+  EXPECT_EQ(fingerprint(kBase + "    columns: [id, name]\n"), columns);
+  EXPECT_NE(fingerprint(kBase + "    columns: [id, name, price]\n"), columns);
+  EXPECT_NE(fingerprint(kBase + "    columns: [name, id]\n"), columns);
+  EXPECT_NE(fingerprint(kBase + "    columns: [id]\n"), columns);
+  EXPECT_NE(fingerprint(replaced(kBase, "product:{id}", "item:{id}")), base);
+  EXPECT_NE(fingerprint(replaced(kBase, "from: public.products", "from: public.items")), base);
+  const std::string two_stores = replaced(
+      kBase, "views:", "  other:\n    type: redis\n    url: redis://localhost:6379\nviews:");
+  EXPECT_EQ(fingerprint(two_stores), base);
+  EXPECT_NE(fingerprint(replaced(two_stores, "store: cache", "store: other")), base);
+
+  // Reload's comparison is the fingerprint's.
+  const Config a = Parse(kBase);
+  const Config b = Parse(kBase + "    columns: [id, name]\n");
+  EXPECT_TRUE(SameViewDefinition(a.views[0], Parse(kBase + "# x\n").views[0]));
+  EXPECT_FALSE(SameViewDefinition(a.views[0], b.views[0]));
+}
+
+TEST(ConfigChangeTest, TheDefinitionFingerprintOfAnOpenSearchViewFollowsItsIndex) {
+  const std::string text = R"(pipeline: shop
+source:
+  dsn: "host=db dbname=shop"
+stores:
+  search:
+    type: opensearch
+    url: http://localhost:9200
+views:
+  - name: products
+    store: search
+    from: public.products
+    index: products
+)";
+  const Config config = Parse(text);
+  ASSERT_EQ(config.views.size(), 1u);
+  ViewConfig other = config.views[0];
+  EXPECT_EQ(ViewDefinitionFingerprint(other), ViewDefinitionFingerprint(config.views[0]));
+  other.index = "products_v2";
+  EXPECT_NE(ViewDefinitionFingerprint(other), ViewDefinitionFingerprint(config.views[0]));
+}
+
 }  // namespace
 }  // namespace pgderive

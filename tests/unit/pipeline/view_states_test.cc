@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 
 #include "tests/support/fake_sink.h"
@@ -75,6 +76,73 @@ TEST(PlanViewStartTest, ARedefinedViewIsRebuiltFromTheStart) {
                           /*redefined=*/true)
                 .why,
             ViewStart::Why::kNew);
+}
+
+BackfillView Defined(std::string definition) {
+  BackfillView view = View("v");
+  view.definition = std::move(definition);
+  return view;
+}
+
+ViewState Recorded(bool backfilling, std::string definition) {
+  ViewState state{backfilling, backfilling ? std::optional<std::string>("[\"7\"]") : std::nullopt,
+                  kColumns, kOid};
+  state.definition = std::move(definition);
+  return state;
+}
+
+TEST(PlanViewStartTest, AViewDefinedOtherwiseThanItsStoreRecordedIsRebuilt) {
+  // Changed in the file while pgderive was stopped: live or half backfilled, a rebuild
+  // (clear) from the start, recorded with the new definition.
+  for (bool backfilling : {false, true}) {
+    const States states = std::map<std::string, ViewState>{{"v", Recorded(backfilling, "v1:old")}};
+    const ViewStart start = PlanViewStart(Defined("v1:new"), states, kColumns, kOid);
+    EXPECT_EQ(start.why, ViewStart::Why::kRedefined);
+    ASSERT_TRUE(start.write);
+    EXPECT_TRUE(start.write->backfilling);
+    EXPECT_EQ(start.write->definition, "v1:new");
+    EXPECT_TRUE(start.clear);
+    EXPECT_TRUE(start.backfill);
+    EXPECT_EQ(start.after, std::nullopt);
+  }
+}
+
+TEST(PlanViewStartTest, AViewDefinedAsRecordedIsLeftAsItIs) {
+  const States live = std::map<std::string, ViewState>{{"v", Recorded(false, "v1:same")}};
+  ViewStart start = PlanViewStart(Defined("v1:same"), live, kColumns, kOid);
+  EXPECT_EQ(start.why, ViewStart::Why::kLive);
+  EXPECT_FALSE(start.write);
+  EXPECT_FALSE(start.backfill);
+  const States half = std::map<std::string, ViewState>{{"v", Recorded(true, "v1:same")}};
+  start = PlanViewStart(Defined("v1:same"), half, kColumns, kOid);
+  EXPECT_EQ(start.why, ViewStart::Why::kResume);
+  EXPECT_EQ(start.after, "[\"7\"]");
+  EXPECT_FALSE(start.clear);
+}
+
+TEST(PlanViewStartTest, AStateRecordedWithoutADefinitionIsTakenAsUnchanged) {
+  // Live: taken as unchanged, and its definition recorded (nothing else changes).
+  const States live = std::map<std::string, ViewState>{{"v", Recorded(false, "")}};
+  ViewStart start = PlanViewStart(Defined("v1:now"), live, kColumns, kOid);
+  EXPECT_EQ(start.why, ViewStart::Why::kLive);
+  ASSERT_TRUE(start.write);
+  EXPECT_FALSE(start.write->backfilling);
+  EXPECT_EQ(start.write->definition, "v1:now");
+  EXPECT_EQ(start.write->columns, kColumns);
+  EXPECT_EQ(start.write->table_oid, kOid);
+  EXPECT_FALSE(start.clear);
+  EXPECT_FALSE(start.backfill);
+  // Half backfilled: resumes (the backfill records the definition as it goes).
+  const States half = std::map<std::string, ViewState>{{"v", Recorded(true, "")}};
+  start = PlanViewStart(Defined("v1:now"), half, kColumns, kOid);
+  EXPECT_EQ(start.why, ViewStart::Why::kResume);
+  EXPECT_EQ(start.after, "[\"7\"]");
+  EXPECT_FALSE(start.clear);
+  // A new view records its definition.
+  start =
+      PlanViewStart(Defined("v1:now"), States(std::map<std::string, ViewState>{}), kColumns, kOid);
+  EXPECT_EQ(start.why, ViewStart::Why::kNew);
+  EXPECT_EQ(start.write->definition, "v1:now");
 }
 
 TEST(PlanViewStartTest, ABackfillingViewResumesAfterItsLastKey) {
@@ -207,6 +275,27 @@ TEST_F(ReconcileViewStatesTest, RecordsStatesAndQueuesBackfillsPerView) {
   EXPECT_TRUE(writes[0].state.backfilling);
   EXPECT_EQ((columns_[{"cache", "live"}]), ColumnsOf(*shapes_.at("public.t")));
   EXPECT_EQ(columns_.size(), 3u);
+}
+
+TEST_F(ReconcileViewStatesTest, AViewRedefinedWhileStoppedIsRebuiltWithItsMessage) {
+  std::vector<std::unique_ptr<Sink>> sinks;
+  auto cache = std::make_unique<FakeSink>("cache");
+  cache->SetBackfillsRows(true);
+  cache->SetViewStates(std::map<std::string, ViewState>{{"v", Recorded(false, "v1:old")}});
+  FakeSink& store = *cache;
+  sinks.push_back(std::move(cache));
+  ASSERT_TRUE(Reconcile(sinks, {Defined("v1:new")}).ok());
+  const std::vector<std::pair<std::string, std::optional<std::string>>> added = {
+      {"cache/public.t/v", std::nullopt}};
+  EXPECT_EQ(added_, added);
+  const auto writes = store.state_writes();
+  ASSERT_EQ(writes.size(), 1u);
+  EXPECT_TRUE(writes[0].clear);
+  EXPECT_TRUE(writes[0].state.backfilling);
+  EXPECT_EQ(writes[0].state.definition, "v1:new");
+  EXPECT_NE(std::find(info_.begin(), info_.end(),
+                      "the definition of view v changed: rebuilding it while streaming"),
+            info_.end());
 }
 
 TEST_F(ReconcileViewStatesTest, AStoreWithoutRecordedStatesIsRecordedLive) {

@@ -36,6 +36,20 @@ TEST(ViewStateTest, RecordsTheTableOid) {
   EXPECT_EQ(older->table_oid, 0u);
 }
 
+// The view's definition fingerprint travels with the state; a state written before it
+// was recorded reads empty (taken as unchanged at start).
+TEST(ViewStateTest, RecordsTheDefinition) {
+  ViewState state{false, std::nullopt, {"id 23"}, 16384};
+  state.definition = "v1:0123456789abcdef";
+  auto back = ViewState::FromJson(state.ToJson());
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->definition, "v1:0123456789abcdef");
+  auto older = ViewState::FromJson(R"({"state":"live","columns":["id 23"]})");
+  ASSERT_TRUE(older.has_value());
+  EXPECT_TRUE(older->definition.empty());
+  EXPECT_EQ(ViewState{}.ToJson().find("definition"), std::string::npos);
+}
+
 TEST(ViewStateTest, RefusesWhatItDidNotWrite) {
   for (const char* text : {"", "not json", "[]", "{}", R"({"state": 3})", "null"}) {
     EXPECT_FALSE(ViewState::FromJson(text).has_value()) << text;
