@@ -34,7 +34,7 @@ ViewStart PlanViewStart(const BackfillView& view,
     // A rebuild of the view begins: backfilling from the start, never live before its
     // fill completed.
     start.why = ViewStart::Why::kFill;
-    start.write = ViewState{true, std::nullopt, columns, oid};
+    start.write = ViewState{true, std::nullopt, columns, oid, view.definition};
     start.clear = true;
     start.backfill = true;
     return start;
