@@ -599,6 +599,17 @@ class ConnectedChecks {
       return;
     }
     Info("store " + store.name + " (opensearch): OpenSearch " + version.value());
+    // An index or alias of a view's name that the pipeline did not make is refused (as
+    // `run` refuses it): the sink's connect reads what the store records, writing nothing.
+    for (size_t i = 0; i < config_.views.size(); ++i) {
+      if (config_.views[i].store != store.name) continue;
+      auto it = sinks_.find(i);
+      if (it == sinks_.end()) continue;
+      Status connected = it->second->Connect();
+      if (!connected.ok() && connected.error().kind() != ErrorKind::kTransient) {
+        AtView(i, ".index", connected.error().message());
+      }
+    }
   }
 
   // `run` creates the schema `pgderive` (checkpoints, mirrors of the source tables) and

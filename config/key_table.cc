@@ -73,7 +73,8 @@ const std::vector<KeyDef>& Keys() {
       {"views[]", "key", Kind::kString, kRedis, true, "required",
        "the key template, e.g. `product:{id}`: literal text and `{column}`s of the row key "
        "(the primary key, or the replica identity index)"},
-      {"views[]", "index", Kind::kString, kOpenSearch, true, "required", "the index (lower-case)"},
+      {"views[]", "index", Kind::kString, kOpenSearch, true, "required",
+       "the alias readers query (lower-case); the documents live in `<index>-<n>` behind it"},
       {"views[]", "table", Kind::kString, kPostgres, true, "required",
        "the target table, `schema.table` (default schema `public`)"},
       {"views[]", "key", Kind::kStringList, kPostgres, true, "required",

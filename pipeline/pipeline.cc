@@ -119,6 +119,9 @@ std::optional<int> Pipeline::Prepare() {
   for (auto& sink : sinks_) {
     Status status = sink->Migrate();
     if (!status.ok()) return Fail("store " + sink->name() + ": " + status.error().message());
+    for (const std::string& notice : sink->TakeNotices()) {
+      logger_.Info("store " + sink->name() + ": " + notice, {{"store", sink->name()}});
+    }
   }
   return std::nullopt;
 }

@@ -109,6 +109,8 @@ void PipelineWorker::CountApplied(const BatchGroup& group, Lsn from) {
 }
 
 void PipelineWorker::ReportSourceReads() {
+  for (const std::string& notice : sink_.TakeNotices())
+    log_("store " + sink_.name() + ": " + notice);
   for (const SourceRead& read : sink_.TakeSourceReads()) {
     // A read because the change precedes the store's horizon is routine until the
     // stream passes it: counted, not logged one by one.
@@ -540,6 +542,8 @@ void PipelineWorker::CheckStore() {
   }
   if (!healthy_.load()) log_("store " + sink_.name() + " answers again");
   SetHealthy(true);
+  for (const std::string& notice : sink_.TakeNotices())
+    log_("store " + sink_.name() + ": " + notice);
   TakeChanges(std::move(changes).value());
 }
 

@@ -127,8 +127,8 @@ Status ApplyRows(const BatchGroup& group, Lsn checkpoint, const std::string& sto
               if (FailView(*view, entry.error())) continue;
               return entry.error();
             }
-            status = store.Put(*view, std::move(entry.value().first),
-                               std::move(entry.value().second), change.commit_lsn);
+            status = store.PutBackfill(*view, std::move(entry.value().first),
+                                       std::move(entry.value().second), change.commit_lsn);
             if (!status.ok()) break;
           }
           break;

@@ -8,7 +8,7 @@
 //     commit_lsn < checkpoint   skip: already applied (the one place a store decides it)
 //     truncate                  Truncate(view)             each view of a truncated table
 //     view state                RecordState(view, control) each view the control names
-//     backfill row              Put(view, key, value, lsn) each view the control names
+//     backfill row              PutBackfill(view, key, value, lsn) each view named
 //     insert, update, delete    per view of the table: the row's write (view_shape.h);
 //                               an update that left a TOASTed value out takes it from
 //                               Read(view, previous key), else from the source
@@ -60,6 +60,11 @@ class RowStore {
   virtual Result<std::optional<std::string>> Read(RowView& view, const std::string& key) = 0;
   // Writes the entry `key` with the JSON object `value`; `lsn`: the change's commit LSN.
   virtual Status Put(RowView& view, std::string key, std::string value, Lsn lsn) = 0;
+  // A backfill row: a store that rebuilds a view beside the one readers see (OpenSearch)
+  // writes it only into the one being built; the stream's writes go to both.
+  virtual Status PutBackfill(RowView& view, std::string key, std::string value, Lsn lsn) {
+    return Put(view, std::move(key), std::move(value), lsn);
+  }
   virtual Status Delete(RowView& view, std::string key, Lsn lsn) = 0;
   // Removes every entry of the view.
   virtual Status Truncate(RowView& view) = 0;

@@ -164,6 +164,9 @@ class Sink {
   // replaced since the last call (each change is reported once). A container recreated
   // by pgderive itself (a rebuild, a backfill that empties a view) is not reported.
   virtual Result<std::vector<StoreChange>> CheckStore() { return std::vector<StoreChange>{}; }
+  // Lines for the log about what the store did on its own since the last call (an index
+  // migrated, a rebuilt view switched to, an alias someone else moved).
+  virtual std::vector<std::string> TakeNotices() { return {}; }
   // Views stopped on their own while the store goes on (a column they name was
   // dropped): (view, reason). Such a view is no longer written until the configuration
   // is fixed; the others keep flowing.

@@ -1,5 +1,6 @@
 #include "sinks/opensearch/opensearch_client.h"
 
+#include <algorithm>
 #include <cctype>
 
 #include "base/redact.h"
@@ -204,6 +205,27 @@ Result<bool> OpenSearchClient::IndexExists(std::string_view index) {
   if (response.value().status == 200) return true;
   if (response.value().status == 404) return false;
   return HttpError("HEAD index", response.value());
+}
+
+Result<std::vector<std::string>> OpenSearchClient::AliasIndexes(std::string_view alias) {
+  auto response = http_.Send("GET", "/_alias/" + EncodePathSegment(alias));
+  if (!response.ok()) return response.error();
+  if (response.value().status == 404) return std::vector<std::string>();
+  if (response.value().status != 200) return HttpError("get alias", response.value());
+  auto body = ParseBody("get alias", response.value());
+  if (!body.ok()) return body.error();
+  // {"<index>": {"aliases": {"<alias>": {}}}, ...}
+  std::vector<std::string> out;
+  for (const auto& [index, entry] : body.value().items()) out.push_back(index);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+Status OpenSearchClient::UpdateAliases(const nlohmann::json& actions) {
+  auto response = http_.Send("POST", "/_aliases", nlohmann::json{{"actions", actions}}.dump());
+  if (!response.ok()) return response.error();
+  if (response.value().status != 200) return HttpError("_aliases", response.value());
+  return Status::Ok();
 }
 
 Result<std::optional<std::string>> OpenSearchClient::IndexUuid(std::string_view index) {

@@ -61,6 +61,12 @@ class OpenSearchClient {
   Result<bool> DeleteDocument(std::string_view index, std::string_view id);
   Result<long long> Count(std::string_view index);
   Result<bool> IndexExists(std::string_view index);
+  // The indexes the alias `alias` points to (sorted); empty when there is no such alias
+  // (an index of that name is no alias).
+  Result<std::vector<std::string>> AliasIndexes(std::string_view alias);
+  // POST /_aliases with `actions` (add, remove, remove_index): applied as one change of
+  // the cluster state, so readers of an alias see the old index or the new, never none.
+  Status UpdateAliases(const nlohmann::json& actions);
   // The UUID of `index` (the indexes behind it, comma-separated, when it is an alias),
   // or nullopt when there is none: a deleted and recreated index has another.
   Result<std::optional<std::string>> IndexUuid(std::string_view index);

@@ -30,6 +30,9 @@ constexpr size_t kBulksInFlight = 3;
 constexpr size_t kRelaxAtChanges = 5000;
 constexpr size_t kRestoreBelow = 500;
 constexpr const char* kFillRefresh = "30s";
+// How long an index switched away from is kept: a request a reader sent it just before
+// the alias moved is answered.
+constexpr auto kRetain = std::chrono::seconds(10);
 
 // {"<action>":{"_index":..,"_id":..,"version":..,"version_type":"external_gte"}}
 void AppendAction(std::string& out, const char* action, const std::string& index,
@@ -104,8 +107,8 @@ Result<std::unique_ptr<OpenSearchSink>> OpenSearchSink::Make(const Config& confi
   sink->ca_file_ = store.ca_file;
   for (const ViewConfig& view : config.views) {
     if (view.store != store.name) continue;
-    sink->views_.push_back(std::make_unique<View>(
-        View{{view, view.from, ViewShapes(view), {}, false}, nullptr, std::nullopt, false, false}));
+    sink->views_.push_back(
+        std::make_unique<View>(RowView{view, view.from, ViewShapes(view), {}, false}));
     sink->row_views_.push_back(sink->views_.back().get());
   }
   return sink;
@@ -177,10 +180,12 @@ Status OpenSearchSink::Connect() {
   if (!client.ok()) return client.error();
   auto version = client.value()->ServerVersion();
   if (!version.ok()) return version.error();
+  Status loaded = LoadGenerations(*client.value(), /*refuse=*/true);
+  if (!loaded.ok()) return loaded;
   // The indexes as they are now: CheckStore compares against these.
   for (auto& view : views_) {
-    if (view->uuid_known) continue;  // a reconnect: CheckStore judges what changed
-    auto uuid = client.value()->IndexUuid(view->config.index);
+    if (view->uuid_known || !view->serving) continue;  // a reconnect, or nothing served yet
+    auto uuid = client.value()->IndexUuid(Concrete(*view, *view->serving));
     if (!uuid.ok()) return uuid.error();
     if (!uuid.value()) continue;  // made by the rebuild or the view's first backfill
     view->uuid = uuid.value();
@@ -195,8 +200,39 @@ Result<std::vector<StoreChange>> OpenSearchSink::CheckStore() {
   if (!client.ok()) return client.error();
   std::vector<StoreChange> changes;
   for (auto& view : views_) {
-    auto uuid = client.value()->IndexUuid(view->config.index);
+    if (!view->serving) continue;  // nothing served yet
+    const std::string index = Concrete(*view, *view->serving);
+    auto uuid = client.value()->IndexUuid(index);
     if (!uuid.ok()) return uuid.error();
+    if (uuid.value() && *view->serving != 0) {
+      // The alias: put back when deleted; pointed elsewhere by someone else, said once.
+      auto aliased = client.value()->AliasIndexes(view->config.index);
+      if (!aliased.ok()) return aliased.error();
+      if (aliased.value().empty()) {
+        auto taken = client.value()->IndexExists(view->config.index);
+        if (!taken.ok()) return taken.error();
+        if (!taken.value()) {
+          Status status = client.value()->UpdateAliases(nlohmann::json::array(
+              {{{"add", {{"index", index}, {"alias", view->config.index}}}}}));
+          if (!status.ok()) return status.error();
+          notices_.push_back("view " + view->config.name + ": alias " + view->config.index +
+                             " was deleted: put back onto index " + index);
+        }
+      } else if (aliased.value() != std::vector<std::string>{index}) {
+        if (!view->alias_moved) {
+          std::string names;
+          for (const std::string& n : aliased.value()) names += (names.empty() ? "" : ", ") + n;
+          notices_.push_back("view " + view->config.name + ": alias " + view->config.index +
+                             " points to " + names + ", not to pgderive's index " + index +
+                             " (moved or rolled over by someone else): readers of the alias "
+                             "may not see the view; pgderive keeps writing " +
+                             index + ", and its next rebuild of the view moves the alias back");
+        }
+        view->alias_moved = true;
+      } else {
+        view->alias_moved = false;
+      }
+    }
     if (!view->uuid_known) {
       if (!uuid.value()) continue;  // not made yet
       view->uuid = uuid.value();
@@ -210,21 +246,265 @@ Result<std::vector<StoreChange>> OpenSearchSink::CheckStore() {
     view->change_reported = true;
     changes.push_back(
         {view->config.name,
-         "index " + view->config.index +
+         "index " + index +
              (uuid.value() ? " was replaced (UUID " + was + ", now " + *uuid.value() +
                                  "; an index made by a write has OpenSearch's dynamic mapping)"
                            : " (UUID " + was + ") was deleted")});
   }
+  Status dropped = DropRetired(*client.value());
+  if (!dropped.ok()) return dropped.error();
   return changes;
 }
 
-std::string OpenSearchSink::StateAction(const View& view, const ViewState& state) const {
+std::string OpenSearchSink::StateAction(View& view, const ViewState& state) const {
+  view.state = state;
+  nlohmann::json generations = {
+      {"serving", nullptr}, {"building", nullptr}, {"last", view.last}, {"retired", view.retired}};
+  if (view.serving) generations["serving"] = *view.serving;
+  if (view.building) generations["building"] = *view.building;
   std::string out = "{\"index\":{\"_index\":\"" + std::string(kCheckpointIndex) + "\",\"_id\":";
   AppendJsonString(out, StateId(view));
   out += "}}\n{\"view_state\":";
   AppendJsonString(out, WithDefinition(view, state).ToJson());
-  out += "}\n";
+  out += ",\"generations\":" + generations.dump() + "}\n";
   return out;
+}
+
+std::vector<std::string> OpenSearchSink::Targets(const View& view) {
+  std::vector<std::string> out;
+  if (view.serving) out.push_back(Concrete(view, *view.serving));
+  if (view.building && view.building != view.serving) out.push_back(Concrete(view, *view.building));
+  if (out.empty()) out.push_back(view.config.index);  // not started: as before generations
+  return out;
+}
+
+std::string OpenSearchSink::FillTarget(const View& view) {
+  if (view.building) return Concrete(view, *view.building);
+  return view.serving ? Concrete(view, *view.serving) : view.config.index;
+}
+
+std::string OpenSearchSink::ReadTarget(const View& view) {
+  if (view.serving) return Concrete(view, *view.serving);
+  return view.building ? Concrete(view, *view.building) : view.config.index;
+}
+
+Status OpenSearchSink::LoadGenerations(OpenSearchClient& client, bool refuse) {
+  std::optional<bool> legacy_store;  // no views' states recorded, but a checkpoint
+  for (auto& view : views_) {
+    if (view->loaded) continue;
+    const std::string& name = view->config.index;
+    auto document = client.Get(kCheckpointIndex, StateId(*view));
+    if (!document.ok()) return document.error();
+    auto aliased = client.AliasIndexes(name);
+    if (!aliased.ok()) return aliased.error();
+    bool concrete = false;
+    if (aliased.value().empty()) {
+      auto exists = client.IndexExists(name);
+      if (!exists.ok()) return exists.error();
+      concrete = exists.value();
+    }
+    const nlohmann::json* generations = nullptr;
+    if (document.value()) {
+      auto at = document.value()->source.find("generations");
+      if (at != document.value()->source.end() && at->is_object()) generations = &*at;
+      view->state = ViewState::FromJson(document.value()->source.value("view_state", ""));
+    }
+    auto refused = [&](const std::string& what) -> Status {
+      if (!refuse) return Status::Ok();
+      return Error::Permanent(
+          "view " + view->config.name + ": " + what + " in store " + name_ +
+          " was not made by pipeline " + checkpoint_id_.substr(0, checkpoint_id_.rfind('.')) +
+          " (" + kCheckpointIndex +
+          " has no record of it): pgderive does not write into or replace an index it did "
+          "not make; give the view another index: name, or remove " +
+          name + " yourself");
+    };
+    if (generations != nullptr) {
+      auto number = [&](const char* key) -> std::optional<int> {
+        auto it = generations->find(key);
+        if (it == generations->end() || !it->is_number_integer()) return std::nullopt;
+        return it->get<int>();
+      };
+      view->serving = number("serving");
+      view->building = number("building");
+      view->last = number("last").value_or(0);
+      view->retired.clear();
+      if (auto it = generations->find("retired"); it != generations->end() && it->is_array()) {
+        for (const auto& n : *it) {
+          if (n.is_number_integer()) view->retired.push_back(n.get<int>());
+        }
+      }
+      if (concrete && view->serving != 0) {
+        Status status = refused("index " + name + " (where pgderive's alias was)");
+        if (!status.ok()) return status;
+      }
+      view->migrate = concrete && view->serving == 0 && !view->building;
+      // The switch was made, its record not (a crash in between): the alias says.
+      if (view->building &&
+          aliased.value() == std::vector<std::string>{Concrete(*view, *view->building)}) {
+        if (view->serving && view->serving != 0) view->retired.push_back(*view->serving);
+        view->serving = view->building;
+        view->building.reset();
+      }
+    } else if (!aliased.value().empty()) {
+      std::string names;
+      for (const std::string& n : aliased.value()) names += (names.empty() ? "" : ", ") + n;
+      Status status = refused("alias " + name + " (of index " + names + ")");
+      if (!status.ok()) return status;
+    } else if (concrete) {
+      bool ours = document.value().has_value();
+      if (!ours) {
+        if (!legacy_store) {
+          auto registry = client.Get(kCheckpointIndex, checkpoint_id_ + "/views");
+          if (!registry.ok()) return registry.error();
+          auto checkpoint = client.Get(kCheckpointIndex, checkpoint_id_);
+          if (!checkpoint.ok()) return checkpoint.error();
+          legacy_store = !registry.value() && checkpoint.value();
+        }
+        ours = *legacy_store;
+      }
+      if (!ours) {
+        Status status = refused("index " + name);
+        if (!status.ok()) return status;
+      } else {
+        // Made by a pgderive before aliases: it serves until `run` migrates it.
+        view->serving = 0;
+        view->migrate = document.value().has_value();
+      }
+    }
+    view->loaded = true;
+  }
+  return Status::Ok();
+}
+
+Status OpenSearchSink::Migrate() {
+  std::lock_guard lock(mutex_);
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  for (auto& view : views_) {
+    if (!view->migrate) continue;
+    if (!view->building) {
+      notices_.push_back("view " + view->config.name + ": index " + view->config.index +
+                         " was made by a pgderive without aliases: migrating it once - filling " +
+                         Concrete(*view, view->last + 1) + " while " + view->config.index +
+                         " keeps serving and streaming, then one _aliases call deletes " +
+                         view->config.index + " and makes it an alias of the new index");
+    }
+    ViewState state = view->state.value_or(ViewState{});
+    state.backfilling = true;
+    state.after.reset();
+    Status status = StartGeneration(*client.value(), *view, state);
+    if (!status.ok()) return status;
+    std::string ndjson = StateAction(*view, state);
+    status = SendBulk(*client.value(), ndjson);
+    if (!status.ok()) return status;
+    view->backfilling = true;
+    view->migrate = false;
+  }
+  return DropRetired(*client.value());
+}
+
+Status OpenSearchSink::StartGeneration(OpenSearchClient& client, View& view,
+                                       const ViewState& state) {
+  // A served index that is gone (a store that lost it) has nothing left to keep serving.
+  if (view.serving) {
+    auto exists = client.IndexExists(Concrete(view, *view.serving));
+    if (!exists.ok()) return exists.error();
+    if (!exists.value()) view.serving.reset();
+  }
+  if (view.building) {
+    // Ours by record: emptied (made again) for the fill that starts over.
+    Status status = client.DeleteIndex(Concrete(view, *view.building), /*if_exists=*/true);
+    if (!status.ok()) return status;
+  } else {
+    int n = view.last + 1;
+    for (;; ++n) {  // a name someone else took is skipped, never reused
+      auto taken = client.IndexExists(Concrete(view, n));
+      if (!taken.ok()) return taken.error();
+      if (!taken.value()) break;
+    }
+    view.building = n;
+    view.last = n;
+    // Recorded before it is made: a crash in between leaves a record, not an index
+    // nobody knows of.
+    std::string ndjson = StateAction(view, state);
+    Status status = SendBulk(client, ndjson);
+    if (!status.ok()) return status;
+  }
+  nlohmann::json body = nlohmann::json::object();
+  if (view.schema) {
+    auto shape = view.shapes.For(view.schema);
+    if (!shape.ok()) return shape.error();
+    body = Mapping(*view.schema, shape.value()->columns(), *types_);
+  }
+  const std::string index = Concrete(view, *view.building);
+  Status status = client.CreateIndex(index, body, /*if_missing=*/false);
+  if (!status.ok()) return status;
+  if (!view.serving) return SwitchGeneration(client, view);  // nothing served: at once
+  return Status::Ok();
+}
+
+Status OpenSearchSink::SwitchGeneration(OpenSearchClient& client, View& view) {
+  if (!view.building) return Status::Ok();
+  const std::string index = Concrete(view, *view.building);
+  const std::string& alias = view.config.index;
+  auto aliased = client.AliasIndexes(alias);
+  if (!aliased.ok()) return aliased.error();
+  nlohmann::json actions = nlohmann::json::array();
+  for (const std::string& from : aliased.value()) {
+    if (from != index) actions.push_back({{"remove", {{"index", from}, {"alias", alias}}}});
+  }
+  if (view.serving == 0 && aliased.value().empty()) {
+    // The index of the alias's own name (a pgderive before aliases): deleted in the same
+    // call, so that readers of the name never find nothing.
+    auto exists = client.IndexExists(alias);
+    if (!exists.ok()) return exists.error();
+    if (exists.value()) actions.push_back({{"remove_index", {{"index", alias}}}});
+  }
+  actions.push_back({{"add", {{"index", index}, {"alias", alias}}}});
+  // Searchable whole before readers are sent to it (a fill refreshes every 30 s).
+  Status status = client.Refresh(index);
+  if (status.ok()) status = client.UpdateAliases(actions);
+  if (!status.ok()) return status;
+  std::string was;
+  if (view.serving) {
+    was = Concrete(view, *view.serving);
+    if (*view.serving != 0) view.retired.push_back(*view.serving);
+  }
+  view.serving = view.building;
+  view.building.reset();
+  view.alias_moved = false;
+  view.switched_at = std::chrono::steady_clock::now();
+  auto uuid = client.IndexUuid(index);
+  if (!uuid.ok()) return uuid.error();
+  view.uuid = uuid.value();
+  view.uuid_known = true;
+  view.change_reported = false;
+  notices_.push_back(
+      "view " + view.config.name + ": alias " + alias + " now on index " + index +
+      (was.empty() ? std::string()
+                   : " (was " + was +
+                         (view.retired.empty() ? ", deleted with it" : ", deleted in 10 s") + ")"));
+  return Status::Ok();
+}
+
+Status OpenSearchSink::DropRetired(OpenSearchClient& client, bool now) {
+  for (auto& view : views_) {
+    if (view->retired.empty()) continue;
+    if (!now && std::chrono::steady_clock::now() - view->switched_at < kRetain) continue;
+    for (int n : view->retired) {
+      if (n == view->serving || n == view->building) continue;
+      Status status = client.DeleteIndex(Concrete(*view, n), /*if_exists=*/true);
+      if (!status.ok()) return status;
+    }
+    view->retired.clear();
+    if (view->state) {
+      std::string ndjson = StateAction(*view, *view->state);
+      Status status = SendBulk(client, ndjson);
+      if (!status.ok()) return status;
+    }
+  }
+  return Status::Ok();
 }
 
 std::string OpenSearchSink::RegistryAction() const {
@@ -271,75 +551,70 @@ Status OpenSearchSink::WriteViewState(const std::string& view_name, const ViewSt
   if (view == nullptr) return Error::Permanent("no OpenSearch view named " + view_name);
   auto client = Client();
   if (!client.ok()) return client.error();
-  if (clear) {
-    Status status = RecreateIndex(*client.value(), *view);
-    if (!status.ok()) return status;
+  // `clear` or not, a fill from the start is a rebuild into a new generation: what
+  // readers see stays until it is complete.
+  (void)clear;
+  Status status = Status::Ok();
+  if (state.backfilling && !state.after) {
+    status = StartGeneration(*client.value(), *view, state);
+  } else if (!state.backfilling && view->building) {
+    status = SwitchGeneration(*client.value(), *view);
   }
+  if (!status.ok()) return status;
   std::string ndjson = StateAction(*view, state) + RegistryAction();
-  Status status = SendBulk(*client.value(), ndjson);
-  if (status.ok()) view->backfilling = state.backfilling;
-  return status;
+  status = SendBulk(*client.value(), ndjson);
+  if (!status.ok()) return status;
+  view->backfilling = state.backfilling;
+  return DropRetired(*client.value());
 }
 
 Result<std::vector<std::string>> OpenSearchSink::Teardown(bool views) {
   std::lock_guard lock(mutex_);
   auto client = Client();
   if (!client.ok()) return client.error();
+  // What the pipeline made, read before its record goes.
+  Status loaded = LoadGenerations(*client.value(), /*refuse=*/false);
+  if (!loaded.ok()) return loaded.error();
+  std::vector<std::string> removed;
   std::vector<std::string> ids{checkpoint_id_, checkpoint_id_ + "/views",
                                checkpoint_id_ + "/reread"};
-  for (const auto& view : views_) ids.push_back(StateId(*view));
-  std::vector<std::string> removed;
+  for (const auto& view : views_) {
+    ids.push_back(StateId(*view));
+    std::set<int> made(view->retired.begin(), view->retired.end());
+    if (view->serving) made.insert(*view->serving);
+    if (view->building) made.insert(*view->building);
+    for (int n : made) {
+      const std::string index = Concrete(*view, n);
+      ids.push_back(RelaxedId(index));
+      if (!views) continue;
+      if (n == 0) {  // the index of the view's own name: only while it is no alias
+        auto aliased = client.value()->AliasIndexes(index);
+        if (!aliased.ok()) return aliased.error();
+        if (!aliased.value().empty()) continue;
+      }
+      auto exists = client.value()->IndexExists(index);
+      if (!exists.ok()) return exists.error();
+      if (!exists.value()) continue;
+      Status status = client.value()->DeleteIndex(index, /*if_exists=*/true);
+      if (!status.ok()) return status.error();
+      removed.push_back("index " + index + " (view " + view->config.name +
+                        (n == 0 ? ")" : ", with its alias " + view->config.index + ")"));
+    }
+    if (views) {
+      view->serving.reset();
+      view->building.reset();
+      view->retired.clear();
+    }
+  }
   for (const std::string& id : ids) {
     auto deleted = client.value()->DeleteDocument(kCheckpointIndex, id);
     if (!deleted.ok()) return deleted.error();
     if (deleted.value()) removed.push_back("document " + std::string(kCheckpointIndex) + "/" + id);
   }
   horizon_loaded_ = false;
-  if (views) {
-    for (const auto& view : views_) {
-      auto exists = client.value()->IndexExists(view->config.index);
-      if (!exists.ok()) return exists.error();
-      if (!exists.value()) continue;
-      Status status = client.value()->DeleteIndex(view->config.index, /*if_exists=*/true);
-      if (!status.ok()) return status.error();
-      removed.push_back("index " + view->config.index + " (view " + view->config.name + ")");
-    }
-  }
-  // The checkpoints' index, once no pipeline keeps anything in it (refreshed: the count
-  // sees every document written so far).
-  auto exists = client.value()->IndexExists(kCheckpointIndex);
-  if (!exists.ok()) return exists.error();
-  if (exists.value()) {
-    Status refreshed = client.value()->Refresh(kCheckpointIndex);
-    if (!refreshed.ok()) return refreshed.error();
-    auto count = client.value()->Count(kCheckpointIndex);
-    if (!count.ok()) return count.error();
-    if (count.value() == 0) {
-      Status status = client.value()->DeleteIndex(kCheckpointIndex, /*if_exists=*/true);
-      if (!status.ok()) return status.error();
-      removed.push_back("index " + std::string(kCheckpointIndex) + " (no pipeline left in it)");
-    }
-  }
+  // The checkpoints' index stays: other pipelines share it, and deleting it when it
+  // looks empty could lose the first document of one that starts at that moment.
   return removed;
-}
-
-Status OpenSearchSink::RecreateIndex(OpenSearchClient& client, View& view) {
-  Status status = client.DeleteIndex(view.config.index, /*if_exists=*/true);
-  if (!status.ok()) return status;
-  nlohmann::json body = nlohmann::json::object();
-  if (view.schema) {
-    auto shape = view.shapes.For(view.schema);
-    if (!shape.ok()) return shape.error();
-    body = Mapping(*view.schema, shape.value()->columns(), *types_);
-  }
-  status = client.CreateIndex(view.config.index, body, /*if_missing=*/false);
-  if (!status.ok()) return status;
-  auto uuid = client.IndexUuid(view.config.index);
-  if (!uuid.ok()) return uuid.error();
-  view.uuid = uuid.value();
-  view.uuid_known = true;
-  view.change_reported = false;
-  return Status::Ok();
 }
 
 Result<std::optional<Lsn>> OpenSearchSink::ReadCheckpoint() {
@@ -353,11 +628,11 @@ Result<std::optional<Lsn>> OpenSearchSink::ReadCheckpoint() {
   if (!states.ok()) return states.error();
   for (const auto& view : views_) {
     if (states.value() && !states.value()->contains(view->config.name)) continue;
-    auto exists = client.value()->IndexExists(view->config.index);
+    auto exists = client.value()->IndexExists(ReadTarget(*view));
     if (!exists.ok()) return exists.error();
     if (!exists.value()) {  // the index is gone: data lost
       missing_reason_ =
-          "index " + view->config.index + " of view " + view->config.name + " is missing";
+          "index " + ReadTarget(*view) + " of view " + view->config.name + " is missing";
       return std::optional<Lsn>();
     }
   }
@@ -441,7 +716,9 @@ Status OpenSearchSink::WriteCheckpoint(OpenSearchClient& client, std::optional<L
 
 Status OpenSearchSink::PaceRefresh(OpenSearchClient& client, size_t changes) {
   std::set<std::string> indexes;
-  for (const auto& view : views_) indexes.insert(view->config.index);
+  for (const auto& view : views_) {
+    for (const std::string& index : Targets(*view)) indexes.insert(index);
+  }
   if (!relaxed_loaded_) {
     // What an earlier run relaxed and did not restore (a crash, a stop mid-fill).
     relaxed_.clear();
@@ -534,26 +811,37 @@ Status OpenSearchSink::BeginRebuild(Lsn) {
   if (!status.ok()) return status;
   source_.SetHorizon(Lsn{});
   horizon_loaded_ = true;
-  rebuilt_ = true;
+  // Each view into a new generation; what is served stays until EndRebuild.
   for (auto& view : views_) {
-    status = RecreateIndex(*client.value(), *view);
+    status = StartGeneration(
+        *client.value(), *view,
+        ViewState{true, std::nullopt,
+                  view->schema ? ColumnsOf(*view->schema) : std::vector<std::string>{},
+                  view->schema ? view->schema->id.value : 0});
     if (!status.ok()) return status;
+    rebuilt_.push_back(Concrete(*view, view->building ? *view->building : *view->serving));
   }
   return Status::Ok();
 }
 
 Status OpenSearchSink::UndoRebuild() {
   std::lock_guard lock(mutex_);
-  if (!rebuilt_) return Status::Ok();
+  if (rebuilt_.empty()) return Status::Ok();
   auto client = Client();
   if (!client.ok()) return client.error();
-  for (auto& view : views_) {
-    Status status = client.value()->DeleteIndex(view->config.index, /*if_exists=*/true);
+  for (const std::string& index : rebuilt_) {
+    Status status = client.value()->DeleteIndex(index, /*if_exists=*/true);
     if (!status.ok()) return status;
+  }
+  rebuilt_.clear();
+  for (auto& view : views_) {
     view->uuid.reset();
     view->uuid_known = false;
+    view->loaded = false;  // read again from the store
+    view->serving.reset();
+    view->building.reset();
   }
-  return Status::Ok();
+  return LoadGenerations(*client.value(), /*refuse=*/false);
 }
 
 Status OpenSearchSink::ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
@@ -579,7 +867,7 @@ Status OpenSearchSink::ApplySnapshotRows(const std::shared_ptr<const RelationSch
         if (FailView(*view, id.error())) break;  // this view stops, not the store
         return id.error();
       }
-      AppendAction(ndjson, "index", view->config.index, id.value(), Lsn{1});
+      AppendAction(ndjson, "index", FillTarget(*view), id.value(), Lsn{1});
       Status status = shape->AppendValue(ndjson, row, types, nullptr);
       if (!status.ok()) return status;
       ndjson += '\n';
@@ -596,6 +884,11 @@ Status OpenSearchSink::EndRebuild(Lsn snapshot_lsn) {
   auto client = Client();
   if (!client.ok()) return client.error();
   // Every view is live as of the snapshot (recorded before the checkpoint).
+  for (auto& view : views_) {
+    Status status = SwitchGeneration(*client.value(), *view);
+    if (!status.ok()) return status;
+  }
+  rebuilt_.clear();
   std::string ndjson = RegistryAction();
   for (auto& view : views_) {
     view->backfilling = false;
@@ -605,8 +898,9 @@ Status OpenSearchSink::EndRebuild(Lsn snapshot_lsn) {
                          view->schema ? view->schema->id.value : 0});
   }
   Status status = SendBulk(*client.value(), ndjson);
+  if (status.ok()) status = WriteCheckpoint(*client.value(), snapshot_lsn);
   if (!status.ok()) return status;
-  return WriteCheckpoint(*client.value(), snapshot_lsn);
+  return DropRetired(*client.value());
 }
 
 // The writes of one Apply, as _bulk actions (bulk_buffer.h), sent at the end or before a
@@ -619,7 +913,7 @@ class OpenSearchSink::Writer : public RowStore {
   // did not write has no action queued, so it is read as it is, without sending the
   // queue first.
   Result<std::optional<std::string>> Read(RowView& view, const std::string& key) override {
-    const std::string& index = view.config.index;
+    const std::string index = ReadTarget(static_cast<View&>(view));
     if (auto at = written_.find(WrittenKey(index, key)); at != written_.end()) return at->second;
     if (truncated_.contains(index)) return std::optional<std::string>();
     auto got = client_.Get(index, key);
@@ -629,44 +923,63 @@ class OpenSearchSink::Writer : public RowStore {
   }
   // Versioned by the change's commit LSN (a backfill row: its chunk's watermark, newer
   // than every change before it, older than every change after it).
+  // Into every index the stream writes (the served one and the one being built).
   Status Put(RowView& view, std::string key, std::string value, Lsn lsn) override {
-    const std::string& index = view.config.index;
-    std::string action;
-    action.reserve(value.size() + 128);
-    AppendAction(action, "index", index, key, lsn);
-    action += value;
-    action += '\n';
-    bulk_.Add(index, key, std::move(action));
-    written_[WrittenKey(index, key)] = std::move(value);
+    for (const std::string& index : Targets(static_cast<View&>(view)))
+      PutInto(index, key, value, lsn);
+    written_[WrittenKey(ReadTarget(static_cast<View&>(view)), key)] = std::move(value);
+    return Status::Ok();
+  }
+  // Into the index being built alone: the served one is complete already.
+  Status PutBackfill(RowView& view, std::string key, std::string value, Lsn lsn) override {
+    const View& v = static_cast<View&>(view);
+    const std::string index = FillTarget(v);
+    PutInto(index, key, value, lsn);
+    if (index == ReadTarget(v)) written_[WrittenKey(index, key)] = std::move(value);
     return Status::Ok();
   }
   Status Delete(RowView& view, std::string key, Lsn lsn) override {
-    const std::string& index = view.config.index;
-    std::string action;
-    AppendAction(action, "delete", index, key, lsn);
-    bulk_.Add(index, key, std::move(action));
-    written_[WrittenKey(index, key)] = std::nullopt;
+    for (const std::string& index : Targets(static_cast<View&>(view))) {
+      std::string action;
+      AppendAction(action, "delete", index, key, lsn);
+      bulk_.Add(index, key, std::move(action));
+    }
+    written_[WrittenKey(ReadTarget(static_cast<View&>(view)), key)] = std::nullopt;
     return Status::Ok();
   }
   Status Truncate(RowView& view) override {
-    bulk_.Truncate(view.config.index);
-    // Queued: every document not written after it is gone.
-    Forget(view.config.index);
-    truncated_.insert(view.config.index);
+    for (const std::string& index : Targets(static_cast<View&>(view))) {
+      bulk_.Truncate(index);
+      // Queued: every document not written after it is gone.
+      Forget(index);
+      truncated_.insert(index);
+    }
     return Status::Ok();
   }
   // Sent once every item of the data's _bulk succeeded (a _bulk is not all or nothing),
   // before the checkpoint.
   Status RecordState(RowView& row_view, const ViewControl& control) override {
     View& view = static_cast<View&>(row_view);  // every RowView here is a View
-    if (control.clear) {
+    const ViewState state{control.backfilling, control.after, control.columns, control.table_oid};
+    // A fill from the start (`clear` or not: a rebuild, a reshape) goes into a new
+    // generation; the state back to live moves the alias onto it. Both after every
+    // write queued before them.
+    const bool starts = control.backfilling && !control.after;
+    if (starts || (!control.backfilling && view.building)) {
       Status status = Flush();
-      if (status.ok()) status = sink_.RecreateIndex(client_, view);
+      if (status.ok()) {
+        status = starts ? sink_.StartGeneration(client_, view, state)
+                        : sink_.SwitchGeneration(client_, view);
+      }
       if (!status.ok()) return status;
-      Forget(view.config.index);
+      for (int n : {view.serving.value_or(-1), view.building.value_or(-1)}) {
+        if (n >= 0) {
+          Forget(Concrete(view, n));
+          truncated_.erase(Concrete(view, n));
+        }
+      }
     }
-    states_[view.config.name] = sink_.StateAction(
-        view, ViewState{control.backfilling, control.after, control.columns, control.table_oid});
+    states_[view.config.name] = sink_.StateAction(view, state);
     return Status::Ok();
   }
   // Recorded before the data read (a _bulk is not atomic).
@@ -683,8 +996,10 @@ class OpenSearchSink::Writer : public RowStore {
       status = sink_.SendBulk(client_, ndjson);
       if (!status.ok()) return status;
     }
-    if (checkpoint) return sink_.WriteCheckpoint(client_, *checkpoint);
-    return Status::Ok();
+    if (checkpoint) status = sink_.WriteCheckpoint(client_, *checkpoint);
+    if (!status.ok()) return status;
+    // The generations switched away from, once the switch is recorded.
+    return sink_.DropRetired(client_);
   }
 
  private:
@@ -693,6 +1008,15 @@ class OpenSearchSink::Writer : public RowStore {
     key += '\0';
     key += id;
     return key;
+  }
+  void PutInto(const std::string& index, const std::string& key, const std::string& value,
+               Lsn lsn) {
+    std::string action;
+    action.reserve(value.size() + 128);
+    AppendAction(action, "index", index, key, lsn);
+    action += value;
+    action += '\n';
+    bulk_.Add(index, key, std::move(action));
   }
   // Forgets what this Apply wrote into `index` (emptied).
   void Forget(const std::string& index) {

@@ -25,16 +25,35 @@
 // checkpoint index (`<pipeline>.<store>/refresh/<index>`), so that a start after a crash
 // or a stop mid-fill restores it.
 //
+// Indexes and the alias: the view's `index:` names an alias; the documents live in a
+// concrete index `<index>-<n>`, n a generation recorded in the view's state document
+// (`generations`: serving, building, last, retired). A rebuild (a view new or refilled,
+// `pgderive backfill`, its table reshaped, a store that lost its data: a view state
+// that starts a fill from the start) makes generation n+1 with pgderive's mapping,
+// recorded before it is created; backfill rows go into it alone, the stream's writes
+// into both, so the served index stays complete and current. When the view's state
+// goes back to live, one `_aliases` call moves the alias (removing it from whatever it
+// pointed to), then the state records the new generation and the old index is deleted.
+// A crash in between resumes the fill into the recorded index; the alias moves only at
+// the end. A view with nothing served yet (new, or its index gone) serves its first
+// generation at once. An index of the view's name made by a pgderive before aliases
+// (its state document has no generations) is migrated once by `run`: filled into
+// `<index>-1` the same way, and the switch deletes the old index and adds the alias in
+// one `_aliases` call (remove_index). An index or alias of the view's name that this
+// pipeline has no record of is someone else's: refused, never written or deleted.
+//
 // Checkpoint: the document `<pipeline>.<store>` of the index `pgderive-checkpoints`,
 // written after the batch's `_bulk` requests succeeded item by item (OpenSearch has no
 // transaction across documents; the versions make the replay after a crash between the
 // two a no-op). An index that went missing means the store lost data: no checkpoint.
 
+#include <chrono>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "config/config.h"
@@ -58,17 +77,27 @@ class OpenSearchSink : public Sink, public ViewInspector {
   // index mappings, made before any row is read.
   Status Resolve(SqlSession& source, bool checked = false) override;
   Status Check(const std::shared_ptr<const RelationSchema>& schema) override;
-  Status Connect() override;
   Result<std::optional<Lsn>> ReadCheckpoint() override;
   std::string missing_checkpoint_reason() override {
     std::lock_guard lock(mutex_);
     return missing_reason_;
   }
-  // Each view's index against the UUID recorded when pgderive connected or created it:
-  // an index deleted (or deleted and created again, by hand or by a write that
-  // auto-created it with a dynamic mapping) is reported once, until the view is emptied
-  // (RecreateIndex) and refilled.
+  // Reads each view's generations; refuses (permanent error, nothing created) an index
+  // or alias of a view's name that the pipeline has no record of.
+  Status Connect() override;
+  // Starts the migration of the views whose index was made by a pgderive before aliases.
+  Status Migrate() override;
+  // Each view's served index against the UUID recorded when pgderive connected or
+  // created it: an index deleted (or deleted and created again, by hand or by a write
+  // that auto-created it with a dynamic mapping) is reported once, until the view is
+  // refilled into a new generation. The alias: put back when deleted; pointed elsewhere
+  // by someone else (a rollover), said once in a notice, not refilled - pgderive keeps
+  // writing its own index, and its next rebuild moves the alias back.
   Result<std::vector<StoreChange>> CheckStore() override;
+  std::vector<std::string> TakeNotices() override {
+    std::lock_guard lock(mutex_);
+    return std::exchange(notices_, {});
+  }
   Status BeginRebuild(Lsn snapshot_lsn) override;
   Status ApplySnapshotRows(const std::shared_ptr<const RelationSchema>& schema,
                            std::span<const TupleData> rows, const TypeRegistry& types) override;
@@ -80,8 +109,9 @@ class OpenSearchSink : public Sink, public ViewInspector {
   Result<std::optional<std::map<std::string, ViewState>>> ReadViewStates() override;
   Status WriteViewState(const std::string& view, const ViewState& state, bool clear) override;
   // The pipeline's documents in pgderive-checkpoints (checkpoint, views' states,
-  // horizon), and that index once no pipeline has a document in it; with `views`, each
-  // view's index.
+  // horizon, refresh records; the index itself is shared by pipelines and stays); with
+  // `views`, each view's recorded generations (the alias goes with them), never an
+  // index the pipeline did not make.
   Result<std::vector<std::string>> Teardown(bool views) override;
   std::vector<std::pair<std::string, std::string>> failed_views() override {
     std::lock_guard lock(mutex_);
@@ -106,11 +136,25 @@ class OpenSearchSink : public Sink, public ViewInspector {
                                 const TypeRegistry& types);
 
   struct View : RowView {
-    std::shared_ptr<const RelationSchema> schema;  // from Check, for the mapping
-    // The index's UUID as pgderive last saw it (nullopt: absent), once known.
+    explicit View(RowView row) : RowView(std::move(row)) {}
+    std::shared_ptr<const RelationSchema> schema = nullptr;  // from Check, for the mapping
+    // The served index's UUID as pgderive last saw it (nullopt: absent), once known.
     std::optional<std::string> uuid;
     bool uuid_known = false;
-    bool change_reported = false;  // until RecreateIndex makes the index again
+    bool change_reported = false;  // until a new generation serves
+    // Generations (above); 0 is the index of the view's own name (a pgderive before
+    // aliases). Loaded from the store at the first Connect (or Teardown).
+    std::optional<int> serving;
+    std::optional<int> building;
+    std::vector<int> retired;  // switched away from; deleted after the switch is recorded
+    // When the last switch happened: the retired indexes are kept kRetain after it, for
+    // the requests a reader sent them just before.
+    std::chrono::steady_clock::time_point switched_at{};
+    int last = 0;  // the highest generation made
+    bool loaded = false;
+    bool migrate = false;            // serving is generation 0, and the store records its state
+    bool alias_moved = false;        // said once: the alias points elsewhere
+    std::optional<ViewState> state;  // as last recorded
   };
 
  private:
@@ -138,13 +182,31 @@ class OpenSearchSink : public Sink, public ViewInspector {
   std::string RelaxedId(const std::string& index) const {
     return checkpoint_id_ + "/refresh/" + index;
   }
-  // Deletes the view's index and creates it again, empty, with the view's mapping.
-  Status RecreateIndex(OpenSearchClient& client, View& view);
+  // Generations (above). The concrete index of generation n.
+  static std::string Concrete(const View& view, int n) {
+    return n == 0 ? view.config.index : view.config.index + "-" + std::to_string(n);
+  }
+  // The indexes the stream writes (served and being built), the one a backfill row goes
+  // to, the one read back (the served one: complete).
+  static std::vector<std::string> Targets(const View& view);
+  static std::string FillTarget(const View& view);
+  static std::string ReadTarget(const View& view);
+  // Reads the generations of the views not loaded yet; with `refuse`, an index or alias
+  // of a view's name the pipeline did not make is a permanent error.
+  Status LoadGenerations(OpenSearchClient& client, bool refuse);
+  // A fill from the start begins: records and creates the next generation (or empties
+  // the one being built); with nothing served, it serves at once.
+  Status StartGeneration(OpenSearchClient& client, View& view, const ViewState& state);
+  // The alias onto the generation being built, in one _aliases call.
+  Status SwitchGeneration(OpenSearchClient& client, View& view);
+  // Deletes the retired generations kept long enough (all of them with `now`) and
+  // records that they are gone.
+  Status DropRetired(OpenSearchClient& client, bool now = false);
   // Each view's state document (in the checkpoint index, next to the checkpoint).
   std::string StateId(const View& view) const {
     return checkpoint_id_ + "/view/" + view.config.name;
   }
-  std::string StateAction(const View& view, const ViewState& state) const;
+  std::string StateAction(View& view, const ViewState& state) const;
   // The document saying that the store records views' states.
   std::string RegistryAction() const;
   Result<std::optional<std::map<std::string, ViewState>>> ReadStates(OpenSearchClient& client);
@@ -155,7 +217,9 @@ class OpenSearchSink : public Sink, public ViewInspector {
   std::string checkpoint_id_;
   std::vector<std::unique_ptr<View>> views_;
   std::vector<RowView*> row_views_;  // the same views, for ApplyRows
-  bool rebuilt_ = false;             // BeginRebuild (re)created the views' indexes in this process
+  // The indexes BeginRebuild made in this process (UndoRebuild deletes them).
+  std::vector<std::string> rebuilt_;
+  std::vector<std::string> notices_;  // TakeNotices
   std::mutex mutex_;
   std::optional<OpenSearchClient> client_;
   std::vector<OpenSearchClient> senders_;  // the other requests in flight (SendChunks)

@@ -242,11 +242,12 @@ TEST_F(OnePipelineTest, TeardownRemovesPgderivesThingsKeepsViewsIsIdempotent) {
   // A second teardown finds nothing left.
   std::tie(code, out) = Command({PgderiveBinary(), "teardown", "-c", config, "--views"}, err);
   EXPECT_EQ(code, 0) << err;
-  // (The views' keys and index are still there: --views removes them now; the table is
-  // no longer recorded as pgderive's and stays.)
-  EXPECT_EQ(out, "removed from store cache: 20 key(s) of view rows (" + table_ +
-                     ":*)\nremoved from store search: index " + index_ + " (view docs)\npipeline " +
+  // (The views' keys are still there: --views removes them now; the index and the table
+  // are no longer recorded as pgderive's and stay.)
+  EXPECT_EQ(out, "removed from store cache: 20 key(s) of view rows (" + table_ + ":*)\npipeline " +
                      p + " is torn down, its views' data with it\n");
+  EXPECT_EQ(Os("HEAD", "/" + index_).first, 200);
+  Os("DELETE", "/" + index_ + "-1");
   std::tie(code, out) = Command({PgderiveBinary(), "teardown", "-c", config, "--views"}, err);
   EXPECT_EQ(code, 0) << err;
   EXPECT_EQ(out, "pipeline " + p + ": nothing left to remove\n");
@@ -293,7 +294,10 @@ TEST_F(OnePipelineTest, TeardownWithViewsAndAStoreDown) {
   EXPECT_TRUE(
       Contains(out, "removed from store search: document pgderive-checkpoints/" + p + ".search\n"))
       << out;
-  EXPECT_TRUE(Contains(out, "removed from store search: index " + index_ + " (view docs)\n"))
+  EXPECT_TRUE(Contains(out, "removed from store search: index " + index_ +
+                                "-1 (view docs, with "
+                                "its alias " +
+                                index_ + ")\n"))
       << out;
   EXPECT_FALSE(Contains(out, "store cache")) << out;
   EXPECT_FALSE(Contains(out, "the source")) << out;

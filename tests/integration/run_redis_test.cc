@@ -287,7 +287,7 @@ TEST_F(RunRedisTest, RedisAndOpenSearchThroughARandomWorkloadOfEveryType) {
   EXPECT_EQ(run_->Wait(std::chrono::seconds(10)), 0) << RunErr();
   auto search = OpenSearchClient::Create({.url = stack.opensearch_url(), .ca_file = ""});
   ASSERT_TRUE(search.ok());
-  IgnoreError(search.value().DeleteIndex(index, true), "test cleanup");
+  IgnoreError(search.value().DeleteIndex(index + "-1", true), "test cleanup");
 }
 
 // A fill (a catch-up's worth of changes in one Apply) relaxes the view index's refresh
@@ -296,6 +296,7 @@ TEST_F(RunRedisTest, RedisAndOpenSearchThroughARandomWorkloadOfEveryType) {
 TEST_F(RunRedisTest, OpenSearchFillRelaxesRefreshAndRestoresTheIndexOwnSetting) {
   PGDERIVE_REQUIRE_STACK();
   const std::string index = UniqueName("run_fill");
+  const std::string concrete = index + "-1";  // the view's first generation, behind the alias
   MustExecute(*sql_, "create table " + table_ + " (id int primary key, t text)");
   const std::string config = (dir_ / "search.yml").string();
   std::ofstream(config) << "pipeline: " << pipeline_ << "\nsource:\n  dsn: " << endpoints_.pg_dsn
@@ -309,19 +310,19 @@ TEST_F(RunRedisTest, OpenSearchFillRelaxesRefreshAndRestoresTheIndexOwnSetting) 
   auto search = OpenSearchClient::Create({.url = stack.opensearch_url(), .ca_file = ""});
   ASSERT_TRUE(search.ok());
   auto settings_version = [&] {
-    auto r = http.value().Send("GET", "/_cluster/state/metadata/" + index +
+    auto r = http.value().Send("GET", "/_cluster/state/metadata/" + concrete +
                                           "?filter_path=metadata.indices.*.settings_version");
     if (!r.ok()) return -1L;
     auto body = json::parse(r.value().body, nullptr, false);
     if (body.is_discarded() || !body.contains("metadata")) return -1L;
-    return body["metadata"]["indices"][index].value("settings_version", -1L);
+    return body["metadata"]["indices"][concrete].value("settings_version", -1L);
   };
   auto own_setting = [&] {
     auto got = search.value().RefreshInterval(index);
     return got.ok() && got.value() ? *got.value() : std::string("none");
   };
   const std::string marker_path =
-      "/pgderive-checkpoints/_doc/" + pipeline_ + ".search%2Frefresh%2F" + index;
+      "/pgderive-checkpoints/_doc/" + pipeline_ + ".search%2Frefresh%2F" + concrete;
   auto marker = [&] {
     auto r = http.value().Send("GET", marker_path);
     return r.ok() ? r.value().status : 0L;
@@ -353,7 +354,7 @@ TEST_F(RunRedisTest, OpenSearchFillRelaxesRefreshAndRestoresTheIndexOwnSetting) 
   run_->Wait(std::chrono::seconds(10));
   ASSERT_TRUE(search.value().SetRefreshInterval(index, std::string("30s")).ok());
   auto put = http.value().Send("PUT", marker_path + "?refresh=true",
-                               R"({"index":")" + index + R"(","refresh_interval":"7s"})");
+                               R"({"index":")" + concrete + R"(","refresh_interval":"7s"})");
   ASSERT_TRUE(put.ok() && put.value().status < 300);
   StartRun(config);
   MustExecute(*sql_, "insert into " + table_ + " values (30002, 'small')");
@@ -362,7 +363,7 @@ TEST_F(RunRedisTest, OpenSearchFillRelaxesRefreshAndRestoresTheIndexOwnSetting) 
   EXPECT_TRUE(WaitFor([&] { return count() == 30002; })) << RunErr();
   run_->Signal(SIGTERM);
   EXPECT_EQ(run_->Wait(std::chrono::seconds(10)), 0) << RunErr();
-  IgnoreError(search.value().DeleteIndex(index, true), "test cleanup");
+  IgnoreError(search.value().DeleteIndex(index + "-1", true), "test cleanup");
 }
 
 TEST_F(RunRedisTest, BadViewsAreRefusedAndCreateNothing) {

@@ -58,8 +58,9 @@ class StoreChangeTest : public testing::PipelineTest {
     const json body = json::parse(
         HttpRequest(endpoints_.opensearch_url, "GET", "/" + index_ + "/_mapping").second, nullptr,
         false);
-    if (body.is_discarded() || !body.contains(index_)) return nullptr;
-    return body[index_]["mappings"];
+    // Keyed by the index behind the alias.
+    if (!body.is_object() || body.size() != 1) return nullptr;
+    return body.begin().value()["mappings"];
   }
 
   std::string table_, index_, config_;
@@ -75,11 +76,15 @@ TEST_F(StoreChangeTest, DeletedIndexLeavesLiveAndIsRefilledWithItsMapping) {
   ASSERT_FALSE(mapping.is_null());
   ASSERT_EQ(mapping.value("dynamic", ""), "false") << mapping.dump();
 
-  // Deleted behind pgderive's back, then written to at once: the first bulk recreates
-  // the index with OpenSearch's dynamic mapping before any check can see it gone.
+  // The index behind the view's alias deleted behind pgderive's back, then written to at
+  // once: the first bulk recreates the index with OpenSearch's dynamic mapping before
+  // any check can see it gone.
   auto search = Search();
   ASSERT_TRUE(search);
-  ASSERT_TRUE(search->DeleteIndex(index_, false).ok());
+  auto behind = search->AliasIndexes(index_);
+  ASSERT_TRUE(behind.ok());
+  ASSERT_EQ(behind.value(), std::vector<std::string>{index_ + "-1"});
+  ASSERT_TRUE(search->DeleteIndex(index_ + "-1", false).ok());
   MustExecute(*sql_, "insert into " + table_ + " values (100001, 'new', 1)");
   MustExecute(*sql_, "update " + table_ + " set name = 'changed' where id = 7");
   MustExecute(*sql_, "delete from " + table_ + " where id = 8");
@@ -96,7 +101,8 @@ TEST_F(StoreChangeTest, DeletedIndexLeavesLiveAndIsRefilledWithItsMapping) {
       kDeadline))
       << Http("/status").second << RunLog();
   EXPECT_EQ(seen.value("state", ""), "backfilling") << seen.dump();
-  EXPECT_NE(seen.value("reason", "").find("index " + index_), std::string::npos) << seen.dump();
+  EXPECT_NE(seen.value("reason", "").find("index " + index_ + "-1"), std::string::npos)
+      << seen.dump();
   // The log line names the store, the view, the index and the LSN.
   ASSERT_TRUE(testing::WaitFor(
       [&] {
@@ -124,6 +130,10 @@ TEST_F(StoreChangeTest, DeletedIndexLeavesLiveAndIsRefilledWithItsMapping) {
   for (const auto& r : rows.value().rows) {
     expected[*r[0]] = {{"id", std::stoi(*r[0])}, {"name", *r[1]}, {"n", std::stoi(*r[2])}};
   }
+  // Refilled into a generation of its own, the alias moved onto it.
+  behind = search->AliasIndexes(index_);
+  ASSERT_TRUE(behind.ok());
+  EXPECT_EQ(behind.value(), std::vector<std::string>{index_ + "-2"});
   ASSERT_TRUE(search->Refresh(index_).ok());
   auto documents = search->ScanAll(index_);
   ASSERT_TRUE(documents.ok()) << documents.error().ToString();

@@ -71,6 +71,10 @@ void PipelineTest::TearDown() {
   }
   for (const std::string& index : cleanup_indexes_) {
     HttpRequest(endpoints_.opensearch_url, "DELETE", "/" + index);
+    // A view's index is an alias of <index>-<n>: its generations go too.
+    for (int n = 1; n <= 3; ++n) {
+      HttpRequest(endpoints_.opensearch_url, "DELETE", "/" + index + "-" + std::to_string(n));
+    }
   }
   if (own_dir_ && !dir_.empty()) std::filesystem::remove_all(dir_);
 }
