@@ -335,7 +335,8 @@ TEST_F(RunRedisTest, OpenSearchFillRelaxesRefreshAndRestoresTheIndexOwnSetting) 
   StartRun(config);
   ASSERT_TRUE(WaitFor([&] { return settings_version() > 0; })) << RunErr();
   // The index's own setting, which the fill must give back.
-  ASSERT_TRUE(search.value().SetRefreshInterval(index, std::string("7s")).ok());
+  auto set = search.value().SetRefreshInterval(concrete, std::string("7s"));
+  ASSERT_TRUE(set.ok() && set.value());
   const long before = settings_version();
 
   MustExecute(*sql_, "insert into " + table_ +
