@@ -556,10 +556,11 @@ Status OpenSearchSink::WriteViewState(const std::string& view_name, const ViewSt
   (void)clear;
   Status status = Status::Ok();
   if (state.backfilling && !state.after) {
-    status = StartGeneration(*client.value(), *view, state);
+    if (!view->fresh) status = StartGeneration(*client.value(), *view, state);
   } else if (!state.backfilling && view->building) {
     status = SwitchGeneration(*client.value(), *view);
   }
+  view->fresh = false;
   if (!status.ok()) return status;
   std::string ndjson = StateAction(*view, state) + RegistryAction();
   status = SendBulk(*client.value(), ndjson);
@@ -813,12 +814,14 @@ Status OpenSearchSink::BeginRebuild(Lsn) {
   horizon_loaded_ = true;
   // Each view into a new generation; what is served stays until EndRebuild.
   for (auto& view : views_) {
+    const bool served = view->serving.has_value();
     status = StartGeneration(
         *client.value(), *view,
         ViewState{true, std::nullopt,
                   view->schema ? ColumnsOf(*view->schema) : std::vector<std::string>{},
                   view->schema ? view->schema->id.value : 0});
     if (!status.ok()) return status;
+    view->fresh = !served && !view->building;
     rebuilt_.push_back(Concrete(*view, view->building ? *view->building : *view->serving));
   }
   return Status::Ok();
@@ -885,6 +888,7 @@ Status OpenSearchSink::EndRebuild(Lsn snapshot_lsn) {
   if (!client.ok()) return client.error();
   // Every view is live as of the snapshot (recorded before the checkpoint).
   for (auto& view : views_) {
+    view->fresh = false;  // filled by the snapshot
     Status status = SwitchGeneration(*client.value(), *view);
     if (!status.ok()) return status;
   }

@@ -152,8 +152,11 @@ class OpenSearchSink : public Sink, public ViewInspector {
     std::chrono::steady_clock::time_point switched_at{};
     int last = 0;  // the highest generation made
     bool loaded = false;
-    bool migrate = false;            // serving is generation 0, and the store records its state
-    bool alias_moved = false;        // said once: the alias points elsewhere
+    bool migrate = false;      // serving is generation 0, and the store records its state
+    bool alias_moved = false;  // said once: the alias points elsewhere
+    // BeginRebuild of this process made the index it serves, with nothing served before:
+    // it is empty, so the fill that follows goes into it rather than into another one.
+    bool fresh = false;
     std::optional<ViewState> state;  // as last recorded
   };
 
