@@ -791,6 +791,20 @@ Result<PostgresSink::Shadow> PostgresSink::BuildShadow(SqlRunner& c, const View&
 Status PostgresSink::SwapIn(SqlRunner& c, const View& view, const Shadow& shadow) {
   Status status = Status::Ok();
   if (!shadow.table.empty()) {
+    // The live table's lock, taken with a short lock_timeout and retried: a long reader
+    // holding it then does not queue every other reader behind the waiting DROP. After
+    // the retries the DROP waits as long as it must.
+    // (In one statement: a failed statement would end the client's transaction.)
+    const std::string lock =
+        c.QuoteLiteral("lock table " + view.target + " in access exclusive mode");
+    status = c.Execute(
+        "set local lock_timeout = '50ms'; do $$ begin if to_regclass(" +
+        c.QuoteLiteral(view.target) +
+        ") is null then return; end if; for attempt in 1..40 loop begin execute " + lock +
+        "; return; exception when lock_not_available then perform pg_sleep(0.025); end; end "
+        "loop; perform set_config('lock_timeout', '0', true); execute " +
+        lock + "; end $$; set local lock_timeout = default");
+    if (!status.ok()) return status;
     auto [schema, name] = TableName::Parse(view.config.table);
     std::string sql = "drop table if exists " + view.target + "; alter table " + shadow.table +
                       " rename to " + QuoteIdent(name) + "; ";

@@ -471,6 +471,43 @@ TEST_F(RunPostgresTest, TeardownViewsRemovesTheTablesOfViewsNoLongerInTheFile) {
       "0");
 }
 
+// A long reader holds the live table while a rebuild swaps in: the swap waits for it
+// with short lock attempts, so other readers are not queued behind the swap's DROP.
+TEST_F(RunPostgresTest, ALongReaderDoesNotQueueOtherReadersBehindTheSwap) {
+  const std::string t = ns_ + "_out.big";
+  const std::string rows = "select count(*) || ' ' || sum(amount) from ";
+  const std::string config =
+      WriteConfig(View("big", "id", "select id, amount from " + ns_ + ".orders"));
+  StartRun(config);
+  auto [status, out] = Verify(config);
+  ASSERT_EQ(status, 0) << out << RunErr();
+  auto holder = MustConnect(endpoints_.pg_dsn);
+  MustExecute(holder, "begin");
+  MustExecute(holder, "select count(*) from " + t);
+  Subprocess backfill({PgderiveBinary(), "backfill", "-c", config, "--view", "big", "--no-wait"},
+                      (dir_ / "backfill.err").string());
+  EXPECT_EQ(backfill.Wait(std::chrono::seconds(60)), 0);
+  // The swap tries for the lock while the holder keeps it.
+  ASSERT_TRUE(WaitFor([&] {
+    return Scalar(*sql_,
+                  "select count(*) from pg_stat_activity where query like "
+                  "'%lock_not_available%' and pid <> pg_backend_pid()") != "0";
+  })) << RunErr();
+  auto reader = MustConnect(endpoints_.pg_dsn);
+  MustExecute(reader, "set statement_timeout = '2s'");
+  for (int i = 0; i < 20; ++i) {
+    auto read = reader.Query(rows + t);
+    ASSERT_TRUE(read.ok()) << read.error().message();
+    EXPECT_EQ(read.value().rows[0][0].value_or(""), Scalar(*sql_, rows + ns_ + ".orders"));
+  }
+  MustExecute(holder, "commit");
+  EXPECT_TRUE(WaitFor([&] { return Shadows() == "0"; })) << RunErr();
+  EXPECT_EQ(Scalar(*sql_, rows + t), Scalar(*sql_, rows + ns_ + ".orders"));
+  std::tie(status, out) = Verify(config);
+  EXPECT_EQ(status, 0) << out << RunErr();
+  StopRun();
+}
+
 TEST_F(RunPostgresTest, QueriesThatCannotBeMaintainedAreRefusedAndCreateNothing) {
   const std::string o = ns_ + ".orders";
   const std::vector<std::pair<std::string, std::string>> cases = {
