@@ -18,6 +18,7 @@
 #include "sinks/common/view_shape.h"
 #include "sinks/opensearch/opensearch_client.h"
 #include "sinks/redis/redis_client.h"
+#include "sinks/redis/redis_sink.h"
 
 namespace pgderive {
 namespace {
@@ -581,6 +582,26 @@ class ConnectedChecks {
       }
     }
     Info("store " + store.name + " (redis): Redis " + version);
+    // Keys under a view's pattern that the pipeline did not write are someone else's:
+    // `run` would overwrite them, and a rebuild's sweep delete them.
+    auto foreign = FindForeignKeys(client.value(), config_, store);
+    if (!foreign.ok()) {
+      AtStore(store, "store " + store.name + " (redis): " + foreign.error().message());
+      return;
+    }
+    for (const ForeignKeys& keys : foreign.value()) {
+      size_t index = 0;
+      while (config_.views[index].name != keys.view) ++index;
+      std::string example = keys.example.substr(0, 200);
+      AtView(index, ".key",
+             "view " + keys.view + ": store " + store.name + " (" + store.url +
+                 ") already holds keys matching " + keys.pattern + " that pipeline " +
+                 config_.pipeline + " did not write (e.g. " + example +
+                 "); refused, nothing was written: point the view's key at a prefix nothing "
+                 "else uses, or remove those keys (pgderive writes and deletes only the keys of "
+                 "views whose state it recorded in pgderive:" +
+                 config_.pipeline + ":views)");
+    }
   }
 
   void CheckOpenSearch(const StoreConfig& store) {

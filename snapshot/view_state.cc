@@ -9,6 +9,8 @@ std::string ViewState::ToJson() const {
   if (after) j["after"] = *after;
   if (table_oid != 0) j["table_oid"] = table_oid;
   if (!definition.empty()) j["definition"] = definition;
+  if (generation != 0) j["generation"] = generation;
+  if (sweep) j["sweep"] = true;
   return j.dump();
 }
 
@@ -24,6 +26,10 @@ std::optional<ViewState> ViewState::FromJson(std::string_view json) {
   if (j.contains("definition") && j["definition"].is_string()) {
     state.definition = j["definition"].get<std::string>();
   }
+  if (j.contains("generation") && j["generation"].is_number_unsigned()) {
+    state.generation = j["generation"].get<uint64_t>();
+  }
+  state.sweep = j.contains("sweep") && j["sweep"].is_boolean() && j["sweep"].get<bool>();
   if (j.contains("columns") && j["columns"].is_array()) {
     for (const auto& c : j["columns"]) {
       if (c.is_string()) state.columns.push_back(c.get<std::string>());

@@ -25,6 +25,12 @@ struct ViewState {
   // The view's definition fingerprint (ViewDefinitionFingerprint) when it was filled;
   // empty: not recorded (a state an older pgderive wrote, taken as unchanged).
   std::string definition = {};
+  // The store's generation of the view's data (0: none recorded): a rebuild begins the
+  // next one. A Redis view names its rebuild's mark after it (redis_sink.h).
+  uint64_t generation = 0;
+  // The rebuild filling the view ends by removing the entries it did not write (the
+  // entries were kept for readers meanwhile, not removed first).
+  bool sweep = false;
 
   std::string ToJson() const;
   // nullopt: not a state this version wrote.

@@ -11,7 +11,28 @@
 // with the checkpoint SET inside it, so data and checkpoint land together or not at all.
 // Inside it, a run of SETs is one MSET and a run of DELs one DEL (same effect, far less
 // work for Redis), sent while the rest of the batch is prepared.
+//
+// A rebuild (a view cleared: `pgderive backfill --view`, a view new to the store, its
+// table replaced) keeps the view's keys for readers: it rewrites them in place and, when
+// the view goes back to live, sweeps the keys it did not write.
+//
+//   clear          the view's generation g+1 recorded (state backfilling, sweep), its
+//                  keys left as they are
+//   every SET      of the view while it sweeps: SADD of the key to its mark, the set
+//                  pgderive:<pipeline>:mark:<view>:<g+1>, in the same MULTI as the SET
+//   live           SCAN the view's pattern; DEL each key not in the mark; UNLINK the
+//                  mark; the state live (generation g+1) recorded
+//
+// The mark lands with the data it marks, and the sweep runs before the state that ends
+// it: a crash at any point leaves the state saying "sweep" with a mark exactly as durable
+// as the keys, and the resumed rebuild sweeps at its end what was not written since it
+// began. A stream delete removes the key; nothing puts it back. The mark of 1,000,000
+// keys takes about 56 MB in Redis while the rebuild runs (docs/architecture.md).
+//
+// Keys the pipeline did not write: FindForeignKeys (validate --connect, run) refuses a
+// view whose pattern matches keys while the store records no state for it.
 
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -80,22 +101,35 @@ class RedisSink : public Sink, public ViewInspector {
   struct View : RowView {
     std::vector<std::string> filled_columns;  // of the rows a rebuild wrote
     uint32_t filled_oid = 0;                  // and their table's OID
+    // As recorded in the view's state: its generation, and whether the rebuild of that
+    // generation is marking its writes for a sweep.
+    uint64_t generation = 0;
+    bool sweep = false;
   };
 
  private:
-  RedisSink(std::string name, std::string url, std::string checkpoint_key, std::string views_key,
-            std::string horizon_key, std::string source_dsn)
+  RedisSink(std::string name, std::string url, const std::string& prefix, std::string source_dsn)
       : name_(std::move(name)),
         url_(std::move(url)),
-        checkpoint_key_(std::move(checkpoint_key)),
-        views_key_(std::move(views_key)),
-        horizon_key_(std::move(horizon_key)),
+        checkpoint_key_(prefix + "checkpoint"),
+        views_key_(prefix + "views"),
+        horizon_key_(prefix + "reread"),
+        mark_prefix_(prefix + "mark:"),
         source_(std::move(source_dsn)) {}
   // One Apply's writes (RowStore): one MULTI ... EXEC.
   class Writer;
 
   // Deletes every key of the view's pattern; returns how many there were.
   Result<long long> DeleteView(View& view);
+  // The set of keys the rebuild of `view`'s generation `generation` wrote.
+  std::string MarkKey(const std::string& view, uint64_t generation) const {
+    return mark_prefix_ + view + ":" + std::to_string(generation);
+  }
+  // Deletes every key of the view's pattern that is not in the mark of `generation`;
+  // returns how many.
+  Result<long long> Sweep(View& view, uint64_t generation);
+  // The recorded states (empty: none), read for teardown and a rebuild from a snapshot.
+  Result<std::map<std::string, ViewState>> ReadStates(RedisClient& client);
   // Deletes the checkpoint, the views' states, the horizon, then every view's keys
   // (`rebuild`: for BeginRebuild, which UndoRebuild may undo).
   Status DeleteAll(bool rebuild);
@@ -106,6 +140,7 @@ class RedisSink : public Sink, public ViewInspector {
   std::string checkpoint_key_;
   std::string views_key_;    // a hash: view name -> ViewState JSON
   std::string horizon_key_;  // the LSN of SourceRows' horizon (source_rows.h)
+  std::string mark_prefix_;  // + view:generation: a rebuild's mark (MarkKey)
   bool horizon_loaded_ = false;
   std::vector<std::unique_ptr<View>> views_;
   std::vector<RowView*> row_views_;  // the same views, for ApplyRows
@@ -117,5 +152,17 @@ class RedisSink : public Sink, public ViewInspector {
   std::optional<RedisClient> client_;
   SourceRows source_;  // rows read again (an unchanged TOASTed value the store lacks)
 };
+
+// Keys already under the pattern of a view that this pipeline did not write: the store
+// records no state for the view in pgderive:<pipeline>:views (a store filled by a
+// pgderive that recorded no states - the hash absent while the checkpoint exists - owns
+// them). `example`: one such key.
+struct ForeignKeys {
+  std::string view;
+  std::string pattern;
+  std::string example;
+};
+Result<std::vector<ForeignKeys>> FindForeignKeys(RedisClient& client, const Config& config,
+                                                 const StoreConfig& store);
 
 }  // namespace pgderive

@@ -176,6 +176,38 @@ class BackfillTest : public testing::PipelineTest {
     auto reply = client.value().Command(command);
     ASSERT_TRUE(reply.ok()) << reply.error().message();
   }
+  // A Redis reply (nil when Redis cannot be reached).
+  RedisReply RedisAsk(const std::vector<std::string>& command) {
+    auto client = RedisClient::Connect(redis_url_);
+    if (!client.ok()) return {};
+    auto reply = client.value().Command(command);
+    return reply.ok() ? reply.value() : RedisReply{};
+  }
+  // Every key matching `pattern`, sorted.
+  std::vector<std::string> RedisKeys(const std::string& pattern) {
+    std::vector<std::string> keys;
+    auto client = RedisClient::Connect(redis_url_);
+    if (!client.ok()) return keys;
+    std::string cursor = "0";
+    do {
+      auto reply = client.value().Command({"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"});
+      if (!reply.ok() || reply.value().elements.size() != 2) return {};
+      cursor = reply.value().elements[0].str;
+      for (const RedisReply& key : reply.value().elements[1].elements) keys.push_back(key.str);
+    } while (cursor != "0");
+    std::sort(keys.begin(), keys.end());
+    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+    return keys;
+  }
+  // The keys view a holds for the source's rows now, sorted.
+  std::vector<std::string> SourceKeysOfA() {
+    std::vector<std::string> keys;
+    auto rows = sql_->Query("select id from " + table_);
+    if (!rows.ok()) return keys;
+    for (const auto& row : rows.value().rows) keys.push_back(pipeline_ + ":a:" + *row[0]);
+    std::sort(keys.begin(), keys.end());
+    return keys;
+  }
 
   std::string table_, table2_, target_, index_;
 };
@@ -287,9 +319,9 @@ TEST_F(BackfillTest, BackfillCommandRebuildsOneViewUnderWrites) {
 }
 
 // A store still says a view is live while the request of its backfill waits in the WAL
-// (a stream that lags): verify, started then, catches up past the request, which empties
-// the view, and must compare it once it is filled again, not halfway (its read raced the
-// last chunks and reported rows of a live, complete view as missing).
+// (a stream that lags): verify, started then, catches up past the request, which begins
+// the view's rebuild, and must compare it once it is live again, not halfway (its read
+// raced the last chunks and reported rows of a live, complete view as missing).
 TEST_F(BackfillTest, VerifyComparesAViewBeingBackfilledOnceItIsLiveAgain) {
   const std::string config = WriteConfig({"a"});
   auto state_of_a = [&]() -> std::string {
@@ -315,7 +347,7 @@ TEST_F(BackfillTest, VerifyComparesAViewBeingBackfilledOnceItIsLiveAgain) {
     result = testing::RunVerify(config, 120);
     verified = true;
   });
-  // The view stays empty while the transaction is open: verify waits for it.
+  // The view is being rebuilt while the transaction is open: verify waits for it.
   const bool early = WaitFor([&] { return verified.load(); }, std::chrono::seconds(5));
   // No chunk is placed while a writer that held the table at its low watermark is open.
   EXPECT_EQ(state_of_a(), "backfilling") << Read("run.err");
@@ -632,6 +664,215 @@ TEST_F(BackfillTest, ARedisBackEmptyIsRefilledWhileTheOtherStoresStream) {
   EXPECT_EQ(log.find("store search has"), std::string::npos) << log;
   auto [code, out] = testing::RunVerify(config, 180);
   EXPECT_EQ(code, 0) << out << log;
+}
+
+// A rebuild of a Redis view rewrites its keys in place and sweeps, at its end, the keys
+// it did not write: a reader that GETs the keys of rows that exist never misses one,
+// while a writer updates every row and deletes and inserts others. Afterwards the keys
+// are exactly the source's rows: a key planted under the pattern and the keys of rows
+// deleted during the rebuild are gone, and the rebuild's mark with them.
+TEST_F(BackfillTest, ARedisRebuildNeverMissesTheKeyOfARowThatExists) {
+  const std::string config = WriteConfig({"a"});
+  StartRun(config, "run.err");
+  ASSERT_TRUE(WaitLog("run.err", "streaming from slot")) << Read("run.err");
+  ASSERT_TRUE(WaitFor([&] { return RedisState("a").value("state", "") == "live"; }));
+  RedisCommand({"SET", pipeline_ + ":a:999999", "{\"id\":999999}"});
+  // Rows 1..kRows/2 always exist (updated only); the others are deleted and inserted.
+  constexpr int kKept = kRows / 2;
+  std::atomic<bool> running{true};
+  std::atomic<int> committed{0};
+  std::thread writer([&] {
+    PgConnection c = MustConnect(dsn_);
+    std::mt19937 random(11);
+    while (running.load()) {
+      const int id = 1 + static_cast<int>(random() % kRows);
+      const std::string where = " where id = " + std::to_string(id);
+      if (id <= kKept || random() % 3 == 0) {
+        MustExecute(c, "update " + table_ + " set n = n + 1, name = name || 'x'" + where);
+      } else if (random() % 2 == 0) {
+        MustExecute(c, "delete from " + table_ + where);
+      } else {
+        MustExecute(c, "insert into " + table_ + " (id, name, n) values (" + std::to_string(id) +
+                           ", 'again', 1) on conflict (id) do update set n = 0");
+      }
+      ++committed;
+    }
+  });
+  std::atomic<int> misses{0};
+  std::atomic<int> rounds{0};
+  std::string missed;
+  std::thread reader([&] {
+    auto client = RedisClient::Connect(redis_url_);
+    ASSERT_TRUE(client.ok()) << client.error().message();
+    while (running.load()) {
+      for (int first = 1; first <= kKept; first += 1000) {
+        pgderive::RedisCommand mget{"MGET"};
+        for (int id = first; id < first + 1000 && id <= kKept; ++id) {
+          mget.push_back(pipeline_ + ":a:" + std::to_string(id));
+        }
+        auto reply = client.value().Command(mget);
+        ASSERT_TRUE(reply.ok()) << reply.error().message();
+        for (size_t i = 0; i < reply.value().elements.size(); ++i) {
+          if (reply.value().elements[i].type == RedisReply::Type::kString) continue;
+          if (misses++ == 0) missed = mget[i + 1];
+        }
+      }
+      ++rounds;
+    }
+  });
+  const int before = rounds.load();
+  auto [code, out] =
+      Command({PgderiveBinary(), "backfill", "-c", config, "--view", "a", "--timeout", "150"});
+  const int during = rounds.load() - before;
+  running.store(false);
+  writer.join();
+  reader.join();
+  ASSERT_EQ(code, 0) << out << Read("run.err");
+  EXPECT_NE(out.find("view a is live again"), std::string::npos) << out;
+  EXPECT_EQ(misses.load(), 0) << "first miss: " << missed;
+  EXPECT_GE(during, 1);
+  EXPECT_GE(committed.load(), 1);
+  // The stream catches up: the keys are exactly the source's rows.
+  std::vector<std::string> keys, rows;
+  EXPECT_TRUE(WaitFor([&] {
+    keys = RedisKeys(pipeline_ + ":a:*");
+    rows = SourceKeysOfA();
+    return keys == rows;
+  })) << keys.size()
+      << " keys, " << rows.size() << " rows";
+  EXPECT_EQ(RedisAsk({"EXISTS", pipeline_ + ":a:999999"}).integer, 0);
+  EXPECT_TRUE(RedisKeys("pgderive:" + pipeline_ + ":mark:*").empty());
+  const json state = RedisState("a");
+  EXPECT_EQ(state.value("state", ""), "live") << state;
+  EXPECT_EQ(state.value("generation", 0), 1) << state;
+  EXPECT_FALSE(state.contains("sweep")) << state;
+  auto [verified, verify_out] = testing::RunVerify(config, 120);
+  EXPECT_EQ(verified, 0) << verify_out << Read("run.err");
+}
+
+// kill -9 in the middle of a rebuild: the keys are all still there, the state records
+// the sweep to come and the mark holds what the rebuild wrote; the restart resumes the
+// rebuild, and its sweep removes exactly the keys of rows that no longer exist.
+TEST_F(BackfillTest, KillDuringARedisRebuildStillSweepsExactlyTheStaleKeys) {
+  MustExecute(*sql_, "insert into " + table_ +
+                         " select g, 'row ' || g, g % 10, null from generate_series(" +
+                         std::to_string(kRows + 1) + ", 200000) g");
+  const std::string config = WriteConfig({"a"});
+  StartRun(config, "run1.err");
+  ASSERT_TRUE(WaitLog("run1.err", "streaming from slot")) << Read("run1.err");
+  ASSERT_TRUE(WaitFor([&] { return RedisState("a").value("state", "") == "live"; }));
+  const std::vector<std::string> planted = {pipeline_ + ":a:900001", pipeline_ + ":a:900002"};
+  for (const std::string& key : planted) RedisCommand({"SET", key, "{\"id\":0}"});
+  Writer writer(dsn_, table_, 200000);
+  {
+    auto [code, out] =
+        Command({PgderiveBinary(), "backfill", "-c", config, "--view", "a", "--no-wait"});
+    ASSERT_EQ(code, 0) << out;
+  }
+  ASSERT_TRUE(WaitFor([&] {
+    const json state = RedisState("a");
+    return state.is_object() && state.value("state", "") == "backfilling" &&
+           state.contains("after");
+  })) << RedisState("a")
+      << Read("run1.err");
+  run_->Signal(SIGKILL);
+  run_->Wait(std::chrono::seconds(10));
+  run_.reset();
+  const json interrupted = RedisState("a");
+  EXPECT_EQ(interrupted.value("sweep", false), true) << interrupted;
+  EXPECT_EQ(interrupted.value("generation", 0), 1) << interrupted;
+  const std::string mark = "pgderive:" + pipeline_ + ":mark:a:1";
+  EXPECT_GT(RedisAsk({"SCARD", mark}).integer, 0);
+  // Nothing was removed for the rebuild: the planted keys are still served.
+  for (const std::string& key : planted) EXPECT_EQ(RedisAsk({"EXISTS", key}).integer, 1) << key;
+  // Rows deleted while nothing runs, behind and ahead of the rebuild's position.
+  MustExecute(*sql_, "delete from " + table_ + " where id between 3 and 9 or id > 199990");
+
+  StartRun(config, "run2.err");
+  ASSERT_TRUE(WaitFor([&] {
+    const json state = RedisState("a");
+    return state.is_object() && state.value("state", "") == "live";
+  })) << RedisState("a")
+      << Read("run2.err");
+  writer.Stop();
+  std::vector<std::string> keys, rows;
+  EXPECT_TRUE(WaitFor([&] {
+    keys = RedisKeys(pipeline_ + ":a:*");
+    rows = SourceKeysOfA();
+    return keys == rows;
+  })) << keys.size()
+      << " keys, " << rows.size() << " rows";
+  for (const std::string& key : planted) EXPECT_EQ(RedisAsk({"EXISTS", key}).integer, 0) << key;
+  EXPECT_EQ(RedisAsk({"EXISTS", pipeline_ + ":a:5"}).integer, 0);
+  EXPECT_EQ(RedisAsk({"EXISTS", mark}).integer, 0);
+  const json state = RedisState("a");
+  EXPECT_EQ(state.value("generation", 0), 1) << state;
+  EXPECT_FALSE(state.contains("sweep")) << state;
+  auto [code, out] = testing::RunVerify(config, 120);
+  EXPECT_EQ(code, 0) << out << Read("run2.err");
+}
+
+// Keys under a view's pattern that the pipeline did not write (the store records no
+// state for the view) are refused by validate --connect and run, and teardown --views
+// leaves them; a view whose state the pipeline recorded owns its keys.
+TEST_F(BackfillTest, KeysOfSomeoneElseUnderARedisViewsPatternAreRefused) {
+  const std::string foreign = pipeline_ + ":a:1";
+  RedisCommand({"SET", foreign, "someone else's"});
+  const std::string config = WriteConfig({"a"});
+  const std::string refusal = "view a: store cache (" + redis_url_ +
+                              ") already holds keys matching " + pipeline_ + ":a:* that pipeline " +
+                              pipeline_ + " did not write (e.g. " + foreign +
+                              "); refused, nothing was written";
+  {
+    auto [code, out] = Command({PgderiveBinary(), "validate", "-c", config, "--connect"});
+    EXPECT_EQ(code, 2) << out;
+    EXPECT_NE(out.find(refusal), std::string::npos) << out;
+  }
+  {
+    auto [code, out] = Command({PgderiveBinary(), "run", "-c", config});
+    EXPECT_EQ(code, 2) << out;
+    EXPECT_NE(out.find(refusal), std::string::npos) << out;
+  }
+  EXPECT_EQ(RedisAsk({"GET", foreign}).str, "someone else's");
+  EXPECT_EQ(RedisAsk({"EXISTS", "pgderive:" + pipeline_ + ":checkpoint"}).integer, 0);
+  EXPECT_EQ(RedisAsk({"EXISTS", "pgderive:" + pipeline_ + ":views"}).integer, 0);
+  {
+    auto [code, out] = Command({PgderiveBinary(), "teardown", "-c", config, "--views"});
+    EXPECT_EQ(code, 0) << out;
+  }
+  EXPECT_EQ(RedisAsk({"GET", foreign}).str, "someone else's");
+
+  // Once gone, the pipeline runs and owns the view's keys; a view new to the store whose
+  // pattern holds someone's keys is refused, the other is not.
+  RedisCommand({"DEL", foreign});
+  StartRun(config, "run.err");
+  ASSERT_TRUE(WaitLog("run.err", "streaming from slot")) << Read("run.err");
+  ASSERT_TRUE(WaitFor([&] { return RedisState("a").value("state", "") == "live"; }));
+  StopRun();
+  const std::string other = pipeline_ + ":b:1";
+  RedisCommand({"SET", other, "someone else's"});
+  const std::string both = WriteConfig({"a", "b"});
+  {
+    auto [code, out] = Command({PgderiveBinary(), "validate", "-c", both, "--connect"});
+    EXPECT_EQ(code, 2) << out;
+    EXPECT_NE(out.find("view b: store cache"), std::string::npos) << out;
+    EXPECT_NE(out.find("(e.g. " + other + ")"), std::string::npos) << out;
+    EXPECT_EQ(out.find("view a: store cache"), std::string::npos) << out;
+  }
+  {
+    auto [code, out] = Command({PgderiveBinary(), "run", "-c", both});
+    EXPECT_EQ(code, 2) << out;
+    EXPECT_NE(out.find("view b: store cache"), std::string::npos) << out;
+  }
+  EXPECT_FALSE(RedisState("b").is_object());
+  {
+    auto [code, out] = Command({PgderiveBinary(), "teardown", "-c", both, "--views"});
+    EXPECT_EQ(code, 0) << out;
+    EXPECT_NE(out.find(std::to_string(kRows) + " key(s) of view a"), std::string::npos) << out;
+  }
+  EXPECT_EQ(RedisAsk({"GET", other}).str, "someone else's");
+  EXPECT_TRUE(RedisKeys(pipeline_ + ":a:*").empty());
+  RedisCommand({"DEL", other});
 }
 
 }  // namespace

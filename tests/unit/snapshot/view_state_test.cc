@@ -50,6 +50,29 @@ TEST(ViewStateTest, RecordsTheDefinition) {
   EXPECT_EQ(ViewState{}.ToJson().find("definition"), std::string::npos);
 }
 
+// A rebuild's generation and its pending sweep travel with the state, so that a restart
+// after a crash ends the rebuild it was in; a state written before they were recorded
+// reads generation 0 and no sweep.
+TEST(ViewStateTest, RecordsTheGenerationAndAPendingSweep) {
+  ViewState state{true, std::string(R"(["7"])"), {"id 23"}, 16384};
+  state.generation = 3;
+  state.sweep = true;
+  auto back = ViewState::FromJson(state.ToJson());
+  ASSERT_TRUE(back.has_value()) << state.ToJson();
+  EXPECT_EQ(back->generation, 3u);
+  EXPECT_TRUE(back->sweep);
+  state.sweep = false;
+  back = ViewState::FromJson(state.ToJson());
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->generation, 3u);
+  EXPECT_FALSE(back->sweep);
+  EXPECT_EQ(state.ToJson().find("sweep"), std::string::npos) << state.ToJson();
+  auto older = ViewState::FromJson(R"({"state":"live","columns":["id 23"]})");
+  ASSERT_TRUE(older.has_value());
+  EXPECT_EQ(older->generation, 0u);
+  EXPECT_FALSE(older->sweep);
+}
+
 TEST(ViewStateTest, RefusesWhatItDidNotWrite) {
   for (const char* text : {"", "not json", "[]", "{}", R"({"state": 3})", "null"}) {
     EXPECT_FALSE(ViewState::FromJson(text).has_value()) << text;
