@@ -596,7 +596,7 @@ class ConnectedChecks {
       AtView(index, ".key",
              "view " + keys.view + ": store " + store.name + " (" + store.url +
                  ") already holds keys matching " + keys.pattern + " that pipeline " +
-                 config_.pipeline + " did not write (e.g. " + example +
+                 config_.pipeline + " did not write or no longer records (e.g. " + example +
                  "); refused, nothing was written: point the view's key at a prefix nothing "
                  "else uses, or remove those keys (pgderive writes and deletes only the keys of "
                  "views whose state it recorded in pgderive:" +

@@ -330,8 +330,7 @@ Result<std::vector<std::string>> RedisSink::Teardown(bool views) {
   if (!checkpoint.ok()) return checkpoint.error();
   const bool unrecorded = states.value().empty() && checkpoint.value().integer > 0;
   for (auto& view : views_) {
-    if (!views) break;
-    if (!unrecorded && !states.value().contains(view->config.name)) continue;
+    if (!views || (!unrecorded && !states.value().contains(view->config.name))) continue;
     auto deleted = DeleteView(*view);
     if (!deleted.ok()) return deleted.error();
     if (deleted.value() > 0) {
@@ -347,8 +346,9 @@ Result<std::vector<std::string>> RedisSink::Teardown(bool views) {
   for (const std::string& key : keys) {
     auto reply = client.value()->Command({"UNLINK", key});
     if (!reply.ok()) return reply.error();
-    if (reply.value().type != RedisReply::Type::kInteger)
+    if (reply.value().type != RedisReply::Type::kInteger) {
       return ReplyError("UNLINK", reply.value());
+    }
     if (reply.value().integer > 0) removed.push_back("key " + key);
   }
   horizon_loaded_ = false;
@@ -382,9 +382,10 @@ Status RedisSink::DeleteAll(bool rebuild) {
   for (auto& view : views_) {
     view->generation = 0;
     view->sweep = false;
-    if (rebuild)
+    if (rebuild) {
       commands.push_back(
           {"HSET", views_key_, view->config.name, ViewState{true, std::nullopt, {}}.ToJson()});
+    }
   }
   commands.push_back({"EXEC"});
   auto replies = client.value()->Pipeline(commands);

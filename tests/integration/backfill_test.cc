@@ -821,7 +821,7 @@ TEST_F(BackfillTest, KeysOfSomeoneElseUnderARedisViewsPatternAreRefused) {
   const std::string config = WriteConfig({"a"});
   const std::string refusal = "view a: store cache (" + redis_url_ +
                               ") already holds keys matching " + pipeline_ + ":a:* that pipeline " +
-                              pipeline_ + " did not write (e.g. " + foreign +
+                              pipeline_ + " did not write or no longer records (e.g. " + foreign +
                               "); refused, nothing was written";
   {
     auto [code, out] = Command({PgderiveBinary(), "validate", "-c", config, "--connect"});
