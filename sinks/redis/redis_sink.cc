@@ -372,8 +372,9 @@ Status RedisSink::DeleteAll(bool rebuild) {
   auto states = ReadStates(*client.value());
   if (!states.ok()) return states.error();
   // The checkpoint goes first: a crash during the rebuild leaves no checkpoint, and the
-  // next start rebuilds again. A rebuild records its views as backfilling (the keys
-  // under their patterns are the pipeline's: FindForeignKeys); an undo removes the states.
+  // next start rebuilds again. The views are recorded as backfilling before their keys
+  // go (the keys under their patterns are the pipeline's: FindForeignKeys); an undo
+  // removes the states after the keys.
   RedisCommand del{"DEL", checkpoint_key_, views_key_, horizon_key_};
   for (const auto& [view, state] : states.value()) {
     if (state.sweep) del.push_back(MarkKey(view, state.generation));
@@ -382,10 +383,8 @@ Status RedisSink::DeleteAll(bool rebuild) {
   for (auto& view : views_) {
     view->generation = 0;
     view->sweep = false;
-    if (rebuild) {
-      commands.push_back(
-          {"HSET", views_key_, view->config.name, ViewState{true, std::nullopt, {}}.ToJson()});
-    }
+    commands.push_back(
+        {"HSET", views_key_, view->config.name, ViewState{true, std::nullopt, {}}.ToJson()});
   }
   commands.push_back({"EXEC"});
   auto replies = client.value()->Pipeline(commands);
@@ -400,6 +399,10 @@ Status RedisSink::DeleteAll(bool rebuild) {
     Status status = DeleteView(*view).status();
     if (!status.ok()) return status;
   }
+  if (rebuild) return Status::Ok();
+  auto reply = client.value()->Command({"DEL", views_key_});
+  if (!reply.ok()) return reply.error();
+  if (reply.value().type != RedisReply::Type::kInteger) return ReplyError("DEL", reply.value());
   return Status::Ok();
 }
 

@@ -130,8 +130,9 @@ class RedisSink : public Sink, public ViewInspector {
   Result<long long> Sweep(View& view, uint64_t generation);
   // The recorded states (empty: none), read for teardown and a rebuild from a snapshot.
   Result<std::map<std::string, ViewState>> ReadStates(RedisClient& client);
-  // Deletes the checkpoint, the views' states, the horizon, then every view's keys
-  // (`rebuild`: for BeginRebuild, which UndoRebuild may undo).
+  // Deletes the checkpoint and the horizon and records every view backfilling (its keys
+  // stay the pipeline's), then deletes every view's keys; without `rebuild` (for
+  // UndoRebuild), then the views' states too.
   Status DeleteAll(bool rebuild);
   Result<RedisClient*> Client();
 
