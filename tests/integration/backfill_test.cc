@@ -178,7 +178,7 @@ class BackfillTest : public testing::PipelineTest {
   }
   // A Redis reply (nil when Redis cannot be reached).
   RedisReply RedisAsk(const std::vector<std::string>& command) {
-    auto client = RedisClient::Connect(redis_url_);
+    auto client = RedisClient::Connect(endpoints_.redis_url);
     if (!client.ok()) return {};
     auto reply = client.value().Command(command);
     return reply.ok() ? reply.value() : RedisReply{};
@@ -186,7 +186,7 @@ class BackfillTest : public testing::PipelineTest {
   // Every key matching `pattern`, sorted.
   std::vector<std::string> RedisKeys(const std::string& pattern) {
     std::vector<std::string> keys;
-    auto client = RedisClient::Connect(redis_url_);
+    auto client = RedisClient::Connect(endpoints_.redis_url);
     if (!client.ok()) return keys;
     std::string cursor = "0";
     do {
@@ -682,7 +682,7 @@ TEST_F(BackfillTest, ARedisRebuildNeverMissesTheKeyOfARowThatExists) {
   std::atomic<bool> running{true};
   std::atomic<int> committed{0};
   std::thread writer([&] {
-    PgConnection c = MustConnect(dsn_);
+    PgConnection c = MustConnect(endpoints_.pg_dsn);
     std::mt19937 random(11);
     while (running.load()) {
       const int id = 1 + static_cast<int>(random() % kRows);
@@ -702,7 +702,7 @@ TEST_F(BackfillTest, ARedisRebuildNeverMissesTheKeyOfARowThatExists) {
   std::atomic<int> rounds{0};
   std::string missed;
   std::thread reader([&] {
-    auto client = RedisClient::Connect(redis_url_);
+    auto client = RedisClient::Connect(endpoints_.redis_url);
     ASSERT_TRUE(client.ok()) << client.error().message();
     while (running.load()) {
       for (int first = 1; first <= kKept; first += 1000) {
@@ -763,7 +763,7 @@ TEST_F(BackfillTest, KillDuringARedisRebuildStillSweepsExactlyTheStaleKeys) {
   ASSERT_TRUE(WaitFor([&] { return RedisState("a").value("state", "") == "live"; }));
   const std::vector<std::string> planted = {pipeline_ + ":a:900001", pipeline_ + ":a:900002"};
   for (const std::string& key : planted) RedisCommand({"SET", key, "{\"id\":0}"});
-  Writer writer(dsn_, table_, 200000);
+  Writer writer(endpoints_.pg_dsn, table_, 200000);
   {
     auto [code, out] =
         Command({PgderiveBinary(), "backfill", "-c", config, "--view", "a", "--no-wait"});
@@ -819,7 +819,7 @@ TEST_F(BackfillTest, KeysOfSomeoneElseUnderARedisViewsPatternAreRefused) {
   const std::string foreign = pipeline_ + ":a:1";
   RedisCommand({"SET", foreign, "someone else's"});
   const std::string config = WriteConfig({"a"});
-  const std::string refusal = "view a: store cache (" + redis_url_ +
+  const std::string refusal = "view a: store cache (" + endpoints_.redis_url +
                               ") already holds keys matching " + pipeline_ + ":a:* that pipeline " +
                               pipeline_ + " did not write or no longer records (e.g. " + foreign +
                               "); refused, nothing was written";
