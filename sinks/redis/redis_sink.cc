@@ -7,6 +7,9 @@ namespace pgderive {
 namespace {
 
 constexpr size_t kScanCount = 1000;
+// Pages of 10,000 keys FindForeignKeys looks at per view (a database of millions of
+// keys is checked in part: the check must not make validate and run take minutes).
+constexpr int kForeignScanPages = 100;
 // Keys in one MSET or DEL of a MultiExec.
 constexpr size_t kRunKeys = 1024;
 
@@ -736,7 +739,11 @@ Result<std::vector<ForeignKeys>> FindForeignKeys(RedisClient& client, const Conf
     if (view.store != store.name || !view.key || recorded.contains(view.name)) continue;
     const std::string pattern = view.key->Pattern();
     std::string cursor = "0";
+    int pages = 0;
     do {
+      // A bounded look (Redis finds keys by pattern only by walking the keyspace): the
+      // first kForeignScanPages * 10,000 keys of the database.
+      if (++pages > kForeignScanPages) break;
       auto reply = client.Command({"SCAN", cursor, "MATCH", pattern, "COUNT", "10000"});
       if (!reply.ok()) return reply.error();
       const RedisReply& r = reply.value();

@@ -157,7 +157,8 @@ class RedisSink : public Sink, public ViewInspector {
 // Keys already under the pattern of a view that this pipeline did not write: the store
 // records no state for the view in pgderive:<pipeline>:views (a store filled by a
 // pgderive that recorded no states - the hash absent while the checkpoint exists - owns
-// them). `example`: one such key.
+// them). `example`: one such key. Looks at the first 1,000,000 keys of the database
+// per view (SCAN walks the whole keyspace).
 struct ForeignKeys {
   std::string view;
   std::string pattern;
