@@ -63,9 +63,12 @@ class MultiExec {
     run_args_.push_back(std::move(key));
     return run_args_.size() >= kRunKeys ? EndRun() : Status::Ok();
   }
-  // Any other command, in its place.
+  // Any other command, in its place - inside the MULTI like every write, so that it is
+  // atomic with the data and its reply is read by Exec (a command sent before the MULTI
+  // opened left its reply unread: the next direct command, a SCAN, read it instead).
   Status Command(const RedisCommand& command) {
     Status status = Switch(Run::kNone);
+    if (status.ok()) status = Open();
     if (!status.ok()) return status;
     args_.assign(command.begin(), command.end());
     return client_.Append(args_);

@@ -215,7 +215,9 @@ class BackfillTest : public testing::PipelineTest {
 TEST_F(BackfillTest, ViewsAddedToADeploymentAreFilledWhileEverythingStreams) {
   const std::string first = WriteConfig({"a", "docs", "totals"});
   StartRun(first, "run1.err");
-  ASSERT_TRUE(WaitLog("run1.err", "streaming from slot")) << Read("run1.err");
+  // The first start fills a and docs by backfill; the stores hold their checkpoints
+  // once both fills are done.
+  ASSERT_TRUE(WaitLog("run1.err", "\"msg\":\"backfill done\"", 2)) << Read("run1.err");
   StopRun();
 
   // A view more in the Redis store, and one in the OpenSearch store in place of the one
@@ -249,7 +251,9 @@ TEST_F(BackfillTest, TwoViewsOfTwoTablesInTwoStoresFillAtOnceUnderWrites) {
   CreateSecondTable(kRows);
   const std::string first = WriteConfig({"a", "docs"}, 2);
   StartRun(first, "run1.err");
-  ASSERT_TRUE(WaitLog("run1.err", "streaming from slot")) << Read("run1.err");
+  // The first start fills a and docs by backfill; the stores hold their checkpoints
+  // once both fills are done.
+  ASSERT_TRUE(WaitLog("run1.err", "\"msg\":\"backfill done\"", 2)) << Read("run1.err");
   StopRun();
 
   Writer writer(endpoints_.pg_dsn, table_, kRows);
@@ -299,7 +303,7 @@ TEST_F(BackfillTest, BackfillCommandRebuildsOneViewUnderWrites) {
     auto [code, out] =
         Command({PgderiveBinary(), "backfill", "-c", config, "--view", view, "--timeout", "150"});
     ASSERT_EQ(code, 0) << out << Read("run.err");
-    EXPECT_NE(out.find("view " + view + " is live again"), std::string::npos) << out;
+    EXPECT_NE(out.find("view " + view + ": done, live again"), std::string::npos) << out;
   }
   writer.Stop();
   EXPECT_GE(Count("run.err", "backfill of view a requested"), 1);

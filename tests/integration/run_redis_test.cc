@@ -13,6 +13,7 @@
 #include "sinks/opensearch/http_client.h"
 #include "sinks/opensearch/opensearch_client.h"
 #include "sinks/redis/redis_client.h"
+#include "snapshot/watermark_window.h"
 #include "tests/support/pg.h"
 #include "tests/support/pipeline_test.h"
 #include "tests/support/stack_env.h"
@@ -203,6 +204,59 @@ TEST_F(RunRedisTest, ColumnsChangedWhileStoppedAreRebuiltAtTheNextStart) {
       << RunErr();
   EXPECT_EQ(Count("run3.err", "the definition of view cache_view changed"), 0) << RunErr();
   std::tie(status, out) = Verify(config);
+  EXPECT_EQ(status, 0) << out;
+}
+
+// A view's state recorded first in a store transaction (a backfill request reached) and
+// a truncate of another view's table in the same transaction: the state's HSET goes in
+// the MULTI with the data, and the truncate's key scan reads its own reply. (The HSET was
+// once sent outside the MULTI with its reply left unread, the scan read that reply
+// instead, and the store retried the same failure for ever.)
+TEST_F(RunRedisTest, AStateAndATruncateInOneTransactionApplyTogether) {
+  const std::string other = UniqueName("run_other");
+  CleanupSql("drop table if exists " + other);
+  MustExecute(*sql_, "create table " + table_ + " (id int primary key, sku text)");
+  MustExecute(*sql_,
+              "insert into " + table_ + " select g, 'SKU-' || g from generate_series(1, 40) g");
+  MustExecute(*sql_, "create table " + other + " (id int primary key, v text)");
+  MustExecute(*sql_, "insert into " + other + " select g, 'v' || g from generate_series(1, 30) g");
+  std::ostringstream yaml;
+  yaml << "pipeline: " << pipeline_ << "\nsource:\n  dsn: " << endpoints_.pg_dsn
+       << "\nstores:\n  cache:\n    type: redis\n    url: " << endpoints_.redis_url
+       << "\nviews:\n  - name: cache_view\n    store: cache\n    from: " << table_
+       << "\n    key: \"" << table_ << ":{id}\"\n  - name: other_view\n    store: cache\n"
+       << "    from: " << other << "\n    key: \"" << other << ":{id}\"\n"
+       << "http:\n  listen: 127.0.0.1:" << port_ << "\n";
+  const std::string config = WriteFile("pgderive.yml", yaml.str());
+  StartRun(config);
+  WaitReady();
+  if (HasFatalFailure()) return;
+  auto live = [&](const std::string& view) {
+    return ViewStatus(view).value("state", "") == "live";
+  };
+  ASSERT_TRUE(WaitFor([&] { return live("cache_view") && live("other_view"); }))
+      << Http("/status").second << RunErr();
+  MustExecute(*sql_, "begin");
+  MustExecute(*sql_, "select pg_logical_emit_message(true, " + sql_->QuoteLiteral(kBackfillPrefix) +
+                         ", " +
+                         sql_->QuoteLiteral(BackfillRequestMessage(pipeline_, "cache_view")) + ")");
+  MustExecute(*sql_, "truncate " + other);
+  MustExecute(*sql_, "insert into " + other + " values (1000, 'after')");
+  MustExecute(*sql_, "commit");
+  ASSERT_TRUE(WaitFor([&] {
+    return Get(other + ":1000").has_value() && !Get(other + ":1").has_value() &&
+           live("cache_view") && live("other_view");
+  })) << Http("/status").second
+      << RunErr();
+  EXPECT_EQ(json::parse(*Get(other + ":1000")), json::parse(R"({"id": 1000, "v": "after"})"));
+  auto keys = redis_->Command({"KEYS", other + ":*"});
+  ASSERT_TRUE(keys.ok());
+  EXPECT_EQ(keys.value().elements.size(), 1u);
+  MustExecute(*sql_, "update " + table_ + " set sku = 'later' where id = 2");
+  ASSERT_TRUE(WaitFor([&] { return Get(Key(2)).value_or("").find("later") != std::string::npos; }))
+      << RunErr();
+  EXPECT_EQ(json::parse(*Get(Key(40))), json::parse(R"({"id": 40, "sku": "SKU-40"})"));
+  auto [status, out] = Verify(config);
   EXPECT_EQ(status, 0) << out;
 }
 

@@ -145,12 +145,19 @@ class ToastTest : public testing::PipelineTest {
   }
   std::string Metrics() { return Http("/metrics").second; }
   void ExpectEveryStoreRunsAndVerifies() {
-    // The monitor reports once it has looked (right after the start it has nothing).
     json status;
+    // The monitor reports once it has looked (right after the start it has nothing), and
+    // a first fill is a backfill: the views are live once it is done.
     ASSERT_TRUE(WaitFor([&] {
       status = Status();
-      return status.is_object() && status.contains("stores") && status["stores"].is_array() &&
-             !status["stores"].empty();
+      if (!status.is_object() || !status.contains("stores") || !status["stores"].is_array() ||
+          status["stores"].empty() || !status.contains("views")) {
+        return false;
+      }
+      for (const json& view : status["views"]) {
+        if (!view.is_object() || view.value("state", "") != "live") return false;
+      }
+      return true;
     })) << status;
     for (const json& store : status["stores"]) {
       EXPECT_TRUE(store.is_object() && store.value("failed", true) == false) << status;
