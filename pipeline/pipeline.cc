@@ -286,6 +286,20 @@ std::optional<int> Pipeline::Rebuild(const std::vector<Sink*>& sinks) {
   return std::nullopt;
 }
 
+// Where the start-up reconciliation sends the views to fill: the pipeline's backfills.
+ViewBackfills Pipeline::ToBackfills() {
+  return {.set_columns =
+              [this](const std::string& store, const std::string& view,
+                     std::vector<std::string> columns) {
+                backfills_->SetColumns(store, view, std::move(columns));
+              },
+          .add =
+              [this](const std::string& store, const std::string& table,
+                     std::vector<std::string> views, std::optional<std::string> after) {
+                backfills_->Add(store, table, std::move(views), std::move(after));
+              }};
+}
+
 std::optional<int> Pipeline::StartStores() {
   const std::vector<BackfillView> backfill_views = BackfillViewsOf(config_, sinks_);
   auto worker_of = [this](const std::string& store) -> PipelineWorker& {
@@ -308,19 +322,8 @@ std::optional<int> Pipeline::StartStores() {
   // Views to backfill while streaming (SPEC.md §1.4): new to their store, interrupted
   // by a stop, or following a table whose columns changed while pgderive was stopped.
   Status status = ReconcileViewStates(
-      sinks_, backfill_views, shapes_,
-      {.set_columns =
-           [this](const std::string& store, const std::string& view,
-                  std::vector<std::string> columns) {
-             backfills_->SetColumns(store, view, std::move(columns));
-           },
-       .add =
-           [this](const std::string& store, const std::string& table,
-                  std::vector<std::string> views, std::optional<std::string> after) {
-             backfills_->Add(store, table, std::move(views), std::move(after));
-           }},
-      [this] { return stopped(); }, logger_, [this](const std::string& m) { Log(m); }, redefined_,
-      fill_);
+      sinks_, backfill_views, shapes_, ToBackfills(), [this] { return stopped(); }, logger_,
+      [this](const std::string& m) { Log(m); }, redefined_, fill_);
   if (!status.ok()) {
     if (stopped()) return 0;  // stopped while a store was down: a stop, not a failure
     return Undo(Fail(status.error().message()));
@@ -444,18 +447,7 @@ Result<Lsn> Pipeline::Refill(SqlSession& source, Sink& sink) {
     if (v.store == sink.name()) views.push_back(v);
   }
   Status status = ReconcileViewStates(
-      one, views, shapes,
-      {.set_columns =
-           [this](const std::string& store, const std::string& view,
-                  std::vector<std::string> columns) {
-             backfills_->SetColumns(store, view, std::move(columns));
-           },
-       .add =
-           [this](const std::string& store, const std::string& table,
-                  std::vector<std::string> views, std::optional<std::string> after) {
-             backfills_->Add(store, table, std::move(views), std::move(after));
-           }},
-      [this] { return stopped(); }, logger_,
+      one, views, shapes, ToBackfills(), [this] { return stopped(); }, logger_,
       [this, &sink](const std::string& m) {
         logger_.Warn(m, {{"store", sink.name()}, {"slot", config_.source.slot}});
       },

@@ -90,6 +90,7 @@ class Pipeline {
   // Whether `sink`'s views are filled by the backfill (else from a snapshot).
   static bool FilledByBackfill(SqlRunner& source, Sink& sink);
   std::optional<int> StartStores();
+  ViewBackfills ToBackfills();
   void StartWorkers();
   // One turn of the loop; nullopt to go on, else the exit code.
   std::optional<int> Step();
