@@ -4,7 +4,6 @@
 
 #include "app/progress_watch.h"
 #include "app/sink_factory.h"
-#include "base/names.h"
 #include "base/redact.h"
 #include "cdc/sql_session.h"
 #include "config/config.h"
@@ -20,14 +19,9 @@ int RunBackfill(const BackfillCommandOptions& options) {
     std::fprintf(stderr, "pgderive backfill: %s\n", RedactSecrets(message).c_str());
     return code;
   };
-  const ViewConfig* view = nullptr;
-  for (const ViewConfig& v : config.views) {
-    if (v.name == options.view) view = &v;
-  }
-  if (view == nullptr) {
-    return fail(2, options.config_path + ": no view named '" + options.view + "' " +
-                       ValidNames(options.view, config.ViewNames(), "views"));
-  }
+  auto found = config.FindView(options.view);
+  if (!found.ok()) return fail(2, found.error().message());
+  const ViewConfig* view = found.value();
   auto sql = SqlSession::Connect(config.source.dsn, "pgderive-backfill");
   if (!sql.ok()) return fail(1, "source: " + sql.error().message());
   SqlSession& c = sql.value();

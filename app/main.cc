@@ -14,6 +14,7 @@
 #include "app/teardown.h"
 #include "app/validate.h"
 #include "app/verify.h"
+#include "app/version_command.h"
 
 #ifndef PGDERIVE_VERSION
 #define PGDERIVE_VERSION "unknown"
@@ -101,6 +102,32 @@ int main(int argc, char** argv) {
   reload_command->add_option("--timeout", reload_timeout,
                              "seconds to wait for the new configuration to serve (120)");
 
+  pgderive::VersionCommandOptions promote;
+  bool promote_no_wait = false;
+  int promote_timeout = 0;
+  int promote_interval = 5;
+  CLI::App* promote_command = app.add_subcommand(
+      "promote",
+      "switch a view's readers to its new version (a changed definition built next to the "
+      "serving one); waits, with a progress line, while it builds");
+  promote_command->add_option("-c,--config", promote.config_path, "configuration file")->required();
+  promote_command->add_option("--view", promote.view, "the view")->required();
+  promote_command->add_flag("--no-wait", promote_no_wait,
+                            "refuse a version still building instead of waiting for it");
+  promote_command->add_option("--timeout", promote_timeout,
+                              "seconds to wait for the version to be ready (0: no limit)");
+  promote_command->add_option("--interval", promote_interval,
+                              "seconds between progress lines when not on a terminal (5)");
+  pgderive::VersionCommandOptions rollback;
+  rollback.rollback = true;
+  CLI::App* rollback_command = app.add_subcommand(
+      "rollback",
+      "switch a view's readers back to its previous version, while it is retained "
+      "(retain_previous)");
+  rollback_command->add_option("-c,--config", rollback.config_path, "configuration file")
+      ->required();
+  rollback_command->add_option("--view", rollback.view, "the view")->required();
+
   pgderive::VerifyOptions verify;
   std::string verify_view;
   int verify_wait = 60;
@@ -178,6 +205,14 @@ int main(int argc, char** argv) {
     backfill.interval = std::chrono::seconds(std::max(1, backfill_interval));
     return pgderive::RunBackfill(backfill);
   }
+
+  if (promote_command->parsed()) {
+    promote.wait = !promote_no_wait;
+    promote.timeout = std::chrono::seconds(std::max(0, promote_timeout));
+    promote.interval = std::chrono::seconds(std::max(1, promote_interval));
+    return pgderive::RunVersionCommand(promote);
+  }
+  if (rollback_command->parsed()) return pgderive::RunVersionCommand(rollback);
 
   if (reload_command->parsed()) {
     reload.timeout = std::chrono::seconds(reload_timeout);

@@ -1,5 +1,6 @@
 #include "app/run.h"
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdio>
 #include <functional>
@@ -27,15 +28,20 @@ std::string AlreadyRunningMessage(const Config& config, const std::string& holde
 }
 
 constexpr auto kSlotReleaseWait = std::chrono::seconds(30);
+// How long `run` waits for a walsender on its slot without the lock to end.
+constexpr auto kWalsenderPatience = std::chrono::seconds(30);
 constexpr auto kSignalPoll = std::chrono::milliseconds(100);
 
 bool Stopped(const RunOptions& options) { return options.stop != nullptr && options.stop->load(); }
 
 // One generation: the pipeline with `config` from its start to its end. nullopt: it
 // ended for a reload; else the exit code. `on_streaming` is called once it streams.
+// `waited`: stores that did not answer the start-up checks, waited for (Pipeline::
+// WaitForStores) and checked once they answer.
 std::optional<int> RunGeneration(const RunOptions& options, const Config& config,
-                                 const std::set<std::string>& redefined, Logger& logger,
-                                 RunHost& host, const std::function<void()>& on_streaming) {
+                                 const std::set<std::string>& redefined,
+                                 const std::set<std::string>& waited, Logger& logger, RunHost& host,
+                                 const std::function<void()>& on_streaming) {
   auto sinks = MakeSinks(config);
   if (!sinks.ok()) {
     logger.Error(sinks.error().message(),
@@ -44,6 +50,20 @@ std::optional<int> RunGeneration(const RunOptions& options, const Config& config
   }
   Pipeline pipeline(config, std::move(sinks).value(), options.stop, logger, host);
   pipeline.RebuildViews(redefined);
+  if (!waited.empty()) {
+    pipeline.WaitForStores(waited, [&](const std::string& store) {
+      ConfigResult checked;
+      checked.problems = CheckConnectedStore(config, store);
+      Pipeline::StoreCheck check;
+      check.answers = std::none_of(checked.problems.begin(), checked.problems.end(),
+                                   [](const ConfigProblem& p) { return p.unreachable; });
+      if (!checked.problems.empty()) {
+        check.problems = RedactSecrets(checked.Describe(options.config_path));
+        while (!check.problems.empty() && check.problems.back() == '\n') check.problems.pop_back();
+      }
+      return check;
+    });
+  }
   if (auto code = pipeline.Start()) return *code;
   on_streaming();
   const int code = pipeline.Run();
@@ -56,7 +76,7 @@ std::optional<int> RunGeneration(const RunOptions& options, const Config& config
 // start, the previous configuration runs again. The host (the lock, the endpoint)
 // stays all along.
 int RunGenerations(const RunOptions& options, std::shared_ptr<const Config> config, Logger& logger,
-                   RunHost& host) {
+                   RunHost& host, std::set<std::string> waited) {
   Reloader reloader(options.config_path, logger, host);
   host.SetReloadHandler([&](const std::string& body) { return reloader.HandleHttp(body); });
   // SIGHUP sets a flag (all a signal handler may do): this thread turns it into a request.
@@ -94,7 +114,8 @@ int RunGenerations(const RunOptions& options, std::shared_ptr<const Config> conf
                   {{"file", options.config_path}, {"hash", hash}});
     };
     const std::optional<int> code =
-        RunGeneration(options, *config, redefined, logger, host, on_streaming);
+        RunGeneration(options, *config, redefined, waited, logger, host, on_streaming);
+    waited.clear();  // the first generation's
     // A lock lost to another process ends the run: no generation falls back then.
     const bool lock_lost = host.lock() != nullptr && host.lock()->lost();
     const bool failed_reload = code && *code != 0 && applying && !Stopped(options) && !lock_lost &&
@@ -150,7 +171,22 @@ int RunPipeline(const RunOptions& options) {
   Logger logger(config.log);
   // One process per pipeline: its lock on the source before anything else (run_lock.h).
   // A source that cannot be reached is reported by the checks below.
-  auto lock = PipelineLock::Take(config.source.dsn, config.source.slot, ProcessName("run"));
+  // A walsender left by a process killed a moment ago (a restart after a crash) is waited
+  // for; a process holding the lock refuses this one at once.
+  auto take_lock = [&] {
+    return PipelineLock::TakeAfterWalsender(
+        config.source.dsn, config.source.slot, ProcessName("run"), kWalsenderPatience,
+        [&](const LockHolder& holder) {
+          logger.Info(
+              "the slot is still streamed to a session that does not hold the "
+              "pipeline's lock (" +
+                  holder.Describe() +
+                  "), a process that just ended or lost its lock session: waiting "
+                  "for it to end",
+              {{"pipeline", config.pipeline}, {"slot", config.source.slot}});
+        });
+  };
+  auto lock = take_lock();
   if (lock.ok() && !lock.value().taken()) {
     const std::string message = AlreadyRunningMessage(config, lock.value().holder()->Describe());
     std::fprintf(stderr, "pgderive run: %s\n", message.c_str());
@@ -161,7 +197,25 @@ int RunPipeline(const RunOptions& options) {
   // The checks of `pgderive validate --connect`, before anything is made: a source or
   // store that cannot work exits 2 with every problem listed, creating nothing.
   ConfigResult checked;
-  checked.problems = CheckConnected(config);
+  bool slot_exists = false;
+  checked.problems = CheckConnected(config, nullptr, &slot_exists);
+  // A store that does not answer, of a pipeline that already streams (a restart during
+  // its outage): run waits for it and checks it once it answers, rather than refusing.
+  // On a first start it is refused like every other problem.
+  std::set<std::string> waited;
+  if (slot_exists && !checked.problems.empty() &&
+      std::all_of(checked.problems.begin(), checked.problems.end(),
+                  [](const ConfigProblem& p) { return p.unreachable; })) {
+    for (const ConfigProblem& problem : checked.problems) {
+      const std::string store =
+          problem.key.substr(7, problem.key.rfind('.') - 7);  // stores.NAME.url
+      waited.insert(store);
+      logger.Warn("store " + store + " does not answer: " + RedactSecrets(problem.message) +
+                      "; waiting for it (the views wait, the slot keeps the WAL)",
+                  {{"pipeline", config.pipeline}, {"store", store}});
+    }
+    checked.problems.clear();
+  }
   if (!checked.problems.empty()) {
     std::fputs(RedactSecrets(checked.Describe(options.config_path)).c_str(), stderr);
     logger.Error(
@@ -171,7 +225,7 @@ int RunPipeline(const RunOptions& options) {
   }
   if (!lock.ok()) {
     // The source answered the checks since: take it now.
-    lock = PipelineLock::Take(config.source.dsn, config.source.slot, ProcessName("run"));
+    lock = take_lock();
     if (!lock.ok()) {
       logger.Error("cannot take the pipeline's lock on the source: " + lock.error().message(),
                    {{"pipeline", config.pipeline}, {"slot", config.source.slot}});
@@ -186,7 +240,8 @@ int RunPipeline(const RunOptions& options) {
     }
   }
   RunHost host(std::move(lock).value(), config.pipeline);
-  return RunGenerations(options, std::make_shared<const Config>(config), logger, host);
+  return RunGenerations(options, std::make_shared<const Config>(config), logger, host,
+                        std::move(waited));
 }
 
 }  // namespace pgderive

@@ -7,6 +7,7 @@
 #include "base/redact.h"
 #include "cdc/sql_session.h"
 #include "config/config.h"
+#include "config/grammar.h"
 #include "sinks/opensearch/http_client.h"
 
 namespace pgderive {
@@ -113,6 +114,10 @@ int RunStatus(const StatusOptions& options) {
       store["lag_seconds"] = it->second.value("lag_seconds", 0.0);
       store["reachable"] = it->second.value("reachable", false);
       store["detached"] = it->second.value("detached", false);
+      if (it->second.contains("spool_behind_bytes")) {
+        store["spool_behind_bytes"] = it->second["spool_behind_bytes"];
+      }
+      if (it->second.contains("evicted")) store["evicted"] = it->second["evicted"];
     }
     stores.push_back(store);
   }
@@ -131,7 +136,9 @@ int RunStatus(const StatusOptions& options) {
     for (const ViewConfig& v : config.views) {
       nlohmann::json view = {{"name", v.name}, {"store", v.store}, {"state", "stopped"}};
       if (auto it = recorded.find(v.name); it != recorded.end()) {
-        view["recorded_state"] = it->second.backfilling ? "backfilling" : "live";
+        view["recorded_state"] = it->second.removed       ? "removed"
+                                 : it->second.backfilling ? "backfilling"
+                                                          : "live";
         if (it->second.after) view["backfilled_up_to_key"] = *it->second.after;
       }
       views.push_back(view);
@@ -139,6 +146,7 @@ int RunStatus(const StatusOptions& options) {
   }
   report["views"] = views;
   if (!live.is_null() && live.contains("snapshot")) report["snapshot"] = live["snapshot"];
+  if (!live.is_null() && live.contains("spool")) report["spool"] = live["spool"];
 
   if (options.json) {
     std::fprintf(options.out, "%s\n", report.dump(2).c_str());
@@ -159,6 +167,16 @@ int RunStatus(const StatusOptions& options) {
         ", retained WAL " + Text(s, "retained_wal_bytes") + " bytes, wal_status " +
         Text(s, "wal_status") + ", safe_wal_size " + Text(s, "safe_wal_size", "unlimited") + "\n";
   }
+  if (report.contains("spool")) {
+    const auto& log = report["spool"];
+    out += "change log: " + FormatByteSize(log.value("bytes", uint64_t{0})) + " of " +
+           FormatByteSize(log.value("max_bytes", uint64_t{0})) + " in " + Text(log, "segments") +
+           " segment(s), oldest " + Text(log, "oldest_lsn") + ", durable " +
+           Text(log, "durable_lsn") + "\n";
+    if (log.contains("capture_paused")) {
+      out += "change log: capture paused: " + Text(log, "capture_paused") + "\n";
+    }
+  }
   for (const auto& store : stores) {
     out += "store " + store.value("name", "") + ": ";
     if (store.contains("error")) {
@@ -168,6 +186,10 @@ int RunStatus(const StatusOptions& options) {
     out += "checkpoint " + Text(store, "checkpoint", "none") + ", lag " +
            Text(store, "lag_bytes", "?") + " bytes";
     if (store.contains("lag_seconds")) out += ", " + Text(store, "lag_seconds") + " s";
+    if (store.contains("spool_behind_bytes")) {
+      out += ", " + Text(store, "spool_behind_bytes") + " bytes behind the change log";
+    }
+    if (store.contains("evicted")) out += "; " + Text(store, "evicted");
     out += "\n";
   }
   for (const auto& v : views) {
@@ -189,6 +211,20 @@ int RunStatus(const StatusOptions& options) {
     if (v.contains("backfilled_up_to_key")) out += ", up to key " + Text(v, "backfilled_up_to_key");
     if (v.contains("recorded_state")) out += ")";
     out += "\n";
+    // Its versions, when a changed definition has more than one (view_versions.h).
+    if (v.contains("versions") && v["versions"].size() > 1) {
+      for (const auto& version : v["versions"]) {
+        out += "  version " + Text(version, "generation") + " (" + Text(version, "where") +
+               "): " + Text(version, "state");
+        if (version.contains("progress_percent")) {
+          char pct[32];
+          std::snprintf(pct, sizeof pct, " %.0f%%", version["progress_percent"].get<double>());
+          out += pct;
+        }
+        if (version.contains("dropped_at")) out += ", dropped at " + Text(version, "dropped_at");
+        out += "\n";
+      }
+    }
   }
   if (report.contains("snapshot")) {
     const auto& snap = report["snapshot"];

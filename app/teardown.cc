@@ -16,8 +16,11 @@ int RunTeardown(const TeardownOptions& options) {
     std::fprintf(stderr, "pgderive teardown: %s\n", RedactSecrets(message).c_str());
     return code;
   };
-  // Held until the end: no `run` of the pipeline starts meanwhile.
-  auto lock = PipelineLock::Take(config.source.dsn, config.source.slot, ProcessName("teardown"));
+  // Held until the end: no `run` of the pipeline starts meanwhile. Taken once no run has
+  // held it for the time a running one takes to re-take it after losing its session (a
+  // source restart): a run alive is refused, not torn down under it.
+  auto lock = PipelineLock::TakeQuiet(config.source.dsn, config.source.slot,
+                                      ProcessName("teardown"), kRunRetakeWindow);
   if (!lock.ok()) {
     return fail(1, "cannot reach the source to check that no `pgderive run` of pipeline " +
                        config.pipeline + " is active: " + lock.error().message() +

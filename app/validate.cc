@@ -19,6 +19,7 @@
 #include "sinks/opensearch/opensearch_client.h"
 #include "sinks/redis/redis_client.h"
 #include "sinks/redis/redis_sink.h"
+#include "spool/segment_log.h"
 
 namespace pgderive {
 namespace {
@@ -62,18 +63,31 @@ class ConnectedChecks {
     // libpq waits for a connection without limit unless told; an unreachable host must
     // not hang the checks. A DSN's own connect_timeout still wins.
     setenv("PGCONNECT_TIMEOUT", kConnectTimeoutSeconds, /*overwrite=*/0);
+    CheckSpool();
     CheckSource();
     CheckStores();
+    return Sorted();
+  }
+  // The checks of one store alone (the source's are not made).
+  std::vector<ConfigProblem> RunStore(const std::string& name) {
+    setenv("PGCONNECT_TIMEOUT", kConnectTimeoutSeconds, /*overwrite=*/0);
+    auto it = config_.stores.find(name);
+    if (it != config_.stores.end()) CheckStore(it->second);
+    return Sorted();
+  }
+
+  size_t tables_checked() const { return tables_checked_; }
+  // The source's slot exists (read by CheckSource).
+  bool slot_exists() const { return slot_exists_; }
+
+ private:
+  std::vector<ConfigProblem> Sorted() {
     std::stable_sort(problems_.begin(), problems_.end(),
                      [](const ConfigProblem& a, const ConfigProblem& b) {
                        return std::pair(a.line, a.column) < std::pair(b.line, b.column);
                      });
     return std::move(problems_);
   }
-
-  size_t tables_checked() const { return tables_checked_; }
-
- private:
   // Where problems about each part of the file point.
   // `key` is "source" (the section) or "source.NAME" (that value, where it is written).
   void AtSource(const std::string& key, const std::string& message) {
@@ -83,10 +97,12 @@ class ConnectedChecks {
     Add(mark.line, mark.column, key, message);
   }
   // A store's connection (its url, or its dsn) is what a problem with it is about.
-  void AtStore(const StoreConfig& store, const std::string& message) {
+  // `unreachable`: the store did not answer (ConfigProblem::unreachable).
+  void AtStore(const StoreConfig& store, const std::string& message, bool unreachable = false) {
     const std::string key = store.type == StoreType::kPostgres ? "dsn" : "url";
     const ConfigMark mark = store.MarkOf(key);
     Add(mark.line, mark.column, "stores." + store.name + "." + key, message);
+    problems_.back().unreachable = unreachable;
   }
   // `key` is ".NAME" (the view's value of NAME, where it is written) or "" (the view).
   void AtView(size_t index, const std::string& key, const std::string& message) {
@@ -131,6 +147,27 @@ class ConnectedChecks {
   }
   void Info(const std::string& line) {
     if (out_ != nullptr) std::fprintf(out_, "%s\n", RedactSecrets(line).c_str());
+  }
+
+  // -------------------------------------------------------------- the change log
+  // Its directory must be one this process can create and write: found here, before
+  // the slot and the stores are touched, not when the log is opened.
+  void CheckSpool() {
+    if (!config_.spool.enabled) return;
+    ConfigMark mark = config_.MarkOf("spool.dir");
+    if (mark.line == 0) mark = config_.MarkOf("spool");
+    // A directory with other files in it, or another pipeline's log: never emptied.
+    if (Status owned = CheckLogOwner(config_.spool.dir, ChangeLogOwner(config_)); !owned.ok()) {
+      Add(mark.line, mark.column, "spool.dir", owned.error().message());
+      return;
+    }
+    Status status = CheckLogDirectory(config_.spool.dir);
+    if (status.ok()) return;
+    Add(mark.line, mark.column, "spool.dir",
+        "the change log cannot be created in " + config_.spool.dir + ": " +
+            status.error().message() +
+            "; set spool.dir to a directory this process can write (on a persistent volume), "
+            "or `spool: off`");
   }
 
   // -------------------------------------------------------------- the source
@@ -206,6 +243,7 @@ class ConnectedChecks {
                                     "; choose another source.slot or drop it");
       } else {
         summary += ", slot " + config_.source.slot + " exists";
+        slot_exists_ = true;
         if (s[2].value_or("f") == "t") summary += " (in use)";
       }
     } else if (max_slots - used_slots < 1) {
@@ -545,30 +583,37 @@ class ConnectedChecks {
         Info("store " + name + ": no view uses it (not checked)");
         continue;
       }
-      switch (store.type) {
-        case StoreType::kRedis:
-          CheckRedis(store);
-          break;
-        case StoreType::kOpenSearch:
-          CheckOpenSearch(store);
-          break;
-        case StoreType::kPostgres:
-          CheckPostgresStore(store);
-          break;
-      }
+      CheckStore(store);
+    }
+  }
+
+  void CheckStore(const StoreConfig& store) {
+    switch (store.type) {
+      case StoreType::kRedis:
+        CheckRedis(store);
+        break;
+      case StoreType::kOpenSearch:
+        CheckOpenSearch(store);
+        break;
+      case StoreType::kPostgres:
+        CheckPostgresStore(store);
+        break;
     }
   }
 
   void CheckRedis(const StoreConfig& store) {
     auto client = RedisClient::Connect(store.ConnectUrl(), std::chrono::seconds(5));
     if (!client.ok()) {
-      AtStore(store, "store " + store.name + " (redis): " + client.error().message());
+      AtStore(store, "store " + store.name + " (redis): " + client.error().message(),
+              client.error().kind() == ErrorKind::kTransient);
       return;
     }
     auto info = client.value().Command({"INFO", "server"});
     if (!info.ok() || info.value().type != RedisReply::Type::kString) {
-      AtStore(store, "store " + store.name + " (redis): INFO server failed: " +
-                         (info.ok() ? info.value().str : info.error().message()));
+      AtStore(store,
+              "store " + store.name + " (redis): INFO server failed: " +
+                  (info.ok() ? info.value().str : info.error().message()),
+              !info.ok() && info.error().kind() == ErrorKind::kTransient);
       return;
     }
     std::string version = "?";
@@ -616,7 +661,8 @@ class ConnectedChecks {
     }
     auto version = client.value().ServerVersion();
     if (!version.ok()) {
-      AtStore(store, "store " + store.name + " (opensearch): " + version.error().message());
+      AtStore(store, "store " + store.name + " (opensearch): " + version.error().message(),
+              version.error().kind() == ErrorKind::kTransient);
       return;
     }
     Info("store " + store.name + " (opensearch): OpenSearch " + version.value());
@@ -639,7 +685,7 @@ class ConnectedChecks {
     const std::string what = "store " + store.name + " (postgres): ";
     auto connected = SqlSession::Connect(store.dsn, "pgderive-validate");
     if (!connected.ok()) {
-      AtStore(store, what + connected.error().message());
+      AtStore(store, what + connected.error().message(), !PgConnection::ServerAnswers(store.dsn));
       return;
     }
     SqlSession& c = connected.value();
@@ -728,12 +774,21 @@ class ConnectedChecks {
   bool all_tables_ = false;
   std::set<std::string> published_;
   size_t tables_checked_ = 0;
+  bool slot_exists_ = false;
 };
 
 }  // namespace
 
-std::vector<ConfigProblem> CheckConnected(const Config& config, std::FILE* info) {
-  return ConnectedChecks(config, info).Run();
+std::vector<ConfigProblem> CheckConnected(const Config& config, std::FILE* info,
+                                          bool* slot_exists) {
+  ConnectedChecks checks(config, info);
+  std::vector<ConfigProblem> problems = checks.Run();
+  if (slot_exists != nullptr) *slot_exists = checks.slot_exists();
+  return problems;
+}
+
+std::vector<ConfigProblem> CheckConnectedStore(const Config& config, const std::string& store) {
+  return ConnectedChecks(config, nullptr).RunStore(store);
 }
 
 int RunValidate(const ValidateOptions& options) {

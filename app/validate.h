@@ -44,6 +44,12 @@ int RunValidate(const ValidateOptions& options);
 // each at the line of the file it concerns (ConfigResult::Describe prints them). What
 // each server is (its version) goes to `info` as one line per server, when not null.
 // Read-only, like all of validate.
-std::vector<ConfigProblem> CheckConnected(const Config& config, std::FILE* info = nullptr);
+// `slot_exists` (when not null): whether the source's slot exists (the pipeline has
+// streamed before); false also when the source could not be read.
+std::vector<ConfigProblem> CheckConnected(const Config& config, std::FILE* info = nullptr,
+                                          bool* slot_exists = nullptr);
+// The same checks of one store of the configuration alone (`run` waiting for a store that
+// did not answer). A store that still does not answer: ConfigProblem::unreachable.
+std::vector<ConfigProblem> CheckConnectedStore(const Config& config, const std::string& store);
 
 }  // namespace pgderive

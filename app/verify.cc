@@ -7,17 +7,17 @@
 #include <thread>
 
 #include "app/sink_factory.h"
-#include "base/names.h"
 #include "base/redact.h"
 #include "cdc/sql_session.h"
 #include "cdc/type_catalog.h"
 #include "config/config.h"
+#include "sinks/common/view_compare.h"
 #include "snapshot/snapshot_reader.h"
 
 namespace pgderive {
 namespace {
 
-using Entries = std::map<std::string, std::string>;  // key -> JSON object
+using Entries = ViewEntries;  // key -> JSON object
 
 // The entries every view of `sink` must hold, from the source's rows.
 class ExpectedEntries : public TypedSnapshotConsumer {
@@ -54,52 +54,19 @@ class ExpectedEntries : public TypedSnapshotConsumer {
   std::mutex mutex_;
 };
 
-// Compares one view; appends a line per difference to `report`. Returns the count.
+// How many lines of differences verify prints for one view: a view far from its
+// source (a store emptied by hand) would print one per row.
+constexpr size_t kListedPerView = 100;
+
+// Compares one view; appends its lines per difference to `report`. Returns the count.
 size_t Compare(const std::string& view, const Entries& expected, const Entries& actual,
                std::vector<std::string>& report) {
-  using nlohmann::json;
-  size_t differences = 0;
-  for (const auto& [key, value] : expected) {
-    auto it = actual.find(key);
-    if (it == actual.end()) {
-      report.push_back("view " + view + ": missing " + key);
-      ++differences;
-      continue;
-    }
-    if (it->second == value) continue;
-    const json want = json::parse(value, nullptr, false);
-    const json have = json::parse(it->second, nullptr, false);
-    if (!have.is_object()) {
-      report.push_back("view " + view + ": different " + key + ": the store holds " +
-                       it->second.substr(0, 200) + ", not a JSON object");
-      ++differences;
-      continue;
-    }
-    if (want == have) continue;
-    ++differences;
-    for (const auto& [column, wanted] : want.items()) {
-      if (!have.contains(column)) {
-        report.push_back("view " + view + ": different " + key + " column " + column +
-                         ": missing in the store, source has " + wanted.dump());
-      } else if (have[column] != wanted) {
-        report.push_back("view " + view + ": different " + key + " column " + column +
-                         ": store has " + have[column].dump() + ", source has " + wanted.dump());
-      }
-    }
-    for (const auto& [column, had] : have.items()) {
-      if (!want.contains(column)) {
-        report.push_back("view " + view + ": different " + key + " column " + column +
-                         ": in the store (" + had.dump() + ") but not in the view");
-      }
-    }
+  const std::vector<EntryDifference> differences = CompareEntries(expected, actual);
+  for (const EntryDifference& difference : differences) {
+    for (std::string& line : DescribeDifference(view, difference))
+      report.push_back(std::move(line));
   }
-  for (const auto& [key, value] : actual) {
-    if (!expected.contains(key)) {
-      report.push_back("view " + view + ": extra " + key + " (no such row in the source)");
-      ++differences;
-    }
-  }
-  return differences;
+  return differences.size();
 }
 
 // Writes a marker into the WAL and waits until `sink`'s checkpoint has passed it.
@@ -154,12 +121,8 @@ int RunVerify(const VerifyOptions& options) {
   if (!loaded) return 2;
   const Config& config = *loaded;
   if (options.view) {
-    bool known = false;
-    for (const ViewConfig& v : config.views) known = known || v.name == *options.view;
-    if (!known) {
-      std::fprintf(stderr, "pgderive verify: %s: no view named '%s' %s\n",
-                   options.config_path.c_str(), options.view->c_str(),
-                   ValidNames(*options.view, config.ViewNames(), "views").c_str());
+    if (auto known = config.FindView(*options.view); !known.ok()) {
+      std::fprintf(stderr, "pgderive verify: %s\n", known.error().message().c_str());
       return 2;
     }
   }
@@ -245,7 +208,21 @@ int RunVerify(const VerifyOptions& options) {
       backfilling.merge(Backfilling(*sink));
       if (clean) break;
     }
-    for (const std::string& line : report) std::fprintf(options.out, "%s\n", line.c_str());
+    // The first kListedPerView lines of each view; the counts below stay whole.
+    std::map<std::string, size_t> listed, unlisted;
+    for (const std::string& line : report) {
+      const std::string view = line.substr(5, line.find(": ") - 5);  // "view V: ..."
+      if (++listed[view] > kListedPerView) {
+        ++unlisted[view];
+        continue;
+      }
+      std::fprintf(options.out, "%s\n", line.c_str());
+    }
+    for (const auto& [view, count] : unlisted) {
+      std::fprintf(options.out,
+                   "view %s: %zu more difference lines not listed (the first %zu are)\n",
+                   view.c_str(), count, kListedPerView);
+    }
     for (const auto& [view, count] : differences) {
       std::fprintf(options.out, "view %s (store %s): %zu rows, %s\n", view.c_str(),
                    sink->name().c_str(), rows[view],

@@ -61,6 +61,18 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& listen,
     res.status = status;
     res.set_content(body, "application/json");
   });
+  for (const char* action : {"promote", "rollback"}) {
+    self->server_->Post(std::string("/") + action,
+                        [raw, action](const httplib::Request& req, httplib::Response& res) {
+                          if (!raw->handlers_.version) {
+                            res.status = 404;
+                            return;
+                          }
+                          auto [status, body] = raw->handlers_.version(action, req.body);
+                          res.status = status;
+                          res.set_content(body, "application/json");
+                        });
+  }
   if (port == 0) {
     port = self->server_->bind_to_any_port(host);
     if (port < 0) return Error::Permanent("cannot listen on " + listen + " (http.listen)");

@@ -8,6 +8,8 @@
 //   /status   the running pipeline's state as JSON, which `pgderive status` reads;
 //   POST /reload  re-read the configuration file (what `pgderive reload` sends): the
 //             status code and JSON body the handler returns (404 without a handler).
+//   POST /promote, POST /rollback  switch a view's version (`pgderive promote`,
+//             `pgderive rollback`; body {"view": NAME}): likewise.
 // The handlers are callbacks into the pipeline, which owns the state they read.
 
 #include <functional>
@@ -33,6 +35,9 @@ class HttpServer {
     std::function<std::string()> status_json;
     // The request's body in; the status code and the JSON body out. May be empty.
     std::function<std::pair<int, std::string>(const std::string& body)> reload;
+    // "promote" or "rollback", and the request's body.
+    std::function<std::pair<int, std::string>(const std::string& action, const std::string& body)>
+        version;
   };
 
   // Binds `listen` ("host:port"; port 0 picks a free one) and serves on a thread.

@@ -5,10 +5,14 @@
 # steady transaction rate.
 #
 #   bench/run.sh [--txns N] [--rate TX_PER_S] [--seconds S] [--only "redis opensearch ..."]
-#                [--catchup-rows N] [--catchup-txns N] [--backfill-rows N]
+#                [--catchup-rows N] [--catchup-txns N] [--backfill-rows N] [--version-rows N]
 #
 # --only runs a subset of the configurations (redis, opensearch, projection, groupby, backfill,
-# backfill-opensearch, all, catchup-redis, catchup-opensearch) and of the latency run (latency), with the store ceilings they need.
+# backfill-opensearch, all, catchup-redis, catchup-opensearch, version-opensearch) and of the latency run (latency), with the store ceilings they need.
+# The change log: redis-log and all-log are redis and all with `spool` on (the log on this
+# machine's disk), latency-log the latency run with it; each is reported beside its
+# log-off twin, same WAL sizes, same run, with the log's write rate and its bytes per
+# million changes.
 #
 # Throughput is measured as catch-up: for each configuration, pgderive is started once
 # (creating its slot and empty views) and stopped; a ceiling slot is created at the same
@@ -29,7 +33,7 @@
 # time its write returned minus the commit timestamp), p50 and p99.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-txns=2000 rate=5000 seconds=20 only="" catchup_rows=300000 catchup_txns=50000 backfill_rows=1000000
+txns=2000 rate=5000 seconds=20 only="" catchup_rows=300000 catchup_txns=50000 backfill_rows=1000000 version_rows=1000000
 while [ $# -gt 0 ]; do
   case "$1" in
     --txns) txns=$2; shift 2 ;;
@@ -39,6 +43,7 @@ while [ $# -gt 0 ]; do
     --catchup-rows) catchup_rows=$2; shift 2 ;;
     --catchup-txns) catchup_txns=$2; shift 2 ;;
     --backfill-rows) backfill_rows=$2; shift 2 ;;
+    --version-rows) version_rows=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -62,7 +67,7 @@ trap cleanup EXIT
 want() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
 # OpenSearch only for the configurations that write to it.
 services=pg,redis
-if want opensearch || want all || want catchup-opensearch || want backfill-opensearch; then services=pg,redis,opensearch; fi
+if want opensearch || want all || want all-log || want catchup-opensearch || want backfill-opensearch || want version-opensearch; then services=pg,redis,opensearch; fi
 "$root/compose/local/stack" up "$dir" --services "$services" >/dev/null
 set -a; . "$dir/stack.env"; set +a
 search_url=${PGDERIVE_OPENSEARCH_URL:-}
@@ -130,11 +135,13 @@ free_port() {
 }
 http_port=$(free_port)
 
-# config NAME VIEWS...: stores are always declared; views pick them.
+# config NAME VIEWS...: stores are always declared; views pick them. A NAME ending in
+# _log has the change log on (spool.dir below the run's directory).
 config() {
   local name=$1; shift
   local file="$dir/$name.yml"
   {
+    if [[ "$name" == *_log ]]; then printf 'spool: {dir: "%s/spool-%s"}\n' "$dir" "$name"; else printf 'spool: off\n'; fi
     printf 'pipeline: %s\nhttp: {listen: "127.0.0.1:%s"}\nsource:\n  dsn: %s\nstores:\n' "$name" "$http_port" "$dsn"
     printf '  cache: {type: redis, url: "%s"}\n' "$PGDERIVE_REDIS_URL"
     [ -z "$search_url" ] || printf '  search: {type: opensearch, url: "%s"}\n' "$search_url"
@@ -181,12 +188,24 @@ start_run() {  # start_run NAME CONFIG: until it streams (this start's own log l
   done
 }
 stop_run() { kill -TERM "$(cat "$dir/$1.pid")"; wait "$(cat "$dir/$1.pid")" 2>/dev/null || true; }
+# start_live NAME CONFIG VIEW: started, and stopped once VIEW's first fill is done (the
+# view live): a catch-up is then of a live view alone, with no fill left to resume beside it.
+start_live() {
+  local log="$dir/$1.log" from
+  touch "$log"; from=$(($(wc -l < "$log") + 1))
+  start_run "$1" "$2"
+  until tail -n "+$from" "$log" | grep -q "\"msg\":\"backfill done\".*\"views\":\"$3\""; do
+    kill -0 "$(cat "$dir/$1.pid")" 2>/dev/null || { tail -n "+$from" "$log" >&2; exit 1; }
+    sleep 0.05
+  done
+  stop_run "$1"
+}
 
 results=()
 offset=1
 measure() {  # measure NAME TABLE STORES...
   local name=$1 table=$2; shift 2
-  want "$name" || return 0
+  want "${name//_/-}" || return 0
   local stores=("$@") views=() file
   for s in "${stores[@]}"; do views+=("$s"); done
   file=$(config "$name" "${views[@]}")
@@ -210,19 +229,32 @@ measure() {  # measure NAME TABLE STORES...
   t1=$(now); ours=$(echo "$t1 - $t0" | bc -l)
   local rss
   rss=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$(cat "$dir/$name.pid")/status")
+  # With the log: what it wrote (/proc's write_bytes of the run: the segments, fsynced).
+  local logged=""
+  if [[ "$name" == *_log ]]; then
+    logged=$(awk '/^write_bytes/ {print $2}' "/proc/$(cat "$dir/$name.pid")/io")
+  fi
   stop_run "$name"
   local rows=$((txns * 100))
+  if [ -n "$logged" ]; then
+    log_lines+=("$(printf '| %s | %d | %.1f MB | %.1f MB/s | %.0f MB |' "$name" "$rows" \
+      "$(echo "$logged / 1048576" | bc -l)" "$(echo "$logged / 1048576 / $ours" | bc -l)" \
+      "$(echo "$logged / 1048576 * 1000000 / $rows" | bc -l)")")
+  fi
   results+=("$(printf '| %s | %d | %.0f | %.2f s | %.0f | %.2f s | **%.2f×** | %s MB |' "$name (${stores[*]})" "$rows" \
     "$(echo "$rows / $ceiling" | bc -l)" "$ceiling" "$(echo "$rows / $ours" | bc -l)" "$ours" \
     "$(echo "$ceiling / $ours" | bc -l)" "$rss")")
   echo "${results[-1]}" >&2
 }
 
+log_lines=()
 measure redis items redis
+measure redis_log items redis
 measure opensearch items opensearch
 measure projection items projection
 measure groupby orders groupby
 measure all items redis opensearch projection
+measure all_log items redis opensearch projection
 
 # lsn_num LSN: an LSN ("16/B374D848") as one number, for comparing without a query.
 lsn_num() { echo $(( (16#${1%/*} << 32) + 16#${1#*/} )); }
@@ -237,7 +269,7 @@ if want catchup-redis; then
   file="$dir/$name.yml"
   printf 'pipeline: %s\nhttp: {listen: "127.0.0.1:%s"}\nsource:\n  dsn: %s\nstores:\n  cache: {type: redis, url: "%s"}\nviews:\n  - {name: catchup_cache, store: cache, from: catchup, key: "catchup:{id}"}\n' \
     "$name" "$http_port" "$dsn" "$PGDERIVE_REDIS_URL" > "$file"
-  start_run "$name" "$file"; stop_run "$name"
+  start_live "$name" "$file" catchup_cache
   for v in v1 v2; do
     q -c "select pg_copy_logical_replication_slot('pgderive_$name', 'ceil_${name}_$v')" > /dev/null
   done
@@ -361,9 +393,28 @@ begin
 end $$;
 SQL
   file=$(config oscatchup oscatchup)
-  start_run oscatchup "$file"; stop_run oscatchup
-  mapping=$(curl -s "$PGDERIVE_OPENSEARCH_URL/oscatchup/_mapping" | sed 's/^{"oscatchup":\(.*\)}$/\1/')
-  curl -s -XPUT "$PGDERIVE_OPENSEARCH_URL/oscatchup_ceiling" -H 'Content-Type: application/json' -d "$mapping" > /dev/null
+  start_live oscatchup "$file" oscatchup_search
+  # The alias's index (oscatchup-<n>) answers: its mapping is the value of its one key.
+  mapping=$(curl -s "$PGDERIVE_OPENSEARCH_URL/oscatchup/_mapping" | sed 's/^{"[^"]*":\(.*\)}$/\1/')
+  curl -s -XPUT "$PGDERIVE_OPENSEARCH_URL/oscatchup_ceiling" -H 'Content-Type: application/json' -d "$mapping" \
+    | grep -q '"acknowledged":true' || { echo "index oscatchup_ceiling not created with the view's mapping" >&2; exit 1; }
+  # The node's JIT compiles its indexing path for these documents on their first use: on
+  # a node warmed only by the scratch index above, the first 100,000 of them took 3.6x as
+  # long as the same load right after (23.4 s, then 6.5 s), so whichever load runs first
+  # would be timed cold. Both are timed warm: an index of the view's mapping first gets
+  # versioned documents of both shapes (pgderive's: numeric as text, timestamps in UTC;
+  # row_to_json's), 100,000 of each, and is deleted.
+  rm -rf "$dir/oswarm"; mkdir -p "$dir/oswarm"
+  q -c "select '{\"index\":{\"_index\":\"oswarm\",\"_id\":\"' || id || '\",\"version\":1,\"version_type\":\"external_gte\"}}' || chr(10) || json_build_object('id', id, 'title', title, 'price', price::text, 'attrs', attrs, 'tags', tags, 'updated_at', to_char(updated_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'))::text from (select (item_row(g)).* from generate_series(1, $oscatchup_rows) g) c" \
+    | split -l 10000 - "$dir/oswarm/a."
+  q -c "select '{\"index\":{\"_index\":\"oswarm\",\"_id\":\"' || id || '\",\"version\":2,\"version_type\":\"external_gte\"}}' || chr(10) || row_to_json(c)::text from (select (item_row(g)).* from generate_series(1, $oscatchup_rows) g) c" \
+    | split -l 10000 - "$dir/oswarm/b."
+  curl -s -XPUT "$PGDERIVE_OPENSEARCH_URL/oswarm" -H 'Content-Type: application/json' -d "$mapping" > /dev/null
+  for f in "$dir"/oswarm/a.* "$dir"/oswarm/b.*; do
+    curl -s -XPOST "$PGDERIVE_OPENSEARCH_URL/_bulk" -H 'Content-Type: application/x-ndjson' --data-binary @"$f" > /dev/null
+  done
+  curl -s -XDELETE "$PGDERIVE_OPENSEARCH_URL/oswarm" > /dev/null
+  rm -rf "$dir/oswarm"
   oscatchup_phase "insert: one transaction of $oscatchup_rows rows" \
     "insert into oscatchup select (item_row(g)).* from generate_series(1, $oscatchup_rows) g" 1000
   oscatchup_phase "update: $oscatchup_rows single-row transactions" "call oscatchup_updates($oscatchup_rows)" 2000
@@ -384,8 +435,17 @@ if want backfill || want backfill-opensearch; then
 q -c "set synchronous_commit = off" -c "insert into items select (item_row(g)).* from generate_series(100000000, 100000000 + $backfill_rows - 1 - (select count(*) from items)) g"
 q -c "vacuum analyze items"
 rows=$(q -c "select count(*) from items")
-t0=$(now); q -c "copy (select * from items) to stdout" > /dev/null; t1=$(now)
+# COPY's own server CPU: its backend's utime + stime, read before the session ends.
+t0=$(now)
+psql "$dsn" -X -q -At -v ON_ERROR_STOP=1 > /dev/null <<SQL
+select pg_backend_pid() as backend \gset
+\\setenv BACKEND :backend
+copy (select * from items) to stdout;
+\\! awk -v hz="\$(getconf CLK_TCK)" '{printf "%.2f", (\$14 + \$15) / hz}' /proc/\$BACKEND/stat > "$dir/copy_cpu"
+SQL
+t1=$(now)
 copy_out=$(echo "$rows / ($t1 - $t0)" | bc -l)
+copy_cpu=$(cat "$dir/copy_cpu")
 bf_fill() {  # bf_fill NAME FIRSTVIEW VIEWKIND VIEWNAME: sets bf_rows bf_filled bf_seconds bf_rss bf_cpu bf_load
   # The first start has a view in the store already (a store new to the pipeline is
   # filled by the initial snapshot).
@@ -395,6 +455,8 @@ bf_fill() {  # bf_fill NAME FIRSTVIEW VIEWKIND VIEWNAME: sets bf_rows bf_filled 
   file=$(config "$name" "$first" "$kind")
   q -c "call items_mixed($offset, $txns)" &
   writer=$!
+  redis_pid=$(cat "$dir/redis/redis.pid" 2>/dev/null || cat "$dir/redis.pid")
+  redis_cpu0=$(cpu_seconds "$redis_pid")
   start_run "$name" "$file"
   pid=$(cat "$dir/$name.pid")
   until grep -q "\"msg\":\"backfill done\".*\"views\":\"$view\"" "$dir/$name.log"; do
@@ -403,6 +465,13 @@ bf_fill() {  # bf_fill NAME FIRSTVIEW VIEWKIND VIEWNAME: sets bf_rows bf_filled 
   done
   bf_load=$(cut -d' ' -f1 /proc/loadavg)
   bf_cpu=$(cpu_seconds "$pid")
+  # The server's CPU for the fill: the backfill's own backends (sizing and reading the
+  # chunks, the watermarks), alive until pgderive stops; Redis's during the whole start.
+  bf_pgcpu=0
+  for p in $(q -c "select pid from pg_stat_activity where application_name = 'pgderive-backfill'"); do
+    bf_pgcpu=$(echo "$bf_pgcpu + $(cpu_seconds "$p" 2>/dev/null || echo 0)" | bc -l)
+  done
+  bf_rediscpu=$(echo "$(cpu_seconds "$redis_pid") - $redis_cpu0" | bc -l)
   bf_rss=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$pid/status")
   wait "$writer"; offset=$((offset + txns + 2))
   stop_run "$name"
@@ -416,10 +485,11 @@ bf_fill() {  # bf_fill NAME FIRSTVIEW VIEWKIND VIEWNAME: sets bf_rows bf_filled 
 }
 if want backfill; then
   bf_fill bfredis hot redis2 bfredis_cache2
-  backfill_lines+=("$(printf '| Redis view | %d | %.0f | %.2f s | %.0f | **%.2f×** | – | %.2f s | %s | %.2f s | %.1f | %s MB |' \
+  backfill_lines+=("$(printf '| Redis view | %d | %.0f | %.2f s | %.0f | **%.2f×** | – | %.2f s | %s | %.2f s | %.2f s / %.2f s / %.2f s | %.1f | %s MB |' \
     "$bf_rows" "$copy_out" "$(echo "$bf_rows / $copy_out" | bc -l)" "$(echo "$bf_rows / $bf_filled" | bc -l)" \
     "$(echo "$bf_rows / $bf_filled / $copy_out" | bc -l)" "$bf_seconds" "$bf_split" "$(echo "$bf_cpu * 1000000 / $bf_rows" | bc -l)" \
-    "$bf_load" "$bf_rss")")
+    "$(echo "$copy_cpu * 1000000 / $rows" | bc -l)" "$(echo "$bf_pgcpu * 1000000 / $bf_rows" | bc -l)" \
+    "$(echo "$bf_rediscpu * 1000000 / $bf_rows" | bc -l)" "$bf_load" "$bf_rss")")
   echo "${backfill_lines[-1]}" >&2
 fi
 if want backfill-opensearch && [ -n "$search_url" ]; then
@@ -429,7 +499,8 @@ if want backfill-opensearch && [ -n "$search_url" ]; then
   q -c "select '{\"index\":{\"_index\":\"bfsearch_ceiling\",\"_id\":\"' || id || '\",\"version\":1,\"version_type\":\"external_gte\"}}' || chr(10) || row_to_json(i)::text from items i" \
     | split -l 10000 - "$dir/bfbulk/part."
   mapping=$(curl -s "$PGDERIVE_OPENSEARCH_URL/bfsearch/_mapping" | sed 's/^{"[^"]*":\(.*\)}$/\1/')
-  curl -s -XPUT "$PGDERIVE_OPENSEARCH_URL/bfsearch_ceiling" -H 'Content-Type: application/json' -d "$mapping" > /dev/null
+  curl -s -XPUT "$PGDERIVE_OPENSEARCH_URL/bfsearch_ceiling" -H 'Content-Type: application/json' -d "$mapping" \
+    | grep -q '"acknowledged":true' || { echo "index bfsearch_ceiling not created with the view's mapping" >&2; exit 1; }
   touch_index bfsearch_ceiling
   t0=$(now)
   for f in "$dir"/bfbulk/part.*; do
@@ -439,12 +510,49 @@ if want backfill-opensearch && [ -n "$search_url" ]; then
   t1=$(now); bulk=$(echo "$rows / ($t1 - $t0)" | bc -l)
   curl -s -XDELETE "$PGDERIVE_OPENSEARCH_URL/bfsearch_ceiling" > /dev/null
   rm -rf "$dir/bfbulk"
-  backfill_lines+=("$(printf '| OpenSearch view | %d | %.0f | %.2f s | %.0f | **%.2f×** | **%.2f×** (`_bulk` %.0f docs/s) | %.2f s | %s | %.2f s | %.1f | %s MB |' \
+  backfill_lines+=("$(printf '| OpenSearch view | %d | %.0f | %.2f s | %.0f | **%.2f×** | **%.2f×** (`_bulk` %.0f docs/s) | %.2f s | %s | %.2f s | %.2f s / %.2f s / – | %.1f | %s MB |' \
     "$bf_rows" "$copy_out" "$(echo "$bf_rows / $copy_out" | bc -l)" "$(echo "$bf_rows / $bf_filled" | bc -l)" \
     "$(echo "$bf_rows / $bf_filled / $copy_out" | bc -l)" "$(echo "$bf_rows / $bf_filled / $bulk" | bc -l)" "$bulk" \
-    "$bf_seconds" "$bf_split" "$(echo "$bf_cpu * 1000000 / $bf_rows" | bc -l)" "$bf_load" "$bf_rss")")
+    "$bf_seconds" "$bf_split" "$(echo "$bf_cpu * 1000000 / $bf_rows" | bc -l)" \
+    "$(echo "$copy_cpu * 1000000 / $rows" | bc -l)" "$(echo "$bf_pgcpu * 1000000 / $bf_rows" | bc -l)" "$bf_load" "$bf_rss")")
   echo "${backfill_lines[-1]}" >&2
 fi
+fi
+
+# Definition change to serving (version-opensearch): an OpenSearch view of a table of
+# --version-rows rows is live; its file then gets a column list (a new definition) and
+# `pgderive reload` is sent while a writer runs the workload's transactions on the
+# table. Timed from the reload to the log line saying the alias is on the new version
+# (built next to the serving one, promote: auto).
+version_line=""
+if want version-opensearch && [ -n "$search_url" ]; then
+  q -c "create table versioned (like items including all)"
+  q -c "set synchronous_commit = off" -c "insert into versioned select (item_row(g)).* from generate_series(1, $version_rows) g"
+  q -c "vacuum analyze versioned"
+  file=$(config veros)
+  printf '  - {name: veros_search, store: search, from: versioned, index: veros}\n' >> "$file"
+  start_run veros "$file"
+  until grep -q "alias veros now on index veros-1" "$dir/veros.log" && curl -s "$PGDERIVE_OPENSEARCH_URL/pgderive-checkpoints/_doc/veros.search%2Fview%2Fveros_search" | grep -q '\\"state\\":\\"live\\"'; do
+    kill -0 "$(cat "$dir/veros.pid")" 2>/dev/null || { tail -3 "$dir/veros.log" >&2; exit 1; }
+    sleep 0.2
+  done
+  sed -i 's/index: veros}/index: veros, columns: [id, title, price, updated_at]}/' "$file"
+  q -c "create procedure versioned_mixed(n int) language plpgsql as \$\$ begin for i in 1..n loop update versioned set price = price + 1 where id = 1 + (i * 7919) % $version_rows; commit; end loop; end \$\$"
+  q -c "call versioned_mixed($txns)" &
+  writer=$!
+  t0=$(now)
+  "$binary" reload -c "$file" > /dev/null
+  until grep -q "alias veros now on index veros-2" "$dir/veros.log"; do
+    kill -0 "$(cat "$dir/veros.pid")" 2>/dev/null || { tail -3 "$dir/veros.log" >&2; exit 1; }
+    sleep 0.05
+  done
+  t1=$(now)
+  wait "$writer"
+  vrss=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$(cat "$dir/veros.pid")/status")
+  stop_run veros
+  version_line=$(printf '| OpenSearch view, a column list given (new mapping) | %d | %.1f s | %.0f | %s MB |' \
+    "$version_rows" "$(echo "$t1 - $t0" | bc -l)" "$(echo "$version_rows / ($t1 - $t0)" | bc -l)" "$vrss")
+  echo "$version_line" >&2
 fi
 
 # Store ceilings on the same final rows.
@@ -460,8 +568,9 @@ mkdir -p "$dir/bulk"
 q -c "select '{\"index\":{\"_index\":\"ceiling\",\"_id\":\"' || id || '\"}}' || chr(10) || row_to_json(i)::text from items i" \
   | split -l 10000 - "$dir/bulk/part."
 # The same mapping as the view's index (pgderive derives it from the column types).
-mapping=$(curl -s "$PGDERIVE_OPENSEARCH_URL/opensearch/_mapping" | sed 's/^{"opensearch":\(.*\)}$/\1/')
-curl -s -XPUT "$PGDERIVE_OPENSEARCH_URL/ceiling" -H 'Content-Type: application/json' -d "$mapping" > /dev/null
+mapping=$(curl -s "$PGDERIVE_OPENSEARCH_URL/opensearch/_mapping" | sed 's/^{"[^"]*":\(.*\)}$/\1/')
+curl -s -XPUT "$PGDERIVE_OPENSEARCH_URL/ceiling" -H 'Content-Type: application/json' -d "$mapping" \
+  | grep -q '"acknowledged":true' || { echo "index ceiling not created with the view's mapping" >&2; exit 1; }
 t0=$(now)
 for f in "$dir"/bulk/part.*; do
   curl -s -XPOST "$PGDERIVE_OPENSEARCH_URL/_bulk" -H 'Content-Type: application/x-ndjson' --data-binary @"$f" > /dev/null
@@ -476,10 +585,10 @@ copy_ceiling=$(echo "$rows / ($t1 - $t0)" | bc -l)
 fi
 
 # Latency at a steady rate, streaming into Redis.
-latency="not measured" achieved=0
-if want latency; then
-file=$(config latency hot)
-start_run latency "$file"
+latency="not measured" achieved=0 latency_log="not measured" achieved_log=0
+latency_run() {  # latency_run NAME: pgbench at the rate, the run's commit-to-visible line
+file=$(config "$1" hot)
+start_run "$1" "$file"
 cat > "$dir/update.sql" <<SQL
 \\set id random(1, 100000)
 update hot set v = v + 1, updated_at = clock_timestamp() where id = :id;
@@ -488,9 +597,17 @@ SQL
 # needs that many to reach 5,000 tx/s on 2 cores.
 pgbench_out=$("$bindir/pgbench" -n -f "$dir/update.sql" -R "$rate" -T "$seconds" -c 16 -j 2 "$dsn" 2>&1)
 sleep 3  # Redis checkpoints count as durable 2 s after EXEC; let the last ones settle
-stop_run latency
-latency=$(sed -n 's/.*store cache commit-to-visible latency: \([^"]*\)".*/\1/p' "$dir/latency.log" | tail -1)
-achieved=$(echo "$pgbench_out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
+stop_run "$1"
+run_latency=$(sed -n 's/.*store cache commit-to-visible latency: \([^"]*\)".*/\1/p' "$dir/$1.log" | tail -1)
+run_achieved=$(echo "$pgbench_out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
+}
+if want latency; then
+  latency_run latency
+  latency=$run_latency achieved=$run_achieved
+fi
+if want latency-log; then
+  latency_run latency_log
+  latency_log=$run_latency achieved_log=$run_achieved
 fi
 
 echo
@@ -515,12 +632,29 @@ if [ ${#oscatchup_lines[@]} -gt 0 ]; then
 fi
 echo
 echo "Latency, Redis view, pgbench single-row updates at $rate tx/s for $seconds s (achieved $achieved tx/s): $latency"
+[ "$latency_log" = "not measured" ] || echo "Latency with the change log on, same rate (achieved $achieved_log tx/s): $latency_log"
+if [ ${#log_lines[@]} -gt 0 ]; then
+  echo
+  echo "The change log's writes (the runs marked _log above: /proc write_bytes of the run):"
+  echo
+  echo "| configuration | changes | written | write rate | per 1M changes |"
+  echo "| --- | --- | --- | --- | --- |"
+  for r in "${log_lines[@]}"; do echo "$r"; done
+fi
 echo
 if [ ${#backfill_lines[@]} -gt 0 ]; then
   echo
   echo "Backfill of a view added while a writer runs ($txns transactions of 100 changes):"
   echo
-  echo "| view | rows | COPY TO STDOUT rows/s | COPY time | fill rows/s | ratio to COPY | ratio to versioned \`_bulk\` | live after | reading / waiting for the store | pgderive CPU per 1M rows | load avg | peak RSS |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| view | rows | COPY TO STDOUT rows/s | COPY time | fill rows/s | ratio to COPY | ratio to versioned \`_bulk\` | live after | reading / waiting for the store | pgderive CPU per 1M rows | server CPU per 1M rows: COPY's backend / the fill's backends / Redis | load avg | peak RSS |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   for r in "${backfill_lines[@]}"; do echo "$r"; done
+fi
+if [ -n "$version_line" ]; then
+  echo
+  echo "Definition change to serving: from \`pgderive reload\` with a changed definition to the new version serving (a writer running):"
+  echo
+  echo "| view | rows | reload to serving | rows/s | peak RSS |"
+  echo "| --- | --- | --- | --- | --- |"
+  echo "$version_line"
 fi

@@ -59,6 +59,15 @@ Result<PgConnection> PgConnection::Connect(std::string_view dsn, Mode mode,
   return connection;
 }
 
+bool PgConnection::ServerAnswers(std::string_view dsn) {
+  const std::string dsn_text(dsn);
+  const char* keywords[] = {"dbname", nullptr};
+  const char* values[] = {dsn_text.c_str(), nullptr};
+  const PGPing ping = PQpingParams(keywords, values, /*expand_dbname=*/1);
+  // PQPING_NO_ATTEMPT: the DSN itself is bad, which connecting reports.
+  return ping == PQPING_OK || ping == PQPING_NO_ATTEMPT;
+}
+
 Error PgConnection::ErrorFrom(const PGresult* result, std::string_view what) const {
   const char* state = result != nullptr ? PQresultErrorField(result, PG_DIAG_SQLSTATE) : nullptr;
   std::string message = std::string(what) + ": ";

@@ -53,6 +53,11 @@ class PgConnection final : public SqlRunner {
   static Result<PgConnection> Connect(std::string_view dsn, Mode mode,
                                       std::string_view application_name = "pgderive");
 
+  // Whether a PostgreSQL server answers at `dsn` at all (PQpingParams: accepting
+  // connections, whatever it would say to our credentials). False when it cannot be
+  // reached or is starting up or shutting down.
+  static bool ServerAnswers(std::string_view dsn);
+
   // COPY ... FROM STDIN with `data` (rows in COPY text format, cdc/copy_text.h).
   Status CopyIn(std::string_view copy_sql, std::string_view data);
 

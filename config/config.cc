@@ -322,6 +322,24 @@ class Section {
     return index;
   }
 
+  // Seconds; the default's when absent or wrong.
+  uint64_t Duration(const std::string& name) {
+    const KeyDef* def = Def(name, Kind::kDuration);
+    const uint64_t fallback = ParseDuration(def->fallback).value_or(0);
+    const YAML::Node node = map_[name];
+    if (!Present(def, node)) return fallback;
+    const std::optional<std::string> text =
+        node.IsScalar() ? check_.Expand(node, KeyPath(name), node.Scalar()) : "";
+    if (!text) return fallback;
+    const auto value = node.IsScalar() ? ParseDuration(*text) : std::nullopt;
+    if (!value) {
+      check_.Problem(node, KeyPath(name),
+                     "must be a duration such as 1h, 30m, 90s, 2d or a number of seconds");
+      return fallback;
+    }
+    return *value;
+  }
+
   std::optional<std::vector<std::string>> StringList(const std::string& name) {
     const KeyDef* def = Def(name, Kind::kStringList);
     const YAML::Node node = map_[name];
@@ -380,6 +398,12 @@ class Section {
     return node;
   }
 
+  // An absent mapping key read as an empty mapping: its keys' defaults.
+  std::optional<Section> EmptyChild(const std::string& name) {
+    return Section(check_, YAML::Node(YAML::NodeType::Map), KeyPath(name), KeyPath(name),
+                   KeyMark(map_, name));
+  }
+
   // A section below this one, its keys checked; nullopt as for Container().
   std::optional<Section> Child(const std::string& name) {
     auto node = Container(name);
@@ -416,9 +440,15 @@ class Section {
       return false;
     }
     if (node.IsNull()) {
-      if (def->required) {
-        check_.Problem(KeyMark(map_, def->name), KeyPath(def->name), "required key has no value");
+      // `key:` with nothing after it is a slip (a value lost in an edit), never a way to
+      // ask for the default: taken silently, it would change what the view does.
+      std::string message = def->required ? "required key has no value" : "key has no value";
+      if (!def->required && def->fallback != nullptr && *def->fallback != '\0') {
+        message += "; leave it out for the default (" + std::string(def->fallback) + ")";
+      } else if (!def->required) {
+        message += "; leave it out if it is not wanted";
       }
+      check_.Problem(KeyMark(map_, def->name), KeyPath(def->name), message);
       return false;
     }
     return true;
@@ -578,6 +608,14 @@ std::vector<std::string> Config::ViewNames() const {
   return names;
 }
 
+Result<const ViewConfig*> Config::FindView(const std::string& name) const {
+  for (const ViewConfig& view : views) {
+    if (view.name == name) return &view;
+  }
+  return Error(ErrorKind::kPermanent,
+               path + ": no view named '" + name + "' " + ValidNames(name, ViewNames(), "views"));
+}
+
 std::vector<std::string> Config::SourceTables() const {
   std::vector<std::string> tables;
   std::set<std::string> seen;
@@ -623,7 +661,7 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
   Config config;
   config.path = path;
   config.marks = ValueMarks(root);
-  for (const char* section : {"http", "log"}) {
+  for (const char* section : {"http", "log", "spool"}) {
     const YAML::Node node = static_cast<const YAML::Node&>(root)[section];
     if (!node || !node.IsMap()) continue;
     for (const auto& [key, mark] : ValueMarks(node)) {
@@ -777,6 +815,13 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
         continue;
       }
       s.CheckKeys(StoreBit(store->second.type));
+      // Versions (view_versions.h): OpenSearch and postgres views, and Redis views whose
+      // key template changes.
+      if (store->second.type == StoreType::kOpenSearch || store->second.type == StoreType::kRedis ||
+          store->second.type == StoreType::kPostgres) {
+        view.promote_manual = s.Choice("promote") == 1;
+        view.retain_previous = std::chrono::seconds(s.Duration("retain_previous"));
+      }
       Target target{i, view.store, store->second.type, "", {}, ""};
       // Where the view writes (`what`, from its key `key`): checked against the others.
       auto writes_to = [&](const std::string& key, std::string what) {
@@ -869,6 +914,41 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
   if (auto snapshot = top.Child("snapshot")) {
     config.snapshot.workers = static_cast<int>(snapshot->Integer("workers"));
   }
+  if (const YAML::Node spool = static_cast<const YAML::Node&>(root)["spool"];
+      spool.IsDefined() && !spool.IsNull() && spool.IsScalar()) {
+    if (spool.Scalar() != "off") {
+      check.Problem(spool, "spool",
+                    "must be `off` or a mapping of dir, max_bytes, segment_bytes, when_full");
+    }
+    config.spool.enabled = false;
+  } else if (auto section = spool.IsDefined() ? top.Child("spool") : top.EmptyChild("spool")) {
+    config.spool.enabled = true;
+    const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+    std::error_code ec;
+    const std::filesystem::path base =
+        parent.empty() ? std::filesystem::current_path(ec) : std::filesystem::absolute(parent, ec);
+    const std::string dir = section->String("dir").value_or("pgderive-spool/" + config.pipeline);
+    config.spool.dir = (base / dir).lexically_normal().string();
+    const std::filesystem::path resolved(config.spool.dir);
+    if (dir.empty() || resolved == base.lexically_normal() ||
+        resolved == (base / "").lexically_normal()) {
+      // A log that cannot be opened is moved aside as a whole directory: never the
+      // configuration's own.
+      check.Problem(section->Node("dir"), "spool.dir",
+                    "must name a directory of its own, not the configuration file's directory");
+    } else if (std::filesystem::exists(resolved, ec) &&
+               !std::filesystem::is_directory(resolved, ec)) {
+      check.Problem(section->Node("dir"), "spool.dir",
+                    config.spool.dir + " exists and is not a directory");
+    }
+    config.spool.max_bytes = section->ByteSize("max_bytes");
+    config.spool.segment_bytes = section->ByteSize("segment_bytes");
+    config.spool.when_full = static_cast<SpoolConfig::WhenFull>(section->Choice("when_full"));
+    if (config.spool.segment_bytes * 2 > config.spool.max_bytes) {
+      check.Problem(section->Node("segment_bytes"), "spool.segment_bytes",
+                    "must be at most half of spool.max_bytes");
+    }
+  }
   if (auto http = top.Child("http")) {
     if (auto listen = http->String("listen")) {
       config.http.listen = *listen;
@@ -914,6 +994,10 @@ std::optional<Config> LoadConfigOrReport(const std::string& path, std::FILE* err
   ConfigResult loaded = LoadConfigFile(path);
   if (!loaded.config) std::fputs(loaded.Describe(path).c_str(), err);
   return std::move(loaded.config);
+}
+
+std::string ChangeLogOwner(const Config& config) {
+  return "pipeline " + config.pipeline + ", slot " + config.source.slot;
 }
 
 }  // namespace pgderive

@@ -9,6 +9,7 @@
 // a DSN or URL that does not parse - each with file, line and column, and never quotes
 // a secret.
 
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <map>
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "base/log.h"
+#include "base/status.h"
 #include "config/key_template.h"
 
 namespace pgderive {
@@ -26,6 +28,10 @@ struct ConfigProblem {
   int column = 0;
   std::string key;  // dotted path, e.g. views[1].store
   std::string message;
+  // A store that did not answer (connection refused, a timeout, HTTP 5xx): nothing is
+  // known to be wrong with the file, the server is down. `run` waits for such a store of
+  // a pipeline that already streams; validate reports it like any problem.
+  bool unreachable = false;
 };
 
 // Where something is written in the file: 1-based line and column; 0 when unknown
@@ -89,7 +95,12 @@ struct ViewConfig {
   std::string table;                                // postgres: the target table
   std::vector<std::string> key_columns;             // postgres: key: [..]
   std::string query;                                // postgres
-  int line = 0;                                     // of the view's entry in `views`
+  // A changed definition's new version replaces the serving one by `pgderive promote`
+  // (promote: manual), not as soon as it is complete (auto).
+  bool promote_manual = false;
+  // How long the version switched away from is kept, maintained, for a rollback.
+  std::chrono::seconds retain_previous{3600};
+  int line = 0;  // of the view's entry in `views`
   int column = 0;
   ConfigMarks marks;  // from, key, columns, query, ...: where each value is written
   std::vector<ConfigMark> column_marks;      // columns[i] as written
@@ -112,6 +123,31 @@ struct SnapshotConfig {
   int workers = 4;
 };
 
+// The change log between capture and the stores (docs/configuration.md, "spool").
+struct SpoolConfig {
+  // On unless `spool: off` (then the slot is confirmed at the slowest store's durable
+  // checkpoint). No `spool` section takes every default below.
+  bool enabled = true;
+  // Where its segments live: absolute, or relative to the configuration file's
+  // directory; default `pgderive-spool/<pipeline>` there. Resolved to an absolute path.
+  std::string dir;
+  uint64_t max_bytes = uint64_t{10} << 30;
+  uint64_t segment_bytes = uint64_t{64} << 20;
+  // At max_bytes, a store whose checkpoint is still in the oldest segment:
+  //   kDetach  is detached, stalled or slow (its views failed, refilled by the backfill
+  //            once it answers); the log and the slot move on for the others
+  //   kPause   is detached only when stalled; one that answers but is slower than the
+  //            writer pauses the capture (the slot holds the WAL) until the log is down
+  //            to 3/4 of max_bytes
+  enum class WhenFull { kDetach, kPause };
+  WhenFull when_full = WhenFull::kDetach;
+};
+
+// Whose change log a directory is (spool/ records it in the directory): the pipeline and
+// its slot.
+struct Config;
+std::string ChangeLogOwner(const Config& config);
+
 struct HttpConfig {
   std::string listen = "127.0.0.1:9187";
 };
@@ -123,9 +159,10 @@ struct Config {
   std::map<std::string, StoreConfig> stores;
   std::vector<ViewConfig> views;
   SnapshotConfig snapshot;
+  SpoolConfig spool;
   HttpConfig http;
   LogConfig log;
-  // Where the top-level values and those of http and log are written: "pipeline",
+  // Where the top-level values and those of http, log and spool are written: "pipeline",
   // "http.listen", "log.level", ... (for what reports at a key, as a reload does).
   ConfigMarks marks;
 
@@ -136,6 +173,9 @@ struct Config {
   std::vector<std::string> SourceTables() const;
   // The views' names, in file order (for a message about a name that is not one).
   std::vector<std::string> ViewNames() const;
+  // The view named `name`. Error (kPermanent): "FILE: no view named 'x' (views: a, b;
+  // did you mean a?)", FILE being the file's path - what a command prints.
+  Result<const ViewConfig*> FindView(const std::string& name) const;
 };
 
 struct ConfigResult {

@@ -140,6 +140,12 @@ ConfigChange CompareConfigs(const Config& running, const Config& next) {
   if (next.source.max_retained_wal_bytes != running.source.max_retained_wal_bytes) {
     change.settings_changed.push_back("source.max_retained_wal");
   }
+  if (next.spool.enabled != running.spool.enabled || next.spool.dir != running.spool.dir ||
+      next.spool.max_bytes != running.spool.max_bytes ||
+      next.spool.segment_bytes != running.spool.segment_bytes ||
+      next.spool.when_full != running.spool.when_full) {
+    change.settings_changed.push_back("spool");
+  }
   if (next.log.format != running.log.format) change.kept_until_restart.push_back("log.format");
   if (next.log.level != running.log.level) change.kept_until_restart.push_back("log.level");
   return change;

@@ -6,7 +6,8 @@
 //
 //   can change while running        views (added, removed, redefined), stores (added,
 //                                   removed, another url/credentials), snapshot.workers,
-//                                   source.heartbeat_interval, source.max_retained_wal
+//                                   source.heartbeat_interval, source.max_retained_wal,
+//                                   spool (the next generation opens the log anew)
 //   cannot (the reload is refused)  pipeline, source.dsn, source.slot,
 //                                   source.publication, http.listen: what names the
 //                                   pipeline, holds its lock, or is bound by the process

@@ -64,6 +64,18 @@ std::optional<long long> ParseInteger(const std::string& text, long long min, lo
   return value.value();
 }
 
+std::string FormatByteSize(uint64_t bytes) {
+  static constexpr const char* kUnits[] = {"B", "kB", "MB", "GB", "TB"};
+  int unit = 0;
+  while (unit < 4 && bytes >= (uint64_t{1} << (10 * (unit + 1)))) ++unit;
+  const uint64_t scale = uint64_t{1} << (10 * unit);
+  if (bytes % scale == 0) return std::to_string(bytes / scale) + kUnits[unit];
+  // One decimal, rounded down (never more than the size).
+  const uint64_t tenths = bytes / scale * 10 + bytes % scale * 10 / scale;
+  if (tenths % 10 == 0) return std::to_string(tenths / 10) + kUnits[unit];
+  return std::to_string(tenths / 10) + "." + std::to_string(tenths % 10) + kUnits[unit];
+}
+
 std::optional<uint64_t> ParseByteSize(const std::string& text) {
   size_t digits = 0;
   while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
@@ -91,6 +103,30 @@ std::optional<uint64_t> ParseByteSize(const std::string& text) {
   }
   if (shift > 0 && number > (UINT64_MAX >> shift)) return std::nullopt;
   return number << shift;
+}
+
+std::optional<uint64_t> ParseDuration(const std::string& text) {
+  size_t digits = 0;
+  while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
+  if (digits == 0 || digits > 12) return std::nullopt;
+  auto parsed = ParseUint64(std::string_view(text).substr(0, digits));
+  if (!parsed.ok()) return std::nullopt;
+  const std::string unit = text.substr(digits);
+  uint64_t scale = 0;
+  if (unit.empty() || unit == "s") {
+    scale = 1;
+  } else if (unit == "m") {
+    scale = 60;
+  } else if (unit == "h") {
+    scale = 3600;
+  } else if (unit == "d") {
+    scale = 86400;
+  } else {
+    return std::nullopt;
+  }
+  const uint64_t seconds = parsed.value() * scale;
+  if (seconds > uint64_t{10} * 366 * 86400) return std::nullopt;
+  return seconds;
 }
 
 }  // namespace pgderive

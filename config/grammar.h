@@ -27,5 +27,12 @@ std::optional<long long> ParseInteger(const std::string& text, long long min, lo
 // "1GB", "512MB", "64kB", "100" (bytes) -> bytes; units are PostgreSQL's (powers of
 // 1024, B kB MB GB TB, case-insensitive). nullopt when malformed or out of range.
 std::optional<uint64_t> ParseByteSize(const std::string& text);
+// The other way, for people: 4194304 -> "4MB", 1610612736 -> "1.5GB", 900 -> "900B"
+// (the largest unit the size reaches, one decimal when not whole; ParseByteSize reads
+// the whole ones back).
+std::string FormatByteSize(uint64_t bytes);
+// "1h", "30m", "90s", "2d", "0" (seconds) -> seconds. nullopt when malformed or out of
+// range (above 10 years).
+std::optional<uint64_t> ParseDuration(const std::string& text);
 
 }  // namespace pgderive

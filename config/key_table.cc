@@ -28,7 +28,12 @@ const std::vector<KeyDef>& Keys() {
       {"", "stores", Kind::kStores, 0, true, "required", "the stores, by name"},
       {"", "views", Kind::kViews, 0, true, "required",
        "the views, at least one; no two may write the same keys, index or table"},
-      {"", "snapshot", Kind::kMapping, 0, false, "", "the initial snapshot"},
+      {"", "snapshot", Kind::kMapping, 0, false, "",
+       "reading an exported snapshot (`tail --snapshot`, `verify`); every fill of `run` is the "
+       "backfill"},
+      {"", "spool", Kind::kMapping, 0, false, "on, every default",
+       "the durable change log between capture and the stores: a mapping of the keys below, or "
+       "`off` (the slot then waits for the slowest store)"},
       {"", "http", Kind::kMapping, 0, false, "", "the health and metrics endpoint"},
       {"", "log", Kind::kMapping, 0, false, "", "the log lines on stderr"},
 
@@ -81,11 +86,37 @@ const std::vector<KeyDef>& Keys() {
        "the key columns of the query's result, unique"},
       {"views[]", "query", Kind::kString, kPostgres, true, "required",
        "the query the target table equals"},
+      {"views[]", "promote", Kind::kChoice, kOpenSearch | kRedis | kPostgres, false, "auto",
+       "when a changed definition's new version replaces the serving one: `auto` once it is "
+       "complete and caught up, `manual` by `pgderive promote` (Redis: a changed key template; "
+       "a Redis change that keeps it is rebuilt in place and switches when complete; postgres: "
+       "a changed key or table is rebuilt, not versioned)",
+       0, 0, "auto|manual"},
+      {"views[]", "retain_previous", Kind::kDuration, kOpenSearch | kRedis | kPostgres, false, "1h",
+       "how long the version switched away from is kept (maintained from the stream) for "
+       "`pgderive rollback`: `1h`, `30m`, `90s`, `2d`, or seconds; `0` drops it at once"},
 
       {"snapshot", "workers", Kind::kInteger, 0, false, "4",
        "connections reading an exported snapshot in parallel, each a chunk of a table; "
        "not the backfill's (`source.snapshot_parallelism`) (1-64)",
        1, 64},
+      {"spool", "dir", Kind::kString, 0, false, "`pgderive-spool/<pipeline>`",
+       "the log's directory, absolute or relative to the configuration file's directory; "
+       "put it on a persistent volume; refused at start when `run` cannot write it, or it "
+       "holds other files or another pipeline's log (pgderive removes the log's own files "
+       "in it)"},
+      {"spool", "max_bytes", Kind::kByteSize, 0, false, "10GB",
+       "the log's bound on disk; what happens when it is reached: `when_full`"},
+      {"spool", "when_full", Kind::kChoice, 0, false, "detach",
+       "`detach`: a store still in the oldest segment at `max_bytes` is detached, stalled (at "
+       "once) or slow (after 10 s, the capture paused meanwhile): its views `failed`, then "
+       "refilled by the backfill once it answers, and the slot moves on; `pause`: only a stalled "
+       "store is detached, a slow one pauses the "
+       "capture (the slot holds the WAL) until the log is down to 3/4 of `max_bytes`",
+       0, 0, "detach|pause"},
+      {"spool", "segment_bytes", Kind::kByteSize, 0, false, "64MB",
+       "the size a segment file is closed at; whole segments are removed once every store "
+       "passed them"},
       {"http", "listen", Kind::kString, 0, false, "`127.0.0.1:9187`",
        "`host:port` of `/healthz`, `/readyz`, `/metrics`"},
       {"log", "format", Kind::kChoice, 0, false, "json", "`json` or `logfmt`", 0, 0, "json|logfmt"},
@@ -113,6 +144,8 @@ const char* KindName(Kind kind) {
       return "string";
     case Kind::kStringList:
       return "list of strings";
+    case Kind::kDuration:
+      return "duration";
   }
   return "";
 }

@@ -55,4 +55,39 @@ std::string KeyTemplate::Pattern() const {
   return out;
 }
 
+std::vector<std::vector<std::string>> KeyTemplate::Splits(const std::string& key,
+                                                          size_t limit) const {
+  std::vector<std::vector<std::string>> out;
+  std::vector<std::string> values;
+  // Part `i` from `at` on: a literal must be there; a column takes every length that
+  // leaves the rest matchable (each tried, shortest first).
+  auto walk = [&](auto& self, size_t i, size_t at) -> void {
+    if (out.size() >= limit) return;
+    if (i == parts_.size()) {
+      if (at == key.size()) out.push_back(values);
+      return;
+    }
+    const Part& part = parts_[i];
+    if (part.column.empty()) {
+      if (key.compare(at, part.literal.size(), part.literal) == 0) {
+        self(self, i + 1, at + part.literal.size());
+      }
+      return;
+    }
+    // The next literal bounds the value: try each place it occurs (the end when none).
+    const std::string* next =
+        i + 1 < parts_.size() && parts_[i + 1].column.empty() ? &parts_[i + 1].literal : nullptr;
+    for (size_t end = at; end <= key.size(); ++end) {
+      if (next != nullptr && key.compare(end, next->size(), *next) != 0) continue;
+      if (next == nullptr && i + 1 == parts_.size() && end != key.size()) continue;
+      values.push_back(key.substr(at, end - at));
+      self(self, i + 1, end);
+      values.pop_back();
+      if (out.size() >= limit) return;
+    }
+  };
+  walk(walk, 0, 0);
+  return out;
+}
+
 }  // namespace pgderive

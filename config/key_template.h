@@ -24,6 +24,13 @@ class KeyTemplate {
   std::string Prefix() const { return text_.substr(0, text_.find('{')); }
   // A glob (Redis SCAN MATCH) that matches every key the template can make.
   std::string Pattern() const;
+  // The template read backwards (a key met in the store, to find its row): every way
+  // `key` splits into the literals and a value for each {column}, in the order of
+  // columns(), at most `limit` of them; none when the template cannot make it. A value
+  // that holds the literal after it makes several ("a:{x}:{y}" reads "a:1:2:3" as
+  // (1, 2:3) and (1:2, 3)): the caller looks each up. Two {column}s with no literal
+  // between are split everywhere.
+  std::vector<std::vector<std::string>> Splits(const std::string& key, size_t limit = 64) const;
 
   struct Part {
     std::string literal;  // when column is empty

@@ -4,12 +4,14 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "base/retry.h"
 #include "base/table_name.h"
-#include "pipeline/rebuild.h"
+#include "config/grammar.h"
 #include "pipeline/view_states.h"
+#include "spool/segment_log.h"
 
 namespace pgderive {
 namespace {
@@ -20,6 +22,24 @@ constexpr auto kConfirmInterval = std::chrono::milliseconds(100);
 constexpr auto kLockCheckInterval = std::chrono::seconds(1);
 // How often a run that lost its lock's session tries to re-take it.
 constexpr auto kLockRetry = std::chrono::milliseconds(250);
+// The change log: how long one turn captures or delivers before the other stage's turn,
+// and how often it is truncated and its bound checked.
+constexpr auto kSpoolTurn = std::chrono::milliseconds(20);
+constexpr auto kMaintainInterval = std::chrono::seconds(1);
+// spool.when_full detach: how long a store that answers may hold the oldest segment at
+// spool.max_bytes (the capture paused) before it is detached. A store a moment behind
+// (Redis's fsync once a second, a batch in flight) frees it within that time.
+constexpr auto kSlowStoreGrace = std::chrono::seconds(10);
+
+uint64_t CommitEnd(const std::string& bytes) {
+  // 'C' Int8 flags, Int64 commit_lsn, Int64 end_lsn, ...
+  uint64_t value = 0;
+  for (size_t i = 10; i < 18; ++i) value = (value << 8) | static_cast<uint8_t>(bytes[i]);
+  return value;
+}
+
+// A teardown waits this long for a run to re-take its lock (run_lock.h).
+static_assert(kLockCheckInterval + 2 * kLockRetry < kRunRetakeWindow);
 
 }  // namespace
 
@@ -86,17 +106,16 @@ std::optional<int> Pipeline::Prepare() {
     }
   }
   if (auto code = DescribeTables()) return code;
-  for (auto& sink : sinks_) {
-    Status status = sink->Connect();
-    if (!status.ok()) return Fail("store " + sink->name() + ": " + status.error().message());
-  }
   // The HTTP endpoint binds before anything is created: a taken port fails the start.
   // (A reload's pipeline is handed the endpoint the process bound at start.)
-  auto port =
-      host_.Serve(config_.http.listen, {.not_ready = [this] { return monitor_.NotReady(); },
-                                        .metrics = [this] { return metrics_.Render(); },
-                                        .status_json = [this] { return monitor_.StatusJson(); },
-                                        .reload = {}});
+  auto port = host_.Serve(
+      config_.http.listen,
+      {.not_ready = [this] { return monitor_.NotReady(); },
+       .metrics = [this] { return metrics_.Render(); },
+       .status_json = [this] { return monitor_.StatusJson(); },
+       .reload = {},
+       .version = [this](const std::string& action,
+                         const std::string& body) { return SwitchVersion(action, body); }});
   if (!port.ok()) return Fail(port.error().message());
   http_port_ = port.value();
   logger_.Info("http endpoint listening",
@@ -117,8 +136,18 @@ std::optional<int> Pipeline::Prepare() {
   }
   monitor_.Start();
   for (auto& sink : sinks_) {
-    Status status = sink->Migrate();
-    if (!status.ok()) return Fail("store " + sink->name() + ": " + status.error().message());
+    if (auto code = ConnectStore(*sink)) return code;
+  }
+  for (auto& sink : sinks_) {
+    // A store starting up (an OpenSearch shard still recovering: 503) is waited for, as
+    // at every other start-up step.
+    Status status =
+        RetryTransient([&] { return sink->Migrate(); }, [this] { return stopped(); },
+                       [&](const std::string& m) { Warn("store " + sink->name() + ": " + m); });
+    if (!status.ok()) {
+      if (stopped()) return 0;  // stopped while the store was down: a stop, not a failure
+      return Fail("store " + sink->name() + ": " + status.error().message());
+    }
     for (const std::string& notice : sink->TakeNotices()) {
       logger_.Info("store " + sink->name() + ": " + notice, {{"store", sink->name()}});
     }
@@ -128,6 +157,87 @@ std::optional<int> Pipeline::Prepare() {
 
 // Every view takes its table's shape (checked before; a table altered since is still
 // refused here, before anything is created).
+std::pair<int, std::string> Pipeline::SwitchVersion(const std::string& action,
+                                                    const std::string& body) {
+  const auto request = nlohmann::json::parse(body, nullptr, false);
+  const std::string view =
+      request.is_object() && request.contains("view") && request["view"].is_string()
+          ? request["view"].get<std::string>()
+          : std::string();
+  auto answer = [](int code, const std::string& result, const std::string& message) {
+    return std::pair<int, std::string>(
+        code, nlohmann::json{{"result", result}, {"message", message}}.dump());
+  };
+  for (const auto& sink : sinks_) {
+    for (const auto& [name, tables] : sink->view_sources()) {
+      if (name != view) continue;
+      // How far a building version is, for the refusal (the view's backfill progress).
+      double percent = -1;
+      const auto status = nlohmann::json::parse(monitor_.StatusJson(), nullptr, false);
+      if (status.is_object() && status.contains("views")) {
+        for (const auto& v : status["views"]) {
+          if (v.value("name", "") == view && v.contains("progress_percent") &&
+              v["progress_percent"].is_number()) {
+            percent = v["progress_percent"].get<double>();
+          }
+        }
+      }
+      const bool promote = action == "promote";
+      auto done = sink->SwitchVersion(
+          view, promote ? Sink::VersionSwitch::kPromote : Sink::VersionSwitch::kRollback, percent);
+      if (!done.ok()) {
+        logger_.Warn(action + " refused: " + done.error().message(),
+                     {{"store", sink->name()}, {"view", view}});
+        return answer(done.error().kind() == ErrorKind::kPermanent ? 409 : 503, "refused",
+                      done.error().message());
+      }
+      logger_.Info(done.value(), {{"store", sink->name()}, {"view", view}, {"via", action}});
+      return answer(200, promote ? "promoted" : "rolled back", done.value());
+    }
+  }
+  return answer(404, "refused", "the running pipeline has no view named '" + view + "'");
+}
+
+std::optional<int> Pipeline::ConnectStore(Sink& sink) {
+  const std::string store = sink.name();
+  auto waiting = [&](const std::string& why) {
+    Warn("store " + store + ": " + why);
+    monitor_.SetStartWaiting("store " + store + " does not answer: every view waits for it (" +
+                             why + ")");
+  };
+  if (waited_stores_.contains(store) && store_check_) {
+    // It did not answer the start-up checks: they are made once it does.
+    Backoff backoff = ReconnectBackoff();
+    while (true) {
+      if (stopped()) return 0;
+      const StoreCheck check = store_check_(store);
+      if (check.answers && !check.problems.empty()) {
+        return Fail("store " + store +
+                    " answers now, but does not work with this "
+                    "configuration:\n" +
+                    check.problems);
+      }
+      if (check.answers) break;
+      const auto delay = backoff.Next();
+      waiting("it did not answer the start-up checks" +
+              (check.problems.empty() ? std::string() : ": " + check.problems) + "; retrying in " +
+              std::to_string(delay.count()) + " ms");
+      WaitUnlessStopped(delay, [this] { return stopped(); });
+    }
+    Log("store " + store + " answers: its start-up checks passed");
+  }
+  // A store starting up (an OpenSearch shard still recovering: 503) is waited for, as at
+  // every other start-up step.
+  Status status =
+      RetryTransient([&] { return sink.Connect(); }, [this] { return stopped(); }, waiting);
+  monitor_.SetStartWaiting("");
+  if (!status.ok()) {
+    if (stopped()) return 0;  // stopped while the store was down: a stop, not a failure
+    return Fail("store " + store + ": " + status.error().message());
+  }
+  return std::nullopt;
+}
+
 std::optional<int> Pipeline::DescribeTables() {
   std::string problems;
   for (const std::string& table : tables_) {
@@ -178,47 +288,24 @@ std::optional<int> Pipeline::OpenSlot() {
     if (!connected.ok()) return Undo(Fail(connected.error().message()));
     replication_.emplace(std::move(connected).value());
   }
-  std::vector<Sink*> to_rebuild;
   if (!slot.value().exists) {
-    // First start. The stores whose views are filled row by row (Redis, OpenSearch)
-    // take the watermark backfill: their checkpoint is the slot's consistent point,
-    // every view is recorded backfilling from the start, and the backfill fills them
-    // while the stream flows (StartStores). Only a store whose views are queries
-    // (postgres) is filled from the slot's exported snapshot, which the slot exports
-    // only for it. Until every store has written its checkpoint a crash leaves at least
-    // one without, which the next start fills again.
-    std::vector<Sink*> all, from_snapshot;
-    for (auto& sink : sinks_) {
-      all.push_back(sink.get());
-      if (!FilledByBackfill(*sql_, *sink)) from_snapshot.push_back(sink.get());
-    }
-    auto created = replication_->CreateLogicalSlot(
-        config_.source.slot, "pgoutput", /*temporary=*/false,
-        from_snapshot.empty() ? SlotSnapshot::kNoExport : SlotSnapshot::kExport);
+    // First start. Every store is filled by the watermark backfill while the stream
+    // flows (StartStores): its checkpoint is the slot's consistent point, and every view
+    // (a postgres store: every mirror) is recorded backfilling from the start. No
+    // snapshot is exported. Until every store has written its checkpoint a crash leaves
+    // at least one without, which the next start fills again.
+    std::vector<Sink*> all;
+    for (auto& sink : sinks_) all.push_back(sink.get());
+    auto created = replication_->CreateLogicalSlot(config_.source.slot, "pgoutput",
+                                                   /*temporary=*/false, SlotSnapshot::kNoExport);
     if (!created.ok()) return Undo(Fail(created.error().message()));
     guard_->MadeSlot();
     const Lsn at = created.value().consistent_point;
     Log("created slot " + config_.source.slot + " at " + at.ToString());
     guard_->Filling(all);
     confirmed_ = at;
-    if (!from_snapshot.empty()) {
-      status = SnapshotInto(config_, from_snapshot, *created.value().snapshot_name, at, stop_,
-                            logger_, monitor_);
-      if (!status.ok()) {
-        if (status.error().kind() != ErrorKind::kTransient) {
-          return Undo(Fail("initial snapshot failed: " + status.error().message()));
-        }
-        Warn("initial snapshot failed: " + status.error().message() +
-             "; the stores are rebuilt from a new snapshot");
-        to_rebuild = from_snapshot;
-      } else {
-        for (Sink* sink : from_snapshot) checkpoints_[sink] = at;
-      }
-    }
+    if (config_.spool.enabled && !OpenChangeLog(/*first_start=*/true)) return Undo(1);
     for (Sink* sink : all) {
-      if (std::find(from_snapshot.begin(), from_snapshot.end(), sink) != from_snapshot.end()) {
-        continue;
-      }
       // Removes what the store may hold of an earlier pipeline of this name (no
       // checkpoint, no views' data), and lets Undo remove what this start writes.
       status =
@@ -229,10 +316,24 @@ std::optional<int> Pipeline::OpenSlot() {
         return Undo(Fail("store " + sink->name() + ": " + status.error().message()));
       }
       checkpoints_[sink] = at;
-      fill_[sink->name()] = StoreFill{"first start", /*clear=*/false};
+      fill_[sink->name()] = StoreFill{"first start", /*clear=*/false, /*first_fill=*/true};
     }
   } else {
     confirmed_ = slot.value().confirmed_flush;
+    if (config_.spool.enabled && !OpenChangeLog(/*first_start=*/false)) return Undo(1);
+    // A tail the log cut back at its opening (taken for a torn write) that the slot was
+    // confirmed past: the transactions in it are neither in the log nor sent again by the
+    // slot, so a store that still needed them is refilled.
+    std::optional<Lsn> tail_lost;
+    if (log_) {
+      const ChangeLogStats stats = log_->Stats();
+      if (stats.cut_from.IsValid() && confirmed_ >= stats.cut_from) {
+        tail_lost = stats.cut_from;
+        Warn("the change log's tail from " + stats.cut_from.ToString() + " was cut back to " +
+             stats.durable.ToString() + " (damaged or torn), but the slot was confirmed to " +
+             confirmed_.ToString() + ": a store behind the slot is refilled");
+      }
+    }
     for (auto& sink : sinks_) {
       auto stored =
           RetryTransient([&] { return sink->ReadCheckpoint(); }, [this] { return stopped(); },
@@ -246,45 +347,100 @@ std::optional<int> Pipeline::OpenSlot() {
         Log("store " + sink->name() + " resumes from " + stored.value()->ToString());
         continue;
       }
-      const std::string reason = stored.value() ? "" : sink->missing_checkpoint_reason();
-      const std::string why = stored.value()
-                                  ? "checkpoint " + stored.value()->ToString() +
-                                        ", behind the slot's " + confirmed_.ToString()
-                                  : "no checkpoint" + (reason.empty() ? "" : " (" + reason + ")");
-      if (FilledByBackfill(*sql_, *sink)) {
-        // New to the pipeline, or it lost its data: its views are filled again from the
-        // start by the backfill while the stream flows from the slot for every store.
-        Log("store " + sink->name() + " has " + why +
-            ": its views are filled again while streaming, from the slot's " +
-            confirmed_.ToString());
-        checkpoints_[sink.get()] = confirmed_;
-        fill_[sink->name()] = StoreFill{"store " + sink->name() + " has " + why};
+      // Behind the slot but in the change log: it reads the log from there.
+      if (stored.value() && log_ && !tail_lost && InLog(*stored.value())) {
+        checkpoints_[sink.get()] = *stored.value();
+        Log("store " + sink->name() + " resumes from " + stored.value()->ToString() +
+            " in the change log (the slot is at " + confirmed_.ToString() + ")");
         continue;
       }
-      Log("store " + sink->name() + " has " + why + ": rebuilding its views");
-      to_rebuild.push_back(sink.get());
+      const std::string reason = stored.value() ? "" : sink->missing_checkpoint_reason();
+      const std::string why =
+          stored.value()
+              ? "checkpoint " + stored.value()->ToString() + ", behind the slot's " +
+                    confirmed_.ToString() +
+                    (tail_lost ? " and the change log's tail cut back from " +
+                                     tail_lost->ToString() + " to " + log_->Durable().ToString()
+                     : log_ ? " and the change log's oldest position " +
+                                  log_->Stats().oldest.ToString()
+                            : "")
+              : "no checkpoint" + (reason.empty() ? "" : " (" + reason + ")");
+      // New to the pipeline, or it lost its data: its views (a postgres store's mirrors,
+      // then its views from them) are filled again from the start by the backfill while
+      // the stream flows from the slot for every store.
+      Log("store " + sink->name() + " has " + why +
+          ": its views are filled again while streaming, from the slot's " + confirmed_.ToString());
+      checkpoints_[sink.get()] = confirmed_;
+      // Without a checkpoint it holds nothing to serve (new to the pipeline, or it lost
+      // its data): its views' first fill. Behind the slot, it serves what it holds.
+      fill_[sink->name()] = StoreFill{"store " + sink->name() + " has " + why, /*clear=*/true,
+                                      /*first_fill=*/!stored.value().has_value()};
     }
-  }
-  return Rebuild(to_rebuild);
-}
-
-// Each store from a snapshot of its own (a temporary slot), retried while that fails
-// transiently.
-std::optional<int> Pipeline::Rebuild(const std::vector<Sink*>& sinks) {
-  for (Sink* sink : sinks) {
-    auto rebuilt = RetryTransient(
-        [&] { return RebuildFromTemporarySlot(config_, *sink, stop_, logger_, monitor_); },
-        [this] { return stopped(); },
-        [&](const std::string& m) { Warn("rebuild of store " + sink->name() + " failed: " + m); });
-    if (rebuilt.ok()) {
-      checkpoints_[sink] = rebuilt.value();
-      continue;
-    }
-    if (stopped()) return 0;  // nothing is confirmed; the next start rebuilds
-    return Undo(Fail("rebuild of store " + sink->name() + " failed: " + rebuilt.error().message()));
   }
   return std::nullopt;
 }
+
+// The change log in spool.dir, beginning after the slot's position when it holds
+// nothing (new, or deleted while pgderive was stopped). A log that cannot be opened for
+// damage is moved aside and a new one begun: the stores it leaves behind the slot are
+// refilled (the start-up rule). nullopt: failed (logged). A first start (the slot was just
+// made) begins a new log: one left by an earlier slot of this name is not this slot's.
+std::optional<Lsn> Pipeline::OpenChangeLog(bool first_start) {
+  const SpoolOptions options{.dir = config_.spool.dir,
+                             .max_bytes = config_.spool.max_bytes,
+                             .segment_bytes = config_.spool.segment_bytes,
+                             .owner = ChangeLogOwner(config_)};
+  std::error_code ec;
+  // Only a directory that holds nothing but this pipeline's log is ever emptied.
+  if (Status owned = CheckLogOwner(options.dir, options.owner); !owned.ok()) {
+    Fail("change log: " + owned.error().message());
+    return std::nullopt;
+  }
+  if (first_start && std::filesystem::exists(options.dir, ec)) {
+    Log("change log " + options.dir + " is of an earlier slot " + config_.source.slot +
+        ": begun anew");
+    if (Status removed = RemoveChangeLog(options.dir); !removed.ok()) {
+      Fail("cannot remove the change log " + options.dir + ": " + removed.error().message());
+      return std::nullopt;
+    }
+  }
+  auto opened = OpenSegmentLog(options, logger_);
+  if (!opened.ok() && opened.error().kind() == ErrorKind::kCorrupt) {
+    const std::string aside =
+        options.dir + ".damaged-" +
+        std::to_string(std::chrono::duration_cast<std::chrono::seconds>(
+                           std::chrono::system_clock::now().time_since_epoch())
+                           .count());
+    Warn("the change log is damaged: " + opened.error().message() + "; moved to " + aside +
+         " and begun anew (stores behind the slot are refilled)");
+    std::filesystem::rename(options.dir, aside, ec);
+    if (ec) {
+      Fail("cannot move the damaged change log " + options.dir + " aside: " + ec.message());
+      return std::nullopt;
+    }
+    opened = OpenSegmentLog(options, logger_);
+  }
+  if (!opened.ok()) {
+    Fail("change log " + options.dir + ": " + opened.error().message());
+    return std::nullopt;
+  }
+  log_ = std::move(opened).value();
+  if (log_->Stats().segments == 0) {
+    Status status = log_->TruncateThrough(confirmed_);
+    if (!status.ok()) {
+      Fail("change log " + options.dir + ": " + status.error().message());
+      return std::nullopt;
+    }
+  }
+  const ChangeLogStats stats = log_->Stats();
+  Log("change log " + options.dir + ": " + std::to_string(stats.segments) + " segment(s), " +
+      std::to_string(stats.bytes) + " bytes, from " + stats.oldest.ToString() + " to " +
+      stats.durable.ToString());
+  log_durable_.store(log_->Durable().value);
+  return log_->Durable();
+}
+
+bool Pipeline::InLog(Lsn checkpoint) { return log_ && log_->ReadAfter(checkpoint).ok(); }
 
 // Where the start-up reconciliation sends the views to fill: the pipeline's backfills.
 ViewBackfills Pipeline::ToBackfills() {
@@ -297,7 +453,9 @@ ViewBackfills Pipeline::ToBackfills() {
               [this](const std::string& store, const std::string& table,
                      std::vector<std::string> views, std::optional<std::string> after) {
                 backfills_->Add(store, table, std::move(views), std::move(after));
-              }};
+              },
+          .first_fill = [this](const std::string& store,
+                               const std::string& view) { monitor_.FirstFill(store, view); }};
 }
 
 std::optional<int> Pipeline::StartStores() {
@@ -351,6 +509,15 @@ std::optional<int> Pipeline::StartStores() {
       *dispatcher_);
   stream_options_.slot = config_.source.slot;
   stream_options_.publication = config_.source.publication;
+  if (log_) {
+    // Whole transactions at their commit (the server spills large ones itself), so the
+    // log appends one transaction at a time (spool_capture.h).
+    stream_options_.streaming = false;
+    capture_.emplace(*log_);
+    slot_position_ = confirmed_;
+    monitor_.SetSpool([this] { return log_->Stats(); }, config_.spool.max_bytes);
+    for (auto& worker : workers_) worker->SetSlotConfirmed(log_->Stats().oldest);
+  }
   auto started = ReplicationStream::Start(std::move(*replication_), stream_options_);
   replication_.reset();
   if (!started.ok()) return Undo(Fail(started.error().message()));
@@ -382,18 +549,7 @@ void Pipeline::StartWorkers() {
   for (auto& sink : sinks_) {
     const std::string store = sink->name();
     workers_.push_back(std::make_unique<PipelineWorker>(
-        *sink,
-        [this](Sink& s) -> Result<Lsn> {
-          // A stop never starts a rebuild (the next start does it).
-          if (stopped()) return Error::Transient("stopping: the rebuild is left to the next start");
-          // The source tables as they are now (one may have been replaced).
-          auto source = SqlSession::Connect(config_.source.dsn, "pgderive-run");
-          if (!source.ok()) return source.error();
-          Status resolved = s.Resolve(source.value(), /*checked=*/true);
-          if (!resolved.ok()) return resolved.error();
-          if (FilledByBackfill(source.value(), s)) return Refill(source.value(), s);
-          return RebuildFromTemporarySlot(config_, s, stop_, logger_, monitor_);
-        },
+        *sink, [this](Sink& s) { return RebuildStore(s); },
         [this, store](const std::string& message) {
           logger_.Warn(message, {{"store", store}, {"slot", config_.source.slot}});
         },
@@ -407,31 +563,22 @@ void Pipeline::StartWorkers() {
   monitor_.SetBackfills([this] { return backfills_->Progress(); });
 }
 
-// A store whose views are filled row by row, and whose tables all have a key to read
-// them by in chunks (a primary key or a replica identity index; a table with REPLICA
-// IDENTITY FULL and neither is read from a snapshot instead). Unsure: the snapshot.
-bool Pipeline::FilledByBackfill(SqlRunner& source, Sink& sink) {
-  if (!sink.backfills_rows()) return false;
-  for (const std::string& table : sink.tables()) {
-    auto keyed = source.Query("select exists (select from pg_index where indrelid = " +
-                              source.QuoteLiteral(TableName::Parse(table).Quoted()) +
-                              "::regclass and (indisprimary or indisreplident))");
-    if (!keyed.ok() || keyed.value().rows.empty() ||
-        keyed.value().rows[0][0].value_or("f") != "t") {
-      return false;
-    }
-  }
-  return true;
-}
-
-// A row store that lost its data while the pipeline runs (on its worker's thread): its
-// views are recorded backfilling from the start (a rebuild begins) and queued for the
-// backfill; the store goes on from the slot's confirmed position, which the stream
+// A store that lost its data while the pipeline runs (on its worker's thread): its
+// views (a postgres store's mirrors) are recorded backfilling from the start (a rebuild begins) and
+// queued for the backfill; the store goes on from the slot's confirmed position, which the stream
 // restarts from when it rejoins. The other stores stream on meanwhile.
 Result<Lsn> Pipeline::Refill(SqlSession& source, Sink& sink) {
   auto slot = ReadSlot(source, config_.source.slot);
   if (!slot.ok()) return slot.error();
   if (!slot.value().exists) return Error::Permanent("slot " + config_.source.slot + " is gone");
+  // Where the store goes on from: taken before its views are cleared and their backfill
+  // queued. The backfill's watermarks come after it, so the store applies every chunk
+  // (a position taken later could pass the first chunks' high watermarks: the store would
+  // skip their rows as applied, and the sweep at the end would delete them). With the
+  // change log: its durable position, which the log keeps for the store (MaintainLog).
+  // With the change log: its durable position, which the log keeps for the store from
+  // before the rebuild began (the pin its worker's rebuild took, StartWorkers).
+  const Lsn from = log_ ? Lsn{log_durable_.load()} : slot.value().confirmed_flush;
   std::map<std::string, std::shared_ptr<const RelationSchema>> shapes;
   for (const std::string& table : sink.tables()) {
     auto schema = DescribeTable(source, table);
@@ -446,14 +593,55 @@ Result<Lsn> Pipeline::Refill(SqlSession& source, Sink& sink) {
   for (const BackfillView& v : BackfillViewsOf(config_, sinks_)) {
     if (v.store == sink.name()) views.push_back(v);
   }
+  std::string why = "store " + sink.name() + " lost its data";
+  {
+    std::lock_guard lock(evicted_mutex_);
+    if (auto it = evicted_reason_.find(sink.name()); it != evicted_reason_.end()) {
+      why = "store " + sink.name() + " " + it->second;
+    }
+  }
   Status status = ReconcileViewStates(
       one, views, shapes, ToBackfills(), [this] { return stopped(); }, logger_,
       [this, &sink](const std::string& m) {
         logger_.Warn(m, {{"store", sink.name()}, {"slot", config_.source.slot}});
       },
-      /*redefined=*/{}, {{sink.name(), StoreFill{"store " + sink.name() + " lost its data"}}});
+      /*redefined=*/{}, {{sink.name(), StoreFill{why}}});
   if (!status.ok()) return status.error();
-  return slot.value().confirmed_flush;
+  return from;
+}
+
+uint64_t Pipeline::RebuildsOf(Sink& sink) {
+  for (auto& worker : workers_) {
+    if (&worker->sink() == &sink) return worker->rebuilds();
+  }
+  return 0;
+}
+
+Result<Lsn> Pipeline::RebuildStore(Sink& s) {
+  // A stop never starts a rebuild (the next start does it).
+  if (stopped()) return Error::Transient("stopping: the rebuild is left to the next start");
+  if (log_) {
+    // The log is kept from its durable position now until the main thread sees this
+    // rebuild done (MaintainLog): the position the store goes on from (the refill's,
+    // taken after this) stays in the log, so the
+    // store rejoins there - an evicted store is no bound of the truncation, its pin is.
+    // Taken under the lock the truncation holds: it never passes a pinned position.
+    std::lock_guard lock(evicted_mutex_);
+    refill_pins_[s.name()] = {Lsn{log_durable_.load()}, RebuildsOf(s)};
+  }
+  auto rebuilt = [&]() -> Result<Lsn> {
+    // The source tables as they are now (one may have been replaced).
+    auto source = SqlSession::Connect(config_.source.dsn, "pgderive-run");
+    if (!source.ok()) return source.error();
+    Status resolved = s.Resolve(source.value(), /*checked=*/true);
+    if (!resolved.ok()) return resolved.error();
+    return Refill(source.value(), s);
+  }();
+  if (!rebuilt.ok() && log_) {
+    std::lock_guard lock(evicted_mutex_);
+    refill_pins_.erase(s.name());  // tried again, pinned anew
+  }
+  return rebuilt;
 }
 
 int Pipeline::Run() {
@@ -475,6 +663,11 @@ void Pipeline::Restart(const std::string& why) {
   Log(why);
   monitor_.SetStream(false, Lsn{});
   stream_.reset();
+  if (log_) {
+    // Only the capture restarts: the stores read the log on.
+    capture_->Reset();
+    return;
+  }
   assembler_->ResetPartial();
   assembler_->SetLastCommitted(Lsn{});  // every store skips by its own checkpoint
   dispatcher_->Drop();
@@ -505,6 +698,11 @@ std::optional<int> Pipeline::Reconnect() {
     if (started.error().kind() != ErrorKind::kTransient) return Fail(started.error().message());
     const auto wait = backoff_.Next();
     Warn(started.error().message() + "; retrying in " + std::to_string(wait.count()) + " ms");
+    if (log_) {
+      // The stores read the log on meanwhile: the next try is due then.
+      next_reconnect_ = std::chrono::steady_clock::now() + wait;
+      return std::nullopt;
+    }
     WaitUnlessStopped(wait, [this] { return stopped(); });
     return std::nullopt;
   }
@@ -556,6 +754,7 @@ std::optional<int> Pipeline::KeepLock(bool now) {
 }
 
 std::optional<int> Pipeline::Step() {
+  if (log_) return SpoolStep();
   if (auto lost = monitor_.slot_lost()) return Fail(*lost);
   // Without a stream (a start, a restart after an error) the lock is checked first:
   // the stream starts again only under it.
@@ -607,6 +806,27 @@ std::optional<int> Pipeline::Step() {
 }
 
 void Pipeline::ConfirmAndRejoin() {
+  if (log_) {
+    // The slot: the capture's position (Capture). The stores: a rejoining one restarts
+    // the log's reader from its checkpoint (the others skip what they have).
+    if (stream_ && stream_->flushed() > last_sent_flush_) {
+      last_sent_flush_ = stream_->flushed();
+      Status status = stream_->SendStatus();
+      if (!status.ok()) Restart(status.error().message() + "; reconnecting");
+    }
+    bool rejoin = false;
+    for (auto& worker : workers_) {
+      if (worker->WantsRejoin() && !Evicted(*worker)) {
+        worker->Rejoin();
+        rejoin = true;
+        Log("store " + worker->sink().name() +
+            " caught up with its queue; it rejoins at its checkpoint " +
+            worker->checkpoint().ToString() + ", read from the change log");
+      }
+    }
+    if (rejoin) RestartDelivery("restarting the change log's reader for the rejoining store(s)");
+    return;
+  }
   // The slot moves only past what every store has made durable (when nothing is in
   // flight, the idle marks carry every store to the stream's position), but for a
   // postgres store on the stopping source (slot_confirmation.h).
@@ -648,7 +868,16 @@ void Pipeline::Finish(int exit_code) {
   if (exit_code == 0) dispatcher_->Dispatch();
   const auto deadline = std::chrono::steady_clock::now() + kStopGrace;
   for (auto& worker : workers_) worker->Stop(deadline);
-  if (stream_) {
+  if (stream_ && log_) {
+    // What is in the log is confirmed: the stores read it at the next start.
+    if (capture_->unsynced()) {
+      if (auto durable = capture_->Sync(); durable.ok()) {
+        slot_position_ = std::max(slot_position_, durable.value());
+      }
+    }
+    stream_->ConfirmFlushed(slot_position_);
+    IgnoreError(stream_->SendStatus(), "the slot keeps the older position; a restart replays");
+  } else if (stream_) {
     if (const std::optional<Lsn> lowest = SlowestDurable(workers_)) {
       stream_->ConfirmFlushed(*lowest);
     }
@@ -661,6 +890,346 @@ void Pipeline::Finish(int exit_code) {
   std::filesystem::remove_all(spill_dir_);
   if (exit_code == 0)
     Log(reloading() && !stopped() ? "stopped for a reload of the configuration" : "stopped");
+}
+
+}  // namespace pgderive
+
+namespace pgderive {
+
+// One turn with the change log: capture what the stream has, then deliver what the log
+// holds to the stores; the slot and the log are looked after on their intervals.
+std::optional<int> Pipeline::SpoolStep() {
+  if (auto lost = monitor_.slot_lost()) return Fail(*lost);
+  if (auto code = KeepLock(/*now=*/!stream_)) return code;
+  if (!lock_held_) {
+    WaitUnlessStopped(kLockRetry, [this] { return stopped(); });
+    return std::nullopt;
+  }
+  if (!stream_ && std::chrono::steady_clock::now() >= next_reconnect_) {
+    if (auto code = Reconnect()) return code;
+  }
+  // Wait for the stream only when the stores have nothing to read.
+  std::chrono::milliseconds wait(reader_caught_up_ ? 200 : 0);
+  if (dispatcher_->pending()) {
+    const auto age = std::chrono::steady_clock::now() - dispatcher_->pending_since();
+    wait = std::min(wait, age >= kLinger
+                              ? std::chrono::milliseconds(0)
+                              : std::chrono::ceil<std::chrono::milliseconds>(kLinger - age));
+  }
+  if (stream_ && capture_paused_) {
+    // Nothing is read, so the server asks for no reply: a status now and then keeps the
+    // walsender from timing the connection out (wal_sender_timeout).
+    monitor_.SetStream(true, stream_->received());
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_paused_status_ >= std::chrono::seconds(5)) {
+      last_paused_status_ = now;
+      Status status = stream_->SendStatus();
+      if (!status.ok()) Restart(status.error().message() + "; reconnecting");
+    }
+    if (wait.count() > 0 && !reader_) {
+      WaitUnlessStopped(std::chrono::milliseconds(50), [this] { return stopped(); });
+    }
+  } else if (stream_) {
+    monitor_.SetStream(true, stream_->received());
+    if (auto code = Capture(wait)) return code;
+  } else if (wait.count() > 0 && !reader_) {
+    WaitUnlessStopped(std::chrono::milliseconds(50), [this] { return stopped(); });
+  }
+  if (auto code = Deliver()) return code;
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_confirm_ >= kConfirmInterval) {
+    last_confirm_ = now;
+    ConfirmAndRejoin();
+  }
+  if (now - last_maintain_ >= kMaintainInterval) {
+    last_maintain_ = now;
+    MaintainLog();
+  }
+  return std::nullopt;
+}
+
+std::optional<int> Pipeline::Capture(std::chrono::milliseconds wait) {
+  const auto until = std::chrono::steady_clock::now() + kSpoolTurn;
+  bool drained = false;
+  for (size_t n = 0;; ++n) {
+    auto next = stream_->Next(n == 0 ? wait : std::chrono::milliseconds(0));
+    if (!next.ok()) {
+      if (next.error().kind() != ErrorKind::kTransient) return Fail(next.error().message());
+      Restart(next.error().message() + "; reconnecting");
+      break;
+    }
+    if (!next.value()) {
+      drained = true;
+      break;
+    }
+    Status status = capture_->Add(next.value()->data_start, next.value()->data);
+    if (!status.ok()) return Fail("change log: " + status.error().message());
+    if (n % 64 == 63) {
+      if (std::chrono::steady_clock::now() >= until) break;
+      // At the bound the log is looked after at once (truncated, a stalled store evicted
+      // or the capture paused), not a maintenance interval later.
+      if (log_->Stats().bytes >= config_.spool.max_bytes) {
+        last_maintain_ = {};
+        break;
+      }
+    }
+  }
+  // What this turn appended is written at once (the stores read it now); the log fsyncs
+  // it on its own thread. The slot follows the log's durable position only: never past
+  // what is fsynced.
+  auto durable = capture_->Write();
+  if (!durable.ok()) return Fail("change log: " + durable.error().message());
+  log_durable_.store(durable.value().value);
+  slot_position_ = std::max(slot_position_, durable.value());
+  if (!stream_) return std::nullopt;
+  if (drained && !capture_->open() && durable.value() >= capture_->appended()) {
+    // Nothing open and everything received is durable in the log: WAL up to what was
+    // received holds nothing more for it (a transaction committing later commits after
+    // it).
+    idle_received_ = stream_->received();
+    idle_durable_ = durable.value();
+    slot_position_ = std::max(slot_position_, idle_received_);
+  }
+  stream_->ConfirmFlushed(slot_position_);
+  // At once when the server asks (a stopping server waits for the reply).
+  if (stream_->TakeReplyRequest()) {
+    last_sent_flush_ = stream_->flushed();
+    Status status = stream_->SendStatus();
+    if (!status.ok()) Restart(status.error().message() + "; reconnecting");
+  }
+  return std::nullopt;
+}
+
+bool Pipeline::Evicted(PipelineWorker& worker) {
+  auto it = evicted_.find(&worker);
+  if (it == evicted_.end()) return false;
+  if (worker.rebuilds() > it->second) {
+    // Refilled: back in.
+    evicted_.erase(it);
+    std::lock_guard lock(evicted_mutex_);
+    evicted_reason_.erase(worker.sink().name());
+    return false;
+  }
+  return true;
+}
+
+std::optional<int> Pipeline::Deliver() {
+  if (!reader_) {
+    // From the lowest checkpoint of the stores in the log (each skips what it has).
+    std::optional<Lsn> after;
+    for (auto& worker : workers_) {
+      if (Evicted(*worker)) continue;
+      after = after ? std::min(*after, worker->checkpoint()) : worker->checkpoint();
+    }
+    if (!after) {
+      reader_caught_up_ = true;  // no store reads the log now
+      return std::nullopt;
+    }
+    auto reader = log_->ReadAfter(*after);
+    if (!reader.ok()) {
+      reader_caught_up_ = true;  // tried again next turn, without them
+      // A store needs what the log no longer holds (lost or damaged): refilled.
+      for (auto& worker : workers_) {
+        if (Evicted(*worker) || InLog(worker->checkpoint())) continue;
+        EvictForRefill(*worker, "is behind the change log (" + reader.error().message() +
+                                    "): its views are failed until they are refilled");
+      }
+      return std::nullopt;
+    }
+    reader_ = std::move(reader).value();
+    delivered_end_ = *after;
+    reader_caught_up_ = false;
+  }
+  const auto until = std::chrono::steady_clock::now() + kSpoolTurn;
+  for (size_t n = 0;; ++n) {
+    auto next = reader_->Next(std::chrono::milliseconds(0));
+    if (!next.ok()) {
+      // Damaged or missing: never skipped. Every store behind the log's end is refilled,
+      // and reads on from there.
+      Warn("the change log cannot be read: " + next.error().message() +
+           "; the stores behind its end are refilled");
+      for (auto& worker : workers_) {
+        // Stores read what is written, durable or not: one that applied the log's whole
+        // written end (at or past what the capture appended) needs nothing from it.
+        if (Evicted(*worker) ||
+            worker->checkpoint() >= std::max(Lsn{log_durable_.load()}, capture_->appended()))
+          continue;
+        EvictForRefill(*worker, "could not read the change log (" + next.error().message() +
+                                    "): its views are failed until they are refilled");
+      }
+      RestartDelivery("the change log's reader starts again");
+      return std::nullopt;
+    }
+    if (!next.value()) {
+      reader_caught_up_ = true;
+      break;
+    }
+    reader_caught_up_ = false;
+    const std::string& bytes = next.value()->bytes;
+    Status status = assembler_->Process(
+        std::span(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
+    if (!status.ok()) return Fail(status.error().message());
+    if (!bytes.empty() && bytes[0] == 'C' && bytes.size() >= 18) {
+      delivered_end_ = std::max(delivered_end_, Lsn{CommitEnd(bytes)});
+    }
+    if (n % 64 == 63 && std::chrono::steady_clock::now() >= until) break;
+  }
+  const auto now = std::chrono::steady_clock::now();
+  if (reader_caught_up_) {
+    // Nothing more right now: send what there is, once it has lingered.
+    if (dispatcher_->pending() && now - dispatcher_->pending_since() >= kLinger) {
+      dispatcher_->Dispatch();
+    }
+    // Everything the log held when the capture was last idle is delivered: the stores
+    // move to what was received then.
+    if (assembler_->idle() && idle_received_.IsValid() && delivered_end_ >= idle_durable_ &&
+        now - last_idle_mark_ >= kIdleMarkInterval) {
+      if (dispatcher_->MarkIdle(idle_received_)) last_idle_mark_ = now;
+    }
+  }
+  return std::nullopt;
+}
+
+// One refill per eviction: a store already evicted is left to the refill under way (its
+// reason and rebuild count are those of the eviction that asked for it).
+void Pipeline::EvictForRefill(PipelineWorker& worker, const std::string& why) {
+  if (Evicted(worker)) return;
+  logger_.Warn("store " + worker.sink().name() + " " + why,
+               {{"store", worker.sink().name()}, {"slot", config_.source.slot}});
+  evicted_[&worker] = worker.rebuilds();
+  {
+    std::lock_guard lock(evicted_mutex_);
+    evicted_reason_[worker.sink().name()] = why;
+  }
+  worker.Evict(why);
+}
+
+void Pipeline::RestartDelivery(const std::string& why) {
+  Log(why);
+  reader_.reset();
+  reader_caught_up_ = false;
+  assembler_->ResetPartial();
+  assembler_->SetLastCommitted(Lsn{});  // every store skips by its own checkpoint
+  dispatcher_->Drop();
+  backfills_->OnStreamRestart();
+}
+
+// Truncation behind every store in the log, then the bound: while the log holds
+// max_bytes or more, the store holding its oldest segment is evicted if it is stalled
+// (unreachable or failing to apply); a healthy store that is only slower than the writer
+// pauses the capture instead until it frees that segment (the slot then holds the WAL,
+// as with the log off) - never a view failed for being busy.
+void Pipeline::MaintainLog() {
+  // A refill's position (Refill) is kept until its store is back among the readers.
+  auto truncate = [&] {
+    Lsn lowest{log_durable_.load()};
+    for (auto& worker : workers_) {
+      if (!Evicted(*worker)) lowest = std::min(lowest, worker->Durable());
+    }
+    std::lock_guard lock(evicted_mutex_);
+    for (auto it = refill_pins_.begin(); it != refill_pins_.end();) {
+      PipelineWorker* pinned = nullptr;
+      for (auto& worker : workers_) {
+        if (worker->sink().name() == it->first) pinned = worker.get();
+      }
+      if (pinned == nullptr ||
+          (pinned->rebuilds() > it->second.second && !evicted_.contains(pinned))) {
+        it = refill_pins_.erase(it);  // done: its own durable position bounds the log now
+        continue;
+      }
+      lowest = std::min(lowest, it->second.first);
+      ++it;
+    }
+    Status status = log_->TruncateThrough(lowest);
+    if (!status.ok()) Warn("change log: truncation failed: " + status.error().message());
+  };
+  truncate();
+  ChangeLogStats stats = log_->Stats();
+  bool evicted = false;
+  std::string pause;
+  // Paused, the capture resumes once the log is down to three quarters of its bound.
+  const uint64_t bound =
+      capture_paused_ ? config_.spool.max_bytes / 4 * 3 : config_.spool.max_bytes;
+  if (stats.bytes < bound) slow_since_.clear();
+  while (stats.bytes >= bound) {
+    // The stores holding the oldest segment. None (an open transaction fills the log):
+    // nothing a store can free, the capture goes on.
+    // The stalled ones go at once. A healthy one pauses the capture until it applies the
+    // segment; with spool.when_full detach it is detached once it has held the segment
+    // at the bound for kSlowStoreGrace (a store only a moment behind frees it before).
+    const bool detach_slow = config_.spool.when_full == SpoolConfig::WhenFull::kDetach;
+    const auto now = std::chrono::steady_clock::now();
+    std::vector<PipelineWorker*> stalled;
+    std::string catching_up;
+    std::set<const PipelineWorker*> slow;
+    for (auto& worker : workers_) {
+      if (Evicted(*worker)) continue;
+      const Lsn durable = worker->Durable();
+      if (durable >= stats.oldest_segment_end) continue;
+      if (!worker->healthy()) {
+        stalled.push_back(worker.get());
+        continue;
+      }
+      slow.insert(worker.get());
+      const auto since = slow_since_.try_emplace(worker.get(), now).first->second;
+      if (detach_slow && now - since >= kSlowStoreGrace) {
+        stalled.push_back(worker.get());
+      } else {
+        catching_up += (catching_up.empty() ? "" : ", ") + worker->sink().name() + " (checkpoint " +
+                       durable.ToString() + ")";
+      }
+    }
+    std::erase_if(slow_since_, [&](const auto& entry) { return !slow.contains(entry.first); });
+    if (stalled.empty()) {
+      if (!catching_up.empty()) {
+        pause = "spool.max_bytes " + FormatByteSize(config_.spool.max_bytes) +
+                " reached; the oldest segment is freed once store(s) " + catching_up + " apply it";
+      }
+      break;
+    }
+    if (stats.bytes < config_.spool.max_bytes) break;  // stalled stores go at the bound
+    for (PipelineWorker* holder : stalled) {
+      const std::string state = holder->healthy() ? "slower than the writer for " +
+                                                        std::to_string(kSlowStoreGrace.count()) +
+                                                        " s (spool.when_full: detach)"
+                                                  : "stalled (" + holder->last_error() + ")";
+      slow_since_.erase(holder);
+      const std::string why =
+          "fell behind the change log: its checkpoint " + holder->Durable().ToString() +
+          ", the log holds " + stats.oldest.ToString() + " to " + stats.durable.ToString() +
+          " in " + FormatByteSize(stats.bytes) + ", spool.max_bytes " +
+          FormatByteSize(config_.spool.max_bytes) + " reached while the store was " + state +
+          "; its views are failed until they are refilled, once it answers";
+      logger_.Warn("store " + holder->sink().name() + " " + why,
+                   {{"store", holder->sink().name()}, {"slot", config_.source.slot}});
+      metrics_
+          .counter("pgderive_spool_evictions_total",
+                   "Stores detached because the change log reached spool.max_bytes",
+                   {{"store", holder->sink().name()}})
+          .Add();
+      evicted_[holder] = holder->rebuilds();
+      {
+        std::lock_guard lock(evicted_mutex_);
+        evicted_reason_[holder->sink().name()] = why;
+      }
+      holder->Evict(why);
+    }
+    evicted = true;
+    truncate();
+    stats = log_->Stats();
+  }
+  if (evicted) RestartDelivery("the change log's reader starts again without the evicted store");
+  const bool paused = !pause.empty();
+  if (paused != capture_paused_) {
+    capture_paused_ = paused;
+    if (paused) {
+      Warn("change log: capture paused: " + pause + "; the slot holds the WAL meanwhile");
+    } else {
+      Log("change log: capture resumed (" + FormatByteSize(stats.bytes) + " in the log)");
+    }
+  }
+  monitor_.SetCapturePaused(pause);
+  for (auto& worker : workers_) worker->SetSlotConfirmed(stats.oldest);
 }
 
 }  // namespace pgderive

@@ -6,10 +6,10 @@
 //   Start: Prepare      resolve, describe and check the views' tables; connect the
 //                       stores; the HTTP endpoint; the monitor; migrate the stores
 //          OpenSlot     publication and slot (SlotGuard); each store resumes from its
-//                       checkpoint, or is filled: a row store (Redis, OpenSearch) by the
-//                       backfill while streaming, from the slot's position (first start:
-//                       its consistent point; no snapshot is exported for it); a postgres
-//                       store from an exported snapshot (rebuild.h)
+//                       checkpoint, or is filled by the backfill while streaming, from the
+//                       slot's position (first start: its consistent point; the slot
+//                       exports no snapshot): a row store's (Redis, OpenSearch) views, a
+//                       postgres store's mirrors (its views are built from them)
 //          StartStores  start-up view states (view_states.h: a filled store's views
 //                       recorded backfilling from the start), one PipelineWorker per
 //                       store, the Dispatcher, the replication stream, the backfills
@@ -26,8 +26,10 @@
 // streams, it removes what it created; once streaming, a failure keeps everything.
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
@@ -52,9 +54,11 @@
 #include "pipeline/run_monitor.h"
 #include "pipeline/slot_confirmation.h"
 #include "pipeline/slot_guard.h"
+#include "pipeline/spool_capture.h"
 #include "pipeline/view_states.h"
 #include "sinks/common/sink.h"
 #include "snapshot/backfill.h"
+#include "spool/change_log.h"
 
 namespace pgderive {
 
@@ -72,6 +76,21 @@ class Pipeline {
   // the start, as a new view is. Before Start.
   void RebuildViews(std::set<std::string> views) { redefined_ = std::move(views); }
 
+  // What `run`'s start-up checks (validate --connect's) find in one store once it answers.
+  struct StoreCheck {
+    bool answers = true;   // false: it still does not answer (connection refused, 5xx)
+    std::string problems;  // what is wrong with it, one "FILE:LINE:COLUMN: key: message" per line
+  };
+  // Stores that did not answer the start-up checks of a pipeline that already streams
+  // (its slot exists). Start waits for each one (retrying as every reconnect does,
+  // /readyz naming it: every view waits, the slot keeps the WAL), then runs `check` on
+  // it: a problem fails the start as the checks would have. Before Start.
+  void WaitForStores(std::set<std::string> stores,
+                     std::function<StoreCheck(const std::string&)> check) {
+    waited_stores_ = std::move(stores);
+    store_check_ = std::move(check);
+  }
+
   // Everything up to streaming. nullopt: streaming; else the exit code to end with (0
   // when stopped meanwhile, 1 after a failure, with what this run created removed).
   std::optional<int> Start();
@@ -81,14 +100,17 @@ class Pipeline {
 
  private:
   std::optional<int> Prepare();
+  // Connects the store, waiting while it does not answer (WaitForStores' stores are
+  // checked once they answer); nullopt: connected, else the exit code.
+  std::optional<int> ConnectStore(Sink& sink);
   std::optional<int> DescribeTables();
   std::optional<int> OpenSlot();
-  std::optional<int> Rebuild(const std::vector<Sink*>& sinks);
-  // A row store that lost its data while running: its views filled again (the worker's
-  // rebuild); returns the checkpoint it goes on from.
+  // A store that lost its data while running: its views (a postgres store's mirrors)
+  // filled again (the worker's rebuild); returns the checkpoint it goes on from.
   Result<Lsn> Refill(SqlSession& source, Sink& sink);
-  // Whether `sink`'s views are filled by the backfill (else from a snapshot).
-  static bool FilledByBackfill(SqlRunner& source, Sink& sink);
+  // A worker's rebuild (on its thread): the store refilled (Refill); returns the
+  // checkpoint the store goes on from.
+  Result<Lsn> RebuildStore(Sink& sink);
   std::optional<int> StartStores();
   ViewBackfills ToBackfills();
   void StartWorkers();
@@ -96,6 +118,27 @@ class Pipeline {
   std::optional<int> Step();
   std::optional<int> Reconnect();
   void ConfirmAndRejoin();
+  // With the change log (spool on), the loop is two stages on this thread:
+  //   capture   stream --SpoolCapture--> the log, Sync per burst; the slot confirmed at
+  //             the log's durable position (everything received while nothing is open)
+  //   delivery  the log --reader from the lowest store checkpoint--> TransactionAssembler
+  //             --> Dispatcher --> workers, as the stream fed them without the log
+  // A rejoining store restarts the reader (not the stream) from its checkpoint; the log
+  // is truncated behind every store's durable checkpoint and kept under max_bytes by
+  // evicting the store furthest behind (its views refilled once it answers).
+  std::optional<Lsn> OpenChangeLog(bool first_start);
+  std::optional<int> SpoolStep();
+  std::optional<int> Capture(std::chrono::milliseconds wait);
+  std::optional<int> Deliver();
+  void RestartDelivery(const std::string& why);
+  // Detaches a store that needs what the log no longer holds (lost or damaged); its views
+  // are failed until the refill (the worker's rebuild) is done. Once per eviction.
+  void EvictForRefill(PipelineWorker& worker, const std::string& why);
+  uint64_t RebuildsOf(Sink& sink);
+  void MaintainLog();
+  // The store's checkpoint is one the log can be read after.
+  bool InLog(Lsn checkpoint);
+  bool Evicted(PipelineWorker& worker);
   // Every kLockCheckInterval (`now`: at once): the lock is still held (re-taken after a
   // source restart); nullopt to go on, else the exit code (another process took the
   // pipeline over). While the lock is not held the stream is down and the workers are
@@ -111,6 +154,9 @@ class Pipeline {
   void Warn(const std::string& message);
   int Fail(const std::string& message);
   int Undo(int code);
+  // POST /promote, /rollback (`pgderive promote`, `pgderive rollback`): the view's store
+  // switches its version; the status code and JSON answer.
+  std::pair<int, std::string> SwitchVersion(const std::string& action, const std::string& body);
 
   const Config& config_;
   const std::atomic<bool>* stop_;
@@ -118,6 +164,8 @@ class Pipeline {
   RunHost& host_;
   PipelineLock* lock_;  // the host's (null when none)
   std::set<std::string> redefined_;
+  std::set<std::string> waited_stores_;
+  std::function<StoreCheck(const std::string&)> store_check_;
   // Destroyed in the reverse order: the HTTP endpoint before what it reads, the stream
   // and the dispatcher before the workers, the backfills before the workers (it reads
   // their checkpoints); the monitor is stopped first of all (~Pipeline).
@@ -144,6 +192,32 @@ class Pipeline {
   std::unique_ptr<TransactionAssembler> assembler_;
   StreamOptions stream_options_;
   std::optional<ReplicationStream> stream_;
+  // The change log (spool on; null when off) and its two stages' state.
+  std::unique_ptr<ChangeLog> log_;
+  std::optional<SpoolCapture> capture_;
+  std::atomic<uint64_t> log_durable_{0};  // read by the workers' refills
+  Lsn slot_position_;                     // what the capture lets the slot confirm
+  Lsn idle_received_, idle_durable_;      // nothing open at received_, the log at durable_
+  std::unique_ptr<ChangeLogReader> reader_;
+  bool reader_caught_up_ = false;
+  Lsn delivered_end_;  // the end of the last transaction the reader delivered
+  // Workers evicted by the log's bound, with their rebuild count then (a higher count:
+  // refilled, back in).
+  std::map<PipelineWorker*, uint64_t> evicted_;
+  std::map<std::string, std::string> evicted_reason_;  // store -> why (the refill's reason)
+  std::mutex evicted_mutex_;  // evicted_reason_, refill_pins_ (worker threads); truncation
+  // store -> (the position its refill goes on from, its rebuild count before): the log is
+  // not truncated past it until the rebuild is done and the store is back in.
+  std::map<std::string, std::pair<Lsn, uint64_t>> refill_pins_;
+  std::chrono::steady_clock::time_point last_maintain_;
+  // The log reached its bound while a healthy store holds its oldest segment: the capture
+  // reads nothing more (the slot holds the WAL, as with the log off) until it is freed.
+  bool capture_paused_ = false;
+  // spool.when_full detach: since when each healthy store has held the oldest segment at
+  // the bound (it is detached after kSlowStoreGrace, the capture paused meanwhile).
+  std::map<const PipelineWorker*, std::chrono::steady_clock::time_point> slow_since_;
+  std::chrono::steady_clock::time_point last_paused_status_;
+  std::chrono::steady_clock::time_point next_reconnect_;  // spool on: the stream's next try
   // The loop's.
   Backoff backoff_ = ReconnectBackoff();
   std::chrono::steady_clock::time_point last_confirm_;

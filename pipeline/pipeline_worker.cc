@@ -567,6 +567,21 @@ void PipelineWorker::RequestRebuild(const std::string& why) {
   changed_.notify_all();
 }
 
+void PipelineWorker::Evict(const std::string& reason) {
+  detached_.store(true);
+  std::lock_guard lock(mutex_);
+  evicted_ = reason;
+  rebuild_requested_ = reason;
+  queue_.clear();
+  queued_bytes_ = 0;
+  changed_.notify_all();
+}
+
+std::string PipelineWorker::evicted() {
+  std::lock_guard lock(mutex_);
+  return evicted_;
+}
+
 Status PipelineWorker::RebuildViews() {
   detached_.store(true);
   {
@@ -580,6 +595,8 @@ Status PipelineWorker::RebuildViews() {
   slot_passed_.store(false);
   checkpoint_.store(rebuilt.value().value);
   std::lock_guard lock(mutex_);
+  evicted_.clear();
+  rebuilds_.fetch_add(1);
   // A store refilled by the backfill goes on from the slot's confirmed position, below
   // what it had made durable before it lost it: never durable past that again.
   std::erase_if(pending_durable_, [&](const auto& p) { return p.second > rebuilt.value(); });
@@ -611,7 +628,7 @@ Status PipelineWorker::Recover() {
   if (!stored.value() ||
       (*stored.value() < confirmed && (*stored.value() < checkpoint() || lost_queue))) {
     // The store lost data the slot no longer holds (e.g. Redis restarted empty):
-    // serving it stale is not an option; rebuild its views from a new snapshot.
+    // serving it stale is not an option; its views are filled again.
     const std::string reason = stored.value() ? "" : sink_.missing_checkpoint_reason();
     const std::string found =
         "store " + sink_.name() + " has " +

@@ -89,10 +89,19 @@ class PipelineWorker {
   int64_t last_commit_time() const { return last_commit_time_.load(); }
   // Commit time of the oldest transaction queued and not yet applied; 0 if none.
   int64_t oldest_queued_commit_time();
-  // Rebuilds the store's views from a new snapshot, on the worker's thread before its
+  // Fills the store's views again (the backfill), on the worker's thread before its
   // next batch (a source table was replaced: what the store holds of it, mirrors
   // included, is of a table that is gone). `why` is logged.
   void RequestRebuild(const std::string& why);
+  // The store can no longer read the change log (the log lost or damaged what it needs,
+  // or reached its bound while this store, stalled, held its oldest segment): detached,
+  // its views failed with `reason` until the backfill has refilled them, which begins
+  // once the store answers.
+  void Evict(const std::string& reason);
+  // Why the store was evicted; empty when it is not (or its views are refilled).
+  std::string evicted();
+  // Rebuilds done (a change tells an eviction's rebuild is done).
+  uint64_t rebuilds() const { return rebuilds_.load(); }
   // Paused: applies nothing, rebuilds nothing (what is queued waits) until resumed; a
   // stop while paused drops the queue. The pipeline pauses its workers while it does
   // not hold its lock (run_lock.h).
@@ -133,6 +142,8 @@ class PipelineWorker {
   // Drops what is queued (the stream comes again from the slot) and rebuilds.
   Status RebuildViews();
   std::optional<std::string> rebuild_requested_;  // guarded by mutex_
+  std::string evicted_;                           // guarded by mutex_
+  std::atomic<uint64_t> rebuilds_{0};
 
   Sink& sink_;
   Rebuild rebuild_;

@@ -50,6 +50,15 @@ Result<int> RunHost::Serve(const std::string& listen, HttpServer::Handlers handl
                  if (!reload) return {404, R"({"error":"this process does not reload"})"};
                  // Outside the lock: a reload checks the file against the servers.
                  return reload(body);
+               },
+               .version = [this](const std::string& action,
+                                 const std::string& body) -> std::pair<int, std::string> {
+                 std::lock_guard lock(mutex_);
+                 if (!current_.version) {
+                   return {503, R"({"result":"busy","message":"the pipeline is reloading or )"
+                                R"(starting; ask again once it streams"})"};
+                 }
+                 return current_.version(action, body);
                }});
   if (!http.ok()) {
     std::lock_guard lock(mutex_);

@@ -2,7 +2,12 @@
 
 #include <unistd.h>
 
+#include <cctype>
+#include <cerrno>
 #include <climits>
+#include <csignal>
+#include <thread>
+#include <utility>
 
 namespace pgderive {
 namespace {
@@ -52,6 +57,97 @@ Result<PipelineLock> PipelineLock::Take(const std::string& dsn, const std::strin
   return lock;
 }
 
+bool HolderIsGoneHere(const LockHolder& holder) {
+  // "pgderive run pid 4242 on web1, http 127.0.0.1:9187" (ProcessName, then Rename).
+  const std::string& name = holder.application_name;
+  const std::string prefix = "pgderive run pid ";
+  if (!name.starts_with(prefix)) return false;
+  size_t at = prefix.size();
+  long long pid = 0;
+  while (at < name.size() && std::isdigit(static_cast<unsigned char>(name[at])) && pid < 1 << 30) {
+    pid = pid * 10 + (name[at++] - '0');
+  }
+  char host[HOST_NAME_MAX + 1] = {};
+  if (pid <= 0 || gethostname(host, sizeof host - 1) != 0 || host[0] == '\0') return false;
+  const std::string on = std::string(" on ") + host;
+  if (name.compare(at, on.size(), on) != 0) return false;
+  const size_t end = at + on.size();
+  if (end != name.size() && name[end] != ',') return false;  // another host's name, longer
+  return ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+}
+
+Result<PipelineLock> PipelineLock::TakeAfterWalsender(
+    const std::string& dsn, const std::string& slot, const std::string& application_name,
+    std::chrono::milliseconds patience, const std::function<void(const LockHolder&)>& waiting) {
+  auto taken = Take(dsn, slot, application_name);
+  if (taken.ok() && !taken.value().taken() && taken.value().holder() &&
+      HolderIsGoneHere(*taken.value().holder())) {
+    // The lock session of a process of this host that is gone (killed a moment ago): its
+    // backend ends once the server notices. Nothing else can hold the lock meanwhile.
+    if (waiting) waiting(*taken.value().holder());
+    const auto deadline = std::chrono::steady_clock::now() + patience;
+    while (taken.ok() && !taken.value().taken() && taken.value().holder() &&
+           HolderIsGoneHere(*taken.value().holder()) &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(250));
+      taken = Take(dsn, slot, application_name);
+    }
+  }
+  if (!taken.ok() || taken.value().taken() || !taken.value().holder() ||
+      !taken.value().holder()->walsender_only) {
+    return taken;
+  }
+  if (waiting) waiting(*taken.value().holder());
+  // Watched without taking the lock: a live run re-taking it must never find it taken.
+  auto connected = SqlSession::Connect(dsn, application_name);
+  if (!connected.ok()) return connected.error();
+  SqlSession watch = std::move(connected).value();
+  const SqlParams key{std::to_string(kRunLockClass), slot};
+  const auto deadline = std::chrono::steady_clock::now() + patience;
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto holder = watch.Query(kHolderSql, key);
+    if (!holder.ok()) return holder.error();
+    if (!holder.value().rows.empty()) break;  // a process holds the lock: Take names it
+    auto user = watch.Query(kSlotUserSql, {slot});
+    if (!user.ok()) return user.error();
+    if (user.value().rows.empty()) break;  // the walsender ended
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return Take(dsn, slot, application_name);
+}
+
+Result<PipelineLock> PipelineLock::TakeQuiet(const std::string& dsn, const std::string& slot,
+                                             const std::string& application_name,
+                                             std::chrono::milliseconds window) {
+  auto taken = Take(dsn, slot, application_name);
+  if (!taken.ok() || !taken.value().taken()) return taken;
+  PipelineLock lock = std::move(taken).value();
+  // Let go: a run re-taking it now must get it (it would stop if it found it taken).
+  SqlSession watch = std::move(*lock.session_);
+  lock.session_.reset();
+  IgnoreError(watch.Execute("select pg_advisory_unlock($1::int, hashtext($2))",
+                            {std::to_string(kRunLockClass), slot}),
+              "the lock goes with the session otherwise; the watch below sees a holder");
+  const SqlParams key{std::to_string(kRunLockClass), slot};
+  const auto deadline = std::chrono::steady_clock::now() + window;
+  while (std::chrono::steady_clock::now() < deadline) {
+    for (const auto& [sql, params] : {std::pair<const char*, SqlParams>{kHolderSql, key},
+                                      std::pair<const char*, SqlParams>{kSlotUserSql, {slot}}}) {
+      auto who = watch.Query(sql, params);
+      if (!who.ok()) return who.error();
+      if (who.value().rows.empty()) continue;
+      const auto& row = who.value().rows[0];
+      lock.holder_ = LockHolder{row[0].value_or(""), row[1].value_or(""), row[2].value_or(""),
+                                row[3].value_or("")};
+      return lock;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  Status status = lock.Attempt(/*check_slot=*/true);
+  if (!status.ok()) return status.error();
+  return lock;
+}
+
 Status PipelineLock::Attempt(bool check_slot) {
   session_.reset();
   holder_.reset();
@@ -73,7 +169,7 @@ Status PipelineLock::Attempt(bool check_slot) {
         if (!user.value().rows.empty()) {
           const auto& row = user.value().rows[0];
           holder_ = LockHolder{row[0].value_or(""), row[1].value_or(""), row[2].value_or(""),
-                               row[3].value_or("")};
+                               row[3].value_or(""), /*walsender_only=*/true};
           return Status::Ok();  // the session ends here, and the lock with it
         }
       }

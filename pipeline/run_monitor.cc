@@ -1,5 +1,6 @@
 #include "pipeline/run_monitor.h"
 
+#include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "base/number.h"
@@ -154,9 +155,30 @@ void RunMonitor::SetWorkers(std::vector<PipelineWorker*> workers) {
   initial_snapshot_done_ = true;
 }
 
+void RunMonitor::SetSpool(SpoolStats stats, uint64_t max_bytes) {
+  std::lock_guard lock(mutex_);
+  spool_ = std::move(stats);
+  spool_max_bytes_ = max_bytes;
+}
+
+void RunMonitor::SetCapturePaused(const std::string& why) {
+  std::lock_guard lock(mutex_);
+  capture_paused_ = why;
+}
+
+void RunMonitor::SetStartWaiting(const std::string& why) {
+  std::lock_guard lock(mutex_);
+  start_waiting_ = why;
+}
+
 void RunMonitor::SetBackfills(BackfillsProgress progress) {
   std::lock_guard lock(mutex_);
   backfills_ = std::move(progress);
+}
+
+void RunMonitor::FirstFill(const std::string& store, const std::string& view) {
+  std::lock_guard lock(mutex_);
+  first_fills_.insert({store, view});
 }
 
 void RunMonitor::SetStream(bool connected, Lsn received) {
@@ -183,8 +205,8 @@ std::string RunMonitor::SlotLostMessage(const std::string& slot) {
   return "replication slot " + slot +
          " has been invalidated (wal_status = lost): PostgreSQL removed WAL it still needed "
          "(max_slot_wal_keep_size), so the views can no longer be kept exactly from it. To "
-         "start over, drop the slot and start pgderive again, which rebuilds every view from a "
-         "new snapshot: psql -c \"select pg_drop_replication_slot('" +
+         "start over, drop the slot and start pgderive again, which fills every view again: "
+         "psql -c \"select pg_drop_replication_slot('" +
          slot + "')\" (connected to the source database)";
 }
 
@@ -193,6 +215,9 @@ void RunMonitor::Loop(std::stop_token stop) {
   auto last_table_check = std::chrono::steady_clock::now();
   auto last_heartbeat = std::chrono::steady_clock::now();
   auto last_progress_log = std::chrono::steady_clock::now();
+  // The first status at once (the checks wait for the first interval, as before): /status
+  // is never empty while the run starts.
+  Publish();
   while (true) {
     {
       std::unique_lock lock(mutex_);
@@ -529,9 +554,15 @@ void RunMonitor::Publish() {
   std::optional<std::string> slot_json, slot_lost;
   nlohmann::json snapshot;
   BackfillsProgress backfills_progress;
+  SpoolStats spool;
+  uint64_t spool_max_bytes = 0;
+  std::string capture_paused;
+  std::string start_waiting;
   std::map<std::pair<std::string, std::string>, ViewMark> marks;
+  std::set<std::pair<std::string, std::string>> first_fills, first_filled;
   {
     std::lock_guard lock(mutex_);
+    first_fills = first_fills_;
     // A refill is under way until the store has passed the point it was asked at (then
     // the backfill's own progress, or the rebuild, says what is left).
     for (auto it = marks_.begin(); it != marks_.end();) {
@@ -545,6 +576,10 @@ void RunMonitor::Publish() {
     marks = marks_;
     workers = workers_;
     backfills_progress = backfills_;
+    spool = spool_;
+    spool_max_bytes = spool_max_bytes_;
+    capture_paused = capture_paused_;
+    start_waiting = start_waiting_;
     snapshotting = snapshotting_;
     initial_snapshot_done = initial_snapshot_done_;
     current_wal = current_wal_;
@@ -569,6 +604,7 @@ void RunMonitor::Publish() {
   metrics_.gauge("pgderive_stream_connected", "1 while the replication stream is connected")
       .Set(connected ? 1 : 0);
   std::vector<std::string> reasons;
+  if (!start_waiting.empty()) reasons.push_back(start_waiting);
   if (!initial_snapshot_done) reasons.push_back("the initial snapshot is not done");
   if (!connected) reasons.push_back("the replication stream is not connected");
   const auto backfilling = backfills_progress
@@ -577,6 +613,37 @@ void RunMonitor::Publish() {
   nlohmann::json stores = nlohmann::json::array();
   nlohmann::json views = nlohmann::json::array();
   const int64_t now_pg = ToPgTimestamp(std::chrono::system_clock::now());
+  nlohmann::json spool_json;
+  std::optional<ChangeLogStats> log_stats;
+  if (spool) {
+    log_stats = spool();
+    spool_json = {{"bytes", log_stats->bytes},
+                  {"max_bytes", spool_max_bytes},
+                  {"segments", log_stats->segments},
+                  {"oldest_lsn", log_stats->oldest.ToString()},
+                  {"durable_lsn", log_stats->durable.ToString()}};
+    if (!capture_paused.empty()) spool_json["capture_paused"] = capture_paused;
+    metrics_
+        .gauge("pgderive_spool_capture_paused",
+               "1 while the capture waits for a healthy store to free the change log's "
+               "oldest segment (spool.max_bytes reached)")
+        .Set(capture_paused.empty() ? 0 : 1);
+    metrics_.gauge("pgderive_spool_bytes", "Bytes the change log holds on disk")
+        .Set(static_cast<double>(log_stats->bytes));
+    metrics_.gauge("pgderive_spool_max_bytes", "The change log's bound (spool.max_bytes)")
+        .Set(static_cast<double>(spool_max_bytes));
+    metrics_.gauge("pgderive_spool_segments", "Segment files the change log holds")
+        .Set(static_cast<double>(log_stats->segments));
+    metrics_
+        .gauge("pgderive_spool_oldest_lsn",
+               "The oldest position a store can read the change log from (LSN as a number)")
+        .Set(static_cast<double>(log_stats->oldest.value));
+    metrics_
+        .gauge("pgderive_spool_durable_lsn",
+               "The change log's durable position, what the slot is confirmed to (LSN as a "
+               "number)")
+        .Set(static_cast<double>(log_stats->durable.value));
+  }
   for (PipelineWorker* w : workers) {
     const std::string& name = w->sink().name();
     const Lsn checkpoint = w->checkpoint();
@@ -607,7 +674,10 @@ void RunMonitor::Publish() {
     // Back after an outage: what it was handed before is a backlog it is still applying.
     const int64_t recovered = w->recovered_at();
     const bool backlog = oldest != 0 && recovered != 0 && oldest < recovered;
-    if (w->failed()) {
+    const std::string evicted = w->evicted();
+    if (!evicted.empty()) {
+      reasons.push_back("store " + name + " " + evicted);
+    } else if (w->failed()) {
       reasons.push_back("store " + name + " stopped on an error");
     } else if (stalled) {
       reasons.push_back("store " + name + " is unreachable since " + since +
@@ -620,6 +690,22 @@ void RunMonitor::Publish() {
                                  {"reachable", w->healthy()},
                                  {"detached", w->detached()},
                                  {"failed", w->failed()}};
+    if (log_stats) {
+      // How far behind the log's durable position the store is (its position in the log).
+      const uint64_t behind =
+          log_stats->durable > checkpoint ? log_stats->durable.value - checkpoint.value : 0;
+      store_json["spool_behind_bytes"] = behind;
+      metrics_
+          .gauge("pgderive_spool_store_behind_bytes",
+                 "WAL between the change log's durable position and the store's checkpoint", store)
+          .Set(static_cast<double>(behind));
+      metrics_
+          .gauge("pgderive_spool_store_evicted",
+                 "1 while the store fell behind the change log (its views failed until refilled)",
+                 store)
+          .Set(evicted.empty() ? 0 : 1);
+      if (!evicted.empty()) store_json["evicted"] = evicted;
+    }
     if (stalled) {
       store_json["unreachable_since"] = since;
       if (!error.empty()) store_json["error"] = error;
@@ -627,10 +713,21 @@ void RunMonitor::Publish() {
     stores.push_back(store_json);
     std::map<std::string, std::string> failed_views;
     for (auto& [view, reason] : w->sink().failed_views()) failed_views[view] = reason;
+    if (!evicted.empty()) {
+      for (const auto& [view, tables] : w->sink().view_sources()) failed_views[view] = evicted;
+    }
+    std::map<std::string, std::vector<VersionInfo>> versions;
+    for (VersionInfo& info : w->sink().ViewVersions()) versions[info.view].push_back(info);
     for (const auto& [view, tables] : w->sink().view_sources()) {
       std::string state = "live";
       std::optional<BackfillProgress> filled;
       if (auto it = backfilling.find({name, view}); it != backfilling.end()) filled = it->second;
+      // A postgres view is filled while a mirror it reads is.
+      for (const std::string& table : tables) {
+        if (filled) break;
+        auto it = backfilling.find({name, TableFillName(table)});
+        if (it != backfilling.end()) filled = it->second;
+      }
       std::optional<std::string> refilling;  // the watch asked for a refill: why
       if (auto mark = marks.find({name, view}); mark != marks.end()) {
         if (mark->second.failed) {
@@ -679,6 +776,17 @@ void RunMonitor::Publish() {
         v["lag_bytes"] = lag_bytes;
         v["reason"] = "store " + name + " is unreachable" + (error.empty() ? "" : ": " + error);
       }
+      // A fill's progress for dashboards (0 when none runs).
+      const bool backfill_running = filled && !filling;
+      metrics_
+          .gauge("pgderive_backfill_rows", "Rows the view's running backfill has read",
+                 {{"store", name}, {"view", view}})
+          .Set(backfill_running ? static_cast<double>(filled->rows_done) : 0.0);
+      metrics_
+          .gauge("pgderive_backfill_estimated_rows",
+                 "Rows the view's running backfill expects to read (the table's estimate)",
+                 {{"store", name}, {"view", view}})
+          .Set(backfill_running ? static_cast<double>(filled->rows_estimated) : 0.0);
       if (filled && !filling) {
         v["backfill_rows"] = filled->rows_done;
         v["backfill_estimated_rows"] = filled->rows_estimated;
@@ -689,9 +797,64 @@ void RunMonitor::Publish() {
                                      static_cast<double>(filled->rows_estimated));
       }
       if (refilling && state == "backfilling") v["reason"] = *refilling;
+      // Its versions (sinks/common/view_versions.h): one series per state, how many.
+      std::map<std::string, int> in_state{
+          {"building", 0}, {"ready", 0}, {"serving", 0}, {"retained", 0}};
+      if (auto it = versions.find(view); it != versions.end()) {
+        nlohmann::json list = nlohmann::json::array();
+        for (const VersionInfo& info : it->second) {
+          ++in_state[info.state];
+          nlohmann::json one = {
+              {"generation", info.generation}, {"where", info.where}, {"state", info.state}};
+          if (info.state == "building" && v.contains("progress_percent")) {
+            one["progress_percent"] = v["progress_percent"];
+          }
+          if (info.state == "retained") one["dropped_at"] = UnixTimeText(info.drop_at);
+          list.push_back(one);
+        }
+        v["versions"] = list;
+      }
+      for (const auto& [s, count] : in_state) {
+        metrics_
+            .gauge("pgderive_view_versions",
+                   "The view's versions in each state (building, ready, serving, retained)",
+                   {{"store", name}, {"view", view}, {"state", s}})
+            .Set(count);
+      }
       if (failed_views.contains(view)) {
         v["reason"] = failed_views[view];
         reasons.push_back("view " + view + " stopped: " + failed_views[view]);
+      }
+      // Its first fill: the view's own, or (a postgres view) that of a mirror it reads.
+      std::vector<std::pair<std::string, std::string>> first;
+      if (first_fills.contains({name, view})) first.emplace_back(name, view);
+      for (const std::string& table : tables) {
+        if (first_fills.contains({name, TableFillName(table)})) {
+          first.emplace_back(name, TableFillName(table));
+        }
+      }
+      if (!first.empty()) {
+        if (!filling && !filled && state != "failed" && state != "stalled") {
+          // done: ready as far as this view goes
+          first_filled.insert(first.begin(), first.end());
+        } else if (state != "failed") {
+          std::string progress = "waiting to start";
+          if (filled) {
+            progress = std::to_string(filled->rows_done) + " of ~" +
+                       std::to_string(filled->rows_estimated) + " rows";
+            if (filled->rows_estimated > 0) {
+              char percent[32];
+              std::snprintf(percent, sizeof percent, " (%.1f%%)",
+                            std::min(99.9, 100.0 * static_cast<double>(filled->rows_done) /
+                                               static_cast<double>(filled->rows_estimated)));
+              progress += percent;
+            }
+          } else if (filling) {
+            progress = "filled by the snapshot";
+          }
+          reasons.push_back("view " + view + " (store " + name +
+                            ") is in its first fill: " + progress);
+        }
       }
       views.push_back(v);
     }
@@ -710,6 +873,8 @@ void RunMonitor::Publish() {
                            {"stores", stores},
                            {"views", views}};
   if (slot_json) status["slot"] = nlohmann::json::parse(*slot_json);
+  if (!start_waiting.empty()) status["starting"] = start_waiting;
+  if (!spool_json.is_null()) status["spool"] = spool_json;
   if (snapshot.is_null()) {
     metrics_.gauge("pgderive_snapshot_rows", "Rows read by the running snapshot").Set(0);
     metrics_.gauge("pgderive_snapshot_estimated_rows", "Rows the running snapshot expects to read")
@@ -726,6 +891,7 @@ void RunMonitor::Publish() {
   status["ready"] = reasons.empty();
   std::string text = status.dump();
   std::lock_guard lock(mutex_);
+  for (const auto& done : first_filled) first_fills_.erase(done);
   not_ready_ = std::move(reasons);
   status_json_ = std::move(text);
 }

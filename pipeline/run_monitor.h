@@ -22,6 +22,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,7 @@
 #include "pipeline/pipeline_worker.h"
 #include "snapshot/backfill.h"
 #include "snapshot/snapshot_reader.h"
+#include "spool/change_log.h"
 
 namespace pgderive {
 
@@ -58,6 +60,21 @@ class RunMonitor {
   using BackfillsProgress =
       std::function<std::map<std::pair<std::string, std::string>, BackfillProgress>()>;
   void SetBackfills(BackfillsProgress progress);
+  // The change log's figures (spool on): /status's "spool", the pgderive_spool_* metrics
+  // and each store's position in the log.
+  using SpoolStats = std::function<ChangeLogStats()>;
+  void SetSpool(SpoolStats stats, uint64_t max_bytes);
+  // The capture paused because the log reached spool.max_bytes while the store holding
+  // its oldest segment is healthy and catching up (`why`; empty: capturing). /status's
+  // spool.capture_paused and the pgderive_spool_capture_paused gauge.
+  void SetCapturePaused(const std::string& why);
+  // The start waits for a store that does not answer (`why`, naming it; empty: no
+  // longer): /readyz gives the reason and /status says it in "starting".
+  void SetStartWaiting(const std::string& why);
+  // The first fill of `view` began or resumed (ViewState::first_fill): /readyz answers
+  // 503, naming it with its progress, until its backfill is done. A later rebuild of the
+  // view, which keeps serving what it held, leaves readiness alone.
+  void FirstFill(const std::string& store, const std::string& view);
 
   // The source tables the views read, with their OIDs when the pipeline started. No
   // change in the stream says that a table was dropped (or renamed away) and created
@@ -114,6 +131,10 @@ class RunMonitor {
   std::chrono::steady_clock::time_point snapshot_started_;
   std::vector<PipelineWorker*> workers_;
   BackfillsProgress backfills_;
+  SpoolStats spool_;
+  uint64_t spool_max_bytes_ = 0;
+  std::string capture_paused_;
+  std::string start_waiting_;
   std::string status_json_ = "{}";
   std::vector<std::string> not_ready_{"starting"};
   std::optional<std::string> slot_lost_;
@@ -136,6 +157,8 @@ class RunMonitor {
     Lsn until;
   };
   std::map<std::pair<std::string, std::string>, ViewMark> marks_;
+  // Guarded by mutex_: views in their first fill, (store, view).
+  std::set<std::pair<std::string, std::string>> first_fills_;
   // The monitor thread's: store changes whose refill is not asked for yet (the source
   // did not answer), by worker.
   std::vector<std::pair<PipelineWorker*, StoreChange>> store_changes_;

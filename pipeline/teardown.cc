@@ -1,6 +1,9 @@
 #include "pipeline/teardown.h"
 
+#include <filesystem>
+
 #include "cdc/sql_session.h"
+#include "spool/segment_log.h"
 
 namespace pgderive {
 namespace {
@@ -68,6 +71,25 @@ TeardownReport TeardownPipeline(const Config& config,
     }
   }
   TeardownSource(config, report);
+  // The change log: without the slot it holds nothing a store can use.
+  std::error_code ec;
+  if (config.spool.enabled && std::filesystem::exists(config.spool.dir, ec)) {
+    // Its segment and owner files only, and the directory once empty: never another
+    // pipeline's log or files that are not the log's.
+    Status owned = CheckLogOwner(config.spool.dir, ChangeLogOwner(config));
+    Status removed = owned.ok() ? RemoveChangeLog(config.spool.dir) : owned;
+    if (!removed.ok()) {
+      report.left.push_back("the change log " + config.spool.dir + ": " +
+                            removed.error().message());
+    } else {
+      report.removed.push_back("the change log " + config.spool.dir);
+      // The default's parent (pgderive-spool/ beside the file) goes too once empty.
+      const std::filesystem::path parent = std::filesystem::path(config.spool.dir).parent_path();
+      if (parent.filename() == "pgderive-spool" && std::filesystem::is_empty(parent, ec)) {
+        std::filesystem::remove(parent, ec);
+      }
+    }
+  }
   return report;
 }
 

@@ -22,6 +22,12 @@ std::vector<BackfillView> BackfillViewsOf(const Config& config,
                                  !view.columns.has_value(), ViewDefinitionFingerprint(view)});
     }
   }
+  // A postgres store's mirrors: filled row by row, with the table's columns as they are.
+  for (const auto& sink : sinks) {
+    for (const auto& [name, table] : sink->table_fills()) {
+      out.push_back(BackfillView{sink->name(), name, table, /*rows=*/true, /*follows=*/false});
+    }
+  }
   return out;
 }
 
@@ -60,10 +66,11 @@ ViewStart PlanViewStart(const BackfillView& view,
                                 !view.definition.empty() && state->definition != view.definition;
   start.reshaped = reshaped;
   if (state != nullptr) start.recorded_oid = state->table_oid;
-  if (state != nullptr && !replaced && (redefined || other_definition)) {
-    // Another definition: its data is of the old one. A rebuild begins (clear: each store
-    // rebuilds without removing what readers see, sinks/common/sink.h).
-    start.why = ViewStart::Why::kRedefined;
+  if (state != nullptr && !replaced && (redefined || other_definition || state->removed)) {
+    // Another definition: its data is of the old one. Or it was out of the configuration
+    // for a while: the rows changed meanwhile are not in it. A rebuild begins (clear:
+    // each store rebuilds without removing what readers see, sinks/common/sink.h).
+    start.why = state->removed ? ViewStart::Why::kReturned : ViewStart::Why::kRedefined;
     start.write = ViewState{true, std::nullopt, columns, oid, view.definition};
     start.clear = true;
     start.backfill = true;
@@ -72,9 +79,14 @@ ViewStart PlanViewStart(const BackfillView& view,
     start.write = ViewState{true, std::nullopt, columns, oid, view.definition};
     start.clear = true;
     start.backfill = true;
+    // A view new to its store has nothing served yet (a replaced table's view serves the
+    // old rows until its rebuild ends).
+    start.first_fill = !replaced;
+    start.write->first_fill = start.first_fill;
   } else if (state->backfilling) {
     start.why = ViewStart::Why::kResume;
     start.backfill = true;
+    start.first_fill = state->first_fill;
     if (!reshaped) start.after = state->after;
   } else if (reshaped) {
     start.why = ViewStart::Why::kReshaped;
@@ -95,8 +107,14 @@ Status ReconcileViewStates(
     const std::function<void(const std::string&)>& info, const std::set<std::string>& redefined,
     const std::map<std::string, StoreFill>& fill) {
   for (const auto& sink : sinks) {
-    if (!sink->backfills_rows()) continue;
     const auto retry_log = [&](const std::string& m) { info("store " + sink->name() + ": " + m); };
+    auto marked = RetryTransient([&] { return sink->MarkRemovedViews(); }, stopped, retry_log);
+    if (!marked.ok()) return InStore(*sink, marked.error());
+    for (const std::string& view : marked.value()) {
+      info("view " + view + " is no longer in the configuration: store " + sink->name() +
+           " records it removed (no longer kept current; rebuilt should it come back)");
+    }
+    if (!sink->backfills_rows() && sink->table_fills().empty()) continue;
     const auto filled = fill.find(sink->name());
     Result<std::optional<std::map<std::string, ViewState>>> states =
         std::optional<std::map<std::string, ViewState>>();
@@ -105,7 +123,8 @@ Status ReconcileViewStates(
     }
     if (!states.ok()) return InStore(*sink, states.error());
     for (const BackfillView& v : views) {
-      if (v.store != sink->name()) continue;
+      // A postgres store's views are built from its mirrors, which are filled instead.
+      if (v.store != sink->name() || !v.rows) continue;
       const RelationSchema& shape = *shapes.at(v.table);
       const std::vector<std::string> columns = ColumnsOf(shape);
       const uint32_t oid = shape.id.value;
@@ -113,9 +132,17 @@ Status ReconcileViewStates(
       ViewStart start = PlanViewStart(v, states.value(), columns, oid, redefined.contains(v.view),
                                       filled != fill.end());
       if (filled != fill.end() && !filled->second.clear) start.clear = false;
+      if (filled != fill.end() && filled->second.first_fill) {
+        start.first_fill = true;
+        start.write->first_fill = true;
+      }
+      // A postgres store's mirror is named after its table.
+      const std::string label = IsTableFill(v.view)
+                                    ? "the mirror of " + v.table + " in store " + v.store
+                                    : "view " + v.view;
       switch (start.why) {
         case ViewStart::Why::kFill:
-          info("view " + v.view + " is filled from the start (" + filled->second.why +
+          info(label + " is filled from the start (" + filled->second.why +
                "): backfilling while streaming; not live until it is complete");
           break;
         case ViewStart::Why::kReplaced:
@@ -125,16 +152,20 @@ Status ReconcileViewStates(
                       {{"store", v.store}, {"view", v.view}, {"table", v.table}});
           break;
         case ViewStart::Why::kNew:
-          info("view " + v.view + " is new to store " + v.store +
-               ": backfilling it while streaming");
+          info(label + " is new to store " + v.store + ": backfilling it while streaming");
           break;
         case ViewStart::Why::kResume:
-          info("view " + v.view + " was being backfilled: resuming after " +
+          info(label + " was being backfilled: resuming after " +
                (start.reshaped ? std::string("the start (its table's columns changed)")
                                : start.after.value_or("the start")));
           break;
         case ViewStart::Why::kRedefined:
           info("the definition of view " + v.view + " changed: rebuilding it while streaming");
+          break;
+        case ViewStart::Why::kReturned:
+          info("view " + v.view +
+               " is back in the configuration after it was removed (its "
+               "rows may have changed meanwhile): rebuilding it while streaming");
           break;
         case ViewStart::Why::kReshaped:
           info("the columns of " + v.table + " changed while stopped: backfilling view " + v.view);
@@ -150,6 +181,9 @@ Status ReconcileViewStates(
         if (!status.ok()) return InStore(*sink, status.error());
       }
       if (start.backfill) backfills.add(v.store, v.table, {v.view}, start.after);
+      if (start.backfill && start.first_fill && backfills.first_fill) {
+        backfills.first_fill(v.store, v.view);
+      }
     }
   }
   return Status::Ok();

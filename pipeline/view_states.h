@@ -1,7 +1,8 @@
 #pragma once
 
 // Start-up view states (SPEC.md §1.4): what each view of a store that backfills rows
-// (Redis, OpenSearch) needs before the stream starts, from the state its store recorded.
+// (Redis, OpenSearch) - and each mirror of a postgres store (Sink::table_fills), as a
+// view of its table - needs before the stream starts, from the state its store recorded.
 //
 //   store's recorded states --ReadViewStates--> PlanViewStart (pure, per view)
 //        --> WriteViewState (live, or backfilling from the start, emptied if new)
@@ -18,6 +19,11 @@
 //   live                        columns changed (follows)    record backfilling, backfill
 //   live                        same                         nothing
 //   any (view redefined: reload) -                           rebuild, backfill from start
+//   removed (it was out of the   -                            rebuild, backfill from start
+//     configuration meanwhile)
+//
+// Before that, every store marks removed the views it records that the configuration
+// no longer has (Sink::MarkRemovedViews): the stream stops keeping them current.
 //
 // A store is filled (its recorded states are not read) on a first start, when it is new
 // to the pipeline, and when it lost its data (no checkpoint, or one the slot passed: a
@@ -47,7 +53,17 @@ std::vector<BackfillView> BackfillViewsOf(const Config& config,
 
 // What a start does with one view.
 struct ViewStart {
-  enum class Why { kLive, kUnrecorded, kNew, kReplaced, kResume, kReshaped, kRedefined, kFill };
+  enum class Why {
+    kLive,
+    kUnrecorded,
+    kNew,
+    kReplaced,
+    kResume,
+    kReshaped,
+    kRedefined,
+    kReturned,
+    kFill
+  };
   Why why = Why::kLive;
   // The state to record before streaming, and whether the view's data is removed first.
   std::optional<ViewState> write;
@@ -59,6 +75,9 @@ struct ViewStart {
   bool reshaped = false;
   // The table OID the store recorded (kReplaced: the table that is gone).
   uint32_t recorded_oid = 0;
+  // The fill is the view's first (a new view, a first start, or one resumed): readers
+  // have nothing of it yet (ViewState::first_fill).
+  bool first_fill = false;
 };
 
 // `states`: what the store recorded (nullopt: it records none yet - filled by a
@@ -79,6 +98,8 @@ struct ViewBackfills {
   std::function<void(const std::string& store, const std::string& table,
                      std::vector<std::string> views, std::optional<std::string> after)>
       add;
+  // A view whose first fill begins or resumes (not ready until it is live); may be unset.
+  std::function<void(const std::string& store, const std::string& view)> first_fill;
 };
 
 // A store whose views are all filled from the start: why (logged with each view), and
@@ -87,9 +108,13 @@ struct ViewBackfills {
 struct StoreFill {
   std::string why;
   bool clear = true;
+  // The views' first fill: the store holds nothing of them (a first start, a store with
+  // no checkpoint), so the pipeline is not ready until it ends (ViewState::first_fill).
+  bool first_fill = false;
 };
 
-// For every store that backfills rows: reads its views' states, records what the plan
+// For every store: marks removed the views it records that `views` lacks. For every
+// store that backfills rows: reads its views' states, records what the plan
 // says and queues the backfills. Transient store errors are retried until `stopped`.
 // `shapes`: each table's shape now; `redefined`: views whose definition changed (a
 // reload); `fill`: the stores filled from the start, by name - their recorded states

@@ -182,10 +182,13 @@ if [ -n "$pid" ]; then
 else
   : > "$dir/pgderive.log"
   nohup "$binary" run -c "$config" >> "$dir/pgderive.log" 2>&1 &
-  echo $! > "$pidfile"
+  started=$!
+  echo "$started" > "$pidfile"
   deadline=$(( $(date +%s) + 120 ))
   until grep -q "streaming from slot" "$dir/pgderive.log"; do
-    if [ -z "$(running_pid)" ] || [ "$(date +%s)" -ge "$deadline" ]; then
+    # Alive by its pid: until nohup has exec'd pgderive, the process's command line is
+    # still the shell's, which running_pid would not recognise.
+    if ! kill -0 "$started" 2>/dev/null || [ "$(date +%s)" -ge "$deadline" ]; then
       cat "$dir/pgderive.log" >&2
       die "pgderive run did not reach streaming"
     fi

@@ -202,6 +202,10 @@ void Backfills::Loop(Worker& worker) {
                  {"filled_seconds", std::to_string(filled)},
                  {"seconds", std::to_string(seconds)},
                  {"read_seconds", std::to_string(job->timing.read.count())},
+                 {"describe_seconds", std::to_string(job->timing.describe.count())},
+                 {"watermark_seconds", std::to_string(job->timing.watermarks.count())},
+                 {"writers_wait_seconds", std::to_string(job->timing.writers.count())},
+                 {"rows_seconds", std::to_string(job->timing.rows.count())},
                  {"verdict_wait_seconds", std::to_string(job->timing.verdict.count())},
                  {"apply_wait_seconds", std::to_string(job->timing.applied.count())}});
     }
@@ -255,10 +259,15 @@ Status Backfills::WaitForWriters(Worker& worker, const std::string& table) {
 Backfills::Applied Backfills::WaitApplied(const std::string& store, Lsn watermark,
                                           uint64_t generation) {
   while (true) {
+    std::unique_lock lock(mutex_);
+    // The stream restarted since the rows were placed: whether the store got them is
+    // unknown (a detached store drops what it is offered, and once it rejoins, the
+    // stream from its checkpoint carries it past the watermark without the rows, which
+    // are not in the WAL). Read again - never taken as applied because the checkpoint
+    // passed. Checked under the lock the restart takes, before the checkpoint.
+    if (stopping() || generation_ != generation) return Applied::kNo;
     if (options_.checkpoint(store) > watermark) return Applied::kYes;
     if (options_.failed && options_.failed(store)) return Applied::kStoreFailed;
-    std::unique_lock lock(mutex_);
-    if (stopping() || generation_ != generation) return Applied::kNo;
     changed_.wait_for(lock, stop_.get_token(), std::chrono::milliseconds(5),
                       [&] { return generation_ != generation; });
   }
@@ -381,7 +390,9 @@ Status Backfills::RunJob(Worker& worker, const std::shared_ptr<Job>& job) {
         end = false;
       }
       if (!end && flights.size() < std::max<size_t>(1, options_.chunks_in_flight)) {
+        const auto describe_started = std::chrono::steady_clock::now();
         auto schema = DescribeTable(*worker.sql, job->table);
+        job->timing.describe += std::chrono::steady_clock::now() - describe_started;
         if (!schema.ok()) {
           abandon();
           return transient(schema.error());
@@ -550,8 +561,18 @@ Result<Backfills::Flight> Backfills::ReadChunk(
     std::lock_guard lock(mutex_);
     window_.EndChunk(flight.id);
   };
+  using Clock = std::chrono::steady_clock;
+  auto step = Clock::now();
+  // Adds the time since the last step to `total`.
+  auto lap = [&](std::chrono::duration<double>& total) {
+    const auto now = Clock::now();
+    total += now - step;
+    step = now;
+  };
   Status status = Emit(worker, window_.Message("low", flight.id));
+  lap(job->timing.watermarks);
   if (status.ok()) status = WaitForWriters(worker, job->table);
+  lap(job->timing.writers);
   if (!status.ok()) {
     forget();
     return status.error();
@@ -592,7 +613,9 @@ Result<Backfills::Flight> Backfills::ReadChunk(
     std::lock_guard lock(mutex_);
     window_.ChunkRead(flight.id, std::move(rows.value().rows));
   }
+  lap(job->timing.rows);
   status = Emit(worker, window_.Message("high", flight.id));
+  lap(job->timing.watermarks);
   if (!status.ok()) {
     forget();
     return status.error();

@@ -134,6 +134,8 @@ class Backfills {
     // stream to place the oldest one, waiting for its store to apply it.
     struct {
       std::chrono::duration<double> read{}, verdict{}, applied{};
+      // The read's parts: the table's description, the watermarks, the writers, the rows.
+      std::chrono::duration<double> describe{}, watermarks{}, writers{}, rows{};
     } timing;
     BackfillProgress progress;
   };
@@ -169,8 +171,9 @@ class Backfills {
   void AbandonLocked(std::deque<Flight>& flights);
   Status Emit(Worker& worker, const std::string& content);
   Status WaitForWriters(Worker& worker, const std::string& table);
-  // Waits until the store applied `watermark` (true) or the stream restarted since
-  // `generation` (false), or Stop.
+  // Waits until the store applied `watermark` (kYes) or the stream restarted since
+  // `generation` (kNo, even when the store's checkpoint passed the watermark: the rows
+  // placed before the restart may have been dropped), or Stop.
   enum class Applied { kYes, kNo, kStoreFailed };
   Applied WaitApplied(const std::string& store, Lsn watermark, uint64_t generation);
   // A chunk applied and not yet durable: where the job was before it.

@@ -31,11 +31,26 @@ struct ViewState {
   // The rebuild filling the view ends by removing the entries it did not write (the
   // entries were kept for readers meanwhile, not removed first).
   bool sweep = false;
+  // The view went out of the configuration (a reload or a restart without it): the
+  // stream no longer keeps its data current, so it is rebuilt should it come back.
+  // Recorded as the state "removed" (neither live nor backfilling).
+  bool removed = false;
+  // The fill under way is the view's first: readers have nothing of it yet (a new view,
+  // a first start), so the pipeline is not ready until it ends. A rebuild, which keeps
+  // serving what the view held, is not one.
+  bool first_fill = false;
 
   std::string ToJson() const;
   // nullopt: not a state this version wrote.
   static std::optional<ViewState> FromJson(std::string_view json);
 };
+
+// A store whose views are queries (postgres) keeps a copy of each source table they read
+// (a mirror), filled by the backfill like a view of its own that reads the table. Its
+// name as the backfill and the store's recorded states know it ("mirror schema.table";
+// no configured view name holds a space).
+inline std::string TableFillName(const std::string& table) { return "mirror " + table; }
+inline bool IsTableFill(std::string_view name) { return name.starts_with("mirror "); }
 
 // A table's columns as "name type_oid", in order (what a following view's shape
 // depends on).

@@ -125,6 +125,50 @@ WatermarkWindow::ChunkOutcome WatermarkWindow::EndChunk(uint64_t id) {
   return outcome;
 }
 
+void WatermarkWindow::BeginVerify(uint64_t id, std::shared_ptr<const BackfillJob> job,
+                                  std::shared_ptr<const RelationSchema> schema,
+                                  std::vector<std::string> key) {
+  BeginChunk(id, std::move(job), std::move(schema), std::move(key));
+  chunks_[id].verify = true;
+}
+
+WatermarkWindow::Verdict WatermarkWindow::VerifyVerdict(uint64_t id) const {
+  auto it = chunks_.find(id);
+  if (it == chunks_.end() || !it->second.verify) return Verdict::kRetry;
+  const Chunk& chunk = it->second;
+  if (chunk.verdict != Verdict::kDone || chunk.spoiled) {
+    return chunk.verdict == Verdict::kPending && !chunk.spoiled ? Verdict::kPending
+                                                                : Verdict::kRetry;
+  }
+  return chunk.checked ? Verdict::kDone : Verdict::kPending;
+}
+
+WatermarkWindow::VerifyOutcome WatermarkWindow::EndVerify(uint64_t id) {
+  VerifyOutcome outcome;
+  auto it = chunks_.find(id);
+  if (it == chunks_.end()) return outcome;
+  Chunk& chunk = it->second;
+  outcome.rows = chunk.row_count;
+  outcome.last = chunk.last;
+  outcome.watermark = chunk.watermark;
+  outcome.checked = chunk.checked_at;
+  if (chunk.verify && VerifyVerdict(id) == Verdict::kDone) {
+    outcome.verdict = Verdict::kDone;
+    const std::vector<size_t> key = KeyIndexes(chunk);
+    for (auto& row : chunk.rows) {
+      if (!chunk.changed.empty()) {
+        std::vector<std::optional<std::string_view>> values;
+        for (size_t k : key) values.push_back(row[k]);
+        if (chunk.changed.contains(KeyJson(values))) continue;
+      }
+      outcome.comparable.push_back(std::move(row));
+    }
+    outcome.changed = std::move(chunk.changed);
+  }
+  chunks_.erase(it);
+  return outcome;
+}
+
 void WatermarkWindow::BeginDone(uint64_t job_id) { done_[job_id] = {Verdict::kPending, Lsn{}}; }
 
 WatermarkWindow::Verdict WatermarkWindow::DoneVerdict(uint64_t job_id) const {
@@ -144,6 +188,8 @@ std::pair<WatermarkWindow::Verdict, Lsn> WatermarkWindow::EndDone(uint64_t job_i
 void WatermarkWindow::OnStreamRestart() {
   for (auto& [id, chunk] : chunks_) {
     if (chunk.verdict == Verdict::kPending) chunk.verdict = Verdict::kRetry;
+    // A verify chunk's window is open until "checked": it saw the stream only in part.
+    if (chunk.verify && !chunk.checked) chunk.spoiled = true;
   }
   for (auto& [id, done] : done_) {
     if (done.first == Verdict::kPending) done.first = Verdict::kRetry;
@@ -209,6 +255,14 @@ void WatermarkWindow::OnMessage(const Change& change, const LogicalMessage& mess
     if (it == chunks_.end()) return;
     Chunk& chunk = it->second;
     if (chunk.verdict != Verdict::kPending) return;
+    if (chunk.verify) {
+      // Nothing placed: the window stays open until "checked".
+      const bool usable = chunk.open && !chunk.spoiled && chunk.read && !chunk.job->cancelled;
+      chunk.verdict = usable ? Verdict::kDone : Verdict::kRetry;
+      chunk.watermark = change.commit_lsn;
+      events.decided = true;
+      return;
+    }
     // A chunk follows one in flight: placed only after it (its state claims the keys
     // up to its own last).
     auto prev = chunk.prev != 0 ? chunks_.find(chunk.prev) : chunks_.end();
@@ -221,6 +275,16 @@ void WatermarkWindow::OnMessage(const Change& change, const LogicalMessage& mess
       chunk.verdict = Verdict::kDone;
       chunk.watermark = change.commit_lsn;
     }
+    events.decided = true;
+    return;
+  }
+  if (mark == "checked") {
+    auto it = chunks_.find(id);
+    if (it == chunks_.end()) return;
+    Chunk& chunk = it->second;
+    if (!chunk.verify || chunk.verdict != Verdict::kDone || chunk.checked) return;
+    chunk.checked = true;
+    chunk.checked_at = change.commit_lsn;
     events.decided = true;
     return;
   }
@@ -253,12 +317,7 @@ void WatermarkWindow::Place(Chunk& chunk, Lsn commit_lsn, uint32_t index,
   auto control = std::make_shared<ViewControl>();
   control->store = job.store;
   control->views = job.views;
-  std::vector<size_t> key;
-  for (const std::string& name : chunk.key) {
-    for (size_t i = 0; i < chunk.schema->columns.size(); ++i) {
-      if (chunk.schema->columns[i].name == name) key.push_back(i);
-    }
-  }
+  const std::vector<size_t> key = KeyIndexes(chunk);
   TupleData tuple;
   uint32_t n = index;
   for (const auto& row : chunk.rows) {
@@ -284,6 +343,22 @@ void WatermarkWindow::Place(Chunk& chunk, Lsn commit_lsn, uint32_t index,
   std::set<std::string>().swap(chunk.changed);
 }
 
+bool WatermarkWindow::Recording(const Chunk& chunk) {
+  if (!chunk.open || chunk.spoiled) return false;
+  if (chunk.verify) return chunk.verdict != Verdict::kRetry && !chunk.checked;
+  return chunk.verdict == Verdict::kPending;
+}
+
+std::vector<size_t> WatermarkWindow::KeyIndexes(const Chunk& chunk) {
+  std::vector<size_t> key;
+  for (const std::string& name : chunk.key) {
+    for (size_t i = 0; i < chunk.schema->columns.size(); ++i) {
+      if (chunk.schema->columns[i].name == name) key.push_back(i);
+    }
+  }
+  return key;
+}
+
 // A row change of a table with chunks in flight: its keys join their windows.
 void WatermarkWindow::Record(const Change& change) {
   for (auto& [job_id, running] : running_) {
@@ -306,7 +381,7 @@ void WatermarkWindow::Record(const Change& change) {
     }
   }
   for (auto& [id, chunk] : chunks_) {
-    if (!chunk.open || chunk.spoiled || chunk.verdict != Verdict::kPending) continue;
+    if (!Recording(chunk)) continue;
     const std::string& table = chunk.job->table;
     bool touches = false;
     for (const auto& relation : change.relations) {

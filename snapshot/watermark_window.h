@@ -190,6 +190,38 @@ class WatermarkWindow {
   ChunkOutcome EndChunk(uint64_t id);
   size_t chunks_in_flight() const { return chunks_.size(); }
 
+  // The verify window: a chunk read to be compared with a store, not placed (the
+  // background verifier, `pgderive verify`). It is read between its L and H like a
+  // fill's chunk, and ChunkVerdict says kDone at its H (kRetry when spoiled, as a
+  // fill's), with nothing placed. Its window stays open past H until its "checked" mark,
+  // which the driver writes once it has read the store's entries for the chunk, after
+  // the store's checkpoint passed H. A row whose key no change touched between L and
+  // "checked" was, when the store was read, what it was in the source when it was read:
+  // every change the store had applied by then committed before "checked", and none of
+  // them touched it; so it is comparable. A key changed in between is not compared (the
+  // store may hold it from any moment of the window: the stream wins). A truncate, an
+  // unreadable key or a TOAST-unchanged value in the window spoils the whole chunk, and
+  // so does a stream restart before "checked" (what the stream met may come again out
+  // of order with the read): it is read again.
+  void BeginVerify(uint64_t id, std::shared_ptr<const BackfillJob> job,
+                   std::shared_ptr<const RelationSchema> schema, std::vector<std::string> key);
+  // kPending until "checked" is met; then kDone, or kRetry when the window was spoiled.
+  Verdict VerifyVerdict(uint64_t id) const;
+  struct VerifyOutcome {
+    Verdict verdict = Verdict::kRetry;
+    Lsn watermark;  // H's commit LSN
+    Lsn checked;    // "checked"'s commit LSN
+    // The rows read whose key no change touched in the window, in key order.
+    ChunkRows comparable;
+    // The keys (KeyJson) changed in the window: not compared (neither as missing nor
+    // as extra).
+    std::set<std::string> changed;
+    size_t rows = 0;                  // rows read
+    std::optional<std::string> last;  // the key of the last row read (KeyJson)
+  };
+  // Forgets the verify chunk: its outcome (kRetry unless "checked" was met unspoiled).
+  VerifyOutcome EndVerify(uint64_t id);
+
   // Job `job_id`'s "done", before it is written.
   void BeginDone(uint64_t job_id);
   Verdict DoneVerdict(uint64_t job_id) const;
@@ -212,12 +244,20 @@ class WatermarkWindow {
     size_t bytes = 0;
     Verdict verdict = Verdict::kPending;
     Lsn watermark;
+    bool verify = false;   // a verify chunk: compared, never placed
+    bool checked = false;  // its "checked" mark met: its window closed
+    Lsn checked_at;
   };
 
   void OnMessage(const Change& change, const LogicalMessage& message, std::vector<OwnedChange>& out,
                  Events& events);
   void Place(Chunk& chunk, Lsn commit_lsn, uint32_t index, std::vector<OwnedChange>& out);
   void Record(const Change& change);
+  // Whether a change of the chunk's table is recorded against it: its window is open
+  // (L met, not spoiled) and not closed (a fill's at H, a verify chunk's at "checked").
+  static bool Recording(const Chunk& chunk);
+  // The positions of the chunk's key columns in its schema.
+  static std::vector<size_t> KeyIndexes(const Chunk& chunk);
   void DetectSchemaChange(const Change& change, std::vector<OwnedChange>& out, Events& events);
   // The chunks that follow `id` (directly or not) are read again.
   void SpoilFollowers(uint64_t id);

@@ -23,6 +23,7 @@ enum class Kind {
   kByteSize,    // "1GB", "512MB", "64kB" or bytes
   kChoice,      // one of `choices`
   kStringList,  // [a, b]
+  kDuration,    // "1h", "30m", "90s", "2d" or seconds
 };
 
 // Store types a key of `stores.NAME` or `views[]` belongs to (0: not store-specific).

@@ -8,6 +8,7 @@ namespace pgderive {
 
 ViewState WithDefinition(const RowView& view, ViewState state) {
   state.definition = ViewDefinitionFingerprint(view.config);
+  state.first_fill = state.backfilling && (state.first_fill || view.first_fill);
   return state;
 }
 namespace {
@@ -103,6 +104,7 @@ Status ApplyRows(const BatchGroup& group, Lsn checkpoint, const std::string& sto
         case ChangeOp::kViewState:
           for (RowView* view : views) {
             if (!change.control->Names(store_name, view->config.name)) continue;
+            if (change.control->clear) view->first_fill = false;  // a rebuild begins
             status = store.RecordState(*view, *change.control);
             if (!status.ok()) break;
             view->backfilling = change.control->backfilling;

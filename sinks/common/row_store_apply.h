@@ -44,10 +44,14 @@ struct RowView {
   // Being backfilled: an entry may not be there yet (an update that leaves a TOASTed
   // value unchanged is skipped; the row's chunk, read later, carries it).
   bool backfilling = false;
+  // Its fill under way is its first (ViewState::first_fill): kept in each state written
+  // while it is backfilling; a rebuild (a view state that clears) ends it.
+  bool first_fill = false;
 };
 
 // `state` as a store records it for `view`: with the fingerprint of the view's definition
-// (config/config_change.h), which a start compares with the file's.
+// (config/config_change.h), which a start compares with the file's, and whether the fill
+// under way is the view's first.
 ViewState WithDefinition(const RowView& view, ViewState state);
 
 // The store's side of one Apply. Writes may be queued and sent in Finish, but Read

@@ -11,7 +11,8 @@
 //   reconnect of the source or of the store, or a detach, it delivers again from the
 //   store's own checkpoint (ReadCheckpoint): changes the store already holds come again.
 //   A store without a checkpoint, or with one the slot has passed (it lost data the slot
-//   no longer holds), is rebuilt from a snapshot instead (the rebuild methods).
+//   no longer holds), is filled again by the backfill instead (BeginRebuild, then its
+//   views' - a postgres store: its mirrors' - recorded states).
 //   The store promises: Apply skips every change that commits below the checkpoint it
 //   is given (already applied; one place in each store, saying why that is safe), and
 //   applying a change twice leaves what applying it once left. It writes the new
@@ -40,6 +41,7 @@
 #include <vector>
 
 #include "cdc/change_batch.h"
+#include "sinks/common/view_versions.h"
 #include "snapshot/view_state.h"
 
 namespace pgderive {
@@ -112,7 +114,9 @@ class Sink {
   // `appendfsync everysec` needs up to a second or two).
   virtual std::chrono::milliseconds durability_delay() const { return {}; }
 
-  // --- Rebuild: every view from a snapshot taken at `snapshot_lsn`.
+  // --- Rebuild: every view from a snapshot taken at `snapshot_lsn`. `run` fills every
+  // store by the backfill and calls only BeginRebuild (removes what the store held);
+  // the pipeline does not call ApplySnapshotRows and EndRebuild.
 
   // Removes every view's data and the checkpoint.
   virtual Status BeginRebuild(Lsn snapshot_lsn) = 0;
@@ -146,6 +150,12 @@ class Sink {
   // chunks while the stream goes on; the store records each view's state. A store whose
   // views are queries (postgres) recomputes a view from its mirrors instead.
   virtual bool backfills_rows() const { return false; }
+  // A store whose views are queries (postgres) keeps a copy of each source table they
+  // read (its mirrors) and fills those by the backfill instead, each as a view of its own
+  // of its table: (TableFillName(table), table). It records their states as a row store
+  // records its views' (ReadViewStates, WriteViewState, the stream's kViewState) and
+  // builds a view from the mirrors once every mirror it reads is filled.
+  virtual std::vector<std::pair<std::string, std::string>> table_fills() const { return {}; }
   // Every view's recorded state; nullopt when the store records none yet (filled by a
   // pgderive without per-view state): its views are then taken as live.
   virtual Result<std::optional<std::map<std::string, ViewState>>> ReadViewStates() {
@@ -159,6 +169,13 @@ class Sink {
     (void)clear;
     return Status::Ok();
   }
+  // Marks the recorded state of every view the store records for this pipeline that the
+  // configuration no longer has as removed (ViewState::removed; a postgres store marks
+  // its record of the view's definition): the stream stops keeping such a view current,
+  // so should it come back (a reload, a restart) it is rebuilt, never served as it was.
+  // Called at every start, a reload's too, before the store applies anything. Returns
+  // the views it marked now (those marked before are not repeated).
+  virtual Result<std::vector<std::string>> MarkRemovedViews() { return std::vector<std::string>{}; }
   // Called by the store's worker every 2 s between batches (and while idle): a round
   // trip that says the store is reachable (an error otherwise) and what vanished or was
   // replaced since the last call (each change is reported once). A container recreated
@@ -171,6 +188,23 @@ class Sink {
   // dropped): (view, reason). Such a view is no longer written until the configuration
   // is fixed; the others keep flowing.
   virtual std::vector<std::pair<std::string, std::string>> failed_views() { return {}; }
+
+  // --- Versions (view_versions.h): a view whose definition changed is built as a new
+  // version next to the serving one. Called from other threads than the store's worker
+  // (the HTTP endpoint, the monitor): the store serializes them with its writes.
+
+  // Each view's versions as the store holds them (empty: a store without versions).
+  virtual std::vector<VersionInfo> ViewVersions() { return {}; }
+  enum class VersionSwitch { kPromote, kRollback };
+  // Switches `view` to its ready version (promote) or back to its retained one
+  // (rollback), in one atomic step of the store, then records it. Returns what it did;
+  // a permanent error says why it cannot (not ready: `percent` built, nothing retained).
+  virtual Result<std::string> SwitchVersion(const std::string& view, VersionSwitch what,
+                                            double percent) {
+    (void)what;
+    (void)percent;
+    return Error::Permanent("store " + name() + " keeps no versions of view " + view);
+  }
 
   // --- Teardown: the pipeline is removed (no `run` of it is active).
 

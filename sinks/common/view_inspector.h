@@ -27,6 +27,12 @@ class ViewInspector {
   virtual std::vector<std::string> views() const = 0;
   // Every entry the store holds for `view`.
   virtual Result<std::vector<Entry>> ReadView(const std::string& view) = 0;
+  // The entries the store holds for `view` under `keys` (a key it does not hold is left
+  // out), read as of now: what the stream applied before the call is in them. The
+  // verification of a chunk reads them. By default filtered from ReadView; a store that
+  // can read entries by key overrides it.
+  virtual Result<std::vector<Entry>> ReadEntries(const std::string& view,
+                                                 const std::vector<std::string>& keys);
   // The entry a source row must produce in `view`; nullopt when the view does not read
   // the row's table.
   virtual Result<std::optional<Entry>> Expected(const std::string& view,

@@ -294,6 +294,31 @@ Result<std::vector<std::pair<std::string, std::string>>> OpenSearchClient::ScanA
   return out;
 }
 
+Result<std::vector<std::pair<std::string, std::string>>> OpenSearchClient::MultiGet(
+    std::string_view index, const std::vector<std::string>& ids) {
+  std::vector<std::pair<std::string, std::string>> out;
+  constexpr size_t kPerRequest = 1000;
+  for (size_t begin = 0; begin < ids.size(); begin += kPerRequest) {
+    nlohmann::json body{{"ids", nlohmann::json::array()}};
+    for (size_t i = begin; i < std::min(ids.size(), begin + kPerRequest); ++i) {
+      body["ids"].push_back(ids[i]);
+    }
+    auto response = http_.Send("POST", "/" + EncodePathSegment(index) + "/_mget", body.dump());
+    if (!response.ok()) return response.error();
+    if (response.value().status == 404) return out;  // no such index
+    if (response.value().status != 200) return HttpError("_mget", response.value());
+    auto parsed = ParseBody("_mget", response.value());
+    if (!parsed.ok()) return parsed.error();
+    const nlohmann::json& docs = parsed.value()["docs"];
+    if (!docs.is_array()) return Error::Corrupt("OpenSearch _mget answered without docs");
+    for (const nlohmann::json& doc : docs) {
+      if (!doc.value("found", false)) continue;
+      out.emplace_back(doc.value("_id", ""), doc.value("_source", nlohmann::json::object()).dump());
+    }
+  }
+  return out;
+}
+
 Result<std::string> OpenSearchClient::ServerVersion() {
   auto response = http_.Send("GET", "/");
   if (!response.ok()) return response.error();

@@ -81,6 +81,12 @@ class OpenSearchClient {
   Result<std::vector<std::pair<std::string, std::string>>> ScanAll(std::string_view index,
                                                                    size_t page = 1000);
 
+  // The documents of `index` with the ids `ids` as (_id, _source as JSON text), in the
+  // order of `ids`, those found only; read with _mget (real time: what was indexed,
+  // refreshed or not), 1000 ids a request. A missing index holds none.
+  Result<std::vector<std::pair<std::string, std::string>>> MultiGet(
+      std::string_view index, const std::vector<std::string>& ids);
+
   // GET / : the server's version number, e.g. "2.19.1".
   Result<std::string> ServerVersion();
 

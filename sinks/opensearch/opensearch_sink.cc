@@ -9,6 +9,8 @@
 #include "cdc/publication.h"
 #include "cdc/sql_session.h"
 #include "cdc/type_catalog.h"
+#include "config/config_change.h"
+#include "config/view_record.h"
 #include "sinks/common/source_rows.h"
 #include "sinks/common/view_list.h"
 #include "sinks/opensearch/bulk_buffer.h"
@@ -33,6 +35,12 @@ constexpr const char* kFillRefresh = "30s";
 // How long an index switched away from is kept: a request a reader sent it just before
 // the alias moved is answered.
 constexpr auto kRetain = std::chrono::seconds(10);
+
+int64_t NowSeconds() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 
 // {"<action>":{"_index":..,"_id":..,"version":..,"version_type":"external_gte"}}
 void AppendAction(std::string& out, const char* action, const std::string& index,
@@ -109,6 +117,7 @@ Result<std::unique_ptr<OpenSearchSink>> OpenSearchSink::Make(const Config& confi
     if (view.store != store.name) continue;
     sink->views_.push_back(
         std::make_unique<View>(RowView{view, view.from, ViewShapes(view), {}, false}));
+    sink->views_.back()->record = ViewRecord(view);
     sink->row_views_.push_back(sink->views_.back().get());
   }
   return sink;
@@ -191,6 +200,7 @@ Status OpenSearchSink::Connect() {
     view->uuid = uuid.value();
     view->uuid_known = true;
   }
+  SyncVersionViews();
   return Status::Ok();
 }
 
@@ -252,16 +262,16 @@ Result<std::vector<StoreChange>> OpenSearchSink::CheckStore() {
                            : " (UUID " + was + ") was deleted")});
   }
   Status dropped = DropRetired(*client.value());
+  SyncVersionViews();
   if (!dropped.ok()) return dropped.error();
   return changes;
 }
 
 std::string OpenSearchSink::StateAction(View& view, const ViewState& state) const {
   view.state = state;
-  nlohmann::json generations = {
-      {"serving", nullptr}, {"building", nullptr}, {"last", view.last}, {"retired", view.retired}};
-  if (view.serving) generations["serving"] = *view.serving;
-  if (view.building) generations["building"] = *view.building;
+  nlohmann::json generations = VersionsToJson(VersionsOf(view));
+  generations["last"] = view.last;
+  generations["retired"] = view.retired;
   std::string out = "{\"index\":{\"_index\":\"" + std::string(kCheckpointIndex) + "\",\"_id\":";
   AppendJsonString(out, StateId(view));
   out += "}}\n{\"view_state\":";
@@ -270,22 +280,88 @@ std::string OpenSearchSink::StateAction(View& view, const ViewState& state) cons
   return out;
 }
 
+bool OpenSearchSink::Own(const View& view, int n) {
+  auto it = view.definitions.find(n);
+  return it == view.definitions.end() || it->second == view.record;
+}
+
+Versions OpenSearchSink::VersionsOf(const View& view) {
+  return Versions{view.serving, view.building, view.previous,
+                  view.drop_at, view.held,     view.definitions};
+}
+
+void OpenSearchSink::SetVersions(View& view, const Versions& versions) {
+  view.serving = versions.serving;
+  view.building = versions.building;
+  view.previous = versions.previous;
+  view.drop_at = versions.drop_at;
+  view.held = versions.held;
+  view.definitions = versions.definitions;
+}
+
 std::vector<std::string> OpenSearchSink::Targets(const View& view) {
+  if (view.version != 0) return {Concrete(view, view.version)};
   std::vector<std::string> out;
-  if (view.serving) out.push_back(Concrete(view, *view.serving));
+  // The generations of another definition are written by their version views.
+  if (view.serving && Own(view, *view.serving)) out.push_back(Concrete(view, *view.serving));
   if (view.building && view.building != view.serving) out.push_back(Concrete(view, *view.building));
+  if (view.previous && Own(view, *view.previous)) out.push_back(Concrete(view, *view.previous));
   if (out.empty()) out.push_back(view.config.index);  // not started: as before generations
   return out;
 }
 
 std::string OpenSearchSink::FillTarget(const View& view) {
+  if (view.version != 0) return Concrete(view, view.version);
   if (view.building) return Concrete(view, *view.building);
   return view.serving ? Concrete(view, *view.serving) : view.config.index;
 }
 
 std::string OpenSearchSink::ReadTarget(const View& view) {
-  if (view.serving) return Concrete(view, *view.serving);
+  if (view.version != 0) return Concrete(view, view.version);
+  // The complete index of the view's own definition: the serving one, else the one
+  // built for it (a version not promoted yet).
+  if (view.serving && (Own(view, *view.serving) || !view.building)) {
+    return Concrete(view, *view.serving);
+  }
   return view.building ? Concrete(view, *view.building) : view.config.index;
+}
+
+void OpenSearchSink::SyncVersionViews() {
+  std::vector<std::unique_ptr<View>> kept;
+  for (const auto& view : views_) {
+    for (const auto& [n, record] : OtherDefinitions(VersionsOf(*view), view->record)) {
+      const std::string name = view->config.name + "@" + std::to_string(n);
+      std::unique_ptr<View> made;
+      for (auto& v : version_views_) {
+        if (v && v->config.name == name && v->record == record) made = std::move(v);
+      }
+      if (!made) {
+        std::optional<ViewConfig> config = ViewFromRecord(record);
+        if (!config) continue;  // unreadable: the view's own definition writes it instead
+        config->name = name;
+        made =
+            std::make_unique<View>(RowView{*config, config->from, ViewShapes(*config), {}, false});
+        made->record = record;
+        made->version = n;
+        made->loaded = true;
+      }
+      kept.push_back(std::move(made));
+    }
+  }
+  version_views_ = std::move(kept);
+  row_views_.clear();
+  for (const auto& view : views_) row_views_.push_back(view.get());
+  for (const auto& view : version_views_) row_views_.push_back(view.get());
+  std::vector<VersionInfo> shown;
+  for (const auto& view : views_) {
+    if (!view->loaded) continue;
+    for (VersionInfo& info : Describe(VersionsOf(*view), view->config.name, view->backfilling,
+                                      [&](int n) { return Concrete(*view, n); })) {
+      shown.push_back(std::move(info));
+    }
+  }
+  std::lock_guard lock(shown_mutex_);
+  shown_ = std::move(shown);
 }
 
 Status OpenSearchSink::LoadGenerations(OpenSearchClient& client, bool refuse) {
@@ -320,14 +396,9 @@ Status OpenSearchSink::LoadGenerations(OpenSearchClient& client, bool refuse) {
           name + " yourself");
     };
     if (generations != nullptr) {
-      auto number = [&](const char* key) -> std::optional<int> {
-        auto it = generations->find(key);
-        if (it == generations->end() || !it->is_number_integer()) return std::nullopt;
-        return it->get<int>();
-      };
-      view->serving = number("serving");
-      view->building = number("building");
-      view->last = number("last").value_or(0);
+      SetVersions(*view, VersionsFromJson(*generations));
+      const auto last = generations->find("last");
+      view->last = last != generations->end() && last->is_number_integer() ? last->get<int>() : 0;
       view->retired.clear();
       if (auto it = generations->find("retired"); it != generations->end() && it->is_array()) {
         for (const auto& n : *it) {
@@ -339,12 +410,24 @@ Status OpenSearchSink::LoadGenerations(OpenSearchClient& client, bool refuse) {
         if (!status.ok()) return status;
       }
       view->migrate = concrete && view->serving == 0 && !view->building;
-      // The switch was made, its record not (a crash in between): the alias says.
-      if (view->building &&
-          aliased.value() == std::vector<std::string>{Concrete(*view, *view->building)}) {
-        if (view->serving && view->serving != 0) view->retired.push_back(*view->serving);
-        view->serving = view->building;
-        view->building.reset();
+      // A switch or rollback made, its record not (a crash in between): the alias says.
+      std::optional<int> aliased_to;
+      for (const std::optional<int>& n : {view->serving, view->building, view->previous}) {
+        if (n && aliased.value() == std::vector<std::string>{Concrete(*view, *n)}) aliased_to = n;
+      }
+      std::vector<int> retired;
+      SetVersions(*view, Recover(VersionsOf(*view), aliased_to, NowSeconds(),
+                                 view->config.retain_previous.count(), retired));
+      for (int n : retired) {
+        if (n != 0) view->retired.push_back(n);
+      }
+      // The serving data's definition, recorded from now on: the file's, when the state
+      // says it was filled with it (nothing being built).
+      if (view->serving && !view->building && !view->definitions.contains(*view->serving) &&
+          view->state &&
+          (view->state->definition.empty() ||
+           view->state->definition == ViewDefinitionFingerprint(view->config))) {
+        view->definitions[*view->serving] = view->record;
       }
     } else if (!aliased.value().empty()) {
       std::string names;
@@ -401,7 +484,9 @@ Status OpenSearchSink::Migrate() {
     view->backfilling = true;
     view->migrate = false;
   }
-  return DropRetired(*client.value());
+  Status status = DropRetired(*client.value());
+  SyncVersionViews();
+  return status;
 }
 
 Status OpenSearchSink::StartGeneration(OpenSearchClient& client, View& view,
@@ -413,9 +498,17 @@ Status OpenSearchSink::StartGeneration(OpenSearchClient& client, View& view,
     if (!exists.value()) view.serving.reset();
   }
   if (view.building) {
-    // Ours by record: emptied (made again) for the fill that starts over.
+    // Ours by record: emptied (made again) for the fill that starts over, with the
+    // file's definition (a version ready or held is replaced by the newest one).
     Status status = client.DeleteIndex(Concrete(view, *view.building), /*if_exists=*/true);
     if (!status.ok()) return status;
+    if (view.definitions[*view.building] != view.record || view.held) {
+      view.definitions[*view.building] = view.record;
+      view.held = false;
+      std::string ndjson = StateAction(view, state);
+      status = SendBulk(client, ndjson);
+      if (!status.ok()) return status;
+    }
   } else {
     int n = view.last + 1;
     for (;; ++n) {  // a name someone else took is skipped, never reused
@@ -425,6 +518,8 @@ Status OpenSearchSink::StartGeneration(OpenSearchClient& client, View& view,
     }
     view.building = n;
     view.last = n;
+    view.definitions[n] = view.record;
+    view.held = false;
     // Recorded before it is made: a crash in between leaves a record, not an index
     // nobody knows of.
     std::string ndjson = StateAction(view, state);
@@ -444,9 +539,8 @@ Status OpenSearchSink::StartGeneration(OpenSearchClient& client, View& view,
   return Status::Ok();
 }
 
-Status OpenSearchSink::SwitchGeneration(OpenSearchClient& client, View& view) {
-  if (!view.building) return Status::Ok();
-  const std::string index = Concrete(view, *view.building);
+Status OpenSearchSink::MoveAlias(OpenSearchClient& client, View& view, int to) {
+  const std::string index = Concrete(view, to);
   const std::string& alias = view.config.index;
   auto aliased = client.AliasIndexes(alias);
   if (!aliased.ok()) return aliased.error();
@@ -466,13 +560,6 @@ Status OpenSearchSink::SwitchGeneration(OpenSearchClient& client, View& view) {
   Status status = client.Refresh(index);
   if (status.ok()) status = client.UpdateAliases(actions);
   if (!status.ok()) return status;
-  std::string was;
-  if (view.serving) {
-    was = Concrete(view, *view.serving);
-    if (*view.serving != 0) view.retired.push_back(*view.serving);
-  }
-  view.serving = view.building;
-  view.building.reset();
   view.alias_moved = false;
   view.switched_at = std::chrono::steady_clock::now();
   auto uuid = client.IndexUuid(index);
@@ -480,25 +567,66 @@ Status OpenSearchSink::SwitchGeneration(OpenSearchClient& client, View& view) {
   view.uuid = uuid.value();
   view.uuid_known = true;
   view.change_reported = false;
-  notices_.push_back(
-      "view " + view.config.name + ": alias " + alias + " now on index " + index +
-      (was.empty() ? std::string()
-                   : " (was " + was +
-                         (view.retired.empty() ? ", deleted with it" : ", deleted in 10 s") + ")"));
+  return Status::Ok();
+}
+
+Status OpenSearchSink::SwitchGeneration(OpenSearchClient& client, View& view) {
+  if (!view.building) return Status::Ok();
+  const std::string index = Concrete(view, *view.building);
+  Status status = MoveAlias(client, view, *view.building);
+  if (!status.ok()) return status;
+  const std::string was = view.serving ? Concrete(view, *view.serving) : std::string();
+  std::vector<int> retired;
+  SetVersions(view, AfterPromote(VersionsOf(view), NowSeconds(),
+                                 view.config.retain_previous.count(), retired));
+  for (int n : retired) {
+    if (n != 0) view.retired.push_back(n);
+  }
+  std::string said =
+      "view " + view.config.name + ": alias " + view.config.index + " now on index " + index;
+  if (!was.empty()) {
+    if (view.previous) {
+      said += " (was " + was +
+              ", the previous version: retained for `pgderive rollback -c FILE --view " +
+              view.config.name + "` until " + UnixTimeText(view.drop_at) +
+              ", maintained meanwhile)";
+    } else {
+      said +=
+          " (was " + was + (view.retired.empty() ? ", deleted with it" : ", deleted in 10 s") + ")";
+    }
+  }
+  notices_.push_back(said);
   return Status::Ok();
 }
 
 Status OpenSearchSink::DropRetired(OpenSearchClient& client, bool now) {
   for (auto& view : views_) {
-    if (view->retired.empty()) continue;
-    if (!now && std::chrono::steady_clock::now() - view->switched_at < kRetain) continue;
-    for (int n : view->retired) {
-      if (n == view->serving || n == view->building) continue;
+    bool changed = false;
+    if (!view->retired.empty() &&
+        (now || std::chrono::steady_clock::now() - view->switched_at >= kRetain)) {
+      for (int n : view->retired) {
+        if (n == view->serving || n == view->building || n == view->previous) continue;
+        Status status = client.DeleteIndex(Concrete(*view, n), /*if_exists=*/true);
+        if (!status.ok()) return status;
+        view->definitions.erase(n);
+      }
+      view->retired.clear();
+      changed = true;
+    }
+    // The retained version, its time up: deleted, then its record (a crash in between
+    // deletes it again).
+    if (view->previous && (now || PreviousDue(VersionsOf(*view), NowSeconds()))) {
+      const int n = *view->previous;
       Status status = client.DeleteIndex(Concrete(*view, n), /*if_exists=*/true);
       if (!status.ok()) return status;
+      notices_.push_back("view " + view->config.name + ": the previous version (index " +
+                         Concrete(*view, n) + ") was dropped (retain_previous passed)");
+      view->previous.reset();
+      view->drop_at = 0;
+      view->definitions.erase(n);
+      changed = true;
     }
-    view->retired.clear();
-    if (view->state) {
+    if (changed && view->state) {
       std::string ndjson = StateAction(*view, *view->state);
       Status status = SendBulk(client, ndjson);
       if (!status.ok()) return status;
@@ -532,6 +660,7 @@ Result<std::optional<std::map<std::string, ViewState>>> OpenSearchSink::ReadStat
                             StateId(*view) + " holds no view state");
     }
     view->backfilling = state->backfilling;
+    view->first_fill = state->first_fill;
     out[view->config.name] = *state;
   }
   return std::optional<std::map<std::string, ViewState>>(std::move(out));
@@ -544,6 +673,44 @@ Result<std::optional<std::map<std::string, ViewState>>> OpenSearchSink::ReadView
   return ReadStates(*client.value());
 }
 
+Result<std::vector<std::string>> OpenSearchSink::MarkRemovedViews() {
+  std::lock_guard lock(mutex_);
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  std::vector<std::string> marked;
+  auto exists = client.value()->IndexExists(kCheckpointIndex);
+  if (!exists.ok()) return exists.error();
+  if (!exists.value()) return marked;
+  // A search sees what was refreshed: a state written a moment ago (by the
+  // configuration before a reload) is found too.
+  Status status = client.value()->Refresh(kCheckpointIndex);
+  if (!status.ok()) return status.error();
+  auto documents = client.value()->ScanAll(kCheckpointIndex);
+  if (!documents.ok()) return documents.error();
+  const std::string prefix = checkpoint_id_ + "/view/";
+  std::string ndjson;
+  for (const auto& [id, unused] : documents.value()) {
+    if (!id.starts_with(prefix)) continue;
+    const std::string name = id.substr(prefix.size());
+    if (FindView(views_, name) != nullptr) continue;
+    auto document = client.value()->Get(kCheckpointIndex, id);  // the latest, not the searched
+    if (!document.ok()) return document.error();
+    if (!document.value()) continue;
+    nlohmann::json source = document.value()->source;
+    auto state = ViewState::FromJson(source.value("view_state", ""));
+    if (!state || state->removed) continue;
+    state->removed = true;
+    source["view_state"] = state->ToJson();
+    ndjson += "{\"index\":{\"_index\":\"" + std::string(kCheckpointIndex) + "\",\"_id\":";
+    AppendJsonString(ndjson, id);
+    ndjson += "}}\n" + source.dump() + "\n";
+    marked.push_back(name);
+  }
+  status = SendBulk(*client.value(), ndjson);
+  if (!status.ok()) return status.error();
+  return marked;
+}
+
 Status OpenSearchSink::WriteViewState(const std::string& view_name, const ViewState& state,
                                       bool clear) {
   std::lock_guard lock(mutex_);
@@ -554,10 +721,12 @@ Status OpenSearchSink::WriteViewState(const std::string& view_name, const ViewSt
   // `clear` or not, a fill from the start is a rebuild into a new generation: what
   // readers see stays until it is complete.
   (void)clear;
+  view->first_fill = state.first_fill;
   Status status = Status::Ok();
   if (state.backfilling && !state.after) {
     if (!view->fresh) status = StartGeneration(*client.value(), *view, state);
-  } else if (!state.backfilling && view->building) {
+  } else if (!state.backfilling && view->building &&
+             SwitchesOnReady(VersionsOf(*view), view->config.promote_manual)) {
     status = SwitchGeneration(*client.value(), *view);
   }
   view->fresh = false;
@@ -566,7 +735,9 @@ Status OpenSearchSink::WriteViewState(const std::string& view_name, const ViewSt
   status = SendBulk(*client.value(), ndjson);
   if (!status.ok()) return status;
   view->backfilling = state.backfilling;
-  return DropRetired(*client.value());
+  status = DropRetired(*client.value());
+  SyncVersionViews();
+  return status;
 }
 
 Result<std::vector<std::string>> OpenSearchSink::Teardown(bool views) {
@@ -584,6 +755,7 @@ Result<std::vector<std::string>> OpenSearchSink::Teardown(bool views) {
     std::set<int> made(view->retired.begin(), view->retired.end());
     if (view->serving) made.insert(*view->serving);
     if (view->building) made.insert(*view->building);
+    if (view->previous) made.insert(*view->previous);
     for (int n : made) {
       const std::string index = Concrete(*view, n);
       ids.push_back(RelaxedId(index));
@@ -604,6 +776,8 @@ Result<std::vector<std::string>> OpenSearchSink::Teardown(bool views) {
     if (views) {
       view->serving.reset();
       view->building.reset();
+      view->previous.reset();
+      view->definitions.clear();
       view->retired.clear();
     }
   }
@@ -969,7 +1143,14 @@ class OpenSearchSink::Writer : public RowStore {
     // generation; the state back to live moves the alias onto it. Both after every
     // write queued before them.
     const bool starts = control.backfilling && !control.after;
-    if (starts || (!control.backfilling && view.building)) {
+    const bool ready = !control.backfilling && view.building;
+    if (ready && !starts && !SwitchesOnReady(VersionsOf(view), view.config.promote_manual)) {
+      // Complete and caught up; it waits for `pgderive promote` (or was rolled back from).
+      sink_.notices_.push_back(
+          "view " + view.config.name + ": version " + std::to_string(*view.building) + " (index " +
+          Concrete(view, *view.building) + ") is ready; `pgderive promote -c FILE --view " +
+          view.config.name + "` switches readers to it");
+    } else if (starts || ready) {
       Status status = Flush();
       if (status.ok()) {
         status = starts ? sink_.StartGeneration(client_, view, state)
@@ -1089,7 +1270,17 @@ Status OpenSearchSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   Status paced = PaceRefresh(client, changes);
   if (!paced.ok()) return paced;
   Writer writer(*this, client);
-  return ApplyRows(group, checkpoint, name_, row_views_, EntryKey::kDocumentId, source_, writer);
+  Status status =
+      ApplyRows(group, checkpoint, name_, row_views_, EntryKey::kDocumentId, source_, writer);
+  SyncVersionViews();  // after ApplyRows, which walks row_views_
+  return status;
+}
+
+// What readers of the alias get, unless a version of the file's definition waits to be
+// promoted: then that one (the file is what verify checks against).
+std::string OpenSearchSink::VerifyIndex(const View& view) const {
+  return view.serving && !Own(view, *view.serving) && view.building ? ReadTarget(view)
+                                                                    : view.config.index;
 }
 
 Result<std::vector<ViewInspector::Entry>> OpenSearchSink::ReadView(const std::string& view_name) {
@@ -1098,15 +1289,76 @@ Result<std::vector<ViewInspector::Entry>> OpenSearchSink::ReadView(const std::st
   if (view == nullptr) return Error::Permanent("no OpenSearch view named " + view_name);
   auto client = Client();
   if (!client.ok()) return client.error();
-  Status status = client.value()->Refresh(view->config.index);
+  const std::string index = VerifyIndex(*view);
+  Status status = client.value()->Refresh(index);
   if (!status.ok()) return status.error();
-  return client.value()->ScanAll(view->config.index);
+  return client.value()->ScanAll(index);
+}
+
+Result<std::vector<ViewInspector::Entry>> OpenSearchSink::ReadEntries(
+    const std::string& view_name, const std::vector<std::string>& keys) {
+  std::lock_guard lock(mutex_);
+  View* view = FindView(views_, view_name);
+  if (view == nullptr) return Error::Permanent("no OpenSearch view named " + view_name);
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  const std::string index = VerifyIndex(*view);
+  // _mget is real time: it reads what was indexed, searchable or not (no refresh).
+  return client.value()->MultiGet(index, keys);
 }
 
 Result<std::optional<ViewInspector::Entry>> OpenSearchSink::Expected(
     const std::string& view_name, const std::shared_ptr<const RelationSchema>& schema,
     const TupleData& row, const TypeRegistry& types) {
   return ExpectedRowEntry(mutex_, views_, view_name, schema, row, types, EntryKey::kDocumentId);
+}
+
+std::vector<VersionInfo> OpenSearchSink::ViewVersions() {
+  std::lock_guard lock(shown_mutex_);
+  return shown_;
+}
+
+Result<std::string> OpenSearchSink::SwitchVersion(const std::string& view_name, VersionSwitch what,
+                                                  double percent) {
+  std::lock_guard lock(mutex_);
+  View* view = FindView(views_, view_name);
+  if (view == nullptr) return Error::Permanent("store " + name_ + " has no view " + view_name);
+  const Versions versions = VersionsOf(*view);
+  std::optional<std::string> refusal =
+      what == VersionSwitch::kPromote
+          ? PromoteRefusal(versions, view_name, view->backfilling, percent)
+          : RollbackRefusal(versions, view_name);
+  if (refusal) return Error::Permanent(*refusal);
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  std::string said;
+  if (what == VersionSwitch::kPromote) {
+    Status status = SwitchGeneration(*client.value(), *view);
+    if (!status.ok()) return status.error();
+    said = "view " + view_name + ": version " + std::to_string(*view->serving) + " (index " +
+           Concrete(*view, *view->serving) + ") serves";
+    if (view->previous) {
+      said += "; version " + std::to_string(*view->previous) + " is retained until " +
+              UnixTimeText(view->drop_at) + " (`pgderive rollback -c FILE --view " + view_name +
+              "` switches back)";
+    }
+  } else {
+    const int to = *view->previous;
+    Status status = MoveAlias(*client.value(), *view, to);
+    if (!status.ok()) return status.error();
+    SetVersions(*view, AfterRollback(versions));
+    said = "view " + view_name + ": rolled back - version " + std::to_string(to) + " (index " +
+           Concrete(*view, to) + ") serves again; version " + std::to_string(*view->building) +
+           " stays ready and maintained (`pgderive promote -c FILE --view " + view_name +
+           "` switches to it again)";
+    notices_.push_back(said);
+  }
+  ViewState state = view->state.value_or(ViewState{});
+  std::string ndjson = StateAction(*view, state);
+  Status status = SendBulk(*client.value(), ndjson);
+  SyncVersionViews();
+  if (!status.ok()) return status.error();
+  return said;
 }
 
 }  // namespace pgderive

@@ -42,6 +42,16 @@
 // one `_aliases` call (remove_index). An index or alias of the view's name that this
 // pipeline has no record of is someone else's: refused, never written or deleted.
 //
+// Versions (sinks/common/view_versions.h): each generation's definition is recorded with
+// it (`definitions`). A view whose definition changed is built into the next generation
+// while the serving one keeps its recorded definition: a version view (the recorded
+// ViewConfig, named `<view>@<n>`) maintains it from the stream, the view of the file's
+// definition writes the new generation. Ready, it is promoted at once (`promote: auto`)
+// or by `pgderive promote` (SwitchVersion); the generation switched away from is
+// retained (`previous`, until `drop_at`, still maintained by its version view), so
+// that `pgderive rollback` moves the alias back in one _aliases call; then it is deleted.
+// A switch whose record a crash prevented is completed from where the alias points.
+//
 // Checkpoint: the document `<pipeline>.<store>` of the index `pgderive-checkpoints`,
 // written after the batch's `_bulk` requests succeeded item by item (OpenSearch has no
 // transaction across documents; the versions make the replay after a crash between the
@@ -108,11 +118,18 @@ class OpenSearchSink : public Sink, public ViewInspector {
   std::vector<SourceRead> TakeSourceReads() override { return source_.Take(); }
   Result<std::optional<std::map<std::string, ViewState>>> ReadViewStates() override;
   Status WriteViewState(const std::string& view, const ViewState& state, bool clear) override;
+  // The state documents of views not in the configuration (found by reading the
+  // checkpoint index, which is small and shared), rewritten with the state "removed"
+  // (their generations kept: the view's indexes stay the pipeline's).
+  Result<std::vector<std::string>> MarkRemovedViews() override;
   // The pipeline's documents in pgderive-checkpoints (checkpoint, views' states,
   // horizon, refresh records; the index itself is shared by pipelines and stays); with
   // `views`, each view's recorded generations (the alias goes with them), never an
   // index the pipeline did not make.
   Result<std::vector<std::string>> Teardown(bool views) override;
+  std::vector<VersionInfo> ViewVersions() override;
+  Result<std::string> SwitchVersion(const std::string& view, VersionSwitch what,
+                                    double percent) override;
   std::vector<std::pair<std::string, std::string>> failed_views() override {
     std::lock_guard lock(mutex_);
     return FailedViews(views_);
@@ -124,6 +141,8 @@ class OpenSearchSink : public Sink, public ViewInspector {
   // ViewInspector (verify).
   std::vector<std::string> views() const override;
   Result<std::vector<Entry>> ReadView(const std::string& view) override;
+  Result<std::vector<Entry>> ReadEntries(const std::string& view,
+                                         const std::vector<std::string>& keys) override;
   Result<std::optional<Entry>> Expected(const std::string& view,
                                         const std::shared_ptr<const RelationSchema>& schema,
                                         const TupleData& row, const TypeRegistry& types) override;
@@ -158,6 +177,15 @@ class OpenSearchSink : public Sink, public ViewInspector {
     // it is empty, so the fill that follows goes into it rather than into another one.
     bool fresh = false;
     std::optional<ViewState> state;  // as last recorded
+    // Versions (above), beside serving and building.
+    std::optional<int> previous;
+    int64_t drop_at = 0;
+    bool held = false;
+    std::map<int, std::string> definitions;
+    std::string record;  // ViewRecord(config): the definition this view writes
+    // A version view: maintains generation `version` (0: the view of the file's
+    // definition) with its recorded definition.
+    int version = 0;
   };
 
  private:
@@ -194,6 +222,8 @@ class OpenSearchSink : public Sink, public ViewInspector {
   static std::vector<std::string> Targets(const View& view);
   static std::string FillTarget(const View& view);
   static std::string ReadTarget(const View& view);
+  // The index verify reads for `view` (ReadView, ReadEntries).
+  std::string VerifyIndex(const View& view) const;
   // Reads the generations of the views not loaded yet; with `refuse`, an index or alias
   // of a view's name the pipeline did not make is a permanent error.
   Status LoadGenerations(OpenSearchClient& client, bool refuse);
@@ -205,6 +235,15 @@ class OpenSearchSink : public Sink, public ViewInspector {
   // Deletes the retired generations kept long enough (all of them with `now`) and
   // records that they are gone.
   Status DropRetired(OpenSearchClient& client, bool now = false);
+  // Moves the alias onto generation `to`, the index refreshed first, in one _aliases call.
+  Status MoveAlias(OpenSearchClient& client, View& view, int to);
+  static Versions VersionsOf(const View& view);
+  static void SetVersions(View& view, const Versions& versions);
+  // Whether generation n holds the definition `view` writes (not recorded: taken so).
+  static bool Own(const View& view, int n);
+  // The version views the kept generations of another definition need (made, or
+  // dropped with their generation); row_views_ follows. Never while ApplyRows runs.
+  void SyncVersionViews();
   // Each view's state document (in the checkpoint index, next to the checkpoint).
   std::string StateId(const View& view) const {
     return checkpoint_id_ + "/view/" + view.config.name;
@@ -219,7 +258,13 @@ class OpenSearchSink : public Sink, public ViewInspector {
   std::string ca_file_;
   std::string checkpoint_id_;
   std::vector<std::unique_ptr<View>> views_;
-  std::vector<RowView*> row_views_;  // the same views, for ApplyRows
+  // Version views (above), by generation of another definition.
+  std::vector<std::unique_ptr<View>> version_views_;
+  std::vector<RowView*> row_views_;  // the views and version views, for ApplyRows
+  // What ViewVersions shows, as of the last SyncVersionViews (its own lock: status reads
+  // it while an Apply holds mutex_).
+  std::mutex shown_mutex_;
+  std::vector<VersionInfo> shown_;
   // The indexes BeginRebuild made in this process (UndoRebuild deletes them).
   std::vector<std::string> rebuilt_;
   std::vector<std::string> notices_;  // TakeNotices

@@ -1,8 +1,11 @@
 #include "sinks/postgres/postgres_sink.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
+#include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 
 #include "base/names.h"
 #include "base/number.h"
@@ -175,6 +178,11 @@ Result<std::vector<StoreChange>> PostgresSink::CheckStore() {
   std::lock_guard lock(mutex_);
   auto connected = Connection();
   if (!connected.ok()) return connected.error();
+  // Between batches: a new version built, a retained one dropped when due.
+  if (filling_) {
+    Status steps = VersionSteps(*connected.value());
+    if (!steps.ok()) return steps.error();
+  }
   auto now = ReadTableOids(*connected.value());
   if (!now.ok()) return now.error();
   std::vector<StoreChange> changes;
@@ -259,25 +267,127 @@ std::string PostgresSink::Definition(const View& view) const {
          "\nsources " + sources;
 }
 
-PostgresSink::Record PostgresSink::ParseRecord(const std::string& text) {
-  Record record{text, 0, false};
+PostgresSink::Record PostgresSink::ParseRecord(const std::string& whole) {
+  std::string text = whole;
+  std::string versions;
+  if (const size_t v = text.rfind("\nversions {");
+      v != std::string::npos && v > text.rfind("\ngeneration ")) {
+    versions = text.substr(v + 10);
+    text.resize(v);
+  }
+  Record record{text, 0, false, versions};
   const size_t at = text.rfind("\ngeneration ");
   if (at == std::string::npos) return record;
-  const std::string tail = text.substr(at + 12);  // "N" or "N made_schema"
   record.definition = text.substr(0, at);
-  record.made_schema = tail.ends_with(" made_schema");
-  record.generation = std::strtoull(tail.c_str(), nullptr, 10);
+  // "N", then the words " made_schema", " oid O", " removed", each when it applies.
+  std::istringstream tail(text.substr(at + 12));
+  tail >> record.generation;
+  for (std::string word; tail >> word;) {
+    if (word == "made_schema") record.made_schema = true;
+    if (word == "removed") record.removed = true;
+    if (word == "oid") tail >> record.table_oid;
+  }
   return record;
 }
 
 std::string PostgresSink::RecordText(const std::string& definition, uint64_t generation,
-                                     bool made_schema) {
+                                     bool made_schema, uint32_t table_oid, bool removed,
+                                     const std::string& versions) {
   return definition + "\ngeneration " + std::to_string(generation) +
-         (made_schema ? " made_schema" : "");
+         (made_schema ? " made_schema" : "") +
+         (table_oid != 0 ? " oid " + std::to_string(table_oid) : "") + (removed ? " removed" : "") +
+         (versions.empty() ? "" : "\nversions " + versions);
+}
+
+std::optional<PostgresSink::DefinitionParts> PostgresSink::ParseDefinition(
+    const std::string& text) {
+  // "table T\nkey K\nquery Q\nsources S" (Definition); Q may hold newlines.
+  if (!text.starts_with("table ")) return std::nullopt;
+  const size_t key_at = text.find("\nkey ");
+  const size_t query_at = text.find("\nquery ");
+  const size_t sources_at = text.rfind("\nsources ");
+  if (key_at == std::string::npos || query_at == std::string::npos ||
+      sources_at == std::string::npos || !(key_at < query_at && query_at < sources_at)) {
+    return std::nullopt;
+  }
+  DefinitionParts parts;
+  parts.table = text.substr(6, key_at - 6);
+  parts.query = text.substr(query_at + 7, sources_at - query_at - 7);
+  // The key: quoted identifiers ("a", "b""c") separated by ", ".
+  const std::string key = text.substr(key_at + 5, query_at - key_at - 5);
+  for (size_t i = 0; i < key.size();) {
+    if (key[i] != '"') return std::nullopt;
+    std::string name;
+    size_t j = i + 1;
+    for (; j < key.size(); ++j) {
+      if (key[j] != '"') {
+        name += key[j];
+      } else if (j + 1 < key.size() && key[j + 1] == '"') {
+        name += '"';
+        ++j;
+      } else {
+        break;
+      }
+    }
+    if (j >= key.size()) return std::nullopt;
+    parts.key.push_back(name);
+    i = j + 1;
+    if (i < key.size()) {
+      if (key.compare(i, 2, ", ") != 0) return std::nullopt;
+      i += 2;
+    }
+  }
+  // The sources: "schema.table OID" separated by ", ".
+  const std::string sources = text.substr(sources_at + 9);
+  for (size_t i = 0; i < sources.size();) {
+    size_t end = sources.find(", ", i);
+    if (end == std::string::npos) end = sources.size();
+    const std::string one = sources.substr(i, end - i);
+    const size_t space = one.rfind(' ');
+    if (space == std::string::npos || space == 0) return std::nullopt;
+    parts.tables.push_back(one.substr(0, space));
+    i = end + (end < sources.size() ? 2 : 0);
+  }
+  if (parts.key.empty() || parts.tables.empty()) return std::nullopt;
+  return parts;
+}
+
+Status PostgresSink::CheckReplaceable(SqlRunner& c, const View& view, const std::string& live,
+                                      const Record& record, bool in_place) {
+  if (record.table_oid != 0 && live != std::to_string(record.table_oid)) {
+    return Error::Permanent(
+        "view " + view.config.name + ": table " + view.config.table + " (OID " + live +
+        ") is not the table pgderive made for the view (OID " + std::to_string(record.table_oid) +
+        "): it was replaced by someone else, and pgderive does not drop a table it did not make. "
+        "Rename or drop it, then start again");
+  }
+  if (in_place) return Status::Ok();  // recomputed in place: nothing is dropped
+  // What a DROP TABLE would take with it (or fail on), but the table's own parts (its
+  // indexes, constraints, row type, TOAST) and SQL views (recomputed in place instead).
+  auto dependents = c.Query(
+      "select pg_describe_object(d.classid, d.objid, d.objsubid) from pg_depend d where "
+      "d.refclassid = 'pg_class'::regclass and d.refobjid = $1::oid and d.deptype in ('n', 'a') "
+      "and d.classid <> 'pg_rewrite'::regclass and not (d.classid = 'pg_class'::regclass and "
+      "exists (select from pg_index i where i.indexrelid = d.objid and i.indrelid = $1::oid)) "
+      "and not (d.classid = 'pg_constraint'::regclass and exists (select from pg_constraint k "
+      "where k.oid = d.objid and k.conrelid = $1::oid)) order by 1",
+      {live});
+  if (!dependents.ok()) return dependents.error();
+  if (dependents.value().rows.empty()) return Status::Ok();
+  std::string names;
+  for (const auto& row : dependents.value().rows) {
+    names += (names.empty() ? "" : "; ") + row[0].value_or("?");
+  }
+  return Error::Permanent("view " + view.config.name + ": the rebuild would drop table " +
+                          view.config.table + ", and " + names +
+                          " depend(s) on it: pgderive never drops them with it. Remove them "
+                          "(they may be made again on the new table once it is swapped in)");
 }
 
 bool PostgresSink::SameDefinition(const std::string& text, const View& view) const {
-  const std::string recorded = ParseRecord(text).definition;
+  const Record record = ParseRecord(text);
+  if (record.removed) return false;  // out of the configuration for a while: not current
+  const std::string& recorded = record.definition;
   const std::string definition = Definition(view);
   return recorded == definition || recorded == definition.substr(0, definition.rfind("\nsources "));
 }
@@ -300,17 +410,65 @@ Result<std::vector<const PostgresSink::View*>> PostgresSink::ChangedViews(SqlRun
   if (!present.ok()) return present.error();
   const bool registry = present.value().rows[0][0].value_or("f") == "t";
   for (const auto& view : views_) {
+    view->pending = false;
+    // Built from its mirrors, with its definition, once they are filled.
+    if (filling_ && Reads(*view, *filling_)) continue;
     if (!registry) {
       changed.push_back(view.get());
       continue;
     }
     auto recorded = RecordedDefinition(c, *view);
     if (!recorded.ok()) return recorded.error();
-    if (!recorded.value() || !SameDefinition(*recorded.value(), *view)) {
-      changed.push_back(view.get());
+    if (recorded.value() && SameDefinition(*recorded.value(), *view)) continue;
+    // A version of the file's definition is built already (ready, or rolled back from).
+    const Versions& v = view->versions;
+    const std::string file = Definition(*view);
+    if (recorded.value() && !ParseRecord(*recorded.value()).removed && v.building &&
+        v.definitions.contains(*v.building) && v.definitions.at(*v.building) == file) {
+      continue;
     }
+    if (recorded.value()) {
+      auto versionable = Versionable(c, *view, ParseRecord(*recorded.value()));
+      if (!versionable.ok()) return versionable.error();
+      if (versionable.value()) {
+        view->pending = true;  // VersionSteps builds it next to the serving table
+        continue;
+      }
+    }
+    changed.push_back(view.get());
   }
   return changed;
+}
+
+Result<std::vector<std::string>> PostgresSink::MarkRemovedViews() {
+  std::lock_guard lock(mutex_);
+  auto connected = Connection();
+  if (!connected.ok()) return connected.error();
+  SqlSession& c = *connected.value();
+  std::vector<std::string> marked;
+  auto present = c.Query("select to_regclass('pgderive.views') is not null");
+  if (!present.ok()) return present.error();
+  if (present.value().rows[0][0].value_or("f") != "t") return marked;
+  auto recorded = c.Query(
+      "select view, definition from pgderive.views where pipeline = $1 and store = $2 order by 1",
+      {pipeline_, name_});
+  if (!recorded.ok()) return recorded.error();
+  for (const auto& row : recorded.value().rows) {
+    const std::string view = row[0].value_or("");
+    const std::string text = row[1].value_or("");
+    const Record record = ParseRecord(text);
+    // (A mirror's fill state is no view of the configuration.)
+    if (record.removed || IsTableFill(view) || FindView(views_, view) != nullptr) continue;
+    Status status = c.Execute(
+        "update pgderive.views set definition = $4, updated_at = now() where pipeline = $1 and "
+        "store = $2 and view = $3",
+        {pipeline_, name_, view,
+         RecordText(record.definition, record.generation, record.made_schema, record.table_oid,
+                    /*removed=*/true, record.versions)});
+    if (!status.ok()) return status.error();
+    marked.push_back(view);
+  }
+  return marked;
 }
 
 Result<std::optional<Lsn>> PostgresSink::ReadCheckpoint() {
@@ -320,10 +478,15 @@ Result<std::optional<Lsn>> PostgresSink::ReadCheckpoint() {
   SqlSession& c = *connected.value();
   // A missing mirror or target table means lost data: no checkpoint.
   missing_reason_.clear();
+  Status loaded = LoadFilling(c);
+  if (!loaded.ok()) return loaded.error();
   std::string regs = "select to_regclass('pgderive.checkpoints') is not null";
   std::vector<std::string> names{"pgderive.checkpoints"};
   for (const auto& [table, mirror] : mirrors_) names.push_back(mirror.name);
-  for (const auto& view : views_) names.push_back(view->target);
+  // A view whose mirrors are being filled has no table yet on a first fill.
+  for (const auto& view : views_) {
+    if (!Reads(*view, *filling_)) names.push_back(view->target);
+  }
   for (size_t i = 1; i < names.size(); ++i) {
     regs += ", to_regclass($" + std::to_string(i) + ") is not null";
   }
@@ -338,11 +501,21 @@ Result<std::optional<Lsn>> PostgresSink::ReadCheckpoint() {
                       names[i] + " is missing";
     return std::optional<Lsn>();
   }
-  // A view whose definition changed holds what the old one returned: rebuild.
+  // A view whose definition changed holds what the old one returned: a new version is
+  // built next to it, or, where it cannot be, the store is rebuilt.
+  Status versions = LoadVersions(c);
+  if (!versions.ok()) return versions.error();
   auto changed = ChangedViews(c);
+  SyncVersionViews();
   if (!changed.ok()) return changed.error();
   if (!changed.value().empty()) {
-    missing_reason_ = "the definition of view " + changed.value().front()->config.name + " changed";
+    const View& view = *changed.value().front();
+    auto recorded = RecordedDefinition(c, view);
+    if (!recorded.ok()) return recorded.error();
+    missing_reason_ =
+        recorded.value() && ParseRecord(*recorded.value()).removed
+            ? "view " + view.config.name + " is back in the configuration after it was removed"
+            : "the definition of view " + view.config.name + " changed";
     return std::optional<Lsn>();
   }
   auto row = ReadCheckpointRow(c, name_);
@@ -352,6 +525,133 @@ Result<std::optional<Lsn>> PostgresSink::ReadCheckpoint() {
     return std::optional<Lsn>();
   }
   return std::optional<Lsn>(Lsn::Parse(*row.value()));
+}
+
+std::vector<std::pair<std::string, std::string>> PostgresSink::table_fills() const {
+  std::vector<std::pair<std::string, std::string>> out;
+  std::set<std::string> seen;
+  for (const auto& view : views_) {
+    for (const std::string& table : view->tables) {
+      if (seen.insert(table).second) out.emplace_back(TableFillName(table), table);
+    }
+  }
+  return out;
+}
+
+bool PostgresSink::Reads(const View& view, const std::set<std::string>& filling) {
+  return std::any_of(view.tables.begin(), view.tables.end(),
+                     [&](const std::string& t) { return filling.contains(t); });
+}
+
+Mirror* PostgresSink::MirrorOfFill(const std::string& fill) {
+  for (auto& [table, m] : mirrors_) {
+    if (TableFillName(table) == fill) return &m;
+  }
+  return nullptr;
+}
+
+Result<std::map<std::string, ViewState>> PostgresSink::ReadTableFills(SqlRunner& c) {
+  std::map<std::string, ViewState> out;
+  auto present = c.Query("select to_regclass('pgderive.views') is not null");
+  if (!present.ok()) return present.error();
+  if (present.value().rows[0][0].value_or("f") != "t") return out;
+  auto rows = c.Query(
+      "select view, definition from pgderive.views where pipeline = $1 and store = $2 and "
+      "starts_with(view, 'mirror ')",
+      {pipeline_, name_});
+  if (!rows.ok()) return rows.error();
+  for (const auto& row : rows.value().rows) {
+    if (auto state = ViewState::FromJson(row[1].value_or(""))) out[row[0].value_or("")] = *state;
+  }
+  return out;
+}
+
+Status PostgresSink::LoadFilling(SqlRunner& c) {
+  auto fills = ReadTableFills(c);
+  if (!fills.ok()) return fills.error();
+  std::set<std::string> filling;
+  first_fills_.clear();
+  for (const auto& [table, m] : mirrors_) {
+    auto it = fills.value().find(TableFillName(table));
+    if (it != fills.value().end() && it->second.backfilling) {
+      filling.insert(table);
+      if (it->second.first_fill) first_fills_.insert(table);
+    }
+  }
+  filling_ = std::move(filling);
+  return Status::Ok();
+}
+
+Result<std::optional<std::map<std::string, ViewState>>> PostgresSink::ReadViewStates() {
+  std::lock_guard lock(mutex_);
+  auto connected = Connection();
+  if (!connected.ok()) return connected.error();
+  auto fills = ReadTableFills(*connected.value());
+  if (!fills.ok()) return fills.error();
+  if (fills.value().empty()) return std::optional<std::map<std::string, ViewState>>();
+  std::map<std::string, ViewState> states = fills.value();
+  for (const auto& view : views_) {
+    ViewState state;
+    for (const std::string& table : view->tables) {
+      auto it = fills.value().find(TableFillName(table));
+      if (it != fills.value().end() && it->second.backfilling) state.backfilling = true;
+    }
+    states[view->config.name] = state;
+  }
+  return std::optional<std::map<std::string, ViewState>>(std::move(states));
+}
+
+Status PostgresSink::WriteViewState(const std::string& view, const ViewState& state, bool clear) {
+  std::lock_guard lock(mutex_);
+  Mirror* m = MirrorOfFill(view);
+  if (m == nullptr) return Status::Ok();
+  auto connected = Connection();
+  if (!connected.ok()) return connected.error();
+  SqlSession& session = *connected.value();
+  Status status = EnsureMetadata(session);
+  if (!status.ok()) return status;
+  auto begun = session.Begin();
+  if (!begun.ok()) return begun.error();
+  SqlSession::Transaction& c = begun.value();
+  if (clear) {
+    // Made again empty (the table as it is now); this session's temporary tables follow.
+    temp_ready_ = false;
+    status = c.Execute(DropTempTablesSql(*m) + CreateMirrorSql(*m));
+  }
+  if (status.ok()) {
+    status = c.Execute(
+        "insert into pgderive.views (pipeline, store, view, definition) values ($1, $2, $3, $4) "
+        "on conflict (pipeline, store, view) do update set definition = excluded.definition, "
+        "updated_at = now()",
+        {pipeline_, name_, view, state.ToJson()});
+  }
+  if (status.ok()) status = c.Commit();
+  if (!status.ok()) {
+    temp_ready_ = false;
+    filling_.reset();
+    return status;
+  }
+  if (!filling_) {
+    status = LoadFilling(session);
+    if (!status.ok()) return status;
+  } else {
+    if (state.backfilling) {
+      filling_->insert(m->table);
+    } else {
+      filling_->erase(m->table);
+    }
+  }
+  if (state.backfilling && state.first_fill) {
+    first_fills_.insert(m->table);
+  } else {
+    first_fills_.erase(m->table);
+  }
+  if (clear) {
+    // The mirror is another table now: CheckStore takes the tables as they are anew.
+    table_oids_.reset();
+    reported_tables_.clear();
+  }
+  return Status::Ok();
 }
 
 Result<std::optional<std::string>> PostgresSink::ReadCheckpointRow(SqlRunner& c,
@@ -398,10 +698,12 @@ Status PostgresSink::EnsureTempTables(SqlRunner& c) {
   if (temp_ready_) return Status::Ok();
   std::string sql;
   for (const auto& [table, m] : mirrors_) sql += CreateTempTablesSql(m);
-  for (const auto& view : views_) {
-    sql += "create temp table if not exists " + AffectedTable(*view) +
-           " on commit delete rows as select " + KeyList(*view) + " from " + view->target +
-           " with no data; ";
+  // (A view whose mirrors fill may have no table yet; a version view's key may differ
+  // from what the same number had before.)
+  for (const View* view : Maintained(filling_ ? *filling_ : std::set<std::string>{})) {
+    sql += "drop table if exists pg_temp." + AffectedTable(*view) + "; create temp table " +
+           AffectedTable(*view) + " on commit delete rows as select " + KeyList(*view) + " from " +
+           WriteTarget(*view) + " with no data; ";
   }
   Status status = c.Execute(sql);
   if (status.ok()) temp_ready_ = true;
@@ -436,9 +738,22 @@ Status PostgresSink::BeginRebuild(Lsn) {
   SqlSession::Transaction& tx = begun.value();
   status = tx.Execute("delete from pgderive.checkpoints where pipeline = $1 and store in ($2, $3)",
                       {pipeline_, name_, HorizonRow()});
+  // The mirrors' states: each is recorded backfilling from the start next.
+  if (status.ok()) {
+    status = tx.Execute(
+        "delete from pgderive.views where pipeline = $1 and store = $2 and starts_with(view, "
+        "'mirror ')",
+        {pipeline_, name_});
+  }
   if (status.ok()) status = tx.Execute(sql);
   if (status.ok()) status = tx.Commit();
+  filling_.reset();
   if (status.ok()) {
+    filling_.emplace();
+    for (const auto& [table, m] : mirrors_) filling_->insert(table);
+    // The mirrors are new tables: CheckStore takes the tables as they are anew.
+    table_oids_.reset();
+    reported_tables_.clear();
     created_tables_ = std::move(created_tables);
     created_schemas_ = std::move(created_schemas);
   }
@@ -665,7 +980,22 @@ Result<PostgresSink::Shadow> PostgresSink::BuildShadow(SqlRunner& c, const View&
   const auto& row = info.value().rows[0];
   const Record record = ParseRecord(row[0].value_or(""));
   const std::optional<std::string> live = row[1];
+  if (live) {
+    Status replaceable = CheckReplaceable(c, view, *live, record, /*in_place=*/true);
+    if (!replaceable.ok()) return replaceable.error();
+  }
+  // After the record's generation and every kept version's (a retained table keeps its
+  // name until it is dropped).
   shadow.generation = record.generation + 1;
+  if (!record.versions.empty()) {
+    const auto json = nlohmann::json::parse(record.versions, nullptr, false);
+    const Versions kept = json.is_object() ? VersionsFromJson(json) : Versions{};
+    for (const std::optional<int>& n : {kept.serving, kept.building, kept.previous}) {
+      if (n && static_cast<uint64_t>(*n) >= shadow.generation) {
+        shadow.generation = static_cast<uint64_t>(*n) + 1;
+      }
+    }
+  }
   // Made for the view now, or when its table was first made (kept while it serves).
   shadow.made_schema = row[2].value_or("t") == "f" || (live && record.made_schema);
   shadow.name = ShadowTableName(name, shadow.generation);
@@ -693,6 +1023,14 @@ Result<PostgresSink::Shadow> PostgresSink::BuildShadow(SqlRunner& c, const View&
     same_columns = compared.value().rows[0][0].value_or("f") == "t";
     dependents = compared.value().rows[0][1].value_or("f") == "t";
   }
+  if (live && !dependents) {
+    // Swapped in: the live table is dropped.
+    Status replaceable = CheckReplaceable(c, view, *live, record, /*in_place=*/false);
+    if (!replaceable.ok()) {
+      IgnoreError(c.Execute("drop table " + table), "rolled back with the transaction anyway");
+      return replaceable.error();
+    }
+  }
   if (dependents) {
     if (!same_columns) {
       return Error::Permanent("view " + view.config.name +
@@ -707,9 +1045,13 @@ Result<PostgresSink::Shadow> PostgresSink::BuildShadow(SqlRunner& c, const View&
     if (!counted.ok()) return counted.error();
     shadow.rows = RowCount(counted.value());
     shadow.table.clear();
+    shadow.oid = static_cast<uint32_t>(std::stoul(*live));
     return shadow;
   }
   shadow.table = table;
+  auto made = c.Query("select $1::regclass::oid::text", {table});
+  if (!made.ok()) return made.error();
+  shadow.oid = static_cast<uint32_t>(std::stoul(made.value().rows[0][0].value_or("0")));
   status = c.Execute("insert into " + table + " select * from (" + query.value() + ") q");
   if (!status.ok()) return status.error();
   auto counted = c.Query("select count(*)::text from " + table);
@@ -756,12 +1098,14 @@ Result<PostgresSink::Shadow> PostgresSink::BuildShadow(SqlRunner& c, const View&
   }
   if (!key_index) {
     // The key's unique index, named at the swap as PostgreSQL names one by default.
-    std::string temporary = "pgd_g" + std::to_string(shadow.generation) + "_key_" + name;
-    if (temporary.size() > 63) temporary.resize(63);
     std::string final_name = name;
     for (const std::string& k : view.config.key_columns) final_name += "_" + k;
     final_name += "_idx";
     if (final_name.size() > 63) final_name.resize(63);
+    // (pgd_g<n>_<k>_<name>, as the copied ones: a version switch takes the prefix off.)
+    std::string temporary = "pgd_g" + std::to_string(shadow.generation) + "_" +
+                            std::to_string(shadow.index_names.size()) + "_" + final_name;
+    if (temporary.size() > 63) temporary.resize(63);
     std::string create = KeyIndexOn(c, view, table);
     create.insert(create.find(" on "), " " + QuoteIdent(temporary));
     status = c.Execute(create);
@@ -791,19 +1135,7 @@ Result<PostgresSink::Shadow> PostgresSink::BuildShadow(SqlRunner& c, const View&
 Status PostgresSink::SwapIn(SqlRunner& c, const View& view, const Shadow& shadow) {
   Status status = Status::Ok();
   if (!shadow.table.empty()) {
-    // The live table's lock, taken with a short lock_timeout and retried: a long reader
-    // holding it then does not queue every other reader behind the waiting DROP. After
-    // the retries the DROP waits as long as it must.
-    // (In one statement: a failed statement would end the client's transaction.)
-    const std::string lock =
-        c.QuoteLiteral("lock table " + view.target + " in access exclusive mode");
-    status = c.Execute(
-        "set local lock_timeout = '50ms'; do $$ begin if to_regclass(" +
-        c.QuoteLiteral(view.target) +
-        ") is null then return; end if; for attempt in 1..40 loop begin execute " + lock +
-        "; return; exception when lock_not_available then perform pg_sleep(0.025); end; end "
-        "loop; perform set_config('lock_timeout', '0', true); execute " +
-        lock + "; end $$; set local lock_timeout = default");
+    status = LockLive(c, view.target);
     if (!status.ok()) return status;
     auto [schema, name] = TableName::Parse(view.config.table);
     std::string sql = "drop table if exists " + view.target + "; alter table " + shadow.table +
@@ -813,13 +1145,25 @@ Status PostgresSink::SwapIn(SqlRunner& c, const View& view, const Shadow& shadow
     }
     status = c.Execute(sql);
   }
+  // A rebuild replaces every version: the file's definition serves, built now; the
+  // tables of a version being built or retained go.
+  const int n = static_cast<int>(shadow.generation);
+  for (const std::optional<int>& other : {view.versions.building, view.versions.previous}) {
+    if (status.ok() && other && *other != n) {
+      status = c.Execute("drop table if exists " + GenerationTable(view, *other));
+    }
+  }
+  Versions versions;
+  versions.serving = n;
+  versions.definitions[n] = Definition(view);
   if (status.ok()) {
     status = c.Execute(
         "insert into pgderive.views (pipeline, store, view, definition) values ($1, $2, $3, $4) "
         "on conflict (pipeline, store, view) do update set definition = excluded.definition, "
         "updated_at = now()",
         {pipeline_, name_, view.config.name,
-         RecordText(Definition(view), shadow.generation, shadow.made_schema)});
+         RecordText(Definition(view), shadow.generation, shadow.made_schema, shadow.oid, false,
+                    VersionsToJson(versions).dump())});
   }
   return status;
 }
@@ -843,7 +1187,11 @@ Status PostgresSink::EndRebuild(Lsn snapshot_lsn) {
   for (const auto& view : views_) {
     auto shadow = BuildShadow(c, *view);
     if (!shadow.ok()) {
-      // Which view's query failed on the snapshot's rows (at line N of the file).
+      // A table pgderive will not drop says so itself; else which view's query failed on
+      // the snapshot's rows (at line N of the file).
+      if (shadow.error().message().starts_with("view " + view->config.name + ": ")) {
+        return shadow.error();
+      }
       return Error(shadow.error().kind(),
                    "view " + view->config.name + " (table " + view->config.table + ", line " +
                        std::to_string(view->config.line) +
@@ -950,7 +1298,9 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   auto connected = Connection();
   if (!connected.ok()) return connected.error();
   SqlSession& session = *connected.value();
-  Status status = EnsureTempTables(session);
+  // Which mirrors are being filled: their views' temporary tables wait for their tables.
+  Status status = filling_ ? Status::Ok() : LoadFilling(session);
+  if (status.ok()) status = EnsureTempTables(session);
   if (!status.ok()) return status;
   // The batch and its checkpoint: one transaction, rolled back when `c` goes away
   // uncommitted (every error below).
@@ -958,6 +1308,8 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   if (!begun.ok()) return begun.error();
   SqlSession::Transaction& c = begun.value();
   shadows_.clear();
+  // The mirrors being filled as this batch goes (kept once it commits).
+  std::set<std::string> filling = *filling_;
   if (!horizon_loaded_) {
     // The horizon (source_rows.h), as the store recorded it.
     auto horizon = ReadCheckpointRow(c, HorizonRow());
@@ -981,13 +1333,15 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
     const std::set<std::string> changed = changes.tables();
     s = changes.CopyTouchedKeys(c, mirrors_);
     if (!s.ok()) return s;
-    for (const auto& view : views_) {
+    // A view whose mirrors are being filled is built once they are, not maintained.
+    const std::vector<const View*> maintained = Maintained(filling);
+    for (const View* view : maintained) {
       s = CollectAffected(c, *view, changed, /*before=*/true);
       if (!s.ok()) return s;
     }
     s = changes.Write(c, mirrors_);
     if (!s.ok()) return s;
-    for (const auto& view : views_) {
+    for (const View* view : maintained) {
       s = CollectAffected(c, *view, changed, /*before=*/false);
       if (s.ok()) s = Recompute(c, *view, WriteTarget(*view));
       if (!s.ok()) return s;
@@ -996,7 +1350,7 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
     for (const auto& [table, m] : mirrors_) {
       clear += " " + m.KeysTable() + ", " + m.DeletesTable() + ", " + m.UpsertsTable() + ",";
     }
-    for (const auto& view : views_) clear += " " + AffectedTable(*view) + ",";
+    for (const View* view : maintained) clear += " " + AffectedTable(*view) + ",";
     clear.pop_back();
     changes.Clear();
     return c.Execute(clear);
@@ -1006,15 +1360,82 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
     for (const OwnedChange& change : batch->changes) {
       // Already applied: the checkpoint row was committed with everything before it.
       if (change.commit_lsn < checkpoint) continue;
-      if (change.op == ChangeOp::kBackfillRow) continue;  // for views filled row by row
+      if (change.op == ChangeOp::kBackfillRow) {
+        // A row of a mirror's fill, as of its chunk's high watermark (rows changed in
+        // the chunk's window come as their changes): into the mirror like an insert.
+        if (!change.control || change.control->store != name_ || change.control->views.empty() ||
+            !IsTableFill(change.control->views.front())) {
+          continue;  // for views filled row by row
+        }
+        const RelationSchema& schema = change.relation();
+        auto it = mirrors_.find(schema.QualifiedName());
+        if (it == mirrors_.end()) continue;
+        status = AddMissingColumns(c, it->second, schema);
+        if (!status.ok()) break;
+        changes.Add(it->second, schema, change, source_.horizon());
+        continue;
+      }
+      if (change.op == ChangeOp::kViewState && change.control->store == name_ &&
+          !change.control->views.empty() && IsTableFill(change.control->views.front())) {
+        // A mirror's fill went on (the chunk's rows before this) or ended: its state,
+        // in this transaction. Once the last mirror a view reads is filled, the view is
+        // built from the mirrors into a shadow table, swapped in at the batch's end.
+        status = flush();
+        const ViewControl& control = *change.control;
+        for (const std::string& fill : control.views) {
+          Mirror* m = MirrorOfFill(fill);
+          if (!status.ok() || m == nullptr) continue;
+          ViewState state;
+          state.backfilling = control.backfilling;
+          state.after = control.after;
+          state.columns = control.columns;
+          state.table_oid = control.table_oid;
+          // Its first fill (the store had nothing to serve) stays recorded as one, so
+          // that a resume after a crash keeps the pipeline not ready until it ends.
+          state.first_fill = control.backfilling && first_fills_.contains(m->table);
+          status = c.Execute(
+              "insert into pgderive.views (pipeline, store, view, definition) values ($1, $2, "
+              "$3, $4) on conflict (pipeline, store, view) do update set definition = "
+              "excluded.definition, updated_at = now()",
+              {pipeline_, name_, fill, state.ToJson()});
+          if (!status.ok() || control.backfilling || !filling.contains(m->table)) continue;
+          filling.erase(m->table);
+          status = c.Execute("analyze " + m->name);
+          for (const auto& view : views_) {
+            if (!status.ok()) break;
+            if (Reads(*view, filling) || shadows_.contains(view->index) ||
+                std::find(view->tables.begin(), view->tables.end(), m->table) ==
+                    view->tables.end()) {
+              continue;
+            }
+            auto shadow = BuildShadow(c, *view);
+            if (!shadow.ok()) {
+              status = Error(
+                  shadow.error().kind(),
+                  "view " + view->config.name + " (table " + view->config.table + ", line " +
+                      std::to_string(view->config.line) +
+                      "): its query failed on the filled mirrors: " + shadow.error().message());
+              break;
+            }
+            shadows_[view->index] = std::move(shadow).value();
+            // The rest of the batch maintains it: its affected keys' temporary table.
+            status = c.Execute("create temp table if not exists " + AffectedTable(*view) +
+                               " on commit delete rows as select " + KeyList(*view) + " from " +
+                               WriteTarget(*view) + " with no data");
+          }
+        }
+        if (!status.ok()) break;
+        continue;
+      }
       if (change.op == ChangeOp::kViewState) {
         // A rebuild on demand: the view is recomputed from its mirrors, which are
         // complete up to this point, into a shadow table (BuildShadow) that the rest of
         // the batch keeps current and that is swapped in at its end, in this batch's
         // transaction.
         for (const auto& view : views_) {
+          // (A view whose mirrors are being filled is built once they are.)
           if (!status.ok() || !change.control->clear ||
-              !change.control->Names(name_, view->config.name)) {
+              !change.control->Names(name_, view->config.name) || Reads(*view, filling)) {
             continue;
           }
           status = flush();
@@ -1030,6 +1451,10 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
             break;
           }
           shadows_[view->index] = std::move(shadow).value();
+          // (A view whose new version was not built yet had no affected-key table.)
+          status = c.Execute("create temp table if not exists " + AffectedTable(*view) +
+                             " on commit delete rows as select " + KeyList(*view) + " from " +
+                             WriteTarget(*view) + " with no data");
         }
         if (!status.ok()) break;
         continue;
@@ -1040,7 +1465,7 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
           auto it = mirrors_.find(relation->QualifiedName());
           if (!status.ok() || it == mirrors_.end()) continue;
           status = c.Execute("truncate " + it->second.name);
-          for (const auto& view : views_) {
+          for (const View* view : Maintained(filling)) {
             if (status.ok() && std::find(view->tables.begin(), view->tables.end(), it->first) !=
                                    view->tables.end()) {
               status = RecomputeAll(c, *view, WriteTarget(*view));
@@ -1073,16 +1498,22 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
   if (!status.ok()) {
     temp_ready_ = false;      // a failed DDL inside may have been rolled back
     horizon_loaded_ = false;  // and a horizon it raised
+    filling_.reset();         // and the mirrors' states it wrote
     return status;
   }
+  filling_ = std::move(filling);
   if (!swapped.empty()) {
+    // The swapped views' versions as recorded now.
+    status = LoadVersions(session);
+    if (!status.ok()) return status;
+    SyncVersionViews();
     for (const auto& [index, shadow] : swapped) {
       rebuilt_rows_.emplace_back(views_[index]->config.name, shadow.rows);
     }
     // The tables as swapped in: CheckStore compares against these.
     auto oids = ReadTableOids(session);
     if (!oids.ok()) return oids.error();
-    if (!table_oids_) table_oids_.emplace();
+    if (!table_oids_) table_oids_ = oids.value();
     for (const auto& [index, shadow] : swapped) {
       const std::string& target = views_[index]->target;
       if (auto it = oids.value().find(target); it != oids.value().end()) {
@@ -1111,7 +1542,25 @@ Result<std::vector<ViewInspector::Entry>> PostgresSink::ReadView(const std::stri
     if (view->config.name != view_name) continue;
     auto connected = Connection();
     if (!connected.ok()) return connected.error();
-    return ReadEntries(*connected.value(), *view, view->target);
+    // The file's definition: the serving table, or the ready version's while another
+    // definition serves (a manual promote pending, a rollback).
+    auto recorded = RecordedDefinition(*connected.value(), *view);
+    if (!recorded.ok()) return recorded.error();
+    std::string table = view->target;
+    if (recorded.value()) {
+      const Record record = ParseRecord(*recorded.value());
+      const auto json =
+          nlohmann::json::parse(record.versions.empty() ? "null" : record.versions, nullptr, false);
+      const Versions v = json.is_object() ? VersionsFromJson(json) : Versions{};
+      // (Compared without the sources' OIDs: verify resolves no mirrors.)
+      auto cut = [](const std::string& d) { return d.substr(0, d.rfind("\nsources ")); };
+      const std::string file = cut(Definition(*view));
+      if (cut(record.definition) != file && v.building && v.definitions.contains(*v.building) &&
+          cut(v.definitions.at(*v.building)) == file) {
+        table = GenerationTable(*view, *v.building);
+      }
+    }
+    return ReadEntries(*connected.value(), *view, table);
   }
   return Error::Permanent("no postgres view named " + view_name);
 }
@@ -1131,6 +1580,424 @@ Result<std::optional<std::vector<ViewInspector::Entry>>> PostgresSink::ExpectedF
     return std::optional<std::vector<Entry>>(std::move(entries).value());
   }
   return Error::Permanent("no postgres view named " + view_name);
+}
+
+// --- Versions side by side (view_versions.h). A view's generation `serving` is its table
+// (`table:`); the generation of a new version, and a retained one, are tables
+// pgd_g<n>_<table> in the same schema. A new version is built from the mirrors in one
+// transaction (BuildShadow), so it is ready once it commits; the stream then maintains
+// both - the file's definition into its table (WriteTarget), each other kept definition
+// through a version view of its own (SyncVersionViews). A switch (promote, rollback)
+// renames the two tables and their indexes and records the versions in one transaction:
+// readers see the old table or the new one, whole. A crash before its commit leaves the
+// old state, recorded as it was.
+namespace {
+
+// The generation a new version gets (BuildShadow): after every kept one.
+int NextGeneration(const Versions& v) {
+  int n = 0;
+  for (const std::optional<int>& g : {v.serving, v.building, v.previous}) {
+    if (g) n = std::max(n, *g);
+  }
+  return n + 1;
+}
+
+int64_t NowSeconds() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+std::string PostgresSink::GenerationTable(const View& view, int n) const {
+  auto [schema, name] = TableName::Parse(view.config.table);
+  return QuoteIdent(schema) + "." + QuoteIdent(ShadowTableName(name, static_cast<uint64_t>(n)));
+}
+
+std::string PostgresSink::VersionWhere(const View& view, const Versions& versions, int n) const {
+  if (versions.serving == n) return "table " + view.config.table;
+  auto [schema, name] = TableName::Parse(view.config.table);
+  return "table " + schema + "." + ShadowTableName(name, static_cast<uint64_t>(n));
+}
+
+Status PostgresSink::LoadVersions(SqlRunner& c) {
+  auto present = c.Query("select to_regclass('pgderive.views') is not null");
+  if (!present.ok()) return present.error();
+  const bool registry = present.value().rows[0][0].value_or("f") == "t";
+  for (auto& view : views_) {
+    view->versions = Versions{};
+    if (!registry) continue;
+    auto recorded = RecordedDefinition(c, *view);
+    if (!recorded.ok()) return recorded.error();
+    if (!recorded.value()) continue;
+    const Record record = ParseRecord(*recorded.value());
+    if (record.removed) continue;
+    if (!record.versions.empty()) {
+      const auto json = nlohmann::json::parse(record.versions, nullptr, false);
+      if (json.is_object()) view->versions = VersionsFromJson(json);
+    }
+    Versions& v = view->versions;
+    if (!v.serving) {
+      // Recorded before versions: the generation that serves, with its definition.
+      v.serving = static_cast<int>(record.generation);
+      v.definitions[*v.serving] = record.definition;
+    }
+    // A definition recorded before the sources were is the file's when it matches.
+    if (SameDefinition(*recorded.value(), *view)) v.definitions[*v.serving] = Definition(*view);
+  }
+  return Status::Ok();
+}
+
+Result<bool> PostgresSink::Versionable(SqlRunner& c, const View& view, const Record& record) {
+  if (record.removed || !record.definition.starts_with("table " + view.config.table + "\n")) {
+    return false;  // a view back from removal, or another table name: rebuilt
+  }
+  // The serving definition must be maintainable meanwhile: every table it reads mirrored
+  // and filled.
+  auto parts = ParseDefinition(view.versions.serving &&
+                                       view.versions.definitions.contains(*view.versions.serving)
+                                   ? view.versions.definitions.at(*view.versions.serving)
+                                   : record.definition);
+  // A changed key is rebuilt: the old key need not be unique in the rows any more, so
+  // the old version could not be maintained.
+  if (!parts || parts->key != view.config.key_columns) return false;
+  for (const std::string& table : parts->tables) {
+    if (!mirrors_.contains(table) || (filling_ && filling_->contains(table))) return false;
+  }
+  auto live = c.Query("select to_regclass($1)::oid::text", {view.target});
+  if (!live.ok()) return live.error();
+  if (!live.value().rows[0][0]) return false;
+  // Renamed away, the table keeps what depends on it: only a table nothing depends on
+  // (not even a SQL view) is switched by renames.
+  if (!CheckReplaceable(c, view, *live.value().rows[0][0], record, /*in_place=*/false).ok()) {
+    return false;
+  }
+  auto views = c.Query(
+      "select exists (select from pg_depend d join pg_rewrite r on d.classid = "
+      "'pg_rewrite'::regclass and d.objid = r.oid where d.refclassid = 'pg_class'::regclass "
+      "and d.refobjid = $1::oid and r.ev_class <> $1::oid)",
+      {*live.value().rows[0][0]});
+  if (!views.ok()) return views.error();
+  return views.value().rows[0][0].value_or("t") == "f";
+}
+
+void PostgresSink::SyncVersionViews() {
+  std::vector<std::unique_ptr<View>> kept;
+  std::vector<VersionInfo> shown;
+  for (auto& view : views_) {
+    const Versions& v = view->versions;
+    const std::string file = Definition(*view);
+    view->write_to.clear();
+    view->unbuilt = false;
+    if (v.serving && v.definitions.contains(*v.serving) && v.definitions.at(*v.serving) != file) {
+      if (v.building && v.definitions.contains(*v.building) &&
+          v.definitions.at(*v.building) == file) {
+        view->write_to = GenerationTable(*view, *v.building);
+      } else {
+        view->unbuilt = true;
+      }
+    }
+    if (!view->unbuilt) view->pending = false;
+    for (const auto& [n, definition] : OtherDefinitions(v, file)) {
+      auto parts = ParseDefinition(definition);
+      bool mirrored = parts.has_value();
+      for (const std::string& table : parts ? parts->tables : std::vector<std::string>{}) {
+        mirrored = mirrored && mirrors_.contains(table);
+      }
+      if (!mirrored) {
+        notices_.push_back("view " + view->config.name + ": version " + std::to_string(n) +
+                           " cannot be maintained (a table its query reads is no longer "
+                           "mirrored); it is no longer kept current");
+        continue;
+      }
+      const std::string target = v.serving == n ? view->target : GenerationTable(*view, n);
+      std::unique_ptr<View> made;
+      for (auto& old : version_views_) {
+        if (old && old->target == target && old->config.query == parts->query &&
+            old->config.key_columns == parts->key && old->tables == parts->tables) {
+          made = std::move(old);
+        }
+      }
+      if (!made) {
+        made = std::make_unique<View>();
+        made->config = view->config;
+        made->config.name = view->config.name + "@" + std::to_string(n);
+        made->config.query = parts->query;
+        made->config.key_columns = parts->key;
+        made->tables = parts->tables;
+        made->target = target;
+        made->index = views_.size() + next_index_++;
+      }
+      kept.push_back(std::move(made));
+    }
+    std::vector<VersionInfo> infos =
+        Describe(v, view->config.name, false, [&](int n) { return VersionWhere(*view, v, n); });
+    if (view->pending) {
+      const int n = NextGeneration(v);
+      infos.push_back({view->config.name, n, VersionWhere(*view, v, n), "building", 0});
+    }
+    for (VersionInfo& info : infos) shown.push_back(std::move(info));
+  }
+  version_views_ = std::move(kept);
+  temp_ready_ = false;  // the affected-key tables follow the views maintained
+  std::lock_guard lock(shown_mutex_);
+  shown_ = std::move(shown);
+}
+
+std::vector<const PostgresSink::View*> PostgresSink::Maintained(
+    const std::set<std::string>& filling) const {
+  std::vector<const View*> out;
+  for (const auto& view : views_) {
+    if ((!view->unbuilt || shadows_.contains(view->index)) && !Reads(*view, filling)) {
+      out.push_back(view.get());
+    }
+  }
+  for (const auto& view : version_views_) {
+    if (!Reads(*view, filling)) out.push_back(view.get());
+  }
+  return out;
+}
+
+std::vector<VersionInfo> PostgresSink::ViewVersions() {
+  std::lock_guard lock(shown_mutex_);
+  return shown_;
+}
+
+Status PostgresSink::LockLive(SqlRunner& c, const std::string& target) {
+  // The live table's lock, taken with a short lock_timeout and retried: a long reader
+  // holding it then does not queue every other reader behind the waiting DDL. After
+  // the retries it waits as long as it must.
+  // (In one statement: a failed statement would end the client's transaction.)
+  const std::string lock = c.QuoteLiteral("lock table " + target + " in access exclusive mode");
+  return c.Execute(
+      "set local lock_timeout = '50ms'; do $$ begin if to_regclass(" + c.QuoteLiteral(target) +
+      ") is null then return; end if; for attempt in 1..40 loop begin execute " + lock +
+      "; return; exception when lock_not_available then perform pg_sleep(0.025); "
+      "end; end loop; perform set_config('lock_timeout', '0', true); execute " +
+      lock + "; end $$; set local lock_timeout = default");
+}
+
+Status PostgresSink::SwitchTables(SqlRunner& c, const View& view, int from, int to) {
+  // `from` serves (the view's table): renamed to its generation name, its indexes to
+  // pgd_g<from>_<k>_<name>; `to` takes the view's table name, its indexes their names
+  // without that prefix (BuildShadow named them so).
+  Status status = LockLive(c, view.target);
+  if (!status.ok()) return status;
+  auto [schema, name] = TableName::Parse(view.config.table);
+  const std::string away = ShadowTableName(name, static_cast<uint64_t>(from));
+  const std::string to_table = GenerationTable(view, to);
+  auto indexes = [&](const std::string& table, const std::string& body) {
+    return "do $pgd$ declare r record; k int := 0; begin for r in select i.indexrelid::regclass::"
+           "text as q, c.relname from pg_index i join pg_class c on c.oid = i.indexrelid where "
+           "i.indrelid = " +
+           c.QuoteLiteral(table) + "::regclass order by c.relname loop " + body +
+           " k := k + 1; end loop; end $pgd$; ";
+  };
+  const std::string prefix = "pgd_g" + std::to_string(from) + "_";
+  return c.Execute(
+      "alter table " + view.target + " rename to " + QuoteIdent(away) + "; " +
+      indexes(QuoteIdent(schema) + "." + QuoteIdent(away),
+              "execute format('alter index %s rename to %I', r.q, left(" + c.QuoteLiteral(prefix) +
+                  " || k || '_' || r.relname, 63));") +
+      "alter table " + to_table + " rename to " + QuoteIdent(name) + "; " +
+      indexes(view.target,
+              "if r.relname ~ '^pgd_g[0-9]+_[0-9]+_' then execute format('alter index %s "
+              "rename to %I', r.q, regexp_replace(r.relname, '^pgd_g[0-9]+_[0-9]+_', '')); end "
+              "if;"));
+}
+
+Status PostgresSink::WriteVersions(SqlRunner& c, const View& view, const Versions& versions) {
+  auto info = c.Query(
+      "select (select definition from pgderive.views where pipeline = $1 and store = $2 and "
+      "view = $3), to_regclass($4)::oid::text",
+      {pipeline_, name_, view.config.name, view.target});
+  if (!info.ok()) return info.error();
+  const Record record = ParseRecord(info.value().rows[0][0].value_or(""));
+  const int serving = versions.serving.value_or(static_cast<int>(record.generation));
+  auto definition = versions.definitions.find(serving);
+  const uint32_t oid = static_cast<uint32_t>(std::stoul(info.value().rows[0][1].value_or("0")));
+  return c.Execute(
+      "insert into pgderive.views (pipeline, store, view, definition) values ($1, $2, $3, $4) "
+      "on conflict (pipeline, store, view) do update set definition = excluded.definition, "
+      "updated_at = now()",
+      {pipeline_, name_, view.config.name,
+       RecordText(definition == versions.definitions.end() ? record.definition : definition->second,
+                  static_cast<uint64_t>(serving), record.made_schema, oid, false,
+                  VersionsToJson(versions).dump())});
+}
+
+Status PostgresSink::AfterSwitch(SqlSession& session, View& view, Versions versions) {
+  view.versions = std::move(versions);
+  view.pending = false;
+  SyncVersionViews();
+  auto oids = ReadTableOids(session);
+  if (!oids.ok()) return oids.error();
+  if (!table_oids_) {
+    table_oids_ = oids.value();
+  } else if (auto it = oids.value().find(view.target); it != oids.value().end()) {
+    (*table_oids_)[view.target] = it->second;
+  }
+  return Status::Ok();
+}
+
+Status PostgresSink::VersionSteps(SqlSession& session) {
+  const int64_t now = NowSeconds();
+  for (auto& view : views_) {
+    const bool due = PreviousDue(view->versions, now);
+    if (!view->pending && !due) continue;
+    if (!filling_ || Reads(*view, *filling_)) continue;
+    auto begun = session.Begin();
+    if (!begun.ok()) return begun.error();
+    SqlSession::Transaction& c = begun.value();
+    Versions next = view->versions;
+    std::vector<int> retired;
+    std::string said;
+    Status status = Status::Ok();
+    if (due) {
+      const int n = *next.previous;
+      retired.push_back(n);
+      next.previous.reset();
+      next.drop_at = 0;
+      said = "view " + view->config.name + ": the previous version (" +
+             VersionWhere(*view, next, n) + ") was dropped (retain_previous passed)";
+    } else {
+      // A new version of the file's definition: what a version given up (a building one
+      // of another definition, a retained one of the file's) held goes first.
+      const std::string file = Definition(*view);
+      if (next.building && next.definitions[*next.building] != file) {
+        retired.push_back(*next.building);
+        next.building.reset();
+      }
+      if (next.previous && next.definitions[*next.previous] == file) {
+        retired.push_back(*next.previous);
+        next.previous.reset();
+        next.drop_at = 0;
+      }
+      for (int n : retired) {
+        if (status.ok()) status = c.Execute("drop table if exists " + GenerationTable(*view, n));
+        if (n != next.serving) next.definitions.erase(n);
+      }
+      retired.clear();
+      // (Its generation follows the record's and every kept one's.)
+      if (status.ok()) status = WriteVersions(c, *view, next);
+      Result<Shadow> shadow = status.ok() ? BuildShadow(c, *view) : Result<Shadow>(status.error());
+      if (!shadow.ok()) {
+        notices_.push_back("view " + view->config.name + ": its new version could not be built (" +
+                           shadow.error().message() + "); version " +
+                           std::to_string(next.serving.value_or(0)) + " keeps serving");
+        view->pending = false;  // tried again at the next reconnect
+        continue;
+      }
+      const int n = static_cast<int>(shadow.value().generation);
+      next.building = n;
+      next.definitions[n] = file;
+      next.held = false;
+      rebuilt_rows_.emplace_back(view->config.name, shadow.value().rows);
+      said = "view " + view->config.name + ": version " + std::to_string(n) + " (" +
+             std::to_string(shadow.value().rows) + " rows, " + VersionWhere(*view, next, n) +
+             ") is built next to version " + std::to_string(next.serving.value_or(0)) +
+             ", which keeps serving";
+      if (SwitchesOnReady(next, view->config.promote_manual)) {
+        const int from = next.serving.value_or(0);
+        status = SwitchTables(c, *view, from, n);
+        next = AfterPromote(next, now, view->config.retain_previous.count(), retired);
+        said += "; promoted: version " + std::to_string(n) + " serves";
+        if (next.previous) {
+          said += ", version " + std::to_string(*next.previous) + " is retained until " +
+                  UnixTimeText(next.drop_at) + ", maintained, for `pgderive rollback -c FILE " +
+                  "--view " + view->config.name + "`";
+        }
+      } else {
+        said +=
+            "; `pgderive promote -c FILE --view " + view->config.name + "` switches readers to it";
+      }
+    }
+    for (int n : retired) {
+      if (!status.ok()) break;
+      status = c.Execute("drop table if exists " +
+                         (n == next.serving ? view->target : GenerationTable(*view, n)));
+      if (n != next.serving && n != next.building) next.definitions.erase(n);
+    }
+    if (status.ok()) status = WriteVersions(c, *view, next);
+    if (status.ok()) status = c.Commit();
+    if (!status.ok()) {
+      temp_ready_ = false;
+      return status;
+    }
+    notices_.push_back(said);
+    status = AfterSwitch(session, *view, std::move(next));
+    if (!status.ok()) return status;
+  }
+  return Status::Ok();
+}
+
+Result<std::string> PostgresSink::SwitchVersion(const std::string& view_name, VersionSwitch what,
+                                                double percent) {
+  std::lock_guard lock(mutex_);
+  View* view = nullptr;
+  for (auto& v : views_) {
+    if (v->config.name == view_name) view = v.get();
+  }
+  if (view == nullptr) return Error::Permanent("store " + name_ + " has no view " + view_name);
+  const Versions versions = view->versions;
+  if (what == VersionSwitch::kPromote && view->pending) {
+    // Not built yet: refused as a version still building is.
+    Versions building = versions;
+    building.building = NextGeneration(versions);
+    return Error::Permanent(*PromoteRefusal(building, view_name, true, percent));
+  }
+  std::optional<std::string> refusal = what == VersionSwitch::kPromote
+                                           ? PromoteRefusal(versions, view_name, false, percent)
+                                           : RollbackRefusal(versions, view_name);
+  if (refusal) return Error::Permanent(*refusal);
+  auto connected = Connection();
+  if (!connected.ok()) return connected.error();
+  SqlSession& session = *connected.value();
+  auto begun = session.Begin();
+  if (!begun.ok()) return begun.error();
+  SqlSession::Transaction& c = begun.value();
+  const int from = *versions.serving;
+  std::vector<int> retired;
+  Versions next;
+  std::string said;
+  Status status = Status::Ok();
+  if (what == VersionSwitch::kPromote) {
+    const int to = *versions.building;
+    status = SwitchTables(c, *view, from, to);
+    next = AfterPromote(versions, NowSeconds(), view->config.retain_previous.count(), retired);
+    said = "view " + view_name + ": version " + std::to_string(to) + " (table " +
+           view->config.table + ") serves";
+    if (next.previous) {
+      said += " - version " + std::to_string(*next.previous) + " (" +
+              VersionWhere(*view, next, *next.previous) + ") is retained until " +
+              UnixTimeText(next.drop_at) + ", maintained, for `pgderive rollback -c FILE --view " +
+              view_name + "`";
+    }
+    for (int n : retired) {
+      if (status.ok()) status = c.Execute("drop table if exists " + GenerationTable(*view, n));
+    }
+  } else {
+    const int to = *versions.previous;
+    status = SwitchTables(c, *view, from, to);
+    next = AfterRollback(versions);
+    said = "view " + view_name + ": rolled back - version " + std::to_string(to) + " (table " +
+           view->config.table + ") serves again; version " + std::to_string(from) + " (" +
+           VersionWhere(*view, next, from) +
+           ") stays ready and maintained (`pgderive promote -c FILE " + "--view " + view_name +
+           "` switches to it again)";
+  }
+  if (status.ok()) status = WriteVersions(c, *view, next);
+  if (status.ok()) status = c.Commit();
+  if (!status.ok()) {
+    temp_ready_ = false;
+    return status.error();
+  }
+  // (VersionWhere above named the tables as they are after the switch.)
+  notices_.push_back(said);
+  status = AfterSwitch(session, *view, std::move(next));
+  if (!status.ok()) return status.error();
+  return said;
 }
 
 }  // namespace pgderive

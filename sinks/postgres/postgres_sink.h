@@ -74,6 +74,35 @@ class PostgresSink : public Sink, public ViewInspector {
   Status EndRebuild(Lsn snapshot_lsn) override;
   Status UndoRebuild() override;
   Status Apply(const BatchGroup& group, Lsn checkpoint) override;
+  // The records (pgderive.views) of views not in the configuration, marked removed: a
+  // view that comes back differs from its record, so the store is rebuilt (its tables
+  // swapped in, never emptied first), as for a changed definition.
+  Result<std::vector<std::string>> MarkRemovedViews() override;
+  // The mirrors are filled by the backfill, one per source table (TableFillName): their
+  // states are rows of pgderive.views, written with the chunks they record. A view whose
+  // mirrors are being filled is not maintained; its table keeps what it held (none on a
+  // first fill) until the last of them is filled, then it is built from the mirrors into
+  // a shadow table swapped in, in that chunk's transaction.
+  std::vector<std::pair<std::string, std::string>> table_fills() const override;
+  // Versions side by side: a view whose definition changed (same table name, every
+  // table its old and new queries read mirrored) is built from the mirrors as a new
+  // generation table in one transaction, next to the serving table; both are maintained
+  // by the stream. A switch renames the two tables (and their indexes) in one
+  // transaction with the view's record; the one switched away from is retained as
+  // pgd_g<n>_<table> for `retain_previous`, maintained, then dropped.
+  std::vector<VersionInfo> ViewVersions() override;
+  Result<std::string> SwitchVersion(const std::string& view, VersionSwitch what,
+                                    double percent) override;
+  std::vector<std::string> TakeNotices() override {
+    std::lock_guard lock(mutex_);
+    return std::exchange(notices_, {});
+  }
+  // The mirrors' states, and each view's: backfilling while a mirror it reads is.
+  // nullopt when no mirror state is recorded (a store filled by an older pgderive).
+  Result<std::optional<std::map<std::string, ViewState>>> ReadViewStates() override;
+  // A mirror's state; with `clear`, the mirror made again empty first. Other views have
+  // no state of their own.
+  Status WriteViewState(const std::string& view, const ViewState& state, bool clear) override;
   // The store's rows of pgderive.checkpoints and pgderive.views, the pipeline's mirror
   // tables, and the schema pgderive once nothing else is in it; with `views`, the
   // target tables pgderive.views records as this store's (a table it never recorded is
@@ -106,7 +135,28 @@ class PostgresSink : public Sink, public ViewInspector {
     // affected keys, with no query over the mirror.
     std::vector<std::string> key_source;
     size_t index = 0;  // for its temporary table
+    // Its versions (sinks/common/view_versions.h): generation `serving` is the table
+    // named `table:`, every other one a table pgd_g<n>_<table> beside it. Each
+    // definition is the Definition() text the generation was built from.
+    Versions versions;
+    // Where the stream writes the file's definition: empty for the view's table; a
+    // generation table while a version of the file's definition is ready and another
+    // serves. `unbuilt`: the file's definition has no table yet, so the stream writes it
+    // nowhere; `pending`: a new version of it is built next (VersionSteps).
+    std::string write_to;
+    bool unbuilt = false;
+    bool pending = false;
   };
+
+  // A Definition() text taken apart (the serving or retained version of a view whose
+  // definition changed is maintained with its own). nullopt: not a definition text.
+  struct DefinitionParts {
+    std::string table;
+    std::vector<std::string> key;
+    std::string query;
+    std::vector<std::string> tables;  // the sources, schema.table
+  };
+  static std::optional<DefinitionParts> ParseDefinition(const std::string& text);
 
   // The shadow table of `table` (unquoted, without its schema) for build `generation`:
   // "pgd_g<generation>_<table>", cut to PostgreSQL's 63 bytes.
@@ -126,17 +176,41 @@ class PostgresSink : public Sink, public ViewInspector {
   // A row of pgderive.views: the definition, then "\ngeneration N" (the build that
   // serves, which names its shadow tables) and " made_schema" when pgderive created the
   // table's schema (a definition recorded before generations has neither).
+  // A row of pgderive.views: "<definition>\ngeneration N[ made_schema][ oid O][ removed]".
+  // Then "\nversions <json>" (VersionsToJson) once the view has versions.
   struct Record {
     std::string definition;
     uint64_t generation = 0;
     bool made_schema = false;
+    std::string versions;  // the JSON text, empty when none is recorded
+    // The OID of the table pgderive made for the view (0: not recorded, an older
+    // pgderive's record): a table of that name with another OID is not pgderive's.
+    uint32_t table_oid = 0;
+    // The view went out of the configuration: its table is no longer kept current.
+    bool removed = false;
   };
   static Record ParseRecord(const std::string& text);
   static std::string RecordText(const std::string& definition, uint64_t generation,
-                                bool made_schema);
+                                bool made_schema, uint32_t table_oid = 0, bool removed = false,
+                                const std::string& versions = "");
+  // Before a rebuild drops the live table `live` of `view`: refuses (a permanent error
+  // naming the table and why) when it is not the table pgderive made for the view (its
+  // OID is not the recorded one), or when something other than SQL views depends on it
+  // (a foreign key referencing it, a publication, a trigger, a policy, ...): dropping it
+  // would drop those, or fail.
+  Status CheckReplaceable(SqlRunner& c, const View& view, const std::string& live,
+                          const Record& record, bool in_place);
   // Whether a recorded definition is the view's (one recorded before the OIDs were is).
   bool SameDefinition(const std::string& recorded, const View& view) const;
   Result<std::vector<const View*>> ChangedViews(SqlRunner& c);
+  // The mirrors' recorded states (empty when none is, or pgderive.views is missing).
+  Result<std::map<std::string, ViewState>> ReadTableFills(SqlRunner& c);
+  // Reads which mirrors are being filled into filling_.
+  Status LoadFilling(SqlRunner& c);
+  // Whether the view reads a mirror of `filling` (it is then not maintained).
+  static bool Reads(const View& view, const std::set<std::string>& filling);
+  // The mirror of a TableFillName; null when none.
+  Mirror* MirrorOfFill(const std::string& fill);
   Status EnsureTempTables(SqlRunner& c);
   Result<std::string> MirrorQuery(const View& view, const std::optional<std::string>& restrict);
   // Inserts the view keys the changed rows touch into pgd_a_<view>: run before and after
@@ -157,16 +231,45 @@ class PostgresSink : public Sink, public ViewInspector {
     // The shadow's indexes renamed to the live table's names once it is swapped in.
     std::vector<std::pair<std::string, std::string>> index_names;  // (quoted now, new name)
     uint64_t rows = 0;
+    uint32_t oid = 0;  // of the table that serves once it is swapped in
   };
   Result<Shadow> BuildShadow(SqlRunner& c, const View& view);
   // In the caller's transaction: the shadow replaces the live table (drop, rename), and
   // pgderive.views records the definition and the generation that serves.
   Status SwapIn(SqlRunner& c, const View& view, const Shadow& shadow);
+  // Versions (ViewVersions). The quoted table of generation n when it does not serve.
+  std::string GenerationTable(const View& view, int n) const;
+  // Each view's versions from its record, then which need a new version built
+  // (pending) and the views that maintain the other definitions (SyncVersionViews).
+  Status LoadVersions(SqlRunner& c);
+  void SyncVersionViews();
+  // Whether the changed definition of `view` can be built as a version next to its
+  // serving table (else the store is rebuilt, as before versions).
+  Result<bool> Versionable(SqlRunner& c, const View& view, const Record& record);
+  // In one transaction each: a pending version built (and promoted when it switches
+  // on ready), a retained version whose time is up dropped. Called between batches.
+  Status VersionSteps(SqlSession& session);
+  // Inside the caller's transaction: the live table's lock, taken in short attempts.
+  Status LockLive(SqlRunner& c, const std::string& target);
+  // The serving table and generation `to`'s swap names (and index names); `versions`
+  // is then recorded with the view's record. Returns the new serving table's OID.
+  Status SwitchTables(SqlRunner& c, const View& view, int from, int to);
+  Status WriteVersions(SqlRunner& c, const View& view, const Versions& versions);
+  // What a switch made: the views' versions in memory follow, the temporary tables are
+  // made again, CheckStore takes the view's table as it is now.
+  Status AfterSwitch(SqlSession& session, View& view, Versions versions);
+  std::string VersionWhere(const View& view, const Versions& versions, int n) const;
   // Where a batch writes a view's rows: its shadow while a rebuild in the batch fills it.
+  // Else its version table while a version of the file's definition waits for its
+  // promote.
   const std::string& WriteTarget(const View& view) const {
     auto it = shadows_.find(view.index);
-    return it == shadows_.end() || it->second.table.empty() ? view.target : it->second.table;
+    if (it != shadows_.end() && !it->second.table.empty()) return it->second.table;
+    return view.write_to.empty() ? view.target : view.write_to;
   }
+  // The views a batch maintains: the configuration's (not while a mirror they read
+  // fills, nor while their new version waits to be built) and the version views.
+  std::vector<const View*> Maintained(const std::set<std::string>& filling) const;
   // A row of pgderive.checkpoints of this pipeline: the store's checkpoint (row name_)
   // or its SourceRows horizon (row HorizonRow()). Read: the LSN's text, nullopt when none.
   Result<std::optional<std::string>> ReadCheckpointRow(SqlRunner& c, const std::string& row);
@@ -195,8 +298,20 @@ class PostgresSink : public Sink, public ViewInspector {
   std::mutex mutex_;
   std::optional<SqlSession> session_;  // on the target database
   bool temp_ready_ = false;
+  // The source tables whose mirrors are being filled (their state backfilling), as the
+  // store records them; read again when unset.
+  std::optional<std::set<std::string>> filling_;
+  // Those of them in their first fill (ViewState::first_fill), as recorded.
+  std::set<std::string> first_fills_;
   // The rebuilds of the batch being applied, by view index: swapped in at its end.
   std::map<size_t, Shadow> shadows_;
+  // The views that maintain a kept generation of another definition than the file's
+  // (the serving one while a new version waits, a retained one): name "<view>@<n>".
+  std::vector<std::unique_ptr<View>> version_views_;
+  size_t next_index_ = 0;  // temporary-table numbers of version views
+  std::vector<std::string> notices_;
+  std::mutex shown_mutex_;
+  std::vector<VersionInfo> shown_;  // ViewVersions, for other threads
   // Rows each view got from a rebuild since TakeRebuiltRows.
   std::vector<std::pair<std::string, uint64_t>> rebuilt_rows_;
   // What BeginRebuild of this process created: target tables, their schemas, mirrors.

@@ -189,6 +189,24 @@ Result<std::vector<RedisReply>> RedisClient::Pipeline(const std::vector<RedisCom
   return Replies();
 }
 
+Status RedisClient::Scan(const std::string& pattern,
+                         const std::function<Status(const std::vector<RedisReply>&)>& page) {
+  std::string cursor = "0";
+  do {
+    auto reply = Command({"SCAN", cursor, "MATCH", pattern, "COUNT", std::to_string(kScanCount)});
+    if (!reply.ok()) return reply.error();
+    const RedisReply& r = reply.value();
+    if (r.type != RedisReply::Type::kArray || r.elements.size() != 2) {
+      return Error::Transient("SCAN " + pattern + ": " + r.str);
+    }
+    cursor = r.elements[0].str;
+    if (r.elements[1].elements.empty()) continue;
+    Status status = page(r.elements[1].elements);
+    if (!status.ok()) return status;
+  } while (cursor != "0");
+  return Status::Ok();
+}
+
 Result<RedisReply> RedisClient::Command(const RedisCommand& command) {
   auto replies = Pipeline({command});
   if (!replies.ok()) return replies.error();

@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -44,6 +45,12 @@ class RedisClient {
   // batch; a broken connection is a transient Error and the client must be reconnected.
   Result<std::vector<RedisReply>> Pipeline(const std::vector<RedisCommand>& commands);
   Result<RedisReply> Command(const RedisCommand& command);
+  // SCAN MATCH `pattern` (COUNT kScanCount a call), each non-empty page of keys to
+  // `page`; stops at the first error `page` returns. A key written or deleted while it
+  // runs may be missed or seen twice (https://redis.io/commands/scan/ guarantees).
+  Status Scan(const std::string& pattern,
+              const std::function<Status(const std::vector<RedisReply>&)>& page);
+  static constexpr size_t kScanCount = 1000;
 
   // Queues one command without waiting for its reply, sending what is queued once it
   // passes kSendBytes. Replies() reads the reply of every command queued since the

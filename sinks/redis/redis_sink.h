@@ -29,14 +29,35 @@
 // began. A stream delete removes the key; nothing puts it back. The mark of 1,000,000
 // keys takes about 56 MB in Redis while the rebuild runs (docs/architecture.md).
 //
+// Versions (sinks/common/view_versions.h): each generation's definition is recorded with
+// the view (the hash pgderive:<pipeline>:versions, view -> serving, building, previous,
+// drop_at, held, definitions), in the same MULTI as the state it goes with. A view whose
+// KEY TEMPLATE changed is a new version with its own keys: generation g+1 is backfilled
+// under the new template (its keys empty at the start: leftovers under its pattern are
+// deleted, nothing is marked) while a version view (`<view>@<g>`, the recorded
+// ViewConfig) keeps the serving generation's keys current from the stream. Ready, the
+// new version serves at once (`promote: auto`) or by `pgderive promote`; a switch only
+// records which version serves - Redis has no alias: readers move to the new key
+// template themselves. The version switched away from is retained (`retain_previous`),
+// still maintained, for `pgderive rollback`; when its time is up its keys are deleted
+// (SCAN of its template's pattern). A change that keeps the key template (a column
+// added) cannot be side by side - the versions would share their keys: it is the
+// rebuild in place above, shown as a version building then serving, and it switches
+// when complete whatever `promote` says (a promote of it is refused, explained).
+// Patterns of two versions may overlap ("p:*" matches "p:v2:7"): every scan of a
+// version's pattern (sweep, truncate, drop, verify) leaves the keys that match another
+// kept version's pattern.
+//
 // Keys the pipeline did not write: FindForeignKeys (validate --connect, run) refuses a
 // view whose pattern matches keys while the store records no state for it.
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
+#include <utility>
 #include <vector>
 
 #include "config/config.h"
@@ -78,9 +99,19 @@ class RedisSink : public Sink, public ViewInspector {
   bool backfills_rows() const override { return true; }
   Result<std::optional<std::map<std::string, ViewState>>> ReadViewStates() override;
   Status WriteViewState(const std::string& view, const ViewState& state, bool clear) override;
+  // The fields of the state hash of views not in the configuration, rewritten with the
+  // state "removed" (their generation and pending sweep kept for the rebuild).
+  Result<std::vector<std::string>> MarkRemovedViews() override;
   // The checkpoint, views' states and horizon keys; with `views`, every key of each view
   // (its key template's pattern).
   Result<std::vector<std::string>> Teardown(bool views) override;
+  std::vector<VersionInfo> ViewVersions() override;
+  Result<std::string> SwitchVersion(const std::string& view, VersionSwitch what,
+                                    double percent) override;
+  std::vector<std::string> TakeNotices() override {
+    std::lock_guard lock(mutex_);
+    return std::exchange(notices_, {});
+  }
 
   std::vector<std::pair<std::string, std::string>> failed_views() override {
     std::lock_guard lock(mutex_);
@@ -93,6 +124,8 @@ class RedisSink : public Sink, public ViewInspector {
   // ViewInspector (verify).
   std::vector<std::string> views() const override;
   Result<std::vector<Entry>> ReadView(const std::string& view) override;
+  Result<std::vector<Entry>> ReadEntries(const std::string& view,
+                                         const std::vector<std::string>& keys) override;
   Result<std::optional<Entry>> Expected(const std::string& view,
                                         const std::shared_ptr<const RelationSchema>& schema,
                                         const TupleData& row, const TypeRegistry& types) override;
@@ -105,6 +138,18 @@ class RedisSink : public Sink, public ViewInspector {
     // generation is marking its writes for a sweep.
     uint64_t generation = 0;
     bool sweep = false;
+    // The store records states of other views but none of this one, so it has no keys
+    // (`run` refuses a pattern that matches keys no state owns): its rebuild has
+    // nothing to sweep. False once a state is written, and whenever unsure.
+    bool keyless = false;
+    // Versions (above): the definition this view writes (ViewRecord), its versions as
+    // recorded, and the key patterns of its other kept versions (left by its scans).
+    std::string record;
+    Versions versions;
+    std::vector<std::string> others;
+    // A version view: maintains generation `version` (0: the view of the file's
+    // definition) with its recorded definition.
+    int version = 0;
   };
 
  private:
@@ -115,12 +160,39 @@ class RedisSink : public Sink, public ViewInspector {
         views_key_(prefix + "views"),
         horizon_key_(prefix + "reread"),
         mark_prefix_(prefix + "mark:"),
+        versions_key_(prefix + "versions"),
         source_(std::move(source_dsn)) {}
   // One Apply's writes (RowStore): one MULTI ... EXEC.
   class Writer;
 
-  // Deletes every key of the view's pattern; returns how many there were.
+  // Deletes every key of the view's pattern (but its other versions'); returns how many.
   Result<long long> DeleteView(View& view);
+  // Deletes every key under `pattern` that matches none of `keep`; returns how many.
+  Result<long long> DeleteMatching(const std::string& pattern,
+                                   const std::vector<std::string>& keep);
+  // Versions (above). The key template text of generation n (the file's when unrecorded).
+  static std::string TemplateOf(const View& view, int n);
+  // The patterns of the view's kept versions other than generation `n`'s keys.
+  static std::vector<std::string> KeptPatterns(const View& view, std::optional<int> except);
+  // Reads the recorded versions of the views (and what a store without them implies
+  // from `states`).
+  Status LoadVersions(RedisClient& client, const std::map<std::string, ViewState>& states);
+  // The HSET recording the view's versions (inside the caller's MULTI).
+  RedisCommand VersionsCommand(const View& view) const;
+  // A fill from the start of the view begins as generation `next`: returns whether it
+  // marks for a sweep (in place) or fills keys of their own (a new key template).
+  Result<bool> StartVersion(View& view, uint64_t next, bool keyless);
+  // The view is complete and caught up: switched (auto), or said ready; with no version
+  // recorded, `generation` serves.
+  Status EndVersion(View& view, uint64_t generation);
+  // The building version serves; the keys of a generation retired (not retained) go.
+  // Returns what it did, for the log.
+  Result<std::string> Promote(View& view);
+  // The retained version whose time is up: its keys deleted, then its record.
+  Status DropPrevious();
+  // The version views the kept generations of another key template need; row_views_
+  // follows, and what ViewVersions shows. Never while ApplyRows runs.
+  void SyncVersionViews();
   // The set of keys the rebuild of `view`'s generation `generation` wrote.
   std::string MarkKey(const std::string& view, uint64_t generation) const {
     return mark_prefix_ + view + ":" + std::to_string(generation);
@@ -139,9 +211,17 @@ class RedisSink : public Sink, public ViewInspector {
   std::string name_;
   std::string url_;
   std::string checkpoint_key_;
-  std::string views_key_;    // a hash: view name -> ViewState JSON
-  std::string horizon_key_;  // the LSN of SourceRows' horizon (source_rows.h)
-  std::string mark_prefix_;  // + view:generation: a rebuild's mark (MarkKey)
+  std::string views_key_;     // a hash: view name -> ViewState JSON
+  std::string horizon_key_;   // the LSN of SourceRows' horizon (source_rows.h)
+  std::string mark_prefix_;   // + view:generation: a rebuild's mark (MarkKey)
+  std::string versions_key_;  // a hash: view name -> its versions (JSON)
+  // Version views (above), and what ViewVersions shows (its own lock: status reads it
+  // while an Apply holds mutex_).
+  std::vector<std::unique_ptr<View>> version_views_;
+  std::mutex shown_mutex_;
+  std::vector<VersionInfo> shown_;
+  std::vector<std::string> notices_;  // TakeNotices
+  bool reload_versions_ = false;      // an Apply failed: the record is read again
   bool horizon_loaded_ = false;
   std::vector<std::unique_ptr<View>> views_;
   std::vector<RowView*> row_views_;  // the same views, for ApplyRows

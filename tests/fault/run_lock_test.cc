@@ -1,10 +1,11 @@
 // The pipeline's lock across a lost lock session and a PostgreSQL restart, on a private
 // stack: a `teardown` or second `run` started while the running one has lost its lock
 // session is refused (the run's walsender still streams from the slot, or the run has
-// re-taken the lock), and when a restart lets a `teardown` take the lock first, the run
-// stops without writing anything after it.
+// re-taken the lock), also right after a PostgreSQL restart ended both of its sessions
+// (a teardown waits out the time a run takes to re-take its lock).
 #include <gtest/gtest.h>
 
+#include <csignal>
 #include <sstream>
 
 #include "sinks/redis/redis_client.h"
@@ -108,36 +109,81 @@ TEST_F(RunLockTest, LostLockSessionStillRefusesTeardownAndASecondRun) {
   StopRun(std::chrono::seconds(60));
 }
 
-// PostgreSQL restarted under the run and a teardown started as soon as it answers:
-// either the run re-took its lock first (the teardown is refused, the run streams on),
-// or the teardown took it (the run stops with exit 1 and writes nothing afterwards: its
-// checkpoint stays removed).
-TEST_F(RunLockTest, TeardownRightAfterARestartEitherRefusedOrTheRunStopsUntouched) {
+// A walsender on the slot without the pipeline's lock (what a run killed a moment ago
+// leaves until the server notices; here pg_recvlogical): a new run waits for it to end
+// instead of refusing, then streams; a run holding the lock is still refused at once.
+TEST_F(RunLockTest, ARunWaitsForAWalsenderLeftOnItsSlotThenStreams) {
+  StartAndWaitLive();
+  if (HasFatalFailure()) return;
+  StopRun(std::chrono::seconds(60));
+  PgConnection sql = own_stack_->ConnectPg();
+  auto active = [&] {
+    return testing::Scalar(sql,
+                           "select count(*) from pg_replication_slots where slot_name = "
+                           "'pgderive_locked' and active_pid is not null") == "1";
+  };
+  testing::Subprocess walsender(
+      {own_stack_->Env("PGDERIVE_PG_BINDIR") + "/pg_recvlogical", "-d", endpoints_.pg_dsn, "--slot",
+       "pgderive_locked", "--start", "-o", "proto_version=1", "-o",
+       "publication_names=pgderive_locked", "-f", "/dev/null"},
+      Path("recvlogical.err"));
+  ASSERT_TRUE(WaitFor(active)) << Read("recvlogical.err");
+  ASSERT_TRUE(Insert(200));
+  StartRun(config_, "run2.err");
+  ASSERT_TRUE(WaitLog("run2.err", "waiting for it to end")) << Read("run2.err");
+  EXPECT_FALSE(InRedis(200));  // nothing streams while the other session holds the slot
+  walsender.Signal(SIGTERM);
+  ASSERT_TRUE(walsender.Wait(std::chrono::seconds(20)).has_value());
+  WaitReady(kDeadline);
+  if (HasFatalFailure()) return;
+  EXPECT_TRUE(WaitFor([&] { return InRedis(200); })) << Read("run2.err");
+  // The lock is this run's: another is refused at once, naming it.
+  auto [second, second_out] = Command({PgderiveBinary(), "run", "-c", config_});
+  EXPECT_EQ(second, 2) << second_out;
+  EXPECT_NE(second_out.find("pipeline locked is already running: "), std::string::npos)
+      << second_out;
+  StopRun(std::chrono::seconds(60));
+}
+
+// PostgreSQL restarted under the run and a teardown started as soon as it answers: the
+// run's lock session and walsender are gone for a moment, but the teardown waits out the
+// time a running run takes to re-take its lock, so it is refused, and the run streams on
+// with its slot. The same when both sessions of the run are ended without a restart.
+TEST_F(RunLockTest, TeardownRightAfterARestartIsRefusedAndTheRunGoesOn) {
   StartAndWaitLive();
   if (HasFatalFailure()) return;
   ASSERT_EQ(own_stack_->Run("stop", {"pg"}), 0);
   ASSERT_EQ(own_stack_->Run("start", {"pg"}), 0);
   auto [code, out] = Command({PgderiveBinary(), "teardown", "-c", config_});
-  if (code == 2) {
-    EXPECT_NE(out.find("pipeline locked is running: "), std::string::npos) << out;
-    ASSERT_TRUE(Insert(200));
-    EXPECT_TRUE(WaitFor([&] { return InRedis(200); })) << RunLog();
-    StopRun(std::chrono::seconds(60));
-    return;
+  EXPECT_EQ(code, 2) << out << RunLog();
+  EXPECT_NE(out.find("pipeline locked is running: "), std::string::npos) << out;
+  ASSERT_TRUE(Insert(200));
+  EXPECT_TRUE(WaitFor([&] { return InRedis(200); })) << RunLog();
+
+  {
+    PgConnection sql = own_stack_->ConnectPg();
+    ASSERT_EQ(testing::Scalar(sql,
+                              "select count(pg_terminate_backend(pid)) from pg_stat_activity "
+                              "where application_name like 'pgderive run pid %' or pid = (select "
+                              "active_pid from pg_replication_slots where slot_name = "
+                              "'pgderive_locked')"),
+              "2");
   }
-  ASSERT_EQ(code, 0) << out;  // the teardown went first
-  EXPECT_EQ(run_->Wait(std::chrono::seconds(60)), std::optional<int>(1)) << RunLog();
-  EXPECT_NE(RunLog().find("another process took pipeline locked over"), std::string::npos)
-      << RunLog();
-  run_.reset();
-  auto checkpoints = Redis({"KEYS", "pgderive:locked*"});
-  ASSERT_TRUE(checkpoints.has_value());
-  EXPECT_EQ(checkpoints->elements.size(), 0u) << "the run wrote after the teardown";
+  auto [again, again_out] = Command({PgderiveBinary(), "teardown", "-c", config_});
+  EXPECT_EQ(again, 2) << again_out << RunLog();
+  EXPECT_NE(again_out.find("pipeline locked is running: "), std::string::npos) << again_out;
+  ASSERT_TRUE(Insert(201));
+  EXPECT_TRUE(WaitFor([&] { return InRedis(201); })) << RunLog();
   PgConnection sql = own_stack_->ConnectPg();
   EXPECT_EQ(testing::Scalar(sql,
                             "select count(*) from pg_replication_slots where slot_name = "
                             "'pgderive_locked'"),
-            "0");
+            "1");
+  StopRun(std::chrono::seconds(60));
+
+  // Stopped: the teardown goes through (after its wait).
+  auto [done, done_out] = Command({PgderiveBinary(), "teardown", "-c", config_});
+  EXPECT_EQ(done, 0) << done_out;
 }
 
 }  // namespace

@@ -215,9 +215,9 @@ class BackfillTest : public testing::PipelineTest {
 TEST_F(BackfillTest, ViewsAddedToADeploymentAreFilledWhileEverythingStreams) {
   const std::string first = WriteConfig({"a", "docs", "totals"});
   StartRun(first, "run1.err");
-  // The first start fills a and docs by backfill; the stores hold their checkpoints
-  // once both fills are done.
-  ASSERT_TRUE(WaitLog("run1.err", "\"msg\":\"backfill done\"", 2)) << Read("run1.err");
+  // The first start fills a, docs and the postgres store's mirror by backfill; the
+  // stores hold their checkpoints once the fills are done.
+  ASSERT_TRUE(WaitLog("run1.err", "\"msg\":\"backfill done\"", 3)) << Read("run1.err");
   StopRun();
 
   // A view more in the Redis store, and one in the OpenSearch store in place of the one
@@ -251,8 +251,8 @@ TEST_F(BackfillTest, TwoViewsOfTwoTablesInTwoStoresFillAtOnceUnderWrites) {
   CreateSecondTable(kRows);
   const std::string first = WriteConfig({"a", "docs"}, 2);
   StartRun(first, "run1.err");
-  // The first start fills a and docs by backfill; the stores hold their checkpoints
-  // once both fills are done.
+  // The first start fills a and docs by backfill (the postgres store has no view, so no
+  // mirror); the stores hold their checkpoints once both fills are done.
   ASSERT_TRUE(WaitLog("run1.err", "\"msg\":\"backfill done\"", 2)) << Read("run1.err");
   StopRun();
 
@@ -289,7 +289,8 @@ TEST_F(BackfillTest, TwoViewsOfTwoTablesInTwoStoresFillAtOnceUnderWrites) {
 TEST_F(BackfillTest, BackfillCommandRebuildsOneViewUnderWrites) {
   const std::string config = WriteConfig({"a", "docs", "totals"});
   StartRun(config, "run.err");
-  ASSERT_TRUE(WaitLog("run.err", "streaming from slot")) << Read("run.err");
+  // The first fills (a, docs, the postgres store's mirror) done.
+  ASSERT_TRUE(WaitLog("run.err", "\"msg\":\"backfill done\"", 3)) << Read("run.err");
   // Damage two views behind pgderive's back: verify sees it.
   RedisCommand({"SET", pipeline_ + ":a:5", "{\"id\":5,\"name\":\"forged\"}"});
   RedisCommand({"SET", pipeline_ + ":a:999999", "{\"id\":999999}"});
@@ -812,6 +813,44 @@ TEST_F(BackfillTest, KillDuringARedisRebuildStillSweepsExactlyTheStaleKeys) {
   const json state = RedisState("a");
   EXPECT_EQ(state.value("generation", 0), 1) << state;
   EXPECT_FALSE(state.contains("sweep")) << state;
+  auto [code, out] = testing::RunVerify(config, 120);
+  EXPECT_EQ(code, 0) << out << Read("run2.err");
+}
+
+// A view added to a Redis store that records other views' states has no keys: its fill
+// neither marks its writes nor sweeps (its state says no sweep while it fills, no mark
+// key), and it ends with exactly the source's rows.
+TEST_F(BackfillTest, AViewAddedToARedisStoreIsFilledWithoutAMark) {
+  MustExecute(*sql_, "insert into " + table_ +
+                         " select g, 'row ' || g, g % 10, null from generate_series(" +
+                         std::to_string(kRows + 1) + ", 100000) g");
+  StartRun(WriteConfig({"a"}), "run1.err");
+  ASSERT_TRUE(WaitFor([&] {
+    const json state = RedisState("a");
+    return state.is_object() && state.value("state", "") == "live";
+  })) << Read("run1.err");
+  StopRun();
+  const std::string config = WriteConfig({"a", "b"});
+  StartRun(config, "run2.err");
+  ASSERT_TRUE(WaitFor([&] {
+    const json state = RedisState("b");
+    return state.is_object() && (state.value("state", "") == "live" || state.contains("after"));
+  })) << RedisState("b")
+      << Read("run2.err");
+  const json filling = RedisState("b");
+  EXPECT_FALSE(filling.value("sweep", false)) << filling;
+  EXPECT_TRUE(RedisKeys("pgderive:" + pipeline_ + ":mark:b:*").empty());
+  ASSERT_TRUE(WaitFor([&] {
+    const json state = RedisState("b");
+    return state.is_object() && state.value("state", "") == "live";
+  })) << RedisState("b")
+      << Read("run2.err");
+  std::vector<std::string> rows;
+  for (std::string key : SourceKeysOfA()) rows.push_back(key.replace(pipeline_.size() + 1, 1, "b"));
+  std::sort(rows.begin(), rows.end());
+  std::vector<std::string> keys = RedisKeys(pipeline_ + ":b:*");
+  EXPECT_EQ(keys, rows) << keys.size() << " keys, " << rows.size() << " rows";
+  EXPECT_TRUE(RedisKeys("pgderive:" + pipeline_ + ":mark:b:*").empty());
   auto [code, out] = testing::RunVerify(config, 120);
   EXPECT_EQ(code, 0) << out << Read("run2.err");
 }

@@ -203,6 +203,9 @@ TEST_F(OnePipelineTest, TeardownRemovesPgderivesThingsKeepsViewsIsIdempotent) {
                      "removed from store cache: key pgderive:" +
                      p +
                      ":views\n"
+                     "removed from store cache: key pgderive:" +
+                     p +
+                     ":versions\n"
                      "removed from store search: document pgderive-checkpoints/" +
                      p +
                      ".search\n"
@@ -216,6 +219,9 @@ TEST_F(OnePipelineTest, TeardownRemovesPgderivesThingsKeepsViewsIsIdempotent) {
                      p +
                      ", warehouse) of pgderive.checkpoints\n"
                      "removed from store warehouse: row (" +
+                     p + ", warehouse, mirror public." + table_ +
+                     ") of pgderive.views\n"
+                     "removed from store warehouse: row (" +
                      p +
                      ", warehouse, totals) of pgderive.views\n"
                      "removed from store warehouse: table " +
@@ -227,6 +233,9 @@ TEST_F(OnePipelineTest, TeardownRemovesPgderivesThingsKeepsViewsIsIdempotent) {
                      "\n"
                      "removed from the source: publication pgderive_" +
                      p +
+                     "\n"
+                     "removed the change log " +
+                     Path("pgderive-spool/" + p) +
                      "\n"
                      "pipeline " +
                      p + " is torn down (its views' data is kept)\n");
@@ -261,6 +270,23 @@ TEST_F(OnePipelineTest, TeardownRemovesPgderivesThingsKeepsViewsIsIdempotent) {
   EXPECT_EQ(code, 0) << err;
   EXPECT_EQ(out, "pipeline " + p + ": nothing left to remove\n");
   EXPECT_EQ(Pg("select sum(n) from " + target_), "20");
+}
+
+// The change log's default directory, pgderive-spool/<pipeline> beside the file, goes
+// with the pipeline, and so does pgderive-spool/ once empty.
+TEST_F(OnePipelineTest, TeardownRemovesTheChangeLogAndItsDefaultDirectory) {
+  const std::string config = WriteConfig("spool.yml", pipeline_, endpoints_.opensearch_url);
+  WriteFile("spool.yml", Read("spool.yml") + "spool: {}\n");
+  StartRun(config);
+  StopRun();
+  const std::string log_dir = Path("pgderive-spool/" + pipeline_);
+  ASSERT_TRUE(std::filesystem::is_directory(log_dir));
+  std::string err;
+  auto [code, out] = Command({PgderiveBinary(), "teardown", "-c", config}, err);
+  EXPECT_EQ(code, 0) << out << err;
+  EXPECT_TRUE(Contains(out, "the change log " + log_dir + "\n")) << out;
+  EXPECT_FALSE(std::filesystem::exists(log_dir));
+  EXPECT_FALSE(std::filesystem::exists(Path("pgderive-spool")));
 }
 
 TEST_F(OnePipelineTest, TeardownWithViewsAndAStoreDown) {

@@ -116,5 +116,38 @@ TEST(OpenSearchIntegrationTest, UnreachableServerIsTransientAndRedacted) {
       << version.error().message();
 }
 
+// _mget reads documents by id in real time (indexed, not yet refreshed), those found
+// only, in the order asked, 1000 ids a request; a missing index holds none.
+TEST(OpenSearchIntegrationTest, MultiGetReadsDocumentsByIdBeforeARefresh) {
+  PGDERIVE_REQUIRE_STACK();
+  OpenSearchClient os = MustCreate(stack.opensearch_url());
+  const std::string index = UniqueName("mget");
+  ASSERT_TRUE(os.CreateIndex(index,
+                             {{"settings", {{"number_of_shards", 1}, {"number_of_replicas", 0}}}},
+                             /*if_missing=*/false)
+                  .ok());
+  std::string ndjson;
+  std::vector<std::string> ids;
+  for (int i = 1; i <= 1500; ++i) {
+    ids.push_back("d/" + std::to_string(i));
+    if (i % 3 == 0) continue;
+    ndjson += json{{"index", {{"_index", index}, {"_id", ids.back()}}}}.dump() + "\n";
+    ndjson += json{{"n", i}}.dump() + "\n";
+  }
+  auto bulk = os.Bulk(ndjson, "false");  // not refreshed
+  ASSERT_TRUE(bulk.ok()) << bulk.error().ToString();
+  ASSERT_TRUE(bulk.value().failures.empty());
+
+  auto got = os.MultiGet(index, ids);
+  ASSERT_TRUE(got.ok()) << got.error().ToString();
+  ASSERT_EQ(got.value().size(), 1000u);
+  EXPECT_EQ(got.value().front(), (std::pair<std::string, std::string>{"d/1", R"({"n":1})"}));
+  EXPECT_EQ(got.value().back().first, "d/1499");
+  auto none = os.MultiGet(index + "-missing", ids);
+  ASSERT_TRUE(none.ok()) << none.error().ToString();
+  EXPECT_TRUE(none.value().empty());
+  ASSERT_TRUE(os.DeleteIndex(index, /*if_exists=*/false).ok());
+}
+
 }  // namespace
 }  // namespace pgderive

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "sinks/redis/redis_client.h"
+#include "sinks/redis/redis_sink.h"
 #include "tests/support/stack_env.h"
 
 namespace pgderive {
@@ -108,6 +109,46 @@ TEST(RedisIntegrationTest, ConnectionErrorsSayWhereButNotThePassword) {
   EXPECT_EQ(refused.error().kind(), ErrorKind::kTransient);
   EXPECT_NE(refused.error().message().find("127.0.0.1:1"), std::string::npos)
       << refused.error().message();
+}
+
+// The verification of a chunk reads a view's entries by key: those held, in one
+// pipeline, a key not held left out; a key of another pattern is never read as the
+// view's.
+TEST(RedisIntegrationTest, ReadEntriesReadsAViewsEntriesByKey) {
+  PGDERIVE_REQUIRE_STACK();
+  const std::string prefix = UniqueName("entries");
+  const ConfigResult parsed =
+      ParseConfig("pipeline: " + prefix + "\nsource:\n  dsn: \"" + stack.pg_dsn() +
+                      "\"\nstores:\n  cache:\n    type: redis\n    url: \"" + stack.redis_url() +
+                      "\"\nviews:\n  - name: items\n"
+                      "    store: cache\n    from: public.items\n    key: \"" +
+                      prefix + ":{id}\"\n",
+                  "test.yaml");
+  ASSERT_TRUE(parsed.config) << parsed.Describe("test.yaml");
+  auto sink = RedisSink::Make(*parsed.config, parsed.config->stores.at("cache"));
+  ASSERT_TRUE(sink.ok()) << sink.error().ToString();
+  ASSERT_TRUE(sink.value()->Connect().ok());
+  auto client = RedisClient::Connect(stack.redis_url());
+  ASSERT_TRUE(client.ok());
+  std::vector<RedisCommand> writes;
+  std::vector<std::string> keys;
+  for (int i = 1; i <= 2500; ++i) {
+    keys.push_back(prefix + ":" + std::to_string(i));
+    if (i % 10 != 0) writes.push_back({"SET", keys.back(), R"({"id":)" + std::to_string(i) + "}"});
+  }
+  ASSERT_TRUE(client.value().Pipeline(writes).ok());
+
+  auto entries = sink.value()->ReadEntries("items", keys);
+  ASSERT_TRUE(entries.ok()) << entries.error().ToString();
+  ASSERT_EQ(entries.value().size(), 2250u);  // every tenth is not held
+  EXPECT_EQ(entries.value().front().first, prefix + ":1");
+  EXPECT_EQ(entries.value().front().second, R"({"id":1})");
+  EXPECT_EQ(entries.value().back().first, prefix + ":2499");
+  EXPECT_FALSE(sink.value()->ReadEntries("no_such_view", keys).ok());
+
+  std::vector<RedisCommand> deletes;
+  for (const std::string& key : keys) deletes.push_back({"DEL", key});
+  ASSERT_TRUE(client.value().Pipeline(deletes).ok());
 }
 
 }  // namespace

@@ -322,6 +322,99 @@ TEST_F(ValidateTest, ABrokenFileIsReportedWithoutConnecting) {
   ExpectNothingCreated();
 }
 
+// The change log's directory (spool.dir, by default pgderive-spool/<pipeline> beside the
+// file) where this process cannot create it - the file in a read-only directory, as
+// mounted in a container or under systemd's ProtectSystem: validate --connect and run
+// name spool.dir and the path, exit 2, and create nothing (no slot, no publication, no
+// directory). As root the permission bits would not stop it: the commands then run
+// without CAP_DAC_OVERRIDE.
+TEST_F(ValidateTest, ASpoolDirThatCannotBeWrittenIsRefusedBeforeAnythingIsCreated) {
+  std::vector<std::string> prefix;
+  if (geteuid() == 0) {
+    if (!std::filesystem::exists("/usr/bin/setpriv")) GTEST_SKIP() << "root without setpriv";
+    prefix = {"/usr/bin/setpriv", "--bounding-set=-dac_override,-dac_read_search"};
+  }
+  const std::filesystem::path etc = dir_ / "etc";
+  std::filesystem::create_directories(etc);
+  const std::string config = (etc / "pgderive.yml").string();
+  std::filesystem::rename(WriteConfig(), config);
+  std::filesystem::permissions(
+      etc, std::filesystem::perms::owner_read | std::filesystem::perms::owner_exec |
+               std::filesystem::perms::group_read | std::filesystem::perms::group_exec |
+               std::filesystem::perms::others_read | std::filesystem::perms::others_exec);
+  const std::string spool = (etc / "pgderive-spool" / pipeline_).string();
+  const std::string problem = config + ": spool.dir: the change log cannot be created in " + spool +
+                              ": " + etc.string() +
+                              " is not writable by this process: Permission denied; set "
+                              "spool.dir to a directory this process can write";
+  const auto run = [&](const std::vector<std::string>& args) {
+    std::vector<std::string> argv = prefix;
+    argv.push_back(PgderiveBinary());
+    argv.insert(argv.end(), args.begin(), args.end());
+    std::string out;
+    int status = -1;
+    const std::string err = (dir_ / "spool.err").string();
+    {
+      Subprocess command(argv, err);
+      while (auto line = command.ReadLine(std::chrono::seconds(60))) out += *line + "\n";
+      status = command.Wait(std::chrono::seconds(30)).value_or(-1);
+    }
+    std::ifstream in(err);
+    out += std::string(std::istreambuf_iterator<char>(in), {});
+    return std::pair(status, out);
+  };
+
+  auto [validated, validate_out] = run({"validate", "-c", config, "--connect"});
+  EXPECT_EQ(validated, 2) << validate_out;
+  EXPECT_TRUE(Has(validate_out, problem)) << validate_out;
+  EXPECT_TRUE(Has(validate_out, config + ": 1 problem; nothing was created")) << validate_out;
+
+  auto [ran, run_out] = run({"run", "-c", config});
+  EXPECT_EQ(ran, 2) << run_out;
+  EXPECT_TRUE(Has(run_out, problem)) << run_out;
+  EXPECT_TRUE(Has(run_out, "nothing was created")) << run_out;
+  ExpectNothingCreated();
+  EXPECT_FALSE(std::filesystem::exists(etc / "pgderive-spool"));
+
+  // Made writable, the same file passes.
+  std::filesystem::permissions(etc, std::filesystem::perms::owner_write,
+                               std::filesystem::perm_options::add);
+  auto [fixed, fixed_out] = run({"validate", "-c", config, "--connect"});
+  EXPECT_EQ(fixed, 0) << fixed_out;
+  EXPECT_FALSE(std::filesystem::exists(etc / "pgderive-spool")) << "validate creates nothing";
+}
+
+// A spool.dir that holds files other than a change log (a parent directory, $HOME, another
+// program's) or another pipeline's log is refused by validate and run before anything is
+// created, and nothing in it is removed: pgderive removes the log's own files only.
+TEST_F(ValidateTest, ASpoolDirWithOtherFilesOrAnotherPipelinesLogIsRefusedAndKept) {
+  const std::filesystem::path shared = dir_ / "shared";
+  std::filesystem::create_directories(shared);
+  std::ofstream(shared / "precious.txt") << "keep me";
+  const std::string config = WriteConfig();
+  std::ofstream(config, std::ios::app) << "spool:\n  dir: " << shared.string() << "\n";
+  auto [validated, validate_out] = Validate(config);
+  EXPECT_EQ(validated, 2) << validate_out;
+  EXPECT_TRUE(Has(validate_out, "spool.dir: " + shared.string() +
+                                    " holds files that are not pgderive's change log (e.g. "
+                                    "precious.txt)"))
+      << validate_out;
+  auto [ran, run_out] = RunPgderive({"run", "-c", config}, (dir_ / "run.err").string());
+  EXPECT_EQ(ran, 2) << run_out;
+  EXPECT_TRUE(Has(run_out, "holds files that are not pgderive's change log")) << run_out;
+  ExpectNothingCreated();
+  EXPECT_TRUE(std::filesystem::exists(shared / "precious.txt"));
+
+  // Another pipeline's log.
+  std::filesystem::remove(shared / "precious.txt");
+  std::ofstream(shared / "pgderive-change-log") << "pipeline other, slot pgderive_other\n";
+  auto [other, other_out] = Validate(config);
+  EXPECT_EQ(other, 2) << other_out;
+  EXPECT_TRUE(Has(other_out, " is the change log of pipeline other, slot pgderive_other"))
+      << other_out;
+  EXPECT_TRUE(std::filesystem::exists(shared / "pgderive-change-log"));
+}
+
 // Bad command-line input is bad input: exit 2 and CLI11's message naming the problem,
 // for every command (CLI11's own exit codes were 106 and 109); --help still exits 0.
 TEST(CommandLineTest, BadOptionsExitTwoWithTheProblemNamed) {

@@ -143,6 +143,20 @@ class FakeSink : public Sink {
     state_writes_.push_back({view, state, clear});
     return Status::Ok();
   }
+  // Returns the views SetRemovedViews named, once; counts its calls.
+  Result<std::vector<std::string>> MarkRemovedViews() override {
+    std::lock_guard lock(mutex_);
+    ++mark_removed_calls_;
+    return std::exchange(removed_views_, {});
+  }
+  void SetRemovedViews(std::vector<std::string> views) {
+    std::lock_guard lock(mutex_);
+    removed_views_ = std::move(views);
+  }
+  int mark_removed_calls() {
+    std::lock_guard lock(mutex_);
+    return mark_removed_calls_;
+  }
   // Forgets its checkpoint and states (and, with `views`, what it applied).
   Result<std::vector<std::string>> Teardown(bool views) override {
     std::lock_guard lock(mutex_);
@@ -176,6 +190,8 @@ class FakeSink : public Sink {
   std::vector<Applied> applied_;
   std::optional<Lsn> stored_;
   std::vector<StateWrite> state_writes_;
+  std::vector<std::string> removed_views_;
+  int mark_removed_calls_ = 0;
 };
 
 // Transaction i (from 1) of a test stream: commit_lsn 100*i, end_lsn 100*i + 10.

@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "sinks/opensearch/http_client.h"
+#include "sinks/redis/redis_client.h"
 #include "tests/support/pg.h"
 #include "tests/support/stack_env.h"
 
@@ -74,6 +75,22 @@ void PipelineTest::TearDown() {
     // A view's index is an alias of <index>-<n>: its generations go too.
     for (int n = 1; n <= 3; ++n) {
       HttpRequest(endpoints_.opensearch_url, "DELETE", "/" + index + "-" + std::to_string(n));
+    }
+  }
+  // On the shared stack, the Redis keys of the test's pipeline: its views' keys (templates
+  // begin with the pipeline's name) and pgderive's own for it.
+  if (own_dir_ && !endpoints_.redis_url.empty()) {
+    if (auto redis = RedisClient::Connect(endpoints_.redis_url); redis.ok()) {
+      for (const std::string& pattern : {pipeline_ + ":*", "pgderive:" + pipeline_ + ":*"}) {
+        IgnoreError(
+            redis.value().Scan(pattern,
+                               [&](const std::vector<RedisReply>& keys) -> pgderive::Status {
+                                 RedisCommand del{"DEL"};
+                                 for (const RedisReply& k : keys) del.push_back(k.str);
+                                 return redis.value().Command(del).status();
+                               }),
+            "test cleanup");
+      }
     }
   }
   if (own_dir_ && !dir_.empty()) std::filesystem::remove_all(dir_);

@@ -11,7 +11,8 @@
 //             WaitFor (a condition with the suite's deadline)
 //   TearDown: the run stopped (SIGTERM, SIGKILL after a minute), the slot and
 //             publication of each pipeline dropped, the cleanup statements run, the
-//             OpenSearch indexes deleted, the directory removed
+//             OpenSearch indexes deleted, on the shared stack the Redis keys `<pipeline>:*` and
+//             `pgderive:<pipeline>:*` deleted, the directory removed
 //
 // A suite derives from PipelineTest, calls UseSharedStack (or UseEndpoints) first in
 // its SetUp, and registers what it creates (CleanupSql, CleanupIndex) for TearDown.

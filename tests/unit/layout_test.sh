@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The tree's layering (docs/architecture.md, "Layout"): a folder includes only folders earlier
 # in the dependency order
-#   base -> config -> cdc -> migrations -> snapshot -> sinks/common -> sinks/<store>
+#   base -> config -> cdc -> spool -> migrations -> snapshot -> sinks/common -> sinks/<store>
 # with pipeline after sinks/common (never a concrete store) and app last; and a folder's
 # private headers (FOLDER/internal/) are included only inside FOLDER (and by its unit
 # tests). Fails naming every such include as file:line.
@@ -13,12 +13,13 @@ rank() {
     base/*) echo 0 ;;
     config/*) echo 1 ;;
     cdc/*) echo 2 ;;
-    migrations/*) echo 3 ;;
-    snapshot/*) echo 4 ;;
-    sinks/common/*) echo 5 ;;
-    sinks/*) echo 6 ;;
-    pipeline/*) echo 6 ;;
-    app/*) echo 8 ;;
+    spool/*) echo 3 ;;
+    migrations/*) echo 4 ;;
+    snapshot/*) echo 5 ;;
+    sinks/common/*) echo 6 ;;
+    sinks/*) echo 7 ;;
+    pipeline/*) echo 7 ;;
+    app/*) echo 9 ;;
     *) echo -1 ;;
   esac
 }
@@ -35,10 +36,10 @@ while IFS=: read -r file line text; do
     continue
   fi
   # pipeline and the concrete stores share a rank but never see each other.
-  if [ "$to" -gt "$from" ] || { [ "$to" -eq 6 ] && [ "$from" -eq 6 ]; }; then
+  if [ "$to" -gt "$from" ] || { [ "$to" -eq 7 ] && [ "$from" -eq 7 ]; }; then
     echo "$file:$line: includes $inc, a later layer ($(folder "$file") may use only earlier folders)"
     bad=1
   fi
-done < <(grep -n '#include "' base/* config/* cdc/* migrations/* snapshot/* sinks/*/* pipeline/* app/* */internal/* sinks/*/internal/* 2>/dev/null | grep -v 'CMakeLists\|\.md:\|\.sql:\|\.cmake:')
+done < <(grep -n '#include "' base/* config/* cdc/* spool/* migrations/* snapshot/* sinks/*/* pipeline/* app/* */internal/* sinks/*/internal/* 2>/dev/null | grep -v 'CMakeLists\|\.md:\|\.sql:\|\.cmake:')
 if [ "$bad" -ne 0 ]; then exit 1; fi
 echo "layout: no backward include"

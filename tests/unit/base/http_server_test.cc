@@ -11,6 +11,7 @@ HttpServer::Handlers Handlers() {
   return {[] { return std::vector<std::string>{}; },
           [] { return std::string(); },
           [] { return std::string("{}"); },
+          {},
           {}};
 }
 

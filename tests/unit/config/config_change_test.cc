@@ -99,6 +99,13 @@ TEST(ConfigChangeTest, LogSettingsWaitForTheNextStart) {
   EXPECT_EQ(change.kept_until_restart, std::vector<std::string>{"log.level"});
 }
 
+// What the change log does at its bound is applied by a reload (as every spool key).
+TEST(ConfigChangeTest, ASpoolWhenFullChangeIsASettingsChange) {
+  const ConfigChange change =
+      CompareConfigs(Parse(kBase), Parse(kBase + "spool:\n  when_full: pause\n"));
+  EXPECT_EQ(change.settings_changed, std::vector<std::string>{"spool"});
+}
+
 // The fingerprint a row store records with a view's state: what decides an entry's
 // content and key changes it; what does not (workers, store url, comments) does not.
 TEST(ConfigChangeTest, TheDefinitionFingerprintFollowsWhatDecidesAnEntry) {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "config/grammar.h"
@@ -93,6 +94,53 @@ constexpr const char* kOneView =
 const std::string kMinimal =
     "pipeline: p\nsource:\n  dsn: postgresql://db/shop\n" + std::string(kOneView);
 
+// The deployment examples parse, each with the change log on a writable volume (the
+// configuration itself is mounted read-only there); the demo keeps the default beside
+// its file.
+TEST(ConfigTest, TheDeploymentExamplesPutTheChangeLogOnAVolume) {
+  const std::filesystem::path source(testing::SourceDir());
+  setenv("POSTGRES_PASSWORD", "example-pw", 1);
+  {
+    const ConfigResult compose = LoadConfigFile((source / "compose/pgderive.yml").string());
+    ASSERT_TRUE(compose.config.has_value()) << compose.Describe("compose/pgderive.yml");
+    EXPECT_TRUE(compose.config->spool.enabled);
+    EXPECT_EQ(compose.config->spool.dir, "/var/lib/pgderive/shop");
+  }
+  {
+    // The ConfigMap's pgderive.yml: the block after `pgderive.yml: |`, 4 spaces in.
+    std::ifstream in(source / "compose/kubernetes/pgderive.yaml");
+    std::string line, text;
+    bool inside = false;
+    while (std::getline(in, line)) {
+      if (line == "  pgderive.yml: |") {
+        inside = true;
+      } else if (inside && line == "---") {
+        break;
+      } else if (inside) {
+        text += (line.size() > 4 ? line.substr(4) : "") + "\n";
+      }
+    }
+    ASSERT_FALSE(text.empty());
+    const ConfigResult k8s = ParseConfig(text, "/etc/pgderive/pgderive.yml");
+    ASSERT_TRUE(k8s.config.has_value()) << k8s.Describe("pgderive.yml");
+    EXPECT_TRUE(k8s.config->spool.enabled);
+    EXPECT_EQ(k8s.config->spool.dir, "/var/lib/pgderive/shop");
+  }
+  unsetenv("POSTGRES_PASSWORD");
+  const std::map<std::string, std::string> demo_env = {
+      {"PGDERIVE_SHOP_DSN", "postgresql://u@127.0.0.1/shop"},
+      {"PGDERIVE_REDIS_URL", "redis://127.0.0.1:6379/0"},
+      {"PGDERIVE_OPENSEARCH_URL", "http://127.0.0.1:9200"},
+      {"PGDERIVE_HTTP_LISTEN", "127.0.0.1:9187"}};
+  for (const auto& [name, value] : demo_env) setenv(name.c_str(), value.c_str(), 1);
+  const ConfigResult demo = LoadConfigFile((source / "compose/local/demo.yml").string());
+  ASSERT_TRUE(demo.config.has_value()) << demo.Describe("compose/local/demo.yml");
+  EXPECT_TRUE(demo.config->spool.enabled);
+  EXPECT_EQ(demo.config->spool.dir,
+            (source / "compose/local/pgderive-spool/shop").lexically_normal().string());
+  for (const auto& [name, value] : demo_env) unsetenv(name.c_str());
+}
+
 TEST(ConfigTest, SnapshotWorkers) {
   const std::string& base = kMinimal;
   ConfigResult two = ParseConfig(base + "snapshot:\n  workers: 2\n", "w.yml");
@@ -104,6 +152,54 @@ TEST(ConfigTest, SnapshotWorkers) {
               "w.yml:9:12: snapshot.workers: must be a whole number from 1 to 64\n")
         << bad;
   }
+}
+
+TEST(ConfigTest, Spool) {
+  // On by default: no section is every default.
+  ConfigResult absent = ParseConfig(kMinimal, "/etc/pgderive/w.yml");
+  ASSERT_TRUE(absent.config.has_value()) << absent.Describe("w.yml");
+  EXPECT_TRUE(absent.config->spool.enabled);
+  EXPECT_EQ(absent.config->spool.dir, "/etc/pgderive/pgderive-spool/p");
+  EXPECT_EQ(absent.config->spool.max_bytes, uint64_t{10} << 30);
+  ConfigResult said_off = ParseConfig(kMinimal + "spool: off\n", "/etc/pgderive/w.yml");
+  ASSERT_TRUE(said_off.config.has_value()) << said_off.Describe("w.yml");
+  EXPECT_FALSE(said_off.config->spool.enabled);
+  ConfigResult defaults = ParseConfig(kMinimal + "spool: {}\n", "/etc/pgderive/w.yml");
+  ASSERT_TRUE(defaults.config.has_value()) << defaults.Describe("w.yml");
+  EXPECT_TRUE(defaults.config->spool.enabled);
+  EXPECT_EQ(defaults.config->spool.dir, "/etc/pgderive/pgderive-spool/p");
+  EXPECT_EQ(defaults.config->spool.max_bytes, uint64_t{10} << 30);
+  EXPECT_EQ(defaults.config->spool.segment_bytes, uint64_t{64} << 20);
+  EXPECT_EQ(defaults.config->spool.when_full, SpoolConfig::WhenFull::kDetach);
+  ConfigResult paused = ParseConfig(kMinimal + "spool:\n  when_full: pause\n", "w.yml");
+  ASSERT_TRUE(paused.config.has_value()) << paused.Describe("w.yml");
+  EXPECT_EQ(paused.config->spool.when_full, SpoolConfig::WhenFull::kPause);
+  EXPECT_EQ(ParseConfig(kMinimal + "spool:\n  when_full: wait\n", "w.yml").Describe("w.yml"),
+            "w.yml:9:14: spool.when_full: must be one of: detach, pause\n");
+  ConfigResult set =
+      ParseConfig(kMinimal + "spool:\n  dir: ../spool\n  max_bytes: 1GB\n  segment_bytes: 16MB\n",
+                  "/etc/pgderive/w.yml");
+  ASSERT_TRUE(set.config.has_value()) << set.Describe("w.yml");
+  EXPECT_EQ(set.config->spool.dir, "/etc/spool");
+  EXPECT_EQ(set.config->spool.max_bytes, uint64_t{1} << 30);
+  EXPECT_EQ(set.config->spool.segment_bytes, uint64_t{16} << 20);
+  ConfigResult absolute = ParseConfig(kMinimal + "spool:\n  dir: /var/lib/pgderive\n", "w.yml");
+  ASSERT_TRUE(absolute.config.has_value()) << absolute.Describe("w.yml");
+  EXPECT_EQ(absolute.config->spool.dir, "/var/lib/pgderive");
+  EXPECT_EQ(
+      ParseConfig(kMinimal + "spool: on\n", "w.yml").Describe("w.yml"),
+      "w.yml:8:8: spool: must be `off` or a mapping of dir, max_bytes, segment_bytes, when_full\n");
+  EXPECT_EQ(ParseConfig(kMinimal + "spool:\n  max_bytes: 64MB\n  segment_bytes: 64MB\n", "w.yml")
+                .Describe("w.yml"),
+            "w.yml:10:18: spool.segment_bytes: must be at most half of spool.max_bytes\n");
+  EXPECT_EQ(ParseConfig(kMinimal + "spool:\n  dir: ''\n", "/etc/pgderive/w.yml").Describe("w.yml"),
+            "w.yml:9:8: spool.dir: must name a directory of its own, not the configuration "
+            "file's directory\n");
+  EXPECT_EQ(ParseConfig(kMinimal + "spool:\n  dir: .\n", "/etc/pgderive/w.yml").Describe("w.yml"),
+            "w.yml:9:8: spool.dir: must name a directory of its own, not the configuration "
+            "file's directory\n");
+  EXPECT_EQ(ParseConfig(kMinimal + "spool:\n  dir: /etc/passwd\n", "w.yml").Describe("w.yml"),
+            "w.yml:9:8: spool.dir: /etc/passwd exists and is not a directory\n");
 }
 
 TEST(ConfigTest, ExpandsEnvironmentVariables) {
@@ -334,6 +430,12 @@ TEST(ConfigTest, ListenAddresses) {
 
 TEST(ConfigTest, ByteSizes) {
   EXPECT_EQ(ParseByteSize("1GB"), uint64_t{1} << 30);
+  EXPECT_EQ(FormatByteSize(uint64_t{4} << 20), "4MB");
+  EXPECT_EQ(FormatByteSize(uint64_t{3} << 29), "1.5GB");
+  EXPECT_EQ(FormatByteSize(900), "900B");
+  EXPECT_EQ(FormatByteSize(1025), "1kB");  // 1.0009: one decimal, rounded down
+  EXPECT_EQ(FormatByteSize(uint64_t{10} << 30), "10GB");
+  EXPECT_EQ(ParseByteSize(FormatByteSize(uint64_t{64} << 10)), uint64_t{64} << 10);
   EXPECT_EQ(ParseByteSize("512MB"), uint64_t{512} << 20);
   EXPECT_EQ(ParseByteSize("64kB"), uint64_t{64} << 10);
   EXPECT_EQ(ParseByteSize("64 kb"), uint64_t{64} << 10);
@@ -467,6 +569,11 @@ TEST(ConfigCorpusTest, TheFullValidFileLoads) {
   EXPECT_EQ(c.source.heartbeat_seconds, 30);
   EXPECT_EQ(c.source.max_retained_wal_bytes, uint64_t{512} << 20);
   EXPECT_EQ(c.source.snapshot_parallelism, 3);
+  EXPECT_TRUE(c.spool.enabled);
+  EXPECT_EQ(c.spool.when_full, SpoolConfig::WhenFull::kPause);
+  EXPECT_EQ(c.spool.dir, "/var/lib/pgderive/spool");
+  EXPECT_EQ(c.spool.max_bytes, uint64_t{2} << 30);
+  EXPECT_EQ(c.spool.segment_bytes, uint64_t{32} << 20);
   EXPECT_EQ(c.source.line, 4);
   ASSERT_EQ(c.stores.size(), 3u);
   const StoreConfig& cache = c.stores.at("cache");
@@ -490,6 +597,13 @@ TEST(ConfigCorpusTest, TheFullValidFileLoads) {
   EXPECT_EQ(c.views[0].line, 27);
   EXPECT_FALSE(c.views[1].columns.has_value());
   EXPECT_EQ(c.views[2].index, "products");
+  EXPECT_TRUE(c.views[2].promote_manual);
+  EXPECT_EQ(c.views[2].retain_previous, std::chrono::hours(2));
+  EXPECT_FALSE(c.views[0].promote_manual);
+  // A Redis view's versions (a changed key template) take them too.
+  EXPECT_TRUE(c.views[1].promote_manual);
+  EXPECT_EQ(c.views[1].retain_previous, std::chrono::minutes(30));
+  EXPECT_EQ(c.views[0].retain_previous, std::chrono::hours(1));
   EXPECT_EQ(c.views[3].table, "analytics.customer_totals");
   EXPECT_EQ(c.views[3].key_columns, std::vector<std::string>{"customer_id"});
   EXPECT_NE(c.views[3].query.find("group by o.customer_id"), std::string::npos);

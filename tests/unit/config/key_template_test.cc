@@ -41,5 +41,31 @@ TEST(KeyTemplateTest, RefusesWhatTheConfigurationRefuses) {
   }
 }
 
+using Splits = std::vector<std::vector<std::string>>;
+
+TEST(KeyTemplateTest, SplitsAKeyBackIntoItsColumnsValues) {
+  const KeyTemplate simple = KeyTemplate::Parse("product:{id}").value();
+  EXPECT_EQ(simple.Splits("product:42"), (Splits{{"42"}}));
+  EXPECT_EQ(simple.Splits("product:"), (Splits{{""}}));
+  EXPECT_EQ(simple.Splits("products:42"), Splits{});
+  EXPECT_EQ(simple.Splits("other:42"), Splits{});
+
+  const KeyTemplate two = KeyTemplate::Parse("t:{a}:{b}!").value();
+  EXPECT_EQ(two.Splits("t:1:2!"), (Splits{{"1", "2"}}));
+  // A value holding the literal after it: every reading, shortest first.
+  EXPECT_EQ(two.Splits("t:1:2:3!"), (Splits{{"1", "2:3"}, {"1:2", "3"}}));
+  EXPECT_EQ(two.Splits("t:1:2:3"), Splits{});  // no closing literal
+
+  // Adjacent columns split everywhere; the limit bounds the readings.
+  const KeyTemplate adjacent = KeyTemplate::Parse("{a}{b}").value();
+  EXPECT_EQ(adjacent.Splits("xy"), (Splits{{"", "xy"}, {"x", "y"}, {"xy", ""}}));
+  EXPECT_EQ(adjacent.Splits("xyz", 2).size(), 2u);
+
+  // Whatever the template makes splits back to at least the values it was made of.
+  const KeyTemplate mixed = KeyTemplate::Parse("{tenant}/orders/{id}").value();
+  const Splits read = mixed.Splits("acme/orders/x/orders/7");
+  EXPECT_EQ(read, (Splits{{"acme", "x/orders/7"}, {"acme/orders/x", "7"}}));
+}
+
 }  // namespace
 }  // namespace pgderive

@@ -78,6 +78,49 @@ TEST(PlanViewStartTest, ARedefinedViewIsRebuiltFromTheStart) {
             ViewStart::Why::kNew);
 }
 
+TEST(PlanViewStartTest, AViewBackAfterItWasRemovedIsRebuiltFromTheStart) {
+  // Live or half backfilled when it went out of the configuration: the rows changed
+  // while it was out are not in it, so a rebuild (clear) from the start, never live.
+  for (bool backfilling : {false, true}) {
+    ViewState recorded{backfilling, std::nullopt, kColumns, kOid};
+    if (backfilling) recorded.after = "[\"7\"]";
+    recorded.removed = true;
+    const States states = std::map<std::string, ViewState>{{"v", recorded}};
+    const ViewStart start = PlanViewStart(View("v"), states, kColumns, kOid);
+    EXPECT_EQ(start.why, ViewStart::Why::kReturned);
+    ASSERT_TRUE(start.write);
+    EXPECT_TRUE(start.write->backfilling);
+    EXPECT_FALSE(start.write->removed);
+    EXPECT_TRUE(start.clear);
+    EXPECT_TRUE(start.backfill);
+    EXPECT_EQ(start.after, std::nullopt);
+  }
+}
+
+TEST(PlanViewStartTest, OnlyAFillWithNothingServedIsAFirstFill) {
+  // New to its store: nothing served yet, recorded so that a resume knows it.
+  const ViewStart fresh =
+      PlanViewStart(View("v"), States(std::map<std::string, ViewState>{}), kColumns, kOid);
+  EXPECT_TRUE(fresh.first_fill);
+  ASSERT_TRUE(fresh.write);
+  EXPECT_TRUE(fresh.write->first_fill);
+  // Resumed: as recorded.
+  for (bool first : {false, true}) {
+    ViewState half{true, std::string("[\"7\"]"), kColumns, kOid};
+    half.first_fill = first;
+    const ViewStart resumed = PlanViewStart(
+        View("v"), States(std::map<std::string, ViewState>{{"v", half}}), kColumns, kOid);
+    EXPECT_EQ(resumed.why, ViewStart::Why::kResume);
+    EXPECT_EQ(resumed.first_fill, first);
+  }
+  // Rebuilds serve what the view held meanwhile.
+  const States live =
+      std::map<std::string, ViewState>{{"v", ViewState{false, std::nullopt, kColumns, kOid}}};
+  EXPECT_FALSE(PlanViewStart(View("v"), live, kColumns, kOid, /*redefined=*/true).first_fill);
+  EXPECT_FALSE(PlanViewStart(View("v"), live, kColumns, kOid + 1).first_fill);  // replaced
+  EXPECT_FALSE(PlanViewStart(View("v"), live, kWider, kOid).first_fill);        // reshaped
+}
+
 BackfillView Defined(std::string definition) {
   BackfillView view = View("v");
   view.definition = std::move(definition);
@@ -241,6 +284,10 @@ class ReconcileViewStatesTest : public ::testing::Test {
                     std::vector<std::string> views, std::optional<std::string> after) {
                for (const std::string& v : views)
                  added_.push_back({store + "/" + table + "/" + v, after});
+             },
+         .first_fill =
+             [this](const std::string& store, const std::string& view) {
+               first_fills_.push_back(store + "/" + view);
              }},
         [] { return false; }, logger_, [this](const std::string& m) { info_.push_back(m); },
         /*redefined=*/{}, fill);
@@ -252,6 +299,7 @@ class ReconcileViewStatesTest : public ::testing::Test {
   std::map<std::pair<std::string, std::string>, std::vector<std::string>> columns_;
   std::vector<std::pair<std::string, std::optional<std::string>>> added_;
   std::vector<std::string> info_;
+  std::vector<std::string> first_fills_;
 };
 
 TEST_F(ReconcileViewStatesTest, RecordsStatesAndQueuesBackfillsPerView) {
@@ -275,6 +323,8 @@ TEST_F(ReconcileViewStatesTest, RecordsStatesAndQueuesBackfillsPerView) {
   EXPECT_TRUE(writes[0].state.backfilling);
   EXPECT_EQ((columns_[{"cache", "live"}]), ColumnsOf(*shapes_.at("public.t")));
   EXPECT_EQ(columns_.size(), 3u);
+  EXPECT_EQ(first_fills_, std::vector<std::string>{"cache/fresh"})
+      << "a view new to its store: its first fill";
 }
 
 TEST_F(ReconcileViewStatesTest, AViewRedefinedWhileStoppedIsRebuiltWithItsMessage) {
@@ -295,6 +345,29 @@ TEST_F(ReconcileViewStatesTest, AViewRedefinedWhileStoppedIsRebuiltWithItsMessag
   EXPECT_EQ(writes[0].state.definition, "v1:new");
   EXPECT_NE(std::find(info_.begin(), info_.end(),
                       "the definition of view v changed: rebuilding it while streaming"),
+            info_.end());
+}
+
+TEST_F(ReconcileViewStatesTest, EveryStoreMarksTheViewsTheConfigurationNoLongerHas) {
+  // Before the stream: a store of queries (postgres) too, and a store filled from the
+  // start (its recorded states are not read, but those it keeps for other views are).
+  std::vector<std::unique_ptr<Sink>> sinks;
+  auto cache = std::make_unique<FakeSink>("cache");
+  cache->SetBackfillsRows(true);
+  cache->SetViewStates(std::map<std::string, ViewState>{});
+  cache->SetRemovedViews({"gone"});
+  auto queries = std::make_unique<FakeSink>("queries");
+  FakeSink& row_store = *cache;
+  FakeSink& query_store = *queries;
+  sinks.push_back(std::move(cache));
+  sinks.push_back(std::move(queries));
+  ASSERT_TRUE(Reconcile(sinks, {View("v")}, {{"cache", StoreFill{"first start"}}}).ok());
+  EXPECT_EQ(row_store.mark_removed_calls(), 1);
+  EXPECT_EQ(query_store.mark_removed_calls(), 1);
+  EXPECT_NE(std::find_if(info_.begin(), info_.end(),
+                         [](const std::string& m) {
+                           return m.starts_with("view gone is no longer in the configuration");
+                         }),
             info_.end());
 }
 

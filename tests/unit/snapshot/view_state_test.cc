@@ -73,6 +73,23 @@ TEST(ViewStateTest, RecordsTheGenerationAndAPendingSweep) {
   EXPECT_FALSE(older->sweep);
 }
 
+// A view out of the configuration is recorded "removed": neither live nor backfilling,
+// its generation kept for the rebuild should it come back.
+TEST(ViewStateTest, RecordsAViewRemovedFromTheConfiguration) {
+  ViewState state{false, std::nullopt, {"id 23"}, 16384};
+  state.generation = 2;
+  state.removed = true;
+  EXPECT_NE(state.ToJson().find(R"("state":"removed")"), std::string::npos) << state.ToJson();
+  auto back = ViewState::FromJson(state.ToJson());
+  ASSERT_TRUE(back.has_value());
+  EXPECT_TRUE(back->removed);
+  EXPECT_FALSE(back->backfilling);
+  EXPECT_EQ(back->generation, 2u);
+  auto live = ViewState::FromJson(R"({"state":"live","columns":["id 23"]})");
+  ASSERT_TRUE(live.has_value());
+  EXPECT_FALSE(live->removed);
+}
+
 TEST(ViewStateTest, RefusesWhatItDidNotWrite) {
   for (const char* text : {"", "not json", "[]", "{}", R"({"state": 3})", "null"}) {
     EXPECT_FALSE(ViewState::FromJson(text).has_value()) << text;

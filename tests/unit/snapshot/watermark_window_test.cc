@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -731,6 +732,159 @@ TEST_F(WatermarkWindowTest, InterleavedWindowsOfTwoJobsAreEachTheirOwn) {
   EXPECT_TRUE(done_items.out.empty());
   EXPECT_EQ(window.EndDone(2).first, Verdict::kDone);
   EXPECT_EQ(window.EndDone(1).first, Verdict::kRetry);
+}
+
+// The verify window: a chunk read to be compared, never placed; its window stays open
+// from L to "checked" (written once the store was read, after its checkpoint passed H).
+class VerifyWindowTest : public WatermarkWindowTest {
+ protected:
+  // A verification of kView (a job the window does not run: nothing is placed).
+  std::shared_ptr<BackfillJob> VerifyJob() {
+    auto job = std::make_shared<BackfillJob>();
+    job->store = kStore;
+    job->table = "public.items";
+    job->views = {kView};
+    return job;
+  }
+  void BeginAndRead(uint64_t id) {
+    window_.BeginVerify(id, VerifyJob(), Items(), {"k"});
+    window_.ChunkRead(id, {{"1", "a"}, {"2", "b"}, {"3", "c"}});
+  }
+  static std::vector<std::string> Keys(const ChunkRows& rows) {
+    std::vector<std::string> keys;
+    for (const auto& row : rows) keys.push_back(row[0].value_or("null"));
+    return keys;
+  }
+};
+
+TEST_F(VerifyWindowTest, NothingIsPlacedAndEveryUnchangedRowIsComparableAtChecked) {
+  BeginAndRead(4);
+  EXPECT_TRUE(Mark(window_, At(0x100), window_.Message("low", 4)).out.empty());
+  const Fed high = Mark(window_, At(0x200), window_.Message("high", 4));
+  EXPECT_TRUE(high.out.empty());
+  EXPECT_TRUE(high.events.decided);
+  // At H the driver waits for the store's checkpoint (kDone), then reads the store.
+  EXPECT_EQ(window_.ChunkVerdict(4), Verdict::kDone);
+  EXPECT_EQ(window_.VerifyVerdict(4), Verdict::kPending);
+  const Fed checked = Mark(window_, At(0x300), window_.Message("checked", 4));
+  EXPECT_TRUE(checked.out.empty());
+  EXPECT_TRUE(checked.events.decided);
+  EXPECT_EQ(window_.VerifyVerdict(4), Verdict::kDone);
+
+  const WatermarkWindow::VerifyOutcome outcome = window_.EndVerify(4);
+  EXPECT_EQ(outcome.verdict, Verdict::kDone);
+  EXPECT_EQ(outcome.watermark, At(0x200));
+  EXPECT_EQ(outcome.checked, At(0x300));
+  EXPECT_EQ(Keys(outcome.comparable), (std::vector<std::string>{"1", "2", "3"}));
+  EXPECT_EQ(outcome.comparable[1], (std::vector<std::optional<std::string>>{"2", "b"}));
+  EXPECT_TRUE(outcome.changed.empty());
+  EXPECT_EQ(outcome.rows, 3u);
+  EXPECT_EQ(outcome.last, "[\"3\"]");
+  EXPECT_EQ(window_.chunks_in_flight(), 0u);
+}
+
+TEST_F(VerifyWindowTest, KeysChangedBetweenLAndCheckedAreNotCompared) {
+  BeginAndRead(1);
+  Update(window_, At(0x090), {Text("3"), Text("c0")});  // before L: read after it
+  Mark(window_, At(0x100), window_.Message("low", 1));
+  Update(window_, At(0x110), {Text("1"), Text("a2")});  // between L and H
+  Mark(window_, At(0x200), window_.Message("high", 1));
+  // Between H and checked: the store may have applied it before it was read.
+  Delete(window_, At(0x210), "2");
+  Insert(window_, At(0x220), Items(), {Text("7"), Text("new")});  // not a row read
+  Insert(window_, At(0x230), Other(), {Text("3"), Text("x")});    // another table
+  Mark(window_, At(0x300), window_.Message("checked", 1));
+  // After checked: the store was read before it.
+  Update(window_, At(0x310), {Text("3"), Text("c3")});
+
+  const WatermarkWindow::VerifyOutcome outcome = window_.EndVerify(1);
+  EXPECT_EQ(outcome.verdict, Verdict::kDone);
+  EXPECT_EQ(Keys(outcome.comparable), (std::vector<std::string>{"3"}));
+  EXPECT_EQ(outcome.changed, (std::set<std::string>{"[\"1\"]", "[\"2\"]", "[\"7\"]"}));
+  EXPECT_EQ(outcome.rows, 3u);
+}
+
+TEST_F(VerifyWindowTest, ATruncateOrAnUnreadableKeyBeforeCheckedHasItReadAgain) {
+  BeginAndRead(1);
+  Mark(window_, At(0x100), window_.Message("low", 1));
+  Mark(window_, At(0x200), window_.Message("high", 1));
+  EXPECT_EQ(window_.ChunkVerdict(1), Verdict::kDone);
+  Truncate(window_, At(0x210), {Items()});
+  EXPECT_EQ(window_.VerifyVerdict(1), Verdict::kRetry);
+  Mark(window_, At(0x300), window_.Message("checked", 1));
+  EXPECT_EQ(window_.VerifyVerdict(1), Verdict::kRetry);
+  const WatermarkWindow::VerifyOutcome outcome = window_.EndVerify(1);
+  EXPECT_EQ(outcome.verdict, Verdict::kRetry);
+  EXPECT_TRUE(outcome.comparable.empty());
+
+  BeginAndRead(2);
+  Mark(window_, At(0x400), window_.Message("low", 2));
+  Mark(window_, At(0x500), window_.Message("high", 2));
+  Update(window_, At(0x510), {kUnchanged, Text("x")});  // no key to read
+  Mark(window_, At(0x600), window_.Message("checked", 2));
+  EXPECT_EQ(window_.EndVerify(2).verdict, Verdict::kRetry);
+}
+
+TEST_F(VerifyWindowTest, ASpoiledOrIncompleteWindowIsReadAgainAtH) {
+  // Its L never met (written by another run): read again at H, as a fill's.
+  window_.BeginVerify(1, VerifyJob(), Items(), {"k"});
+  window_.ChunkRead(1, {{"1", "a"}});
+  Mark(window_, At(0x200), window_.Message("high", 1));
+  EXPECT_EQ(window_.ChunkVerdict(1), Verdict::kRetry);
+  EXPECT_EQ(window_.VerifyVerdict(1), Verdict::kRetry);
+  // A "checked" without a kDone H closes nothing.
+  Mark(window_, At(0x300), window_.Message("checked", 1));
+  EXPECT_EQ(window_.EndVerify(1).verdict, Verdict::kRetry);
+
+  // A truncate between L and H.
+  BeginAndRead(2);
+  Mark(window_, At(0x400), window_.Message("low", 2));
+  Truncate(window_, At(0x410), {Items()});
+  Mark(window_, At(0x500), window_.Message("high", 2));
+  EXPECT_EQ(window_.ChunkVerdict(2), Verdict::kRetry);
+  EXPECT_EQ(window_.EndVerify(2).verdict, Verdict::kRetry);
+}
+
+TEST_F(VerifyWindowTest, AStreamRestartBeforeCheckedHasItReadAgainAfterItNot) {
+  BeginAndRead(1);
+  BeginAndRead(2);
+  Mark(window_, At(0x100), window_.Message("low", 1));
+  Mark(window_, At(0x110), window_.Message("low", 2));
+  Mark(window_, At(0x200), window_.Message("high", 1));
+  Mark(window_, At(0x210), window_.Message("high", 2));
+  Mark(window_, At(0x300), window_.Message("checked", 2));
+  window_.OnStreamRestart();
+  // Chunk 1 is between H and checked: what the stream meets next may not be all.
+  Mark(window_, At(0x400), window_.Message("checked", 1));
+  EXPECT_EQ(window_.VerifyVerdict(1), Verdict::kRetry);
+  EXPECT_EQ(window_.EndVerify(1).verdict, Verdict::kRetry);
+  // Chunk 2 was checked before the restart: its outcome stands.
+  EXPECT_EQ(window_.VerifyVerdict(2), Verdict::kDone);
+  EXPECT_EQ(Keys(window_.EndVerify(2).comparable), (std::vector<std::string>{"1", "2", "3"}));
+}
+
+TEST_F(VerifyWindowTest, AVerifyChunkBesideAFillChunkLeavesTheFillAsItWas) {
+  auto job = RunningJob();
+  WatermarkWindowTest::BeginAndRead(1, job);
+  BeginAndRead(2);
+  Mark(window_, At(0x100), window_.Message("low", 1));
+  Mark(window_, At(0x110), window_.Message("low", 2));
+  Update(window_, At(0x120), {Text("2"), Text("b2")});
+  const Fed fill_high = Mark(window_, At(0x200), window_.Message("high", 1));
+  const Fed verify_high = Mark(window_, At(0x210), window_.Message("high", 2));
+  EXPECT_EQ(Render(fill_high.out),
+            (std::vector<std::string>{
+                "0/200#1 row cache/items_cache (1,a)",
+                "0/200#2 row cache/items_cache (3,c)",
+                "0/200#3 state cache/items_cache backfilling after=[\"3\"] oid=16384 " +
+                    std::string(kColumns),
+            }));
+  EXPECT_TRUE(verify_high.out.empty());
+  // The fill's window closed at its H; the verify window is still open.
+  Update(window_, At(0x220), {Text("3"), Text("c2")});
+  Mark(window_, At(0x300), window_.Message("checked", 2));
+  EXPECT_EQ(window_.EndChunk(1).verdict, Verdict::kDone);
+  EXPECT_EQ(Keys(window_.EndVerify(2).comparable), (std::vector<std::string>{"1"}));
 }
 
 }  // namespace
