@@ -74,8 +74,16 @@ int RunVersionCommand(const VersionCommandOptions& options) {
   const auto started = std::chrono::steady_clock::now();
   std::optional<ProgressLine> line;
   std::optional<int> waited_for;
+  // The version serving when the command started: a later one serving means the new
+  // version was built and switched (promote: auto) before /status ever listed it building.
+  std::optional<std::optional<int>> first_serving;
   while (true) {
     const std::optional<nlohmann::json> versions = VersionsOf(listen, view->name);
+    if (versions && !first_serving) first_serving = InState(*versions, "serving");
+    if (versions && !waited_for && first_serving) {
+      const std::optional<int> serving = InState(*versions, "serving");
+      if (serving && (!*first_serving || *serving > **first_serving)) waited_for = serving;
+    }
     if (versions) {
       if (auto building = InState(*versions, "building")) {
         waited_for = building;
