@@ -454,6 +454,8 @@ TEST_F(RunPostgresTest, AKilledFirstFillResumesAfterItsLastChunkAndNoReaderSeesA
     EXPECT_EQ(Scalar(*sql_, "select to_regclass('" + t + "') is null"), "t");
   }
   StartRun(config, "run2.err");
+  // The rest of 400,000 rows under the writer: minutes on a loaded two-core machine.
+  deadline_ = std::chrono::seconds(300);
   // (The log is JSON lines: the key's quotes are escaped in it.)
   const std::string resuming = nlohmann::json("the mirror of " + o +
                                               " in store warehouse was being backfilled: "
