@@ -148,8 +148,13 @@ std::optional<int> Pipeline::Prepare() {
       if (stopped()) return 0;  // stopped while the store was down: a stop, not a failure
       return Fail("store " + sink->name() + ": " + status.error().message());
     }
-    for (const std::string& notice : sink->TakeNotices()) {
-      logger_.Info("store " + sink->name() + ": " + notice, {{"store", sink->name()}});
+    for (const SinkNotice& notice : sink->TakeNotices()) {
+      const std::string line = "store " + sink->name() + ": " + notice.text;
+      if (notice.level == SinkNotice::Level::kWarn) {
+        logger_.Warn(line, {{"store", sink->name()}});
+      } else {
+        logger_.Info(line, {{"store", sink->name()}});
+      }
     }
   }
   return std::nullopt;
@@ -437,7 +442,15 @@ std::optional<Lsn> Pipeline::OpenChangeLog(bool first_start) {
       std::to_string(stats.bytes) + " bytes, from " + stats.oldest.ToString() + " to " +
       stats.durable.ToString());
   log_durable_.store(log_->Durable().value);
+  // Every store's count is exported from the start (0 until the bound detaches it).
+  for (const auto& sink : sinks_) EvictionsCounter(sink->name());
   return log_->Durable();
+}
+
+Counter& Pipeline::EvictionsCounter(const std::string& store) {
+  return metrics_.counter("pgderive_spool_evictions_total",
+                          "Stores detached because the change log reached spool.max_bytes",
+                          {{"store", store}});
 }
 
 bool Pipeline::InLog(Lsn checkpoint) { return log_ && log_->ReadAfter(checkpoint).ok(); }
@@ -554,6 +567,9 @@ void Pipeline::StartWorkers() {
           logger_.Warn(message, {{"store", store}, {"slot", config_.source.slot}});
         },
         kQueueBytes, &metrics_));
+    workers_.back()->SetInfoLog([this, store](const std::string& message) {
+      logger_.Info(message, {{"store", store}, {"slot", config_.source.slot}});
+    });
     workers_.back()->SetSlotConfirmed(confirmed_);
     workers_.back()->Start(checkpoints_[sink.get()], backlog_end);
   }
@@ -1202,11 +1218,7 @@ void Pipeline::MaintainLog() {
           "; its views are failed until they are refilled, once it answers";
       logger_.Warn("store " + holder->sink().name() + " " + why,
                    {{"store", holder->sink().name()}, {"slot", config_.source.slot}});
-      metrics_
-          .counter("pgderive_spool_evictions_total",
-                   "Stores detached because the change log reached spool.max_bytes",
-                   {{"store", holder->sink().name()}})
-          .Add();
+      EvictionsCounter(holder->sink().name()).Add();
       evicted_[holder] = holder->rebuilds();
       {
         std::lock_guard lock(evicted_mutex_);

@@ -127,6 +127,8 @@ class Pipeline {
   // is truncated behind every store's durable checkpoint and kept under max_bytes by
   // evicting the store furthest behind (its views refilled once it answers).
   std::optional<Lsn> OpenChangeLog(bool first_start);
+  // pgderive_spool_evictions_total{store}: the stores the change log's bound detached.
+  Counter& EvictionsCounter(const std::string& store);
   std::optional<int> SpoolStep();
   std::optional<int> Capture(std::chrono::milliseconds wait);
   std::optional<int> Deliver();

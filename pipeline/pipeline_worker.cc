@@ -108,9 +108,19 @@ void PipelineWorker::CountApplied(const BatchGroup& group, Lsn from) {
   }
 }
 
+void PipelineWorker::LogNotices() {
+  for (const SinkNotice& notice : sink_.TakeNotices()) {
+    const std::string line = "store " + sink_.name() + ": " + notice.text;
+    if (notice.level == SinkNotice::Level::kInfo && info_) {
+      info_(line);
+    } else {
+      log_(line);
+    }
+  }
+}
+
 void PipelineWorker::ReportSourceReads() {
-  for (const std::string& notice : sink_.TakeNotices())
-    log_("store " + sink_.name() + ": " + notice);
+  LogNotices();
   for (const SourceRead& read : sink_.TakeSourceReads()) {
     // A read because the change precedes the store's horizon is routine until the
     // stream passes it: counted, not logged one by one.
@@ -542,8 +552,7 @@ void PipelineWorker::CheckStore() {
   }
   if (!healthy_.load()) log_("store " + sink_.name() + " answers again");
   SetHealthy(true);
-  for (const std::string& notice : sink_.TakeNotices())
-    log_("store " + sink_.name() + ": " + notice);
+  LogNotices();
   TakeChanges(std::move(changes).value());
 }
 

@@ -52,6 +52,9 @@ class PipelineWorker {
   PipelineWorker(Sink& sink, Rebuild rebuild, Log log, size_t max_queue_bytes,
                  Metrics* metrics = nullptr);
   ~PipelineWorker();
+  // Where the store's routine notices go (Sink::TakeNotices at level info); without it,
+  // to `log` like the rest.
+  void SetInfoLog(Log info) { info_ = std::move(info); }
 
   // `caught_up_at`: the source's WAL position when the stream started. The changes
   // committed before the store has applied up to there are its catch-up (a backlog the
@@ -148,6 +151,7 @@ class PipelineWorker {
   Sink& sink_;
   Rebuild rebuild_;
   Log log_;
+  Log info_;  // SetInfoLog
   const size_t max_queue_bytes_;
   std::mutex mutex_;
   std::condition_variable_any changed_;
@@ -190,6 +194,7 @@ class PipelineWorker {
   void CountApplied(const BatchGroup& group, Lsn from);
   // Logs and counts the rows the store read again from the source (Sink::TakeSourceReads).
   void ReportSourceReads();
+  void LogNotices();  // the sink's notices, each at its level
   Metrics* metrics_ = nullptr;
   std::map<std::pair<std::string, bool>, Counter*> reread_counters_;  // by (table, missing)
   Counter* batches_ = nullptr;

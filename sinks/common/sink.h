@@ -71,6 +71,20 @@ struct StoreChange {
   std::string what;  // names the index, table or key, e.g. "index products was deleted"
 };
 
+// A line for the log about what a store did on its own (Sink::TakeNotices): routine
+// (info: a version switched to, a retained version dropped, an index migrated) or what
+// an operator should look at (warn: an alias moved by someone else, a version that can
+// no longer be built or maintained).
+struct SinkNotice {
+  enum class Level { kInfo, kWarn };
+  // Implicit from the text: a routine notice.
+  SinkNotice(std::string text, Level level = Level::kInfo)  // NOLINT(google-explicit-constructor)
+      : text(std::move(text)), level(level) {}
+  static SinkNotice Warning(std::string text) { return {std::move(text), Level::kWarn}; }
+  std::string text;
+  Level level;
+};
+
 class Sink {
  public:
   virtual ~Sink() = default;
@@ -183,7 +197,7 @@ class Sink {
   virtual Result<std::vector<StoreChange>> CheckStore() { return std::vector<StoreChange>{}; }
   // Lines for the log about what the store did on its own since the last call (an index
   // migrated, a rebuilt view switched to, an alias someone else moved).
-  virtual std::vector<std::string> TakeNotices() { return {}; }
+  virtual std::vector<SinkNotice> TakeNotices() { return {}; }
   // Views stopped on their own while the store goes on (a column they name was
   // dropped): (view, reason). Such a view is no longer written until the configuration
   // is fixed; the others keep flowing.

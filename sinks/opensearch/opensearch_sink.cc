@@ -225,18 +225,20 @@ Result<std::vector<StoreChange>> OpenSearchSink::CheckStore() {
           Status status = client.value()->UpdateAliases(nlohmann::json::array(
               {{{"add", {{"index", index}, {"alias", view->config.index}}}}}));
           if (!status.ok()) return status.error();
-          notices_.push_back("view " + view->config.name + ": alias " + view->config.index +
-                             " was deleted: put back onto index " + index);
+          notices_.push_back(SinkNotice::Warning("view " + view->config.name + ": alias " +
+                                                 view->config.index +
+                                                 " was deleted: put back onto index " + index));
         }
       } else if (aliased.value() != std::vector<std::string>{index}) {
         if (!view->alias_moved) {
           std::string names;
           for (const std::string& n : aliased.value()) names += (names.empty() ? "" : ", ") + n;
-          notices_.push_back("view " + view->config.name + ": alias " + view->config.index +
-                             " points to " + names + ", not to pgderive's index " + index +
-                             " (moved or rolled over by someone else): readers of the alias "
-                             "may not see the view; pgderive keeps writing " +
-                             index + ", and its next rebuild of the view moves the alias back");
+          notices_.push_back(SinkNotice::Warning(
+              "view " + view->config.name + ": alias " + view->config.index + " points to " +
+              names + ", not to pgderive's index " + index +
+              " (moved or rolled over by someone else): readers of the alias "
+              "may not see the view; pgderive keeps writing " +
+              index + ", and its next rebuild of the view moves the alias back"));
         }
         view->alias_moved = true;
       } else {

@@ -104,7 +104,7 @@ class OpenSearchSink : public Sink, public ViewInspector {
   // by someone else (a rollover), said once in a notice, not refilled - pgderive keeps
   // writing its own index, and its next rebuild moves the alias back.
   Result<std::vector<StoreChange>> CheckStore() override;
-  std::vector<std::string> TakeNotices() override {
+  std::vector<SinkNotice> TakeNotices() override {
     std::lock_guard lock(mutex_);
     return std::exchange(notices_, {});
   }
@@ -267,7 +267,7 @@ class OpenSearchSink : public Sink, public ViewInspector {
   std::vector<VersionInfo> shown_;
   // The indexes BeginRebuild made in this process (UndoRebuild deletes them).
   std::vector<std::string> rebuilt_;
-  std::vector<std::string> notices_;  // TakeNotices
+  std::vector<SinkNotice> notices_;  // TakeNotices
   std::mutex mutex_;
   std::optional<OpenSearchClient> client_;
   std::vector<OpenSearchClient> senders_;  // the other requests in flight (SendChunks)

@@ -1706,9 +1706,10 @@ void PostgresSink::SyncVersionViews() {
         mirrored = mirrored && mirrors_.contains(table);
       }
       if (!mirrored) {
-        notices_.push_back("view " + view->config.name + ": version " + std::to_string(n) +
-                           " cannot be maintained (a table its query reads is no longer "
-                           "mirrored); it is no longer kept current");
+        notices_.push_back(
+            SinkNotice::Warning("view " + view->config.name + ": version " + std::to_string(n) +
+                                " cannot be maintained (a table its query reads is no longer "
+                                "mirrored); it is no longer kept current"));
         continue;
       }
       const std::string target = v.serving == n ? view->target : GenerationTable(*view, n);
@@ -1883,9 +1884,10 @@ Status PostgresSink::VersionSteps(SqlSession& session) {
       if (status.ok()) status = WriteVersions(c, *view, next);
       Result<Shadow> shadow = status.ok() ? BuildShadow(c, *view) : Result<Shadow>(status.error());
       if (!shadow.ok()) {
-        notices_.push_back("view " + view->config.name + ": its new version could not be built (" +
-                           shadow.error().message() + "); version " +
-                           std::to_string(next.serving.value_or(0)) + " keeps serving");
+        notices_.push_back(SinkNotice::Warning(
+            "view " + view->config.name + ": its new version could not be built (" +
+            shadow.error().message() + "); version " + std::to_string(next.serving.value_or(0)) +
+            " keeps serving"));
         view->pending = false;  // tried again at the next reconnect
         continue;
       }

@@ -93,7 +93,7 @@ class PostgresSink : public Sink, public ViewInspector {
   std::vector<VersionInfo> ViewVersions() override;
   Result<std::string> SwitchVersion(const std::string& view, VersionSwitch what,
                                     double percent) override;
-  std::vector<std::string> TakeNotices() override {
+  std::vector<SinkNotice> TakeNotices() override {
     std::lock_guard lock(mutex_);
     return std::exchange(notices_, {});
   }
@@ -309,7 +309,7 @@ class PostgresSink : public Sink, public ViewInspector {
   // (the serving one while a new version waits, a retained one): name "<view>@<n>".
   std::vector<std::unique_ptr<View>> version_views_;
   size_t next_index_ = 0;  // temporary-table numbers of version views
-  std::vector<std::string> notices_;
+  std::vector<SinkNotice> notices_;
   std::mutex shown_mutex_;
   std::vector<VersionInfo> shown_;  // ViewVersions, for other threads
   // Rows each view got from a rebuild since TakeRebuiltRows.

@@ -486,11 +486,12 @@ Result<bool> RedisSink::StartVersion(View& view, uint64_t next, bool keyless) {
     // file's definition as the fill goes; no version of the old one can be kept.
     v.definitions[*v.serving] = view.record;
     if (redefined && view.config.promote_manual) {
-      notices_.push_back("view " + view.config.name +
-                         ": its definition changed but not its key template, so the new "
-                         "version shares the keys of the serving one and is rebuilt in place; "
-                         "`promote: manual` cannot hold it (it serves as each key is rewritten, "
-                         "and the stale keys are swept when it is complete)");
+      notices_.push_back(SinkNotice::Warning(
+          "view " + view.config.name +
+          ": its definition changed but not its key template, so the new "
+          "version shares the keys of the serving one and is rebuilt in place; "
+          "`promote: manual` cannot hold it (it serves as each key is rewritten, "
+          "and the stale keys are swept when it is complete)"));
     }
   }
   v.building = n;

@@ -108,7 +108,7 @@ class RedisSink : public Sink, public ViewInspector {
   std::vector<VersionInfo> ViewVersions() override;
   Result<std::string> SwitchVersion(const std::string& view, VersionSwitch what,
                                     double percent) override;
-  std::vector<std::string> TakeNotices() override {
+  std::vector<SinkNotice> TakeNotices() override {
     std::lock_guard lock(mutex_);
     return std::exchange(notices_, {});
   }
@@ -220,8 +220,8 @@ class RedisSink : public Sink, public ViewInspector {
   std::vector<std::unique_ptr<View>> version_views_;
   std::mutex shown_mutex_;
   std::vector<VersionInfo> shown_;
-  std::vector<std::string> notices_;  // TakeNotices
-  bool reload_versions_ = false;      // an Apply failed: the record is read again
+  std::vector<SinkNotice> notices_;  // TakeNotices
+  bool reload_versions_ = false;     // an Apply failed: the record is read again
   bool horizon_loaded_ = false;
   std::vector<std::unique_ptr<View>> views_;
   std::vector<RowView*> row_views_;  // the same views, for ApplyRows
