@@ -183,6 +183,8 @@ TEST_F(SidecarTest, HealthReadinessMetricsStatusLogsAndCleanStopUnderLoad) {
                  {{"store", "warehouse"}, {"le", "+Inf"}}),
             Find(samples, "pgderive_batch_duration_seconds_count", {{"store", "warehouse"}}));
   EXPECT_EQ(Find(samples, "pgderive_errors_total", {{"store", "cache"}, {"kind", "transient"}}), 0);
+  // Exported from the start, 0 until the change log's bound detaches the store.
+  EXPECT_EQ(Find(samples, "pgderive_spool_evictions_total", {{"store", "cache"}}), 0);
   EXPECT_TRUE(Find(samples, "pgderive_store_lag_bytes", {{"store", "cache"}}).has_value());
   EXPECT_TRUE(Find(samples, "pgderive_store_lag_seconds", {{"store", "warehouse"}}).has_value());
   EXPECT_TRUE(WaitFor([&] {
