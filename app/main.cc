@@ -22,6 +22,18 @@
 
 namespace {
 
+// An option's check: a whole number of seconds, at least `min`.
+CLI::Validator SecondsAtLeast(int min) {
+  return CLI::Validator(
+      [min](std::string& text) -> std::string {
+        int value = 0;
+        if (CLI::detail::lexical_cast(text, value) && value >= min) return {};
+        return "must be a whole number of seconds, " + std::to_string(min) + " or more (not " +
+               text + ")";
+      },
+      "SECONDS");
+}
+
 // The pieces of state a signal handler may touch.
 std::atomic<bool> g_stop{false};
 std::atomic<bool> g_reload{false};
@@ -99,8 +111,10 @@ int main(int argc, char** argv) {
       "restart (as SIGHUP does); an invalid file is refused and the running configuration "
       "stays");
   reload_command->add_option("-c,--config", reload.config_path, "configuration file")->required();
-  reload_command->add_option("--timeout", reload_timeout,
-                             "seconds to wait for the new configuration to serve (120)");
+  reload_command
+      ->add_option("--timeout", reload_timeout,
+                   "seconds to wait for the new configuration to serve (120)")
+      ->check(SecondsAtLeast(1));
 
   pgderive::VersionCommandOptions promote;
   bool promote_no_wait = false;
@@ -114,10 +128,14 @@ int main(int argc, char** argv) {
   promote_command->add_option("--view", promote.view, "the view")->required();
   promote_command->add_flag("--no-wait", promote_no_wait,
                             "refuse a version still building instead of waiting for it");
-  promote_command->add_option("--timeout", promote_timeout,
-                              "seconds to wait for the version to be ready (0: no limit)");
-  promote_command->add_option("--interval", promote_interval,
-                              "seconds between progress lines when not on a terminal (5)");
+  promote_command
+      ->add_option("--timeout", promote_timeout,
+                   "seconds to wait for the version to be ready (0: no limit)")
+      ->check(SecondsAtLeast(0));
+  promote_command
+      ->add_option("--interval", promote_interval,
+                   "seconds between progress lines when not on a terminal (5)")
+      ->check(SecondsAtLeast(1));
   pgderive::VersionCommandOptions rollback;
   rollback.rollback = true;
   CLI::App* rollback_command = app.add_subcommand(
@@ -137,8 +155,10 @@ int main(int argc, char** argv) {
       "difference");
   verify_command->add_option("-c,--config", verify.config_path, "configuration file")->required();
   verify_command->add_option("--view", verify_view, "only this view");
-  verify_command->add_option("--wait", verify_wait,
-                             "seconds to wait for the stores to catch up with the source (60)");
+  verify_command
+      ->add_option("--wait", verify_wait,
+                   "seconds to wait for the stores to catch up with the source (60)")
+      ->check(SecondsAtLeast(0));
 
   pgderive::ValidateOptions validate;
   CLI::App* validate_command = app.add_subcommand(
@@ -169,12 +189,16 @@ int main(int argc, char** argv) {
       ->required();
   backfill_command->add_option("--view", backfill.view, "the view to rebuild")->required();
   backfill_command->add_flag("--no-wait", backfill_no_wait, "return once the request is recorded");
-  backfill_command->add_option("--timeout", backfill_timeout,
-                               "give up waiting after this many seconds (exit 1); 0: no limit");
+  backfill_command
+      ->add_option("--timeout", backfill_timeout,
+                   "give up waiting after this many seconds (exit 1); 0: no limit")
+      ->check(SecondsAtLeast(0));
   int backfill_interval = 5;
-  backfill_command->add_option("--progress-interval", backfill_interval,
-                               "seconds between progress lines when the output is not a "
-                               "terminal (5); on a terminal one line is updated in place");
+  backfill_command
+      ->add_option("--progress-interval", backfill_interval,
+                   "seconds between progress lines when the output is not a "
+                   "terminal (5); on a terminal one line is updated in place")
+      ->check(SecondsAtLeast(1));
 
   pgderive::TeardownOptions teardown;
   CLI::App* teardown_command = app.add_subcommand(

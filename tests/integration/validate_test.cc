@@ -432,5 +432,29 @@ TEST(CommandLineTest, BadOptionsExitTwoWithTheProblemNamed) {
   EXPECT_NE(help_out.find("--views"), std::string::npos) << help_out;
 }
 
+// A command's number of seconds below its least value is refused by the command line
+// itself, naming the option, before anything is read or asked of the run.
+TEST_F(ValidateTest, ANegativeOrZeroNumberOfSecondsIsRefusedNamingTheOption) {
+  const std::string config = WriteConfig();
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"promote", "-c", config, "--view", "cache_view", "--timeout", "-5"},
+       "--timeout: must be a whole number of seconds, 0 or more (not -5)"},
+      {{"promote", "-c", config, "--view", "cache_view", "--interval", "0"},
+       "--interval: must be a whole number of seconds, 1 or more (not 0)"},
+      {{"backfill", "-c", config, "--view", "cache_view", "--timeout", "soon"},
+       "--timeout: must be a whole number of seconds, 0 or more (not soon)"},
+      {{"verify", "-c", config, "--wait", "-1"},
+       "--wait: must be a whole number of seconds, 0 or more (not -1)"},
+      {{"reload", "-c", config, "--timeout", "0"},
+       "--timeout: must be a whole number of seconds, 1 or more (not 0)"},
+  };
+  for (const auto& [args, said] : cases) {
+    auto [status, out] = RunPgderive(args, (dir_ / "args.err").string());
+    EXPECT_EQ(status, 2) << args[0] << ": " << out;
+    EXPECT_TRUE(Has(out, said)) << args[0] << ": " << out;
+  }
+  ExpectNothingCreated();
+}
+
 }  // namespace
 }  // namespace pgderive
