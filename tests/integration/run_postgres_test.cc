@@ -414,11 +414,14 @@ TEST_F(RunPostgresTest, AKilledFirstFillResumesAfterItsLastChunkAndNoReaderSeesA
       ++polls;
     }
   });
+  // The writer is paced (40 rows a statement, at most 100 statements a second): unpaced,
+  // it wrote faster than a sanitizer build applies, and the fill never ended.
   std::thread writer([&] {
     auto w = MustConnect(endpoints_.pg_dsn);
     for (int i = 0; !stop.load(); ++i) {
-      MustExecute(w, "update " + o +
-                         " set amount = amount + 1 where id % 1000 = " + std::to_string(i % 1000));
+      MustExecute(w, "update " + o + " set amount = amount + 1 where id % 10000 = " +
+                         std::to_string(i % 10000));
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));  // pace, not a wait
     }
   });
   const std::string fill = "mirror " + o;
