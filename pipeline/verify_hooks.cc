@@ -1,5 +1,8 @@
 #include "pipeline/verify_hooks.h"
 
+#include <set>
+#include <utility>
+
 #include "sinks/common/view_compare.h"
 #include "sinks/common/view_inspector.h"
 
@@ -74,7 +77,18 @@ VerifyOptions MakeVerifyOptions(const Config& config,
     }
     return differences.value().size();
   };
-  options.hooks.ready = [all](const std::string& store, const std::string& view) {
+  // The views compared: Redis and OpenSearch ones (not a postgres store's views, nor the
+  // mirrors it fills, which the backfill also knows as views).
+  std::set<std::pair<std::string, std::string>> compared;
+  for (const ViewConfig& view : config.views) {
+    auto store = config.stores.find(view.store);
+    if (store != config.stores.end() &&
+        (store->second.type == StoreType::kRedis || store->second.type == StoreType::kOpenSearch)) {
+      compared.emplace(view.store, view.name);
+    }
+  }
+  options.hooks.ready = [all, compared](const std::string& store, const std::string& view) {
+    if (!compared.contains({store, view})) return false;
     PipelineWorker* worker = WorkerOf(*all, store);
     if (worker == nullptr || worker->failed() || worker->detached()) return false;
     for (const auto& [name, reason] : worker->sink().failed_views()) {

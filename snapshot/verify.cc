@@ -35,6 +35,11 @@ namespace {
 // goes on (the next pass tries again).
 constexpr int kRepairAttempts = 3;
 constexpr auto kIdle = std::chrono::seconds(1);
+// A round over every view takes at least this long, and a chunk costs the budget at
+// least kChunkCost rows (its three watermarks are three commits, each flushed, and each
+// decoded by every slot of the database): small tables are not walked in a tight loop.
+constexpr auto kMinRound = std::chrono::seconds(2);
+constexpr size_t kChunkCost = 64;
 
 // Rows a verify chunk reads: about a quarter second of the budget.
 size_t ChunkRowsFor(int64_t rows_per_second) {
@@ -67,6 +72,7 @@ bool Backfills::Verifiable(const BackfillView& view) {
 }
 
 void Backfills::Pace(size_t rows) {
+  rows = std::max(rows, kChunkCost);
   const auto now = std::chrono::steady_clock::now();
   const auto cost =
       std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(
@@ -85,6 +91,7 @@ void Backfills::VerifyLoop(Worker& worker) {
     changed_.wait_for(lock, stop, wait, [] { return false; });
   };
   while (!stop.stop_requested()) {
+    const auto round = std::chrono::steady_clock::now();
     bool walked = false;
     for (const BackfillView& view : options_.views) {
       if (!view.rows) continue;  // a postgres view's mirrors: not compared here
@@ -101,7 +108,11 @@ void Backfills::VerifyLoop(Worker& worker) {
       }
       walked = walked || pass.value();
     }
-    if (!walked) idle(kIdle);
+    if (!walked) {
+      idle(kIdle);
+    } else if (const auto took = std::chrono::steady_clock::now() - round; took < kMinRound) {
+      idle(kMinRound - took);
+    }
   }
 }
 
