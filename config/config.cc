@@ -661,7 +661,7 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
   Config config;
   config.path = path;
   config.marks = ValueMarks(root);
-  for (const char* section : {"http", "log", "spool"}) {
+  for (const char* section : {"http", "log", "spool", "verify"}) {
     const YAML::Node node = static_cast<const YAML::Node&>(root)[section];
     if (!node || !node.IsMap()) continue;
     for (const auto& [key, mark] : ValueMarks(node)) {
@@ -948,6 +948,11 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
       check.Problem(section->Node("segment_bytes"), "spool.segment_bytes",
                     "must be at most half of spool.max_bytes");
     }
+  }
+  if (auto verify = top.Child("verify")) {
+    config.verify.continuous = verify->Choice("continuous") == 0;
+    config.verify.rows_per_second = verify->Integer("rows_per_second");
+    config.verify.repair = verify->Choice("repair") == 0;
   }
   if (auto http = top.Child("http")) {
     if (auto listen = http->String("listen")) {

@@ -148,6 +148,16 @@ struct SpoolConfig {
 struct Config;
 std::string ChangeLogOwner(const Config& config);
 
+// The background verifier of `run` (docs/configuration.md, "verify"): Redis and
+// OpenSearch views compared with their source tables, chunk by chunk.
+struct VerifyConfig {
+  bool continuous = true;
+  // Source rows it reads a second, for the whole pipeline.
+  int64_t rows_per_second = 1000;
+  // A chunk that differs is written again through the backfill (else only reported).
+  bool repair = true;
+};
+
 struct HttpConfig {
   std::string listen = "127.0.0.1:9187";
 };
@@ -160,6 +170,7 @@ struct Config {
   std::vector<ViewConfig> views;
   SnapshotConfig snapshot;
   SpoolConfig spool;
+  VerifyConfig verify;
   HttpConfig http;
   LogConfig log;
   // Where the top-level values and those of http, log and spool are written: "pipeline",

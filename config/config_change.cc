@@ -146,6 +146,11 @@ ConfigChange CompareConfigs(const Config& running, const Config& next) {
       next.spool.when_full != running.spool.when_full) {
     change.settings_changed.push_back("spool");
   }
+  if (next.verify.continuous != running.verify.continuous ||
+      next.verify.rows_per_second != running.verify.rows_per_second ||
+      next.verify.repair != running.verify.repair) {
+    change.settings_changed.push_back("verify");
+  }
   if (next.log.format != running.log.format) change.kept_until_restart.push_back("log.format");
   if (next.log.level != running.log.level) change.kept_until_restart.push_back("log.level");
   return change;

@@ -10,6 +10,7 @@
 #include "base/retry.h"
 #include "base/table_name.h"
 #include "config/grammar.h"
+#include "pipeline/verify_hooks.h"
 #include "pipeline/view_states.h"
 #include "spool/segment_log.h"
 
@@ -455,6 +456,12 @@ Counter& Pipeline::EvictionsCounter(const std::string& store) {
 
 bool Pipeline::InLog(Lsn checkpoint) { return log_ && log_->ReadAfter(checkpoint).ok(); }
 
+std::shared_ptr<const TypeRegistry> Pipeline::StreamTypes() {
+  std::lock_guard lock(types_mutex_);
+  if (!types_) types_ = std::make_shared<const TypeRegistry>();
+  return types_;
+}
+
 // Where the start-up reconciliation sends the views to fill: the pipeline's backfills.
 ViewBackfills Pipeline::ToBackfills() {
   return {.set_columns =
@@ -488,7 +495,9 @@ std::optional<int> Pipeline::StartStores() {
           .parallelism = config_.source.snapshot_parallelism,
           .checkpoint = [=](const std::string& store) { return worker_of(store).checkpoint(); },
           .durable = [=](const std::string& store) { return worker_of(store).Durable(); },
-          .failed = [=](const std::string& store) { return worker_of(store).failed(); }},
+          .failed = [=](const std::string& store) { return worker_of(store).failed(); },
+          .verify = MakeVerifyOptions(
+              config_, workers_, [this] { return StreamTypes(); }, logger_)},
       logger_);
   // Views to backfill while streaming (SPEC.md §1.4): new to their store, interrupted
   // by a stop, or following a table whose columns changed while pgderive was stopped.
@@ -505,7 +514,13 @@ std::optional<int> Pipeline::StartStores() {
   dispatcher_ = std::make_unique<Dispatcher>(Dispatcher::Stages{
       .map_partitions = [this](const Change& change) { return MapPartitions(*roots_, change); },
       .learn = [this](const RelationSchema& relation) { return learner_->Learn(relation.columns); },
-      .types = [this] { return learner_->types(); },
+      .types =
+          [this] {
+            std::shared_ptr<const TypeRegistry> types = learner_->types();
+            std::lock_guard lock(types_mutex_);
+            types_ = types;
+            return types;
+          },
       .place = [this](const Change& change,
                       std::vector<OwnedChange>& out) { backfills_->OnChange(change, out); },
       .deliver =
@@ -577,6 +592,7 @@ void Pipeline::StartWorkers() {
   for (auto& worker : workers_) observed.push_back(worker.get());
   monitor_.SetWorkers(std::move(observed));
   monitor_.SetBackfills([this] { return backfills_->Progress(); });
+  monitor_.SetVerified([this] { return backfills_->Verified(); });
 }
 
 // A store that lost its data while the pipeline runs (on its worker's thread): its

@@ -176,6 +176,11 @@ void RunMonitor::SetBackfills(BackfillsProgress progress) {
   backfills_ = std::move(progress);
 }
 
+void RunMonitor::SetVerified(VerifiedProgress verified) {
+  std::lock_guard lock(mutex_);
+  verified_ = std::move(verified);
+}
+
 void RunMonitor::FirstFill(const std::string& store, const std::string& view) {
   std::lock_guard lock(mutex_);
   first_fills_.insert({store, view});
@@ -554,6 +559,7 @@ void RunMonitor::Publish() {
   std::optional<std::string> slot_json, slot_lost;
   nlohmann::json snapshot;
   BackfillsProgress backfills_progress;
+  VerifiedProgress verified_progress;
   SpoolStats spool;
   uint64_t spool_max_bytes = 0;
   std::string capture_paused;
@@ -576,6 +582,7 @@ void RunMonitor::Publish() {
     marks = marks_;
     workers = workers_;
     backfills_progress = backfills_;
+    verified_progress = verified_;
     spool = spool_;
     spool_max_bytes = spool_max_bytes_;
     capture_paused = capture_paused_;
@@ -610,6 +617,9 @@ void RunMonitor::Publish() {
   const auto backfilling = backfills_progress
                                ? backfills_progress()
                                : std::map<std::pair<std::string, std::string>, BackfillProgress>{};
+  const auto verified = verified_progress
+                            ? verified_progress()
+                            : std::map<std::pair<std::string, std::string>, VerifyProgress>{};
   nlohmann::json stores = nlohmann::json::array();
   nlohmann::json views = nlohmann::json::array();
   const int64_t now_pg = ToPgTimestamp(std::chrono::system_clock::now());
@@ -797,6 +807,51 @@ void RunMonitor::Publish() {
                                      static_cast<double>(filled->rows_estimated));
       }
       if (refilling && state == "backfilling") v["reason"] = *refilling;
+      // The background verifier's findings (verify.continuous).
+      if (auto it = verified.find({name, view}); it != verified.end()) {
+        const VerifyProgress& found = it->second;
+        {
+          // Counters that follow the verifier's totals (one caller at a time adds).
+          std::lock_guard lock(verify_counters_mutex_);
+          auto follow = [&](const char* metric, const char* help, uint64_t total) {
+            Counter& counter = metrics_.counter(metric, help, {{"store", name}, {"view", view}});
+            const double behind = static_cast<double>(total) - counter.value();
+            if (behind > 0) counter.Add(behind);
+          };
+          follow("pgderive_verify_rows_checked_total",
+                 "Source rows the background verifier compared with the view", found.rows_checked);
+          follow("pgderive_verify_chunks_differing_total",
+                 "Chunks in which the background verifier found the view differing from its "
+                 "source",
+                 found.chunks_differing);
+          follow("pgderive_verify_entries_differing_total",
+                 "Entries the background verifier found differing from the source (missing or "
+                 "different)",
+                 found.entries_differing);
+          follow("pgderive_verify_entries_repaired_total",
+                 "Differing entries the background verifier wrote again and found right after",
+                 found.entries_repaired);
+        }
+        const double last_pass =
+            found.last_pass
+                ? std::chrono::duration<double>(found.last_pass->time_since_epoch()).count()
+                : 0.0;
+        metrics_
+            .gauge("pgderive_verify_last_pass_timestamp_seconds",
+                   "Unix time the background verifier last completed a pass over the view (0: "
+                   "none yet)",
+                   {{"store", name}, {"view", view}})
+            .Set(last_pass);
+        nlohmann::json verify = {{"rows_checked", found.rows_checked},
+                                 {"passes", found.passes},
+                                 {"differences", found.entries_differing},
+                                 {"chunks_differing", found.chunks_differing},
+                                 {"repaired", found.entries_repaired}};
+        verify["last_full_pass"] = found.last_pass
+                                       ? nlohmann::json(UtcText(ToPgTimestamp(*found.last_pass)))
+                                       : nlohmann::json(nullptr);
+        v["verify"] = verify;
+      }
       // Its versions (sinks/common/view_versions.h): one series per state, how many.
       std::map<std::string, int> in_state{
           {"building", 0}, {"ready", 0}, {"serving", 0}, {"retained", 0}};

@@ -60,6 +60,11 @@ class RunMonitor {
   using BackfillsProgress =
       std::function<std::map<std::pair<std::string, std::string>, BackfillProgress>()>;
   void SetBackfills(BackfillsProgress progress);
+  // What the background verifier found, per (store, view): /status's "verify" of a view
+  // and the pgderive_verify_* metrics.
+  using VerifiedProgress =
+      std::function<std::map<std::pair<std::string, std::string>, VerifyProgress>()>;
+  void SetVerified(VerifiedProgress verified);
   // The change log's figures (spool on): /status's "spool", the pgderive_spool_* metrics
   // and each store's position in the log.
   using SpoolStats = std::function<ChangeLogStats()>;
@@ -131,6 +136,8 @@ class RunMonitor {
   std::chrono::steady_clock::time_point snapshot_started_;
   std::vector<PipelineWorker*> workers_;
   BackfillsProgress backfills_;
+  VerifiedProgress verified_;
+  std::mutex verify_counters_mutex_;  // the counters follow the verifier's totals
   SpoolStats spool_;
   uint64_t spool_max_bytes_ = 0;
   std::string capture_paused_;

@@ -60,11 +60,16 @@ void Backfills::Start() {
   for (auto& worker : workers_) {
     worker->thread.Start([this, w = worker.get()](std::stop_token) { Loop(*w); });
   }
+  if (options_.verify.continuous && !verifier_) {
+    verifier_ = std::make_unique<Worker>();
+    verifier_->thread.Start([this](std::stop_token) { VerifyLoop(*verifier_); });
+  }
 }
 
 void Backfills::Stop() {
   stop_.request_stop();
   for (auto& worker : workers_) worker->thread.Stop();
+  if (verifier_) verifier_->thread.Stop();
 }
 
 void Backfills::Add(const std::string& store, const std::string& table,
@@ -101,6 +106,7 @@ void Backfills::Add(const std::string& store, const std::string& table,
   job->views = std::move(views);
   job->after = std::move(after);
   queue_.push_back(std::move(job));
+  ++fills_;
   active_.store(true);
   changed_.notify_all();
 }
@@ -211,11 +217,15 @@ void Backfills::Loop(Worker& worker) {
     }
     worker.running.reset();
     window_.RemoveRunning(job->id);
-    bool running = false;
-    for (const auto& w : workers_) running = running || w->running != nullptr;
-    active_.store(running || !queue_.empty() || window_.chunks_in_flight() > 0);
+    SettleActiveLocked();
     changed_.notify_all();  // a job of the same store and table may wait for this one
   }
+}
+
+void Backfills::SettleActiveLocked() {
+  bool running = false;
+  for (const auto& w : workers_) running = running || w->running != nullptr;
+  active_.store(running || !queue_.empty() || window_.chunks_in_flight() > 0);
 }
 
 Status Backfills::Emit(Worker& worker, const std::string& content) {
@@ -311,25 +321,10 @@ Status Backfills::RunJob(Worker& worker, const std::shared_ptr<Job>& job) {
   // columns are what a delete carries), else the primary key.
   const std::string regclass = "$1::regclass";
   const SqlParams table = {TableName::Parse(job->table).Quoted()};
-  auto key = worker.sql->Query(
-      "select a.attname, format_type(a.atttypid, a.atttypmod) from (select indkey::int2[] k "
-      "from pg_index where indrelid = " +
-          regclass +
-          " and (indisprimary or indisreplident) order by indisreplident desc, indisprimary desc "
-          "limit 1) i, unnest(i.k) with ordinality u(attnum, n) join pg_attribute a on a.attrelid "
-          "= " +
-          regclass + " and a.attnum = u.attnum order by u.n",
-      table);
-  if (!key.ok()) return transient(key.error());
-  std::vector<std::pair<std::string, std::string>> key_columns;
-  for (const auto& row : key.value().rows) {
-    key_columns.emplace_back(row[0].value_or(""), row[1].value_or(""));
-  }
-  if (key_columns.empty()) {
-    return Error::Permanent("table " + job->table +
-                            " has neither a primary key nor a replica identity index to read it "
-                            "by in chunks; rebuild the store instead");
-  }
+  auto key = KeyColumns(*worker.sql, job->table);
+  if (!key.ok())
+    return key.error().kind() == ErrorKind::kPermanent ? key.error() : transient(key.error());
+  const std::vector<std::pair<std::string, std::string>> key_columns = std::move(key).value();
   // A partitioned table is read through its root; its writers lock the partitions.
   auto estimate = worker.sql->Query(
       "select sum(greatest(c.reltuples, 0))::bigint, (sum(pg_table_size(c.oid)) / "
@@ -577,41 +572,14 @@ Result<Backfills::Flight> Backfills::ReadChunk(
     forget();
     return status.error();
   }
-  // The rows after the last chunk's, in key order.
-  std::string columns, order, where;
-  SqlParams after_values;
-  for (const ColumnSchema& c : schema->columns) {
-    columns += (columns.empty() ? "" : ", ") + worker.sql->QuoteIdentifier(c.name);
-  }
-  for (const auto& [name, type] : key) {
-    order += (order.empty() ? "" : ", ") + worker.sql->QuoteIdentifier(name);
-  }
-  if (after) {
-    auto values = nlohmann::json::parse(*after, nullptr, /*allow_exceptions=*/false);
-    if (!values.is_array() || values.size() != key.size() ||
-        !std::all_of(values.begin(), values.end(), [](const auto& v) { return v.is_string(); })) {
-      forget();
-      return Error::Corrupt("backfill of " + job->table + ": the recorded position " + *after +
-                            " does not match the key (" + order + ")");
-    }
-    std::string placeholders;
-    for (size_t i = 0; i < key.size(); ++i) {
-      placeholders += (i ? ", $" : "$") + std::to_string(i + 1) + "::" + key[i].second;
-      after_values.push_back(values[i].get<std::string>());
-    }
-    where = " where (" + order + ") > (" + placeholders + ")";
-  }
-  auto rows = worker.sql->Query("select " + columns + " from " + (partitioned ? "" : "only ") +
-                                    TableName::Parse(job->table).Quoted() + where + " order by " +
-                                    order + " limit " + std::to_string(limit),
-                                after_values);
+  auto rows = ReadRows(*worker.sql, job->table, schema, key, after, limit, partitioned);
   if (!rows.ok()) {
     forget();
     return rows.error();
   }
   {
     std::lock_guard lock(mutex_);
-    window_.ChunkRead(flight.id, std::move(rows.value().rows));
+    window_.ChunkRead(flight.id, std::move(rows).value());
   }
   lap(job->timing.rows);
   status = Emit(worker, window_.Message("high", flight.id));
@@ -621,6 +589,69 @@ Result<Backfills::Flight> Backfills::ReadChunk(
     return status.error();
   }
   return flight;
+}
+
+Result<std::vector<std::pair<std::string, std::string>>> Backfills::KeyColumns(
+    SqlSession& sql, const std::string& table) {
+  // The key the chunks follow: the replica identity's index when it names one (its
+  // columns are what a delete carries), else the primary key.
+  const std::string regclass = "$1::regclass";
+  auto key = sql.Query(
+      "select a.attname, format_type(a.atttypid, a.atttypmod) from (select indkey::int2[] k "
+      "from pg_index where indrelid = " +
+          regclass +
+          " and (indisprimary or indisreplident) order by indisreplident desc, indisprimary desc "
+          "limit 1) i, unnest(i.k) with ordinality u(attnum, n) join pg_attribute a on a.attrelid "
+          "= " +
+          regclass + " and a.attnum = u.attnum order by u.n",
+      {TableName::Parse(table).Quoted()});
+  if (!key.ok()) return key.error();
+  std::vector<std::pair<std::string, std::string>> key_columns;
+  for (const auto& row : key.value().rows) {
+    key_columns.emplace_back(row[0].value_or(""), row[1].value_or(""));
+  }
+  if (key_columns.empty()) {
+    return Error::Permanent("table " + table +
+                            " has neither a primary key nor a replica identity index to read it "
+                            "by in chunks; rebuild the store instead");
+  }
+  return key_columns;
+}
+
+Result<ChunkRows> Backfills::ReadRows(SqlSession& sql, const std::string& table,
+                                      const std::shared_ptr<const RelationSchema>& schema,
+                                      const std::vector<std::pair<std::string, std::string>>& key,
+                                      const std::optional<std::string>& after, size_t limit,
+                                      bool partitioned) {
+  // The rows after the key `after`, in key order.
+  std::string columns, order, where;
+  SqlParams after_values;
+  for (const ColumnSchema& c : schema->columns) {
+    columns += (columns.empty() ? "" : ", ") + sql.QuoteIdentifier(c.name);
+  }
+  for (const auto& [name, type] : key) {
+    order += (order.empty() ? "" : ", ") + sql.QuoteIdentifier(name);
+  }
+  if (after) {
+    auto values = nlohmann::json::parse(*after, nullptr, /*allow_exceptions=*/false);
+    if (!values.is_array() || values.size() != key.size() ||
+        !std::all_of(values.begin(), values.end(), [](const auto& v) { return v.is_string(); })) {
+      return Error::Corrupt("backfill of " + table + ": the recorded position " + *after +
+                            " does not match the key (" + order + ")");
+    }
+    std::string placeholders;
+    for (size_t i = 0; i < key.size(); ++i) {
+      placeholders += (i ? ", $" : "$") + std::to_string(i + 1) + "::" + key[i].second;
+      after_values.push_back(values[i].get<std::string>());
+    }
+    where = " where (" + order + ") > (" + placeholders + ")";
+  }
+  auto rows = sql.Query("select " + columns + " from " + (partitioned ? "" : "only ") +
+                            TableName::Parse(table).Quoted() + where + " order by " + order +
+                            " limit " + std::to_string(limit),
+                        after_values);
+  if (!rows.ok()) return rows.error();
+  return std::move(rows.value().rows);
 }
 
 void Backfills::WaitVerdict(Flight& flight) {

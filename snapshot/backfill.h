@@ -70,6 +70,44 @@
 
 namespace pgderive {
 
+// The background verifier (verify.continuous; snapshot/verify.cc) compares Redis and
+// OpenSearch views with their tables through the stores, which this layer does not see:
+// the pipeline gives it these (sinks/common/view_compare.h does the comparing).
+struct VerifyHooks {
+  // What `store` holds for `view` under the keys `rows` make there: key -> JSON.
+  std::function<Result<std::map<std::string, std::string>>(
+      const std::string& store, const std::string& view,
+      const std::shared_ptr<const RelationSchema>& schema, const ChunkRows& rows)>
+      held;
+  // `comparable` (rows no change touched in the window) against `held`: logs each
+  // difference (with `checked`, the position the store was read at) and returns how many
+  // entries differ.
+  std::function<Result<size_t>(const std::string& store, const std::string& view,
+                               const std::shared_ptr<const RelationSchema>& schema,
+                               const ChunkRows& comparable,
+                               const std::map<std::string, std::string>& held, Lsn checked)>
+      check;
+  // Whether the view can be compared now (its store answers, the view is not failed).
+  std::function<bool(const std::string& store, const std::string& view)> ready;
+};
+
+struct VerifyOptions {
+  bool continuous = false;
+  int64_t rows_per_second = 1000;  // source rows read a second, every view together
+  bool repair = true;              // a chunk that differs is written again
+  VerifyHooks hooks;
+};
+
+// What the verifier found in a view since the start.
+struct VerifyProgress {
+  uint64_t rows_checked = 0;
+  uint64_t chunks_differing = 0;
+  uint64_t entries_differing = 0;
+  uint64_t entries_repaired = 0;
+  uint64_t passes = 0;
+  std::optional<std::chrono::system_clock::time_point> last_pass;  // the last full pass's end
+};
+
 struct BackfillOptions {
   std::string dsn;
   std::string pipeline;
@@ -84,6 +122,7 @@ struct BackfillOptions {
   std::function<Lsn(const std::string& store)> checkpoint;
   std::function<Lsn(const std::string& store)> durable;
   std::function<bool(const std::string& store)> failed;
+  VerifyOptions verify = {};
 };
 
 struct BackfillProgress {
@@ -120,6 +159,8 @@ class Backfills {
 
   // Views being backfilled (queued or running), with their progress.
   std::map<std::pair<std::string, std::string>, BackfillProgress> Progress();
+  // What the background verifier found, per (store, view) it walked.
+  std::map<std::pair<std::string, std::string>, VerifyProgress> Verified();
 
  private:
   // The window's job (store, table, views, columns; cancelled, restart), and where the
@@ -170,6 +211,46 @@ class Backfills {
   // Forgets the chunks in flight (each is read again); under the lock.
   void AbandonLocked(std::deque<Flight>& flights);
   Status Emit(Worker& worker, const std::string& content);
+  // The key chunks follow: (column, type), the replica identity's index or the primary key.
+  static Result<std::vector<std::pair<std::string, std::string>>> KeyColumns(
+      SqlSession& sql, const std::string& table);
+  // Up to `limit` rows of `table` after the key `after` (from the start when unset), in
+  // key order.
+  static Result<ChunkRows> ReadRows(SqlSession& sql, const std::string& table,
+                                    const std::shared_ptr<const RelationSchema>& schema,
+                                    const std::vector<std::pair<std::string, std::string>>& key,
+                                    const std::optional<std::string>& after, size_t limit,
+                                    bool partitioned);
+
+  // ---- the background verifier (snapshot/verify.cc) ----
+
+  void VerifyLoop(Worker& worker);
+  // One full pass over `view` (false: not comparable now, or stopped).
+  Result<bool> VerifyView(Worker& worker, const BackfillView& view);
+  // A chunk compared: its rows, the key of the last, the entries that differ.
+  struct Checked {
+    bool done = false;  // false: read again (a spoiled window, a restart, a fill began)
+    size_t rows = 0;
+    std::optional<std::string> last;
+    size_t differing = 0;
+  };
+  Result<Checked> VerifyChunk(Worker& worker, const BackfillView& view,
+                              const std::shared_ptr<const RelationSchema>& schema,
+                              const std::vector<std::pair<std::string, std::string>>& key,
+                              const std::optional<std::string>& after, size_t limit,
+                              bool partitioned);
+  // Writes the chunk after `after` again through the backfill (placed at its H, the
+  // view's state untouched); true once its store applied it.
+  Result<bool> RepairChunk(Worker& worker, const BackfillView& view,
+                           const std::shared_ptr<const RelationSchema>& schema,
+                           const std::vector<std::pair<std::string, std::string>>& key,
+                           const std::optional<std::string>& after, size_t limit, bool partitioned);
+  // Whether `view` is live (no fill of its store and table queued or running) and ready.
+  bool Verifiable(const BackfillView& view);
+  // Waits until `rows` more rows fit the budget (verify.rows_per_second).
+  void Pace(size_t rows);
+  // active_ from what is queued and in flight; under the lock.
+  void SettleActiveLocked();
   Status WaitForWriters(Worker& worker, const std::string& table);
   // Waits until the store applied `watermark` (kYes) or the stream restarted since
   // `generation` (kNo, even when the store's checkpoint passed the watermark: the rows
@@ -200,6 +281,11 @@ class Backfills {
   uint64_t generation_ = 0;  // stream restarts
   WatermarkWindow window_;
   std::vector<std::unique_ptr<Worker>> workers_;  // fixed at Start
+  uint64_t fills_ = 0;                            // jobs added: a verify chunk spanning one is
+                                                  // not compared
+  std::map<std::pair<std::string, std::string>, VerifyProgress> verified_;
+  std::unique_ptr<Worker> verifier_;                   // verify.continuous
+  std::chrono::steady_clock::time_point paced_until_;  // the verifier's thread only
 };
 
 }  // namespace pgderive

@@ -110,6 +110,11 @@ WatermarkWindow::Verdict WatermarkWindow::ChunkVerdict(uint64_t id) const {
   return it == chunks_.end() ? Verdict::kRetry : it->second.verdict;
 }
 
+Lsn WatermarkWindow::ChunkWatermark(uint64_t id) const {
+  auto it = chunks_.find(id);
+  return it == chunks_.end() ? Lsn{} : it->second.watermark;
+}
+
 WatermarkWindow::ChunkOutcome WatermarkWindow::EndChunk(uint64_t id) {
   ChunkOutcome outcome;
   auto it = chunks_.find(id);
@@ -331,6 +336,12 @@ void WatermarkWindow::Place(Chunk& chunk, Lsn commit_lsn, uint32_t index,
       if (row[i]) tuple.columns[i] = TupleValue{TupleValueKind::kText, *row[i]};
     }
     out.push_back(BackfillRow(commit_lsn, ++n, chunk.schema, tuple, control));
+  }
+  if (job.repair) {
+    // The views are live: their state stays.
+    ChunkRows().swap(chunk.rows);
+    std::set<std::string>().swap(chunk.changed);
+    return;
   }
   auto state = std::make_shared<ViewControl>(*control);
   state->backfilling = true;

@@ -94,6 +94,9 @@ struct BackfillJob {
   uint32_t table_oid = 0;            // and its OID
   bool cancelled = false;            // replaced by a newer job: nothing more is placed
   bool restart = false;              // from the start: a row moved behind the frontier
+  // A repair of the background verifier: the chunk's rows are placed, the views' state
+  // is left as it is (they are live; a fill's chunk records how far it got).
+  bool repair = false;
 };
 
 // A chunk's rows as read, in the table's column order (the text of each value).
@@ -185,6 +188,8 @@ class WatermarkWindow {
   // The rows it read and the key of the last (KeyJson), once read.
   std::pair<size_t, std::optional<std::string>> ChunkPosition(uint64_t id) const;
   Verdict ChunkVerdict(uint64_t id) const;
+  // The commit LSN of its H, once its verdict is kDone (a fill's or a verify chunk's).
+  Lsn ChunkWatermark(uint64_t id) const;
   // Forgets the chunk (its verdict taken, or given up); kPending comes back as kRetry,
   // and a chunk not placed has the chunks that follow it read again.
   ChunkOutcome EndChunk(uint64_t id);

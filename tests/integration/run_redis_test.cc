@@ -47,6 +47,9 @@ class RunRedisTest : public testing::PipelineTest {
         << "\nviews:\n  - name: cache_view\n    store: cache\n    from: " << table_
         << "\n    key: \"" << table_ << ":{id}\"\n"
         << (columns.empty() ? "" : "    columns: [" + columns + "]\n")
+        // A test tampers with the store to see `verify` report it: the background
+        // verifier would mend it first.
+        << "verify:\n  continuous: off\n"
         << "http:\n  listen: 127.0.0.1:" << port_ << "\n";
     return WriteFile("pgderive.yml", out.str());
   }

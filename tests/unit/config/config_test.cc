@@ -154,6 +154,28 @@ TEST(ConfigTest, SnapshotWorkers) {
   }
 }
 
+TEST(ConfigTest, Verify) {
+  ConfigResult defaults = ParseConfig(kMinimal, "w.yml");
+  ASSERT_TRUE(defaults.config.has_value()) << defaults.Describe("w.yml");
+  EXPECT_TRUE(defaults.config->verify.continuous);
+  EXPECT_EQ(defaults.config->verify.rows_per_second, 1000);
+  EXPECT_TRUE(defaults.config->verify.repair);
+  ConfigResult set = ParseConfig(
+      kMinimal + "verify:\n  continuous: off\n  rows_per_second: 50\n  repair: report\n", "w.yml");
+  ASSERT_TRUE(set.config.has_value()) << set.Describe("w.yml");
+  EXPECT_FALSE(set.config->verify.continuous);
+  EXPECT_EQ(set.config->verify.rows_per_second, 50);
+  EXPECT_FALSE(set.config->verify.repair);
+  EXPECT_EQ(ParseConfig(kMinimal + "verify:\n  repair: fix\n", "w.yml").Describe("w.yml"),
+            "w.yml:9:11: verify.repair: must be one of: auto, report\n");
+  EXPECT_EQ(ParseConfig(kMinimal + "verify:\n  rows_per_second: 0\n", "w.yml").Describe("w.yml"),
+            "w.yml:9:20: verify.rows_per_second: must be a whole number from 1 to 10000000\n");
+  EXPECT_EQ(ParseConfig(kMinimal + "verify:\n  continuous: yes\n", "w.yml").Describe("w.yml"),
+            "w.yml:9:15: verify.continuous: must be one of: on, off\n");
+  EXPECT_EQ(ParseConfig(kMinimal + "verify:\n  speed: 3\n", "w.yml").Describe("w.yml").empty(),
+            false);
+}
+
 TEST(ConfigTest, Spool) {
   // On by default: no section is every default.
   ConfigResult absent = ParseConfig(kMinimal, "/etc/pgderive/w.yml");
@@ -608,6 +630,9 @@ TEST(ConfigCorpusTest, TheFullValidFileLoads) {
   EXPECT_EQ(c.views[3].key_columns, std::vector<std::string>{"customer_id"});
   EXPECT_NE(c.views[3].query.find("group by o.customer_id"), std::string::npos);
   EXPECT_EQ(c.snapshot.workers, 8);
+  EXPECT_TRUE(c.verify.continuous);
+  EXPECT_EQ(c.verify.rows_per_second, 500);
+  EXPECT_FALSE(c.verify.repair);
   EXPECT_EQ(c.http.listen, "[::1]:9188");
   EXPECT_EQ(c.log.format, LogFormat::kLogfmt);
   EXPECT_EQ(c.log.level, LogLevel::kDebug);

@@ -207,6 +207,23 @@ TEST_F(WatermarkWindowTest, TheRowsArePlacedAtHThenTheStateWithTheLastKey) {
   EXPECT_EQ(window_.chunks_in_flight(), 0u);
 }
 
+TEST_F(WatermarkWindowTest, ARepairPlacesTheRowsNotChangedInTheWindowAndLeavesTheState) {
+  // The background verifier's repair of a live view: a fill's chunk that records no state.
+  auto job = RunningJob();
+  job->repair = true;
+  BeginAndRead(7, job);
+  Mark(window_, At(0x100), window_.Message("low", 7));
+  Update(window_, At(0x150), {Text("2"), Text("z")});
+  const Fed high = Mark(window_, At(0x200), window_.Message("high", 7), /*index=*/5);
+  EXPECT_EQ(Render(high.out), (std::vector<std::string>{
+                                  "0/200#6 row cache/items_cache (1,a)",
+                                  "0/200#7 row cache/items_cache (3,c)",
+                              }));
+  EXPECT_EQ(window_.ChunkVerdict(7), Verdict::kDone);
+  EXPECT_EQ(window_.ChunkWatermark(7), At(0x200));
+  EXPECT_EQ(window_.EndChunk(7).verdict, Verdict::kDone);
+}
+
 TEST_F(WatermarkWindowTest, AChangeInsideTheWindowTakesItsKeyOutOfTheChunk) {
   auto job = RunningJob();
   BeginAndRead(1, job);

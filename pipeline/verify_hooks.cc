@@ -1,0 +1,102 @@
+#include "pipeline/verify_hooks.h"
+
+#include <set>
+#include <utility>
+
+#include "sinks/common/view_compare.h"
+#include "sinks/common/view_inspector.h"
+
+namespace pgderive {
+namespace {
+
+// The worker of `store`; null when there is none.
+PipelineWorker* WorkerOf(const std::vector<std::unique_ptr<PipelineWorker>>& workers,
+                         const std::string& store) {
+  for (const auto& worker : workers) {
+    if (worker->sink().name() == store) return worker.get();
+  }
+  return nullptr;
+}
+
+// The store's inspector: Redis and OpenSearch sinks read their own entries.
+ViewInspector* InspectorOf(const std::vector<std::unique_ptr<PipelineWorker>>& workers,
+                           const std::string& store) {
+  PipelineWorker* worker = WorkerOf(workers, store);
+  return worker == nullptr ? nullptr : dynamic_cast<ViewInspector*>(&worker->sink());
+}
+
+}  // namespace
+
+VerifyOptions MakeVerifyOptions(const Config& config,
+                                const std::vector<std::unique_ptr<PipelineWorker>>& workers,
+                                std::function<std::shared_ptr<const TypeRegistry>()> types,
+                                Logger& log) {
+  VerifyOptions options{.continuous = config.verify.continuous,
+                        .rows_per_second = config.verify.rows_per_second,
+                        .repair = config.verify.repair,
+                        .hooks = {}};
+  const auto* all = &workers;
+  options.hooks.held = [all, types](const std::string& store, const std::string& view,
+                                    const std::shared_ptr<const RelationSchema>& schema,
+                                    const ChunkRows& rows) -> Result<ViewEntries> {
+    ViewInspector* inspector = InspectorOf(*all, store);
+    if (inspector == nullptr) return Error::Permanent("store " + store + " cannot be read back");
+    const std::shared_ptr<const TypeRegistry> registry = types();
+    auto expected = EntriesOfRows(*inspector, view, schema, rows, *registry);
+    if (!expected.ok()) return expected.error();
+    std::vector<std::string> keys;
+    keys.reserve(expected.value().size());
+    for (const auto& [key, value] : expected.value()) keys.push_back(key);
+    auto entries = inspector->ReadEntries(view, keys);
+    if (!entries.ok()) return entries.error();
+    ViewEntries held;
+    for (auto& [key, value] : entries.value()) held.emplace(std::move(key), std::move(value));
+    return held;
+  };
+  options.hooks.check = [all, types, &log](const std::string& store, const std::string& view,
+                                           const std::shared_ptr<const RelationSchema>& schema,
+                                           const ChunkRows& comparable, const ViewEntries& held,
+                                           Lsn checked) -> Result<size_t> {
+    ViewInspector* inspector = InspectorOf(*all, store);
+    if (inspector == nullptr) return Error::Permanent("store " + store + " cannot be read back");
+    const std::shared_ptr<const TypeRegistry> registry = types();
+    auto differences = CheckChunk(*inspector, view, schema, comparable, held, *registry);
+    if (!differences.ok()) return differences.error();
+    for (const EntryDifference& difference : differences.value()) {
+      std::string detail;
+      for (const std::string& line : DescribeDifference(view, difference)) {
+        detail += (detail.empty() ? "" : "; ") + line;
+      }
+      log.Warn("verify found view " + view + " differing from its source at key " + difference.key +
+                   ": " + SummarizeDifference(difference),
+               {{"store", store},
+                {"view", view},
+                {"key", difference.key},
+                {"difference", detail},
+                {"lsn", checked.ToString()}});
+    }
+    return differences.value().size();
+  };
+  // The views compared: Redis and OpenSearch ones (not a postgres store's views, nor the
+  // mirrors it fills, which the backfill also knows as views).
+  std::set<std::pair<std::string, std::string>> compared;
+  for (const ViewConfig& view : config.views) {
+    auto store = config.stores.find(view.store);
+    if (store != config.stores.end() &&
+        (store->second.type == StoreType::kRedis || store->second.type == StoreType::kOpenSearch)) {
+      compared.emplace(view.store, view.name);
+    }
+  }
+  options.hooks.ready = [all, compared](const std::string& store, const std::string& view) {
+    if (!compared.contains({store, view})) return false;
+    PipelineWorker* worker = WorkerOf(*all, store);
+    if (worker == nullptr || worker->failed() || worker->detached()) return false;
+    for (const auto& [name, reason] : worker->sink().failed_views()) {
+      if (name == view) return false;
+    }
+    return InspectorOf(*all, store) != nullptr;
+  };
+  return options;
+}
+
+}  // namespace pgderive

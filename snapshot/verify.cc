@@ -1,0 +1,318 @@
+// The background verifier (verify.continuous): Redis and OpenSearch views compared with
+// their source tables while they serve, and what differs written again.
+//
+//   VerifyLoop: view after view (live ones), pass after pass
+//     VerifyView: the view's table in key order, chunk by chunk, paced to
+//                 verify.rows_per_second
+//       VerifyChunk: BeginVerify; Emit(L) ...........WAL...........> stream thread: the
+//                    WaitForWriters; read the rows; Emit(H) ..WAL..> window records the
+//                    the verdict at H; WaitApplied(H): the store      keys changed from L
+//                    has applied every change before H; read its      to "checked"
+//                    entries for the rows' keys; Emit("checked") --> "checked": closed
+//                    EndVerify: the rows no change touched from L to "checked" against
+//                    what the store held (VerifyHooks::check logs each difference)
+//       RepairChunk (verify.repair: auto, the chunk differs): the same range read again
+//                    as a fill's chunk, placed at its H for this view only (the stream
+//                    wins over it as over any backfill), the view's state untouched;
+//                    then the chunk is compared again
+//
+// A chunk is compared only when the window says it may be (watermark_window.h, the
+// verify window): a busy writer makes its keys "changed", never a false difference. A
+// chunk whose window spans a fill of the view's store (a request, a reshape: the view
+// may be emptied) is read again, and a view that is not live is skipped.
+
+#include <thread>
+
+#include "base/table_name.h"
+#include "cdc/publication.h"
+#include "snapshot/backfill.h"
+#include "snapshot/view_state.h"
+
+namespace pgderive {
+namespace {
+
+// A chunk whose repair does not hold after this many writes is reported, and the walk
+// goes on (the next pass tries again).
+constexpr int kRepairAttempts = 3;
+constexpr auto kIdle = std::chrono::seconds(1);
+// A round over every view takes at least this long, and a chunk costs the budget at
+// least kChunkCost rows (its three watermarks are three commits, each flushed, and each
+// decoded by every slot of the database): small tables are not walked in a tight loop.
+constexpr auto kMinRound = std::chrono::seconds(2);
+constexpr size_t kChunkCost = 64;
+
+// Rows a verify chunk reads: about a quarter second of the budget.
+size_t ChunkRowsFor(int64_t rows_per_second) {
+  return static_cast<size_t>(std::clamp<int64_t>(rows_per_second / 4, 16, 4096));
+}
+
+}  // namespace
+
+std::map<std::pair<std::string, std::string>, VerifyProgress> Backfills::Verified() {
+  std::lock_guard lock(mutex_);
+  return verified_;
+}
+
+bool Backfills::Verifiable(const BackfillView& view) {
+  {
+    std::lock_guard lock(mutex_);
+    auto fills = [&](const std::shared_ptr<Job>& job) {
+      return job && !job->cancelled && !job->live && job->store == view.store &&
+             std::find(job->views.begin(), job->views.end(), view.view) != job->views.end();
+    };
+    for (const auto& job : queue_) {
+      if (fills(job)) return false;
+    }
+    for (const auto& worker : workers_) {
+      if (fills(worker->running)) return false;
+    }
+  }
+  if (options_.failed && options_.failed(view.store)) return false;
+  return !options_.verify.hooks.ready || options_.verify.hooks.ready(view.store, view.view);
+}
+
+void Backfills::Pace(size_t rows) {
+  rows = std::max(rows, kChunkCost);
+  const auto now = std::chrono::steady_clock::now();
+  const auto cost =
+      std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(
+          static_cast<double>(rows) / static_cast<double>(options_.verify.rows_per_second)));
+  // No credit for idle time beyond one chunk's: the budget is a rate, not a reserve.
+  paced_until_ = std::max(paced_until_, now - cost) + cost;
+  if (paced_until_ <= now) return;
+  std::unique_lock lock(mutex_);
+  changed_.wait_until(lock, stop_.get_token(), paced_until_, [] { return false; });
+}
+
+void Backfills::VerifyLoop(Worker& worker) {
+  const std::stop_token stop = stop_.get_token();
+  auto idle = [&](std::chrono::steady_clock::duration wait) {
+    std::unique_lock lock(mutex_);
+    changed_.wait_for(lock, stop, wait, [] { return false; });
+  };
+  while (!stop.stop_requested()) {
+    const auto round = std::chrono::steady_clock::now();
+    bool walked = false;
+    for (const BackfillView& view : options_.views) {
+      if (!view.rows) continue;  // a postgres view's mirrors: not compared here
+      if (stop.stop_requested()) return;
+      auto pass = VerifyView(worker, view);
+      if (!pass.ok()) {
+        if (!stop.stop_requested()) {
+          log_.Warn("verify of view " + view.view + " interrupted: " + pass.error().message(),
+                    {{"store", view.store}});
+        }
+        worker.sql.reset();
+        idle(kIdle);
+        continue;
+      }
+      walked = walked || pass.value();
+    }
+    if (!walked) {
+      idle(kIdle);
+    } else if (const auto took = std::chrono::steady_clock::now() - round; took < kMinRound) {
+      idle(kMinRound - took);
+    }
+  }
+}
+
+Result<bool> Backfills::VerifyView(Worker& worker, const BackfillView& view) {
+  if (!Verifiable(view)) return false;
+  if (!worker.sql) {
+    auto connected = SqlSession::Connect(options_.dsn, "pgderive-verify");
+    if (!connected.ok()) return connected.error();
+    worker.sql.emplace(std::move(connected).value());
+    // As the backfill's (RunJob): each watermark waits for its own flush; a lock queued
+    // behind is given up after 1 s.
+    Status status = worker.sql->Execute("set synchronous_commit = local; set lock_timeout = '1s'");
+    if (!status.ok()) return status.error();
+  }
+  auto key = KeyColumns(*worker.sql, view.table);
+  if (!key.ok()) return key.error();
+  auto kind = worker.sql->Query("select relkind::text from pg_class where oid = $1::regclass",
+                                {TableName::Parse(view.table).Quoted()});
+  if (!kind.ok()) return kind.error();
+  const bool partitioned =
+      !kind.value().rows.empty() && kind.value().rows[0][0].value_or("") == "p";
+  const size_t limit = ChunkRowsFor(options_.verify.rows_per_second);
+  std::optional<std::string> after;
+  while (true) {
+    if (stopping() || !Verifiable(view)) return false;
+    auto schema = DescribeTable(*worker.sql, view.table);
+    if (!schema.ok()) return schema.error();
+    auto checked =
+        VerifyChunk(worker, view, schema.value(), key.value(), after, limit, partitioned);
+    if (!checked.ok()) return checked.error();
+    Pace(checked.value().rows);
+    if (!checked.value().done) continue;  // read again
+    size_t differing = checked.value().differing;
+    if (differing > 0) {
+      {
+        std::lock_guard lock(mutex_);
+        VerifyProgress& progress = verified_[{view.store, view.view}];
+        progress.chunks_differing += 1;
+        progress.entries_differing += differing;
+      }
+      if (options_.verify.repair) {
+        // Written again, then compared again: the repair holds once the chunk agrees.
+        const size_t found = differing;
+        for (int attempt = 0; attempt < kRepairAttempts && differing > 0; ++attempt) {
+          if (stopping() || !Verifiable(view)) return false;
+          auto repaired =
+              RepairChunk(worker, view, schema.value(), key.value(), after, limit, partitioned);
+          if (!repaired.ok()) return repaired.error();
+          Pace(checked.value().rows);
+          if (!repaired.value()) continue;
+          auto again =
+              VerifyChunk(worker, view, schema.value(), key.value(), after, limit, partitioned);
+          if (!again.ok()) return again.error();
+          Pace(again.value().rows);
+          if (again.value().done) differing = again.value().differing;
+        }
+        if (differing == 0) {
+          log_.Info("verify repaired view " + view.view,
+                    {{"store", view.store}, {"entries", std::to_string(found)}});
+          std::lock_guard lock(mutex_);
+          verified_[{view.store, view.view}].entries_repaired += found;
+        } else {
+          log_.Error("verify could not repair view " + view.view + ": " +
+                         std::to_string(differing) + " entries still differ after " +
+                         std::to_string(kRepairAttempts) + " writes",
+                     {{"store", view.store}, {"after", after.value_or("")}});
+        }
+      }
+    }
+    {
+      std::lock_guard lock(mutex_);
+      verified_[{view.store, view.view}].rows_checked += checked.value().rows;
+    }
+    if (checked.value().rows < limit) break;  // the end of the table
+    after = checked.value().last;
+  }
+  std::lock_guard lock(mutex_);
+  VerifyProgress& progress = verified_[{view.store, view.view}];
+  progress.passes += 1;
+  progress.last_pass = std::chrono::system_clock::now();
+  return true;
+}
+
+Result<Backfills::Checked> Backfills::VerifyChunk(
+    Worker& worker, const BackfillView& view, const std::shared_ptr<const RelationSchema>& schema,
+    const std::vector<std::pair<std::string, std::string>>& key,
+    const std::optional<std::string>& after, size_t limit, bool partitioned) {
+  auto job = std::make_shared<BackfillJob>();
+  job->store = view.store;
+  job->table = view.table;
+  job->views = {view.view};
+  uint64_t id = 0, generation = 0, fills = 0;
+  {
+    std::vector<std::string> key_names;
+    for (const auto& [name, type] : key) key_names.push_back(name);
+    std::lock_guard lock(mutex_);
+    id = next_id_++;
+    generation = generation_;
+    fills = fills_;
+    window_.BeginVerify(id, job, schema, std::move(key_names));
+    active_.store(true);  // the stream thread records the table's changes
+  }
+  auto forget = [&] {
+    std::lock_guard lock(mutex_);
+    WatermarkWindow::VerifyOutcome ended = window_.EndVerify(id);
+    SettleActiveLocked();
+    return ended;
+  };
+  Checked checked;
+  Status status = Emit(worker, window_.Message("low", id));
+  if (status.ok()) status = WaitForWriters(worker, view.table);
+  if (!status.ok()) {
+    forget();
+    return status.error();
+  }
+  auto rows = ReadRows(*worker.sql, view.table, schema, key, after, limit, partitioned);
+  if (!rows.ok()) {
+    forget();
+    return rows.error();
+  }
+  checked.rows = rows.value().size();
+  {
+    std::lock_guard lock(mutex_);
+    window_.ChunkRead(id, rows.value());
+    checked.last = window_.ChunkPosition(id).second;
+  }
+  status = Emit(worker, window_.Message("high", id));
+  if (!status.ok()) {
+    forget();
+    return status.error();
+  }
+  Lsn watermark;
+  {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, stop_.get_token(),
+                  [&] { return window_.ChunkVerdict(id) != Verdict::kPending; });
+    if (window_.ChunkVerdict(id) != Verdict::kDone) {
+      window_.EndVerify(id);
+      SettleActiveLocked();
+      return checked;  // read again
+    }
+    watermark = window_.ChunkWatermark(id);
+  }
+  // The store has applied every change before H: what it holds now is at least as new.
+  if (WaitApplied(view.store, watermark, generation) != Applied::kYes) {
+    forget();
+    return checked;
+  }
+  auto held = options_.verify.hooks.held(view.store, view.view, schema, rows.value());
+  if (!held.ok()) {
+    forget();
+    return held.error();
+  }
+  status = Emit(worker, window_.Message("checked", id));
+  if (!status.ok()) {
+    forget();
+    return status.error();
+  }
+  WatermarkWindow::VerifyOutcome outcome;
+  {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, stop_.get_token(),
+                  [&] { return window_.VerifyVerdict(id) != Verdict::kPending; });
+    outcome = window_.EndVerify(id);
+    SettleActiveLocked();
+    // A fill of the store began meanwhile (a request empties the view at its position):
+    // what the store held is not comparable.
+    if (outcome.verdict != Verdict::kDone || fills_ != fills) return checked;
+  }
+  auto differing = options_.verify.hooks.check(view.store, view.view, schema, outcome.comparable,
+                                               held.value(), outcome.checked);
+  if (!differing.ok()) return differing.error();
+  checked.done = true;
+  checked.differing = differing.value();
+  return checked;
+}
+
+Result<bool> Backfills::RepairChunk(Worker& worker, const BackfillView& view,
+                                    const std::shared_ptr<const RelationSchema>& schema,
+                                    const std::vector<std::pair<std::string, std::string>>& key,
+                                    const std::optional<std::string>& after, size_t limit,
+                                    bool partitioned) {
+  auto job = std::make_shared<Job>();
+  job->store = view.store;
+  job->table = view.table;
+  job->views = {view.view};
+  job->columns = ColumnsOf(*schema);
+  job->table_oid = schema->id.value;
+  job->repair = true;
+  job->live = true;  // not a fill: Progress and Verifiable do not see it (never queued)
+  auto flight = ReadChunk(worker, job, schema, key, after, limit, partitioned, /*prev=*/0);
+  if (!flight.ok()) return flight.error();
+  WaitVerdict(flight.value());
+  {
+    std::lock_guard lock(mutex_);
+    SettleActiveLocked();
+  }
+  if (flight.value().outcome.verdict != Verdict::kDone) return false;
+  return WaitApplied(view.store, flight.value().outcome.watermark, flight.value().generation) ==
+         Applied::kYes;
+}
+
+}  // namespace pgderive

@@ -1,0 +1,257 @@
+// The background verifier (verify.continuous) against the real servers: views damaged
+// behind pgderive's back while a writer runs are found within a pass - each difference
+// logged with its key - and repaired to the exact value; and a concurrent writer with no
+// damage makes no difference at all over several passes.
+//
+// The writer updates rows the damage does not touch (a row it updated would be mended by
+// its own change, proving nothing about the verifier); the no-damage test's writer
+// updates, inserts and deletes across the whole table.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "sinks/redis/redis_client.h"
+#include "tests/support/pg.h"
+#include "tests/support/pipeline_test.h"
+
+namespace pgderive {
+namespace {
+
+using nlohmann::json;
+using testing::MustConnect;
+using testing::MustExecute;
+using testing::UniqueName;
+
+constexpr int kRows = 3000;
+
+class ContinuousVerifyTest : public testing::PipelineTest {
+ protected:
+  void SetUp() override {
+    UseSharedStack("cverify");
+    if (HasFatalFailure()) return;
+    table_ = UniqueName("cverify_src");
+    index_ = UniqueName("cverify-docs");
+    CleanupSql("drop table if exists " + table_);
+    CleanupIndex(index_);
+    for (int n = 1; n <= 4; ++n) CleanupIndex(index_ + "-" + std::to_string(n));
+    MustExecute(*sql_, "create table " + table_ +
+                           " (id int primary key, name text not null, n int not null default 0)");
+    MustExecute(*sql_, "insert into " + table_ +
+                           " select g, 'row ' || g, 0 from generate_series(1, " +
+                           std::to_string(kRows) + ") g");
+    // 8000 rows a second: chunks of 2000, a pass of the table in about 0.4 s.
+    config_ = WriteFile(
+        "pgderive.yml",
+        "pipeline: " + pipeline_ + "\nsource:\n  dsn: \"" + endpoints_.pg_dsn +
+            "\"\nstores:\n  cache:\n    type: redis\n    url: \"" + endpoints_.redis_url +
+            "\"\n  search:\n    type: opensearch\n    url: \"" + endpoints_.opensearch_url +
+            "\"\nviews:\n  - name: rows\n    store: cache\n    from: " + table_ + "\n    key: \"" +
+            pipeline_ + ":rows:{id}\"\n  - name: docs\n    store: search\n" +
+            "    from: " + table_ + "\n    index: " + index_ +
+            "\nverify:\n  rows_per_second: 8000\nhttp:\n  listen: 127.0.0.1:" +
+            std::to_string(port_) + "\n");
+  }
+  void TearDown() override {
+    StopWriter();
+    PipelineTest::TearDown();
+    auto redis = RedisClient::Connect(endpoints_.redis_url);
+    if (!redis.ok()) return;
+    for (const std::string& pattern : {pipeline_ + ":*", "pgderive:" + pipeline_ + ":*"}) {
+      auto keys = redis.value().Command({"KEYS", pattern});
+      if (!keys.ok()) continue;
+      for (const auto& key : keys.value().elements) {
+        (void)redis.value().Command({"DEL", key.str});  // test cleanup
+      }
+    }
+  }
+
+  // A writer, until StopWriter: updates of rows [from, to] (`churn`: inserts and deletes
+  // of rows above kRows too), one a transaction, as fast as it goes.
+  void StartWriter(int from, int to, bool churn) {
+    writer_ = std::thread([this, from, to, churn] {
+      PgConnection c = MustConnect(endpoints_.pg_dsn);
+      std::mt19937 random(7);
+      std::uniform_int_distribution<int> pick(from, to);
+      for (int i = 0; !stop_writer_.load(); ++i) {
+        const std::string id = std::to_string(pick(random));
+        std::string statement = "update " + table_ + " set n = n + 1, name = 'row " + id + " v" +
+                                std::to_string(i) + "' where id = " + id;
+        if (churn && i % 3 == 1) {
+          statement = "insert into " + table_ + " values (" + std::to_string(kRows + 1 + i % 50) +
+                      ", 'new', 0) on conflict (id) do update set n = excluded.n + 1";
+        } else if (churn && i % 3 == 2) {
+          statement = "delete from " + table_ + " where id = " + std::to_string(kRows + 1 + i % 50);
+        }
+        auto done = c.Execute(statement);
+        if (!done.ok()) return;
+        writes_.fetch_add(1);
+      }
+    });
+  }
+  void StopWriter() {
+    stop_writer_.store(true);
+    if (writer_.joinable()) writer_.join();
+  }
+
+  // The view's "verify" in /status (an empty object before its first chunk).
+  json Verify(const std::string& view) {
+    const json status = ViewStatus(view);
+    if (!status.is_object() || !status.contains("verify")) return json::object();
+    return status["verify"];
+  }
+  uint64_t Passes(const std::string& view) { return Verify(view).value("passes", uint64_t{0}); }
+  // A counter or gauge of /metrics for `view` (-1 when absent).
+  double Metric(const std::string& name, const std::string& view) {
+    const std::string body = Http("/metrics").second;
+    const std::string label = "view=\"" + view + "\"";
+    size_t at = 0;
+    while ((at = body.find(name + "{", at)) != std::string::npos) {
+      const size_t end = body.find('\n', at);
+      const std::string line = body.substr(at, end - at);
+      at = end;
+      if (line.find(label) == std::string::npos) continue;
+      return std::stod(line.substr(line.rfind(' ') + 1));
+    }
+    return -1;
+  }
+  // The run log's lines of the verifier.
+  std::string VerifyLines() {
+    std::string out;
+    std::istringstream in(RunLog());
+    for (std::string line; std::getline(in, line);) {
+      if (line.find("verif") != std::string::npos) out += line + "\n";
+    }
+    return out;
+  }
+  RedisReply Ask(const std::vector<std::string>& command) {
+    auto client = RedisClient::Connect(endpoints_.redis_url);
+    if (!client.ok()) return {};
+    auto reply = client.value().Command(command);
+    return reply.ok() ? reply.value() : RedisReply{};
+  }
+  // The document `id` of the view `docs` (its _source; null when there is none).
+  json Document(int id) {
+    auto [status, body] =
+        HttpRequest(endpoints_.opensearch_url, "GET", "/" + index_ + "/_doc/" + std::to_string(id));
+    if (status != 200) return nullptr;
+    json doc = json::parse(body, nullptr, false);
+    if (doc.is_discarded() || !doc.value("found", false)) return nullptr;
+    return doc["_source"];
+  }
+
+  std::string table_, index_, config_;
+  std::thread writer_;
+  std::atomic<bool> stop_writer_{false};
+  std::atomic<uint64_t> writes_{0};
+};
+
+TEST_F(ContinuousVerifyTest, RedisDamageIsFoundAndRepairedWhileAWriterRuns) {
+  StartRun(config_);
+  WaitReady();
+  if (HasFatalFailure()) return;
+  StartWriter(1000, kRows, /*churn=*/false);
+  ASSERT_TRUE(WaitFor([&] { return Passes("rows") >= 1; })) << Status().dump() << RunLog();
+  const std::string changed = pipeline_ + ":rows:5";
+  const std::string deleted = pipeline_ + ":rows:7";
+  const RedisReply right5 = Ask({"GET", changed});
+  const RedisReply right7 = Ask({"GET", deleted});
+  ASSERT_EQ(right5.type, RedisReply::Type::kString);
+  ASSERT_EQ(right7.type, RedisReply::Type::kString);
+  // Behind pgderive's back.
+  Ask({"SET", changed, R"({"id":5,"name":"tampered","n":99})"});
+  Ask({"DEL", deleted});
+  ASSERT_TRUE(WaitFor([&] {
+    return Ask({"GET", changed}).str == right5.str && Ask({"GET", deleted}).str == right7.str &&
+           Metric("pgderive_verify_entries_repaired_total", "rows") >= 2 &&
+           Verify("rows").value("repaired", 0) >= 2;
+  })) << Ask({"GET", changed}).str
+      << RunLog();
+  const std::string log = RunLog();
+  EXPECT_NE(log.find("differing from its source at key " + changed + ": different (n, name)"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("differing from its source at key " + deleted + ": missing"),
+            std::string::npos)
+      << log;
+  EXPECT_GE(Metric("pgderive_verify_chunks_differing_total", "rows"), 1);
+  EXPECT_GE(Metric("pgderive_verify_rows_checked_total", "rows"), kRows);
+  EXPECT_GT(Metric("pgderive_verify_last_pass_timestamp_seconds", "rows"), 1.7e9);
+  const json status = Verify("rows");
+  EXPECT_GE(status.value("differences", 0), 2) << status.dump();
+  EXPECT_GE(status.value("repaired", 0), 2) << status.dump() << VerifyLines();
+  EXPECT_TRUE(status["last_full_pass"].is_string()) << status.dump();
+  // The other store's view never differed.
+  EXPECT_EQ(Verify("docs").value("differences", -1), 0) << Verify("docs").dump();
+  StopWriter();
+  EXPECT_GT(writes_.load(), 0u);
+  auto [verified, report] = testing::RunVerify(config_, 60);
+  EXPECT_EQ(verified, 0) << report;
+  StopRun();
+}
+
+TEST_F(ContinuousVerifyTest, OpenSearchDamageIsFoundAndRepairedWhileAWriterRuns) {
+  StartRun(config_);
+  WaitReady();
+  if (HasFatalFailure()) return;
+  StartWriter(1000, kRows, /*churn=*/false);
+  ASSERT_TRUE(WaitFor([&] { return Passes("docs") >= 1; })) << Status().dump() << RunLog();
+  const json right5 = Document(5);
+  const json right7 = Document(7);
+  ASSERT_TRUE(right5.is_object());
+  ASSERT_TRUE(right7.is_object());
+  // Behind pgderive's back: a document deleted, another altered.
+  EXPECT_EQ(HttpRequest(endpoints_.opensearch_url, "DELETE", "/" + index_ + "/_doc/5").first, 200);
+  EXPECT_EQ(HttpRequest(endpoints_.opensearch_url, "PUT", "/" + index_ + "/_doc/7",
+                        R"({"id":7,"name":"tampered","n":99})")
+                .first,
+            200);
+  ASSERT_TRUE(WaitFor([&] {
+    return Document(5) == right5 && Document(7) == right7 &&
+           Metric("pgderive_verify_entries_repaired_total", "docs") >= 2 &&
+           Verify("docs").value("repaired", 0) >= 2;
+  })) << Document(5).dump()
+      << Document(7).dump() << RunLog();
+  const std::string log = RunLog();
+  EXPECT_NE(log.find("differing from its source at key 5: missing"), std::string::npos) << log;
+  EXPECT_NE(log.find("differing from its source at key 7: different (n, name)"), std::string::npos)
+      << log;
+  EXPECT_GE(Metric("pgderive_verify_chunks_differing_total", "docs"), 1);
+  EXPECT_GE(Verify("docs").value("repaired", 0), 2) << Verify("docs").dump();
+  EXPECT_EQ(Verify("rows").value("differences", -1), 0) << Verify("rows").dump();
+  StopWriter();
+  auto [verified, report] = testing::RunVerify(config_, 60);
+  EXPECT_EQ(verified, 0) << report;
+  StopRun();
+}
+
+TEST_F(ContinuousVerifyTest, ABusyWriterWithoutDamageMakesNoDifference) {
+  StartRun(config_);
+  WaitReady();
+  if (HasFatalFailure()) return;
+  StartWriter(1, kRows, /*churn=*/true);
+  // Two full passes of each view that began after the writer did.
+  const uint64_t rows_from = Passes("rows");
+  const uint64_t docs_from = Passes("docs");
+  ASSERT_TRUE(WaitFor([&] {
+    return Passes("rows") >= rows_from + 3 && Passes("docs") >= docs_from + 3;
+  })) << Status().dump()
+      << RunLog();
+  StopWriter();
+  EXPECT_GT(writes_.load(), 100u);
+  for (const std::string view : {"rows", "docs"}) {
+    const json status = Verify(view);
+    EXPECT_EQ(status.value("differences", -1), 0) << view << " " << status.dump();
+    EXPECT_EQ(status.value("repaired", -1), 0) << view << " " << status.dump();
+    EXPECT_EQ(Metric("pgderive_verify_chunks_differing_total", view), 0) << view;
+    EXPECT_GE(Metric("pgderive_verify_rows_checked_total", view), 3 * kRows) << view;
+  }
+  EXPECT_EQ(RunLog().find("differing from its source"), std::string::npos) << RunLog();
+}
+
+}  // namespace
+}  // namespace pgderive
