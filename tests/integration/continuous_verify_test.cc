@@ -53,7 +53,7 @@ class ContinuousVerifyTest : public testing::PipelineTest {
             "\"\nviews:\n  - name: rows\n    store: cache\n    from: " + table_ + "\n    key: \"" +
             pipeline_ + ":rows:{id}\"\n  - name: docs\n    store: search\n" +
             "    from: " + table_ + "\n    index: " + index_ +
-            "\nverify:\n  rows_per_second: 8000\nhttp:\n  listen: 127.0.0.1:" +
+            "\nverify:\n  continuous: on\n  rows_per_second: 8000\nhttp:\n  listen: 127.0.0.1:" +
             std::to_string(port_) + "\n");
   }
   void TearDown() override {

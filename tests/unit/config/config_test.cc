@@ -157,13 +157,13 @@ TEST(ConfigTest, SnapshotWorkers) {
 TEST(ConfigTest, Verify) {
   ConfigResult defaults = ParseConfig(kMinimal, "w.yml");
   ASSERT_TRUE(defaults.config.has_value()) << defaults.Describe("w.yml");
-  EXPECT_TRUE(defaults.config->verify.continuous);
+  EXPECT_FALSE(defaults.config->verify.continuous);  // opt-in for now
   EXPECT_EQ(defaults.config->verify.rows_per_second, 1000);
   EXPECT_TRUE(defaults.config->verify.repair);
   ConfigResult set = ParseConfig(
-      kMinimal + "verify:\n  continuous: off\n  rows_per_second: 50\n  repair: report\n", "w.yml");
+      kMinimal + "verify:\n  continuous: on\n  rows_per_second: 50\n  repair: report\n", "w.yml");
   ASSERT_TRUE(set.config.has_value()) << set.Describe("w.yml");
-  EXPECT_FALSE(set.config->verify.continuous);
+  EXPECT_TRUE(set.config->verify.continuous);
   EXPECT_EQ(set.config->verify.rows_per_second, 50);
   EXPECT_FALSE(set.config->verify.repair);
   EXPECT_EQ(ParseConfig(kMinimal + "verify:\n  repair: fix\n", "w.yml").Describe("w.yml"),
