@@ -113,6 +113,10 @@ ConfigChange CompareConfigs(const Config& running, const Config& next) {
       change.views_added.push_back(v.name);
     } else if (!SameViewDefinition(*it->second, v)) {
       change.views_redefined.push_back(v.name);
+    } else if (it->second->promote_manual != v.promote_manual ||
+               it->second->retain_previous != v.retain_previous) {
+      // How its versions switch and how long the previous one is kept: no rebuild.
+      change.settings_changed.push_back("view " + v.name + " promote/retain_previous");
     }
   }
   for (const ViewConfig& v : running.views) {

@@ -106,6 +106,18 @@ TEST(ConfigChangeTest, ASpoolWhenFullChangeIsASettingsChange) {
   EXPECT_EQ(change.settings_changed, std::vector<std::string>{"spool"});
 }
 
+// A view's promote or retain_previous changed (its definition not): applied by the
+// reload without a rebuild.
+TEST(ConfigChangeTest, AViewsPromoteOrRetainPreviousIsASettingsChangeNotARebuild) {
+  for (const char* added : {"    promote: manual\n", "    retain_previous: 10m\n"}) {
+    const ConfigChange change = CompareConfigs(Parse(kBase), Parse(kBase + added));
+    EXPECT_TRUE(change.views_redefined.empty()) << added;
+    EXPECT_EQ(change.settings_changed,
+              std::vector<std::string>{"view products promote/retain_previous"})
+        << added;
+  }
+}
+
 // The fingerprint a row store records with a view's state: what decides an entry's
 // content and key changes it; what does not (workers, store url, comments) does not.
 TEST(ConfigChangeTest, TheDefinitionFingerprintFollowsWhatDecidesAnEntry) {
