@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
@@ -21,7 +22,14 @@
 
 namespace pgderive::testing {
 
-std::string PgderiveBinary() { return PGDERIVE_BINARY; }
+std::string PgderiveBinary() {
+  // Another build's binary under this build's tests, e.g. the sanitizer build's under the
+  // release-only fault tests: PGDERIVE_TEST_BINARY=build/asan/app/pgderive.
+  if (const char* other = std::getenv("PGDERIVE_TEST_BINARY"); other != nullptr && *other != 0) {
+    return other;
+  }
+  return PGDERIVE_BINARY;
+}
 std::string SourceDir() { return PGDERIVE_SOURCE_DIR; }
 
 Subprocess::Subprocess(const std::vector<std::string>& argv, const std::string& stderr_path) {

@@ -46,7 +46,8 @@ std::pair<int, std::string> RunVerify(const std::string& config, int wait_second
 // A port nothing listens on right now (the kernel's pick for an ephemeral bind).
 int FreePort();
 
-// The path of the pgderive binary under test, and of the source tree (set by the build).
+// The path of the pgderive binary under test (set by the build; PGDERIVE_TEST_BINARY in
+// the environment names another, e.g. a sanitizer build's), and of the source tree.
 std::string PgderiveBinary();
 std::string SourceDir();
 
