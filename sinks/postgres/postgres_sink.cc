@@ -1842,11 +1842,22 @@ Status PostgresSink::AfterSwitch(SqlSession& session, View& view, Versions versi
   return Status::Ok();
 }
 
+bool PostgresSink::AbandonedBuilding(const View& view) const {
+  const Versions& v = view.versions;
+  if (!v.building || !v.serving) return false;
+  const auto building = v.definitions.find(*v.building);
+  const auto serving = v.definitions.find(*v.serving);
+  const std::string file = Definition(view);
+  return building != v.definitions.end() && building->second != file &&
+         serving != v.definitions.end() && serving->second == file;
+}
+
 Status PostgresSink::VersionSteps(SqlSession& session) {
   const int64_t now = NowSeconds();
   for (auto& view : views_) {
     const bool due = PreviousDue(view->versions, now);
-    if (!view->pending && !due) continue;
+    const bool abandoned = !view->pending && AbandonedBuilding(*view);
+    if (!view->pending && !due && !abandoned) continue;
     if (!filling_ || Reads(*view, *filling_)) continue;
     auto begun = session.Begin();
     if (!begun.ok()) return begun.error();
@@ -1855,7 +1866,19 @@ Status PostgresSink::VersionSteps(SqlSession& session) {
     std::vector<int> retired;
     std::string said;
     Status status = Status::Ok();
-    if (due) {
+    if (abandoned) {
+      // The file went back to the serving version's definition: the version built (or
+      // rolled back from) for another one is no longer kept current, so it is dropped
+      // rather than left to be promoted stale.
+      const int n = *next.building;
+      said = "view " + view->config.name + ": version " + std::to_string(n) + " (" +
+             VersionWhere(*view, next, n) +
+             ") was dropped: its definition is no longer the file's, and version " +
+             std::to_string(next.serving.value_or(0)) + ", of the file's definition, serves";
+      retired.push_back(n);
+      next.building.reset();
+      next.held = false;
+    } else if (due) {
       const int n = *next.previous;
       retired.push_back(n);
       next.previous.reset();
@@ -1943,6 +1966,14 @@ Result<std::string> PostgresSink::SwitchVersion(const std::string& view_name, Ve
   }
   if (view == nullptr) return Error::Permanent("store " + name_ + " has no view " + view_name);
   const Versions versions = view->versions;
+  if (what == VersionSwitch::kPromote && AbandonedBuilding(*view)) {
+    return Error::Permanent("view " + view_name + " has no new version to promote: version " +
+                            std::to_string(*versions.building) +
+                            " is of a definition no longer in the file (it is being dropped); "
+                            "version " +
+                            std::to_string(versions.serving.value_or(0)) +
+                            ", of the file's definition, serves");
+  }
   if (what == VersionSwitch::kPromote && view->pending) {
     // Not built yet: refused as a version still building is.
     Versions building = versions;

@@ -173,6 +173,9 @@ class PostgresSink : public Sink, public ViewInspector {
   // What a view's table was built from: target, key, query and the OIDs of the source
   // tables (a table dropped and created again under the same name is another table).
   std::string Definition(const View& view) const;
+  // A version built (or rolled back from) for a definition the file no longer has, while
+  // the serving version is of the file's: VersionSteps drops it (never promoted stale).
+  bool AbandonedBuilding(const View& view) const;
   // A row of pgderive.views: the definition, then "\ngeneration N" (the build that
   // serves, which names its shadow tables) and " made_schema" when pgderive created the
   // table's schema (a definition recorded before generations has neither).

@@ -312,6 +312,45 @@ TEST_F(PostgresVersionsTest, ManualPromoteAndRollback) {
   StopRun(std::chrono::seconds(30));
 }
 
+// The file changed, then put back before the new version was promoted: that version is
+// of a definition the file no longer has and no longer kept current, so it is dropped
+// (log line, table gone, /status lists only the serving one) and promote refuses - it
+// was left "ready" and stale, and promote switched readers to it.
+TEST_F(PostgresVersionsTest, AVersionOfADefinitionTheFileNoLongerHasIsDroppedNotPromoted) {
+  std::string config = Config(Old(), "    promote: manual\n");
+  StartRun(config);
+  WaitReady(std::chrono::seconds(120));
+  ASSERT_FALSE(HasFatalFailure());
+  config = Config(Upper(), "    promote: manual\n");
+  auto [reloaded, reload_out] = Pgderive({"reload", "-c", config});
+  ASSERT_EQ(reloaded, 0) << reload_out << RunLog();
+  ASSERT_TRUE(WaitFor([&] {
+    return Versions() == std::map<int, std::string>{{1, "serving"}, {2, "ready"}};
+  })) << Status()
+      << RunLog();
+  ASSERT_TRUE(Exists(Generation(2)));
+  config = Config(Old(), "    promote: manual\n");
+  auto [reverted, revert_out] = Pgderive({"reload", "-c", config});
+  ASSERT_EQ(reverted, 0) << revert_out << RunLog();
+  EXPECT_TRUE(WaitLog("run.err",
+                      "view docs: version 2 (table " + Generation(2) +
+                          ") was dropped: its definition is no longer the file's, and version 1, "
+                          "of the file's definition, serves"))
+      << RunLog();
+  EXPECT_TRUE(WaitFor([&] {
+    return Versions() == std::map<int, std::string>{{1, "serving"}};
+  })) << Status();
+  EXPECT_FALSE(Exists(Generation(2)));
+  auto [promoted, promote_out] = Pgderive({"promote", "-c", config, "--view", "docs", "--no-wait"});
+  EXPECT_EQ(promoted, 1) << promote_out;
+  EXPECT_TRUE(Contains(promote_out, "no new version to promote")) << promote_out;
+  MustExecute(*sql_, "update " + src_ + " set name = 'after revert' where id = 9");
+  EXPECT_TRUE(Equals(out_, Old())) << RunLog();
+  auto [verified, report] = testing::RunVerify(config, 120);
+  EXPECT_EQ(verified, 0) << report;
+  StopRun(std::chrono::seconds(30));
+}
+
 TEST_F(PostgresVersionsTest, ARetainedVersionIsDroppedAfterRetainPrevious) {
   std::string config = Config(Old(), "    retain_previous: 3s\n");
   StartRun(config);
