@@ -1525,11 +1525,16 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
 }
 
 // Every row of `relation` (the target table, or the query in parentheses) as a verify
-// entry: the key as a JSON array, the row as a JSON object.
+// entry: the key as a JSON array, the row as a JSON object. A number is given as the
+// string of its digits: parsed as a JSON number it would be a double, and two numerics
+// that differ past the 15th digit would compare equal.
 Result<std::vector<ViewInspector::Entry>> PostgresSink::ReadEntries(SqlRunner& c, const View& view,
                                                                     const std::string& relation) {
   auto rows = c.Query("select json_build_array(" + KeyList(view, "r.") +
-                      ")::text, row_to_json(r.*)::text from " + relation + " r");
+                      ")::text, (select json_object_agg(e.key, case when json_typeof(e.value) = "
+                      "'number' then to_json(e.value #>> '{}') else e.value end) from "
+                      "json_each(row_to_json(r.*)) e)::text from " +
+                      relation + " r");
   if (!rows.ok()) return rows.error();
   std::vector<Entry> out;
   for (auto& row : rows.value().rows) out.emplace_back(row[0].value_or(""), row[1].value_or(""));

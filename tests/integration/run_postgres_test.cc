@@ -176,6 +176,18 @@ TEST_F(RunPostgresTest, JoinAndGroupByViewsEqualTheirQueriesAfterRandomOperation
                               "_out.big_orders where id = 777777"),
             "12800 600");
 
+  // A numeric differing past its 15th digit is a difference (compared as its digits, not
+  // as a double), named with its key and both values.
+  const std::string damaged = Scalar(*sql_, "select min(customer_id) from " + ns_ + "_out.totals");
+  MustExecute(*sql_, "update " + ns_ + "_out.totals set total = total + 0.00000000000001 " +
+                         "where customer_id = " + damaged);
+  std::tie(status, out) = Verify(config);
+  EXPECT_EQ(status, 1) << out << RunErr();
+  EXPECT_NE(out.find("different [" + damaged + "] column total"), std::string::npos) << out;
+  EXPECT_NE(out.find("00000000000001"), std::string::npos) << out;
+  MustExecute(*sql_, "update " + ns_ + "_out.totals set total = total - 0.00000000000001 " +
+                         "where customer_id = " + damaged);
+
   // Truncate empties what depends on the table.
   MustExecute(*sql_, "truncate " + o);
   std::tie(status, out) = Verify(config);
