@@ -220,13 +220,16 @@ int RunVerify(const VerifyOptions& options) {
     }
     for (const auto& [view, count] : unlisted) {
       std::fprintf(options.out,
-                   "view %s: %zu more difference lines not listed (the first %zu are)\n",
-                   view.c_str(), count, kListedPerView);
+                   "view %s: %zu more difference line%s not listed (the first %zu are)\n",
+                   view.c_str(), count, count == 1 ? "" : "s", kListedPerView);
     }
     for (const auto& [view, count] : differences) {
-      std::fprintf(options.out, "view %s (store %s): %zu rows, %s\n", view.c_str(),
-                   sink->name().c_str(), rows[view],
-                   count == 0 ? "consistent" : (std::to_string(count) + " differences").c_str());
+      std::fprintf(
+          options.out, "view %s (store %s): %zu rows, %s\n", view.c_str(), sink->name().c_str(),
+          rows[view],
+          count == 0
+              ? "consistent"
+              : (std::to_string(count) + (count == 1 ? " difference" : " differences")).c_str());
       total_differences += count;
     }
     // A view being backfilled differs until its last chunk is in: say so.

@@ -34,7 +34,7 @@ const std::vector<KeyDef>& Keys() {
       {"", "spool", Kind::kMapping, 0, false, "on, every default",
        "the durable change log between capture and the stores: a mapping of the keys below, or "
        "`off` (the slot then waits for the slowest store)"},
-      {"", "verify", Kind::kMapping, 0, false, "on, every default",
+      {"", "verify", Kind::kMapping, 0, false, "every default (continuous off)",
        "the background verifier of `run`: compares Redis and OpenSearch views with their "
        "source tables, chunk by chunk, and repairs what differs"},
       {"", "http", Kind::kMapping, 0, false, "", "the health and metrics endpoint"},

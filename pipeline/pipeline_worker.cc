@@ -563,7 +563,7 @@ void PipelineWorker::TakeChanges(std::vector<StoreChange> changes) {
     // table: rebuilt here, before the next batch. A row view is backfilled on its own
     // (the run monitor asks for it through the stream).
     if ((change.view.empty() || !sink_.backfills_rows()) && !rebuild_requested_) {
-      rebuild_requested_ = "store " + sink_.name() + ": " + change.what;
+      rebuild_requested_ = change.what;  // logged after "store NAME: "
     }
     store_changes_.push_back(std::move(change));
   }

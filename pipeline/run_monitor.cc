@@ -469,7 +469,8 @@ void RunMonitor::CheckStoreChanges() {
     }
     const std::string at = WalPosition(sql);
     const Lsn until = Lsn::Parse(at).value_or(Lsn{});
-    log_.Warn(why + ": views " + names + " are not live until refilled",
+    log_.Warn(why + (views.size() == 1 ? ": view " + names + " is" : ": views " + names + " are") +
+                  " not live until refilled",
               {{"store", store}, {"views", names}, {"lsn", at}});
     {
       std::lock_guard lock(mutex_);
