@@ -180,6 +180,14 @@ void RedisClient::Abandon() {
 }
 
 Result<std::vector<RedisReply>> RedisClient::Pipeline(const std::vector<RedisCommand>& commands) {
+  // A round trip while queued commands wait for Replies() (say an open MULTI) would read
+  // their replies as its own, and send its commands into their MULTI: refused, loudly.
+  if (unanswered_ > 0 && !broken_) {
+    return Error::Permanent("Redis " + redacted_url_ + ": a command sent while " +
+                            std::to_string(unanswered_) +
+                            " queued command(s) wait for their replies (an open MULTI); "
+                            "a pgderive bug - please report it");
+  }
   std::vector<std::string_view> args;
   for (const RedisCommand& command : commands) {
     args.assign(command.begin(), command.end());

@@ -43,6 +43,7 @@ class RedisClient {
   // Sends every command, then reads every reply, in order. A Redis error reply for one
   // command is returned as that command's reply (Type::kError), not as a failure of the
   // batch; a broken connection is a transient Error and the client must be reconnected.
+  // Refused (a permanent Error) while commands queued by Append wait for Replies().
   Result<std::vector<RedisReply>> Pipeline(const std::vector<RedisCommand>& commands);
   Result<RedisReply> Command(const RedisCommand& command);
   // SCAN MATCH `pattern` (COUNT kScanCount a call), each non-empty page of keys to

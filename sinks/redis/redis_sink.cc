@@ -521,11 +521,15 @@ Result<std::string> RedisSink::Promote(View& view) {
   for (int n : retired) {
     // A generation of the file's template shared its keys with the one serving now.
     const std::string text = TemplateOf(view, n);
+    // The kept versions' keys - the serving one's among them - as seen from this one's
+    // (while its definition is still recorded): a key under both patterns is the more
+    // specific one's, so a less specific retired pattern never takes the serving keys.
+    const std::vector<std::string> keep = KeptPatterns(view, n);
     view.versions.definitions.erase(n);
     if (text == file) continue;
     auto parsed = KeyTemplate::Parse(text);
     if (!parsed.ok()) continue;
-    auto deleted = DeleteMatching(parsed.value().Pattern(), KeptPatterns(view, std::nullopt));
+    auto deleted = DeleteMatching(parsed.value().Pattern(), keep);
     if (!deleted.ok()) return deleted.error();
   }
   if (view.versions.previous) {
@@ -1096,7 +1100,11 @@ class RedisSink::Writer : public RowStore {
       mark.sweep = false;
     }
     if (!control.backfilling) {
-      Status status = sink_.EndVersion(view, mark.generation);
+      // EndVersion's own commands (a retired version's keys deleted by SCAN) go on the
+      // connection directly: the MULTI is sent first (opened, a SCAN would be queued in
+      // it and read its OK).
+      Status status = Exec();
+      if (status.ok()) status = sink_.EndVersion(view, mark.generation);
       if (!status.ok()) return status;
     }
     ViewState state{control.backfilling, control.after, control.columns, control.table_oid};

@@ -343,6 +343,34 @@ TEST_F(RedisVersionsTest, ManualPromoteAndRollback) {
   StopRun(std::chrono::seconds(30));
 }
 
+// `pgderive backfill` of a view whose previous version is retained: the rebuild ends
+// live with the file's definition under its keys. Its end deleted a retired version's
+// keys by SCAN while the MULTI of its state was open: the SCAN was queued in the MULTI
+// and read the MULTI's OK, and the store retried "SCAN ...: OK" for ever.
+TEST_F(RedisVersionsTest, ABackfillOfAViewWithARetainedVersionEndsLive) {
+  const std::string config = Config(OldTemplate(), "[id, name]");
+  const int g = StartOld(config);
+  ASSERT_GE(g, 0);
+  Config(NewTemplate(), "[id, name, n]");
+  auto [code, out] = Pgderive({"reload", "-c", config});
+  ASSERT_EQ(code, 0) << out << RunLog();
+  ASSERT_TRUE(WaitFor([&] {
+    return Versions() == std::map<int, std::string>{{g + 1, "serving"}, {g, "retained"}};
+  })) << Status()
+      << RunLog();
+  auto [filled, fill_out] =
+      Pgderive({"backfill", "-c", config, "--view", "docs", "--timeout", "120"});
+  ASSERT_EQ(filled, 0) << fill_out << RunLog();
+  MustExecute(*sql_, "update " + table_ + " set name = 'after backfill' where id = 3");
+  EXPECT_TRUE(Equals(New(), /*with_n=*/true)) << RunLog();
+  // The retained version's keys went with it (the rebuild ends it), the serving ones stay.
+  EXPECT_TRUE(WaitFor([&] { return Actual(prefix_).empty(); })) << RunLog();
+  EXPECT_FALSE(Contains(RunLog(), "SCAN ")) << RunLog();
+  auto [verified, report] = testing::RunVerify(config, 120);
+  EXPECT_EQ(verified, 0) << report;
+  StopRun(std::chrono::seconds(30));
+}
+
 TEST_F(RedisVersionsTest, ARetainedVersionsKeysAreDeletedAfterRetainPrevious) {
   const std::string config = Config(OldTemplate(), "[id, name]", "    retain_previous: 3s\n");
   const int g = StartOld(config);
