@@ -496,7 +496,7 @@ std::optional<int> Pipeline::StartStores() {
           .checkpoint = [=](const std::string& store) { return worker_of(store).checkpoint(); },
           .durable = [=](const std::string& store) { return worker_of(store).Durable(); },
           .failed = [=](const std::string& store) { return worker_of(store).failed(); },
-          .verify = MakeVerifyOptions(
+          .verify = MakeContinuousVerifyOptions(
               config_, workers_, [this] { return StreamTypes(); }, logger_)},
       logger_);
   // Views to backfill while streaming (SPEC.md §1.4): new to their store, interrupted

@@ -27,14 +27,13 @@ ViewInspector* InspectorOf(const std::vector<std::unique_ptr<PipelineWorker>>& w
 
 }  // namespace
 
-VerifyOptions MakeVerifyOptions(const Config& config,
-                                const std::vector<std::unique_ptr<PipelineWorker>>& workers,
-                                std::function<std::shared_ptr<const TypeRegistry>()> types,
-                                Logger& log) {
-  VerifyOptions options{.continuous = config.verify.continuous,
-                        .rows_per_second = config.verify.rows_per_second,
-                        .repair = config.verify.repair,
-                        .hooks = {}};
+ContinuousVerifyOptions MakeContinuousVerifyOptions(
+    const Config& config, const std::vector<std::unique_ptr<PipelineWorker>>& workers,
+    std::function<std::shared_ptr<const TypeRegistry>()> types, Logger& log) {
+  ContinuousVerifyOptions options{.continuous = config.verify.continuous,
+                                  .rows_per_second = config.verify.rows_per_second,
+                                  .repair = config.verify.repair,
+                                  .hooks = {}};
   const auto* all = &workers;
   options.hooks.held = [all, types](const std::string& store, const std::string& view,
                                     const std::shared_ptr<const RelationSchema>& schema,

@@ -20,9 +20,8 @@ namespace pgderive {
 
 // The verifier's options from `verify:` (continuous off when no store has a view it can
 // compare). `types`: the stream's type registry as it is now (thread-safe).
-VerifyOptions MakeVerifyOptions(const Config& config,
-                                const std::vector<std::unique_ptr<PipelineWorker>>& workers,
-                                std::function<std::shared_ptr<const TypeRegistry>()> types,
-                                Logger& log);
+ContinuousVerifyOptions MakeContinuousVerifyOptions(
+    const Config& config, const std::vector<std::unique_ptr<PipelineWorker>>& workers,
+    std::function<std::shared_ptr<const TypeRegistry>()> types, Logger& log);
 
 }  // namespace pgderive

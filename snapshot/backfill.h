@@ -91,7 +91,7 @@ struct VerifyHooks {
   std::function<bool(const std::string& store, const std::string& view)> ready;
 };
 
-struct VerifyOptions {
+struct ContinuousVerifyOptions {
   bool continuous = false;
   int64_t rows_per_second = 1000;  // source rows read a second, every view together
   bool repair = true;              // a chunk that differs is written again
@@ -122,7 +122,7 @@ struct BackfillOptions {
   std::function<Lsn(const std::string& store)> checkpoint;
   std::function<Lsn(const std::string& store)> durable;
   std::function<bool(const std::string& store)> failed;
-  VerifyOptions verify = {};
+  ContinuousVerifyOptions verify = {};
 };
 
 struct BackfillProgress {
