@@ -59,14 +59,20 @@ class ExpectedEntries : public TypedSnapshotConsumer {
 constexpr size_t kListedPerView = 100;
 
 // Compares one view; appends its lines per difference to `report`. Returns the count.
-size_t Compare(const std::string& view, const Entries& expected, const Entries& actual,
-               std::vector<std::string>& report) {
-  const std::vector<EntryDifference> differences = CompareEntries(expected, actual);
-  for (const EntryDifference& difference : differences) {
+// Reports, and returns the keys of, the differences whose key is in `before` (every
+// difference when it is null: the first round). A key that differed in an earlier round
+// and no longer does, or differs only now, was a write racing with verify.
+std::set<std::string> Compare(const std::string& view, const Entries& expected,
+                              const Entries& actual, std::vector<std::string>& report,
+                              const std::set<std::string>* before) {
+  std::set<std::string> keys;
+  for (const EntryDifference& difference : CompareEntries(expected, actual)) {
+    if (before != nullptr && !before->contains(difference.key)) continue;
+    keys.insert(difference.key);
     for (std::string& line : DescribeDifference(view, difference))
       report.push_back(std::move(line));
   }
-  return differences.size();
+  return keys;
 }
 
 // Writes a marker into the WAL and waits until `sink`'s checkpoint has passed it.
@@ -144,6 +150,8 @@ int RunVerify(const VerifyOptions& options) {
     std::map<std::string, size_t> rows, differences;
     // Views being backfilled while a round compared them (before or after reading them).
     std::set<std::string> backfilling;
+    // The keys that differed in every round so far, per view.
+    std::map<std::string, std::set<std::string>> differing;
     for (int round = 1; round <= std::max(options.rounds, 1); ++round) {
       const auto deadline = std::chrono::steady_clock::now() + options.wait;
       status = WaitForCatchUp(sql.value(), *sink, options.wait);
@@ -196,7 +204,12 @@ int RunVerify(const VerifyOptions& options) {
         for (auto& [key, value] : stored.value()) actual.emplace(std::move(key), std::move(value));
         const Entries& want = expected[view];
         rows[view] = want.size();
-        differences[view] = Compare(view, want, actual, report);
+        const auto before = differing.find(view);
+        std::set<std::string> keys =
+            Compare(view, want, actual, report,
+                    round == 1 || before == differing.end() ? nullptr : &before->second);
+        differences[view] = keys.size();
+        differing[view] = std::move(keys);
         for (const std::string& key : from_rows.duplicates[view]) {
           report.push_back("view " + view + ": two source rows make the key " + key);
           ++differences[view];
