@@ -945,8 +945,13 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
     config.spool.segment_bytes = section->ByteSize("segment_bytes");
     config.spool.when_full = static_cast<SpoolConfig::WhenFull>(section->Choice("when_full"));
     if (config.spool.segment_bytes * 2 > config.spool.max_bytes) {
-      check.Problem(section->Node("segment_bytes"), "spool.segment_bytes",
-                    "must be at most half of spool.max_bytes");
+      // At segment_bytes, or at max_bytes when segment_bytes is left at its default.
+      const bool segment_given = section->Node("segment_bytes").IsDefined();
+      check.Problem(section->Node(segment_given ? "segment_bytes" : "max_bytes"),
+                    segment_given ? "spool.segment_bytes" : "spool.max_bytes",
+                    segment_given ? "must be at most half of spool.max_bytes"
+                                  : "must be at least twice spool.segment_bytes (" +
+                                        FormatByteSize(config.spool.segment_bytes) + ")");
     }
   }
   if (auto verify = top.Child("verify")) {

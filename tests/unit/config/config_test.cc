@@ -214,6 +214,9 @@ TEST(ConfigTest, Spool) {
   EXPECT_EQ(ParseConfig(kMinimal + "spool:\n  max_bytes: 64MB\n  segment_bytes: 64MB\n", "w.yml")
                 .Describe("w.yml"),
             "w.yml:10:18: spool.segment_bytes: must be at most half of spool.max_bytes\n");
+  // segment_bytes left at its default: the problem is at max_bytes, with its line.
+  EXPECT_EQ(ParseConfig(kMinimal + "spool:\n  max_bytes: 1KB\n", "w.yml").Describe("w.yml"),
+            "w.yml:9:14: spool.max_bytes: must be at least twice spool.segment_bytes (64MB)\n");
   EXPECT_EQ(ParseConfig(kMinimal + "spool:\n  dir: ''\n", "/etc/pgderive/w.yml").Describe("w.yml"),
             "w.yml:9:8: spool.dir: must name a directory of its own, not the configuration "
             "file's directory\n");
