@@ -287,6 +287,14 @@ Result<std::vector<StoreChange>> RedisSink::CheckStore() {
   }
   checkpoint_seen_ = checkpoint;
   state_fields_seen_ = std::move(now);
+  if (!changes.empty()) {
+    // The views' versions as the store holds them now (none, when it lost its data): a
+    // refill is of the file's definition, never waits behind a version whose keys are gone.
+    auto states = ReadStates(*client.value());
+    if (!states.ok()) return states.error();
+    Status loaded = LoadVersions(*client.value(), states.value());
+    if (!loaded.ok()) return loaded.error();
+  }
   Status dropped = DropPrevious();
   SyncVersionViews();
   if (!dropped.ok()) return dropped.error();

@@ -371,6 +371,36 @@ TEST_F(RedisVersionsTest, ABackfillOfAViewWithARetainedVersionEndsLive) {
   StopRun(std::chrono::seconds(30));
 }
 
+// The store loses its data (every key of the pipeline and the view deleted, as a flush
+// does) while a new version waits for `pgderive promote`: the refill is of the file's
+// definition under its keys, which then serve - the serving version's keys were gone and
+// the view stayed live on them.
+TEST_F(RedisVersionsTest, AStoreThatLostItsDataWhileAVersionWaitsIsRefilledWithTheFilesDefinition) {
+  const std::string config = Config(OldTemplate(), "[id, name]", "    promote: manual\n");
+  const int g = StartOld(config);
+  ASSERT_GE(g, 0);
+  Config(NewTemplate(), "[id, name, n]", "    promote: manual\n");
+  auto [reloaded, reload_out] = Pgderive({"reload", "-c", config});
+  ASSERT_EQ(reloaded, 0) << reload_out << RunLog();
+  ASSERT_TRUE(WaitFor([&] {
+    return Versions() == std::map<int, std::string>{{g, "serving"}, {g + 1, "ready"}};
+  })) << Status()
+      << RunLog();
+  for (const std::string& pattern : {prefix_ + ":*", "pgderive:" + pipeline_ + ":*"}) {
+    for (const std::string& key : Keys(pattern)) Ask({"DEL", key});
+  }
+  EXPECT_TRUE(WaitLog("run.err", ") is gone: ")) << RunLog();
+  EXPECT_TRUE(Equals(New(), /*with_n=*/true)) << RunLog();
+  EXPECT_TRUE(WaitFor([&] {
+    const auto versions = Versions();
+    return versions.size() == 1 && versions.begin()->second == "serving";
+  })) << Status();
+  EXPECT_TRUE(Actual(prefix_).empty());
+  auto [verified, report] = testing::RunVerify(config, 120);
+  EXPECT_EQ(verified, 0) << report;
+  StopRun(std::chrono::seconds(30));
+}
+
 TEST_F(RedisVersionsTest, ARetainedVersionsKeysAreDeletedAfterRetainPrevious) {
   const std::string config = Config(OldTemplate(), "[id, name]", "    retain_previous: 3s\n");
   const int g = StartOld(config);
