@@ -190,7 +190,10 @@ class RunFaultTest : public ::testing::Test {
 OwnStack* RunFaultTest::stack_ = nullptr;
 
 TEST_F(RunFaultTest, KillNineAtTwentyRandomMomentsLosesNothing) {
-  const unsigned seed = std::random_device{}();
+  // PGDERIVE_FAULT_SEED replays a failed run's workload and kill delays.
+  const char* given = std::getenv("PGDERIVE_FAULT_SEED");
+  const unsigned seed =
+      given != nullptr ? static_cast<unsigned>(std::stoul(given)) : std::random_device{}();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937 rng(seed);
   Workload workload(*stack_, seed);
@@ -213,6 +216,10 @@ TEST_F(RunFaultTest, KillNineAtTwentyRandomMomentsLosesNothing) {
   workload.Stop();
   auto [status, out] = Verify();
   EXPECT_EQ(status, 0) << out << RunErr(20);
+  if (status != 0) {
+    // Every run's log, for the history that led there.
+    for (int i = 0; i < 20; ++i) std::printf("=== run %d\n%s", i, RunErr(i).c_str());
+  }
   EXPECT_NE(out.find("consistent"), std::string::npos) << out;
   last->Signal(SIGTERM);
   EXPECT_EQ(last->Wait(std::chrono::seconds(10)), 0) << RunErr(20);
