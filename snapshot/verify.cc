@@ -175,10 +175,16 @@ Result<bool> Backfills::VerifyView(Worker& worker, const BackfillView& view) {
           std::lock_guard lock(mutex_);
           verified_[{view.store, view.view}].entries_repaired += found;
         } else {
+          // Where: the chunk's keys (each differing key is in its own warn line above).
           log_.Error("verify could not repair view " + view.view + ": " +
-                         std::to_string(differing) + " entries still differ after " +
+                         std::to_string(differing) + " entries of table " + view.table +
+                         " in the keys after " + after.value_or("the start") + " through " +
+                         checked.value().last.value_or("the end") + " still differ after " +
                          std::to_string(kRepairAttempts) + " writes",
-                     {{"store", view.store}, {"after", after.value_or("")}});
+                     {{"store", view.store},
+                      {"table", view.table},
+                      {"after", after.value_or("")},
+                      {"through", checked.value().last.value_or("")}});
         }
       }
     }
