@@ -18,6 +18,7 @@
 #include "sinks/opensearch/opensearch_client.h"
 #include "tests/support/pg.h"
 #include "tests/support/pipeline_test.h"
+#include "tests/support/row_writer.h"
 #include "tests/support/stack_env.h"
 #include "tests/support/subprocess.h"
 #include "tests/support/wait.h"
@@ -132,46 +133,6 @@ class OpenSearchAliasTest : public testing::PipelineTest {
   std::vector<std::string> cleanup_;
 };
 
-// Updates the table's rows 1..kRows (never deleting them), inserts rows above and deletes
-// only those: every row 1..kRows exists all along.
-class Writer {
- public:
-  explicit Writer(const std::string& dsn, const std::string& table)
-      : thread_([this, dsn, table] {
-          PgConnection c = MustConnect(dsn);
-          std::mt19937 random(11);
-          int next_id = kRows + 1;
-          while (running_.load()) {
-            const int id = 1 + static_cast<int>(random() % kRows);
-            switch (random() % 3) {
-              case 0:
-                MustExecute(c, "insert into " + table + " values (" + std::to_string(next_id++) +
-                                   ", 'new', 0)");
-                break;
-              case 1:
-                MustExecute(c, "delete from " + table + " where id = (select max(id) from " +
-                                   table + " where id > " + std::to_string(kRows) + ")");
-                break;
-              default:
-                MustExecute(c,
-                            "update " + table + " set n = n + 1 where id = " + std::to_string(id));
-            }
-            ++committed_;
-          }
-        }) {}
-  ~Writer() { Stop(); }
-  void Stop() {
-    running_.store(false);
-    if (thread_.joinable()) thread_.join();
-  }
-  int committed() const { return committed_.load(); }
-
- private:
-  std::atomic<bool> running_{true};
-  std::atomic<int> committed_{0};
-  std::thread thread_;
-};
-
 // Polls the alias as a reader would, until stopped: its count must never fall below the
 // rows 1..kRows, and a GET of any of them must find it. Records what it saw behind the
 // alias.
@@ -239,7 +200,7 @@ TEST_F(OpenSearchAliasTest, RebuildKeepsEveryRowVisibleAndMovesTheAliasOnce) {
   // 30 s): from here on no row may go missing.
   ASSERT_TRUE(search_->Refresh(index_).ok());
 
-  Writer writer(dsn_, table_);
+  testing::RowWriter writer(dsn_, table_, kRows, kRows + 1);
   Reader reader(url_, index_);
   auto [code, out] = Command({PgderiveBinary(), "backfill", "-c", config_, "--view", "docs"});
   ASSERT_EQ(code, 0) << out << Read("run.err");
@@ -266,7 +227,7 @@ TEST_F(OpenSearchAliasTest, KillDuringARebuildKeepsTheAliasOnTheOldIndexUntilThe
   StartRun("run1.err");
   ASSERT_TRUE(testing::WaitFor([&] { return ViewState()["state"] == "live"; }, kDeadline))
       << Read("run1.err");
-  Writer writer(dsn_, table_);
+  testing::RowWriter writer(dsn_, table_, kRows, kRows + 1);
   auto [code, out] =
       Command({PgderiveBinary(), "backfill", "-c", config_, "--view", "docs", "--no-wait"});
   // Killed once the new generation holds some chunks and before the last.
@@ -344,7 +305,7 @@ TEST_F(OpenSearchAliasTest, AnIndexMadeBeforeAliasesIsMigratedOnce) {
     ASSERT_EQ(legacy.value(), kRows);
   }
 
-  Writer writer(dsn_, table_);
+  testing::RowWriter writer(dsn_, table_, kRows, kRows + 1);
   Reader reader(url_, index_);
   StartRun("run2.err");
   ASSERT_TRUE(WaitLog("run2.err", "was made by a pgderive without aliases: migrating it once"))
