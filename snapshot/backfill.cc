@@ -549,7 +549,7 @@ Result<Backfills::Flight> Backfills::ReadChunk(
     std::lock_guard lock(mutex_);
     flight.id = next_id_++;
     flight.generation = generation_;
-    window_.BeginChunk(flight.id, job, schema, std::move(key_names), prev);
+    window_.BeginChunk(flight.id, job, schema, std::move(key_names), prev, after);
     active_.store(true);
   }
   auto forget = [&] {

@@ -61,13 +61,15 @@ void WatermarkWindow::SetRunning(std::shared_ptr<BackfillJob> job) {
 
 void WatermarkWindow::BeginChunk(uint64_t id, std::shared_ptr<const BackfillJob> job,
                                  std::shared_ptr<const RelationSchema> schema,
-                                 std::vector<std::string> key, uint64_t prev) {
+                                 std::vector<std::string> key, uint64_t prev,
+                                 std::optional<std::string> after) {
   Chunk& chunk = chunks_[id];
   chunk = Chunk{};
   chunk.job = std::move(job);
   chunk.schema = std::move(schema);
   chunk.key = std::move(key);
   chunk.prev = prev;
+  chunk.after = std::move(after);
 }
 
 void WatermarkWindow::SpoilFollowers(uint64_t id) {
@@ -343,9 +345,20 @@ void WatermarkWindow::Place(Chunk& chunk, Lsn commit_lsn, uint32_t index,
     std::set<std::string>().swap(chunk.changed);
     return;
   }
+  // The position after this chunk. A chunk that read no row (the end of the table,
+  // reached after a resume or by a chunk of exactly the limit before it) leaves the
+  // position where it was: a state without one says "from the start", which a store
+  // takes as a new fill (OpenSearch begins a new index) - and at the very start of an
+  // empty table the start's own state has said that already.
+  const std::optional<std::string> position = chunk.last ? chunk.last : chunk.after;
+  if (!position) {
+    ChunkRows().swap(chunk.rows);
+    std::set<std::string>().swap(chunk.changed);
+    return;
+  }
   auto state = std::make_shared<ViewControl>(*control);
   state->backfilling = true;
-  state->after = chunk.last;
+  state->after = position;
   state->columns = job.columns;
   state->table_oid = chunk.schema->id.value;
   out.push_back(ViewStateChange(commit_lsn, ++n, std::move(state)));

@@ -180,9 +180,11 @@ class WatermarkWindow {
   // that one's last key), 0 when it follows what is placed already. A `prev` no longer
   // in flight must have been placed (EndChunk of one that was not spoils its
   // followers).
+  // `after`: the key the chunk reads after (unset: the table's start), the fill's
+  // position when the chunk reads no row.
   void BeginChunk(uint64_t id, std::shared_ptr<const BackfillJob> job,
                   std::shared_ptr<const RelationSchema> schema, std::vector<std::string> key,
-                  uint64_t prev = 0);
+                  uint64_t prev = 0, std::optional<std::string> after = std::nullopt);
   // Its rows, read after L, before H is written.
   void ChunkRead(uint64_t id, ChunkRows rows);
   // The rows it read and the key of the last (KeyJson), once read.
@@ -246,6 +248,7 @@ class WatermarkWindow {
     ChunkRows rows;  // freed once placed
     size_t row_count = 0;
     std::optional<std::string> last;
+    std::optional<std::string> after;  // the key it reads after (unset: from the start)
     size_t bytes = 0;
     Verdict verdict = Verdict::kPending;
     Lsn watermark;

@@ -501,16 +501,15 @@ Status OpenSearchSink::StartGeneration(OpenSearchClient& client, View& view,
   }
   if (view.building) {
     // Ours by record: emptied (made again) for the fill that starts over, with the
-    // file's definition (a version ready or held is replaced by the newest one).
-    Status status = client.DeleteIndex(Concrete(view, *view.building), /*if_exists=*/true);
+    // file's definition (a version ready or held is replaced by the newest one). The
+    // fill from the start is recorded first: a crash after the delete must not resume
+    // the old fill's position into the emptied index.
+    view.definitions[*view.building] = view.record;
+    view.held = false;
+    std::string ndjson = StateAction(view, state);
+    Status status = SendBulk(client, ndjson);
+    if (status.ok()) status = client.DeleteIndex(Concrete(view, *view.building), /*if_exists=*/true);
     if (!status.ok()) return status;
-    if (view.definitions[*view.building] != view.record || view.held) {
-      view.definitions[*view.building] = view.record;
-      view.held = false;
-      std::string ndjson = StateAction(view, state);
-      status = SendBulk(client, ndjson);
-      if (!status.ok()) return status;
-    }
   } else {
     int n = view.last + 1;
     for (;; ++n) {  // a name someone else took is skipped, never reused

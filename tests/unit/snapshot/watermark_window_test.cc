@@ -207,6 +207,32 @@ TEST_F(WatermarkWindowTest, TheRowsArePlacedAtHThenTheStateWithTheLastKey) {
   EXPECT_EQ(window_.chunks_in_flight(), 0u);
 }
 
+// A chunk that reads no row - the end of the table met by a fill resumed after its last
+// key, or after a chunk of exactly the limit - keeps the fill's position: a state
+// without one means "from the start", which a store takes as a new fill (OpenSearch
+// began a new, empty index and moved its alias there at the end). At the very start of
+// an empty table no state is placed (the fill's own start said it).
+TEST_F(WatermarkWindowTest, AChunkThatReadsNoRowKeepsTheFillsPosition) {
+  auto job = RunningJob();
+  window_.BeginChunk(7, job, Items(), {"k"}, /*prev=*/0, std::string("[\"3\"]"));
+  Mark(window_, At(0x100), window_.Message("low", 7));
+  window_.ChunkRead(7, {});
+  const Fed high = Mark(window_, At(0x200), window_.Message("high", 7), /*index=*/5);
+  EXPECT_EQ(Render(high.out),
+            (std::vector<std::string>{"0/200#6 state cache/items_cache backfilling after=[\"3\"] "
+                                      "oid=16384 " +
+                                      std::string(kColumns)}));
+  EXPECT_EQ(window_.EndChunk(7).verdict, Verdict::kDone);
+
+  window_.BeginChunk(8, job, Items(), {"k"});
+  Mark(window_, At(0x300), window_.Message("low", 8));
+  window_.ChunkRead(8, {});
+  const Fed empty = Mark(window_, At(0x400), window_.Message("high", 8));
+  EXPECT_TRUE(empty.out.empty()) << Render(empty.out).front();
+  EXPECT_EQ(window_.ChunkVerdict(8), Verdict::kDone);
+  EXPECT_EQ(window_.EndChunk(8).verdict, Verdict::kDone);
+}
+
 TEST_F(WatermarkWindowTest, ARepairPlacesTheRowsNotChangedInTheWindowAndLeavesTheState) {
   // The background verifier's repair of a live view: a fill's chunk that records no state.
   auto job = RunningJob();
