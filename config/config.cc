@@ -954,7 +954,15 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
                                         FormatByteSize(config.spool.segment_bytes) + ")");
     }
   }
-  if (auto verify = top.Child("verify")) {
+  if (const YAML::Node verify = static_cast<const YAML::Node&>(root)["verify"];
+      verify.IsDefined() && !verify.IsNull() && verify.IsScalar()) {
+    // `verify: off`: no background verifier (as `continuous: off`).
+    if (verify.Scalar() != "off") {
+      check.Problem(verify, "verify",
+                    "must be `off` or a mapping of continuous, rows_per_second, repair");
+    }
+    config.verify.continuous = false;
+  } else if (auto verify = top.Child("verify")) {
     config.verify.continuous = verify->Choice("continuous") == 0;
     config.verify.rows_per_second = verify->Integer("rows_per_second");
     config.verify.repair = verify->Choice("repair") == 0;

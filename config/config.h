@@ -151,7 +151,7 @@ std::string ChangeLogOwner(const Config& config);
 // The background verifier of `run` (docs/configuration.md, "verify"): Redis and
 // OpenSearch views compared with their source tables, chunk by chunk.
 struct VerifyConfig {
-  bool continuous = false;  // opt-in for now (docs/operations.md, "Continuous verification")
+  bool continuous = true;  // docs/operations.md, "Continuous verification"
   // Source rows it reads a second, for the whole pipeline.
   int64_t rows_per_second = 1000;
   // A chunk that differs is written again through the backfill (else only reported).

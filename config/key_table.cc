@@ -34,9 +34,10 @@ const std::vector<KeyDef>& Keys() {
       {"", "spool", Kind::kMapping, 0, false, "on, every default",
        "the durable change log between capture and the stores: a mapping of the keys below, or "
        "`off` (the slot then waits for the slowest store)"},
-      {"", "verify", Kind::kMapping, 0, false, "every default (continuous off)",
+      {"", "verify", Kind::kMapping, 0, false, "on, every default",
        "the background verifier of `run`: compares Redis and OpenSearch views with their "
-       "source tables, chunk by chunk, and repairs what differs"},
+       "source tables, chunk by chunk, and repairs what differs; a mapping of the keys below, "
+       "or `off` (only `pgderive verify` compares)"},
       {"", "http", Kind::kMapping, 0, false, "", "the health and metrics endpoint"},
       {"", "log", Kind::kMapping, 0, false, "", "the log lines on stderr"},
 
@@ -120,10 +121,9 @@ const std::vector<KeyDef>& Keys() {
       {"spool", "segment_bytes", Kind::kByteSize, 0, false, "64MB",
        "the size a segment file is closed at; whole segments are removed once every store "
        "passed them"},
-      {"verify", "continuous", Kind::kChoice, 0, false, "off",
+      {"verify", "continuous", Kind::kChoice, 0, false, "on",
        "`on`: `run` walks each live Redis and OpenSearch view's keys in chunks, over and over, "
-       "comparing the store with the source; `off`: only `pgderive verify` compares (off by "
-       "default for now: a replaced table's views are reported as differing until refilled)",
+       "comparing the store with the source; `off`: only `pgderive verify` compares",
        0, 0, "on|off"},
       {"verify", "rows_per_second", Kind::kInteger, 0, false, "1000",
        "the source rows the verifier reads a second, for the whole pipeline (1-10000000)", 1,

@@ -263,6 +263,18 @@ void RunMonitor::WatchSourceTables(const std::map<std::string, TableIdentity>& t
   for (const auto& [table, identity] : tables) {
     watched_[table] = Watched{identity.oid, identity.partitions, false, "", identity.storage};
   }
+  std::lock_guard lock(mutex_);
+  settled_ = tables;
+}
+
+bool RunMonitor::Settled(const std::string& store, const std::string& view,
+                         const std::string& table, const TableIdentity& now) {
+  std::lock_guard lock(mutex_);
+  if (marks_.contains({store, view})) return false;
+  auto it = settled_.find(table);
+  return it != settled_.end() && it->second.oid == now.oid &&
+         it->second.published == now.published && it->second.partitions == now.partitions &&
+         it->second.storage == now.storage;
 }
 
 void RunMonitor::CheckSourceTables() {
@@ -317,6 +329,7 @@ void RunMonitor::CheckSourceTables() {
                  {{"table", table}, {"views", names}, {"lsn", where()}});
       CountTableChange(table);
       std::lock_guard lock(mutex_);
+      settled_.erase(table);
       for (const auto& [w, view] : readers) {
         marks_[{w->sink().name(), view}] = ViewMark{true, reason, Lsn{}};
       }
@@ -350,7 +363,13 @@ void RunMonitor::CheckSourceTables() {
     if (why.empty()) {
       watched.partitions = current.partitions;
       watched.storage = current.storage;
+      std::lock_guard lock(mutex_);
+      settled_[table] = current;
       continue;
+    }
+    {
+      std::lock_guard lock(mutex_);
+      settled_.erase(table);  // until its views' refill is asked for
     }
     // Put it back into the publication, then refill every view that reads it: what
     // changed in between is in no stream.
@@ -398,6 +417,9 @@ void RunMonitor::CheckSourceTables() {
     for (const auto& [w, view] : readers) {
       marks_[{w->sink().name(), view}] = ViewMark{false, why + "; refilling the view", until};
     }
+    TableIdentity accepted = current;
+    accepted.published = true;  // put back above
+    settled_[table] = accepted;
   }
 }
 
@@ -740,6 +762,11 @@ void RunMonitor::Publish() {
         if (it != backfilling.end()) filled = it->second;
       }
       std::optional<std::string> refilling;  // the watch asked for a refill: why
+      // The verifier could not repair it (until a fill of it is queued).
+      if (auto found = verified.find({name, view});
+          found != verified.end() && !found->second.failed.empty()) {
+        failed_views.emplace(view, found->second.failed);
+      }
       if (auto mark = marks.find({name, view}); mark != marks.end()) {
         if (mark->second.failed) {
           failed_views.emplace(view, mark->second.reason);

@@ -91,6 +91,13 @@ class RunMonitor {
   // their store has passed that point, the views say `backfilling` with the reason.
   // `tables`: each table's OID and partitions when the pipeline started.
   void WatchSourceTables(const std::map<std::string, TableIdentity>& tables);
+  // Whether `view` of `store`, which reads `table`, may be compared with the table now
+  // (the background verifier asks, snapshot/verify.cc): `now`, the table as just read,
+  // is the table as the watch last accepted it (nothing found replaced, unpublished,
+  // attached, detached or rewritten that the watch has not acted on yet), and no refill
+  // the watch asked for is still ahead of the store.
+  bool Settled(const std::string& store, const std::string& view, const std::string& table,
+               const TableIdentity& now);
 
   // The slot was invalidated: the message to exit with.
   std::optional<std::string> slot_lost();
@@ -164,6 +171,9 @@ class RunMonitor {
     Lsn until;
   };
   std::map<std::pair<std::string, std::string>, ViewMark> marks_;
+  // Guarded by mutex_: each watched table as the watch last accepted it (its views
+  // refilled when it had changed); a table gone or not put back is absent.
+  std::map<std::string, TableIdentity> settled_;
   // Guarded by mutex_: views in their first fill, (store, view).
   std::set<std::pair<std::string, std::string>> first_fills_;
   // The monitor thread's: store changes whose refill is not asked for yet (the source

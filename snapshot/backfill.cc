@@ -105,6 +105,10 @@ void Backfills::Add(const std::string& store, const std::string& table,
   job->table = table;
   job->views = std::move(views);
   job->after = std::move(after);
+  // A view the verifier failed is filled again: failed no longer.
+  for (const std::string& v : job->views) {
+    if (auto it = verified_.find({store, v}); it != verified_.end()) it->second.failed.clear();
+  }
   queue_.push_back(std::move(job));
   ++fills_;
   active_.store(true);

@@ -89,6 +89,12 @@ struct VerifyHooks {
       check;
   // Whether the view can be compared now (its store answers, the view is not failed).
   std::function<bool(const std::string& store, const std::string& view)> ready;
+  // Whether `table`, read on `sql` now, is as the pipeline last accepted it: a table
+  // replaced, unpublished, attached, detached or rewritten gets its views refilled, and
+  // until that refill is asked for they are not compared (nor repaired). Unset: always.
+  std::function<bool(SqlSession& sql, const std::string& store, const std::string& view,
+                     const std::string& table)>
+      settled;
 };
 
 struct ContinuousVerifyOptions {
@@ -106,6 +112,10 @@ struct VerifyProgress {
   uint64_t entries_repaired = 0;
   uint64_t passes = 0;
   std::optional<std::chrono::system_clock::time_point> last_pass;  // the last full pass's end
+  // A chunk still differed after its repairs (verify.repair: auto): why, naming the
+  // table and the keys. The view is failed with it (/status, /readyz) and not walked
+  // until a fill of it is queued (`pgderive backfill --view`, a refill); empty: not.
+  std::string failed;
 };
 
 struct BackfillOptions {
@@ -247,6 +257,8 @@ class Backfills {
                            const std::optional<std::string>& after, size_t limit, bool partitioned);
   // Whether `view` is live (no fill of its store and table queued or running) and ready.
   bool Verifiable(const BackfillView& view);
+  // VerifyHooks::settled for the view's table, on the verifier's session.
+  bool Settled(Worker& worker, const BackfillView& view);
   // Waits until `rows` more rows fit the budget (verify.rows_per_second).
   void Pace(size_t rows);
   // active_ from what is queued and in flight; under the lock.

@@ -68,7 +68,17 @@ bool Backfills::Verifiable(const BackfillView& view) {
     }
   }
   if (options_.failed && options_.failed(view.store)) return false;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = verified_.find({view.store, view.view});
+    if (it != verified_.end() && !it->second.failed.empty()) return false;  // until refilled
+  }
   return !options_.verify.hooks.ready || options_.verify.hooks.ready(view.store, view.view);
+}
+
+bool Backfills::Settled(Worker& worker, const BackfillView& view) {
+  return !options_.verify.hooks.settled ||
+         options_.verify.hooks.settled(*worker.sql, view.store, view.view, view.table);
 }
 
 void Backfills::Pace(size_t rows) {
@@ -137,7 +147,7 @@ Result<bool> Backfills::VerifyView(Worker& worker, const BackfillView& view) {
   const size_t limit = ChunkRowsFor(options_.verify.rows_per_second);
   std::optional<std::string> after;
   while (true) {
-    if (stopping() || !Verifiable(view)) return false;
+    if (stopping() || !Verifiable(view) || !Settled(worker, view)) return false;
     auto schema = DescribeTable(*worker.sql, view.table);
     if (!schema.ok()) return schema.error();
     auto checked =
@@ -176,15 +186,24 @@ Result<bool> Backfills::VerifyView(Worker& worker, const BackfillView& view) {
           verified_[{view.store, view.view}].entries_repaired += found;
         } else {
           // Where: the chunk's keys (each differing key is in its own warn line above).
-          log_.Error("verify could not repair view " + view.view + ": " +
-                         std::to_string(differing) + " entries of table " + view.table +
-                         " in the keys after " + after.value_or("the start") + " through " +
-                         checked.value().last.value_or("the end") + " still differ after " +
-                         std::to_string(kRepairAttempts) + " writes",
+          // The view is failed: it holds what its source does not say, and writing it
+          // again does not hold (an entry written from outside that wins over pgderive's,
+          // a store refusing it).
+          const std::string reason =
+              "verify could not repair it: " + std::to_string(differing) + " entries of table " +
+              view.table + " in the keys after " + after.value_or("the start") + " through " +
+              checked.value().last.value_or("the end") + " still differ after " +
+              std::to_string(kRepairAttempts) +
+              " writes; `pgderive backfill -c FILE --view " + view.view + "` fills it again";
+          log_.Error("view " + view.view + " failed: " + reason,
                      {{"store", view.store},
+                      {"view", view.view},
                       {"table", view.table},
                       {"after", after.value_or("")},
                       {"through", checked.value().last.value_or("")}});
+          std::lock_guard lock(mutex_);
+          verified_[{view.store, view.view}].failed = reason;
+          return false;
         }
       }
     }
@@ -288,6 +307,9 @@ Result<Backfills::Checked> Backfills::VerifyChunk(
     // what the store held is not comparable.
     if (outcome.verdict != Verdict::kDone || fills_ != fills) return checked;
   }
+  // The table replaced (or its partitions changed) before or while the chunk was read,
+  // its views' refill not asked for yet: the store holds the old table's rows.
+  if (!Settled(worker, view)) return checked;
   auto differing = options_.verify.hooks.check(view.store, view.view, schema, outcome.comparable,
                                                held.value(), outcome.checked);
   if (!differing.ok()) return differing.error();

@@ -157,13 +157,13 @@ TEST(ConfigTest, SnapshotWorkers) {
 TEST(ConfigTest, Verify) {
   ConfigResult defaults = ParseConfig(kMinimal, "w.yml");
   ASSERT_TRUE(defaults.config.has_value()) << defaults.Describe("w.yml");
-  EXPECT_FALSE(defaults.config->verify.continuous);  // opt-in for now
+  EXPECT_TRUE(defaults.config->verify.continuous);  // on by default
   EXPECT_EQ(defaults.config->verify.rows_per_second, 1000);
   EXPECT_TRUE(defaults.config->verify.repair);
   ConfigResult set = ParseConfig(
-      kMinimal + "verify:\n  continuous: on\n  rows_per_second: 50\n  repair: report\n", "w.yml");
+      kMinimal + "verify:\n  continuous: off\n  rows_per_second: 50\n  repair: report\n", "w.yml");
   ASSERT_TRUE(set.config.has_value()) << set.Describe("w.yml");
-  EXPECT_TRUE(set.config->verify.continuous);
+  EXPECT_FALSE(set.config->verify.continuous);
   EXPECT_EQ(set.config->verify.rows_per_second, 50);
   EXPECT_FALSE(set.config->verify.repair);
   EXPECT_EQ(ParseConfig(kMinimal + "verify:\n  repair: fix\n", "w.yml").Describe("w.yml"),
@@ -174,6 +174,12 @@ TEST(ConfigTest, Verify) {
             "w.yml:9:15: verify.continuous: must be one of: on, off\n");
   EXPECT_EQ(ParseConfig(kMinimal + "verify:\n  speed: 3\n", "w.yml").Describe("w.yml").empty(),
             false);
+  // `verify: off` as `spool: off`; another word is refused where it stands.
+  ConfigResult off = ParseConfig(kMinimal + "verify: off\n", "w.yml");
+  ASSERT_TRUE(off.config.has_value()) << off.Describe("w.yml");
+  EXPECT_FALSE(off.config->verify.continuous);
+  EXPECT_EQ(ParseConfig(kMinimal + "verify: no\n", "w.yml").Describe("w.yml"),
+            "w.yml:8:9: verify: must be `off` or a mapping of continuous, rows_per_second, repair\n");
 }
 
 TEST(ConfigTest, Spool) {
