@@ -486,12 +486,12 @@ std::optional<int> Pipeline::StartStores() {
     }
     std::abort();  // every store has a worker before the backfill starts
   };
-  ContinuousVerifyOptions verify =
-      MakeContinuousVerifyOptions(config_, workers_, [this] { return StreamTypes(); }, logger_);
+  ContinuousVerifyOptions verify = MakeContinuousVerifyOptions(
+      config_, workers_, [this] { return StreamTypes(); }, logger_);
   // A table the monitor has not looked at since it changed is not compared: its views'
   // refill is on its way (RunMonitor::Settled).
-  verify.hooks.settled = [this](SqlSession& sql, const std::string& store,
-                                const std::string& view, const std::string& table) {
+  verify.hooks.settled = [this](SqlSession& sql, const std::string& store, const std::string& view,
+                                const std::string& table) {
     auto identities = ReadTableIdentities(sql, config_.source.publication, {table});
     if (!identities.ok()) return false;
     auto it = identities.value().find(table);

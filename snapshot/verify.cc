@@ -193,8 +193,8 @@ Result<bool> Backfills::VerifyView(Worker& worker, const BackfillView& view) {
               "verify could not repair it: " + std::to_string(differing) + " entries of table " +
               view.table + " in the keys after " + after.value_or("the start") + " through " +
               checked.value().last.value_or("the end") + " still differ after " +
-              std::to_string(kRepairAttempts) +
-              " writes; `pgderive backfill -c FILE --view " + view.view + "` fills it again";
+              std::to_string(kRepairAttempts) + " writes; `pgderive backfill -c FILE --view " +
+              view.view + "` fills it again";
           log_.Error("view " + view.view + " failed: " + reason,
                      {{"store", view.store},
                       {"view", view.view},

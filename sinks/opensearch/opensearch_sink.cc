@@ -508,7 +508,8 @@ Status OpenSearchSink::StartGeneration(OpenSearchClient& client, View& view,
     view.held = false;
     std::string ndjson = StateAction(view, state);
     Status status = SendBulk(client, ndjson);
-    if (status.ok()) status = client.DeleteIndex(Concrete(view, *view.building), /*if_exists=*/true);
+    if (status.ok())
+      status = client.DeleteIndex(Concrete(view, *view.building), /*if_exists=*/true);
     if (!status.ok()) return status;
   } else {
     int n = view.last + 1;

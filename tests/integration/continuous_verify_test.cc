@@ -267,8 +267,8 @@ TEST_F(ContinuousVerifyTest, AReplacedOrUnpublishedTableIsRefilledNeverReported)
   const std::string old = table_ + "_old";
   CleanupSql("drop table if exists " + old);
   MustExecute(*sql_, "create table " + old + " (like " + table_ + " including all)");
-  MustExecute(*sql_, "insert into " + old + " select id, name || ' replaced', n + 1 from " +
-                         table_);
+  MustExecute(*sql_,
+              "insert into " + old + " select id, name || ' replaced', n + 1 from " + table_);
   MustExecute(*sql_, "begin; alter table " + table_ + " rename to " + table_ +
                          "_gone; alter table " + old + " rename to " + table_ + "; drop table " +
                          table_ + "_gone; commit");
@@ -284,9 +284,8 @@ TEST_F(ContinuousVerifyTest, AReplacedOrUnpublishedTableIsRefilledNeverReported)
   ASSERT_TRUE(WaitFor([&] { return replaced("row 5 replaced"); })) << RunLog();
   // Out of the publication: pgderive puts it back and refills its views; what changed
   // meanwhile reaches them through that refill.
-  const std::string publication =
-      testing::Scalar(*sql_, "select pubname from pg_publication_tables where tablename = '" +
-                                 table_ + "'");
+  const std::string publication = testing::Scalar(
+      *sql_, "select pubname from pg_publication_tables where tablename = '" + table_ + "'");
   ASSERT_FALSE(publication.empty());
   MustExecute(*sql_, "alter publication " + publication + " drop table " + table_);
   MustExecute(*sql_, "update " + table_ + " set name = 'row ' || id || ' unpublished'");
@@ -340,9 +339,9 @@ TEST_F(ContinuousVerifyTest, AViewWhoseRepairDoesNotHoldIsFailedUntilBackfilled)
       << VerifyLines();
   EXPECT_EQ(ViewStatus("rows").value("state", ""), "live") << Status().dump();
 
-  auto [code, out] = Command({testing::PgderiveBinary(), "backfill", "-c", config_, "--view",
-                              "docs"},
-                             std::chrono::seconds(120));
+  auto [code, out] =
+      Command({testing::PgderiveBinary(), "backfill", "-c", config_, "--view", "docs"},
+              std::chrono::seconds(120));
   ASSERT_EQ(code, 0) << out << RunLog();
   ASSERT_TRUE(WaitFor([&] {
     return ViewStatus("docs").value("state", "") == "live" && Http("/readyz").first == 200;

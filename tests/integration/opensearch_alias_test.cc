@@ -279,7 +279,8 @@ TEST_F(OpenSearchAliasTest, AFillResumedAtTheTablesLastKeyEndsOnItsOwnIndexWhole
   state["after"] = "[\"" + std::to_string(kRows) + "\"]";
   document["view_state"] = state.dump();
   auto written = search_->Bulk(
-      json{{"index", {{"_index", "pgderive-checkpoints"}, {"_id", pipeline_ + ".search/view/docs"}}}}
+      json{
+          {"index", {{"_index", "pgderive-checkpoints"}, {"_id", pipeline_ + ".search/view/docs"}}}}
               .dump() +
           "\n" + document.dump() + "\n",
       "true");

@@ -178,8 +178,9 @@ TEST(ConfigTest, Verify) {
   ConfigResult off = ParseConfig(kMinimal + "verify: off\n", "w.yml");
   ASSERT_TRUE(off.config.has_value()) << off.Describe("w.yml");
   EXPECT_FALSE(off.config->verify.continuous);
-  EXPECT_EQ(ParseConfig(kMinimal + "verify: no\n", "w.yml").Describe("w.yml"),
-            "w.yml:8:9: verify: must be `off` or a mapping of continuous, rows_per_second, repair\n");
+  EXPECT_EQ(
+      ParseConfig(kMinimal + "verify: no\n", "w.yml").Describe("w.yml"),
+      "w.yml:8:9: verify: must be `off` or a mapping of continuous, rows_per_second, repair\n");
 }
 
 TEST(ConfigTest, Spool) {
