@@ -159,6 +159,9 @@ int main(int argc, char** argv) {
       ->add_option("--wait", verify_wait,
                    "seconds to wait for the stores to catch up with the source (60)")
       ->check(SecondsAtLeast(0));
+  verify_command->add_flag("--repair", verify.repair,
+                           "refill each view found differing (as `pgderive backfill --view`), "
+                           "then compare again; the exit status is the second comparison's");
 
   pgderive::ValidateOptions validate;
   CLI::App* validate_command = app.add_subcommand(

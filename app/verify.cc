@@ -6,6 +6,7 @@
 #include <set>
 #include <thread>
 
+#include "app/backfill_command.h"
 #include "app/sink_factory.h"
 #include "base/redact.h"
 #include "cdc/sql_session.h"
@@ -122,7 +123,44 @@ std::set<std::string> WaitForLive(Sink& sink, std::chrono::steady_clock::time_po
 
 }  // namespace
 
+namespace {
+
+// One comparison of every view (of `options.view`); fills `differing_views` with the
+// views that differed.
+int CompareViews(const VerifyOptions& options, std::vector<std::string>& differing_views);
+
+}  // namespace
+
 int RunVerify(const VerifyOptions& options) {
+  std::vector<std::string> differing;
+  const int status = CompareViews(options, differing);
+  if (status != 1 || !options.repair || differing.empty()) return status;
+  for (const std::string& view : differing) {
+    std::fprintf(options.out, "view %s: repairing it: refilling it from the source\n",
+                 view.c_str());
+    std::fflush(options.out);
+    const int filled = RunBackfill({.config_path = options.config_path,
+                                    .view = view,
+                                    .wait = true,
+                                    .timeout = std::chrono::seconds(0),
+                                    .interval = std::chrono::milliseconds(5000),
+                                    .out = options.out});
+    if (filled != 0) {
+      std::fprintf(options.out, "view %s: the refill did not complete; not repaired\n",
+                   view.c_str());
+      return 1;
+    }
+  }
+  std::fprintf(options.out, "compared again after the repair:\n");
+  VerifyOptions again = options;
+  again.repair = false;
+  std::vector<std::string> still;
+  return CompareViews(again, still);
+}
+
+namespace {
+
+int CompareViews(const VerifyOptions& options, std::vector<std::string>& differing_views) {
   const std::optional<Config> loaded = LoadConfigOrReport(options.config_path, stderr);
   if (!loaded) return 2;
   const Config& config = *loaded;
@@ -244,6 +282,7 @@ int RunVerify(const VerifyOptions& options) {
               ? "consistent"
               : (std::to_string(count) + (count == 1 ? " difference" : " differences")).c_str());
       total_differences += count;
+      if (count > 0) differing_views.push_back(view);
     }
     // A view being backfilled differs until its last chunk is in: say so.
     for (const auto& [view, count] : differences) {
@@ -258,4 +297,5 @@ int RunVerify(const VerifyOptions& options) {
   return total_differences == 0 ? 0 : 1;
 }
 
+}  // namespace
 }  // namespace pgderive

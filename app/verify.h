@@ -21,11 +21,16 @@ struct VerifyOptions {
   std::optional<std::string> view;
   std::chrono::seconds wait{60};  // for the stores to catch up
   int rounds = 3;
+  // Each view found differing is refilled through the running pipeline (a backfill
+  // request, app/backfill_command.h: the rebuild keeps serving what the view holds until
+  // the new content is whole), then every compared view is compared again.
+  bool repair = false;
   std::FILE* out = stdout;
 };
 
-// 0 when every view is consistent; 1 when differences were found or a store did not
-// catch up; 2 for an invalid configuration or an unknown view.
+// 0 when every view is consistent (with `repair`: after the refills); 1 when differences
+// were found (remain) or a store did not catch up or a refill failed; 2 for an invalid
+// configuration or an unknown view.
 int RunVerify(const VerifyOptions& options);
 
 }  // namespace pgderive

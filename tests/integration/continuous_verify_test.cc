@@ -389,5 +389,46 @@ TEST_F(ContinuousVerifyTest, TheRowsComparedASecondStayWithinTheBudget) {
   StopRun();
 }
 
+// `pgderive verify --repair` with the background verifier off (`verify: off`): a value
+// changed behind pgderive's back and a stray key under the view's pattern are listed,
+// each view that differs is refilled through the running pipeline (its keys rewritten,
+// the stray one swept), and the comparison after it is clean: exit 0.
+TEST_F(ContinuousVerifyTest, VerifyRepairRefillsTheViewsThatDifferAndComparesAgain) {
+  std::string config = testing::ReadFile(config_);
+  const std::string on = "verify:\n  continuous: on\n  rows_per_second: 8000\n";
+  ASSERT_NE(config.find(on), std::string::npos);
+  config.replace(config.find(on), on.size(), "verify: off\n");
+  const std::string off = WriteFile("off.yml", config);
+  StartRun(off);
+  WaitReady();
+  if (HasFatalFailure()) return;
+  const std::string changed = pipeline_ + ":rows:5";
+  const std::string stray = pipeline_ + ":rows:999999";
+  const RedisReply right5 = Ask({"GET", changed});
+  ASSERT_EQ(right5.type, RedisReply::Type::kString);
+  Ask({"SET", changed, R"({"id":5,"name":"tampered","n":99})"});
+  Ask({"SET", stray, R"({"id":999999,"name":"stray","n":0})"});
+
+  auto [found, listed] = Command({testing::PgderiveBinary(), "verify", "-c", off, "--wait", "60"},
+                                 std::chrono::seconds(120));
+  EXPECT_EQ(found, 1) << listed;
+  EXPECT_NE(listed.find("view rows: different " + changed), std::string::npos) << listed;
+  EXPECT_NE(listed.find("view rows: extra " + stray), std::string::npos) << listed;
+  EXPECT_EQ(RunLog().find("verify found"), std::string::npos);  // the verifier is off
+
+  auto [repaired, said] =
+      Command({testing::PgderiveBinary(), "verify", "-c", off, "--wait", "60", "--repair"},
+              std::chrono::seconds(180));
+  EXPECT_EQ(repaired, 0) << said << RunLog();
+  EXPECT_NE(said.find("view rows: repairing it: refilling it from the source"), std::string::npos)
+      << said;
+  EXPECT_EQ(said.find("view docs: repairing it"), std::string::npos) << said;
+  EXPECT_NE(said.find("compared again after the repair:"), std::string::npos) << said;
+  EXPECT_NE(said.find("view rows (store cache): 3000 rows, consistent"), std::string::npos) << said;
+  EXPECT_EQ(Ask({"GET", changed}).str, right5.str);
+  EXPECT_EQ(Ask({"EXISTS", stray}).integer, 0);
+  StopRun();
+}
+
 }  // namespace
 }  // namespace pgderive
