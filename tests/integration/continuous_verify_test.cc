@@ -7,6 +7,7 @@
 // its own change, proving nothing about the verifier); the no-damage test's writer
 // updates, inserts and deletes across the whole table.
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <atomic>
 #include <nlohmann/json.hpp>
@@ -427,6 +428,36 @@ TEST_F(ContinuousVerifyTest, VerifyRepairRefillsTheViewsThatDifferAndComparesAga
   EXPECT_NE(said.find("view rows (store cache): 3000 rows, consistent"), std::string::npos) << said;
   EXPECT_EQ(Ask({"GET", changed}).str, right5.str);
   EXPECT_EQ(Ask({"EXISTS", stray}).integer, 0);
+  StopRun();
+}
+
+// A view added by a reload (SIGHUP) is walked by the verifier of the reloaded pipeline,
+// without a restart, and its damage repaired.
+TEST_F(ContinuousVerifyTest, AViewAddedByAReloadIsWalkedAndRepaired) {
+  std::string config = testing::ReadFile(config_);
+  const std::string docs = "  - name: docs\n";
+  const size_t at = config.find(docs);
+  ASSERT_NE(at, std::string::npos);
+  const size_t end = config.find("verify:", at);
+  const std::string docs_view = config.substr(at, end - at);
+  config.erase(at, end - at);
+  const std::string file = WriteFile("reloaded.yml", config);
+  StartRun(file);
+  WaitReady();
+  if (HasFatalFailure()) return;
+  ASSERT_TRUE(WaitFor([&] { return Passes("rows") >= 1; })) << Status().dump() << RunLog();
+  EXPECT_TRUE(ViewStatus("docs").is_null()) << Status().dump();
+  config.insert(at, docs_view);
+  WriteFile("reloaded.yml", config);
+  run_->Signal(SIGHUP);
+  ASSERT_TRUE(WaitFor([&] { return Passes("docs") >= 1; })) << Status().dump() << RunLog();
+  const json right5 = Document(5);
+  ASSERT_TRUE(right5.is_object());
+  EXPECT_EQ(HttpRequest(endpoints_.opensearch_url, "DELETE", "/" + index_ + "/_doc/5").first, 200);
+  ASSERT_TRUE(WaitFor([&] {
+    return Document(5) == right5 && Verify("docs").value("repaired", 0) >= 1;
+  })) << Verify("docs").dump()
+      << VerifyLines();
   StopRun();
 }
 
