@@ -1,5 +1,6 @@
 #include "base/metrics.h"
 
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 
@@ -15,7 +16,11 @@ std::string Number(double value) {
   if (value == std::floor(value) && std::fabs(value) < 1e15) {
     std::snprintf(buffer, sizeof buffer, "%.0f", value);
   } else {
-    std::snprintf(buffer, sizeof buffer, "%.9g", value);
+    // The shortest text that reads back as the same double: a Unix time with a fraction
+    // keeps its every digit (with 9 significant digits it was rounded to 10 s).
+    const auto [end, error] = std::to_chars(buffer, buffer + sizeof buffer - 1, value);
+    if (error != std::errc()) return "NaN";
+    *end = 0;
   }
   return buffer;
 }

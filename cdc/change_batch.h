@@ -55,6 +55,10 @@ struct ViewControl {
   std::vector<std::string> columns;
   // The OID of the table they were filled from (0: unknown).
   uint32_t table_oid = 0;
+  // kBackfillRow: the row is not in the source (the background verifier found its entry
+  // in the views, extra): the views' entry under its key is deleted. Only the row's key
+  // columns are set.
+  bool remove = false;
 
   bool Names(const std::string& store_name, const std::string& view) const {
     return store == store_name && std::find(views.begin(), views.end(), view) != views.end();

@@ -956,12 +956,12 @@ ConfigResult ParseConfig(const std::string& yaml_text, const std::string& path) 
   }
   if (const YAML::Node verify = static_cast<const YAML::Node&>(root)["verify"];
       verify.IsDefined() && !verify.IsNull() && verify.IsScalar()) {
-    // `verify: off`: no background verifier (as `continuous: off`).
-    if (verify.Scalar() != "off") {
+    // `verify: off`: no background verifier (as `continuous: off`); `on`: every default.
+    if (verify.Scalar() != "off" && verify.Scalar() != "on") {
       check.Problem(verify, "verify",
-                    "must be `off` or a mapping of continuous, rows_per_second, repair");
+                    "must be `on`, `off` or a mapping of continuous, rows_per_second, repair");
     }
-    config.verify.continuous = false;
+    config.verify.continuous = verify.Scalar() != "off";
   } else if (auto verify = top.Child("verify")) {
     config.verify.continuous = verify->Choice("continuous") == 0;
     config.verify.rows_per_second = verify->Integer("rows_per_second");

@@ -37,7 +37,7 @@ const std::vector<KeyDef>& Keys() {
       {"", "verify", Kind::kMapping, 0, false, "on, every default",
        "the background verifier of `run`: compares Redis and OpenSearch views with their "
        "source tables, chunk by chunk, and repairs what differs; a mapping of the keys below, "
-       "or `off` (only `pgderive verify` compares)"},
+       "`on` (every default) or `off` (only `pgderive verify` compares)"},
       {"", "http", Kind::kMapping, 0, false, "", "the health and metrics endpoint"},
       {"", "log", Kind::kMapping, 0, false, "", "the log lines on stderr"},
 

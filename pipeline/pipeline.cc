@@ -497,6 +497,12 @@ std::optional<int> Pipeline::StartStores() {
     auto it = identities.value().find(table);
     return it != identities.value().end() && monitor_.Settled(store, view, table, it->second);
   };
+  if (verify.continuous) {
+    Log("continuous verification on: " + std::to_string(verify.rows_per_second) +
+        " rows a second, repair " + (verify.repair ? "auto" : "report"));
+  } else {
+    Log("continuous verification off (verify.continuous)");
+  }
   backfills_ = std::make_unique<Backfills>(
       BackfillOptions{
           .dsn = config_.source.dsn,

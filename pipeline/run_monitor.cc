@@ -848,13 +848,17 @@ void RunMonitor::Publish() {
           };
           follow("pgderive_verify_rows_checked_total",
                  "Source rows the background verifier compared with the view", found.rows_checked);
+          follow("pgderive_verify_store_keys_checked_total",
+                 "Keys (documents) of the view in the store the background verifier looked up "
+                 "in the source, to find entries without a row",
+                 found.keys_checked);
           follow("pgderive_verify_chunks_differing_total",
                  "Chunks in which the background verifier found the view differing from its "
                  "source",
                  found.chunks_differing);
           follow("pgderive_verify_entries_differing_total",
-                 "Entries the background verifier found differing from the source (missing or "
-                 "different)",
+                 "Entries the background verifier found differing from the source (missing, "
+                 "different or extra)",
                  found.entries_differing);
           follow("pgderive_verify_entries_repaired_total",
                  "Differing entries the background verifier wrote again and found right after",
@@ -871,6 +875,7 @@ void RunMonitor::Publish() {
                    {{"store", name}, {"view", view}})
             .Set(last_pass);
         nlohmann::json verify = {{"rows_checked", found.rows_checked},
+                                 {"store_keys_checked", found.keys_checked},
                                  {"passes", found.passes},
                                  {"differences", found.entries_differing},
                                  {"chunks_differing", found.chunks_differing},

@@ -76,6 +76,25 @@ ContinuousVerifyOptions MakeContinuousVerifyOptions(
     }
     return differences.value().size();
   };
+  options.hooks.scan =
+      [all](
+          const std::string& store, const std::string& view, const std::string& cursor,
+          size_t count) -> Result<std::optional<std::pair<std::vector<std::string>, std::string>>> {
+    ViewInspector* inspector = InspectorOf(*all, store);
+    if (inspector == nullptr) return Error::Permanent("store " + store + " cannot be read back");
+    auto page = inspector->ScanKeys(view, cursor, count);
+    if (!page.ok()) return page.error();
+    if (!page.value()) return std::optional<std::pair<std::vector<std::string>, std::string>>();
+    return std::optional<std::pair<std::vector<std::string>, std::string>>(
+        std::pair{std::move(page.value()->keys), std::move(page.value()->cursor)});
+  };
+  options.hooks.row_keys =
+      [all](const std::string& store, const std::string& view, const RelationSchema& schema,
+            const std::string& key) -> Result<std::vector<std::vector<std::string>>> {
+    ViewInspector* inspector = InspectorOf(*all, store);
+    if (inspector == nullptr) return Error::Permanent("store " + store + " cannot be read back");
+    return inspector->RowKeys(view, schema, key);
+  };
   // The views compared: Redis and OpenSearch ones (not a postgres store's views, nor the
   // mirrors it fills, which the backfill also knows as views).
   std::set<std::pair<std::string, std::string>> compared;

@@ -544,7 +544,8 @@ Result<Backfills::Flight> Backfills::ReadChunk(
     Worker& worker, const std::shared_ptr<Job>& job,
     const std::shared_ptr<const RelationSchema>& schema,
     const std::vector<std::pair<std::string, std::string>>& key,
-    const std::optional<std::string>& after, size_t limit, bool partitioned, uint64_t prev) {
+    const std::optional<std::string>& after, size_t limit, bool partitioned, uint64_t prev,
+    const std::function<Result<ChunkRows>()>& read) {
   Flight flight;
   flight.asked = limit;
   {
@@ -576,7 +577,8 @@ Result<Backfills::Flight> Backfills::ReadChunk(
     forget();
     return status.error();
   }
-  auto rows = ReadRows(*worker.sql, job->table, schema, key, after, limit, partitioned);
+  auto rows =
+      read ? read() : ReadRows(*worker.sql, job->table, schema, key, after, limit, partitioned);
   if (!rows.ok()) {
     forget();
     return rows.error();

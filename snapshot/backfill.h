@@ -95,6 +95,17 @@ struct VerifyHooks {
   std::function<bool(SqlSession& sql, const std::string& store, const std::string& view,
                      const std::string& table)>
       settled;
+  // A page of the keys `store` holds for `view` (ViewInspector::ScanKeys): the keys, the
+  // cursor to go on from (empty: the end); nullopt when the store cannot page them.
+  std::function<Result<std::optional<std::pair<std::vector<std::string>, std::string>>>(
+      const std::string& store, const std::string& view, const std::string& cursor, size_t count)>
+      scan;
+  // The row keys a key of the view can be made from (ViewInspector::RowKeys): each the
+  // values of `schema`'s row key columns, in column order.
+  std::function<Result<std::vector<std::vector<std::string>>>(
+      const std::string& store, const std::string& view, const RelationSchema& schema,
+      const std::string& key)>
+      row_keys;
 };
 
 struct ContinuousVerifyOptions {
@@ -107,6 +118,7 @@ struct ContinuousVerifyOptions {
 // What the verifier found in a view since the start.
 struct VerifyProgress {
   uint64_t rows_checked = 0;
+  uint64_t keys_checked = 0;  // the store's keys looked up in the source (extra entries)
   uint64_t chunks_differing = 0;
   uint64_t entries_differing = 0;
   uint64_t entries_repaired = 0;
@@ -215,7 +227,7 @@ class Backfills {
                            const std::shared_ptr<const RelationSchema>& schema,
                            const std::vector<std::pair<std::string, std::string>>& key,
                            const std::optional<std::string>& after, size_t limit, bool partitioned,
-                           uint64_t prev);
+                           uint64_t prev, const std::function<Result<ChunkRows>()>& read = {});
   // Waits for the window's verdict on `flight` and forgets the chunk.
   void WaitVerdict(Flight& flight);
   // Forgets the chunks in flight (each is read again); under the lock.
@@ -244,11 +256,34 @@ class Backfills {
     std::optional<std::string> last;
     size_t differing = 0;
   };
+  // Writes `keys` of the view again as deletes (their rows found absent again between
+  // L and H); true once its store applied them.
+  Result<bool> RemoveExtras(Worker& worker, const BackfillView& view,
+                            const std::shared_ptr<const RelationSchema>& schema,
+                            const std::vector<std::pair<std::string, std::string>>& key,
+                            const std::vector<std::vector<std::string>>& rows);
+  // `read` (unset: the chunk after `after`) gives the rows between L and H; `judge` (unset:
+  // VerifyHooks::check) counts what differs among the rows no change touched in the
+  // window, against what the store held.
+  using Judge = std::function<Result<size_t>(
+      const ChunkRows& comparable, const std::map<std::string, std::string>& held, Lsn checked)>;
   Result<Checked> VerifyChunk(Worker& worker, const BackfillView& view,
                               const std::shared_ptr<const RelationSchema>& schema,
                               const std::vector<std::pair<std::string, std::string>>& key,
                               const std::optional<std::string>& after, size_t limit,
-                              bool partitioned);
+                              bool partitioned, const std::function<Result<ChunkRows>()>& read = {},
+                              const Judge& judge = {});
+  // The walk of the store's keys of `view` after a pass (VerifyHooks::scan): an entry
+  // whose row does not exist is extra - confirmed between watermarks, reported, and
+  // with verify.repair deleted at a watermark (the stream wins over it). False: not
+  // comparable now, or stopped.
+  Result<bool> WalkExtras(Worker& worker, const BackfillView& view,
+                          const std::shared_ptr<const RelationSchema>& schema,
+                          const std::vector<std::pair<std::string, std::string>>& key);
+  // Of `rows` (the row key values of each, in `key`'s order), those no source row has.
+  Result<std::vector<size_t>> Absent(Worker& worker, const BackfillView& view,
+                                     const std::vector<std::pair<std::string, std::string>>& key,
+                                     const std::vector<std::vector<std::string>>& rows);
   // Writes the chunk after `after` again through the backfill (placed at its H, the
   // view's state untouched); true once its store applied it.
   Result<bool> RepairChunk(Worker& worker, const BackfillView& view,
@@ -257,6 +292,8 @@ class Backfills {
                            const std::optional<std::string>& after, size_t limit, bool partitioned);
   // Whether `view` is live (no fill of its store and table queued or running) and ready.
   bool Verifiable(const BackfillView& view);
+  // Records a view the verifier could not repair (VerifyProgress::failed).
+  void FailVerified(const BackfillView& view, const std::string& reason);
   // VerifyHooks::settled for the view's table, on the verifier's session.
   bool Settled(Worker& worker, const BackfillView& view);
   // Waits until `rows` more rows fit the budget (verify.rows_per_second).

@@ -23,6 +23,7 @@
 
 #include <thread>
 
+#include "base/number.h"
 #include "base/table_name.h"
 #include "cdc/publication.h"
 #include "snapshot/backfill.h"
@@ -74,6 +75,11 @@ bool Backfills::Verifiable(const BackfillView& view) {
     if (it != verified_.end() && !it->second.failed.empty()) return false;  // until refilled
   }
   return !options_.verify.hooks.ready || options_.verify.hooks.ready(view.store, view.view);
+}
+
+void Backfills::FailVerified(const BackfillView& view, const std::string& reason) {
+  std::lock_guard lock(mutex_);
+  verified_[{view.store, view.view}].failed = reason;
 }
 
 bool Backfills::Settled(Worker& worker, const BackfillView& view) {
@@ -201,8 +207,7 @@ Result<bool> Backfills::VerifyView(Worker& worker, const BackfillView& view) {
                       {"table", view.table},
                       {"after", after.value_or("")},
                       {"through", checked.value().last.value_or("")}});
-          std::lock_guard lock(mutex_);
-          verified_[{view.store, view.view}].failed = reason;
+          FailVerified(view, reason);
           return false;
         }
       }
@@ -214,6 +219,14 @@ Result<bool> Backfills::VerifyView(Worker& worker, const BackfillView& view) {
     if (checked.value().rows < limit) break;  // the end of the table
     after = checked.value().last;
   }
+  // The store's side: entries whose row does not exist.
+  {
+    auto schema = DescribeTable(*worker.sql, view.table);
+    if (!schema.ok()) return schema.error();
+    auto walked = WalkExtras(worker, view, schema.value(), key.value());
+    if (!walked.ok()) return walked.error();
+    if (!walked.value()) return false;
+  }
   std::lock_guard lock(mutex_);
   VerifyProgress& progress = verified_[{view.store, view.view}];
   progress.passes += 1;
@@ -224,7 +237,8 @@ Result<bool> Backfills::VerifyView(Worker& worker, const BackfillView& view) {
 Result<Backfills::Checked> Backfills::VerifyChunk(
     Worker& worker, const BackfillView& view, const std::shared_ptr<const RelationSchema>& schema,
     const std::vector<std::pair<std::string, std::string>>& key,
-    const std::optional<std::string>& after, size_t limit, bool partitioned) {
+    const std::optional<std::string>& after, size_t limit, bool partitioned,
+    const std::function<Result<ChunkRows>()>& read, const Judge& judge) {
   auto job = std::make_shared<BackfillJob>();
   job->store = view.store;
   job->table = view.table;
@@ -253,7 +267,8 @@ Result<Backfills::Checked> Backfills::VerifyChunk(
     forget();
     return status.error();
   }
-  auto rows = ReadRows(*worker.sql, view.table, schema, key, after, limit, partitioned);
+  auto rows =
+      read ? read() : ReadRows(*worker.sql, view.table, schema, key, after, limit, partitioned);
   if (!rows.ok()) {
     forget();
     return rows.error();
@@ -310,8 +325,10 @@ Result<Backfills::Checked> Backfills::VerifyChunk(
   // The table replaced (or its partitions changed) before or while the chunk was read,
   // its views' refill not asked for yet: the store holds the old table's rows.
   if (!Settled(worker, view)) return checked;
-  auto differing = options_.verify.hooks.check(view.store, view.view, schema, outcome.comparable,
-                                               held.value(), outcome.checked);
+  auto differing =
+      judge ? judge(outcome.comparable, held.value(), outcome.checked)
+            : options_.verify.hooks.check(view.store, view.view, schema, outcome.comparable,
+                                          held.value(), outcome.checked);
   if (!differing.ok()) return differing.error();
   checked.done = true;
   checked.differing = differing.value();
@@ -332,6 +349,268 @@ Result<bool> Backfills::RepairChunk(Worker& worker, const BackfillView& view,
   job->repair = true;
   job->live = true;  // not a fill: Progress and Verifiable do not see it (never queued)
   auto flight = ReadChunk(worker, job, schema, key, after, limit, partitioned, /*prev=*/0);
+  if (!flight.ok()) return flight.error();
+  WaitVerdict(flight.value());
+  {
+    std::lock_guard lock(mutex_);
+    SettleActiveLocked();
+  }
+  if (flight.value().outcome.verdict != Verdict::kDone) return false;
+  return WaitApplied(view.store, flight.value().outcome.watermark, flight.value().generation) ==
+         Applied::kYes;
+}
+
+namespace {
+
+// A row of `schema`'s width with only the key columns set (`values` in `key`'s order):
+// what an extra entry's row would be, for the window to track its key.
+std::vector<std::optional<std::string>> KeyOnlyRow(
+    const RelationSchema& schema, const std::vector<std::pair<std::string, std::string>>& key,
+    const std::vector<std::string>& values) {
+  std::vector<std::optional<std::string>> row(schema.columns.size());
+  for (size_t k = 0; k < key.size() && k < values.size(); ++k) {
+    for (size_t i = 0; i < schema.columns.size(); ++i) {
+      if (schema.columns[i].name == key[k].first) row[i] = values[k];
+    }
+  }
+  return row;
+}
+
+// The key columns' values of a key-only row, as the window names it (KeyJson).
+std::string KeyOf(const RelationSchema& schema,
+                  const std::vector<std::pair<std::string, std::string>>& key,
+                  const std::vector<std::optional<std::string>>& row) {
+  std::vector<std::optional<std::string_view>> values;
+  for (const auto& [name, type] : key) {
+    for (size_t i = 0; i < schema.columns.size(); ++i) {
+      if (schema.columns[i].name == name) values.push_back(row[i]);
+    }
+  }
+  return KeyJson(values);
+}
+
+}  // namespace
+
+Result<std::vector<size_t>> Backfills::Absent(
+    Worker& worker, const BackfillView& view,
+    const std::vector<std::pair<std::string, std::string>>& key,
+    const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> out;
+  if (rows.empty()) return out;
+  // One statement for the page: each key value cast to its column's type (the index
+  // is used), the ordinals of the rows with no match.
+  std::string unnest, columns, match;
+  SqlParams params;
+  for (size_t k = 0; k < key.size(); ++k) {
+    std::vector<std::string> values;
+    for (const auto& row : rows) values.push_back(row.at(k));
+    params.push_back(SqlTextArray(values));
+    unnest += (k ? ", $" : "$") + std::to_string(k + 1) + "::text[]";
+    columns += "c" + std::to_string(k) + ", ";
+    match += (k ? " and " : "") + worker.sql->QuoteIdentifier(key[k].first) + " = t.c" +
+             std::to_string(k) + "::" + key[k].second;
+  }
+  const std::string table = TableName::Parse(view.table).Quoted();
+  auto found =
+      worker.sql->Query("select t.i - 1 from unnest(" + unnest + ") with ordinality t(" + columns +
+                            "i) where not exists (select from " + table + " where " + match + ")",
+                        params);
+  if (found.ok()) {
+    for (const auto& row : found.value().rows) {
+      auto i = ParseServerNumber<size_t>(row[0]);
+      if (!i.ok()) return i.status().error();
+      out.push_back(i.value());
+    }
+    return out;
+  }
+  if (found.error().kind() != ErrorKind::kPermanent) return found.error();
+  // A value its column's type does not take (a key no row can make): row by row, such
+  // a row is absent.
+  for (size_t r = 0; r < rows.size(); ++r) {
+    std::string where;
+    SqlParams one;
+    for (size_t k = 0; k < key.size(); ++k) {
+      where += (k ? " and " : "") + worker.sql->QuoteIdentifier(key[k].first) + " = $" +
+               std::to_string(k + 1) + "::" + key[k].second;
+      one.push_back(rows[r].at(k));
+    }
+    auto exists =
+        worker.sql->Query("select exists (select from " + table + " where " + where + ")", one);
+    if (!exists.ok()) {
+      if (exists.error().kind() != ErrorKind::kPermanent) return exists.error();
+      out.push_back(r);
+      continue;
+    }
+    if (exists.value().rows.at(0).at(0).value_or("t") != "t") out.push_back(r);
+  }
+  return out;
+}
+
+Result<bool> Backfills::WalkExtras(Worker& worker, const BackfillView& view,
+                                   const std::shared_ptr<const RelationSchema>& schema,
+                                   const std::vector<std::pair<std::string, std::string>>& key) {
+  const VerifyHooks& hooks = options_.verify.hooks;
+  if (!hooks.scan || !hooks.row_keys) return true;
+  const size_t limit = ChunkRowsFor(options_.verify.rows_per_second);
+  std::string cursor;
+  do {
+    if (stopping() || !Verifiable(view) || !Settled(worker, view)) return false;
+    auto page = hooks.scan(view.store, view.view, cursor, limit);
+    if (!page.ok()) return page.error();
+    if (!page.value()) return true;  // the store cannot page its keys
+    cursor = page.value()->second;
+    const std::vector<std::string>& keys = page.value()->first;
+    Pace(keys.size());
+    {
+      std::lock_guard lock(mutex_);
+      verified_[{view.store, view.view}].keys_checked += keys.size();
+    }
+    // Each store key with the one row key it reads back to (a key of several readings,
+    // or none, is left alone: another view's, or not one a row makes), in `key`'s order.
+    std::vector<std::string> names;
+    for (const ColumnSchema& column : schema->columns) {
+      if (column.key) names.push_back(column.name);
+    }
+    std::vector<std::string> store_keys;
+    std::vector<std::vector<std::string>> rows;
+    for (const std::string& store_key : keys) {
+      auto readings = hooks.row_keys(view.store, view.view, *schema, store_key);
+      if (!readings.ok()) return readings.error();
+      if (readings.value().size() != 1 || readings.value()[0].size() != names.size()) continue;
+      std::vector<std::string> ordered;
+      for (const auto& [name, type] : key) {
+        auto at = std::find(names.begin(), names.end(), name);
+        if (at == names.end()) break;
+        ordered.push_back(readings.value()[0][at - names.begin()]);
+      }
+      if (ordered.size() != key.size()) continue;  // the table's key is another now
+      store_keys.push_back(store_key);
+      rows.push_back(std::move(ordered));
+    }
+    auto absent = Absent(worker, view, key, rows);
+    if (!absent.ok()) return absent.error();
+    if (absent.value().empty()) continue;
+    std::vector<std::string> suspect_keys;
+    std::vector<std::vector<std::string>> suspects;
+    for (size_t i : absent.value()) {
+      suspect_keys.push_back(store_keys[i]);
+      suspects.push_back(rows[i]);
+    }
+    // Confirmed between watermarks: still no row once the window is open, no change of
+    // the key in the window, the entry still held once the store passed H.
+    std::vector<std::vector<std::string>> extra;
+    auto confirm = [&](const std::vector<std::vector<std::string>>& of)
+        -> Result<std::vector<std::vector<std::string>>> {
+      std::vector<std::vector<std::string>> confirmed;
+      std::map<std::string, size_t> by_key;  // KeyJson -> index in `of`
+      auto read = [&]() -> Result<ChunkRows> {
+        auto gone = Absent(worker, view, key, of);
+        if (!gone.ok()) return gone.error();
+        ChunkRows out;
+        for (size_t i : gone.value()) {
+          out.push_back(KeyOnlyRow(*schema, key, of[i]));
+          by_key[KeyOf(*schema, key, out.back())] = i;
+        }
+        return out;
+      };
+      auto judge = [&](const ChunkRows& comparable, const std::map<std::string, std::string>& held,
+                       Lsn checked) -> Result<size_t> {
+        for (const auto& row : comparable) {
+          auto it = by_key.find(KeyOf(*schema, key, row));
+          if (it == by_key.end()) continue;
+          const std::string& store_key =
+              suspect_keys[std::find(suspects.begin(), suspects.end(), of[it->second]) -
+                           suspects.begin()];
+          if (!held.contains(store_key)) continue;  // gone meanwhile
+          confirmed.push_back(of[it->second]);
+          log_.Warn("verify found view " + view.view + " differing from its source at key " +
+                        store_key + ": extra (no such row in the source)",
+                    {{"store", view.store},
+                     {"view", view.view},
+                     {"key", store_key},
+                     {"difference", "view " + view.view + ": extra " + store_key},
+                     {"lsn", checked.ToString()}});
+        }
+        return confirmed.size();
+      };
+      while (true) {
+        if (stopping() || !Verifiable(view) || !Settled(worker, view)) {
+          return std::vector<std::vector<std::string>>();
+        }
+        confirmed.clear();
+        by_key.clear();
+        auto checked = VerifyChunk(worker, view, schema, key, std::nullopt, of.size(),
+                                   /*partitioned=*/false, read, judge);
+        if (!checked.ok()) return checked.error();
+        Pace(of.size());
+        if (checked.value().done) return confirmed;
+      }
+    };
+    auto found = confirm(suspects);
+    if (!found.ok()) return found.error();
+    extra = std::move(found).value();
+    if (extra.empty()) continue;
+    {
+      std::lock_guard lock(mutex_);
+      VerifyProgress& progress = verified_[{view.store, view.view}];
+      progress.chunks_differing += 1;
+      progress.entries_differing += extra.size();
+    }
+    if (!options_.verify.repair) continue;
+    const size_t total = extra.size();
+    for (int attempt = 0; attempt < kRepairAttempts && !extra.empty(); ++attempt) {
+      if (stopping() || !Verifiable(view)) return false;
+      auto removed = RemoveExtras(worker, view, schema, key, extra);
+      if (!removed.ok()) return removed.error();
+      Pace(extra.size());
+      if (!removed.value()) continue;
+      auto again = confirm(extra);
+      if (!again.ok()) return again.error();
+      extra = std::move(again).value();
+    }
+    if (extra.empty()) {
+      log_.Info("verify repaired view " + view.view,
+                {{"store", view.store}, {"entries", std::to_string(total)}});
+      std::lock_guard lock(mutex_);
+      verified_[{view.store, view.view}].entries_repaired += total;
+      continue;
+    }
+    const std::string reason = "verify could not repair it: " + std::to_string(extra.size()) +
+                               " entries without a row in table " + view.table +
+                               " are still in the store after " + std::to_string(kRepairAttempts) +
+                               " deletes; `pgderive backfill -c FILE --view " + view.view +
+                               "` fills it again";
+    log_.Error("view " + view.view + " failed: " + reason,
+               {{"store", view.store}, {"view", view.view}, {"table", view.table}});
+    FailVerified(view, reason);
+    return false;
+  } while (!cursor.empty());
+  return true;
+}
+
+Result<bool> Backfills::RemoveExtras(Worker& worker, const BackfillView& view,
+                                     const std::shared_ptr<const RelationSchema>& schema,
+                                     const std::vector<std::pair<std::string, std::string>>& key,
+                                     const std::vector<std::vector<std::string>>& rows) {
+  auto job = std::make_shared<Job>();
+  job->store = view.store;
+  job->table = view.table;
+  job->views = {view.view};
+  job->columns = ColumnsOf(*schema);
+  job->table_oid = schema->id.value;
+  job->repair = true;
+  job->remove = true;
+  job->live = true;  // not a fill (as RepairChunk's)
+  // Between L and H: the rows still absent, as key-only rows placed as deletes.
+  auto read = [&]() -> Result<ChunkRows> {
+    auto gone = Absent(worker, view, key, rows);
+    if (!gone.ok()) return gone.error();
+    ChunkRows out;
+    for (size_t i : gone.value()) out.push_back(KeyOnlyRow(*schema, key, rows[i]));
+    return out;
+  };
+  auto flight = ReadChunk(worker, job, schema, key, std::nullopt, rows.size(),
+                          /*partitioned=*/false, /*prev=*/0, read);
   if (!flight.ok()) return flight.error();
   WaitVerdict(flight.value());
   {

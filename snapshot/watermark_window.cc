@@ -324,6 +324,7 @@ void WatermarkWindow::Place(Chunk& chunk, Lsn commit_lsn, uint32_t index,
   auto control = std::make_shared<ViewControl>();
   control->store = job.store;
   control->views = job.views;
+  control->remove = job.remove;
   const std::vector<size_t> key = KeyIndexes(chunk);
   TupleData tuple;
   uint32_t n = index;

@@ -97,6 +97,9 @@ struct BackfillJob {
   // A repair of the background verifier: the chunk's rows are placed, the views' state
   // is left as it is (they are live; a fill's chunk records how far it got).
   bool repair = false;
+  // A repair of entries whose row does not exist (found extra): the chunk's rows (their
+  // key columns only) are placed as deletes of those entries.
+  bool remove = false;
 };
 
 // A chunk's rows as read, in the table's column order (the text of each value).

@@ -129,8 +129,10 @@ Status ApplyRows(const BatchGroup& group, Lsn checkpoint, const std::string& sto
               if (FailView(*view, entry.error())) continue;
               return entry.error();
             }
-            status = store.PutBackfill(*view, std::move(entry.value().first),
-                                       std::move(entry.value().second), change.commit_lsn);
+            status = change.control->remove
+                         ? store.Delete(*view, std::move(entry.value().first), change.commit_lsn)
+                         : store.PutBackfill(*view, std::move(entry.value().first),
+                                             std::move(entry.value().second), change.commit_lsn);
             if (!status.ok()) break;
           }
           break;

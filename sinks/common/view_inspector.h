@@ -33,6 +33,34 @@ class ViewInspector {
   // can read entries by key overrides it.
   virtual Result<std::vector<Entry>> ReadEntries(const std::string& view,
                                                  const std::vector<std::string>& keys);
+  // A page of the keys the store holds for `view`, about `count` of them, from `cursor`
+  // (empty: the first page); the page's `cursor` is empty after the last. Each key once
+  // or more (a key written meanwhile may be missed: Redis SCAN's guarantee); a store
+  // that cannot page its keys returns nullopt. The background verifier walks them to
+  // find entries whose row does not exist.
+  struct KeyPage {
+    std::vector<std::string> keys;
+    std::string cursor;
+  };
+  virtual Result<std::optional<KeyPage>> ScanKeys(const std::string& view,
+                                                  const std::string& cursor, size_t count) {
+    (void)view;
+    (void)cursor;
+    (void)count;
+    return std::optional<KeyPage>();
+  }
+  // The row keys `key` can be made from in `view` of `schema`'s table: each a value (as
+  // text) per row key column of `schema` (RelationSchema's `key` columns, in column
+  // order). None: no row can make it (another view's key, text the template does not
+  // make). Several: a template whose values may hold its literals (KeyTemplate::Splits).
+  virtual Result<std::vector<std::vector<std::string>>> RowKeys(const std::string& view,
+                                                                const RelationSchema& schema,
+                                                                const std::string& key) {
+    (void)view;
+    (void)schema;
+    (void)key;
+    return std::vector<std::vector<std::string>>();
+  }
   // The entry a source row must produce in `view`; nullopt when the view does not read
   // the row's table.
   virtual Result<std::optional<Entry>> Expected(const std::string& view,

@@ -294,6 +294,37 @@ Result<std::vector<std::pair<std::string, std::string>>> OpenSearchClient::ScanA
   return out;
 }
 
+Result<OpenSearchClient::IdPage> OpenSearchClient::ScrollIds(std::string_view index,
+                                                             const std::string& scroll,
+                                                             size_t count) {
+  auto response =
+      scroll.empty()
+          ? http_.Send(
+                "POST", "/" + EncodePathSegment(index) + "/_search?scroll=2m",
+                nlohmann::json{{"size", count}, {"sort", {"_doc"}}, {"_source", false}}.dump())
+          : http_.Send("POST", "/_search/scroll",
+                       nlohmann::json{{"scroll", "2m"}, {"scroll_id", scroll}}.dump());
+  if (!response.ok()) return response.error();
+  if (scroll.empty() && response.value().status == 404) return IdPage{};  // no such index
+  if (response.value().status != 200) return HttpError("search", response.value());
+  auto body = ParseBody("search", response.value());
+  if (!body.ok()) return body.error();
+  IdPage page;
+  const nlohmann::json& hits = body.value()["hits"]["hits"];
+  if (hits.is_array()) {
+    for (const nlohmann::json& hit : hits) page.ids.push_back(hit.value("_id", ""));
+  }
+  const std::string next = body.value().value("_scroll_id", "");
+  if (!page.ids.empty()) {
+    page.scroll = next;
+  } else if (!next.empty()) {
+    IgnoreError(http_.Send("DELETE", "/_search/scroll", nlohmann::json{{"scroll_id", next}}.dump())
+                    .status(),
+                "a scroll left open expires after two minutes");
+  }
+  return page;
+}
+
 Result<std::vector<std::pair<std::string, std::string>>> OpenSearchClient::MultiGet(
     std::string_view index, const std::vector<std::string>& ids) {
   std::vector<std::pair<std::string, std::string>> out;

@@ -81,6 +81,16 @@ class OpenSearchClient {
   Result<std::vector<std::pair<std::string, std::string>>> ScanAll(std::string_view index,
                                                                    size_t page = 1000);
 
+  // One page of the ids of `index` (a scroll, _source left out, `count` a page): from
+  // `scroll` (empty: a new scroll), with the scroll to go on from (empty after the last
+  // page, the scroll then cleared). Searchable documents only. A scroll is kept 2
+  // minutes between pages; a missing index has no ids.
+  struct IdPage {
+    std::vector<std::string> ids;
+    std::string scroll;
+  };
+  Result<IdPage> ScrollIds(std::string_view index, const std::string& scroll, size_t count);
+
   // The documents of `index` with the ids `ids` as (_id, _source as JSON text), in the
   // order of `ids`, those found only; read with _mget (real time: what was indexed,
   // refreshed or not), 1000 ids a request. A missing index holds none.

@@ -1309,6 +1309,42 @@ Result<std::vector<ViewInspector::Entry>> OpenSearchSink::ReadEntries(
   return client.value()->MultiGet(index, keys);
 }
 
+Result<std::optional<ViewInspector::KeyPage>> OpenSearchSink::ScanKeys(const std::string& view_name,
+                                                                       const std::string& cursor,
+                                                                       size_t count) {
+  std::lock_guard lock(mutex_);
+  View* view = FindView(views_, view_name);
+  if (view == nullptr) return Error::Permanent("no OpenSearch view named " + view_name);
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  auto page = client.value()->ScrollIds(VerifyIndex(*view), cursor, count);
+  if (!page.ok()) return page.error();
+  return std::optional<KeyPage>(KeyPage{std::move(page.value().ids), page.value().scroll});
+}
+
+Result<std::vector<std::vector<std::string>>> OpenSearchSink::RowKeys(const std::string&,
+                                                                      const RelationSchema& schema,
+                                                                      const std::string& key) {
+  // The _id a row makes (ViewShape::DocumentId): its one key value, or a JSON array of
+  // the key values as strings.
+  size_t columns = 0;
+  for (const ColumnSchema& column : schema.columns) columns += column.key ? 1 : 0;
+  std::vector<std::vector<std::string>> out;
+  if (columns == 1) {
+    out.push_back({key});
+  } else if (columns > 1) {
+    const nlohmann::json values = nlohmann::json::parse(key, nullptr, false);
+    if (!values.is_array() || values.size() != columns) return out;
+    std::vector<std::string> row;
+    for (const auto& value : values) {
+      if (!value.is_string()) return out;
+      row.push_back(value.get<std::string>());
+    }
+    out.push_back(std::move(row));
+  }
+  return out;
+}
+
 Result<std::optional<ViewInspector::Entry>> OpenSearchSink::Expected(
     const std::string& view_name, const std::shared_ptr<const RelationSchema>& schema,
     const TupleData& row, const TypeRegistry& types) {

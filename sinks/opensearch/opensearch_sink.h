@@ -146,6 +146,11 @@ class OpenSearchSink : public Sink, public ViewInspector {
   Result<std::optional<Entry>> Expected(const std::string& view,
                                         const std::shared_ptr<const RelationSchema>& schema,
                                         const TupleData& row, const TypeRegistry& types) override;
+  Result<std::optional<KeyPage>> ScanKeys(const std::string& view, const std::string& cursor,
+                                          size_t count) override;
+  Result<std::vector<std::vector<std::string>>> RowKeys(const std::string& view,
+                                                        const RelationSchema& schema,
+                                                        const std::string& key) override;
 
   // The index mapping for a view's columns: text searchable with a keyword field for
   // sorting, numbers numeric, timestamps dates, json as stored objects. Values a type

@@ -1279,6 +1279,75 @@ Result<std::vector<ViewInspector::Entry>> RedisSink::ReadEntries(
   return out;
 }
 
+Result<std::optional<ViewInspector::KeyPage>> RedisSink::ScanKeys(const std::string& view_name,
+                                                                  const std::string& cursor,
+                                                                  size_t count) {
+  std::lock_guard lock(mutex_);
+  View* view = FindView(views_, view_name);
+  if (view == nullptr) return Error::Permanent("no Redis view named " + view_name);
+  auto client = Client();
+  if (!client.ok()) return client.error();
+  auto theirs = [&](const std::string& key) {
+    if (key.starts_with("pgderive:")) return true;   // pgderive's own state
+    if (MatchesAny(view->others, key)) return true;  // another version's
+    for (const auto& other : views_) {
+      if (other.get() != view && GlobMatch(other->config.key->Pattern(), key)) return true;
+    }
+    return false;
+  };
+  KeyPage page;
+  std::string at = cursor.empty() ? "0" : cursor;
+  // A SCAN call may match no key of a sparse pattern: on until some, or the end.
+  for (int calls = 0; calls < 64; ++calls) {
+    auto reply = client.value()->Command(
+        {"SCAN", at, "MATCH", view->config.key->Pattern(), "COUNT", std::to_string(count)});
+    if (!reply.ok()) return reply.error();
+    const RedisReply& r = reply.value();
+    if (r.type != RedisReply::Type::kArray || r.elements.size() != 2 ||
+        r.elements[1].type != RedisReply::Type::kArray) {
+      return ReplyError("SCAN", r);
+    }
+    at = r.elements[0].str;
+    for (const RedisReply& key : r.elements[1].elements) {
+      if (!theirs(key.str)) page.keys.push_back(key.str);
+    }
+    if (at == "0" || !page.keys.empty()) break;
+  }
+  page.cursor = at == "0" ? "" : at;
+  return std::optional<KeyPage>(std::move(page));
+}
+
+Result<std::vector<std::vector<std::string>>> RedisSink::RowKeys(const std::string& view_name,
+                                                                 const RelationSchema& schema,
+                                                                 const std::string& key) {
+  std::lock_guard lock(mutex_);
+  View* view = FindView(views_, view_name);
+  if (view == nullptr) return Error::Permanent("no Redis view named " + view_name);
+  const KeyTemplate& key_template = *view->config.key;
+  std::vector<std::vector<std::string>> out;
+  for (const std::vector<std::string>& split : key_template.Splits(key)) {
+    // The template's values by column; a column named twice must read the same twice.
+    std::map<std::string, std::string> values;
+    bool same = true;
+    for (size_t i = 0; i < split.size() && i < key_template.columns().size(); ++i) {
+      auto [it, added] = values.emplace(key_template.columns()[i], split[i]);
+      same = same && (added || it->second == split[i]);
+    }
+    std::vector<std::string> row;
+    for (const ColumnSchema& column : schema.columns) {
+      if (!column.key) continue;
+      auto it = values.find(column.name);
+      if (it == values.end()) {
+        same = false;
+        break;
+      }
+      row.push_back(it->second);
+    }
+    if (same && !row.empty()) out.push_back(std::move(row));
+  }
+  return out;
+}
+
 Result<std::vector<ForeignKeys>> FindForeignKeys(RedisClient& client, const Config& config,
                                                  const StoreConfig& store) {
   const std::string prefix = "pgderive:" + config.pipeline + ":";

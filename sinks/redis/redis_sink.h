@@ -129,6 +129,13 @@ class RedisSink : public Sink, public ViewInspector {
   Result<std::optional<Entry>> Expected(const std::string& view,
                                         const std::shared_ptr<const RelationSchema>& schema,
                                         const TupleData& row, const TypeRegistry& types) override;
+  // SCAN of the view's pattern, without pgderive's own keys and the keys another view
+  // of the store could make.
+  Result<std::optional<KeyPage>> ScanKeys(const std::string& view, const std::string& cursor,
+                                          size_t count) override;
+  Result<std::vector<std::vector<std::string>>> RowKeys(const std::string& view,
+                                                        const RelationSchema& schema,
+                                                        const std::string& key) override;
 
   // RowView::config.key is set (Make refuses a view without it).
   struct View : RowView {

@@ -178,9 +178,12 @@ TEST(ConfigTest, Verify) {
   ConfigResult off = ParseConfig(kMinimal + "verify: off\n", "w.yml");
   ASSERT_TRUE(off.config.has_value()) << off.Describe("w.yml");
   EXPECT_FALSE(off.config->verify.continuous);
-  EXPECT_EQ(
-      ParseConfig(kMinimal + "verify: no\n", "w.yml").Describe("w.yml"),
-      "w.yml:8:9: verify: must be `off` or a mapping of continuous, rows_per_second, repair\n");
+  EXPECT_EQ(ParseConfig(kMinimal + "verify: no\n", "w.yml").Describe("w.yml"),
+            "w.yml:8:9: verify: must be `on`, `off` or a mapping of continuous, rows_per_second, "
+            "repair\n");
+  ConfigResult on = ParseConfig(kMinimal + "verify: on\n", "w.yml");
+  ASSERT_TRUE(on.config.has_value()) << on.Describe("w.yml");
+  EXPECT_TRUE(on.config->verify.continuous);
 }
 
 TEST(ConfigTest, Spool) {
