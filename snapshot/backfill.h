@@ -128,6 +128,10 @@ struct VerifyProgress {
   // table and the keys. The view is failed with it (/status, /readyz) and not walked
   // until a fill of it is queued (`pgderive backfill --view`, a refill); empty: not.
   std::string failed;
+  // The keys of a chunk (or the extra entries) that still differed after its repairs on
+  // the last pass: the view fails when the next pass meets the same again (a store
+  // change, an index deleted, is refilled meanwhile instead).
+  std::string unrepaired;
 };
 
 struct BackfillOptions {
@@ -292,8 +296,13 @@ class Backfills {
                            const std::optional<std::string>& after, size_t limit, bool partitioned);
   // Whether `view` is live (no fill of its store and table queued or running) and ready.
   bool Verifiable(const BackfillView& view);
-  // Records a view the verifier could not repair (VerifyProgress::failed).
-  void FailVerified(const BackfillView& view, const std::string& reason);
+  // A view the verifier could not repair at `where` (the chunk's keys, the extra
+  // entries): failed (VerifyProgress::failed, true) when the last pass could not repair
+  // the same either; else remembered for the next pass (false).
+  bool FailVerified(const BackfillView& view, const std::string& where, const std::string& reason);
+  // Waits for the stores' own checks to have run (kStoreChecks); whether the view is
+  // still to be compared then (no refill of it asked for or under way).
+  Result<bool> AfterStoreChecks(Worker& worker, const BackfillView& view);
   // VerifyHooks::settled for the view's table, on the verifier's session.
   bool Settled(Worker& worker, const BackfillView& view);
   // Waits until `rows` more rows fit the budget (verify.rows_per_second).

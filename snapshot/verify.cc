@@ -36,6 +36,10 @@ namespace {
 // goes on (the next pass tries again).
 constexpr int kRepairAttempts = 3;
 constexpr auto kIdle = std::chrono::seconds(1);
+// The stores check what they hold every 2 s (an index deleted, a target table dropped,
+// a Redis flushed: pipeline/run_monitor.h): a view whose repair does not hold waits two
+// rounds of them before it is called failed.
+constexpr auto kStoreChecks = std::chrono::seconds(5);
 // A round over every view takes at least this long, and a chunk costs the budget at
 // least kChunkCost rows (its three watermarks are three commits, each flushed, and each
 // decoded by every slot of the database): small tables are not walked in a tight loop.
@@ -77,9 +81,29 @@ bool Backfills::Verifiable(const BackfillView& view) {
   return !options_.verify.hooks.ready || options_.verify.hooks.ready(view.store, view.view);
 }
 
-void Backfills::FailVerified(const BackfillView& view, const std::string& reason) {
+Result<bool> Backfills::AfterStoreChecks(Worker& worker, const BackfillView& view) {
+  {
+    std::unique_lock lock(mutex_);
+    changed_.wait_for(lock, stop_.get_token(), kStoreChecks, [] { return false; });
+  }
+  return !stopping() && Verifiable(view) && Settled(worker, view);
+}
+
+bool Backfills::FailVerified(const BackfillView& view, const std::string& where,
+                             const std::string& reason) {
   std::lock_guard lock(mutex_);
-  verified_[{view.store, view.view}].failed = reason;
+  VerifyProgress& progress = verified_[{view.store, view.view}];
+  if (progress.unrepaired != where) {
+    // The first time: the next pass compares again before the view is failed.
+    progress.unrepaired = where;
+    log_.Warn("verify could not repair view " + view.view + " (" + reason +
+                  "); compared again on the next pass before the view is failed",
+              {{"store", view.store}, {"view", view.view}, {"table", view.table}});
+    return false;
+  }
+  progress.failed = reason;
+  progress.unrepaired.clear();
+  return true;
 }
 
 bool Backfills::Settled(Worker& worker, const BackfillView& view) {
@@ -185,6 +209,20 @@ Result<bool> Backfills::VerifyView(Worker& worker, const BackfillView& view) {
           Pace(again.value().rows);
           if (again.value().done) differing = again.value().differing;
         }
+        if (differing > 0) {
+          // Before the view is called failed: a store change (an index deleted, a table
+          // dropped) is found by the store's own check and the view refilled; the
+          // verifier gives it that time, then compares once more.
+          auto settled = AfterStoreChecks(worker, view);
+          if (!settled.ok()) return settled.error();
+          if (!settled.value()) return false;
+          auto again =
+              VerifyChunk(worker, view, schema.value(), key.value(), after, limit, partitioned);
+          if (!again.ok()) return again.error();
+          Pace(again.value().rows);
+          if (!again.value().done) return false;  // the next pass compares it again
+          differing = again.value().differing;
+        }
         if (differing == 0) {
           log_.Info("verify repaired view " + view.view,
                     {{"store", view.store}, {"entries", std::to_string(found)}});
@@ -201,13 +239,17 @@ Result<bool> Backfills::VerifyView(Worker& worker, const BackfillView& view) {
               checked.value().last.value_or("the end") + " still differ after " +
               std::to_string(kRepairAttempts) + " writes; `pgderive backfill -c FILE --view " +
               view.view + "` fills it again";
-          log_.Error("view " + view.view + " failed: " + reason,
-                     {{"store", view.store},
-                      {"view", view.view},
-                      {"table", view.table},
-                      {"after", after.value_or("")},
-                      {"through", checked.value().last.value_or("")}});
-          FailVerified(view, reason);
+          if (FailVerified(
+                  view,
+                  "after " + after.value_or("") + " through " + checked.value().last.value_or(""),
+                  reason)) {
+            log_.Error("view " + view.view + " failed: " + reason,
+                       {{"store", view.store},
+                        {"view", view.view},
+                        {"table", view.table},
+                        {"after", after.value_or("")},
+                        {"through", checked.value().last.value_or("")}});
+          }
           return false;
         }
       }
@@ -568,6 +610,15 @@ Result<bool> Backfills::WalkExtras(Worker& worker, const BackfillView& view,
       if (!again.ok()) return again.error();
       extra = std::move(again).value();
     }
+    if (!extra.empty()) {
+      // As for a chunk (AfterStoreChecks), then confirmed once more.
+      auto settled = AfterStoreChecks(worker, view);
+      if (!settled.ok()) return settled.error();
+      if (!settled.value()) return false;
+      auto again = confirm(extra);
+      if (!again.ok()) return again.error();
+      extra = std::move(again).value();
+    }
     if (extra.empty()) {
       log_.Info("verify repaired view " + view.view,
                 {{"store", view.store}, {"entries", std::to_string(total)}});
@@ -580,9 +631,12 @@ Result<bool> Backfills::WalkExtras(Worker& worker, const BackfillView& view,
                                " are still in the store after " + std::to_string(kRepairAttempts) +
                                " deletes; `pgderive backfill -c FILE --view " + view.view +
                                "` fills it again";
-    log_.Error("view " + view.view + " failed: " + reason,
-               {{"store", view.store}, {"view", view.view}, {"table", view.table}});
-    FailVerified(view, reason);
+    std::string where = "extra";
+    for (const auto& row : extra) where += " " + KeyJson({row.begin(), row.end()});
+    if (FailVerified(view, where, reason)) {
+      log_.Error("view " + view.view + " failed: " + reason,
+                 {{"store", view.store}, {"view", view.view}, {"table", view.table}});
+    }
     return false;
   } while (!cursor.empty());
   return true;
