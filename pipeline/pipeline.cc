@@ -456,12 +456,6 @@ Counter& Pipeline::EvictionsCounter(const std::string& store) {
 
 bool Pipeline::InLog(Lsn checkpoint) { return log_ && log_->ReadAfter(checkpoint).ok(); }
 
-std::shared_ptr<const TypeRegistry> Pipeline::StreamTypes() {
-  std::lock_guard lock(types_mutex_);
-  if (!types_) types_ = std::make_shared<const TypeRegistry>();
-  return types_;
-}
-
 // Where the start-up reconciliation sends the views to fill: the pipeline's backfills.
 ViewBackfills Pipeline::ToBackfills() {
   return {.set_columns =
@@ -486,8 +480,7 @@ std::optional<int> Pipeline::StartStores() {
     }
     std::abort();  // every store has a worker before the backfill starts
   };
-  ContinuousVerifyOptions verify = MakeContinuousVerifyOptions(
-      config_, workers_, [this] { return StreamTypes(); }, logger_);
+  ContinuousVerifyOptions verify = MakeContinuousVerifyOptions(config_, workers_, logger_);
   // A table the monitor has not looked at since it changed is not compared: its views'
   // refill is on its way (RunMonitor::Settled).
   verify.hooks.settled = [this](SqlSession& sql, const std::string& store, const std::string& view,
@@ -530,13 +523,7 @@ std::optional<int> Pipeline::StartStores() {
   dispatcher_ = std::make_unique<Dispatcher>(Dispatcher::Stages{
       .map_partitions = [this](const Change& change) { return MapPartitions(*roots_, change); },
       .learn = [this](const RelationSchema& relation) { return learner_->Learn(relation.columns); },
-      .types =
-          [this] {
-            std::shared_ptr<const TypeRegistry> types = learner_->types();
-            std::lock_guard lock(types_mutex_);
-            types_ = types;
-            return types;
-          },
+      .types = [this] { return learner_->types(); },
       .place = [this](const Change& change,
                       std::vector<OwnedChange>& out) { backfills_->OnChange(change, out); },
       .deliver =

@@ -113,9 +113,6 @@ class Pipeline {
   Result<Lsn> RebuildStore(Sink& sink);
   std::optional<int> StartStores();
   ViewBackfills ToBackfills();
-  // The stream's type registry as the dispatcher last took it (the verifier's thread
-  // reads it); the built-in types before the first batch.
-  std::shared_ptr<const TypeRegistry> StreamTypes();
   void StartWorkers();
   // One turn of the loop; nullopt to go on, else the exit code.
   std::optional<int> Step();
@@ -191,8 +188,6 @@ class Pipeline {
   std::unique_ptr<Backfills> backfills_;
   SourceServerStores on_source_;
   std::optional<TypeLearner> learner_;
-  std::mutex types_mutex_;
-  std::shared_ptr<const TypeRegistry> types_;  // guarded by types_mutex_
   std::optional<PartitionRoots> roots_;
   std::unique_ptr<Dispatcher> dispatcher_;
   std::string spill_dir_;

@@ -29,19 +29,19 @@ ViewInspector* InspectorOf(const std::vector<std::unique_ptr<PipelineWorker>>& w
 
 ContinuousVerifyOptions MakeContinuousVerifyOptions(
     const Config& config, const std::vector<std::unique_ptr<PipelineWorker>>& workers,
-    std::function<std::shared_ptr<const TypeRegistry>()> types, Logger& log) {
+    Logger& log) {
   ContinuousVerifyOptions options{.continuous = config.verify.continuous,
                                   .rows_per_second = config.verify.rows_per_second,
                                   .repair = config.verify.repair,
                                   .hooks = {}};
   const auto* all = &workers;
-  options.hooks.held = [all, types](const std::string& store, const std::string& view,
-                                    const std::shared_ptr<const RelationSchema>& schema,
-                                    const ChunkRows& rows) -> Result<ViewEntries> {
+  options.hooks.held = [all](const std::string& store, const std::string& view,
+                             const std::shared_ptr<const RelationSchema>& schema,
+                             const ChunkRows& rows,
+                             const TypeRegistry& types) -> Result<ViewEntries> {
     ViewInspector* inspector = InspectorOf(*all, store);
     if (inspector == nullptr) return Error::Permanent("store " + store + " cannot be read back");
-    const std::shared_ptr<const TypeRegistry> registry = types();
-    auto expected = EntriesOfRows(*inspector, view, schema, rows, *registry);
+    auto expected = EntriesOfRows(*inspector, view, schema, rows, types);
     if (!expected.ok()) return expected.error();
     std::vector<std::string> keys;
     keys.reserve(expected.value().size());
@@ -52,14 +52,13 @@ ContinuousVerifyOptions MakeContinuousVerifyOptions(
     for (auto& [key, value] : entries.value()) held.emplace(std::move(key), std::move(value));
     return held;
   };
-  options.hooks.check = [all, types, &log](const std::string& store, const std::string& view,
-                                           const std::shared_ptr<const RelationSchema>& schema,
-                                           const ChunkRows& comparable, const ViewEntries& held,
-                                           Lsn checked) -> Result<size_t> {
+  options.hooks.check = [all, &log](const std::string& store, const std::string& view,
+                                    const std::shared_ptr<const RelationSchema>& schema,
+                                    const ChunkRows& comparable, const ViewEntries& held,
+                                    Lsn checked, const TypeRegistry& types) -> Result<size_t> {
     ViewInspector* inspector = InspectorOf(*all, store);
     if (inspector == nullptr) return Error::Permanent("store " + store + " cannot be read back");
-    const std::shared_ptr<const TypeRegistry> registry = types();
-    auto differences = CheckChunk(*inspector, view, schema, comparable, held, *registry);
+    auto differences = CheckChunk(*inspector, view, schema, comparable, held, types);
     if (!differences.ok()) return differences.error();
     for (const EntryDifference& difference : differences.value()) {
       std::string detail;

@@ -19,9 +19,8 @@
 namespace pgderive {
 
 // The verifier's options from `verify:` (continuous off when no store has a view it can
-// compare). `types`: the stream's type registry as it is now (thread-safe).
+// compare). The verifier learns the types of the tables it compares on its own session.
 ContinuousVerifyOptions MakeContinuousVerifyOptions(
-    const Config& config, const std::vector<std::unique_ptr<PipelineWorker>>& workers,
-    std::function<std::shared_ptr<const TypeRegistry>()> types, Logger& log);
+    const Config& config, const std::vector<std::unique_ptr<PipelineWorker>>& workers, Logger& log);
 
 }  // namespace pgderive

@@ -66,6 +66,7 @@
 #include "base/stoppable_thread.h"
 #include "cdc/change_batch.h"
 #include "cdc/sql_session.h"
+#include "cdc/type_catalog.h"
 #include "snapshot/watermark_window.h"
 
 namespace pgderive {
@@ -75,17 +76,20 @@ namespace pgderive {
 // the pipeline gives it these (sinks/common/view_compare.h does the comparing).
 struct VerifyHooks {
   // What `store` holds for `view` under the keys `rows` make there: key -> JSON.
+  // `types`: the column types of `schema` (domains, enums, arrays), learned by the
+  // verifier on its own session.
   std::function<Result<std::map<std::string, std::string>>(
       const std::string& store, const std::string& view,
-      const std::shared_ptr<const RelationSchema>& schema, const ChunkRows& rows)>
+      const std::shared_ptr<const RelationSchema>& schema, const ChunkRows& rows,
+      const TypeRegistry& types)>
       held;
   // `comparable` (rows no change touched in the window) against `held`: logs each
   // difference (with `checked`, the position the store was read at) and returns how many
   // entries differ.
-  std::function<Result<size_t>(const std::string& store, const std::string& view,
-                               const std::shared_ptr<const RelationSchema>& schema,
-                               const ChunkRows& comparable,
-                               const std::map<std::string, std::string>& held, Lsn checked)>
+  std::function<Result<size_t>(
+      const std::string& store, const std::string& view,
+      const std::shared_ptr<const RelationSchema>& schema, const ChunkRows& comparable,
+      const std::map<std::string, std::string>& held, Lsn checked, const TypeRegistry& types)>
       check;
   // Whether the view can be compared now (its store answers, the view is not failed).
   std::function<bool(const std::string& store, const std::string& view)> ready;
@@ -220,6 +224,9 @@ class Backfills {
     StoppableThread thread;
     std::optional<SqlSession> sql;
     std::shared_ptr<Job> running;
+    // The verifier's: the types of the tables it compares, learned on `sql` (reset
+    // with it).
+    std::unique_ptr<TypeLearner> types;
   };
 
   void Loop(Worker& worker);

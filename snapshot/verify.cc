@@ -142,6 +142,7 @@ void Backfills::VerifyLoop(Worker& worker) {
           log_.Warn("verify of view " + view.view + " interrupted: " + pass.error().message(),
                     {{"store", view.store}});
         }
+        worker.types.reset();
         worker.sql.reset();
         idle(kIdle);
         continue;
@@ -162,6 +163,7 @@ Result<bool> Backfills::VerifyView(Worker& worker, const BackfillView& view) {
     auto connected = SqlSession::Connect(options_.dsn, "pgderive-verify");
     if (!connected.ok()) return connected.error();
     worker.sql.emplace(std::move(connected).value());
+    worker.types = std::make_unique<TypeLearner>(*worker.sql);
     // As the backfill's (RunJob): each watermark waits for its own flush; a lock queued
     // behind is given up after 1 s.
     Status status = worker.sql->Execute("set synchronous_commit = local; set lock_timeout = '1s'");
@@ -180,6 +182,14 @@ Result<bool> Backfills::VerifyView(Worker& worker, const BackfillView& view) {
     if (stopping() || !Verifiable(view) || !Settled(worker, view)) return false;
     auto schema = DescribeTable(*worker.sql, view.table);
     if (!schema.ok()) return schema.error();
+    if (view.follows) {
+      // A column added or dropped while the table is idle: the stream meets the new
+      // shape with the table's next change, and refills the view then; until then the
+      // view holds the old shape, which is not the verifier's to report.
+      std::lock_guard lock(mutex_);
+      const std::vector<std::string> filled = window_.FilledColumns(view.store, view.view);
+      if (!filled.empty() && filled != ColumnsOf(*schema.value())) return false;
+    }
     auto checked =
         VerifyChunk(worker, view, schema.value(), key.value(), after, limit, partitioned);
     if (!checked.ok()) return checked.error();
@@ -343,7 +353,15 @@ Result<Backfills::Checked> Backfills::VerifyChunk(
     forget();
     return checked;
   }
-  auto held = options_.verify.hooks.held(view.store, view.view, schema, rows.value());
+  // The table's types as the source has them now (a domain's base type, an enum, an
+  // array's element): the entries the rows make are rendered as the stream renders them.
+  Status learned = worker.types->Learn(schema->columns);
+  if (!learned.ok()) {
+    forget();
+    return learned.error();
+  }
+  const std::shared_ptr<const TypeRegistry> types = worker.types->types();
+  auto held = options_.verify.hooks.held(view.store, view.view, schema, rows.value(), *types);
   if (!held.ok()) {
     forget();
     return held.error();
@@ -370,7 +388,7 @@ Result<Backfills::Checked> Backfills::VerifyChunk(
   auto differing =
       judge ? judge(outcome.comparable, held.value(), outcome.checked)
             : options_.verify.hooks.check(view.store, view.view, schema, outcome.comparable,
-                                          held.value(), outcome.checked);
+                                          held.value(), outcome.checked, *types);
   if (!differing.ok()) return differing.error();
   checked.done = true;
   checked.differing = differing.value();

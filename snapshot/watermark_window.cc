@@ -48,6 +48,12 @@ void WatermarkWindow::SetColumns(const std::string& store, const std::string& vi
   columns_[{store, view}] = std::move(columns);
 }
 
+std::vector<std::string> WatermarkWindow::FilledColumns(const std::string& store,
+                                                        const std::string& view) const {
+  auto it = columns_.find({store, view});
+  return it == columns_.end() ? std::vector<std::string>() : it->second;
+}
+
 void WatermarkWindow::AddRunning(std::shared_ptr<BackfillJob> job) {
   if (job) running_[job->id] = std::move(job);
 }

@@ -172,6 +172,9 @@ class WatermarkWindow {
   // table as it is at start).
   void SetColumns(const std::string& store, const std::string& view,
                   std::vector<std::string> columns);
+  // The columns ("name type_oid") `view` of `store` was last filled or reshaped with, as
+  // the stream knows them; empty when not known.
+  std::vector<std::string> FilledColumns(const std::string& store, const std::string& view) const;
   // The jobs whose chunks are being read: one more, one less. SetRunning(job) makes
   // `job` the only one (null: none).
   void AddRunning(std::shared_ptr<BackfillJob> job);
