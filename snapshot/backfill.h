@@ -296,11 +296,15 @@ class Backfills {
                                      const std::vector<std::pair<std::string, std::string>>& key,
                                      const std::vector<std::vector<std::string>>& rows);
   // Writes the chunk after `after` again through the backfill (placed at its H, the
-  // view's state untouched); true once its store applied it.
+  // view's state untouched); true once its store applied it. `read` (unset: the chunk
+  // after `after`) gives the rows between L and H; `remove`: they are placed as deletes
+  // of their entries (BackfillJob::remove).
   Result<bool> RepairChunk(Worker& worker, const BackfillView& view,
                            const std::shared_ptr<const RelationSchema>& schema,
                            const std::vector<std::pair<std::string, std::string>>& key,
-                           const std::optional<std::string>& after, size_t limit, bool partitioned);
+                           const std::optional<std::string>& after, size_t limit, bool partitioned,
+                           const std::function<Result<ChunkRows>()>& read = {},
+                           bool remove = false);
   // Whether `view` is live (no fill of its store and table queued or running) and ready.
   bool Verifiable(const BackfillView& view);
   // A view the verifier could not repair at `where` (the chunk's keys, the extra

@@ -204,6 +204,21 @@ Result<bool> Backfills::VerifyView(Worker& worker, const BackfillView& view) {
         progress.entries_differing += differing;
       }
       if (options_.verify.repair) {
+        // Not written at once: a store change (an index deleted, a table dropped) is
+        // found by the store's own check and refilled as such - a write into what
+        // vanished would fail the store or make an index by dynamic mapping. Then
+        // compared again.
+        auto settled = AfterStoreChecks(worker, view);
+        if (!settled.ok()) return settled.error();
+        if (!settled.value()) return false;
+        auto still =
+            VerifyChunk(worker, view, schema.value(), key.value(), after, limit, partitioned);
+        if (!still.ok()) return still.error();
+        Pace(still.value().rows);
+        if (!still.value().done) return false;  // the next pass compares it again
+        differing = still.value().differing;
+      }
+      if (options_.verify.repair && differing > 0) {
         // Written again, then compared again: the repair holds once the chunk agrees.
         const size_t found = differing;
         for (int attempt = 0; attempt < kRepairAttempts && differing > 0; ++attempt) {
@@ -399,7 +414,8 @@ Result<bool> Backfills::RepairChunk(Worker& worker, const BackfillView& view,
                                     const std::shared_ptr<const RelationSchema>& schema,
                                     const std::vector<std::pair<std::string, std::string>>& key,
                                     const std::optional<std::string>& after, size_t limit,
-                                    bool partitioned) {
+                                    bool partitioned,
+                                    const std::function<Result<ChunkRows>()>& read, bool remove) {
   auto job = std::make_shared<Job>();
   job->store = view.store;
   job->table = view.table;
@@ -407,8 +423,9 @@ Result<bool> Backfills::RepairChunk(Worker& worker, const BackfillView& view,
   job->columns = ColumnsOf(*schema);
   job->table_oid = schema->id.value;
   job->repair = true;
+  job->remove = remove;
   job->live = true;  // not a fill: Progress and Verifiable do not see it (never queued)
-  auto flight = ReadChunk(worker, job, schema, key, after, limit, partitioned, /*prev=*/0);
+  auto flight = ReadChunk(worker, job, schema, key, after, limit, partitioned, /*prev=*/0, read);
   if (!flight.ok()) return flight.error();
   WaitVerdict(flight.value());
   {
@@ -559,8 +576,9 @@ Result<bool> Backfills::WalkExtras(Worker& worker, const BackfillView& view,
     // Confirmed between watermarks: still no row once the window is open, no change of
     // the key in the window, the entry still held once the store passed H.
     std::vector<std::vector<std::string>> extra;
-    auto confirm = [&](const std::vector<std::vector<std::string>>& of)
-        -> Result<std::vector<std::vector<std::string>>> {
+    // `report`: each one confirmed is logged (the first time; again after a repair not).
+    auto confirm = [&](const std::vector<std::vector<std::string>>& of,
+                       bool report) -> Result<std::vector<std::vector<std::string>>> {
       std::vector<std::vector<std::string>> confirmed;
       std::map<std::string, size_t> by_key;  // KeyJson -> index in `of`
       auto read = [&]() -> Result<ChunkRows> {
@@ -583,6 +601,7 @@ Result<bool> Backfills::WalkExtras(Worker& worker, const BackfillView& view,
                            suspects.begin()];
           if (!held.contains(store_key)) continue;  // gone meanwhile
           confirmed.push_back(of[it->second]);
+          if (!report) continue;
           log_.Warn("verify found view " + view.view + " differing from its source at key " +
                         store_key + ": extra (no such row in the source)",
                     {{"store", view.store},
@@ -606,7 +625,7 @@ Result<bool> Backfills::WalkExtras(Worker& worker, const BackfillView& view,
         if (checked.value().done) return confirmed;
       }
     };
-    auto found = confirm(suspects);
+    auto found = confirm(suspects, /*report=*/true);
     if (!found.ok()) return found.error();
     extra = std::move(found).value();
     if (extra.empty()) continue;
@@ -617,6 +636,16 @@ Result<bool> Backfills::WalkExtras(Worker& worker, const BackfillView& view,
       progress.entries_differing += extra.size();
     }
     if (!options_.verify.repair) continue;
+    {
+      // As for a chunk: the stores' own checks first, then confirmed again.
+      auto settled = AfterStoreChecks(worker, view);
+      if (!settled.ok()) return settled.error();
+      if (!settled.value()) return false;
+      auto again = confirm(extra, /*report=*/false);
+      if (!again.ok()) return again.error();
+      extra = std::move(again).value();
+      if (extra.empty()) continue;
+    }
     const size_t total = extra.size();
     for (int attempt = 0; attempt < kRepairAttempts && !extra.empty(); ++attempt) {
       if (stopping() || !Verifiable(view)) return false;
@@ -624,7 +653,7 @@ Result<bool> Backfills::WalkExtras(Worker& worker, const BackfillView& view,
       if (!removed.ok()) return removed.error();
       Pace(extra.size());
       if (!removed.value()) continue;
-      auto again = confirm(extra);
+      auto again = confirm(extra, /*report=*/false);
       if (!again.ok()) return again.error();
       extra = std::move(again).value();
     }
@@ -633,7 +662,7 @@ Result<bool> Backfills::WalkExtras(Worker& worker, const BackfillView& view,
       auto settled = AfterStoreChecks(worker, view);
       if (!settled.ok()) return settled.error();
       if (!settled.value()) return false;
-      auto again = confirm(extra);
+      auto again = confirm(extra, /*report=*/false);
       if (!again.ok()) return again.error();
       extra = std::move(again).value();
     }
@@ -664,15 +693,6 @@ Result<bool> Backfills::RemoveExtras(Worker& worker, const BackfillView& view,
                                      const std::shared_ptr<const RelationSchema>& schema,
                                      const std::vector<std::pair<std::string, std::string>>& key,
                                      const std::vector<std::vector<std::string>>& rows) {
-  auto job = std::make_shared<Job>();
-  job->store = view.store;
-  job->table = view.table;
-  job->views = {view.view};
-  job->columns = ColumnsOf(*schema);
-  job->table_oid = schema->id.value;
-  job->repair = true;
-  job->remove = true;
-  job->live = true;  // not a fill (as RepairChunk's)
   // Between L and H: the rows still absent, as key-only rows placed as deletes.
   auto read = [&]() -> Result<ChunkRows> {
     auto gone = Absent(worker, view, key, rows);
@@ -681,17 +701,8 @@ Result<bool> Backfills::RemoveExtras(Worker& worker, const BackfillView& view,
     for (size_t i : gone.value()) out.push_back(KeyOnlyRow(*schema, key, rows[i]));
     return out;
   };
-  auto flight = ReadChunk(worker, job, schema, key, std::nullopt, rows.size(),
-                          /*partitioned=*/false, /*prev=*/0, read);
-  if (!flight.ok()) return flight.error();
-  WaitVerdict(flight.value());
-  {
-    std::lock_guard lock(mutex_);
-    SettleActiveLocked();
-  }
-  if (flight.value().outcome.verdict != Verdict::kDone) return false;
-  return WaitApplied(view.store, flight.value().outcome.watermark, flight.value().generation) ==
-         Applied::kYes;
+  return RepairChunk(worker, view, schema, key, std::nullopt, rows.size(), /*partitioned=*/false,
+                     read, /*remove=*/true);
 }
 
 }  // namespace pgderive
