@@ -398,8 +398,10 @@ Result<Backfills::Checked> Backfills::VerifyChunk(
     if (outcome.verdict != Verdict::kDone || fills_ != fills) return checked;
   }
   // The table replaced (or its partitions changed) before or while the chunk was read,
-  // its views' refill not asked for yet: the store holds the old table's rows.
-  if (!Settled(worker, view)) return checked;
+  // its views' refill not asked for yet: the store holds the old table's rows. And a
+  // fill of the view queued before the chunk began (a reshape the stream met between
+  // the check of the view and the low watermark): its rows are not the store's yet.
+  if (!Settled(worker, view) || !Verifiable(view)) return checked;
   auto differing =
       judge ? judge(outcome.comparable, held.value(), outcome.checked)
             : options_.verify.hooks.check(view.store, view.view, schema, outcome.comparable,
