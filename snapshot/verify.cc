@@ -207,7 +207,8 @@ Result<bool> Backfills::VerifyView(Worker& worker, const BackfillView& view) {
         // Not written at once: a store change (an index deleted, a table dropped) is
         // found by the store's own check and refilled as such - a write into what
         // vanished would fail the store or make an index by dynamic mapping. Then
-        // compared again.
+        // compared again. (A repair that does not hold fails the view only on the
+        // second pass in a row: FailVerified.)
         auto settled = AfterStoreChecks(worker, view);
         if (!settled.ok()) return settled.error();
         if (!settled.value()) return false;
@@ -233,20 +234,6 @@ Result<bool> Backfills::VerifyView(Worker& worker, const BackfillView& view) {
           if (!again.ok()) return again.error();
           Pace(again.value().rows);
           if (again.value().done) differing = again.value().differing;
-        }
-        if (differing > 0) {
-          // Before the view is called failed: a store change (an index deleted, a table
-          // dropped) is found by the store's own check and the view refilled; the
-          // verifier gives it that time, then compares once more.
-          auto settled = AfterStoreChecks(worker, view);
-          if (!settled.ok()) return settled.error();
-          if (!settled.value()) return false;
-          auto again =
-              VerifyChunk(worker, view, schema.value(), key.value(), after, limit, partitioned);
-          if (!again.ok()) return again.error();
-          Pace(again.value().rows);
-          if (!again.value().done) return false;  // the next pass compares it again
-          differing = again.value().differing;
         }
         if (differing == 0) {
           log_.Info("verify repaired view " + view.view,
@@ -655,15 +642,6 @@ Result<bool> Backfills::WalkExtras(Worker& worker, const BackfillView& view,
       if (!removed.ok()) return removed.error();
       Pace(extra.size());
       if (!removed.value()) continue;
-      auto again = confirm(extra, /*report=*/false);
-      if (!again.ok()) return again.error();
-      extra = std::move(again).value();
-    }
-    if (!extra.empty()) {
-      // As for a chunk (AfterStoreChecks), then confirmed once more.
-      auto settled = AfterStoreChecks(worker, view);
-      if (!settled.ok()) return settled.error();
-      if (!settled.value()) return false;
       auto again = confirm(extra, /*report=*/false);
       if (!again.ok()) return again.error();
       extra = std::move(again).value();
