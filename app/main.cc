@@ -159,6 +159,11 @@ int main(int argc, char** argv) {
       ->add_option("--wait", verify_wait,
                    "seconds to wait for the stores to catch up with the source (60)")
       ->check(SecondsAtLeast(0));
+  verify_command
+      ->add_option("--reads", verify.rounds,
+                   "reads of a chunk that differs, each after the stores caught up again, "
+                   "before what differed every time is reported (3; 1: at once)")
+      ->check(CLI::Range(1, 10));
   verify_command->add_flag("--repair", verify.repair,
                            "refill each view found differing (as `pgderive backfill --view`), "
                            "then compare again; the exit status is the second comparison's");

@@ -1,8 +1,8 @@
 #include "app/verify.h"
 
+#include <cstdlib>
+#include <fstream>
 #include <map>
-#include <mutex>
-#include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
 
@@ -12,68 +12,25 @@
 #include "cdc/sql_session.h"
 #include "cdc/type_catalog.h"
 #include "config/config.h"
-#include "sinks/common/view_compare.h"
-#include "snapshot/snapshot_reader.h"
+#include "sinks/common/view_audit.h"
 
 namespace pgderive {
 namespace {
-
-using Entries = ViewEntries;  // key -> JSON object
-
-// The entries every view of `sink` must hold, from the source's rows.
-class ExpectedEntries : public TypedSnapshotConsumer {
- public:
-  ExpectedEntries(ViewInspector& inspector, TypeLearner& learner)
-      : TypedSnapshotConsumer(learner), inspector_(inspector) {}
-
-  std::map<std::string, Entries> by_view;
-  std::map<std::string, std::vector<std::string>> duplicates;  // two rows, one key
-
- protected:
-  Status OnTypedRows(const std::shared_ptr<const RelationSchema>& shared,
-                     std::span<const TupleData> rows, const TypeRegistry& types) override {
-    for (const std::string& view : inspector_.views()) {
-      std::vector<ViewInspector::Entry> found;
-      for (const TupleData& row : rows) {
-        auto entry = inspector_.Expected(view, shared, row, types);
-        if (!entry.ok()) return entry.error();
-        if (entry.value()) found.push_back(std::move(*entry.value()));
-      }
-      std::lock_guard lock(mutex_);
-      auto& entries = by_view[view];
-      for (auto& [key, value] : found) {
-        if (!entries.emplace(key, value).second) {
-          duplicates[view].push_back(key);
-        }
-      }
-    }
-    return Status::Ok();
-  }
-
- private:
-  ViewInspector& inspector_;
-  std::mutex mutex_;
-};
 
 // How many lines of differences verify prints for one view: a view far from its
 // source (a store emptied by hand) would print one per row.
 constexpr size_t kListedPerView = 100;
 
-// Compares one view; appends its lines per difference to `report`. Returns the count.
-// Reports, and returns the keys of, the differences whose key is in `before` (every
-// difference when it is null: the first round). A key that differed in an earlier round
-// and no longer does, or differs only now, was a write racing with verify.
-std::set<std::string> Compare(const std::string& view, const Entries& expected,
-                              const Entries& actual, std::vector<std::string>& report,
-                              const std::set<std::string>* before) {
-  std::set<std::string> keys;
-  for (const EntryDifference& difference : CompareEntries(expected, actual)) {
-    if (before != nullptr && !before->contains(difference.key)) continue;
-    keys.insert(difference.key);
-    for (std::string& line : DescribeDifference(view, difference))
-      report.push_back(std::move(line));
+// This process's peak resident memory in MiB (VmHWM of /proc/self/status; 0 when it
+// cannot be read).
+double PeakMemoryMiB() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.starts_with("VmHWM:")) {
+      return static_cast<double>(std::strtoull(line.c_str() + 6, nullptr, 10)) / 1024.0;
+    }
   }
-  return keys;
+  return 0;
 }
 
 // Writes a marker into the WAL and waits until `sink`'s checkpoint has passed it.
@@ -178,121 +135,105 @@ int CompareViews(const VerifyOptions& options, std::vector<std::string>& differi
   if (!stores.ok()) return fail(stores.error().message());
   auto sql = SqlSession::Connect(config.source.dsn, "pgderive-verify");
   if (!sql.ok()) return fail(sql.error().message());
+  TypeLearner learner(sql.value());
 
   size_t total_differences = 0;
+  uint64_t total_rows = 0;
+  const auto started = std::chrono::steady_clock::now();
   for (auto& [sink, inspector] : stores.value()) {
     Status status = sink->Resolve(sql.value());
     if (status.ok()) status = sink->Connect();
     if (!status.ok()) return fail("store " + sink->name() + ": " + status.error().message());
-    std::vector<std::string> report;
-    std::map<std::string, size_t> rows, differences;
-    // Views being backfilled while a round compared them (before or after reading them).
-    std::set<std::string> backfilling;
-    // The keys that differed in every round so far, per view.
-    std::map<std::string, std::set<std::string>> differing;
-    for (int round = 1; round <= std::max(options.rounds, 1); ++round) {
-      const auto deadline = std::chrono::steady_clock::now() + options.wait;
-      status = WaitForCatchUp(sql.value(), *sink, options.wait);
-      if (!status.ok()) return fail(status.error().message());
-      // A backfill requested before the marker has emptied its view there and fills it
-      // in chunks after it: compare the view once it is live (a store that still said
-      // live before catching up had not met the request yet).
-      backfilling = WaitForLive(*sink, deadline);
-      // The source, in one snapshot: views defined by a query run it there; the others
-      // are made row by row from the snapshot's parallel reader.
-      auto reader_connection = SqlSession::Connect(config.source.dsn, "pgderive-verify");
-      if (!reader_connection.ok()) return fail(reader_connection.error().message());
-      auto begun = reader_connection.value().Begin(SqlSession::Isolation::kRepeatableRead,
-                                                   SqlSession::Access::kReadOnly);
-      if (!begun.ok()) return fail(begun.error().message());
-      SqlSession::Transaction& rc = begun.value();
-      auto exported = rc.Query("select pg_export_snapshot()");
-      if (!exported.ok()) return fail(exported.error().message());
-      std::map<std::string, Entries> expected;
-      bool row_views = false;
-      for (const std::string& view : inspector->views()) {
-        auto computed = inspector->ExpectedFromSource(view, rc);
-        if (!computed.ok()) return fail(computed.error().message());
-        if (!computed.value()) {
-          row_views = true;
-          continue;
+    const auto deadline = std::chrono::steady_clock::now() + options.wait;
+    status = WaitForCatchUp(sql.value(), *sink, options.wait);
+    if (!status.ok()) return fail(status.error().message());
+    // A backfill requested before the marker has emptied its view there and fills it in
+    // chunks after it: compare the view once it is live (a store that still said live
+    // before catching up had not met the request yet).
+    std::set<std::string> backfilling = WaitForLive(*sink, deadline);
+    // Chunk by chunk (sinks/common/view_audit.h): what differs is read again after the
+    // store caught up again, up to `rounds` reads; what differs every time is reported.
+    const AuditOptions audit_options{
+        .rounds = std::max(options.rounds, 1),
+        .catch_up = [&] { return WaitForCatchUp(sql.value(), *sink, options.wait); },
+        .listed = kListedPerView};
+    std::map<std::string, std::vector<std::string>> tables;
+    for (auto& [view, from] : sink->view_sources()) tables[view] = from;
+    std::map<std::string, ViewAudit> audits;
+    std::optional<SqlSession> store_sql;  // the store's own database (the digest path)
+    for (const std::string& view : inspector->views()) {
+      auto source_entries = inspector->EntriesSql(view, ViewInspector::EntriesOf::kSource);
+      if (!source_entries.ok()) return fail(source_entries.error().message());
+      Result<ViewAudit> audit = Error::Permanent("view " + view + " reads no table");
+      if (source_entries.value()) {
+        auto store_entries = inspector->EntriesSql(view, ViewInspector::EntriesOf::kStore);
+        if (!store_entries.ok()) return fail(store_entries.error().message());
+        if (!store_sql) {
+          auto connected = SqlSession::Connect(inspector->store_dsn(), "pgderive-verify");
+          if (!connected.ok()) {
+            return fail("store " + sink->name() + ": " + connected.error().message());
+          }
+          store_sql.emplace(std::move(connected).value());
         }
-        for (auto& [key, value] : *computed.value()) expected[view].emplace(key, value);
+        audit = AuditDigestView(sql.value(), *source_entries.value(), *store_sql,
+                                store_entries.value().value_or("select null::text k, null::text e "
+                                                               "where false"),
+                                view, audit_options);
+      } else if (auto it = tables.find(view); it != tables.end() && !it->second.empty()) {
+        audit =
+            AuditRowView(sql.value(), learner, *inspector, view, it->second.front(), audit_options);
       }
-      TypeLearner learner(sql.value());
-      ExpectedEntries from_rows(*inspector, learner);
-      if (row_views) {
-        auto reader = SnapshotReader::Open({.dsn = config.source.dsn,
-                                            .snapshot_name = *exported.value().rows[0][0],
-                                            .tables = sink->tables(),
-                                            .workers = config.snapshot.workers});
-        if (!reader.ok()) return fail(reader.error().message());
-        status = reader.value()->Run(from_rows);
-        if (!status.ok()) return fail(status.error().message());
-        for (auto& [view, entries] : from_rows.by_view) expected[view].merge(entries);
-      }
-      IgnoreError(rc.Commit(), "a read-only transaction");
-
-      report.clear();
-      bool clean = true;
-      for (const std::string& view : inspector->views()) {
-        auto stored = inspector->ReadView(view);
-        if (!stored.ok()) return fail(stored.error().message());
-        Entries actual;
-        for (auto& [key, value] : stored.value()) actual.emplace(std::move(key), std::move(value));
-        const Entries& want = expected[view];
-        rows[view] = want.size();
-        const auto before = differing.find(view);
-        std::set<std::string> keys =
-            Compare(view, want, actual, report,
-                    round == 1 || before == differing.end() ? nullptr : &before->second);
-        differences[view] = keys.size();
-        differing[view] = std::move(keys);
-        for (const std::string& key : from_rows.duplicates[view]) {
-          report.push_back("view " + view + ": two source rows make the key " + key);
-          ++differences[view];
-        }
-        clean = clean && differences[view] == 0;
-      }
-      // A backfill that started while the views were read (its request after the
-      // marker) makes what was read a mix of before and after: not a verdict.
-      backfilling.merge(Backfilling(*sink));
-      if (clean) break;
+      if (!audit.ok()) return fail(audit.error().message());
+      audits[view] = std::move(audit).value();
     }
+    // A backfill that started while the views were read (its request after the marker)
+    // makes what was read a mix of before and after: not a verdict.
+    backfilling.merge(Backfilling(*sink));
     // The first kListedPerView lines of each view; the counts below stay whole.
-    std::map<std::string, size_t> listed, unlisted;
-    for (const std::string& line : report) {
-      const std::string view = line.substr(5, line.find(": ") - 5);  // "view V: ..."
-      if (++listed[view] > kListedPerView) {
-        ++unlisted[view];
-        continue;
+    for (const auto& [view, audit] : audits) {
+      for (const std::string& line : audit.lines) std::fprintf(options.out, "%s\n", line.c_str());
+      if (audit.unlisted > 0) {
+        std::fprintf(options.out,
+                     "view %s: %llu more difference line%s not listed (the first %zu are)\n",
+                     view.c_str(), static_cast<unsigned long long>(audit.unlisted),
+                     audit.unlisted == 1 ? "" : "s", kListedPerView);
       }
-      std::fprintf(options.out, "%s\n", line.c_str());
     }
-    for (const auto& [view, count] : unlisted) {
-      std::fprintf(options.out,
-                   "view %s: %zu more difference line%s not listed (the first %zu are)\n",
-                   view.c_str(), count, count == 1 ? "" : "s", kListedPerView);
-    }
-    for (const auto& [view, count] : differences) {
+    for (const auto& [view, audit] : audits) {
+      const uint64_t count = audit.differences;
+      const double rate =
+          audit.seconds > 0 ? static_cast<double>(audit.entries) / audit.seconds : 0.0;
+      std::string how = audit.digest
+                            ? "digests of " + std::to_string(audit.buckets) + " buckets, " +
+                                  std::to_string(audit.buckets_read) + " read"
+                            : std::to_string(audit.store_keys) + " store keys walked";
       std::fprintf(
-          options.out, "view %s (store %s): %zu rows, %s\n", view.c_str(), sink->name().c_str(),
-          rows[view],
+          options.out, "view %s (store %s): %llu rows, %s (compared in %.1f s, %.0f rows/s; %s)\n",
+          view.c_str(), sink->name().c_str(), static_cast<unsigned long long>(audit.entries),
           count == 0
               ? "consistent"
-              : (std::to_string(count) + (count == 1 ? " difference" : " differences")).c_str());
+              : (std::to_string(count) + (count == 1 ? " difference" : " differences")).c_str(),
+          audit.seconds, rate, how.c_str());
       total_differences += count;
+      total_rows += audit.entries;
       if (count > 0) differing_views.push_back(view);
     }
     // A view being backfilled differs until its last chunk is in: say so.
-    for (const auto& [view, count] : differences) {
-      if (count == 0 || !backfilling.contains(view)) continue;
+    for (const auto& [view, audit] : audits) {
+      if (audit.differences == 0 || !backfilling.contains(view)) continue;
       std::fprintf(options.out,
                    "view %s was being backfilled while it was compared (for longer than "
                    "--wait %lld s): rows not filled yet differ until it is live\n",
                    view.c_str(), static_cast<long long>(options.wait.count()));
     }
   }
+  // The rate and the memory it took: the views are compared chunk by chunk, so the
+  // memory does not grow with them.
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  std::fprintf(options.out, "compared %llu rows in %.1f s (%.0f rows/s), peak memory %.0f MiB\n",
+               static_cast<unsigned long long>(total_rows), seconds,
+               seconds > 0 ? static_cast<double>(total_rows) / seconds : 0.0, PeakMemoryMiB());
   std::fflush(options.out);
   return total_differences == 0 ? 0 : 1;
 }

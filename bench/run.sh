@@ -6,9 +6,20 @@
 #
 #   bench/run.sh [--txns N] [--rate TX_PER_S] [--seconds S] [--only "redis opensearch ..."]
 #                [--catchup-rows N] [--catchup-txns N] [--backfill-rows N] [--version-rows N]
+#                [--verify-rows N]
 #
 # --only runs a subset of the configurations (redis, opensearch, projection, groupby, backfill,
-# backfill-opensearch, all, catchup-redis, catchup-opensearch, version-opensearch) and of the latency run (latency), with the store ceilings they need.
+# backfill-opensearch, all, catchup-redis, catchup-opensearch, version-opensearch, verify,
+# redis-noverify) and of the latency run (latency), with the store ceilings they need.
+# The background verifier's cost: redis-noverify is redis with `verify: off`, reported
+# beside it (redis runs with the default, `verify` on at 1,000 rows/s).
+# Verification (verify): a table of --verify-rows rows (1,000,000) in a Redis, an
+# OpenSearch and a postgres view, filled and live (the background verifier off), then
+# `pgderive verify --view` of each at full speed: rows/s as a ratio to `COPY TO STDOUT`
+# of the same table, and verify's peak memory. The postgres view twice: on the digest
+# path (its digests equal: only the buckets' digests computed) and on the row path
+# (every row of its table changed behind pgderive's back: every bucket read and compared
+# entry by entry, `--reads 1`).
 # The change log: redis-log and all-log are redis and all with `spool` on (the log on this
 # machine's disk), latency-log the latency run with it; each is reported beside its
 # log-off twin, same WAL sizes, same run, with the log's write rate and its bytes per
@@ -33,7 +44,7 @@
 # time its write returned minus the commit timestamp), p50 and p99.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-txns=2000 rate=5000 seconds=20 only="" catchup_rows=300000 catchup_txns=50000 backfill_rows=1000000 version_rows=1000000
+txns=2000 rate=5000 seconds=20 only="" catchup_rows=300000 catchup_txns=50000 backfill_rows=1000000 version_rows=1000000 verify_rows=1000000
 while [ $# -gt 0 ]; do
   case "$1" in
     --txns) txns=$2; shift 2 ;;
@@ -44,6 +55,7 @@ while [ $# -gt 0 ]; do
     --catchup-txns) catchup_txns=$2; shift 2 ;;
     --backfill-rows) backfill_rows=$2; shift 2 ;;
     --version-rows) version_rows=$2; shift 2 ;;
+    --verify-rows) verify_rows=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -67,7 +79,7 @@ trap cleanup EXIT
 want() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
 # OpenSearch only for the configurations that write to it.
 services=pg,redis
-if want opensearch || want all || want all-log || want catchup-opensearch || want backfill-opensearch || want version-opensearch; then services=pg,redis,opensearch; fi
+if want opensearch || want all || want all-log || want catchup-opensearch || want backfill-opensearch || want version-opensearch || want verify; then services=pg,redis,opensearch; fi
 "$root/compose/local/stack" up "$dir" --services "$services" >/dev/null
 set -a; . "$dir/stack.env"; set +a
 search_url=${PGDERIVE_OPENSEARCH_URL:-}
@@ -142,6 +154,7 @@ config() {
   local file="$dir/$name.yml"
   {
     if [[ "$name" == *_log ]]; then printf 'spool: {dir: "%s/spool-%s"}\n' "$dir" "$name"; else printf 'spool: off\n'; fi
+    if [[ "$name" == *_noverify || "$name" == verified ]]; then printf 'verify: off\n'; fi
     printf 'pipeline: %s\nhttp: {listen: "127.0.0.1:%s"}\nsource:\n  dsn: %s\nstores:\n' "$name" "$http_port" "$dsn"
     printf '  cache: {type: redis, url: "%s"}\n' "$PGDERIVE_REDIS_URL"
     [ -z "$search_url" ] || printf '  search: {type: opensearch, url: "%s"}\n' "$search_url"
@@ -154,6 +167,9 @@ config() {
         hotsearch) printf '  - {name: %s_hotsearch, store: search, from: hot, index: %s-hot}\n' "$name" "$name" ;;
         opensearch) printf '  - {name: %s_search, store: search, from: items, index: %s}\n' "$name" "$name" ;;
         oscatchup) printf '  - {name: %s_search, store: search, from: oscatchup, index: %s}\n' "$name" "$name" ;;
+        vcache) printf '  - {name: %s_cache, store: cache, from: verified, key: "%s:{id}"}\n' "$name" "$name" ;;
+        vsearch) printf '  - {name: %s_search, store: search, from: verified, index: %s}\n' "$name" "$name" ;;
+        vproj) printf '  - {name: %s_proj, store: warehouse, table: out.%s_proj, key: [id], query: "select id, title, price, updated_at from public.verified"}\n' "$name" "$name" ;;
         projection) printf '  - {name: %s_proj, store: warehouse, table: out.%s_proj, key: [id], query: "select id, title, price, updated_at from public.items"}\n' "$name" "$name" ;;
         groupby) printf '  - {name: %s_totals, store: warehouse, table: out.%s_totals, key: [customer_id], query: "select o.customer_id, c.name, count(*) as n, sum(o.amount) as total from public.orders o join public.customers c on c.id = o.customer_id group by o.customer_id, c.name"}\n' "$name" "$name" ;;
       esac
@@ -249,6 +265,7 @@ measure() {  # measure NAME TABLE STORES...
 
 log_lines=()
 measure redis items redis
+measure redis_noverify items redis
 measure redis_log items redis
 measure opensearch items opensearch
 measure projection items projection
@@ -555,6 +572,43 @@ if want version-opensearch && [ -n "$search_url" ]; then
   echo "$version_line" >&2
 fi
 
+# Verification at full speed (see the top).
+verify_lines=()
+if want verify; then
+  q -c "create table verified (like items including all)"
+  q -c "set synchronous_commit = off" -c "insert into verified select (item_row(g)).* from generate_series(1, $verify_rows) g"
+  q -c "vacuum analyze verified"
+  t0=$(now); q -c "copy (select * from verified) to stdout" > /dev/null; t1=$(now)
+  vcopy=$(echo "$verify_rows / ($t1 - $t0)" | bc -l)
+  vviews=(vcache vproj); [ -z "$search_url" ] || vviews+=(vsearch)
+  file=$(config verified "${vviews[@]}")
+  start_run verified "$file"
+  until [ "$(grep -c '"msg":"backfill done"' "$dir/verified.log")" -ge "${#vviews[@]}" ]; do
+    kill -0 "$(cat "$dir/verified.pid")" 2>/dev/null || { tail -3 "$dir/verified.log" >&2; exit 1; }
+    sleep 0.2
+  done
+  verify_view() {  # verify_view VIEW LABEL [ARGS...]: one line of the table
+    local view=$1 label=$2 out line rows secs mem how; shift 2
+    out=$("$binary" verify -c "$file" --view "$view" --wait 600 "$@" 2>&1) || true
+    line=$(echo "$out" | grep "^view $view (store" | tail -1)
+    rows=$(echo "$line" | sed -n 's/.*): \([0-9]*\) rows, .*/\1/p')
+    secs=$(echo "$line" | sed -n 's/.*(compared in \([0-9.]*\) s, .*/\1/p')
+    how=$(echo "$line" | sed -n 's/.* rows\/s; \(.*\))$/\1/p')
+    mem=$(echo "$out" | sed -n 's/.*peak memory \([0-9]*\) MiB.*/\1/p' | tail -1)
+    [ -n "$rows" ] && [ -n "$secs" ] || { echo "verify of $view: $out" >&2; exit 1; }
+    verify_lines+=("$(printf '| %s | %d | %.1f s | %.0f | %.0f | **%.2f×** | %s | %s MiB |' "$label" "$rows" "$secs" \
+      "$(echo "$rows / $secs" | bc -l)" "$vcopy" "$(echo "$rows / $secs / $vcopy" | bc -l)" "$how" "$mem")")
+    echo "${verify_lines[-1]}" >&2
+  }
+  verify_view verified_cache "Redis view (row path)"
+  [ -z "$search_url" ] || verify_view verified_search "OpenSearch view (row path)"
+  verify_view verified_proj "postgres view, digests equal (digest path)"
+  # Every row of the view's table changed behind pgderive's back (its verifier is off).
+  q -c "update out.verified_proj set price = price + 1"
+  verify_view verified_proj "postgres view, every row differing (row path, --reads 1)" --reads 1
+  stop_run verified
+fi
+
 # Store ceilings on the same final rows.
 rows=$(q -c "select count(*) from items")
 # psql -At prints each value raw and ends it with \n: the value ends in \r.
@@ -649,6 +703,14 @@ if [ ${#backfill_lines[@]} -gt 0 ]; then
   echo "| view | rows | COPY TO STDOUT rows/s | COPY time | fill rows/s | ratio to COPY | ratio to versioned \`_bulk\` | live after | reading / waiting for the store | pgderive CPU per 1M rows | server CPU per 1M rows: COPY's backend / the fill's backends / Redis | load avg | peak RSS |"
   echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   for r in "${backfill_lines[@]}"; do echo "$r"; done
+fi
+if [ ${#verify_lines[@]} -gt 0 ]; then
+  echo
+  echo "\`pgderive verify --view\` at full speed, $verify_rows rows (ceiling: \`COPY TO STDOUT\` of the same table, same run):"
+  echo
+  echo "| view | rows | time | rows/s | COPY TO STDOUT rows/s | ratio to COPY | how | verify's peak memory |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+  for r in "${verify_lines[@]}"; do echo "$r"; done
 fi
 if [ -n "$version_line" ]; then
   echo

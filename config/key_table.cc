@@ -36,7 +36,8 @@ const std::vector<KeyDef>& Keys() {
        "`off` (the slot then waits for the slowest store)"},
       {"", "verify", Kind::kMapping, 0, false, "on, every default",
        "the background verifier of `run`: compares Redis and OpenSearch views with their "
-       "source tables, chunk by chunk, and repairs what differs; a mapping of the keys below, "
+       "source tables, chunk by chunk, and postgres views with their queries over the store's "
+       "mirrors, and repairs what differs; a mapping of the keys below, "
        "`on` (every default) or `off` (only `pgderive verify` compares)"},
       {"", "http", Kind::kMapping, 0, false, "", "the health and metrics endpoint"},
       {"", "log", Kind::kMapping, 0, false, "", "the log lines on stderr"},
@@ -123,14 +124,17 @@ const std::vector<KeyDef>& Keys() {
        "passed them"},
       {"verify", "continuous", Kind::kChoice, 0, false, "on",
        "`on`: `run` walks each live Redis and OpenSearch view's keys in chunks, over and over, "
-       "comparing the store with the source; `off`: only `pgderive verify` compares",
+       "comparing the store with the source, and compares each postgres view with its query "
+       "over the store's mirrors (digests first); `off`: only `pgderive verify` compares",
        0, 0, "on|off"},
       {"verify", "rows_per_second", Kind::kInteger, 0, false, "1000",
-       "the source rows the verifier reads a second, for the whole pipeline (1-10000000)", 1,
-       10000000},
+       "the source rows the verifier reads a second, for the whole pipeline (a postgres "
+       "view's pass counts its entries) (1-10000000)",
+       1, 10000000},
       {"verify", "repair", Kind::kChoice, 0, false, "auto",
        "`auto`: a chunk that differs is written again through the backfill (the stream wins "
-       "over it) and checked again; `report`: differences are only logged and counted",
+       "over it), a postgres view's differing keys recomputed from the mirrors, and checked "
+       "again; `report`: differences are only logged and counted",
        0, 0, "auto|report"},
       {"http", "listen", Kind::kString, 0, false, "`127.0.0.1:9187`",
        "`host:port` of `/healthz`, `/readyz`, `/metrics`"},

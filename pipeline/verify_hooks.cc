@@ -3,6 +3,7 @@
 #include <set>
 #include <utility>
 
+#include "sinks/common/view_audit.h"
 #include "sinks/common/view_compare.h"
 #include "sinks/common/view_inspector.h"
 
@@ -94,16 +95,82 @@ ContinuousVerifyOptions MakeContinuousVerifyOptions(
     if (inspector == nullptr) return Error::Permanent("store " + store + " cannot be read back");
     return inspector->RowKeys(view, schema, key);
   };
-  // The views compared: Redis and OpenSearch ones (not a postgres store's views, nor the
-  // mirrors it fills, which the backfill also knows as views).
+  // The views compared: Redis and OpenSearch ones chunk by chunk against the source; a
+  // postgres store's views whole, by their store, against their queries over its mirrors
+  // (not the mirrors themselves, which the backfill also knows as views).
   std::set<std::pair<std::string, std::string>> compared;
   for (const ViewConfig& view : config.views) {
     auto store = config.stores.find(view.store);
-    if (store != config.stores.end() &&
-        (store->second.type == StoreType::kRedis || store->second.type == StoreType::kOpenSearch)) {
+    if (store == config.stores.end()) continue;
+    if (store->second.type == StoreType::kRedis || store->second.type == StoreType::kOpenSearch) {
       compared.emplace(view.store, view.name);
+    } else if (store->second.type == StoreType::kPostgres) {
+      compared.emplace(view.store, view.name);
+      options.hooks.store_checked.emplace_back(view.store, view.name);
     }
   }
+  // One session per postgres store, on the verifier's thread only; dropped on an error.
+  auto sessions = std::make_shared<std::map<std::string, SqlSession>>();
+  options.hooks.store_check =
+      [all, sessions](const std::string& store,
+                      const std::string& view) -> Result<std::optional<VerifyHooks::StoreCheck>> {
+    using Checked = std::optional<VerifyHooks::StoreCheck>;
+    PipelineWorker* worker = WorkerOf(*all, store);
+    ViewInspector* inspector = InspectorOf(*all, store);
+    if (worker == nullptr || inspector == nullptr) {
+      return Error::Permanent("store " + store + " cannot be read back");
+    }
+    auto mirrors = inspector->EntriesSql(view, ViewInspector::EntriesOf::kMirrors);
+    if (!mirrors.ok()) return mirrors.error();
+    if (!mirrors.value()) return Checked();  // not maintained now
+    auto table = inspector->EntriesSql(view, ViewInspector::EntriesOf::kStore);
+    if (!table.ok()) return table.error();
+    if (!table.value()) return Checked();
+    auto it = sessions->find(store);
+    if (it == sessions->end()) {
+      auto connected = SqlSession::Connect(inspector->store_dsn(), "pgderive-verify");
+      if (!connected.ok()) return connected.error();
+      it = sessions->emplace(store, std::move(connected).value()).first;
+    }
+    // The table and the mirrors in one snapshot: a batch changes both in one transaction.
+    const Lsn at = worker->checkpoint();
+    Result<ViewAudit> audit = Error::Transient("not compared");
+    {
+      auto begun =
+          it->second.Begin(SqlSession::Isolation::kRepeatableRead, SqlSession::Access::kReadOnly);
+      if (!begun.ok()) {
+        sessions->erase(it);
+        return begun.error();
+      }
+      audit = AuditDigestView(begun.value(), *mirrors.value(), begun.value(), *table.value(), view,
+                              {.rounds = 1, .listed = 10000});
+      if (audit.ok()) IgnoreError(begun.value().Commit(), "a read-only transaction");
+    }
+    if (!audit.ok()) {
+      sessions->erase(store);
+      return audit.error();
+    }
+    // A mirror began filling meanwhile (emptied, the view not maintained until it is
+    // filled): what was compared is not a verdict.
+    auto still = inspector->EntriesSql(view, ViewInspector::EntriesOf::kMirrors);
+    if (!still.ok()) return still.error();
+    if (!still.value() || *still.value() != *mirrors.value()) return Checked();
+    VerifyHooks::StoreCheck out{.entries = audit.value().entries, .differing = {}, .at = at};
+    for (const EntryDifference& difference : audit.value().found) {
+      std::string detail;
+      for (const std::string& line : DescribeDifference(view, difference)) {
+        detail += (detail.empty() ? "" : "; ") + line;
+      }
+      out.differing.push_back({difference.key, SummarizeDifference(difference), detail});
+    }
+    return Checked(std::move(out));
+  };
+  options.hooks.store_repair = [all](const std::string& store, const std::string& view,
+                                     const std::vector<std::string>& keys) -> Status {
+    ViewInspector* inspector = InspectorOf(*all, store);
+    if (inspector == nullptr) return Error::Permanent("store " + store + " cannot be read back");
+    return inspector->RepairEntries(view, keys);
+  };
   options.hooks.ready = [all, compared](const std::string& store, const std::string& view) {
     if (!compared.contains({store, view})) return false;
     PipelineWorker* worker = WorkerOf(*all, store);

@@ -11,6 +11,7 @@
 #include "base/retry.h"
 #include "base/table_name.h"
 #include "cdc/publication.h"
+#include "snapshot/key_range.h"
 #include "snapshot/view_state.h"
 
 namespace pgderive {
@@ -108,6 +109,12 @@ void Backfills::Add(const std::string& store, const std::string& table,
   // A view the verifier failed is filled again: failed no longer.
   for (const std::string& v : job->views) {
     if (auto it = verified_.find({store, v}); it != verified_.end()) it->second.failed.clear();
+  }
+  // The views their store checks (a postgres store's, made from the mirrors it fills).
+  for (const auto& [s, v] : options_.verify.hooks.store_checked) {
+    if (auto it = verified_.find({s, v}); s == store && it != verified_.end()) {
+      it->second.failed.clear();
+    }
   }
   queue_.push_back(std::move(job));
   ++fills_;
@@ -595,69 +602,6 @@ Result<Backfills::Flight> Backfills::ReadChunk(
     return status.error();
   }
   return flight;
-}
-
-Result<std::vector<std::pair<std::string, std::string>>> Backfills::KeyColumns(
-    SqlSession& sql, const std::string& table) {
-  // The key the chunks follow: the replica identity's index when it names one (its
-  // columns are what a delete carries), else the primary key.
-  const std::string regclass = "$1::regclass";
-  auto key = sql.Query(
-      "select a.attname, format_type(a.atttypid, a.atttypmod) from (select indkey::int2[] k "
-      "from pg_index where indrelid = " +
-          regclass +
-          " and (indisprimary or indisreplident) order by indisreplident desc, indisprimary desc "
-          "limit 1) i, unnest(i.k) with ordinality u(attnum, n) join pg_attribute a on a.attrelid "
-          "= " +
-          regclass + " and a.attnum = u.attnum order by u.n",
-      {TableName::Parse(table).Quoted()});
-  if (!key.ok()) return key.error();
-  std::vector<std::pair<std::string, std::string>> key_columns;
-  for (const auto& row : key.value().rows) {
-    key_columns.emplace_back(row[0].value_or(""), row[1].value_or(""));
-  }
-  if (key_columns.empty()) {
-    return Error::Permanent("table " + table +
-                            " has neither a primary key nor a replica identity index to read it "
-                            "by in chunks; rebuild the store instead");
-  }
-  return key_columns;
-}
-
-Result<ChunkRows> Backfills::ReadRows(SqlSession& sql, const std::string& table,
-                                      const std::shared_ptr<const RelationSchema>& schema,
-                                      const std::vector<std::pair<std::string, std::string>>& key,
-                                      const std::optional<std::string>& after, size_t limit,
-                                      bool partitioned) {
-  // The rows after the key `after`, in key order.
-  std::string columns, order, where;
-  SqlParams after_values;
-  for (const ColumnSchema& c : schema->columns) {
-    columns += (columns.empty() ? "" : ", ") + sql.QuoteIdentifier(c.name);
-  }
-  for (const auto& [name, type] : key) {
-    order += (order.empty() ? "" : ", ") + sql.QuoteIdentifier(name);
-  }
-  if (after) {
-    auto values = nlohmann::json::parse(*after, nullptr, /*allow_exceptions=*/false);
-    if (!values.is_array() || values.size() != key.size() ||
-        !std::all_of(values.begin(), values.end(), [](const auto& v) { return v.is_string(); })) {
-      return Error::Corrupt("backfill of " + table + ": the recorded position " + *after +
-                            " does not match the key (" + order + ")");
-    }
-    std::string placeholders;
-    for (size_t i = 0; i < key.size(); ++i) {
-      placeholders += (i ? ", $" : "$") + std::to_string(i + 1) + "::" + key[i].second;
-      after_values.push_back(values[i].get<std::string>());
-    }
-    where = " where (" + order + ") > (" + placeholders + ")";
-  }
-  auto rows = sql.Query("select " + columns + " from " + (partitioned ? "" : "only ") +
-                            TableName::Parse(table).Quoted() + where + " order by " + order +
-                            " limit " + std::to_string(limit),
-                        after_values);
-  if (!rows.ok()) return rows.error();
-  return std::move(rows.value().rows);
 }
 
 void Backfills::WaitVerdict(Flight& flight) {

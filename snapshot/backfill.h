@@ -110,6 +110,30 @@ struct VerifyHooks {
       const std::string& store, const std::string& view, const RelationSchema& schema,
       const std::string& key)>
       row_keys;
+  // Views their store compares on its own, whole, each pass (a postgres view: its table
+  // against its query over the store's mirrors, in one snapshot of the store's database,
+  // by digests: sinks/common/view_audit.h), as (store, view).
+  std::vector<std::pair<std::string, std::string>> store_checked = {};
+  // One comparison of such a view: the entries compared and each difference (its key,
+  // "missing" / "extra" / "different (columns)", the lines saying what differs), at the
+  // store's checkpoint `at`. nullopt: not comparable now (a mirror it reads fills).
+  struct StoreCheck {
+    struct Difference {
+      std::string key;
+      std::string summary;
+      std::string detail;
+    };
+    uint64_t entries = 0;
+    std::vector<Difference> differing;
+    Lsn at;
+  };
+  std::function<Result<std::optional<StoreCheck>>(const std::string& store,
+                                                  const std::string& view)>
+      store_check = {};
+  // Writes the entries of `keys` again from what the store holds (its mirrors).
+  std::function<Status(const std::string& store, const std::string& view,
+                       const std::vector<std::string>& keys)>
+      store_repair = {};
 };
 
 struct ContinuousVerifyOptions {
@@ -244,22 +268,14 @@ class Backfills {
   // Forgets the chunks in flight (each is read again); under the lock.
   void AbandonLocked(std::deque<Flight>& flights);
   Status Emit(Worker& worker, const std::string& content);
-  // The key chunks follow: (column, type), the replica identity's index or the primary key.
-  static Result<std::vector<std::pair<std::string, std::string>>> KeyColumns(
-      SqlSession& sql, const std::string& table);
-  // Up to `limit` rows of `table` after the key `after` (from the start when unset), in
-  // key order.
-  static Result<ChunkRows> ReadRows(SqlSession& sql, const std::string& table,
-                                    const std::shared_ptr<const RelationSchema>& schema,
-                                    const std::vector<std::pair<std::string, std::string>>& key,
-                                    const std::optional<std::string>& after, size_t limit,
-                                    bool partitioned);
-
   // ---- the background verifier (snapshot/verify.cc) ----
 
   void VerifyLoop(Worker& worker);
   // One full pass over `view` (false: not comparable now, or stopped).
   Result<bool> VerifyView(Worker& worker, const BackfillView& view);
+  // One comparison of a view its store checks on its own (VerifyHooks::store_check),
+  // repaired when it differs (false: not comparable now, or stopped).
+  Result<bool> VerifyStoreChecked(const std::string& store, const std::string& view);
   // A chunk compared: its rows, the key of the last, the entries that differ.
   struct Checked {
     bool done = false;  // false: read again (a spoiled window, a restart, a fill began)
@@ -291,10 +307,6 @@ class Backfills {
   Result<bool> WalkExtras(Worker& worker, const BackfillView& view,
                           const std::shared_ptr<const RelationSchema>& schema,
                           const std::vector<std::pair<std::string, std::string>>& key);
-  // Of `rows` (the row key values of each, in `key`'s order), those no source row has.
-  Result<std::vector<size_t>> Absent(Worker& worker, const BackfillView& view,
-                                     const std::vector<std::pair<std::string, std::string>>& key,
-                                     const std::vector<std::vector<std::string>>& rows);
   // Writes the chunk after `after` again through the backfill (placed at its H, the
   // view's state untouched); true once its store applied it. `read` (unset: the chunk
   // after `after`) gives the rows between L and H; `remove`: they are placed as deletes

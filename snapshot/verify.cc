@@ -27,6 +27,7 @@
 #include "base/table_name.h"
 #include "cdc/publication.h"
 #include "snapshot/backfill.h"
+#include "snapshot/key_range.h"
 #include "snapshot/view_state.h"
 
 namespace pgderive {
@@ -144,6 +145,19 @@ void Backfills::VerifyLoop(Worker& worker) {
         }
         worker.types.reset();
         worker.sql.reset();
+        idle(kIdle);
+        continue;
+      }
+      walked = walked || pass.value();
+    }
+    for (const auto& [store, view] : options_.verify.hooks.store_checked) {
+      if (stop.stop_requested()) return;
+      auto pass = VerifyStoreChecked(store, view);
+      if (!pass.ok()) {
+        if (!stop.stop_requested()) {
+          log_.Warn("verify of view " + view + " interrupted: " + pass.error().message(),
+                    {{"store", store}});
+        }
         idle(kIdle);
         continue;
       }
@@ -283,6 +297,113 @@ Result<bool> Backfills::VerifyView(Worker& worker, const BackfillView& view) {
   }
   std::lock_guard lock(mutex_);
   VerifyProgress& progress = verified_[{view.store, view.view}];
+  progress.passes += 1;
+  progress.last_pass = std::chrono::system_clock::now();
+  return true;
+}
+
+Result<bool> Backfills::VerifyStoreChecked(const std::string& store, const std::string& name) {
+  const VerifyHooks& hooks = options_.verify.hooks;
+  const BackfillView view{.store = store, .view = name, .table = ""};
+  auto comparable = [&] {
+    if (stopping() || (hooks.ready && !hooks.ready(store, name))) return false;
+    if (options_.failed && options_.failed(store)) return false;
+    std::lock_guard lock(mutex_);
+    auto it = verified_.find({store, name});
+    return it == verified_.end() || it->second.failed.empty();  // failed: until refilled
+  };
+  using Check = VerifyHooks::StoreCheck;
+  // One comparison, paced; nullopt: not comparable now.
+  auto compare = [&]() -> Result<std::optional<Check>> {
+    if (!comparable()) return std::optional<Check>();
+    auto checked = hooks.store_check(store, name);
+    if (!checked.ok()) return checked.error();
+    if (checked.value()) Pace(checked.value()->entries);
+    return checked;
+  };
+  auto keys_of = [](const Check& check) {
+    std::vector<std::string> keys;
+    for (const Check::Difference& d : check.differing) keys.push_back(d.key);
+    return keys;
+  };
+  if (!hooks.store_check) return false;
+  auto first = compare();
+  if (!first.ok()) return first.error();
+  if (!first.value()) return false;
+  Check found = std::move(*first.value());
+  {
+    std::lock_guard lock(mutex_);
+    verified_[{store, name}].rows_checked += found.entries;
+  }
+  if (!found.differing.empty()) {
+    // Compared again after the store's own checks (a table dropped is refilled as such,
+    // a mirror that began filling is not compared): a difference is one both times.
+    {
+      std::unique_lock lock(mutex_);
+      changed_.wait_for(lock, stop_.get_token(), kStoreChecks, [] { return false; });
+    }
+    auto again = compare();
+    if (!again.ok()) return again.error();
+    if (!again.value()) return false;
+    const std::vector<std::string> before = keys_of(found);
+    found.at = again.value()->at;
+    found.differing.clear();
+    for (Check::Difference& d : again.value()->differing) {
+      if (std::find(before.begin(), before.end(), d.key) != before.end()) {
+        found.differing.push_back(std::move(d));
+      }
+    }
+    for (const Check::Difference& d : found.differing) {
+      log_.Warn("verify found view " + name + " differing from its source at key " + d.key + ": " +
+                    d.summary,
+                {{"store", store},
+                 {"view", name},
+                 {"key", d.key},
+                 {"difference", d.detail},
+                 {"lsn", found.at.ToString()}});
+    }
+    if (!found.differing.empty()) {
+      std::lock_guard lock(mutex_);
+      VerifyProgress& progress = verified_[{store, name}];
+      progress.chunks_differing += 1;
+      progress.entries_differing += found.differing.size();
+    }
+  }
+  std::vector<std::string> differing = keys_of(found);
+  if (!differing.empty() && options_.verify.repair && hooks.store_repair) {
+    // Written again from the mirrors, then compared again (three writes at most).
+    const size_t total = differing.size();
+    for (int attempt = 0; attempt < kRepairAttempts && !differing.empty(); ++attempt) {
+      if (!comparable()) return false;
+      Status repaired = hooks.store_repair(store, name, differing);
+      if (!repaired.ok()) return repaired.error();
+      auto after = compare();
+      if (!after.ok()) return after.error();
+      if (!after.value()) return false;
+      differing = keys_of(*after.value());
+    }
+    if (differing.empty()) {
+      log_.Info("verify repaired view " + name,
+                {{"store", store}, {"entries", std::to_string(total)}});
+      std::lock_guard lock(mutex_);
+      verified_[{store, name}].entries_repaired += total;
+    } else {
+      std::string keys;
+      for (size_t i = 0; i < differing.size() && i < 10; ++i) keys += " " + differing[i];
+      const std::string reason =
+          "verify could not repair it: " + std::to_string(differing.size()) +
+          " entries still differ from its query over the store's mirrors after " +
+          std::to_string(kRepairAttempts) + " writes (keys" + keys +
+          (differing.size() > 10 ? " ..." : "") + "); `pgderive backfill -c FILE --view " + name +
+          "` fills it again";
+      if (FailVerified(view, keys, reason)) {
+        log_.Error("view " + name + " failed: " + reason, {{"store", store}, {"view", name}});
+      }
+      return false;
+    }
+  }
+  std::lock_guard lock(mutex_);
+  VerifyProgress& progress = verified_[{store, name}];
   progress.passes += 1;
   progress.last_pass = std::chrono::system_clock::now();
   return true;
@@ -442,75 +563,7 @@ std::vector<std::optional<std::string>> KeyOnlyRow(
   return row;
 }
 
-// The key columns' values of a key-only row, as the window names it (KeyJson).
-std::string KeyOf(const RelationSchema& schema,
-                  const std::vector<std::pair<std::string, std::string>>& key,
-                  const std::vector<std::optional<std::string>>& row) {
-  std::vector<std::optional<std::string_view>> values;
-  for (const auto& [name, type] : key) {
-    for (size_t i = 0; i < schema.columns.size(); ++i) {
-      if (schema.columns[i].name == name) values.push_back(row[i]);
-    }
-  }
-  return KeyJson(values);
-}
-
 }  // namespace
-
-Result<std::vector<size_t>> Backfills::Absent(
-    Worker& worker, const BackfillView& view,
-    const std::vector<std::pair<std::string, std::string>>& key,
-    const std::vector<std::vector<std::string>>& rows) {
-  std::vector<size_t> out;
-  if (rows.empty()) return out;
-  // One statement for the page: each key value cast to its column's type (the index
-  // is used), the ordinals of the rows with no match.
-  std::string unnest, columns, match;
-  SqlParams params;
-  for (size_t k = 0; k < key.size(); ++k) {
-    std::vector<std::string> values;
-    for (const auto& row : rows) values.push_back(row.at(k));
-    params.push_back(SqlTextArray(values));
-    unnest += (k ? ", $" : "$") + std::to_string(k + 1) + "::text[]";
-    columns += "c" + std::to_string(k) + ", ";
-    match += (k ? " and " : "") + worker.sql->QuoteIdentifier(key[k].first) + " = t.c" +
-             std::to_string(k) + "::" + key[k].second;
-  }
-  const std::string table = TableName::Parse(view.table).Quoted();
-  auto found =
-      worker.sql->Query("select t.i - 1 from unnest(" + unnest + ") with ordinality t(" + columns +
-                            "i) where not exists (select from " + table + " where " + match + ")",
-                        params);
-  if (found.ok()) {
-    for (const auto& row : found.value().rows) {
-      auto i = ParseServerNumber<size_t>(row[0]);
-      if (!i.ok()) return i.status().error();
-      out.push_back(i.value());
-    }
-    return out;
-  }
-  if (found.error().kind() != ErrorKind::kPermanent) return found.error();
-  // A value its column's type does not take (a key no row can make): row by row, such
-  // a row is absent.
-  for (size_t r = 0; r < rows.size(); ++r) {
-    std::string where;
-    SqlParams one;
-    for (size_t k = 0; k < key.size(); ++k) {
-      where += (k ? " and " : "") + worker.sql->QuoteIdentifier(key[k].first) + " = $" +
-               std::to_string(k + 1) + "::" + key[k].second;
-      one.push_back(rows[r].at(k));
-    }
-    auto exists =
-        worker.sql->Query("select exists (select from " + table + " where " + where + ")", one);
-    if (!exists.ok()) {
-      if (exists.error().kind() != ErrorKind::kPermanent) return exists.error();
-      out.push_back(r);
-      continue;
-    }
-    if (exists.value().rows.at(0).at(0).value_or("t") != "t") out.push_back(r);
-  }
-  return out;
-}
 
 Result<bool> Backfills::WalkExtras(Worker& worker, const BackfillView& view,
                                    const std::shared_ptr<const RelationSchema>& schema,
@@ -531,29 +584,18 @@ Result<bool> Backfills::WalkExtras(Worker& worker, const BackfillView& view,
       std::lock_guard lock(mutex_);
       verified_[{view.store, view.view}].keys_checked += keys.size();
     }
-    // Each store key with the one row key it reads back to (a key of several readings,
-    // or none, is left alone: another view's, or not one a row makes), in `key`'s order.
-    std::vector<std::string> names;
-    for (const ColumnSchema& column : schema->columns) {
-      if (column.key) names.push_back(column.name);
-    }
+    // Each store key with the one row key it reads back to (OrderedRowKey).
     std::vector<std::string> store_keys;
     std::vector<std::vector<std::string>> rows;
     for (const std::string& store_key : keys) {
       auto readings = hooks.row_keys(view.store, view.view, *schema, store_key);
       if (!readings.ok()) return readings.error();
-      if (readings.value().size() != 1 || readings.value()[0].size() != names.size()) continue;
-      std::vector<std::string> ordered;
-      for (const auto& [name, type] : key) {
-        auto at = std::find(names.begin(), names.end(), name);
-        if (at == names.end()) break;
-        ordered.push_back(readings.value()[0][at - names.begin()]);
-      }
-      if (ordered.size() != key.size()) continue;  // the table's key is another now
+      auto ordered = OrderedRowKey(*schema, key, readings.value());
+      if (!ordered) continue;
       store_keys.push_back(store_key);
-      rows.push_back(std::move(ordered));
+      rows.push_back(std::move(*ordered));
     }
-    auto absent = Absent(worker, view, key, rows);
+    auto absent = AbsentKeys(*worker.sql, view.table, key, rows);
     if (!absent.ok()) return absent.error();
     if (absent.value().empty()) continue;
     std::vector<std::string> suspect_keys;
@@ -571,19 +613,19 @@ Result<bool> Backfills::WalkExtras(Worker& worker, const BackfillView& view,
       std::vector<std::vector<std::string>> confirmed;
       std::map<std::string, size_t> by_key;  // KeyJson -> index in `of`
       auto read = [&]() -> Result<ChunkRows> {
-        auto gone = Absent(worker, view, key, of);
+        auto gone = AbsentKeys(*worker.sql, view.table, key, of);
         if (!gone.ok()) return gone.error();
         ChunkRows out;
         for (size_t i : gone.value()) {
           out.push_back(KeyOnlyRow(*schema, key, of[i]));
-          by_key[KeyOf(*schema, key, out.back())] = i;
+          by_key[RowPosition(*schema, key, out.back())] = i;
         }
         return out;
       };
       auto judge = [&](const ChunkRows& comparable, const std::map<std::string, std::string>& held,
                        Lsn checked) -> Result<size_t> {
         for (const auto& row : comparable) {
-          auto it = by_key.find(KeyOf(*schema, key, row));
+          auto it = by_key.find(RowPosition(*schema, key, row));
           if (it == by_key.end()) continue;
           const std::string& store_key =
               suspect_keys[std::find(suspects.begin(), suspects.end(), of[it->second]) -
@@ -675,7 +717,7 @@ Result<bool> Backfills::RemoveExtras(Worker& worker, const BackfillView& view,
                                      const std::vector<std::vector<std::string>>& rows) {
   // Between L and H: the rows still absent, as key-only rows placed as deletes.
   auto read = [&]() -> Result<ChunkRows> {
-    auto gone = Absent(worker, view, key, rows);
+    auto gone = AbsentKeys(*worker.sql, view.table, key, rows);
     if (!gone.ok()) return gone.error();
     ChunkRows out;
     for (size_t i : gone.value()) out.push_back(KeyOnlyRow(*schema, key, rows[i]));

@@ -67,6 +67,31 @@ class ViewInspector {
                                                 const std::shared_ptr<const RelationSchema>& schema,
                                                 const TupleData& row,
                                                 const TypeRegistry& types) = 0;
+  // The digest path (sinks/common/view_audit.h): for a view whose entries both sides can
+  // compute in SQL (a postgres view), a SELECT of two text columns, `k` (the key as a
+  // JSON array) and `e` (the entry as a JSON object, as ReadView gives it), of the
+  // entries of `of`: the view's query run on the source, the view's table in the store
+  // (the one the stream writes for the file's definition), or the query run over the
+  // store's mirrors of the source tables. nullopt: the view is made row by row (use
+  // Expected), or is not maintained now (a mirror it reads is being filled, its new
+  // version is not built yet). The store's and the mirrors' are read on a session of
+  // the store's own database.
+  enum class EntriesOf { kSource, kStore, kMirrors };
+  virtual Result<std::optional<std::string>> EntriesSql(const std::string& view, EntriesOf of) {
+    (void)view;
+    (void)of;
+    return std::optional<std::string>();
+  }
+  // The store's own database, for the statements of EntriesSql; empty for a store that
+  // is not one.
+  virtual std::string store_dsn() const { return {}; }
+  // Writes the entries of `keys` (each a key as EntriesSql's `k`) of `view` again from
+  // the mirrors, in one transaction ordered with the stream's batches. For a view with
+  // mirrors only (else a permanent error).
+  virtual Status RepairEntries(const std::string& view, const std::vector<std::string>& keys) {
+    (void)keys;
+    return Error::Permanent("view " + view + " cannot be repaired from mirrors");
+  }
   // For a view defined by a query, every entry computed on the source directly (in the
   // snapshot `source` is in); nullopt for a view made row by row (use Expected).
   virtual Result<std::optional<std::vector<Entry>>> ExpectedFromSource(const std::string& view,

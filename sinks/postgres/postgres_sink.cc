@@ -1525,20 +1525,117 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
 }
 
 // Every row of `relation` (the target table, or the query in parentheses) as a verify
-// entry: the key as a JSON array, the row as a JSON object. A number is given as the
-// string of its digits: parsed as a JSON number it would be a double, and two numerics
-// that differ past the 15th digit would compare equal.
+// entry: the key as a JSON array (`k`), the row as a JSON object (`e`). A number is given
+// as the string of its digits: parsed as a JSON number it would be a double, and two
+// numerics that differ past the 15th digit would compare equal.
+std::string PostgresSink::EntriesSelect(const View& view, const std::string& relation) const {
+  return "select json_build_array(" + KeyList(view, "r.") +
+         ")::text k, (select json_object_agg(e.key, case when json_typeof(e.value) = "
+         "'number' then to_json(e.value #>> '{}') else e.value end) from "
+         "json_each(row_to_json(r.*)) e)::text e from " +
+         relation + " r";
+}
+
 Result<std::vector<ViewInspector::Entry>> PostgresSink::ReadEntries(SqlRunner& c, const View& view,
                                                                     const std::string& relation) {
-  auto rows = c.Query("select json_build_array(" + KeyList(view, "r.") +
-                      ")::text, (select json_object_agg(e.key, case when json_typeof(e.value) = "
-                      "'number' then to_json(e.value #>> '{}') else e.value end) from "
-                      "json_each(row_to_json(r.*)) e)::text from " +
-                      relation + " r");
+  auto rows = c.Query(EntriesSelect(view, relation));
   if (!rows.ok()) return rows.error();
   std::vector<Entry> out;
   for (auto& row : rows.value().rows) out.emplace_back(row[0].value_or(""), row[1].value_or(""));
   return out;
+}
+
+Result<std::string> PostgresSink::VerifiedTable(SqlRunner& c, const View& view) {
+  // The file's definition: the serving table, or the ready version's while another
+  // definition serves (a manual promote pending, a rollback).
+  auto recorded = RecordedDefinition(c, view);
+  if (!recorded.ok()) return recorded.error();
+  std::string table = view.target;
+  if (recorded.value()) {
+    const Record record = ParseRecord(*recorded.value());
+    const auto json =
+        nlohmann::json::parse(record.versions.empty() ? "null" : record.versions, nullptr, false);
+    const Versions v = json.is_object() ? VersionsFromJson(json) : Versions{};
+    // (Compared without the sources' OIDs: verify resolves no mirrors.)
+    auto cut = [](const std::string& d) { return d.substr(0, d.rfind("\nsources ")); };
+    const std::string file = cut(Definition(view));
+    if (cut(record.definition) != file && v.building && v.definitions.contains(*v.building) &&
+        cut(v.definitions.at(*v.building)) == file) {
+      table = GenerationTable(view, *v.building);
+    }
+  }
+  return table;
+}
+
+Result<std::optional<std::string>> PostgresSink::EntriesSql(const std::string& view_name,
+                                                            EntriesOf of) {
+  std::lock_guard lock(mutex_);
+  for (const auto& view : views_) {
+    if (view->config.name != view_name) continue;
+    if (of == EntriesOf::kSource) {
+      return std::optional<std::string>(EntriesSelect(*view, "(" + view->config.query + ")"));
+    }
+    if (of == EntriesOf::kMirrors) {
+      // Not maintained now: a mirror it reads fills, its file's definition has no table.
+      if (view->unbuilt || view->pending || !filling_ || Reads(*view, *filling_)) {
+        return std::optional<std::string>();
+      }
+      for (const std::string& table : view->tables) {
+        if (!mirrors_.contains(table)) return std::optional<std::string>();
+      }
+      auto query = MirrorQuery(*view, std::nullopt);
+      if (!query.ok()) return query.error();
+      return std::optional<std::string>(EntriesSelect(*view, "(" + query.value() + ")"));
+    }
+    auto connected = Connection();
+    if (!connected.ok()) return connected.error();
+    auto table = VerifiedTable(*connected.value(), *view);
+    if (!table.ok()) return table.error();
+    return std::optional<std::string>(EntriesSelect(*view, table.value()));
+  }
+  return Error::Permanent("no postgres view named " + view_name);
+}
+
+Status PostgresSink::RepairEntries(const std::string& view_name,
+                                   const std::vector<std::string>& keys) {
+  std::lock_guard lock(mutex_);
+  const View* view = nullptr;
+  for (const auto& v : views_) {
+    if (v->config.name == view_name) view = v.get();
+  }
+  if (view == nullptr) return Error::Permanent("no postgres view named " + view_name);
+  if (view->unbuilt || view->pending || !filling_ || Reads(*view, *filling_)) {
+    return Error::Transient("view " + view_name +
+                            " is not maintained now (a mirror it reads is "
+                            "being filled, or its new version is not built yet)");
+  }
+  // The keys as rows of the view's key columns: {column: value} per key.
+  nlohmann::json rows = nlohmann::json::array();
+  for (const std::string& key : keys) {
+    const auto values = nlohmann::json::parse(key, nullptr, /*allow_exceptions=*/false);
+    if (!values.is_array() || values.size() != view->config.key_columns.size()) {
+      return Error::Permanent("view " + view_name + ": " + key + " is not a key of it");
+    }
+    nlohmann::json row = nlohmann::json::object();
+    for (size_t i = 0; i < values.size(); ++i) row[view->config.key_columns[i]] = values[i];
+    rows.push_back(std::move(row));
+  }
+  auto connected = Connection();
+  if (!connected.ok()) return connected.error();
+  SqlSession& session = *connected.value();
+  Status status = EnsureTempTables(session);
+  if (!status.ok()) return status;
+  auto begun = session.Begin();
+  if (!begun.ok()) return begun.error();
+  SqlSession::Transaction& c = begun.value();
+  // As a batch does (Apply): the affected keys recomputed from the mirrors.
+  status =
+      c.Execute("insert into " + AffectedTable(*view) + " select * from " +
+                    "json_populate_recordset(null::pg_temp." + AffectedTable(*view) + ", $1::json)",
+                {rows.dump()});
+  if (status.ok()) status = Recompute(c, *view, WriteTarget(*view));
+  if (status.ok()) status = c.Commit();
+  return status;
 }
 
 Result<std::vector<ViewInspector::Entry>> PostgresSink::ReadView(const std::string& view_name) {
@@ -1547,25 +1644,9 @@ Result<std::vector<ViewInspector::Entry>> PostgresSink::ReadView(const std::stri
     if (view->config.name != view_name) continue;
     auto connected = Connection();
     if (!connected.ok()) return connected.error();
-    // The file's definition: the serving table, or the ready version's while another
-    // definition serves (a manual promote pending, a rollback).
-    auto recorded = RecordedDefinition(*connected.value(), *view);
-    if (!recorded.ok()) return recorded.error();
-    std::string table = view->target;
-    if (recorded.value()) {
-      const Record record = ParseRecord(*recorded.value());
-      const auto json =
-          nlohmann::json::parse(record.versions.empty() ? "null" : record.versions, nullptr, false);
-      const Versions v = json.is_object() ? VersionsFromJson(json) : Versions{};
-      // (Compared without the sources' OIDs: verify resolves no mirrors.)
-      auto cut = [](const std::string& d) { return d.substr(0, d.rfind("\nsources ")); };
-      const std::string file = cut(Definition(*view));
-      if (cut(record.definition) != file && v.building && v.definitions.contains(*v.building) &&
-          cut(v.definitions.at(*v.building)) == file) {
-        table = GenerationTable(*view, *v.building);
-      }
-    }
-    return ReadEntries(*connected.value(), *view, table);
+    auto table = VerifiedTable(*connected.value(), *view);
+    if (!table.ok()) return table.error();
+    return ReadEntries(*connected.value(), *view, table.value());
   }
   return Error::Permanent("no postgres view named " + view_name);
 }

@@ -125,6 +125,11 @@ class PostgresSink : public Sink, public ViewInspector {
                                         const TupleData& row, const TypeRegistry& types) override;
   Result<std::optional<std::vector<Entry>>> ExpectedFromSource(const std::string& view,
                                                                SqlRunner& source) override;
+  Result<std::optional<std::string>> EntriesSql(const std::string& view, EntriesOf of) override;
+  std::string store_dsn() const override { return dsn_; }
+  // The keys recomputed from the mirrors into the table the stream writes, as a batch
+  // recomputes the keys it affects, under the lock batches take.
+  Status RepairEntries(const std::string& view, const std::vector<std::string>& keys) override;
 
   struct View {
     ViewConfig config;
@@ -281,6 +286,11 @@ class PostgresSink : public Sink, public ViewInspector {
   Result<std::optional<std::string>> RecordedDefinition(SqlRunner& c, const View& view);
   Result<std::vector<Entry>> ReadEntries(SqlRunner& c, const View& view,
                                          const std::string& relation);
+  // The SELECT of `relation`'s rows as verify entries, `k` and `e` (EntriesSql).
+  std::string EntriesSelect(const View& view, const std::string& relation) const;
+  // The table verify compares for the file's definition of `view`: its table, or the
+  // ready version's while another definition serves (a manual promote pending).
+  Result<std::string> VerifiedTable(SqlRunner& c, const View& view);
   std::string KeyList(const View& view, const std::string& prefix = "") const;
   // The temporary table of the view keys a batch affects.
   static std::string AffectedTable(const View& view) {
