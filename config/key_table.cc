@@ -29,7 +29,7 @@ const std::vector<KeyDef>& Keys() {
       {"", "views", Kind::kViews, 0, true, "required",
        "the views, at least one; no two may write the same keys, index or table"},
       {"", "snapshot", Kind::kMapping, 0, false, "",
-       "reading an exported snapshot (`tail --snapshot`, `verify`); every fill of `run` is the "
+       "reading an exported snapshot (`tail --snapshot`); every fill of `run` is the "
        "backfill"},
       {"", "spool", Kind::kMapping, 0, false, "on, every default",
        "the durable change log between capture and the stores: a mapping of the keys below, or "
