@@ -140,13 +140,16 @@ int CompareViews(const VerifyOptions& options, std::vector<std::string>& differi
   size_t total_differences = 0;
   uint64_t total_rows = 0;
   const auto started = std::chrono::steady_clock::now();
-  for (auto& [sink, inspector] : stores.value()) {
+  // One store: its views compared and printed. An error (the store down, a query
+  // refused) is that store's: the other stores are still compared.
+  auto compare_store = [&](Sink* sink, ViewInspector* inspector) -> Status {
     Status status = sink->Resolve(sql.value());
     if (status.ok()) status = sink->Connect();
-    if (!status.ok()) return fail("store " + sink->name() + ": " + status.error().message());
+    if (!status.ok())
+      return Error::Transient("store " + sink->name() + ": " + status.error().message());
     const auto deadline = std::chrono::steady_clock::now() + options.wait;
     status = WaitForCatchUp(sql.value(), *sink, options.wait);
-    if (!status.ok()) return fail(status.error().message());
+    if (!status.ok()) return Error::Transient(status.error().message());
     // A backfill requested before the marker has emptied its view there and fills it in
     // chunks after it: compare the view once it is live (a store that still said live
     // before catching up had not met the request yet).
@@ -163,15 +166,15 @@ int CompareViews(const VerifyOptions& options, std::vector<std::string>& differi
     std::optional<SqlSession> store_sql;  // the store's own database (the digest path)
     for (const std::string& view : inspector->views()) {
       auto source_entries = inspector->EntriesSql(view, ViewInspector::EntriesOf::kSource);
-      if (!source_entries.ok()) return fail(source_entries.error().message());
+      if (!source_entries.ok()) return Error::Transient(source_entries.error().message());
       Result<ViewAudit> audit = Error::Permanent("view " + view + " reads no table");
       if (source_entries.value()) {
         auto store_entries = inspector->EntriesSql(view, ViewInspector::EntriesOf::kStore);
-        if (!store_entries.ok()) return fail(store_entries.error().message());
+        if (!store_entries.ok()) return Error::Transient(store_entries.error().message());
         if (!store_sql) {
           auto connected = SqlSession::Connect(inspector->store_dsn(), "pgderive-verify");
           if (!connected.ok()) {
-            return fail("store " + sink->name() + ": " + connected.error().message());
+            return Error::Transient("store " + sink->name() + ": " + connected.error().message());
           }
           store_sql.emplace(std::move(connected).value());
         }
@@ -183,7 +186,7 @@ int CompareViews(const VerifyOptions& options, std::vector<std::string>& differi
         audit =
             AuditRowView(sql.value(), learner, *inspector, view, it->second.front(), audit_options);
       }
-      if (!audit.ok()) return fail(audit.error().message());
+      if (!audit.ok()) return Error::Transient(audit.error().message());
       audits[view] = std::move(audit).value();
     }
     // A backfill that started while the views were read (its request after the marker)
@@ -226,6 +229,16 @@ int CompareViews(const VerifyOptions& options, std::vector<std::string>& differi
                    "--wait %lld s): rows not filled yet differ until it is live\n",
                    view.c_str(), static_cast<long long>(options.wait.count()));
     }
+    return Status::Ok();
+  };
+  size_t stores_failed = 0;
+  for (auto& [sink, inspector] : stores.value()) {
+    Status compared = compare_store(sink.get(), inspector);
+    if (compared.ok()) continue;
+    ++stores_failed;
+    const std::string& message = compared.error().message();
+    fail((message.starts_with("store ") ? "" : "store " + sink->name() + ": ") + message +
+         " (its views were not compared)");
   }
   // The rate and the memory it took: the views are compared chunk by chunk, so the
   // memory does not grow with them.
@@ -235,7 +248,7 @@ int CompareViews(const VerifyOptions& options, std::vector<std::string>& differi
                static_cast<unsigned long long>(total_rows), seconds,
                seconds > 0 ? static_cast<double>(total_rows) / seconds : 0.0, PeakMemoryMiB());
   std::fflush(options.out);
-  return total_differences == 0 ? 0 : 1;
+  return total_differences == 0 && stores_failed == 0 ? 0 : 1;
 }
 
 }  // namespace

@@ -424,6 +424,35 @@ TEST_F(RunRedisTest, OpenSearchFillRelaxesRefreshAndRestoresTheIndexOwnSetting) 
   IgnoreError(search.value().DeleteIndex(index + "-1", true), "test cleanup");
 }
 
+// A store verify cannot reach is reported as such - its views not compared - and the
+// other stores' views are still compared; the exit status is 1.
+TEST_F(RunRedisTest, AStoreVerifyCannotReachDoesNotKeepTheOthersFromBeingCompared) {
+  MustExecute(*sql_, "create table " + table_ + " (id int primary key, sku text)");
+  MustExecute(*sql_,
+              "insert into " + table_ + " select g, 'SKU-' || g from generate_series(1, 50) g");
+  const std::string config = WriteConfig("");
+  StartRun(config);
+  ASSERT_TRUE(WaitFor([&] { return Get(Key(50)).has_value(); })) << RunErr();
+  // The same pipeline with an OpenSearch store nothing listens for.
+  std::string text = testing::ReadFile(config);
+  const std::string dead = "http://127.0.0.1:" + std::to_string(testing::FreePort());
+  const size_t views = text.find("\nviews:\n");
+  ASSERT_NE(views, std::string::npos) << text;
+  text.replace(views, 8,
+               "\n  search:\n    type: opensearch\n    url: " + dead +
+                   "\nviews:\n  - name: search_view\n    store: search\n    from: " + table_ +
+                   "\n    index: " + table_ + "\n");
+  const std::string unreachable = WriteFile("unreachable.yml", text);
+  auto [status, out] = Verify(unreachable);
+  EXPECT_EQ(status, 1) << out;
+  EXPECT_NE(out.find("view cache_view (store cache): 50 rows, consistent"), std::string::npos)
+      << out;
+  EXPECT_NE(out.find("pgderive verify: store search: "), std::string::npos) << out;
+  EXPECT_NE(out.find("(its views were not compared)"), std::string::npos) << out;
+  EXPECT_EQ(out.find("view search_view (store search)"), std::string::npos) << out;
+  StopRun();
+}
+
 TEST_F(RunRedisTest, BadViewsAreRefusedAndCreateNothing) {
   MustExecute(*sql_, "create table " + table_ + " (id int primary key, sku text)");
   // A column the table does not have.
