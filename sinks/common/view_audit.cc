@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <future>
 #include <map>
 #include <set>
 
@@ -85,8 +86,8 @@ struct Bucket {
 Result<std::map<uint32_t, Bucket>> Digests(SqlRunner& sql, const std::string& entries,
                                            size_t buckets) {
   auto rows = sql.Query(
-      "select b, count(*), md5(string_agg(k || ' ' || coalesce(e, 'null'), "
-      "E'\\n' order by k collate \"C\")) from (select s.k, s.e, " +
+      "select b, count(*), md5(string_agg(k || ' ' || coalesce(d, 'null'), "
+      "E'\\n' order by k collate \"C\")) from (select s.k, s.d, " +
       BucketOf(buckets) + " b from (" + entries + ") s) t group by b");
   if (!rows.ok()) return rows.error();
   std::map<uint32_t, Bucket> out;
@@ -129,9 +130,13 @@ Result<ViewAudit> AuditDigestView(SqlRunner& source, const std::string& source_s
   if (!held.ok()) return held.status().error();
   const size_t per = std::max<size_t>(options.bucket_entries, 1);
   const size_t buckets = std::clamp<size_t>((held.value() + per - 1) / per, 1, size_t{1} << 20);
-  auto want = Digests(source, source_sql, buckets);
-  if (!want.ok()) return want.error();
+  // Two sessions (the source and the store): both sides at once.
+  auto digests_of_source = [&] { return Digests(source, source_sql, buckets); };
+  std::future<Result<std::map<uint32_t, Bucket>>> of_source;
+  if (&source != &store) of_source = std::async(std::launch::async, digests_of_source);
   auto have = Digests(store, store_sql, buckets);
+  auto want = of_source.valid() ? of_source.get() : digests_of_source();
+  if (!want.ok()) return want.error();
   if (!have.ok()) return have.error();
   audit.buckets = buckets;
   for (const auto& [b, bucket] : want.value()) audit.entries += bucket.entries;

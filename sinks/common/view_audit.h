@@ -70,8 +70,9 @@ Result<ViewAudit> AuditRowView(SqlSession& source, TypeLearner& types, ViewInspe
                                const AuditOptions& options);
 
 // The digest path for `view`: `source_sql` run on `source` against `store_sql` run on
-// `store` (each a SELECT of `k` and `e` text columns: EntriesSql). The two may be one
-// session (the store's mirrors and table in one snapshot).
+// `store` (each a SELECT of `k`, `e` and `d` text columns: EntriesSql). The two may be
+// one session (the store's mirrors and table in one snapshot); when they are not, the
+// two sides' digests are computed at once, each on its own session.
 Result<ViewAudit> AuditDigestView(SqlRunner& source, const std::string& source_sql,
                                   SqlRunner& store, const std::string& store_sql,
                                   const std::string& view, const AuditOptions& options);

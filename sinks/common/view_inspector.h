@@ -68,8 +68,9 @@ class ViewInspector {
                                                 const TupleData& row,
                                                 const TypeRegistry& types) = 0;
   // The digest path (sinks/common/view_audit.h): for a view whose entries both sides can
-  // compute in SQL (a postgres view), a SELECT of two text columns, `k` (the key as a
-  // JSON array) and `e` (the entry as a JSON object, as ReadView gives it), of the
+  // compute in SQL (a postgres view), a SELECT of three text columns, `k` (the key as a
+  // JSON array), `e` (the entry as a JSON object, as ReadView gives it) and `d` (what the
+  // bucket digests are made of: the same text on both sides for the same entry), of the
   // entries of `of`: the view's query run on the source, the view's table in the store
   // (the one the stream writes for the file's definition), or the query run over the
   // store's mirrors of the source tables. nullopt: the view is made row by row (use

@@ -1527,13 +1527,16 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
 // Every row of `relation` (the target table, or the query in parentheses) as a verify
 // entry: the key as a JSON array (`k`), the row as a JSON object (`e`). A number is given
 // as the string of its digits: parsed as a JSON number it would be a double, and two
-// numerics that differ past the 15th digit would compare equal.
-std::string PostgresSink::EntriesSelect(const View& view, const std::string& relation) const {
+// numerics that differ past the 15th digit would compare equal. With `digest`, a third
+// column `d`, the row's own JSON text (cheaper than `e`; the same on both sides when the
+// rows are, and a difference in form only makes its bucket read, where `e` decides).
+std::string PostgresSink::EntriesSelect(const View& view, const std::string& relation,
+                                        bool digest) const {
   return "select json_build_array(" + KeyList(view, "r.") +
          ")::text k, (select json_object_agg(e.key, case when json_typeof(e.value) = "
          "'number' then to_json(e.value #>> '{}') else e.value end) from "
-         "json_each(row_to_json(r.*)) e)::text e from " +
-         relation + " r";
+         "json_each(row_to_json(r.*)) e)::text e" +
+         (digest ? ", row_to_json(r.*)::text d" : "") + " from " + relation + " r";
 }
 
 Result<std::vector<ViewInspector::Entry>> PostgresSink::ReadEntries(SqlRunner& c, const View& view,
@@ -1573,7 +1576,7 @@ Result<std::optional<std::string>> PostgresSink::EntriesSql(const std::string& v
   for (const auto& view : views_) {
     if (view->config.name != view_name) continue;
     if (of == EntriesOf::kSource) {
-      return std::optional<std::string>(EntriesSelect(*view, "(" + view->config.query + ")"));
+      return std::optional<std::string>(EntriesSelect(*view, "(" + view->config.query + ")", true));
     }
     if (of == EntriesOf::kMirrors) {
       // Not maintained now: a mirror it reads fills, its file's definition has no table.
@@ -1585,13 +1588,13 @@ Result<std::optional<std::string>> PostgresSink::EntriesSql(const std::string& v
       }
       auto query = MirrorQuery(*view, std::nullopt);
       if (!query.ok()) return query.error();
-      return std::optional<std::string>(EntriesSelect(*view, "(" + query.value() + ")"));
+      return std::optional<std::string>(EntriesSelect(*view, "(" + query.value() + ")", true));
     }
     auto connected = Connection();
     if (!connected.ok()) return connected.error();
     auto table = VerifiedTable(*connected.value(), *view);
     if (!table.ok()) return table.error();
-    return std::optional<std::string>(EntriesSelect(*view, table.value()));
+    return std::optional<std::string>(EntriesSelect(*view, table.value(), true));
   }
   return Error::Permanent("no postgres view named " + view_name);
 }

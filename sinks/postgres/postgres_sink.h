@@ -286,8 +286,10 @@ class PostgresSink : public Sink, public ViewInspector {
   Result<std::optional<std::string>> RecordedDefinition(SqlRunner& c, const View& view);
   Result<std::vector<Entry>> ReadEntries(SqlRunner& c, const View& view,
                                          const std::string& relation);
-  // The SELECT of `relation`'s rows as verify entries, `k` and `e` (EntriesSql).
-  std::string EntriesSelect(const View& view, const std::string& relation) const;
+  // The SELECT of `relation`'s rows as verify entries, `k` and `e`, and with `digest` the
+  // digest form `d` (EntriesSql).
+  std::string EntriesSelect(const View& view, const std::string& relation,
+                            bool digest = false) const;
   // The table verify compares for the file's definition of `view`: its table, or the
   // ready version's while another definition serves (a manual promote pending).
   Result<std::string> VerifiedTable(SqlRunner& c, const View& view);

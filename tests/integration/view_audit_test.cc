@@ -40,9 +40,11 @@ class ViewAuditTest : public ::testing::Test {
     Status done = sql_->Execute(statement);
     ASSERT_TRUE(done.ok()) << statement << ": " << done.error().ToString();
   }
-  // The entries of `table` as EntriesSql gives them: k, e.
+  // The entries of `table` as EntriesSql gives them: k, e, d.
   static std::string Entries(const std::string& table) {
-    return "select json_build_array(k)::text k, json_build_object('v', v)::text e from " + table;
+    return "select json_build_array(k)::text k, json_build_object('v', v)::text e, "
+           "json_build_object('v', v)::text d from " +
+           table;
   }
   Result<ViewAudit> Audit(const AuditOptions& options) {
     return AuditDigestView(*sql_, Entries(source_), *sql_, Entries(store_), "v", options);
