@@ -179,8 +179,8 @@ int CompareViews(const VerifyOptions& options, std::vector<std::string>& differi
           store_sql.emplace(std::move(connected).value());
         }
         audit = AuditDigestView(sql.value(), *source_entries.value(), *store_sql,
-                                store_entries.value().value_or("select null::text k, null::text e "
-                                                               "where false"),
+                                store_entries.value().value_or(
+                                    "select null::text k, null::text e, null::text d where false"),
                                 view, audit_options);
       } else if (auto it = tables.find(view); it != tables.end() && !it->second.empty()) {
         audit =
