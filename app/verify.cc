@@ -1,5 +1,6 @@
 #include "app/verify.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <map>
@@ -33,26 +34,52 @@ double PeakMemoryMiB() {
   return 0;
 }
 
-// Writes a marker into the WAL and waits until `sink`'s checkpoint has passed it.
-Status WaitForCatchUp(SqlRunner& sql, Sink& sink, std::chrono::seconds wait) {
+// Writes a marker into the WAL and waits until each of `sinks`' checkpoints has passed
+// it, all within `wait`: the stores that did not, each with why.
+std::map<Sink*, Error> WaitForCatchUp(SqlRunner& sql, const std::vector<Sink*>& sinks,
+                                      std::chrono::seconds wait) {
+  std::map<Sink*, Error> failed;
   auto marker = sql.Query("select pg_logical_emit_message(true, 'pgderive', 'verify')::text");
-  if (!marker.ok()) return marker.error();
-  const auto lsn = Lsn::Parse(marker.value().rows.at(0).at(0).value_or(""));
-  if (!lsn) return Error::Corrupt("pg_logical_emit_message returned no LSN");
+  const auto lsn =
+      marker.ok() ? Lsn::Parse(marker.value().rows.at(0).at(0).value_or("")) : std::optional<Lsn>();
+  if (!lsn) {
+    for (Sink* sink : sinks) {
+      failed.emplace(sink, marker.ok() ? Error::Corrupt("pg_logical_emit_message returned no LSN")
+                                       : marker.error());
+    }
+    return failed;
+  }
   const auto deadline = std::chrono::steady_clock::now() + wait;
-  std::optional<Lsn> last;
+  std::map<Sink*, std::optional<Lsn>> waiting;
+  for (Sink* sink : sinks) waiting.emplace(sink, std::nullopt);
   while (true) {
-    auto checkpoint = sink.ReadCheckpoint();
-    if (!checkpoint.ok()) return checkpoint.error();
-    last = checkpoint.value();
-    if (last && *last > *lsn) return Status::Ok();
-    if (std::chrono::steady_clock::now() >= deadline) break;
+    for (auto it = waiting.begin(); it != waiting.end();) {
+      auto checkpoint = it->first->ReadCheckpoint();
+      if (!checkpoint.ok()) {
+        failed.emplace(it->first, checkpoint.error());
+        it = waiting.erase(it);
+        continue;
+      }
+      it->second = checkpoint.value();
+      it = it->second && *it->second > *lsn ? waiting.erase(it) : std::next(it);
+    }
+    if (waiting.empty() || std::chrono::steady_clock::now() >= deadline) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-  return Error::Transient("store " + sink.name() + " has checkpoint " +
-                          (last ? last->ToString() : std::string("none")) +
-                          " and did not reach the source's " + lsn->ToString() + " within " +
-                          std::to_string(wait.count()) + " s (is `pgderive run` running?)");
+  for (const auto& [sink, last] : waiting) {
+    failed.emplace(
+        sink, Error::Transient("store " + sink->name() + " has checkpoint " +
+                               (last ? last->ToString() : std::string("none")) +
+                               " and did not reach the source's " + lsn->ToString() + " within " +
+                               std::to_string(wait.count()) + " s (is `pgderive run` running?)"));
+  }
+  return failed;
+}
+
+Status WaitForCatchUp(SqlRunner& sql, Sink& sink, std::chrono::seconds wait) {
+  auto failed = WaitForCatchUp(sql, std::vector<Sink*>{&sink}, wait);
+  if (failed.empty()) return Status::Ok();
+  return failed.begin()->second;
 }
 
 // The views of `sink` its store records as being backfilled (their rows are filled in
@@ -143,12 +170,8 @@ int CompareViews(const VerifyOptions& options, std::vector<std::string>& differi
   // One store: its views compared and printed. An error (the store down, a query
   // refused) is that store's: the other stores are still compared.
   auto compare_store = [&](Sink* sink, ViewInspector* inspector) -> Status {
-    Status status = sink->Resolve(sql.value());
-    if (status.ok()) status = sink->Connect();
-    if (!status.ok())
-      return Error::Transient("store " + sink->name() + ": " + status.error().message());
     const auto deadline = std::chrono::steady_clock::now() + options.wait;
-    status = WaitForCatchUp(sql.value(), *sink, options.wait);
+    Status status = WaitForCatchUp(sql.value(), *sink, options.wait);
     if (!status.ok()) return Error::Transient(status.error().message());
     // A backfill requested before the marker has emptied its view there and fills it in
     // chunks after it: compare the view once it is live (a store that still said live
@@ -232,13 +255,33 @@ int CompareViews(const VerifyOptions& options, std::vector<std::string>& differi
     return Status::Ok();
   };
   size_t stores_failed = 0;
-  for (auto& [sink, inspector] : stores.value()) {
-    Status compared = compare_store(sink.get(), inspector);
-    if (compared.ok()) continue;
+  auto not_compared = [&](Sink* sink, const std::string& message) {
     ++stores_failed;
-    const std::string& message = compared.error().message();
     fail((message.starts_with("store ") ? "" : "store " + sink->name() + ": ") + message +
          " (its views were not compared)");
+  };
+  // Every store connected, and caught up with the source once, all within one --wait (a
+  // pipeline that does not run costs one wait, not one per store).
+  std::vector<Sink*> connected;
+  for (auto& [sink, inspector] : stores.value()) {
+    Status status = sink->Resolve(sql.value());
+    if (status.ok()) status = sink->Connect();
+    if (status.ok()) {
+      connected.push_back(sink.get());
+    } else {
+      not_compared(sink.get(), status.error().message());
+    }
+  }
+  const std::map<Sink*, Error> behind = WaitForCatchUp(sql.value(), connected, options.wait);
+  for (auto& [sink, inspector] : stores.value()) {
+    if (std::find(connected.begin(), connected.end(), sink.get()) == connected.end()) continue;
+    if (auto it = behind.find(sink.get()); it != behind.end()) {
+      not_compared(sink.get(), it->second.message());
+      continue;
+    }
+    Status compared = compare_store(sink.get(), inspector);
+    if (compared.ok()) continue;
+    not_compared(sink.get(), compared.error().message());
   }
   // The rate and the memory it took: the views are compared chunk by chunk, so the
   // memory does not grow with them.

@@ -161,7 +161,11 @@ ContinuousVerifyOptions MakeContinuousVerifyOptions(
       for (const std::string& line : DescribeDifference(view, difference)) {
         detail += (detail.empty() ? "" : "; ") + line;
       }
-      out.differing.push_back({difference.key, SummarizeDifference(difference), detail});
+      // As the walk of a row view's store keys says it.
+      const std::string summary = difference.kind == EntryDifference::Kind::kExtra
+                                      ? "extra (no such row in the source)"
+                                      : SummarizeDifference(difference);
+      out.differing.push_back({difference.key, summary, detail});
     }
     return Checked(std::move(out));
   };

@@ -18,8 +18,20 @@ std::vector<BackfillView> BackfillViewsOf(const Config& config,
   for (const ViewConfig& view : config.views) {
     for (const auto& sink : sinks) {
       if (sink->name() != view.store) continue;
-      out.push_back(BackfillView{view.store, view.name, view.from, sink->backfills_rows(),
-                                 !view.columns.has_value(), ViewDefinitionFingerprint(view)});
+      BackfillView v{view.store,
+                     view.name,
+                     view.from,
+                     sink->backfills_rows(),
+                     !view.columns.has_value(),
+                     ViewDefinitionFingerprint(view)};
+      if (!v.rows) {
+        // A postgres view: the mirrors of the tables it reads (a request refills them).
+        for (const auto& [name, tables] : sink->view_sources()) {
+          if (name != view.name) continue;
+          for (const std::string& table : tables) v.fills.push_back(TableFillName(table));
+        }
+      }
+      out.push_back(std::move(v));
     }
   }
   // A postgres store's mirrors: filled row by row, with the table's columns as they are.

@@ -131,6 +131,13 @@ void Backfills::VerifyLoop(Worker& worker) {
     std::unique_lock lock(mutex_);
     changed_.wait_for(lock, stop, wait, [] { return false; });
   };
+  {
+    // Shown (zeros) before their first pass, as a row view is before its first chunk.
+    std::lock_guard lock(mutex_);
+    for (const auto& [store, view] : options_.verify.hooks.store_checked) {
+      verified_.try_emplace({store, view});
+    }
+  }
   while (!stop.stop_requested()) {
     const auto round = std::chrono::steady_clock::now();
     bool walked = false;
@@ -250,8 +257,9 @@ Result<bool> Backfills::VerifyView(Worker& worker, const BackfillView& view) {
           if (again.value().done) differing = again.value().differing;
         }
         if (differing == 0) {
-          log_.Info("verify repaired view " + view.view,
-                    {{"store", view.store}, {"entries", std::to_string(found)}});
+          log_.Info(
+              "verify repaired view " + view.view,
+              {{"store", view.store}, {"view", view.view}, {"entries", std::to_string(found)}});
           std::lock_guard lock(mutex_);
           verified_[{view.store, view.view}].entries_repaired += found;
         } else {
@@ -384,7 +392,7 @@ Result<bool> Backfills::VerifyStoreChecked(const std::string& store, const std::
     }
     if (differing.empty()) {
       log_.Info("verify repaired view " + name,
-                {{"store", store}, {"entries", std::to_string(total)}});
+                {{"store", store}, {"view", name}, {"entries", std::to_string(total)}});
       std::lock_guard lock(mutex_);
       verified_[{store, name}].entries_repaired += total;
     } else {
@@ -690,7 +698,7 @@ Result<bool> Backfills::WalkExtras(Worker& worker, const BackfillView& view,
     }
     if (extra.empty()) {
       log_.Info("verify repaired view " + view.view,
-                {{"store", view.store}, {"entries", std::to_string(total)}});
+                {{"store", view.store}, {"view", view.view}, {"entries", std::to_string(total)}});
       std::lock_guard lock(mutex_);
       verified_[{view.store, view.view}].entries_repaired += total;
       continue;

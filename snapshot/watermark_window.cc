@@ -239,6 +239,30 @@ void WatermarkWindow::OnMessage(const Change& change, const LogicalMessage& mess
     for (const BackfillView& v : options_.views) {
       if (v.view != name) continue;
       if (change.commit_lsn < options_.checkpoint(v.store)) return;
+      if (!v.fills.empty()) {
+        // A postgres view: the mirrors it reads are filled again from the source, each
+        // emptied at this position as a row view is; the store builds the view's table
+        // from them again once the last is filled (its table keeps what it held until
+        // then).
+        events.requested.emplace_back(v.store, v.view);
+        for (const std::string& fill : v.fills) {
+          for (const BackfillView& m : options_.views) {
+            if (m.store != v.store || m.view != fill || !m.rows) continue;
+            auto refill = std::make_shared<ViewControl>();
+            refill->store = m.store;
+            refill->views = {m.view};
+            refill->backfilling = true;
+            refill->clear = true;
+            if (auto c = columns_.find({m.store, m.view}); c != columns_.end()) {
+              refill->columns = c->second;
+            }
+            out.push_back(ViewStateChange(change.commit_lsn, change.index, std::move(refill)));
+            events.requested.emplace_back(m.store, m.view);
+            events.jobs.push_back({m.store, m.table, {m.view}, /*reshaped=*/false});
+          }
+        }
+        return;
+      }
       auto control = std::make_shared<ViewControl>();
       control->store = v.store;
       control->views = {v.view};

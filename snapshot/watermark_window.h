@@ -80,6 +80,11 @@ struct BackfillView {
   bool follows = false;  // no `columns`: follows its table's columns
   // ViewDefinitionFingerprint of the view as configured now (empty: not compared).
   std::string definition = {};
+  // A postgres view: the fills of the mirrors of the tables it reads (TableFillName). A
+  // backfill request for the view refills them from the source too (its table is then
+  // built again from them), so that the view is derived again from the source, not
+  // from what the mirrors hold.
+  std::vector<std::string> fills = {};
 };
 
 // A job as the window sees it: views of one store, all reading one table. The driver

@@ -1385,6 +1385,15 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
         for (const std::string& fill : control.views) {
           Mirror* m = MirrorOfFill(fill);
           if (!status.ok() || m == nullptr) continue;
+          if (control.clear && control.backfilling) {
+            // Filled again from the source (`pgderive backfill` of a view that reads it):
+            // emptied here, in the stream's order, and the views reading it not
+            // maintained until it is filled (their tables keep what they hold), then
+            // built from it as above.
+            status = c.Execute("truncate " + m->name);
+            if (!status.ok()) continue;
+            filling.insert(m->table);
+          }
           ViewState state;
           state.backfilling = control.backfilling;
           state.after = control.after;

@@ -594,6 +594,31 @@ TEST_F(WatermarkWindowFollowTest, ARequestClearsTheViewAtItsPositionAndQueuesAJo
             (std::vector<std::pair<std::string, std::string>>{{"", "nope"}}));
 }
 
+TEST_F(WatermarkWindowTest, ARequestForAPostgresViewRefillsTheMirrorsItReadsFromTheSource) {
+  // `pgderive backfill --view totals`: the view derived again from the source, not from
+  // what its mirrors hold (a mirror damaged behind pgderive's back is filled again; the
+  // store builds the view's table from them once they are filled: nothing of its own).
+  BackfillView totals{"pg", "totals", "", false, false};
+  totals.fills = {"mirror public.items", "mirror public.other"};
+  WatermarkWindow window(
+      Options({totals, BackfillView{"pg", "mirror public.items", "public.items", true, false},
+               BackfillView{"pg", "mirror public.other", "public.other", true, false},
+               BackfillView{"pg", "mirror public.unread", "public.unread", true, false}}));
+  const Fed fed = Mark(window, At(0x100), BackfillRequestMessage("p1", "totals"), /*index=*/2);
+  EXPECT_EQ(Render(fed.out),
+            (std::vector<std::string>{
+                "0/100#2 state pg/mirror public.items backfilling clear oid=0 columns=",
+                "0/100#2 state pg/mirror public.other backfilling clear oid=0 columns="}));
+  EXPECT_EQ(fed.events.requested,
+            (std::vector<std::pair<std::string, std::string>>{
+                {"pg", "totals"}, {"pg", "mirror public.items"}, {"pg", "mirror public.other"}}));
+  ASSERT_EQ(fed.events.jobs.size(), 2u);
+  EXPECT_EQ(fed.events.jobs[0].table, "public.items");
+  EXPECT_EQ(fed.events.jobs[0].views, std::vector<std::string>{"mirror public.items"});
+  EXPECT_EQ(fed.events.jobs[1].table, "public.other");
+  EXPECT_EQ(fed.events.jobs[1].views, std::vector<std::string>{"mirror public.other"});
+}
+
 TEST_F(WatermarkWindowTest, WithoutFollowingViewsOrAJobOnlyMessagesConcernTheWindow) {
   auto schema = Items();
   InsertMessage insert;
