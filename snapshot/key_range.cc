@@ -116,20 +116,26 @@ Result<std::vector<size_t>> AbsentKeys(SqlSession& sql, const std::string& table
   if (rows.empty()) return out;
   // One statement for the page: each key value cast to its column's type (the index
   // is used), the ordinals of the rows with no match.
-  std::string unnest, columns, match;
+  // A value not in its type's own text form ("01", " 1" for an integer) is a key no row
+  // makes (a row's key is made from its values' text): absent too.
+  std::string unnest, columns, match, canonical;
   SqlParams params;
   for (size_t k = 0; k < key.size(); ++k) {
     std::vector<std::string> values;
     for (const auto& row : rows) values.push_back(row.at(k));
     params.push_back(SqlTextArray(values));
     unnest += (k ? ", $" : "$") + std::to_string(k + 1) + "::text[]";
+    const std::string c = "t.c" + std::to_string(k);
     columns += "c" + std::to_string(k) + ", ";
-    match += (k ? " and " : "") + sql.QuoteIdentifier(key[k].first) + " = t.c" + std::to_string(k) +
-             "::" + key[k].second;
+    match +=
+        (k ? " and " : "") + sql.QuoteIdentifier(key[k].first) + " = " + c + "::" + key[k].second;
+    // (concat: the type's own output; a cast to text would trim a char(n)'s padding.)
+    canonical += " or concat(" + c + "::" + key[k].second + ") is distinct from " + c;
   }
   const std::string quoted = TableName::Parse(table).Quoted();
   auto found = sql.Query("select t.i - 1 from unnest(" + unnest + ") with ordinality t(" + columns +
-                             "i) where not exists (select from " + quoted + " where " + match + ")",
+                             "i) where not exists (select from " + quoted + " where " + match +
+                             ")" + canonical,
                          params);
   if (found.ok()) {
     for (const auto& row : found.value().rows) {
@@ -143,14 +149,17 @@ Result<std::vector<size_t>> AbsentKeys(SqlSession& sql, const std::string& table
   // A value its column's type does not take (a key no row can make): row by row, such
   // a row is absent.
   for (size_t r = 0; r < rows.size(); ++r) {
-    std::string where;
+    std::string where, same;
     SqlParams one;
     for (size_t k = 0; k < key.size(); ++k) {
-      where += (k ? " and " : "") + sql.QuoteIdentifier(key[k].first) + " = $" +
-               std::to_string(k + 1) + "::" + key[k].second;
+      const std::string p = "$" + std::to_string(k + 1) + "::text";
+      where +=
+          (k ? " and " : "") + sql.QuoteIdentifier(key[k].first) + " = " + p + "::" + key[k].second;
+      same += " and concat(" + p + "::" + key[k].second + ") = " + p;
       one.push_back(rows[r].at(k));
     }
-    auto exists = sql.Query("select exists (select from " + quoted + " where " + where + ")", one);
+    auto exists =
+        sql.Query("select exists (select from " + quoted + " where " + where + ")" + same, one);
     if (!exists.ok()) {
       if (exists.error().kind() != ErrorKind::kPermanent) return exists.error();
       out.push_back(r);

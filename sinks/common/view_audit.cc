@@ -129,26 +129,49 @@ Result<ViewAudit> AuditDigestView(SqlRunner& source, const std::string& source_s
   auto held = ParseServerNumber<uint64_t>(counted.value().rows.at(0).at(0));
   if (!held.ok()) return held.status().error();
   const size_t per = std::max<size_t>(options.bucket_entries, 1);
-  const size_t buckets = std::clamp<size_t>((held.value() + per - 1) / per, 1, size_t{1} << 20);
+  size_t buckets = std::clamp<size_t>((held.value() + per - 1) / per, 1, size_t{1} << 20);
   // Two sessions (the source and the store): both sides at once.
-  auto digests_of_source = [&] { return Digests(source, source_sql, buckets); };
-  std::future<Result<std::map<uint32_t, Bucket>>> of_source;
-  if (&source != &store) of_source = std::async(std::launch::async, digests_of_source);
-  auto have = Digests(store, store_sql, buckets);
-  auto want = of_source.valid() ? of_source.get() : digests_of_source();
-  if (!want.ok()) return want.error();
-  if (!have.ok()) return have.error();
+  auto digests = [&](size_t count)
+      -> Result<std::pair<std::map<uint32_t, Bucket>, std::map<uint32_t, Bucket>>> {
+    auto of_source = [&] { return Digests(source, source_sql, count); };
+    std::future<Result<std::map<uint32_t, Bucket>>> later;
+    if (&source != &store) later = std::async(std::launch::async, of_source);
+    auto have = Digests(store, store_sql, count);
+    auto want = later.valid() ? later.get() : of_source();
+    if (!want.ok()) return want.error();
+    if (!have.ok()) return have.error();
+    return std::pair{std::move(want).value(), std::move(have).value()};
+  };
+  auto both = digests(buckets);
+  if (!both.ok()) return both.error();
+  // Sized by the store's entries: a store far behind its source (a table emptied) would
+  // put the whole source in a few buckets, and a bucket is read whole. Sized again by
+  // the larger side then.
+  uint64_t largest = 0, source_total = 0;
+  for (const auto& [b, bucket] : both.value().first) {
+    largest = std::max(largest, bucket.entries);
+    source_total += bucket.entries;
+  }
+  for (const auto& [b, bucket] : both.value().second) largest = std::max(largest, bucket.entries);
+  if (largest > 4 * per && buckets < (size_t{1} << 20)) {
+    buckets = std::clamp<size_t>((std::max(source_total, held.value()) + per - 1) / per, 1,
+                                 size_t{1} << 20);
+    both = digests(buckets);
+    if (!both.ok()) return both.error();
+  }
+  const std::map<uint32_t, Bucket>& want_map = both.value().first;
+  const std::map<uint32_t, Bucket>& have_map = both.value().second;
   audit.buckets = buckets;
-  for (const auto& [b, bucket] : want.value()) audit.entries += bucket.entries;
+  for (const auto& [b, bucket] : want_map) audit.entries += bucket.entries;
   // The buckets whose count or digest differ, in batches of about fetch_entries.
   std::vector<std::vector<uint32_t>> batches(1);
   size_t in_batch = 0;
   for (size_t b = 0; b < buckets; ++b) {
-    const auto w = want.value().find(static_cast<uint32_t>(b));
-    const auto h = have.value().find(static_cast<uint32_t>(b));
+    const auto w = want_map.find(static_cast<uint32_t>(b));
+    const auto h = have_map.find(static_cast<uint32_t>(b));
     const Bucket none;
-    const Bucket& wb = w == want.value().end() ? none : w->second;
-    const Bucket& hb = h == have.value().end() ? none : h->second;
+    const Bucket& wb = w == want_map.end() ? none : w->second;
+    const Bucket& hb = h == have_map.end() ? none : h->second;
     if (wb == hb) continue;
     ++audit.buckets_read;
     const size_t size = std::max(wb.entries, hb.entries);

@@ -1539,11 +1539,18 @@ Status PostgresSink::Apply(const BatchGroup& group, Lsn checkpoint) {
 // numerics that differ past the 15th digit would compare equal. With `digest`, a third
 // column `d`, the row's own JSON text (cheaper than `e`; the same on both sides when the
 // rows are, and a difference in form only makes its bucket read, where `e` decides).
-std::string PostgresSink::EntriesSelect(const View& view, const std::string& relation,
-                                        bool digest) const {
+std::string PostgresSink::EntriesSelect(const View& view, const std::string& relation, bool digest,
+                                        const std::vector<std::string>& floats) const {
+  // A float column's number stays a JSON number (compared within a tolerance: its last
+  // digits depend on the order rows were summed, view_compare.h).
+  std::string kept = "'";
+  for (char ch : SqlTextArray(floats)) kept += ch == '\'' ? std::string("''") : std::string(1, ch);
+  kept += "'::text[]";
   return "select json_build_array(" + KeyList(view, "r.") +
          ")::text k, (select json_object_agg(e.key, case when json_typeof(e.value) = "
-         "'number' then to_json(e.value #>> '{}') else e.value end) from "
+         "'number' and e.key <> all(" +
+         kept +
+         ") then to_json(e.value #>> '{}') else e.value end) from "
          "json_each(row_to_json(r.*)) e)::text e" +
          (digest ? ", row_to_json(r.*)::text d" : "") + " from " + relation + " r";
 }
@@ -1584,8 +1591,22 @@ Result<std::optional<std::string>> PostgresSink::EntriesSql(const std::string& v
   std::lock_guard lock(mutex_);
   for (const auto& view : views_) {
     if (view->config.name != view_name) continue;
+    auto connected = Connection();
+    if (!connected.ok()) return connected.error();
+    auto table = VerifiedTable(*connected.value(), *view);
+    if (!table.ok()) return table.error();
+    // The view's float columns, as its table has them (none while it has no table).
+    auto typed = connected.value()->Query(
+        "select attname::text from pg_attribute where attrelid = to_regclass($1) and attnum > 0 "
+        "and not attisdropped and atttypid in ('float4'::regtype, 'float8'::regtype) order by "
+        "attnum",
+        {table.value()});
+    if (!typed.ok()) return typed.error();
+    std::vector<std::string> floats;
+    for (const auto& row : typed.value().rows) floats.push_back(row[0].value_or(""));
     if (of == EntriesOf::kSource) {
-      return std::optional<std::string>(EntriesSelect(*view, "(" + view->config.query + ")", true));
+      return std::optional<std::string>(
+          EntriesSelect(*view, "(" + view->config.query + ")", true, floats));
     }
     if (of == EntriesOf::kMirrors) {
       // Not maintained now: a mirror it reads fills, its file's definition has no table.
@@ -1597,13 +1618,10 @@ Result<std::optional<std::string>> PostgresSink::EntriesSql(const std::string& v
       }
       auto query = MirrorQuery(*view, std::nullopt);
       if (!query.ok()) return query.error();
-      return std::optional<std::string>(EntriesSelect(*view, "(" + query.value() + ")", true));
+      return std::optional<std::string>(
+          EntriesSelect(*view, "(" + query.value() + ")", true, floats));
     }
-    auto connected = Connection();
-    if (!connected.ok()) return connected.error();
-    auto table = VerifiedTable(*connected.value(), *view);
-    if (!table.ok()) return table.error();
-    return std::optional<std::string>(EntriesSelect(*view, table.value(), true));
+    return std::optional<std::string>(EntriesSelect(*view, table.value(), true, floats));
   }
   return Error::Permanent("no postgres view named " + view_name);
 }
@@ -1621,16 +1639,12 @@ Status PostgresSink::RepairEntries(const std::string& view_name,
                             " is not maintained now (a mirror it reads is "
                             "being filled, or its new version is not built yet)");
   }
-  // The keys as rows of the view's key columns: {column: value} per key.
-  nlohmann::json rows = nlohmann::json::array();
+  // Each key a JSON array of the key columns' values (EntriesSql's `k`).
   for (const std::string& key : keys) {
     const auto values = nlohmann::json::parse(key, nullptr, /*allow_exceptions=*/false);
     if (!values.is_array() || values.size() != view->config.key_columns.size()) {
       return Error::Permanent("view " + view_name + ": " + key + " is not a key of it");
     }
-    nlohmann::json row = nlohmann::json::object();
-    for (size_t i = 0; i < values.size(); ++i) row[view->config.key_columns[i]] = values[i];
-    rows.push_back(std::move(row));
   }
   auto connected = Connection();
   if (!connected.ok()) return connected.error();
@@ -1641,10 +1655,18 @@ Status PostgresSink::RepairEntries(const std::string& view_name,
   if (!begun.ok()) return begun.error();
   SqlSession::Transaction& c = begun.value();
   // As a batch does (Apply): the affected keys recomputed from the mirrors.
+  // The values taken from the keys' JSON text in SQL (`json`, not parsed into doubles in
+  // between: a numeric key of 30 digits stays itself).
+  std::string fields;
+  for (size_t i = 0; i < view->config.key_columns.size(); ++i) {
+    fields += (i ? ", " : "") + c.QuoteLiteral(view->config.key_columns[i]) + ", t.k::json -> " +
+              std::to_string(i);
+  }
   status =
-      c.Execute("insert into " + AffectedTable(*view) + " select * from " +
-                    "json_populate_recordset(null::pg_temp." + AffectedTable(*view) + ", $1::json)",
-                {rows.dump()});
+      c.Execute("insert into " + AffectedTable(*view) + " select r.* from unnest($1::text[]) " +
+                    "t(k), json_populate_record(null::pg_temp." + AffectedTable(*view) +
+                    ", json_build_object(" + fields + ")) r",
+                {SqlTextArray(keys)});
   if (status.ok()) status = Recompute(c, *view, WriteTarget(*view));
   if (status.ok()) status = c.Commit();
   return status;

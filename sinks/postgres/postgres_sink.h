@@ -288,8 +288,10 @@ class PostgresSink : public Sink, public ViewInspector {
                                          const std::string& relation);
   // The SELECT of `relation`'s rows as verify entries, `k` and `e`, and with `digest` the
   // digest form `d` (EntriesSql).
-  std::string EntriesSelect(const View& view, const std::string& relation,
-                            bool digest = false) const;
+  // `floats`: the view's float columns, kept JSON numbers (every other number is given as
+  // the string of its digits).
+  std::string EntriesSelect(const View& view, const std::string& relation, bool digest = false,
+                            const std::vector<std::string>& floats = {}) const;
   // The table verify compares for the file's definition of `view`: its table, or the
   // ready version's while another definition serves (a manual promote pending).
   Result<std::string> VerifiedTable(SqlRunner& c, const View& view);

@@ -9,6 +9,7 @@
 
 #include <set>
 
+#include "snapshot/key_range.h"
 #include "tests/support/stack_env.h"
 
 namespace pgderive {
@@ -101,6 +102,43 @@ TEST_F(ViewAuditTest, ADifferenceMendedBeforeTheSecondReadIsNotReported) {
   ASSERT_EQ(audit.value().found.size(), 1u);
   EXPECT_EQ(audit.value().found[0].key, "[20]");
   EXPECT_EQ(audit.value().found[0].kind, EntryDifference::Kind::kMissing);
+}
+
+TEST_F(ViewAuditTest, FloatsAddedInAnotherOrderAreTheSameAndAFloatChangedIsNot) {
+  // The source's float is a sum in one order, the store's in another: the digests differ,
+  // the bucket is read, and the entries are the same.
+  auto floats = [](const std::string& table, const std::string& value) {
+    return "select json_build_array(k)::text k, json_build_object('x', " + value +
+           ")::text e, json_build_object('x', " + value + ")::text d from " + table;
+  };
+  const std::string source = floats(source_, "(0.1::float8 + 0.2::float8) * k");
+  const std::string store = floats(store_, "0.3::float8 * k");
+  auto same = AuditDigestView(*sql_, source, *sql_, store, "v", {.rounds = 1});
+  ASSERT_TRUE(same.ok()) << same.error().ToString();
+  EXPECT_EQ(same.value().differences, 0u) << ::testing::PrintToString(same.value().lines);
+  EXPECT_GT(same.value().buckets_read, 0u);
+  const std::string changed =
+      floats(store_, "case when k = 7 then 0.31 * k else 0.3::float8 * k end");
+  auto differs = AuditDigestView(*sql_, source, *sql_, changed, "v", {.rounds = 1});
+  ASSERT_TRUE(differs.ok()) << differs.error().ToString();
+  ASSERT_EQ(differs.value().differences, 1u);
+  EXPECT_EQ(differs.value().found[0].key, "[7]");
+}
+
+// A store key that reads back to a row key is looked up in the source; one whose value
+// is not in its type's own text form is not a key a row makes, though a row has that
+// value: absent too.
+TEST_F(ViewAuditTest, AbsentKeysAreThoseWithoutARowOrNotInTheirTypesOwnText) {
+  Run("create table " + source_ + "_c (k int, c char(3), primary key (k, c))");
+  Run("insert into " + source_ + "_c values (1, 'a')");
+  const KeyColumnList key = {{"k", "integer"}, {"c", "character(3)"}};
+  auto absent = AbsentKeys(
+      *sql_, source_ + "_c", key,
+      {{"1", "a  "}, {"01", "a  "}, {" 1", "a  "}, {"2", "a  "}, {"1", "a"}, {"x", "a  "}});
+  Run("drop table " + source_ + "_c");
+  ASSERT_TRUE(absent.ok()) << absent.error().ToString();
+  // "1" with its padding is the row's; "x" is no integer at all (read row by row).
+  EXPECT_EQ(absent.value(), (std::vector<size_t>{1, 2, 3, 4, 5}));
 }
 
 }  // namespace

@@ -71,6 +71,27 @@ TEST(ViewCompare, MissingExtraAndDifferentKeysInKeyOrder) {
   EXPECT_NE(DigestEntries(source), DigestEntries(store));
 }
 
+TEST(ViewCompare, FloatsAreTheSameWithinTheirRoundingExactValuesExactly) {
+  // A float sum added in another order (0.1 + 0.2 against 0.3): not a difference.
+  EXPECT_TRUE(CompareEntries({{"g:1", R"({"s":0.30000000000000004,"n":"3"})"}},
+                             {{"g:1", R"({"s":0.3,"n":"3"})"}})
+                  .empty());
+  EXPECT_TRUE(CompareEntries({{"g:1", R"({"s":1.2345678901234567e21})"}},
+                             {{"g:1", R"({"s":1.2345678901234568e21})"}})
+                  .empty());
+  // A float that differs beyond its rounding is.
+  auto floats = CompareEntries({{"g:1", R"({"s":0.3})"}}, {{"g:1", R"({"s":0.31})"}});
+  ASSERT_EQ(floats.size(), 1u);
+  EXPECT_EQ(SummarizeDifference(floats[0]), "different (s)");
+  // Exact values - numerics given as their digits, integers - differ in any digit.
+  EXPECT_EQ(CompareEntries({{"g:1", R"({"t":"0.30000000000000004"})"}}, {{"g:1", R"({"t":"0.3"})"}})
+                .size(),
+            1u);
+  EXPECT_EQ(CompareEntries({{"g:1", R"({"n":3})"}}, {{"g:1", R"({"n":4})"}}).size(), 1u);
+  // Not a number against a float, an infinity against a large one.
+  EXPECT_EQ(CompareEntries({{"g:1", R"({"s":0.3})"}}, {{"g:1", R"({"s":"0.3"})"}}).size(), 1u);
+}
+
 TEST(ViewCompare, TheDigestSeesEveryKeyAndValue) {
   const ViewEntries base{{"a", R"({"v":1})"}, {"b", R"({"v":2})"}};
   EXPECT_NE(DigestEntries(base), DigestEntries({{"a", R"({"v":1})"}}));
