@@ -302,7 +302,8 @@ TEST_F(ContinuousVerifyTest, PostgresViewDamageIsFoundAndRepairedWhileAWriterRun
            scalar("select id from " + out + ".names where id in (7, 777777)") == "7" &&
            scalar("select v from " + out + ".bigs where k = 1234567890123456789012345678907") ==
                "7" &&
-           Verify("sums").value("repaired", 0) >= 3 && Verify("names").value("repaired", 0) >= 3;
+           Verify("sums").value("repaired", 0) >= 3 && Verify("names").value("repaired", 0) >= 3 &&
+           Verify("bigs").value("repaired", 0) >= 1;
   })) << Status().dump()
       << VerifyLines();
   EXPECT_EQ(
