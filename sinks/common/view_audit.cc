@@ -221,19 +221,11 @@ Result<ViewAudit> AuditRowView(SqlSession& source, TypeLearner& types, ViewInspe
   // The entries `rows` make; two rows that make one key are noted once each.
   std::set<std::string> noted_duplicates;
   auto expected_of = [&](const ChunkRows& rows, bool note) -> Result<ViewEntries> {
-    ViewEntries out;
-    TupleData tuple;
-    for (const auto& row : rows) {
-      tuple.columns.assign(row.size(), TupleValue{});
-      for (size_t i = 0; i < row.size(); ++i) {
-        if (row[i]) tuple.columns[i] = TupleValue{TupleValueKind::kText, *row[i]};
-      }
-      auto entry = inspector.Expected(view, schema, tuple, *registry);
-      if (!entry.ok()) return entry.error();
-      if (!entry.value()) continue;
-      auto [at, added] = out.emplace(entry.value()->first, std::move(entry.value()->second));
-      if (!added && note && noted_duplicates.insert(at->first).second) {
-        Note(audit, options, "view " + view + ": two source rows make the key " + at->first);
+    std::vector<std::string> duplicates;
+    auto out = EntriesOfRows(inspector, view, schema, rows, *registry, &duplicates);
+    for (const std::string& key : duplicates) {
+      if (note && noted_duplicates.insert(key).second) {
+        Note(audit, options, "view " + view + ": two source rows make the key " + key);
       }
     }
     return out;

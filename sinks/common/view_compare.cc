@@ -159,7 +159,8 @@ std::string DigestEntries(const ViewEntries& entries) {
 
 Result<ViewEntries> EntriesOfRows(ViewInspector& inspector, const std::string& view,
                                   const std::shared_ptr<const RelationSchema>& schema,
-                                  const ChunkRows& rows, const TypeRegistry& types) {
+                                  const ChunkRows& rows, const TypeRegistry& types,
+                                  std::vector<std::string>* duplicates) {
   ViewEntries out;
   TupleData tuple;
   for (const auto& row : rows) {
@@ -171,6 +172,10 @@ Result<ViewEntries> EntriesOfRows(ViewInspector& inspector, const std::string& v
     if (!entry.ok()) return entry.error();
     if (!entry.value()) continue;
     if (!out.emplace(entry.value()->first, std::move(entry.value()->second)).second) {
+      if (duplicates != nullptr) {
+        duplicates->push_back(entry.value()->first);
+        continue;
+      }
       return Error::Permanent("view " + view + ": two source rows make the key " +
                               entry.value()->first);
     }

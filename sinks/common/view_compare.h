@@ -55,10 +55,12 @@ std::string DigestEntries(const ViewEntries& entries);
 
 // The entries `rows` (read from `schema`'s table, each value as text, as a chunk reads
 // them) make in `view`, by key. A row the view does not take makes none; two rows that
-// make one key are an error naming it.
+// make one key are an error naming it, or with `duplicates` the key is added there (the
+// first row's entry kept).
 Result<ViewEntries> EntriesOfRows(ViewInspector& inspector, const std::string& view,
                                   const std::shared_ptr<const RelationSchema>& schema,
-                                  const ChunkRows& rows, const TypeRegistry& types);
+                                  const ChunkRows& rows, const TypeRegistry& types,
+                                  std::vector<std::string>* duplicates = nullptr);
 
 // The check of a verify chunk (WatermarkWindow::BeginVerify): `held` is what the store
 // held under the keys of every row read (ReadEntries, before "checked"); `comparable`
