@@ -11,13 +11,6 @@ namespace {
 
 using nlohmann::json;
 
-// The value's canonical text: parsed and dumped (an object's members in name order);
-// the text itself when it is no JSON.
-std::string Canonical(const std::string& value) {
-  const json parsed = json::parse(value, nullptr, /*allow_exceptions=*/false);
-  return parsed.is_discarded() ? value : parsed.dump();
-}
-
 // Whether two column values are the same. A JSON number with a fraction or an exponent
 // is a floating-point value (a float column: exact values, numerics, are strings or
 // integers), and two of them are the same within a relative 1e-9: a float aggregate's
@@ -135,26 +128,6 @@ std::string SummarizeDifference(const EntryDifference& difference) {
     names += (names.empty() ? "" : ", ") + column.name;
   }
   return "different (" + names + ")";
-}
-
-std::string DigestEntries(const ViewEntries& entries) {
-  // FNV-1a over key, NUL, canonical value, NUL, in key order (a map's).
-  uint64_t hash = 14695981039346656037ull;
-  auto feed = [&hash](const std::string& text) {
-    for (unsigned char c : text) {
-      hash ^= c;
-      hash *= 1099511628211ull;
-    }
-    hash ^= 0;
-    hash *= 1099511628211ull;
-  };
-  for (const auto& [key, value] : entries) {
-    feed(key);
-    feed(Canonical(value));
-  }
-  char text[17];
-  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(hash));
-  return text;
 }
 
 Result<ViewEntries> EntriesOfRows(ViewInspector& inspector, const std::string& view,

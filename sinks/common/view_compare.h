@@ -49,10 +49,6 @@ std::vector<std::string> DescribeDifference(const std::string& view,
 // One word for the log and the counters: "missing", "extra", or "different (a, b)".
 std::string SummarizeDifference(const EntryDifference& difference);
 
-// A digest of entries that two sides can compare without shipping them: the same
-// entries give the same digest whatever their members' order (16 hex digits).
-std::string DigestEntries(const ViewEntries& entries);
-
 // The entries `rows` (read from `schema`'s table, each value as text, as a chunk reads
 // them) make in `view`, by key. A row the view does not take makes none; two rows that
 // make one key are an error naming it, or with `duplicates` the key is added there (the

@@ -93,14 +93,6 @@ class ViewInspector {
     (void)keys;
     return Error::Permanent("view " + view + " cannot be repaired from mirrors");
   }
-  // For a view defined by a query, every entry computed on the source directly (in the
-  // snapshot `source` is in); nullopt for a view made row by row (use Expected).
-  virtual Result<std::optional<std::vector<Entry>>> ExpectedFromSource(const std::string& view,
-                                                                       SqlRunner& source) {
-    (void)view;
-    (void)source;
-    return std::optional<std::vector<Entry>>();
-  }
 };
 
 }  // namespace pgderive

@@ -1691,17 +1691,6 @@ Result<std::optional<ViewInspector::Entry>> PostgresSink::Expected(
   return std::optional<Entry>();
 }
 
-Result<std::optional<std::vector<ViewInspector::Entry>>> PostgresSink::ExpectedFromSource(
-    const std::string& view_name, SqlRunner& source) {
-  for (const auto& view : views_) {
-    if (view->config.name != view_name) continue;
-    auto entries = ReadEntries(source, *view, "(" + view->config.query + ")");
-    if (!entries.ok()) return entries.error();
-    return std::optional<std::vector<Entry>>(std::move(entries).value());
-  }
-  return Error::Permanent("no postgres view named " + view_name);
-}
-
 // --- Versions side by side (view_versions.h). A view's generation `serving` is its table
 // (`table:`); the generation of a new version, and a retained one, are tables
 // pgd_g<n>_<table> in the same schema. A new version is built from the mirrors in one

@@ -123,8 +123,6 @@ class PostgresSink : public Sink, public ViewInspector {
   Result<std::optional<Entry>> Expected(const std::string& view,
                                         const std::shared_ptr<const RelationSchema>& schema,
                                         const TupleData& row, const TypeRegistry& types) override;
-  Result<std::optional<std::vector<Entry>>> ExpectedFromSource(const std::string& view,
-                                                               SqlRunner& source) override;
   Result<std::optional<std::string>> EntriesSql(const std::string& view, EntriesOf of) override;
   std::string store_dsn() const override { return dsn_; }
   // The keys recomputed from the mirrors into the table the stream writes, as a batch
