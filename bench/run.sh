@@ -6,7 +6,7 @@
 #
 #   bench/run.sh [--txns N] [--rate TX_PER_S] [--seconds S] [--only "redis opensearch ..."]
 #                [--catchup-rows N] [--catchup-txns N] [--backfill-rows N] [--version-rows N]
-#                [--verify-rows N]
+#                [--verify-rows N] [--backfill-writer-txns N]
 #
 # --only runs a subset of the configurations (redis, opensearch, projection, groupby, backfill,
 # backfill-opensearch, all, catchup-redis, catchup-opensearch, version-opensearch, verify,
@@ -44,7 +44,7 @@
 # time its write returned minus the commit timestamp), p50 and p99.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-txns=2000 rate=5000 seconds=20 only="" catchup_rows=300000 catchup_txns=50000 backfill_rows=1000000 version_rows=1000000 verify_rows=1000000
+txns=2000 rate=5000 seconds=20 only="" catchup_rows=300000 catchup_txns=50000 backfill_rows=1000000 version_rows=1000000 verify_rows=1000000 backfill_writer_txns=
 while [ $# -gt 0 ]; do
   case "$1" in
     --txns) txns=$2; shift 2 ;;
@@ -56,6 +56,7 @@ while [ $# -gt 0 ]; do
     --backfill-rows) backfill_rows=$2; shift 2 ;;
     --version-rows) version_rows=$2; shift 2 ;;
     --verify-rows) verify_rows=$2; shift 2 ;;
+    --backfill-writer-txns) backfill_writer_txns=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -354,6 +355,27 @@ fi
 # untouched ceiling index would be timed without the refreshes (a segment written each
 # second) that the view's index, created moments earlier, makes. The refreshes each
 # index made during its load are reported.
+# The node's JIT compiles its indexing path for these documents on their first use: on a
+# node warmed only by the scratch index above, the first 100,000 of them took 3.6x as long
+# as the same load right after (23.4 s, then 6.5 s), so whichever load runs first would be
+# timed cold. os_warm MAPPING: an index of MAPPING (the view's) gets versioned documents of
+# both shapes (pgderive's: numeric as text, timestamps in UTC; row_to_json's), 100,000 of
+# each, and is deleted; then pgderive's load and the loader's are both timed warm.
+os_warm() {
+  local f
+  rm -rf "$dir/oswarm"; mkdir -p "$dir/oswarm"
+  q -c "select '{\"index\":{\"_index\":\"oswarm\",\"_id\":\"' || id || '\",\"version\":1,\"version_type\":\"external_gte\"}}' || chr(10) || json_build_object('id', id, 'title', title, 'price', price::text, 'attrs', attrs, 'tags', tags, 'updated_at', to_char(updated_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'))::text from (select (item_row(g)).* from generate_series(1, 100000) g) c" \
+    | split -l 10000 - "$dir/oswarm/a."
+  q -c "select '{\"index\":{\"_index\":\"oswarm\",\"_id\":\"' || id || '\",\"version\":2,\"version_type\":\"external_gte\"}}' || chr(10) || row_to_json(c)::text from (select (item_row(g)).* from generate_series(1, 100000) g) c" \
+    | split -l 10000 - "$dir/oswarm/b."
+  curl -s -XPUT "$PGDERIVE_OPENSEARCH_URL/oswarm" -H 'Content-Type: application/json' -d "$1" \
+    | grep -q '"acknowledged":true' || { echo "index oswarm not created with the view's mapping" >&2; exit 1; }
+  for f in "$dir"/oswarm/a.* "$dir"/oswarm/b.*; do
+    curl -s -XPOST "$PGDERIVE_OPENSEARCH_URL/_bulk" -H 'Content-Type: application/x-ndjson' --data-binary @"$f" > /dev/null
+  done
+  curl -s -XDELETE "$PGDERIVE_OPENSEARCH_URL/oswarm" > /dev/null
+  rm -rf "$dir/oswarm"
+}
 oscatchup_rows=100000 oscatchup_lines=()
 touch_index() { curl -s "$PGDERIVE_OPENSEARCH_URL/$1/_search?size=0" > /dev/null; }
 refreshes() {  # refreshes INDEX: scheduled and explicit refreshes so far
@@ -375,10 +397,20 @@ oscatchup_ceiling() {  # oscatchup_ceiling VERSION: seconds to load the catchup 
   echo $(($(refreshes oscatchup_ceiling) - r0)) > "$dir/cbulk.refreshes"
 }
 oscatchup_phase() {  # oscatchup_phase LABEL SQL VERSION
-  local label=$1 sql=$2 version=$3 end t0 t1 ours ceiling rss r0 ours_refreshes
+  local label=$1 sql=$2 version=$3 end t0 t1 ours ceiling rss r0 ours_refreshes walsender
+  # The walsender alone on the same backlog: pg_recvlogical (protocol 2, streaming) on a
+  # copy of pgderive's slot, to the same end, before pgderive's run. No row of a
+  # transaction may be written before the walsender has decoded its commit; the loader
+  # below does not pay that.
+  q -c "select pg_copy_logical_replication_slot('pgderive_oscatchup', 'ceil_oscatchup')" > /dev/null
   q -c "$sql"
   end=$(q -c "select pg_current_wal_insert_lsn()")
   q -c "select pg_logical_emit_message(true, 'pgderive-bench', 'end')" > /dev/null
+  t0=$(now)
+  "$bindir/pg_recvlogical" -d "$dsn" --slot ceil_oscatchup --start --endpos "$end" --no-loop -f /dev/null \
+    -o proto_version=2 -o streaming=on -o publication_names=pgderive_oscatchup
+  t1=$(now); walsender=$(echo "$t1 - $t0" | bc -l)
+  q -c "select pg_drop_replication_slot('ceil_oscatchup')" > /dev/null
   touch_index oscatchup
   r0=$(refreshes oscatchup)
   t0=$(now)
@@ -393,8 +425,8 @@ oscatchup_phase() {  # oscatchup_phase LABEL SQL VERSION
   rss=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$(cat "$dir/oscatchup.pid")/status")
   stop_run oscatchup
   ceiling=$(oscatchup_ceiling "$version")
-  oscatchup_lines+=("$(printf '| %s | %d | %.0f | %.2f s | %.0f | %.2f s | **%.2f×** | %s / %s | %s MB |' "$label" "$oscatchup_rows" \
-    "$(echo "$oscatchup_rows / $ceiling" | bc -l)" "$ceiling" "$(echo "$oscatchup_rows / $ours" | bc -l)" "$ours" \
+  oscatchup_lines+=("$(printf '| %s | %d | %.0f | %.2f s | %.2f s | %.0f | %.2f s | **%.2f×** | %s / %s | %s MB |' "$label" "$oscatchup_rows" \
+    "$(echo "$oscatchup_rows / $ceiling" | bc -l)" "$ceiling" "$walsender" "$(echo "$oscatchup_rows / $ours" | bc -l)" "$ours" \
     "$(echo "$ceiling / $ours" | bc -l)" "$(cat "$dir/cbulk.refreshes")" "$ours_refreshes" "$rss")")
   echo "${oscatchup_lines[-1]}" >&2
 }
@@ -415,23 +447,7 @@ SQL
   mapping=$(curl -s "$PGDERIVE_OPENSEARCH_URL/oscatchup/_mapping" | sed 's/^{"[^"]*":\(.*\)}$/\1/')
   curl -s -XPUT "$PGDERIVE_OPENSEARCH_URL/oscatchup_ceiling" -H 'Content-Type: application/json' -d "$mapping" \
     | grep -q '"acknowledged":true' || { echo "index oscatchup_ceiling not created with the view's mapping" >&2; exit 1; }
-  # The node's JIT compiles its indexing path for these documents on their first use: on
-  # a node warmed only by the scratch index above, the first 100,000 of them took 3.6x as
-  # long as the same load right after (23.4 s, then 6.5 s), so whichever load runs first
-  # would be timed cold. Both are timed warm: an index of the view's mapping first gets
-  # versioned documents of both shapes (pgderive's: numeric as text, timestamps in UTC;
-  # row_to_json's), 100,000 of each, and is deleted.
-  rm -rf "$dir/oswarm"; mkdir -p "$dir/oswarm"
-  q -c "select '{\"index\":{\"_index\":\"oswarm\",\"_id\":\"' || id || '\",\"version\":1,\"version_type\":\"external_gte\"}}' || chr(10) || json_build_object('id', id, 'title', title, 'price', price::text, 'attrs', attrs, 'tags', tags, 'updated_at', to_char(updated_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'))::text from (select (item_row(g)).* from generate_series(1, $oscatchup_rows) g) c" \
-    | split -l 10000 - "$dir/oswarm/a."
-  q -c "select '{\"index\":{\"_index\":\"oswarm\",\"_id\":\"' || id || '\",\"version\":2,\"version_type\":\"external_gte\"}}' || chr(10) || row_to_json(c)::text from (select (item_row(g)).* from generate_series(1, $oscatchup_rows) g) c" \
-    | split -l 10000 - "$dir/oswarm/b."
-  curl -s -XPUT "$PGDERIVE_OPENSEARCH_URL/oswarm" -H 'Content-Type: application/json' -d "$mapping" > /dev/null
-  for f in "$dir"/oswarm/a.* "$dir"/oswarm/b.*; do
-    curl -s -XPOST "$PGDERIVE_OPENSEARCH_URL/_bulk" -H 'Content-Type: application/x-ndjson' --data-binary @"$f" > /dev/null
-  done
-  curl -s -XDELETE "$PGDERIVE_OPENSEARCH_URL/oswarm" > /dev/null
-  rm -rf "$dir/oswarm"
+  os_warm "$mapping"
   oscatchup_phase "insert: one transaction of $oscatchup_rows rows" \
     "insert into oscatchup select (item_row(g)).* from generate_series(1, $oscatchup_rows) g" 1000
   oscatchup_phase "update: $oscatchup_rows single-row transactions" "call oscatchup_updates($oscatchup_rows)" 2000
@@ -470,7 +486,11 @@ bf_fill() {  # bf_fill NAME FIRSTVIEW VIEWKIND VIEWNAME: sets bf_rows bf_filled 
   file=$(config "$name" "$first")
   start_run "$name" "$file"; stop_run "$name"
   file=$(config "$name" "$first" "$kind")
-  q -c "call items_mixed($offset, $txns)" &
+  # The writer: --backfill-writer-txns transactions of the workload (default --txns); 0
+  # times the fill alone.
+  local writer_txns=${backfill_writer_txns:-$txns}
+  bf_writer=$writer_txns
+  q -c "call items_mixed($offset, $writer_txns)" &
   writer=$!
   redis_pid=$(cat "$dir/redis/redis.pid" 2>/dev/null || cat "$dir/redis.pid")
   redis_cpu0=$(cpu_seconds "$redis_pid")
@@ -490,7 +510,7 @@ bf_fill() {  # bf_fill NAME FIRSTVIEW VIEWKIND VIEWNAME: sets bf_rows bf_filled 
   done
   bf_rediscpu=$(echo "$(cpu_seconds "$redis_pid") - $redis_cpu0" | bc -l)
   bf_rss=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$pid/status")
-  wait "$writer"; offset=$((offset + txns + 2))
+  wait "$writer"; offset=$((offset + writer_txns + 2))
   stop_run "$name"
   line=$(grep "\"msg\":\"backfill done\".*\"views\":\"$view\"" "$dir/$name.log" | tail -1)
   bf_rows=$(echo "$line" | sed -n 's/.*"rows":"\([0-9]*\)".*/\1/p')
@@ -502,14 +522,27 @@ bf_fill() {  # bf_fill NAME FIRSTVIEW VIEWKIND VIEWNAME: sets bf_rows bf_filled 
 }
 if want backfill; then
   bf_fill bfredis hot redis2 bfredis_cache2
-  backfill_lines+=("$(printf '| Redis view | %d | %.0f | %.2f s | %.0f | **%.2f×** | – | %.2f s | %s | %.2f s | %.2f s / %.2f s / %.2f s | %.1f | %s MB |' \
-    "$bf_rows" "$copy_out" "$(echo "$bf_rows / $copy_out" | bc -l)" "$(echo "$bf_rows / $bf_filled" | bc -l)" \
+  backfill_lines+=("$(printf '| Redis view, writer %d txns | %d | %.0f | %.2f s | %.0f | **%.2f×** | – | %.2f s | %s | %.2f s | %.2f s / %.2f s / %.2f s | %.1f | %s MB |' \
+    "$bf_writer" "$bf_rows" "$copy_out" "$(echo "$bf_rows / $copy_out" | bc -l)" "$(echo "$bf_rows / $bf_filled" | bc -l)" \
     "$(echo "$bf_rows / $bf_filled / $copy_out" | bc -l)" "$bf_seconds" "$bf_split" "$(echo "$bf_cpu * 1000000 / $bf_rows" | bc -l)" \
     "$(echo "$copy_cpu * 1000000 / $rows" | bc -l)" "$(echo "$bf_pgcpu * 1000000 / $bf_rows" | bc -l)" \
     "$(echo "$bf_rediscpu * 1000000 / $bf_rows" | bc -l)" "$bf_load" "$bf_rss")")
   echo "${backfill_lines[-1]}" >&2
 fi
 if want backfill-opensearch && [ -n "$search_url" ]; then
+  # The view's mapping, from a view of an empty table of the same shape, to warm the node
+  # with (os_warm) before the fill and the loader are timed.
+  q -c "create table bfwarm (like items including all)"
+  printf 'spool: off\npipeline: bfwarm\nhttp: {listen: "127.0.0.1:%s"}\nsource:\n  dsn: %s\nstores:\n  search: {type: opensearch, url: "%s"}\nviews:\n  - {name: bfwarm_search, store: search, from: bfwarm, index: bfwarm}\n' \
+    "$http_port" "$dsn" "$search_url" > "$dir/bfwarm.yml"
+  start_live bfwarm "$dir/bfwarm.yml" bfwarm_search
+  os_warm "$(curl -s "$PGDERIVE_OPENSEARCH_URL/bfwarm/_mapping" | sed 's/^{"[^"]*":\(.*\)}$/\1/')"
+  # Its walsender may outlive the stopped run for a moment; teardown refuses while it does.
+  until [ "$(q -c "select count(*) from pg_replication_slots where slot_name = 'pgderive_bfwarm' and active")" = 0 ]; do
+    sleep 0.05
+  done
+  "$binary" teardown --views -c "$dir/bfwarm.yml" >> "$dir/bfwarm.log" 2>&1 \
+    || { tail -3 "$dir/bfwarm.log" >&2; exit 1; }
   bf_fill bfsearch hotsearch opensearch bfsearch_search
   # The ceiling: the same table's documents, versioned, into an index of the view's mapping.
   rm -rf "$dir/bfbulk"; mkdir -p "$dir/bfbulk"
@@ -527,8 +560,8 @@ if want backfill-opensearch && [ -n "$search_url" ]; then
   t1=$(now); bulk=$(echo "$rows / ($t1 - $t0)" | bc -l)
   curl -s -XDELETE "$PGDERIVE_OPENSEARCH_URL/bfsearch_ceiling" > /dev/null
   rm -rf "$dir/bfbulk"
-  backfill_lines+=("$(printf '| OpenSearch view | %d | %.0f | %.2f s | %.0f | **%.2f×** | **%.2f×** (`_bulk` %.0f docs/s) | %.2f s | %s | %.2f s | %.2f s / %.2f s / – | %.1f | %s MB |' \
-    "$bf_rows" "$copy_out" "$(echo "$bf_rows / $copy_out" | bc -l)" "$(echo "$bf_rows / $bf_filled" | bc -l)" \
+  backfill_lines+=("$(printf '| OpenSearch view, writer %d txns | %d | %.0f | %.2f s | %.0f | **%.2f×** | **%.2f×** (`_bulk` %.0f docs/s) | %.2f s | %s | %.2f s | %.2f s / %.2f s / – | %.1f | %s MB |' \
+    "$bf_writer" "$bf_rows" "$copy_out" "$(echo "$bf_rows / $copy_out" | bc -l)" "$(echo "$bf_rows / $bf_filled" | bc -l)" \
     "$(echo "$bf_rows / $bf_filled / $copy_out" | bc -l)" "$(echo "$bf_rows / $bf_filled / $bulk" | bc -l)" "$bulk" \
     "$bf_seconds" "$bf_split" "$(echo "$bf_cpu * 1000000 / $bf_rows" | bc -l)" \
     "$(echo "$copy_cpu * 1000000 / $rows" | bc -l)" "$(echo "$bf_pgcpu * 1000000 / $bf_rows" | bc -l)" "$bf_load" "$bf_rss")")
@@ -680,8 +713,8 @@ if [ ${#oscatchup_lines[@]} -gt 0 ]; then
   echo
   echo "Catch-up into OpenSearch against the node's versioned \`_bulk\` ceiling (same documents, same run):"
   echo
-  echo "| backlog | documents | ceiling docs/s | ceiling time | pgderive docs/s | pgderive time | ratio | refreshes ceiling / pgderive | peak RSS |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| backlog | documents | ceiling docs/s | ceiling time | walsender alone | pgderive docs/s | pgderive time | ratio | refreshes ceiling / pgderive | peak RSS |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   for r in "${oscatchup_lines[@]}"; do echo "$r"; done
 fi
 echo
@@ -698,7 +731,7 @@ fi
 echo
 if [ ${#backfill_lines[@]} -gt 0 ]; then
   echo
-  echo "Backfill of a view added while a writer runs ($txns transactions of 100 changes):"
+  echo "Backfill of a view added while a writer runs (transactions of 100 changes; 0: the fill alone):"
   echo
   echo "| view | rows | COPY TO STDOUT rows/s | COPY time | fill rows/s | ratio to COPY | ratio to versioned \`_bulk\` | live after | reading / waiting for the store | pgderive CPU per 1M rows | server CPU per 1M rows: COPY's backend / the fill's backends / Redis | load avg | peak RSS |"
   echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
