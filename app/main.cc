@@ -83,9 +83,9 @@ void InstallReloadHandler() {
 // over the adaptive mmap threshold is unmapped), and the next batch faults them in again.
 // Keeping up to 32 MB free at the heap's top and serving blocks below 32 MB from the
 // heap (32 MB is the largest mmap threshold glibc takes on 64-bit) cut pgderive's CPU
-// for a 1,000,000-row Redis fill by about a quarter (1.9-2.1 s to 1.41-1.52 s; peak RSS
-// 60-64 MB to 67-69 MB; docs/benchmarks.md). The cost: up to 32 MB per allocator arena
-// stays resident after a burst instead of going back at once. These calls override
+// for a 1,000,000-row Redis fill by about a quarter (1.9-2.1 s to 1.32-1.52 s; peak RSS
+// 60-89 MB before, 67-87 MB after; docs/benchmarks.md). The cost: up to 32 MB per
+// allocator arena stays resident after a burst instead of going back at once. These calls override
 // MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_ and GLIBC_TUNABLES' malloc settings.
 void TuneAllocator() {
 #ifdef __GLIBC__
