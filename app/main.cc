@@ -85,8 +85,9 @@ void InstallReloadHandler() {
 // heap (32 MB is the largest mmap threshold glibc takes on 64-bit) cut pgderive's CPU
 // for a 1,000,000-row Redis fill by about a quarter (1.9-2.1 s to 1.32-1.52 s; peak RSS
 // 60-89 MB before, 67-87 MB after; docs/benchmarks.md). The cost: up to 32 MB per
-// allocator arena stays resident after a burst instead of going back at once. These calls override
-// MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_ and GLIBC_TUNABLES' malloc settings.
+// allocator arena stays resident after a burst instead of going back at once. These
+// calls override MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_ and GLIBC_TUNABLES'
+// malloc settings.
 void TuneAllocator() {
 #ifdef __GLIBC__
   mallopt(M_TRIM_THRESHOLD, 32 << 20);

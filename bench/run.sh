@@ -60,6 +60,10 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
+if [ -n "$backfill_writer_txns" ] && [[ ! "$backfill_writer_txns" =~ ^[0-9]+$ ]]; then
+  echo "--backfill-writer-txns: '$backfill_writer_txns' is not a number of transactions (0 or more)" >&2
+  exit 2
+fi
 binary="${PGDERIVE_BINARY:-$root/build/release/app/pgderive}"  # PGDERIVE_BINARY: another build to compare
 [ -x "$binary" ] || { echo "build first: cmake -S . -B build/release -G Ninja && ninja -C build/release" >&2; exit 2; }
 
