@@ -702,17 +702,24 @@ if want latency-log; then
 fi
 
 echo
-echo "PostgreSQL $(q -c 'show server_version'), Redis $(redis-cli -p "$PGDERIVE_REDIS_PORT" info server | sed -n 's/^redis_version:\(.*\)\r$/\1/p'), OpenSearch 2.19, $(nproc) cores, $(date -u +%Y-%m-%d)"
-echo
-echo "| configuration | changes | walsender ceiling changes/s | ceiling time | pgderive changes/s | pgderive time | ratio | peak RSS |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
-for r in "${results[@]}"; do echo "$r"; done
-[ "$catchup_line" = "not measured" ] || echo "$catchup_line"
-echo
-printf '| store ceiling (same %d rows) | rows/s |\n| --- | --- |\n' "$rows"
-printf '| Redis, `redis-cli --pipe` of SETs | %.0f |\n' "$redis_ceiling"
-printf '| OpenSearch, plain `_bulk` loader (5,000 docs a request, the view'"'"'s mapping) | %.0f |\n' "$search_ceiling"
-printf '| PostgreSQL, `COPY` into the projection'"'"'s shape | %.0f |\n' "$copy_ceiling"
+opensearch_version=""
+[ -z "$search_url" ] || opensearch_version=", OpenSearch $(curl -s "$search_url" | sed -n 's/.*"number" *: *"\([^"]*\)".*/\1/p')"
+echo "PostgreSQL $(q -c 'show server_version'), Redis $(redis-cli -p "$PGDERIVE_REDIS_PORT" info server | sed -n 's/^redis_version:\(.*\)\r$/\1/p')$opensearch_version, $(nproc) cores, $(date -u +%Y-%m-%d)"
+# Each table only when something of it was measured (--only).
+if [ ${#results[@]} -gt 0 ] || [ "$catchup_line" != "not measured" ]; then
+  echo
+  echo "| configuration | changes | walsender ceiling changes/s | ceiling time | pgderive changes/s | pgderive time | ratio | peak RSS |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+  for r in "${results[@]}"; do echo "$r"; done
+  [ "$catchup_line" = "not measured" ] || echo "$catchup_line"
+fi
+if [ ${#results[@]} -gt 0 ]; then
+  echo
+  printf '| store ceiling (same %d rows) | rows/s |\n| --- | --- |\n' "$rows"
+  printf '| Redis, `redis-cli --pipe` of SETs | %.0f |\n' "$redis_ceiling"
+  printf '| OpenSearch, plain `_bulk` loader (5,000 docs a request, the view'"'"'s mapping) | %.0f |\n' "$search_ceiling"
+  printf '| PostgreSQL, `COPY` into the projection'"'"'s shape | %.0f |\n' "$copy_ceiling"
+fi
 if [ ${#oscatchup_lines[@]} -gt 0 ]; then
   echo
   echo "Catch-up into OpenSearch against the node's versioned \`_bulk\` ceiling (same documents, same run):"
@@ -721,8 +728,10 @@ if [ ${#oscatchup_lines[@]} -gt 0 ]; then
   echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   for r in "${oscatchup_lines[@]}"; do echo "$r"; done
 fi
-echo
-echo "Latency, Redis view, pgbench single-row updates at $rate tx/s for $seconds s (achieved $achieved tx/s): $latency"
+if want latency; then
+  echo
+  echo "Latency, Redis view, pgbench single-row updates at $rate tx/s for $seconds s (achieved $achieved tx/s): $latency"
+fi
 [ "$latency_log" = "not measured" ] || echo "Latency with the change log on, same rate (achieved $achieved_log tx/s): $latency_log"
 if [ ${#log_lines[@]} -gt 0 ]; then
   echo
