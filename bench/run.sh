@@ -60,10 +60,15 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-if [ -n "$backfill_writer_txns" ] && [[ ! "$backfill_writer_txns" =~ ^[0-9]+$ ]]; then
-  echo "--backfill-writer-txns: '$backfill_writer_txns' is not a number of transactions (0 or more)" >&2
-  exit 2
-fi
+# Counts of transactions go into SQL (an int) and shell arithmetic (no leading 0: octal).
+for count in "txns=$txns" "backfill-writer-txns=$backfill_writer_txns"; do
+  name=${count%%=*} value=${count#*=}
+  [ "$name" = backfill-writer-txns ] && [ -z "$value" ] && continue
+  if [[ ! "$value" =~ ^(0|[1-9][0-9]{0,8})$ ]]; then
+    echo "--$name: '$value' is not a number of transactions (0 to 999999999)" >&2
+    exit 2
+  fi
+done
 binary="${PGDERIVE_BINARY:-$root/build/release/app/pgderive}"  # PGDERIVE_BINARY: another build to compare
 [ -x "$binary" ] || { echo "build first: cmake -S . -B build/release -G Ninja && ninja -C build/release" >&2; exit 2; }
 
