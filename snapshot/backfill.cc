@@ -133,7 +133,7 @@ std::map<std::pair<std::string, std::string>, BackfillProgress> Backfills::Progr
   std::map<std::pair<std::string, std::string>, BackfillProgress> out;
   auto add = [&](const std::shared_ptr<Job>& job) {
     if (!job || job->cancelled || job->live) return;
-    // The planner's estimate (0 for a table never analyzed) is at least what was read.
+    // The planner's estimate is at least what was read.
     BackfillProgress progress = job->progress;
     progress.rows_estimated = std::max(progress.rows_estimated, progress.rows_done);
     for (const std::string& v : job->views) out[{job->store, v}] = progress;
@@ -354,9 +354,16 @@ Status Backfills::RunJob(Worker& worker, const std::shared_ptr<Job>& job) {
     limit = std::clamp(kChunkBytes / width.value(), kMinChunkRows, options_.chunk_rows);
   }
   const bool partitioned = figures.at(2).value_or("f") == "t";
+  uint64_t estimated = rows_estimated.value();
+  if (estimated == 0) {
+    // Never analyzed (or analyzed empty): from the table's size and its rows' width.
+    auto planned = RowsBySize(*worker.sql, job->table);
+    if (!planned.ok()) return transient(planned.error());
+    estimated = planned.value();
+  }
   {
     std::lock_guard lock(mutex_);
-    job->progress.rows_estimated = rows_estimated.value();
+    job->progress.rows_estimated = estimated;
   }
   std::deque<Unsure> unsure;
   std::deque<Flight> flights;  // read, not yet applied, in key order

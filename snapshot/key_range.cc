@@ -34,6 +34,23 @@ Result<KeyColumnList> KeyColumns(SqlSession& sql, const std::string& table) {
   return key_columns;
 }
 
+Result<uint64_t> RowsBySize(SqlSession& sql, const std::string& table) {
+  const std::string quoted = TableName::Parse(table).Quoted();
+  auto rows = sql.Query(
+      // A partitioned table's rows are in its leaves (pg_partition_tree: none for a plain
+      // table); the first 1,000 rows it returns give their mean size.
+      "select coalesce((greatest(pg_relation_size($1::regclass), (select "
+      "sum(pg_relation_size(p.relid)) from pg_partition_tree($1::regclass) p)) / "
+      "nullif((select avg(pg_column_size(t.*)) + 4 from (select * from " +
+          quoted + " limit 1000) t), 0))::bigint, 0)",
+      {quoted});
+  if (!rows.ok()) return rows.error();
+  if (rows.value().rows.size() != 1 || rows.value().rows[0].empty() || !rows.value().rows[0][0]) {
+    return Error::Corrupt("the size of " + table + " gives no row estimate");
+  }
+  return ParseServerNumber<uint64_t>(rows.value().rows[0][0]);
+}
+
 Result<ChunkRows> ReadRows(SqlSession& sql, const std::string& table,
                            const std::shared_ptr<const RelationSchema>& schema,
                            const KeyColumnList& key, const std::optional<std::string>& after,
