@@ -25,13 +25,6 @@ constexpr size_t kChunkBytes = size_t{8} << 20;
 constexpr size_t kMinChunkRows = 16;
 constexpr auto kWaitLogEvery = std::chrono::seconds(10);
 
-// The table `regclass` (an SQL expression) and, when partitioned, its partitions, as a
-// subquery of OIDs. (pg_partition_tree returns no row at all for a plain table.)
-std::string TableAndPartitions(const std::string& regclass) {
-  return "(select " + regclass + "::oid union select relid::oid from pg_partition_tree(" +
-         regclass + "))";
-}
-
 // A run's messages carry a nonce: messages of an earlier run, replayed from the slot,
 // are not this run's chunks.
 std::string RunNonce() {
@@ -330,40 +323,25 @@ Status Backfills::RunJob(Worker& worker, const std::shared_ptr<Job>& job) {
   auto transient = [](const Error& error) { return Error::Transient(error.message()); };
   // The key the chunks follow: the replica identity's index when it names one (its
   // columns are what a delete carries), else the primary key.
-  const std::string regclass = "$1::regclass";
-  const SqlParams table = {TableName::Parse(job->table).Quoted()};
   auto key = KeyColumns(*worker.sql, job->table);
   if (!key.ok())
     return key.error().kind() == ErrorKind::kPermanent ? key.error() : transient(key.error());
   const std::vector<std::pair<std::string, std::string>> key_columns = std::move(key).value();
   // A partitioned table is read through its root; its writers lock the partitions.
-  auto estimate = worker.sql->Query(
-      "select sum(greatest(c.reltuples, 0))::bigint, (sum(pg_table_size(c.oid)) / "
-      "nullif(sum(greatest(c.reltuples, 0)), 0))::bigint, bool_or(c.oid = " +
-          regclass + " and c.relkind = 'p') from pg_class c where c.oid in " +
-          TableAndPartitions(regclass),
-      table);
-  if (!estimate.ok()) return transient(estimate.error());
-  const auto& figures = estimate.value().rows.at(0);
-  const Result<uint64_t> rows_estimated = ParseServerNumber<uint64_t>(figures.at(0));
-  const Result<uint64_t> width = ParseServerNumber<uint64_t>(figures.at(1));
-  if (!rows_estimated.ok()) return rows_estimated.error();
-  if (!width.ok()) return width.error();
+  auto estimate = EstimateTable(*worker.sql, job->table);
+  if (!estimate.ok()) {
+    return estimate.error().kind() == ErrorKind::kCorrupt ? estimate.error()
+                                                          : transient(estimate.error());
+  }
   size_t limit = options_.chunk_rows;
-  if (width.value() > 0) {
-    limit = std::clamp(kChunkBytes / width.value(), kMinChunkRows, options_.chunk_rows);
+  if (estimate.value().row_bytes > 0) {
+    limit =
+        std::clamp(kChunkBytes / estimate.value().row_bytes, kMinChunkRows, options_.chunk_rows);
   }
-  const bool partitioned = figures.at(2).value_or("f") == "t";
-  uint64_t estimated = rows_estimated.value();
-  if (estimated == 0) {
-    // Never analyzed (or analyzed empty): from the table's size and its rows' width.
-    auto planned = RowsBySize(*worker.sql, job->table);
-    if (!planned.ok()) return transient(planned.error());
-    estimated = planned.value();
-  }
+  const bool partitioned = estimate.value().partitioned;
   {
     std::lock_guard lock(mutex_);
-    job->progress.rows_estimated = estimated;
+    job->progress.rows_estimated = estimate.value().rows;
   }
   std::deque<Unsure> unsure;
   std::deque<Flight> flights;  // read, not yet applied, in key order

@@ -34,21 +34,42 @@ Result<KeyColumnList> KeyColumns(SqlSession& sql, const std::string& table) {
   return key_columns;
 }
 
-Result<uint64_t> RowsBySize(SqlSession& sql, const std::string& table) {
+std::string TableAndPartitions(const std::string& regclass) {
+  return "(select " + regclass + "::oid union select relid::oid from pg_partition_tree(" +
+         regclass + "))";
+}
+
+Result<TableEstimate> EstimateTable(SqlSession& sql, const std::string& table) {
   const std::string quoted = TableName::Parse(table).Quoted();
-  auto rows = sql.Query(
-      // A partitioned table's rows are in its leaves (pg_partition_tree: none for a plain
-      // table); the first 1,000 rows it returns give their mean size.
-      "select coalesce((greatest(pg_relation_size($1::regclass), (select "
-      "sum(pg_relation_size(p.relid)) from pg_partition_tree($1::regclass) p)) / "
-      "nullif((select avg(pg_column_size(t.*)) + 4 from (select * from " +
-          quoted + " limit 1000) t), 0))::bigint, 0)",
-      {quoted});
+  const SqlParams param = {quoted};
+  auto sized = sql.Query(
+      "select sum(greatest(c.reltuples, 0))::bigint, (sum(pg_table_size(c.oid)) / "
+      "nullif(sum(greatest(c.reltuples, 0)), 0))::bigint, bool_or(c.oid = $1::regclass and "
+      "c.relkind = 'p'), sum(pg_relation_size(c.oid)) from pg_class c where c.oid in " +
+          TableAndPartitions("$1::regclass"),
+      param);
+  if (!sized.ok()) return sized.error();
+  const auto& figures = sized.value().rows.at(0);
+  const Result<uint64_t> rows = ParseServerNumber<uint64_t>(figures.at(0));
+  const Result<uint64_t> width = ParseServerNumber<uint64_t>(figures.at(1));
+  const Result<uint64_t> heap = ParseServerNumber<uint64_t>(figures.at(3));
   if (!rows.ok()) return rows.error();
-  if (rows.value().rows.size() != 1 || rows.value().rows[0].empty() || !rows.value().rows[0][0]) {
-    return Error::Corrupt("the size of " + table + " gives no row estimate");
+  if (!width.ok()) return width.error();
+  if (!heap.ok()) return heap.error();
+  TableEstimate estimate{rows.value(), width.value(), figures.at(2).value_or("f") == "t"};
+  if (estimate.rows > 0 || heap.value() == 0) return estimate;
+  // Never analyzed (or analyzed when empty): from the first rows' mean size.
+  auto sampled =
+      sql.Query("select coalesce(avg(pg_column_size(t.*)), 0)::bigint from (select * from " +
+                quoted + " limit 1000) t");
+  if (!sampled.ok()) return sampled.error();
+  const Result<uint64_t> mean = ParseServerNumber<uint64_t>(sampled.value().rows.at(0).at(0));
+  if (!mean.ok()) return mean.error();
+  if (mean.value() > 0) {
+    estimate.rows = heap.value() / (mean.value() + 4);
+    estimate.row_bytes = mean.value();
   }
-  return ParseServerNumber<uint64_t>(rows.value().rows[0][0]);
+  return estimate;
 }
 
 Result<ChunkRows> ReadRows(SqlSession& sql, const std::string& table,

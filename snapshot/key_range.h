@@ -23,13 +23,24 @@ namespace pgderive {
 using KeyColumnList = std::vector<std::pair<std::string, std::string>>;
 Result<KeyColumnList> KeyColumns(SqlSession& sql, const std::string& table);
 
-// About how many rows `table` holds, its partitions included, for a table never analyzed
-// (pg_class.reltuples -1, so the planner's own figure is a guess from its columns' default
-// widths: 3.7 times too many for rows of a 200-byte text): the size of its heap divided
-// by the mean size of the first 1,000 rows it returns (pg_column_size of the row, plus
-// its line pointer). Values moved out of line (TOAST) count in full, so a table of large
-// values comes out low. 0 for an empty table. A progress line's "of ~N rows", never exact.
-Result<uint64_t> RowsBySize(SqlSession& sql, const std::string& table);
+// The table `regclass` (an SQL expression) and, when partitioned, its partitions, as a
+// subquery of OIDs. (pg_partition_tree returns no row at all for a plain table.)
+std::string TableAndPartitions(const std::string& regclass);
+
+// How large `table` is, its partitions included: a backfill's chunk size and its
+// progress line's "of ~N rows", never exact.
+struct TableEstimate {
+  uint64_t rows = 0;       // about; 0 for an empty table
+  uint64_t row_bytes = 0;  // a row's mean size; 0 when not known (no row)
+  bool partitioned = false;
+};
+// From pg_class.reltuples (the last ANALYZE or VACUUM) and the tables' size. For a table
+// never analyzed (reltuples -1; the planner's own figure there is a guess from its
+// columns' default widths, 3.7 times too many for rows of a 200-byte text): the size of
+// its heap over the mean size of the first 1,000 rows it returns (pg_column_size of the
+// row, plus its line pointer). Values moved out of line (TOAST) count in full there, so
+// a table of large values comes out low.
+Result<TableEstimate> EstimateTable(SqlSession& sql, const std::string& table);
 
 // Up to `limit` rows of `table` (every column of `schema`, in its order) whose key is
 // after `after` and, when `through` is set, not after `through`, in key order. `after`
