@@ -188,18 +188,58 @@ config() {
   echo "$file"
 }
 
+# Polling a store's checkpoint while pgderive is timed must not take the CPU pgderive
+# is timed on: a psql per poll (a new connection, a backend forked) took 56 ms of CPU,
+# 20 times a second, over a third of a core. So the Redis and OpenSearch checkpoints are
+# read over one kept-alive connection each with bash built-ins (about 2 ms of CPU a poll,
+# most of it the server's), and LSNs are compared as numbers in the shell.
+lsn_number() {  # lsn_number X/Y: `number` is the LSN as one integer
+  local hi=${1%/*} lo=${1#*/}
+  number=$(( (16#$hi << 32) | 16#$lo ))
+}
+os_fd=""
+os_get() {  # os_get PATH: `reply` is the body of a GET on OpenSearch (empty on a failure)
+  local line length=0
+  reply=""
+  if [ -z "$os_fd" ]; then exec {os_fd}<>"/dev/tcp/127.0.0.1/$PGDERIVE_OPENSEARCH_PORT" || { os_fd=""; return 0; }; fi
+  printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n' "$1" >&"$os_fd"
+  if ! IFS= read -r -t 5 line <&"$os_fd"; then exec {os_fd}>&-; os_fd=""; return 0; fi
+  while IFS= read -r -t 5 line <&"$os_fd"; do
+    line=${line%$'\r'}
+    [ -z "$line" ] && break
+    case "${line,,}" in content-length:*) length=${line#*:}; length=${length// /} ;; esac
+  done
+  if [ "$length" -gt 0 ]; then IFS= read -r -N "$length" -t 5 reply <&"$os_fd"; fi
+}
+redis_fd=""
+redis_get() {  # redis_get KEY: `reply` is the string value (empty when nil or on a failure)
+  local line
+  reply=""
+  if [ -z "$redis_fd" ]; then exec {redis_fd}<>"/dev/tcp/127.0.0.1/$PGDERIVE_REDIS_PORT" || { redis_fd=""; return 0; }; fi
+  printf '*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n' "${#1}" "$1" >&"$redis_fd"
+  if ! IFS= read -r -t 5 line <&"$redis_fd"; then exec {redis_fd}>&-; redis_fd=""; return 0; fi
+  line=${line%$'\r'}
+  case "$line" in
+    '$-1') ;;
+    '$'*) IFS= read -r -N "${line#\$}" -t 5 reply <&"$redis_fd"; IFS= read -r -t 5 line <&"$redis_fd" ;;
+  esac
+}
 # checkpoints_past NAME LSN STORES...: every store's checkpoint is past LSN.
 checkpoints_past() {
   local name=$1 lsn=$2; shift 2
-  local s c
+  local s c number want
+  lsn_number "$lsn"; want=$number
   for s in "$@"; do
     case "$s" in
-      redis) c=$(redis-cli -p "$PGDERIVE_REDIS_PORT" get "pgderive:$name:checkpoint") ;;
-      opensearch) c=$(curl -s "$PGDERIVE_OPENSEARCH_URL/pgderive-checkpoints/_doc/$name.search" | sed -n 's/.*"lsn":"\([^"]*\)".*/\1/p') ;;
+      redis) redis_get "pgderive:$name:checkpoint"; c=$reply ;;
+      opensearch)
+        os_get "/pgderive-checkpoints/_doc/$name.search"
+        c=""; [[ "$reply" == *'"lsn":"'* ]] && { c=${reply#*\"lsn\":\"}; c=${c%%\"*}; } ;;
       *) c=$(q -c "select lsn from pgderive.checkpoints where pipeline = '$name' and store = 'warehouse'") ;;
     esac
-    [ -n "$c" ] || return 1
-    [ "$(q -c "select '$c'::pg_lsn > '$lsn'::pg_lsn")" = t ] || return 1
+    [[ "$c" =~ ^[0-9A-Fa-f]+/[0-9A-Fa-f]+$ ]] || return 1
+    lsn_number "$c"
+    [ "$number" -gt "$want" ] || return 1
   done
 }
 
@@ -390,6 +430,10 @@ touch_index() { curl -s "$PGDERIVE_OPENSEARCH_URL/$1/_search?size=0" > /dev/null
 refreshes() {  # refreshes INDEX: scheduled and explicit refreshes so far
   curl -s "$PGDERIVE_OPENSEARCH_URL/$1/_stats/refresh" | sed -n 's/.*"primaries":{"refresh":{"total":[0-9]*,"total_time_in_millis":[0-9]*,"external_total":\([0-9]*\).*/\1/p'
 }
+# cpu_ticks PID: the process's user + system CPU so far, in clock ticks (proc(5) stat).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+ticks_per_s=$(getconf CLK_TCK)
+cpu_s() { echo "$1 / $ticks_per_s" | bc -l; }  # cpu_s TICKS: CPU-seconds
 oscatchup_ceiling() {  # oscatchup_ceiling VERSION: seconds to load the catchup rows' documents
   rm -rf "$dir/cbulk"; mkdir -p "$dir/cbulk"
   q -c "select '{\"index\":{\"_index\":\"oscatchup_ceiling\",\"_id\":\"' || id || '\",\"version\":$1,\"version_type\":\"external_gte\"}}' || chr(10) || row_to_json(c)::text from oscatchup c" \
@@ -397,6 +441,7 @@ oscatchup_ceiling() {  # oscatchup_ceiling VERSION: seconds to load the catchup 
   local t0 t1 f r0
   touch_index oscatchup_ceiling
   r0=$(refreshes oscatchup_ceiling)
+  local node0; node0=$(cpu_ticks "$(cat "$dir/opensearch.pid")")
   t0=$(now)
   for f in "$dir"/cbulk/part.*; do
     curl -s -XPOST "$PGDERIVE_OPENSEARCH_URL/_bulk" -H 'Content-Type: application/x-ndjson' --data-binary @"$f" \
@@ -404,6 +449,7 @@ oscatchup_ceiling() {  # oscatchup_ceiling VERSION: seconds to load the catchup 
   done
   t1=$(now); echo "$t1 - $t0" | bc -l
   echo $(($(refreshes oscatchup_ceiling) - r0)) > "$dir/cbulk.refreshes"
+  cpu_s $(($(cpu_ticks "$(cat "$dir/opensearch.pid")") - node0)) > "$dir/cbulk.node_cpu"
 }
 oscatchup_phase() {  # oscatchup_phase LABEL SQL VERSION
   local label=$1 sql=$2 version=$3 end t0 t1 ours ceiling rss r0 ours_refreshes walsender
@@ -422,6 +468,10 @@ oscatchup_phase() {  # oscatchup_phase LABEL SQL VERSION
   q -c "select pg_drop_replication_slot('ceil_oscatchup')" > /dev/null
   touch_index oscatchup
   r0=$(refreshes oscatchup)
+  # CPU: the node's over the catch-up; pgderive's and its walsender's whole lives (both
+  # start with this run).
+  local node0 node_cpu ours_cpu wal_cpu wal_pid
+  node0=$(cpu_ticks "$(cat "$dir/opensearch.pid")")
   t0=$(now)
   "$binary" run -c "$file" >> "$dir/oscatchup.log" 2>&1 &
   echo $! > "$dir/oscatchup.pid"
@@ -430,13 +480,18 @@ oscatchup_phase() {  # oscatchup_phase LABEL SQL VERSION
     sleep 0.05
   done
   t1=$(now); ours=$(echo "$t1 - $t0" | bc -l)
+  node_cpu=$(cpu_s $(($(cpu_ticks "$(cat "$dir/opensearch.pid")") - node0)))
+  ours_cpu=$(cpu_s "$(cpu_ticks "$(cat "$dir/oscatchup.pid")")")
+  wal_pid=$(q -c "select active_pid from pg_replication_slots where slot_name = 'pgderive_oscatchup'")
+  wal_cpu=$(cpu_s "$(cpu_ticks "$wal_pid")")
   ours_refreshes=$(($(refreshes oscatchup) - r0))
   rss=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$(cat "$dir/oscatchup.pid")/status")
   stop_run oscatchup
   ceiling=$(oscatchup_ceiling "$version")
-  oscatchup_lines+=("$(printf '| %s | %d | %.0f | %.2f s | %.2f s | %.0f | %.2f s | **%.2f×** | %s / %s | %s MB |' "$label" "$oscatchup_rows" \
+  oscatchup_lines+=("$(printf '| %s | %d | %.0f | %.2f s | %.2f s | %.0f | %.2f s | **%.2f×** | %.2f s | %.2f / %.2f / %.2f s | %s / %s | %s MB |' "$label" "$oscatchup_rows" \
     "$(echo "$oscatchup_rows / $ceiling" | bc -l)" "$ceiling" "$walsender" "$(echo "$oscatchup_rows / $ours" | bc -l)" "$ours" \
-    "$(echo "$ceiling / $ours" | bc -l)" "$(cat "$dir/cbulk.refreshes")" "$ours_refreshes" "$rss")")
+    "$(echo "$ceiling / $ours" | bc -l)" "$(cat "$dir/cbulk.node_cpu")" "$node_cpu" "$wal_cpu" "$ours_cpu" \
+    "$(cat "$dir/cbulk.refreshes")" "$ours_refreshes" "$rss")")
   echo "${oscatchup_lines[-1]}" >&2
 }
 if want catchup-opensearch; then
@@ -674,7 +729,9 @@ done
 t1=$(now); search_ceiling=$(echo "$rows / ($t1 - $t0)" | bc -l)
 fi
 if want projection; then
-q -c "create table out.copy_ceiling (like out.projection_proj)"
+# The projection's shape from its query: its table may still be filling (the catch-up's
+# end is the checkpoint's, not the view's first fill's).
+q -c "create schema if not exists out; create table out.copy_ceiling as select id, title, price, updated_at from items with no data"
 q -c "copy (select id, title, price, updated_at from items) to stdout" > "$dir/proj.copy"
 t0=$(now); q -c "\\copy out.copy_ceiling from '$dir/proj.copy'"; t1=$(now)
 copy_ceiling=$(echo "$rows / ($t1 - $t0)" | bc -l)
@@ -721,16 +778,17 @@ fi
 if [ ${#results[@]} -gt 0 ]; then
   echo
   printf '| store ceiling (same %d rows) | rows/s |\n| --- | --- |\n' "$rows"
-  printf '| Redis, `redis-cli --pipe` of SETs | %.0f |\n' "$redis_ceiling"
-  printf '| OpenSearch, plain `_bulk` loader (5,000 docs a request, the view'"'"'s mapping) | %.0f |\n' "$search_ceiling"
-  printf '| PostgreSQL, `COPY` into the projection'"'"'s shape | %.0f |\n' "$copy_ceiling"
+  # Each ceiling only where it was measured.
+  [ "$redis_ceiling" = 0 ] || printf '| Redis, `redis-cli --pipe` of SETs | %.0f |\n' "$redis_ceiling"
+  [ "$search_ceiling" = 0 ] || printf '| OpenSearch, plain `_bulk` loader (5,000 docs a request, the view'"'"'s mapping) | %.0f |\n' "$search_ceiling"
+  [ "$copy_ceiling" = 0 ] || printf '| PostgreSQL, `COPY` into the projection'"'"'s shape | %.0f |\n' "$copy_ceiling"
 fi
 if [ ${#oscatchup_lines[@]} -gt 0 ]; then
   echo
   echo "Catch-up into OpenSearch against the node's versioned \`_bulk\` ceiling (same documents, same run):"
   echo
-  echo "| backlog | documents | ceiling docs/s | ceiling time | walsender alone | pgderive docs/s | pgderive time | ratio | refreshes ceiling / pgderive | peak RSS |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| backlog | documents | ceiling docs/s | ceiling time | walsender alone | pgderive docs/s | pgderive time | ratio | CPU: node during the ceiling | CPU during pgderive's: node / walsender / pgderive | refreshes ceiling / pgderive | peak RSS |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   for r in "${oscatchup_lines[@]}"; do echo "$r"; done
 fi
 if want latency; then
