@@ -434,6 +434,17 @@ refreshes() {  # refreshes INDEX: scheduled and explicit refreshes so far
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 ticks_per_s=$(getconf CLK_TCK)
 cpu_s() { echo "$1 / $ticks_per_s" | bc -l; }  # cpu_s TICKS: CPU-seconds
+# node_quiet: waits (up to 60 s) until the OpenSearch node is idle - under 5% of a core
+# over half a second - so that a timed load does not pay for the merges and flushes
+# the load before it left running.
+node_quiet() {
+  local pid a b i
+  pid=$(cat "$dir/opensearch.pid")
+  for i in $(seq 120); do
+    a=$(cpu_ticks "$pid"); sleep 0.5; b=$(cpu_ticks "$pid")
+    [ $((b - a)) -le $((ticks_per_s / 40)) ] && return 0
+  done
+}
 oscatchup_ceiling() {  # oscatchup_ceiling VERSION: seconds to load the catchup rows' documents
   rm -rf "$dir/cbulk"; mkdir -p "$dir/cbulk"
   q -c "select '{\"index\":{\"_index\":\"oscatchup_ceiling\",\"_id\":\"' || id || '\",\"version\":$1,\"version_type\":\"external_gte\"}}' || chr(10) || row_to_json(c)::text from oscatchup c" \
@@ -441,6 +452,7 @@ oscatchup_ceiling() {  # oscatchup_ceiling VERSION: seconds to load the catchup 
   local t0 t1 f r0
   touch_index oscatchup_ceiling
   r0=$(refreshes oscatchup_ceiling)
+  node_quiet
   local node0; node0=$(cpu_ticks "$(cat "$dir/opensearch.pid")")
   t0=$(now)
   for f in "$dir"/cbulk/part.*; do
@@ -468,6 +480,7 @@ oscatchup_phase() {  # oscatchup_phase LABEL SQL VERSION
   q -c "select pg_drop_replication_slot('ceil_oscatchup')" > /dev/null
   touch_index oscatchup
   r0=$(refreshes oscatchup)
+  node_quiet
   # CPU: the node's over the catch-up; pgderive's and its walsender's whole lives (both
   # start with this run).
   local node0 node_cpu ours_cpu wal_cpu wal_pid
