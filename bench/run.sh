@@ -10,7 +10,8 @@
 #
 # --only runs a subset of the configurations (redis, opensearch, projection, groupby, backfill,
 # backfill-opensearch, all, catchup-redis, catchup-opensearch, version-opensearch, verify,
-# redis-noverify) and of the latency run (latency), with the store ceilings they need.
+# redis-noverify, redis-log, all-log) and of the latency runs (latency, latency-log), with
+# the store ceilings they need; a name not among these is refused before anything starts.
 # The background verifier's cost: redis-noverify is redis with `verify: off`, reported
 # beside it (redis runs with the default, `verify` on at 1,000 rows/s).
 # Verification (verify): a table of --verify-rows rows (1,000,000) in a Redis, an
@@ -44,6 +45,10 @@
 # time its write returned minus the commit timestamp), p50 and p99.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+usage() {
+  sed -n 's/^#   \(bench\/run.sh .*\)/\1/p; s/^#                \(\[.*\)/               \1/p' "${BASH_SOURCE[0]}"
+}
+known_items="redis opensearch projection groupby all latency backfill backfill-opensearch catchup-redis catchup-opensearch version-opensearch verify redis-noverify redis-log all-log latency-log"
 txns=2000 rate=5000 seconds=20 only="" catchup_rows=300000 catchup_txns=50000 backfill_rows=1000000 version_rows=1000000 verify_rows=1000000 backfill_writer_txns=
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -57,8 +62,12 @@ while [ $# -gt 0 ]; do
     --version-rows) version_rows=$2; shift 2 ;;
     --verify-rows) verify_rows=$2; shift 2 ;;
     --backfill-writer-txns) backfill_writer_txns=$2; shift 2 ;;
-    *) echo "unknown option $1" >&2; exit 2 ;;
+    -h|--help) usage; echo "  --only: $known_items"; exit 0 ;;
+    *) echo "unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
+done
+for item in $only; do
+  [[ " $known_items " == *" $item "* ]] || { echo "--only: unknown item '$item' (known: $known_items)" >&2; exit 2; }
 done
 # Counts of transactions go into SQL (an int) and shell arithmetic (no leading 0: octal).
 for count in "txns=$txns" "backfill-writer-txns=$backfill_writer_txns"; do
@@ -193,35 +202,75 @@ config() {
 # 20 times a second, over a third of a core. So the Redis and OpenSearch checkpoints are
 # read over one kept-alive connection each with bash built-ins (about 2 ms of CPU a poll,
 # most of it the server's), and LSNs are compared as numbers in the shell.
+# A connection the server closed (a restart, a dropped client) is opened again at the
+# next poll: the request is written with SIGPIPE ignored (a write to a closed socket
+# then fails instead of ending the script), and any answer not read whole closes it.
+# Bodies are read as bytes (LC_ALL=C: `read -N` counts characters otherwise).
 lsn_number() {  # lsn_number X/Y: `number` is the LSN as one integer
   local hi=${1%/*} lo=${1#*/}
   number=$(( (16#$hi << 32) | 16#$lo ))
 }
+# poll_request FD_VARIABLE PORT TEXT: the connection in FD_VARIABLE (opened to PORT if
+# none) has TEXT written and the first line of its answer read into `line`; false, and
+# the connection closed, when that fails.
+poll_request() {
+  local -n fd=$1
+  line=""
+  if [ -z "$fd" ]; then { exec {fd}<>"/dev/tcp/127.0.0.1/$2"; } 2>/dev/null || { fd=""; return 1; }; fi
+  trap '' PIPE
+  if printf '%s' "$3" >&"$fd" 2>/dev/null && IFS= read -r -t 5 line <&"$fd"; then
+    trap - PIPE
+    line=${line%$'\r'}
+    return 0
+  fi
+  trap - PIPE
+  poll_close fd
+  return 1
+}
+poll_close() { local -n fd_=$1; [ -z "$fd_" ] || exec {fd_}>&-; fd_=""; }
 os_fd=""
 os_get() {  # os_get PATH: `reply` is the body of a GET on OpenSearch (empty on a failure)
-  local line length=0
+  local LC_ALL=C line length="" chunked="" close="" size part
   reply=""
-  if [ -z "$os_fd" ]; then exec {os_fd}<>"/dev/tcp/127.0.0.1/$PGDERIVE_OPENSEARCH_PORT" || { os_fd=""; return 0; }; fi
-  printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n' "$1" >&"$os_fd"
-  if ! IFS= read -r -t 5 line <&"$os_fd"; then exec {os_fd}>&-; os_fd=""; return 0; fi
+  poll_request os_fd "$PGDERIVE_OPENSEARCH_PORT" "GET $1 HTTP/1.1"$'\r\n'"Host: 127.0.0.1"$'\r\n\r\n' || return 0
   while IFS= read -r -t 5 line <&"$os_fd"; do
     line=${line%$'\r'}
     [ -z "$line" ] && break
-    case "${line,,}" in content-length:*) length=${line#*:}; length=${length// /} ;; esac
+    case "${line,,}" in
+      content-length:*) length=${line#*:}; length=${length// /} ;;
+      transfer-encoding:*chunked*) chunked=1 ;;
+      connection:*close*) close=1 ;;
+    esac
   done
-  if [ "$length" -gt 0 ]; then IFS= read -r -N "$length" -t 5 reply <&"$os_fd"; fi
+  if [[ "$length" =~ ^[0-9]+$ ]]; then
+    [ "$length" = 0 ] || IFS= read -r -N "$length" -t 5 reply <&"$os_fd" || close=1
+  elif [ -n "$chunked" ]; then
+    while IFS= read -r -t 5 size <&"$os_fd"; do
+      size=${size%$'\r'}; size=${size%%;*}
+      [[ "$size" =~ ^[0-9A-Fa-f]+$ ]] || { close=1; break; }
+      if [ $((16#$size)) -eq 0 ]; then IFS= read -r -t 5 line <&"$os_fd"; break; fi
+      IFS= read -r -N $((16#$size)) -t 5 part <&"$os_fd" || { close=1; break; }
+      reply+=$part
+      IFS= read -r -t 5 line <&"$os_fd"
+    done
+  else
+    IFS= read -r -d '' -t 5 reply <&"$os_fd" || true  # the body ends with the connection
+    close=1
+  fi
+  [ -z "$close" ] || poll_close os_fd
 }
 redis_fd=""
 redis_get() {  # redis_get KEY: `reply` is the string value (empty when nil or on a failure)
-  local line
+  local LC_ALL=C line
   reply=""
-  if [ -z "$redis_fd" ]; then exec {redis_fd}<>"/dev/tcp/127.0.0.1/$PGDERIVE_REDIS_PORT" || { redis_fd=""; return 0; }; fi
-  printf '*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n' "${#1}" "$1" >&"$redis_fd"
-  if ! IFS= read -r -t 5 line <&"$redis_fd"; then exec {redis_fd}>&-; redis_fd=""; return 0; fi
-  line=${line%$'\r'}
+  poll_request redis_fd "$PGDERIVE_REDIS_PORT" "*2"$'\r\n'"\$3"$'\r\n'"GET"$'\r\n'"\$${#1}"$'\r\n'"$1"$'\r\n' || return 0
   case "$line" in
     '$-1') ;;
-    '$'*) IFS= read -r -N "${line#\$}" -t 5 reply <&"$redis_fd"; IFS= read -r -t 5 line <&"$redis_fd" ;;
+    '$'[0-9]*)
+      if ! IFS= read -r -N "${line#\$}" -t 5 reply <&"$redis_fd" || ! IFS= read -r -t 5 line <&"$redis_fd"; then
+        reply=""; poll_close redis_fd
+      fi ;;
+    *) poll_close redis_fd ;;  # an error or anything unexpected: start afresh
   esac
 }
 # checkpoints_past NAME LSN STORES...: every store's checkpoint is past LSN.
@@ -237,7 +286,7 @@ checkpoints_past() {
         c=""; [[ "$reply" == *'"lsn":"'* ]] && { c=${reply#*\"lsn\":\"}; c=${c%%\"*}; } ;;
       *) c=$(q -c "select lsn from pgderive.checkpoints where pipeline = '$name' and store = 'warehouse'") ;;
     esac
-    [[ "$c" =~ ^[0-9A-Fa-f]+/[0-9A-Fa-f]+$ ]] || return 1
+    [[ "$c" =~ ^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$ ]] || return 1
     lsn_number "$c"
     [ "$number" -gt "$want" ] || return 1
   done
@@ -290,8 +339,12 @@ measure() {  # measure NAME TABLE STORES...
   q -c "select pg_drop_replication_slot('ceil_$name')" > /dev/null
   t0=$(now)
   "$binary" run -c "$file" >> "$dir/$name.log" 2>&1 &
-  echo $! > "$dir/$name.pid"
-  until checkpoints_past "$name" "$end" "${stores[@]}"; do sleep 0.05; done
+  local pid=$!
+  echo "$pid" > "$dir/$name.pid"
+  until checkpoints_past "$name" "$end" "${stores[@]}"; do
+    kill -0 "$pid" 2>/dev/null || { tail -3 "$dir/$name.log" >&2; exit 1; }
+    sleep 0.05
+  done
   t1=$(now); ours=$(echo "$t1 - $t0" | bc -l)
   local rss
   rss=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$(cat "$dir/$name.pid")/status")
@@ -323,11 +376,14 @@ measure groupby orders groupby
 measure all items redis opensearch projection
 measure all_log items redis opensearch projection
 
-# lsn_num LSN: an LSN ("16/B374D848") as one number, for comparing without a query.
-lsn_num() { echo $(( (16#${1%/*} << 32) + 16#${1#*/} )); }
-cpu_seconds() {  # utime + stime of a process, in seconds
-  awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"
+# cpu_ticks PID: the process's user + system CPU so far, in clock ticks (proc(5) stat).
+cpu_ticks() {
+  if [[ "$1" =~ ^[0-9]+$ ]] && [ -r "/proc/$1/stat" ]; then awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0
+  else echo 0; fi
 }
+ticks_per_s=$(getconf CLK_TCK)
+cpu_s() { echo "$1 / $ticks_per_s" | bc -l; }  # cpu_s TICKS: CPU-seconds
+cpu_seconds() { printf '%.2f' "$(cpu_s "$(cpu_ticks "$1")")"; }  # utime + stime so far, in seconds
 catchup_line="not measured"
 if want catchup-redis; then
   name=catchup
@@ -351,7 +407,7 @@ end \$\$"
   q -c "set synchronous_commit = off" -c "call catchup_updates($catchup_txns)"
   end=$(q -c "select pg_current_wal_insert_lsn()")
   q -c "select pg_logical_emit_message(true, 'pgderive-bench', 'end')" > /dev/null
-  end_num=$(lsn_num "$end")
+
   declare -A ceil
   for v in v1 v2; do
     opts=(-o proto_version=1)
@@ -366,9 +422,7 @@ end \$\$"
   t0=$(now)
   "$binary" run -c "$file" >> "$dir/$name.log" 2>&1 &
   pid=$!; echo "$pid" > "$dir/$name.pid"
-  while true; do
-    c=$(redis-cli -p "$PGDERIVE_REDIS_PORT" get "pgderive:$name:checkpoint")
-    [ -n "$c" ] && [ "$(lsn_num "$c")" -gt "$end_num" ] && break
+  until checkpoints_past "$name" "$end" redis; do
     kill -0 "$pid" 2>/dev/null || { tail -3 "$dir/$name.log" >&2; exit 1; }
     sleep 0.02
   done
@@ -430,10 +484,6 @@ touch_index() { curl -s "$PGDERIVE_OPENSEARCH_URL/$1/_search?size=0" > /dev/null
 refreshes() {  # refreshes INDEX: scheduled and explicit refreshes so far
   curl -s "$PGDERIVE_OPENSEARCH_URL/$1/_stats/refresh" | sed -n 's/.*"primaries":{"refresh":{"total":[0-9]*,"total_time_in_millis":[0-9]*,"external_total":\([0-9]*\).*/\1/p'
 }
-# cpu_ticks PID: the process's user + system CPU so far, in clock ticks (proc(5) stat).
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-ticks_per_s=$(getconf CLK_TCK)
-cpu_s() { echo "$1 / $ticks_per_s" | bc -l; }  # cpu_s TICKS: CPU-seconds
 # node_quiet: waits (up to 60 s) until the OpenSearch node is idle - under 5% of a core
 # over half a second - so that a timed load does not pay for the merges and flushes
 # the load before it left running.
@@ -444,6 +494,7 @@ node_quiet() {
     a=$(cpu_ticks "$pid"); sleep 0.5; b=$(cpu_ticks "$pid")
     [ $((b - a)) -le $((ticks_per_s / 40)) ] && return 0
   done
+  echo "the OpenSearch node is still busy after 60 s; timing the next load anyway" >&2
 }
 oscatchup_ceiling() {  # oscatchup_ceiling VERSION: seconds to load the catchup rows' documents
   rm -rf "$dir/cbulk"; mkdir -p "$dir/cbulk"
@@ -487,21 +538,23 @@ oscatchup_phase() {  # oscatchup_phase LABEL SQL VERSION
   node0=$(cpu_ticks "$(cat "$dir/opensearch.pid")")
   t0=$(now)
   "$binary" run -c "$file" >> "$dir/oscatchup.log" 2>&1 &
-  echo $! > "$dir/oscatchup.pid"
+  local pid=$!
+  echo "$pid" > "$dir/oscatchup.pid"
   until checkpoints_past oscatchup "$end" opensearch; do
-    kill -0 "$(cat "$dir/oscatchup.pid")" 2>/dev/null || { tail -3 "$dir/oscatchup.log" >&2; exit 1; }
+    kill -0 "$pid" 2>/dev/null || { tail -3 "$dir/oscatchup.log" >&2; exit 1; }
     sleep 0.05
   done
   t1=$(now); ours=$(echo "$t1 - $t0" | bc -l)
   node_cpu=$(cpu_s $(($(cpu_ticks "$(cat "$dir/opensearch.pid")") - node0)))
   ours_cpu=$(cpu_s "$(cpu_ticks "$(cat "$dir/oscatchup.pid")")")
   wal_pid=$(q -c "select active_pid from pg_replication_slots where slot_name = 'pgderive_oscatchup'")
-  wal_cpu=$(cpu_s "$(cpu_ticks "$wal_pid")")
+  # No walsender on the slot at this moment (never while pgderive streams): not measured.
+  if [ -n "$wal_pid" ]; then wal_cpu=$(cpu_seconds "$wal_pid"); else wal_cpu="–"; fi
   ours_refreshes=$(($(refreshes oscatchup) - r0))
   rss=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$(cat "$dir/oscatchup.pid")/status")
   stop_run oscatchup
   ceiling=$(oscatchup_ceiling "$version")
-  oscatchup_lines+=("$(printf '| %s | %d | %.0f | %.2f s | %.2f s | %.0f | %.2f s | **%.2f×** | %.2f s | %.2f / %.2f / %.2f s | %s / %s | %s MB |' "$label" "$oscatchup_rows" \
+  oscatchup_lines+=("$(printf '| %s | %d | %.0f | %.2f s | %.2f s | %.0f | %.2f s | **%.2f×** | %.2f s | %.2f / %s / %.2f s | %s / %s | %s MB |' "$label" "$oscatchup_rows" \
     "$(echo "$oscatchup_rows / $ceiling" | bc -l)" "$ceiling" "$walsender" "$(echo "$oscatchup_rows / $ours" | bc -l)" "$ours" \
     "$(echo "$ceiling / $ours" | bc -l)" "$(cat "$dir/cbulk.node_cpu")" "$node_cpu" "$wal_cpu" "$ours_cpu" \
     "$(cat "$dir/cbulk.refreshes")" "$ours_refreshes" "$rss")")
