@@ -407,7 +407,6 @@ end \$\$"
   q -c "set synchronous_commit = off" -c "call catchup_updates($catchup_txns)"
   end=$(q -c "select pg_current_wal_insert_lsn()")
   q -c "select pg_logical_emit_message(true, 'pgderive-bench', 'end')" > /dev/null
-
   declare -A ceil
   for v in v1 v2; do
     opts=(-o proto_version=1)
@@ -484,9 +483,10 @@ touch_index() { curl -s "$PGDERIVE_OPENSEARCH_URL/$1/_search?size=0" > /dev/null
 refreshes() {  # refreshes INDEX: scheduled and explicit refreshes so far
   curl -s "$PGDERIVE_OPENSEARCH_URL/$1/_stats/refresh" | sed -n 's/.*"primaries":{"refresh":{"total":[0-9]*,"total_time_in_millis":[0-9]*,"external_total":\([0-9]*\).*/\1/p'
 }
-# node_quiet: waits (up to 60 s) until the OpenSearch node is idle - under 5% of a core
-# over half a second - so that a timed load does not pay for the merges and flushes
-# the load before it left running.
+# node_quiet: waits (up to 60 s) until the OpenSearch node is idle - at most 4% of a
+# core over half a second - so that a timed load does not pay for the merges and flushes
+# the load before it left running. Called before an index is searched for its load (an
+# index nobody searched for 30 s skips its scheduled refreshes).
 node_quiet() {
   local pid a b i
   pid=$(cat "$dir/opensearch.pid")
@@ -501,9 +501,9 @@ oscatchup_ceiling() {  # oscatchup_ceiling VERSION: seconds to load the catchup 
   q -c "select '{\"index\":{\"_index\":\"oscatchup_ceiling\",\"_id\":\"' || id || '\",\"version\":$1,\"version_type\":\"external_gte\"}}' || chr(10) || row_to_json(c)::text from oscatchup c" \
     | split -l 10000 - "$dir/cbulk/part."
   local t0 t1 f r0
+  node_quiet
   touch_index oscatchup_ceiling
   r0=$(refreshes oscatchup_ceiling)
-  node_quiet
   local node0; node0=$(cpu_ticks "$(cat "$dir/opensearch.pid")")
   t0=$(now)
   for f in "$dir"/cbulk/part.*; do
@@ -529,9 +529,9 @@ oscatchup_phase() {  # oscatchup_phase LABEL SQL VERSION
     -o proto_version=2 -o streaming=on -o publication_names=pgderive_oscatchup
   t1=$(now); walsender=$(echo "$t1 - $t0" | bc -l)
   q -c "select pg_drop_replication_slot('ceil_oscatchup')" > /dev/null
+  node_quiet
   touch_index oscatchup
   r0=$(refreshes oscatchup)
-  node_quiet
   # CPU: the node's over the catch-up; pgderive's and its walsender's whole lives (both
   # start with this run).
   local node0 node_cpu ours_cpu wal_cpu wal_pid
