@@ -10,6 +10,7 @@
 #include "app/backfill_command.h"
 #include "app/sink_factory.h"
 #include "base/redact.h"
+#include "base/retry.h"
 #include "cdc/sql_session.h"
 #include "cdc/type_catalog.h"
 #include "config/config.h"
@@ -35,7 +36,9 @@ double PeakMemoryMiB() {
 }
 
 // Writes a marker into the WAL and waits until each of `sinks`' checkpoints has passed
-// it, all within `wait`: the stores that did not, each with why.
+// it, all within `wait`: the stores that did not, each with why. A store that answers
+// with a transient error (a shard still recovering, a restart) is asked again until
+// `wait` passes; then its last error is why.
 std::map<Sink*, Error> WaitForCatchUp(SqlRunner& sql, const std::vector<Sink*>& sinks,
                                       std::chrono::seconds wait) {
   std::map<Sink*, Error> failed;
@@ -51,15 +54,23 @@ std::map<Sink*, Error> WaitForCatchUp(SqlRunner& sql, const std::vector<Sink*>& 
   }
   const auto deadline = std::chrono::steady_clock::now() + wait;
   std::map<Sink*, std::optional<Lsn>> waiting;
+  std::map<Sink*, Error> errors;  // the last transient error of a store still waited for
   for (Sink* sink : sinks) waiting.emplace(sink, std::nullopt);
   while (true) {
     for (auto it = waiting.begin(); it != waiting.end();) {
       auto checkpoint = it->first->ReadCheckpoint();
       if (!checkpoint.ok()) {
+        if (checkpoint.error().kind() == ErrorKind::kTransient &&
+            std::chrono::steady_clock::now() < deadline) {
+          errors.insert_or_assign(it->first, checkpoint.error());
+          ++it;
+          continue;
+        }
         failed.emplace(it->first, checkpoint.error());
         it = waiting.erase(it);
         continue;
       }
+      errors.erase(it->first);
       it->second = checkpoint.value();
       it = it->second && *it->second > *lsn ? waiting.erase(it) : std::next(it);
     }
@@ -67,6 +78,10 @@ std::map<Sink*, Error> WaitForCatchUp(SqlRunner& sql, const std::vector<Sink*>& 
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   for (const auto& [sink, last] : waiting) {
+    if (auto error = errors.find(sink); error != errors.end()) {
+      failed.emplace(sink, error->second);
+      continue;
+    }
     failed.emplace(
         sink, Error::Transient("store " + sink->name() + " has checkpoint " +
                                (last ? last->ToString() : std::string("none")) +
@@ -265,7 +280,14 @@ int CompareViews(const VerifyOptions& options, std::vector<std::string>& differi
   std::vector<Sink*> connected;
   for (auto& [sink, inspector] : stores.value()) {
     Status status = sink->Resolve(sql.value());
-    if (status.ok()) status = sink->Connect();
+    // A transient error (a shard still recovering) is tried again for a second: a store
+    // that stays unreachable is reported then.
+    if (status.ok()) {
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+      status = RetryTransient([&] { return sink->Connect(); },
+                              [&] { return std::chrono::steady_clock::now() >= until; },
+                              [](const std::string&) {});
+    }
     if (status.ok()) {
       connected.push_back(sink.get());
     } else {
