@@ -1,8 +1,10 @@
 // `pgderive run` and `pgderive verify` with a Redis view, as a user runs them, against
 // the real PostgreSQL and Redis of compose/local.
 #include <gtest/gtest.h>
+#include <httplib.h>
 #include <signal.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -451,6 +453,78 @@ TEST_F(RunRedisTest, AStoreVerifyCannotReachDoesNotKeepTheOthersFromBeingCompare
   EXPECT_NE(out.find("(its views were not compared)"), std::string::npos) << out;
   EXPECT_EQ(out.find("view search_view (store search)"), std::string::npos) << out;
   StopRun();
+}
+
+// OpenSearch answers 503 while a shard recovers (a fresh or reopened index): `verify`
+// connects again and asks for the checkpoint again within --wait, and compares (a CI
+// run's verify once met pgderive-checkpoints still recovering and gave up). A proxy in
+// front of the node refuses the first requests of verify's connect and its first reads
+// of the checkpoint that way.
+TEST_F(RunRedisTest, VerifyAsksAgainWhileOpenSearchAnswers503) {
+  const std::string index = UniqueName("run_503");
+  MustExecute(*sql_, "create table " + table_ + " (id int primary key, sku text)");
+  MustExecute(*sql_,
+              "insert into " + table_ + " select g, 'SKU-' || g from generate_series(1, 50) g");
+  auto write = [&](const std::string& name, const std::string& url) {
+    std::ofstream(dir_ / name) << "pipeline: " << pipeline_
+                               << "\nsource:\n  dsn: " << endpoints_.pg_dsn
+                               << "\nstores:\n  search: {type: opensearch, url: \"" << url
+                               << "\"}\nviews:\n  - {name: search_view, store: search, from: "
+                               << table_ << ", index: " << index << "}\n"
+                               << "http:\n  listen: 127.0.0.1:" << port_ << "\n";
+    return (dir_ / name).string();
+  };
+  const std::string config = write("direct.yml", endpoints_.opensearch_url);
+  auto node = HttpClient::Create({.url = endpoints_.opensearch_url, .ca_file = ""});
+  ASSERT_TRUE(node.ok());
+  const std::string checkpoint = "/pgderive-checkpoints/_doc/" + pipeline_ + ".search";
+  std::atomic<int> refused_connect{0}, refused_checkpoint{0};
+  httplib::Server proxy;
+  auto forward = [&](const httplib::Request& req, httplib::Response& res) {
+    const bool is_checkpoint = req.method == "GET" && req.target == checkpoint;
+    if ((!is_checkpoint && refused_connect.load() < 2 && ++refused_connect) ||
+        (is_checkpoint && refused_checkpoint.load() < 3 && ++refused_checkpoint)) {
+      res.status = 503;
+      res.set_content(
+          R"({"error":{"type":"no_shard_available_action_exception","reason":"CurrentState[RECOVERING] operations only allowed when shard state is one of [POST_RECOVERY, STARTED]"},"status":503})",
+          "application/json");
+      return;
+    }
+    auto answer =
+        node.value().Send(req.method, req.target, req.body, req.get_header_value("Content-Type"));
+    if (!answer.ok()) {
+      res.status = 502;
+      return;
+    }
+    res.status = static_cast<int>(answer.value().status);
+    res.set_content(answer.value().body, "application/json");
+  };
+  proxy.Get(".*", forward);
+  proxy.Post(".*", forward);
+  proxy.Put(".*", forward);
+  proxy.Delete(".*", forward);
+  const int proxy_port = proxy.bind_to_any_port("127.0.0.1");
+  ASSERT_GT(proxy_port, 0);
+  std::thread serving([&] { proxy.listen_after_bind(); });
+  StartRun(config);
+  auto search = OpenSearchClient::Create({.url = endpoints_.opensearch_url, .ca_file = ""});
+  ASSERT_TRUE(search.ok());
+  ASSERT_TRUE(WaitFor([&] {
+    IgnoreError(search.value().Refresh(index), "counted below");
+    auto n = search.value().Count(index);
+    return n.ok() && n.value() == 50;
+  })) << RunErr();
+  auto [status, out] =
+      Verify(write("through_proxy.yml", "http://127.0.0.1:" + std::to_string(proxy_port)));
+  proxy.stop();
+  serving.join();
+  EXPECT_EQ(status, 0) << out << RunErr();
+  EXPECT_NE(out.find("view search_view (store search): 50 rows, consistent"), std::string::npos)
+      << out;
+  EXPECT_EQ(refused_connect.load(), 2);
+  EXPECT_EQ(refused_checkpoint.load(), 3);
+  StopRun();
+  IgnoreError(search.value().DeleteIndex(index + "-1", true), "test cleanup");
 }
 
 TEST_F(RunRedisTest, BadViewsAreRefusedAndCreateNothing) {
